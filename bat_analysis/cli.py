@@ -1,0 +1,23 @@
+"""The ``bat`` command. Each sub-command lives in ``bat_analysis.commands`` and imports its heavy
+dependencies lazily, so that ``bat --help`` starts fast."""
+
+from __future__ import annotations
+
+import typer
+
+from .commands import inspect_cmd
+
+app = typer.Typer(
+    name="bat",
+    help="Basophil activation test analysis: read FCS files, gate basophils automatically, score and report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+inspect_cmd.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

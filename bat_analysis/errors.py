@@ -1,0 +1,65 @@
+"""The project's exception hierarchy: every refusal is a ``BatError`` naming file, field and expectation."""
+
+from __future__ import annotations
+
+
+class BatError(Exception):
+    """Base class of every error bat_analysis raises on purpose.
+
+    ``source`` is the file (or sheet, or template) concerned, ``field`` the keyword, column,
+    byte offset or template path, and ``expected`` what was expected there.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None,
+                 expected: str | None = None) -> None:
+        self.source = source
+        self.field = field
+        self.expected = expected
+        parts = []
+        if source:
+            parts.append(f"{source}")
+        if field:
+            parts.append(f"{field}")
+        prefix = ": ".join(parts)
+        text = f"{prefix}: {message}" if prefix else message
+        if expected:
+            text += f" (expected {expected})"
+        super().__init__(text)
+
+
+class FcsFormatError(BatError):
+    """An FCS file that cannot be read as the standard says."""
+
+
+class MarkerError(BatError):
+    """A marker that is absent from a file, or matches more than one channel."""
+
+
+class LayoutError(BatError):
+    """An experiment layout sheet with problems; ``problems`` lists every one of them."""
+
+    def __init__(self, message: str, *, source: str | None = None,
+                 problems: list[str] | None = None) -> None:
+        self.problems = list(problems or [])
+        if self.problems:
+            message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(message, source=source)
+
+
+class TemplateError(BatError):
+    """A gating template that does not validate; ``problems`` lists each with its location."""
+
+    def __init__(self, message: str, *, source: str | None = None,
+                 problems: list[str] | None = None) -> None:
+        self.problems = list(problems or [])
+        if self.problems:
+            message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(message, source=source)
+
+
+class GatingError(BatError):
+    """A gate that cannot be evaluated or estimated."""
+
+
+class AnalysisError(BatError):
+    """Metrics, fits or classes that cannot be computed from the inputs given."""
