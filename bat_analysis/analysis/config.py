@@ -1,0 +1,253 @@
+"""Every number the analysis uses (BAT_SPEC §2.6 and §3–§7), with its default and its source.
+
+``AnalysisConfig.from_mapping`` reads the ``analysis:`` section of a gating template or a config file::
+
+    threshold: {percentile: 97.5, method: auto}
+    positivity: {net_pct_min: 5, require_si: false}
+    qc: {basophils_fail_below: 200}
+    classes: {responder_min: 80}
+
+Unknown keys and wrong types raise ``AnalysisError`` naming the key (``analysis.qc.basophils_fail_below``).
+Defaults marked ``[suggested]`` were chosen by this project where no published number was found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+from bat_analysis.errors import AnalysisError
+
+
+@dataclass(frozen=True)
+class MarkerConfig:
+    """Which ``TubeResult.basophil_values`` keys are which marker (matched case-insensitively)."""
+
+    activation: str = "CD63"  # the marker thresholded on the negative control (BAT_SPEC §2.6)
+    mfi: str = "CD203c"  # median fluorescence reported as MFI and SI (BAT_SPEC §3)
+    degranulation: tuple[str, ...] = ("CD107a", "avidin")  # reported like CD63 when present (BAT_SPEC §3)
+
+
+@dataclass(frozen=True)
+class ThresholdConfig:
+    """The activation threshold on the negative control (BAT_SPEC §2.6)."""
+
+    percentile: float = 97.5  # EAACI consensus: 2.5% of resting basophils above T
+    method: str = "auto"  # auto | percentile | resting_peak
+    asinh_cofactor: float = 0.0  # [suggested] arcsinh cofactor of the resting-peak model; 0 = chosen from the data
+    excess_above_model_pct: float = 2.5  # [suggested] switch to the resting-peak model when the fraction above
+    #                                        the model threshold exceeds (100 - percentile) by this many points
+    bimodal_min_prominence: float = 0.05  # [suggested] second density peak, as a fraction of the resting peak
+    bimodal_min_separation_sd: float = 2.0  # [suggested] second peak at least this many resting SDs above the mode
+    min_events: int = 50  # [suggested] fewer negative-control basophils: threshold flagged as unreliable
+    kde_grid: int = 512  # [suggested] points of the density estimate on the transformed scale
+
+
+@dataclass(frozen=True)
+class PositivityConfig:
+    """Positivity of a tube (BAT_SPEC §3)."""
+
+    net_pct_min: float = 5.0  # EAACI: net %CD63+ >= 5
+    require_si: bool = False  # optionally also SI >= si_min
+    si_min: float = 2.0
+
+
+@dataclass(frozen=True)
+class QcConfig:
+    """The QC table of BAT_SPEC §7 (PASS / WARN / FAIL limits)."""
+
+    basophils_pass_min: int = 500  # BAT studies: median 500, range 200-1000
+    basophils_fail_below: int = 200
+    acquisition_qc_warn_pct: float = 10.0  # [suggested]
+    acquisition_qc_fail_pct: float = 25.0  # [suggested]
+    margin_warn_pct: float = 2.0  # [suggested]
+    margin_fail_pct: float = 5.0  # [suggested]
+    doublets_warn_pct: float = 10.0  # [suggested]
+    doublets_fail_pct: float = 20.0  # [suggested]
+    spillover_min_markers: int = 2  # [suggested] no spillover matrix with >= this many fluorescent markers: fail
+    negative_warn_pct: float = 10.0  # [suggested] spontaneous %CD63+ of the negative control
+    negative_fail_pct: float = 20.0  # [suggested]
+    fmlp_net_min: float = 5.0  # [suggested] fMLP net %CD63+ >= 5 ...
+    fmlp_si_min: float = 2.0  # [suggested] ... and SI >= 2, else the tube is uninterpretable
+    anti_fceri_pass_min: float = 10.0  # [suggested]
+    anti_fceri_fail_below: float = 5.0  # [suggested] below this with fMLP positive: non-releaser
+    fit_r2_pass_min: float = 0.9  # [suggested]
+    fit_r2_warn_min: float = 0.8  # [suggested] below: poor fit, EC50 not accepted
+    draw_to_assay_pass_h: float = 4.0  # Santos 2021
+    draw_to_assay_fail_h: float = 24.0  # Santos 2021
+    draw_time_column: str = "draw_time"  # layout extra columns read for the draw-to-assay rule
+    assay_time_column: str = "assay_time"
+    draw_to_assay_hours_column: str = "draw_to_assay_h"  # or the delay itself, in hours
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Constrained four-parameter logistic on log10(concentration) (BAT_SPEC §4)."""
+
+    bottom_min: float = 0.0  # AutoBAT (Patil 2018): 0 <= bottom <= 25
+    bottom_max: float = 25.0
+    top_min: float = 0.0  # 0 <= top <= 100
+    top_max: float = 100.0
+    hill_min: float = 0.1  # [suggested] h > 0
+    hill_max: float = 10.0  # [suggested]
+    log_ec50_margin: float = 2.0  # [suggested] log10 units beyond the tested range the optimiser may explore
+    min_points: int = 4  # [suggested] four parameters need at least four concentrations
+    min_amplitude: float = 5.0  # [suggested] top - bottom below this: no dose response, EC50 not estimable
+    bell_drop_pct: float = 10.0  # [suggested] fall after the maximum that makes a series bell-shaped (points)
+    bootstrap_n: int = 200  # [suggested] residual bootstrap replicates for the EC50 95% CI
+    bootstrap_seed: int = 20240  # [suggested]
+    ci_level: float = 95.0  # [suggested]
+    auc_clip_negative: bool = True  # [suggested] negative net %CD63+ counts as 0 in the AUC
+
+
+@dataclass(frozen=True)
+class ClassConfig:
+    """Responder classes (BAT_SPEC §6)."""
+
+    responder_min: float = 80.0  # [suggested] Savage JACI 2012: suppression to < 20% of baseline
+    partial_min: float = 20.0  # [suggested]
+    cohort_mode: str = "none"  # none | median | tertiles (research use)
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """All analysis settings; build with ``AnalysisConfig()`` or ``AnalysisConfig.from_mapping(dict)``."""
+
+    markers: MarkerConfig = field(default_factory=MarkerConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    positivity: PositivityConfig = field(default_factory=PositivityConfig)
+    qc: QcConfig = field(default_factory=QcConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    classes: ClassConfig = field(default_factory=ClassConfig)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None, *, source: str | None = None,
+                     prefix: str = "analysis") -> AnalysisConfig:
+        """Build from a nested mapping; every problem names its key, all problems in one error."""
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise AnalysisError("expected a mapping of sections", source=source, field=prefix)
+        problems: list[str] = []
+        sections: dict[str, Any] = {}
+        hints = get_type_hints(cls)
+        for key, value in data.items():
+            if key not in hints:
+                problems.append(f"{prefix}.{key}: unknown section (expected one of {', '.join(hints)})")
+                continue
+            section_cls = hints[key]
+            sections[key] = _build_section(section_cls, value, f"{prefix}.{key}", problems)
+        config = cls(**{k: v for k, v in sections.items() if v is not None})
+        problems.extend(config.problems(prefix))
+        if problems:
+            raise AnalysisError("invalid analysis settings:\n" + "\n".join(f"  - {p}" for p in problems),
+                                source=source, field=prefix)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON/YAML-serialisable), the inverse of ``from_mapping``."""
+        out = dataclasses.asdict(self)
+        out["markers"]["degranulation"] = list(self.markers.degranulation)
+        return out
+
+    def problems(self, prefix: str = "analysis") -> list[str]:
+        """Cross-field checks (ranges and orderings), each naming its key."""
+        p: list[str] = []
+        t, q, f, c = self.threshold, self.qc, self.fit, self.classes
+        if not 50.0 < t.percentile < 100.0:
+            p.append(f"{prefix}.threshold.percentile: expected a number in (50, 100), got {t.percentile}")
+        if t.method not in ("auto", "percentile", "resting_peak"):
+            p.append(f"{prefix}.threshold.method: expected auto, percentile or resting_peak, got {t.method!r}")
+        if t.asinh_cofactor < 0:
+            p.append(f"{prefix}.threshold.asinh_cofactor: expected >= 0 (0 = automatic), got {t.asinh_cofactor}")
+        if t.kde_grid < 64:
+            p.append(f"{prefix}.threshold.kde_grid: expected >= 64, got {t.kde_grid}")
+        pairs = [
+            ("qc.basophils_fail_below", q.basophils_fail_below, "qc.basophils_pass_min", q.basophils_pass_min),
+            ("qc.acquisition_qc_warn_pct", q.acquisition_qc_warn_pct, "qc.acquisition_qc_fail_pct",
+             q.acquisition_qc_fail_pct),
+            ("qc.margin_warn_pct", q.margin_warn_pct, "qc.margin_fail_pct", q.margin_fail_pct),
+            ("qc.doublets_warn_pct", q.doublets_warn_pct, "qc.doublets_fail_pct", q.doublets_fail_pct),
+            ("qc.negative_warn_pct", q.negative_warn_pct, "qc.negative_fail_pct", q.negative_fail_pct),
+            ("qc.anti_fceri_fail_below", q.anti_fceri_fail_below, "qc.anti_fceri_pass_min", q.anti_fceri_pass_min),
+            ("qc.fit_r2_warn_min", q.fit_r2_warn_min, "qc.fit_r2_pass_min", q.fit_r2_pass_min),
+            ("qc.draw_to_assay_pass_h", q.draw_to_assay_pass_h, "qc.draw_to_assay_fail_h", q.draw_to_assay_fail_h),
+            ("fit.bottom_min", f.bottom_min, "fit.bottom_max", f.bottom_max),
+            ("fit.top_min", f.top_min, "fit.top_max", f.top_max),
+            ("fit.hill_min", f.hill_min, "fit.hill_max", f.hill_max),
+            ("classes.partial_min", c.partial_min, "classes.responder_min", c.responder_min),
+        ]
+        for low_key, low, high_key, high in pairs:
+            if low > high:
+                p.append(f"{prefix}.{low_key}: {low} must not exceed {prefix}.{high_key} ({high})")
+        if f.hill_min <= 0:
+            p.append(f"{prefix}.fit.hill_min: expected > 0 (h > 0), got {f.hill_min}")
+        if f.min_points < 4:
+            p.append(f"{prefix}.fit.min_points: expected >= 4 (four parameters), got {f.min_points}")
+        if f.bootstrap_n < 0:
+            p.append(f"{prefix}.fit.bootstrap_n: expected >= 0, got {f.bootstrap_n}")
+        if not 0.0 < f.ci_level < 100.0:
+            p.append(f"{prefix}.fit.ci_level: expected a number in (0, 100), got {f.ci_level}")
+        if c.cohort_mode not in ("none", "median", "tertiles"):
+            p.append(f"{prefix}.classes.cohort_mode: expected none, median or tertiles, got {c.cohort_mode!r}")
+        return p
+
+
+def _build_section(section_cls: type, value: Any, where: str, problems: list[str]) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        problems.append(f"{where}: expected a mapping, got {type(value).__name__}")
+        return None
+    hints = get_type_hints(section_cls)
+    kwargs: dict[str, Any] = {}
+    for key, raw in value.items():
+        if key not in hints:
+            problems.append(f"{where}.{key}: unknown key (expected one of {', '.join(hints)})")
+            continue
+        converted = _convert(raw, hints[key], f"{where}.{key}", problems)
+        if converted is not _INVALID:
+            kwargs[key] = converted
+    return section_cls(**kwargs)
+
+
+_INVALID = object()
+
+
+def _convert(raw: Any, hint: Any, where: str, problems: list[str]) -> Any:
+    if hint is bool:
+        if isinstance(raw, bool):
+            return raw
+        problems.append(f"{where}: expected true or false, got {raw!r}")
+        return _INVALID
+    if hint is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+        problems.append(f"{where}: expected a whole number, got {raw!r}")
+        return _INVALID
+    if hint is float:
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            value = float(raw)
+            if value != value or value in (float("inf"), float("-inf")):
+                problems.append(f"{where}: expected a finite number, got {raw!r}")
+                return _INVALID
+            return value
+        problems.append(f"{where}: expected a number, got {raw!r}")
+        return _INVALID
+    if hint is str:
+        if isinstance(raw, str) and raw.strip():
+            return raw.strip()
+        problems.append(f"{where}: expected a non-empty text, got {raw!r}")
+        return _INVALID
+    if hint == tuple[str, ...]:
+        if isinstance(raw, str):
+            raw = [raw]
+        if isinstance(raw, (list, tuple)) and all(isinstance(x, str) and x.strip() for x in raw):
+            return tuple(x.strip() for x in raw)
+        problems.append(f"{where}: expected a list of marker names, got {raw!r}")
+        return _INVALID
+    raise AnalysisError(f"unsupported setting type {hint!r}", field=where)  # programming error, not user input

@@ -1,0 +1,255 @@
+"""Activation thresholds from the negative control (BAT_SPEC §2.6).
+
+The default is the empirical 97.5th percentile of the negative control's basophils (compensated linear
+values), so that 2.5% of resting basophils lie above it. When the negative control is bimodal or its
+spontaneous activation is high, that percentile falls inside the activated population; the resting peak
+is then modelled instead (a Gaussian on an arcsinh scale, its width taken from the mirrored lower half
+around the mode) and the threshold is that Gaussian's 97.5% quantile — flagged ``RESTING_PEAK_THRESHOLD``.
+
+``select_reference`` applies the rule "same patient and arm; the patient's other negative control when
+one arm lacks it" (flagged ``THRESHOLD_FROM_OTHER_ARM``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import signal, stats
+
+from bat_analysis.analysis.config import ThresholdConfig
+from bat_analysis.errors import AnalysisError
+from bat_analysis.records import Flag, TubeResult
+
+METHODS = ("percentile", "resting_peak", "median", "manual")
+
+
+@dataclass
+class ThresholdEstimate:
+    """A threshold (or, for MFI markers, a reference median) in compensated linear units.
+
+    ``method`` is ``percentile``, ``resting_peak``, ``median`` (MFI reference) or ``manual`` (reviewer);
+    ``diagnostics`` holds what was measured (mode, resting SD, fraction above the resting model, peaks).
+    """
+
+    value: float
+    method: str
+    flags: list[Flag] = field(default_factory=list)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    marker: str = "CD63"
+    n_events: int = 0
+    reference_files: tuple[str, ...] = ()
+    reference_arm: str | None = None
+
+
+@dataclass
+class ReferenceChoice:
+    """The negative-control tubes that serve as reference for one patient and arm."""
+
+    tubes: list[TubeResult]
+    arm: str | None
+    flags: list[Flag] = field(default_factory=list)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(r.tube.file for r in self.tubes)
+
+
+def _clean(values: Any, marker: str) -> tuple[np.ndarray, list[Flag]]:
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    finite = np.isfinite(arr)
+    flags: list[Flag] = []
+    if not finite.all():
+        dropped = int((~finite).sum())
+        flags.append(Flag("NONFINITE_REFERENCE_VALUES", "warn",
+                          f"{dropped} {marker} value(s) of the negative control were not finite and were ignored"))
+        arr = arr[finite]
+    if arr.size == 0:
+        raise AnalysisError("no finite values in the negative control", field=marker,
+                            expected="at least one basophil")
+    return arr, flags
+
+
+def _cofactor(values: np.ndarray, config: ThresholdConfig) -> float:
+    """The arcsinh cofactor: the configured one, or (0 = auto) one that keeps the resting peak's lower
+    tail on a log-like scale while leaving the spread of negative compensated values linear."""
+    if config.asinh_cofactor > 0:
+        return float(config.asinh_cofactor)
+    centre = float(np.median(np.abs(values)))
+    negative_spread = float(max(-np.quantile(values, 0.005), 0.0))
+    return max(centre / 20.0, 2.0 * negative_spread, 1e-3)
+
+
+def resting_peak_model(values: np.ndarray, config: ThresholdConfig, percentile: float) -> dict[str, Any]:
+    """Model the resting peak as a Gaussian on an arcsinh scale, fitted to the lower part of the data.
+
+    The fit is a probit regression of the lower quantiles (2%–45% of the resting events) on normal scores,
+    iterated with the estimated fraction of events clearly above the resting peak, which is robust to an
+    activated population of up to ~50%. Returns diagnostics: ``mu``/``sd`` (transformed units),
+    ``model_threshold`` (linear), ``pct_above_model``, ``activated_fraction``, density peaks, ``bimodal``.
+    """
+    cof = _cofactor(values, config)
+    z = np.arcsinh(values / cof)
+    diag: dict[str, Any] = {"scale": f"asinh(x/{cof:.4g})", "cofactor": cof}
+    if z.size < 20 or float(np.ptp(z)) <= 0:
+        diag.update(usable=False, reason="fewer than 20 distinct negative-control events")
+        return diag
+    frac = 0.0
+    mu = sd = 0.0
+    for _ in range(8):
+        levels = np.linspace(0.02, 0.45, 24) * (1.0 - frac)
+        quantiles = np.quantile(z, levels)
+        scores = stats.norm.ppf(levels / (1.0 - frac))
+        sd, mu = (float(v) for v in np.polyfit(scores, quantiles, 1))
+        if sd <= 0:
+            break
+        new = float(np.clip(np.mean(z > mu + 3.0 * sd) - stats.norm.sf(3.0), 0.0, 0.5))
+        if abs(new - frac) < 1e-4:
+            frac = new
+            break
+        frac = new
+    if sd <= 0:
+        diag.update(usable=False, reason="no spread in the lower part of the negative control")
+        return diag
+    z_thr = mu + float(stats.norm.ppf(percentile / 100.0)) * sd
+    above = float(np.mean(z > z_thr) * 100.0)
+    grid = np.linspace(float(z.min()), float(z.max()), config.kde_grid)
+    density = stats.gaussian_kde(z)(grid)
+    padded = np.concatenate(([0.0], density, [0.0]))
+    peaks = signal.find_peaks(padded, prominence=config.bimodal_min_prominence * density.max())[0] - 1
+    second = [float(grid[p]) for p in peaks if grid[p] > mu + config.bimodal_min_separation_sd * sd]
+    diag.update(usable=True, mu=mu, sd=sd, mode_linear=float(np.sinh(mu) * cof),
+                model_threshold=float(np.sinh(z_thr) * cof), pct_above_model=above,
+                expected_pct_above=100.0 - percentile, activated_fraction=frac,
+                peaks=[float(grid[p]) for p in peaks], second_peak=second[0] if second else None,
+                bimodal=bool(second))
+    return diag
+
+
+def estimate_threshold(negative_values: Any, *, percentile: float | None = None, method: str | None = None,
+                       config: ThresholdConfig | None = None, marker: str = "CD63") -> ThresholdEstimate:
+    """Threshold above which a basophil counts as activated, from the negative control's values.
+
+    ``method``: ``auto`` (percentile unless the negative control is bimodal or has too many events above
+    the resting-peak model), ``percentile`` or ``resting_peak``. Defaults come from ``config``.
+    Raises ``AnalysisError`` when there is no finite value at all.
+    """
+    cfg = config or ThresholdConfig()
+    p = cfg.percentile if percentile is None else float(percentile)
+    how = cfg.method if method is None else method
+    if how not in ("auto", "percentile", "resting_peak"):
+        raise AnalysisError(f"unknown threshold method {how!r}", field="threshold.method",
+                            expected="auto, percentile or resting_peak")
+    if not 50.0 < p < 100.0:
+        raise AnalysisError(f"percentile {p} out of range", field="threshold.percentile", expected="(50, 100)")
+    values, flags = _clean(negative_values, marker)
+    n = int(values.size)
+    plain = float(np.percentile(values, p))
+    diag: dict[str, Any] = {"percentile": p, "percentile_value": plain, "n": n}
+    if n < cfg.min_events:
+        flags.append(Flag("LOW_REFERENCE_EVENTS", "warn",
+                          f"{marker} threshold from only {n} negative-control basophils "
+                          f"(fewer than {cfg.min_events}): unreliable"))
+    if how == "percentile":
+        return ThresholdEstimate(plain, "percentile", flags, diag, marker, n)
+    model = resting_peak_model(values, cfg, p)
+    diag["resting_model"] = model
+    if not model.get("usable"):
+        if how == "resting_peak":
+            flags.append(Flag("RESTING_PEAK_UNAVAILABLE", "warn",
+                              f"{marker}: resting peak could not be modelled ({model.get('reason')}); "
+                              f"{p:g}th percentile used"))
+        return ThresholdEstimate(plain, "percentile", flags, diag, marker, n)
+    excess = model["pct_above_model"] - model["expected_pct_above"]
+    diag["excess_above_model_pct"] = excess
+    use_model = how == "resting_peak" or model["bimodal"] or excess > cfg.excess_above_model_pct
+    if not use_model:
+        return ThresholdEstimate(plain, "percentile", flags, diag, marker, n)
+    reasons = []
+    if model["bimodal"]:
+        reasons.append("a second density peak above the resting peak")
+    if excess > cfg.excess_above_model_pct:
+        reasons.append(f"{model['pct_above_model']:.1f}% of events above the resting peak's {p:g}% limit "
+                       f"(expected {model['expected_pct_above']:.1f}%)")
+    if how == "resting_peak" and not reasons:
+        reasons.append("requested")
+    value = model["model_threshold"]
+    flags.append(Flag("RESTING_PEAK_THRESHOLD", "warn",
+                      f"{marker} negative control: {'; '.join(reasons)}; threshold {value:.4g} from a Gaussian "
+                      f"fit of the resting peak instead of the plain {p:g}th percentile ({plain:.4g})"))
+    return ThresholdEstimate(float(value), "resting_peak", flags, diag, marker, n)
+
+
+def mfi_reference(negative_values: Any, *, marker: str = "CD203c") -> ThresholdEstimate:
+    """The MFI reference of an expression marker: the median of the negative control (compensated linear)."""
+    values, flags = _clean(negative_values, marker)
+    return ThresholdEstimate(float(np.median(values)), "median", flags, {"n": int(values.size)}, marker,
+                             int(values.size))
+
+
+def manual_threshold(value: float, *, marker: str = "CD63", previous: ThresholdEstimate | None = None
+                     ) -> ThresholdEstimate:
+    """A reviewer's threshold; keeps the automated estimate it replaces in ``diagnostics``."""
+    if not np.isfinite(value):
+        raise AnalysisError(f"manual threshold {value!r} is not a finite number", field=marker,
+                            expected="a compensated linear value")
+    diag: dict[str, Any] = {}
+    if previous is not None:
+        diag = {"automated_value": previous.value, "automated_method": previous.method}
+    est = ThresholdEstimate(float(value), "manual", [], diag, marker,
+                            previous.n_events if previous else 0,
+                            previous.reference_files if previous else (),
+                            previous.reference_arm if previous else None)
+    return est
+
+
+def select_reference(negative_controls: Sequence[TubeResult], arm: str) -> ReferenceChoice:
+    """Pick a patient's reference negative control(s) for ``arm``.
+
+    Same arm first; the patient's other arm when this arm has no usable negative control (flagged);
+    none at all → a fail flag and no tubes. Several usable tubes in the arm are pooled (noted).
+    """
+    usable = [r for r in negative_controls if r.ok and r.n_basophils > 0]
+    usable.sort(key=lambda r: r.tube.file)
+    same = [r for r in usable if r.tube.pretreatment == arm]
+    if same:
+        flags = []
+        if len(same) > 1:
+            flags.append(Flag("POOLED_NEGATIVE_CONTROLS", "warn",
+                              f"{len(same)} negative controls in arm {arm} pooled: "
+                              + ", ".join(r.tube.file for r in same)))
+        return ReferenceChoice(same, arm, flags)
+    others = sorted({r.tube.pretreatment for r in usable})
+    if others:
+        other = others[0]
+        tubes = [r for r in usable if r.tube.pretreatment == other]
+        return ReferenceChoice(tubes, other, [Flag(
+            "THRESHOLD_FROM_OTHER_ARM", "warn",
+            f"arm {arm} has no usable negative control: threshold taken from the {other} arm's "
+            + ", ".join(r.tube.file for r in tubes))])
+    return ReferenceChoice([], None, [Flag(
+        "NO_NEGATIVE_CONTROL", "fail",
+        f"no usable negative control for arm {arm} nor for the patient's other arm: no activation threshold")])
+
+
+def find_marker(values: dict[str, np.ndarray], marker: str) -> str | None:
+    """The key of ``values`` naming ``marker``, case-insensitively (None when absent)."""
+    wanted = marker.casefold()
+    for key in values:
+        if key.casefold() == wanted:
+            return key
+    return None
+
+
+def pooled_values(tubes: Sequence[TubeResult], marker: str) -> np.ndarray | None:
+    """Concatenated values of ``marker`` over ``tubes`` (None when no tube has the marker)."""
+    parts = []
+    for r in tubes:
+        key = find_marker(r.basophil_values, marker)
+        if key is not None:
+            parts.append(np.asarray(r.basophil_values[key], dtype=np.float64).ravel())
+    if not parts:
+        return None
+    return np.concatenate(parts)
