@@ -1,0 +1,354 @@
+"""Figures for review and reports: gates on their parent's density, CD63 histograms, dose-response curves.
+
+Everything is drawn from the small records the pipeline keeps (gate geometry, 2-D histograms, the
+basophils' marker values, fit results), never from all the events: a gate is an image of its parent's
+density (``GateRecord.density``) with the gate's outline on top. Drawing functions take a matplotlib
+``Axes``; :class:`PngRenderer` turns one tube's drawings into small PNGs quickly at plate scale.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import textwrap
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are rendered headless; must precede pyplot users in this process
+
+import numpy as np  # noqa: E402
+from matplotlib import patches  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
+
+from ..records import GateRecord, TubeResult  # noqa: E402
+
+GATE_COLOUR = "#d62728"
+ADJUSTED_COLOUR = "#ff7f0e"
+ARM_COLOURS = {"none": "#1f77b4", "omalizumab": "#d62728"}
+ARM_LABELS = {"none": "no pretreatment", "omalizumab": "omalizumab"}
+DENSITY_CMAP = "viridis"
+ASINH_COFACTOR = 150.0  # linear width of the arcsinh display scale (compensated linear units)
+MANUAL_METHODS = ("override", "manual")
+
+
+def is_manual(record: GateRecord) -> bool:
+    """True when a reviewer replaced the automated geometry of this gate."""
+    return record.method in MANUAL_METHODS
+
+
+def manual_reason(record: GateRecord) -> str | None:
+    """The reviewer's name and reason recorded in the gate's diagnostics, if any."""
+    diag = record.diagnostics or {}
+    info = diag.get("override") if isinstance(diag.get("override"), Mapping) else diag
+    parts = [str(info[k]) for k in ("reviewer", "reason") if info.get(k)]
+    return " — ".join(parts) if parts else None
+
+
+def _fmt_count(n: int) -> str:
+    return f"{n:,}".replace(",", "\u2009")
+
+
+def gate_caption(record: GateRecord) -> str:
+    """``count of parent (xx.x%)`` in words, with a note for an empty parent."""
+    if not record.parent_count:
+        return f"{_fmt_count(record.count)} events (parent empty)"
+    pct = 100.0 * record.count / record.parent_count
+    return f"{_fmt_count(record.count)} of {_fmt_count(record.parent_count)} ({pct:.1f}%)"
+
+
+def _axis_label(record: GateRecord, i: int) -> str:
+    dims = list(record.geometry.get("dims") or record.dims)
+    tnames = list(record.geometry.get("transforms") or [None] * len(dims))
+    if i >= len(dims):
+        return ""
+    t = tnames[i] if i < len(tnames) else None
+    return f"{dims[i]} ({t})" if t else str(dims[i])
+
+
+def _edges(record: GateRecord) -> list[np.ndarray]:
+    return [np.asarray(e, dtype=float) for e in (record.density_edges or ())]
+
+
+def _draw_density_2d(ax: Axes, density: np.ndarray, ex: np.ndarray, ey: np.ndarray) -> None:
+    """Image of a 2-D histogram laid out as ``numpy.histogram2d`` returns it (``H[x_bin, y_bin]``)."""
+    h = np.asarray(density, dtype=float)
+    if h.shape == (len(ey) - 1, len(ex) - 1) and h.shape != (len(ex) - 1, len(ey) - 1):
+        h = h.T  # stored as image rows (y, x): bring it to (x, y)
+    if h.shape != (len(ex) - 1, len(ey) - 1):
+        raise ValueError(f"density of shape {h.shape} does not match edges "
+                         f"({len(ex) - 1}, {len(ey) - 1})")
+    img = np.ma.masked_less_equal(h.T, 0)
+    vmax = float(img.max()) if img.count() else 1.0
+    norm = LogNorm(vmin=1.0 if vmax > 1 else 0.5, vmax=max(vmax, 1.0))
+    uniform = np.allclose(np.diff(ex), np.diff(ex)[0]) and np.allclose(np.diff(ey), np.diff(ey)[0])
+    if uniform:
+        ax.imshow(img, origin="lower", extent=(ex[0], ex[-1], ey[0], ey[-1]), aspect="auto",
+                  cmap=DENSITY_CMAP, norm=norm, interpolation="nearest")
+    else:
+        ax.pcolormesh(ex, ey, img, cmap=DENSITY_CMAP, norm=norm, shading="flat")
+    ax.set_xlim(ex[0], ex[-1])
+    ax.set_ylim(ey[0], ey[-1])
+
+
+def _span(lo: float | None, hi: float | None, lim: tuple[float, float]) -> tuple[float, float]:
+    """A range side left open (None) runs past the axis limit."""
+    pad = (lim[1] - lim[0]) or 1.0
+    return (lim[0] - pad if lo is None else float(lo), lim[1] + pad if hi is None else float(hi))
+
+
+def _draw_outline(ax: Axes, geometry: Mapping[str, Any], ndim_drawn: int, colour: str,
+                  style: str) -> None:
+    kind = geometry.get("type")
+    kw = dict(fill=False, edgecolor=colour, linewidth=1.6, linestyle=style, zorder=3)
+    if kind == "range":
+        mins, maxs = list(geometry.get("mins", [])), list(geometry.get("maxs", []))
+        if ndim_drawn == 1 or len(mins) == 1:
+            for v in (mins[0], maxs[0]):
+                if v is not None:
+                    ax.axvline(float(v), color=colour, linewidth=1.6, linestyle=style, zorder=3)
+            return
+        x0, x1 = _span(mins[0], maxs[0], ax.get_xlim())
+        y0, y1 = _span(mins[1], maxs[1], ax.get_ylim())
+        ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, **kw))
+    elif kind == "polygon":
+        ax.add_patch(patches.Polygon(np.asarray(geometry["vertices"], dtype=float)[:, :2],
+                                     closed=True, **kw))
+    elif kind == "ellipsoid":
+        mean = np.asarray(geometry["mean"], dtype=float)
+        cov = np.asarray(geometry["covariance"], dtype=float)
+        if ndim_drawn == 1 or mean.size == 1:
+            half = math.sqrt(float(geometry["distance_square"]) * cov.reshape(-1)[0])
+            for v in (mean[0] - half, mean[0] + half):
+                ax.axvline(v, color=colour, linewidth=1.6, linestyle=style, zorder=3)
+            return
+        # the marginal ellipse in the two drawn dimensions
+        vals, vecs = np.linalg.eigh(cov[:2, :2] * float(geometry["distance_square"]))
+        vals = np.clip(vals, 0.0, None)
+        angle = math.degrees(math.atan2(vecs[1, 1], vecs[0, 1]))
+        ax.add_patch(patches.Ellipse(tuple(mean[:2]), 2 * math.sqrt(vals[1]), 2 * math.sqrt(vals[0]),
+                                     angle=angle, **kw))
+    elif kind == "boolean":
+        words = {True: "NOT ", False: ""}
+        ops = [f"{words[bool(c)]}{r}" for r, c in geometry.get("operands", [])]
+        op = geometry.get("op", "and")
+        text = f"NOT {ops[0]}" if op == "not" and ops else f" {op.upper()} ".join(ops)
+        ax.text(0.03, 0.03, text, transform=ax.transAxes, fontsize=7, color=colour, zorder=4,
+                bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1.5))
+
+
+def _message(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.35",
+            wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def draw_gate(record: GateRecord, ax: Axes, *, adjusted_reason: str | None = None) -> None:
+    """The parent's density (image of the stored histogram) with the gate's outline and counts.
+
+    The title names the gate, the caption gives count, parent count and % of parent and how the gate
+    was obtained (fixed / estimator / override). A manually adjusted gate is outlined in orange, dashed,
+    and labelled "manually adjusted" with the reviewer's reason when known.
+    """
+    manual = is_manual(record) or adjusted_reason is not None
+    colour, style = (ADJUSTED_COLOUR, "--") if manual else (GATE_COLOUR, "-")
+    edges = _edges(record)
+    ndim_drawn = 0
+    if record.density is None or not edges:
+        _message(ax, "no density recorded")
+    elif len(edges) == 1 or np.asarray(record.density).ndim == 1:
+        h = np.asarray(record.density, dtype=float).reshape(-1)
+        e = edges[0]
+        ax.stairs(h, e, fill=True, color="0.55")
+        ax.set_xlim(e[0], e[-1])
+        ax.set_ylim(0, max(float(h.max()), 1.0) * 1.1)
+        ax.set_ylabel("events", fontsize=7)
+        ndim_drawn = 1
+    else:
+        _draw_density_2d(ax, np.asarray(record.density), edges[0], edges[1])
+        ax.set_ylabel(_axis_label(record, 1), fontsize=7)
+        ndim_drawn = 2
+    if ndim_drawn:
+        ax.set_xlabel(_axis_label(record, 0), fontsize=7)
+        _draw_outline(ax, record.geometry, ndim_drawn, colour, style)
+    elif record.geometry.get("type") == "boolean":
+        _draw_outline(ax, record.geometry, 0, colour, style)
+    if ndim_drawn:
+        ax.tick_params(labelsize=6)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.yaxis.set_major_locator(MaxNLocator(5))
+    ax.set_title(record.name, fontsize=9, loc="left", fontweight="bold")
+    ax.set_title(gate_caption(record), fontsize=6.5, loc="right")
+    reason = adjusted_reason or (manual_reason(record) if manual else None)
+    note = "manually adjusted" + (f": {reason}" if reason else "") if manual else record.method
+    ax.text(0.98, 0.03, textwrap.fill(note, 42), transform=ax.transAxes, ha="right", va="bottom",
+            fontsize=6.5, color=ADJUSTED_COLOUR if manual else "0.25", zorder=5,
+            bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1.2))
+
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
+
+
+def _power_label(value: float, _pos: int | None = None) -> str:
+    """Tick label in plain text (no mathtext: much faster to lay out): 0, 10², -10³, 500."""
+    if value == 0:
+        return "0"
+    exponent = math.log10(abs(value))
+    if abs(exponent - round(exponent)) < 1e-9 and abs(exponent) >= 2:
+        return ("-" if value < 0 else "") + "10" + str(int(round(exponent))).translate(_SUPERSCRIPT)
+    return f"{value:g}"
+
+
+def _asinh_ticks(lo: float, hi: float, cofactor: float) -> list[float]:
+    """0 and the powers of ten beyond the linear zone (as on a logicle axis), inside [lo, hi]."""
+    start = max(1, math.floor(math.log10(max(cofactor, 1.0))))
+    ticks = [0.0] if lo <= 0 <= hi else []
+    for k in range(start, 10):
+        for v in (10.0 ** k, -(10.0 ** k)):
+            if lo <= v <= hi:
+                ticks.append(v)
+    return sorted(ticks)
+
+
+def pct_above(values: np.ndarray, threshold: float) -> float:
+    """Percentage of values strictly above the threshold (NaN only for an empty array, which callers label)."""
+    values = np.asarray(values)
+    return 100.0 * float(np.count_nonzero(values > threshold)) / values.size if values.size else float("nan")
+
+
+def draw_activation(values: np.ndarray, negative_values: np.ndarray | None, threshold: float | None,
+                    ax: Axes, *, marker: str = "CD63", cofactor: float = ASINH_COFACTOR,
+                    bins: int = 80) -> None:
+    """Histogram of the basophils' activation marker with its threshold and the negative control overlaid.
+
+    Values are compensated linear; the x axis uses matplotlib's arcsinh scale (linear near zero,
+    logarithmic beyond ``cofactor``). Both histograms are normalised to their number of basophils.
+    """
+    values = np.asarray(values, dtype=float)
+    neg = None if negative_values is None else np.asarray(negative_values, dtype=float)
+    has_t = threshold is not None and math.isfinite(threshold)
+    pool = [v for v in (values, neg) if v is not None and v.size]
+    ax.set_title(f"{marker} on basophils", fontsize=9, loc="left", fontweight="bold")
+    if not pool:
+        _message(ax, "no basophils")
+        return
+    t = np.arcsinh(np.concatenate(pool) / cofactor)
+    lo, hi = np.percentile(t, [0.1, 99.9])
+    if has_t:
+        tt = math.asinh(threshold / cofactor)
+        lo, hi = min(lo, tt), max(hi, tt)
+    pad = 0.05 * ((hi - lo) or 1.0)
+    edges_t = np.linspace(lo - pad, hi + pad, bins + 1)
+    edges = np.sinh(edges_t) * cofactor
+    ax.set_xscale("asinh", linear_width=cofactor)
+    ax.xaxis.set_major_locator(FixedLocator(_asinh_ticks(edges[0], edges[-1], cofactor)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(_power_label))
+    lines = []
+    if values.size:
+        h, _ = np.histogram(np.arcsinh(values / cofactor), edges_t)
+        lines.append((ax.stairs(100.0 * h / values.size, edges, fill=True, color="#9ecae1",
+                                label="this tube"), values))
+    else:
+        ax.text(0.5, 0.6, "no basophils in this tube", transform=ax.transAxes, ha="center", fontsize=7)
+    if neg is not None and neg.size:
+        h, _ = np.histogram(np.arcsinh(neg / cofactor), edges_t)
+        lines.append((ax.stairs(100.0 * h / neg.size, edges, color="0.2", linewidth=1.0,
+                                label="negative control"), neg))
+    ax.set_xlim(edges[0], edges[-1])
+    if has_t:
+        ax.axvline(threshold, color=GATE_COLOUR, linewidth=1.4, zorder=3, label=f"threshold {threshold:.4g}")
+        for artist, v in lines:
+            artist.set_label(f"{artist.get_label()}: {pct_above(v, threshold):.1f}% {marker}+ (n={v.size})")
+    else:
+        ax.text(0.98, 0.5, "no threshold available", transform=ax.transAxes, ha="right", fontsize=7,
+                color=GATE_COLOUR)
+    ax.set_xlabel(f"{marker} (compensated, arcsinh scale)", fontsize=7)
+    ax.set_ylabel("% of basophils", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.35)  # room for the legend above the peaks
+    ax.legend(fontsize=6, loc="upper right", frameon=True, framealpha=0.85, edgecolor="none",
+              handlelength=1.2)
+
+
+def draw_tube_row(result: TubeResult, axes: Sequence[Axes], *, negative_values: np.ndarray | None,
+                  threshold: float | None, marker: str = "CD63",
+                  adjusted: Mapping[str, str] | None = None) -> None:
+    """All gates of a tube, then its activation histogram, one per axes (``len(result.gates) + 1`` axes).
+
+    ``adjusted`` maps gate names to a reviewer's reason for gates marked manually adjusted elsewhere.
+    """
+    adjusted = adjusted or {}
+    if len(axes) < len(result.gates) + 1:
+        raise ValueError(f"{result.tube.file}: {len(result.gates) + 1} axes needed, {len(axes)} given")
+    for record, ax in zip(result.gates, axes):
+        draw_gate(record, ax, adjusted_reason=adjusted.get(record.name))
+    draw_activation(result.basophil_values.get(marker, np.empty(0)), negative_values, threshold,
+                    axes[len(result.gates)], marker=marker)
+
+
+def draw_tube_panel(result: TubeResult, *, negative_values: np.ndarray | None, threshold: float | None,
+                    marker: str = "CD63", adjusted: Mapping[str, str] | None = None,
+                    panel_size: tuple[float, float] = (3.0, 2.6)) -> Figure:
+    """A one-row figure with every gate of the tube and its activation histogram."""
+    n = len(result.gates) + 1
+    fig = Figure(figsize=(panel_size[0] * n, panel_size[1]))
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    draw_tube_row(result, list(axes), negative_values=negative_values, threshold=threshold, marker=marker,
+                  adjusted=adjusted)
+    fig.suptitle(f"{result.tube.file}", fontsize=9, x=0.01, ha="left")
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.18, top=0.8, wspace=0.3)
+    return fig
+
+
+@dataclass(frozen=True)
+class Png:
+    """One rendered drawing: what it shows (``kind`` gate / activation / dose_response, ``title``) and bytes."""
+
+    kind: str
+    title: str
+    data: bytes
+    width: int
+    height: int
+
+
+class PngRenderer:
+    """Draws one small figure per call and returns it as PNG bytes (Agg, fixed layout, no tight_layout).
+
+    At plate scale the cost is text layout, not pixels: figures use few ticks, plain-text labels and a
+    fixed margin layout rather than ``tight_layout`` (which draws everything twice).
+    """
+
+    def __init__(self, *, size: tuple[float, float] = (3.2, 2.7), dpi: int = 90) -> None:
+        self.size = size
+        self.dpi = dpi
+
+    def render(self, kind: str, title: str, draw: Any, *, size: tuple[float, float] | None = None,
+               margins: Mapping[str, float] | None = None) -> Png:
+        """Call ``draw(ax)`` on a fresh axes and encode the figure as PNG."""
+        w, h = size or self.size
+        fig = Figure(figsize=(w, h), dpi=self.dpi)
+        ax = fig.add_subplot()
+        draw(ax)
+        fig.subplots_adjust(**(margins or dict(left=0.17, right=0.97, bottom=0.16, top=0.9)))
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=self.dpi)
+        return Png(kind, title, buf.getvalue(), int(round(w * self.dpi)), int(round(h * self.dpi)))
+
+    def tube(self, result: TubeResult, *, negative_values: np.ndarray | None, threshold: float | None,
+             marker: str = "CD63", adjusted: Mapping[str, str] | None = None) -> list[Png]:
+        """One PNG per gate of the tube, then the activation histogram."""
+        adjusted = adjusted or {}
+        pngs = [self.render("gate", rec.name,
+                            lambda ax, rec=rec: draw_gate(rec, ax, adjusted_reason=adjusted.get(rec.name)))
+                for rec in result.gates]
+        values = result.basophil_values.get(marker, np.empty(0))
+        pngs.append(self.render("activation", marker,
+                                lambda ax: draw_activation(values, negative_values, threshold, ax,
+                                                           marker=marker)))
+        return pngs
