@@ -1,0 +1,357 @@
+"""Reviewer corrections: an overrides YAML file, or gates edited in FlowJo and given back.
+
+An overrides file lists corrections, each with who made it and why::
+
+    # bat run ... --overrides review.yaml
+    reviewer: Jane Doe                  # default reviewer of every correction below
+    corrections:
+      - tube: P01_none_allergen_3.fcs   # a file of the layout
+        gate: basophils                 # a gate of the template
+        geometry:                       # in the gate's displayed (transformed) coordinates, as in the report
+          type: polygon                 # polygon (vertices) | range (mins, maxs) | ellipsoid (mean, covariance,
+          vertices: [[0.1, 0.5], [0.3, 0.5], [0.3, 0.9], [0.1, 0.9]]   #  distance_square)
+        reason: eosinophils were included
+      - patient: P01                    # a CD63 threshold for one patient and arm (or: tube: <its negative control>)
+        pretreatment: none
+        threshold: 1500                 # compensated linear CD63 value
+        reviewer: John Roe
+        reason: bimodal negative control
+
+A tube with a gate correction is gated again with the corrected geometry (the automated result stays in the
+store beside it); a threshold correction re-scores its patient only. Every problem of the file is reported
+at once, each with its location (``corrections[2].geometry.vertices: ...``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .errors import BatError
+from .records import Tube
+
+GEOMETRY_FIELDS = {"polygon": ("vertices",), "range": ("mins", "maxs"),
+                   "ellipsoid": ("mean", "covariance", "distance_square")}
+
+
+class OverridesError(BatError):
+    """A reviewer overrides file (or edited gates file) with problems; ``problems`` lists each, located."""
+
+    def __init__(self, message: str, *, source: str | None = None, problems: list[str] | None = None) -> None:
+        self.problems = list(problems or [])
+        if self.problems:
+            message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(message, source=source)
+
+
+@dataclass(frozen=True)
+class GateCorrection:
+    """A reviewer's geometry for one gate of one tube."""
+
+    file: str
+    gate: str
+    geometry: dict[str, Any]
+    reviewer: str
+    reason: str
+    source: str
+    decided_at: str | None = None
+
+
+@dataclass(frozen=True)
+class ThresholdCorrection:
+    """A reviewer's CD63 threshold for one patient and arm."""
+
+    patient: str
+    pretreatment: str
+    value: float
+    reviewer: str
+    reason: str
+    source: str
+    decided_at: str | None = None
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass
+class Corrections:
+    """All corrections that apply to a run."""
+
+    gates: list[GateCorrection] = field(default_factory=list)
+    threshold_list: list[ThresholdCorrection] = field(default_factory=list)
+
+    def gates_for(self, file: str) -> dict[str, GateCorrection]:
+        return {c.gate: c for c in self.gates if c.file == file}
+
+    def sha256_for(self, file: str) -> str | None:
+        """Fingerprint of the geometry corrections of one tube (part of its cache key)."""
+        items = sorted((c.gate, _canon(c.geometry)) for c in self.gates if c.file == file)
+        if not items:
+            return None
+        return hashlib.sha256(_canon(items).encode("utf-8")).hexdigest()
+
+    def thresholds(self) -> dict[tuple[str, str], float]:
+        return {(t.patient, t.pretreatment): t.value for t in self.threshold_list}
+
+    def gate_overrides(self, template: Any, file: str) -> dict[str, Any]:
+        """The corrected gates of one tube as gate objects for ``gate_tube(..., overrides=...)``."""
+        return {name: build_gate(template, name, c.geometry) for name, c in self.gates_for(file).items()}
+
+    def note_for(self, file: str, patient: str, pretreatment: str) -> str:
+        """Plain-words note of the corrections affecting a tube ('' when none)."""
+        notes = [f"gate {c.gate} adjusted by {c.reviewer}: {c.reason}" for c in self.gates if c.file == file]
+        notes += [f"CD63 threshold set to {t.value:g} by {t.reviewer}: {t.reason}" for t in self.threshold_list
+                  if t.patient == patient and t.pretreatment == pretreatment]
+        return "; ".join(notes)
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """Records for the results store's ``reviews`` table (fingerprint identifies a decision)."""
+        out = []
+        for c in self.gates:
+            rec = {"kind": "gate", "file": c.file, "gate": c.gate, "value": c.geometry, "reviewer": c.reviewer,
+                   "reason": c.reason, "source": c.source, "decided_at": c.decided_at}
+            rec["fingerprint"] = hashlib.sha256(_canon([rec["kind"], c.file, c.gate, c.geometry, c.reviewer,
+                                                        c.reason]).encode()).hexdigest()
+            out.append(rec)
+        for t in self.threshold_list:
+            rec = {"kind": "threshold", "patient": t.patient, "pretreatment": t.pretreatment, "gate": "CD63",
+                   "value": t.value, "reviewer": t.reviewer, "reason": t.reason, "source": t.source,
+                   "decided_at": t.decided_at}
+            rec["fingerprint"] = hashlib.sha256(_canon([rec["kind"], t.patient, t.pretreatment, t.value,
+                                                        t.reviewer, t.reason]).encode()).hexdigest()
+            out.append(rec)
+        return out
+
+    def __bool__(self) -> bool:
+        return bool(self.gates or self.threshold_list)
+
+
+# ------------------------------------------------------------------------------------------------ gates
+def _dimension(template: Any, key: str) -> Any:
+    from .gating.gates import Dimension
+    from .gating.transforms import from_spec
+
+    spec = template.transform_spec(key)
+    if not spec or spec.get("type") in (None, "none"):
+        return Dimension(key)
+    return Dimension(key, from_spec(spec, source=getattr(template, "source", None), where=f"transforms.{key}"))
+
+
+def build_gate(template: Any, gate_name: str, geometry: Mapping[str, Any]) -> Any:
+    """A gate object of the template's gate ``gate_name`` (its dims, transforms, parent) with new geometry."""
+    from .gating.gates import gate_from_dict
+
+    spec = template.gate(gate_name)
+    dims = [_dimension(template, d) for d in spec.dims]
+    transforms = {f"t{i}": d.transform for i, d in enumerate(dims) if d.transform is not None}
+    data = {k: v for k, v in geometry.items() if k not in ("dims", "name", "parent", "transforms")}
+    data.update(name=spec.name, parent=spec.parent, dims=[d.key for d in dims],
+                transforms=[f"t{i}" if d.transform is not None else None for i, d in enumerate(dims)])
+    return gate_from_dict(data, transforms)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def check_geometry(where: str, geo: Any, n_dims: int, problems: list[str]) -> dict[str, Any] | None:
+    """Validate a geometry mapping for a gate of ``n_dims`` dimensions; returns it normalised or None."""
+    if not isinstance(geo, Mapping):
+        problems.append(f"{where}: expected a mapping with 'type' (polygon, range or ellipsoid), got "
+                        f"{type(geo).__name__}")
+        return None
+    kind = geo.get("type")
+    if kind not in GEOMETRY_FIELDS:
+        problems.append(f"{where}.type: expected polygon, range or ellipsoid, got {kind!r}")
+        return None
+    out: dict[str, Any] = {"type": kind}
+    ok = True
+    for key in GEOMETRY_FIELDS[kind]:
+        if key not in geo:
+            problems.append(f"{where}.{key}: missing (a {kind} needs {', '.join(GEOMETRY_FIELDS[kind])})")
+            ok = False
+    if not ok:
+        return None
+    if kind == "polygon":
+        v = geo["vertices"]
+        if n_dims != 2:
+            problems.append(f"{where}.type: a polygon needs a 2-dimensional gate, this gate has {n_dims}")
+            return None
+        if not (isinstance(v, list) and len(v) >= 3 and all(isinstance(p, list) and len(p) == 2
+                                                            and all(_is_number(x) for x in p) for p in v)):
+            problems.append(f"{where}.vertices: expected a list of at least 3 [x, y] number pairs")
+            return None
+        out["vertices"] = [[float(x), float(y)] for x, y in v]
+    elif kind == "range":
+        for key in ("mins", "maxs"):
+            v = geo[key]
+            if not (isinstance(v, list) and len(v) == n_dims and all(x is None or _is_number(x) for x in v)):
+                problems.append(f"{where}.{key}: expected a list of {n_dims} numbers (null for an open side)")
+                ok = False
+            else:
+                out[key] = [None if x is None else float(x) for x in v]
+        if ok:
+            for i, (lo, hi) in enumerate(zip(out["mins"], out["maxs"])):
+                if lo is None and hi is None:
+                    problems.append(f"{where}: dimension {i} has neither a min nor a max")
+                    ok = False
+                elif lo is not None and hi is not None and lo >= hi:
+                    problems.append(f"{where}: dimension {i} has min {lo:g} >= max {hi:g}")
+                    ok = False
+        if not ok:
+            return None
+    else:
+        mean, cov, d2 = geo["mean"], geo["covariance"], geo["distance_square"]
+        if not (isinstance(mean, list) and len(mean) == n_dims and all(_is_number(x) for x in mean)):
+            problems.append(f"{where}.mean: expected {n_dims} numbers")
+            ok = False
+        if not (isinstance(cov, list) and len(cov) == n_dims and all(
+                isinstance(r, list) and len(r) == n_dims and all(_is_number(x) for x in r) for r in cov)):
+            problems.append(f"{where}.covariance: expected a {n_dims}×{n_dims} matrix of numbers")
+            ok = False
+        if not (_is_number(d2) and float(d2) > 0):
+            problems.append(f"{where}.distance_square: expected a positive number")
+            ok = False
+        if not ok:
+            return None
+        out.update(mean=[float(x) for x in mean], covariance=[[float(x) for x in r] for r in cov],
+                   distance_square=float(d2))
+    return out
+
+
+def parse_overrides(data: Any, template: Any, tubes: Sequence[Tube], *, source: str,
+                    default_reviewer: str | None = None) -> Corrections:
+    """Validate a parsed overrides document; raises OverridesError listing every problem."""
+    problems: list[str] = []
+    by_file = {t.file: t for t in tubes}
+    by_name = {Path(t.file).name: t for t in tubes}
+    arms = {(t.patient, t.pretreatment) for t in tubes}
+    gate_names = [g.name for g in template.gates]
+    if not isinstance(data, Mapping):
+        raise OverridesError("an overrides file must be a mapping with a 'corrections' list", source=source,
+                             problems=[f"(top level): got {type(data).__name__}"])
+    unknown = sorted(set(data) - {"reviewer", "corrections", "date"})
+    problems += [f"{k}: unknown key (expected reviewer, corrections)" for k in unknown]
+    top_reviewer = data.get("reviewer", default_reviewer)
+    items = data.get("corrections")
+    if not isinstance(items, list) or not items:
+        problems.append("corrections: expected a non-empty list of corrections")
+        items = []
+    out = Corrections()
+    seen: dict[tuple[str, ...], str] = {}
+    for i, item in enumerate(items):
+        where = f"corrections[{i}]"
+        if not isinstance(item, Mapping):
+            problems.append(f"{where}: expected a mapping, got {type(item).__name__}")
+            continue
+        extra = sorted(set(item) - {"tube", "patient", "pretreatment", "gate", "geometry", "threshold",
+                                    "reviewer", "reason", "date"})
+        problems += [f"{where}.{k}: unknown key" for k in extra]
+        reviewer = item.get("reviewer", top_reviewer)
+        reason = item.get("reason")
+        if not isinstance(reviewer, str) or not reviewer.strip():
+            problems.append(f"{where}.reviewer: missing (give 'reviewer:' here or at the top of the file)")
+        if not isinstance(reason, str) or not reason.strip():
+            problems.append(f"{where}.reason: missing (say why the automated result was corrected)")
+        date = str(item["date"]) if item.get("date") is not None else None
+        tube = None
+        if "tube" in item:
+            name = str(item["tube"])
+            tube = by_file.get(name) or by_name.get(Path(name).name)
+            if tube is None:
+                problems.append(f"{where}.tube: {name!r} is not a file of the layout")
+        has_geo, has_thr = "geometry" in item, "threshold" in item
+        if has_geo == has_thr:
+            problems.append(f"{where}: give either 'geometry' (with 'gate') or 'threshold'")
+            continue
+        if has_geo:
+            if "tube" not in item:
+                problems.append(f"{where}.tube: missing (a gate correction applies to one tube)")
+            gate = item.get("gate")
+            if gate not in gate_names:
+                problems.append(f"{where}.gate: {gate!r} is not a gate of template {template.name} "
+                                f"(expected one of {', '.join(gate_names)})")
+                continue
+            geo = check_geometry(f"{where}.geometry", item["geometry"], len(template.gate(gate).dims), problems)
+            if geo is None or tube is None or not isinstance(reviewer, str) or not isinstance(reason, str):
+                continue
+            key = ("gate", tube.file, gate)
+            if key in seen:
+                problems.append(f"{where}: gate {gate} of {tube.file} is already corrected by {seen[key]}")
+                continue
+            seen[key] = where
+            out.gates.append(GateCorrection(tube.file, gate, geo, reviewer.strip(), reason.strip(), source, date))
+        else:
+            value = item["threshold"]
+            if not _is_number(value):
+                problems.append(f"{where}.threshold: expected a number (compensated linear CD63), got {value!r}")
+                continue
+            if tube is not None:
+                patient, arm = tube.patient, tube.pretreatment
+            else:
+                patient, arm = item.get("patient"), item.get("pretreatment", "none")
+                if patient is None:
+                    problems.append(f"{where}: a threshold needs 'tube' or 'patient' (+ 'pretreatment')")
+                    continue
+                patient = str(patient)
+                if (patient, arm) not in arms:
+                    problems.append(f"{where}: patient {patient!r} with pretreatment {arm!r} is not in the layout")
+                    continue
+            if not isinstance(reviewer, str) or not isinstance(reason, str):
+                continue
+            key = ("threshold", patient, arm)
+            if key in seen:
+                problems.append(f"{where}: the threshold of {patient}/{arm} is already corrected by {seen[key]}")
+                continue
+            seen[key] = where
+            out.threshold_list.append(ThresholdCorrection(patient, arm, float(value), reviewer.strip(),
+                                                          reason.strip(), source, date))
+    if problems:
+        raise OverridesError("the overrides file has problems; nothing was run", source=source,
+                             problems=problems)
+    return out
+
+
+def read_overrides(path: Path | str, template: Any, tubes: Sequence[Tube], *,
+                   default_reviewer: str | None = None) -> Corrections:
+    """Read and validate an overrides YAML file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise OverridesError(f"cannot read the overrides file ({exc.strerror})", source=str(path)) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise OverridesError("the overrides file is not valid YAML", source=str(path),
+                             problems=[str(exc).replace("\n", " ")]) from None
+    return parse_overrides(data, template, tubes, source=str(path), default_reviewer=default_reviewer)
+
+
+def load_corrections(template: Any, *, overrides: Path | str | None, gates_from: Path | str | None,
+                     tubes: Sequence[Tube], reviewer: str | None = None,
+                     automated: Callable[[str, str], dict[str, Any] | None] | None = None) -> Corrections:
+    """All corrections of a run: the overrides file, plus gates edited in FlowJo / Gating-ML.
+
+    ``automated(file, gate)`` returns the automated geometry of a stored tube; an edited gate equal to it
+    is not a correction.
+    """
+    out = Corrections()
+    if overrides is not None:
+        out = read_overrides(overrides, template, tubes, default_reviewer=reviewer)
+    if gates_from is not None:
+        from .overrides_import import read_edited_gates
+
+        edited = read_edited_gates(gates_from, template, tubes, reviewer=reviewer, automated=automated)
+        clash = {(c.file, c.gate) for c in out.gates} & {(c.file, c.gate) for c in edited}
+        if clash:
+            raise OverridesError("the same gate is corrected in both --overrides and --gates-from",
+                                 source=str(gates_from),
+                                 problems=[f"{f}: gate {g}" for f, g in sorted(clash)])
+        out.gates += edited
+    return out

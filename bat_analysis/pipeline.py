@@ -1,0 +1,557 @@
+"""The batch pipeline: map (one gating task per tube, in parallel), then reduce (scoring per patient).
+
+Executors
+---------
+* local processes (default): a ``concurrent.futures.ProcessPoolExecutor`` whose workers stay alive across
+  tubes and use one BLAS thread each; ``workers=1`` gates in this process (same single-thread BLAS setting,
+  so the numbers are identical to any worker count);
+* a Dask distributed cluster (``scheduler="tcp://HOST:PORT"``), through ``distributed.Client`` (optional
+  extra ``bat-analysis[dask]``).
+
+Resume and crash safety
+-----------------------
+Each finished tube is written to the results store (one transaction) with a cache key made of its file's
+sha256, the template's sha256, the package version, its layout annotation and the reviewer corrections that
+apply to it. A re-run gates only tubes whose key changed or that are missing, then scores every patient from
+the stored results. Results are always read back from the store before scoring, so a resumed run and an
+uninterrupted run score bit-identical inputs. A lock file keeps two runs from writing the same folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import socket
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from . import __version__
+from .errors import BatError
+from .records import Flag, Tube, TubeResult
+from .store import AUTO, REVIEWED, ResultStore, to_json
+
+LOCK_NAME = ".bat-run.lock"
+
+
+# ------------------------------------------------------------------------------------------------ lock
+class RunLock:
+    """An exclusive lock on an output folder, held for the duration of a run.
+
+    Uses ``fcntl.flock`` on ``OUT/.bat-run.lock``: the operating system releases it when the holder exits,
+    however it exits (even SIGKILL), so a stale lock file left by a killed run never blocks. The file holds
+    the holder's pid, host and start time, quoted in the refusal message.
+    """
+
+    def __init__(self, out_dir: Path | str) -> None:
+        self.path = Path(out_dir) / LOCK_NAME
+        self._fh: Any = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown process"
+            fh.close()
+            raise BatError(f"another 'bat run' is writing to this folder ({holder})",
+                           source=str(self.path.parent), field="--out",
+                           expected="wait for that run to finish, or choose another --out folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            import fcntl
+
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+@dataclass(frozen=True)
+class GateTask:
+    """Everything a worker needs to gate one tube (picklable; no open files)."""
+
+    path: str
+    tube: Tube
+    template: Any
+    variant: str = AUTO
+    overrides: dict[str, Any] | None = None
+
+
+_WORKER_BLAS_LIMIT: Any = None
+
+
+def _limit_blas_once() -> None:
+    """Limit this process to one BLAS/OpenMP thread (once per process; kept for the process's life)."""
+    global _WORKER_BLAS_LIMIT
+    if _WORKER_BLAS_LIMIT is None:
+        from threadpoolctl import threadpool_limits
+
+        _WORKER_BLAS_LIMIT = threadpool_limits(limits=1)
+
+
+def gate_one(task: GateTask) -> TubeResult:
+    """Gate one tube. Never raises: an unexpected failure becomes a failed TubeResult naming the reason."""
+    from .gating.tube import gate_tube
+
+    try:
+        result = gate_tube(task.path, task.tube, task.template, overrides=task.overrides)
+    except Exception as exc:  # a bug or an unforeseen input must not stop the batch: record it on the tube
+        reason = f"gating stopped with {type(exc).__name__}: {exc}"
+        result = TubeResult(tube=task.tube, error=reason,
+                            flags=[Flag("GATING_CRASHED", "fail", f"{Path(task.path).name}: {reason}")])
+    if result.file_sha256 is None:
+        try:
+            result.file_sha256 = file_sha256(task.path)
+        except OSError:
+            result.file_sha256 = None
+    return result
+
+
+def _worker_gate(task: GateTask) -> TubeResult:
+    _limit_blas_once()
+    return gate_one(task)
+
+
+def _worker_init() -> None:
+    _limit_blas_once()
+
+
+# ------------------------------------------------------------------------------------------------ executors
+Completed = tuple[int, TubeResult]
+
+
+def run_local(tasks: Sequence[GateTask], workers: int) -> Iterator[Completed]:
+    """Gate tasks in local processes (or in this process when ``workers == 1``), yielding as they finish.
+
+    If a worker process dies (out of memory, a crash inside a C library), the tubes it left unfinished are
+    retried once in a fresh pool; those that break a pool again are gated one per process, so that only the
+    file that kills its worker is recorded as failed (flag ``WORKER_DIED``).
+    """
+    if workers <= 1:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1):
+            for i, task in enumerate(tasks):
+                yield i, gate_one(task)
+        return
+    broken = yield from _pool_pass(tasks, list(range(len(tasks))), workers)
+    if broken:
+        broken = yield from _pool_pass(tasks, broken, workers)
+    for i in broken:
+        again = yield from _pool_pass(tasks, [i], 1)
+        for j in again:
+            reason = "the worker process died while gating this file (out of memory or a crash in a library)"
+            yield j, TubeResult(tube=tasks[j].tube, error=reason,
+                                flags=[Flag("WORKER_DIED", "fail", f"{Path(tasks[j].path).name}: {reason}")])
+
+
+def _pool_pass(tasks: Sequence[GateTask], indices: list[int], workers: int):  # -> Generator[..., list[int]]
+    """One pool over ``indices``; yields finished results and returns the indices a broken pool lost."""
+    broken: list[int] = []
+    if not indices:
+        return broken
+    with ProcessPoolExecutor(max_workers=min(workers, len(indices)), initializer=_worker_init) as pool:
+        futures: dict[Future, int] = {pool.submit(_worker_gate, tasks[i]): i for i in indices}
+        not_done = set(futures)
+        while not_done:
+            done, not_done = wait(not_done, return_when=FIRST_COMPLETED)
+            for fut in sorted(done, key=lambda f: futures[f]):
+                try:
+                    result = fut.result()
+                except BrokenProcessPool:
+                    broken.append(futures[fut])
+                    continue
+                yield futures[fut], result
+    return sorted(broken)
+
+
+def run_dask(tasks: Sequence[GateTask], address: str) -> Iterator[Completed]:
+    """Gate tasks on a Dask distributed cluster, yielding as they finish."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError as exc:
+        raise BatError("running on a cluster needs the 'distributed' package", field="--scheduler",
+                       expected="pip install 'bat-analysis[dask]', or leave out --scheduler to use local "
+                                "processes") from exc
+    try:
+        client = Client(address, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise BatError(f"cannot reach the Dask scheduler ({exc})", source=address, field="--scheduler",
+                       expected="the address of a running scheduler, e.g. tcp://HOST:8786") from exc
+    try:
+        futures = [client.submit(_worker_gate, t, pure=False) for t in tasks]
+        index = {f.key: i for i, f in enumerate(futures)}
+        for fut in as_completed(futures):
+            i = index[fut.key]
+            try:
+                yield i, fut.result()
+            except Exception as exc:  # a lost worker or a task the cluster gave up on: record it, go on
+                reason = f"the cluster could not gate this file ({type(exc).__name__}: {exc})"
+                yield i, TubeResult(tube=tasks[i].tube, error=reason,
+                                    flags=[Flag("WORKER_DIED", "fail", f"{Path(tasks[i].path).name}: {reason}")])
+    finally:
+        client.close()
+
+
+# ------------------------------------------------------------------------------------------------ keys
+def file_sha256(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tube_annotation(tube: Tube) -> dict[str, Any]:
+    return {"file": tube.file, "patient": tube.patient, "condition": tube.condition,
+            "pretreatment": tube.pretreatment, "allergen": tube.allergen,
+            "concentration": tube.concentration, "unit": tube.unit, "extra": [list(p) for p in tube.extra]}
+
+
+def cache_key(file_sha: str | None, template_sha: str, tube: Tube, corrections_sha: str | None) -> str:
+    """The key a stored tube result is valid for: file, template, version, annotation and corrections."""
+    payload = to_json([file_sha, template_sha, __version__, tube_annotation(tube), corrections_sha or ""])
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def resolve_file(data_dir: Path, tube: Tube) -> Path:
+    p = Path(tube.file)
+    return p if p.is_absolute() else data_dir / p
+
+
+# ------------------------------------------------------------------------------------------------ run
+@dataclass
+class RunOptions:
+    """What ``bat run`` was asked to do."""
+
+    data_dir: Path
+    layout: Path
+    out: Path
+    template: str | Path = "bat_ccr3_cd63"
+    workers: int | None = None
+    scheduler: str | None = None
+    overrides: Path | None = None
+    gates_from: Path | None = None
+    reviewer: str | None = None
+    quiet: bool = False
+    parquet: bool = False
+    reports: bool = True
+    command: str = ""
+
+
+@dataclass
+class RunSummary:
+    """What a run did: counts, failed tubes with reasons, the files written, the scored tables."""
+
+    out: Path
+    run_id: int
+    n_tubes: int
+    n_gated: int
+    n_reused: int
+    n_failed: int
+    failed: list[tuple[str, str]]
+    outputs: list[Path]
+    elapsed_s: float
+    tubes: Any = None
+    patients: Any = None
+    scores: Any = None
+    results: list[TubeResult] = field(default_factory=list)
+    report_note: str | None = None
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # platforms without sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+def _progress(quiet: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), console=Console(stderr=True), disable=quiet, transient=False)
+
+
+def run(options: RunOptions, *, on_result: Callable[[int, TubeResult], None] | None = None) -> RunSummary:
+    """Run the whole analysis into ``options.out``; raises BatError for a bad invocation or when no tube
+    could be analysed. ``on_result`` is called after each tube is stored (used by tests to interrupt)."""
+    t0 = time.perf_counter()
+    data_dir, out = Path(options.data_dir), Path(options.out)
+    if not data_dir.is_dir():
+        raise BatError("data folder not found", source=str(data_dir), field="DATA_DIR",
+                       expected="a folder holding the FCS files")
+    if not Path(options.layout).is_file():
+        raise BatError("layout sheet not found", source=str(options.layout), field="--layout",
+                       expected="a CSV or XLSX layout sheet (columns: file, patient, condition, allergen, "
+                                "concentration, unit, pretreatment)")
+    workers = options.workers if options.workers is not None else default_workers()
+    if workers < 1:
+        raise BatError(f"--workers must be at least 1, got {workers}", field="--workers", expected="an integer ≥ 1")
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        return _run_locked(options, data_dir, out, workers, on_result, t0)
+
+
+def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
+                on_result: Callable[[int, TubeResult], None] | None, t0: float) -> RunSummary:
+    from .gating.templates import load_template
+    from .io.layout import read_layout
+    from .overrides import load_corrections
+
+    tubes = read_layout(Path(options.layout), data_dir)
+    if not tubes:
+        raise BatError("the layout sheet lists no tubes", source=str(options.layout),
+                       expected="one row per FCS file")
+    template = load_template(options.template)
+    corrections = load_corrections(template, overrides=options.overrides, gates_from=options.gates_from,
+                                   tubes=tubes, reviewer=options.reviewer)
+    command = options.command or " ".join(shlex.quote(a) for a in sys.argv)
+    with ResultStore.in_folder(out) as store, _progress(options.quiet) as progress:
+        run_id = store.begin_run(version=__version__, template_name=template.name,
+                                 template_sha256=template.sha256, command=command,
+                                 info={"data_dir": str(data_dir), "layout": str(options.layout),
+                                       "workers": workers, "scheduler": options.scheduler,
+                                       "overrides": str(options.overrides) if options.overrides else None,
+                                       "gates_from": str(options.gates_from) if options.gates_from else None})
+        # checksums of every input, and which tube results are still valid
+        check = progress.add_task("Checking files", total=len(tubes), note="")
+        checksums: dict[str, str | None] = {}
+        for tube in tubes:
+            path = resolve_file(data_dir, tube)
+            try:
+                checksums[tube.file] = file_sha256(path)
+            except OSError:
+                checksums[tube.file] = None
+            progress.advance(check)
+        layout_sha = file_sha256(options.layout)
+        store.record_inputs(run_id, {**checksums, f"layout:{Path(options.layout).name}": layout_sha,
+                                     f"template:{template.name}": template.sha256})
+        store.sync_reviews(run_id, corrections.decisions())
+        stored = store.stored_tubes()
+        tasks: list[GateTask] = []
+        keys: list[str] = []
+        for tube in tubes:
+            path = str(resolve_file(data_dir, tube))
+            want = [(AUTO, None, None)]
+            gate_corr = corrections.gates_for(tube.file)
+            if gate_corr:
+                want.append((REVIEWED, corrections.gate_overrides(template, tube.file), corrections.sha256_for(tube.file)))
+            elif (tube.file, REVIEWED) in stored:
+                store.delete_variant(tube.file, REVIEWED)  # the correction was withdrawn
+            for variant, overrides, corr_sha in want:
+                key = cache_key(checksums[tube.file], template.sha256, tube, corr_sha)
+                have = stored.get((tube.file, variant))
+                if have is not None and have.cache_key == key:
+                    continue
+                tasks.append(GateTask(path=path, tube=tube, template=template, variant=variant,
+                                      overrides=overrides))
+                keys.append(key)
+        n_reused = len(tubes) - len({t.tube.file for t in tasks})
+        from .gating.tube import gate_tube  # noqa: F401  (imported once here; forked workers inherit it)
+
+        gate = progress.add_task("Gating tubes", total=len(tasks), note="")
+        executor = run_dask(tasks, options.scheduler) if options.scheduler else run_local(tasks, workers)
+        n_fail_now = 0
+        for i, result in executor:
+            task = tasks[i]
+            corr_sha = corrections.sha256_for(task.tube.file) if task.variant == REVIEWED else None
+            store.put_tube(result, variant=task.variant, cache_key=keys[i], run_id=run_id,
+                           template_sha256=template.sha256, version=__version__, corrections_sha256=corr_sha)
+            n_fail_now += 0 if result.ok else 1
+            progress.update(gate, advance=1, note=f"{n_fail_now} failed" if n_fail_now else "")
+            if on_result is not None:
+                on_result(i, result)
+
+        # reduce: every tube's current result read back from the store
+        results: list[TubeResult] = []
+        for tube in tubes:
+            variant = REVIEWED if corrections.gates_for(tube.file) else AUTO
+            res = store.get_tube(tube.file, variant)
+            if res is None:
+                raise BatError("a gated tube is missing from the results store", source=str(store.path),
+                               field=tube.file, expected="re-run the same command")
+            results.append(res)
+        failed = [(r.tube.file, r.error or "") for r in results if not r.ok]
+        if len(failed) == len(results):
+            store.end_run(run_id, status="failed", n_tubes=len(tubes), n_gated=len(tasks), n_reused=n_reused,
+                          n_failed=len(failed))
+            reasons = "\n".join(f"  - {f}: {why}" for f, why in failed[:10])
+            raise BatError(f"no tube could be analysed ({len(failed)} of {len(failed)} failed):\n{reasons}",
+                           source=str(data_dir), expected="readable FCS files matching the template's panel; "
+                           "try 'bat inspect FILE' on one of them")
+        score_task = progress.add_task("Scoring patients", total=None, note="")
+        scores = score_results(results, template, corrections.thresholds(), store)
+        tubes_df, patients_df = annotate_reviews(scores.tubes, corrections), scores.patients
+        store.put_tables(run_id, tubes_df, patients_df)
+        tubes_df, patients_df = store.tables()
+        progress.update(score_task, total=1, completed=1)
+        from .outputs import write_tables
+
+        about = about_sheet(template, command, checksums, layout_sha, run_id)
+        outputs = write_tables(out, tubes_df, patients_df, about, parquet=options.parquet)
+        summary = RunSummary(out=out, run_id=run_id, n_tubes=len(tubes), n_gated=len(tasks),
+                             n_reused=n_reused, n_failed=len(failed), failed=failed, outputs=outputs,
+                             elapsed_s=0.0, tubes=tubes_df, patients=patients_df, scores=scores, results=results)
+        if options.reports:
+            rep = progress.add_task("Writing reports", total=None, note="")
+            paths, summary.report_note = render(out, store, results, scores, run_id)
+            summary.outputs += paths
+            progress.update(rep, total=1, completed=1)
+        store.end_run(run_id, status="completed", n_tubes=len(tubes), n_gated=len(tasks),
+                      n_reused=n_reused, n_failed=len(failed))
+    summary.elapsed_s = time.perf_counter() - t0
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------ reduce
+def analysis_config(template: Any) -> Any:
+    """The analysis configuration of a template's ``analysis:``/``qc:`` sections."""
+    from .analysis.config import AnalysisConfig
+
+    return AnalysisConfig.from_mapping(template.analysis_mapping(), source=getattr(template, "source", None))
+
+
+def _merge_scores(parts: Sequence[Any]) -> Any:
+    """One scores object from per-patient ones: tables concatenated in order, dicts merged."""
+    import dataclasses
+
+    import pandas as pd
+
+    first = parts[0]
+    merged: dict[str, Any] = {}
+    for f in dataclasses.fields(first):
+        values = [getattr(p, f.name) for p in parts]
+        if isinstance(values[0], pd.DataFrame):
+            merged[f.name] = pd.concat(values, ignore_index=True) if len(values) > 1 else values[0]
+        elif isinstance(values[0], dict):
+            merged[f.name] = {k: v for d in values for k, v in d.items()}
+        elif isinstance(values[0], list):
+            merged[f.name] = [x for v in values for x in v]
+        else:
+            merged[f.name] = values[0]
+    return type(first)(**merged)
+
+
+def _patient_key(results: Sequence[TubeResult], store: ResultStore, config: Any,
+                 thresholds: dict[tuple[str, str], Any]) -> str:
+    stored = store.stored_tubes()
+    tube_keys = []
+    for r in results:
+        variant = store.current_variant(r.tube.file)
+        tube_keys.append([r.tube.file, variant, stored[(r.tube.file, variant)].cache_key])
+    patient = results[0].tube.patient
+    thr = sorted([list(k), v] for k, v in thresholds.items() if k[0] == patient)
+    payload = to_json([__version__, tube_keys, repr(config), thr])
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def score_results(results: Sequence[TubeResult], template: Any, thresholds: dict[tuple[str, str], float],
+                  store: ResultStore | None = None) -> Any:
+    """Score the experiment patient by patient; a patient whose inputs did not change reuses its stored scores.
+
+    Patients are independent (thresholds, metrics, fits and classes are per patient and arm), so scoring them
+    one at a time gives the same numbers as scoring all at once; only the affected patients are recomputed
+    after a reviewer's correction. A cohort-relative classification needs every patient: scored together.
+    """
+    from .analysis.score import score_experiment
+
+    config = analysis_config(template)
+    cohort = "cohort" in str(getattr(getattr(config, "classes", None), "mode", "absolute"))
+    if cohort or store is None:
+        return score_experiment(list(results), config, threshold_overrides=thresholds or None)
+    by_patient: dict[str, list[TubeResult]] = {}
+    for r in results:
+        by_patient.setdefault(r.tube.patient, []).append(r)
+    parts = []
+    for patient in sorted(by_patient):
+        group = by_patient[patient]
+        key = _patient_key(group, store, config, thresholds)
+        cached = store.get_patient_scores(patient, key)
+        if cached is None:
+            own = {k: v for k, v in thresholds.items() if k[0] == patient}
+            cached = score_experiment(group, config, threshold_overrides=own or None)
+            store.put_patient_scores(patient, key, cached)
+        parts.append(cached)
+    return _merge_scores(parts)
+
+
+def annotate_reviews(tubes_df: Any, corrections: Any) -> Any:
+    """Add ``manually_adjusted`` and ``review_note`` columns (after the contract's columns)."""
+    df = tubes_df.copy()
+    notes = []
+    for file, patient, arm in zip(df["file"], df["patient"], df["pretreatment"]):
+        notes.append(corrections.note_for(file, patient, arm))
+    df["manually_adjusted"] = [bool(n) for n in notes]
+    df["review_note"] = notes
+    return df
+
+
+def about_sheet(template: Any, command: str, checksums: dict[str, str | None], layout_sha: str,
+                run_id: int) -> dict[str, Any]:
+    """The 'about' sheet of results.xlsx: software, template, inputs and their checksums, date."""
+    from .store import utc_now
+
+    about: dict[str, Any] = {"software": "bat_analysis", "version": __version__, "run": run_id,
+                             "date (UTC)": utc_now(), "command": command, "template": template.name,
+                             "template sha256": template.sha256, "layout sha256": layout_sha}
+    for file in sorted(checksums):
+        about[f"sha256 {file}"] = checksums[file] or "unreadable"
+    return about
+
+
+def run_info(store: ResultStore, run_id: int | None = None) -> dict[str, Any]:
+    """Run details for reports: version, template, command, date, checksums, manual adjustments."""
+    runs = store.runs()
+    run = next((r for r in runs if r["id"] == run_id), runs[-1] if runs else {})
+    return {"version": run.get("version"), "template": run.get("template_name"),
+            "template_sha256": run.get("template_sha256"), "command": run.get("command"),
+            "date": run.get("started_at"), "run_id": run.get("id"),
+            "checksums": store.inputs(run["id"]) if run else {},
+            "manual_adjustments": store.reviews(active_only=True)}
+
+
+def render(out: Path, store: ResultStore, results: Sequence[TubeResult], scores: Any, run_id: int | None,
+           patients: list[str] | None = None) -> tuple[list[Path], str | None]:
+    """Per-patient reports and the review gallery, when the report renderer is installed."""
+    try:
+        from .report import render_reports
+    except ImportError as exc:
+        return [], f"reports not written: the report renderer is not available ({exc})"
+    paths = render_reports(out, list(results), scores, run_info(store, run_id), patients=patients)
+    found: list[Path] = []
+    for value in (vars(paths).values() if hasattr(paths, "__dict__") else [paths]):
+        if isinstance(value, Path):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            found += [p for p in value if isinstance(p, Path)]
+        elif isinstance(value, dict):
+            found += [p for p in value.values() if isinstance(p, Path)]
+    return found, None
