@@ -1,0 +1,829 @@
+"""Reading FCS 2.0 / 3.0 / 3.1 files from any cytometer.
+
+HEADER and TEXT are parsed here (keeping every ``$`` inside values, honouring doubled delimiters), the
+DATA segment is decoded with numpy, and events are scaled as the standard says, giving the same values
+as FlowIO's preprocessed events wherever FlowIO reads a file: integer bit masks from ``$PnR``, ``$PnE``
+log amplification (``f2 = 0`` read as 1), ``$PnG`` gain, ``$TIMESTEP`` on the time channel (whose gain is
+ignored). Vendors' quirks that can be resolved unambiguously are read and recorded in
+``FcsSample.warnings``: HEADER/TEXT offset discrepancies, blank HEADER offsets of large files, an
+off-by-one ``$ENDDATA``, several data sets, keywords spilled into the ANALYSIS segment, a junk
+``$TIMESTEP``. Anything else raises ``FcsFormatError`` naming the file, the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FcsFormatError
+from .markers import DEFAULT_PANEL, Panel, find_time
+
+HEADER_LENGTH = 58
+_VERSIONS = ("FCS2.0", "FCS3.0", "FCS3.1", "FCS3.2")
+_MAX_CHANNELS = 10_000
+_MAX_DATASETS = 10_000
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One parameter of an FCS file (``index`` is the 0-based column of ``FcsSample.events``)."""
+
+    index: int
+    pnn: str
+    pns: str
+    range: float
+    bits: int | None
+    gain: float
+    log_decades: float
+    log_zero: float
+    marker: str | None = None
+
+    @property
+    def label(self) -> str:
+        """``$PnS`` when present, else ``$PnN``."""
+        return self.pns or self.pnn
+
+    @property
+    def is_log(self) -> bool:
+        """Whether the stored values were log-amplified (``$PnE`` f1 > 0)."""
+        return self.log_decades > 0
+
+
+@dataclass(frozen=True)
+class Spillover:
+    """A spillover matrix: ``matrix[i, j]`` is the spill of ``channels[i]``'s dye into ``channels[j]``."""
+
+    channels: tuple[str, ...]
+    matrix: np.ndarray
+    keyword: str
+
+
+@dataclass
+class FcsSample:
+    """One data set of an FCS file: scaled float32 events, channels, keywords, spillover, warnings."""
+
+    path: Path
+    version: str
+    n_events: int
+    events: np.ndarray
+    channels: list[Channel]
+    keywords: dict[str, str]
+    spillover: Spillover | None
+    n_datasets: int
+    dataset: int = 0
+    warnings: list[str] = field(default_factory=list)
+    spillover_error: str | None = None
+
+    @property
+    def pnn(self) -> list[str]:
+        """``$PnN`` of every channel, in column order."""
+        return [c.pnn for c in self.channels]
+
+    @property
+    def pns(self) -> list[str]:
+        """``$PnS`` of every channel (empty string when absent), in column order."""
+        return [c.pns for c in self.channels]
+
+    @property
+    def cytometer(self) -> str:
+        """``$CYT`` (empty when absent)."""
+        return self.keywords.get("$CYT", "").strip()
+
+    def require_spillover(self) -> Spillover:
+        """The spillover matrix, or ``FcsFormatError`` saying why the file has no usable one."""
+        if self.spillover is not None:
+            return self.spillover
+        if self.spillover_error:
+            raise FcsFormatError(self.spillover_error, source=str(self.path), field="spillover",
+                                 expected="a valid $SPILLOVER/$SPILL matrix")
+        raise FcsFormatError("the file has no spillover matrix", source=str(self.path),
+                             field="$SPILLOVER/$SPILL/SPILL", expected="a spillover matrix keyword")
+
+    def column(self, pnn: str) -> np.ndarray:
+        """The events of the channel whose ``$PnN`` is ``pnn`` (refuses duplicated names)."""
+        idx = [c.index for c in self.channels if c.pnn == pnn]
+        if len(idx) != 1:
+            from ..errors import MarkerError
+
+            raise MarkerError(f"{len(idx)} channels named {pnn!r}", source=str(self.path), field="$PnN",
+                              expected="exactly one channel of that name")
+        return self.events[:, idx[0]]
+
+
+# ---------------------------------------------------------------------------------------------- HEADER
+@dataclass(frozen=True)
+class Header:
+    """The 58-byte HEADER of one data set; offsets are relative to ``base`` and None when blank."""
+
+    base: int
+    version: str
+    text: tuple[int, int]
+    data: tuple[int | None, int | None]
+    analysis: tuple[int | None, int | None]
+
+
+def _header_int(buf: bytes, base: int, lo: int, hi: int, source: str) -> int | None:
+    raw = buf[base + lo: base + hi + 1]
+    text = raw.decode("latin-1").strip()
+    if text == "":
+        return None
+    if not text.isdigit():
+        raise FcsFormatError(f"HEADER offset {raw!r} is not a number", source=source,
+                             field=f"HEADER bytes {lo}-{hi}", expected="a right-justified ASCII integer")
+    return int(text)
+
+
+def parse_header(buf: bytes, base: int, source: str) -> Header:
+    """Parse the HEADER at byte ``base`` of ``buf``."""
+    if len(buf) - base < HEADER_LENGTH:
+        raise FcsFormatError(f"only {max(len(buf) - base, 0)} bytes where a HEADER begins", source=source,
+                             field=f"HEADER at byte {base}", expected=f"a {HEADER_LENGTH}-byte FCS HEADER")
+    magic = buf[base: base + 6].decode("latin-1")
+    if not magic.startswith("FCS"):
+        raise FcsFormatError(f"does not start with 'FCS' but {buf[base:base + 6]!r}", source=source,
+                             field=f"HEADER at byte {base}", expected="an FCS file (FCS2.0, FCS3.0 or FCS3.1)")
+    if magic not in _VERSIONS:
+        raise FcsFormatError(f"unknown version {magic!r}", source=source, field=f"HEADER at byte {base}",
+                             expected="FCS2.0, FCS3.0 or FCS3.1")
+    t0 = _header_int(buf, base, 10, 17, source)
+    t1 = _header_int(buf, base, 18, 25, source)
+    if not t0 or not t1 or t1 < t0:
+        raise FcsFormatError(f"TEXT segment offsets {t0}-{t1} are invalid", source=source,
+                             field="HEADER bytes 10-25", expected="TEXT begin >= 58 and end > begin")
+    d0 = _header_int(buf, base, 26, 33, source)
+    d1 = _header_int(buf, base, 34, 41, source)
+    try:
+        a0 = _header_int(buf, base, 42, 49, source)
+        a1 = _header_int(buf, base, 50, 57, source)
+    except FcsFormatError:
+        a0 = a1 = None
+    return Header(base, magic[3:], (t0, t1), (d0, d1), (a0, a1))
+
+
+# ------------------------------------------------------------------------------------------------ TEXT
+def _split_text(raw: bytes, source: str, where: str, warnings: list[str]) -> dict[str, str]:
+    """Split a TEXT-like segment into keywords (upper-case) and values (doubled delimiters unescaped)."""
+    if len(raw) < 2:
+        raise FcsFormatError("TEXT segment is empty", source=source, field=where,
+                             expected="a delimiter followed by keyword/value pairs")
+    delim = raw[:1]
+    if delim in (b" ", b"\x00") or delim.isalnum():
+        raise FcsFormatError(f"TEXT segment starts with {delim!r}", source=source, field=where,
+                             expected="a delimiter character (not a letter, digit, space or NUL)")
+    n = len(raw)
+    tokens: list[bytes] = []
+    cur = bytearray()
+    i = 1
+    empty_values = 0
+    while i < n:
+        j = raw.find(delim, i)
+        if j < 0:
+            cur += raw[i:]
+            break
+        if j == i and not cur and len(tokens) % 2 == 1:
+            # a value that starts with the delimiter: an empty value (written by many cytometers), not an escape
+            tokens.append(b"")
+            empty_values += 1
+            i = j + 1
+            continue
+        cur += raw[i:j]
+        in_value = len(tokens) % 2 == 1
+        if in_value and j + 1 < n and raw[j + 1: j + 2] == delim and j + 2 < n:
+            cur += delim
+            i = j + 2
+            continue
+        tokens.append(bytes(cur))
+        cur = bytearray()
+        i = j + 1
+        if in_value and j + 1 < n and raw[j + 1: j + 2] == delim:  # a doubled delimiter that ends the segment
+            i = n
+    trailing = bytes(cur)
+    if trailing.strip(b" \x00\r\n\t"):
+        tokens.append(trailing)
+        warnings.append(f"{where}: does not end with its delimiter")
+    if not tokens:
+        raise FcsFormatError("TEXT segment has no delimited keywords", source=source, field=where,
+                             expected="keyword/value pairs separated by the delimiter")
+    if len(tokens) % 2:
+        last = tokens[-1].decode("latin-1")
+        raise FcsFormatError(f"keyword {last[:40]!r} has no value (odd number of delimited fields, a "
+                             f"missing or doubled delimiter)", source=source, field=where,
+                             expected="keyword/value pairs separated by single delimiters")
+    if empty_values:
+        warnings.append(f"{where}: {empty_values} keyword(s) with an empty value (doubled delimiter)")
+    out: dict[str, str] = {}
+    undecodable: list[str] = []
+    for k, v in zip(tokens[::2], tokens[1::2]):
+        key = k.decode("latin-1").strip().upper()
+        if not key:
+            raise FcsFormatError("empty keyword (doubled delimiter or empty value before it)", source=source,
+                                 field=where, expected="non-empty keywords")
+        try:
+            value = v.decode("utf-8")
+        except UnicodeDecodeError:
+            value = v.decode("latin-1")
+            undecodable.append(key)
+        if key in out and out[key] != value:
+            warnings.append(f"{where}: keyword {key} appears twice ({out[key]!r}, {value!r}); the last is used")
+        out[key] = value
+    if undecodable:
+        warnings.append(f"{where}: values of {', '.join(undecodable[:8])} are not UTF-8; read as Latin-1")
+    return out
+
+
+def _kw_int(kw: Mapping[str, str], key: str, source: str, *, required: bool = True,
+            minimum: int | None = None) -> int | None:
+    value = kw.get(key)
+    if value is None or value.strip() == "":
+        if required:
+            raise FcsFormatError("required keyword missing", source=source, field=key, expected="an integer")
+        return None
+    text = value.strip()
+    try:
+        number = int(text)
+    except ValueError:
+        try:
+            as_float = float(text)
+        except ValueError:
+            as_float = math.nan
+        if not math.isfinite(as_float) or as_float != int(as_float):
+            raise FcsFormatError(f"value {value!r} is not an integer", source=source, field=key,
+                                 expected="an integer") from None
+        number = int(as_float)
+    if minimum is not None and number < minimum:
+        raise FcsFormatError(f"value {number} is out of range", source=source, field=key,
+                             expected=f"an integer >= {minimum}")
+    return number
+
+
+def _kw_float(kw: Mapping[str, str], key: str, source: str, default: float) -> float:
+    value = kw.get(key)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise FcsFormatError(f"value {value!r} is not a number", source=source, field=key,
+                             expected="a number") from None
+    if not math.isfinite(number):
+        raise FcsFormatError(f"value {value!r} is not finite", source=source, field=key, expected="a finite number")
+    return number
+
+
+@dataclass
+class _DataSet:
+    header: Header
+    keywords: dict[str, str]
+    warnings: list[str]
+
+
+def _read_segment(buf: bytes, base: int, lo: int, hi: int, source: str, name: str) -> bytes:
+    if lo < 0 or hi < lo or base + hi >= len(buf):
+        raise FcsFormatError(f"segment {lo}-{hi} lies outside the file's {len(buf)} bytes", source=source,
+                             field=f"{name} offsets", expected=f"offsets within the file (< {len(buf) - base})")
+    return buf[base + lo: base + hi + 1]
+
+
+def _parse_dataset_text(buf: bytes, base: int, source: str) -> _DataSet:
+    header = parse_header(buf, base, source)
+    warnings: list[str] = []
+    t0, t1 = header.text
+    if t0 < HEADER_LENGTH:
+        raise FcsFormatError(f"TEXT begins at byte {t0}, inside the HEADER", source=source,
+                             field="HEADER bytes 10-17", expected=f"a TEXT offset >= {HEADER_LENGTH}")
+    raw = _read_segment(buf, base, t0, t1, source, "TEXT")
+    kw = _split_text(raw, source, "TEXT", warnings)
+    # supplemental TEXT (FCS 3.x)
+    s0 = _kw_int(kw, "$BEGINSTEXT", source, required=False)
+    s1 = _kw_int(kw, "$ENDSTEXT", source, required=False)
+    if s0 and s1 and (s0, s1) != (t0, t1):
+        try:
+            extra = _split_text(_read_segment(buf, base, s0, s1, source, "$BEGINSTEXT/$ENDSTEXT"), source,
+                                "supplemental TEXT", warnings)
+        except FcsFormatError as exc:
+            warnings.append(f"supplemental TEXT ignored: {exc}")
+        else:
+            for k, v in extra.items():
+                kw.setdefault(k, v)
+    return _DataSet(header, kw, warnings)
+
+
+def _analysis_keywords(buf: bytes, ds: _DataSet, source: str) -> dict[str, str]:
+    """Keywords of the ANALYSIS segment (some writers continue TEXT there), or {} when unreadable."""
+    a0 = _kw_int(ds.keywords, "$BEGINANALYSIS", source, required=False) or ds.header.analysis[0]
+    a1 = _kw_int(ds.keywords, "$ENDANALYSIS", source, required=False) or ds.header.analysis[1]
+    if not a0 or not a1 or a1 <= a0:
+        return {}
+    try:
+        return _split_text(_read_segment(buf, ds.header.base, a0, a1, source, "ANALYSIS"), source,
+                           "ANALYSIS", [])
+    except FcsFormatError:
+        return {}
+
+
+def _dataset_offsets(buf: bytes, source: str, warnings: list[str]) -> list[int]:
+    """Byte offsets of every data set, following ``$NEXTDATA`` (relative to the current data set)."""
+    offsets = [0]
+    seen = {0}
+    base = 0
+    while len(offsets) < _MAX_DATASETS:
+        try:
+            ds = _parse_dataset_text(buf, base, source)
+            nxt = _kw_int(ds.keywords, "$NEXTDATA", source, required=False)
+        except FcsFormatError as exc:
+            if base == 0:
+                raise
+            warnings.append(f"data set at byte {base} is unreadable and ignored: {exc}")
+            offsets.pop()
+            break
+        if not nxt:
+            break
+        if nxt < 0 or base + nxt in seen or base + nxt + HEADER_LENGTH > len(buf):
+            warnings.append(f"$NEXTDATA {nxt} of the data set at byte {base} points outside the file or back; "
+                            f"ignored")
+            break
+        base += nxt
+        if buf[base: base + 3] != b"FCS":
+            warnings.append(f"$NEXTDATA points to byte {base}, which does not start a data set; ignored")
+            break
+        seen.add(base)
+        offsets.append(base)
+    return offsets
+
+
+# ------------------------------------------------------------------------------------------------ DATA
+_INHERITABLE = ("$DATATYPE", "$BYTEORD", "$MODE")
+
+
+def _byteorder(value: str, source: str) -> str:
+    text = value.replace(" ", "").strip()
+    parts = text.split(",")
+    if parts and all(p.isdigit() for p in parts):
+        nums = [int(p) for p in parts]
+        if nums == sorted(nums) and nums[0] == 1:
+            return "<"
+        if nums == sorted(nums, reverse=True) and nums[-1] == 1:
+            return ">"
+    raise FcsFormatError(f"unsupported byte order {value!r}", source=source, field="$BYTEORD",
+                         expected="1,2,3,4 (little-endian) or 4,3,2,1 (big-endian)")
+
+
+def _next_power_of_2(x: int) -> int:
+    return 1 if x <= 0 else 1 << (x - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class _Layout:
+    datatype: str
+    order: str
+    bits: list[int]
+    bytes_per_event: int
+    declared_bits: list[int]
+    word_stored: tuple[str, ...] = ()
+
+
+def _layout(kw: Mapping[str, str], npar: int, source: str) -> _Layout:
+    datatype = kw.get("$DATATYPE", "").strip().upper()
+    if datatype not in ("I", "F", "D", "A"):
+        raise FcsFormatError(f"data type {kw.get('$DATATYPE')!r}", source=source, field="$DATATYPE",
+                             expected="I, F, D or A")
+    order = _byteorder(kw.get("$BYTEORD", ""), source) if datatype != "A" else "<"
+    bits: list[int] = []
+    word_bits: list[str] = []
+    declared: list[int] = []
+    for n in range(1, npar + 1):
+        key = f"$P{n}B"
+        raw = kw.get(key)
+        if raw is None:
+            raise FcsFormatError("required keyword missing", source=source, field=key,
+                                 expected="the bit width of the parameter")
+        if datatype == "A" and raw.strip() == "*":
+            bits.append(0)
+            declared.append(0)
+            continue
+        b = _kw_int(kw, key, source, minimum=1)
+        assert b is not None
+        if datatype == "F" and b != 32:
+            raise FcsFormatError(f"{b} bits for a float parameter", source=source, field=key, expected="32")
+        if datatype == "D" and b != 64:
+            raise FcsFormatError(f"{b} bits for a double parameter", source=source, field=key, expected="64")
+        if datatype == "I" and b > 64:
+            raise FcsFormatError(f"{b}-bit integers", source=source, field=key, expected="at most 64 bits")
+        declared.append(b)
+        if datatype == "I" and b % 8:
+            # e.g. Beckman's 10-bit parameters: stored in whole words, the upper bits masked off
+            b = next(w for w in (8, 16, 32, 64) if w >= b)
+            word_bits.append(key)
+        bits.append(b)
+    if datatype == "A":
+        if any(b == 0 for b in bits) and not all(b == 0 for b in bits):
+            raise FcsFormatError("mixes delimited and fixed-width ASCII parameters", source=source,
+                                 field="$PnB", expected="all '*' or all widths")
+        per_event = sum(bits)  # ASCII widths are characters
+    else:
+        per_event = sum(bits) // 8
+    return _Layout(datatype, order, bits, per_event, declared, tuple(word_bits))
+
+
+def _choose_data_offsets(buf: bytes, ds: _DataSet, expected: int | None, per_event: int, source: str,
+                         warnings: list[str]) -> tuple[int, int]:
+    """(start, byte count) of the DATA segment, reconciling HEADER and TEXT offsets with $TOT."""
+    base = ds.header.base
+    kw = ds.keywords
+    text = (_kw_int(kw, "$BEGINDATA", source, required=False), _kw_int(kw, "$ENDDATA", source, required=False))
+    head = ds.header.data
+    head_ok = bool(head[0]) and head[1] is not None and head[1] >= head[0]
+    text_ok = text[0] is not None and text[1] is not None and text[0] > 0 and text[1] >= text[0]
+    if ds.header.version == "2.0":
+        order = [("HEADER", head, head_ok), ("TEXT", text, text_ok)]
+    else:
+        order = [("TEXT", text, text_ok), ("HEADER", head, head_ok)]
+    candidates = [(name, (int(o[0]), int(o[1]))) for name, o, ok in order if ok]  # type: ignore[arg-type]
+    if not candidates:
+        raise FcsFormatError("no DATA segment offsets in HEADER or TEXT", source=source,
+                             field="$BEGINDATA/$ENDDATA", expected="the byte offsets of the DATA segment")
+    size = len(buf) - base
+    in_file = [(n, o) for n, o in candidates if HEADER_LENGTH <= o[0] and o[0] <= size]
+    if not in_file:
+        name, (s, e) = candidates[0]
+        raise FcsFormatError(f"DATA segment {s}-{e} lies outside the file's {size} bytes", source=source,
+                             field="$BEGINDATA" if name == "TEXT" else "HEADER bytes 26-33",
+                             expected="a DATA offset inside the file")
+    if head_ok and text_ok and head != text:
+        note = f"HEADER DATA offsets {head[0]}-{head[1]} differ from TEXT {text[0]}-{text[1]}"
+    else:
+        note = ""
+    if not head_ok and text_ok and ds.header.version != "2.0" and text[1] is not None and text[1] > 99_999_999:
+        pass  # large file: HEADER offsets are blank by the standard
+
+    if expected is None:  # no $TOT (allowed in FCS 2.0): the segment length decides
+        name, (s, e) = in_file[0]
+        length = e - s + 1
+        if e >= size:
+            raise FcsFormatError(f"DATA segment ends at byte {e}, beyond the file's {size} bytes", source=source,
+                                 field="$ENDDATA", expected="a DATA segment inside the file")
+        if per_event and length % per_event == 1:
+            length -= 1
+            warnings.append(f"$ENDDATA is one byte past the data (off-by-one); read {length} bytes")
+        if per_event and length % per_event:
+            raise FcsFormatError(f"DATA segment of {length} bytes is not a whole number of {per_event}-byte "
+                                 f"events and $TOT is absent", source=source, field="$ENDDATA",
+                                 expected=f"a multiple of {per_event} bytes")
+        if note:
+            warnings.append(note + f"; used {name}")
+        return s, length
+
+    def fits(o: tuple[int, int]) -> bool:
+        return o[0] + expected <= size
+
+    # 1. a candidate whose length is exactly $TOT x bytes per event
+    for name, o in in_file:
+        if o[1] - o[0] + 1 == expected and fits(o):
+            if note or name != in_file[0][0]:
+                warnings.append((note or f"{in_file[0][0]} DATA offsets unusable") + f"; used {name}, whose "
+                                f"length matches $TOT")
+            return o[0], expected
+    # 2. off-by-one $ENDDATA (end offset exclusive)
+    for name, o in in_file:
+        if o[1] - o[0] == expected and fits(o):
+            warnings.append(f"{name} DATA end offset {o[1]} is one byte past the data (off-by-one); read "
+                            f"{expected} bytes from {o[0]}" + (f"; {note}" if note else ""))
+            return o[0], expected
+    # 3. all candidates agree on the start and the data fit: the end offset alone is wrong
+    starts = {o[0] for _, o in in_file}
+    if len(starts) == 1 and fits(in_file[0][1]):
+        s = in_file[0][1][0]
+        ends = {o[1] for _, o in in_file}
+        longest = max(e - s + 1 for e in ends)
+        if longest > expected:
+            warnings.append(f"DATA segment is {longest} bytes, {longest - expected} more than $TOT x "
+                            f"{per_event} bytes per event; the first {expected} bytes read")
+            return s, expected
+    s, e = in_file[0][1]
+    raise FcsFormatError(f"DATA segment {s}-{e} ({e - s + 1} bytes, file {size} bytes) cannot be reconciled "
+                         f"with $TOT x bytes per event = {expected}", source=source, field="$ENDDATA",
+                         expected=f"{expected} bytes of data")
+
+
+def _decode_int(raw: np.ndarray, layout: _Layout, n_events: int) -> np.ndarray:
+    """Unsigned integers of any byte-aligned widths -> (n_events, n_par) uint64/uint32 array."""
+    widths = [b // 8 for b in layout.bits]
+    if len(set(widths)) == 1 and widths[0] in (1, 2, 4, 8):
+        dt = np.dtype(f"{layout.order}u{widths[0]}")
+        return raw.view(dt).reshape(n_events, len(widths))
+    rows = raw.reshape(n_events, layout.bytes_per_event)
+    out = np.empty((n_events, len(widths)), dtype=np.uint64)
+    pos = 0
+    for i, w in enumerate(widths):
+        block = rows[:, pos: pos + w]
+        value = np.zeros(n_events, dtype=np.uint64)
+        for k in range(w):
+            shift = 8 * (w - 1 - k) if layout.order == ">" else 8 * k
+            value |= block[:, k].astype(np.uint64) << np.uint64(shift)
+        out[:, i] = value
+        pos += w
+    return out
+
+
+def _decode_ascii(raw: bytes, layout: _Layout, n_events: int, source: str) -> np.ndarray:
+    npar = len(layout.bits)
+    if all(b == 0 for b in layout.bits):
+        fields = raw.replace(b",", b" ").split()
+    else:
+        fields = []
+        width = sum(layout.bits)
+        for e in range(n_events):
+            row = raw[e * width: (e + 1) * width]
+            pos = 0
+            for b in layout.bits:
+                fields.append(row[pos: pos + b])
+                pos += b
+    if len(fields) < n_events * npar:
+        raise FcsFormatError(f"{len(fields)} ASCII values for {n_events} events x {npar} parameters",
+                             source=source, field="DATA", expected=f"{n_events * npar} values")
+    try:
+        values = np.array([float(f) for f in fields[: n_events * npar]], dtype=np.float64)
+    except ValueError:
+        raise FcsFormatError("non-numeric ASCII value in DATA", source=source, field="DATA",
+                             expected="numbers") from None
+    return values.reshape(n_events, npar)
+
+
+# --------------------------------------------------------------------------------------------- channels
+def _channels(kw: Mapping[str, str], npar: int, layout: _Layout, source: str, panel: Panel,
+              warnings: list[str]) -> list[Channel]:
+    channels: list[Channel] = []
+    for n in range(1, npar + 1):
+        pnn = kw.get(f"$P{n}N")
+        if pnn is None or not pnn.strip():
+            pnn = f"P{n}"
+            warnings.append(f"$P{n}N is missing; the channel is called {pnn}")
+        pnn = pnn.strip()
+        pns = kw.get(f"$P{n}S", "").strip()
+        rng_text = kw.get(f"$P{n}R")
+        if rng_text is None:
+            raise FcsFormatError("required keyword missing", source=source, field=f"$P{n}R",
+                                 expected="the parameter's range")
+        rng = _kw_float(kw, f"$P{n}R", source, 0.0)
+        gain = _kw_float(kw, f"$P{n}G", source, 1.0)
+        pne = kw.get(f"$P{n}E")
+        decades, log_zero = 0.0, 0.0
+        if pne is not None and pne.strip():
+            parts = pne.replace(" ", "").split(",")
+            try:
+                decades, log_zero = float(parts[0]), float(parts[1])
+            except (ValueError, IndexError):
+                raise FcsFormatError(f"value {pne!r}", source=source, field=f"$P{n}E",
+                                     expected="f1,f2 (decades, value at 0)") from None
+            if not (math.isfinite(decades) and math.isfinite(log_zero)) or decades < 0 or log_zero < 0:
+                raise FcsFormatError(f"value {pne!r}", source=source, field=f"$P{n}E",
+                                     expected="non-negative f1,f2")
+            if decades > 0 and log_zero == 0:
+                log_zero = 1.0
+            if decades > 0 and rng <= 0:
+                raise FcsFormatError(f"log parameter with range {rng}", source=source, field=f"$P{n}R",
+                                     expected="a positive range for a log-amplified parameter")
+        bits = layout.declared_bits[n - 1] or None
+        ch = Channel(n - 1, pnn, pns, rng, bits, gain, decades, log_zero)
+        channels.append(ch)
+    names = [c.pnn for c in channels]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        warnings.append(f"duplicate channel names ($PnN): {', '.join(dups)}")
+    return [Channel(c.index, c.pnn, c.pns, c.range, c.bits, c.gain, c.log_decades, c.log_zero,
+                    panel.identify(c)) for c in channels]
+
+
+def _scale(values: np.ndarray, channels: list[Channel], layout: _Layout, kw: Mapping[str, str],
+           warnings: list[str]) -> np.ndarray:
+    """Bit masks, $TIMESTEP, $PnE and $PnG as FlowIO's preprocessing applies them -> float32 events."""
+    n_events, npar = values.shape
+    events = np.empty((n_events, npar), dtype=np.float32)
+    time_ch = find_time(channels)
+    timestep = None
+    if time_ch is not None and "$TIMESTEP" in kw:
+        text = kw["$TIMESTEP"].strip()
+        try:
+            timestep = float(text) if text else None
+        except ValueError:
+            timestep = None
+        if timestep is not None and not math.isfinite(timestep):
+            timestep = None
+        if timestep is None and text:
+            warnings.append(f"$TIMESTEP {kw['$TIMESTEP']!r} is not a number; time left in acquisition units")
+    for c in channels:
+        col = values[:, c.index]
+        if layout.datatype == "I" and c.bits:
+            stored = layout.bits[c.index]
+            limit = min(_next_power_of_2(int(c.range)) if c.range >= 1 else 1 << stored, 1 << c.bits)
+            if limit < (1 << stored):
+                col = col & np.asarray(limit - 1, dtype=col.dtype)
+        gain = c.gain
+        is_time = time_ch is not None and c.index == time_ch.index
+        scaled = is_time and timestep is not None
+        if is_time:
+            gain = 1.0
+        if not (scaled or c.log_decades > 0 or (gain != 1.0 and gain != 0)):
+            events[:, c.index] = col
+            continue
+        x = col.astype(np.float64)
+        if scaled:
+            x = x * timestep
+        if c.log_decades > 0:
+            x = 10 ** (c.log_decades * x / c.range) * c.log_zero
+        if gain != 1.0 and gain != 0:
+            x = x / gain
+        events[:, c.index] = x
+    return events
+
+
+# ---------------------------------------------------------------------------------------------- spillover
+_SPILL_KEYS = ("$SPILLOVER", "$SPILL", "SPILL", "SPILLOVER", "$COMP", "COMP")
+
+
+def parse_spillover(value: str, channels: list[Channel], *, keyword: str, source: str) -> Spillover | None:
+    """Parse ``n,name1..namen,m11,m12..`` into a ``Spillover`` naming channels by their ``$PnN``."""
+    parts = [p.strip() for p in value.split(",")]
+    try:
+        n = int(float(parts[0]))
+    except ValueError:
+        raise FcsFormatError(f"matrix size {parts[0]!r} is not an integer", source=source, field=keyword,
+                             expected="n,name1,...,namen,value11,...") from None
+    if n == 0:
+        return None
+    if n < 0 or len(parts) != 1 + n + n * n:
+        raise FcsFormatError(f"{len(parts) - 1} fields for a {n}x{n} matrix", source=source, field=keyword,
+                             expected=f"{n} names and {n * n} values")
+    names = parts[1: 1 + n]
+    by_pnn = {c.pnn: c.pnn for c in channels}
+    by_pns = {c.pns: c.pnn for c in channels if c.pns}
+    by_fold = {c.pnn.casefold(): c.pnn for c in channels}
+    resolved: list[str] = []
+    unknown: list[str] = []
+    numeric = all(nm.isdigit() and 1 <= int(nm) <= len(channels) for nm in names) and \
+        not any(nm in by_pnn for nm in names)
+    for name in names:
+        if numeric:
+            resolved.append(channels[int(name) - 1].pnn)
+            continue
+        hit = by_pnn.get(name) or by_pns.get(name) or by_fold.get(name.casefold())
+        if hit is None:
+            unknown.append(name)
+        else:
+            resolved.append(hit)
+    if unknown:
+        raise FcsFormatError(f"names unknown channels {', '.join(map(repr, unknown))}; the file has "
+                             f"{', '.join(c.pnn for c in channels)}", source=source, field=keyword,
+                             expected="channel names ($PnN) of this file")
+    if len(set(resolved)) != n:
+        raise FcsFormatError("names a channel twice", source=source, field=keyword, expected="distinct channels")
+    try:
+        matrix = np.array([float(v) for v in parts[1 + n:]], dtype=np.float64).reshape(n, n)
+    except ValueError:
+        raise FcsFormatError("non-numeric matrix value", source=source, field=keyword,
+                             expected="numbers") from None
+    if not np.isfinite(matrix).all():
+        raise FcsFormatError("non-finite matrix value", source=source, field=keyword, expected="finite numbers")
+    cond = np.linalg.cond(matrix)
+    if not np.isfinite(cond) or cond > 1e12:
+        raise FcsFormatError(f"matrix is singular (condition number {cond:.3g})", source=source, field=keyword,
+                             expected="an invertible spillover matrix")
+    return Spillover(tuple(resolved), matrix, keyword)
+
+
+def _spillover(kw: Mapping[str, str], channels: list[Channel], source: str, strict: bool,
+               warnings: list[str]) -> tuple[Spillover | None, str | None]:
+    for key in _SPILL_KEYS:
+        if key in kw and kw[key].strip():
+            try:
+                return parse_spillover(kw[key], channels, keyword=key, source=source), None
+            except FcsFormatError as exc:
+                if strict:
+                    raise
+                problem = f"{key}: {str(exc).split(': ', 2)[-1]}"
+                warnings.append(f"spillover unusable, {problem}")
+                return None, problem
+    return None, None
+
+
+# ----------------------------------------------------------------------------------------------- public
+def _load(path: str | os.PathLike[str]) -> tuple[Path, bytes, str]:
+    p = Path(path)
+    source = str(p)
+    try:
+        buf = p.read_bytes()
+    except FileNotFoundError:
+        raise FcsFormatError("file not found", source=source, expected="an existing FCS file") from None
+    except IsADirectoryError:
+        raise FcsFormatError("is a directory", source=source, expected="an FCS file") from None
+    except OSError as exc:
+        raise FcsFormatError(f"cannot be read: {exc.strerror}", source=source, expected="a readable file") from None
+    if not buf:
+        raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file")
+    return p, buf, source
+
+
+def _select(buf: bytes, source: str, dataset: int, warnings: list[str]) -> tuple[_DataSet, int]:
+    offsets = _dataset_offsets(buf, source, warnings)
+    if not 0 <= dataset < len(offsets):
+        raise FcsFormatError(f"data set {dataset} requested, the file has {len(offsets)}", source=source,
+                             field="dataset", expected=f"0..{len(offsets) - 1}")
+    ds = _parse_dataset_text(buf, offsets[dataset], source) if dataset else _parse_dataset_text(buf, 0, source)
+    ds.warnings[:0] = warnings
+    if len(offsets) > 1:
+        ds.warnings.append(f"file holds {len(offsets)} data sets; data set {dataset} read")
+    missing = [k for k in ("$DATATYPE", "$BYTEORD", "$PAR") if k not in ds.keywords]
+    if missing:
+        extra = _analysis_keywords(buf, ds, source)
+        found = [k for k in missing if k in extra]
+        if found:
+            for k, v in extra.items():
+                ds.keywords.setdefault(k, v)
+            ds.warnings.append(f"keywords {', '.join(found)} found in the ANALYSIS segment, not in TEXT")
+    if dataset:
+        first = _parse_dataset_text(buf, 0, source).keywords
+        for key in _INHERITABLE:
+            if key not in ds.keywords and key in first:
+                ds.keywords[key] = first[key]
+                ds.warnings.append(f"{key} missing in data set {dataset}; taken from data set 0 ({first[key]})")
+    return ds, len(offsets)
+
+
+def read_fcs_keywords(path: str | os.PathLike[str], *, dataset: int = 0) -> dict[str, str]:
+    """All TEXT keywords (upper-case keys, ``$`` kept) of one data set, without reading the events."""
+    _, buf, source = _load(path)
+    ds, _ = _select(buf, source, dataset, [])
+    return dict(ds.keywords)
+
+
+def read_fcs(path: str | os.PathLike[str], *, dataset: int = 0, panel: Panel | None = None,
+             strict_spillover: bool = False, allow_nonfinite: bool = False) -> FcsSample:
+    """Read one data set of an FCS file into an ``FcsSample`` with float32 events scaled as the standard says.
+
+    A malformed spillover keyword (unknown channels, singular, truncated) leaves ``spillover`` None, is recorded in
+    ``warnings`` and ``spillover_error`` (``require_spillover()`` raises it); ``strict_spillover=True`` refuses the
+    file instead;
+    ``allow_nonfinite=True`` keeps NaN/inf event values (with a warning) instead of refusing them.
+    """
+    p, buf, source = _load(path)
+    ds, n_datasets = _select(buf, source, dataset, [])
+    kw = ds.keywords
+    warnings = ds.warnings
+    mode = kw.get("$MODE", "L").strip().upper() or "L"
+    if mode != "L":
+        raise FcsFormatError(f"mode {mode!r} (histogram data)", source=source, field="$MODE",
+                             expected="L (list mode)")
+    npar = _kw_int(kw, "$PAR", source, minimum=1)
+    assert npar is not None
+    if npar > _MAX_CHANNELS or npar > len(kw):
+        raise FcsFormatError(f"{npar} parameters but only {len(kw)} keywords", source=source, field="$PAR",
+                             expected="one $PnB/$PnR/$PnN set per parameter")
+    layout = _layout(kw, npar, source)
+    if layout.word_stored:
+        warnings.append(f"{', '.join(layout.word_stored)}: widths that are not whole bytes, read as "
+                        f"{layout.bits[0]}-bit words with the upper bits masked")
+    tot = _kw_int(kw, "$TOT", source, required=ds.header.version != "2.0", minimum=0)
+    if tot == 0:
+        raise FcsFormatError("the file holds no events", source=source, field="$TOT", expected="at least one event")
+    if layout.datatype == "A" and layout.bytes_per_event == 0:
+        expected = None
+        start, length = _choose_data_offsets(buf, ds, None, 0, source, warnings)
+    else:
+        expected = None if tot is None else tot * layout.bytes_per_event
+        start, length = _choose_data_offsets(buf, ds, expected, layout.bytes_per_event, source, warnings)
+    if tot is None:
+        if layout.bytes_per_event == 0:
+            raise FcsFormatError("delimited ASCII data without $TOT", source=source, field="$TOT",
+                                 expected="the number of events")
+        tot = length // layout.bytes_per_event
+        if tot == 0:
+            raise FcsFormatError("the DATA segment is empty", source=source, field="$ENDDATA",
+                                 expected="at least one event")
+    channels = _channels(kw, npar, layout, source, panel or DEFAULT_PANEL, warnings)
+    abs_start = ds.header.base + start
+    if layout.datatype == "A":
+        values: np.ndarray = _decode_ascii(buf[abs_start: abs_start + length], layout, tot, source)
+    elif layout.datatype == "I":
+        raw = np.frombuffer(buf, dtype=np.uint8, count=length, offset=abs_start)
+        values = _decode_int(raw, layout, tot)
+    else:
+        dt = np.dtype(f"{layout.order}f{4 if layout.datatype == 'F' else 8}")
+        values = np.frombuffer(buf, dtype=dt, count=tot * npar, offset=abs_start).reshape(tot, npar)
+    events = _scale(values, channels, layout, kw, warnings)
+    finite = np.isfinite(events)
+    if not finite.all():
+        bad = (~finite).sum(axis=0)
+        which = ", ".join(f"{channels[i].pnn} ({int(bad[i])})" for i in np.flatnonzero(bad))
+        if not allow_nonfinite:
+            raise FcsFormatError(f"non-finite event values (NaN/inf) in {which}", source=source, field="DATA",
+                                 expected="finite event values")
+        warnings.append(f"non-finite event values (NaN/inf) kept in {which}")
+    spill, spill_error = _spillover(kw, channels, source, strict_spillover, warnings)
+    return FcsSample(path=p, version=ds.header.version, n_events=tot, events=events, channels=channels,
+                     keywords=dict(kw), spillover=spill, n_datasets=n_datasets, dataset=dataset,
+                     warnings=warnings, spillover_error=spill_error)
