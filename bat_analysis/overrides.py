@@ -132,27 +132,18 @@ class Corrections:
 
 
 # ------------------------------------------------------------------------------------------------ gates
-def _dimension(template: Any, key: str) -> Any:
-    from .gating.gates import Dimension
-    from .gating.transforms import from_spec
-
-    spec = template.transform_spec(key)
-    if not spec or spec.get("type") in (None, "none"):
-        return Dimension(key)
-    return Dimension(key, from_spec(spec, source=getattr(template, "source", None), where=f"transforms.{key}"))
-
-
 def build_gate(template: Any, gate_name: str, geometry: Mapping[str, Any]) -> Any:
-    """A gate object of the template's gate ``gate_name`` (its dims, transforms, parent) with new geometry."""
+    """A gate object for the template's gate ``gate_name`` (its dims and parent) with new geometry.
+
+    The geometry is in the gate's template scales; ``gate_tube`` puts the gate on the template's
+    dimensions (with their transforms), so the dimensions here carry only their keys.
+    """
     from .gating.gates import gate_from_dict
 
     spec = template.gate(gate_name)
-    dims = [_dimension(template, d) for d in spec.dims]
-    transforms = {f"t{i}": d.transform for i, d in enumerate(dims) if d.transform is not None}
     data = {k: v for k, v in geometry.items() if k not in ("dims", "name", "parent", "transforms")}
-    data.update(name=spec.name, parent=spec.parent, dims=[d.key for d in dims],
-                transforms=[f"t{i}" if d.transform is not None else None for i, d in enumerate(dims)])
-    return gate_from_dict(data, transforms)
+    data.update(name=spec.name, parent=spec.parent, dims=list(spec.dims), transforms=[None] * len(spec.dims))
+    return gate_from_dict(data)
 
 
 def _is_number(v: Any) -> bool:

@@ -40,6 +40,10 @@ from .store import AUTO, REVIEWED, ResultStore, to_json
 LOCK_NAME = ".bat-run.lock"
 
 
+class NothingAnalysedError(BatError):
+    """Every tube of the run failed: there is nothing to score."""
+
+
 # ------------------------------------------------------------------------------------------------ lock
 class RunLock:
     """An exclusive lock on an output folder, held for the duration of a run.
@@ -331,102 +335,118 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
         raise BatError("the layout sheet lists no tubes", source=str(options.layout),
                        expected="one row per FCS file")
     template = load_template(options.template)
-    corrections = load_corrections(template, overrides=options.overrides, gates_from=options.gates_from,
-                                   tubes=tubes, reviewer=options.reviewer)
     command = options.command or " ".join(shlex.quote(a) for a in sys.argv)
-    with ResultStore.in_folder(out) as store, _progress(options.quiet) as progress:
-        run_id = store.begin_run(version=__version__, template_name=template.name,
-                                 template_sha256=template.sha256, command=command,
-                                 info={"data_dir": str(data_dir), "layout": str(options.layout),
-                                       "workers": workers, "scheduler": options.scheduler,
-                                       "overrides": str(options.overrides) if options.overrides else None,
-                                       "gates_from": str(options.gates_from) if options.gates_from else None})
-        # checksums of every input, and which tube results are still valid
-        check = progress.add_task("Checking files", total=len(tubes), note="")
-        checksums: dict[str, str | None] = {}
-        for tube in tubes:
-            path = resolve_file(data_dir, tube)
-            try:
-                checksums[tube.file] = file_sha256(path)
-            except OSError:
-                checksums[tube.file] = None
-            progress.advance(check)
-        layout_sha = file_sha256(options.layout)
-        store.record_inputs(run_id, {**checksums, f"layout:{Path(options.layout).name}": layout_sha,
-                                     f"template:{template.name}": template.sha256})
-        store.sync_reviews(run_id, corrections.decisions())
-        stored = store.stored_tubes()
-        tasks: list[GateTask] = []
-        keys: list[str] = []
-        for tube in tubes:
-            path = str(resolve_file(data_dir, tube))
-            want = [(AUTO, None, None)]
-            gate_corr = corrections.gates_for(tube.file)
-            if gate_corr:
-                want.append((REVIEWED, corrections.gate_overrides(template, tube.file), corrections.sha256_for(tube.file)))
-            elif (tube.file, REVIEWED) in stored:
-                store.delete_variant(tube.file, REVIEWED)  # the correction was withdrawn
-            for variant, overrides, corr_sha in want:
-                key = cache_key(checksums[tube.file], template.sha256, tube, corr_sha)
-                have = stored.get((tube.file, variant))
-                if have is not None and have.cache_key == key:
-                    continue
-                tasks.append(GateTask(path=path, tube=tube, template=template, variant=variant,
-                                      overrides=overrides))
-                keys.append(key)
-        n_reused = len(tubes) - len({t.tube.file for t in tasks})
-        from .gating.tube import gate_tube  # noqa: F401  (imported once here; forked workers inherit it)
+    with ResultStore.in_folder(out) as store:
+        def automated(file: str, gate: str) -> dict[str, Any] | None:
+            res = store.get_tube(file, AUTO)
+            rec = next((g for g in res.gates if g.name == gate), None) if res is not None else None
+            return rec.geometry if rec is not None else None
 
-        gate = progress.add_task("Gating tubes", total=len(tasks), note="")
-        executor = run_dask(tasks, options.scheduler) if options.scheduler else run_local(tasks, workers)
-        n_fail_now = 0
-        for i, result in executor:
-            task = tasks[i]
-            corr_sha = corrections.sha256_for(task.tube.file) if task.variant == REVIEWED else None
-            store.put_tube(result, variant=task.variant, cache_key=keys[i], run_id=run_id,
-                           template_sha256=template.sha256, version=__version__, corrections_sha256=corr_sha)
-            n_fail_now += 0 if result.ok else 1
-            progress.update(gate, advance=1, note=f"{n_fail_now} failed" if n_fail_now else "")
-            if on_result is not None:
-                on_result(i, result)
+        corrections = load_corrections(template, overrides=options.overrides, gates_from=options.gates_from,
+                                       tubes=tubes, reviewer=options.reviewer, automated=automated)
+        with _progress(options.quiet) as progress:
+            return _run_stored(options, data_dir, out, workers, on_result, t0, tubes, template, corrections,
+                               command, store, progress)
 
-        # reduce: every tube's current result read back from the store
-        results: list[TubeResult] = []
-        for tube in tubes:
-            variant = REVIEWED if corrections.gates_for(tube.file) else AUTO
-            res = store.get_tube(tube.file, variant)
-            if res is None:
-                raise BatError("a gated tube is missing from the results store", source=str(store.path),
-                               field=tube.file, expected="re-run the same command")
-            results.append(res)
-        failed = [(r.tube.file, r.error or "") for r in results if not r.ok]
-        if len(failed) == len(results):
-            store.end_run(run_id, status="failed", n_tubes=len(tubes), n_gated=len(tasks), n_reused=n_reused,
-                          n_failed=len(failed))
-            reasons = "\n".join(f"  - {f}: {why}" for f, why in failed[:10])
-            raise BatError(f"no tube could be analysed ({len(failed)} of {len(failed)} failed):\n{reasons}",
-                           source=str(data_dir), expected="readable FCS files matching the template's panel; "
-                           "try 'bat inspect FILE' on one of them")
-        score_task = progress.add_task("Scoring patients", total=None, note="")
-        scores = score_results(results, template, corrections.thresholds(), store)
-        tubes_df, patients_df = annotate_reviews(scores.tubes, corrections), scores.patients
-        store.put_tables(run_id, tubes_df, patients_df)
-        tubes_df, patients_df = store.tables()
-        progress.update(score_task, total=1, completed=1)
-        from .outputs import write_tables
 
-        about = about_sheet(template, command, checksums, layout_sha, run_id)
-        outputs = write_tables(out, tubes_df, patients_df, about, parquet=options.parquet)
-        summary = RunSummary(out=out, run_id=run_id, n_tubes=len(tubes), n_gated=len(tasks),
-                             n_reused=n_reused, n_failed=len(failed), failed=failed, outputs=outputs,
-                             elapsed_s=0.0, tubes=tubes_df, patients=patients_df, scores=scores, results=results)
-        if options.reports:
-            rep = progress.add_task("Writing reports", total=None, note="")
-            paths, summary.report_note = render(out, store, results, scores, run_id)
-            summary.outputs += paths
-            progress.update(rep, total=1, completed=1)
-        store.end_run(run_id, status="completed", n_tubes=len(tubes), n_gated=len(tasks),
-                      n_reused=n_reused, n_failed=len(failed))
+def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
+                on_result: Callable[[int, TubeResult], None] | None, t0: float, tubes: list[Tube], template: Any,
+                corrections: Any, command: str, store: ResultStore, progress: Any) -> RunSummary:
+    run_id = store.begin_run(version=__version__, template_name=template.name,
+                             template_sha256=template.sha256, command=command,
+                             info={"data_dir": str(data_dir), "layout": str(options.layout),
+                                   "workers": workers, "scheduler": options.scheduler,
+                                   "overrides": str(options.overrides) if options.overrides else None,
+                                   "gates_from": str(options.gates_from) if options.gates_from else None,
+                                   "template_source": getattr(template, "source", None),
+                                   "template_text": getattr(template, "source_text", None)})
+    # checksums of every input, and which tube results are still valid
+    check = progress.add_task("Checking files", total=len(tubes), note="")
+    checksums: dict[str, str | None] = {}
+    for tube in tubes:
+        path = resolve_file(data_dir, tube)
+        try:
+            checksums[tube.file] = file_sha256(path)
+        except OSError:
+            checksums[tube.file] = None
+        progress.advance(check)
+    layout_sha = file_sha256(options.layout)
+    store.record_inputs(run_id, {**checksums, f"layout:{Path(options.layout).name}": layout_sha,
+                                 f"template:{template.name}": template.sha256})
+    store.sync_reviews(run_id, corrections.decisions())
+    stored = store.stored_tubes()
+    tasks: list[GateTask] = []
+    keys: list[str] = []
+    for tube in tubes:
+        path = str(resolve_file(data_dir, tube))
+        want = [(AUTO, None, None)]
+        gate_corr = corrections.gates_for(tube.file)
+        if gate_corr:
+            want.append((REVIEWED, corrections.gate_overrides(template, tube.file), corrections.sha256_for(tube.file)))
+        elif (tube.file, REVIEWED) in stored:
+            store.delete_variant(tube.file, REVIEWED)  # the correction was withdrawn
+        for variant, overrides, corr_sha in want:
+            key = cache_key(checksums[tube.file], template.sha256, tube, corr_sha)
+            have = stored.get((tube.file, variant))
+            if have is not None and have.cache_key == key:
+                continue
+            tasks.append(GateTask(path=path, tube=tube, template=template, variant=variant,
+                                  overrides=overrides))
+            keys.append(key)
+    n_reused = len(tubes) - len({t.tube.file for t in tasks})
+    from .gating.tube import gate_tube  # noqa: F401  (imported once here; forked workers inherit it)
+
+    gate = progress.add_task("Gating tubes", total=len(tasks), note="")
+    executor = run_dask(tasks, options.scheduler) if options.scheduler else run_local(tasks, workers)
+    n_fail_now = 0
+    for i, result in executor:
+        task = tasks[i]
+        corr_sha = corrections.sha256_for(task.tube.file) if task.variant == REVIEWED else None
+        store.put_tube(result, variant=task.variant, cache_key=keys[i], run_id=run_id,
+                       template_sha256=template.sha256, version=__version__, corrections_sha256=corr_sha)
+        n_fail_now += 0 if result.ok else 1
+        progress.update(gate, advance=1, note=f"{n_fail_now} failed" if n_fail_now else "")
+        if on_result is not None:
+            on_result(i, result)
+
+    # reduce: every tube's current result read back from the store
+    results: list[TubeResult] = []
+    for tube in tubes:
+        variant = REVIEWED if corrections.gates_for(tube.file) else AUTO
+        res = store.get_tube(tube.file, variant)
+        if res is None:
+            raise BatError("a gated tube is missing from the results store", source=str(store.path),
+                           field=tube.file, expected="re-run the same command")
+        results.append(res)
+    failed = [(r.tube.file, r.error or "") for r in results if not r.ok]
+    if len(failed) == len(results):
+        store.end_run(run_id, status="failed", n_tubes=len(tubes), n_gated=len(tasks), n_reused=n_reused,
+                      n_failed=len(failed))
+        reasons = "\n".join(f"  - {f}: {why}" for f, why in failed[:10])
+        raise NothingAnalysedError(f"no tube could be analysed ({len(failed)} of {len(failed)} failed):\n"
+                                   f"{reasons}", source=str(data_dir),
+                                   expected="readable FCS files matching the template's panel; "
+                                            "try 'bat inspect FILE' on one of them")
+    score_task = progress.add_task("Scoring patients", total=None, note="")
+    scores = score_results(results, template, corrections.thresholds(), store)
+    tubes_df, patients_df = annotate_reviews(scores.tubes, corrections), scores.patients
+    store.put_tables(run_id, tubes_df, patients_df)
+    tubes_df, patients_df = store.tables()
+    progress.update(score_task, total=1, completed=1)
+    from .outputs import write_tables
+
+    about = about_sheet(template, command, checksums, layout_sha, run_id)
+    outputs = write_tables(out, tubes_df, patients_df, about, parquet=options.parquet)
+    summary = RunSummary(out=out, run_id=run_id, n_tubes=len(tubes), n_gated=len(tasks),
+                         n_reused=n_reused, n_failed=len(failed), failed=failed, outputs=outputs,
+                         elapsed_s=0.0, tubes=tubes_df, patients=patients_df, scores=scores, results=results)
+    if options.reports:
+        rep = progress.add_task("Writing reports", total=None, note="")
+        paths, summary.report_note = render(out, store, results, scores, run_id)
+        summary.outputs += paths
+        progress.update(rep, total=1, completed=1)
+    store.end_run(run_id, status="completed", n_tubes=len(tubes), n_gated=len(tasks),
+                  n_reused=n_reused, n_failed=len(failed))
     summary.elapsed_s = time.perf_counter() - t0
     return summary
 
@@ -555,3 +575,87 @@ def render(out: Path, store: ResultStore, results: Sequence[TubeResult], scores:
         elif isinstance(value, dict):
             found += [p for p in value.values() if isinstance(p, Path)]
     return found, None
+
+
+# ------------------------------------------------------------------------------------------------ after a run
+SAMPLE_REGENERATE = {"n_patients": 3, "n_events": 20_000, "seed": 2026}
+
+
+def sample_data(fallback_dir: Path, *, quiet: bool = True) -> Path:
+    """The bundled sample experiment: package data ``bat_analysis.sample_fcs``, else the checkout's
+    ``sample_fcs/``, else regenerated with the simulator into ``fallback_dir``."""
+    from importlib import resources
+
+    candidates: list[Path] = []
+    try:
+        candidates.append(Path(str(resources.files("bat_analysis.sample_fcs"))))
+    except ModuleNotFoundError:
+        pass
+    candidates.append(Path(__file__).resolve().parents[1] / "sample_fcs")
+    for folder in candidates:
+        if (folder / "layout.csv").is_file() and any(folder.glob("*.fcs")):
+            return folder
+    fallback_dir = Path(fallback_dir)
+    if not (fallback_dir / "layout.csv").is_file():
+        from .simulate import simulate_experiment
+
+        if not quiet:
+            print(f"sample data not installed: simulating it into {fallback_dir}", file=sys.stderr)
+        simulate_experiment(fallback_dir, **SAMPLE_REGENERATE)
+    return fallback_dir
+
+
+@dataclass
+class StoredRun:
+    """A finished run read back from its store: its tubes' current results, scores and run details."""
+
+    results: list[TubeResult]
+    scores: Any
+    info: dict[str, Any]
+    template: Any
+    run_id: int
+
+
+def load_run(out: Path | str) -> StoredRun:
+    """The last completed run of an output folder, from its results store (nothing is re-gated)."""
+    from .gating.templates import load_template, parse_template
+
+    out = Path(out)
+    with ResultStore.in_folder(out, create=False) as store:
+        done = [r for r in store.runs() if r["status"] == "completed"]
+        if not done:
+            raise BatError("no completed run in this folder", source=str(out),
+                           expected="the --out folder of a 'bat run' that finished; run it (again) first")
+        run = done[-1]
+        info = json.loads(run["info_json"] or "{}")
+        if info.get("template_text"):
+            template = parse_template(info["template_text"], source=info.get("template_source") or run["template_name"])
+        else:
+            template = load_template(run["template_name"])
+        files = [f for f in store.inputs(run["id"]) if ":" not in f]
+        results = []
+        for f in files:
+            variant = store.current_variant(f)
+            res = store.get_tube(f, variant) if variant else None
+            if res is None:
+                raise BatError("a tube of the last run is missing from the store", source=str(store.path),
+                               field=f, expected="re-run 'bat run' with the same arguments")
+            results.append(res)
+        thresholds = {(r["patient"], r["pretreatment"]): float(r["value"])
+                      for r in store.reviews() if r["kind"] == "threshold"}
+        scores = score_results(results, template, thresholds, store)
+        return StoredRun(results=results, scores=scores, info=run_info(store, run["id"]), template=template,
+                         run_id=int(run["id"]))
+
+
+def rerender(out: Path | str, patients: list[str] | None = None) -> tuple[list[Path], str | None]:
+    """Re-render reports and the review gallery of a finished run from its store."""
+    stored = load_run(out)
+    if patients:
+        known = {r.tube.patient for r in stored.results}
+        unknown = sorted(set(patients) - known)
+        if unknown:
+            raise BatError(f"unknown patient(s): {', '.join(unknown)}", source=str(out), field="--patient",
+                           expected=f"one of {', '.join(sorted(known))}")
+    with ResultStore.in_folder(out, create=False) as store:
+        return render(Path(out), store, stored.results, stored.scores, stored.run_id, patients=patients)

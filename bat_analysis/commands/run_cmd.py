@@ -1,0 +1,160 @@
+"""``bat run``, ``bat demo``, ``bat report`` and ``bat export-gates``: the batch analysis and what follows it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+EXIT_BAD_INPUT = 2
+EXIT_NOTHING_ANALYSED = 1
+
+
+def _fail(exc: Exception, hint: str | None = None) -> typer.Exit:
+    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    if hint:
+        typer.echo(hint, err=True)
+    from ..pipeline import NothingAnalysedError
+
+    return typer.Exit(code=EXIT_NOTHING_ANALYSED if isinstance(exc, NothingAnalysedError) else EXIT_BAD_INPUT)
+
+
+def _summarise(summary: Any, quiet: bool) -> None:
+    out = summary.out
+    if summary.report_note:
+        typer.secho(f"note: {summary.report_note}", err=True, fg=typer.colors.YELLOW)
+    if quiet:
+        return
+    typer.echo(f"Analysed {summary.n_tubes} tubes in {summary.elapsed_s:.1f} s "
+               f"({summary.n_gated} gated now, {summary.n_reused} reused from a previous run).")
+    if summary.failed:
+        typer.secho(f"{len(summary.failed)} tube(s) could not be gated (qc_status=fail in tubes.csv):",
+                    fg=typer.colors.YELLOW)
+        for file, reason in summary.failed[:20]:
+            typer.echo(f"  - {file}: {reason}")
+        if len(summary.failed) > 20:
+            typer.echo(f"  ... and {len(summary.failed) - 20} more")
+    typer.echo(f"Results in {out}/: tubes.csv, patients.csv, results.xlsx, results.sqlite"
+               + (", reports/, review/" if not summary.report_note else ""))
+    if not summary.report_note:
+        typer.echo(f"Next: open {out / 'review' / 'index.html'} to review every gate (flagged tubes first). "
+                   "To correct a gate or a threshold, write an overrides file and re-run the same command with "
+                   "--overrides FILE (see 'bat run --help').")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``run``, ``demo``, ``report`` and ``export-gates`` to ``app``."""
+
+    @app.command("run")
+    def run_command(
+        data_dir: Path = typer.Argument(..., help="Folder holding the FCS files of the experiment."),
+        layout: Path = typer.Option(..., "--layout", "-l", help="Layout sheet (CSV or XLSX): file, patient, "
+                                    "condition, allergen, concentration, unit, pretreatment."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder (created; re-running resumes)."),
+        template: str = typer.Option("bat_ccr3_cd63", "--template", "-t",
+                                     help="Gating template: a shipped name ('bat templates list') or a YAML path."),
+        workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1,
+                                              help="Local worker processes (default: one per core)."),
+        scheduler: Optional[str] = typer.Option(None, "--scheduler",
+                                                help="Dask scheduler address (tcp://HOST:PORT) to run on a cluster."),
+        overrides: Optional[Path] = typer.Option(None, "--overrides",
+                                                 help="Reviewer corrections (YAML: tube, gate, geometry or "
+                                                      "threshold, reviewer, reason)."),
+        gates_from: Optional[Path] = typer.Option(None, "--gates-from",
+                                                  help="Gates edited in FlowJo: a workspace (.wsp) or Gating-ML "
+                                                       "(.xml, or a folder of them) exported by 'bat export-gates'."),
+        reviewer: Optional[str] = typer.Option(None, "--reviewer",
+                                               help="Who made the corrections (default for --overrides entries "
+                                                    "without one, and for --gates-from)."),
+        parquet: bool = typer.Option(False, "--parquet", help="Also write tubes.parquet and patients.parquet."),
+        no_reports: bool = typer.Option(False, "--no-reports", help="Skip the HTML/PDF reports and review gallery."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary (errors still shown)."),
+    ) -> None:
+        """Analyse a folder of FCS files: gate every tube, score every patient, write tables and reports.
+
+        Example:  bat run plate1/ --layout plate1/layout.csv --out results/plate1 --workers 2
+
+        Re-running the same command resumes: finished tubes whose file, template and version did not change
+        are reused. Exit status 0 when the run completed (even if some tubes failed QC), non-zero on a bad
+        invocation or when no tube could be analysed.
+        """
+        from ..errors import BatError
+        from ..pipeline import RunOptions, run
+
+        opts = RunOptions(data_dir=data_dir, layout=layout, out=out, template=template, workers=workers,
+                          scheduler=scheduler, overrides=overrides, gates_from=gates_from, reviewer=reviewer,
+                          quiet=quiet, parquet=parquet, reports=not no_reports)
+        try:
+            summary = run(opts)
+        except BatError as exc:
+            raise _fail(exc, "Fix the problem above and run the same command again; finished tubes are kept."
+                        ) from None
+        _summarise(summary, quiet)
+
+    @app.command("demo")
+    def demo_command(
+        out: Path = typer.Option(Path("bat_demo"), "--out", "-o", help="Output folder for the demo results."),
+        workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Local worker processes."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
+    ) -> None:
+        """Run the whole analysis on the bundled sample experiment (sample_fcs), in well under a minute.
+
+        Example:  bat demo --out demo_results   then open demo_results/review/index.html
+        """
+        from ..errors import BatError
+        from ..pipeline import RunOptions, run, sample_data
+
+        try:
+            data_dir = sample_data(out / "sample_fcs", quiet=quiet)
+            summary = run(RunOptions(data_dir=data_dir, layout=data_dir / "layout.csv", out=out,
+                                     workers=workers, quiet=quiet))
+        except BatError as exc:
+            raise _fail(exc) from None
+        if not quiet:
+            typer.echo(f"Demo data: {data_dir}")
+        _summarise(summary, quiet)
+
+    @app.command("report")
+    def report_command(
+        out: Path = typer.Argument(..., help="Output folder of a previous 'bat run'."),
+        patient: Optional[list[str]] = typer.Option(None, "--patient", "-p",
+                                                    help="Only this patient (repeat for several)."),
+    ) -> None:
+        """Re-render the per-patient reports and the review gallery from the results store, without re-gating.
+
+        Example:  bat report results/plate1 --patient P01
+        """
+        from ..errors import BatError
+        from ..pipeline import rerender
+
+        try:
+            paths, note = rerender(out, patients=list(patient) if patient else None)
+        except BatError as exc:
+            raise _fail(exc, "Give the --out folder of a completed 'bat run'.") from None
+        if note:
+            raise _fail(BatError(note))
+        typer.echo(f"Wrote {len(paths)} file(s) under {out}/reports and {out}/review.")
+
+    @app.command("export-gates")
+    def export_gates_command(
+        out: Path = typer.Argument(..., help="Output folder of a previous 'bat run'."),
+        fmt: str = typer.Option("flowjo", "--format", "-f", help="gatingml (one file per tube) or flowjo "
+                                "(one workspace for the experiment)."),
+        dest: Optional[Path] = typer.Option(None, "--dest", help="Where to write (default: OUT/gates/)."),
+    ) -> None:
+        """Export every tube's gates (as applied, corrections included) for FlowJo or FlowKit.
+
+        Example:  bat export-gates results/plate1 --format flowjo
+        Edit the gates in FlowJo, save, and give the file back with 'bat run ... --gates-from FILE'.
+        """
+        from ..errors import BatError
+        from ..pipeline import export_gates
+
+        if fmt not in ("gatingml", "flowjo"):
+            raise _fail(BatError(f"unknown format {fmt!r}", field="--format", expected="gatingml or flowjo"))
+        try:
+            paths = export_gates(out, fmt, dest)
+        except BatError as exc:
+            raise _fail(exc, "Give the --out folder of a completed 'bat run'.") from None
+        typer.echo(f"Wrote {len(paths)} file(s): {paths[0].parent if paths else dest}")
