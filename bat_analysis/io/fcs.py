@@ -166,15 +166,10 @@ def parse_header(buf: bytes, base: int, source: str) -> Header:
 
 
 # ------------------------------------------------------------------------------------------------ TEXT
-def _split_text(raw: bytes, source: str, where: str, warnings: list[str]) -> dict[str, str]:
-    """Split a TEXT-like segment into keywords (upper-case) and values (doubled delimiters unescaped)."""
-    if len(raw) < 2:
-        raise FcsFormatError("TEXT segment is empty", source=source, field=where,
-                             expected="a delimiter followed by keyword/value pairs")
-    delim = raw[:1]
-    if delim in (b" ", b"\x00") or delim.isalnum():
-        raise FcsFormatError(f"TEXT segment starts with {delim!r}", source=source, field=where,
-                             expected="a delimiter character (not a letter, digit, space or NUL)")
+def _tokenize(raw: bytes, delim: bytes, lenient: bool) -> tuple[list[bytes], int, bool]:
+    """Split a TEXT segment into fields. Standard: a doubled delimiter is a literal delimiter. Lenient (for
+    writers that put empty values as two delimiters): a doubled delimiter right after a keyword ends an empty
+    value. Returns (fields, number of empty values, whether unterminated text trailed the last delimiter)."""
     n = len(raw)
     tokens: list[bytes] = []
     cur = bytearray()
@@ -185,26 +180,50 @@ def _split_text(raw: bytes, source: str, where: str, warnings: list[str]) -> dic
         if j < 0:
             cur += raw[i:]
             break
-        if j == i and not cur and len(tokens) % 2 == 1:
-            # a value that starts with the delimiter: an empty value (written by many cytometers), not an escape
+        in_value = len(tokens) % 2 == 1
+        if lenient and j == i and not cur and in_value:
             tokens.append(b"")
             empty_values += 1
             i = j + 1
             continue
         cur += raw[i:j]
-        in_value = len(tokens) % 2 == 1
-        if in_value and j + 1 < n and raw[j + 1: j + 2] == delim and j + 2 < n:
+        doubled = j + 1 < n and raw[j + 1: j + 2] == delim
+        if doubled and j + 2 < n and (in_value or not lenient):
             cur += delim
             i = j + 2
             continue
         tokens.append(bytes(cur))
         cur = bytearray()
         i = j + 1
-        if in_value and j + 1 < n and raw[j + 1: j + 2] == delim:  # a doubled delimiter that ends the segment
+        if doubled and in_value:  # a doubled delimiter that ends the segment
             i = n
     trailing = bytes(cur)
-    if trailing.strip(b" \x00\r\n\t"):
+    unterminated = bool(trailing.strip(b" \x00\r\n\t"))
+    if unterminated:
         tokens.append(trailing)
+    return tokens, empty_values, unterminated
+
+
+def _valid_fields(tokens: list[bytes], delim: bytes) -> bool:
+    keys = tokens[::2]
+    return bool(tokens) and len(tokens) % 2 == 0 and all(k.strip() and delim not in k for k in keys)
+
+
+def _split_text(raw: bytes, source: str, where: str, warnings: list[str]) -> dict[str, str]:
+    """Split a TEXT-like segment into keywords (upper-case) and values (doubled delimiters unescaped)."""
+    if len(raw) < 2:
+        raise FcsFormatError("TEXT segment is empty", source=source, field=where,
+                             expected="a delimiter followed by keyword/value pairs")
+    delim = raw[:1]
+    if delim in (b" ", b"\x00") or delim.isalnum():
+        raise FcsFormatError(f"TEXT segment starts with {delim!r}", source=source, field=where,
+                             expected="a delimiter character (not a letter, digit, space or NUL)")
+    tokens, empty_values, unterminated = _tokenize(raw, delim, lenient=False)
+    if not _valid_fields(tokens, delim):
+        lenient = _tokenize(raw, delim, lenient=True)
+        if _valid_fields(lenient[0], delim):
+            tokens, empty_values, unterminated = lenient
+    if unterminated:
         warnings.append(f"{where}: does not end with its delimiter")
     if not tokens:
         raise FcsFormatError("TEXT segment has no delimited keywords", source=source, field=where,
@@ -220,9 +239,10 @@ def _split_text(raw: bytes, source: str, where: str, warnings: list[str]) -> dic
     undecodable: list[str] = []
     for k, v in zip(tokens[::2], tokens[1::2]):
         key = k.decode("latin-1").strip().upper()
-        if not key:
-            raise FcsFormatError("empty keyword (doubled delimiter or empty value before it)", source=source,
-                                 field=where, expected="non-empty keywords")
+        if not key or delim.decode("latin-1") in key:
+            raise FcsFormatError(f"malformed keyword {key[:40]!r} (a doubled delimiter or an empty value before "
+                                 f"it)", source=source, field=where, expected="non-empty keywords without the "
+                                 f"delimiter")
         try:
             value = v.decode("utf-8")
         except UnicodeDecodeError:
@@ -600,13 +620,13 @@ def _channels(kw: Mapping[str, str], npar: int, layout: _Layout, source: str, pa
 
 
 def _scale(values: np.ndarray, channels: list[Channel], layout: _Layout, kw: Mapping[str, str],
-           warnings: list[str]) -> np.ndarray:
+           warnings: list[str], scale: bool = True) -> np.ndarray:
     """Bit masks, $TIMESTEP, $PnE and $PnG as FlowIO's preprocessing applies them -> float32 events."""
     n_events, npar = values.shape
     events = np.empty((n_events, npar), dtype=np.float32)
     time_ch = find_time(channels)
     timestep = None
-    if time_ch is not None and "$TIMESTEP" in kw:
+    if scale and time_ch is not None and "$TIMESTEP" in kw:
         text = kw["$TIMESTEP"].strip()
         try:
             timestep = float(text) if text else None
@@ -628,7 +648,7 @@ def _scale(values: np.ndarray, channels: list[Channel], layout: _Layout, kw: Map
         scaled = is_time and timestep is not None
         if is_time:
             gain = 1.0
-        if not (scaled or c.log_decades > 0 or (gain != 1.0 and gain != 0)):
+        if not scale or not (scaled or c.log_decades > 0 or (gain != 1.0 and gain != 0)):
             events[:, c.index] = col
             continue
         x = col.astype(np.float64)
@@ -762,12 +782,13 @@ def read_fcs_keywords(path: str | os.PathLike[str], *, dataset: int = 0) -> dict
 
 
 def read_fcs(path: str | os.PathLike[str], *, dataset: int = 0, panel: Panel | None = None,
-             strict_spillover: bool = False, allow_nonfinite: bool = False) -> FcsSample:
+             strict_spillover: bool = False, allow_nonfinite: bool = False, scale: bool = True) -> FcsSample:
     """Read one data set of an FCS file into an ``FcsSample`` with float32 events scaled as the standard says.
 
     A malformed spillover keyword (unknown channels, singular, truncated) leaves ``spillover`` None, is recorded in
     ``warnings`` and ``spillover_error`` (``require_spillover()`` raises it); ``strict_spillover=True`` refuses the
     file instead;
+    ``scale=False`` returns the stored values (integer bit masks applied, no gain, log or time step);
     ``allow_nonfinite=True`` keeps NaN/inf event values (with a warning) instead of refusing them.
     """
     p, buf, source = _load(path)
@@ -814,7 +835,7 @@ def read_fcs(path: str | os.PathLike[str], *, dataset: int = 0, panel: Panel | N
     else:
         dt = np.dtype(f"{layout.order}f{4 if layout.datatype == 'F' else 8}")
         values = np.frombuffer(buf, dtype=dt, count=tot * npar, offset=abs_start).reshape(tot, npar)
-    events = _scale(values, channels, layout, kw, warnings)
+    events = _scale(values, channels, layout, kw, warnings, scale)
     finite = np.isfinite(events)
     if not finite.all():
         bad = (~finite).sum(axis=0)
