@@ -104,6 +104,9 @@ METHODS: dict[str, MethodSpec] = {
         "bins": Param("integer", 128, 32, 1024),
         "smooth": Param("number", 1.5, 0.0, 20.0, doc="Gaussian smoothing (bins)"),
         "peak_min_events": Param("number", 30.0, 1.0, doc="a population needs at least this many events"),
+        "merge_ratio": Param("number", 0.5, 0.0, 1.0,
+                             doc="merge two density peaks when the pass between them is at least this "
+                                 "fraction of the lower peak"),
         "level": Param("number", 0.05, 0.0, 0.9,
                        doc="cluster boundary as a fraction of the cluster's peak density"),
         "split_n_sd": Param("number", 4.0, 0.5, 20.0,

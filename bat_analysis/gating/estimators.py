@@ -1,0 +1,537 @@
+"""Automated gate estimation: each step estimates concrete geometry from a tube's own events.
+
+Every estimator takes the parent's events (raw compensated values, one array per dimension), the
+dimensions (with their scale transforms) and typed parameters from the template, and returns an
+:class:`Estimate`: a gate of :mod:`bat_analysis.gating.gates` (or ``None`` when it failed), the
+membership among the parent's events, diagnostics for review (peaks found, separation, fraction of
+parent), flags, and the parent's 2-D density image with its edges in the gate's coordinates.
+
+Density images are binned on raw values with inverse-transformed bin edges, so no per-event transform
+is needed to build them; polygons are tested only on the events inside their bounding box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..records import Flag
+from .gates import BooleanGate, Dimension, Gate, PolygonGate, RangeGate
+
+DENSITY_BINS = 128
+
+
+@dataclass
+class Estimate:
+    """The outcome of one estimator on one tube."""
+
+    gate: Gate | None
+    mask: np.ndarray | None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    flags: list[Flag] = field(default_factory=list)
+    density: np.ndarray | None = None
+    density_edges: tuple[np.ndarray, ...] | None = None
+    members: tuple[Gate, ...] = ()  # operand gates of a boolean union (acquisition QC segments)
+
+    @property
+    def ok(self) -> bool:
+        return self.gate is not None
+
+
+def failed(reason: str, code: str, gate_name: str, **diagnostics: Any) -> Estimate:
+    """An estimate that found no geometry; the flag says why."""
+    diagnostics = {"failure": reason, **diagnostics}
+    return Estimate(None, None, diagnostics, [Flag(code, "warn", f"gate {gate_name}: {reason}")])
+
+
+# ---------------------------------------------------------------------------------------------- scales
+def to_scale(dim: Dimension, values: np.ndarray) -> np.ndarray:
+    """Values on the dimension's scale (transform applied when it has one)."""
+    if dim.transform is None:
+        return np.asarray(values, dtype=np.float64)
+    return np.asarray(dim.transform.apply(np.asarray(values, dtype=np.float64)), dtype=np.float64)
+
+
+def from_scale(dim: Dimension, values: np.ndarray) -> np.ndarray:
+    """Raw values of scale positions (inverse transform when the dimension has one)."""
+    if dim.transform is None:
+        return np.asarray(values, dtype=np.float64)
+    return np.asarray(dim.transform.inverse(np.asarray(values, dtype=np.float64)), dtype=np.float64)
+
+
+def scale_limits(dim: Dimension, values: np.ndarray, top: float | None = None,
+                 quantiles: tuple[float, float] = (0.0005, 0.9995)) -> tuple[float, float]:
+    """A display window on the dimension's scale covering the data (and ``top``, the channel range)."""
+    if len(values) == 0:
+        lo_raw, hi_raw = 0.0, float(top or 1.0)
+    else:
+        lo_raw, hi_raw = np.quantile(values, quantiles)
+    if top is not None:
+        hi_raw = max(hi_raw, float(top))
+        lo_raw = min(lo_raw, 0.0)
+    lo, hi = to_scale(dim, np.array([lo_raw, hi_raw], dtype=np.float64))
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise ValueError("non-finite display window")
+    span = hi - lo if hi > lo else 1.0
+    return float(lo - 0.02 * span), float(hi + 0.02 * span)
+
+
+def density_image(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
+                  xlim: tuple[float, float], ylim: tuple[float, float],
+                  bins: int = DENSITY_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """2-D histogram of raw events on the dimensions' scales; returns (counts, x edges, y edges) on scale.
+
+    Binning uses the inverse-transformed edges on the raw values (equivalent to transforming every event).
+    """
+    ex = np.linspace(xlim[0], xlim[1], bins + 1)
+    ey = np.linspace(ylim[0], ylim[1], bins + 1)
+    rx, ry = from_scale(dx, ex), from_scale(dy, ey)
+    ix = np.searchsorted(rx, x, side="right") - 1
+    iy = np.searchsorted(ry, y, side="right") - 1
+    ok = (ix >= 0) & (ix < bins) & (iy >= 0) & (iy < bins)
+    counts = np.bincount(ix[ok] * bins + iy[ok], minlength=bins * bins).reshape(bins, bins)
+    return counts, ex, ey
+
+
+def small_counts(counts: np.ndarray) -> np.ndarray:
+    """Counts stored compactly (uint16 when they fit, else uint32)."""
+    return counts.astype(np.uint16 if counts.max(initial=0) < 65535 else np.uint32)
+
+
+def polygon_mask(gate: PolygonGate, cols: Sequence[np.ndarray]) -> np.ndarray:
+    """Membership of raw events in a polygon on the dimensions' scales, testing only its bounding box."""
+    from flowutils.gating import points_in_polygon
+
+    x, y = cols
+    v = gate.vertices
+    rx = from_scale(gate.dims[0], np.array([v[:, 0].min(), v[:, 0].max()]))
+    ry = from_scale(gate.dims[1], np.array([v[:, 1].min(), v[:, 1].max()]))
+    box = (x >= rx[0]) & (x <= rx[1]) & (y >= ry[0]) & (y <= ry[1])
+    idx = np.flatnonzero(box)
+    mask = np.zeros(len(x), dtype=bool)
+    if len(idx):
+        pts = np.column_stack([to_scale(gate.dims[0], x[idx]), to_scale(gate.dims[1], y[idx])])
+        mask[idx] = np.asarray(points_in_polygon(v, pts), dtype=bool)
+    return mask
+
+
+def apply_gate(gate: Gate, cols: Sequence[np.ndarray], members: Sequence[Gate] = ()) -> np.ndarray:
+    """Own membership of a gate for raw event columns (one per dimension), without parents.
+
+    Ranges are compared in raw units (limits inverse-transformed once); polygons are tested on scale
+    within their bounding box; other gates go through the gate engine.
+    """
+    from .gates import ArrayEvents
+
+    if isinstance(gate, RangeGate):
+        mask = np.ones(len(cols[0]), dtype=bool)
+        for dim, col, lo, hi in zip(gate.dims, cols, gate.mins, gate.maxs):
+            if lo is not None:
+                mask &= col >= from_scale(dim, np.array([lo]))[0]
+            if hi is not None:
+                mask &= col < from_scale(dim, np.array([hi]))[0]
+        return mask
+    if isinstance(gate, PolygonGate):
+        return polygon_mask(gate, cols)
+    if isinstance(gate, BooleanGate) and members:
+        sub = {m.name: apply_gate(m, cols) for m in members}
+        return gate.own_mask(_Counted(len(cols[0])), sub)
+    events = ArrayEvents({d.key: c for d, c in zip(gate.dims, cols)})
+    return gate.own_mask(events, {})
+
+
+class _Counted:
+    """An event source that only knows how many events there are (for boolean gates)."""
+
+    def __init__(self, n: int) -> None:
+        self.n_events = n
+
+    def values(self, dim: Dimension) -> np.ndarray:  # pragma: no cover - booleans read no values
+        raise KeyError(dim.key)
+
+
+# ---------------------------------------------------------------------------------------------- 1. time
+def estimate_flow_rate(t: np.ndarray, dim: Dimension, name: str, params: Mapping[str, Any]) -> Estimate:
+    """Acquisition QC: bins of the time channel whose event rate departs from the robust centre.
+
+    The event count per time bin is compared with its median; bins further than ``n_mad`` robust SDs
+    (1.4826 x MAD, at least the Poisson SD) above (bursts) or below (gaps, clogs) are removed.
+    """
+    n = len(t)
+    tmin, tmax = (float(t.min()), float(t.max())) if n else (0.0, 0.0)
+    if n == 0 or tmax <= tmin:
+        return failed("the time channel is constant or empty", "ACQ_QC_SKIPPED", name, n_events=n)
+    if params["bin_seconds"] > 0:
+        n_bins = int(np.ceil((tmax - tmin) / params["bin_seconds"]))
+    else:
+        n_bins = int(n // params["target_events_per_bin"])
+    n_bins = min(n_bins, 2000)
+    if n_bins < params["min_bins"]:
+        return failed(f"{n} events give {n_bins} time bins (< {params['min_bins']})", "ACQ_QC_SKIPPED", name,
+                      n_bins=n_bins)
+    edges = np.linspace(tmin, tmax, n_bins + 1)
+    edges[-1] = np.nextafter(tmax, np.inf)
+    which = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, n_bins - 1)
+    counts = np.bincount(which, minlength=n_bins).astype(np.float64)
+    centre = float(np.median(counts))
+    mad = float(np.median(np.abs(counts - centre)))
+    sd = max(1.4826 * mad, np.sqrt(max(centre, 1.0)))
+    z = (counts - centre) / sd
+    bad = np.abs(z) > params["n_mad"]
+    # a bin next to a removed bin that is itself half-way out belongs to the same event
+    soft = np.abs(z) > params["n_mad"] / 2
+    grow = bad.copy()
+    grow[1:] |= bad[:-1] & soft[1:]
+    grow[:-1] |= bad[1:] & soft[:-1]
+    bad = grow
+    keep_bins = ~bad
+    # kept segments as half-open time ranges
+    segments: list[tuple[float, float]] = []
+    i = 0
+    while i < n_bins:
+        if keep_bins[i]:
+            j = i
+            while j + 1 < n_bins and keep_bins[j + 1]:
+                j += 1
+            segments.append((float(edges[i]), float(edges[j + 1])))
+            i = j + 1
+        else:
+            i += 1
+    diag = {"n_bins": n_bins, "bin_width": float(edges[1] - edges[0]), "median_rate": centre,
+            "robust_sd": sd, "bins_removed": int(bad.sum()),
+            "bursts": int(((z > params["n_mad"]) & bad).sum()), "gaps": int(((z < -params["n_mad"]) & bad).sum())}
+    dens = counts.astype(np.int64)
+    if not segments:
+        est = failed("every time bin departs from the median rate", "ACQ_QC_FAILED", name, **diag)
+        est.density, est.density_edges = small_counts(dens), (edges,)
+        return est
+    members = tuple(RangeGate(f"{name}.segment{k + 1}", (dim,), mins=(lo,), maxs=(hi,))
+                    for k, (lo, hi) in enumerate(segments))
+    if len(members) == 1:
+        gate: Gate = RangeGate(name, (dim,), mins=members[0].mins, maxs=members[0].maxs)
+        members = ()
+    else:
+        gate = BooleanGate(name, (dim,), op="or", operands=tuple((m.name, False) for m in members))
+    mask = keep_bins[which]
+    diag["fraction_removed"] = float(1 - mask.mean())
+    flags = []
+    if bad.any():
+        flags.append(Flag("FLOW_RATE_ANOMALY", "warn",
+                          f"{diag['bursts']} burst and {diag['gaps']} gap time bin(s) removed "
+                          f"({100 * diag['fraction_removed']:.1f}% of events)"))
+    return Estimate(gate, mask, diag, flags, small_counts(dens), (edges,), members)
+
+
+# ---------------------------------------------------------------------------------------------- 2. margin
+def estimate_margin(cols: Sequence[np.ndarray], dims: Sequence[Dimension], ranges: Sequence[float | None],
+                    name: str, params: Mapping[str, Any]) -> Estimate:
+    """Margin events: values at the top of a dimension's range ($PnR) are saturated and removed."""
+    tol = params["tolerance"]
+    maxs_raw, diag = [], {}
+    for dim, col, top in zip(dims, cols, ranges):
+        if top is None or not np.isfinite(top) or top <= 0:
+            return failed(f"dimension {dim.key} has no channel range ($PnR)", "MARGIN_SKIPPED", name)
+        maxs_raw.append(float(top) * (1.0 - tol))
+    mask = np.ones(len(cols[0]), dtype=bool)
+    for dim, col, mx in zip(dims, cols, maxs_raw):
+        sat = col >= mx
+        diag[f"saturated_{dim.key}"] = int(sat.sum())
+        mask &= ~sat
+    maxs = tuple(float(to_scale(d, np.array([m]))[0]) for d, m in zip(dims, maxs_raw))
+    gate = RangeGate(name, tuple(dims), mins=(None,) * len(dims), maxs=maxs)
+    diag["fraction_removed"] = float(1 - mask.mean()) if len(mask) else 0.0
+    return Estimate(gate, mask, diag)
+
+
+# ---------------------------------------------------------------------------------------------- 3. cells
+def estimate_cells(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
+                   tops: tuple[float | None, float | None], name: str, params: Mapping[str, Any]) -> Estimate:
+    """Cells on FSC-A/SSC-A: the density's populated region above the debris valley, as a polygon.
+
+    The FSC profile of the smoothed density is searched for a debris peak (a peak at less than half the
+    FSC of the next one); the valley after it bounds the cells on the left. The region where the smoothed
+    density exceeds ``level`` x its maximum, right of the valley, is labelled; regions holding >= 0.5% of
+    events are kept and their convex hull (padded) becomes the polygon. Hull vertices at the top of the
+    window are moved beyond the data range so saturated-edge events are included consistently.
+    """
+    from scipy import ndimage
+    from scipy.signal import find_peaks
+    from scipy.spatial import ConvexHull, QhullError
+
+    bins = params["bins"]
+    xlim = scale_limits(dx, x, tops[0])
+    ylim = scale_limits(dy, y, tops[1])
+    counts, ex, ey = density_image(x, y, dx, dy, xlim, ylim, bins)
+    total = counts.sum()
+    if total < 20:
+        est = failed(f"only {int(total)} events in the scatter window", "CELLS_GATE_FAILED", name)
+        est.density, est.density_edges = small_counts(counts), (ex, ey)
+        return est
+    smooth = ndimage.gaussian_filter(counts.astype(np.float64), params["smooth"])
+    profile = ndimage.gaussian_filter1d(counts.sum(axis=1).astype(np.float64), 2.0)
+    peaks, props = find_peaks(profile, prominence=0.02 * profile.max())
+    valley = 0
+    debris_peak = None
+    if len(peaks) >= 2:
+        # debris: the lowest-FSC peak when it sits at less than half the FSC of the main cell peak
+        main = peaks[1:][np.argmax(profile[peaks[1:]])]
+        p0 = peaks[0]
+        cx = lambda i: ex[0] + (i + 0.5) * (ex[1] - ex[0])  # noqa: E731
+        raw0, raw_main = from_scale(dx, np.array([cx(p0), cx(main)]))
+        if raw0 < 0.5 * raw_main:
+            debris_peak = int(p0)
+            valley = int(p0 + np.argmin(profile[p0:main + 1]))
+    region = smooth > params["level"] * smooth.max()
+    region[:valley + 1, :] = False if valley > 0 else region[:valley + 1, :]
+    labels, n_lab = ndimage.label(region)
+    if n_lab == 0:
+        est = failed("no populated region above the debris", "CELLS_GATE_FAILED", name)
+        est.density, est.density_edges = small_counts(counts), (ex, ey)
+        return est
+    mass = ndimage.sum(counts, labels, index=np.arange(1, n_lab + 1))
+    keep_labels = np.flatnonzero(mass >= 0.005 * total) + 1
+    if len(keep_labels) == 0:
+        keep_labels = np.array([int(np.argmax(mass)) + 1])
+    keep = np.isin(labels, keep_labels)
+    ii, jj = np.nonzero(keep)
+    pad = params["pad"]
+    # pixel corners, padded, on scale
+    wx, wy = ex[1] - ex[0], ey[1] - ey[0]
+    px = np.concatenate([ex[ii] - pad * wx, ex[ii + 1] + pad * wx, ex[ii] - pad * wx, ex[ii + 1] + pad * wx])
+    py = np.concatenate([ey[jj] - pad * wy, ey[jj] - pad * wy, ey[jj + 1] + pad * wy, ey[jj + 1] + pad * wy])
+    if valley > 0:
+        px = np.maximum(px, ex[valley + 1])
+    pts = np.column_stack([px, py])
+    try:
+        hull = ConvexHull(pts)
+    except QhullError:
+        est = failed("the cell region is degenerate", "CELLS_GATE_FAILED", name)
+        est.density, est.density_edges = small_counts(counts), (ex, ey)
+        return est
+    verts = pts[hull.vertices].copy()
+    # beyond the data range where the region reaches the top of the window
+    top_x = ex[-1] - (pad + 1) * wx
+    top_y = ey[-1] - (pad + 1) * wy
+    verts[verts[:, 0] >= top_x, 0] = ex[-1] + 0.1 * (ex[-1] - ex[0])
+    verts[verts[:, 1] >= top_y, 1] = ey[-1] + 0.1 * (ey[-1] - ey[0])
+    verts[verts[:, 1] <= ey[0] + pad * wy, 1] = ey[0] - 0.1 * (ey[-1] - ey[0])
+    gate = PolygonGate(name, (dx, dy), vertices=verts)
+    mask = polygon_mask(gate, (x, y))
+    diag = {"debris_peak_x": None if debris_peak is None else float(ex[debris_peak] + wx / 2),
+            "debris_valley_x": float(ex[valley]) if valley > 0 else None,
+            "fsc_peaks": [float(ex[p] + wx / 2) for p in peaks], "regions_kept": int(len(keep_labels)),
+            "fraction_of_parent": float(mask.mean()) if len(mask) else 0.0}
+    return Estimate(gate, mask, diag, [], small_counts(counts), (ex, ey))
+
+
+# ---------------------------------------------------------------------------------------------- 4. singlets
+def estimate_singlets(area: np.ndarray, height: np.ndarray, da: Dimension, dh: Dimension,
+                      tops: tuple[float | None, float | None], name: str, params: Mapping[str, Any]) -> Estimate:
+    """Singlets: the band of height/area ratios around the singlet mode.
+
+    The mode of H/A is found on a smoothed histogram; the band's half-width is ``n_sd`` robust SDs
+    estimated from the ratios ABOVE the mode (doublets lie below it and would inflate a symmetric
+    estimate). The band becomes a polygon on FSC-A/FSC-H reaching beyond the data range.
+    """
+    from scipy import ndimage
+
+    ok = area > max(params["min_signal"], 0.0)
+    n_ok = int(ok.sum())
+    if n_ok < 50:
+        return failed(f"only {n_ok} events with positive area", "SINGLETS_GATE_FAILED", name)
+    r = (height[ok] / area[ok]).astype(np.float64)
+    lo_q, hi_q = np.quantile(r, [0.01, 0.99])
+    if not hi_q > lo_q:
+        return failed("the height/area ratio does not vary", "SINGLETS_GATE_FAILED", name)
+    hist, edges = np.histogram(r, bins=256, range=(lo_q - 0.1 * (hi_q - lo_q), hi_q + 0.1 * (hi_q - lo_q)))
+    sm = ndimage.gaussian_filter1d(hist.astype(np.float64), 2.0)
+    k = int(np.argmax(sm))
+    mode = float((edges[k] + edges[k + 1]) / 2)
+    upper = r[r > mode] - mode
+    if len(upper) < 20:
+        return failed("too few events above the ratio mode", "SINGLETS_GATE_FAILED", name)
+    sd = 1.4826 * float(np.median(upper))
+    lo, hi = mode - params["n_sd"] * sd, mode + params["n_sd"] * sd
+    if lo <= 0:
+        lo = mode / 2
+    a_top = float(tops[0]) if tops[0] else float(area.max())
+    a_lo, a_hi = max(float(np.quantile(area[ok], 0.0001)) * 0.5, 1e-3), 2.0 * a_top
+    aa = np.geomspace(a_lo, a_hi, 12)
+    lower = np.column_stack([to_scale(da, aa), to_scale(dh, lo * aa)])
+    upper_line = np.column_stack([to_scale(da, aa[::-1]), to_scale(dh, hi * aa[::-1])])
+    gate = PolygonGate(name, (da, dh), vertices=np.vstack([lower, upper_line]))
+    mask = polygon_mask(gate, (area, height))
+    xlim = scale_limits(da, area, tops[0])
+    ylim = scale_limits(dh, height, tops[1])
+    counts, ex, ey = density_image(area, height, da, dh, xlim, ylim)
+    doublet_side = float(((r < lo)).mean())
+    diag = {"ratio_mode": mode, "ratio_sd": sd, "ratio_low": lo, "ratio_high": hi,
+            "below_band": doublet_side, "fraction_of_parent": float(mask.mean())}
+    return Estimate(gate, mask, diag, [], small_counts(counts), (ex, ey))
+
+
+# ---------------------------------------------------------------------------------------------- 5. cluster
+def _split_point(v: np.ndarray, n_sd: float) -> tuple[float, float, float]:
+    """Where the majority (negative) population ends on a scale: (mode, robust SD, split)."""
+    from scipy import ndimage
+
+    lo, hi = np.quantile(v, [0.001, 0.999])
+    hist, edges = np.histogram(v, bins=256, range=(lo, hi if hi > lo else lo + 1))
+    sm = ndimage.gaussian_filter1d(hist.astype(np.float64), 2.0)
+    k = int(np.argmax(sm))
+    mode = float((edges[k] + edges[k + 1]) / 2)
+    below = mode - v[v < mode]
+    sd = 1.4826 * float(np.median(below)) if len(below) >= 10 else float(np.std(v))
+    return mode, sd, mode + n_sd * sd
+
+
+def merge_basins(smooth: np.ndarray, basins: np.ndarray, n: int, ratio: float) -> np.ndarray:
+    """Merge watershed basins separated by a shallow saddle (persistence-based merging).
+
+    Two adjacent basins are merged when the highest pass between them is at least ``ratio`` x the lower
+    of their two peaks, i.e. the smaller peak is noise on the larger population's shoulder. Returns the
+    label each basin maps to (index 0 unused).
+    """
+    parent = np.arange(n + 1)
+    peak = np.zeros(n + 1)
+    np.maximum.at(peak, basins.ravel(), smooth.ravel())
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    saddles: dict[tuple[int, int], float] = {}
+    for a_lab, b_lab, a_val, b_val in (
+            (basins[:-1, :], basins[1:, :], smooth[:-1, :], smooth[1:, :]),
+            (basins[:, :-1], basins[:, 1:], smooth[:, :-1], smooth[:, 1:])):
+        diff = (a_lab != b_lab) & (a_lab > 0) & (b_lab > 0)
+        la, lb = a_lab[diff], b_lab[diff]
+        height = np.minimum(a_val[diff], b_val[diff])
+        lo, hi = np.minimum(la, lb), np.maximum(la, lb)
+        for key_a, key_b, h in zip(lo.tolist(), hi.tolist(), height.tolist()):
+            k = (key_a, key_b)
+            if h > saddles.get(k, -1.0):
+                saddles[k] = h
+    for (a, b), h in sorted(saddles.items(), key=lambda kv: -kv[1]):
+        ra, rb = find(a), find(b)
+        if ra == rb:
+            continue
+        if h >= ratio * min(peak[ra], peak[rb]):
+            keep, drop = (ra, rb) if peak[ra] >= peak[rb] else (rb, ra)
+            parent[drop] = keep
+    return np.array([find(i) for i in range(n + 1)])
+
+
+def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension, name: str,
+                     params: Mapping[str, Any]) -> Estimate:
+    """The cluster that is high/low on x and high/low on y, found on the 2-D density.
+
+    The smoothed density image is split into basins by a watershed from its local maxima (however many
+    there are); basins holding fewer than ``peak_min_events`` events are ignored. Candidates are basins
+    whose peak lies beyond the x split (the majority population's mode + ``split_n_sd`` robust SDs, on the
+    requested side); the one most extreme on y (``y_side``) is chosen, ties broken by x. Its basin,
+    limited to smoothed density >= ``level`` x its peak, is padded and traced into a polygon.
+    """
+    from scipy import ndimage
+    from skimage.feature import peak_local_max
+    from skimage.measure import approximate_polygon, find_contours
+    from skimage.segmentation import watershed
+
+    bins = params["bins"]
+    n = len(x)
+    if n < params["peak_min_events"]:
+        return failed(f"only {n} events in the parent gate", "CLUSTER_GATE_FAILED", name, n_parent=n)
+    xlim = scale_limits(dx, x)
+    ylim = scale_limits(dy, y)
+    counts, ex, ey = density_image(x, y, dx, dy, xlim, ylim, bins)
+    wx, wy = ex[1] - ex[0], ey[1] - ey[0]
+    smooth = ndimage.gaussian_filter(counts.astype(np.float64), params["smooth"])
+    floor = 0.02 * params["peak_min_events"] / max(1.0, (2 * np.pi * max(params["smooth"], 1.0) ** 2))
+    peaks = peak_local_max(smooth, min_distance=2, threshold_abs=floor, exclude_border=False)
+    diag: dict[str, Any] = {"n_parent": n}
+    if len(peaks) == 0:
+        est = failed("no density peak", "CLUSTER_GATE_FAILED", name, **diag)
+        est.density, est.density_edges = small_counts(counts), (ex, ey)
+        return est
+    markers = np.zeros(counts.shape, dtype=np.int32)
+    for k, (i, j) in enumerate(peaks):
+        markers[i, j] = k + 1
+    basins = watershed(-smooth, markers, mask=smooth > floor)
+    root = merge_basins(smooth, basins, len(peaks), params["merge_ratio"])
+    basins = root[basins]
+    roots = np.unique(root[1:])
+    # one peak per merged basin: its highest point
+    peaks = np.array([np.unravel_index(np.argmax(np.where(basins == r, smooth, -1.0)), smooth.shape)
+                      for r in roots])
+    relabel = np.zeros(len(root), dtype=np.int32)
+    relabel[roots] = np.arange(1, len(roots) + 1)
+    basins = relabel[basins]
+    mass = ndimage.sum(counts, basins, index=np.arange(1, len(peaks) + 1))
+    px = ex[0] + (peaks[:, 0] + 0.5) * wx
+    py = ey[0] + (peaks[:, 1] + 0.5) * wy
+    real = mass >= params["peak_min_events"]
+    # x split from the event values on scale (the majority population's side)
+    xs = to_scale(dx, x if n <= 200_000 else x[:: max(1, n // 200_000)])
+    mode, sd, _ = _split_point(xs if params["x_side"] == "high" else -xs, params["split_n_sd"])
+    split = mode + params["split_n_sd"] * sd
+    split_x = split if params["x_side"] == "high" else -split
+    beyond = px > split_x if params["x_side"] == "high" else px < split_x
+    cand = np.flatnonzero(real & beyond)
+    pops = [{"x": float(a), "y": float(b), "events": int(m), "candidate": bool(c)}
+            for a, b, m, c in zip(px[real], py[real], mass[real], (real & beyond)[real])]
+    diag.update(populations=pops, n_populations=int(real.sum()), x_split=float(split_x))
+    if len(cand) == 0:
+        est = failed(f"no population beyond the {dx.key} split ({int(real.sum())} population(s) found)",
+                     "CLUSTER_GATE_FAILED", name, **diag)
+        est.density, est.density_edges = small_counts(counts), (ex, ey)
+        return est
+    ysign = 1.0 if params["y_side"] == "low" else -1.0
+    xsign = -1.0 if params["x_side"] == "high" else 1.0
+    order = sorted(cand, key=lambda k: (ysign * py[k], xsign * px[k]))
+    best = order[0]
+    peak_val = smooth[tuple(peaks[best])]
+    region = (basins == best + 1) & (smooth >= params["level"] * peak_val)
+    lab, _ = ndimage.label(region)
+    region = lab == lab[tuple(peaks[best])]
+    region = ndimage.binary_fill_holes(region)
+    if params["pad"] > 0:
+        it = int(round(params["pad"]))
+        region = ndimage.binary_dilation(region, iterations=it) if it > 0 else region
+    padded = np.pad(region.astype(np.float64), 1)
+    contours = find_contours(padded, 0.5)
+    if not contours:
+        est = failed("the chosen population has no boundary", "CLUSTER_GATE_FAILED", name, **diag)
+        est.density, est.density_edges = small_counts(counts), (ex, ey)
+        return est
+    contour = max(contours, key=len) - 1.0  # back to unpadded pixel indices
+    contour = approximate_polygon(contour, tolerance=0.5)
+    if len(contour) > 1 and np.allclose(contour[0], contour[-1]):
+        contour = contour[:-1]
+    if len(contour) < 3:
+        est = failed("the chosen population is too small to outline", "CLUSTER_GATE_FAILED", name, **diag)
+        est.density, est.density_edges = small_counts(counts), (ex, ey)
+        return est
+    verts = np.column_stack([ex[0] + (contour[:, 0] + 0.5) * wx, ey[0] + (contour[:, 1] + 0.5) * wy])
+    gate = PolygonGate(name, (dx, dy), vertices=verts)
+    mask = polygon_mask(gate, (x, y))
+    # separation: how deep the density falls between the chosen peak and its nearest other population
+    others = [k for k in np.flatnonzero(real) if k != best]
+    sep = None
+    if others:
+        near = min(others, key=lambda k: (px[k] - px[best]) ** 2 + (py[k] - py[best]) ** 2)
+        line_i = np.linspace(peaks[best][0], peaks[near][0], 50).round().astype(int)
+        line_j = np.linspace(peaks[best][1], peaks[near][1], 50).round().astype(int)
+        dip = smooth[line_i, line_j].min()
+        sep = float(1 - dip / min(peak_val, smooth[tuple(peaks[near])]))
+    diag.update(chosen={"x": float(px[best]), "y": float(py[best]), "events": int(mass[best])},
+                separation=sep, fraction_of_parent=float(mask.mean()), count=int(mask.sum()))
+    flags = []
+    if sep is not None and sep < 0.5:
+        flags.append(Flag("CLUSTER_POORLY_SEPARATED", "warn",
+                          f"gate {name}: the population is poorly separated from its neighbour "
+                          f"(density dips by {100 * sep:.0f}%)"))
+    return Estimate(gate, mask, diag, flags, small_counts(counts), (ex, ey))
