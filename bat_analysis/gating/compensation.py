@@ -23,17 +23,26 @@ __all__ = ["Spillover", "as_spillover", "compensate", "parse_spillover_keyword"]
 
 @dataclass(frozen=True, eq=False)
 class Spillover:
-    """A square spillover matrix over named detectors (``$PnN`` names, in matrix order)."""
+    """A square spillover matrix over named detectors (``$PnN`` names, in matrix order).
+
+    ``fluorochromes`` optionally names the compensated outputs (Gating-ML's spectrum matrices name them,
+    e.g. FITC for FL1-H); a compensated column can then be asked for by either name.
+    """
 
     channels: tuple[str, ...]
     matrix: np.ndarray
     name: str = field(default="FCS", compare=False)
+    fluorochromes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         m = np.asarray(self.matrix, dtype=np.float64)
         object.__setattr__(self, "matrix", m)
         object.__setattr__(self, "channels", tuple(str(c) for c in self.channels))
+        object.__setattr__(self, "fluorochromes", tuple(str(c) for c in self.fluorochromes))
         n = len(self.channels)
+        if self.fluorochromes and len(self.fluorochromes) != n:
+            raise GatingError(f"spillover {self.name!r}: {len(self.fluorochromes)} fluorochrome names for "
+                              f"{n} detectors", field="spillover", expected="one fluorochrome per detector")
         if m.shape != (n, n):
             raise GatingError(f"spillover {self.name!r}: matrix shape {m.shape} does not match "
                               f"{n} channels", field="spillover", expected=f"a {n}x{n} matrix")
@@ -63,7 +72,8 @@ class Spillover:
     def to_flowkit(self) -> Any:
         """The equivalent ``flowkit.Matrix``."""
         import flowkit
-        return flowkit.Matrix(self.matrix, list(self.channels))
+        return flowkit.Matrix(self.matrix, list(self.channels),
+                              fluorochromes=list(self.fluorochromes) if self.fluorochromes else None)
 
 
 def parse_spillover_keyword(text: str, *, source: str | None = None, keyword: str = "$SPILLOVER") -> Spillover:
@@ -98,7 +108,11 @@ def as_spillover(obj: Any) -> Spillover:
         if hasattr(obj, names_attr) and hasattr(obj, "matrix"):
             names = getattr(obj, names_attr)
             names = [getattr(c, "pnn", c) for c in names]
-            return Spillover(tuple(names), np.asarray(obj.matrix), name=str(getattr(obj, "name", "FCS")))
+            fluoros = tuple(getattr(obj, "fluorochromes", None) or ())
+            if not any(fluoros):
+                fluoros = ()
+            return Spillover(tuple(names), np.asarray(obj.matrix), name=str(getattr(obj, "name", "FCS")),
+                             fluorochromes=fluoros)
     raise GatingError(f"cannot use {type(obj).__name__} as a spillover matrix", field="spillover",
                       expected="Spillover, (channels, matrix), flowkit.Matrix or a $SPILLOVER string")
 

@@ -6,7 +6,10 @@ column of values per dimension (compensated and transformed as the dimension ask
 is computed once and shared by every gate that uses it.
 
 Semantics follow Gating-ML 2.0: range limits are half-open (``min <= x < max``), ellipsoids include their
-boundary (``d^2 <= distance_square``), polygons use FlowUtils' winding-number test (edges inclusive).
+boundary (``d^2 <= distance_square``), polygons use FlowUtils' winding-number test (edges inclusive),
+quadrants are half-open ranges between dividers. A dimension may name a compensation reference (a
+spillover matrix known to the event source, ``"FCS"`` for the file's own, ``None``/``"uncompensated"``
+for raw values) and may be a Gating-ML ``fratio`` of two channels (:class:`Ratio`) before its transform.
 """
 
 from __future__ import annotations
@@ -27,13 +30,37 @@ class Transform(Protocol):
     def inverse(self, values: np.ndarray) -> np.ndarray: ...
 
 
+UNCOMPENSATED = (None, "uncompensated", "none")
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Gating-ML ``fratio``: ``A * (numerator - B) / (denominator - C)`` of two channels."""
+
+    numerator: str
+    denominator: str
+    A: float = 1.0
+    B: float = 0.0
+    C: float = 0.0
+
+    def apply(self, num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self.A * ((np.asarray(num, dtype=np.float64) - self.B)
+                             / (np.asarray(den, dtype=np.float64) - self.C))
+
+
 @dataclass(frozen=True, eq=False)
 class Dimension:
-    """One axis of a gate: a channel/marker key, an optional transform and compensation reference."""
+    """One axis of a gate: a channel/marker key, an optional transform and compensation reference.
+
+    With ``ratio`` set, the dimension's values are that ratio of two channels (``key`` then only names
+    the new dimension).
+    """
 
     key: str
     transform: Transform | None = None
     compensation: str | None = None
+    ratio: Ratio | None = None
 
     @property
     def label(self) -> str:
@@ -49,27 +76,88 @@ class EventSource(Protocol):
 
 
 class ArrayEvents:
-    """Events held as named columns; transformed columns are cached per (key, transform)."""
+    """Events held as named columns (raw, i.e. uncompensated and untransformed).
 
-    def __init__(self, columns: Mapping[str, np.ndarray]) -> None:
+    ``spillovers`` maps compensation references (``"FCS"``, or a matrix id) to spillover matrices
+    (:class:`bat_analysis.gating.compensation.Spillover`); a compensated column may be asked for by its
+    detector name or by the matrix's fluorochrome name. A reference to ``"FCS"`` with no such matrix means
+    uncompensated (Gating-ML 2.0). Compensated, ratio and transformed columns are computed once and cached.
+    """
+
+    def __init__(self, columns: Mapping[str, np.ndarray], spillovers: Mapping[str, Any] | None = None) -> None:
         self.columns = dict(columns)
         lengths = {len(v) for v in self.columns.values()}
         if len(lengths) > 1:
             raise GatingError(f"event columns differ in length: {sorted(lengths)}")
         self.n_events = lengths.pop() if lengths else 0
-        self._cache: dict[tuple[str, int], np.ndarray] = {}
+        self.spillovers: dict[str, Any] = {}
+        if spillovers:
+            from .compensation import as_spillover
+            self.spillovers = {k: as_spillover(v) for k, v in spillovers.items()}
+        self._cache: dict[tuple[Any, ...], np.ndarray] = {}
+
+    @classmethod
+    def from_matrix(cls, events: np.ndarray, channel_names: Sequence[str],
+                    spillovers: Mapping[str, Any] | None = None) -> "ArrayEvents":
+        """Columns as views of an n x p event matrix (no copy)."""
+        ev = np.asarray(events)
+        if ev.ndim != 2 or ev.shape[1] != len(channel_names):
+            raise GatingError(f"events have shape {ev.shape} but {len(channel_names)} channel names were given",
+                              field="channel_names", expected="one name per event column")
+        return cls({str(n): ev[:, i] for i, n in enumerate(channel_names)}, spillovers)
+
+    def _raw(self, key: str) -> np.ndarray:
+        try:
+            return self.columns[key]
+        except KeyError:
+            raise GatingError(f"no events for dimension {key!r}", field=key,
+                              expected=f"one of {sorted(self.columns)}") from None
+
+    def _compensated(self, key: str, ref: str | None) -> np.ndarray:
+        if ref in UNCOMPENSATED or (ref == "FCS" and "FCS" not in self.spillovers):
+            return self._raw(key)
+        sp = self.spillovers.get(ref)  # type: ignore[arg-type]
+        if sp is None:
+            raise GatingError(f"unknown compensation reference {ref!r}", field="compensation",
+                              expected=f"'uncompensated', 'FCS' or one of {sorted(self.spillovers)}")
+        outputs = getattr(sp, "fluorochromes", ()) or ()
+        if key in sp.channels:
+            j = sp.channels.index(key)
+        elif key in outputs:
+            j = list(outputs).index(key)
+        else:
+            return self._raw(key)  # not a detector of this matrix: unchanged, as in FlowUtils
+        ck = ("comp", ref, j)
+        if ck not in self._cache:
+            inv = sp.inverse
+            out = np.zeros(self.n_events, dtype=np.float64)
+            for i, det in enumerate(sp.channels):
+                if inv[i, j] != 0.0:
+                    out += inv[i, j] * np.asarray(self._raw(det), dtype=np.float64)
+            self._cache[ck] = out
+        return self._cache[ck]
 
     def values(self, dim: Dimension) -> np.ndarray:
-        try:
-            raw = self.columns[dim.key]
-        except KeyError:
-            raise GatingError(f"no events for dimension {dim.key!r}", field=dim.key,
-                              expected=f"one of {sorted(self.columns)}") from None
-        if dim.transform is None:
-            return raw
-        ck = (dim.key, id(dim.transform))
+        tkey: Any = None
+        if dim.transform is not None:
+            try:
+                hash(dim.transform)
+                tkey = dim.transform
+            except TypeError:
+                tkey = id(dim.transform)
+        if dim.ratio is None and tkey is None:
+            return self._compensated(dim.key, dim.compensation)
+        ck = ("dim", dim.key if dim.ratio is None else dim.ratio, dim.compensation, tkey)
         if ck not in self._cache:
-            self._cache[ck] = np.asarray(dim.transform.apply(raw))
+            if dim.ratio is not None:
+                r = dim.ratio
+                col = r.apply(self._compensated(r.numerator, dim.compensation),
+                              self._compensated(r.denominator, dim.compensation))
+            else:
+                col = self._compensated(dim.key, dim.compensation)
+            if dim.transform is not None:
+                col = np.asarray(dim.transform.apply(col))
+            self._cache[ck] = col
         return self._cache[ck]
 
 
@@ -114,10 +202,33 @@ class RangeGate(Gate):
 
 
 @dataclass(eq=False)
+class QuadrantGate(RangeGate):
+    """One quadrant of a Gating-ML quadrant gate: a half-open range between neighbouring dividers.
+
+    ``group`` names the quadrant gate it belongs to and ``dividers`` holds that gate's divider values
+    per dimension, so that the whole quadrant gate can be written back.
+    """
+
+    group: str = ""
+    dividers: tuple[tuple[float, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.group:
+            raise GatingError(f"gate {self.name}: a quadrant needs the name of its quadrant gate", field="group")
+        if len(self.dividers) != len(self.dims):
+            raise GatingError(f"gate {self.name}: one divider list per dimension expected", field="dividers")
+
+
+@dataclass(eq=False)
 class PolygonGate(Gate):
-    """A closed polygon in two dimensions (vertices in order; the last joins the first)."""
+    """A closed polygon in two dimensions (vertices in order; the last joins the first).
+
+    ``complement`` keeps the events outside instead (FlowJo / FlowKit ``use_complement``).
+    """
 
     vertices: np.ndarray = field(default_factory=lambda: np.empty((0, 2)))
+    complement: bool = False
 
     def __post_init__(self) -> None:
         self.vertices = np.asarray(self.vertices, dtype=float)
@@ -130,7 +241,8 @@ class PolygonGate(Gate):
 
         x, y = self._cols(events)
         points = np.column_stack([x, y]).astype(float, copy=False)
-        return np.asarray(points_in_polygon(self.vertices, points), dtype=bool)
+        inside = np.asarray(points_in_polygon(self.vertices, points), dtype=bool)
+        return ~inside if self.complement else inside
 
 
 @dataclass(eq=False)
@@ -227,8 +339,18 @@ def evaluate(gates: Sequence[Gate], events: EventSource) -> dict[str, np.ndarray
     return masks
 
 
+def _ratio_to_dict(r: Ratio | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"numerator": r.numerator, "denominator": r.denominator, "A": r.A, "B": r.B, "C": r.C}
+
+
 def gate_to_dict(gate: Gate) -> dict[str, Any]:
-    """JSON-serialisable geometry of a gate (transforms are recorded by name only)."""
+    """JSON-serialisable geometry of a gate.
+
+    Transforms are recorded by name and, when they have one, by their template spec (so that
+    :func:`gate_from_dict` can rebuild them without a name table).
+    """
     out: dict[str, Any] = {
         "name": gate.name,
         "parent": gate.parent,
@@ -236,10 +358,23 @@ def gate_to_dict(gate: Gate) -> dict[str, Any]:
         "transforms": [getattr(d.transform, "name", None) if d.transform is not None else None
                        for d in gate.dims],
     }
-    if isinstance(gate, RangeGate):
+    specs = [d.transform.spec() if d.transform is not None and hasattr(d.transform, "spec") else None
+             for d in gate.dims]
+    if any(sp is not None for sp in specs):
+        out["transform_specs"] = specs
+    if any(d.compensation not in UNCOMPENSATED for d in gate.dims):
+        out["compensation"] = [d.compensation for d in gate.dims]
+    if any(d.ratio is not None for d in gate.dims):
+        out["ratios"] = [_ratio_to_dict(d.ratio) for d in gate.dims]
+    if isinstance(gate, QuadrantGate):
+        out.update(type="quadrant", mins=list(gate.mins), maxs=list(gate.maxs), group=gate.group,
+                   dividers=[list(d) for d in gate.dividers])
+    elif isinstance(gate, RangeGate):
         out.update(type="range", mins=list(gate.mins), maxs=list(gate.maxs))
     elif isinstance(gate, PolygonGate):
         out.update(type="polygon", vertices=gate.vertices.tolist())
+        if gate.complement:
+            out["complement"] = True
     elif isinstance(gate, EllipsoidGate):
         out.update(type="ellipsoid", mean=gate.mean.tolist(), covariance=gate.covariance.tolist(),
                    distance_square=float(gate.distance_square))
@@ -255,20 +390,39 @@ def gate_from_dict(data: Mapping[str, Any],
     """Inverse of :func:`gate_to_dict`; ``transforms`` maps recorded transform names to objects."""
     transforms = transforms or {}
     try:
-        tnames = data.get("transforms") or [None] * len(data.get("dims", []))
+        keys = list(data.get("dims", []))
+        n = len(keys)
+        tnames = data.get("transforms") or [None] * n
+        specs = data.get("transform_specs") or [None] * n
+        comps = data.get("compensation") or [None] * n
+        ratios = data.get("ratios") or [None] * n
         dims = []
-        for key, tname in zip(data.get("dims", []), tnames):
-            if tname is not None and tname not in transforms:
-                raise GatingError(f"gate {data.get('name')}: unknown transform {tname!r}",
-                                  field="transforms", expected=f"one of {sorted(transforms)}")
-            dims.append(Dimension(key, transforms.get(tname) if tname else None))
+        for key, tname, spec, comp, ratio in zip(keys, tnames, specs, comps, ratios):
+            transform = None
+            if tname is not None:
+                if tname in transforms:
+                    transform = transforms[tname]
+                elif spec is not None:
+                    from .transforms import from_spec
+                    transform = from_spec(spec, where=f"gate {data.get('name')}.transform_specs")
+                else:
+                    raise GatingError(f"gate {data.get('name')}: unknown transform {tname!r}",
+                                      field="transforms", expected=f"one of {sorted(transforms)}")
+            r = Ratio(ratio["numerator"], ratio["denominator"], float(ratio["A"]), float(ratio["B"]),
+                      float(ratio["C"])) if ratio else None
+            dims.append(Dimension(key, transform, comp, r))
         dims_t = tuple(dims)
         kind = data["type"]
         name, parent = data["name"], data.get("parent")
+        if kind == "quadrant":
+            return QuadrantGate(name, dims_t, mins=tuple(data["mins"]), maxs=tuple(data["maxs"]),
+                                group=data["group"], dividers=tuple(tuple(d) for d in data["dividers"]),
+                                parent=parent)
         if kind == "range":
             return RangeGate(name, dims_t, mins=tuple(data["mins"]), maxs=tuple(data["maxs"]), parent=parent)
         if kind == "polygon":
-            return PolygonGate(name, dims_t, vertices=np.asarray(data["vertices"]), parent=parent)
+            return PolygonGate(name, dims_t, vertices=np.asarray(data["vertices"]),
+                               complement=bool(data.get("complement", False)), parent=parent)
         if kind == "ellipsoid":
             return EllipsoidGate(name, dims_t, mean=np.asarray(data["mean"]),
                                  covariance=np.asarray(data["covariance"]),
@@ -280,4 +434,4 @@ def gate_from_dict(data: Mapping[str, Any],
         raise GatingError(f"gate {data.get('name')!r}: missing field {exc.args[0]!r}",
                           field=str(exc.args[0])) from None
     raise GatingError(f"gate {data.get('name')!r}: unknown type {data.get('type')!r}", field="type",
-                      expected="range, polygon, ellipsoid or boolean")
+                      expected="range, quadrant, polygon, ellipsoid or boolean")

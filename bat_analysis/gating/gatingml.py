@@ -1,0 +1,340 @@
+"""Gating-ML 2.0 import and export.
+
+Import parses the XML with FlowKit (``flowkit.parse_gating_xml``) and converts its gating strategy into
+this package's gates, transforms and spillover matrices, which are then evaluated with our own engine
+(:func:`bat_analysis.gating.gates.evaluate`). Export converts our gates back into a FlowKit
+``GatingStrategy`` and writes it with ``flowkit.export_gatingml``.
+
+Conversions (both directions): rectangle <-> :class:`RangeGate`, polygon <-> :class:`PolygonGate`,
+ellipsoid <-> :class:`EllipsoidGate`, each quadrant of a quadrant gate <-> :class:`QuadrantGate`,
+boolean <-> :class:`BooleanGate`; ``fratio`` dimensions <-> :class:`Ratio`; compensation references are
+kept by name (``uncompensated``, ``FCS`` or a spectrum matrix id). Gate names must be unique in our
+engine; a FlowKit strategy that reuses a name under different parents (FlowJo allows it) gets
+path-qualified names (``parent/child``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import GatingError
+from .compensation import Spillover, as_spillover
+from .gates import (UNCOMPENSATED, ArrayEvents, BooleanGate, Dimension, EllipsoidGate, Gate, PolygonGate,
+                    QuadrantGate, RangeGate, Ratio, evaluate)
+from .transforms import (Asinh, FlowJoBiex, FlowJoLog, Hyperlog, Linear, Log, Logicle, ScaleTransform)
+
+__all__ = ["GatingDocument", "read_gatingml", "from_flowkit_strategy", "to_flowkit_strategy",
+           "export_gatingml", "transform_from_flowkit"]
+
+
+@dataclass
+class GatingDocument:
+    """Gates with the transforms and spillover matrices they reference (by Gating-ML id)."""
+
+    gates: list[Gate]
+    transforms: dict[str, ScaleTransform] = field(default_factory=dict)
+    spillovers: dict[str, Spillover] = field(default_factory=dict)
+    source: str | None = None
+
+    def gate(self, name: str) -> Gate:
+        for g in self.gates:
+            if g.name == name:
+                return g
+        raise GatingError(f"no gate named {name!r}", source=self.source, field="gate",
+                          expected=f"one of {[g.name for g in self.gates]}")
+
+    def events(self, events: np.ndarray, channel_names: Sequence[str],
+               fcs_spillover: Any | None = None) -> ArrayEvents:
+        """An event source for these gates: the document's matrices plus the file's own as ``"FCS"``."""
+        spill: dict[str, Any] = dict(self.spillovers)
+        if fcs_spillover is not None:
+            spill["FCS"] = as_spillover(fcs_spillover)
+        return ArrayEvents.from_matrix(events, channel_names, spill)
+
+    def evaluate(self, events: np.ndarray, channel_names: Sequence[str],
+                 fcs_spillover: Any | None = None) -> dict[str, np.ndarray]:
+        """Full membership of every gate (parents applied)."""
+        return evaluate(self.gates, self.events(events, channel_names, fcs_spillover))
+
+
+def read_gatingml(path: str | Path) -> GatingDocument:
+    """Read a Gating-ML 2.0 file into our gates (parsing by FlowKit)."""
+    import flowkit as fk
+
+    p = Path(path)
+    if not p.is_file():
+        raise GatingError("file not found", source=str(p), expected="a Gating-ML 2.0 XML file")
+    try:
+        strategy = fk.parse_gating_xml(str(p))
+    except (ValueError, KeyError, TypeError, AttributeError, fk.exceptions.FlowKitException) as exc:
+        raise GatingError(f"not a readable Gating-ML 2.0 document: {exc}", source=str(p)) from exc
+    except Exception as exc:  # lxml raises its own XMLSyntaxError family
+        if type(exc).__module__.startswith("lxml"):
+            raise GatingError(f"not well-formed XML: {exc}", source=str(p)) from exc
+        raise
+    doc = from_flowkit_strategy(strategy)
+    doc.source = str(p)
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------- import
+def transform_from_flowkit(xf: Any) -> ScaleTransform | Ratio:
+    """Our transform (or :class:`Ratio`) equivalent to a ``flowkit.transforms`` object."""
+    from flowkit import transforms as t
+
+    if isinstance(xf, t.LinearTransform):
+        return Linear(float(xf.param_t), float(xf.param_a))
+    if isinstance(xf, t.LogTransform):
+        return Log(float(xf.param_t), float(xf.param_m))
+    if isinstance(xf, t.AsinhTransform):
+        return Asinh(float(xf.param_t), float(xf.param_m), float(xf.param_a))
+    if isinstance(xf, t.LogicleTransform):
+        return Logicle(float(xf.param_t), float(xf.param_w), float(xf.param_m), float(xf.param_a))
+    if isinstance(xf, t.HyperlogTransform):
+        return Hyperlog(float(xf.param_t), float(xf.param_w), float(xf.param_m), float(xf.param_a))
+    if isinstance(xf, t.RatioTransform):
+        return Ratio(str(xf.dimensions[0]), str(xf.dimensions[1]), float(xf.param_a), float(xf.param_b),
+                     float(xf.param_c))
+    if isinstance(xf, t.WSPBiexTransform):
+        return FlowJoBiex(float(xf.negative), float(xf.width), float(xf.positive), float(xf.max_value))
+    if isinstance(xf, t.WSPLogTransform):
+        return FlowJoLog(float(xf.offset), float(xf.decades))
+    raise GatingError(f"unsupported transform {type(xf).__name__}", field="transformation",
+                      expected="linear, log, asinh, logicle, hyperlog, ratio, FlowJo biex or log")
+
+
+def _comp(ref: Any) -> str | None:
+    return None if ref in UNCOMPENSATED else str(ref)
+
+
+def from_flowkit_strategy(strategy: Any, sample_id: str | None = None) -> GatingDocument:
+    """Convert a FlowKit ``GatingStrategy`` (template gates, or ``sample_id``'s custom gates) to ours."""
+    import flowkit as fk
+    from flowkit import exceptions as fk_exc
+
+    converted = {k: transform_from_flowkit(v) for k, v in strategy.transformations.items()}
+    transforms = {k: v for k, v in converted.items() if isinstance(v, ScaleTransform)}
+    ratios = {k: v for k, v in converted.items() if isinstance(v, Ratio)}
+    spillovers = {}
+    for mid, m in strategy.comp_matrices.items():
+        fl = tuple(str(f) for f in (m.fluorochromes or ()))
+        spillovers[mid] = Spillover(tuple(m.detectors), np.asarray(m.matrix), name=mid,
+                                    fluorochromes=fl if fl and all(fl) else ())
+
+    ids = list(strategy.get_gate_ids())
+    counts: dict[str, int] = {}
+    for gid, _ in ids:
+        counts[gid] = counts.get(gid, 0) + 1
+
+    def our_name(gid: str, path: Sequence[str]) -> str:
+        if counts.get(gid, 0) <= 1:
+            return gid
+        return "/".join([*[p for p in path if p != "root"], gid])
+
+    def parent_of(path: Sequence[str]) -> str | None:
+        if len(path) <= 1:
+            return None
+        return our_name(path[-1], tuple(path[:-1]))
+
+    def dim(d: Any) -> Dimension:
+        tr = transforms.get(d.transformation_ref) if d.transformation_ref else None
+        if d.transformation_ref and tr is None:
+            raise GatingError(f"unknown transformation {d.transformation_ref!r}", field="transformation-ref")
+        if isinstance(d, fk.RatioDimension):
+            r = ratios.get(d.ratio_ref)
+            if r is None:
+                raise GatingError(f"unknown ratio transformation {d.ratio_ref!r}", field="transformation-ref")
+            return Dimension(str(d.ratio_ref), tr, _comp(d.compensation_ref), r)
+        if isinstance(d, fk.QuadrantDivider):
+            return Dimension(str(d.dimension_ref), tr, _comp(d.compensation_ref))
+        return Dimension(str(d.id), tr, _comp(d.compensation_ref))
+
+    gates: list[Gate] = []
+    for gid, path in ids:
+        try:
+            g = strategy.get_gate(gid, path, sample_id=sample_id)
+        except fk_exc.QuadrantReferenceError:
+            continue  # a quadrant: converted with its quadrant gate below
+        name, parent = our_name(gid, path), parent_of(path)
+        if isinstance(g, fk.gates.QuadrantGate):
+            div_by_id = {d.id: d for d in g.dimensions}
+            for qid, quad in g.quadrants.items():
+                dims, mins, maxs, divs = [], [], [], []
+                for ref in quad.divider_refs:
+                    d = div_by_id[ref]
+                    lo, hi = quad.get_divider_range(ref)
+                    if lo is None and hi is None:
+                        continue
+                    dims.append(dim(d))
+                    mins.append(None if lo is None else float(lo))
+                    maxs.append(None if hi is None else float(hi))
+                    divs.append(tuple(float(v) for v in d.values))
+                gates.append(QuadrantGate(our_name(qid, (*path, gid)), tuple(dims), mins=tuple(mins),
+                                          maxs=tuple(maxs), group=name, dividers=tuple(divs), parent=parent))
+        elif isinstance(g, fk.gates.RectangleGate):
+            gates.append(RangeGate(name, tuple(dim(d) for d in g.dimensions),
+                                   mins=tuple(_f(getattr(d, "min", None)) for d in g.dimensions),
+                                   maxs=tuple(_f(getattr(d, "max", None)) for d in g.dimensions), parent=parent))
+        elif isinstance(g, fk.gates.PolygonGate):
+            gates.append(PolygonGate(name, tuple(dim(d) for d in g.dimensions),
+                                     vertices=np.asarray(g.vertices, dtype=float),
+                                     complement=bool(getattr(g, "use_complement", False)), parent=parent))
+        elif isinstance(g, fk.gates.EllipsoidGate):
+            gates.append(EllipsoidGate(name, tuple(dim(d) for d in g.dimensions),
+                                       mean=np.asarray(g.coordinates, dtype=float),
+                                       covariance=np.asarray(g.covariance_matrix, dtype=float),
+                                       distance_square=float(g.distance_square), parent=parent))
+        elif isinstance(g, fk.gates.BooleanGate):
+            ops = tuple((our_name(r["ref"], tuple(r["path"])), bool(r["complement"])) for r in g.gate_refs)
+            gates.append(BooleanGate(name, (), op=g.type, operands=ops, parent=parent))
+        else:
+            raise GatingError(f"gate {gid!r}: unsupported gate type {type(g).__name__}", field="gate",
+                              expected="rectangle, polygon, ellipsoid, quadrant or boolean")
+    return GatingDocument(gates, transforms, spillovers)
+
+
+def _f(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+# ---------------------------------------------------------------------------------------------- export
+def _safe_id(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+
+
+def _ancestors(gate: Gate, by_name: Mapping[str, Gate]) -> tuple[str, ...]:
+    """FlowKit gate path ('root', ..., parent) of a gate; a quadrant's parent path skips no level."""
+    chain: list[str] = []
+    seen: set[str] = set()
+    p = gate.parent
+    while p is not None:
+        if p in seen:
+            raise GatingError(f"gate {gate.name!r} is its own ancestor", field="parent", expected="no cycles")
+        seen.add(p)
+        pg = by_name.get(p)
+        if pg is None:
+            raise GatingError(f"gate {gate.name!r}: unknown parent {p!r}", field="parent")
+        chain.append(p)
+        if isinstance(pg, QuadrantGate):
+            chain.append(pg.group)  # FlowKit paths run through the quadrant gate, then the quadrant
+        p = pg.parent
+    return ("root", *reversed(chain))
+
+
+def to_flowkit_strategy(gates: Iterable[Gate], spillovers: Mapping[str, Any] | None = None) -> Any:
+    """A FlowKit ``GatingStrategy`` holding our gates (transforms and matrices registered by id)."""
+    import flowkit as fk
+    from flowkit import transforms as fkt
+
+    gate_list = list(gates)
+    by_name = {g.name: g for g in gate_list}
+    gs = fk.GatingStrategy()
+    for ref, sp in (spillovers or {}).items():
+        if ref in UNCOMPENSATED or ref == "FCS":
+            continue
+        gs.add_comp_matrix(ref, as_spillover(sp).to_flowkit())
+    xform_ids: dict[Any, str] = {}
+
+    def xform_id(t: Any) -> str | None:
+        if t is None:
+            return None
+        key = t.name
+        if key not in xform_ids:
+            tid = _safe_id(key)
+            xform_ids[key] = tid
+            gs.add_transform(tid, t.to_flowkit())
+        return xform_ids[key]
+
+    def comp_ref(d: Dimension) -> str:
+        return "uncompensated" if d.compensation in UNCOMPENSATED else str(d.compensation)
+
+    def fk_dim(d: Dimension, lo: float | None = None, hi: float | None = None) -> Any:
+        if d.ratio is not None:
+            rid = _safe_id(d.key)
+            if rid not in gs.transformations:
+                r = d.ratio
+                gs.add_transform(rid, fkt.RatioTransform([r.numerator, r.denominator], r.A, r.B, r.C))
+            return fk.RatioDimension(rid, comp_ref(d), xform_id(d.transform), range_min=lo, range_max=hi)
+        return fk.Dimension(d.key, comp_ref(d), xform_id(d.transform), range_min=lo, range_max=hi)
+
+    done: set[str] = set()
+    pending = list(gate_list)
+    # parents (and boolean operands) first
+    order: list[Gate] = []
+    while pending:
+        progressed = False
+        for g in list(pending):
+            deps = [g.parent] if g.parent else []
+            if isinstance(g, BooleanGate):
+                deps += [r for r, _ in g.operands]
+            if all(d in done or (d in by_name and isinstance(by_name[d], QuadrantGate)
+                                 and by_name[d].group in done) for d in deps):
+                order.append(g)
+                done.add(g.name)
+                if isinstance(g, QuadrantGate):
+                    done.add(g.group)
+                pending.remove(g)
+                progressed = True
+        if not progressed:
+            raise GatingError(f"gates {[g.name for g in pending]} have unknown parents/operands or a cycle",
+                              field="parent", expected="a hierarchy rooted at the events")
+    added_quads: set[str] = set()
+    for g in order:
+        path = _ancestors(g, by_name)
+        if isinstance(g, QuadrantGate):
+            if g.group in added_quads:
+                continue
+            added_quads.add(g.group)
+            members = [q for q in gate_list if isinstance(q, QuadrantGate) and q.group == g.group]
+            dividers, div_ids = [], {}
+            for q in members:  # the union of the dividers the quadrants are positioned on
+                for d, values in zip(q.dims, q.dividers):
+                    if d.key in div_ids:
+                        continue
+                    div_id = _safe_id(f"{g.group}_div{len(div_ids) + 1}")
+                    div_ids[d.key] = div_id
+                    dividers.append(fk.QuadrantDivider(div_id, d.key, comp_ref(d), list(values),
+                                                       transformation_ref=xform_id(d.transform)))
+            quads = []
+            for q in members:
+                refs = [div_ids[d.key] for d in q.dims]
+                quads.append(fk.gates.Quadrant(q.name, refs, [[lo, hi] for lo, hi in zip(q.mins, q.maxs)]))
+            gs.add_gate(fk.gates.QuadrantGate(g.group, dividers, quads), path)
+        elif isinstance(g, RangeGate):
+            gs.add_gate(fk.gates.RectangleGate(g.name, [fk_dim(d, lo, hi) for d, lo, hi
+                                                        in zip(g.dims, g.mins, g.maxs)]), path)
+        elif isinstance(g, PolygonGate):
+            gs.add_gate(fk.gates.PolygonGate(g.name, [fk_dim(d) for d in g.dims], g.vertices.tolist(),
+                                             use_complement=g.complement), path)
+        elif isinstance(g, EllipsoidGate):
+            gs.add_gate(fk.gates.EllipsoidGate(g.name, [fk_dim(d) for d in g.dims], g.mean.tolist(),
+                                               g.covariance.tolist(), float(g.distance_square)), path)
+        elif isinstance(g, BooleanGate):
+            refs = []
+            for ref, complement in g.operands:
+                og = by_name[ref]
+                opath = _ancestors(og, by_name)
+                if isinstance(og, QuadrantGate):
+                    opath = (*opath, og.group)
+                refs.append({"ref": ref, "path": opath, "complement": complement})
+            gs.add_gate(fk.gates.BooleanGate(g.name, g.op, refs), path)
+        else:
+            raise GatingError(f"gate {g.name!r}: cannot export {type(g).__name__}")
+    return gs
+
+
+def export_gatingml(gates: Iterable[Gate], path: str | Path, spillovers: Mapping[str, Any] | None = None) -> Path:
+    """Write gates (with their transforms and the named spillover matrices) as Gating-ML 2.0."""
+    import flowkit as fk
+
+    gs = to_flowkit_strategy(gates, spillovers)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "wb") as fh:
+        fk.export_gatingml(gs, fh)
+    return out
