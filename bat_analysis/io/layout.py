@@ -1,0 +1,389 @@
+"""Experiment layouts: which FCS file is which tube (patient, condition, arm, allergen, concentration).
+
+``read_layout`` reads the layout sheet of DESIGN.md from CSV or XLSX; ``tubes_from_pattern`` annotates the
+files of a folder from their names or an FCS keyword with a regular expression's named groups. Both check
+every row and report every problem at once in one ``LayoutError`` (row, column, what was expected).
+Rows are numbered as a spreadsheet shows them: the header is row 1, the first tube row 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import re
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ..errors import BatError, LayoutError
+from ..records import CONDITIONS, PRETREATMENTS, Tube
+
+__all__ = ["read_layout", "tubes_from_pattern", "tubes_from_rows", "LAYOUT_COLUMNS", "REQUIRED_COLUMNS",
+           "FCS_SUFFIXES"]
+
+LAYOUT_COLUMNS: tuple[str, ...] = ("file", "patient", "condition", "allergen", "concentration", "unit",
+                                   "pretreatment")
+REQUIRED_COLUMNS: tuple[str, ...] = ("file", "patient", "condition")
+FCS_SUFFIXES: tuple[str, ...] = (".fcs", ".lmd")
+
+# spellings a technician may use, mapped to the canonical values (after lower-casing and _ for space/-)
+_CONDITION_SYNONYMS = {
+    "negative_control": "negative_control", "negative": "negative_control", "neg": "negative_control",
+    "neg_control": "negative_control", "nc": "negative_control", "medium": "negative_control",
+    "buffer": "negative_control", "unstimulated": "negative_control", "background": "negative_control",
+    "anti_fceri": "anti_fceri", "anti_fcεri": "anti_fceri", "fceri": "anti_fceri", "anti_fceria": "anti_fceri",
+    "anti_ige": "anti_ige", "aige": "anti_ige",
+    "fmlp": "fmlp", "fmlf": "fmlp",
+    "allergen": "allergen",
+}
+_PRETREATMENT_SYNONYMS = {"none": "none", "": "none", "no": "none", "untreated": "none", "omalizumab": "omalizumab",
+                          "oma": "omalizumab", "xolair": "omalizumab"}
+
+
+def _norm_token(value: str) -> str:
+    return re.sub(r"[\s\-]+", "_", value.strip().casefold())
+
+
+def _norm_column(name: object) -> str:
+    return _norm_token(str(name)) if name is not None else ""
+
+
+def _cell_text(value: object) -> str:
+    """A cell as text: numbers without a spurious '.0', None as ''."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer():
+            return str(int(value))
+        return repr(value)
+    return str(value).strip()
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        text = path.read_text(encoding="latin-1")
+    except OSError as exc:
+        raise LayoutError(f"cannot read the layout sheet: {exc.strerror}", source=str(path)) from exc
+    if not text.strip():
+        raise LayoutError("the layout sheet is empty", source=str(path),
+                          problems=["row 1: expected a header row " + ", ".join(LAYOUT_COLUMNS)])
+    first = text.splitlines()[0]
+    delimiter = max(",;\t", key=first.count)
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    return rows[0], rows[1:]
+
+
+def _read_xlsx(path: Path, sheet: str | None) -> tuple[list[str], list[list[str]]]:
+    import zipfile
+
+    import openpyxl
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, InvalidFileException) as exc:
+        raise LayoutError(f"cannot read the workbook ({type(exc).__name__}: {exc})", source=str(path)) from exc
+    try:
+        if sheet is not None:
+            if sheet not in book.sheetnames:
+                raise LayoutError(f"no sheet named {sheet!r}", source=str(path),
+                                  problems=[f"sheets in the workbook: {', '.join(book.sheetnames)}"])
+            ws = book[sheet]
+        else:
+            named = [n for n in book.sheetnames if n.casefold() == "layout"]
+            ws = book[named[0]] if named else book.worksheets[0]
+        values = [[_cell_text(v) for v in row] for row in ws.iter_rows(values_only=True)]
+    finally:
+        book.close()
+    if not values:
+        raise LayoutError("the layout sheet is empty", source=str(path),
+                          problems=["row 1: expected a header row " + ", ".join(LAYOUT_COLUMNS)])
+    return values[0], values[1:]
+
+
+def _parse_concentration(text: str) -> float | None:
+    """A number, accepting a decimal comma; None when it is not one."""
+    t = text.strip().replace(" ", "")
+    if re.fullmatch(r"[+-]?\d+,\d+", t):
+        t = t.replace(",", ".")
+    try:
+        value = float(t)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _fcs_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.casefold() in FCS_SUFFIXES
+                  and not p.name.startswith("."))
+
+
+def tubes_from_rows(
+    rows: Sequence[tuple[str, Mapping[str, str]]],
+    *,
+    data_dir: str | os.PathLike[str] | None,
+    source: str,
+    extra_columns: Sequence[str] = (),
+    check_unlisted: bool = True,
+) -> list[Tube]:
+    """Validate annotated rows (label such as ``"row 3"``, {column: text}) into Tubes, or raise LayoutError.
+
+    ``data_dir``: folder of the FCS files (None: do not look at the disk). Problems checked: empty file or
+    patient, file missing on disk, FCS files in the folder without a row (``check_unlisted``), the same
+    file twice, the same tube twice, unknown condition or pretreatment, missing/non-numeric/non-positive
+    concentration or missing allergen on allergen rows, mixed units in a series, and allergen series
+    (patient × allergen × arm) with a single concentration.
+    """
+    problems: list[str] = []
+    tubes: list[Tube] = []
+    labels: list[str] = []
+    folder = Path(data_dir) if data_dir is not None else None
+    seen_files: dict[str, str] = {}
+    seen_keys: dict[tuple, str] = {}
+    series: dict[tuple[str, str, str], list[tuple[str, float, str | None]]] = defaultdict(list)
+
+    for label, row in rows:
+        before = len(problems)
+        file = row.get("file", "").strip()
+        patient = row.get("patient", "").strip()
+        if not file:
+            problems.append(f"{label}, column 'file': empty (expected an FCS file name)")
+        if not patient:
+            problems.append(f"{label}, column 'patient': empty (expected a patient identifier)")
+        raw_condition = row.get("condition", "")
+        condition = _CONDITION_SYNONYMS.get(_norm_token(raw_condition))
+        if condition is None:
+            problems.append(f"{label}, column 'condition': {raw_condition!r} is not a known condition "
+                            f"(expected one of {', '.join(CONDITIONS)})")
+        raw_pre = row.get("pretreatment", "")
+        pretreatment = _PRETREATMENT_SYNONYMS.get(_norm_token(raw_pre))
+        if pretreatment is None:
+            problems.append(f"{label}, column 'pretreatment': {raw_pre!r} is not a known pretreatment "
+                            f"(expected one of {', '.join(PRETREATMENTS)}, or empty for none)")
+        allergen = row.get("allergen", "").strip() or None
+        unit = row.get("unit", "").strip() or None
+        raw_conc = row.get("concentration", "").strip()
+        concentration: float | None = None
+        extra = [(c, row.get(c, "")) for c in extra_columns]
+        if condition == "allergen":
+            if allergen is None:
+                problems.append(f"{label}, column 'allergen': empty on an allergen row (expected the allergen's name)")
+            if not raw_conc:
+                problems.append(f"{label}, column 'concentration': empty on an allergen row "
+                                "(expected a number > 0)")
+            else:
+                concentration = _parse_concentration(raw_conc)
+                if concentration is None:
+                    problems.append(f"{label}, column 'concentration': {raw_conc!r} is not a number "
+                                    "(expected a number > 0)")
+                elif concentration <= 0:
+                    problems.append(f"{label}, column 'concentration': {raw_conc} is not positive "
+                                    "(expected a number > 0; concentrations are compared on a log scale)")
+                    concentration = None
+        elif raw_conc:
+            value = _parse_concentration(raw_conc)
+            if value is None or value < 0:
+                problems.append(f"{label}, column 'concentration': {raw_conc!r} (expected empty, or a number "
+                                f">= 0, on a {condition or 'control'} row)")
+            extra.append(("control_concentration", raw_conc))
+            if unit:
+                extra.append(("control_unit", unit))
+            unit = None
+        if condition != "allergen" and allergen:
+            extra.append(("control_allergen", allergen))
+            allergen = None
+
+        if file:
+            key_file = file.casefold() if os.name == "nt" else file
+            if key_file in seen_files:
+                problems.append(f"{label}, column 'file': {file!r} is already listed on {seen_files[key_file]} "
+                                "(expected each file once)")
+            else:
+                seen_files[key_file] = label
+            if folder is not None and not (folder / file).is_file():
+                hint = ""
+                if folder.is_dir():
+                    near = [p.name for p in _fcs_files(folder) if p.name.casefold() == file.casefold()
+                            or p.stem.casefold() == file.casefold()]
+                    if near:
+                        hint = f"; did you mean {near[0]!r}?"
+                problems.append(f"{label}, column 'file': {file!r} not found in {folder}{hint} "
+                                "(expected an existing FCS file)")
+        if len(problems) > before:
+            continue
+        assert condition is not None and pretreatment is not None
+        key = (patient, condition, pretreatment, allergen, concentration)
+        if key in seen_keys:
+            what = f"{patient} {pretreatment} {condition}" + (f" {allergen} {concentration:g}" if allergen else "")
+            problems.append(f"{label}: the same tube ({what}) as {seen_keys[key]} "
+                            "(expected one file per patient, arm, condition and concentration)")
+            continue
+        seen_keys[key] = label
+        if condition == "allergen":
+            assert allergen is not None and concentration is not None
+            series[(patient, allergen, pretreatment)].append((label, concentration, unit))
+        tubes.append(Tube(file=file, patient=patient, condition=condition, pretreatment=pretreatment,
+                          allergen=allergen, concentration=concentration, unit=unit, extra=tuple(extra)))
+        labels.append(label)
+
+    for (patient, allergen, arm), points in series.items():
+        where = ", ".join(p[0] for p in points)
+        if len({p[1] for p in points}) < 2:
+            problems.append(f"{where}: the allergen series of patient {patient}, allergen {allergen}, arm {arm} "
+                            "has a single concentration (expected at least two for a dose-response)")
+        units = sorted({p[2] or "" for p in points})
+        if len(units) > 1:
+            problems.append(f"{where}, column 'unit': the series of patient {patient}, allergen {allergen}, "
+                            f"arm {arm} mixes units {units} (expected one unit per series)")
+
+    if folder is not None and check_unlisted:
+        if not folder.is_dir():
+            problems.append(f"data folder {folder} does not exist (expected the folder of the FCS files)")
+        else:
+            listed = {(folder / f).resolve() for f in seen_files}
+            for path in _fcs_files(folder):
+                if path.resolve() not in listed:
+                    problems.append(f"file {path.name!r} is in {folder} but on no row "
+                                    "(expected a row for every FCS file of the folder)")
+    if problems:
+        raise LayoutError(f"the layout has {len(problems)} problem(s)", source=source, problems=problems)
+    return tubes
+
+
+def read_layout(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None, *,
+                sheet: str | None = None, check_files: bool = True) -> list[Tube]:
+    """Read and validate a layout sheet (``.csv``, ``.tsv``, ``.txt`` or ``.xlsx``) into Tubes, in row order.
+
+    Columns: ``file, patient, condition`` (required), ``allergen, concentration, unit, pretreatment``
+    (optional; an empty pretreatment means none); other columns are carried into ``Tube.extra``.
+    Column names are matched case-insensitively. ``data_dir`` (default: the sheet's folder) is where the
+    files are looked for; ``check_files=False`` skips the disk checks. Raises ``LayoutError`` listing every
+    problem found.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LayoutError("layout sheet not found", source=str(path))
+    suffix = path.suffix.casefold()
+    if suffix in (".xlsx", ".xlsm"):
+        header, body = _read_xlsx(path, sheet)
+    elif suffix in (".csv", ".tsv", ".txt"):
+        header, body = _read_csv(path)
+    elif suffix == ".xls":
+        raise LayoutError("legacy .xls workbooks are not read", source=str(path),
+                          problems=["save the sheet as .xlsx or .csv"])
+    else:
+        raise LayoutError(f"unknown layout sheet type {path.suffix!r}", source=str(path),
+                          problems=["expected a .csv, .tsv, .txt or .xlsx file"])
+    columns = [_norm_column(c) for c in header]
+    problems: list[str] = []
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    for c in missing:
+        problems.append(f"row 1: column {c!r} is missing (expected columns {', '.join(LAYOUT_COLUMNS)}; "
+                        f"found {', '.join(repr(h) for h in header)})")
+    dup = sorted({c for c in columns if c and columns.count(c) > 1})
+    for c in dup:
+        problems.append(f"row 1: column {c!r} appears more than once (expected each column once)")
+    if problems:
+        raise LayoutError(f"the layout has {len(problems)} problem(s)", source=str(path), problems=problems)
+    extra_columns = [c for c in columns if c and c not in LAYOUT_COLUMNS]
+    rows: list[tuple[str, dict[str, str]]] = []
+    for i, values in enumerate(body, start=2):
+        cells = [_cell_text(v) for v in values]
+        if not any(cells):
+            continue  # blank line
+        record = {columns[j]: cells[j] if j < len(cells) else "" for j in range(len(columns)) if columns[j]}
+        if len(cells) > len(columns) and any(cells[len(columns):]):
+            record["__overflow__"] = "1"
+        rows.append((f"row {i}", record))
+    overflow = [label for label, r in rows if r.pop("__overflow__", None)]
+    folder = (Path(data_dir) if data_dir is not None else path.parent) if check_files else None
+    try:
+        tubes = tubes_from_rows(rows, data_dir=folder, source=str(path), extra_columns=extra_columns)
+    except LayoutError as exc:
+        problems = exc.problems + [f"{label}: more cells than header columns (expected {len(columns)})"
+                                   for label in overflow]
+        raise LayoutError(f"the layout has {len(problems)} problem(s)", source=str(path),
+                          problems=problems) from None
+    if overflow:
+        raise LayoutError(f"the layout has {len(overflow)} problem(s)", source=str(path),
+                          problems=[f"{label}: more cells than header columns (expected {len(columns)})"
+                                    for label in overflow])
+    return tubes
+
+
+def tubes_from_pattern(
+    data_dir: str | os.PathLike[str],
+    pattern: str | re.Pattern[str],
+    *,
+    source: str = "filename",
+    defaults: Mapping[str, str] | None = None,
+) -> list[Tube]:
+    """Annotate every FCS file of ``data_dir`` from its name or a keyword, without a layout sheet.
+
+    ``pattern`` is a regular expression searched in the file name (``source="filename"``) or in the value
+    of an FCS TEXT keyword (``source="TUBE NAME"``, ``"$SRC"``, …). Its named groups give the layout's
+    columns (``patient``, ``condition``, ``pretreatment``, ``allergen``, ``concentration``, ``unit``); other
+    named groups become extra columns. ``defaults`` fills columns no group captured (e.g. ``unit``).
+    Example for ``P01_omalizumab_allergen_birch_0.1.fcs``:
+    ``(?P<patient>P\\d+)_(?P<pretreatment>none|omalizumab)_(?P<condition>[a-z_]+?)(_(?P<allergen>[a-z]+)_(?P<concentration>[\\d.]+))?\\.fcs$``.
+    Files are taken in name order; problems are reported all at once like ``read_layout``'s.
+    """
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        raise LayoutError("data folder not found", source=str(folder))
+    try:
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+    except re.error as exc:
+        raise LayoutError(f"invalid pattern: {exc}", source=str(folder),
+                          problems=[f"pattern {pattern!r}: {exc}"]) from None
+    groups = list(regex.groupindex)
+    if "patient" not in groups and "patient" not in (defaults or {}):
+        raise LayoutError("the pattern has no (?P<patient>...) group", source=str(folder),
+                          problems=["expected named groups patient and condition (or defaults for them)"])
+    if "condition" not in groups and "condition" not in (defaults or {}):
+        raise LayoutError("the pattern has no (?P<condition>...) group", source=str(folder),
+                          problems=["expected named groups patient and condition (or defaults for them)"])
+    extra_columns = [g for g in groups if g not in LAYOUT_COLUMNS]
+    rows: list[tuple[str, dict[str, str]]] = []
+    problems: list[str] = []
+    files = _fcs_files(folder)
+    if not files:
+        raise LayoutError("no FCS files in the folder", source=str(folder),
+                          problems=[f"expected files ending in {', '.join(FCS_SUFFIXES)}"])
+    for path in files:
+        if source == "filename":
+            text = path.name
+        else:
+            from .fcs import read_fcs_keywords
+
+            try:
+                keywords = read_fcs_keywords(path)
+            except BatError as exc:
+                problems.append(f"file {path.name!r}: cannot read its keywords ({str(exc).splitlines()[0]})")
+                continue
+            text = keywords.get(source.upper())
+            if text is None:
+                problems.append(f"file {path.name!r}, keyword {source!r}: absent (expected a keyword to match "
+                                "the pattern against)")
+                continue
+        match = regex.search(text)
+        if match is None:
+            problems.append(f"file {path.name!r}: {text!r} does not match the pattern {regex.pattern!r}")
+            continue
+        record = {k: v for k, v in (defaults or {}).items()}
+        record.update({k: v for k, v in match.groupdict().items() if v is not None})
+        record["file"] = path.name
+        rows.append((f"file {path.name!r}", record))
+    try:
+        tubes = tubes_from_rows(rows, data_dir=folder, source=str(folder), extra_columns=extra_columns,
+                                check_unlisted=False)
+    except LayoutError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise LayoutError(f"annotating the files found {len(problems)} problem(s)", source=str(folder),
+                          problems=problems)
+    return tubes
