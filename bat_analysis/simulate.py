@@ -513,6 +513,9 @@ def simulate_tube(
     if n_events < 100:
         raise BatError(f"{n_events} events", field="n_events", expected="at least 100")
     scenarios = _scenario_set(scenario)
+    if "mixed" in scenarios:
+        raise BatError("'mixed' spreads artefacts over the tubes of an experiment; use simulate_experiment",
+                       field="scenario", expected=" | ".join(s for s in SCENARIOS if s != "mixed"))
     rng = np.random.default_rng(seed)
     if patient is None:
         patient = make_patient("P01", kind, rng, scenarios=scenarios)
@@ -574,12 +577,13 @@ def simulate_tube(
     s_scatter[hit_ssc, 2] = RANGE * rng.uniform(1.0, 1.6, int(hit_ssc.sum()))
     s_scatter[hit_ssc, 3] = s_scatter[hit_ssc, 2] * 0.9
 
-    # clog burst: abnormal events (broad scatter, smeared fluorescence)
-    c_scatter = np.column_stack([_lognormal(rng, 40000.0, 0.9, n_clog), np.zeros(n_clog),
-                                 _lognormal(rng, 30000.0, 1.0, n_clog), np.zeros(n_clog)])
-    c_scatter[:, 1] = c_scatter[:, 0] * rng.uniform(0.3, 1.0, n_clog)
-    c_scatter[:, 3] = c_scatter[:, 2] * rng.uniform(0.3, 1.0, n_clog)
-    c_stain = _lognormal(rng, 800.0, 1.4, n_clog * n_markers).reshape(n_clog, n_markers)
+    # clog burst: cells and debris released at once, with disturbed scatter and fluorescence
+    c_pops = _leukocyte_draw(rng, draw_profile, n_clog)
+    c_pops[rng.random(n_clog) < 0.4] = DEBRIS
+    c_scatter, c_stain = _singlets(rng, c_pops, patient, np.zeros(n_clog, bool), 0.0, n_markers)
+    c_scatter *= _lognormal(rng, 1.0, 0.35, n_clog)[:, None]
+    c_scatter[:, (1, 3)] *= rng.uniform(0.5, 1.0, (n_clog, 2))
+    c_stain *= _lognormal(rng, 1.5, 0.6, n_clog * n_markers).reshape(n_clog, n_markers)
 
     population = np.concatenate([pops, np.full(n_doublet, DOUBLET, np.int8), np.full(n_sat, SATURATED, np.int8),
                                  np.full(n_clog, CLOG, np.int8)])
