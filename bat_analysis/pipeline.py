@@ -456,7 +456,7 @@ def analysis_config(template: Any) -> Any:
     """The analysis configuration of a template's ``analysis:``/``qc:`` sections."""
     from .analysis.config import AnalysisConfig
 
-    return AnalysisConfig.from_mapping(template.analysis_mapping(), source=getattr(template, "source", None))
+    return AnalysisConfig.from_mapping(template.analysis_mapping() or None, source=template.source)
 
 
 def _merge_scores(parts: Sequence[Any]) -> Any:
@@ -504,7 +504,7 @@ def score_results(results: Sequence[TubeResult], template: Any, thresholds: dict
     from .analysis.score import score_experiment
 
     config = analysis_config(template)
-    cohort = "cohort" in str(getattr(getattr(config, "classes", None), "mode", "absolute"))
+    cohort = config.classes.cohort_mode != "none"
     if cohort or store is None:
         return score_experiment(list(results), config, threshold_overrides=thresholds or None)
     by_patient: dict[str, list[TubeResult]] = {}
