@@ -23,6 +23,7 @@ code, activated) are in ``labels.npz``, keyed ``"<file>:population"`` and ``"<fi
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import zipfile
@@ -37,7 +38,7 @@ from .errors import BatError
 from .records import Tube
 
 __all__ = [
-    "POPULATIONS", "KINDS", "SCENARIOS", "NAMING_STYLES", "MARKERS", "TRUTH_FIELDS", "PatientProfile",
+    "POPULATIONS", "KINDS", "SCENARIOS", "SAMPLE_ARGUMENTS", "NAMING_STYLES", "MARKERS", "TRUTH_FIELDS", "PatientProfile",
     "SimulatedTube", "SimulatedExperiment", "make_patient", "simulate_tube", "simulate_experiment",
     "four_pl", "load_labels", "spillover_matrix", "channel_names",
 ]
@@ -62,6 +63,12 @@ UNIT = "ng/mL"
 RANGE = 262144.0  # $PnR of every channel; saturated events sit at RANGE - 1
 TIMESTEP = 0.01  # seconds per Time unit
 EVENT_RATE = 1500.0  # events per second
+
+#: the arguments of ``simulate_experiment`` that made the committed ``sample_fcs/`` (see its README.md)
+SAMPLE_ARGUMENTS: dict[str, Any] = {
+    "n_patients": 3, "n_events": 9_000, "seed": 2026, "kinds": ("responder", "partial", "non_responder"),
+    "n_concentrations": 5, "basophil_pct": (7.0, 10.0),
+}
 
 #: every field of truth.json, documented (also written into the file under "definitions")
 TRUTH_FIELDS: dict[str, str] = {
@@ -681,8 +688,10 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for key, arr in arrays.items():
-            with zf.open(f"{key}.npy", "w", force_zip64=True) as fh:
-                np.lib.format.write_array(fh, np.asanyarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))  # reproducible bytes
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(arr), allow_pickle=False)
+            zf.writestr(info, buf.getvalue(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
     tmp.replace(path)
 
 
