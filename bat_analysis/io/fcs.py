@@ -188,7 +188,7 @@ def _tokenize(raw: bytes, delim: bytes, lenient: bool) -> tuple[list[bytes], int
             continue
         cur += raw[i:j]
         doubled = j + 1 < n and raw[j + 1: j + 2] == delim
-        if doubled and j + 2 < n and (in_value or not lenient):
+        if doubled and j + 2 < n and in_value:
             cur += delim
             i = j + 2
             continue
@@ -204,9 +204,10 @@ def _tokenize(raw: bytes, delim: bytes, lenient: bool) -> tuple[list[bytes], int
     return tokens, empty_values, unterminated
 
 
-def _valid_fields(tokens: list[bytes], delim: bytes) -> bool:
+def _valid_fields(tokens: list[bytes], delim: bytes, *, values_may_start_with_delim: bool = False) -> bool:
     keys = tokens[::2]
-    return bool(tokens) and len(tokens) % 2 == 0 and all(k.strip() and delim not in k for k in keys)
+    ok = bool(tokens) and len(tokens) % 2 == 0 and all(k.strip() and delim not in k for k in keys)
+    return ok and (values_may_start_with_delim or not any(v.startswith(delim) for v in tokens[1::2]))
 
 
 def _split_text(raw: bytes, source: str, where: str, warnings: list[str]) -> dict[str, str]:
@@ -218,10 +219,12 @@ def _split_text(raw: bytes, source: str, where: str, warnings: list[str]) -> dic
     if delim in (b" ", b"\x00") or delim.isalnum():
         raise FcsFormatError(f"TEXT segment starts with {delim!r}", source=source, field=where,
                              expected="a delimiter character (not a letter, digit, space or NUL)")
+    # Standard reading first. A value that would begin with an (escaped) delimiter more likely means the
+    # writer put empty values as two delimiters: then the lenient reading is used if it is consistent.
     tokens, empty_values, unterminated = _tokenize(raw, delim, lenient=False)
     if not _valid_fields(tokens, delim):
         lenient = _tokenize(raw, delim, lenient=True)
-        if _valid_fields(lenient[0], delim):
+        if _valid_fields(lenient[0], delim, values_may_start_with_delim=True):
             tokens, empty_values, unterminated = lenient
     if unterminated:
         warnings.append(f"{where}: does not end with its delimiter")
@@ -233,6 +236,7 @@ def _split_text(raw: bytes, source: str, where: str, warnings: list[str]) -> dic
         raise FcsFormatError(f"keyword {last[:40]!r} has no value (odd number of delimited fields, a "
                              f"missing or doubled delimiter)", source=source, field=where,
                              expected="keyword/value pairs separated by single delimiters")
+    empty_values = sum(1 for v in tokens[1::2] if not v)
     if empty_values:
         warnings.append(f"{where}: {empty_values} keyword(s) with an empty value (doubled delimiter)")
     out: dict[str, str] = {}
@@ -520,7 +524,7 @@ def _choose_data_offsets(buf: bytes, ds: _DataSet, expected: int | None, per_eve
         s = in_file[0][1][0]
         ends = {o[1] for _, o in in_file}
         longest = max(e - s + 1 for e in ends)
-        if longest > expected:
+        if expected < longest < expected + max(per_event, 2):  # padding shorter than one event
             warnings.append(f"DATA segment is {longest} bytes, {longest - expected} more than $TOT x "
                             f"{per_event} bytes per event; the first {expected} bytes read")
             return s, expected
@@ -655,7 +659,8 @@ def _scale(values: np.ndarray, channels: list[Channel], layout: _Layout, kw: Map
         if scaled:
             x = x * timestep
         if c.log_decades > 0:
-            x = 10 ** (c.log_decades * x / c.range) * c.log_zero
+            with np.errstate(over="ignore"):  # overflow gives inf, which read_fcs refuses by name
+                x = 10 ** (c.log_decades * x / c.range) * c.log_zero
         if gain != 1.0 and gain != 0:
             x = x / gain
         events[:, c.index] = x

@@ -1,0 +1,363 @@
+"""Damaged and unusual FCS files: each is refused with an FcsFormatError naming the file, the field and what
+was expected, or read with the oddity recorded in ``warnings`` where the standard's intent is unambiguous."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bat_analysis.errors import BatError, FcsFormatError, MarkerError
+from bat_analysis.io.fcs import read_fcs
+from bat_analysis.io.markers import resolve_marker
+
+PLACEHOLDER = "0" * 10
+
+
+def build_fcs(pairs: list[tuple[str, str]], data: bytes, *, version: str = "3.1", delim: bytes = b"/",
+              text_start: int = 256, offsets: bool = True) -> bytes:
+    """Bytes of an FCS file with the given TEXT keywords (delimiters in them doubled) and DATA segment.
+
+    ``$BEGINDATA``/``$ENDDATA`` are added (``offsets=True``) and filled, like the HEADER, with the real offsets."""
+    d = delim.decode("latin-1")
+    all_pairs = list(pairs)
+    if offsets:
+        all_pairs = [("$BEGINDATA", PLACEHOLDER), ("$ENDDATA", PLACEHOLDER)] + all_pairs
+    body = d + "".join(f"{k.replace(d, d * 2)}{d}{v.replace(d, d * 2)}{d}" for k, v in all_pairs)
+    text = body.encode("utf-8")
+    text_end = text_start + len(text) - 1
+    data_start = text_end + 1 if data else 0
+    data_end = data_start + len(data) - 1 if data else 0
+    if offsets:
+        text = text.replace(PLACEHOLDER.encode(), f"{data_start:010d}".encode(), 1)
+        text = text.replace(PLACEHOLDER.encode(), f"{data_end:010d}".encode(), 1)
+    header = f"FCS{version}    {text_start:>8}{text_end:>8}{data_start:>8}{data_end:>8}{0:>8}{0:>8}"
+    return header.encode("ascii").ljust(text_start, b" ") + text + data
+
+
+def float_file(events: np.ndarray, names: list[str], *, order: str = "<", extra: list[tuple[str, str]] = (),
+               version: str = "3.1") -> bytes:
+    """A list-mode float32 FCS file of ``events`` named ``names``."""
+    events = np.asarray(events, dtype=np.float32)
+    pairs = [("$BYTEORD", "1,2,3,4" if order == "<" else "4,3,2,1"), ("$DATATYPE", "F"), ("$MODE", "L"),
+             ("$NEXTDATA", "0"), ("$PAR", str(events.shape[1])), ("$TOT", str(events.shape[0]))]
+    for i, name in enumerate(names, start=1):
+        pairs += [(f"$P{i}N", name), (f"$P{i}B", "32"), (f"$P{i}E", "0,0"), (f"$P{i}R", "262144")]
+    pairs += list(extra)
+    return build_fcs(pairs, events.astype(np.dtype("float32").newbyteorder(order)).tobytes(), version=version)
+
+
+EVENTS = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.5]], dtype=np.float32)
+NAMES = ["FSC-A", "SSC-A", "FITC-A"]
+
+
+def write(tmp_path: Path, content: bytes, name: str = "tube.fcs") -> Path:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+def refused(path: Path, field_part: str, *, message_part: str | None = None, **kwargs) -> FcsFormatError:
+    """Assert read_fcs refuses ``path`` with an FcsFormatError naming the file and the field."""
+    with pytest.raises(FcsFormatError) as info:
+        read_fcs(path, **kwargs)
+    err = info.value
+    assert err.source == str(path)
+    assert err.field is not None and field_part in err.field, (err.field, str(err))
+    assert str(path) in str(err)
+    if message_part is not None:
+        assert message_part in str(err), str(err)
+    return err
+
+
+def test_builder_makes_a_valid_file(tmp_path: Path) -> None:
+    sample = read_fcs(write(tmp_path, float_file(EVENTS, NAMES)))
+    np.testing.assert_array_equal(sample.events, EVENTS)
+    assert sample.pnn == NAMES
+    assert sample.warnings == []
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    err = refused(write(tmp_path, b""), "HEADER", message_part="empty")
+    assert err.expected
+
+
+def test_not_an_fcs_file(tmp_path: Path) -> None:
+    content = b"file,patient,condition\n" + b"a.fcs,P1,negative_control\n" * 5
+    refused(write(tmp_path, content), "HEADER", message_part="does not start with 'FCS'")
+
+
+def test_unknown_version(tmp_path: Path) -> None:
+    content = bytearray(float_file(EVENTS, NAMES))
+    content[3:6] = b"9.9"
+    refused(write(tmp_path, bytes(content)), "HEADER", message_part="unknown version")
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(FcsFormatError, match="not found"):
+        read_fcs(tmp_path / "absent.fcs")
+    with pytest.raises(FcsFormatError, match="directory"):
+        read_fcs(tmp_path)
+
+
+def test_truncated_header(tmp_path: Path) -> None:
+    refused(write(tmp_path, float_file(EVENTS, NAMES)[:30]), "HEADER", message_part="58-byte")
+
+
+def test_truncated_text(tmp_path: Path) -> None:
+    content = float_file(EVENTS, NAMES)
+    refused(write(tmp_path, content[:300]), "TEXT", message_part="outside the file")
+
+
+def test_truncated_data(tmp_path: Path) -> None:
+    content = float_file(EVENTS, NAMES)
+    err = refused(write(tmp_path, content[:-10]), "$ENDDATA")
+    assert "36 bytes" in str(err) or "cannot be reconciled" in str(err)
+
+
+def test_header_offsets_not_numbers(tmp_path: Path) -> None:
+    content = bytearray(float_file(EVENTS, NAMES))
+    content[10:18] = b"  abc123"
+    refused(write(tmp_path, bytes(content)), "HEADER bytes 10-17", message_part="not a number")
+
+
+@pytest.mark.parametrize("tot", ["4", "2"])
+def test_tot_inconsistent_with_data(tmp_path: Path, tot: str) -> None:
+    content = float_file(EVENTS, NAMES).replace(b"/$TOT/3/", f"/$TOT/{tot}/".encode())
+    refused(write(tmp_path, content), "$ENDDATA", message_part="cannot be reconciled")
+
+
+def test_par_inconsistent_with_channels(tmp_path: Path) -> None:
+    content = float_file(EVENTS, NAMES).replace(b"/$PAR/3/", b"/$PAR/4/")
+    refused(write(tmp_path, content), "$P4B", message_part="missing")
+
+
+def test_par_smaller_than_data(tmp_path: Path) -> None:
+    content = float_file(EVENTS, NAMES).replace(b"/$PAR/3/", b"/$PAR/2/")
+    refused(write(tmp_path, content), "$ENDDATA", message_part="cannot be reconciled")
+
+
+def test_data_offsets_outside_file(tmp_path: Path) -> None:
+    content = float_file(EVENTS, NAMES)
+    for key, value in (b"$BEGINDATA/", b"0099999000"), (b"$ENDDATA/", b"0099999035"):
+        start = content.index(key) + len(key)
+        content = content[:start] + value + content[start + 10:]
+    head = bytearray(content)
+    head[26:42] = b"       0       0"  # blank HEADER offsets, as for a large file
+    refused(write(tmp_path, bytes(head)), "$BEGINDATA", message_part="outside the file")
+
+
+def test_text_offsets_outside_file(tmp_path: Path) -> None:
+    content = bytearray(float_file(EVENTS, NAMES))
+    content[18:26] = b"  900000"
+    refused(write(tmp_path, bytes(content)), "TEXT", message_part="outside the file")
+
+
+@pytest.mark.parametrize("keyword, field", [("$DATATYPE", "$DATATYPE"), ("$BYTEORD", "$BYTEORD"),
+                                            ("$PAR", "$PAR"), ("$TOT", "$TOT"), ("$P2B", "$P2B"),
+                                            ("$P3R", "$P3R")])
+def test_missing_required_keyword(tmp_path: Path, keyword: str, field: str) -> None:
+    renamed = "X" + keyword[1:]  # same length, so every offset stays valid
+    content = float_file(EVENTS, NAMES).replace(f"/{keyword}/".encode(), f"/{renamed}/".encode())
+    refused(write(tmp_path, content), field)
+
+
+def test_delimiter_must_not_be_a_letter(tmp_path: Path) -> None:
+    content = bytearray(float_file(EVENTS, NAMES))
+    text_start = int(content[10:18])
+    content[text_start] = ord("A")
+    refused(write(tmp_path, bytes(content)), "TEXT", message_part="starts with")
+
+
+def test_doubled_delimiter_that_breaks_pairs(tmp_path: Path) -> None:
+    pairs = [("$BYTEORD", "1,2,3,4"), ("$DATATYPE", "F"), ("$MODE", "L"), ("$NEXTDATA", "0"), ("$PAR", "1"),
+             ("$TOT", "1"), ("$P1N", "FSC-A"), ("$P1B", "32"), ("$P1E", "0,0"), ("$P1R", "1024")]
+    good = build_fcs(pairs, np.array([1.0], dtype="<f4").tobytes())
+    # "$P1N/FSC-A/" -> "$P1N/FSC-A//$X/": a stray keyword without a value (odd number of fields)
+    bad = good.replace(b"/$P1B/32/", b"/$P1B/32/$X/")
+    bad = bytearray(bad)
+    text_end = int(bad[18:26]) + 3
+    bad[18:26] = f"{text_end:>8}".encode()
+    refused(write(tmp_path, bytes(bad)), "TEXT", message_part="no value")
+
+
+def test_escaped_delimiters_and_dollar_signs_kept(tmp_path: Path) -> None:
+    extra = [("$COM", "cost $5/tube $$"), ("$SRC", "a//b"), ("PLATE", "/starts with the delimiter")]
+    sample = read_fcs(write(tmp_path, float_file(EVENTS, NAMES, extra=extra)))
+    assert sample.keywords["$COM"] == "cost $5/tube $$"
+    assert sample.keywords["$SRC"] == "a//b"
+    assert sample.keywords["PLATE"] == "/starts with the delimiter"
+
+
+def test_empty_values_written_as_doubled_delimiters(tmp_path: Path) -> None:
+    content = float_file(EVENTS, NAMES, extra=[("$COM", "X"), ("$SMNO", "Y")])
+    content = content.replace(b"/$COM/X/$SMNO/Y/", b"/$COM//$SMNO//  ")  # same length, empty values
+    sample = read_fcs(write(tmp_path, content))
+    assert sample.keywords["$COM"] == "" and sample.keywords["$SMNO"] == ""
+    assert any("empty value" in w for w in sample.warnings)
+    np.testing.assert_array_equal(sample.events, EVENTS)
+
+
+def test_non_ascii_utf8_values_read_exactly(tmp_path: Path) -> None:
+    extra = [("$P3S", "CD63 µ-FITC"), ("$OP", "Zoë Ångström")]
+    sample = read_fcs(write(tmp_path, float_file(EVENTS, NAMES, extra=extra)))
+    assert sample.pns[2] == "CD63 µ-FITC"
+    assert sample.keywords["$OP"] == "Zoë Ångström"
+    assert sample.warnings == []
+
+
+def test_non_utf8_values_read_as_latin1_with_warning(tmp_path: Path) -> None:
+    content = float_file(EVENTS, NAMES, extra=[("$OP", "Zoe")]).replace(b"/$OP/Zoe/", b"/$OP/Zo\xeb/")
+    sample = read_fcs(write(tmp_path, content))
+    assert sample.keywords["$OP"] == "Zoë"
+    assert any("$OP" in w and "Latin-1" in w for w in sample.warnings)
+
+
+def test_duplicate_channel_names(tmp_path: Path) -> None:
+    names = ["FSC-A", "FITC-A", "FITC-A"]
+    content = float_file(EVENTS, names, extra=[("$P2S", "CD63"), ("$P3S", "CD63")])
+    sample = read_fcs(write(tmp_path, content))
+    assert any("duplicate channel names" in w and "FITC-A" in w for w in sample.warnings)
+    with pytest.raises(MarkerError) as info:
+        sample.column("FITC-A")
+    assert info.value.field == "$PnN"
+    with pytest.raises(MarkerError, match="ambiguous"):
+        resolve_marker(sample.channels, "CD63", source=str(sample.path))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_event_values(tmp_path: Path, bad: float) -> None:
+    events = EVENTS.copy()
+    events[1, 2] = bad
+    path = write(tmp_path, float_file(events, NAMES))
+    refused(path, "DATA", message_part="FITC-A (1)")
+    sample = read_fcs(path, allow_nonfinite=True)
+    assert any("non-finite" in w for w in sample.warnings)
+    assert not np.isfinite(sample.events[1, 2])
+
+
+def test_log_scaling_overflow_is_refused(tmp_path: Path) -> None:
+    content = float_file(EVENTS * 1000, NAMES).replace(b"/$P3E/0,0/", b"/$P3E/9,1/")
+    content = content.replace(b"/$P3R/262144/", b"/$P3R/000001/")
+    refused(write(tmp_path, content), "DATA", message_part="non-finite")
+
+
+def test_zero_events(tmp_path: Path) -> None:
+    content = float_file(np.zeros((0, 3), dtype=np.float32), NAMES)
+    refused(write(tmp_path, content), "$TOT", message_part="no events")
+
+
+def _spill_file(value: str) -> bytes:
+    return float_file(EVENTS, NAMES, extra=[("$SPILLOVER", value)])
+
+
+@pytest.mark.parametrize("value, phrase", [
+    ("2,SSC-A,PE-A,1,0.1,0.2,1", "unknown channels 'PE-A'"),
+    ("2,SSC-A,FITC-A,1,1,1,1", "singular"),
+    ("2,SSC-A,FITC-A,1,0.1", "fields for a 2x2 matrix"),
+    ("two,SSC-A,FITC-A,1,0,0,1", "not an integer"),
+    ("2,SSC-A,FITC-A,1,x,0,1", "non-numeric"),
+])
+def test_unusable_spillover(tmp_path: Path, value: str, phrase: str) -> None:
+    path = write(tmp_path, _spill_file(value))
+    sample = read_fcs(path)
+    assert sample.spillover is None
+    assert any(phrase in w for w in sample.warnings), sample.warnings
+    with pytest.raises(FcsFormatError) as info:
+        sample.require_spillover()
+    assert phrase in str(info.value) and str(path) in str(info.value)
+    refused(path, "$SPILLOVER", message_part=phrase, strict_spillover=True)
+
+
+def test_valid_spillover(tmp_path: Path) -> None:
+    sample = read_fcs(write(tmp_path, _spill_file("2,SSC-A,FITC-A,1,0.125,0.25,1")))
+    assert sample.spillover is not None and sample.spillover.channels == ("SSC-A", "FITC-A")
+    np.testing.assert_array_equal(sample.spillover.matrix, [[1, 0.125], [0.25, 1]])
+    assert sample.require_spillover() is sample.spillover
+
+
+def test_no_spillover(tmp_path: Path) -> None:
+    sample = read_fcs(write(tmp_path, float_file(EVENTS, NAMES)))
+    assert sample.spillover is None
+    with pytest.raises(FcsFormatError, match="no spillover"):
+        sample.require_spillover()
+
+
+@pytest.mark.parametrize("keyword, value, field", [
+    ("$BYTEORD", "3,4,1,2", "$BYTEORD"), ("$DATATYPE", "X", "$DATATYPE"), ("$MODE", "C", "$MODE"),
+    ("$P1E", "4", "$P1E"), ("$P1E", "a,b", "$P1E"), ("$TOT", "-3", "$TOT"), ("$P1R", "abc", "$P1R"),
+    ("$P1B", "16", "$P1B"),
+])
+def test_bad_keyword_values(tmp_path: Path, keyword: str, value: str, field: str) -> None:
+    pairs = [("$BYTEORD", "1,2,3,4"), ("$DATATYPE", "F"), ("$MODE", "L"), ("$NEXTDATA", "0"), ("$PAR", "1"),
+             ("$TOT", "2"), ("$P1N", "FSC-A"), ("$P1B", "32"), ("$P1E", "0,0"), ("$P1R", "1024")]
+    pairs = [(k, value if k == keyword else v) for k, v in pairs]
+    path = write(tmp_path, build_fcs(pairs, np.array([1.0, 2.0], dtype="<f4").tobytes()))
+    refused(path, field)
+
+
+def test_integer_bit_masks_and_off_by_one_end(tmp_path: Path) -> None:
+    pairs = [("$BYTEORD", "4,3,2,1"), ("$DATATYPE", "I"), ("$MODE", "L"), ("$NEXTDATA", "0"), ("$PAR", "2"),
+             ("$TOT", "2"), ("$P1N", "FSC"), ("$P1B", "16"), ("$P1E", "0,0"), ("$P1R", "1000"),
+             ("$P2N", "FL1"), ("$P2B", "16"), ("$P2E", "0,0"), ("$P2R", "65536")]
+    data = np.array([[0xFC00 | 5, 0xFC00 | 5], [1023, 1024]], dtype=">u2").tobytes()
+    content = build_fcs(pairs, data)
+    # make $ENDDATA and the HEADER end one byte too far (vendor off-by-one)
+    end = len(content) - 1
+    content = content.replace(f"{end:010d}".encode(), f"{end + 1:010d}".encode())
+    head = bytearray(content)
+    head[34:42] = f"{end + 1:>8}".encode()
+    sample = read_fcs(write(tmp_path, bytes(head) + b"\x00"))
+    np.testing.assert_array_equal(sample.events, [[5, 0xFC05], [1023, 1024]])
+    assert any("off-by-one" in w for w in sample.warnings)
+
+
+def test_header_and_text_offsets_disagree(tmp_path: Path) -> None:
+    content = bytearray(float_file(EVENTS, NAMES))
+    content[26:34] = f"{int(content[26:34]) - 4:>8}".encode()  # HEADER data start 4 bytes early
+    sample = read_fcs(write(tmp_path, bytes(content)))
+    np.testing.assert_array_equal(sample.events, EVENTS)
+    assert any("differ from TEXT" in w for w in sample.warnings)
+
+
+def test_nextdata_pointing_back_is_ignored(tmp_path: Path) -> None:
+    content = float_file(EVENTS, NAMES).replace(b"/$NEXTDATA/0/", b"/$NEXTDATA/1/")
+    sample = read_fcs(write(tmp_path, content))
+    assert sample.n_datasets == 1
+    assert any("$NEXTDATA" in w for w in sample.warnings)
+
+
+def test_two_data_sets_second_without_datatype(tmp_path: Path) -> None:
+    second_events = EVENTS[:2] * 10
+    first = float_file(EVENTS, NAMES).replace(b"/$NEXTDATA/0/", b"/$NEXTDATA/" + PLACEHOLDER.encode() + b"/")
+    head = bytearray(first)
+    shift = len(PLACEHOLDER) - 1  # the TEXT grew: move the HEADER and TEXT data offsets along
+    text_end, data_start, data_end = (int(head[a:a + 8]) for a in (18, 26, 34))
+    head[18:42] = f"{text_end + shift:>8}{data_start + shift:>8}{data_end + shift:>8}".encode()
+    first = bytes(head)
+    for key, value in (("$BEGINDATA", data_start), ("$ENDDATA", data_end)):
+        first = first.replace(f"/{key}/{value:010d}/".encode(), f"/{key}/{value + shift:010d}/".encode())
+    first = first.replace(PLACEHOLDER.encode() + b"/", f"{len(first):010d}/".encode(), 1) \
+        if first.count(PLACEHOLDER.encode()) else first
+    first = first.replace(b"/$NEXTDATA/" + PLACEHOLDER.encode(), f"/$NEXTDATA/{len(first):010d}".encode())
+    second = float_file(second_events, NAMES).replace(b"/$DATATYPE/F/", b"/XDATATYPE/F/")
+    path = write(tmp_path, first + second)
+    s0 = read_fcs(path)
+    np.testing.assert_array_equal(s0.events, EVENTS)
+    assert s0.n_datasets == 2
+    s1 = read_fcs(path, dataset=1)
+    np.testing.assert_array_equal(s1.events, second_events)
+    assert any("$DATATYPE missing in data set 1" in w for w in s1.warnings)
+
+
+def test_ascii_delimited_data(tmp_path: Path) -> None:
+    pairs = [("$BYTEORD", "1,2,3,4"), ("$DATATYPE", "A"), ("$MODE", "L"), ("$NEXTDATA", "0"), ("$PAR", "2"),
+             ("$TOT", "3"), ("$P1N", "FSC"), ("$P1B", "*"), ("$P1E", "0,0"), ("$P1R", "1024"),
+             ("$P2N", "SSC"), ("$P2B", "*"), ("$P2E", "0,0"), ("$P2R", "1024")]
+    sample = read_fcs(write(tmp_path, build_fcs(pairs, b"1 2\n3 4\n5 6\n")))
+    np.testing.assert_array_equal(sample.events, [[1, 2], [3, 4], [5, 6]])
+
+
+def test_every_refusal_is_a_bat_error(tmp_path: Path) -> None:
+    assert issubclass(FcsFormatError, BatError)
