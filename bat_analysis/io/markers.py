@@ -77,6 +77,9 @@ class Panel:
         for key, names in self.aliases.items():
             if key.casefold() == marker.casefold():
                 return (key, *[n for n in names if n != key])
+        for key, names in self.aliases.items():  # an alias given instead of the logical name
+            if any(n.casefold() == marker.casefold() for n in names):
+                return (marker, key, *[n for n in names if n.casefold() != marker.casefold() and n != key])
         return (marker,)
 
     def identify(self, channel: Channel) -> str | None:
