@@ -1,0 +1,98 @@
+"""``bat inspect FILE [--json]``: description, table, JSON, and exit 2 with one line for a refused file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from bat_analysis.commands.inspect_cmd import register
+from bat_analysis.io.fcs_write import write_fcs
+from bat_analysis.io.inspect import describe_fcs
+
+CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "fcs_corpus"
+
+
+def make_app() -> typer.Typer:
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+    @app.callback()
+    def main() -> None:
+        """Group with sub-commands, like ``bat``."""
+
+    register(app)
+    return app
+
+
+@pytest.fixture()
+def tube(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    events = rng.uniform(0, 1000, size=(250, 5)).astype(np.float32)
+    names = ["FSC-A", "SSC-A", "FITC-A", "PE-A", "Time"]
+    markers = [None, None, "CD63", "CD203c", None]
+    spill = (["FITC-A", "PE-A"], np.array([[1.0, 0.125], [0.03125, 1.0]]))
+    return write_fcs(tmp_path / "P1_allergen_10.fcs", events, names, markers, spillover=spill,
+                     keywords={"$CYT": "FACSCanto II", "$DATE": "01-JAN-2026"})
+
+
+def test_describe(tube: Path) -> None:
+    info = describe_fcs(tube)
+    assert info["version"] == "3.1"
+    assert info["cytometer"] == "FACSCanto II"
+    assert info["n_events"] == 250 and info["n_datasets"] == 1
+    kinds = {c["pnn"]: (c["kind"], c["marker"]) for c in info["channels"]}
+    assert kinds == {"FSC-A": ("scatter", None), "SSC-A": ("scatter", None), "FITC-A": ("fluorescence", "CD63"),
+                     "PE-A": ("fluorescence", "CD203c"), "Time": ("time", None)}
+    assert info["spillover"]["channels"] == ["FITC-A", "PE-A"]
+    assert info["spillover"]["matrix"] == [[1.0, 0.125], [0.03125, 1.0]]
+    assert info["warnings"] == []
+
+
+def test_inspect_table(tube: Path) -> None:
+    result = CliRunner().invoke(make_app(), ["inspect", str(tube)], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    for text in ("FACSCanto II", "250", "FITC-A", "CD63", "CD203c", "spillover", "0.1250"):
+        assert text in result.output
+
+
+def test_inspect_json(tube: Path) -> None:
+    result = CliRunner().invoke(make_app(), ["inspect", str(tube), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["n_events"] == 250
+    assert [c["pnn"] for c in info["channels"]] == ["FSC-A", "SSC-A", "FITC-A", "PE-A", "Time"]
+
+
+def test_inspect_refused_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.fcs"
+    bad.write_bytes(b"FCS3.1    ")
+    result = CliRunner().invoke(make_app(), ["inspect", str(bad)])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert lines[0].startswith("error: ") and "broken.fcs" in lines[0] and "HEADER" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_inspect_missing_file_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(make_app(), ["inspect", str(tmp_path / "nope.fcs")])
+    assert result.exit_code == 2
+    assert "not found" in result.stderr
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"real FCS corpus not found at {CORPUS}")
+def test_inspect_data_sets_and_warnings() -> None:
+    path = CORPUS / "instruments/fcsparser/GuavaMuse/Guava Muse.fcs"
+    result = CliRunner().invoke(make_app(), ["inspect", str(path), "--json", "--dataset", "2"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["n_datasets"] == 4 and info["dataset"] == 2 and info["n_events"] == 111496
+    assert any("4 data sets" in w for w in info["warnings"])
+    table = CliRunner().invoke(make_app(), ["inspect", str(CORPUS / "instruments/flowkit/test_comp_example.fcs")],
+                               env={"COLUMNS": "160"})
+    assert table.exit_code == 0
+    assert "off-by-one" in table.output and "spillover (SPILL): 14x14" in table.output
