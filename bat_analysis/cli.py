@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from .commands import inspect_cmd
+from .commands import inspect_cmd, run_cmd, simulate_cmd
 
 app = typer.Typer(
     name="bat",
@@ -15,9 +15,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+run_cmd.register(app)
 inspect_cmd.register(app)
+simulate_cmd.register(app)
 
 
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()
