@@ -95,7 +95,9 @@ def _text_segment(pairs: list[tuple[str, str]], delimiter: str) -> bytes:
 
 
 def _header(version: str, offsets: Sequence[int]) -> bytes:
-    fields = "".join(f"{(o if o <= _HEADER_MAX else 0):>8d}" for o in offsets)
+    """HEADER: version, then (begin, end) of TEXT, DATA, ANALYSIS; a pair that does not fit in 8 digits is 0, 0."""
+    pairs = [(offsets[i], offsets[i + 1]) for i in range(0, 6, 2)]
+    fields = "".join(f"{b:>8d}{e:>8d}" if max(b, e) <= _HEADER_MAX else f"{0:>8d}{0:>8d}" for b, e in pairs)
     head = f"FCS{version}    {fields}".encode("ascii")
     assert len(head) == 58
     return head.ljust(TEXT_START, b" ")
