@@ -192,7 +192,8 @@ def tubes_from_rows(
             extra.append(("control_concentration", raw_conc))
             if unit:
                 extra.append(("control_unit", unit))
-            unit = None
+        if condition != "allergen":
+            unit = None  # a unit belongs to an allergen concentration
         if condition != "allergen" and allergen:
             extra.append(("control_allergen", allergen))
             allergen = None

@@ -1,0 +1,224 @@
+"""Layout sheets (CSV, XLSX) and pattern annotation: valid sheets become Tubes, and every problem of a bad
+sheet is reported at once, naming its row and column."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bat_analysis.errors import LayoutError
+from bat_analysis.io.fcs_write import write_fcs
+from bat_analysis.io.layout import read_layout, tubes_from_pattern
+
+HEADER = ["file", "patient", "condition", "allergen", "concentration", "unit", "pretreatment", "well"]
+GOOD = [
+    ["P1_neg.fcs", "P1", "negative_control", "", "", "", "none", "A1"],
+    ["P1_fceri.fcs", "P1", "anti_fceri", "", "", "", "none", "A2"],
+    ["P1_birch_1.fcs", "P1", "allergen", "birch", "0.1", "ng/mL", "none", "A3"],
+    ["P1_birch_2.fcs", "P1", "allergen", "birch", "1", "ng/mL", "none", "A4"],
+    ["P1_oma_neg.fcs", "P1", "Negative control", "", "", "", "Omalizumab", "A5"],
+    ["P1_oma_birch_1.fcs", "P1", "allergen", "birch", "0.1", "ng/mL", "omalizumab", "A6"],
+    ["P1_oma_birch_2.fcs", "P1", "allergen", "birch", "1", "ng/mL", "omalizumab", "A7"],
+]
+
+
+def _fcs(folder: Path, names: list[str], keywords: dict[str, dict[str, str]] | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        write_fcs(folder / name, np.ones((3, 2)), ["FSC-A", "SSC-A"], keywords=(keywords or {}).get(name))
+
+
+def _csv(path: Path, rows: list[list[str]], header: list[str] = HEADER, delimiter: str = ",") -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, delimiter=delimiter)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _xlsx(path: Path, rows: list[list[object]], header: list[str] = HEADER, title: str = "layout") -> Path:
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    book.active.title = "notes"
+    book.active.append(["this sheet is not the layout"])
+    ws = book.create_sheet(title)
+    ws.append(header)
+    for row in rows:
+        ws.append([None if v == "" else v for v in row])
+    book.save(path)
+    return path
+
+
+def test_good_csv(tmp_path: Path) -> None:
+    _fcs(tmp_path, [r[0] for r in GOOD])
+    tubes = read_layout(_csv(tmp_path / "layout.csv", GOOD))
+    assert [t.file for t in tubes] == [r[0] for r in GOOD]
+    neg = tubes[4]
+    assert (neg.condition, neg.pretreatment, neg.allergen, neg.concentration) == (
+        "negative_control", "omalizumab", None, None)
+    allergen = tubes[3]
+    assert (allergen.allergen, allergen.concentration, allergen.unit, allergen.arm) == ("birch", 1.0, "ng/mL", "none")
+    assert allergen.extra_dict == {"well": "A4"}
+
+
+def test_good_xlsx_with_numbers_and_layout_sheet(tmp_path: Path) -> None:
+    _fcs(tmp_path / "data", [r[0] for r in GOOD])
+    rows = [[*r[:4], float(r[4]) if r[4] else "", *r[5:]] for r in GOOD]
+    tubes = read_layout(_xlsx(tmp_path / "plate.xlsx", rows), tmp_path / "data")
+    assert [t.concentration for t in tubes] == [None, None, 0.1, 1.0, None, 0.1, 1.0]
+    assert tubes[0].extra_dict == {"well": "A1"}
+
+
+def test_semicolon_csv_decimal_comma_synonyms_blank_pretreatment(tmp_path: Path) -> None:
+    rows = [["a.fcs", "P2", "NEG", "", "", "", "", ""], ["b.fcs", "P2", "allergen", "cat", "0,5", "ug/L", "", ""],
+            ["c.fcs", "P2", "Allergen", "cat", "5", "ug/L", "none", ""], ["d.fcs", "P2", "fMLP", "", "", "", "", ""]]
+    _fcs(tmp_path, ["a.fcs", "b.fcs", "c.fcs", "d.fcs"])
+    tubes = read_layout(_csv(tmp_path / "l.csv", rows, delimiter=";"))
+    assert [(t.condition, t.pretreatment, t.concentration) for t in tubes] == [
+        ("negative_control", "none", None), ("allergen", "none", 0.5), ("allergen", "none", 5.0),
+        ("fmlp", "none", None)]
+
+
+def test_missing_required_column(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "l.csv", [["a.fcs", "negative_control"]], header=["file", "condition"])
+    with pytest.raises(LayoutError) as info:
+        read_layout(path, check_files=False)
+    assert len(info.value.problems) == 1
+    assert "row 1: column 'patient' is missing" in info.value.problems[0]
+
+
+BAD = [
+    ["P1_neg.fcs", "P1", "negative_control", "", "", "", "none", "A1"],          # row 2 ok
+    ["missing.fcs", "P1", "anti_fceri", "", "", "", "none", "A2"],              # row 3 file missing
+    ["P1_neg.fcs", "P1", "fmlp", "", "", "", "none", "A3"],                     # row 4 duplicate file
+    ["P1_x.fcs", "P1", "medium-ish", "", "", "", "none", "A4"],                 # row 5 unknown condition
+    ["P1_y.fcs", "P1", "fmlp", "", "", "", "rituximab", "A5"],                  # row 6 unknown pretreatment
+    ["P1_a1.fcs", "P1", "allergen", "birch", "ten", "ng/mL", "none", "A6"],     # row 7 non-numeric
+    ["P1_a2.fcs", "P1", "allergen", "birch", "-3", "ng/mL", "none", "A7"],      # row 8 negative
+    ["P1_a3.fcs", "P1", "allergen", "birch", "", "ng/mL", "none", "A8"],        # row 9 missing concentration
+    ["P1_a4.fcs", "P1", "allergen", "", "1", "ng/mL", "none", "A9"],            # row 10 missing allergen
+    ["P1_o1.fcs", "P1", "allergen", "birch", "1", "ng/mL", "omalizumab", "B1"],  # row 11 one-point series
+    ["P1_z.fcs", "", "negative_control", "", "", "", "none", "B2"],             # row 12 empty patient
+    ["P1_dup.fcs", "P1", "negative_control", "", "", "", "none", "B3"],         # row 13 same tube as row 2
+]
+EXPECTED = [
+    "row 3, column 'file': 'missing.fcs' not found",
+    "row 4, column 'file': 'P1_neg.fcs' is already listed on row 2",
+    "row 5, column 'condition': 'medium-ish' is not a known condition",
+    "row 6, column 'pretreatment': 'rituximab' is not a known pretreatment",
+    "row 7, column 'concentration': 'ten' is not a number",
+    "row 8, column 'concentration': -3 is not positive",
+    "row 9, column 'concentration': empty on an allergen row",
+    "row 10, column 'allergen': empty on an allergen row",
+    "row 11: the allergen series of patient P1, allergen birch, arm omalizumab has a single concentration",
+    "row 12, column 'patient': empty",
+    "row 13: the same tube (P1 none negative_control) as row 2",
+    "file 'unlisted.fcs' is in",
+]
+
+
+def _check_all_problems(exc: LayoutError) -> None:
+    problems = exc.problems
+    for want in EXPECTED:
+        assert sum(want in p for p in problems) == 1, (want, problems)
+    assert len(problems) == len(EXPECTED), problems
+    assert f"{len(EXPECTED)} problem(s)" in str(exc)
+
+
+@pytest.mark.parametrize("kind", ["csv", "xlsx"])
+def test_every_problem_reported_at_once(tmp_path: Path, kind: str) -> None:
+    files = [r[0] for r in BAD if r[0] != "missing.fcs"] + ["unlisted.fcs"]
+    _fcs(tmp_path, sorted(set(files)))
+    path = _csv(tmp_path / "l.csv", BAD) if kind == "csv" else _xlsx(tmp_path / "l.xlsx", BAD)
+    with pytest.raises(LayoutError) as info:
+        read_layout(path)
+    _check_all_problems(info.value)
+    assert info.value.source == str(path)
+
+
+def test_extra_cells_and_blank_lines(tmp_path: Path) -> None:
+    _fcs(tmp_path, ["a.fcs"])
+    path = tmp_path / "l.csv"
+    path.write_text("file,patient,condition\n\na.fcs,P1,negative_control,surplus\n", encoding="utf-8")
+    with pytest.raises(LayoutError) as info:
+        read_layout(path)
+    assert info.value.problems == ["row 3: more cells than header columns (expected 3)"]
+
+
+def test_mixed_units_in_a_series(tmp_path: Path) -> None:
+    rows = [["a.fcs", "P1", "allergen", "cat", "1", "ng/mL", "none", ""],
+            ["b.fcs", "P1", "allergen", "cat", "10", "ug/mL", "none", ""]]
+    with pytest.raises(LayoutError) as info:
+        read_layout(_csv(tmp_path / "l.csv", rows), check_files=False)
+    assert len(info.value.problems) == 1 and "mixes units" in info.value.problems[0]
+
+
+def test_unknown_sheet_type_and_missing_sheet(tmp_path: Path) -> None:
+    other = tmp_path / "layout.ods"
+    other.write_text("x")
+    with pytest.raises(LayoutError, match="unknown layout sheet type"):
+        read_layout(other)
+    with pytest.raises(LayoutError, match="layout sheet not found"):
+        read_layout(tmp_path / "absent.csv")
+    broken = tmp_path / "broken.xlsx"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(LayoutError, match="cannot read the workbook"):
+        read_layout(broken)
+
+
+PATTERN = (r"(?P<patient>P\d+)_(?P<pretreatment>none|omalizumab)_(?P<condition>[a-z_]+?)"
+           r"(_(?P<allergen>[a-z]+)_(?P<concentration>[\d.]+))?\.fcs$")
+
+
+def test_tubes_from_file_names(tmp_path: Path) -> None:
+    names = ["P1_none_negative_control.fcs", "P1_none_allergen_cat_0.1.fcs", "P1_none_allergen_cat_10.fcs",
+             "P1_omalizumab_fmlp.fcs"]
+    _fcs(tmp_path, names)
+    tubes = tubes_from_pattern(tmp_path, PATTERN, defaults={"unit": "ng/mL"})
+    by_file = {t.file: t for t in tubes}
+    assert set(by_file) == set(names)
+    t = by_file["P1_none_allergen_cat_10.fcs"]
+    assert (t.patient, t.condition, t.allergen, t.concentration, t.unit) == ("P1", "allergen", "cat", 10.0, "ng/mL")
+    assert by_file["P1_omalizumab_fmlp.fcs"].pretreatment == "omalizumab"
+    assert by_file["P1_omalizumab_fmlp.fcs"].unit is None  # unit only on allergen tubes
+
+
+def test_tubes_from_keyword_with_problems(tmp_path: Path) -> None:
+    keywords = {"a.fcs": {"TUBE NAME": "P7|negative_control|run2"}, "b.fcs": {"TUBE NAME": "P7|fmlp|run2"},
+                "c.fcs": {"TUBE NAME": "garbage"}, "d.fcs": {}}
+    _fcs(tmp_path, list(keywords), keywords)
+    pattern = r"^(?P<patient>P\d+)\|(?P<condition>[a-z_]+)\|(?P<run>\w+)$"
+    with pytest.raises(LayoutError) as info:
+        tubes_from_pattern(tmp_path, pattern, source="TUBE NAME")
+    problems = info.value.problems
+    assert len(problems) == 2
+    assert "file 'c.fcs': 'garbage' does not match" in problems[0]
+    assert "file 'd.fcs', keyword 'TUBE NAME': absent" in problems[1]
+    (tmp_path / "c.fcs").unlink()
+    (tmp_path / "d.fcs").unlink()
+    tubes = tubes_from_pattern(tmp_path, pattern, source="TUBE NAME")
+    assert [(t.file, t.patient, t.condition, t.extra_dict) for t in tubes] == [
+        ("a.fcs", "P7", "negative_control", {"run": "run2"}), ("b.fcs", "P7", "fmlp", {"run": "run2"})]
+
+
+def test_pattern_without_patient_group(tmp_path: Path) -> None:
+    _fcs(tmp_path, ["a.fcs"])
+    with pytest.raises(LayoutError, match="no \\(\\?P<patient>"):
+        tubes_from_pattern(tmp_path, r"(?P<condition>\w+)")
+    with pytest.raises(LayoutError, match="invalid pattern"):
+        tubes_from_pattern(tmp_path, r"(?P<patient>")
+
+
+def test_simulated_experiment_layout_reads_back(tmp_path: Path) -> None:
+    from bat_analysis.simulate import simulate_experiment
+
+    exp = simulate_experiment(tmp_path, n_patients=2, n_events=500, seed=3, n_concentrations=3)
+    tubes = read_layout(exp.layout_path)
+    assert tubes == exp.tubes
+    by_name = tubes_from_pattern(tmp_path, PATTERN, defaults={"unit": "ng/mL"})
+    assert {(t.file, t.patient, t.condition, t.pretreatment, t.allergen, t.concentration) for t in by_name} == {
+        (t.file, t.patient, t.condition, t.pretreatment, t.allergen, t.concentration) for t in tubes}
