@@ -85,7 +85,8 @@ TRUTH_FIELDS: dict[str, str] = {
     "patients.<id>.auc_inhibition_pct": "100 * (1 - auc(omalizumab) / auc(none)), from the generating curves",
     "patients.<id>.ec50_shift_log10": "log10(ec50(omalizumab) / ec50(none)) of the generating curves",
     "tubes.<file>.pct_cd63_expected": "generating %CD63+ basophils of the tube (curve or control level)",
-    "tubes.<file>.pct_cd63_true": "100 * activated / basophil events, from the per-event labels",
+    "tubes.<file>.pct_cd63_true": "100 * activated / basophil events, from the per-event labels (null, like "
+                                  "the other basophil figures, when a tube has no basophil)",
     "tubes.<file>.pct_cd63_ref_threshold": "100 * labelled basophils with compensated CD63 above the "
                                           "patient/arm negative control's 97.5th percentile / basophils",
     "tubes.<file>.cd63_threshold_ref": "that 97.5th percentile (compensated linear CD63 of labelled basophils)",
@@ -784,7 +785,7 @@ def simulate_experiment(
         truth_patients[pid] = profile.truth()
         plan = _tube_plan(profile, arms)
         tube_seeds = p_seeds[1].spawn(len(plan))
-        neg_threshold: dict[str, float] = {}
+        neg_threshold: dict[str, float | None] = {}
         for (arm, condition, conc), tseed in zip(plan, tube_seeds):
             trng = np.random.default_rng(tseed)
             extra: tuple[str, ...] = ()
@@ -813,20 +814,23 @@ def simulate_experiment(
             tubes.append(tube)
             baso_comp = sim.compensated(sim.basophil)
             cd63 = baso_comp[:, list(sim.markers).index("CD63")]
-            if condition == "negative_control":
-                neg_threshold[arm] = float(np.quantile(cd63, 0.975))
-            thr = neg_threshold[arm]
-            counts = np.bincount(sim.population, minlength=len(POPULATIONS))
             n_b = sim.n_basophils
+            if condition == "negative_control":
+                neg_threshold[arm] = float(np.quantile(cd63, 0.975)) if n_b else None
+            thr = neg_threshold.get(arm)
+            counts = np.bincount(sim.population, minlength=len(POPULATIONS))
             truth_tubes[name] = {
                 "patient": pid, "condition": condition, "pretreatment": arm,
                 "allergen": tube.allergen, "concentration": conc, "unit": tube.unit, "well": row,
                 "n_events": int(sim.events.shape[0]), "n_basophils": n_b,
                 "n_activated": int(np.count_nonzero(sim.activated)),
-                "pct_cd63_expected": sim.pct_cd63_expected, "pct_cd63_true": sim.pct_cd63_true,
-                "pct_cd63_ref_threshold": 100.0 * float(np.count_nonzero(cd63 > thr)) / n_b,
+                "pct_cd63_expected": sim.pct_cd63_expected,
+                "pct_cd63_true": sim.pct_cd63_true if n_b else None,
+                "pct_cd63_ref_threshold": (100.0 * float(np.count_nonzero(cd63 > thr)) / n_b
+                                           if n_b and thr is not None else None),
                 "cd63_threshold_ref": thr,
-                "cd203c_median_true": float(np.median(baso_comp[:, list(sim.markers).index("CD203c")])),
+                "cd203c_median_true": (float(np.median(baso_comp[:, list(sim.markers).index("CD203c")]))
+                                       if n_b else None),
                 "counts": {POPULATIONS[i]: int(c) for i, c in enumerate(counts)},
                 "fractions": {"clog": float(counts[CLOG]) / sim.events.shape[0],
                               "saturated": float(counts[SATURATED]) / sim.events.shape[0],
