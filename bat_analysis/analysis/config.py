@@ -37,7 +37,7 @@ class ThresholdConfig:
     percentile: float = 97.5  # EAACI consensus: 2.5% of resting basophils above T
     method: str = "auto"  # auto | percentile | resting_peak
     asinh_cofactor: float = 0.0  # [suggested] arcsinh cofactor of the resting-peak model; 0 = chosen from the data
-    excess_above_model_pct: float = 2.5  # [suggested] switch to the resting-peak model when the fraction above
+    excess_above_model_pct: float = 1.5  # [suggested] switch to the resting-peak model when the fraction above
     #                                        the model threshold exceeds (100 - percentile) by this many points
     bimodal_min_prominence: float = 0.05  # [suggested] second density peak, as a fraction of the resting peak
     bimodal_min_separation_sd: float = 2.0  # [suggested] second peak at least this many resting SDs above the mode
@@ -96,7 +96,7 @@ class FitConfig:
     min_points: int = 4  # [suggested] four parameters need at least four concentrations
     min_amplitude: float = 5.0  # [suggested] top - bottom below this: no dose response, EC50 not estimable
     bell_drop_pct: float = 10.0  # [suggested] fall after the maximum that makes a series bell-shaped (points)
-    bootstrap_n: int = 200  # [suggested] residual bootstrap replicates for the EC50 95% CI
+    bootstrap_n: int = 100  # [suggested] residual bootstrap replicates for the EC50 95% CI
     bootstrap_seed: int = 20240  # [suggested]
     ci_level: float = 95.0  # [suggested]
     auc_clip_negative: bool = True  # [suggested] negative net %CD63+ counts as 0 in the AUC

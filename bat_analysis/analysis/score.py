@@ -1,0 +1,393 @@
+"""The reduce step: tube results of one experiment → per-tube metrics, fits, omalizumab effect, classes.
+
+``score_experiment(results, config, threshold_overrides)`` returns ``ExperimentScores`` with ``.tubes`` and
+``.patients`` (DataFrames whose first columns are DESIGN.md's tubes.csv / patients.csv columns), ``.fits``
+((patient, allergen, arm) → FitResult) and ``.thresholds`` ((patient, arm, marker) → ThresholdEstimate).
+Same inputs → same numbers; rows sorted by patient, arm, condition, concentration, file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bat_analysis.analysis.classify import classify, cohort_classes
+from bat_analysis.analysis.config import AnalysisConfig
+from bat_analysis.analysis.dose_response import FitResult, analyse_series
+from bat_analysis.analysis.metrics import ArmReference, TubeMetrics, pct_above, tube_metrics
+from bat_analysis.analysis.omalizumab import OmalizumabEffect, omalizumab_effect
+from bat_analysis.analysis.qc import TubeQc, fmlp_positive, status_of, tube_qc, unique_flags
+from bat_analysis.analysis.threshold import (ThresholdEstimate, estimate_threshold, find_marker,
+                                             manual_threshold, mfi_reference, pooled_values,
+                                             select_reference)
+from bat_analysis.errors import AnalysisError
+from bat_analysis.records import CONDITIONS, PRETREATMENTS, Flag, TubeResult
+
+NAN = float("nan")
+
+TUBE_COLUMNS = ("file", "patient", "condition", "allergen", "concentration", "pretreatment", "n_events",
+                "n_basophils", "cd63_threshold", "pct_cd63", "net_pct_cd63", "si_cd63", "cd203c_mfi",
+                "si_cd203c", "qc_status", "qc_flags")
+PATIENT_COLUMNS = ("patient", "allergen", "ec50_none", "ec50_omalizumab", "cd_sens_none", "cd_sens_omalizumab",
+                   "cd_max_none", "cd_max_omalizumab", "auc_none", "auc_omalizumab", "auc_inhibition_pct",
+                   "ec50_shift_log10", "class", "class_reason", "qc_status")
+
+
+@dataclass
+class ExperimentScores:
+    """Everything the reduce step computed for one experiment."""
+
+    tubes: pd.DataFrame
+    patients: pd.DataFrame
+    fits: dict[tuple[str, str, str], FitResult] = field(default_factory=dict)
+    thresholds: dict[tuple[str, str, str], ThresholdEstimate] = field(default_factory=dict)
+    effects: dict[tuple[str, str], OmalizumabEffect] = field(default_factory=dict)
+    config: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+    def thresholds_table(self) -> pd.DataFrame:
+        """One row per patient × arm × marker: value, method, reference files and flags."""
+        rows = [{"patient": p, "arm": a, "marker": m, "value": t.value, "method": t.method,
+                 "n_events": t.n_events, "reference_arm": t.reference_arm,
+                 "reference_files": ";".join(t.reference_files),
+                 "flags": ";".join(f.code for f in t.flags)}
+                for (p, a, m), t in sorted(self.thresholds.items())]
+        return pd.DataFrame(rows, columns=["patient", "arm", "marker", "value", "method", "n_events",
+                                           "reference_arm", "reference_files", "flags"])
+
+
+def _arm_order(arm: str) -> int:
+    return PRETREATMENTS.index(arm) if arm in PRETREATMENTS else len(PRETREATMENTS)
+
+
+def _cond_order(cond: str) -> int:
+    return CONDITIONS.index(cond) if cond in CONDITIONS else len(CONDITIONS)
+
+
+def _sort_key(r: TubeResult) -> tuple[Any, ...]:
+    t = r.tube
+    conc = t.concentration if t.concentration is not None and not math.isnan(t.concentration) else -math.inf
+    return (t.patient, _arm_order(t.pretreatment), t.pretreatment, _cond_order(t.condition), t.condition,
+            t.allergen or "", conc, t.file)
+
+
+@dataclass
+class _ArmState:
+    reference: ArmReference
+    ref_files: tuple[str, ...] = ()
+    fail_reasons: list[str] = field(default_factory=list)
+
+
+def _arm_reference(patient: str, arm: str, negatives: Sequence[TubeResult], config: AnalysisConfig,
+                   override: float | None, thresholds: dict[tuple[str, str, str], ThresholdEstimate]
+                   ) -> _ArmState:
+    choice = select_reference(negatives, arm)
+    ref = ArmReference(flags=list(choice.flags))
+    state = _ArmState(ref, choice.files)
+    if not choice.tubes:
+        state.fail_reasons.append(f"arm {arm}: no usable negative control")
+        return state
+    markers = [config.markers.activation] + [m for m in config.markers.degranulation
+                                             if m.casefold() != config.markers.activation.casefold()]
+    for marker in markers:
+        values = pooled_values(choice.tubes, marker)
+        if values is None:
+            if marker == config.markers.activation:
+                ref.flags.append(Flag("MARKER_MISSING", "fail", f"negative control has no {marker} values"))
+                state.fail_reasons.append(f"arm {arm}: negative control has no {marker} values")
+            continue
+        try:
+            est = estimate_threshold(values, config=config.threshold, marker=marker)
+        except AnalysisError as exc:
+            ref.flags.append(Flag("NO_THRESHOLD", "fail", f"{marker} threshold: {exc}"))
+            state.fail_reasons.append(f"arm {arm}: no {marker} threshold ({exc})")
+            continue
+        if marker == config.markers.activation and override is not None:
+            est = manual_threshold(override, marker=marker, previous=est)
+            ref.flags.append(Flag("MANUAL_THRESHOLD", "warn",
+                                  f"{marker} threshold set by a reviewer to {override:.4g} "
+                                  f"(automated: {est.diagnostics['automated_value']:.4g})"))
+        est.reference_files = choice.files
+        est.reference_arm = choice.arm
+        ref.flags.extend(est.flags)
+        ref.thresholds[marker] = est
+        ref.negative_pct[marker] = pct_above(values, est.value)
+        thresholds[(patient, arm, marker)] = est
+    mfi_values = pooled_values(choice.tubes, config.markers.mfi)
+    if mfi_values is not None:
+        try:
+            ref.mfi = mfi_reference(mfi_values, marker=config.markers.mfi)
+        except AnalysisError as exc:
+            ref.flags.append(Flag("NO_MFI_REFERENCE", "warn", f"{config.markers.mfi} reference: {exc}"))
+        else:
+            ref.mfi.reference_files = choice.files
+            ref.mfi.reference_arm = choice.arm
+            thresholds[(patient, arm, config.markers.mfi)] = ref.mfi
+    return state
+
+
+def _num(value: float | None) -> float:
+    return NAN if value is None else float(value)
+
+
+def score_experiment(results: Sequence[TubeResult], config: AnalysisConfig | None = None, *,
+                     threshold_overrides: Mapping[tuple[str, str], float] | None = None) -> ExperimentScores:
+    """Score every tube, fit every series, compare arms and classify every patient × allergen."""
+    cfg = config or AnalysisConfig()
+    overrides = dict(threshold_overrides or {})
+    ordered = sorted(results, key=_sort_key)
+    act = cfg.markers.activation
+    by_patient: dict[str, list[TubeResult]] = {}
+    for r in ordered:
+        by_patient.setdefault(r.tube.patient, []).append(r)
+    unknown = sorted(set(overrides) - {(r.tube.patient, r.tube.pretreatment) for r in ordered})
+    if unknown:
+        raise AnalysisError("threshold override for an unknown patient/arm: "
+                            + ", ".join(f"{p}/{a}" for p, a in unknown), field="threshold_overrides",
+                            expected="(patient, pretreatment) pairs present in the experiment")
+
+    thresholds: dict[tuple[str, str, str], ThresholdEstimate] = {}
+    metrics: dict[str, TubeMetrics] = {}
+    qcs: dict[str, TubeQc] = {}
+    arm_states: dict[tuple[str, str], _ArmState] = {}
+    for patient, tubes in by_patient.items():
+        negatives = [r for r in tubes if r.tube.condition == "negative_control"]
+        for arm in sorted({r.tube.pretreatment for r in tubes}, key=lambda a: (_arm_order(a), a)):
+            state = _arm_reference(patient, arm, negatives, cfg, overrides.get((patient, arm)), thresholds)
+            arm_states[(patient, arm)] = state
+            arm_tubes = [r for r in tubes if r.tube.pretreatment == arm]
+            for r in arm_tubes:
+                if r.ok and state.reference.thresholds:
+                    metrics[r.tube.file] = tube_metrics(r.basophil_values, r.n_basophils, state.reference, cfg,
+                                                        is_reference=r.tube.file in state.ref_files)
+            fmlp = [metrics[r.tube.file].get(act) for r in arm_tubes
+                    if r.tube.condition == "fmlp" and r.tube.file in metrics]
+            fmlp = [m for m in fmlp if m is not None and not math.isnan(m.pct)]
+            fmlp_ok = any(fmlp_positive(m, cfg.qc) for m in fmlp) if fmlp else None
+            for r in arm_tubes:
+                m = metrics.get(r.tube.file)
+                extra = list(m.flags) if m else []
+                if r.tube.condition == "negative_control" or r.tube.file in state.ref_files:
+                    extra = list(state.reference.flags) + extra
+                elif not state.reference.thresholds and r.ok:
+                    extra += [f for f in state.reference.flags if f.severity == "fail"]
+                qcs[r.tube.file] = tube_qc(r, m.get(act) if m else None, cfg, extra_flags=extra,
+                                           fmlp_ok=fmlp_ok)
+
+    tubes_df = _tubes_table(ordered, metrics, qcs, arm_states, cfg)
+    fits: dict[tuple[str, str, str], FitResult] = {}
+    effects: dict[tuple[str, str], OmalizumabEffect] = {}
+    patient_rows = []
+    for patient, tubes in by_patient.items():
+        allergens = sorted({r.tube.allergen or "" for r in tubes if r.tube.condition == "allergen"})
+        arms = sorted({r.tube.pretreatment for r in tubes}, key=lambda a: (_arm_order(a), a))
+        for allergen in allergens or [""]:
+            for arm in arms:
+                series = [r for r in tubes if r.tube.condition == "allergen" and (r.tube.allergen or "") == allergen
+                          and r.tube.pretreatment == arm]
+                if not series:
+                    continue
+                fits[(patient, allergen, arm)] = _fit_series(patient, allergen, arm, series, metrics, qcs, cfg)
+            row = _patient_row(patient, allergen, tubes, fits, metrics, qcs, arm_states, effects, cfg)
+            patient_rows.append(row)
+    patients_df = pd.DataFrame(patient_rows)
+    if patients_df.empty:
+        patients_df = pd.DataFrame(columns=list(PATIENT_COLUMNS))
+    else:
+        _add_cohort(patients_df, cfg)
+        rest = [c for c in patients_df.columns if c not in PATIENT_COLUMNS]
+        patients_df = patients_df[list(PATIENT_COLUMNS) + rest].reset_index(drop=True)
+    return ExperimentScores(tubes_df, patients_df, fits, thresholds, effects, cfg)
+
+
+def _fit_series(patient: str, allergen: str, arm: str, series: Sequence[TubeResult],
+                metrics: Mapping[str, TubeMetrics], qcs: Mapping[str, TubeQc], cfg: AnalysisConfig
+                ) -> FitResult:
+    act = cfg.markers.activation
+    conc, pct, net, invalid = [], [], [], []
+    unit = next((r.tube.unit for r in series if r.tube.unit), None)
+    for r in series:
+        c = _num(r.tube.concentration)
+        q = qcs[r.tube.file]
+        m = metrics.get(r.tube.file)
+        mm = m.get(act) if m else None
+        if q.status == "fail" or mm is None:
+            reasons = "; ".join(f.message for f in q.flags if f.severity == "fail") or "no metrics"
+            invalid.append((c, f"{r.tube.file}: QC fail ({reasons})"))
+            continue
+        conc.append(c)
+        pct.append(mm.pct)
+        net.append(mm.net_pct)
+    return analyse_series(patient, allergen, arm, conc, pct, net, unit=unit, invalid=invalid, config=cfg)
+
+
+def _control_metric(tubes: Sequence[TubeResult], condition: str, arm: str, metrics: Mapping[str, TubeMetrics],
+                    act: str) -> list[Any]:
+    out = []
+    for r in tubes:
+        if r.tube.condition == condition and r.tube.pretreatment == arm and r.tube.file in metrics:
+            m = metrics[r.tube.file].get(act)
+            if m is not None and not math.isnan(m.pct):
+                out.append(m)
+    return out
+
+
+def _non_releaser(tubes: Sequence[TubeResult], arms: Sequence[str], metrics: Mapping[str, TubeMetrics],
+                  cfg: AnalysisConfig) -> str | None:
+    """fMLP positive but anti-FcεRI negative, judged on the untreated arm (other arms when it lacks controls)."""
+    act, qc = cfg.markers.activation, cfg.qc
+    for arm in sorted(arms, key=lambda a: (_arm_order(a), a)):
+        fmlp = _control_metric(tubes, "fmlp", arm, metrics, act)
+        fceri = _control_metric(tubes, "anti_fceri", arm, metrics, act)
+        if not fmlp or not fceri:
+            continue
+        f_ok = [m for m in fmlp if fmlp_positive(m, qc)]
+        if f_ok and all(m.net_pct < qc.anti_fceri_fail_below for m in fceri):
+            return (f"arm {arm}: fMLP net {f_ok[0].net_pct:.1f}% (positive) but anti-FcεRI net "
+                    f"{max(m.net_pct for m in fceri):.1f}% < {qc.anti_fceri_fail_below:g}%")
+        return None
+    return None
+
+
+def _patient_row(patient: str, allergen: str, tubes: Sequence[TubeResult],
+                 fits: Mapping[tuple[str, str, str], FitResult], metrics: Mapping[str, TubeMetrics],
+                 qcs: Mapping[str, TubeQc], arm_states: Mapping[tuple[str, str], _ArmState],
+                 effects: dict[tuple[str, str], OmalizumabEffect], cfg: AnalysisConfig) -> dict[str, Any]:
+    arms = sorted({r.tube.pretreatment for r in tubes}, key=lambda a: (_arm_order(a), a))
+    row: dict[str, Any] = {"patient": patient, "allergen": allergen}
+    fit_n = fits.get((patient, allergen, "none"))
+    fit_o = fits.get((patient, allergen, "omalizumab"))
+    for arm, fit in (("none", fit_n), ("omalizumab", fit_o)):
+        row[f"ec50_{arm}"] = fit.ec50 if fit else NAN
+        row[f"cd_sens_{arm}"] = fit.cd_sens if fit else NAN
+        row[f"cd_max_{arm}"] = fit.cd_max if fit else NAN
+        row[f"auc_{arm}"] = fit.auc if fit else NAN
+    fail_reasons: list[str] = []
+    warn_flags: list[Flag] = []
+    for arm in arms:
+        state = arm_states[(patient, arm)]
+        fail_reasons += state.fail_reasons
+        for f in state.ref_files:
+            q = qcs[f]
+            if q.status == "fail":
+                fail_reasons.append(f"negative control {f} ({arm}): "
+                                    + "; ".join(x.message for x in q.flags if x.severity == "fail"))
+    for r in tubes:
+        q = qcs[r.tube.file]
+        if r.tube.condition == "allergen" and (r.tube.allergen or "") != allergen:
+            continue
+        warn_flags += [Flag(f.code, "warn", f"{r.tube.file}: {f.message}") for f in q.flags]
+    for fit in (fit_n, fit_o):
+        if fit is not None:
+            warn_flags += [Flag(f.code, "warn", f.message) for f in fit.flags]
+    non_rel = _non_releaser(tubes, arms, metrics, cfg)
+    untreated_positive: bool | None = None
+    untreated_reason = ""
+    if fit_n is None:
+        untreated_reason = "no allergen tube without pretreatment" if allergen else "no allergen tube"
+    elif fit_n.x.size == 0:
+        untreated_reason = fit_n.ec50_reason
+    else:
+        files = [r.tube.file for r in tubes if r.tube.condition == "allergen"
+                 and (r.tube.allergen or "") == allergen and r.tube.pretreatment == "none"
+                 and qcs[r.tube.file].status != "fail" and r.tube.file in metrics]
+        pos = [metrics[f].get(cfg.markers.activation).positive for f in files
+               if metrics[f].get(cfg.markers.activation) is not None]
+        untreated_positive = any(p is True for p in pos)
+        untreated_reason = f"maximum net {np.max(fit_n.net):.1f}% < {cfg.positivity.net_pct_min:g}%" + (
+            f" or SI < {cfg.positivity.si_min:g}" if cfg.positivity.require_si else "")
+    effect = OmalizumabEffect()
+    if fit_n is not None and fit_o is not None:
+        effect = omalizumab_effect(fit_n, fit_o, clip_negative=cfg.fit.auc_clip_negative)
+        effects[(patient, allergen)] = effect
+        warn_flags += effect.flags
+    else:
+        missing = "none" if fit_n is None else "omalizumab"
+        effect.auc_inhibition_reason = f"no {missing} arm for {allergen or 'any allergen'}"
+        effect.ec50_shift_reason = effect.auc_inhibition_reason
+    decision = classify(qc_failures=fail_reasons, non_releaser=non_rel, untreated_positive=untreated_positive,
+                        untreated_reason=untreated_reason, auc_inhibition_pct=effect.auc_inhibition_pct,
+                        inhibition_reason=effect.auc_inhibition_reason, config=cfg.classes)
+    row["auc_inhibition_pct"] = effect.auc_inhibition_pct
+    row["ec50_shift_log10"] = effect.ec50_shift_log10
+    row["class"] = decision.label
+    row["class_reason"] = decision.reason
+    if fail_reasons or non_rel:
+        row["qc_status"] = "fail"
+    else:
+        row["qc_status"] = status_of(warn_flags)
+    flags = unique_flags(warn_flags)
+    row["qc_flags"] = ";".join(dict.fromkeys(f.code for f in flags))
+    row["qc_reasons"] = "; ".join(fail_reasons + [f.message for f in flags])
+    row["unit"] = next((r.tube.unit for r in tubes if r.tube.unit and (r.tube.allergen or "") == allergen), "")
+    for arm, fit in (("none", fit_n), ("omalizumab", fit_o)):
+        row[f"ec50_ci_low_{arm}"] = fit.ec50_ci[0] if fit else NAN
+        row[f"ec50_ci_high_{arm}"] = fit.ec50_ci[1] if fit else NAN
+        row[f"r2_{arm}"] = fit.r2 if fit else NAN
+        row[f"fit_status_{arm}"] = fit.status if fit else "no_series"
+        row[f"ec50_reason_{arm}"] = fit.ec50_reason if fit else "no series"
+        row[f"bell_shaped_{arm}"] = fit.bell_shaped if fit else False
+    row["auc_inhibition_reason"] = effect.auc_inhibition_reason
+    row["ec50_shift_reason"] = effect.ec50_shift_reason
+    row["inhibition_by_concentration"] = "; ".join(
+        f"{c:g}: {'undefined (no untreated response)' if math.isnan(v) else f'{v:.1f}%'}"
+        for c, v in effect.inhibition_by_concentration.items())
+    return row
+
+
+def _add_cohort(df: pd.DataFrame, cfg: AnalysisConfig) -> None:
+    mode = cfg.classes.cohort_mode
+    if mode == "none":
+        return
+    values = [v if c != "not_evaluable" else NAN for v, c in zip(df["auc_inhibition_pct"], df["class"])]
+    decisions = cohort_classes(values, mode)
+    df["cohort_class"] = [d.label if d else "not_evaluable" for d in decisions]
+    df["cohort_reason"] = [d.reason if d else "not evaluable" for d in decisions]
+
+
+def _tubes_table(ordered: Sequence[TubeResult], metrics: Mapping[str, TubeMetrics], qcs: Mapping[str, TubeQc],
+                 arm_states: Mapping[tuple[str, str], _ArmState], cfg: AnalysisConfig) -> pd.DataFrame:
+    act = cfg.markers.activation
+    extra_markers = [m for m in cfg.markers.degranulation if m.casefold() != act.casefold()]
+    rows = []
+    for r in ordered:
+        t = r.tube
+        m = metrics.get(t.file)
+        mm = m.get(act) if m else None
+        state = arm_states.get((t.patient, t.pretreatment))
+        est = state.reference.thresholds.get(act) if state else None
+        q = qcs[t.file]
+        row: dict[str, Any] = {
+            "file": t.file, "patient": t.patient, "condition": t.condition, "allergen": t.allergen or "",
+            "concentration": _num(t.concentration), "pretreatment": t.pretreatment, "n_events": r.n_events,
+            "n_basophils": r.n_basophils, "cd63_threshold": est.value if est else NAN,
+            "pct_cd63": mm.pct if mm else NAN, "net_pct_cd63": mm.net_pct if mm else NAN,
+            "si_cd63": mm.si if mm else NAN, "cd203c_mfi": m.mfi if m else NAN,
+            "si_cd203c": m.si_mfi if m else NAN, "qc_status": q.status, "qc_flags": q.codes,
+            "qc_reasons": q.reasons, "positive": (mm.positive if mm and mm.positive is not None else pd.NA),
+            "unit": t.unit or "",
+            "threshold_method": est.method if est else "",
+            "threshold_reference": ";".join(est.reference_files) if est else "",
+            "error": r.error or "",
+        }
+        for marker in extra_markers:
+            em = m.get(marker) if m else None
+            if em is None and not any(marker in s.reference.thresholds for s in arm_states.values()):
+                continue
+            low = marker.lower()
+            row[f"{low}_threshold"] = em.threshold if em else NAN
+            row[f"pct_{low}"] = em.pct if em else NAN
+            row[f"net_pct_{low}"] = em.net_pct if em else NAN
+            row[f"si_{low}"] = em.si if em else NAN
+        for key, value in t.extra:
+            row[key if key not in row else f"layout_{key}"] = value
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=list(TUBE_COLUMNS))
+    rest = [c for c in df.columns if c not in TUBE_COLUMNS]
+    return df[list(TUBE_COLUMNS) + rest].reset_index(drop=True)
