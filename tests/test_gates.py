@@ -185,3 +185,41 @@ def test_serialisation_round_trip_every_type(events) -> None:
         gate_from_dict({"name": "n", "type": "blob", "dims": []})
     with pytest.raises(GatingError, match="missing field"):
         gate_from_dict({"name": "n", "type": "polygon", "dims": ["x", "y"]})
+
+
+class _FullColumnsOnly:
+    """An event source without row subsets: the evaluator must then gate on whole columns."""
+
+    def __init__(self, inner: ArrayEvents) -> None:
+        self.inner = inner
+        self.n_events = inner.n_events
+
+    def values(self, dim):
+        return self.inner.values(dim)
+
+
+def test_subset_evaluation_equals_whole_column_evaluation() -> None:
+    rng = np.random.default_rng(3)
+    n = 20000
+    sp = Spillover(("FL1", "FL2"), np.array([[1.0, 0.3], [0.05, 1.0]]), name="M")
+    cols = {"FSC": rng.uniform(0, 262144, n), "SSC": rng.uniform(0, 262144, n),
+            "FL1": rng.normal(2000, 3000, n), "FL2": rng.normal(3000, 5000, n)}
+    lg = FastLogicle(262144, 0.5, 4.5, 0)
+    fsc, ssc = Dimension("FSC", Linear(262144, 0)), Dimension("SSC", Linear(262144, 0))
+    fl1, fl2 = Dimension("FL1", lg, "M"), Dimension("FL2", lg, "M")
+    gates = [PolygonGate("cells", (fsc, ssc), vertices=[[0.1, 0.1], [0.8, 0.2], [0.7, 0.9], [0.2, 0.6]]),
+             EllipsoidGate("core", (fsc, ssc), mean=[0.4, 0.4], covariance=[[0.02, 0.005], [0.005, 0.03]],
+                           distance_square=2.0, parent="cells"),
+             RangeGate("fl1_pos", (fl1,), mins=(0.35,), maxs=(None,), parent="core"),
+             PolygonGate("fl_pop", (fl1, fl2), vertices=[[0.3, 0.3], [0.9, 0.3], [0.9, 0.9]], parent="fl1_pos"),
+             QuadrantGate("q", (fl1, fl2), mins=(0.4, None), maxs=(None, 0.5), group="Q",
+                          dividers=((0.4,), (0.5,)), parent="core"),
+             BooleanGate("either", (), op="or", operands=(("fl_pop", False), ("q", False)), parent="cells")]
+    fast = evaluate(gates, ArrayEvents(cols, {"M": sp}))
+    full = evaluate(gates, _FullColumnsOnly(ArrayEvents(cols, {"M": sp})))
+    for g in gates:
+        assert np.array_equal(fast[g.name], full[g.name]), g.name
+    assert 0 < fast["fl_pop"].sum() < fast["fl1_pos"].sum() < fast["core"].sum() < fast["cells"].sum() < n
+    ev = ArrayEvents(cols, {"M": sp})
+    rows = np.flatnonzero(fast["core"])
+    np.testing.assert_array_equal(ev.values(fl2, rows, "core"), ev.values(fl2)[rows])

@@ -113,9 +113,10 @@ class ArrayEvents:
             raise GatingError(f"no events for dimension {key!r}", field=key,
                               expected=f"one of {sorted(self.columns)}") from None
 
-    def _compensated(self, key: str, ref: str | None) -> np.ndarray:
+    def _compensated(self, key: str, ref: str | None, rows: np.ndarray | None = None) -> np.ndarray:
         if ref in UNCOMPENSATED or (ref == "FCS" and "FCS" not in self.spillovers):
-            return self._raw(key)
+            raw = self._raw(key)
+            return raw if rows is None else raw[rows]
         sp = self.spillovers.get(ref)  # type: ignore[arg-type]
         if sp is None:
             raise GatingError(f"unknown compensation reference {ref!r}", field="compensation",
@@ -126,18 +127,29 @@ class ArrayEvents:
         elif key in outputs:
             j = list(outputs).index(key)
         else:
-            return self._raw(key)  # not a detector of this matrix: unchanged, as in FlowUtils
+            raw = self._raw(key)  # not a detector of this matrix: unchanged, as in FlowUtils
+            return raw if rows is None else raw[rows]
         ck = ("comp", ref, j)
-        if ck not in self._cache:
-            inv = sp.inverse
-            out = np.zeros(self.n_events, dtype=np.float64)
-            for i, det in enumerate(sp.channels):
-                if inv[i, j] != 0.0:
-                    out += inv[i, j] * np.asarray(self._raw(det), dtype=np.float64)
+        full = self._cache.get(ck)
+        if full is not None:
+            return full if rows is None else full[rows]
+        inv = sp.inverse
+        n = self.n_events if rows is None else len(rows)
+        out = np.zeros(n, dtype=np.float64)
+        for i, det in enumerate(sp.channels):
+            if inv[i, j] != 0.0:
+                raw = self._raw(det)
+                out += inv[i, j] * np.asarray(raw if rows is None else raw[rows], dtype=np.float64)
+        if rows is None:
             self._cache[ck] = out
-        return self._cache[ck]
+        return out
 
-    def values(self, dim: Dimension) -> np.ndarray:
+    def values(self, dim: Dimension, rows: np.ndarray | None = None, rows_key: Any = None) -> np.ndarray:
+        """Values of every event along ``dim``; with ``rows`` (sorted event indices) only those events.
+
+        Subsets are computed from the raw columns (compensating and transforming only those rows) and
+        cached under ``rows_key`` when given (the evaluator passes the parent gate's name).
+        """
         tkey: Any = None
         if dim.transform is not None:
             try:
@@ -146,19 +158,29 @@ class ArrayEvents:
             except TypeError:
                 tkey = id(dim.transform)
         if dim.ratio is None and tkey is None:
-            return self._compensated(dim.key, dim.compensation)
+            return self._compensated(dim.key, dim.compensation, rows)
         ck = ("dim", dim.key if dim.ratio is None else dim.ratio, dim.compensation, tkey)
-        if ck not in self._cache:
-            if dim.ratio is not None:
-                r = dim.ratio
-                col = r.apply(self._compensated(r.numerator, dim.compensation),
-                              self._compensated(r.denominator, dim.compensation))
-            else:
-                col = self._compensated(dim.key, dim.compensation)
-            if dim.transform is not None:
-                col = np.asarray(dim.transform.apply(col))
+        full = self._cache.get(ck)
+        if full is not None:
+            return full if rows is None else full[rows]
+        sk = (ck, rows_key) if rows is not None and rows_key is not None else None
+        if sk is not None and sk in self._cache:
+            return self._cache[sk]
+        if dim.ratio is not None:
+            r = dim.ratio
+            col = r.apply(self._compensated(r.numerator, dim.compensation, rows),
+                          self._compensated(r.denominator, dim.compensation, rows))
+        else:
+            col = self._compensated(dim.key, dim.compensation, rows)
+        if dim.transform is not None:
+            col = np.asarray(dim.transform.apply(col))
+        if rows is None:
             self._cache[ck] = col
-        return self._cache[ck]
+        elif sk is not None:
+            self._cache[sk] = col
+        return col
+
+    supports_rows = True
 
 
 @dataclass(eq=False)
@@ -169,12 +191,22 @@ class Gate:
     dims: tuple[Dimension, ...]
     parent: str | None = field(default=None, kw_only=True)
 
-    def own_mask(self, events: EventSource, masks: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Membership by this gate's own geometry, ignoring the parent."""
+    def own_mask(self, events: EventSource, masks: Mapping[str, np.ndarray],
+                 rows: np.ndarray | None = None, rows_key: Any = None) -> np.ndarray:
+        """Membership by this gate's own geometry, ignoring the parent.
+
+        With ``rows`` (sorted event indices; the event source must support them) the result has one
+        entry per row instead of one per event.
+        """
         raise NotImplementedError
 
-    def _cols(self, events: EventSource) -> list[np.ndarray]:
-        return [np.asarray(events.values(d)) for d in self.dims]
+    def _cols(self, events: EventSource, rows: np.ndarray | None = None, rows_key: Any = None) -> list[np.ndarray]:
+        if rows is None:
+            return [np.asarray(events.values(d)) for d in self.dims]
+        return [np.asarray(events.values(d, rows, rows_key)) for d in self.dims]  # type: ignore[call-arg]
+
+    def _n(self, events: EventSource, rows: np.ndarray | None) -> int:
+        return events.n_events if rows is None else len(rows)
 
 
 @dataclass(eq=False)
@@ -191,9 +223,10 @@ class RangeGate(Gate):
             if lo is None and hi is None:
                 raise GatingError(f"gate {self.name}: a range dimension needs a min or a max")
 
-    def own_mask(self, events: EventSource, masks: Mapping[str, np.ndarray]) -> np.ndarray:
-        mask = np.ones(events.n_events, dtype=bool)
-        for col, lo, hi in zip(self._cols(events), self.mins, self.maxs):
+    def own_mask(self, events: EventSource, masks: Mapping[str, np.ndarray],
+                 rows: np.ndarray | None = None, rows_key: Any = None) -> np.ndarray:
+        mask = np.ones(self._n(events, rows), dtype=bool)
+        for col, lo, hi in zip(self._cols(events, rows, rows_key), self.mins, self.maxs):
             if lo is not None:
                 mask &= col >= lo
             if hi is not None:
@@ -236,12 +269,18 @@ class PolygonGate(Gate):
                 or len(self.vertices) < 3:
             raise GatingError(f"gate {self.name}: a polygon needs 2 dimensions and >= 3 vertices")
 
-    def own_mask(self, events: EventSource, masks: Mapping[str, np.ndarray]) -> np.ndarray:
+    def own_mask(self, events: EventSource, masks: Mapping[str, np.ndarray],
+                 rows: np.ndarray | None = None, rows_key: Any = None) -> np.ndarray:
         from flowutils.gating import points_in_polygon
 
-        x, y = self._cols(events)
-        points = np.column_stack([x, y]).astype(float, copy=False)
-        inside = np.asarray(points_in_polygon(self.vertices, points), dtype=bool)
+        x, y = self._cols(events, rows, rows_key)
+        (x0, y0), (x1, y1) = self.vertices.min(axis=0), self.vertices.max(axis=0)
+        # only events in the (closed) bounding box can be inside: test those exactly
+        cand = np.flatnonzero((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1))
+        inside = np.zeros(len(x), dtype=bool)
+        if len(cand):
+            points = np.column_stack([x[cand], y[cand]]).astype(np.float64, copy=False)
+            inside[cand] = np.asarray(points_in_polygon(self.vertices, points), dtype=bool)
         return ~inside if self.complement else inside
 
 
@@ -260,14 +299,19 @@ class EllipsoidGate(Gate):
         if self.mean.shape != (n,) or self.covariance.shape != (n, n):
             raise GatingError(f"gate {self.name}: mean/covariance must match {n} dimensions")
 
-    def own_mask(self, events: EventSource, masks: Mapping[str, np.ndarray]) -> np.ndarray:
+    def own_mask(self, events: EventSource, masks: Mapping[str, np.ndarray],
+                 rows: np.ndarray | None = None, rows_key: Any = None) -> np.ndarray:
         try:
             inv = np.linalg.inv(self.covariance)
         except np.linalg.LinAlgError:
             raise GatingError(f"gate {self.name}: covariance matrix is singular",
                               field="covariance", expected="an invertible matrix") from None
-        d = np.column_stack(self._cols(events)).astype(float, copy=False) - self.mean
-        dist = np.einsum("ij,jk,ik->i", d, inv, d)
+        diffs = [np.asarray(c, dtype=np.float64) - m for c, m in zip(self._cols(events, rows, rows_key), self.mean)]
+        dist = np.zeros(len(diffs[0]) if diffs else 0)
+        for i, di in enumerate(diffs):  # quadratic form, column by column (no n x k temporaries)
+            dist += inv[i, i] * di * di
+            for j in range(i + 1, len(diffs)):
+                dist += (inv[i, j] + inv[j, i]) * di * diffs[j]
         return dist <= self.distance_square
 
 
@@ -289,13 +333,15 @@ class BooleanGate(Gate):
         if self.op != "not" and len(self.operands) < 2:
             raise GatingError(f"gate {self.name}: '{self.op}' takes two or more operands")
 
-    def own_mask(self, events: EventSource, masks: Mapping[str, np.ndarray]) -> np.ndarray:
+    def own_mask(self, events: EventSource, masks: Mapping[str, np.ndarray],
+                 rows: np.ndarray | None = None, rows_key: Any = None) -> np.ndarray:
         cols = []
         for ref, complement in self.operands:
             if ref not in masks:
                 raise GatingError(f"gate {self.name}: operand {ref!r} has not been evaluated",
                                   field="operands", expected="a gate defined earlier in the hierarchy")
-            cols.append(~masks[ref] if complement else masks[ref])
+            m = masks[ref] if rows is None else masks[ref][rows]
+            cols.append(~m if complement else m)
         if self.op == "not":
             return ~cols[0]
         return np.logical_and.reduce(cols) if self.op == "and" else np.logical_or.reduce(cols)
@@ -305,8 +351,11 @@ def evaluate(gates: Sequence[Gate], events: EventSource) -> dict[str, np.ndarray
     """Evaluate a hierarchy; returns each gate's full membership (its own geometry AND its parent's).
 
     Gates may be given in any order; parents and boolean operands are evaluated first. Cycles and
-    unknown parents are errors naming the gate.
+    unknown parents are errors naming the gate. When the event source supports row subsets
+    (``ArrayEvents``), a child gate is evaluated only on its parent's events (compensating and
+    transforming only those), which is what makes deep hierarchies with rare populations cheap.
     """
+    subset_ok = bool(getattr(events, "supports_rows", False))
     by_name: dict[str, Gate] = {}
     for g in gates:
         if g.name in by_name:
@@ -327,9 +376,16 @@ def evaluate(gates: Sequence[Gate], events: EventSource) -> dict[str, np.ndarray
         deps = [ref for ref, _ in g.operands] if isinstance(g, BooleanGate) else []
         for dep in deps:
             visit(dep)
-        mask = g.own_mask(events, masks)
-        if g.parent is not None:
-            mask = mask & visit(g.parent)
+        parent_mask = visit(g.parent) if g.parent is not None else None
+        if parent_mask is None:
+            mask = g.own_mask(events, masks)
+        elif subset_ok:
+            rows = np.flatnonzero(parent_mask)
+            mask = np.zeros(len(parent_mask), dtype=bool)
+            if len(rows):
+                mask[rows] = g.own_mask(events, masks, rows, g.parent)
+        else:
+            mask = g.own_mask(events, masks) & parent_mask
         visiting.discard(name)
         masks[name] = mask
         return mask
