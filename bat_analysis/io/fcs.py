@@ -13,6 +13,7 @@ off-by-one ``$ENDDATA``, several data sets, keywords spilled into the ANALYSIS s
 from __future__ import annotations
 
 import math
+import mmap
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -623,40 +624,47 @@ def _channels(kw: Mapping[str, str], npar: int, layout: _Layout, source: str, pa
                     panel.identify(c)) for c in channels]
 
 
+def _timestep(kw: Mapping[str, str], warnings: list[str]) -> float | None:
+    if "$TIMESTEP" not in kw:
+        return None
+    text = kw["$TIMESTEP"].strip()
+    try:
+        timestep = float(text) if text else None
+    except ValueError:
+        timestep = None
+    if timestep is not None and not math.isfinite(timestep):
+        timestep = None
+    if timestep is None and text:
+        warnings.append(f"$TIMESTEP {kw['$TIMESTEP']!r} is not a number; time left in acquisition units")
+    return timestep
+
+
 def _scale(values: np.ndarray, channels: list[Channel], layout: _Layout, kw: Mapping[str, str],
            warnings: list[str], scale: bool = True) -> np.ndarray:
     """Bit masks, $TIMESTEP, $PnE and $PnG as FlowIO's preprocessing applies them -> float32 events."""
-    n_events, npar = values.shape
-    events = np.empty((n_events, npar), dtype=np.float32)
-    time_ch = find_time(channels)
-    timestep = None
-    if scale and time_ch is not None and "$TIMESTEP" in kw:
-        text = kw["$TIMESTEP"].strip()
-        try:
-            timestep = float(text) if text else None
-        except ValueError:
-            timestep = None
-        if timestep is not None and not math.isfinite(timestep):
-            timestep = None
-        if timestep is None and text:
-            warnings.append(f"$TIMESTEP {kw['$TIMESTEP']!r} is not a number; time left in acquisition units")
-    for c in channels:
-        col = values[:, c.index]
-        if layout.datatype == "I" and c.bits:
+    if layout.datatype == "I":
+        masks = []
+        for c in channels:
             stored = layout.bits[c.index]
-            limit = min(_next_power_of_2(int(c.range)) if c.range >= 1 else 1 << stored, 1 << c.bits)
-            if limit < (1 << stored):
-                col = col & np.asarray(limit - 1, dtype=col.dtype)
-        gain = c.gain
+            limit = 1 << stored
+            if c.bits:
+                limit = min(_next_power_of_2(int(c.range)) if c.range >= 1 else limit, 1 << c.bits, limit)
+            masks.append(limit - 1)
+        if any(m < (1 << layout.bits[i]) - 1 for i, m in enumerate(masks)):
+            values = values & np.array(masks, dtype=values.dtype.newbyteorder("="))
+    events = values.astype(np.float32)  # one pass: byte order, integer -> float
+    if not scale:
+        return events
+    time_ch = find_time(channels)
+    timestep = _timestep(kw, warnings) if time_ch is not None else None
+    for c in channels:
         is_time = time_ch is not None and c.index == time_ch.index
-        scaled = is_time and timestep is not None
-        if is_time:
-            gain = 1.0
-        if not scale or not (scaled or c.log_decades > 0 or (gain != 1.0 and gain != 0)):
-            events[:, c.index] = col
+        gain = 1.0 if is_time else c.gain
+        stepped = is_time and timestep is not None
+        if not (stepped or c.log_decades > 0 or (gain != 1.0 and gain != 0)):
             continue
-        x = col.astype(np.float64)
-        if scaled:
+        x = values[:, c.index].astype(np.float64)
+        if stepped:
             x = x * timestep
         if c.log_decades > 0:
             with np.errstate(over="ignore"):  # overflow gives inf, which read_fcs refuses by name
@@ -737,11 +745,19 @@ def _spillover(kw: Mapping[str, str], channels: list[Channel], source: str, stri
 
 
 # ----------------------------------------------------------------------------------------------- public
-def _load(path: str | os.PathLike[str]) -> tuple[Path, bytes, str]:
+def _load(path: str | os.PathLike[str]) -> tuple[Path, bytes | mmap.mmap, str]:
+    """The file's bytes, memory-mapped when possible (the DATA segment is then decoded without a copy)."""
     p = Path(path)
     source = str(p)
     try:
-        buf = p.read_bytes()
+        with open(p, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file")
+            try:
+                buf: bytes | mmap.mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):  # not mappable (a pipe, a special file): read it instead
+                buf = fh.read()
     except FileNotFoundError:
         raise FcsFormatError("file not found", source=source, expected="an existing FCS file") from None
     except IsADirectoryError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from ..errors import MarkerError
@@ -44,15 +45,20 @@ _WORD = re.compile(r"[a-z0-9\u00c0-\uffff]+")
 _MAX_WINDOW = 4
 
 
+@lru_cache(maxsize=4096)
+def _words(label: str) -> tuple[str, ...]:
+    return tuple(_WORD.findall(label.casefold()))
+
+
 def label_words(label: str) -> list[str]:
     """Lower-case alphanumeric words of a channel label (``"BV421-A :: CCR3"`` -> ``bv421 a ccr3``)."""
-    return _WORD.findall(label.casefold())
+    return list(_words(label))
 
 
 def label_matches(label: str, alias: str) -> bool:
     """Whether ``alias`` names ``label``: the alias's words, joined, equal a contiguous run of the label's words."""
-    words = label_words(label)
-    target = "".join(label_words(alias))
+    words = _words(label)
+    target = "".join(_words(alias))
     if not words or not target:
         return False
     for i in range(len(words)):
