@@ -95,3 +95,11 @@ def test_from_spec_reports_every_problem() -> None:
     assert "transforms.CD63.W: missing" in text
     with pytest.raises(TemplateError, match="expected one of"):
         from_spec({"type": "cubic"})
+
+
+def test_from_spec_shares_fast_tables_and_checks_hyperlog_width() -> None:
+    a = from_spec({"type": "logicle", "T": 262144, "W": 0.5, "M": 4.5})
+    b = from_spec({"type": "logicle", "T": 262144.0, "W": 0.5, "M": 4.5, "A": 0})
+    assert a is b
+    with pytest.raises(TemplateError, match="expected > 0 for hyperlog"):
+        from_spec({"type": "hyperlog", "T": 262144, "W": 0, "M": 4.5})

@@ -154,7 +154,8 @@ class ArrayEvents:
         if dim.transform is not None:
             try:
                 hash(dim.transform)
-                tkey = dim.transform
+                # equal transforms share a column; the type keeps a table-based one apart from the exact one
+                tkey = (type(dim.transform), dim.transform)
             except TypeError:
                 tkey = id(dim.transform)
         if dim.ratio is None and tkey is None:

@@ -19,6 +19,7 @@ reaches after compensation); values outside it are computed exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
@@ -417,6 +418,8 @@ def from_spec(spec: Mapping[str, Any], *, source: str | None = None, where: str 
         problems.append(f"{where}.T: got {kwargs['T']}, expected > 0")
     if "M" in kwargs and kwargs["M"] <= 0:
         problems.append(f"{where}.M: got {kwargs['M']}, expected > 0")
+    if kind == "hyperlog" and kwargs.get("W", 1.0) <= 0:
+        problems.append(f"{where}.W: got {kwargs['W']}, expected > 0 for hyperlog")
     if kind in ("logicle", "hyperlog") and {"W", "M", "A"} <= kwargs.keys():
         if kwargs["W"] < 0 or 2 * kwargs["W"] > kwargs["M"] or -kwargs["A"] > kwargs["W"]:
             problems.append(f"{where}: W={kwargs['W']}, M={kwargs['M']}, A={kwargs['A']} outside the valid "
@@ -427,5 +430,11 @@ def from_spec(spec: Mapping[str, Any], *, source: str | None = None, where: str 
     if problems:
         raise TemplateError(f"invalid {kind} transform", source=source, problems=problems)
     if fast and kind in _FAST:
-        return _FAST[kind](**kwargs)
+        return _fast_table(kind, tuple(sorted(kwargs.items())))
     return cls(**kwargs)
+
+
+@lru_cache(maxsize=64)
+def _fast_table(kind: str, params: tuple[tuple[str, float], ...]) -> ScaleTransform:
+    """Tables are immutable and cost ~10 ms to build: one shared instance per parameter set."""
+    return _FAST[kind](**dict(params))
