@@ -99,6 +99,7 @@ class FitConfig:
     bootstrap_n: int = 100  # [suggested] residual bootstrap replicates for the EC50 95% CI
     bootstrap_seed: int = 20240  # [suggested]
     ci_level: float = 95.0  # [suggested]
+    max_ci_width_log10: float = 2.0  # [suggested] EC50 whose CI spans more decades is not estimable (0 = no limit)
     auc_clip_negative: bool = True  # [suggested] negative net %CD63+ counts as 0 in the AUC
 
 
@@ -188,6 +189,8 @@ class AnalysisConfig:
             p.append(f"{prefix}.fit.min_points: expected >= 4 (four parameters), got {f.min_points}")
         if f.bootstrap_n < 0:
             p.append(f"{prefix}.fit.bootstrap_n: expected >= 0, got {f.bootstrap_n}")
+        if f.max_ci_width_log10 < 0:
+            p.append(f"{prefix}.fit.max_ci_width_log10: expected >= 0 (0 = no limit), got {f.max_ci_width_log10}")
         if not 0.0 < f.ci_level < 100.0:
             p.append(f"{prefix}.fit.ci_level: expected a number in (0, 100), got {f.ci_level}")
         if c.cohort_mode not in ("none", "median", "tertiles"):

@@ -278,7 +278,15 @@ def _bootstrap_ci(res: FitResult, xs: np.ndarray, ys: np.ndarray, params: np.nda
     res.ec50_ci = (float(10 ** lo), float(10 ** hi))
     res.bootstrap_n = fc.bootstrap_n
     lo_x, hi_x = float(xs.min()), float(xs.max())
-    if lo < lo_x or hi > hi_x:
+    width = float(hi - lo)
+    if fc.max_ci_width_log10 > 0 and width > fc.max_ci_width_log10:
+        res.status = "not_estimable"
+        res.ec50_reason = (f"EC50 {res.ec50:.3g} too uncertain: {fc.ci_level:g}% CI {res.ec50_ci[0]:.3g}–"
+                           f"{res.ec50_ci[1]:.3g} spans {width:.2f} log10 units > {fc.max_ci_width_log10:g}")
+        res.ec50 = res.cd_sens = NAN
+        res.flags.append(Flag("EC50_NOT_ESTIMABLE", "warn", f"{res.allergen} ({res.arm}): EC50 not estimable: "
+                                                            f"{res.ec50_reason}"))
+    elif lo < lo_x or hi > hi_x:
         res.flags.append(Flag("EC50_CI_BEYOND_RANGE", "warn",
                               f"{res.allergen} ({res.arm}): EC50 {fc.ci_level:g}% CI "
                               f"{res.ec50_ci[0]:.3g}–{res.ec50_ci[1]:.3g} extends beyond the tested range"))

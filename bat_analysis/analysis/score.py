@@ -253,6 +253,24 @@ def _non_releaser(tubes: Sequence[TubeResult], arms: Sequence[str], metrics: Map
     return None
 
 
+def _unresponsive(tubes: Sequence[TubeResult], arms: Sequence[str], metrics: Mapping[str, TubeMetrics],
+                  cfg: AnalysisConfig) -> str | None:
+    """Both positive controls negative (fMLP and anti-FcεRI), judged like ``_non_releaser``."""
+    act, qc = cfg.markers.activation, cfg.qc
+    for arm in sorted(arms, key=lambda a: (_arm_order(a), a)):
+        fmlp = _control_metric(tubes, "fmlp", arm, metrics, act)
+        fceri = _control_metric(tubes, "anti_fceri", arm, metrics, act)
+        if not fmlp or not fceri:
+            continue
+        if not any(fmlp_positive(m, qc) for m in fmlp) and all(m.net_pct < qc.anti_fceri_fail_below
+                                                                for m in fceri):
+            return (f"no positive control responded in arm {arm} (fMLP net "
+                    f"{max(m.net_pct for m in fmlp):.1f}%, anti-FcεRI net {max(m.net_pct for m in fceri):.1f}%): "
+                    f"basophils unresponsive")
+        return None
+    return None
+
+
 def _patient_row(patient: str, allergen: str, tubes: Sequence[TubeResult],
                  fits: Mapping[tuple[str, str, str], FitResult], metrics: Mapping[str, TubeMetrics],
                  qcs: Mapping[str, TubeQc], arm_states: Mapping[tuple[str, str], _ArmState],
@@ -285,6 +303,9 @@ def _patient_row(patient: str, allergen: str, tubes: Sequence[TubeResult],
         if fit is not None:
             warn_flags += [Flag(f.code, "warn", f.message) for f in fit.flags]
     non_rel = _non_releaser(tubes, arms, metrics, cfg)
+    unresponsive = _unresponsive(tubes, arms, metrics, cfg)
+    if unresponsive:
+        fail_reasons.append(unresponsive)
     untreated_positive: bool | None = None
     untreated_reason = ""
     if fit_n is None:

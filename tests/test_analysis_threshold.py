@@ -1,0 +1,106 @@
+"""The activation threshold from the negative control: percentile, resting-peak model, reference choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bat_analysis.analysis.config import ThresholdConfig
+from bat_analysis.analysis.threshold import estimate_threshold, manual_threshold, mfi_reference, select_reference
+from bat_analysis.errors import AnalysisError
+from bat_analysis.records import Tube, TubeResult
+
+
+def test_percentile_is_numpy_linear_percentile_hand_checked():
+    values = np.arange(1, 41, dtype=np.float32)  # 1..40
+    est = estimate_threshold(values, method="percentile")
+    # rank (40-1)*0.975 = 38.025 → 39 + 0.025*(40-39) = 39.025
+    assert est.value == pytest.approx(39.025)
+    assert est.method == "percentile"
+    assert est.n_events == 40
+
+
+def test_unimodal_negative_keeps_the_plain_percentile():
+    rng = np.random.default_rng(3)
+    values = rng.lognormal(np.log(300), 0.5, 1000)
+    est = estimate_threshold(values)
+    assert est.method == "percentile"
+    assert est.value == pytest.approx(np.percentile(values, 97.5))
+    assert 100 * np.mean(values > est.value) == pytest.approx(2.5, abs=0.11)
+    assert not [f for f in est.flags if f.code == "RESTING_PEAK_THRESHOLD"]
+
+
+@pytest.mark.parametrize("activated", [0.08, 0.15, 0.30])
+def test_high_background_uses_resting_peak_and_flags(activated):
+    rng = np.random.default_rng(11)
+    n = 1200
+    a = int(n * activated)
+    resting = rng.lognormal(np.log(300), 0.5, n - a)
+    values = np.concatenate([resting, rng.lognormal(np.log(300 * 12), 0.5, a)])
+    est = estimate_threshold(values)
+    assert est.method == "resting_peak"
+    assert [f.code for f in est.flags] == ["RESTING_PEAK_THRESHOLD"]
+    # the plain percentile sits inside the activated population, the model at the resting edge
+    true_edge = 300 * np.exp(1.959964 * 0.5)
+    assert est.diagnostics["percentile_value"] > 2 * true_edge
+    assert est.value == pytest.approx(true_edge, rel=0.15)
+    measured = 100 * np.mean(values > est.value)
+    assert measured == pytest.approx(100 * activated + 2.5 * (1 - activated), abs=1.5)
+
+
+def test_bimodal_negative_detected():
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.lognormal(np.log(200), 0.4, 900), rng.lognormal(np.log(5000), 0.3, 100)])
+    est = estimate_threshold(values)
+    assert est.method == "resting_peak"
+    assert est.diagnostics["resting_model"]["bimodal"] is True
+    assert "second density peak" in est.flags[0].message
+
+
+def test_forced_methods_and_config():
+    values = np.random.default_rng(1).lognormal(5, 0.5, 500)
+    assert estimate_threshold(values, method="resting_peak").method == "resting_peak"
+    p90 = estimate_threshold(values, config=ThresholdConfig(percentile=90.0, method="percentile"))
+    assert p90.value == pytest.approx(np.percentile(values, 90))
+
+
+def test_bad_inputs_refused_or_flagged():
+    with pytest.raises(AnalysisError, match="no finite values"):
+        estimate_threshold(np.array([np.nan, np.inf]))
+    with pytest.raises(AnalysisError, match="threshold.method"):
+        estimate_threshold(np.ones(10), method="gaussian")
+    est = estimate_threshold(np.array([1.0, 2.0, np.nan, 3.0]))
+    codes = {f.code for f in est.flags}
+    assert codes == {"NONFINITE_REFERENCE_VALUES", "LOW_REFERENCE_EVENTS"}
+
+
+def test_mfi_reference_and_manual():
+    assert mfi_reference(np.array([5.0, 1.0, 3.0])).value == 3.0
+    auto = estimate_threshold(np.arange(100.0), method="percentile")
+    man = manual_threshold(42.0, previous=auto)
+    assert (man.value, man.method, man.diagnostics["automated_value"]) == (42.0, "manual", auto.value)
+    with pytest.raises(AnalysisError):
+        manual_threshold(float("nan"))
+
+
+def _neg(file: str, arm: str, ok: bool = True) -> TubeResult:
+    return TubeResult(Tube(file, "P1", "negative_control", arm), n_basophils=10 if ok else 0,
+                      basophil_values={"CD63": np.ones(10)}, error=None if ok else "unreadable")
+
+
+def test_reference_same_arm_first():
+    choice = select_reference([_neg("b.fcs", "omalizumab"), _neg("a.fcs", "none")], "none")
+    assert choice.files == ("a.fcs",) and choice.arm == "none" and choice.flags == []
+
+
+def test_reference_other_arm_when_missing_is_flagged():
+    choice = select_reference([_neg("b.fcs", "omalizumab"), _neg("a.fcs", "none", ok=False)], "none")
+    assert choice.files == ("b.fcs",) and choice.arm == "omalizumab"
+    assert [f.code for f in choice.flags] == ["THRESHOLD_FROM_OTHER_ARM"]
+
+
+def test_reference_none_at_all_fails_and_pools_duplicates():
+    none = select_reference([], "none")
+    assert none.tubes == [] and [(f.code, f.severity) for f in none.flags] == [("NO_NEGATIVE_CONTROL", "fail")]
+    pooled = select_reference([_neg("b.fcs", "none"), _neg("a.fcs", "none")], "none")
+    assert pooled.files == ("a.fcs", "b.fcs") and pooled.flags[0].code == "POOLED_NEGATIVE_CONTROLS"
