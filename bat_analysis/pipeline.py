@@ -140,8 +140,20 @@ def _worker_gate(task: GateTask) -> TubeResult:
     return gate_one(task)
 
 
+def _exit_when_orphaned(parent: int, interval_s: float = 0.5) -> None:
+    while True:
+        time.sleep(interval_s)
+        if os.getppid() != parent:  # the run was killed (even with SIGKILL): do not linger
+            os._exit(1)
+
+
 def _worker_init() -> None:
+    """Worker start: one BLAS thread, and a watchdog that ends the worker if the run itself dies."""
+    import threading
+
     _limit_blas_once()
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True,
+                     name="bat-orphan-watchdog").start()
 
 
 # ------------------------------------------------------------------------------------------------ executors
