@@ -590,9 +590,6 @@ def render(out: Path, store: ResultStore, results: Sequence[TubeResult], scores:
 
 
 # ------------------------------------------------------------------------------------------------ after a run
-SAMPLE_REGENERATE = {"n_patients": 3, "n_events": 20_000, "seed": 2026}
-
-
 def sample_data(fallback_dir: Path, *, quiet: bool = True) -> Path:
     """The bundled sample experiment: package data ``bat_analysis.sample_fcs``, else the checkout's
     ``sample_fcs/``, else regenerated with the simulator into ``fallback_dir``."""
@@ -609,11 +606,11 @@ def sample_data(fallback_dir: Path, *, quiet: bool = True) -> Path:
             return folder
     fallback_dir = Path(fallback_dir)
     if not (fallback_dir / "layout.csv").is_file():
-        from .simulate import simulate_experiment
+        from .simulate import SAMPLE_ARGUMENTS, simulate_experiment
 
         if not quiet:
             print(f"sample data not installed: simulating it into {fallback_dir}", file=sys.stderr)
-        simulate_experiment(fallback_dir, **SAMPLE_REGENERATE)
+        simulate_experiment(fallback_dir, **SAMPLE_ARGUMENTS)
     return fallback_dir
 
 
