@@ -361,3 +361,60 @@ def test_ascii_delimited_data(tmp_path: Path) -> None:
 
 def test_every_refusal_is_a_bat_error(tmp_path: Path) -> None:
     assert issubclass(FcsFormatError, BatError)
+
+
+class _FakeFrame:
+    def __init__(self, values: np.ndarray) -> None:
+        self._values = values
+
+    def to_numpy(self) -> np.ndarray:
+        return self._values
+
+
+def test_fcsparser_fallback_is_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    content = float_file(EVENTS, NAMES).replace(b"/$TOT/3/", b"/$TOT/2/")
+    path = write(tmp_path, content)
+    calls = []
+
+    def parse(source: str, **kwargs):
+        calls.append(kwargs)
+        meta = {"$BYTEORD": "1,2,3,4", "$DATATYPE": "F", "$PAR": 3, "$TOT": 2,
+                "__header__": {"FCS format": "FCS3.1"}}
+        for i, name in enumerate(NAMES, start=1):
+            meta.update({f"$P{i}N": name, f"$P{i}B": 32, f"$P{i}E": "0,0", f"$P{i}R": 262144})
+        return meta, _FakeFrame(EVENTS[:2].copy())
+
+    monkeypatch.setitem(sys.modules, "fcsparser", types.SimpleNamespace(parse=parse))
+    refused(path, "$ENDDATA")  # off by default
+    assert calls == []
+    sample = read_fcs(path, fallback=True)
+    np.testing.assert_array_equal(sample.events, EVENTS[:2])
+    assert sample.version == "3.1" and sample.pnn == NAMES
+    assert any("read with fcsparser" in w and "cannot be reconciled" in w for w in sample.warnings)
+
+    def broken(source: str, **kwargs):
+        raise KeyError("$TOT")
+
+    monkeypatch.setitem(sys.modules, "fcsparser", types.SimpleNamespace(parse=broken))
+    err = refused(path, "$ENDDATA", fallback=True)
+    assert "fcsparser fallback failed too" in str(err)
+
+
+def test_fcsparser_fallback_without_fcsparser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fcsparser", None)  # import fails
+    path = write(tmp_path, float_file(EVENTS, NAMES).replace(b"/$TOT/3/", b"/$TOT/2/"))
+    err = refused(path, "$ENDDATA", fallback=True)
+    assert "fallback failed" not in str(err)
+
+
+def test_real_fcsparser_fallback(tmp_path: Path) -> None:
+    pytest.importorskip("fcsparser", reason="fcsparser is an optional extra (bat-analysis[fcsparser])")
+    path = write(tmp_path, float_file(EVENTS, NAMES).replace(b"/$TOT/3/", b"/$TOT/2/"))
+    sample = read_fcs(path, fallback=True)
+    np.testing.assert_array_equal(sample.events, EVENTS[:2])
+    assert any("read with fcsparser" in w for w in sample.warnings)

@@ -65,7 +65,8 @@ def _seed_double_v2() -> tuple[list[tuple[str, str]], bytes, str]:
 SEEDS = [_seed_int(), _seed_float(), _seed_double_v2()]
 INTERESTING = ["", " ", "0", "-1", "1", "2", "3", "7", "16", "24", "33", "64", "99999999999999999999", "1e308",
                "nan", "inf", "abc", "*", "4,3,2,1", "1,2,3,4", "3,4,1,2", "I", "F", "D", "A", "C", "L", "4,0",
-               "0,0", "2,1", "x,y", "1,FSC-A,1", "2,FITC-A,PE-A,1,1,1,1", "/", "//", "é", "\u2603"]
+               "0,0", "2,1", "x,y", "1,FSC-A,1", "2,FITC-A,PE-A,1,1,1,1", "/", "//", "é", "\u2603", "\u00b9",
+               "\u00b9,\u00b2", "1_0", "2,\u00b9,\u00b2,1,0,0,1"]
 
 
 def check(content: bytes) -> FcsSample | None:

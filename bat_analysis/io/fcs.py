@@ -133,7 +133,7 @@ def _header_int(buf: bytes, base: int, lo: int, hi: int, source: str) -> int | N
     text = raw.decode("latin-1").strip()
     if text == "":
         return None
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise FcsFormatError(f"HEADER offset {raw!r} is not a number", source=source,
                              field=f"HEADER bytes {lo}-{hi}", expected="a right-justified ASCII integer")
     return int(text)
@@ -388,7 +388,7 @@ _INHERITABLE = ("$DATATYPE", "$BYTEORD", "$MODE")
 def _byteorder(value: str, source: str) -> str:
     text = value.replace(" ", "").strip()
     parts = text.split(",")
-    if parts and all(p.isdigit() for p in parts):
+    if parts and all(p.isascii() and p.isdigit() for p in parts):
         nums = [int(p) for p in parts]
         if nums == sorted(nums) and nums[0] == 1:
             return "<"
@@ -652,7 +652,8 @@ def _scale(values: np.ndarray, channels: list[Channel], layout: _Layout, kw: Map
             masks.append(limit - 1)
         if any(m < (1 << layout.bits[i]) - 1 for i, m in enumerate(masks)):
             values = values & np.array(masks, dtype=values.dtype.newbyteorder("="))
-    events = values.astype(np.float32)  # one pass: byte order, integer -> float
+    with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf: refused by name
+        events = values.astype(np.float32)  # one pass: byte order, integer -> float
     if not scale:
         return events
     time_ch = find_time(channels)
@@ -671,7 +672,8 @@ def _scale(values: np.ndarray, channels: list[Channel], layout: _Layout, kw: Map
                 x = 10 ** (c.log_decades * x / c.range) * c.log_zero
         if gain != 1.0 and gain != 0:
             x = x / gain
-        events[:, c.index] = x
+        with np.errstate(over="ignore", invalid="ignore"):
+            events[:, c.index] = x
     return events
 
 
@@ -698,7 +700,7 @@ def parse_spillover(value: str, channels: list[Channel], *, keyword: str, source
     by_fold = {c.pnn.casefold(): c.pnn for c in channels}
     resolved: list[str] = []
     unknown: list[str] = []
-    numeric = all(nm.isdigit() and 1 <= int(nm) <= len(channels) for nm in names) and \
+    numeric = all(nm.isascii() and nm.isdigit() and 1 <= int(nm) <= len(channels) for nm in names) and \
         not any(nm in by_pnn for nm in names)
     for name in names:
         if numeric:
@@ -803,16 +805,63 @@ def read_fcs_keywords(path: str | os.PathLike[str], *, dataset: int = 0) -> dict
 
 
 def read_fcs(path: str | os.PathLike[str], *, dataset: int = 0, panel: Panel | None = None,
-             strict_spillover: bool = False, allow_nonfinite: bool = False, scale: bool = True) -> FcsSample:
+             strict_spillover: bool = False, allow_nonfinite: bool = False, scale: bool = True,
+             fallback: bool = False) -> FcsSample:
     """Read one data set of an FCS file into an ``FcsSample`` with float32 events scaled as the standard says.
 
     A malformed spillover keyword (unknown channels, singular, truncated) leaves ``spillover`` None, is recorded in
     ``warnings`` and ``spillover_error`` (``require_spillover()`` raises it); ``strict_spillover=True`` refuses the
     file instead;
     ``scale=False`` returns the stored values (integer bit masks applied, no gain, log or time step);
-    ``allow_nonfinite=True`` keeps NaN/inf event values (with a warning) instead of refusing them.
+    ``allow_nonfinite=True`` keeps NaN/inf event values (with a warning) instead of refusing them;
+    ``fallback=True`` retries a refused file with fcsparser when that optional extra is installed (its events are
+    then scaled here from the keywords, and the refusal is recorded in ``warnings``).
     """
     p, buf, source = _load(path)
+    panel = panel or DEFAULT_PANEL
+    try:
+        return _read(p, buf, source, dataset, panel, strict_spillover, allow_nonfinite, scale)
+    except FcsFormatError as exc:
+        if not fallback:
+            raise
+        return _read_with_fcsparser(p, dataset, panel, exc, allow_nonfinite, scale)
+
+
+def _read_with_fcsparser(p: Path, dataset: int, panel: Panel, refusal: FcsFormatError, allow_nonfinite: bool,
+                         scale: bool) -> FcsSample:
+    """Read a file this module refused with fcsparser (optional), or raise the refusal if that is not possible."""
+    try:
+        import fcsparser
+    except ImportError:
+        raise refusal from None
+    source = str(p)
+    try:
+        meta, frame = fcsparser.parse(source, data_set=dataset, dtype=None, channel_naming="$PnN")
+        values = np.asarray(frame.to_numpy())
+    except Exception as exc:  # a third-party reader failing in any way means it cannot read the file either
+        raise FcsFormatError(f"{str(refusal).removeprefix(source + ': ')}; the fcsparser fallback failed too "
+                             f"({type(exc).__name__}: {exc})", source=source, field=refusal.field,
+                             expected=refusal.expected) from None
+    kw = {str(k).upper(): str(v) for k, v in meta.items() if not str(k).startswith("__")}
+    warnings = [f"read with fcsparser after this reader refused it: {refusal}"]
+    npar = values.shape[1] if values.ndim == 2 else 0
+    if npar == 0 or values.shape[0] == 0:
+        raise refusal
+    layout = _layout(kw, npar, source)
+    channels = _channels(kw, npar, layout, source, panel, warnings)
+    if layout.datatype == "I":
+        values = values.astype(np.uint64)
+    events = _scale(values, channels, layout, kw, warnings, scale)
+    if not np.isfinite(events).all() and not allow_nonfinite:
+        raise refusal
+    spill, spill_error = _spillover(kw, channels, source, False, warnings)
+    return FcsSample(path=p, version=str(meta.get("__header__", {}).get("FCS format", "")).removeprefix("FCS"),
+                     n_events=int(values.shape[0]), events=events, channels=channels, keywords=kw, spillover=spill,
+                     n_datasets=1, dataset=dataset, warnings=warnings, spillover_error=spill_error)
+
+
+def _read(p: Path, buf: bytes | mmap.mmap, source: str, dataset: int, panel: Panel, strict_spillover: bool,
+          allow_nonfinite: bool, scale: bool) -> FcsSample:
     ds, n_datasets = _select(buf, source, dataset, [])
     kw = ds.keywords
     warnings = ds.warnings
@@ -846,7 +895,7 @@ def read_fcs(path: str | os.PathLike[str], *, dataset: int = 0, panel: Panel | N
         if tot == 0:
             raise FcsFormatError("the DATA segment is empty", source=source, field="$ENDDATA",
                                  expected="at least one event")
-    channels = _channels(kw, npar, layout, source, panel or DEFAULT_PANEL, warnings)
+    channels = _channels(kw, npar, layout, source, panel, warnings)
     abs_start = ds.header.base + start
     if layout.datatype == "A":
         values: np.ndarray = _decode_ascii(buf[abs_start: abs_start + length], layout, tot, source)
@@ -862,8 +911,8 @@ def read_fcs(path: str | os.PathLike[str], *, dataset: int = 0, panel: Panel | N
         bad = (~finite).sum(axis=0)
         which = ", ".join(f"{channels[i].pnn} ({int(bad[i])})" for i in np.flatnonzero(bad))
         if not allow_nonfinite:
-            raise FcsFormatError(f"non-finite event values (NaN/inf) in {which}", source=source, field="DATA",
-                                 expected="finite event values")
+            raise FcsFormatError(f"non-finite event values (NaN/inf, or beyond the float32 range) in {which}",
+                                 source=source, field="DATA", expected="finite event values")
         warnings.append(f"non-finite event values (NaN/inf) kept in {which}")
     spill, spill_error = _spillover(kw, channels, source, strict_spillover, warnings)
     return FcsSample(path=p, version=ds.header.version, n_events=tot, events=events, channels=channels,
