@@ -58,6 +58,7 @@ def test_keyword_parsing() -> None:
         parse_spillover_keyword("3,FL1-A,1,0")
 
 
+@pytest.mark.filterwarnings("ignore:FCS file .* reported incorrect data offset")
 @pytest.mark.skipif(not COMP_FILE.exists(), reason=f"FCS corpus not available at {COMP_FILE}")
 def test_equal_to_flowkit_on_a_real_lsrii_file() -> None:
     import flowkit as fk

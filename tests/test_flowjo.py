@@ -210,3 +210,48 @@ def test_gatingml_export_per_tube(tmp_path: Path) -> None:
     again = doc.evaluate(fs.events, fs.pnn, fcs_spillover=fs.spillover)
     for g in gates:
         assert np.array_equal(ours[g.name], again[g.name]), g.name
+
+
+FLOWSOM = FLOWJO / "flowsom"
+
+
+@pytest.mark.skipif(not (FLOWSOM / "gatingResult.csv").exists(), reason="FlowSOM gating labels missing")
+def test_event_labels_agree_with_flowsom_gating_result() -> None:
+    """gatingResult.csv (FlowSOM's per-event leaf labels for this workspace) agrees event by event."""
+    sample = _workspace(FLOWSOM / "gating.wsp")["68983.fcs"]
+    fcs = _sample_events(FLOWSOM_FCS)
+    masks = sample.document.evaluate(fcs.events, fcs.pnn)
+    labels = np.array([ln.strip().strip('"') for ln in (FLOWSOM / "gatingResult.csv").read_text().splitlines()])
+    assert len(labels) == fcs.n_events
+    leaves = sorted(set(labels) - {"Unlabeled"})
+    assert len(leaves) == 6
+    for leaf in leaves:
+        theirs, ours = labels == leaf, masks[leaf]
+        assert not (ours & ~theirs).any(), f"{leaf}: events we gate that FlowSOM's labels do not"
+        # the polygons above the leaves (FlowJo biex scale) are evaluated slightly differently there
+        assert (theirs & ~ours).sum() <= max(5, 0.001 * theirs.sum()), leaf
+
+
+@pytest.mark.skipif(not (FLOWSOM / "manualGating.xml").exists(), reason="FlowSOM Gating-ML export missing")
+def test_flowjo_flavoured_gatingml_export_is_read() -> None:
+    """FlowJo's Gating-ML export (non-schema attributes, Comp- parameter names) is read leniently."""
+    from bat_analysis.gating.gatingml import read_gatingml
+
+    doc = read_gatingml(FLOWSOM / "manualGating.xml")
+    assert len(doc.gates) == 15
+    comp = [d for g in doc.gates for d in g.dims if d.compensation == "FCS"]
+    assert comp and all(not d.key.startswith("Comp-") for d in comp)
+    fcs = _sample_events(FLOWSOM_FCS)
+    ours = doc.evaluate(fcs.events, fcs.pnn, fcs_spillover=fcs.spillover)
+    wsp = _workspace(FLOWSOM / "gating.wsp")["68983.fcs"].document.evaluate(fcs.events, fcs.pnn)
+    # the scatter gates are the same geometry in both exports
+    for gml_id, population in (("ID1152036930", "Lymphocytes"), ("ID1073341880", "Singlets"),
+                               ("ID325928510", "Singlets2")):
+        assert np.array_equal(ours[gml_id], wsp[population]), population
+
+
+def test_gatingml_reader_refuses_a_workspace() -> None:
+    from bat_analysis.gating.gatingml import read_gatingml
+
+    with pytest.raises(GatingError, match="FlowJo workspace"):
+        read_gatingml(FLOWSOM / "gating.wsp")

@@ -15,7 +15,10 @@ path-qualified names (``parent/child``).
 
 from __future__ import annotations
 
+import copy
+import io
 import re
+from xml.etree import ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -62,24 +65,88 @@ class GatingDocument:
         return evaluate(self.gates, self.events(events, channel_names, fcs_spillover))
 
 
-def read_gatingml(path: str | Path) -> GatingDocument:
-    """Read a Gating-ML 2.0 file into our gates (parsing by FlowKit)."""
+_GML_NS = ("http://www.isac-net.org/std/Gating-ML/v2.0/gating",
+           "http://www.isac-net.org/std/Gating-ML/v2.0/transformations",
+           "http://www.isac-net.org/std/Gating-ML/v2.0/datatypes")
+
+
+def read_gatingml(path: str | Path, *, comp_prefix: str | None = None) -> GatingDocument:
+    """Read a Gating-ML 2.0 file into our gates (parsing by FlowKit).
+
+    FlowJo's own "Gating-ML 2.0" export does not validate against the schema (it adds display
+    attributes such as ``eventsInside`` and names compensated parameters ``Comp-<detector>`` instead of
+    using a compensation reference). Such a file is read leniently: attributes and elements outside the
+    Gating-ML namespaces are dropped, and a dimension named ``<comp_prefix><detector>`` (default
+    ``"Comp-"`` for these files) becomes ``<detector>`` compensated with the file's own matrix (``FCS``).
+    Note that FlowJo writes coordinates in data units without the display transform, so its polygons are
+    straight in linear space here, whereas FlowJo drew them on its display scale.
+    """
     import flowkit as fk
 
     p = Path(path)
     if not p.is_file():
         raise GatingError("file not found", source=str(p), expected="a Gating-ML 2.0 XML file")
     try:
+        root = ET.parse(p).getroot()
+    except ET.ParseError as exc:
+        raise GatingError(f"not well-formed XML: {exc}", source=str(p)) from exc
+    if root.tag == "Workspace":
+        raise GatingError("this is a FlowJo workspace, not a Gating-ML document", source=str(p),
+                          expected="Gating-ML 2.0 (read workspaces with bat_analysis.gating.flowjo.read_workspace)")
+    lenient = False
+    try:
         strategy = fk.parse_gating_xml(str(p))
-    except (ValueError, KeyError, TypeError, AttributeError, fk.exceptions.FlowKitException) as exc:
+    except ValueError as exc:
+        if "neither GatingML" not in str(exc):
+            raise GatingError(f"not a readable Gating-ML 2.0 document: {exc}", source=str(p)) from exc
+        lenient = True
+        strategy = _parse_lenient(root, p)
+    except (KeyError, TypeError, AttributeError, fk.exceptions.FlowKitException) as exc:
         raise GatingError(f"not a readable Gating-ML 2.0 document: {exc}", source=str(p)) from exc
-    except Exception as exc:  # lxml raises its own XMLSyntaxError family
-        if type(exc).__module__.startswith("lxml"):
-            raise GatingError(f"not well-formed XML: {exc}", source=str(p)) from exc
-        raise
     doc = from_flowkit_strategy(strategy)
     doc.source = str(p)
+    prefix = comp_prefix if comp_prefix is not None else ("Comp-" if lenient else None)
+    if prefix:
+        for g in doc.gates:
+            g.dims = tuple(Dimension(d.key[len(prefix):], d.transform, "FCS", d.ratio)
+                           if d.key.startswith(prefix) and d.compensation is None else d for d in g.dims)
     return doc
+
+
+def _parse_lenient(root: ET.Element, p: Path) -> Any:
+    """Drop what the Gating-ML 2.0 schema does not allow (FlowJo's display attributes) and parse again."""
+    import flowkit as fk
+
+    comp_attr = f"{{{_GML_NS[0]}}}compensation-ref"
+    needs_comp = {f"{{{_GML_NS[0]}}}dimension", f"{{{_GML_NS[0]}}}divider"}
+
+    def clean(el: ET.Element) -> None:
+        for key in [k for k in el.attrib if not k.startswith("{")]:
+            del el.attrib[key]
+        if el.tag in needs_comp and comp_attr not in el.attrib:
+            el.set(comp_attr, "uncompensated")  # FlowJo omits it; compensation is in the parameter name
+        for child in list(el):
+            ns = child.tag[1:].split("}")[0] if child.tag.startswith("{") else ""
+            if ns not in _GML_NS:
+                el.remove(child)
+            else:
+                clean(child)
+
+    root = copy.deepcopy(root)
+    for child in list(root):
+        ns = child.tag[1:].split("}")[0] if child.tag.startswith("{") else ""
+        if ns not in _GML_NS:
+            root.remove(child)
+        else:
+            clean(child)
+    for key in [k for k in root.attrib if not k.startswith("{")]:
+        del root.attrib[key]
+    data = ET.tostring(root, encoding="utf-8")
+    try:
+        return fk.parse_gating_xml(io.BytesIO(data))
+    except (ValueError, KeyError, TypeError, AttributeError, fk.exceptions.FlowKitException) as exc:
+        raise GatingError(f"not a readable Gating-ML 2.0 document, even ignoring non-schema attributes: {exc}",
+                          source=str(p)) from exc
 
 
 # ---------------------------------------------------------------------------------------------- import
