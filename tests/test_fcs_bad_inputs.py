@@ -418,3 +418,10 @@ def test_real_fcsparser_fallback(tmp_path: Path) -> None:
     sample = read_fcs(path, fallback=True)
     np.testing.assert_array_equal(sample.events, EVENTS[:2])
     assert any("read with fcsparser" in w for w in sample.warnings)
+
+
+def test_junk_nextdata_reads_the_first_data_set(tmp_path: Path) -> None:
+    sample = read_fcs(write(tmp_path, float_file(EVENTS, NAMES).replace(b"/$NEXTDATA/0/", b"/$NEXTDATA/x/")))
+    np.testing.assert_array_equal(sample.events, EVENTS)
+    assert sample.n_datasets == 1
+    assert any("$NEXTDATA 'x'" in w for w in sample.warnings)

@@ -359,12 +359,17 @@ def _dataset_offsets(buf: bytes, source: str, warnings: list[str]) -> list[int]:
     while len(offsets) < _MAX_DATASETS:
         try:
             ds = _parse_dataset_text(buf, base, source)
-            nxt = _kw_int(ds.keywords, "$NEXTDATA", source, required=False)
         except FcsFormatError as exc:
             if base == 0:
                 raise
             warnings.append(f"data set at byte {base} is unreadable and ignored: {exc}")
             offsets.pop()
+            break
+        try:
+            nxt = _kw_int(ds.keywords, "$NEXTDATA", source, required=False)
+        except FcsFormatError:
+            warnings.append(f"$NEXTDATA {ds.keywords['$NEXTDATA']!r} of the data set at byte {base} is not a "
+                            f"number; no further data set read")
             break
         if not nxt:
             break
