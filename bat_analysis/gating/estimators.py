@@ -62,15 +62,20 @@ def from_scale(dim: Dimension, values: np.ndarray) -> np.ndarray:
 
 
 def scale_limits(dim: Dimension, values: np.ndarray, top: float | None = None,
-                 quantiles: tuple[float, float] = (0.0005, 0.9995)) -> tuple[float, float]:
-    """A display window on the dimension's scale covering the data (and ``top``, the channel range)."""
+                 low_quantile: float = 0.0005) -> tuple[float, float]:
+    """A display window on the dimension's scale covering the data (and ``top``, the channel range).
+
+    The low end is a quantile (compensation spreads a few events far below zero); the high end is the
+    largest value, capped at 1.5 x the channel range when it is known.
+    """
     if len(values) == 0:
         lo_raw, hi_raw = 0.0, float(top or 1.0)
     else:
-        lo_raw, hi_raw = np.quantile(values, quantiles)
-    if top is not None:
-        hi_raw = max(hi_raw, float(top))
-        lo_raw = min(lo_raw, 0.0)
+        lo_raw = float(np.quantile(values, low_quantile))
+        hi_raw = float(values.max())
+        if top is not None:
+            hi_raw = min(max(hi_raw, float(top)), 1.5 * float(top))
+            lo_raw = min(lo_raw, 0.0)
     lo, hi = to_scale(dim, np.array([lo_raw, hi_raw], dtype=np.float64))
     if not np.isfinite(lo) or not np.isfinite(hi):
         raise ValueError("non-finite display window")
@@ -387,6 +392,23 @@ def _split_point(v: np.ndarray, n_sd: float) -> tuple[float, float, float]:
     return mode, sd, mode + n_sd * sd
 
 
+def basin_saddles(smooth: np.ndarray, basins: np.ndarray) -> dict[tuple[int, int], float]:
+    """Highest pass between every pair of adjacent labelled basins: {(a, b): height} with a < b."""
+    saddles: dict[tuple[int, int], float] = {}
+    for a_lab, b_lab, a_val, b_val in (
+            (basins[:-1, :], basins[1:, :], smooth[:-1, :], smooth[1:, :]),
+            (basins[:, :-1], basins[:, 1:], smooth[:, :-1], smooth[:, 1:])):
+        diff = (a_lab != b_lab) & (a_lab > 0) & (b_lab > 0)
+        la, lb = a_lab[diff], b_lab[diff]
+        height = np.minimum(a_val[diff], b_val[diff])
+        lo, hi = np.minimum(la, lb), np.maximum(la, lb)
+        for key_a, key_b, h in zip(lo.tolist(), hi.tolist(), height.tolist()):
+            k = (key_a, key_b)
+            if h > saddles.get(k, -1.0):
+                saddles[k] = h
+    return saddles
+
+
 def merge_basins(smooth: np.ndarray, basins: np.ndarray, n: int, ratio: float) -> np.ndarray:
     """Merge watershed basins separated by a shallow saddle (persistence-based merging).
 
@@ -404,18 +426,7 @@ def merge_basins(smooth: np.ndarray, basins: np.ndarray, n: int, ratio: float) -
             a = parent[a]
         return a
 
-    saddles: dict[tuple[int, int], float] = {}
-    for a_lab, b_lab, a_val, b_val in (
-            (basins[:-1, :], basins[1:, :], smooth[:-1, :], smooth[1:, :]),
-            (basins[:, :-1], basins[:, 1:], smooth[:, :-1], smooth[:, 1:])):
-        diff = (a_lab != b_lab) & (a_lab > 0) & (b_lab > 0)
-        la, lb = a_lab[diff], b_lab[diff]
-        height = np.minimum(a_val[diff], b_val[diff])
-        lo, hi = np.minimum(la, lb), np.maximum(la, lb)
-        for key_a, key_b, h in zip(lo.tolist(), hi.tolist(), height.tolist()):
-            k = (key_a, key_b)
-            if h > saddles.get(k, -1.0):
-                saddles[k] = h
+    saddles = basin_saddles(smooth, basins)
     for (a, b), h in sorted(saddles.items(), key=lambda kv: -kv[1]):
         ra, rb = find(a), find(b)
         if ra == rb:
@@ -424,6 +435,33 @@ def merge_basins(smooth: np.ndarray, basins: np.ndarray, n: int, ratio: float) -
             keep, drop = (ra, rb) if peak[ra] >= peak[rb] else (rb, ra)
             parent[drop] = keep
     return np.array([find(i) for i in range(n + 1)])
+
+
+def _extend_along_x(region: np.ndarray, basins: np.ndarray, smooth: np.ndarray, group: set[int],
+                    peak_h: np.ndarray, real: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+    """Open the cluster towards the x side: nothing is brighter on x within the cluster's y band.
+
+    For every y bin of the region, the bins beyond it on the x side are added up to the window's edge,
+    stopping at another population (a bin of a real basin outside the group whose density is above
+    ``level`` x that basin's peak); sparse basins too small to be a population do not stop it.
+    """
+    out = region.copy()
+    others = [k + 1 for k in np.flatnonzero(real) if k not in group]
+    other = np.isin(basins, others)
+    level = params["level"] * peak_h[np.maximum(basins - 1, 0)]
+    blocked = other & (smooth >= level)
+    n_x = region.shape[0]
+    for j in np.flatnonzero(region.any(axis=0)):
+        rows = np.flatnonzero(region[:, j])
+        if params["x_side"] == "high":
+            start, stop, step = rows.max() + 1, n_x, 1
+        else:
+            start, stop, step = rows.min() - 1, -1, -1
+        for i in range(start, stop, step):
+            if blocked[i, j]:
+                break
+            out[i, j] = True
+    return out
 
 
 def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension, name: str,
@@ -494,10 +532,33 @@ def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
     order = sorted(cand, key=lambda k: (ysign * py[k], xsign * px[k]))
     best = order[0]
     peak_val = smooth[tuple(peaks[best])]
-    region = (basins == best + 1) & (smooth >= params["level"] * peak_val)
+    # join neighbouring candidates displaced along x rather than y (e.g. activated basophils brighter
+    # in CD203c): same population, two modes
+    saddles = basin_saddles(smooth, basins)
+    group = {best}
+    peak_h = smooth[peaks[:, 0], peaks[:, 1]]
+    changed = True
+    while changed:
+        changed = False
+        for c in cand:
+            if c in group:
+                continue
+            if abs(py[c] - py[best]) >= abs(px[c] - px[best]):
+                continue
+            h = max((saddles.get((min(a, c) + 1, max(a, c) + 1), 0.0) for a in group), default=0.0)
+            if h >= params["join_ratio"] * min(peak_h[c], peak_val):
+                group.add(int(c))
+                changed = True
+    # the cluster: density above level x its peak, connected to the peak, never inside another real
+    # population's basin (small basins on its shoulders belong to it)
+    others = [k + 1 for k in np.flatnonzero(real) if k not in group]
+    top = max(peak_h[g] for g in group)
+    region = (smooth >= params["level"] * top) & ~np.isin(basins, others)
     lab, _ = ndimage.label(region)
     region = lab == lab[tuple(peaks[best])]
     region = ndimage.binary_fill_holes(region)
+    if params["extend_x"]:
+        region = _extend_along_x(region, basins, smooth, group, peak_h, real, params)
     if params["pad"] > 0:
         it = int(round(params["pad"]))
         region = ndimage.binary_dilation(region, iterations=it) if it > 0 else region
@@ -516,10 +577,16 @@ def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
         est.density, est.density_edges = small_counts(counts), (ex, ey)
         return est
     verts = np.column_stack([ex[0] + (contour[:, 0] + 0.5) * wx, ey[0] + (contour[:, 1] + 0.5) * wy])
+    # where the region reaches the window's edge, the gate continues beyond the data
+    span_x, span_y = ex[-1] - ex[0], ey[-1] - ey[0]
+    verts[contour[:, 0] >= bins - 1, 0] = ex[-1] + 0.25 * span_x
+    verts[contour[:, 0] <= 0, 0] = ex[0] - 0.25 * span_x
+    verts[contour[:, 1] >= bins - 1, 1] = ey[-1] + 0.25 * span_y
+    verts[contour[:, 1] <= 0, 1] = ey[0] - 0.25 * span_y
     gate = PolygonGate(name, (dx, dy), vertices=verts)
     mask = polygon_mask(gate, (x, y))
     # separation: how deep the density falls between the chosen peak and its nearest other population
-    others = [k for k in np.flatnonzero(real) if k != best]
+    others = [k for k in np.flatnonzero(real) if k not in group]
     sep = None
     if others:
         near = min(others, key=lambda k: (px[k] - px[best]) ** 2 + (py[k] - py[best]) ** 2)
@@ -528,6 +595,7 @@ def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
         dip = smooth[line_i, line_j].min()
         sep = float(1 - dip / min(peak_val, smooth[tuple(peaks[near])]))
     diag.update(chosen={"x": float(px[best]), "y": float(py[best]), "events": int(mass[best])},
+                joined=[{"x": float(px[g]), "y": float(py[g]), "events": int(mass[g])} for g in group if g != best],
                 separation=sep, fraction_of_parent=float(mask.mean()), count=int(mask.sum()))
     flags = []
     if sep is not None and sep < 0.5:

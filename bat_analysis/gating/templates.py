@@ -107,11 +107,16 @@ METHODS: dict[str, MethodSpec] = {
         "merge_ratio": Param("number", 0.5, 0.0, 1.0,
                              doc="merge two density peaks when the pass between them is at least this "
                                  "fraction of the lower peak"),
+        "join_ratio": Param("number", 0.1, 0.0, 1.0,
+                            doc="join a neighbouring candidate displaced along x when the pass between "
+                                "them is at least this fraction of the lower peak"),
         "level": Param("number", 0.05, 0.0, 0.9,
                        doc="cluster boundary as a fraction of the cluster's peak density"),
         "split_n_sd": Param("number", 4.0, 0.5, 20.0,
                             doc="x positivity: negative mode + n robust SDs when no valley is found"),
-        "pad": Param("number", 1.0, 0.0, 20.0, doc="bins added around the cluster"),
+        "pad": Param("number", 2.0, 0.0, 20.0, doc="bins added around the cluster"),
+        "extend_x": Param("bool", True, doc="open the gate towards the x side (nothing brighter belongs "
+                                             "elsewhere within the cluster's y band)"),
     }, "basophils: the x-high/low, y-high/low cluster of the 2-D density (number of populations found)"),
     "fixed": MethodSpec(-1, {}, "geometry given in the template ('geometry:')"),
 }
