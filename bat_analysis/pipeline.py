@@ -38,6 +38,7 @@ from .records import Flag, Tube, TubeResult
 from .store import AUTO, REVIEWED, ResultStore, to_json
 
 LOCK_NAME = ".bat-run.lock"
+DASK_CONNECT_TIMEOUT = "15s"
 
 
 class NothingAnalysedError(BatError):
@@ -214,7 +215,7 @@ def run_dask(tasks: Sequence[GateTask], address: str) -> Iterator[Completed]:
                        expected="pip install 'bat-analysis[dask]', or leave out --scheduler to use local "
                                 "processes") from exc
     try:
-        client = Client(address, timeout="20s")
+        client = Client(address, timeout=DASK_CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         raise BatError(f"cannot reach the Dask scheduler ({exc})", source=address, field="--scheduler",
                        expected="the address of a running scheduler, e.g. tcp://HOST:8786") from exc
@@ -357,21 +358,26 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
         corrections = load_corrections(template, overrides=options.overrides, gates_from=options.gates_from,
                                        tubes=tubes, reviewer=options.reviewer, automated=automated)
         with _progress(options.quiet) as progress:
-            return _run_stored(options, data_dir, out, workers, on_result, t0, tubes, template, corrections,
-                               command, store, progress)
+            run_id = store.begin_run(version=__version__, template_name=template.name,
+                                     template_sha256=template.sha256, command=command,
+                                     info={"data_dir": str(data_dir), "layout": str(options.layout),
+                                           "workers": workers, "scheduler": options.scheduler,
+                                           "overrides": str(options.overrides) if options.overrides else None,
+                                           "gates_from": str(options.gates_from) if options.gates_from else None,
+                                           "template_source": template.source,
+                                           "template_text": template.source_text})
+            try:
+                return _run_stored(options, data_dir, out, workers, on_result, t0, tubes, template, corrections,
+                                   command, store, progress, run_id)
+            except BaseException:
+                if store.last_run() and store.last_run()["status"] == "running":
+                    store.end_run(run_id, status="stopped", n_tubes=len(tubes), n_gated=0, n_reused=0, n_failed=0)
+                raise
 
 
 def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
                 on_result: Callable[[int, TubeResult], None] | None, t0: float, tubes: list[Tube], template: Any,
-                corrections: Any, command: str, store: ResultStore, progress: Any) -> RunSummary:
-    run_id = store.begin_run(version=__version__, template_name=template.name,
-                             template_sha256=template.sha256, command=command,
-                             info={"data_dir": str(data_dir), "layout": str(options.layout),
-                                   "workers": workers, "scheduler": options.scheduler,
-                                   "overrides": str(options.overrides) if options.overrides else None,
-                                   "gates_from": str(options.gates_from) if options.gates_from else None,
-                                   "template_source": getattr(template, "source", None),
-                                   "template_text": getattr(template, "source_text", None)})
+                corrections: Any, command: str, store: ResultStore, progress: Any, run_id: int) -> RunSummary:
     # checksums of every input, and which tube results are still valid
     check = progress.add_task("Checking files", total=len(tubes), note="")
     checksums: dict[str, str | None] = {}

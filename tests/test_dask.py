@@ -1,0 +1,51 @@
+"""The same run on a Dask distributed cluster (a LocalCluster over TCP) equals the local run."""
+
+from __future__ import annotations
+
+import pytest
+
+from bat_analysis.errors import BatError
+from bat_analysis.pipeline import RunOptions, run
+
+distributed = pytest.importorskip("distributed", reason="the 'distributed' package (bat-analysis[dask]) is "
+                                                        "not installed")
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    from bat_analysis.simulate import simulate_experiment
+
+    return simulate_experiment(tmp_path_factory.mktemp("dask_data"), n_patients=1, n_events=6000, seed=8,
+                               n_concentrations=4)
+
+
+@pytest.mark.slow
+def test_local_cluster_equals_local_processes(experiment, tmp_path):
+    local = tmp_path / "local"
+    run(RunOptions(data_dir=experiment.out_dir, layout=experiment.layout_path, out=local, workers=2, quiet=True,
+                   reports=False))
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://",
+                                       dashboard_address=":0")
+    try:
+        assert cluster.scheduler_address.startswith("tcp://")
+        on_dask = tmp_path / "dask"
+        summary = run(RunOptions(data_dir=experiment.out_dir, layout=experiment.layout_path, out=on_dask,
+                                 scheduler=cluster.scheduler_address, quiet=True, reports=False))
+    finally:
+        cluster.close()
+    assert summary.n_gated == len(experiment.tubes) and summary.n_failed == 0
+    for name in ("tubes.csv", "patients.csv"):
+        assert (on_dask / name).read_bytes() == (local / name).read_bytes(), name
+
+
+def test_unreachable_scheduler_is_a_clear_error(experiment, tmp_path, monkeypatch):
+    import bat_analysis.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "DASK_CONNECT_TIMEOUT", "1s")
+    with pytest.raises(BatError, match="--scheduler: cannot reach the Dask scheduler.*running scheduler"):
+        run(RunOptions(data_dir=experiment.out_dir, layout=experiment.layout_path, out=tmp_path / "o",
+                       scheduler="tcp://127.0.0.1:9", quiet=True, reports=False))
+    from bat_analysis.store import ResultStore
+
+    with ResultStore.in_folder(tmp_path / "o") as store:
+        assert store.last_run()["status"] == "stopped"
