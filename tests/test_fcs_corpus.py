@@ -160,9 +160,11 @@ def test_partec_keywords_flowio_loses() -> None:
 
 
 def test_blank_header_offsets_read_from_text() -> None:
+    """fake_large_fcs is the Fortessa file with blank HEADER offsets (as for a file beyond 99,999,999 bytes)."""
     large = read_fcs(CORPUS / "instruments/fcsparser/fake_large_fcs/fake_large_fcs.fcs")
     same = read_fcs(CORPUS / "instruments/fcsparser/Fortessa/FCS_3.0_Fortessa_PBS_Specimen_001_A1_A01.fcs")
     np.testing.assert_array_equal(large.events, same.events)
+    assert any("HEADER DATA offsets are blank" in w for w in large.warnings)
 
 
 def test_flowio_truth_arrays() -> None:

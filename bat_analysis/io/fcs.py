@@ -481,15 +481,17 @@ def _choose_data_offsets(buf: bytes, ds: _DataSet, expected: int | None, per_eve
     in_file = [(n, o) for n, o in candidates if HEADER_LENGTH <= o[0] and o[0] <= size]
     if not in_file:
         name, (s, e) = candidates[0]
-        raise FcsFormatError(f"DATA segment {s}-{e} lies outside the file's {size} bytes", source=source,
+        raise FcsFormatError(f"DATA segment {s}-{e} lies outside the file (bytes {HEADER_LENGTH}-{size - 1})",
+                             source=source,
                              field="$BEGINDATA" if name == "TEXT" else "HEADER bytes 26-33",
                              expected="a DATA offset inside the file")
     if head_ok and text_ok and head != text:
         note = f"HEADER DATA offsets {head[0]}-{head[1]} differ from TEXT {text[0]}-{text[1]}"
     else:
         note = ""
-    if not head_ok and text_ok and ds.header.version != "2.0" and text[1] is not None and text[1] > 99_999_999:
-        pass  # large file: HEADER offsets are blank by the standard
+    if not head_ok and text_ok and ds.header.version != "2.0" and text[1] is not None and text[1] <= 99_999_999:
+        # blank HEADER offsets are the standard's way for segments beyond byte 99,999,999, not below it
+        warnings.append(f"HEADER DATA offsets are blank although the data end at byte {text[1]}; TEXT offsets used")
 
     if expected is None:  # no $TOT (allowed in FCS 2.0): the segment length decides
         name, (s, e) = in_file[0]
