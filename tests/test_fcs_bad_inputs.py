@@ -425,3 +425,23 @@ def test_junk_nextdata_reads_the_first_data_set(tmp_path: Path) -> None:
     np.testing.assert_array_equal(sample.events, EVENTS)
     assert sample.n_datasets == 1
     assert any("$NEXTDATA 'x'" in w for w in sample.warnings)
+
+
+def test_data_beyond_99999999_bytes_read_from_text_offsets(tmp_path: Path) -> None:
+    """A (sparse) file whose DATA starts beyond byte 99,999,999: HEADER offsets are 0, TEXT has them."""
+    begin = 100_000_000
+    data = EVENTS.astype("<f4").tobytes()
+    content = float_file(EVENTS, NAMES)
+    for key, value in ((b"$BEGINDATA/", begin), (b"$ENDDATA/", begin + len(data) - 1)):
+        start = content.index(key) + len(key)
+        content = content[:start] + f"{value:010d}".encode() + content[start + 10:]
+    head = bytearray(content[: int(content[18:26]) + 1])  # HEADER and TEXT
+    head[26:42] = f"{0:>8}{0:>8}".encode()
+    path = tmp_path / "large.fcs"
+    with open(path, "wb") as fh:
+        fh.write(bytes(head))
+        fh.seek(begin)
+        fh.write(data)
+    sample = read_fcs(path)
+    np.testing.assert_array_equal(sample.events, EVENTS)
+    assert not any("blank" in w for w in sample.warnings)
