@@ -63,7 +63,7 @@ ALLERGENS: tuple[str, ...] = ("birch", "peanut", "cat", "grass", "mite", "wasp",
 UNIT = "ng/mL"
 RANGE = 262144.0  # $PnR of every channel; saturated events sit at RANGE - 1
 TIMESTEP = 0.01  # seconds per Time unit
-EVENT_RATE = 1500.0  # events per second
+ACQUISITION_SECONDS = (60.0, 90.0)  # a tube is acquired for this long, whatever its event count
 
 #: the arguments of ``simulate_experiment`` that made the committed ``sample_fcs/`` (see its README.md)
 SAMPLE_ARGUMENTS: dict[str, Any] = {
@@ -604,7 +604,7 @@ def simulate_tube(
 
     # acquisition times: a steady flow; a clog stops it for a few seconds, then the burst arrives
     n_steady = population.size - n_clog
-    duration = n_steady / EVENT_RATE
+    duration = rng.uniform(*ACQUISITION_SECONDS)
     times = np.empty(population.size)
     times[:n_steady] = rng.uniform(0.0, duration, n_steady)
     if n_clog:
