@@ -121,17 +121,13 @@ def anti_fceri_flags(m: MarkerMetrics, qc: QcConfig, fmlp_ok: bool | None) -> li
                                                  f"{qc.anti_fceri_fail_below:g}% ({fm}): basophils unresponsive")]
 
 
-def _hours(text: str) -> float:
-    return float(text)
-
-
 def draw_to_assay_flags(extra: Mapping[str, str], qc: QcConfig) -> list[Flag]:
     """Blood draw to assay delay from the layout's extra columns (skipped when absent)."""
     hours: float | None = None
     direct = extra.get(qc.draw_to_assay_hours_column)
     if direct not in (None, ""):
         try:
-            hours = _hours(str(direct))
+            hours = float(str(direct))
         except ValueError:
             return [Flag("DRAW_TIME_UNREADABLE", "warn", f"layout column {qc.draw_to_assay_hours_column} "
                                                           f"{direct!r} is not a number of hours")]
