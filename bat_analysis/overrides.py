@@ -325,7 +325,7 @@ def read_overrides(path: Path | str, template: Any, tubes: Sequence[Tube], *,
 
 
 def load_corrections(template: Any, *, overrides: Path | str | None, gates_from: Path | str | None,
-                     tubes: Sequence[Tube], reviewer: str | None = None,
+                     tubes: Sequence[Tube], data_dir: Path | str | None = None, reviewer: str | None = None,
                      automated: Callable[[str, str], dict[str, Any] | None] | None = None) -> Corrections:
     """All corrections of a run: the overrides file, plus gates edited in FlowJo / Gating-ML.
 
@@ -336,9 +336,10 @@ def load_corrections(template: Any, *, overrides: Path | str | None, gates_from:
     if overrides is not None:
         out = read_overrides(overrides, template, tubes, default_reviewer=reviewer)
     if gates_from is not None:
-        from .overrides_import import read_edited_gates
+        from .gate_exchange import read_edited_gates
 
-        edited = read_edited_gates(gates_from, template, tubes, reviewer=reviewer, automated=automated)
+        edited = read_edited_gates(gates_from, template, tubes, data_dir=Path(data_dir or "."), reviewer=reviewer,
+                                   automated=automated)
         clash = {(c.file, c.gate) for c in out.gates} & {(c.file, c.gate) for c in edited}
         if clash:
             raise OverridesError("the same gate is corrected in both --overrides and --gates-from",

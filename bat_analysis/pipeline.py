@@ -356,7 +356,8 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
             return rec.geometry if rec is not None else None
 
         corrections = load_corrections(template, overrides=options.overrides, gates_from=options.gates_from,
-                                       tubes=tubes, reviewer=options.reviewer, automated=automated)
+                                       tubes=tubes, data_dir=data_dir, reviewer=options.reviewer,
+                                       automated=automated)
         with _progress(options.quiet) as progress:
             run_id = store.begin_run(version=__version__, template_name=template.name,
                                      template_sha256=template.sha256, command=command,
@@ -631,7 +632,7 @@ class StoredRun:
     run_id: int
 
 
-def load_run(out: Path | str) -> StoredRun:
+def load_run(out: Path | str, *, score: bool = True) -> StoredRun:
     """The last completed run of an output folder, from its results store (nothing is re-gated)."""
     from .gating.templates import load_template, parse_template
 
@@ -658,7 +659,7 @@ def load_run(out: Path | str) -> StoredRun:
             results.append(res)
         thresholds = {(r["patient"], r["pretreatment"]): float(r["value"])
                       for r in store.reviews() if r["kind"] == "threshold"}
-        scores = score_results(results, template, thresholds, store)
+        scores = score_results(results, template, thresholds, store) if score else None
         return StoredRun(results=results, scores=scores, info=run_info(store, run["id"]), template=template,
                          run_id=int(run["id"]))
 
@@ -674,3 +675,16 @@ def rerender(out: Path | str, patients: list[str] | None = None) -> tuple[list[P
                            expected=f"one of {', '.join(sorted(known))}")
     with ResultStore.in_folder(out, create=False) as store:
         return render(Path(out), store, stored.results, stored.scores, stored.run_id, patients=patients)
+
+
+def export_gates(out: Path | str, fmt: str, dest: Path | str | None = None) -> list[Path]:
+    """Export the gates of a finished run (as applied, corrections included) for FlowJo or Gating-ML."""
+    from .gate_exchange import export_run_gates
+
+    if fmt not in ("gatingml", "flowjo"):
+        raise BatError(f"unknown format {fmt!r}", field="--format", expected="gatingml or flowjo")
+    stored = load_run(out, score=False)
+    with ResultStore.in_folder(out, create=False) as store:
+        run = next(r for r in store.runs() if r["id"] == stored.run_id)
+    data_dir = Path(json.loads(run["info_json"] or "{}").get("data_dir") or ".")
+    return export_run_gates(stored.results, stored.template, data_dir, fmt, Path(dest) if dest else Path(out) / "gates")

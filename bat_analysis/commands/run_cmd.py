@@ -149,10 +149,11 @@ def register(app: typer.Typer) -> None:
         Edit the gates in FlowJo, save, and give the file back with 'bat run ... --gates-from FILE'.
         """
         from ..errors import BatError
-        from ..pipeline import export_gates
 
         if fmt not in ("gatingml", "flowjo"):
             raise _fail(BatError(f"unknown format {fmt!r}", field="--format", expected="gatingml or flowjo"))
+        from ..pipeline import export_gates
+
         try:
             paths = export_gates(out, fmt, dest)
         except BatError as exc:

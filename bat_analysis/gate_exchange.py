@@ -1,0 +1,255 @@
+"""A run's gates out to FlowJo / Gating-ML (``bat export-gates``), and edited gates back (``--gates-from``).
+
+Stored gates are on the template's dimensions (``FSC-A``, ``CCR3``…) in the template's display scales. For
+export they are put on each file's own channels (``$PnN``), with the template's transforms and the file's
+spillover matrix (``"FCS"``) on fluorescence dimensions; the conversion to FlowJo's data units and to
+Gating-ML is done by :mod:`bat_analysis.gating.flowjo` and :mod:`bat_analysis.gating.gatingml`.
+
+On import, each gate of a tube whose name is a template gate is mapped back onto the template dimensions
+(channel by channel, coordinates carried through the imported scale's inverse and the template's scale) and
+compared with the automated gate stored for that tube: only gates that differ (a reviewer moved them) become
+corrections, each recorded with the reviewer, the file it came from and when.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .errors import BatError
+from .overrides import GateCorrection, OverridesError, check_geometry
+from .records import GateRecord, Tube
+
+SCATTER_DIMS = ("FSC-A", "FSC-H", "FSC-W", "SSC-A", "SSC-H", "SSC-W", "Time")
+RELATIVE_TOLERANCE = 1e-6
+
+
+def channel_map(sample: Any, template: Any, source: str) -> dict[str, Any]:
+    """Template dimension / marker -> the file's channel (same resolution rules as gating)."""
+    from .io.markers import find_scatter, find_time, resolve_marker
+
+    needed = {d for g in template.gates for d in g.dims}
+    found: dict[str, Any] = {}
+    for dim in sorted(needed & set(SCATTER_DIMS)):
+        if dim == "Time":
+            ch = find_time(sample.channels)
+            if ch is not None:
+                found[dim] = ch
+        else:
+            kind, measure = dim.split("-")
+            found[dim] = find_scatter(sample.channels, kind, measure, source=source)
+    for marker, spec in template.panel.items():
+        if marker in needed:
+            found[marker] = resolve_marker(sample.channels, marker, (marker, *spec.aliases), source=source)
+    return found
+
+
+def _file_gates(records: Sequence[GateRecord], template: Any, channels: Mapping[str, Any],
+                compensated: bool) -> list[Any]:
+    """The gates of one tube on the file's channels (gates that were not set are left out, with their
+    children)."""
+    from .gating.gates import Dimension, gate_from_dict
+    from .gating.tube import template_dimension
+
+    kept: set[str] = set()
+    gates = []
+    for rec in records:
+        geo = rec.geometry or {}
+        if geo.get("type") not in ("range", "polygon", "ellipsoid") or (rec.parent and rec.parent not in kept):
+            continue
+        dims = []
+        for d in rec.dims:
+            tdim = template_dimension(template, d)
+            fluo = d not in SCATTER_DIMS
+            dims.append(Dimension(channels[d].pnn, tdim.transform, "FCS" if (fluo and compensated) else None))
+        data = {k: v for k, v in geo.items() if k not in ("transforms", "transform_specs")}
+        data.update(name=rec.name, parent=rec.parent, dims=[d.key for d in dims], transforms=[None] * len(dims))
+        gate = gate_from_dict(data)
+        gate.dims = tuple(dims)
+        gates.append(gate)
+        kept.add(rec.name)
+    return gates
+
+
+def export_run_gates(results: Sequence[Any], template: Any, data_dir: Path, fmt: str, dest: Path) -> list[Path]:
+    """Write the gates of every gated tube: one Gating-ML file per tube, or one FlowJo workspace."""
+    from .gating.flowjo import WorkspaceTube, export_workspace
+    from .gating.gatingml import export_gatingml
+    from .io.fcs import read_fcs
+
+    dest.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    ws_tubes = []
+    for res in results:
+        if not res.ok or not res.gates:
+            continue
+        path = Path(res.tube.file) if Path(res.tube.file).is_absolute() else data_dir / res.tube.file
+        sample = read_fcs(path)
+        channels = channel_map(sample, template, str(path))
+        spill = sample.spillover if template.compensation.get("source", "file") == "file" else None
+        gates = _file_gates(res.gates, template, channels, spill is not None)
+        spillovers = {"FCS": (list(spill.channels), np.asarray(spill.matrix))} if spill is not None else {}
+        if fmt == "gatingml":
+            written.append(export_gatingml(gates, dest / f"{Path(res.tube.file).stem}.xml", spillovers))
+        else:
+            ranges = {c.pnn: float(c.range) for c in sample.channels if c.range}
+            ws_tubes.append(WorkspaceTube(fcs_path=path.resolve(), gates=gates, spillovers=spillovers,
+                                          channel_ranges=ranges, name=Path(res.tube.file).name))
+    if fmt == "flowjo":
+        if not ws_tubes:
+            raise BatError("no gated tube to export", field="tubes", expected="a run with at least one gated tube")
+        written.append(export_workspace(ws_tubes, dest / "experiment.wsp"))
+    return written
+
+
+# ------------------------------------------------------------------------------------------------ import
+def _to_template_scale(values: Sequence[float | None], imported: Any, target: Any) -> list[float | None]:
+    out: list[float | None] = []
+    for v in values:
+        if v is None:
+            out.append(None)
+            continue
+        x = np.array([float(v)])
+        data = imported.inverse(x) if imported is not None else x
+        scaled = target.apply(data) if target is not None else data
+        out.append(float(np.asarray(scaled)[0]))
+    return out
+
+
+def gate_geometry_on_template(gate: Any, template: Any, pnn_to_dim: Mapping[str, str]) -> dict[str, Any] | None:
+    """An imported gate's geometry on the template's dimensions and scales (None if it does not map)."""
+    from .gating.gates import EllipsoidGate, PolygonGate, RangeGate
+    from .gating.tube import template_dimension
+
+    try:
+        spec = template.gate(gate.name)
+    except KeyError:
+        return None
+    dims = [pnn_to_dim.get(d.key) for d in gate.dims]
+    if tuple(dims) != tuple(spec.dims):
+        return None
+    targets = [template_dimension(template, d).transform for d in dims]
+    imported = [d.transform for d in gate.dims]
+    if isinstance(gate, RangeGate):
+        mins, maxs = [], []
+        for lo, hi, imp, tgt in zip(gate.mins, gate.maxs, imported, targets):
+            mins += _to_template_scale([lo], imp, tgt)
+            maxs += _to_template_scale([hi], imp, tgt)
+        return {"type": "range", "mins": mins, "maxs": maxs}
+    if isinstance(gate, PolygonGate):
+        cols = [_to_template_scale(list(gate.vertices[:, i]), imported[i], targets[i]) for i in range(2)]
+        return {"type": "polygon", "vertices": [[x, y] for x, y in zip(*cols)]}
+    if isinstance(gate, EllipsoidGate):
+        if any(i is not t and getattr(i, "name", None) != getattr(t, "name", None) for i, t in zip(imported, targets)):
+            return None  # an ellipse cannot be carried across a change of scale exactly
+        return {"type": "ellipsoid", "mean": [float(v) for v in gate.mean],
+                "covariance": np.asarray(gate.covariance, dtype=float).tolist(),
+                "distance_square": float(gate.distance_square)}
+    return None
+
+
+def _coords(geo: Mapping[str, Any]) -> list[float | None]:
+    kind = geo.get("type")
+    if kind == "range":
+        return list(geo["mins"]) + list(geo["maxs"])
+    if kind == "polygon":
+        return [float(v) for p in geo["vertices"] for v in p]
+    if kind == "ellipsoid":
+        return (list(geo["mean"]) + [v for r in geo["covariance"] for v in r] + [geo["distance_square"]])
+    return []
+
+
+def same_geometry(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, *,
+                  open_limit: float | None = None) -> bool:
+    """Whether two geometries are the same gate (to a relative 1e-6; an open range side equals a limit at
+    or beyond ``open_limit``)."""
+    if a is None or b is None or a.get("type") != b.get("type"):
+        return False
+    ca, cb = _coords(a), _coords(b)
+    if len(ca) != len(cb):
+        return False
+    for x, y in zip(ca, cb):
+        if x is None or y is None:
+            other = y if x is None else x
+            if other is not None and (open_limit is None or abs(other) < open_limit):
+                return False
+            continue
+        if abs(x - y) > RELATIVE_TOLERANCE * max(1.0, abs(x), abs(y)):
+            return False
+    return True
+
+
+def _documents(path: Path) -> dict[str, Any]:
+    """Imported gate documents keyed by sample / file name."""
+    from .gating.flowjo import read_workspace
+    from .gating.gatingml import read_gatingml
+
+    if path.is_dir():
+        files = sorted(path.glob("*.xml"))
+        if not files:
+            raise OverridesError("no Gating-ML (.xml) files in this folder", source=str(path))
+        return {f.stem: read_gatingml(f) for f in files}
+    if path.suffix.lower() == ".wsp":
+        return {name: s.document for name, s in read_workspace(path).items()}
+    if path.suffix.lower() == ".xml":
+        return {path.stem: read_gatingml(path)}
+    raise OverridesError("edited gates must be a FlowJo workspace (.wsp), a Gating-ML file (.xml) or a folder "
+                         "of Gating-ML files", source=str(path))
+
+
+def read_edited_gates(path: Path | str, template: Any, tubes: Sequence[Tube], *, data_dir: Path,
+                      reviewer: str | None,
+                      automated: Callable[[str, str], dict[str, Any] | None] | None) -> list[GateCorrection]:
+    """Gate corrections from a FlowJo workspace / Gating-ML edited by a reviewer."""
+    from .io.fcs import read_fcs
+    from .store import utc_now
+
+    path = Path(path)
+    if not path.exists():
+        raise OverridesError("file with edited gates not found", source=str(path))
+    docs = _documents(path)
+    by_key = {}
+    for t in tubes:
+        by_key[Path(t.file).name] = t
+        by_key[Path(t.file).stem] = t
+    problems = [f"{name}: not a file of the layout" for name in sorted(docs) if name not in by_key]
+    if problems:
+        raise OverridesError("the edited gates name tubes that are not in the layout", source=str(path),
+                             problems=problems)
+    who = reviewer or "unnamed reviewer (give --reviewer)"
+    when = utc_now()
+    out: list[GateCorrection] = []
+    for name in sorted(docs):
+        tube = by_key[name]
+        fcs = Path(tube.file) if Path(tube.file).is_absolute() else data_dir / tube.file
+        sample = read_fcs(fcs)
+        channels = channel_map(sample, template, str(fcs))
+        pnn_to_dim = {ch.pnn: dim for dim, ch in channels.items()}
+        for gate in docs[name].gates:
+            geo = gate_geometry_on_template(gate, template, pnn_to_dim)
+            if geo is None:
+                continue
+            problems_here: list[str] = []
+            geo = check_geometry(f"{name}: gate {gate.name}", geo, len(template.gate(gate.name).dims), problems_here)
+            if geo is None:
+                raise OverridesError("an edited gate is not usable", source=str(path), problems=problems_here)
+            auto = automated(tube.file, gate.name) if automated is not None else None
+            top = max((float(c.range) for c in channels.values() if c.range), default=None)
+            if auto is not None and same_geometry(geo, auto, open_limit=_open_limit(top, template, gate.name)):
+                continue
+            out.append(GateCorrection(tube.file, gate.name, geo, who, f"gate edited in {path.name}", str(path), when))
+    return out
+
+
+def _open_limit(top: float | None, template: Any, gate_name: str) -> float | None:
+    """The value from which an exported limit stands for an open side (the largest channel range, in the
+    gate's first dimension's scale)."""
+    if top is None:
+        return None
+    from .gating.tube import template_dimension
+
+    spec = template.gate(gate_name)
+    t = template_dimension(template, spec.dims[0]).transform
+    return float(np.asarray(t.apply(np.array([top])))[0]) if t is not None else top
