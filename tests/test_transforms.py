@@ -103,3 +103,9 @@ def test_from_spec_shares_fast_tables_and_checks_hyperlog_width() -> None:
     assert a is b
     with pytest.raises(TemplateError, match="expected > 0 for hyperlog"):
         from_spec({"type": "hyperlog", "T": 262144, "W": 0, "M": 4.5})
+
+
+def test_fast_tables_pass_non_finite_values_through() -> None:
+    out = FastLogicle().apply(np.array([np.nan, np.inf, -np.inf, 1e30, 0.0]))
+    assert np.isnan(out[0]) and out[1] == np.inf and out[2] == -np.inf
+    assert out[3] == pytest.approx(Logicle().apply(np.array([1e30]))[0])

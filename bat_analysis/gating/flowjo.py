@@ -37,8 +37,7 @@ import numpy as np
 from ..errors import GatingError
 from .compensation import Spillover, as_spillover
 from .gatingml import GatingDocument, export_gatingml, from_flowkit_strategy
-from .gates import (UNCOMPENSATED, BooleanGate, Dimension, EllipsoidGate, Gate, PolygonGate, QuadrantGate,
-                    RangeGate, evaluate)
+from .gates import UNCOMPENSATED, BooleanGate, Dimension, EllipsoidGate, Gate, PolygonGate, RangeGate, evaluate
 from .transforms import Asinh, FlowJoBiex, FlowJoLog, Linear, Logicle, ScaleTransform
 
 __all__ = ["FlowJoSample", "BinnedPolygonGate", "read_workspace", "flowjo_counts", "WorkspaceTube", "export_workspace",

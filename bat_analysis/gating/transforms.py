@@ -281,7 +281,8 @@ class _TableTransform(ScaleTransform):
         pos = np.arcsinh(v * (1.0 / self._c))
         pos -= self._u0
         pos *= self._inv_du
-        i = pos.astype(np.intp)
+        with np.errstate(invalid="ignore"):  # NaN/inf positions: fixed up below
+            i = pos.astype(np.intp)
         np.clip(i, 0, self._ncell - 1, out=i)
         t = pos
         t -= i                                   # position inside the cell, in [0, 1]
@@ -295,7 +296,9 @@ class _TableTransform(ScaleTransform):
         out += c0[i]
         outside = (v < self._lo) | (v > self._hi)
         if outside.any():
-            out[outside] = self.exact.apply(v[outside])
+            infinite = np.isinf(v)
+            out[outside & ~infinite] = self.exact.apply(v[outside & ~infinite])
+            out[infinite] = v[infinite]  # the scale is unbounded: +-inf stays +-inf (NaN stays NaN)
         return out
 
     def inverse(self, values: np.ndarray) -> np.ndarray:
