@@ -175,6 +175,8 @@ def score_experiment(results: Sequence[TubeResult], config: AnalysisConfig | Non
                     extra = list(state.reference.flags) + extra
                 elif not state.reference.thresholds and r.ok:
                     extra += [f for f in state.reference.flags if f.severity == "fail"]
+                else:
+                    extra += [f for f in state.reference.flags if f.code == "THRESHOLD_FROM_OTHER_ARM"]
                 qcs[r.tube.file] = tube_qc(r, m.get(act) if m else None, cfg, extra_flags=extra,
                                            fmlp_ok=fmlp_ok)
 

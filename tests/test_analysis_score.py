@@ -1,0 +1,161 @@
+"""score_experiment: table contracts, hand-checked values, errors, overrides, reference rules, order."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from bat_analysis.analysis.config import AnalysisConfig, FitConfig, ThresholdConfig
+from bat_analysis.analysis.dose_response import four_pl
+from bat_analysis.analysis.score import PATIENT_COLUMNS, TUBE_COLUMNS, score_experiment
+from bat_analysis.errors import AnalysisError
+from bat_analysis.records import Tube, TubeResult
+
+N = 600
+CONC = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+CFG = AnalysisConfig(threshold=ThresholdConfig(method="percentile"), fit=FitConfig(bootstrap_n=0))
+
+
+def _values(pct_above: float) -> dict[str, np.ndarray]:
+    k = int(round(N * pct_above / 100.0))
+    cd63 = np.concatenate([np.full(N - k, 10.0), np.full(k, 5000.0)]).astype(np.float32)
+    return {"CD63": cd63, "CD203c": np.full(N, 100.0 + 2 * k, dtype=np.float32)}
+
+
+def _result(file, patient, cond, arm, values, conc=None, **kw) -> TubeResult:
+    tube = Tube(file, patient, cond, arm, "Bet v 1" if cond == "allergen" else None, conc,
+                "ng/mL" if cond == "allergen" else None, extra=kw.pop("extra", ()))
+    return TubeResult(tube, n_events=50 * N, n_basophils=len(values["CD63"]) if values else 0,
+                      basophil_values=values or {}, has_spillover=True, n_fluorescent_markers=3,
+                      event_fractions={"acquisition_qc": 0.01, "margin": 0.0, "doublets": 0.02}, **kw)
+
+
+def _patient(pid="P1", top_none=70.0, top_oma=10.0, neg_arms=("none", "omalizumab")):
+    out = []
+    for arm, top in (("none", top_none), ("omalizumab", top_oma)):
+        if arm in neg_arms:
+            neg = {"CD63": np.arange(N, dtype=np.float32), "CD203c": np.full(N, 100.0, dtype=np.float32)}
+            out.append(_result(f"{pid}_{arm}_neg.fcs", pid, "negative_control", arm, neg))
+        out.append(_result(f"{pid}_{arm}_fceri.fcs", pid, "anti_fceri", arm, _values(60.0)))
+        out.append(_result(f"{pid}_{arm}_fmlp.fcs", pid, "fmlp", arm, _values(40.0)))
+        for j, c in enumerate(CONC):
+            level = float(four_pl(math.log10(c), 2.5, top, 0.0, 1.0))
+            out.append(_result(f"{pid}_{arm}_a{j}.fcs", pid, "allergen", arm, _values(level), c,
+                               extra=(("draw_time", "2026-01-05 08:00"), ("assay_time", "2026-01-05 10:00"))))
+    return out
+
+
+def test_tables_start_with_the_contract_columns():
+    s = score_experiment(_patient(), CFG)
+    assert tuple(s.tubes.columns[:len(TUBE_COLUMNS)]) == TUBE_COLUMNS
+    assert tuple(s.patients.columns[:len(PATIENT_COLUMNS)]) == PATIENT_COLUMNS
+    assert {"qc_reasons", "threshold_method", "draw_time", "assay_time"} <= set(s.tubes.columns)
+    assert len(s.tubes) == 18 and len(s.patients) == 1
+
+
+def test_hand_checked_tube_values():
+    s = score_experiment(_patient(), CFG)
+    t = s.tubes.set_index("file")
+    neg = t.loc["P1_none_neg.fcs"]
+    # 97.5th percentile of 0..599: 599 × 0.975 = 584.025
+    assert neg.cd63_threshold == pytest.approx(584.025)
+    assert neg.pct_cd63 == pytest.approx(2.5)  # 585..599 = 15 of 600
+    assert (neg.net_pct_cd63, neg.si_cd63, neg.cd203c_mfi, neg.si_cd203c) == (0.0, 1.0, 100.0, 1.0)
+    fceri = t.loc["P1_none_fceri.fcs"]
+    assert fceri.pct_cd63 == pytest.approx(60.0)
+    assert fceri.net_pct_cd63 == pytest.approx(57.5)
+    assert fceri.si_cd63 == pytest.approx(24.0)
+    assert fceri.cd203c_mfi == 100.0 + 2 * 360 and fceri.si_cd203c == pytest.approx(8.2)
+    assert fceri.qc_status == "pass" and fceri.qc_flags == ""
+    assert neg.threshold_method == "percentile" and neg.threshold_reference == "P1_none_neg.fcs"
+
+
+def test_patient_row_responder_with_reason():
+    s = score_experiment(_patient(top_none=70.0, top_oma=5.0), CFG)
+    row = s.patients.iloc[0]
+    assert row["class"] == "responder"
+    assert row["auc_inhibition_pct"] >= 80
+    assert row["class_reason"] == f"AUC inhibition {row['auc_inhibition_pct']:.1f}% ≥ 80%"
+    assert row["ec50_none"] == pytest.approx(1.0, rel=0.1)
+    assert row["cd_sens_none"] == pytest.approx(100.0 / row["ec50_none"])
+    assert math.isnan(row["ec50_omalizumab"])
+    assert row["fit_status_omalizumab"] == "not_estimable"
+    fit = s.fits[("P1", "Bet v 1", "none")]
+    assert fit.auc == pytest.approx(row["auc_none"])
+
+
+def test_errored_tube_keeps_its_row_and_is_left_out_of_the_fit():
+    results = _patient()
+    bad = results[5]
+    results[5] = TubeResult(bad.tube, error="truncated DATA segment")
+    s = score_experiment(results, CFG)
+    row = s.tubes.set_index("file").loc[bad.tube.file]
+    assert row.qc_status == "fail" and row.qc_flags == "NOT_GATED"
+    assert "truncated DATA segment" in row.qc_reasons
+    assert math.isnan(row.pct_cd63)
+    fit = s.fits[("P1", "Bet v 1", "none")]
+    assert fit.x.size == 5
+    assert any("QC fail" in reason for _, reason in fit.excluded)
+
+
+def test_threshold_override_is_manual():
+    s = score_experiment(_patient(), CFG, threshold_overrides={("P1", "none"): 4000.0})
+    t = s.tubes.set_index("file")
+    assert t.loc["P1_none_a3.fcs"].cd63_threshold == 4000.0
+    assert t.loc["P1_none_a3.fcs"].threshold_method == "manual"
+    assert t.loc["P1_omalizumab_a3.fcs"].threshold_method == "percentile"
+    assert s.thresholds[("P1", "none", "CD63")].method == "manual"
+    assert "MANUAL_THRESHOLD" in t.loc["P1_none_neg.fcs"].qc_flags
+    table = s.thresholds_table()
+    assert table.query("arm == 'none' and marker == 'CD63'").method.item() == "manual"
+    with pytest.raises(AnalysisError, match="P9/none"):
+        score_experiment(_patient(), CFG, threshold_overrides={("P9", "none"): 1.0})
+
+
+def test_missing_arm_negative_uses_other_arm_and_flags():
+    s = score_experiment(_patient(neg_arms=("none",)), CFG)
+    t = s.tubes.set_index("file")
+    assert t.loc["P1_omalizumab_a2.fcs"].cd63_threshold == pytest.approx(584.025)
+    assert "THRESHOLD_FROM_OTHER_ARM" in t.loc["P1_omalizumab_a2.fcs"].qc_flags
+    assert s.thresholds[("P1", "omalizumab", "CD63")].reference_arm == "none"
+
+
+def test_no_negative_control_at_all_is_not_evaluable():
+    s = score_experiment(_patient(neg_arms=()), CFG)
+    row = s.patients.iloc[0]
+    assert row["class"] == "not_evaluable" and row["qc_status"] == "fail"
+    assert "no usable negative control" in row["class_reason"]
+    assert (s.tubes.qc_status == "fail").all()
+
+
+def test_non_releaser_is_not_evaluable():
+    results = [r if r.tube.condition != "anti_fceri" else _result(r.tube.file, "P1", "anti_fceri",
+                                                                   r.tube.pretreatment, _values(3.0))
+               for r in _patient()]
+    s = score_experiment(results, CFG)
+    row = s.patients.iloc[0]
+    assert row["class"] == "not_evaluable"
+    assert row["class_reason"].startswith("basophil non-releaser: arm none: fMLP net 37.5%")
+    assert "NON_RELEASER" in s.tubes.set_index("file").loc["P1_none_fceri.fcs"].qc_flags
+
+
+def test_order_is_stable_and_output_deterministic():
+    results = _patient("P2") + _patient("P1", top_oma=40.0)
+    a = score_experiment(results, CFG)
+    b = score_experiment(list(reversed(results)), CFG)
+    assert a.tubes.equals(b.tubes) and a.patients.equals(b.patients)
+    assert list(a.tubes.patient[:18]) == ["P1"] * 18
+    first = a.tubes.iloc[:9]
+    assert list(first.condition[:3]) == ["negative_control", "anti_fceri", "fmlp"]
+    assert list(first.concentration[3:]) == list(CONC)
+    assert list(a.patients.patient) == ["P1", "P2"]
+    assert a.patients.set_index("patient").loc["P1", "class"] == "partial_responder"
+
+
+def test_cohort_mode_adds_columns():
+    cfg = AnalysisConfig(threshold=CFG.threshold, fit=CFG.fit,
+                         classes=AnalysisConfig().classes.__class__(cohort_mode="median"))
+    s = score_experiment(_patient("P1", top_oma=5.0) + _patient("P2", top_oma=60.0), cfg)
+    assert list(s.patients.cohort_class) == ["above_median", "below_median"]
