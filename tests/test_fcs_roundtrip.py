@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -54,7 +55,8 @@ def fcs_files(draw: st.DrawFn) -> dict:
                 ranges=ranges, events=events, keywords=keywords, spillover=spillover)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.slow
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(spec=fcs_files())
 def test_written_files_read_back_exactly(spec: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
