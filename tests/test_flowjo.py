@@ -155,11 +155,15 @@ def test_batch_export_one_workspace_per_experiment(tmp_path: Path) -> None:
     a, b = Dimension("channel_A", Linear(262144, 0)), Dimension("channel_B", Linear(262144, 0))
     diamond = [RangeGate("right", (a,), mins=(0.25,), maxs=(None,)),
                PolygonGate("tri", (a, b), vertices=[[0.1, 0.1], [0.5, 0.1], [0.3, 0.45]], parent="right")]
-    tubes = [WorkspaceTube(FLOWSOM_FCS, bat, {"FCS": fs.spillover}), WorkspaceTube(DIAMOND_FCS, diamond)]
+    counts = {name: int(m.sum()) for name, m in evaluate(bat, ArrayEventsFactory(fs, {"FCS": fs.spillover})).items()}
+    tubes = [WorkspaceTube(FLOWSOM_FCS, bat, {"FCS": fs.spillover}, counts=counts, n_events=fs.n_events),
+             WorkspaceTube(DIAMOND_FCS, diamond)]
     out = export_workspace(tubes, tmp_path / "experiment.wsp")
     back = read_workspace(out)
     assert sorted(back) == sorted([DIAMOND_FCS.name, FLOWSOM_FCS.name])
-    assert set(flowjo_counts(out)) == {DIAMOND_FCS.name, FLOWSOM_FCS.name}
+    written = flowjo_counts(out)
+    assert set(written) == {DIAMOND_FCS.name, FLOWSOM_FCS.name} and written[DIAMOND_FCS.name] == {}
+    assert back[FLOWSOM_FCS.name].counts == counts
     for tube, fcs in ((tubes[0], fs), (tubes[1], dm)):
         spill = {"FCS": fcs.spillover} if fcs.spillover is not None else {}
         ours = evaluate(list(tube.gates), ArrayEventsFactory(fcs, spill))

@@ -241,7 +241,9 @@ class WorkspaceTube:
 
     ``spillovers`` maps the compensation references used by the gates (``"FCS"`` for the file's own)
     to matrices; ``channel_ranges`` gives ``$PnR`` per channel for the linear display of untransformed
-    parameters (262144 when absent); ``keywords`` are copied into the workspace for FlowJo's tables.
+    parameters (262144 when absent); ``keywords`` are copied into the workspace for FlowJo's tables;
+    ``counts`` (events per gate) and ``n_events`` are written as the populations' ``count`` attributes
+    (FlowJo recomputes them when it opens the file; other readers can compare against them).
     """
 
     fcs_path: str | Path
@@ -250,6 +252,8 @@ class WorkspaceTube:
     channel_ranges: Mapping[str, float] = field(default_factory=dict)
     keywords: Mapping[str, str] = field(default_factory=dict)
     name: str | None = None
+    counts: Mapping[str, int] = field(default_factory=dict)
+    n_events: int | None = None
 
     @property
     def sample_name(self) -> str:
@@ -386,7 +390,7 @@ def export_workspace(tubes: Iterable[WorkspaceTube], path: str | Path, group_nam
         raise GatingError("no tubes to export", field="tubes", expected="at least one tube")
     out = Path(path)
     root = ET.Element("Workspace", {"version": "20.0", "flowJoVersion": "10.5.3", "curGroup": group_name})
-    ET.SubElement(root, "Matrices")
+    matrices = ET.SubElement(root, "Matrices")
     groups = ET.SubElement(root, "Groups")
     gnode = ET.SubElement(groups, "GroupNode", {"name": group_name, "annotation": "", "owningGroup": group_name})
     group = ET.SubElement(gnode, "Group", {"name": group_name})
@@ -400,7 +404,7 @@ def export_workspace(tubes: Iterable[WorkspaceTube], path: str | Path, group_nam
                               expected="distinct FCS file names in one workspace")
         names_seen.add(tube.sample_name)
         ET.SubElement(refs, "SampleRef", {"sampleID": sid})
-        _sample_element(samples, tube, sid, out.parent)
+        _sample_element(samples, tube, sid, matrices)
     ET.indent(root, space="  ")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -409,7 +413,7 @@ def export_workspace(tubes: Iterable[WorkspaceTube], path: str | Path, group_nam
     return out
 
 
-def _sample_element(samples: ET.Element, tube: WorkspaceTube, sid: str, base: Path) -> None:
+def _sample_element(samples: ET.Element, tube: WorkspaceTube, sid: str, matrices: ET.Element) -> None:
     gates = list(tube.gates)
     by_name = {g.name: g for g in gates}
     refs = {d.compensation for g in gates for d in g.dims if d.compensation not in UNCOMPENSATED}
@@ -433,7 +437,9 @@ def _sample_element(samples: ET.Element, tube: WorkspaceTube, sid: str, base: Pa
         uri = str(fcs)
     ET.SubElement(sample, "DataSet", {"uri": uri, "sampleID": sid})
     if sp is not None:
-        _spillover_element(sample, ACQUISITION_DEFINED if comp_ref == "FCS" else str(comp_ref), sp, prefix)
+        matrix_name = ACQUISITION_DEFINED if comp_ref == "FCS" else str(comp_ref)
+        _spillover_element(sample, matrix_name, sp, prefix)
+        _spillover_element(matrices, matrix_name, sp, prefix)  # FlowJo also lists the matrices up front
 
     def param_name(d: Dimension) -> str:
         if sp is not None and d.compensation == comp_ref and d.key in sp.channels:
@@ -459,6 +465,8 @@ def _sample_element(samples: ET.Element, tube: WorkspaceTube, sid: str, base: Pa
         ET.SubElement(kws, "Keyword", {"name": str(k), "value": str(v)})
     node = ET.SubElement(sample, "SampleNode", {"name": tube.sample_name, "annotation": "", "owningGroup": "",
                                                 "sampleID": sid})
+    if tube.n_events is not None:
+        node.set("count", str(int(tube.n_events)))
     children: dict[str | None, list[Gate]] = {}
     for g in gates:
         if isinstance(g, BooleanGate):
@@ -482,6 +490,8 @@ def _sample_element(samples: ET.Element, tube: WorkspaceTube, sid: str, base: Pa
             # a path-qualified name (parent/child, see read_workspace) is written as the population's own name
             pop = ET.SubElement(subs, "Population", {"name": g.name.rsplit("/", 1)[-1], "annotation": "",
                                                      "owningGroup": ""})
+            if g.name in tube.counts:
+                pop.set("count", str(int(tube.counts[g.name])))
             gate_el = ET.SubElement(pop, "Gate")
             gate_el.set(_q("gating", "id"), fj_id)
             pid = ids.get(parent) if parent is not None else None
