@@ -1,0 +1,217 @@
+"""Reviewer corrections: the overrides file is validated with located errors; an override file and a gate
+edited in FlowJo change exactly the affected results, are stored with who/when/why beside the automated
+result, and withdrawing them restores the automated results."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pandas as pd
+import pytest
+import yaml
+
+from bat_analysis.overrides import OverridesError, parse_overrides
+from bat_analysis.pipeline import RunOptions, export_gates, run
+from bat_analysis.store import AUTO, REVIEWED, ResultStore
+
+
+@pytest.fixture(scope="module")
+def template():
+    from bat_analysis.gating.templates import load_template
+
+    return load_template("bat_ccr3_cd63")
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    from bat_analysis.simulate import simulate_experiment
+
+    return simulate_experiment(tmp_path_factory.mktemp("ovr_data"), n_patients=2, n_events=6000, seed=21,
+                               n_concentrations=4)
+
+
+@pytest.fixture(scope="module")
+def baseline(experiment, tmp_path_factory):
+    out = tmp_path_factory.mktemp("baseline")
+    run(RunOptions(data_dir=experiment.out_dir, layout=experiment.layout_path, out=out, workers=1, quiet=True,
+                   reports=False))
+    return out
+
+
+def _fresh_copy(baseline: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    shutil.copytree(baseline, out)
+    return out
+
+
+def _run(experiment, out, **kw):
+    return run(RunOptions(data_dir=experiment.out_dir, layout=experiment.layout_path, out=out, workers=1,
+                          quiet=True, reports=False, **kw))
+
+
+def test_every_problem_is_reported_with_its_location(experiment, template):
+    doc = {"reviewer": "Jane Doe", "colour": "red", "corrections": [
+        {"tube": "nope.fcs", "gate": "basophils", "geometry": {"type": "range", "mins": [0.5, None],
+                                                               "maxs": [None, 0.6]}, "reason": "x"},
+        {"tube": experiment.tubes[0].file, "gate": "monocytes", "geometry": {"type": "range"}, "reason": "x"},
+        {"tube": experiment.tubes[0].file, "gate": "basophils",
+         "geometry": {"type": "polygon", "vertices": [[0, 0], [1, "a"]]}, "reason": "x"},
+        {"tube": experiment.tubes[0].file, "gate": "basophils",
+         "geometry": {"type": "range", "mins": [0.7, 0.1], "maxs": [0.5, 0.4]}},
+        {"patient": "P01", "pretreatment": "omalizumab", "threshold": "high", "reason": "bimodal"},
+        {"patient": "P07", "threshold": 100.0, "reason": "x"},
+        {"tube": experiment.tubes[0].file, "threshold": 10.0, "gate": "basophils",
+         "geometry": {"type": "range", "mins": [0.1, None], "maxs": [None, 0.5]}, "reason": "x"},
+        "just a string",
+    ]}
+    with pytest.raises(OverridesError) as info:
+        parse_overrides(doc, template, experiment.tubes, source="review.yaml")
+    problems = info.value.problems
+    expected = [
+        "colour: unknown key",
+        "corrections[0].tube: 'nope.fcs' is not a file of the layout",
+        "corrections[1].gate: 'monocytes' is not a gate of template bat_ccr3_cd63",
+        "corrections[2].geometry.vertices: expected a list of at least 3 [x, y] number pairs",
+        "corrections[3].reason: missing",
+        "corrections[3].geometry: dimension 0 has min 0.7 >= max 0.5",
+        "corrections[4].threshold: expected a number",
+        "corrections[5]: patient 'P07' with pretreatment 'none' is not in the layout",
+        "corrections[6]: give either 'geometry' (with 'gate') or 'threshold'",
+        "corrections[7]: expected a mapping, got str",
+    ]
+    for text in expected:
+        assert any(p.startswith(text) for p in problems), (text, problems)
+    assert len(problems) == len(expected)
+    assert "review.yaml" in str(info.value) and "nothing was run" in str(info.value)
+
+
+def test_a_valid_file_parses(experiment, template):
+    tube = experiment.tubes[4]
+    doc = {"reviewer": "Jane Doe", "corrections": [
+        {"tube": tube.file, "gate": "basophils", "reason": "eosinophils included",
+         "geometry": {"type": "range", "mins": [0.5, None], "maxs": [None, 0.6]}},
+        {"tube": experiment.tubes[0].file, "threshold": 800, "reviewer": "John Roe", "reason": "bimodal"}]}
+    c = parse_overrides(doc, template, experiment.tubes, source="review.yaml")
+    assert list(c.gates_for(tube.file)) == ["basophils"] and c.gates_for(experiment.tubes[1].file) == {}
+    t0 = experiment.tubes[0]
+    assert c.thresholds() == {(t0.patient, t0.pretreatment): 800.0}
+    gate = c.gate_overrides(template, tube.file)["basophils"]
+    assert [d.key for d in gate.dims] == list(template.gate("basophils").dims) and gate.parent == "singlets"
+    assert "adjusted by Jane Doe: eosinophils included" in c.note_for(tube.file, tube.patient, tube.pretreatment)
+    assert c.sha256_for(tube.file) and c.sha256_for(experiment.tubes[1].file) is None
+
+
+def _allergen_tube(experiment, patient: str):
+    return next(t for t in experiment.tubes if t.patient == patient and t.condition == "allergen"
+                and t.pretreatment == "none")
+
+
+@pytest.mark.slow
+def test_override_file_changes_exactly_the_affected_results(experiment, baseline, tmp_path):
+    out = _fresh_copy(baseline, tmp_path)
+    base_tubes = pd.read_csv(baseline / "tubes.csv").set_index("file")
+    base_patients = pd.read_csv(baseline / "patients.csv").set_index("patient")
+    victim = _allergen_tube(experiment, "P01")
+    with ResultStore.in_folder(baseline) as store:
+        auto_gate = next(g for g in store.get_tube(victim.file).gates if g.name == "basophils")
+        p02_key = store.conn.execute("SELECT cache_key FROM patient_scores WHERE patient='P02'").fetchone()[0]
+    # the reviewer keeps only the brighter half of the automated basophil gate (on CCR3)
+    xs = [v[0] for v in auto_gate.geometry["vertices"]]
+    cut = (min(xs) + max(xs)) / 2
+    geometry = {"type": "range", "mins": [cut, None], "maxs": [None, None]}
+    geometry["maxs"][1] = max(v[1] for v in auto_gate.geometry["vertices"])
+    thr_value = 777.0
+    overrides = tmp_path / "review.yaml"
+    overrides.write_text(yaml.safe_dump({"reviewer": "Jane Doe", "corrections": [
+        {"tube": victim.file, "gate": "basophils", "geometry": geometry, "reason": "dim CCR3 events included"},
+        {"patient": "P02", "pretreatment": "omalizumab", "threshold": thr_value, "reviewer": "John Roe",
+         "reason": "bimodal negative control"}]}))
+    summary = _run(experiment, out, overrides=overrides)
+    assert summary.n_gated == 1  # only the corrected tube is gated again
+
+    tubes = pd.read_csv(out / "tubes.csv").set_index("file")
+    patients = pd.read_csv(out / "patients.csv").set_index("patient")
+    contract = list(base_tubes.columns[:15])
+    changed = {f for f in tubes.index if not tubes.loc[f, contract].equals(base_tubes.loc[f, contract])}
+    p02_oma = {t.file for t in experiment.tubes if t.patient == "P02" and t.pretreatment == "omalizumab"}
+    assert changed == {victim.file} | p02_oma
+    assert tubes.loc[victim.file, "n_basophils"] < base_tubes.loc[victim.file, "n_basophils"]
+    assert (tubes.loc[sorted(p02_oma), "cd63_threshold"] == thr_value).all()
+    assert (tubes.loc[sorted(p02_oma), "threshold_method"] == "manual").all()
+    adjusted = set(tubes.index[tubes["manually_adjusted"]])
+    assert adjusted == {victim.file} | p02_oma
+    assert "adjusted by Jane Doe: dim CCR3 events included" in tubes.loc[victim.file, "review_note"]
+    assert "set to 777 by John Roe: bimodal negative control" in tubes.loc[sorted(p02_oma)[0], "review_note"]
+    assert not patients.loc["P02"].equals(base_patients.loc["P02"])
+
+    with ResultStore.in_folder(out) as store:
+        auto = store.get_tube(victim.file, AUTO)
+        reviewed = store.get_tube(victim.file, REVIEWED)
+        reviews = store.reviews()
+        p02_after = store.conn.execute("SELECT cache_key FROM patient_scores WHERE patient='P02'").fetchone()[0]
+    assert next(g for g in auto.gates if g.name == "basophils").geometry == auto_gate.geometry
+    rev_gate = next(g for g in reviewed.gates if g.name == "basophils")
+    assert rev_gate.method == "override" and rev_gate.geometry["mins"][0] == pytest.approx(cut)
+    assert {(r["kind"], r["reviewer"], r["reason"]) for r in reviews} == {
+        ("gate", "Jane Doe", "dim CCR3 events included"), ("threshold", "John Roe", "bimodal negative control")}
+    assert all(r["decided_at"] and r["source"] == str(overrides) for r in reviews)
+    assert p02_after != p02_key
+
+    # withdrawing the corrections restores the automated results byte for byte
+    _run(experiment, out)
+    for name in ("tubes.csv", "patients.csv"):
+        assert (out / name).read_bytes() == (baseline / name).read_bytes(), name
+    with ResultStore.in_folder(out) as store:
+        assert store.current_variant(victim.file) == AUTO and store.reviews() == []
+        assert len(store.reviews(active_only=False)) == 2  # kept for the audit trail
+
+
+def _edit_flowjo_gate(wsp: Path, sample_name: str, gate: str, factor: float) -> None:
+    """What a reviewer does in FlowJo: drag the left edge of a polygon gate to the right."""
+    tree = ET.parse(wsp)
+    ns = {"gating": "http://www.isac-net.org/std/Gating-ML/v2.0/gating",
+          "data-type": "http://www.isac-net.org/std/Gating-ML/v2.0/datatypes"}
+    value = "{http://www.isac-net.org/std/Gating-ML/v2.0/datatypes}value"
+    for sample in tree.getroot().iter("Sample"):
+        node = sample.find("SampleNode")
+        if node is None or node.attrib.get("name") != sample_name:
+            continue
+        pop = next(p for p in node.iter("Population") if p.attrib.get("name") == gate)
+        poly = pop.find("Gate").find("gating:PolygonGate", ns)
+        coords = [v.findall("gating:coordinate", ns) for v in poly.findall("gating:vertex", ns)]
+        xs = [float(c[0].attrib[value]) for c in coords]
+        low = sorted(xs)[len(xs) // 2]
+        for c in coords:
+            x = float(c[0].attrib[value])
+            if x <= low:
+                c[0].set(value, repr(x * factor))
+        tree.write(wsp, encoding="UTF-8", xml_declaration=True)
+        return
+    raise AssertionError(f"{sample_name} not in {wsp}")
+
+
+@pytest.mark.slow
+def test_gate_edited_in_flowjo_changes_only_its_tube(experiment, baseline, tmp_path):
+    out = _fresh_copy(baseline, tmp_path)
+    wsp = export_gates(out, "flowjo", tmp_path / "exported")[0]
+    unchanged = _run(experiment, out, gates_from=wsp, reviewer="Jane Doe")
+    assert unchanged.n_gated == 0  # the exported gates given back unedited are no correction
+    assert (out / "tubes.csv").read_bytes() == (baseline / "tubes.csv").read_bytes()
+
+    victim = _allergen_tube(experiment, "P02")
+    _edit_flowjo_gate(wsp, victim.file, "basophils", 2.0)
+    summary = _run(experiment, out, gates_from=wsp, reviewer="Jane Doe")
+    assert summary.n_gated == 1
+    base = pd.read_csv(baseline / "tubes.csv").set_index("file")
+    tubes = pd.read_csv(out / "tubes.csv").set_index("file")
+    contract = list(base.columns[:15])
+    changed = {f for f in tubes.index if not tubes.loc[f, contract].equals(base.loc[f, contract])}
+    assert changed == {victim.file}
+    assert tubes.loc[victim.file, "n_basophils"] < base.loc[victim.file, "n_basophils"]
+    assert bool(tubes.loc[victim.file, "manually_adjusted"])
+    assert f"gate basophils adjusted by Jane Doe: gate edited in {wsp.name}" in tubes.loc[victim.file, "review_note"]
+    with ResultStore.in_folder(out) as store:
+        (review,) = store.reviews()
+    assert (review["file"], review["gate"], review["source"]) == (victim.file, "basophils", str(wsp))
