@@ -6,8 +6,10 @@ column of values per dimension (compensated and transformed as the dimension ask
 is computed once and shared by every gate that uses it.
 
 Semantics follow Gating-ML 2.0: range limits are half-open (``min <= x < max``), ellipsoids include their
-boundary (``d^2 <= distance_square``), polygons use FlowUtils' winding-number test (edges inclusive),
-quadrants are half-open ranges between dividers. A dimension may name a compensation reference (a
+boundary (``d^2 <= distance_square``), polygons use FlowUtils' point-in-polygon test (winding count
+modulo 2, as FlowKit; edges inclusive), quadrants are half-open ranges between dividers. Events stored as
+float32 are exact to about 7 digits: a value that float32 rounds onto a gate limit lands on the limit's
+side (two ISAC truth files need float64 events for that reason). A dimension may name a compensation reference (a
 spillover matrix known to the event source, ``"FCS"`` for the file's own, ``None``/``"uncompensated"``
 for raw values) and may be a Gating-ML ``fratio`` of two channels (:class:`Ratio`) before its transform.
 """
