@@ -96,3 +96,12 @@ def test_inspect_data_sets_and_warnings() -> None:
                                env={"COLUMNS": "160"})
     assert table.exit_code == 0
     assert "off-by-one" in table.output and "spillover (SPILL): 14x14" in table.output
+
+
+def test_channel_kinds() -> None:
+    from bat_analysis.io.inspect import channel_kind
+
+    assert channel_kind("Time", True) == "time"
+    assert [channel_kind(n, False) for n in ("FSC-A", "SS INT", "Width", "Event Count", "Time MSW", "FL1-A",
+                                                 "BV421-A")] == ["scatter", "scatter", "other", "other", "other",
+                                                                 "fluorescence", "fluorescence"]

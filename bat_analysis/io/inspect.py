@@ -6,16 +6,23 @@ import os
 from typing import Any
 
 from .fcs import FcsSample, read_fcs
-from .markers import find_time, parse_scatter_name
+from .markers import find_time, label_words, parse_scatter_name
 
 _ACQUISITION_KEYS = ("$DATE", "$BTIM", "$ETIM", "$SRC", "$FIL", "TUBE NAME", "$SMNO", "$OP", "$INST")
 
 
+_OTHER_WORDS = {"time", "count", "width", "event", "pulse", "hdr", "msw", "lsw", "index", "sort", "gate", "tof"}
+
+
 def channel_kind(pnn: str, is_time: bool) -> str:
-    """``"time"``, ``"scatter"`` or ``"fluorescence"``."""
+    """``"time"``, ``"scatter"``, ``"other"`` (width, counters, secondary time words) or ``"fluorescence"``."""
     if is_time:
         return "time"
-    return "scatter" if parse_scatter_name(pnn) is not None else "fluorescence"
+    if parse_scatter_name(pnn) is not None:
+        return "scatter"
+    if _OTHER_WORDS & set(label_words(pnn)):
+        return "other"
+    return "fluorescence"
 
 
 def describe_sample(sample: FcsSample) -> dict[str, Any]:
@@ -89,7 +96,8 @@ def render_description(info: dict[str, Any]) -> None:
         table.add_column(name, justify="right" if name in ("#", "range", "bits", "gain", "log decades") else "left",
                          overflow="fold")
     for c in info["channels"]:
-        table.add_row(str(c["index"]), c["pnn"], c["pns"] or "", c["marker"] or "", c["kind"],
+        table.add_row(str(c["index"]), c["pnn"], c["pns"] or "", c["marker"] or "",
+                      "fluor" if c["kind"] == "fluorescence" else c["kind"],
                       f"{c['range']:g}", "" if c["bits"] is None else str(c["bits"]), f"{c['gain']:g}",
                       f"{c['log_decades']:g}")
     console.print(table)
