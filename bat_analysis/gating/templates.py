@@ -252,7 +252,7 @@ def _tname(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, (int, float)):
-        return "a number"
+        return repr(value)
     if value is None:
         return "nothing"
     if isinstance(value, str):
