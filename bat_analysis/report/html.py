@@ -1,0 +1,596 @@
+"""Self-contained HTML: one report per patient (``reports/<patient>.html``) and the review gallery.
+
+Pages embed their images as base64 PNG and carry their CSS (and the gallery's small filter script)
+inline: they open from disk, offline, and can be mailed as single files.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..analysis.threshold import pooled_values, select_reference
+from ..errors import BatError
+from ..records import CONDITIONS, Flag, TubeResult
+from .plots import (ARM_LABELS, Png, PngRenderer, draw_dose_response, fit_summary, is_manual,
+                    manual_reason)
+
+IMAGE_DPI = 150  # crisp on high-density screens and when the PDF is printed
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;margin:0 auto;max-width:1400px;
+padding:1em 1.5em;color:#222;line-height:1.4}
+h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}
+h3{font-size:1em;margin:.8em 0 .3em}
+table{border-collapse:collapse;font-size:.85em;margin:.4em 0}
+th,td{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.badge{display:inline-block;padding:1px 7px;border-radius:8px;font-size:.8em;font-weight:600;color:#fff}
+.pass{background:#2e7d32}.warn{background:#ef8f00}.fail{background:#c62828}.none{background:#777}
+.class-responder{background:#2e7d32}.class-partial_responder{background:#ef8f00}
+.class-non_responder{background:#c62828}.class-not_evaluable{background:#777}
+.imgs{display:flex;flex-wrap:wrap;gap:4px}.imgs img{border:1px solid #eee}
+.tube{border:1px solid #ddd;border-radius:4px;padding:.4em .6em;margin:.6em 0}
+.tube.adjusted{border-color:#ff7f0e}.muted{color:#666}.adj{color:#c25e00;font-weight:600}
+ul.flags{margin:.2em 0 .2em 1.2em;padding:0}.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em}
+.filters{position:sticky;top:0;background:#fff;padding:.5em 0;border-bottom:1px solid #ccc;z-index:2}
+.filters label{margin-right:1em}
+@media print{.filters{display:none}.tube{break-inside:avoid}}
+"""
+
+GALLERY_JS = """
+function applyFilters(){
+  var p=document.getElementById('f-patient').value, f=document.getElementById('f-flag').value,
+      only=document.getElementById('f-flagged').checked, shown=0;
+  document.querySelectorAll('.tube').forEach(function(el){
+    var ok=(p===''||el.dataset.patient===p)&&(f===''||(' '+el.dataset.flags+' ').indexOf(' '+f+' ')>=0)
+           &&(!only||el.dataset.status!=='pass');
+    el.style.display=ok?'':'none'; if(ok){shown++;}
+  });
+  document.getElementById('f-count').textContent=shown+' tube(s) shown';
+}
+document.addEventListener('DOMContentLoaded',function(){
+  ['f-patient','f-flag','f-flagged'].forEach(function(id){
+    document.getElementById(id).addEventListener('change',applyFilters);});
+  applyFilters();
+});
+"""
+
+
+# ----------------------------------------------------------------------------------------------- views
+SEVERITY_ORDER = {"fail": 0, "warn": 1, "pass": 2}
+CONDITION_ORDER = {c: i for i, c in enumerate(CONDITIONS)}
+
+
+def severity_rank(status: str | None) -> int:
+    """fail < warn < pass (unknown statuses sort with fail: they need a look)."""
+    return SEVERITY_ORDER.get(status or "fail", 0)
+
+
+def fmt_value(value: Any) -> str:
+    """A cell as text: empty for missing values, 4 significant digits for floats, 'yes'/'no' for booleans."""
+    if value is None:
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isnan(v):
+            return ""
+        return f"{v:.4g}" if abs(v) < 1e6 else f"{v:.3e}"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return str(value)
+
+
+def report_filename(patient: str) -> str:
+    """A file-system safe, unique-per-patient stem for ``reports/<patient>.html``."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", patient).strip("._") or "patient"
+    if safe != patient:  # keep distinct patients distinct after sanitising
+        safe += "-" + hashlib.sha256(patient.encode("utf-8")).hexdigest()[:6]
+    return safe
+
+
+@dataclass
+class TubeView:
+    """One tube as the reports show it: result, table row, threshold and reference, flags, images."""
+
+    result: TubeResult
+    order: int
+    row: dict[str, Any] = field(default_factory=dict)
+    threshold: float | None = None
+    threshold_method: str | None = None
+    negative_values: np.ndarray | None = None
+    negative_files: tuple[str, ...] = ()
+    qc_status: str = "pass"
+    flags: list[Flag] = field(default_factory=list)
+    adjusted: dict[str, str] = field(default_factory=dict)  # gate name -> reviewer and reason
+    images: list[Png] = field(default_factory=list)
+
+    @property
+    def anchor(self) -> str:
+        return "tube-" + re.sub(r"[^A-Za-z0-9_-]+", "-", self.result.tube.file).strip("-")
+
+
+@dataclass
+class PatientView:
+    """A patient's tubes, table rows, fits and dose-response drawings."""
+
+    patient: str
+    tubes: list[TubeView]
+    tube_rows: list[dict[str, Any]] = field(default_factory=list)
+    patient_rows: list[dict[str, Any]] = field(default_factory=list)
+    fits: dict[tuple[str, str], Any] = field(default_factory=dict)  # (allergen, arm) -> FitResult
+    curves: list[Png] = field(default_factory=list)
+    fit_notes: list[str] = field(default_factory=list)
+    patient_flags: list[Flag] = field(default_factory=list)
+
+    @property
+    def allergens(self) -> list[str]:
+        return sorted({t.result.tube.allergen for t in self.tubes if t.result.tube.allergen})
+
+
+@dataclass
+class RunView:
+    """The run's identity for reports and the audit trail (from ``run_info``)."""
+
+    info: dict[str, Any]
+
+    def get(self, key: str) -> Any:
+        return self.info.get(key)
+
+    def summary_items(self) -> list[tuple[str, Any]]:
+        keys = ("version", "template", "date", "command", "run_id")
+        return [(f"software {k}" if k == "version" else k, self.info[k]) for k in keys
+                if self.info.get(k) not in (None, "")]
+
+    def one_line(self) -> str:
+        parts = [f"bat_analysis {self.info.get('version') or '?'}"]
+        if self.info.get("template"):
+            parts.append(f"template {self.info['template']}")
+        if self.info.get("date"):
+            parts.append(str(self.info["date"]))
+        return " · ".join(parts)
+
+    def adjustments(self) -> list[Mapping[str, Any]]:
+        items = self.info.get("manual_adjustments") or []
+        return [a for a in items if isinstance(a, Mapping)]
+
+    def audit_items(self, view: PatientView) -> list[tuple[str, Any]]:
+        files = {t.result.tube.file for t in view.tubes}
+        items: list[tuple[str, Any]] = [("software version", self.info.get("version")),
+                                        ("template", self.info.get("template")),
+                                        ("template sha256", self.info.get("template_sha256")),
+                                        ("command", self.info.get("command")),
+                                        ("date", self.info.get("date"))]
+        known = {"version", "template", "template_sha256", "command", "date", "checksums",
+                 "manual_adjustments"}
+        items += [(k, v) for k, v in self.info.items() if k not in known and not isinstance(v, (Mapping, list))]
+        sums = self.info.get("checksums") or {}
+        checks = {t.result.tube.file: (sums.get(t.result.tube.file) if isinstance(sums, Mapping) else None)
+                  or t.result.file_sha256 or "unknown" for t in view.tubes}
+        items.append(("input files (sha256)", checks))
+        if isinstance(sums, Mapping):
+            others = {k: v for k, v in sums.items() if k not in files and not _is_other_tube(k, view)}
+            if others:
+                items.append(("other inputs (sha256)", others))
+        mine = [_adjustment_row(a) for a in self.adjustments()
+                if a.get("file") in files or a.get("patient") == view.patient]
+        gate_marks = [{"file": t.result.tube.file, "gate": g, "note": r} for t in view.tubes
+                      for g, r in t.adjusted.items()]
+        items.append(("manual adjustments", mine or gate_marks or "none"))
+        return [(k, v) for k, v in items if v not in (None, "")]
+
+
+def _is_other_tube(key: str, view: PatientView) -> bool:
+    """Checksums of other patients' tubes are not listed in this patient's audit trail."""
+    return key.lower().endswith((".fcs", ".lmd")) and key not in {t.result.tube.file for t in view.tubes}
+
+
+def _adjustment_row(a: Mapping[str, Any]) -> dict[str, Any]:
+    value = a.get("value")
+    what = a.get("gate") or ("CD63 threshold" if a.get("kind") == "threshold" else a.get("kind"))
+    if a.get("kind") == "threshold" and value is not None:
+        what = f"CD63 threshold = {fmt_value(value if not isinstance(value, Mapping) else value.get('value'))}"
+    return {"tube / arm": a.get("file") or f"{a.get('patient', '')} {a.get('pretreatment', '')}".strip(),
+            "what": what, "reviewer": a.get("reviewer"), "reason": a.get("reason"),
+            "when": a.get("decided_at"), "source": a.get("source")}
+
+
+def _frame_rows(frame: Any) -> list[dict[str, Any]]:
+    """DataFrame rows as dicts (an absent table gives no rows)."""
+    if frame is None or len(frame) == 0:
+        return []
+    return [dict(r) for r in frame.to_dict(orient="records")]
+
+
+def _qc_flags_from_row(row: Mapping[str, Any], known: set[str], status: str) -> list[Flag]:
+    """QC codes of the tubes table not already explained by a gating flag, with their reasons if given."""
+    codes = [c for c in str(row.get("qc_flags") or "").split(";") if c.strip()]
+    reasons = [r for r in str(row.get("qc_reasons") or "").split(";") if r.strip()]
+    out = []
+    for i, code in enumerate(c.strip() for c in codes):
+        if code in known:
+            continue
+        text = reasons[i].strip() if i < len(reasons) else code.replace("_", " ").lower()
+        out.append(Flag(code, "fail" if status == "fail" else "warn", text))
+    return out
+
+
+def tube_views(results: Sequence[TubeResult], scores: Any, run: RunView) -> list[TubeView]:
+    """Join every tube's result with its row of the tubes table, its threshold and negative control."""
+    rows = {str(r.get("file")): r for r in _frame_rows(getattr(scores, "tubes", None))}
+    negatives: dict[str, list[TubeResult]] = {}
+    for r in results:
+        if r.tube.condition == "negative_control":
+            negatives.setdefault(r.tube.patient, []).append(r)
+    adjust: dict[str, dict[str, str]] = {}
+    for a in run.adjustments():
+        if a.get("file") and a.get("gate"):
+            note = " — ".join(str(a[k]) for k in ("reviewer", "reason") if a.get(k))
+            adjust.setdefault(str(a["file"]), {})[str(a["gate"])] = note
+    ordered = sorted(results, key=lambda r: (r.tube.patient, r.tube.pretreatment != "none", r.tube.pretreatment,
+                                             CONDITION_ORDER.get(r.tube.condition, 99), r.tube.allergen or "",
+                                             r.tube.concentration if r.tube.concentration is not None else -1.0,
+                                             r.tube.file))
+    views = []
+    for i, res in enumerate(ordered):
+        row = rows.get(res.tube.file, {})
+        thr = row.get("cd63_threshold")
+        thr_f = float(thr) if thr is not None and not (isinstance(thr, float) and math.isnan(thr)) else None
+        ref = select_reference(negatives.get(res.tube.patient, []), res.tube.pretreatment)
+        neg = pooled_values(ref.tubes, "CD63") if ref.tubes else None
+        status = str(row.get("qc_status") or ("fail" if not res.ok else
+                                               "warn" if res.flags else "pass"))
+        flags = list(res.flags)
+        if not res.ok and not any(f.severity == "fail" for f in flags):
+            flags.append(Flag("NOT_GATED", "fail", res.error or "the tube could not be gated"))
+        flags += _qc_flags_from_row(row, {f.code for f in flags}, status)
+        adjusted = dict(adjust.get(res.tube.file, {}))
+        for g in res.gates:
+            if is_manual(g) and g.name not in adjusted:
+                adjusted[g.name] = manual_reason(g) or ""
+        method = row.get("cd63_threshold_method") or row.get("threshold_method")
+        views.append(TubeView(res, i, row, thr_f, str(method) if method else None, neg, ref.files, status,
+                              flags, adjusted))
+    return views
+
+
+def patient_views(tubes: Sequence[TubeView], scores: Any) -> dict[str, PatientView]:
+    """Group tube views by patient, with the patient's rows of the tables and its fits."""
+    out: dict[str, PatientView] = {}
+    for t in tubes:
+        out.setdefault(t.result.tube.patient, PatientView(t.result.tube.patient, [])).tubes.append(t)
+    prow = _frame_rows(getattr(scores, "patients", None))
+    fits = getattr(scores, "fits", None) or {}
+    for patient, view in out.items():
+        view.tube_rows = [t.row or {"file": t.result.tube.file, "condition": t.result.tube.condition,
+                                    "pretreatment": t.result.tube.pretreatment, "qc_status": t.qc_status}
+                          for t in view.tubes]
+        view.patient_rows = [r for r in prow if str(r.get("patient")) == patient]
+        view.fits = {(k[1], k[2]): f for k, f in fits.items() if k[0] == patient}
+        seen: set[tuple[str, str]] = set()
+        for (allergen, arm), fit in sorted(view.fits.items()):
+            for f in fit.flags:
+                if (f.code, f.message) not in seen:
+                    seen.add((f.code, f.message))
+                    view.patient_flags.append(f)
+    return out
+
+
+def img_tag(png: Png, *, alt: str | None = None, scale: float = 1.0) -> str:
+    """An ``<img>`` with the PNG embedded as a data URI."""
+    data = base64.b64encode(png.data).decode("ascii")
+    w, h = int(png.width * scale), int(png.height * scale)
+    label = escape(alt or f"{png.kind}: {png.title}")
+    return (f'<img src="data:image/png;base64,{data}" width="{w}" height="{h}" alt="{label}" '
+            f'title="{label}" data-kind="{escape(png.kind)}">')
+
+
+def badge(status: str | None, *, prefix: str = "") -> str:
+    s = status or "none"
+    css = f"{prefix}{s}" if prefix else s
+    return f'<span class="badge {escape(css)}">{escape(s.replace("_", " "))}</span>'
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric: Sequence[bool] | None = None,
+          raw: bool = False) -> str:
+    """An HTML table; cells are escaped unless ``raw`` (then they are trusted HTML built here)."""
+    numeric = list(numeric or [False] * len(headers))
+    out = ["<table><thead><tr>", *(f"<th>{escape(h)}</th>" for h in headers), "</tr></thead><tbody>"]
+    for row in rows:
+        out.append("<tr>")
+        for i, cell in enumerate(row):
+            text = str(cell) if raw else escape(fmt_value(cell))
+            cls = ' class="num"' if i < len(numeric) and numeric[i] else ""
+            out.append(f"<td{cls}>{text}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _page(title: str, body: str, *, script: str = "") -> str:
+    js = f"<script>{script}</script>" if script else ""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{escape(title)}</title><style>{CSS}</style>{js}</head><body>\n{body}\n</body></html>\n")
+
+
+def _kv_table(items: Iterable[tuple[str, Any]]) -> str:
+    rows = []
+    for key, value in items:
+        if isinstance(value, Mapping):
+            cell = table(["item", "value"], [(k, v) for k, v in value.items()])
+            rows.append((escape(key), cell))
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Mapping) for v in value):
+            cols = list(dict.fromkeys(k for v in value for k in v))
+            rows.append((escape(key), table(cols, [[v.get(c, "") for c in cols] for v in value])))
+        else:
+            rows.append((escape(key), escape(fmt_value(value))))
+    return table(["", ""], rows, raw=True).replace("<thead><tr><th></th><th></th></tr></thead>", "")
+
+
+def _flag_items(tube: TubeView) -> str:
+    if not tube.flags:
+        return '<span class="muted">no flags</span>'
+    items = "".join(f"<li>{badge(f.severity)} <b>{escape(f.code)}</b>: {escape(f.message)}</li>"
+                    for f in tube.flags)
+    return f'<ul class="flags">{items}</ul>'
+
+
+def _tube_heading(tube: TubeView) -> str:
+    t = tube.result.tube
+    parts = [t.condition.replace("_", " ")]
+    if t.allergen:
+        parts.append(t.allergen)
+    if t.concentration is not None and not (isinstance(t.concentration, float) and math.isnan(t.concentration)):
+        parts.append(f"{t.concentration:g} {t.unit or ''}".strip())
+    parts.append(f"arm: {t.pretreatment}")
+    return f"{escape(t.file)} — {escape(', '.join(parts))}"
+
+
+def _tube_section(tube: TubeView, *, link: str | None = None) -> str:
+    adjusted = " adjusted" if tube.adjusted else ""
+    flags = " ".join(sorted({f.code for f in tube.flags}))
+    head = f"{badge(tube.qc_status)} {_tube_heading(tube)}"
+    if link:
+        head += f' · <a href="{escape(link)}">patient report</a>'
+    adj = ""
+    if tube.adjusted:
+        adj = "".join(f'<div class="adj">gate {escape(g)} manually adjusted{": " + escape(r) if r else ""}</div>'
+                      for g, r in tube.adjusted.items())
+    thr = ""
+    if tube.threshold is not None:
+        refs = ", ".join(tube.negative_files) or "none"
+        thr = (f'<div class="muted">threshold {escape(fmt_value(tube.threshold))} ({escape(tube.threshold_method or "")}), '
+               f"negative control: {escape(refs)}</div>")
+    imgs = "".join(img_tag(p, alt=f"{tube.result.tube.file}: {p.kind} {p.title}") for p in tube.images)
+    return (f'<div class="tube{adjusted}" id="{escape(tube.anchor)}" data-patient="{escape(tube.result.tube.patient)}" '
+            f'data-flags="{escape(flags)}" data-status="{escape(tube.qc_status)}">'
+            f"<h3>{head}</h3>{adj}{thr}{_flag_items(tube)}<div class=\"imgs\">{imgs}</div></div>")
+
+
+QC_HEADERS = ("file", "condition", "arm", "events", "basophils", "acq. QC removed %", "margin %",
+              "doublets %", "spillover", "QC", "flags")
+PATIENT_COLUMNS = ("allergen", "ec50_none", "ec50_omalizumab", "cd_sens_none", "cd_sens_omalizumab",
+                   "cd_max_none", "cd_max_omalizumab", "auc_none", "auc_omalizumab", "auc_inhibition_pct",
+                   "ec50_shift_log10", "class", "qc_status")
+TUBE_COLUMNS = ("file", "condition", "allergen", "concentration", "pretreatment", "n_basophils",
+                "cd63_threshold", "pct_cd63", "net_pct_cd63", "si_cd63", "cd203c_mfi", "si_cd203c",
+                "qc_status")
+
+
+def _qc_rows(tubes: Sequence[TubeView]) -> list[list[Any]]:
+    rows = []
+    for v in tubes:
+        r, fr = v.result, v.result.event_fractions
+        pct = [100.0 * fr[k] if k in fr else None for k in ("acquisition_qc", "margin", "doublets")]
+        rows.append([r.tube.file, r.tube.condition, r.tube.pretreatment, r.n_events, r.n_basophils, *pct,
+                     "present" if r.has_spillover else "absent", v.qc_status,
+                     "; ".join(sorted({f.code for f in v.flags}))])
+    return rows
+
+
+def _columns(frame_rows: Sequence[Mapping[str, Any]], wanted: Sequence[str]) -> list[str]:
+    present = set().union(*(r.keys() for r in frame_rows)) if frame_rows else set(wanted)
+    return [c for c in wanted if c in present]
+
+
+def patient_html(view: PatientView, run: RunView) -> str:
+    """The whole per-patient report page."""
+    body = [f"<h1>BAT report — patient {escape(view.patient)}</h1>"]
+    classes = " ".join(f"{escape(str(r.get('allergen', '')))}: {badge(str(r.get('class') or 'not_evaluable'), prefix='class-')}"
+                       for r in view.patient_rows)
+    body.append(f"<p>{classes}</p>")
+    body.append("<h2>Identity and run</h2>")
+    body.append(_kv_table([("patient", view.patient), ("tubes", len(view.tubes)),
+                           ("allergens", ", ".join(view.allergens) or "none"), *run.summary_items()]))
+    body.append("<h2>Result</h2>")
+    if view.patient_rows:
+        for r in view.patient_rows:
+            body.append(f"<p><b>{escape(str(r.get('allergen', '')))}</b>: "
+                        f"{badge(str(r.get('class') or 'not_evaluable'), prefix='class-')} — "
+                        f"{escape(fmt_value(r.get('class_reason')))}</p>")
+        cols = _columns(view.patient_rows, PATIENT_COLUMNS)
+        body.append(table(cols, [[r.get(c) for c in cols] for r in view.patient_rows],
+                          numeric=[c not in ("allergen", "class", "qc_status") for c in cols]))
+        body.append('<p class="muted">EC50 in the layout\'s concentration unit; empty when not estimable. '
+                    "CD-sens = 100/EC50; AUC of net %CD63+ over log10 concentration.</p>")
+    else:
+        body.append('<p class="muted">No allergen series scored for this patient.</p>')
+    body.append("<h2>Dose–response</h2>")
+    if view.curves:
+        body.append('<div class="imgs">' + "".join(img_tag(p) for p in view.curves) + "</div>")
+        for note in view.fit_notes:
+            body.append(f'<p class="muted">{escape(note)}</p>')
+    else:
+        body.append('<p class="muted">No allergen series with a fit.</p>')
+    body.append("<h2>Metrics per tube</h2>")
+    cols = _columns(view.tube_rows, TUBE_COLUMNS)
+    body.append(table(cols, [[r.get(c) for c in cols] for r in view.tube_rows],
+                      numeric=[c not in ("file", "condition", "allergen", "pretreatment", "qc_status") for c in cols]))
+    body.append("<h2>Quality control</h2>")
+    body.append(table(QC_HEADERS, _qc_rows(view.tubes), numeric=[False, False, False] + [True] * 5 + [False] * 3))
+    body.append("<h2>Flags</h2>")
+    flagged = [t for t in view.tubes if t.flags]
+    if flagged:
+        body.append("".join(f"<h3>{_tube_heading(t)}</h3>{_flag_items(t)}" for t in flagged))
+    else:
+        body.append('<p class="muted">No flags.</p>')
+    for note in view.patient_flags:
+        body.append(f"<p>{badge(note.severity)} <b>{escape(note.code)}</b>: {escape(note.message)}</p>")
+    body.append("<h2>Gating, tube by tube</h2>")
+    body.append('<p class="muted">Each plot is the parent population\'s density with the gate drawn on it; '
+                "orange dashed outlines were manually adjusted by a reviewer. The last plot of a tube is its "
+                "CD63 histogram with the threshold and the negative control overlaid.</p>")
+    body.extend(_tube_section(t) for t in view.tubes)
+    body.append("<h2>Audit trail</h2>")
+    body.append(_kv_table(run.audit_items(view)))
+    return _page(f"BAT report {view.patient}", "\n".join(body))
+
+
+def gallery_html(tubes: Sequence[TubeView], run: RunView, report_links: Mapping[str, str]) -> str:
+    """The review gallery: every tube's gates, flagged tubes first, filterable by patient and flag."""
+    ordered = sorted(tubes, key=lambda t: (severity_rank(t.qc_status), t.order))
+    patients = sorted({t.result.tube.patient for t in tubes})
+    codes = sorted({f.code for t in tubes for f in t.flags})
+    n_flagged = sum(1 for t in tubes if t.qc_status != "pass")
+    opts_p = "".join(f'<option value="{escape(p)}">{escape(p)}</option>' for p in patients)
+    opts_f = "".join(f'<option value="{escape(c)}">{escape(c)}</option>' for c in codes)
+    body = [f"<h1>Gate review — {len(tubes)} tubes, {n_flagged} flagged</h1>",
+            f'<p class="muted">{escape(run.one_line())}</p>',
+            '<div class="filters">'
+            f'<label>patient <select id="f-patient"><option value="">all</option>{opts_p}</select></label>'
+            f'<label>flag <select id="f-flag"><option value="">all</option>{opts_f}</select></label>'
+            '<label><input type="checkbox" id="f-flagged"> flagged only</label>'
+            '<span id="f-count" class="muted"></span></div>',
+            '<p class="muted">Flagged tubes (fail, then warn) come first. Orange dashed gates were manually '
+            "adjusted. Each tube links to its patient report.</p>"]
+    for t in ordered:
+        link = report_links.get(t.result.tube.patient)
+        body.append(_tube_section(t, link=f"{link}#{t.anchor}" if link else None))
+    return _page("BAT gate review", "\n".join(body), script=GALLERY_JS)
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write atomically (temporary file, then rename) so a reader never sees half a page."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ entry point
+@dataclass
+class ReportPaths:
+    """What :func:`render_reports` wrote: per-patient HTML and PDF, the gallery, and seconds per phase."""
+
+    html: dict[str, Path] = field(default_factory=dict)
+    pdf: dict[str, Path] = field(default_factory=dict)
+    gallery: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+PARALLEL_FROM = 24  # below this many tubes, starting worker processes costs more than it saves
+
+
+def _draw_chunk(jobs: list[tuple[TubeResult, np.ndarray | None, float | None, dict[str, str]]],
+                dpi: int) -> list[list[Png]]:
+    """Worker task: the PNGs of a chunk of tubes (module-level so that it pickles)."""
+    renderer = PngRenderer(dpi=dpi)
+    return [renderer.tube(res, negative_values=neg, threshold=thr, adjusted=adj) for res, neg, thr, adj in jobs]
+
+
+def draw_tubes(tubes: Sequence[TubeView], *, workers: int | None = None, dpi: int = IMAGE_DPI) -> None:
+    """Fill ``images`` of every tube view: in this process, or in ``workers`` spawned processes."""
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 8) if len(tubes) >= PARALLEL_FROM else 1
+    jobs = [(t.result, t.negative_values, t.threshold, t.adjusted) for t in tubes]
+    if workers <= 1 or len(tubes) < 2:
+        for t, pngs in zip(tubes, _draw_chunk(jobs, dpi)):
+            t.images = pngs
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = max(1, math.ceil(len(jobs) / (workers * 4)))  # a few chunks per worker balance the load
+    chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+    # spawn, not fork: the caller may run threads (progress display, Dask client) that fork would copy
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        done = [png for part in pool.map(_draw_chunk, chunks, [dpi] * len(chunks)) for png in part]
+    for t, pngs in zip(tubes, done):
+        t.images = pngs
+
+
+def _curves(view: PatientView, renderer: PngRenderer) -> None:
+    by_allergen: dict[str, dict[str, Any]] = {}
+    for (allergen, arm), fit in sorted(view.fits.items()):
+        by_allergen.setdefault(allergen, {})[arm] = fit
+        view.fit_notes.append(f"{allergen}, {ARM_LABELS.get(arm, arm)}: {fit_summary(fit)}")
+    for allergen, fits in by_allergen.items():
+        view.curves.append(renderer.render(
+            "dose_response", allergen, lambda ax, fits=fits, a=allergen: draw_dose_response(fits, ax, title=a),
+            size=(4.8, 3.4), margins=dict(left=0.12, right=0.97, bottom=0.14, top=0.91)))
+
+
+def render_reports(out_dir: Path, results: list[TubeResult], scores: Any, run_info: dict[str, Any], *,
+                   patients: list[str] | None = None, gallery: bool | None = None,
+                   pdf: bool = True, workers: int | None = None) -> ReportPaths:
+    """Write ``reports/<patient>.html`` and ``.pdf`` and ``review/index.html`` under ``out_dir``.
+
+    ``scores`` is the experiment's ``ExperimentScores`` (tables, fits); ``run_info`` holds version,
+    template, command, date, checksums and manual adjustments. ``patients`` limits the patient reports
+    (the gallery, which shows every tube, is then only rewritten when ``gallery=True``). ``workers``
+    processes draw the tubes' figures (default: the machine's cores for 24 tubes or more).
+    """
+    import time
+
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    run = RunView(dict(run_info or {}))
+    all_views = tube_views(results, scores, run)
+    by_patient = patient_views(all_views, scores)
+    if patients is not None:
+        unknown = sorted(set(patients) - set(by_patient))
+        if unknown:
+            raise BatError(f"no tubes for patient(s) {', '.join(unknown)}", field="patients",
+                           expected=f"one of {', '.join(sorted(by_patient))}")
+    chosen = [p for p in sorted(by_patient) if patients is None or p in patients]
+    write_gallery = gallery if gallery is not None else patients is None
+    to_draw = [t for t in all_views if write_gallery or t.result.tube.patient in chosen]
+    renderer = PngRenderer(dpi=IMAGE_DPI)
+    paths = ReportPaths()
+    t1 = time.perf_counter()
+    draw_tubes(to_draw, workers=workers)
+    for p in chosen:
+        _curves(by_patient[p], renderer)
+    t2 = time.perf_counter()
+    links = {p: f"{report_filename(p)}.html" for p in by_patient}
+    for p in chosen:
+        paths.html[p] = write_text(out_dir / "reports" / links[p], patient_html(by_patient[p], run))
+    t3 = time.perf_counter()
+    if pdf:
+        from .pdf import write_patient_pdf
+
+        for p in chosen:
+            paths.pdf[p] = write_patient_pdf(out_dir / "reports" / f"{report_filename(p)}.pdf",
+                                             by_patient[p], run)
+    t4 = time.perf_counter()
+    if write_gallery:
+        rel = {p: f"../reports/{name}" for p, name in links.items()}
+        paths.gallery = write_text(out_dir / "review" / "index.html", gallery_html(all_views, run, rel))
+    t5 = time.perf_counter()
+    paths.seconds = {"prepare": t1 - t0, "draw": t2 - t1, "html": (t3 - t2) + (t5 - t4), "pdf": t4 - t3,
+                     "total": t5 - t0}
+    return paths

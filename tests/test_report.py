@@ -1,0 +1,361 @@
+"""Reports: gate drawings, per-patient HTML and PDF, the review gallery (bat_analysis.report)."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bat_analysis.analysis.dose_response import analyse_series
+from bat_analysis.records import Flag, GateRecord, Tube, TubeResult
+from bat_analysis.report import render_reports
+from bat_analysis.report.html import report_filename
+from bat_analysis.report.plots import (PngRenderer, draw_activation, draw_dose_response, draw_gate,
+                                       draw_tube_panel)
+
+CONCS = (0.01, 0.04, 0.16, 0.64, 2.56)
+GATES = ("acquisition_qc", "margin", "cells", "singlets", "basophils")
+
+
+def _density(rng: np.random.Generator, n: int = 4000) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    x = rng.normal(0.5, 0.12, n)
+    y = rng.normal(0.4, 0.15, n)
+    h, ex, ey = np.histogram2d(x, y, bins=64, range=[[0, 1], [0, 1]])
+    return h.astype(np.uint16), (ex, ey)
+
+
+def _gates(rng: np.random.Generator, n_events: int, n_bas: int, *, override: bool = False) -> list[GateRecord]:
+    dens, edges = _density(rng)
+    time_h, time_e = np.histogram(rng.uniform(0, 100, 3000), bins=50, range=(0, 100))
+    geo = [
+        {"type": "range", "dims": ["Time"], "transforms": [None], "mins": [2.0], "maxs": [98.0]},
+        {"type": "range", "dims": ["FSC-A", "SSC-A"], "transforms": [None, None], "mins": [None, None],
+         "maxs": [0.98, 0.98]},
+        {"type": "polygon", "dims": ["FSC-A", "SSC-A"], "transforms": ["linear", "linear"],
+         "vertices": [[0.2, 0.1], [0.8, 0.1], [0.85, 0.8], [0.25, 0.9]]},
+        {"type": "ellipsoid", "dims": ["FSC-A", "FSC-H"], "transforms": [None, None], "mean": [0.5, 0.4],
+         "covariance": [[0.02, 0.01], [0.01, 0.03]], "distance_square": 4.0},
+        {"type": "polygon", "dims": ["CCR3", "SSC-A"], "transforms": ["logicle", "logicle"],
+         "vertices": [[0.55, 0.05], [0.95, 0.05], [0.95, 0.45], [0.55, 0.45]]},
+    ]
+    counts = [n_events - 200, n_events - 400, n_events // 2, n_events // 2 - 300, n_bas]
+    out = []
+    parent, parent_count = None, n_events
+    for i, (name, g) in enumerate(zip(GATES, geo)):
+        g = dict(g, name=name, parent=parent)
+        if i == 0:
+            d, e = time_h, (time_e,)
+        else:
+            d, e = dens, edges
+        method = "override" if override and name == "basophils" else "estimator"
+        diag = {"reviewer": "A. Reviewer", "reason": "eosinophils inside"} if method == "override" else {}
+        out.append(GateRecord(name, parent, tuple(g["dims"]), g, counts[i], parent_count, method, diag, d, e))
+        parent, parent_count = name, counts[i]
+    return out
+
+
+def _pct(conc: float, ec50: float, top: float) -> float:
+    return 3.0 + (top - 3.0) / (1.0 + 10 ** ((np.log10(ec50) - np.log10(conc)) * 1.2))
+
+
+@dataclass
+class FakeScores:
+    """The shape of ExperimentScores the renderer reads: tables and fits."""
+
+    tubes: pd.DataFrame
+    patients: pd.DataFrame
+    fits: dict[tuple[str, str, str], Any]
+    thresholds: dict[Any, Any] = field(default_factory=dict)
+
+
+def make_experiment(n_patients: int = 2, seed: int = 0) -> tuple[list[TubeResult], FakeScores]:
+    """Tubes of ``n_patients`` patients (2 arms × (neg, anti-FceRI, fMLP, 5 allergen)) and their scores."""
+    rng = np.random.default_rng(seed)
+    results, rows, prow, fits = [], [], [], {}
+    for p in range(n_patients):
+        patient = f"P{p + 1:02d}"
+        for arm, top in (("none", 80.0), ("omalizumab", 25.0)):
+            tubes = [Tube(f"{patient}_{arm}_neg.fcs", patient, "negative_control", arm),
+                     Tube(f"{patient}_{arm}_fceri.fcs", patient, "anti_fceri", arm),
+                     Tube(f"{patient}_{arm}_fmlp.fcs", patient, "fmlp", arm)]
+            tubes += [Tube(f"{patient}_{arm}_birch_{c:g}.fcs", patient, "allergen", arm, "birch", c, "ng/mL")
+                      for c in CONCS]
+            neg = rng.lognormal(5.0, 0.6, 800)
+            threshold = float(np.percentile(neg, 97.5))
+            pcts = []
+            for t in tubes:
+                n_bas = 800
+                frac = {"negative_control": 2.5, "anti_fceri": 60.0, "fmlp": 40.0}.get(t.condition)
+                if frac is None:
+                    frac = _pct(t.concentration, 0.3, top)
+                n_act = int(round(n_bas * frac / 100))
+                values = neg if t.condition == "negative_control" else np.concatenate(
+                    [rng.lognormal(5.0, 0.6, n_bas - n_act), rng.lognormal(8.0, 0.5, n_act)])
+                flags: list[Flag] = []
+                error = None
+                override = False
+                if t.file == f"{patient}_{arm}_birch_0.04.fcs" and p == 0:
+                    flags.append(Flag("LOW_BASOPHILS", "warn", "only 312 basophils (< 500)"))
+                if t.file == f"{patient}_{arm}_fmlp.fcs" and p == 1 and arm == "none":
+                    error = "cannot read file: truncated DATA segment"
+                    flags.append(Flag("UNREADABLE", "fail", error))
+                if t.file == f"{patient}_{arm}_birch_0.16.fcs" and p == 0 and arm == "none":
+                    override = True
+                gates = [] if error else _gates(rng, 50000, len(values), override=override)
+                res = TubeResult(t, 0 if error else 50000, 0 if error else len(values),
+                                 {} if error else {"CD63": values.astype(np.float32),
+                                                   "CD203c": rng.lognormal(6, 0.4, len(values)).astype(np.float32)},
+                                 {"acquisition_qc": 0.004, "margin": 0.008, "doublets": 0.05}, gates, flags,
+                                 True, 4, "ab" * 32, error)
+                results.append(res)
+                pct = 100.0 * float(np.mean(values > threshold))
+                status = "fail" if error else ("warn" if flags else "pass")
+                rows.append({"file": t.file, "patient": patient, "condition": t.condition,
+                             "allergen": t.allergen, "concentration": t.concentration, "pretreatment": arm,
+                             "n_events": res.n_events, "n_basophils": res.n_basophils,
+                             "cd63_threshold": threshold, "pct_cd63": pct, "net_pct_cd63": pct - 2.5,
+                             "si_cd63": pct / 2.5, "cd203c_mfi": 400.0, "si_cd203c": 1.0,
+                             "qc_status": status, "qc_flags": ";".join(f.code for f in flags)})
+                if t.condition == "allergen":
+                    pcts.append(pct)
+            fits[(patient, "birch", arm)] = analyse_series(patient, "birch", arm, CONCS, pcts,
+                                                           [v - 2.5 for v in pcts], unit="ng/mL")
+        fn, fo = fits[(patient, "birch", "none")], fits[(patient, "birch", "omalizumab")]
+        prow.append({"patient": patient, "allergen": "birch", "ec50_none": fn.ec50, "ec50_omalizumab": fo.ec50,
+                     "cd_sens_none": fn.cd_sens, "cd_sens_omalizumab": fo.cd_sens, "cd_max_none": fn.cd_max,
+                     "cd_max_omalizumab": fo.cd_max, "auc_none": fn.auc, "auc_omalizumab": fo.auc,
+                     "auc_inhibition_pct": 100 * (1 - fo.auc / fn.auc), "ec50_shift_log10": np.nan,
+                     "class": "partial_responder", "class_reason": "AUC inhibition 64% in [20%, 80%)",
+                     "qc_status": "pass"})
+    return results, FakeScores(pd.DataFrame(rows), pd.DataFrame(prow), fits)
+
+
+RUN_INFO = {"version": "0.1.0", "template": "bat_ccr3_cd63", "template_sha256": "cd" * 32,
+            "command": "bat run data --layout layout.csv --out out", "date": "2026-11-23T18:00:00+00:00",
+            "checksums": {"P01_none_neg.fcs": "ef" * 32},
+            "manual_adjustments": [{"kind": "gate", "file": "P01_none_birch_0.16.fcs", "gate": "basophils",
+                                    "reviewer": "A. Reviewer", "reason": "eosinophils inside",
+                                    "decided_at": "2026-11-23T17:00:00+00:00", "source": "overrides.yaml"}]}
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.imgs: list[dict[str, str | None]] = []
+        self.tubes: list[dict[str, str | None]] = []
+        self.links: list[str] = []
+        self.scripts_src: list[str] = []
+        self.stack: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "img":
+            self.imgs.append(a)
+        elif tag == "div" and "tube" in (a.get("class") or "").split():
+            self.tubes.append(a)
+        elif tag == "a" and a.get("href"):
+            self.links.append(a["href"] or "")
+        elif tag in ("script", "link") and (a.get("src") or a.get("href")):
+            self.scripts_src.append(a.get("src") or a.get("href") or "")
+
+
+def _parse(path: Path) -> _Collector:
+    c = _Collector()
+    c.feed(path.read_text(encoding="utf-8"))
+    c.close()
+    return c
+
+
+def _pdf_pages(path: Path) -> int:
+    return len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", path.read_bytes()))
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[TubeResult], FakeScores, Any]:
+    out = tmp_path_factory.mktemp("out")
+    results, scores = make_experiment()
+    paths = render_reports(out, results, scores, RUN_INFO)
+    return out, results, scores, paths
+
+
+def test_every_patient_gets_html_and_pdf(rendered: Any) -> None:
+    out, results, _, paths = rendered
+    patients = sorted({r.tube.patient for r in results})
+    assert sorted(paths.html) == patients and sorted(paths.pdf) == patients
+    for p in patients:
+        assert paths.html[p] == out / "reports" / f"{report_filename(p)}.html"
+        assert paths.pdf[p].read_bytes().startswith(b"%PDF")
+        assert _pdf_pages(paths.pdf[p]) >= 1
+    assert paths.gallery == out / "review" / "index.html"
+
+
+def test_patient_html_contains_every_figure(rendered: Any) -> None:
+    _, results, scores, paths = rendered
+    for patient, path in paths.html.items():
+        mine = [r for r in results if r.tube.patient == patient]
+        n_curves = len({k[1] for k in scores.fits if k[0] == patient})
+        parsed = _parse(path)
+        expected = sum(len(r.gates) + 1 for r in mine) + n_curves  # gates + CD63 histogram per tube
+        assert len(parsed.imgs) == expected
+        assert all((i.get("src") or "").startswith("data:image/png;base64,") for i in parsed.imgs)
+        assert sum(1 for i in parsed.imgs if i.get("data-kind") == "dose_response") == n_curves
+        assert not parsed.scripts_src  # self-contained: nothing fetched
+        text = path.read_text(encoding="utf-8")
+        for r in mine:
+            assert r.tube.file in text
+        assert "partial responder" in text and "AUC inhibition 64%" in text
+        assert "Audit trail" in text and "cd" * 32 in text
+
+
+def test_pdf_has_a_page_per_tube_block(rendered: Any) -> None:
+    _, results, _, paths = rendered
+    # summary + tables + 16 tubes at two per page
+    assert _pdf_pages(paths.pdf["P01"]) >= 1 + 1 + 8
+
+
+def test_gallery_puts_flagged_tubes_first_and_links_reports(rendered: Any) -> None:
+    _, results, _, paths = rendered
+    parsed = _parse(paths.gallery)
+    assert len(parsed.tubes) == len(results)
+    assert len(parsed.imgs) == sum(len(r.gates) + 1 for r in results)
+    statuses = [t["data-status"] for t in parsed.tubes]
+    rank = {"fail": 0, "warn": 1, "pass": 2}
+    assert [rank[s] for s in statuses] == sorted(rank[s] for s in statuses)
+    assert statuses[0] == "fail" and "pass" in statuses
+    assert parsed.tubes[0]["data-patient"] == "P02"
+    assert "UNREADABLE" in (parsed.tubes[0]["data-flags"] or "")
+    assert any(h.startswith("../reports/P01.html#tube-") for h in parsed.links)
+    text = paths.gallery.read_text(encoding="utf-8")
+    assert 'id="f-patient"' in text and 'id="f-flag"' in text and '<option value="LOW_BASOPHILS">' in text
+
+
+def test_manual_adjustment_is_marked(rendered: Any) -> None:
+    _, _, _, paths = rendered
+    text = paths.html["P01"].read_text(encoding="utf-8")
+    assert "gate basophils manually adjusted" in text and "eosinophils inside" in text
+    assert "gate basophils manually adjusted" not in paths.html["P02"].read_text(encoding="utf-8")
+
+
+def test_patients_subset_leaves_gallery_alone(tmp_path: Path) -> None:
+    results, scores = make_experiment()
+    paths = render_reports(tmp_path, results, scores, RUN_INFO, patients=["P02"], pdf=False)
+    assert list(paths.html) == ["P02"] and paths.gallery is None
+    assert not (tmp_path / "review").exists()
+
+
+def test_unknown_patient_is_refused(tmp_path: Path) -> None:
+    from bat_analysis.errors import BatError
+
+    results, scores = make_experiment(1)
+    with pytest.raises(BatError, match="P09"):
+        render_reports(tmp_path, results, scores, RUN_INFO, patients=["P09"])
+
+
+def test_draw_gate_uses_the_histogram_image_and_outline() -> None:
+    from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
+    from matplotlib.patches import Ellipse, Polygon
+
+    rng = np.random.default_rng(1)
+    gates = _gates(rng, 5000, 400, override=True)
+    fig = Figure()
+    axes = fig.subplots(1, len(gates))
+    for g, ax in zip(gates, axes):
+        draw_gate(g, ax)
+    assert not any(ax.collections for ax in axes)  # no scatter of events
+    assert isinstance(axes[2].images[0], AxesImage)
+    img = axes[2].images[0].get_array()
+    assert img.shape == (64, 64) and int(img.sum()) == int(gates[2].density.sum())
+    assert any(isinstance(p, Polygon) for p in axes[2].patches)
+    assert any(isinstance(p, Ellipse) for p in axes[3].patches)
+    assert len(axes[0].lines) == 2  # 1-D range: two limits on the time histogram
+    texts = " ".join(t.get_text() for t in axes[4].texts)
+    assert "manually adjusted" in texts and "eosinophils inside" in texts
+    assert f"({100 * gates[2].count / gates[2].parent_count:.1f}%)" in axes[2].get_title(loc="right")
+
+
+def test_ellipse_drawn_at_the_gate_boundary() -> None:
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Ellipse
+
+    rng = np.random.default_rng(2)
+    g = _gates(rng, 5000, 400)[3]
+    fig = Figure()
+    ax = fig.add_subplot()
+    draw_gate(g, ax)
+    ell = next(p for p in ax.patches if isinstance(p, Ellipse))
+    # points on the drawn outline have Mahalanobis distance² == distance_square
+    pts = ell.get_patch_transform().transform(np.column_stack([np.cos(np.linspace(0, 6, 7)),
+                                                               np.sin(np.linspace(0, 6, 7))]))
+    inv = np.linalg.inv(np.asarray(g.geometry["covariance"]))
+    d = pts - np.asarray(g.geometry["mean"])
+    assert np.allclose(np.einsum("ij,jk,ik->i", d, inv, d), g.geometry["distance_square"], rtol=1e-6)
+
+
+def test_activation_histogram_reports_pct_above_threshold() -> None:
+    from matplotlib.figure import Figure
+
+    values = np.array([10.0, 100.0, 1000.0, 5000.0])
+    neg = np.array([5.0, 20.0, 30.0, 400.0])
+    fig = Figure()
+    ax = fig.add_subplot()
+    draw_activation(values, neg, 500.0, ax)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "this tube: 50.0% CD63+ (n=4)" in labels
+    assert "negative control: 25.0% CD63+ (n=4)" in labels
+    assert ax.get_xscale() == "asinh"
+    assert any(np.allclose(line.get_xdata(), 500.0) for line in ax.lines)
+
+
+def test_activation_without_threshold_or_basophils() -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    ax1, ax2 = fig.subplots(1, 2)
+    draw_activation(np.array([1.0, 2.0]), None, float("nan"), ax1)
+    assert any("no threshold" in t.get_text() for t in ax1.texts)
+    draw_activation(np.empty(0), None, 100.0, ax2)
+    assert any("no basophils" in t.get_text() for t in ax2.texts)
+
+
+def test_dose_response_draws_points_curve_and_ec50() -> None:
+    from matplotlib.figure import Figure
+
+    results, scores = make_experiment(1)
+    fits = {arm: scores.fits[("P01", "birch", arm)] for arm in ("none", "omalizumab")}
+    fig = Figure()
+    ax = fig.add_subplot()
+    draw_dose_response(fits, ax, title="birch")
+    assert ax.get_xscale() == "log"
+    fit = fits["none"]
+    assert fit.status == "ok"
+    points = [line for line in ax.lines if line.get_linestyle() == "None"]
+    assert any(np.allclose(line.get_xdata(), fit.concentrations) for line in points)
+    assert any(np.allclose(line.get_xdata(), fit.ec50) for line in ax.lines if line.get_linestyle() == ":")
+    labels = " ".join(t.get_text() for t in ax.get_legend().get_texts())
+    assert f"EC50 {fit.ec50:.3g} ng/mL" in labels
+
+
+def test_tube_panel_has_a_plot_per_gate_and_histogram() -> None:
+    results, _ = make_experiment(1)
+    res = results[4]
+    fig = draw_tube_panel(res, negative_values=results[0].basophil_values["CD63"], threshold=300.0)
+    assert len(fig.axes) == len(res.gates) + 1
+
+
+def test_png_renderer_speed_per_tube() -> None:
+    results, _ = make_experiment(1)
+    renderer = PngRenderer(dpi=150)
+    t0 = time.perf_counter()
+    pngs = renderer.tube(results[4], negative_values=results[0].basophil_values["CD63"], threshold=300.0)
+    elapsed = time.perf_counter() - t0
+    assert [p.kind for p in pngs] == ["gate"] * 5 + ["activation"]
+    assert all(p.data.startswith(b"\x89PNG") for p in pngs)
+    assert elapsed < 3.0, f"{elapsed:.2f} s for one tube's drawings"
