@@ -660,7 +660,7 @@ def _scale(values: np.ndarray, channels: list[Channel], layout: _Layout, kw: Map
         if any(m < (1 << layout.bits[i]) - 1 for i, m in enumerate(masks)):
             values = values & np.array(masks, dtype=values.dtype.newbyteorder("="))
     with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf: refused by name
-        events = values.astype(np.float32)  # one pass: byte order, integer -> float
+        events = values.astype(np.float32, copy=not values.flags.writeable)  # byte order, integer -> float
     if not scale:
         return events
     time_ch = find_time(channels)
@@ -867,6 +867,18 @@ def _read_with_fcsparser(p: Path, dataset: int, panel: Panel, refusal: FcsFormat
                      n_datasets=1, dataset=dataset, warnings=warnings, spillover_error=spill_error)
 
 
+def _data_array(p: Path, buf: bytes | mmap.mmap, dtype: np.dtype, count: int, offset: int) -> np.ndarray:
+    """``count`` items of the DATA segment: read straight from the file (fastest), else from the buffer."""
+    if isinstance(buf, mmap.mmap):
+        try:
+            values = np.fromfile(p, dtype=dtype, count=count, offset=offset)
+        except OSError:
+            values = np.empty(0, dtype=dtype)
+        if values.size == count:
+            return values
+    return np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
+
+
 def _read(p: Path, buf: bytes | mmap.mmap, source: str, dataset: int, panel: Panel, strict_spillover: bool,
           allow_nonfinite: bool, scale: bool) -> FcsSample:
     ds, n_datasets = _select(buf, source, dataset, [])
@@ -907,11 +919,11 @@ def _read(p: Path, buf: bytes | mmap.mmap, source: str, dataset: int, panel: Pan
     if layout.datatype == "A":
         values: np.ndarray = _decode_ascii(buf[abs_start: abs_start + length], layout, tot, source)
     elif layout.datatype == "I":
-        raw = np.frombuffer(buf, dtype=np.uint8, count=length, offset=abs_start)
+        raw = _data_array(p, buf, np.dtype(np.uint8), length, abs_start)
         values = _decode_int(raw, layout, tot)
     else:
         dt = np.dtype(f"{layout.order}f{4 if layout.datatype == 'F' else 8}")
-        values = np.frombuffer(buf, dtype=dt, count=tot * npar, offset=abs_start).reshape(tot, npar)
+        values = _data_array(p, buf, dt, tot * npar, abs_start).reshape(tot, npar)
     events = _scale(values, channels, layout, kw, warnings, scale)
     finite = np.isfinite(events)
     if not finite.all():
