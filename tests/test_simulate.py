@@ -350,3 +350,35 @@ def test_pct_activated_override() -> None:
     tube = simulate_tube(n_events=40_000, seed=1, pct_activated=50.0)
     assert tube.pct_cd63_expected == 50.0
     assert abs(tube.pct_cd63_true - 50.0) < 10.0
+
+
+def test_simulate_command(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from bat_analysis.commands import simulate_cmd
+
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """Test application."""
+
+    simulate_cmd.register(app)
+    runner = CliRunner()
+    out = tmp_path / "sim"
+    args = ["simulate", str(out), "--patients", "2", "--events", "800", "--seed", "4", "--concentrations", "3",
+            "--kinds", "responder,non_releaser", "--naming", "beckman", "--fcs-version", "3.0", "--datatype", "I",
+            "--byteorder", "big", "--scenario", "clog", "--scenario", "eosinophil_rich"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "wrote 24 FCS files" in result.output and "P02: non_releaser" in result.output
+    truth = json.loads((out / "truth.json").read_text())
+    assert truth["parameters"]["scenario"] == ["clog", "eosinophil_rich"]
+    assert truth["parameters"]["byteorder"] == ">" and truth["parameters"]["naming"] == "beckman"
+    sample = read_fcs(out / "P01_none_negative_control.fcs")
+    assert sample.version == "3.0" and sample.keywords["$BYTEORD"] == "4,3,2,1"
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "not empty" in again.output
+    bad = runner.invoke(app, ["simulate", str(tmp_path / "x"), "--naming", "sony"])
+    assert bad.exit_code == 2 and "unknown naming style" in bad.output
