@@ -1,0 +1,245 @@
+"""Automated gate estimators on synthetic numpy events with known membership."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bat_analysis.gating import estimators as est
+from bat_analysis.gating.gates import ArrayEvents, BooleanGate, Dimension, PolygonGate, RangeGate, evaluate
+from bat_analysis.gating.templates import METHODS
+from bat_analysis.gating.transforms import from_spec
+
+LOGICLE = from_spec({"type": "logicle", "T": 262144, "W": 0.5, "M": 4.5, "A": 0})
+
+
+def params(method: str, **over: object) -> dict:
+    p = {k: v.default for k, v in METHODS[method].params.items()}
+    p.update(over)
+    return p
+
+
+def lognormal(rng: np.random.Generator, median: float, sd: float, n: int) -> np.ndarray:
+    return np.exp(np.log(median) + sd * rng.standard_normal(n))
+
+
+# ---------------------------------------------------------------------------------------------- fast paths
+def test_density_image_equals_histogram_of_transformed_values() -> None:
+    rng = np.random.default_rng(0)
+    x = lognormal(rng, 2000, 1.5, 20_000) - 300
+    y = rng.uniform(0, 262144, 20_000)
+    dx, dy = Dimension("x", LOGICLE), Dimension("y")
+    xl, yl = (-0.05, 1.02), (0.0, 262144.0)
+    counts, ex, ey = est.density_image(x, y, dx, dy, xl, yl, bins=64)
+    ref, _, _ = np.histogram2d(LOGICLE.apply(x), y, bins=[ex, ey])
+    # identical except for values that sit within float error of an edge
+    assert np.abs(counts - ref).sum() <= 2
+    assert counts.sum() == pytest.approx(ref.sum(), abs=2)
+
+
+def test_apply_gate_agrees_with_the_gate_engine() -> None:
+    rng = np.random.default_rng(1)
+    x = lognormal(rng, 3000, 1.2, 5000)
+    y = lognormal(rng, 20000, 0.8, 5000)
+    dx, dy = Dimension("x", LOGICLE), Dimension("y", LOGICLE)
+    rng_gate = RangeGate("r", (dx, dy), mins=(0.4, None), maxs=(0.8, 0.9))
+    poly = PolygonGate("p", (dx, dy), vertices=np.array([[0.3, 0.5], [0.9, 0.6], [0.7, 0.95], [0.35, 0.9]]))
+    events = ArrayEvents({"x": x, "y": y})
+    ref = evaluate([rng_gate, poly], events)
+    assert np.array_equal(est.apply_gate(rng_gate, [x, y]), ref["r"])
+    assert np.array_equal(est.apply_gate(poly, [x, y]), ref["p"])
+
+
+# ---------------------------------------------------------------------------------------------- 1. time
+def steady_times(rng: np.random.Generator, n: int, duration: float = 100.0) -> np.ndarray:
+    return np.sort(rng.uniform(0, duration, n))
+
+
+def test_flow_rate_removes_a_burst_and_keeps_steady_flow() -> None:
+    rng = np.random.default_rng(2)
+    t = steady_times(rng, 30_000)
+    burst = rng.uniform(40.0, 40.5, 3000)
+    times = np.concatenate([t, burst])
+    e = est.estimate_flow_rate(times, Dimension("Time"), "acq", params("flow_rate"))
+    assert e.ok and e.flags[0].code == "FLOW_RATE_ANOMALY"
+    removed = ~e.mask
+    assert removed[30_000:].mean() > 0.99  # the burst
+    assert removed[:30_000].mean() < 0.02  # steady events only near the burst
+    assert isinstance(e.gate, BooleanGate) and len(e.members) == 2
+    assert e.diagnostics["bursts"] >= 1
+    # the recorded union of time ranges reproduces the membership
+    sub = {m.name: est.apply_gate(m, [times]) for m in e.members}
+    assert np.array_equal(np.logical_or.reduce(list(sub.values())), e.mask)
+
+
+def test_flow_rate_gap_removes_its_edges_only_and_a_steady_run_removes_nothing() -> None:
+    rng = np.random.default_rng(3)
+    t = steady_times(rng, 30_000)
+    e = est.estimate_flow_rate(t, Dimension("Time"), "acq", params("flow_rate"))
+    assert e.ok and e.mask.all() and not e.flags and isinstance(e.gate, RangeGate)
+    gap = np.where(t > 50, t + 5.0, t)  # the flow stops for 5 s
+    e = est.estimate_flow_rate(gap, Dimension("Time"), "acq", params("flow_rate"))
+    assert e.ok and e.mask.mean() > 0.98 and e.diagnostics["gaps"] >= 1
+
+
+def test_flow_rate_with_too_few_events_or_constant_time_fails_with_a_flag() -> None:
+    e = est.estimate_flow_rate(np.arange(500.0), Dimension("Time"), "acq", params("flow_rate"))
+    assert not e.ok and e.flags[0].code == "ACQ_QC_SKIPPED" and "time bins" in e.diagnostics["failure"]
+    e = est.estimate_flow_rate(np.zeros(5000), Dimension("Time"), "acq", params("flow_rate"))
+    assert not e.ok and "constant" in e.diagnostics["failure"]
+
+
+# ---------------------------------------------------------------------------------------------- 2. margin
+def test_margin_removes_saturated_events() -> None:
+    rng = np.random.default_rng(4)
+    fsc = rng.uniform(0, 200_000, 10_000)
+    ssc = rng.uniform(0, 200_000, 10_000)
+    fsc[:100] = 262143.0
+    ssc[100:150] = 262144.0
+    dims = (Dimension("FSC-A"), Dimension("SSC-A"))
+    e = est.estimate_margin([fsc, ssc], dims, [262144.0, 262144.0], "margin", params("margin"))
+    assert e.ok and (~e.mask).sum() == 150 and not e.mask[:150].any()
+    assert e.diagnostics["saturated_FSC-A"] == 100
+    assert np.array_equal(est.apply_gate(e.gate, [fsc, ssc]), e.mask)
+    e = est.estimate_margin([fsc, ssc], dims, [None, 262144.0], "margin", params("margin"))
+    assert not e.ok and e.flags[0].code == "MARGIN_SKIPPED"
+
+
+# ---------------------------------------------------------------------------------------------- 3. cells
+def scatter_sample(rng: np.random.Generator, n_debris: int = 3000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pops = [(12000, 0.5, 5000, 0.7, n_debris), (55000, 0.09, 11000, 0.2, 8000), (90000, 0.1, 38000, 0.2, 1500),
+            (105000, 0.09, 115000, 0.17, 15000), (72000, 0.1, 17000, 0.22, 150)]
+    f, s, lab = [], [], []
+    for k, (fm, fs, sm, ss, n) in enumerate(pops):
+        f.append(lognormal(rng, fm, fs, n))
+        s.append(lognormal(rng, sm, ss, n))
+        lab.append(np.full(n, k))
+    return np.concatenate(f), np.concatenate(s), np.concatenate(lab)
+
+
+def test_cells_exclude_debris_and_keep_every_leukocyte() -> None:
+    rng = np.random.default_rng(5)
+    fsc, ssc, lab = scatter_sample(rng)
+    dims = (Dimension("FSC-A"), Dimension("SSC-A", LOGICLE))
+    e = est.estimate_cells(fsc, ssc, *dims, (262144.0, 262144.0), "cells", params("debris_density"))
+    assert e.ok and e.diagnostics["debris_valley_x"] is not None
+    assert e.mask[lab == 0].mean() < 0.35  # most debris out
+    assert e.mask[lab == 4].mean() == 1.0  # every basophil in
+    assert e.mask[lab > 0].mean() > 0.995
+    assert e.density.shape == (128, 128) and e.density.dtype == np.uint16
+
+
+def test_cells_without_debris_keep_the_lowest_population() -> None:
+    rng = np.random.default_rng(6)
+    fsc, ssc, lab = scatter_sample(rng, n_debris=0)
+    dims = (Dimension("FSC-A"), Dimension("SSC-A", LOGICLE))
+    e = est.estimate_cells(fsc, ssc, *dims, (262144.0, 262144.0), "cells", params("debris_density"))
+    assert e.ok and e.diagnostics["debris_valley_x"] is None and e.mask.mean() > 0.995
+
+
+def test_cells_with_no_events_fail_with_a_flag() -> None:
+    dims = (Dimension("FSC-A"), Dimension("SSC-A"))
+    e = est.estimate_cells(np.empty(0), np.empty(0), *dims, (262144.0, 262144.0), "cells",
+                           params("debris_density"))
+    assert not e.ok and e.flags[0].code == "CELLS_GATE_FAILED"
+
+
+# ---------------------------------------------------------------------------------------------- 4. singlets
+def test_singlets_remove_doublets() -> None:
+    rng = np.random.default_rng(7)
+    a = lognormal(rng, 70000, 0.3, 20_000)
+    h = a * (0.82 + 0.02 * rng.standard_normal(a.size))
+    a2 = a[:1000] + a[1000:2000]
+    h2 = np.maximum(h[:1000], h[1000:2000]) * rng.uniform(1.0, 1.25, 1000)
+    area, height = np.concatenate([a, a2]), np.concatenate([h, h2])
+    dims = (Dimension("FSC-A"), Dimension("FSC-H"))
+    e = est.estimate_singlets(area, height, *dims, (262144.0, 262144.0), "singlets", params("singlet_band"))
+    assert e.ok
+    assert e.mask[:20_000].mean() > 0.999
+    assert e.mask[20_000:].mean() < 0.02
+    assert e.diagnostics["ratio_mode"] == pytest.approx(0.82, abs=0.01)
+
+
+def test_singlets_fail_cleanly_without_signal() -> None:
+    dims = (Dimension("FSC-A"), Dimension("FSC-H"))
+    e = est.estimate_singlets(np.zeros(1000), np.zeros(1000), *dims, (None, None), "singlets",
+                              params("singlet_band"))
+    assert not e.ok and e.flags[0].code == "SINGLETS_GATE_FAILED"
+
+
+# ---------------------------------------------------------------------------------------------- 5. cluster
+def marker_sample(rng: np.random.Generator, n_baso: int = 200, eos_ssc: float = 165000.0
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # (marker median, SSC median, n): lymphocytes, neutrophils, monocytes, eosinophils, basophils
+    pops = [(60, 11000, 8000), (120, 115000, 15000), (150, 38000, 1500), (20000, eos_ssc, 700),
+            (12000, 17000, n_baso)]
+    x, y, lab = [], [], []
+    for k, (xm, ym, n) in enumerate(pops):
+        x.append(lognormal(rng, xm, 0.35, n) + 40 * rng.standard_normal(n))
+        y.append(lognormal(rng, ym, 0.2 if k != 3 else 0.13, n))
+        lab.append(np.full(n, k))
+    return np.concatenate(x), np.concatenate(y), np.concatenate(lab)
+
+
+@pytest.mark.parametrize("n_baso", [150, 600])
+def test_cluster_finds_the_ssc_low_marker_high_population(n_baso: int) -> None:
+    rng = np.random.default_rng(8 + n_baso)
+    x, y, lab = marker_sample(rng, n_baso)
+    dims = (Dimension("CCR3", LOGICLE), Dimension("SSC-A", LOGICLE))
+    e = est.estimate_cluster(x, y, *dims, "basophils", params("cluster_2d"))
+    assert e.ok
+    truth = lab == 4
+    precision = (e.mask & truth).sum() / e.mask.sum()
+    recall = (e.mask & truth).sum() / truth.sum()
+    assert precision > 0.97 and recall > 0.97
+    assert e.mask[lab == 3].sum() == 0  # eosinophils (CCR3+, SSC-high) stay out
+    assert e.diagnostics["n_populations"] >= 4
+    assert np.array_equal(est.apply_gate(e.gate, [x, y]), e.mask)
+
+
+def test_cluster_on_the_low_side() -> None:
+    rng = np.random.default_rng(9)
+    x, y, lab = marker_sample(rng, 400)
+    # mirrored on the display scale: the target is now low on x (e.g. HLA-DR negative), the others high
+    xm = 1.0 - LOGICLE.apply(x)
+    ys = LOGICLE.apply(y)
+    dims = (Dimension("HLA-DR"), Dimension("SSC-A"))
+    e = est.estimate_cluster(xm, ys, *dims, "basophils", params("cluster_2d", x_side="low"))
+    assert e.ok
+    truth = lab == 4
+    assert (e.mask & truth).sum() / truth.sum() > 0.95 and (e.mask & truth).sum() / e.mask.sum() > 0.95
+
+
+def test_cluster_with_one_population_fails_with_a_flag() -> None:
+    rng = np.random.default_rng(10)
+    x = lognormal(rng, 60, 0.35, 10_000)
+    y = lognormal(rng, 11000, 0.2, 10_000)
+    dims = (Dimension("CCR3", LOGICLE), Dimension("SSC-A", LOGICLE))
+    e = est.estimate_cluster(x, y, *dims, "basophils", params("cluster_2d"))
+    assert not e.ok and e.flags[0].code == "CLUSTER_GATE_FAILED"
+    assert e.density is not None  # still drawable for review
+    e = est.estimate_cluster(x[:5], y[:5], *dims, "basophils", params("cluster_2d"))
+    assert not e.ok and "only 5 events" in e.diagnostics["failure"]
+
+
+def test_cluster_joins_the_activated_mode_of_the_same_population() -> None:
+    rng = np.random.default_rng(11)
+    x, y, lab = marker_sample(rng, 150)
+    # basophils' second mode: activated cells 2.4x brighter in CD203c, same SSC
+    xa = lognormal(rng, 12000 * 2.4, 0.35, 150)
+    ya = lognormal(rng, 17000, 0.2, 150)
+    x, y, lab = np.concatenate([x, xa]), np.concatenate([y, ya]), np.concatenate([lab, np.full(150, 4)])
+    dims = (Dimension("CD203c", LOGICLE), Dimension("SSC-A", LOGICLE))
+    e = est.estimate_cluster(x, y, *dims, "basophils", params("cluster_2d"))
+    truth = lab == 4
+    assert e.ok and (e.mask & truth).sum() / truth.sum() > 0.97
+
+
+def test_merge_basins_merges_shoulders_only() -> None:
+    smooth = np.zeros((20, 5))
+    smooth[:, 2] = np.concatenate([np.linspace(0, 10, 5), np.linspace(10, 8, 3), np.linspace(8, 9, 2),
+                                   np.linspace(9, 0.1, 5), np.linspace(0.1, 4, 5)])
+    basins = np.zeros(smooth.shape, dtype=int)
+    basins[:8, 2], basins[8:15, 2], basins[15:, 2] = 1, 2, 3
+    root = est.merge_basins(smooth, basins, 3, 0.5)
+    assert root[1] == root[2] != root[3]
