@@ -24,6 +24,17 @@ _EXPORTS: dict[str, str] = {
     "Tube": "bat_analysis.records",
     "GateRecord": "bat_analysis.records",
     "TubeResult": "bat_analysis.records",
+    "read_fcs": "bat_analysis.io.fcs",
+    "read_fcs_keywords": "bat_analysis.io.fcs",
+    "FcsSample": "bat_analysis.io.fcs",
+    "Channel": "bat_analysis.io.fcs",
+    "Spillover": "bat_analysis.io.fcs",
+    "resolve_marker": "bat_analysis.io.markers",
+    "find_scatter": "bat_analysis.io.markers",
+    "find_time": "bat_analysis.io.markers",
+    "Panel": "bat_analysis.io.markers",
+    "DEFAULT_PANEL": "bat_analysis.io.markers",
+    "describe_fcs": "bat_analysis.io.inspect",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
