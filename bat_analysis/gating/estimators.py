@@ -133,10 +133,11 @@ def apply_gate(gate: Gate, cols: Sequence[np.ndarray], members: Sequence[Gate] =
     if isinstance(gate, RangeGate):
         mask = np.ones(len(cols[0]), dtype=bool)
         for dim, col, lo, hi in zip(gate.dims, cols, gate.mins, gate.maxs):
+            # Python floats, so that comparisons run in the column's precision, as the gate engine's do
             if lo is not None:
-                mask &= col >= from_scale(dim, np.array([lo]))[0]
+                mask &= col >= (float(lo) if dim.transform is None else float(from_scale(dim, np.array([lo]))[0]))
             if hi is not None:
-                mask &= col < from_scale(dim, np.array([hi]))[0]
+                mask &= col < (float(hi) if dim.transform is None else float(from_scale(dim, np.array([hi]))[0]))
         return mask
     if isinstance(gate, PolygonGate):
         return polygon_mask(gate, cols)
@@ -219,7 +220,7 @@ def estimate_flow_rate(t: np.ndarray, dim: Dimension, name: str, params: Mapping
         members = ()
     else:
         gate = BooleanGate(name, (dim,), op="or", operands=tuple((m.name, False) for m in members))
-    mask = keep_bins[which]
+    mask = apply_gate(gate, [t], members)
     diag["fraction_removed"] = float(1 - mask.mean())
     flags = []
     if bad.any():

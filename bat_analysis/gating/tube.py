@@ -186,6 +186,9 @@ def _apply_gate_spec(run: _Run, gspec: GateSpec, overrides: Mapping[str, Gate],
         run.idx[gspec.name] = None
         run.records.append(GateRecord(gspec.name, gspec.parent, gspec.dims, {}, 0, 0, "not_gated",
                                       {"failure": f"parent {gspec.parent} not gated"}))
+        if gspec.name == population:
+            run.flags.append(Flag("BASOPHILS_NOT_GATED", "fail",
+                                  f"gate {gspec.name} could not be set: its parent {gspec.parent} was not gated"))
         return
     n_parent = run.n_events if parent_idx is None else len(parent_idx)
     missing = [d for d in gspec.dims if d not in run.columns]
@@ -242,12 +245,14 @@ def _apply_gate_spec(run: _Run, gspec: GateSpec, overrides: Mapping[str, Gate],
             run.flags.append(Flag("GATE_NOT_APPLIED", "warn",
                                   f"gate {gspec.name} not applied (all parent events kept): "
                                   f"{diagnostics.get('failure', 'no estimate')}"))
-            run.idx[gspec.name] = parent_idx
+            run.idx[gspec.name] = np.arange(n_parent) if parent_idx is None else parent_idx
             count = n_parent
         run.records.append(GateRecord(gspec.name, gspec.parent, gspec.dims, {}, count, n_parent, "not_gated",
                                       diagnostics, estimate.density, estimate.density_edges))
         return
     assert mask is not None
+    if estimate.density is None:  # every gate is drawn for review
+        estimate.density, estimate.density_edges = _density_for(cols, dims, tops)
     if gspec.keep == "outside":
         mask = ~mask
     kept = np.flatnonzero(mask) if parent_idx is None else parent_idx[mask]
