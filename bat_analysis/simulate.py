@@ -58,7 +58,8 @@ FLUOROCHROMES: dict[str, str] = {"CD63": "FITC", "CCR3": "PE", "HLA-DR": "PerCP-
                                  "CD203c": "APC", "CD107a": "BV421"}
 EXPECTED_CLASS: dict[str, str] = {"responder": "responder", "partial": "partial_responder",
                                   "non_responder": "non_responder", "non_releaser": "not_evaluable"}
-CONTROL_CONDITIONS: tuple[str, ...] = ("negative_control", "anti_fceri", "fmlp")
+CONTROL_CONDITIONS: tuple[str, ...] = ("negative_control", "anti_fceri", "fmlp")  # the default controls
+ALL_CONTROLS: tuple[str, ...] = ("negative_control", "anti_fceri", "anti_ige", "fmlp")
 ALLERGENS: tuple[str, ...] = ("birch", "peanut", "cat", "grass", "mite", "wasp", "ragweed", "egg")
 UNIT = "ng/mL"
 RANGE = 262144.0  # $PnR of every channel; saturated events sit at RANGE - 1
@@ -79,7 +80,8 @@ TRUTH_FIELDS: dict[str, str] = {
                                     "inhibition; non_releaser -> not_evaluable); QC failures may override it",
     "patients.<id>.spontaneous_pct": "expected %CD63+ basophils of the negative control (= curve bottom)",
     "patients.<id>.arms.<arm>.curve": "generating 4PL: bottom, top (% CD63+ basophils), ec50 (unit), hill",
-    "patients.<id>.arms.<arm>.anti_fceri_pct / fmlp_pct": "expected %CD63+ of the positive controls",
+    "patients.<id>.arms.<arm>.anti_fceri_pct / anti_ige_pct / fmlp_pct": "expected %CD63+ of the positive "
+        "controls (anti-IgE is suppressed by omalizumab like the allergen; anti-FcεRI and fMLP are not)",
     "patients.<id>.arms.<arm>.auc": "trapezoidal area of (curve - bottom) over log10(concentration) at the "
                                     "tested concentrations",
     "patients.<id>.arms.<arm>.cd_sens": "100 / ec50",
@@ -210,6 +212,7 @@ class PatientProfile:
     anti_fceri_pct: dict[str, float]
     fmlp_pct: dict[str, float]
     scenarios: tuple[str, ...] = ()
+    anti_ige_pct: dict[str, float] = field(default_factory=dict)  # omalizumab removes IgE: suppressed there
 
     def expected_pct(self, condition: str, pretreatment: str = "none", concentration: float | None = None) -> float:
         """Generating %CD63+ basophils for a tube of this patient."""
@@ -218,8 +221,10 @@ class PatientProfile:
                            expected=" | ".join(self.curves))
         if condition == "negative_control":
             return self.spontaneous_pct
-        if condition in ("anti_fceri", "anti_ige"):
+        if condition == "anti_fceri":
             return self.anti_fceri_pct[pretreatment]
+        if condition == "anti_ige":
+            return self.anti_ige_pct[pretreatment]
         if condition == "fmlp":
             return self.fmlp_pct[pretreatment]
         if condition == "allergen":
@@ -247,7 +252,8 @@ class PatientProfile:
         arms = {}
         for arm, curve in self.curves.items():
             arms[arm] = {"curve": dict(curve), "anti_fceri_pct": self.anti_fceri_pct[arm],
-                         "fmlp_pct": self.fmlp_pct[arm], "auc": self.auc(arm), "cd_sens": 100.0 / curve["ec50"]}
+                         "anti_ige_pct": self.anti_ige_pct.get(arm), "fmlp_pct": self.fmlp_pct[arm],
+                         "auc": self.auc(arm), "cd_sens": 100.0 / curve["ec50"]}
         shift = None
         if "none" in self.curves and "omalizumab" in self.curves:
             shift = math.log10(self.curves["omalizumab"]["ec50"] / self.curves["none"]["ec50"])
@@ -335,12 +341,17 @@ def make_patient(patient: str, kind: str, rng: np.random.Generator, *, scenarios
     fmlp_none = min(100.0, spontaneous + u(15.0, 50.0))
     anti = {"none": anti_none, "omalizumab": spontaneous + (anti_none - spontaneous) * u(0.85, 1.0)}
     fmlp = {"none": fmlp_none, "omalizumab": spontaneous + (fmlp_none - spontaneous) * u(0.9, 1.05)}
+    # anti-IgE needs the IgE that omalizumab removes: suppressed in that arm as much as the allergen's top
+    ige_none = min(100.0, spontaneous + (u(30.0, 70.0) if releaser else u(0.0, 2.0)))
+    rise = none_curve["top"] - spontaneous
+    keep = (oma_curve["top"] - spontaneous) / rise if rise > 1.0 else 1.0
+    ige = {"none": ige_none, "omalizumab": spontaneous + (ige_none - spontaneous) * float(np.clip(keep, 0.0, 1.0))}
     return PatientProfile(
         patient=patient, kind=kind, allergen=allergen, concentrations=concentrations, composition=composition,
         debris_fraction=u(0.06, 0.14), doublet_fraction=u(0.025, 0.05), cd63_rest=u(220.0, 420.0),
         cd63_active=u(5000.0, 12000.0), cd203c_rest=u(1800.0, 3500.0), spontaneous_pct=spontaneous,
         curves=curves, anti_fceri_pct={a: anti[a] for a in arms}, fmlp_pct={a: fmlp[a] for a in arms},
-        scenarios=tuple(scenarios),
+        scenarios=tuple(scenarios), anti_ige_pct={a: ige[a] for a in arms},
     )
 
 
@@ -715,10 +726,11 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp.replace(path)
 
 
-def _tube_plan(profile: PatientProfile, arms: Sequence[str]) -> list[tuple[str, str, float | None]]:
+def _tube_plan(profile: PatientProfile, arms: Sequence[str],
+               controls: Sequence[str]) -> list[tuple[str, str, float | None]]:
     plan: list[tuple[str, str, float | None]] = []
     for arm in arms:
-        for condition in CONTROL_CONDITIONS:
+        for condition in controls:
             plan.append((arm, condition, None))
         for c in profile.concentrations:
             plan.append((arm, "allergen", c))
@@ -757,12 +769,14 @@ def simulate_experiment(
     arms: Sequence[str] = ("none", "omalizumab"),
     include_cd107a: bool = False,
     basophil_pct: tuple[float, float] = (0.5, 1.0),
+    controls: Sequence[str] = CONTROL_CONDITIONS,
 ) -> SimulatedExperiment:
     """Write a simulated BAT experiment into ``out_dir``: FCS files, ``layout.csv``, ``truth.json``, ``labels.npz``.
 
     Patients are ``P01``, ``P02``…; their kinds cycle through ``kinds`` (default: ``KINDS`` in order). Each
-    patient and arm has a negative control, anti-FcεRI, fMLP and ``n_concentrations`` allergen tubes
-    (0.01–100 ng/mL, log series). ``scenario`` names (``SCENARIOS``) apply to every tube; ``mixed`` gives
+    patient and arm has the ``controls`` (default negative control, anti-FcεRI, fMLP; ``anti_ige`` may be
+    added) and ``n_concentrations`` allergen tubes (0.01–100 ng/mL, log series). ``basophil_pct`` is the
+    range of the basophils' share of leukocytes in percent (whole blood 0.5–1). ``scenario`` names (``SCENARIOS``) apply to every tube; ``mixed`` gives
     one patient each of high background, eosinophil-rich blood and low basophils, and a clog or saturated
     margin to about one tube in eight. The same arguments and seed give identical files.
     """
@@ -771,6 +785,10 @@ def simulate_experiment(
 
     if n_patients < 1:
         raise BatError(f"{n_patients} patients", field="n_patients", expected="at least 1")
+    controls = tuple(dict.fromkeys(controls))
+    if "negative_control" not in controls or any(c not in ALL_CONTROLS for c in controls):
+        raise BatError(f"controls {list(controls)}", field="controls",
+                       expected=f"negative_control plus any of {', '.join(ALL_CONTROLS[1:])}")
     kinds = tuple(kinds) if kinds else KINDS
     for k in kinds:
         if k not in KINDS:
@@ -802,7 +820,7 @@ def simulate_experiment(
                                allergen=ALLERGENS[p % len(ALLERGENS)], n_concentrations=n_concentrations,
                                arms=arms, basophil_pct=basophil_pct)
         truth_patients[pid] = profile.truth()
-        plan = _tube_plan(profile, arms)
+        plan = _tube_plan(profile, arms, controls)
         tube_seeds = p_seeds[1].spawn(len(plan))
         neg_threshold: dict[str, float | None] = {}
         for (arm, condition, conc), tseed in zip(plan, tube_seeds):
@@ -877,7 +895,7 @@ def simulate_experiment(
                        "scenario": list(scenarios) or ["clean"], "naming": naming, "version": version,
                        "datatype": datatype, "byteorder": byteorder, "n_concentrations": n_concentrations,
                        "arms": list(arms), "include_cd107a": include_cd107a,
-                       "basophil_pct": list(basophil_pct)},
+                       "basophil_pct": list(basophil_pct), "controls": list(controls)},
         "populations": list(POPULATIONS),
         "channels": [{"pnn": n, "pns": s} for n, s in zip(pnn, pns)],
         "markers": dict(zip(_markers(include_cd107a), fluor)),

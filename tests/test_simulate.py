@@ -382,3 +382,18 @@ def test_simulate_command(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "not empty" in again.output
     bad = runner.invoke(app, ["simulate", str(tmp_path / "x"), "--naming", "sony"])
     assert bad.exit_code == 2 and "unknown naming style" in bad.output
+
+
+def test_anti_ige_control_suppressed_by_omalizumab(tmp_path: Path) -> None:
+    exp = simulate_experiment(tmp_path, n_patients=2, n_events=600, seed=6, n_concentrations=2,
+                              kinds=("responder", "non_responder"),
+                              controls=("negative_control", "anti_fceri", "anti_ige", "fmlp"))
+    assert sum(t.condition == "anti_ige" for t in exp.tubes) == 4
+    responder, non_responder = exp.truth["patients"]["P01"], exp.truth["patients"]["P02"]
+    base = responder["spontaneous_pct"]
+    assert responder["arms"]["none"]["anti_ige_pct"] - base >= 30
+    assert responder["arms"]["omalizumab"]["anti_ige_pct"] - base <= 0.3 * (
+        responder["arms"]["none"]["anti_ige_pct"] - base)
+    assert non_responder["arms"]["omalizumab"]["anti_ige_pct"] >= 0.9 * non_responder["arms"]["none"]["anti_ige_pct"]
+    with pytest.raises(BatError, match="controls"):
+        simulate_experiment(tmp_path / "x", controls=("anti_fceri",))
