@@ -341,6 +341,8 @@ def make_patient(patient: str, kind: str, rng: np.random.Generator, *, scenarios
     fmlp_none = min(100.0, spontaneous + u(15.0, 50.0))
     anti = {"none": anti_none, "omalizumab": spontaneous + (anti_none - spontaneous) * u(0.85, 1.0)}
     fmlp = {"none": fmlp_none, "omalizumab": spontaneous + (fmlp_none - spontaneous) * u(0.9, 1.05)}
+    debris, doublets, cd63_rest = u(0.06, 0.14), u(0.025, 0.05), u(220.0, 420.0)
+    cd63_active, cd203c_rest = u(5000.0, 12000.0), u(1800.0, 3500.0)
     # anti-IgE needs the IgE that omalizumab removes: suppressed in that arm as much as the allergen's top
     ige_none = min(100.0, spontaneous + (u(30.0, 70.0) if releaser else u(0.0, 2.0)))
     rise = none_curve["top"] - spontaneous
@@ -348,8 +350,8 @@ def make_patient(patient: str, kind: str, rng: np.random.Generator, *, scenarios
     ige = {"none": ige_none, "omalizumab": spontaneous + (ige_none - spontaneous) * float(np.clip(keep, 0.0, 1.0))}
     return PatientProfile(
         patient=patient, kind=kind, allergen=allergen, concentrations=concentrations, composition=composition,
-        debris_fraction=u(0.06, 0.14), doublet_fraction=u(0.025, 0.05), cd63_rest=u(220.0, 420.0),
-        cd63_active=u(5000.0, 12000.0), cd203c_rest=u(1800.0, 3500.0), spontaneous_pct=spontaneous,
+        debris_fraction=debris, doublet_fraction=doublets, cd63_rest=cd63_rest,
+        cd63_active=cd63_active, cd203c_rest=cd203c_rest, spontaneous_pct=spontaneous,
         curves=curves, anti_fceri_pct={a: anti[a] for a in arms}, fmlp_pct={a: fmlp[a] for a in arms},
         scenarios=tuple(scenarios), anti_ige_pct={a: ige[a] for a in arms},
     )
