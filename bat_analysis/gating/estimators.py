@@ -21,6 +21,9 @@ from ..records import Flag
 from .gates import BooleanGate, Dimension, Gate, PolygonGate, RangeGate
 
 DENSITY_BINS = 128
+#: density images and robust statistics are estimated on at most this many (evenly strided) events;
+#: rare populations are kept whole (see estimate_cluster), gates are applied to every event
+DENSITY_MAX_EVENTS = 200_000
 
 
 @dataclass
@@ -71,7 +74,8 @@ def scale_limits(dim: Dimension, values: np.ndarray, top: float | None = None,
     if len(values) == 0:
         lo_raw, hi_raw = 0.0, float(top or 1.0)
     else:
-        lo_raw = float(np.quantile(values, low_quantile))
+        step = thin(len(values))
+        lo_raw = float(np.quantile(values[::step], low_quantile))
         hi_raw = float(values.max())
         if top is not None:
             hi_raw = min(max(hi_raw, float(top)), 1.5 * float(top))
@@ -83,21 +87,44 @@ def scale_limits(dim: Dimension, values: np.ndarray, top: float | None = None,
     return float(lo - 0.02 * span), float(hi + 0.02 * span)
 
 
+def _bin_index(values: np.ndarray, dim: Dimension, edges: np.ndarray) -> np.ndarray:
+    """Bin of each raw value among equally spaced scale edges (-1 or len(edges)-1 when outside)."""
+    bins = len(edges) - 1
+    if dim.transform is None:
+        width = (edges[-1] - edges[0]) / bins
+        idx = np.floor((values - edges[0]) * (1.0 / width))
+        return np.clip(idx, -1, bins).astype(np.int32)
+    raw = from_scale(dim, edges).astype(values.dtype if values.dtype.kind == "f" else np.float64)
+    return (np.searchsorted(raw, values, side="right") - 1).astype(np.int32)
+
+
 def density_image(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
                   xlim: tuple[float, float], ylim: tuple[float, float],
-                  bins: int = DENSITY_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  bins: int = DENSITY_BINS, weights: np.ndarray | float | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """2-D histogram of raw events on the dimensions' scales; returns (counts, x edges, y edges) on scale.
 
-    Binning uses the inverse-transformed edges on the raw values (equivalent to transforming every event).
+    Binning compares raw values with inverse-transformed edges (equivalent to transforming every event;
+    linear dimensions are binned arithmetically). ``weights`` (per event or one number) stand for thinned
+    events (see :func:`thin`).
     """
     ex = np.linspace(xlim[0], xlim[1], bins + 1)
     ey = np.linspace(ylim[0], ylim[1], bins + 1)
-    rx, ry = from_scale(dx, ex), from_scale(dy, ey)
-    ix = np.searchsorted(rx, x, side="right") - 1
-    iy = np.searchsorted(ry, y, side="right") - 1
+    ix = _bin_index(x, dx, ex)
+    iy = _bin_index(y, dy, ey)
     ok = (ix >= 0) & (ix < bins) & (iy >= 0) & (iy < bins)
-    counts = np.bincount(ix[ok] * bins + iy[ok], minlength=bins * bins).reshape(bins, bins)
+    w = None
+    if weights is not None:
+        w = np.broadcast_to(np.asarray(weights, dtype=np.float64), x.shape)[ok]
+    counts = np.bincount(ix[ok] * bins + iy[ok], weights=w, minlength=bins * bins).reshape(bins, bins)
+    if w is not None:
+        counts = np.rint(counts).astype(np.int64)
     return counts, ex, ey
+
+
+def thin(n: int, cap: int = DENSITY_MAX_EVENTS) -> int:
+    """Stride that keeps at most ``cap`` of ``n`` events for density estimates (1: keep all)."""
+    return max(1, -(-n // cap))
 
 
 def small_counts(counts: np.ndarray) -> np.ndarray:
@@ -179,7 +206,7 @@ def estimate_flow_rate(t: np.ndarray, dim: Dimension, name: str, params: Mapping
                       n_bins=n_bins)
     edges = np.linspace(tmin, tmax, n_bins + 1)
     edges[-1] = np.nextafter(tmax, np.inf)
-    which = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, n_bins - 1)
+    which = np.clip(((t - tmin) * (n_bins / (tmax - tmin))).astype(np.int64), 0, n_bins - 1)
     counts = np.bincount(which, minlength=n_bins).astype(np.float64)
     centre = float(np.median(counts))
     mad = float(np.median(np.abs(counts - centre)))
@@ -267,9 +294,11 @@ def estimate_cells(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
     from scipy.spatial import ConvexHull, QhullError
 
     bins = params["bins"]
-    xlim = scale_limits(dx, x, tops[0])
-    ylim = scale_limits(dy, y, tops[1])
-    counts, ex, ey = density_image(x, y, dx, dy, xlim, ylim, bins)
+    step = thin(len(x))
+    xs, ys = x[::step], y[::step]
+    xlim = scale_limits(dx, xs, tops[0])
+    ylim = scale_limits(dy, ys, tops[1])
+    counts, ex, ey = density_image(xs, ys, dx, dy, xlim, ylim, bins, weights=step if step > 1 else None)
     total = counts.sum()
     if total < 20:
         est = failed(f"only {int(total)} events in the scatter window", "CELLS_GATE_FAILED", name)
@@ -343,11 +372,13 @@ def estimate_singlets(area: np.ndarray, height: np.ndarray, da: Dimension, dh: D
     """
     from scipy import ndimage
 
-    ok = area > max(params["min_signal"], 0.0)
+    step = thin(len(area))
+    a_s, h_s = area[::step], height[::step]
+    ok = a_s > max(params["min_signal"], 0.0)
     n_ok = int(ok.sum())
     if n_ok < 50:
         return failed(f"only {n_ok} events with positive area", "SINGLETS_GATE_FAILED", name)
-    r = (height[ok] / area[ok]).astype(np.float64)
+    r = (h_s[ok] / a_s[ok]).astype(np.float64)
     lo_q, hi_q = np.quantile(r, [0.01, 0.99])
     if not hi_q > lo_q:
         return failed("the height/area ratio does not vary", "SINGLETS_GATE_FAILED", name)
@@ -363,15 +394,15 @@ def estimate_singlets(area: np.ndarray, height: np.ndarray, da: Dimension, dh: D
     if lo <= 0:
         lo = mode / 2
     a_top = float(tops[0]) if tops[0] else float(area.max())
-    a_lo, a_hi = max(float(np.quantile(area[ok], 0.0001)) * 0.5, 1e-3), 2.0 * a_top
+    a_lo, a_hi = max(float(np.quantile(a_s[ok], 0.0001)) * 0.5, 1e-3), 2.0 * a_top
     aa = np.geomspace(a_lo, a_hi, 12)
     lower = np.column_stack([to_scale(da, aa), to_scale(dh, lo * aa)])
     upper_line = np.column_stack([to_scale(da, aa[::-1]), to_scale(dh, hi * aa[::-1])])
     gate = PolygonGate(name, (da, dh), vertices=np.vstack([lower, upper_line]))
     mask = polygon_mask(gate, (area, height))
-    xlim = scale_limits(da, area, tops[0])
-    ylim = scale_limits(dh, height, tops[1])
-    counts, ex, ey = density_image(area, height, da, dh, xlim, ylim)
+    xlim = scale_limits(da, a_s, tops[0])
+    ylim = scale_limits(dh, h_s, tops[1])
+    counts, ex, ey = density_image(a_s, h_s, da, dh, xlim, ylim, weights=step if step > 1 else None)
     doublet_side = float(((r < lo)).mean())
     diag = {"ratio_mode": mode, "ratio_sd": sd, "ratio_low": lo, "ratio_high": hi,
             "below_band": doublet_side, "fraction_of_parent": float(mask.mean())}
@@ -484,9 +515,26 @@ def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
     n = len(x)
     if n < params["peak_min_events"]:
         return failed(f"only {n} events in the parent gate", "CLUSTER_GATE_FAILED", name, n_parent=n)
-    xlim = scale_limits(dx, x)
-    ylim = scale_limits(dy, y)
-    counts, ex, ey = density_image(x, y, dx, dy, xlim, ylim, bins)
+    # many events: the majority population is thinned evenly (and weighted back), every event beyond
+    # its split on the x side is kept, so rare populations keep all their events
+    step = thin(n)
+    xs_all = to_scale(dx, x[::step])
+    mode, sd, _ = _split_point(xs_all if params["x_side"] == "high" else -xs_all, params["split_n_sd"])
+    split = mode + params["split_n_sd"] * sd
+    split_x = split if params["x_side"] == "high" else -split
+    weights: np.ndarray | None = None
+    xd, yd = x, y
+    if step > 1:
+        raw_split = float(from_scale(dx, np.array([split_x]))[0])
+        beyond_raw = x > raw_split if params["x_side"] == "high" else x < raw_split
+        sel = beyond_raw.copy()
+        sel[::step] = True
+        idx = np.flatnonzero(sel)
+        xd, yd = x[idx], y[idx]
+        weights = np.where(beyond_raw[idx], 1.0, float(step))
+    xlim = scale_limits(dx, xd)
+    ylim = scale_limits(dy, yd)
+    counts, ex, ey = density_image(xd, yd, dx, dy, xlim, ylim, bins, weights=weights)
     wx, wy = ex[1] - ex[0], ey[1] - ey[0]
     smooth = ndimage.gaussian_filter(counts.astype(np.float64), params["smooth"])
     floor = 0.02 * params["peak_min_events"] / max(1.0, (2 * np.pi * max(params["smooth"], 1.0) ** 2))
@@ -513,11 +561,6 @@ def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
     px = ex[0] + (peaks[:, 0] + 0.5) * wx
     py = ey[0] + (peaks[:, 1] + 0.5) * wy
     real = mass >= params["peak_min_events"]
-    # x split from the event values on scale (the majority population's side)
-    xs = to_scale(dx, x if n <= 200_000 else x[:: max(1, n // 200_000)])
-    mode, sd, _ = _split_point(xs if params["x_side"] == "high" else -xs, params["split_n_sd"])
-    split = mode + params["split_n_sd"] * sd
-    split_x = split if params["x_side"] == "high" else -split
     beyond = px > split_x if params["x_side"] == "high" else px < split_x
     cand = np.flatnonzero(real & beyond)
     pops = [{"x": float(a), "y": float(b), "events": int(m), "candidate": bool(c)}

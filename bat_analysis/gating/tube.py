@@ -70,7 +70,14 @@ def _resolve_channels(sample: Any, template: Template, source: str) -> tuple[dic
             found[dim] = ch
         else:
             kind, measure = dim.split("-")
-            found[dim] = find_scatter(sample.channels, kind, measure, source=source)
+            try:
+                found[dim] = find_scatter(sample.channels, kind, measure, source=source)
+            except MarkerError as exc:
+                if dim in template.gate(template.population).dims:
+                    raise
+                flags.append(Flag("SCATTER_CHANNEL_MISSING", "warn",
+                                  f"{Path(source).name}: no {dim} channel; gates on it are not applied "
+                                  f"({str(exc).splitlines()[0]})"))
     for marker, spec in template.panel.items():
         try:
             found[marker] = _resolve_marker(sample.channels, marker, spec.aliases, source)
@@ -154,9 +161,11 @@ def _density_for(cols: list[np.ndarray], dims: tuple[Dimension, ...], tops: list
                  ) -> tuple[np.ndarray | None, tuple[np.ndarray, ...] | None]:
     if len(dims) != 2 or len(cols[0]) == 0:
         return None, None
-    xl = est.scale_limits(dims[0], cols[0], tops[0])
-    yl = est.scale_limits(dims[1], cols[1], tops[1])
-    counts, ex, ey = est.density_image(cols[0], cols[1], dims[0], dims[1], xl, yl)
+    step = est.thin(len(cols[0]))
+    xs, ys = cols[0][::step], cols[1][::step]
+    xl = est.scale_limits(dims[0], xs, tops[0])
+    yl = est.scale_limits(dims[1], ys, tops[1])
+    counts, ex, ey = est.density_image(xs, ys, dims[0], dims[1], xl, yl, weights=step if step > 1 else None)
     return est.small_counts(counts), (ex, ey)
 
 
