@@ -533,7 +533,7 @@ def plate_gating(data_dir: Path, layout: Path, workers: int, scheduler: str | No
 
 
 def bat_run_command(data_dir: Path, layout: Path, out: Path, workers: int, scheduler: str | None) -> list[str]:
-    cmd = [sys.executable, "-c", "from bat_analysis.cli import main; main()", "run", str(data_dir),
+    cmd = [sys.executable, "-m", "bat_analysis", "run", str(data_dir),
            "--layout", str(layout), "--out", str(out), "--quiet"]
     return cmd + (["--scheduler", scheduler] if scheduler else ["--workers", str(workers)])
 
