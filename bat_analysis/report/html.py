@@ -36,7 +36,7 @@ table{border-collapse:collapse;font-size:.85em;margin:.4em 0}
 th,td{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .badge{display:inline-block;padding:1px 7px;border-radius:8px;font-size:.8em;font-weight:600;color:#fff}
-.pass{background:#2e7d32}.warn{background:#ef8f00}.fail{background:#c62828}.none{background:#777}
+.qc{background:#5c6bc0}.pass{background:#2e7d32}.warn{background:#ef8f00}.fail{background:#c62828}.none{background:#777}
 .class-responder{background:#2e7d32}.class-partial_responder{background:#ef8f00}
 .class-non_responder{background:#c62828}.class-not_evaluable{background:#777}
 .imgs{display:flex;flex-wrap:wrap;gap:4px}.imgs img{border:1px solid #eee}
@@ -113,9 +113,10 @@ class TubeView:
     negative_values: np.ndarray | None = None
     negative_files: tuple[str, ...] = ()
     qc_status: str = "pass"
-    flags: list[Flag] = field(default_factory=list)
+    flags: list[Any] = field(default_factory=list)  # Flag or Notice
     adjusted: dict[str, str] = field(default_factory=dict)  # gate name -> reviewer and reason
     images: list[Png] = field(default_factory=list)
+    marker: str = "CD63"
 
     @property
     def anchor(self) -> str:
@@ -214,22 +215,38 @@ def _frame_rows(frame: Any) -> list[dict[str, Any]]:
     return [dict(r) for r in frame.to_dict(orient="records")]
 
 
-def _qc_flags_from_row(row: Mapping[str, Any], known: set[str], status: str) -> list[Flag]:
-    """QC codes of the tubes table not already explained by a gating flag, with their reasons if given."""
-    codes = [c for c in str(row.get("qc_flags") or "").split(";") if c.strip()]
-    reasons = [r for r in str(row.get("qc_reasons") or "").split(";") if r.strip()]
-    out = []
-    for i, code in enumerate(c.strip() for c in codes):
-        if code in known:
-            continue
-        text = reasons[i].strip() if i < len(reasons) else code.replace("_", " ").lower()
-        out.append(Flag(code, "fail" if status == "fail" else "warn", text))
-    return out
+@dataclass(frozen=True)
+class Notice:
+    """A finding shown to the reader; ``severity`` is warn, fail, or qc (a QC rule of the tubes table)."""
+
+    code: str
+    severity: str
+    message: str
+
+
+def _parse_reasons(text: str, codes: Sequence[str]) -> dict[str, str]:
+    """``"CODE: message; CODE2: message"`` (the tables' qc_reasons) as {code: message}."""
+    if not text or not codes:
+        return {}
+    pattern = "(?:^|; )(" + "|".join(re.escape(c) for c in sorted(set(codes), key=len, reverse=True)) + "): "
+    parts = re.split(pattern, text)
+    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
+
+
+def _qc_notes(row: Mapping[str, Any], known: set[str]) -> list[Notice]:
+    """QC findings of the tubes table not already among the gating flags, with their reasons."""
+    codes = [c.strip() for c in str(row.get("qc_flags") or "").split(";") if c.strip()]
+    reasons = _parse_reasons(str(row.get("qc_reasons") or ""), codes)
+    return [Notice(c, "qc", reasons.get(c, c.replace("_", " ").lower())) for c in dict.fromkeys(codes)
+            if c not in known]
 
 
 def tube_views(results: Sequence[TubeResult], scores: Any, run: RunView) -> list[TubeView]:
     """Join every tube's result with its row of the tubes table, its threshold and negative control."""
     rows = {str(r.get("file")): r for r in _frame_rows(getattr(scores, "tubes", None))}
+    by_file = {r.tube.file: r for r in results}
+    thresholds = getattr(scores, "thresholds", None) or {}
+    marker = activation_marker(scores)
     negatives: dict[str, list[TubeResult]] = {}
     for r in results:
         if r.tube.condition == "negative_control":
@@ -245,25 +262,39 @@ def tube_views(results: Sequence[TubeResult], scores: Any, run: RunView) -> list
                                              r.tube.file))
     views = []
     for i, res in enumerate(ordered):
-        row = rows.get(res.tube.file, {})
-        thr = row.get("cd63_threshold")
-        thr_f = float(thr) if thr is not None and not (isinstance(thr, float) and math.isnan(thr)) else None
-        ref = select_reference(negatives.get(res.tube.patient, []), res.tube.pretreatment)
-        neg = pooled_values(ref.tubes, "CD63") if ref.tubes else None
-        status = str(row.get("qc_status") or ("fail" if not res.ok else
-                                               "warn" if res.flags else "pass"))
-        flags = list(res.flags)
+        t = res.tube
+        row = rows.get(t.file, {})
+        est = thresholds.get((t.patient, t.pretreatment, marker))
+        if est is not None:
+            thr_f: float | None = float(est.value)
+            method: str | None = est.method
+            refs = tuple(est.reference_files)
+            ref_tubes = [by_file[f] for f in refs if f in by_file]
+        else:
+            thr = row.get("cd63_threshold")
+            thr_f = float(thr) if thr is not None and not (isinstance(thr, float) and math.isnan(thr)) else None
+            method = str(row.get("threshold_method") or "") or None
+            choice = select_reference(negatives.get(t.patient, []), t.pretreatment)
+            refs, ref_tubes = choice.files, choice.tubes
+        neg = pooled_values(ref_tubes, marker) if ref_tubes else None
+        status = str(row.get("qc_status") or ("fail" if not res.ok else "warn" if res.flags else "pass"))
+        flags: list[Any] = list(res.flags)
         if not res.ok and not any(f.severity == "fail" for f in flags):
             flags.append(Flag("NOT_GATED", "fail", res.error or "the tube could not be gated"))
-        flags += _qc_flags_from_row(row, {f.code for f in flags}, status)
-        adjusted = dict(adjust.get(res.tube.file, {}))
+        flags += _qc_notes(row, {f.code for f in flags})
+        adjusted = dict(adjust.get(t.file, {}))
         for g in res.gates:
             if is_manual(g) and g.name not in adjusted:
                 adjusted[g.name] = manual_reason(g) or ""
-        method = row.get("cd63_threshold_method") or row.get("threshold_method")
-        views.append(TubeView(res, i, row, thr_f, str(method) if method else None, neg, ref.files, status,
-                              flags, adjusted))
+        views.append(TubeView(res, i, row, thr_f, method, neg, refs, status, flags, adjusted, marker=marker))
     return views
+
+
+def activation_marker(scores: Any) -> str:
+    """The degranulation marker the thresholds are set on (the analysis configuration's, else CD63)."""
+    config = getattr(scores, "config", None)
+    markers = getattr(config, "markers", None)
+    return str(getattr(markers, "activation", None) or "CD63")
 
 
 def patient_views(tubes: Sequence[TubeView], scores: Any) -> dict[str, PatientView]:
@@ -421,6 +452,9 @@ def patient_html(view: PatientView, run: RunView) -> str:
             body.append(f"<p><b>{escape(str(r.get('allergen', '')))}</b>: "
                         f"{badge(str(r.get('class') or 'not_evaluable'), prefix='class-')} — "
                         f"{escape(fmt_value(r.get('class_reason')))}</p>")
+            if r.get("qc_reasons"):
+                body.append(f'<p class="muted">QC {badge(str(r.get("qc_status") or ""))}: '
+                            f"{escape(str(r['qc_reasons']))}</p>")
         cols = _columns(view.patient_rows, PATIENT_COLUMNS)
         body.append(table(cols, [[r.get(c) for c in cols] for r in view.patient_rows],
                           numeric=[c not in ("allergen", "class", "qc_status") for c in cols]))
@@ -505,18 +539,19 @@ class ReportPaths:
 PARALLEL_FROM = 24  # below this many tubes, starting worker processes costs more than it saves
 
 
-def _draw_chunk(jobs: list[tuple[TubeResult, np.ndarray | None, float | None, dict[str, str]]],
+def _draw_chunk(jobs: list[tuple[TubeResult, np.ndarray | None, float | None, dict[str, str], str]],
                 dpi: int) -> list[list[Png]]:
     """Worker task: the PNGs of a chunk of tubes (module-level so that it pickles)."""
     renderer = PngRenderer(dpi=dpi)
-    return [renderer.tube(res, negative_values=neg, threshold=thr, adjusted=adj) for res, neg, thr, adj in jobs]
+    return [renderer.tube(res, negative_values=neg, threshold=thr, adjusted=adj, marker=marker)
+            for res, neg, thr, adj, marker in jobs]
 
 
 def draw_tubes(tubes: Sequence[TubeView], *, workers: int | None = None, dpi: int = IMAGE_DPI) -> None:
     """Fill ``images`` of every tube view: in this process, or in ``workers`` spawned processes."""
     if workers is None:
         workers = min(os.cpu_count() or 1, 8) if len(tubes) >= PARALLEL_FROM else 1
-    jobs = [(t.result, t.negative_values, t.threshold, t.adjusted) for t in tubes]
+    jobs = [(t.result, t.negative_values, t.threshold, t.adjusted, t.marker) for t in tubes]
     if workers <= 1 or len(tubes) < 2:
         for t, pngs in zip(tubes, _draw_chunk(jobs, dpi)):
             t.images = pngs

@@ -143,7 +143,7 @@ class _Flow:
 def _widths(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[float]:
     """Column widths proportional to their longest cell (header included), within limits."""
     lens = [max([len(str(h))] + [len(fmt_value(r[i])) for r in rows]) for i, h in enumerate(headers)]
-    lens = [min(max(n, 3), 40) for n in lens]
+    lens = [min(max(n, 3), 40) + 2 for n in lens]  # + cell padding
     total = float(sum(lens))
     return [n / total for n in lens]
 
@@ -166,12 +166,15 @@ def _summary(flow: _Flow, view: PatientView, run: RunView) -> None:
                   colour={"responder": "#2e7d32", "partial_responder": "#b26a00",
                           "non_responder": "#c62828"}.get(cls, "0.3"))
         flow.text(f"reason: {fmt_value(r.get('class_reason'))}", size=8, indent=0.15)
+        if r.get("qc_reasons"):
+            flow.text(f"QC {r.get('qc_status') or ''}: {r['qc_reasons']}", size=7, indent=0.15, colour="0.35")
     flow.gap()
     if view.patient_rows:
         cols = [c for c in _columns(view.patient_rows, PATIENT_COLUMNS) if c not in ("allergen",)]
         allergens = [str(r.get("allergen", "")) for r in view.patient_rows]
         rows = [[c.replace("_", " ")] + [r.get(c) for r in view.patient_rows] for c in cols]
-        flow.table(["metric"] + allergens, rows, size=7.5)
+        headers = ["metric"] + allergens
+        flow.table(headers, rows, size=7.5, col_widths=_widths(headers, rows))
         flow.text("EC50 in the layout's concentration unit; empty when not estimable. CD-sens = 100/EC50; "
                   "AUC of net %CD63+ over log10 concentration.", size=6.5, colour="0.35")
     by_allergen: dict[str, dict[str, Any]] = {}
@@ -181,9 +184,11 @@ def _summary(flow: _Flow, view: PatientView, run: RunView) -> None:
         flow.gap()
         flow.text("Dose–response (%CD63+ of basophils; both arms)", size=11, weight="bold")
     for allergen, fits in by_allergen.items():
-        ax = flow.axes(3.3, width=6.2, left=0.5)
+        flow.ensure(3.4)
+        flow.gap(0.3)  # the axes title sits above the axes
+        ax = flow.axes(2.9, width=6.0, left=0.6)
         draw_dose_response(fits, ax, title=allergen)
-        flow.y += 3.3 + 0.45
+        flow.y += 2.9 + 0.5  # tick labels and axis label below
     for note in view.fit_notes:
         flow.text(note, size=7)
 

@@ -174,9 +174,11 @@ def draw_gate(record: GateRecord, ax: Axes, *, adjusted_reason: str | None = Non
         _draw_density_2d(ax, np.asarray(record.density), edges[0], edges[1])
         ax.set_ylabel(_axis_label(record, 1), fontsize=7)
         ndim_drawn = 2
+    shapes = [record.geometry, *record.geometry.get("members", [])]
     if ndim_drawn:
         ax.set_xlabel(_axis_label(record, 0), fontsize=7)
-        _draw_outline(ax, record.geometry, ndim_drawn, colour, style)
+        for shape in shapes:
+            _draw_outline(ax, shape, ndim_drawn, colour, style)
     elif record.geometry.get("type") == "boolean":
         _draw_outline(ax, record.geometry, 0, colour, style)
     if ndim_drawn:
@@ -185,11 +187,24 @@ def draw_gate(record: GateRecord, ax: Axes, *, adjusted_reason: str | None = Non
         ax.yaxis.set_major_locator(MaxNLocator(5))
     ax.set_title(record.name, fontsize=9, loc="left", fontweight="bold", y=1.0, pad=3)
     ax.set_title(gate_caption(record), fontsize=6.5, loc="right", y=1.0, pad=3)
-    reason = adjusted_reason or (manual_reason(record) if manual else None)
-    note = "manually adjusted" + (f": {reason}" if reason else "") if manual else record.method
+    note, note_colour = method_note(record, adjusted_reason)
     ax.text(0.98, 0.03, textwrap.fill(note, 42), transform=ax.transAxes, ha="right", va="bottom",
-            fontsize=6.5, color=ADJUSTED_COLOUR if manual else "0.25", zorder=5,
+            fontsize=6.5, color=note_colour, zorder=5,
             bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1.2))
+
+
+def method_note(record: GateRecord, adjusted_reason: str | None = None) -> tuple[str, str]:
+    """How the gate was obtained, in words, and the colour to write it in."""
+    diag = record.diagnostics or {}
+    if is_manual(record) or adjusted_reason is not None:
+        reason = adjusted_reason or manual_reason(record)
+        return "manually adjusted" + (f": {reason}" if reason else ""), ADJUSTED_COLOUR
+    if record.method == "not_gated":
+        return f"not gated: {diag.get('failure', 'no estimate')}", GATE_COLOUR
+    text = "fallback geometry (estimate failed)" if record.method == "fallback" else record.method
+    if record.geometry.get("keep") == "outside":
+        text += ", keeps events outside"
+    return text, "0.25"
 
 
 _SUPERSCRIPT = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
