@@ -223,3 +223,11 @@ def test_subset_evaluation_equals_whole_column_evaluation() -> None:
     ev = ArrayEvents(cols, {"M": sp})
     rows = np.flatnonzero(fast["core"])
     np.testing.assert_array_equal(ev.values(fl2, rows, "core"), ev.values(fl2)[rows])
+
+
+def test_limits_are_not_cast_to_float32() -> None:
+    """A limit just above a float32 event value: the event is below it (ISAC quadrant FSCD-FL1P case)."""
+    x = np.array([6.43566975], dtype=np.float32)  # float32 rounds it to 6.4356699 < 6.43567
+    assert np.float32(6.43567) == x[0]             # ... but a float32 limit would equal it
+    g = RangeGate("r", (Dimension("x"),), mins=(None,), maxs=(6.43567,))
+    assert evaluate([g], ArrayEvents({"x": x}))["r"].tolist() == [True]

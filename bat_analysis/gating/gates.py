@@ -7,9 +7,9 @@ is computed once and shared by every gate that uses it.
 
 Semantics follow Gating-ML 2.0: range limits are half-open (``min <= x < max``), ellipsoids include their
 boundary (``d^2 <= distance_square``), polygons use FlowUtils' point-in-polygon test (winding count
-modulo 2, as FlowKit; edges inclusive), quadrants are half-open ranges between dividers. Events stored as
-float32 are exact to about 7 digits: a value that float32 rounds onto a gate limit lands on the limit's
-side (two ISAC truth files need float64 events for that reason). A dimension may name a compensation reference (a
+modulo 2, as FlowKit; edges inclusive), quadrants are half-open ranges between dividers. Events may be
+float32; limits and vertices are always compared in float64 (a limit cast to float32 can round onto an
+event's value and move it across the boundary). A dimension may name a compensation reference (a
 spillover matrix known to the event source, ``"FCS"`` for the file's own, ``None``/``"uncompensated"``
 for raw values) and may be a Gating-ML ``fratio`` of two channels (:class:`Ratio`) before its transform.
 """
@@ -230,10 +230,12 @@ class RangeGate(Gate):
                  rows: np.ndarray | None = None, rows_key: Any = None) -> np.ndarray:
         mask = np.ones(self._n(events, rows), dtype=bool)
         for col, lo, hi in zip(self._cols(events, rows, rows_key), self.mins, self.maxs):
+            # limits as float64 scalars: a plain Python float would be cast to a float32 column's type
+            # (NEP 50) and a limit rounded onto an event's value would move that event across it
             if lo is not None:
-                mask &= col >= lo
+                mask &= col >= np.float64(lo)
             if hi is not None:
-                mask &= col < hi
+                mask &= col < np.float64(hi)
         return mask
 
 
