@@ -222,3 +222,30 @@ def test_simulated_experiment_layout_reads_back(tmp_path: Path) -> None:
     by_name = tubes_from_pattern(tmp_path, PATTERN, defaults={"unit": "ng/mL"})
     assert {(t.file, t.patient, t.condition, t.pretreatment, t.allergen, t.concentration) for t in by_name} == {
         (t.file, t.patient, t.condition, t.pretreatment, t.allergen, t.concentration) for t in tubes}
+
+
+def test_damaged_workbook_is_a_layout_error(tmp_path: Path) -> None:
+    import io
+    import zipfile
+
+    _fcs(tmp_path, [r[0] for r in GOOD])
+    good = _xlsx(tmp_path / "good.xlsx", GOOD).read_bytes()
+    src = zipfile.ZipFile(io.BytesIO(good))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            dst.writestr(item, data[: len(data) // 2] if item.filename.endswith("sheet2.xml") else data)
+    (tmp_path / "good.xlsx").unlink()
+    damaged = tmp_path / "damaged.xlsx"
+    damaged.write_bytes(buf.getvalue())
+    with pytest.raises(LayoutError, match="cannot read the workbook"):
+        read_layout(damaged)
+
+
+def test_pipe_delimited_latin1_csv_with_lost_epsilon(tmp_path: Path) -> None:
+    _fcs(tmp_path, ["a.fcs", "b.fcs"])
+    text = "file|patient|condition\na.fcs|Pé|anti-Fc?RI\nb.fcs|Pé|negative control\n"
+    (tmp_path / "l.csv").write_bytes(text.encode("latin-1"))
+    tubes = read_layout(tmp_path / "l.csv")
+    assert [(t.patient, t.condition) for t in tubes] == [("Pé", "anti_fceri"), ("Pé", "negative_control")]

@@ -34,6 +34,7 @@ _CONDITION_SYNONYMS = {
     "neg_control": "negative_control", "nc": "negative_control", "medium": "negative_control",
     "buffer": "negative_control", "unstimulated": "negative_control", "background": "negative_control",
     "anti_fceri": "anti_fceri", "anti_fcεri": "anti_fceri", "fceri": "anti_fceri", "anti_fceria": "anti_fceri",
+    "anti_fc?ri": "anti_fceri",  # ε lost by a legacy 8-bit export
     "anti_ige": "anti_ige", "aige": "anti_ige",
     "fmlp": "fmlp", "fmlf": "fmlp",
     "allergen": "allergen",
@@ -72,20 +73,25 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
         raise LayoutError("the layout sheet is empty", source=str(path),
                           problems=["row 1: expected a header row " + ", ".join(LAYOUT_COLUMNS)])
     first = text.splitlines()[0]
-    delimiter = max(",;\t", key=first.count)
+    delimiter = max(",;\t|", key=first.count)  # the header's most frequent separator (comma on a tie)
     rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
     return rows[0], rows[1:]
 
 
 def _read_xlsx(path: Path, sheet: str | None) -> tuple[list[str], list[list[str]]]:
     import zipfile
+    import zlib
+    from xml.etree.ElementTree import ParseError
 
     import openpyxl
     from openpyxl.utils.exceptions import InvalidFileException
 
+    # what openpyxl raises for a damaged workbook, on opening or (read-only sheets are parsed lazily) on reading
+    damaged = (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, EOFError, NotImplementedError,
+               zipfile.BadZipFile, zlib.error, ParseError, InvalidFileException)
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, InvalidFileException) as exc:
+    except damaged as exc:
         raise LayoutError(f"cannot read the workbook ({type(exc).__name__}: {exc})", source=str(path)) from exc
     try:
         if sheet is not None:
@@ -97,6 +103,9 @@ def _read_xlsx(path: Path, sheet: str | None) -> tuple[list[str], list[list[str]
             named = [n for n in book.sheetnames if n.casefold() == "layout"]
             ws = book[named[0]] if named else book.worksheets[0]
         values = [[_cell_text(v) for v in row] for row in ws.iter_rows(values_only=True)]
+    except damaged as exc:
+        raise LayoutError(f"cannot read the workbook's sheet ({type(exc).__name__}: {exc})",
+                          source=str(path)) from exc
     finally:
         book.close()
     if not values:
