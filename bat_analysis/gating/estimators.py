@@ -160,11 +160,12 @@ def apply_gate(gate: Gate, cols: Sequence[np.ndarray], members: Sequence[Gate] =
     if isinstance(gate, RangeGate):
         mask = np.ones(len(cols[0]), dtype=bool)
         for dim, col, lo, hi in zip(gate.dims, cols, gate.mins, gate.maxs):
-            # Python floats, so that comparisons run in the column's precision, as the gate engine's do
+            # float64 limits, compared as the gate engine compares them (a limit cast to a float32
+            # column's type could round onto an event's value)
             if lo is not None:
-                mask &= col >= (float(lo) if dim.transform is None else float(from_scale(dim, np.array([lo]))[0]))
+                mask &= col >= (np.float64(lo) if dim.transform is None else from_scale(dim, np.array([lo]))[0])
             if hi is not None:
-                mask &= col < (float(hi) if dim.transform is None else float(from_scale(dim, np.array([hi]))[0]))
+                mask &= col < (np.float64(hi) if dim.transform is None else from_scale(dim, np.array([hi]))[0])
         return mask
     if isinstance(gate, PolygonGate):
         return polygon_mask(gate, cols)
@@ -295,7 +296,7 @@ def estimate_cells(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
 
     bins = params["bins"]
     step = thin(len(x))
-    xs, ys = x[::step], y[::step]
+    xs, ys = np.ascontiguousarray(x[::step]), np.ascontiguousarray(y[::step])
     xlim = scale_limits(dx, xs, tops[0])
     ylim = scale_limits(dy, ys, tops[1])
     counts, ex, ey = density_image(xs, ys, dx, dy, xlim, ylim, bins, weights=step if step > 1 else None)
@@ -346,6 +347,12 @@ def estimate_cells(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
         est.density, est.density_edges = small_counts(counts), (ex, ey)
         return est
     verts = pts[hull.vertices].copy()
+    if len(verts) > 16:  # fewer edges to test per event; the hull moves inwards by at most half a bin
+        from skimage.measure import approximate_polygon
+
+        scale = np.array([wx, wy])
+        closed = np.vstack([verts, verts[:1]]) / scale
+        verts = approximate_polygon(closed, tolerance=0.5)[:-1] * scale
     # beyond the data range where the region reaches the top of the window
     top_x = ex[-1] - (pad + 1) * wx
     top_y = ey[-1] - (pad + 1) * wy
@@ -373,7 +380,7 @@ def estimate_singlets(area: np.ndarray, height: np.ndarray, da: Dimension, dh: D
     from scipy import ndimage
 
     step = thin(len(area))
-    a_s, h_s = area[::step], height[::step]
+    a_s, h_s = np.ascontiguousarray(area[::step]), np.ascontiguousarray(height[::step])
     ok = a_s > max(params["min_signal"], 0.0)
     n_ok = int(ok.sum())
     if n_ok < 50:
@@ -395,7 +402,8 @@ def estimate_singlets(area: np.ndarray, height: np.ndarray, da: Dimension, dh: D
         lo = mode / 2
     a_top = float(tops[0]) if tops[0] else float(area.max())
     a_lo, a_hi = max(float(np.quantile(a_s[ok], 0.0001)) * 0.5, 1e-3), 2.0 * a_top
-    aa = np.geomspace(a_lo, a_hi, 12)
+    # straight lines on linear scales need only their ends; curved ones are traced
+    aa = np.array([a_lo, a_hi]) if da.transform is None and dh.transform is None else np.geomspace(a_lo, a_hi, 12)
     lower = np.column_stack([to_scale(da, aa), to_scale(dh, lo * aa)])
     upper_line = np.column_stack([to_scale(da, aa[::-1]), to_scale(dh, hi * aa[::-1])])
     gate = PolygonGate(name, (da, dh), vertices=np.vstack([lower, upper_line]))
@@ -518,7 +526,7 @@ def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
     # many events: the majority population is thinned evenly (and weighted back), every event beyond
     # its split on the x side is kept, so rare populations keep all their events
     step = thin(n)
-    xs_all = to_scale(dx, x[::step])
+    xs_all = to_scale(dx, np.ascontiguousarray(x[::step]))
     mode, sd, _ = _split_point(xs_all if params["x_side"] == "high" else -xs_all, params["split_n_sd"])
     split = mode + params["split_n_sd"] * sd
     split_x = split if params["x_side"] == "high" else -split

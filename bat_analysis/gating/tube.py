@@ -162,7 +162,7 @@ def _density_for(cols: list[np.ndarray], dims: tuple[Dimension, ...], tops: list
     if len(dims) != 2 or len(cols[0]) == 0:
         return None, None
     step = est.thin(len(cols[0]))
-    xs, ys = cols[0][::step], cols[1][::step]
+    xs, ys = np.ascontiguousarray(cols[0][::step]), np.ascontiguousarray(cols[1][::step])
     xl = est.scale_limits(dims[0], xs, tops[0])
     yl = est.scale_limits(dims[1], ys, tops[1])
     counts, ex, ey = est.density_image(xs, ys, dims[0], dims[1], xl, yl, weights=step if step > 1 else None)
@@ -338,9 +338,10 @@ def gate_sample_indices(sample: Any, tube: Tube, template: Template, *,
     gating_dims = sorted({d for g in template.gates for d in g.dims if d in channels})
     fluo = [d for d in gating_dims if d not in SCATTER_DIMS]
     columns: dict[str, np.ndarray] = {}
-    for d in gating_dims:
-        if d in SCATTER_DIMS:
-            columns[d] = sample.events[:, channels[d].index]
+    scatter = [d for d in gating_dims if d in SCATTER_DIMS]
+    if scatter:  # channel-contiguous copies: every later pass over a column is then cache-friendly
+        block = np.asfortranarray(sample.events[:, [channels[d].index for d in scatter]])
+        columns.update({d: block[:, j] for j, d in enumerate(scatter)})
     columns.update(_compensated(sample, template, channels, fluo, None, source))
     ranges = {d: float(channels[d].range) if channels[d].range else None for d in gating_dims}
     run = _Run(template, columns, ranges, n)
