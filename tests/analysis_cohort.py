@@ -42,7 +42,10 @@ def true_auc_inhibition(curves: dict[str, tuple[float, float, float, float]]) ->
     return 100.0 * (1.0 - aucs["omalizumab"] / aucs["none"])
 
 
-def simulate_cohort(n_patients: int = 24, seed: int = 7) -> tuple[list[TubeResult], list[TruePatient]]:
+def simulate_cohort(n_patients: int = 24, seed: int = 7, *, n_basophils: tuple[int, int] = (300, 1500),
+                    jitter_max: float = 1.5) -> tuple[list[TubeResult], list[TruePatient]]:
+    """``n_patients`` cycling through the four kinds; basophils per tube uniform in ``n_basophils``; extra
+    per-tube noise of up to ``jitter_max`` points of % activated on allergen tubes."""
     rng = np.random.default_rng(seed)
     results: list[TubeResult] = []
     truth: list[TruePatient] = []
@@ -51,7 +54,7 @@ def simulate_cohort(n_patients: int = 24, seed: int = 7) -> tuple[list[TubeResul
         pid = f"P{i + 1:02d}"
         spont = float(rng.uniform(8.0, 15.0)) if i % 5 == 3 else float(rng.uniform(0.0, 4.0))
         shift = float(rng.uniform(8.0, 20.0))
-        jitter = float(rng.uniform(0.0, 1.5))  # extra per-tube noise (points of % activated)
+        jitter = float(rng.uniform(0.0, jitter_max))  # extra per-tube noise (points of % activated)
         log_ec50 = float(rng.uniform(-1.0, 1.0))
         hill = float(rng.uniform(0.8, 2.0))
         top = float(rng.uniform(45.0, 90.0))
@@ -77,7 +80,7 @@ def simulate_cohort(n_patients: int = 24, seed: int = 7) -> tuple[list[TubeResul
                 level = float(four_pl(math.log10(c), *curves[arm])) + rng.normal(0.0, jitter)
                 tubes.append((f"{pid}_{arm}_a{j}.fcs", "allergen", c, level))
             for file, cond, conc, level in tubes:
-                n = int(rng.integers(300, 1500))
+                n = int(rng.integers(n_basophils[0], n_basophils[1]))
                 tube = Tube(file=file, patient=pid, condition=cond, pretreatment=arm,
                             allergen="Ara h 2" if cond == "allergen" else None, concentration=conc,
                             unit="ng/mL" if cond == "allergen" else None)

@@ -200,7 +200,7 @@ def score_experiment(results: Sequence[TubeResult], config: AnalysisConfig | Non
     if patients_df.empty:
         patients_df = pd.DataFrame(columns=list(PATIENT_COLUMNS))
     else:
-        _add_cohort(patients_df, cfg)
+        add_cohort_classes(patients_df, cfg)
         rest = [c for c in patients_df.columns if c not in PATIENT_COLUMNS]
         patients_df = patients_df[list(PATIENT_COLUMNS) + rest].reset_index(drop=True)
     return ExperimentScores(tubes_df, patients_df, fits, thresholds, effects, cfg)
@@ -362,7 +362,10 @@ def _patient_row(patient: str, allergen: str, tubes: Sequence[TubeResult],
     return row
 
 
-def _add_cohort(df: pd.DataFrame, cfg: AnalysisConfig) -> None:
+def add_cohort_classes(df: pd.DataFrame, cfg: AnalysisConfig) -> None:
+    """Add (or recompute) ``cohort_class``/``cohort_reason`` over every row of ``df`` in place, when the
+    config asks for a cohort mode. Call it again after concatenating per-patient tables: the cut points
+    depend on the whole cohort."""
     mode = cfg.classes.cohort_mode
     if mode == "none":
         return
