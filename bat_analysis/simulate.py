@@ -495,6 +495,20 @@ class SimulatedTube:
         data = self.events if rows is None else self.events[rows]
         return data[:, cols].astype(np.float64) @ np.linalg.inv(matrix)
 
+    def write(self, path: str | Path, *, version: str = "3.1", datatype: str = "F", byteorder: str = "<",
+              keywords: dict[str, str] | None = None) -> Path:
+        """Write the tube as an FCS file with its spillover matrix (``datatype`` "I": 32-bit integers)."""
+        from .io.fcs_write import write_fcs
+
+        if datatype == "I" and not np.array_equal(self.events, np.rint(self.events)):
+            raise BatError("events are not whole numbers; simulate the tube with datatype='I'", source=str(path),
+                           field="$DATATYPE", expected="a tube simulated for integer data")
+        words = dict(self.keywords)
+        words.update(keywords or {})
+        return write_fcs(path, self.events, self.pnn, self.pns, version=version, datatype=datatype,
+                         byteorder=byteorder, bits=32 if datatype == "I" else None,
+                         ranges=int(RANGE) if datatype == "I" else RANGE, spillover=self.spillover, keywords=words)
+
     def marker_values(self, marker: str, rows: np.ndarray | None = None) -> np.ndarray:
         """Compensated values of one logical marker (for ``rows`` only, when given)."""
         names, _ = self.spillover
@@ -783,7 +797,6 @@ def simulate_experiment(
     margin to about one tube in eight. The same arguments and seed give identical files.
     """
     from . import __version__
-    from .io.fcs_write import write_fcs
 
     if n_patients < 1:
         raise BatError(f"{n_patients} patients", field="n_patients", expected="at least 1")
@@ -841,10 +854,7 @@ def simulate_experiment(
             keywords.update({"$FIL": name, "$SRC": pid, "TUBE NAME": name[:-4], "WELL ID": row,
                              "EXPERIMENT NAME": "simulated BAT", "$DATE": "01-JAN-2026",
                              "$BTIM": "10:00:00", "$ETIM": _clock(10 * 3600 + sim.events[-1, -1] * TIMESTEP)})
-            write_fcs(out_dir / name, sim.events, sim.pnn, sim.pns, version=version, datatype=datatype,
-                      byteorder=byteorder, bits=32 if datatype == "I" else None,
-                      ranges=RANGE if datatype != "I" else int(RANGE), spillover=sim.spillover,
-                      keywords=keywords)
+            sim.write(out_dir / name, version=version, datatype=datatype, byteorder=byteorder, keywords=keywords)
             labels[f"{name}:population"] = sim.population
             labels[f"{name}:activated"] = sim.activated
             labels[f"{name}:basophil"] = sim.basophil

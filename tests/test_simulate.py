@@ -254,16 +254,21 @@ def test_fcs_variants_hold_the_simulated_events(version: str, datatype: str, byt
     tube = simulate_tube(n_events=2000, seed=9, datatype=datatype, scenario="saturation")
     if datatype == "I":
         assert np.array_equal(tube.events, np.rint(tube.events)) and tube.events.min() >= 0
-    from bat_analysis.io.fcs_write import write_fcs
-
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
-        path = write_fcs(Path(d) / "t.fcs", tube.events, tube.pnn, tube.pns, version=version, datatype=datatype,
-                         byteorder=byteorder, bits=32 if datatype == "I" else None, spillover=tube.spillover)
+        path = tube.write(Path(d) / "t.fcs", version=version, datatype=datatype, byteorder=byteorder)
         sample = read_fcs(path)
-        assert np.array_equal(sample.events, tube.events)
-        assert sample.version == version
+        assert np.array_equal(sample.events[:, :-1], tube.events[:, :-1])
+        # Time is stored in units of $TIMESTEP; read back in seconds
+        np.testing.assert_allclose(sample.events[:, -1], tube.events[:, -1] * TIMESTEP, rtol=1e-6)
+        assert sample.version == version and sample.keywords["$TIMESTEP"] == str(TIMESTEP)
+
+
+def test_integer_file_needs_an_integer_tube(tmp_path: Path) -> None:
+    with pytest.raises(BatError, match="whole numbers"):
+        simulate_tube(n_events=500, seed=1).write(tmp_path / "x.fcs", datatype="I")
+    assert not (tmp_path / "x.fcs").exists()
 
 
 def test_experiment_in_integer_big_endian_fcs2(tmp_path: Path) -> None:
