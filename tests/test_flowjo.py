@@ -274,3 +274,24 @@ def test_gatingml_reader_refuses_a_workspace() -> None:
 
     with pytest.raises(GatingError, match="FlowJo workspace"):
         read_gatingml(FLOWSOM / "gating.wsp")
+
+
+@pytest.mark.parametrize("wsp", WORKSPACES, ids=[w.name for w in WORKSPACES])
+def test_flowjo_gates_through_gatingml(wsp: Path, tmp_path: Path) -> None:
+    """FlowJo population names ("Q1: channel_A- , channel_B+") survive a Gating-ML export; FlowJo's own
+    biex scale has no Gating-ML equivalent and is refused with a clear error."""
+    from bat_analysis.gating.gatingml import export_gatingml, read_gatingml
+
+    for name, sample in _workspace(wsp).items():
+        kinds = {getattr(d.transform, "kind", None) for g in sample.document.gates for d in g.dims}
+        if kinds & {"biex", "flowjo_log"}:
+            with pytest.raises(GatingError, match="no Gating-ML 2.0 equivalent"):
+                export_gatingml(sample.document.gates, tmp_path / "x.xml", sample.document.spillovers)
+            continue
+        path = export_gatingml(sample.document.gates, tmp_path / f"{wsp.stem}.xml", sample.document.spillovers)
+        fcs = _sample_events(wsp.parent / name)
+        before = sample.document.evaluate(fcs.events, fcs.pnn)
+        after = read_gatingml(path).evaluate(fcs.events, fcs.pnn)
+        assert sorted(after) == sorted(before)
+        for gate, mask in before.items():
+            assert np.array_equal(mask, after[gate]), gate

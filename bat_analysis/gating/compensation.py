@@ -72,8 +72,9 @@ class Spillover:
     def to_flowkit(self) -> Any:
         """The equivalent ``flowkit.Matrix``."""
         import flowkit
+        # Gating-ML needs a name for each compensated output: the detector's own when none was given
         return flowkit.Matrix(self.matrix, list(self.channels),
-                              fluorochromes=list(self.fluorochromes) if self.fluorochromes else None)
+                              fluorochromes=list(self.fluorochromes or self.channels))
 
 
 def parse_spillover_keyword(text: str, *, source: str | None = None, keyword: str = "$SPILLOVER") -> Spillover:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import io
+import os
 import re
 from xml.etree import ElementTree as ET
 from dataclasses import dataclass, field
@@ -105,6 +106,7 @@ def read_gatingml(path: str | Path, *, comp_prefix: str | None = None) -> Gating
         raise GatingError(f"not a readable Gating-ML 2.0 document: {exc}", source=str(p)) from exc
     doc = from_flowkit_strategy(strategy)
     doc.source = str(p)
+    _restore_names(doc, root)
     prefix = comp_prefix if comp_prefix is not None else ("Comp-" if lenient else None)
     if prefix:
         for g in doc.gates:
@@ -310,6 +312,10 @@ def to_flowkit_strategy(gates: Iterable[Gate], spillovers: Mapping[str, Any] | N
     def xform_id(t: Any) -> str | None:
         if t is None:
             return None
+        if getattr(t, "kind", None) in ("biex", "flowjo_log"):
+            raise GatingError(f"transform {t.name} is FlowJo's own and has no Gating-ML 2.0 equivalent",
+                              field="transform", expected="linear, log, asinh, logicle or hyperlog "
+                              "(export a FlowJo workspace instead)")
         key = t.name
         if key not in xform_ids:
             tid = _safe_id(key)
@@ -395,13 +401,100 @@ def to_flowkit_strategy(gates: Iterable[Gate], spillovers: Mapping[str, Any] | N
     return gs
 
 
+_NAMES_NS = "urn:bat-analysis:gate-names"
+_NCNAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+def _gml_ids(gates: Sequence[Gate]) -> dict[str, str]:
+    """A valid, unique Gating-ML id (an XML NCName) for every gate and quadrant-gate name."""
+    names: list[str] = []
+    for g in gates:
+        names.append(g.name)
+        if isinstance(g, QuadrantGate) and g.group not in names:
+            names.append(g.group)
+    ids: dict[str, str] = {}
+    used: set[str] = set()
+    for n in names:
+        if n in ids:
+            continue
+        base = n if _NCNAME.match(n) else re.sub(r"[^A-Za-z0-9_.-]", "_", n)
+        if not re.match(r"[A-Za-z_]", base):
+            base = "g_" + base
+        cand, k = base, 1
+        while cand in used or (cand != n and cand in names):
+            k += 1
+            cand = f"{base}_{k}"
+        ids[n] = cand
+        used.add(cand)
+    return ids
+
+
+def _renamed(gates: Sequence[Gate], ids: Mapping[str, str]) -> list[Gate]:
+    import dataclasses
+
+    out = []
+    for g in gates:
+        changes: dict[str, Any] = {"name": ids[g.name]}
+        if g.parent is not None:
+            changes["parent"] = ids.get(g.parent, g.parent)
+        if isinstance(g, BooleanGate):
+            changes["operands"] = tuple((ids.get(r, r), c) for r, c in g.operands)
+        if isinstance(g, QuadrantGate):
+            changes["group"] = ids[g.group]
+        out.append(dataclasses.replace(g, **changes))
+    return out
+
+
 def export_gatingml(gates: Iterable[Gate], path: str | Path, spillovers: Mapping[str, Any] | None = None) -> Path:
-    """Write gates (with their transforms and the named spillover matrices) as Gating-ML 2.0."""
+    """Write gates (with their transforms and the named spillover matrices) as Gating-ML 2.0.
+
+    Gate names that are not valid Gating-ML ids (spaces, ``+``, ``:``... as FlowJo population names
+    have) are written as sanitised ids; the original names are kept in a document-level
+    ``custom_info`` element, from which :func:`read_gatingml` restores them.
+    """
     import flowkit as fk
 
-    gs = to_flowkit_strategy(gates, spillovers)
+    gate_list = list(gates)
+    ids = _gml_ids(gate_list)
+    gs = to_flowkit_strategy(_renamed(gate_list, ids), spillovers)
+    buf = io.BytesIO()
+    fk.export_gatingml(gs, buf)
+    data = buf.getvalue()
+    renamed = {new: old for old, new in ids.items() if new != old}
+    if renamed:
+        root = ET.fromstring(data)
+        info = ET.Element(f"{{{_GML_NS[2]}}}custom_info")
+        names = ET.SubElement(info, f"{{{_NAMES_NS}}}names")
+        for new, old in renamed.items():
+            ET.SubElement(names, f"{{{_NAMES_NS}}}gate", {"id": new, "name": old})
+        root.insert(0, info)
+        ET.register_namespace("bat", _NAMES_NS)
+        data = ET.tostring(root, encoding="utf-8", xml_declaration=True)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "wb") as fh:
-        fk.export_gatingml(gs, fh)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, out)
     return out
+
+
+def _restore_names(doc: GatingDocument, root: ET.Element) -> None:
+    """Undo the id sanitising of :func:`export_gatingml` (names recorded in the root's custom_info)."""
+    import dataclasses
+
+    names = {el.attrib["id"]: el.attrib["name"] for el in root.iter(f"{{{_NAMES_NS}}}gate")
+             if "id" in el.attrib and "name" in el.attrib}
+    if not names:
+        return
+    doc.gates = [dataclasses.replace(g, **_name_changes(g, names)) for g in doc.gates]
+
+
+def _name_changes(g: Gate, names: Mapping[str, str]) -> dict[str, Any]:
+    changes: dict[str, Any] = {"name": names.get(g.name, g.name)}
+    if g.parent is not None:
+        changes["parent"] = names.get(g.parent, g.parent)
+    if isinstance(g, BooleanGate):
+        changes["operands"] = tuple((names.get(r, r), c) for r, c in g.operands)
+    if isinstance(g, QuadrantGate):
+        changes["group"] = names.get(g.group, g.group)
+    return changes
