@@ -27,7 +27,8 @@ def test_basophil_count_boundaries(n, expected):
 
 @pytest.mark.parametrize("key, value, expected", [
     ("acquisition_qc", 0.0999, []), ("acquisition_qc", 0.10, [("ACQUISITION_QC", "warn")]),
-    ("acquisition_qc", 0.25, [("ACQUISITION_QC", "warn")]), ("acquisition_qc", 0.2501, [("ACQUISITION_QC", "fail")]),
+    ("acquisition_qc", 0.25, [("ACQUISITION_QC", "warn")]),
+    ("acquisition_qc", 0.2501, [("ACQUISITION_QC", "fail")]),
     ("margin", 0.019, []), ("margin", 0.02, [("MARGIN_EVENTS", "warn")]), ("margin", 0.051, [("MARGIN_EVENTS", "fail")]),
     ("doublets", 0.099, []), ("doublets", 0.15, [("DOUBLETS", "warn")]), ("doublets", 0.21, [("DOUBLETS", "fail")]),
 ])

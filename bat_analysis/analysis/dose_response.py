@@ -4,9 +4,11 @@ Four-parameter logistic on x = log10(concentration), fitted to %CD63+ with scipy
 ``y = bottom + (top − bottom) / (1 + 10^((logEC50 − x)·h))``, ``bottom_min ≤ bottom ≤ bottom_max``,
 ``top_min ≤ top ≤ top_max``, ``hill_min ≤ h ≤ hill_max``. Several start values, the best kept. EC50 is
 accepted only inside the tested range, with a dose response (top − bottom ≥ min_amplitude) and R² ≥ the QC
-minimum; otherwise it is "not estimable" and ``ec50_reason`` says why. The 95% CI is log10 EC50 ± t(n−4) × the
-standard error of a seeded residual bootstrap. Bell-shaped series are fitted up to their maximum (flag ``BELL_SHAPED``). AUC is the trapezoidal
-area under net %CD63+ against log10(concentration) over every valid point; CD-max the maximum %CD63+.
+minimum; otherwise it is "not estimable" and ``ec50_reason`` says why. The 95% CI is log10 EC50 ± t(n−4)
+× the standard error of a seeded residual bootstrap; an EC50 whose CI spans more than ``max_ci_width_log10``
+decades is not estimable either. Bell-shaped series are fitted up to their maximum (flag ``BELL_SHAPED``).
+AUC is the trapezoidal area under net %CD63+ against log10(concentration) over every valid point; CD-max
+is the maximum %CD63+.
 """
 
 from __future__ import annotations

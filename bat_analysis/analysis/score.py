@@ -22,7 +22,7 @@ from bat_analysis.analysis.dose_response import FitResult, analyse_series
 from bat_analysis.analysis.metrics import ArmReference, TubeMetrics, pct_above, tube_metrics
 from bat_analysis.analysis.omalizumab import OmalizumabEffect, omalizumab_effect
 from bat_analysis.analysis.qc import TubeQc, fmlp_positive, status_of, tube_qc, unique_flags
-from bat_analysis.analysis.threshold import (ThresholdEstimate, estimate_threshold, find_marker,
+from bat_analysis.analysis.threshold import (ThresholdEstimate, estimate_threshold,
                                              manual_threshold, mfi_reference, pooled_values,
                                              select_reference)
 from bat_analysis.errors import AnalysisError
