@@ -108,3 +108,23 @@ def test_float32_and_float64_events_give_the_same_memberships() -> None:
         for gate, mask in masks.items():
             assert np.array_equal(mask, res64[name][gate]), f"{name}: gate {gate} depends on the precision"
 
+
+
+def test_exports_validate_against_the_gatingml_schema(tmp_path: Path) -> None:
+    from lxml import etree
+
+    schema_mod = pytest.importorskip("flowkit._resources", reason="FlowKit's bundled Gating-ML 2.0 XSD")
+    from bat_analysis.gating.gatingml import export_gatingml, read_gatingml
+    from bat_analysis.gating.gates import Dimension, PolygonGate, RangeGate
+
+    docs = [read_gatingml(x) for x in sorted((SUITE / "gml").glob("*.xml")) if x.name not in NOT_GATINGML]
+    awkward = [RangeGate("Q1: A- , B+", (Dimension("FL1-H"),), mins=(1.0,), maxs=(None,)),
+               PolygonGate("2nd gate", (Dimension("FL1-H"), Dimension("FL2-H")),
+                           vertices=[[0, 0], [50, 0], [50, 50]], parent="Q1: A- , B+")]
+    for k, gates in enumerate([d.gates for d in docs] + [awkward]):
+        spill = docs[k].spillovers if k < len(docs) else {}
+        path = export_gatingml(gates, tmp_path / f"{k}.xml", spill)
+        tree = etree.parse(str(path))
+        assert schema_mod.gml_schema.validate(tree), str(schema_mod.gml_schema.error_log.last_error)
+    again = read_gatingml(tmp_path / f"{len(docs)}.xml")
+    assert [g.name for g in again.gates] == ["Q1: A- , B+", "2nd gate"] and again.gates[1].parent == "Q1: A- , B+"
