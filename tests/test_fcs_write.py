@@ -253,3 +253,20 @@ def test_random_files_read_back_exactly(tmp_path: Path, version: str, dt_bits: t
     want = ev.astype(np.float32) if datatype == "F" else ev
     assert np.array_equal(got, want)
     assert fd.channel_count == n_channels and fd.event_count == n_events
+
+
+_TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(_TEXT, min_size=1, max_size=4), pns=_TEXT, delimiter=st.sampled_from(["/", "|", "\\", "*"]))
+def test_random_keyword_values_read_back(tmp_path: Path, values: list[str], pns: str, delimiter: str) -> None:
+    """Any printable value, the delimiter included (doubled on writing), reads back unchanged."""
+    keywords = {f"BAT KEY {i}": v for i, v in enumerate(values)}
+    path = write_fcs(tmp_path / "k.fcs", np.ones((2, 2)), ["FSC-A", "FITC-A"], [None, pns], keywords=keywords,
+                     delimiter=delimiter)
+    text = read_fcs_keywords(path)
+    for key, value in keywords.items():
+        assert text[key] == value
+    if pns.strip():
+        assert text["$P2S"] == pns
