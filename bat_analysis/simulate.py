@@ -41,7 +41,7 @@ from .records import Tube
 __all__ = [
     "POPULATIONS", "KINDS", "SCENARIOS", "SAMPLE_ARGUMENTS", "NAMING_STYLES", "MARKERS", "TRUTH_FIELDS", "PatientProfile",
     "SimulatedTube", "SimulatedExperiment", "make_patient", "simulate_tube", "simulate_experiment",
-    "four_pl", "load_labels", "spillover_matrix", "channel_names",
+    "four_pl", "response", "load_labels", "spillover_matrix", "channel_names",
 ]
 
 #: population codes of the per-event labels (index = code)
@@ -80,6 +80,8 @@ TRUTH_FIELDS: dict[str, str] = {
                                     "inhibition; non_releaser -> not_evaluable); QC failures may override it",
     "patients.<id>.spontaneous_pct": "expected %CD63+ basophils of the negative control (= curve bottom)",
     "patients.<id>.arms.<arm>.curve": "generating 4PL: bottom, top (% CD63+ basophils), ec50 (unit), hill",
+    "patients.<id>.high_dose_inhibition": "null, or {drop, ic50}: the rise above bottom is scaled by "
+                                          "1 - drop * c^2 / (ic50^2 + c^2) (bell-shaped response)",
     "patients.<id>.arms.<arm>.anti_fceri_pct / anti_ige_pct / fmlp_pct": "expected %CD63+ of the positive "
         "controls (anti-IgE is suppressed by omalizumab like the allergen; anti-FcεRI and fMLP are not)",
     "patients.<id>.arms.<arm>.auc": "trapezoidal area of (curve - bottom) over log10(concentration) at the "
@@ -187,9 +189,22 @@ def four_pl(concentration: np.ndarray | float, bottom: float, top: float, ec50: 
     return bottom + (top - bottom) / (1.0 + 10.0 ** ((math.log10(ec50) - x) * hill))
 
 
-def _auc(concentrations: Sequence[float], curve: dict[str, float]) -> float:
+def response(concentration: np.ndarray | float, curve: dict[str, float],
+             high_dose: dict[str, float] | None = None) -> np.ndarray:
+    """%CD63+ basophils at ``concentration``: the 4PL ``curve``, its rise above the bottom scaled down at high
+    doses by ``high_dose`` = {"drop", "ic50"} (a bell-shaped curve): × (1 − drop · c² / (ic50² + c²))."""
+    y = four_pl(concentration, **curve)
+    if not high_dose:
+        return y
+    c = np.asarray(concentration, dtype=float)
+    damp = 1.0 - high_dose["drop"] * c ** 2 / (high_dose["ic50"] ** 2 + c ** 2)
+    return curve["bottom"] + (y - curve["bottom"]) * damp
+
+
+def _auc(concentrations: Sequence[float], curve: dict[str, float],
+         high_dose: dict[str, float] | None = None) -> float:
     c = np.asarray(concentrations, dtype=float)
-    net = four_pl(c, **curve) - curve["bottom"]
+    net = response(c, curve, high_dose) - curve["bottom"]
     return float(np.trapezoid(net, np.log10(c)))
 
 
@@ -213,6 +228,7 @@ class PatientProfile:
     fmlp_pct: dict[str, float]
     scenarios: tuple[str, ...] = ()
     anti_ige_pct: dict[str, float] = field(default_factory=dict)  # omalizumab removes IgE: suppressed there
+    high_dose: dict[str, float] | None = None  # high-dose inhibition of the allergen response (bell shape)
 
     def expected_pct(self, condition: str, pretreatment: str = "none", concentration: float | None = None) -> float:
         """Generating %CD63+ basophils for a tube of this patient."""
@@ -231,12 +247,12 @@ class PatientProfile:
             if concentration is None or not concentration > 0:
                 raise BatError("allergen tube needs a positive concentration", field="concentration",
                                expected="a number > 0")
-            return float(four_pl(concentration, **self.curves[pretreatment]))
+            return float(response(concentration, self.curves[pretreatment], self.high_dose))
         raise BatError(f"unknown condition {condition!r}", field="condition",
                        expected="negative_control | anti_fceri | anti_ige | fmlp | allergen")
 
     def auc(self, arm: str) -> float:
-        return _auc(self.concentrations, self.curves[arm])
+        return _auc(self.concentrations, self.curves[arm], self.high_dose)
 
     @property
     def auc_inhibition_pct(self) -> float | None:
@@ -264,6 +280,7 @@ class PatientProfile:
             "composition": dict(self.composition), "debris_fraction": self.debris_fraction,
             "doublet_fraction": self.doublet_fraction, "cd63_rest": self.cd63_rest,
             "cd63_active": self.cd63_active, "cd203c_rest": self.cd203c_rest, "scenarios": list(self.scenarios),
+            "high_dose_inhibition": dict(self.high_dose) if self.high_dose else None,
         }
 
 
@@ -277,11 +294,12 @@ def _concentrations(n: int) -> tuple[float, ...]:
 def make_patient(patient: str, kind: str, rng: np.random.Generator, *, scenarios: Sequence[str] = (),
                  allergen: str = "birch", n_concentrations: int = 6,
                  arms: Sequence[str] = ("none", "omalizumab"),
-                 basophil_pct: tuple[float, float] = (0.5, 1.0)) -> PatientProfile:
+                 basophil_pct: tuple[float, float] = (0.5, 1.0), bell: bool = False) -> PatientProfile:
     """Draw a patient of ``kind`` (see ``KINDS``); scenarios change blood composition and background.
 
     ``basophil_pct``: range of the basophils' share of leukocytes, in percent (whole blood: 0.5–1;
-    a basophil-enriched leukocyte preparation: more).
+    a basophil-enriched leukocyte preparation: more). ``bell``: the allergen response falls again at the
+    highest concentrations (high-dose inhibition, by 30–60 %), in both arms.
     """
     lo, hi = basophil_pct
     if not 0.0 < lo <= hi < 50.0:
@@ -310,8 +328,12 @@ def make_patient(patient: str, kind: str, rng: np.random.Generator, *, scenarios
                   else spontaneous + u(0.0, 1.0), "ec50": 10 ** u(-1.0, 1.0), "hill": u(0.8, 2.0)}
     curves["none"] = none_curve
 
+    high_dose = None
+    if bell:
+        high_dose = {"drop": u(0.3, 0.6), "ic50": concentrations[-1] / u(1.5, 4.0)}
+
     def inhibition(oma: dict[str, float]) -> float:
-        return 100.0 * (1.0 - _auc(concentrations, oma) / _auc(concentrations, none_curve))
+        return 100.0 * (1.0 - _auc(concentrations, oma, high_dose) / _auc(concentrations, none_curve, high_dose))
 
     band = {"responder": (88.0, 100.0), "partial": (30.0, 70.0), "non_responder": (-10.0, 10.0),
             "non_releaser": (-math.inf, math.inf)}[kind]
@@ -353,7 +375,7 @@ def make_patient(patient: str, kind: str, rng: np.random.Generator, *, scenarios
         debris_fraction=debris, doublet_fraction=doublets, cd63_rest=cd63_rest,
         cd63_active=cd63_active, cd203c_rest=cd203c_rest, spontaneous_pct=spontaneous,
         curves=curves, anti_fceri_pct={a: anti[a] for a in arms}, fmlp_pct={a: fmlp[a] for a in arms},
-        scenarios=tuple(scenarios), anti_ige_pct={a: ige[a] for a in arms},
+        scenarios=tuple(scenarios), anti_ige_pct={a: ige[a] for a in arms}, high_dose=high_dose,
     )
 
 
@@ -786,13 +808,15 @@ def simulate_experiment(
     include_cd107a: bool = False,
     basophil_pct: tuple[float, float] = (0.5, 1.0),
     controls: Sequence[str] = CONTROL_CONDITIONS,
+    bell_fraction: float = 0.0,
 ) -> SimulatedExperiment:
     """Write a simulated BAT experiment into ``out_dir``: FCS files, ``layout.csv``, ``truth.json``, ``labels.npz``.
 
     Patients are ``P01``, ``P02``…; their kinds cycle through ``kinds`` (default: ``KINDS`` in order). Each
     patient and arm has the ``controls`` (default negative control, anti-FcεRI, fMLP; ``anti_ige`` may be
     added) and ``n_concentrations`` allergen tubes (0.01–100 ng/mL, log series). ``basophil_pct`` is the
-    range of the basophils' share of leukocytes in percent (whole blood 0.5–1). ``scenario`` names (``SCENARIOS``) apply to every tube; ``mixed`` gives
+    range of the basophils' share of leukocytes in percent (whole blood 0.5–1). ``bell_fraction``: the
+    probability that a patient's allergen response falls again at high doses (bell shape). ``scenario`` names (``SCENARIOS``) apply to every tube; ``mixed`` gives
     one patient each of high background, eosinophil-rich blood and low basophils, and a clog or saturated
     margin to about one tube in eight. The same arguments and seed give identical files.
     """
@@ -818,6 +842,10 @@ def simulate_experiment(
     patient_seeds = root.spawn(n_patients + 1)
     mixed_rng = np.random.default_rng(patient_seeds[-1])
     mixed = "mixed" in scenarios
+    if not 0.0 <= bell_fraction <= 1.0:
+        raise BatError(f"bell_fraction {bell_fraction}", field="bell_fraction", expected="0 to 1")
+    # drawn from their own stream, so that bell_fraction leaves the other patients' data unchanged
+    bell_draws = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(10_000,))).random(n_patients)
     patient_scen = _mixed_assignments(mixed_rng, n_patients) if mixed else {}
     base = tuple(s for s in scenarios if s != "mixed")
 
@@ -833,7 +861,7 @@ def simulate_experiment(
         p_scen = tuple(dict.fromkeys(base + patient_scen.get(p, ())))
         profile = make_patient(pid, kinds[p % len(kinds)], prng, scenarios=p_scen,
                                allergen=ALLERGENS[p % len(ALLERGENS)], n_concentrations=n_concentrations,
-                               arms=arms, basophil_pct=basophil_pct)
+                               arms=arms, basophil_pct=basophil_pct, bell=bool(bell_draws[p] < bell_fraction))
         truth_patients[pid] = profile.truth()
         plan = _tube_plan(profile, arms, controls)
         tube_seeds = p_seeds[1].spawn(len(plan))
@@ -907,7 +935,8 @@ def simulate_experiment(
                        "scenario": list(scenarios) or ["clean"], "naming": naming, "version": version,
                        "datatype": datatype, "byteorder": byteorder, "n_concentrations": n_concentrations,
                        "arms": list(arms), "include_cd107a": include_cd107a,
-                       "basophil_pct": list(basophil_pct), "controls": list(controls)},
+                       "basophil_pct": list(basophil_pct), "controls": list(controls),
+                       "bell_fraction": bell_fraction},
         "populations": list(POPULATIONS),
         "channels": [{"pnn": n, "pns": s} for n, s in zip(pnn, pns)],
         "markers": dict(zip(_markers(include_cd107a), fluor)),

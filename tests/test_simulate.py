@@ -402,3 +402,26 @@ def test_anti_ige_control_suppressed_by_omalizumab(tmp_path: Path) -> None:
     assert non_responder["arms"]["omalizumab"]["anti_ige_pct"] >= 0.9 * non_responder["arms"]["none"]["anti_ige_pct"]
     with pytest.raises(BatError, match="controls"):
         simulate_experiment(tmp_path / "x", controls=("anti_fceri",))
+
+
+def test_bell_shaped_response(tmp_path: Path) -> None:
+    exp = simulate_experiment(tmp_path, n_patients=2, n_events=600, seed=8, n_concentrations=6, bell_fraction=1.0,
+                              kinds=("non_responder", "responder"))
+    p = exp.truth["patients"]["P01"]
+    bell = p["high_dose_inhibition"]
+    assert 0.3 <= bell["drop"] <= 0.6
+    curve = p["arms"]["none"]["curve"]
+    expected = {t["concentration"]: t["pct_cd63_expected"] for t in exp.truth["tubes"].values()
+                if t["patient"] == "P01" and t["pretreatment"] == "none" and t["condition"] == "allergen"}
+    conc = sorted(expected)
+    # the response peaks below the highest concentration, and matches the documented formula
+    assert expected[conc[-1]] < max(expected.values())
+    for c in conc:
+        rise = four_pl(c, **curve) - curve["bottom"]
+        want = curve["bottom"] + rise * (1 - bell["drop"] * c ** 2 / (bell["ic50"] ** 2 + c ** 2))
+        assert expected[c] == pytest.approx(want)
+    assert exp.truth["patients"]["P02"]["auc_inhibition_pct"] >= 80
+    # without it, the same seed gives the plain 4PL (and unchanged data)
+    plain = simulate_experiment(tmp_path / "plain", n_patients=2, n_events=600, seed=8, n_concentrations=6,
+                                kinds=("non_responder", "responder"))
+    assert plain.truth["patients"]["P01"]["high_dose_inhibition"] is None
