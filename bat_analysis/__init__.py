@@ -35,6 +35,33 @@ _EXPORTS: dict[str, str] = {
     "Panel": "bat_analysis.io.markers",
     "DEFAULT_PANEL": "bat_analysis.io.markers",
     "describe_fcs": "bat_analysis.io.inspect",
+    "Dimension": "bat_analysis.gating.gates",
+    "Ratio": "bat_analysis.gating.gates",
+    "ArrayEvents": "bat_analysis.gating.gates",
+    "RangeGate": "bat_analysis.gating.gates",
+    "QuadrantGate": "bat_analysis.gating.gates",
+    "PolygonGate": "bat_analysis.gating.gates",
+    "EllipsoidGate": "bat_analysis.gating.gates",
+    "BooleanGate": "bat_analysis.gating.gates",
+    "evaluate": "bat_analysis.gating.gates",
+    "gate_to_dict": "bat_analysis.gating.gates",
+    "gate_from_dict": "bat_analysis.gating.gates",
+    "Linear": "bat_analysis.gating.transforms",
+    "Log": "bat_analysis.gating.transforms",
+    "Asinh": "bat_analysis.gating.transforms",
+    "Logicle": "bat_analysis.gating.transforms",
+    "Hyperlog": "bat_analysis.gating.transforms",
+    "FlowJoBiex": "bat_analysis.gating.transforms",
+    "FastLogicle": "bat_analysis.gating.transforms",
+    "FastHyperlog": "bat_analysis.gating.transforms",
+    "compensate": "bat_analysis.gating.compensation",
+    "read_gatingml": "bat_analysis.gating.gatingml",
+    "export_gatingml": "bat_analysis.gating.gatingml",
+    "GatingDocument": "bat_analysis.gating.gatingml",
+    "read_workspace": "bat_analysis.gating.flowjo",
+    "export_workspace": "bat_analysis.gating.flowjo",
+    "flowjo_counts": "bat_analysis.gating.flowjo",
+    "transform_from_spec": "bat_analysis.gating.transforms:from_spec",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -44,7 +71,8 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'bat_analysis' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    module, _, attr = module.partition(":")
+    value = getattr(importlib.import_module(module), attr or name)
     globals()[name] = value
     return value
 
