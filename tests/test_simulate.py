@@ -374,13 +374,16 @@ def test_simulate_command(tmp_path: Path) -> None:
     out = tmp_path / "sim"
     args = ["simulate", str(out), "--patients", "2", "--events", "800", "--seed", "4", "--concentrations", "3",
             "--kinds", "responder,non_releaser", "--naming", "beckman", "--fcs-version", "3.0", "--datatype", "I",
-            "--byteorder", "big", "--scenario", "clog", "--scenario", "eosinophil_rich"]
+            "--byteorder", "big", "--scenario", "clog", "--scenario", "eosinophil_rich", "--anti-ige",
+            "--bell-fraction", "1"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "wrote 24 FCS files" in result.output and "P02: non_releaser" in result.output
+    assert "wrote 28 FCS files" in result.output and "P02: non_releaser" in result.output
+    assert (out / "P01_omalizumab_anti_ige.fcs").is_file()
     truth = json.loads((out / "truth.json").read_text())
     assert truth["parameters"]["scenario"] == ["clog", "eosinophil_rich"]
     assert truth["parameters"]["byteorder"] == ">" and truth["parameters"]["naming"] == "beckman"
+    assert truth["patients"]["P01"]["high_dose_inhibition"] is not None
     sample = read_fcs(out / "P01_none_negative_control.fcs")
     assert sample.version == "3.0" and sample.keywords["$BYTEORD"] == "4,3,2,1"
     again = runner.invoke(app, args)

@@ -30,6 +30,9 @@ def register(app: typer.Typer) -> None:
         cd107a: bool = typer.Option(False, "--cd107a", help="Add a CD107a channel."),
         basophil_pct: tuple[float, float] = typer.Option((0.5, 1.0), "--basophil-pct",
                                                          help="Range of basophils among leukocytes, in percent."),
+        anti_ige: bool = typer.Option(False, "--anti-ige", help="Add an anti-IgE control tube per patient and arm."),
+        bell_fraction: float = typer.Option(0.0, "--bell-fraction", min=0.0, max=1.0,
+                                            help="Share of patients whose response falls at high doses."),
         force: bool = typer.Option(False, "--force", help="Write into a folder that already holds files."),
     ) -> None:
         """Simulate a BAT experiment: per patient and arm, controls and an allergen series, with truth."""
@@ -55,6 +58,9 @@ def register(app: typer.Typer) -> None:
                 kinds=[k.strip() for k in kinds.split(",") if k.strip()], scenario=scenario, naming=naming,
                 version=fcs_version, datatype=datatype, byteorder=orders[byteorder],
                 n_concentrations=concentrations, include_cd107a=cd107a, basophil_pct=basophil_pct,
+                controls=("negative_control", "anti_fceri", "anti_ige", "fmlp") if anti_ige
+                else ("negative_control", "anti_fceri", "fmlp"),
+                bell_fraction=bell_fraction,
             )
         except BatError as exc:
             typer.echo(f"error: {str(exc).splitlines()[0]}", err=True)
