@@ -149,7 +149,6 @@ def tubes_from_rows(
     """
     problems: list[str] = []
     tubes: list[Tube] = []
-    labels: list[str] = []
     folder = Path(data_dir) if data_dir is not None else None
     seen_files: dict[str, str] = {}
     seen_keys: dict[tuple, str] = {}
@@ -238,7 +237,6 @@ def tubes_from_rows(
             series[(patient, allergen, pretreatment)].append((label, concentration, unit))
         tubes.append(Tube(file=file, patient=patient, condition=condition, pretreatment=pretreatment,
                           allergen=allergen, concentration=concentration, unit=unit, extra=tuple(extra)))
-        labels.append(label)
 
     for (patient, allergen, arm), points in series.items():
         where = ", ".join(p[0] for p in points)
