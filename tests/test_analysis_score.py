@@ -159,3 +159,23 @@ def test_cohort_mode_adds_columns():
                          classes=AnalysisConfig().classes.__class__(cohort_mode="median"))
     s = score_experiment(_patient("P1", top_oma=5.0) + _patient("P2", top_oma=60.0), cfg)
     assert list(s.patients.cohort_class) == ["above_median", "below_median"]
+
+
+def test_anti_ige_stands_in_for_anti_fceri_in_the_untreated_arm_only():
+    results = []
+    for r in _patient():
+        if r.tube.condition == "anti_fceri":
+            r = _result(r.tube.file.replace("fceri", "ige"), "P1", "anti_ige", r.tube.pretreatment, _values(3.0))
+        results.append(r)
+    row = score_experiment(results, CFG).patients.iloc[0]
+    assert row["class"] == "not_evaluable"
+    assert row["class_reason"].startswith("basophil non-releaser: arm none: fMLP net 37.5% (positive) but "
+                                          "anti-IgE net 0.5%")
+
+
+def test_both_positive_controls_negative_is_a_qc_failure():
+    results = [r if r.tube.condition not in ("anti_fceri", "fmlp") else
+               _result(r.tube.file, "P1", r.tube.condition, r.tube.pretreatment, _values(3.0)) for r in _patient()]
+    row = score_experiment(results, CFG).patients.iloc[0]
+    assert row["class"] == "not_evaluable" and row["qc_status"] == "fail"
+    assert "no positive control responded in arm none" in row["class_reason"]

@@ -238,18 +238,28 @@ def _control_metric(tubes: Sequence[TubeResult], condition: str, arm: str, metri
     return out
 
 
+def _ige_pathway_control(tubes: Sequence[TubeResult], arm: str, metrics: Mapping[str, TubeMetrics],
+                         act: str) -> tuple[str, list[Any]]:
+    """The IgE-pathway positive control of an arm: anti-FcεRI, else anti-IgE in the untreated arm only
+    (omalizumab removes IgE, so anti-IgE is not valid there: BAT_SPEC §5)."""
+    fceri = _control_metric(tubes, "anti_fceri", arm, metrics, act)
+    if fceri or arm != "none":
+        return "anti-FcεRI", fceri
+    return "anti-IgE", _control_metric(tubes, "anti_ige", arm, metrics, act)
+
+
 def _non_releaser(tubes: Sequence[TubeResult], arms: Sequence[str], metrics: Mapping[str, TubeMetrics],
                   cfg: AnalysisConfig) -> str | None:
     """fMLP positive but anti-FcεRI negative, judged on the untreated arm (other arms when it lacks controls)."""
     act, qc = cfg.markers.activation, cfg.qc
     for arm in sorted(arms, key=lambda a: (_arm_order(a), a)):
         fmlp = _control_metric(tubes, "fmlp", arm, metrics, act)
-        fceri = _control_metric(tubes, "anti_fceri", arm, metrics, act)
+        name, fceri = _ige_pathway_control(tubes, arm, metrics, act)
         if not fmlp or not fceri:
             continue
         f_ok = [m for m in fmlp if fmlp_positive(m, qc)]
         if f_ok and all(m.net_pct < qc.anti_fceri_fail_below for m in fceri):
-            return (f"arm {arm}: fMLP net {f_ok[0].net_pct:.1f}% (positive) but anti-FcεRI net "
+            return (f"arm {arm}: fMLP net {f_ok[0].net_pct:.1f}% (positive) but {name} net "
                     f"{max(m.net_pct for m in fceri):.1f}% < {qc.anti_fceri_fail_below:g}%")
         return None
     return None
@@ -261,13 +271,13 @@ def _unresponsive(tubes: Sequence[TubeResult], arms: Sequence[str], metrics: Map
     act, qc = cfg.markers.activation, cfg.qc
     for arm in sorted(arms, key=lambda a: (_arm_order(a), a)):
         fmlp = _control_metric(tubes, "fmlp", arm, metrics, act)
-        fceri = _control_metric(tubes, "anti_fceri", arm, metrics, act)
+        name, fceri = _ige_pathway_control(tubes, arm, metrics, act)
         if not fmlp or not fceri:
             continue
         if not any(fmlp_positive(m, qc) for m in fmlp) and all(m.net_pct < qc.anti_fceri_fail_below
                                                                 for m in fceri):
             return (f"no positive control responded in arm {arm} (fMLP net "
-                    f"{max(m.net_pct for m in fmlp):.1f}%, anti-FcεRI net {max(m.net_pct for m in fceri):.1f}%): "
+                    f"{max(m.net_pct for m in fmlp):.1f}%, {name} net {max(m.net_pct for m in fceri):.1f}%): "
                     f"basophils unresponsive")
         return None
     return None
