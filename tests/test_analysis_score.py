@@ -179,3 +179,17 @@ def test_both_positive_controls_negative_is_a_qc_failure():
     row = score_experiment(results, CFG).patients.iloc[0]
     assert row["class"] == "not_evaluable" and row["qc_status"] == "fail"
     assert "no positive control responded in arm none" in row["class_reason"]
+
+
+def test_other_degranulation_marker_scored_like_cd63():
+    results = []
+    for r in _patient():
+        values = dict(r.basophil_values)
+        values["CD107a"] = values["CD63"].copy()  # same values: same threshold rule, same percentages
+        r.basophil_values = values
+        results.append(r)
+    t = score_experiment(results, CFG).tubes.set_index("file")
+    row = t.loc["P1_none_fceri.fcs"]
+    assert row.cd107a_threshold == row.cd63_threshold
+    assert (row.pct_cd107a, row.net_pct_cd107a, row.si_cd107a) == (row.pct_cd63, row.net_pct_cd63, row.si_cd63)
+    assert "pct_avidin" not in t.columns
