@@ -193,3 +193,18 @@ def test_other_degranulation_marker_scored_like_cd63():
     assert row.cd107a_threshold == row.cd63_threshold
     assert (row.pct_cd107a, row.net_pct_cd107a, row.si_cd107a) == (row.pct_cd63, row.net_pct_cd63, row.si_cd63)
     assert "pct_avidin" not in t.columns
+
+
+def test_one_patient_row_per_allergen():
+    import dataclasses
+
+    second = []
+    for r in _patient():
+        if r.tube.condition == "allergen":
+            tube = dataclasses.replace(r.tube, file=r.tube.file.replace(".fcs", "_phl.fcs"), allergen="Phl p 5")
+            second.append(TubeResult(tube, r.n_events, r.n_basophils, r.basophil_values, dict(r.event_fractions),
+                                     has_spillover=True, n_fluorescent_markers=3))
+    s = score_experiment(_patient() + second, CFG)
+    assert list(zip(s.patients.patient, s.patients.allergen)) == [("P1", "Bet v 1"), ("P1", "Phl p 5")]
+    assert s.patients.auc_inhibition_pct.iloc[0] == s.patients.auc_inhibition_pct.iloc[1]
+    assert set(s.fits) == {("P1", a, arm) for a in ("Bet v 1", "Phl p 5") for arm in ("none", "omalizumab")}
