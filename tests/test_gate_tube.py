@@ -173,3 +173,53 @@ def test_real_files_from_other_labs_never_raise(template) -> None:
         assert r.error or r.flags, p
         if r.error:
             assert p.name in r.error or "marker" in r.error.lower() or "channel" in r.error.lower(), r.error
+
+
+MOUSE_TEMPLATE = """
+schema_version: 1
+name: mouse_b_cells
+description: B cells (CD19+ CD3-) of a mouse sample gated in FlowJo by another lab.
+panel:
+  CD19: []
+  CD3: []
+compensation: {source: file}
+transforms:
+  scatter: {type: none}
+  fluorescence: {type: logicle, T: 262144, W: 0.5, M: 4.5, A: 0}
+  SSC-A: {type: logicle, T: 262144, W: 0.5, M: 4.5, A: 0}
+gates:
+  - {name: acquisition_qc, parent: null, dims: [Time], method: flow_rate}
+  - {name: margin, parent: acquisition_qc, dims: [FSC-A, SSC-A], method: margin}
+  - {name: cells, parent: margin, dims: [FSC-A, SSC-A], method: debris_density}
+  - {name: singlets, parent: cells, dims: [FSC-A, FSC-H], method: singlet_band}
+  - name: b_cells
+    parent: singlets
+    dims: [CD19, CD3]
+    method: cluster_2d
+    params: {x_side: high, y_side: low, extend_x: false}
+"""
+
+
+@pytest.mark.corpus
+def test_estimators_on_real_data_agree_with_flowjo_manual_gating() -> None:
+    """FlowSOM's 68983.fcs with FlowJo's per-event labels: a user template finds the B cells."""
+    import csv
+
+    from bat_analysis.gating.tube import gate_sample_indices
+    from bat_analysis.io.fcs import read_fcs
+
+    folder = CORPUS / "flowjo" / "flowsom"
+    if not (folder / "68983.fcs").is_file():
+        pytest.skip(f"FCS corpus not found at {folder}")
+    sample = read_fcs(folder / "68983.fcs")
+    with open(folder / "gatingResult.csv", newline="", encoding="utf-8") as fh:
+        labels = np.array([row[0] for row in csv.reader(fh)])
+    assert labels.size == sample.n_events
+    result, idx = gate_sample_indices(sample, Tube("68983.fcs", "M1", "negative_control"),
+                                      parse_template(MOUSE_TEMPLATE))
+    assert result.error is None and idx["b_cells"] is not None
+    got = np.zeros(sample.n_events, dtype=bool)
+    got[idx["b_cells"]] = True
+    truth = labels == "B cells"
+    tp = int((got & truth).sum())
+    assert tp / got.sum() >= 0.95 and tp / truth.sum() >= 0.95

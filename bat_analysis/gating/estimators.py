@@ -419,17 +419,36 @@ def estimate_singlets(area: np.ndarray, height: np.ndarray, da: Dimension, dh: D
 
 # ---------------------------------------------------------------------------------------------- 5. cluster
 def _split_point(v: np.ndarray, n_sd: float) -> tuple[float, float, float]:
-    """Where the majority (negative) population ends on a scale: (mode, robust SD, split)."""
+    """Where the majority (negative) population ends on a scale: (mode, robust SD, split).
+
+    The SD is the smaller of the MAD of the values below the mode and the half width at half maximum
+    on the mode's low side (compensation spreading gives heavy negative tails that would widen the
+    MAD); the split is mode + ``n_sd`` SDs, or the density valley before the next population when that
+    comes first.
+    """
     from scipy import ndimage
+    from scipy.signal import find_peaks
 
     lo, hi = np.quantile(v, [0.001, 0.999])
     hist, edges = np.histogram(v, bins=256, range=(lo, hi if hi > lo else lo + 1))
     sm = ndimage.gaussian_filter1d(hist.astype(np.float64), 2.0)
+    width = edges[1] - edges[0]
     k = int(np.argmax(sm))
     mode = float((edges[k] + edges[k + 1]) / 2)
     below = mode - v[v < mode]
     sd = 1.4826 * float(np.median(below)) if len(below) >= 10 else float(np.std(v))
-    return mode, sd, mode + n_sd * sd
+    low_side = np.flatnonzero(sm[:k] < sm[k] / 2)
+    if len(low_side):
+        sd = min(sd, (k - low_side[-1]) * width / 1.1774)
+    split = mode + n_sd * sd
+    peaks, _ = find_peaks(sm, prominence=0.01 * sm[k])
+    after = peaks[peaks > k]
+    if len(after):
+        p = int(after[0])
+        valley = k + int(np.argmin(sm[k:p + 1]))
+        if sm[valley] < 0.5 * sm[p]:
+            split = min(split, float(edges[valley] + width / 2))
+    return mode, sd, split
 
 
 def basin_saddles(smooth: np.ndarray, basins: np.ndarray) -> dict[tuple[int, int], float]:
@@ -527,8 +546,7 @@ def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
     # its split on the x side is kept, so rare populations keep all their events
     step = thin(n)
     xs_all = to_scale(dx, np.ascontiguousarray(x[::step]))
-    mode, sd, _ = _split_point(xs_all if params["x_side"] == "high" else -xs_all, params["split_n_sd"])
-    split = mode + params["split_n_sd"] * sd
+    mode, sd, split = _split_point(xs_all if params["x_side"] == "high" else -xs_all, params["split_n_sd"])
     split_x = split if params["x_side"] == "high" else -split
     weights: np.ndarray | None = None
     xd, yd = x, y
