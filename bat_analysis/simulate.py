@@ -87,7 +87,8 @@ TRUTH_FIELDS: dict[str, str] = {
     "patients.<id>.arms.<arm>.auc": "trapezoidal area of (curve - bottom) over log10(concentration) at the "
                                     "tested concentrations",
     "patients.<id>.arms.<arm>.cd_sens": "100 / ec50",
-    "patients.<id>.auc_inhibition_pct": "100 * (1 - auc(omalizumab) / auc(none)), from the generating curves",
+    "patients.<id>.auc_inhibition_pct": "100 * (1 - auc(omalizumab) / auc(none)), from the generating curves; "
+                                        "null when the untreated response rises by < 5 points (non-releaser)",
     "patients.<id>.ec50_shift_log10": "log10(ec50(omalizumab) / ec50(none)) of the generating curves",
     "tubes.<file>.pct_cd63_expected": "generating %CD63+ basophils of the tube (curve or control level)",
     "tubes.<file>.pct_cd63_true": "100 * activated / basophil events, from the per-event labels (null, like "
@@ -256,11 +257,13 @@ class PatientProfile:
 
     @property
     def auc_inhibition_pct(self) -> float | None:
-        """100 × (1 − AUC(omalizumab)/AUC(none)) from the generating curves; None without both arms."""
+        """100 × (1 − AUC(omalizumab)/AUC(none)) from the generating curves; None without both arms or when
+        the untreated allergen response is negligible (a rise of less than 5 points: a non-releaser)."""
         if "none" not in self.curves or "omalizumab" not in self.curves:
             return None
+        none = self.curves["none"]
         base = self.auc("none")
-        if base <= 0:
+        if base <= 0 or none["top"] - none["bottom"] < 5.0:
             return None
         return 100.0 * (1.0 - self.auc("omalizumab") / base)
 
