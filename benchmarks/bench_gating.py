@@ -417,12 +417,15 @@ def tube_table(rows: dict[int, dict[str, Measurement]], repeats: int) -> list[st
     return out
 
 
-def plate_table(plate: dict[str, Measurement], repeats: int) -> list[str]:
-    head = f"{'configuration':<34} {'part':<8} {'median s':>9} {'min-max s':>15} {'x workers 1':>11} {'x pool':>7}"
-    out = [f"Plate: {PLATE_PATIENTS} patients x {PLATE_TUBES_PER_PATIENT} tubes x {size_label(PLATE_EVENTS)} "
-           f"events; median of {repeats} runs (min-max)", head, "-" * len(head)]
+def plate_table(plate: dict[str, Measurement], repeats: int, n_patients: int) -> list[str]:
+    head = (f"{'configuration':<30} {'part':<7} {'median s':>9} {'min-max s':>13} {'cpu s':>7} "
+            f"{'s/tube':>7} {'x workers 1':>11} {'x pool':>9}")
+    n_tubes = n_patients * PLATE_TUBES_PER_PATIENT
+    out = [f"Plate: {n_patients} patients x {PLATE_TUBES_PER_PATIENT} tubes x {size_label(PLATE_EVENTS)} "
+           f"events; wall time median of {repeats} runs (min-max), CPU time (all processes) median; "
+           f"ratios as wall|cpu", head, "-" * len(head)]
     labels = {"w1": "bat run --workers 1", "w2": "bat run --workers 2",
-              "dask": "bat run --scheduler (LocalCluster 2x1)"}
+              "dask": "bat run --scheduler (Dask 2x1)"}
     for cfg in ("w1", "w2", "dask"):
         for part in ("gating", "full"):
             m = plate.get(f"{cfg}_{part}")
@@ -430,13 +433,16 @@ def plate_table(plate: dict[str, Measurement], repeats: int) -> list[str]:
                 continue
             base = plate.get(f"w1_{part}")
             pool = plate.get(f"w2_{part}")
-            sp = f"{base.median / m.median:11.2f}" if base is not None and cfg != "w1" else f"{'':>11}"
-            rel = f"{m.median / pool.median:7.2f}" if pool is not None and cfg == "dask" else f"{'':>7}"
+            sp = ratio_text(base, m, 11) if base is not None and cfg != "w1" else f"{'':>11}"
+            rel = ratio_text(m, pool, 9) if pool is not None and cfg == "dask" else f"{'':>9}"
             rng = f"{fmt_s(min(m.times))}-{fmt_s(max(m.times))}"
-            out.append(f"{labels[cfg]:<34} {part:<8} {fmt_s(m.median):>9} {rng:>15} {sp} {rel}")
-        cold = plate.get(f"{cfg}_full").info.get("cold_first_run_s") if plate.get(f"{cfg}_full") else None
-        if cold is not None:
-            out.append(f"{'':<34} {'(cold first run on a fresh cluster: ' + fmt_s(cold) + ' s, not in the median)'}")
+            cpu = f"{m.cpu_median:7.1f}" if m.cpu_median is not None else f"{'-':>7}"
+            out.append(f"{labels[cfg]:<30} {part:<7} {fmt_s(m.median):>9} {rng:>13} {cpu} "
+                       f"{m.median / n_tubes:7.3f} {sp} {rel}")
+        full = plate.get(f"{cfg}_full")
+        if full is not None and full.info.get("cold_first_run_s") is not None:
+            out.append(f"{'':<30} (first run on the fresh cluster: {full.info['cold_first_run_s']:.1f} s, "
+                       f"CPU {full.info['cold_first_run_cpu_s']:.1f} s; not in the median)")
     return out
 
 
@@ -472,15 +478,25 @@ def targets(rows: dict[int, dict[str, Measurement]], huge: Measurement | None,
         spread = max(v for _, v in per_m) / min(v for _, v in per_m)
         out.append(f"  4. ms per million events (gate_tube): {txt}  (largest/smallest {spread:.2f})")
     if "w2_full" in plate:
-        t = plate["w2_full"].median
-        out.append(f"  2. full plate run, --workers 2: {t:.1f} s (<= 20)  [{mark(t <= 20)}]")
+        m = plate["w2_full"]
+        cpu = f"; CPU {m.cpu_median:.1f} s, i.e. >= {m.cpu_median / 2:.1f} s on 2 idle cores" if m.cpu_median else ""
+        out.append(f"  2. full plate run, --workers 2: {m.median:.1f} s wall (<= 20)  [{mark(m.median <= 20)}]{cpu}")
     if "w1_gating" in plate and "w2_gating" in plate:
-        s = plate["w1_gating"].median / plate["w2_gating"].median
-        out.append(f"  2. gating speed-up 1 -> 2 workers: {s:.2f}x (near-linear: >= 1.8)  [{mark(s >= 1.8)}]")
+        w1, w2 = plate["w1_gating"], plate["w2_gating"]
+        s = w1.median / w2.median
+        extra = ""
+        if w1.cpu_median and w2.cpu_median:
+            extra = (f"; CPU w2/w1 {w2.cpu_median / w1.cpu_median:.2f} (1.00 = no parallel overhead, "
+                     f"speed-up on 2 idle cores <= {2 * w1.cpu_median / w2.cpu_median:.2f})")
+        out.append(f"  2. gating speed-up 1 -> 2 workers: {s:.2f}x wall (near-linear: >= 1.8)  "
+                   f"[{mark(s >= 1.8)}]{extra}")
     for part in ("gating", "full"):
         if f"dask_{part}" in plate and f"w2_{part}" in plate:
-            r = plate[f"dask_{part}"].median / plate[f"w2_{part}"].median
-            out.append(f"  5. Dask LocalCluster / local pool ({part}): {r:.2f}x (<= 1.5)  [{mark(r <= 1.5)}]")
+            d, w2 = plate[f"dask_{part}"], plate[f"w2_{part}"]
+            r = d.median / w2.median
+            extra = f"; CPU {d.cpu_median / w2.cpu_median:.2f}x" if d.cpu_median and w2.cpu_median else ""
+            out.append(f"  5. Dask LocalCluster / local pool ({part}): {r:.2f}x wall (<= 1.5)  "
+                       f"[{mark(r <= 1.5)}]{extra}")
     return out
 
 
@@ -492,7 +508,13 @@ def machine_lines() -> list[str]:
     except OSError:
         pass
     from importlib.metadata import version
-    return [f"date (UTC): {time.strftime('%Y-%m-%d %H:%M', time.gmtime())}",
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "not a git checkout"
+    return [f"source: {REPO} ({commit})",
+            f"date (UTC): {time.strftime('%Y-%m-%d %H:%M', time.gmtime())}",
             f"machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "
             f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
             f"python {platform.python_version()}, numpy {np.__version__}, flowkit {version('flowkit')}, "
@@ -502,8 +524,32 @@ def machine_lines() -> list[str]:
 # ----------------------------------------------------------------------------------------------------------
 # the plate: gating part (the map stage of the pipeline) and the full `bat run`
 # ----------------------------------------------------------------------------------------------------------
+def rusage_cpu(who: int) -> float:
+    """User + system CPU seconds of this process (RUSAGE_SELF) or its reaped descendants (RUSAGE_CHILDREN)."""
+    import resource
+
+    ru = resource.getrusage(who)
+    return ru.ru_utime + ru.ru_stime
+
+
+def cluster_cpu(pids: list[int]) -> float:
+    """CPU seconds used so far by the Dask cluster's processes (they are not children of ``bat run``)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
 def plate_gating_in_this_process(data_dir: Path, layout: Path, workers: int, scheduler: str | None) -> dict:
     """Body of a fresh process: build the plate's tasks as ``bat run`` does, time the executor to the last tube."""
+    import resource
+
     from bat_analysis import pipeline
     from bat_analysis.gating.templates import load_template
     from bat_analysis.io.layout import read_layout
@@ -512,24 +558,35 @@ def plate_gating_in_this_process(data_dir: Path, layout: Path, workers: int, sch
     tubes = read_layout(layout, data_dir)
     tasks = [pipeline.GateTask(path=str(pipeline.resolve_file(data_dir, t)), tube=t, template=template)
              for t in tubes]
+    c0 = rusage_cpu(resource.RUSAGE_SELF) + rusage_cpu(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     executor = pipeline.run_dask(tasks, scheduler) if scheduler else pipeline.run_local(tasks, workers)
-    results = [r for _, r in executor]
+    results = [r for _, r in executor]  # consumes the generator: the pool is shut down and its workers reaped
     elapsed = time.perf_counter() - t0
-    return {"times": [elapsed], "n_tubes": len(results), "n_failed": sum(1 for r in results if not r.ok),
+    cpu = rusage_cpu(resource.RUSAGE_SELF) + rusage_cpu(resource.RUSAGE_CHILDREN) - c0
+    return {"times": [elapsed], "cpu": cpu, "n_tubes": len(results),
+            "n_failed": sum(1 for r in results if not r.ok),
             "n_basophils_median": float(np.median([r.n_basophils for r in results]))}
 
 
-def plate_gating(data_dir: Path, layout: Path, workers: int, scheduler: str | None) -> dict:
+def plate_gating(data_dir: Path, layout: Path, workers: int, scheduler: str | None,
+                 cluster_pids: list[int]) -> tuple[float, float, dict]:
+    """(wall s, CPU s, info) of the gating part, in a fresh process."""
+    import resource
+
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_plate_gating", str(data_dir), "--_layout",
            str(layout), "--_workers", str(workers)] + (["--_scheduler", scheduler] if scheduler else [])
+    k0 = cluster_cpu(cluster_pids)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    k1 = cluster_cpu(cluster_pids)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"plate gating (workers {workers}, scheduler {scheduler}) failed "
                            f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len(RESULT_TAG):])
+    data = json.loads(lines[-1][len(RESULT_TAG):])
+    info = {k: v for k, v in data.items() if k not in ("times", "cpu")}
+    return data["times"][0], data["cpu"] + (k1 - k0), info
 
 
 def bat_run_command(data_dir: Path, layout: Path, out: Path, workers: int, scheduler: str | None) -> list[str]:
@@ -538,52 +595,69 @@ def bat_run_command(data_dir: Path, layout: Path, out: Path, workers: int, sched
     return cmd + (["--scheduler", scheduler] if scheduler else ["--workers", str(workers)])
 
 
-def plate_full(data_dir: Path, layout: Path, out: Path, workers: int, scheduler: str | None) -> float:
-    """Wall time of one complete ``bat run`` (fresh interpreter, empty OUT) including tables and reports."""
+def plate_full(data_dir: Path, layout: Path, out: Path, workers: int, scheduler: str | None,
+               cluster_pids: list[int]) -> tuple[float, float]:
+    """(wall s, CPU s) of one complete ``bat run`` (fresh interpreter, empty OUT) incl. tables and reports.
+
+    CPU counts ``bat run`` and every process it started and reaped, plus the Dask cluster's processes.
+    """
+    import resource
+
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if out.exists():
         shutil.rmtree(out)
+    c0, k0 = rusage_cpu(resource.RUSAGE_CHILDREN), cluster_cpu(cluster_pids)
     t0 = time.perf_counter()
     proc = subprocess.run(bat_run_command(data_dir, layout, out, workers, scheduler), env=env,
                           capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
+    cpu = rusage_cpu(resource.RUSAGE_CHILDREN) - c0 + cluster_cpu(cluster_pids) - k0
     if proc.returncode != 0:
         raise RuntimeError(f"bat run (workers {workers}, scheduler {scheduler}) failed "
                            f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     for name in ("tubes.csv", "patients.csv"):
         if not (out / name).is_file():
             raise RuntimeError(f"bat run finished without writing {out / name}")
-    return elapsed
+    return elapsed, cpu
 
 
-def measure_plate(data_dir: Path, layout: Path, scratch: Path, repeats: int, dask: bool,
+def measure_plate(data_dir: Path, layout: Path, scratch: Path, repeats: int, dask: bool, n_patients: int,
                   log: Callable[[str], None]) -> dict[str, Measurement]:
     plate: dict[str, Measurement] = {}
-    n_total = PLATE_PATIENTS * PLATE_TUBES_PER_PATIENT * PLATE_EVENTS
+    n_total = n_patients * PLATE_TUBES_PER_PATIENT * PLATE_EVENTS
     configs: list[tuple[str, int, str | None]] = [("w1", 1, None), ("w2", 2, None)]
     cluster = None
+    pids: list[int] = []
     try:
         if dask:
+            import psutil
             from distributed import LocalCluster
 
             cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                    env=SINGLE_THREAD_ENV)
+            pids = [p.pid for p in psutil.Process().children(recursive=True)]
             configs.append(("dask", 2, cluster.scheduler_address))
         for cfg, workers, scheduler in configs:
+            cluster_pids = pids if scheduler else []
             cold = None
             if scheduler is not None:  # the cluster's workers import everything on their first tasks
-                cold = plate_full(data_dir, layout, scratch / f"out_{cfg}_cold", workers, scheduler)
-                log(f"  plate {cfg}: cold first run {cold:.2f} s")
-            g_times, f_times, info = [], [], {}
+                cold = plate_full(data_dir, layout, scratch / f"out_{cfg}_cold", workers, scheduler, cluster_pids)
+                log(f"  plate {cfg}: cold first run {cold[0]:.2f} s (CPU {cold[1]:.1f} s)")
+            g_wall, g_cpu, f_wall, f_cpu, info = [], [], [], [], {}
             for r in range(repeats):
-                g = plate_gating(data_dir, layout, workers, scheduler)
-                g_times.append(g["times"][0])
-                info = {k: v for k, v in g.items() if k != "times"}
-                f_times.append(plate_full(data_dir, layout, scratch / f"out_{cfg}_{r}", workers, scheduler))
-                log(f"  plate {cfg} run {r + 1}/{repeats}: gating {g_times[-1]:.2f} s, full {f_times[-1]:.2f} s")
-            plate[f"{cfg}_gating"] = Measurement(f"{cfg} gating", n_total, g_times, info=info)
-            plate[f"{cfg}_full"] = Measurement(f"{cfg} full", n_total, f_times,
-                                               info={"cold_first_run_s": cold} if cold is not None else {})
+                load = os.getloadavg()[0]
+                w, c, info = plate_gating(data_dir, layout, workers, scheduler, cluster_pids)
+                g_wall.append(w)
+                g_cpu.append(c)
+                w, c = plate_full(data_dir, layout, scratch / f"out_{cfg}_{r}", workers, scheduler, cluster_pids)
+                f_wall.append(w)
+                f_cpu.append(c)
+                log(f"  plate {cfg} run {r + 1}/{repeats} (load {load:.1f}): gating {g_wall[-1]:.2f} s "
+                    f"(CPU {g_cpu[-1]:.1f}), full {f_wall[-1]:.2f} s (CPU {f_cpu[-1]:.1f})")
+            plate[f"{cfg}_gating"] = Measurement(f"{cfg} gating", n_total, g_wall, g_cpu, info=info)
+            plate[f"{cfg}_full"] = Measurement(
+                f"{cfg} full", n_total, f_wall, f_cpu,
+                info={"cold_first_run_s": cold[0], "cold_first_run_cpu_s": cold[1]} if cold else {})
     finally:
         if cluster is not None:
             cluster.close()
@@ -612,20 +686,20 @@ def build_single(work: Path, n_events: int, seed: int) -> Path:
 
 
 
-def build_plate(work: Path, seed: int) -> tuple[Path, Path]:
-    """8 patients x 12 tubes x 100k events (both arms: 3 controls + 3 allergen concentrations each)."""
-    data_dir = work / f"plate_seed{seed}"
+def build_plate(work: Path, seed: int, n_patients: int) -> tuple[Path, Path]:
+    """n_patients x 12 tubes x 100k events (both arms: 3 controls + 3 allergen concentrations each)."""
+    data_dir = work / f"plate_{n_patients}p_seed{seed}"
     layout = data_dir / "layout.csv"
     if layout.is_file():
         return data_dir, layout
     from bat_analysis.simulate import simulate_experiment
 
-    exp = simulate_experiment(data_dir, n_patients=PLATE_PATIENTS, n_events=PLATE_EVENTS, seed=seed,
+    exp = simulate_experiment(data_dir, n_patients=n_patients, n_events=PLATE_EVENTS, seed=seed,
                               n_concentrations=PLATE_TUBES_PER_PATIENT // 2 - 3, version="3.1", datatype="F")
     n_files = len(list(data_dir.glob("*.fcs")))
-    if n_files != PLATE_PATIENTS * PLATE_TUBES_PER_PATIENT:
+    if n_files != n_patients * PLATE_TUBES_PER_PATIENT:
         raise RuntimeError(f"the simulated plate has {n_files} files, expected "
-                           f"{PLATE_PATIENTS * PLATE_TUBES_PER_PATIENT}")
+                           f"{n_patients * PLATE_TUBES_PER_PATIENT}")
     return data_dir, exp.layout_path
 
 
@@ -633,11 +707,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help="sizes 50k,500k, 3 repeats (2 for the plate), no 20M-event file")
+                   help="sizes 50k,500k, 3 repeats (1 for the plate), no 20M-event file")
     p.add_argument("--sizes", type=lambda s: [parse_size(x) for x in s.split(",") if x.strip()],
                    help="single-file sizes, comma-separated (default 50k,500k,2M)")
     p.add_argument("--repeats", type=int, help="timed runs per measurement (default 5)")
     p.add_argument("--plate-repeats", type=int, help="runs per plate configuration (default 5)")
+    p.add_argument("--plate-patients", type=int, default=PLATE_PATIENTS,
+                   help=f"patients on the simulated plate, 12 tubes each (default {PLATE_PATIENTS})")
     p.add_argument("--no-huge", action="store_true", help=f"skip the {size_label(HUGE_EVENTS)}-event memory run")
     p.add_argument("--no-flowkit", action="store_true", help="skip FlowKit's fixed strategy")
     p.add_argument("--no-plate", action="store_true", help="skip the 96-tube plate runs")
@@ -660,11 +736,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.repeats is None:
         args.repeats = 3 if args.quick else 5
     if args.plate_repeats is None:
-        args.plate_repeats = 2 if args.quick else 5
+        args.plate_repeats = 1 if args.quick else 5
     if args.quick:
         args.no_huge = True
-    if args.repeats < 1 or args.plate_repeats < 1:
-        p.error("--repeats and --plate-repeats must be at least 1")
+    if args.repeats < 1 or args.plate_repeats < 1 or args.plate_patients < 1:
+        p.error("--repeats, --plate-repeats and --plate-patients must be at least 1")
     return args
 
 
@@ -729,10 +805,10 @@ def main(argv: list[str] | None = None) -> int:
             path.unlink()  # 800 MB: not kept even in --workdir
         plate: dict[str, Measurement] = {}
         if not args.no_plate:
-            data_dir, layout = build_plate(work, args.seed)
+            data_dir, layout = build_plate(work, args.seed, args.plate_patients)
             try:
                 plate = measure_plate(data_dir, layout, work / "plate_runs", args.plate_repeats,
-                                      not args.no_dask, log)
+                                      not args.no_dask, args.plate_patients, log)
             except RuntimeError as exc:
                 notes.append(f"plate: FAILED, {str(exc).splitlines()[-1]}")
                 log(str(exc))
@@ -749,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{fmt_s(huge.cpu_median or 0):>7} {huge.ms_per_million:8.1f} {'':>9} {'':>10} "
                      f"{fmt_mb(huge.peak_rss_above_baseline):>8} {huge.memory_ratio:7.1f}")
     if plate:
-        lines += ["", *plate_table(plate, args.plate_repeats)]
+        lines += ["", *plate_table(plate, args.plate_repeats, args.plate_patients)]
     lines += ["", *notes, "", *targets(rows, huge, plate), "", f"command: {reproduce_command()}"]
     print("\n".join(lines))
     if args.json is not None:
