@@ -270,3 +270,13 @@ def test_random_keyword_values_read_back(tmp_path: Path, values: list[str], pns:
         assert text[key] == value
     if pns.strip():
         assert text["$P2S"] == pns
+
+
+def test_default_range_of_huge_float_values(tmp_path: Path) -> None:
+    """A float column beyond 2**63 gets a $PnR from its maximum instead of a TypeError."""
+    from bat_analysis.io.fcs import read_fcs
+
+    path = write_fcs(tmp_path / "huge.fcs", np.array([[1.9e19]], dtype=np.float32), ["A"])
+    sample = read_fcs(path)
+    assert sample.events[0, 0] == np.float32(1.9e19)
+    assert sample.channels[0].range >= 1.9e19

@@ -199,7 +199,7 @@ def write_fcs(
             col_max = events.max(axis=0) if n_events else np.zeros(n_channels)
             range_list = [max(262144, int(np.ceil(m))) for m in col_max]
     for i, r in enumerate(range_list):
-        if not np.isfinite(r) or r <= 0:
+        if not np.isfinite(float(r)) or r <= 0:
             raise _fail(path, f"$P{i + 1}R", f"range {r}", "a positive number")
 
     if datatype == "I":
