@@ -243,3 +243,50 @@ def test_merge_basins_merges_shoulders_only() -> None:
     basins[:8, 2], basins[8:15, 2], basins[15:, 2] = 1, 2, 3
     root = est.merge_basins(smooth, basins, 3, 0.5)
     assert root[1] == root[2] != root[3]
+
+
+# ---------------------------------------------------------------------------------------------- robustness
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def columns(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    n = draw(st.integers(0, 3000))
+    seed = draw(st.integers(0, 2**32 - 1))
+    kind = draw(st.sampled_from(["uniform", "constant", "lognormal", "negative", "two_points", "huge"]))
+    rng = np.random.default_rng(seed)
+    if kind == "uniform":
+        x, y = rng.uniform(-1000, 262144, n), rng.uniform(-1000, 262144, n)
+    elif kind == "constant":
+        x, y = np.full(n, 5.0), np.full(n, 5.0)
+    elif kind == "lognormal":
+        x, y = lognormal(rng, 1000, 2.0, n), lognormal(rng, 1000, 2.0, n)
+    elif kind == "negative":
+        x, y = -lognormal(rng, 1000, 1.0, n), rng.normal(0, 100, n)
+    elif kind == "two_points":
+        x = rng.choice([0.0, 262143.0], n)
+        y = rng.choice([1.0, 2.0], n)
+    else:
+        x, y = rng.uniform(0, 1e9, n), rng.uniform(-1e9, 1e9, n)
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(columns())
+def test_estimators_never_raise_on_strange_data(cols: tuple[np.ndarray, np.ndarray]) -> None:
+    x, y = cols
+    lin = (Dimension("FSC-A"), Dimension("SSC-A"))
+    log = (Dimension("CCR3", LOGICLE), Dimension("SSC-A", LOGICLE))
+    outcomes = [
+        est.estimate_flow_rate(x, Dimension("Time"), "acq", params("flow_rate")),
+        est.estimate_margin([x, y], lin, [262144.0, 262144.0], "margin", params("margin")),
+        est.estimate_cells(x, y, *lin, (262144.0, 262144.0), "cells", params("debris_density")),
+        est.estimate_singlets(x, y, *lin, (262144.0, 262144.0), "singlets", params("singlet_band")),
+        est.estimate_cluster(x, y, *log, "basophils", params("cluster_2d")),
+    ]
+    for e in outcomes:
+        if e.ok:
+            assert e.mask is not None and e.mask.shape == x.shape
+        else:
+            assert e.flags and e.diagnostics["failure"]
