@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from . import __version__
 from .errors import BatError
 from .records import Flag, Tube, TubeResult
-from .store import AUTO, REVIEWED, ResultStore, to_json
+from .store import AUTO, REVIEWED, STORE_NAME, ResultStore, to_json
 
 LOCK_NAME = ".bat-run.lock"
 DASK_CONNECT_TIMEOUT = "15s"
@@ -249,9 +249,28 @@ def tube_annotation(tube: Tube) -> dict[str, Any]:
             "concentration": tube.concentration, "unit": tube.unit, "extra": [list(p) for p in tube.extra]}
 
 
+_CODE_FINGERPRINTS: dict[tuple[str, ...], str] = {}
+
+
+def code_fingerprint(*subpackages: str) -> str:
+    """sha256 of the package's source files in ``subpackages`` (with the version, it names the code that
+    produced a stored result, so that results of a modified installation are never reused)."""
+    if subpackages not in _CODE_FINGERPRINTS:
+        root = Path(__file__).resolve().parent
+        h = hashlib.sha256(__version__.encode())
+        for sub in subpackages:
+            for path in sorted((root / sub).glob("*.py")) if (root / sub).is_dir() else [root / sub]:
+                h.update(path.name.encode())
+                h.update(path.read_bytes())
+        _CODE_FINGERPRINTS[subpackages] = h.hexdigest()
+    return _CODE_FINGERPRINTS[subpackages]
+
+
 def cache_key(file_sha: str | None, template_sha: str, tube: Tube, corrections_sha: str | None) -> str:
-    """The key a stored tube result is valid for: file, template, version, annotation and corrections."""
-    payload = to_json([file_sha, template_sha, __version__, tube_annotation(tube), corrections_sha or ""])
+    """The key a stored tube result is valid for: file, template, version (and code), annotation and
+    corrections."""
+    payload = to_json([file_sha, template_sha, __version__, code_fingerprint("io", "gating", "records.py"),
+                       tube_annotation(tube), corrections_sha or ""])
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -298,6 +317,7 @@ class RunSummary:
     scores: Any = None
     results: list[TubeResult] = field(default_factory=list)
     report_note: str | None = None
+    rescored: list[str] = field(default_factory=list)
 
 
 def default_workers() -> int:
@@ -447,7 +467,8 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
                                    expected="readable FCS files matching the template's panel; "
                                             "try 'bat inspect FILE' on one of them")
     score_task = progress.add_task("Scoring patients", total=None, note="")
-    scores = score_results(results, template, corrections.thresholds(), store)
+    recomputed: list[str] = []
+    scores = score_results(results, template, corrections.thresholds(), store, recomputed)
     tubes_df, patients_df = annotate_reviews(scores.tubes, corrections), scores.patients
     store.put_tables(run_id, tubes_df, patients_df)
     tubes_df, patients_df = store.tables()
@@ -458,12 +479,21 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
     outputs = write_tables(out, tubes_df, patients_df, about, parquet=options.parquet)
     summary = RunSummary(out=out, run_id=run_id, n_tubes=len(tubes), n_gated=len(tasks),
                          n_reused=n_reused, n_failed=len(failed), failed=failed, outputs=outputs,
-                         elapsed_s=0.0, tubes=tubes_df, patients=patients_df, scores=scores, results=results)
+                         elapsed_s=0.0, tubes=tubes_df, patients=patients_df, scores=scores, results=results,
+                         rescored=recomputed)
     if options.reports:
-        rep = progress.add_task("Writing reports", total=None, note="")
-        paths, summary.report_note = render(out, store, results, scores, run_id)
-        summary.outputs += paths
-        progress.update(rep, total=1, completed=1)
+        key = reports_key(store, results, corrections.thresholds())
+        if store.get_meta("reports_key") != key or reports_missing(out, results):
+            rep = progress.add_task("Writing reports", total=None, note="")
+            paths, summary.report_note = render(out, store, results, scores, run_id, workers=workers)
+            summary.outputs += paths
+            if summary.report_note is None:
+                store.set_meta("reports_key", key)
+            progress.update(rep, total=1, completed=1)
+        else:
+            summary.report_note = "reports and review gallery kept: nothing changed since they were written"
+    else:
+        summary.report_note = f"reports not written (--no-reports); write them later with 'bat report {out}'"
     store.end_run(run_id, status="completed", n_tubes=len(tubes), n_gated=len(tasks),
                   n_reused=n_reused, n_failed=len(failed))
     summary.elapsed_s = time.perf_counter() - t0
@@ -508,12 +538,12 @@ def _patient_key(results: Sequence[TubeResult], store: ResultStore, config: Any,
         tube_keys.append([r.tube.file, variant, stored[(r.tube.file, variant)].cache_key])
     patient = results[0].tube.patient
     thr = sorted([list(k), v] for k, v in thresholds.items() if k[0] == patient)
-    payload = to_json([__version__, tube_keys, repr(config), thr])
+    payload = to_json([__version__, code_fingerprint("analysis", "records.py"), tube_keys, repr(config), thr])
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 def score_results(results: Sequence[TubeResult], template: Any, thresholds: dict[tuple[str, str], float],
-                  store: ResultStore | None = None) -> Any:
+                  store: ResultStore | None = None, recomputed: list[str] | None = None) -> Any:
     """Score the experiment patient by patient; a patient whose inputs did not change reuses its stored scores.
 
     Patients are independent (thresholds, metrics, fits and classes are per patient and arm), so scoring them
@@ -525,6 +555,8 @@ def score_results(results: Sequence[TubeResult], template: Any, thresholds: dict
     config = analysis_config(template)
     cohort = config.classes.cohort_mode != "none"
     if cohort or store is None:
+        if recomputed is not None:
+            recomputed += sorted({r.tube.patient for r in results})
         return score_experiment(list(results), config, threshold_overrides=thresholds or None)
     by_patient: dict[str, list[TubeResult]] = {}
     for r in results:
@@ -538,6 +570,8 @@ def score_results(results: Sequence[TubeResult], template: Any, thresholds: dict
             own = {k: v for k, v in thresholds.items() if k[0] == patient}
             cached = score_experiment(group, config, threshold_overrides=own or None)
             store.put_patient_scores(patient, key, cached)
+            if recomputed is not None:
+                recomputed.append(patient)
         parts.append(cached)
     return _merge_scores(parts)
 
@@ -577,14 +611,44 @@ def run_info(store: ResultStore, run_id: int | None = None) -> dict[str, Any]:
             "manual_adjustments": store.reviews(active_only=True)}
 
 
+def reports_key(store: ResultStore, results: Sequence[TubeResult], thresholds: dict[tuple[str, str], float]) -> str:
+    """What the reports are drawn from: every tube's stored result key, the thresholds set by reviewers and
+    the analysis and report code. Reports already written from the same key are kept as they are."""
+    stored = store.stored_tubes()
+    keys = []
+    for r in results:
+        variant = store.current_variant(r.tube.file)
+        keys.append([r.tube.file, variant, stored[(r.tube.file, variant)].cache_key])
+    payload = to_json([code_fingerprint("analysis", "report", "records.py"), keys,
+                       sorted([list(k), v] for k, v in thresholds.items()),
+                       [[d["kind"], d.get("file"), d.get("reviewer"), d.get("reason")] for d in store.reviews()]])
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def reports_missing(out: Path, results: Sequence[TubeResult]) -> bool:
+    """Whether the review gallery or any patient's HTML/PDF report is absent from ``out``."""
+    try:
+        from .report.html import report_filename
+    except ImportError:
+        return True
+    if not (out / "review" / "index.html").is_file():
+        return True
+    for patient in {r.tube.patient for r in results}:
+        stem = report_filename(patient)
+        if not ((out / "reports" / f"{stem}.html").is_file() and (out / "reports" / f"{stem}.pdf").is_file()):
+            return True
+    return False
+
+
 def render(out: Path, store: ResultStore, results: Sequence[TubeResult], scores: Any, run_id: int | None,
-           patients: list[str] | None = None) -> tuple[list[Path], str | None]:
+           patients: list[str] | None = None, workers: int | None = None) -> tuple[list[Path], str | None]:
     """Per-patient reports and the review gallery, when the report renderer is installed."""
     try:
         from .report import render_reports
     except ImportError as exc:
         return [], f"reports not written: the report renderer is not available ({exc})"
-    paths = render_reports(out, list(results), scores, run_info(store, run_id), patients=patients)
+    paths = render_reports(out, list(results), scores, run_info(store, run_id), patients=patients,
+                           workers=workers)
     found: list[Path] = []
     for value in (vars(paths).values() if hasattr(paths, "__dict__") else [paths]):
         if isinstance(value, Path):
@@ -666,6 +730,9 @@ def load_run(out: Path | str, *, score: bool = True) -> StoredRun:
 
 def rerender(out: Path | str, patients: list[str] | None = None) -> tuple[list[Path], str | None]:
     """Re-render reports and the review gallery of a finished run from its store."""
+    if not (Path(out) / STORE_NAME).is_file():
+        raise BatError("no results store here", source=str(out),
+                       expected=f"an output folder written by 'bat run' (containing {STORE_NAME})")
     stored = load_run(out)
     if patients:
         known = {r.tube.patient for r in stored.results}
@@ -673,7 +740,7 @@ def rerender(out: Path | str, patients: list[str] | None = None) -> tuple[list[P
         if unknown:
             raise BatError(f"unknown patient(s): {', '.join(unknown)}", source=str(out), field="--patient",
                            expected=f"one of {', '.join(sorted(known))}")
-    with ResultStore.in_folder(out, create=False) as store:
+    with RunLock(out), ResultStore.in_folder(out, create=False) as store:
         return render(Path(out), store, stored.results, stored.scores, stored.run_id, patients=patients)
 
 
@@ -683,8 +750,13 @@ def export_gates(out: Path | str, fmt: str, dest: Path | str | None = None) -> l
 
     if fmt not in ("gatingml", "flowjo"):
         raise BatError(f"unknown format {fmt!r}", field="--format", expected="gatingml or flowjo")
-    stored = load_run(out, score=False)
-    with ResultStore.in_folder(out, create=False) as store:
-        run = next(r for r in store.runs() if r["id"] == stored.run_id)
-    data_dir = Path(json.loads(run["info_json"] or "{}").get("data_dir") or ".")
-    return export_run_gates(stored.results, stored.template, data_dir, fmt, Path(dest) if dest else Path(out) / "gates")
+    if not (Path(out) / STORE_NAME).is_file():
+        raise BatError("no results store here", source=str(out),
+                       expected=f"an output folder written by 'bat run' (containing {STORE_NAME})")
+    with RunLock(out):
+        stored = load_run(out, score=False)
+        with ResultStore.in_folder(out, create=False) as store:
+            run = next(r for r in store.runs() if r["id"] == stored.run_id)
+        data_dir = Path(json.loads(run["info_json"] or "{}").get("data_dir") or ".")
+        return export_run_gates(stored.results, stored.template, data_dir, fmt,
+                                Path(dest) if dest else Path(out) / "gates")

@@ -195,6 +195,14 @@ class ResultStore:
         finally:
             cur.close()
 
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as cur:
+            cur.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
     # ------------------------------------------------------------------ runs
     def begin_run(self, *, version: str, template_name: str | None, template_sha256: str | None,
                   command: str, info: Mapping[str, Any] | None = None) -> int:

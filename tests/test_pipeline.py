@@ -141,3 +141,11 @@ def test_values_survive_pickling_for_workers(small_experiment):
     again = pickle.loads(pickle.dumps(task))
     assert again.tube == task.tube and again.template.sha256 == task.template.sha256
     assert again.template.gates == task.template.gates and again.path == task.path
+
+
+def test_missing_distributed_is_explained(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if bat-analysis[dask] were not installed
+    from bat_analysis.pipeline import run_dask
+
+    with pytest.raises(BatError, match=r"needs the 'distributed' package.*pip install 'bat-analysis\[dask\]'"):
+        list(run_dask([], "tcp://127.0.0.1:8786"))

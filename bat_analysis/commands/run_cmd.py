@@ -22,12 +22,14 @@ def _fail(exc: Exception, hint: str | None = None) -> typer.Exit:
 
 def _summarise(summary: Any, quiet: bool) -> None:
     out = summary.out
-    if summary.report_note:
-        typer.secho(f"note: {summary.report_note}", err=True, fg=typer.colors.YELLOW)
+    rendered = not summary.report_note or summary.report_note.startswith("reports and review gallery kept")
     if quiet:
         return
+    if summary.report_note:
+        typer.secho(f"note: {summary.report_note}", err=True, fg=typer.colors.YELLOW)
     typer.echo(f"Analysed {summary.n_tubes} tubes in {summary.elapsed_s:.1f} s "
-               f"({summary.n_gated} gated now, {summary.n_reused} reused from a previous run).")
+               f"({summary.n_gated} gated now, {summary.n_reused} reused from a previous run; "
+               f"{len(summary.rescored)} patient(s) scored now).")
     if summary.failed:
         typer.secho(f"{len(summary.failed)} tube(s) could not be gated (qc_status=fail in tubes.csv):",
                     fg=typer.colors.YELLOW)
@@ -36,8 +38,8 @@ def _summarise(summary: Any, quiet: bool) -> None:
         if len(summary.failed) > 20:
             typer.echo(f"  ... and {len(summary.failed) - 20} more")
     typer.echo(f"Results in {out}/: tubes.csv, patients.csv, results.xlsx, results.sqlite"
-               + (", reports/, review/" if not summary.report_note else ""))
-    if not summary.report_note:
+               + (", reports/, review/" if rendered else ""))
+    if rendered:
         typer.echo(f"Next: open {out / 'review' / 'index.html'} to review every gate (flagged tubes first). "
                    "To correct a gate or a threshold, write an overrides file and re-run the same command with "
                    "--overrides FILE (see 'bat run --help').")
