@@ -18,13 +18,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..analysis.threshold import pooled_values, select_reference
+from ..analysis.threshold import find_marker, pooled_values, select_reference
 from ..errors import BatError
 from ..records import CONDITIONS, Flag, TubeResult
-from .plots import (ARM_LABELS, Png, PngRenderer, draw_dose_response, fit_summary, is_manual,
-                    manual_reason)
+from .plots import (ARM_LABELS, Png, PngRenderer, activation_range, draw_dose_response, fit_summary,
+                    is_manual, manual_reason)
 
-IMAGE_DPI = 150  # crisp on high-density screens and when the PDF is printed
+IMAGE_DPI = 120  # 384 × 324 px per plot: sharp on screen, ~160 dpi when printed three across A4
 
 
 CSS = """
@@ -539,31 +539,61 @@ class ReportPaths:
 PARALLEL_FROM = 24  # below this many tubes, starting worker processes costs more than it saves
 
 
-def _draw_chunk(jobs: list[tuple[TubeResult, np.ndarray | None, float | None, dict[str, str], str]],
-                dpi: int) -> list[list[Png]]:
+Job = tuple[TubeResult, "np.ndarray | None", "float | None", dict[str, str], str, "tuple[float, float] | None"]
+
+
+def _draw_chunk(jobs: list[Job], dpi: int) -> list[list[Png]]:
     """Worker task: the PNGs of a chunk of tubes (module-level so that it pickles)."""
     renderer = PngRenderer(dpi=dpi)
-    return [renderer.tube(res, negative_values=neg, threshold=thr, adjusted=adj, marker=marker)
-            for res, neg, thr, adj, marker in jobs]
+    return [renderer.tube(res, negative_values=neg, threshold=thr, adjusted=adj, marker=marker, xlim=xlim)
+            for res, neg, thr, adj, marker, xlim in jobs]
 
 
-def draw_tubes(tubes: Sequence[TubeView], *, workers: int | None = None, dpi: int = IMAGE_DPI) -> None:
-    """Fill ``images`` of every tube view: in this process, or in ``workers`` spawned processes."""
-    if workers is None:
-        workers = min(os.cpu_count() or 1, 8) if len(tubes) >= PARALLEL_FROM else 1
-    jobs = [(t.result, t.negative_values, t.threshold, t.adjusted, t.marker) for t in tubes]
-    if workers <= 1 or len(tubes) < 2:
-        for t, pngs in zip(tubes, _draw_chunk(jobs, dpi)):
-            t.images = pngs
-        return
+def _marker_values(result: TubeResult, marker: str) -> np.ndarray | None:
+    key = find_marker(result.basophil_values, marker)
+    return None if key is None else np.asarray(result.basophil_values[key])
+
+
+def _pool(workers: int) -> Any:
+    """Worker processes for drawing. Spawned, not forked: the caller may run threads (a progress display,
+    a Dask client) that a fork would copy in an unknown state."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    size = max(1, math.ceil(len(jobs) / (workers * 4)))  # a few chunks per worker balance the load
-    chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-    # spawn, not fork: the caller may run threads (progress display, Dask client) that fork would copy
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def default_workers(n_tubes: int) -> int:
+    """The machine's cores (at most 8) from ``PARALLEL_FROM`` tubes on; one process below that."""
+    return min(os.cpu_count() or 1, 8) if n_tubes >= PARALLEL_FROM else 1
+
+
+def draw_tubes(tubes: Sequence[TubeView], *, workers: int | None = None, pool: Any = None,
+               dpi: int = IMAGE_DPI) -> None:
+    """Fill ``images`` of every tube view: in this process, or in ``workers`` processes (or ``pool``).
+
+    All tubes share one activation axis per marker (their histograms compare at a glance).
+    """
+    ranges = {m: activation_range([_marker_values(t.result, m) for t in tubes if t.marker == m],
+                                  [t.threshold for t in tubes if t.marker == m])
+              for m in {t.marker for t in tubes}}
+    jobs: list[Job] = [(t.result, t.negative_values, t.threshold, t.adjusted, t.marker, ranges[t.marker])
+                       for t in tubes]
+    workers = default_workers(len(tubes)) if workers is None else workers
+    if pool is None and (workers <= 1 or len(tubes) < 2):
+        for t, pngs in zip(tubes, _draw_chunk(jobs, dpi)):
+            t.images = pngs
+        return
+    own = pool is None
+    pool = pool or _pool(workers)
+    try:
+        n = getattr(pool, "_max_workers", workers)
+        size = max(1, math.ceil(len(jobs) / (n * 4)))  # a few chunks per worker balance the load
+        chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
         done = [png for part in pool.map(_draw_chunk, chunks, [dpi] * len(chunks)) for png in part]
+    finally:
+        if own:
+            pool.shutdown()
     for t, pngs in zip(tubes, done):
         t.images = pngs
 
@@ -606,22 +636,31 @@ def render_reports(out_dir: Path, results: list[TubeResult], scores: Any, run_in
     to_draw = [t for t in all_views if write_gallery or t.result.tube.patient in chosen]
     renderer = PngRenderer(dpi=IMAGE_DPI)
     paths = ReportPaths()
-    t1 = time.perf_counter()
-    draw_tubes(to_draw, workers=workers)
-    for p in chosen:
-        _curves(by_patient[p], renderer)
-    t2 = time.perf_counter()
-    links = {p: f"{report_filename(p)}.html" for p in by_patient}
-    for p in chosen:
-        paths.html[p] = write_text(out_dir / "reports" / links[p], patient_html(by_patient[p], run))
-    t3 = time.perf_counter()
-    if pdf:
-        from .pdf import write_patient_pdf
-
+    workers = default_workers(len(to_draw)) if workers is None else workers
+    pool = _pool(workers) if workers > 1 and len(to_draw) > 1 else None
+    try:
+        t1 = time.perf_counter()
+        draw_tubes(to_draw, pool=pool, workers=workers)
         for p in chosen:
-            paths.pdf[p] = write_patient_pdf(out_dir / "reports" / f"{report_filename(p)}.pdf",
-                                             by_patient[p], run)
-    t4 = time.perf_counter()
+            _curves(by_patient[p], renderer)
+        t2 = time.perf_counter()
+        links = {p: f"{report_filename(p)}.html" for p in by_patient}
+        for p in chosen:
+            paths.html[p] = write_text(out_dir / "reports" / links[p], patient_html(by_patient[p], run))
+        t3 = time.perf_counter()
+        if pdf:
+            from .pdf import write_patient_pdf
+
+            targets = {p: out_dir / "reports" / f"{report_filename(p)}.pdf" for p in chosen}
+            if pool is not None:
+                futures = {p: pool.submit(write_patient_pdf, targets[p], by_patient[p], run) for p in chosen}
+                paths.pdf = {p: f.result() for p, f in futures.items()}
+            else:
+                paths.pdf = {p: write_patient_pdf(targets[p], by_patient[p], run) for p in chosen}
+        t4 = time.perf_counter()
+    finally:
+        if pool is not None:
+            pool.shutdown()
     if write_gallery:
         rel = {p: f"../reports/{name}" for p, name in links.items()}
         paths.gallery = write_text(out_dir / "review" / "index.html", gallery_html(all_views, run, rel))

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.image import imread  # noqa: E402
+import numpy as np  # noqa: E402
 
 from .html import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,  # noqa: E402
                    _columns, _qc_rows, fmt_value)
@@ -264,10 +264,18 @@ def _tube_block(flow: _Flow, tube: TubeView, ncols: int = 3) -> None:
             if i >= len(images):
                 break
             x0, y0 = MARGIN + col * img_w, MARGIN + flow.y
-            canvas.imshow(imread(io.BytesIO(images[i].data), format="png"), interpolation="none",
+            canvas.imshow(_rgb(images[i].data), interpolation="none",
                           extent=(x0, x0 + img_w, y0 + img_h, y0), aspect="auto")
         flow.y += img_h
     flow.gap(0.15)
+
+
+def _rgb(png: bytes) -> np.ndarray:
+    """A PNG as 8-bit RGB (no alpha: the PDF then needs no soft mask, no rescaling)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as img:
+        return np.asarray(img.convert("RGB"))
 
 
 def write_patient_pdf(path: Path, view: PatientView, run: RunView) -> Path:

@@ -20,9 +20,11 @@ matplotlib.use("Agg")  # reports are rendered headless; must precede pyplot user
 
 import numpy as np  # noqa: E402
 from matplotlib import patches  # noqa: E402
+from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.transforms import ScaledTranslation  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
 from ..records import GateRecord, TubeResult  # noqa: E402
@@ -75,25 +77,27 @@ def _edges(record: GateRecord) -> list[np.ndarray]:
     return [np.asarray(e, dtype=float) for e in (record.density_edges or ())]
 
 
-def _draw_density_2d(ax: Axes, density: np.ndarray, ex: np.ndarray, ey: np.ndarray) -> None:
-    """Image of a 2-D histogram laid out as ``numpy.histogram2d`` returns it (``H[x_bin, y_bin]``)."""
+def _orient(density: np.ndarray, ex: np.ndarray, ey: np.ndarray) -> np.ndarray:
+    """The histogram as ``numpy.histogram2d`` lays it out (``H[x_bin, y_bin]``)."""
     h = np.asarray(density, dtype=float)
     if h.shape == (len(ey) - 1, len(ex) - 1) and h.shape != (len(ex) - 1, len(ey) - 1):
         h = h.T  # stored as image rows (y, x): bring it to (x, y)
     if h.shape != (len(ex) - 1, len(ey) - 1):
         raise ValueError(f"density of shape {h.shape} does not match edges "
                          f"({len(ex) - 1}, {len(ey) - 1})")
-    img = np.ma.masked_less_equal(h.T, 0)
+    return h
+
+
+def _density_image(ax: Axes, density: np.ndarray, ex: np.ndarray, ey: np.ndarray) -> Artist:
+    """Image of a 2-D histogram (log colour scale, empty bins blank); axis limits are left alone."""
+    img = np.ma.masked_less_equal(_orient(density, ex, ey).T, 0)
     vmax = float(img.max()) if img.count() else 1.0
     norm = LogNorm(vmin=1.0 if vmax > 1 else 0.5, vmax=max(vmax, 1.0))
-    uniform = np.allclose(np.diff(ex), np.diff(ex)[0]) and np.allclose(np.diff(ey), np.diff(ey)[0])
-    if uniform:
-        ax.imshow(img, origin="lower", extent=(ex[0], ex[-1], ey[0], ey[-1]), aspect="auto",
-                  cmap=DENSITY_CMAP, norm=norm, interpolation="nearest")
-    else:
-        ax.pcolormesh(ex, ey, img, cmap=DENSITY_CMAP, norm=norm, shading="flat")
-    ax.set_xlim(ex[0], ex[-1])
-    ax.set_ylim(ey[0], ey[-1])
+    dx, dy = np.diff(ex), np.diff(ey)
+    if np.allclose(dx, dx[0]) and np.allclose(dy, dy[0]):
+        return ax.imshow(img, origin="lower", extent=(ex[0], ex[-1], ey[0], ey[-1]), aspect="auto",
+                         cmap=DENSITY_CMAP, norm=norm, interpolation="nearest")
+    return ax.pcolormesh(ex, ey, img, cmap=DENSITY_CMAP, norm=norm, shading="flat")
 
 
 def _span(lo: float | None, hi: float | None, lim: tuple[float, float]) -> tuple[float, float]:
@@ -103,8 +107,16 @@ def _span(lo: float | None, hi: float | None, lim: tuple[float, float]) -> tuple
 
 
 def _draw_outline(ax: Axes, geometry: Mapping[str, Any], ndim_drawn: int, colour: str,
-                  style: str) -> None:
+                  style: str) -> list[Artist]:
+    """The gate's outline on the axes (returns the artists drawn)."""
     kind = geometry.get("type")
+    before = set(ax.get_children())
+    _outline(ax, geometry, ndim_drawn, colour, style, kind)
+    return [a for a in ax.get_children() if a not in before]
+
+
+def _outline(ax: Axes, geometry: Mapping[str, Any], ndim_drawn: int, colour: str, style: str,
+             kind: Any) -> None:
     kw = dict(fill=False, edgecolor=colour, linewidth=1.6, linestyle=style, zorder=3)
     if kind == "range":
         mins, maxs = list(geometry.get("mins", [])), list(geometry.get("maxs", []))
@@ -149,48 +161,64 @@ def _message(ax: Axes, text: str) -> None:
     ax.set_yticks([])
 
 
+def _gate_frame(record: GateRecord, ax: Axes) -> int:
+    """The parts of a gate plot that depend only on the gate's dimensions and bins: limits, labels,
+    ticks, name. Returns the number of dimensions drawn (0: nothing to draw, 1: histogram, 2: image)."""
+    edges = _edges(record)
+    ax.set_title(record.name, fontsize=9, loc="left", fontweight="bold", y=1.0, pad=3)
+    if record.density is None or not edges:
+        _message(ax, "no density recorded")
+        return 0
+    ax.set_xlabel(_axis_label(record, 0), fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.yaxis.set_major_locator(MaxNLocator(5))
+    if len(edges) == 1 or np.asarray(record.density).ndim == 1:
+        h = np.asarray(record.density, dtype=float).reshape(-1)
+        ax.set_xlim(edges[0][0], edges[0][-1])
+        ax.set_ylim(0, max(float(h.max()), 1.0) * 1.1)
+        ax.set_ylabel("events", fontsize=7)
+        return 1
+    ax.set_xlim(edges[0][0], edges[0][-1])
+    ax.set_ylim(edges[1][0], edges[1][-1])
+    ax.set_ylabel(_axis_label(record, 1), fontsize=7)
+    return 2
+
+
+def _gate_marks(record: GateRecord, ax: Axes, ndim_drawn: int, adjusted_reason: str | None) -> list[Artist]:
+    """The parts that change from tube to tube: density, outline, counts and how the gate was set."""
+    manual = is_manual(record) or adjusted_reason is not None
+    colour, style = (ADJUSTED_COLOUR, "--") if manual else (GATE_COLOUR, "-")
+    edges = _edges(record)
+    artists: list[Artist] = []
+    if ndim_drawn == 1:
+        artists.append(ax.stairs(np.asarray(record.density, dtype=float).reshape(-1), edges[0], fill=True,
+                                 color="0.55"))
+    elif ndim_drawn == 2:
+        artists.append(_density_image(ax, np.asarray(record.density), edges[0], edges[1]))
+    if ndim_drawn:
+        for shape in [record.geometry, *record.geometry.get("members", [])]:
+            artists += _draw_outline(ax, shape, ndim_drawn, colour, style)
+    elif record.geometry.get("type") == "boolean":
+        artists += _draw_outline(ax, record.geometry, 0, colour, style)
+    above = ax.transAxes + ScaledTranslation(0, 3 / 72, ax.figure.dpi_scale_trans)  # 3 pt above the frame
+    artists.append(ax.text(1.0, 1.0, gate_caption(record), transform=above, ha="right", va="bottom",
+                           fontsize=6.5))
+    note, note_colour = method_note(record, adjusted_reason)
+    artists.append(ax.text(0.98, 0.03, textwrap.fill(note, 42), transform=ax.transAxes, ha="right",
+                           va="bottom", fontsize=6.5, color=note_colour, zorder=5,
+                           bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1.2)))
+    return artists
+
+
 def draw_gate(record: GateRecord, ax: Axes, *, adjusted_reason: str | None = None) -> None:
     """The parent's density (image of the stored histogram) with the gate's outline and counts.
 
     The title names the gate, the caption gives count, parent count and % of parent and how the gate
-    was obtained (fixed / estimator / override). A manually adjusted gate is outlined in orange, dashed,
-    and labelled "manually adjusted" with the reviewer's reason when known.
+    was obtained (its estimator, fixed, fallback, not gated). A manually adjusted gate is outlined in
+    orange, dashed, and labelled "manually adjusted" with the reviewer's reason when known.
     """
-    manual = is_manual(record) or adjusted_reason is not None
-    colour, style = (ADJUSTED_COLOUR, "--") if manual else (GATE_COLOUR, "-")
-    edges = _edges(record)
-    ndim_drawn = 0
-    if record.density is None or not edges:
-        _message(ax, "no density recorded")
-    elif len(edges) == 1 or np.asarray(record.density).ndim == 1:
-        h = np.asarray(record.density, dtype=float).reshape(-1)
-        e = edges[0]
-        ax.stairs(h, e, fill=True, color="0.55")
-        ax.set_xlim(e[0], e[-1])
-        ax.set_ylim(0, max(float(h.max()), 1.0) * 1.1)
-        ax.set_ylabel("events", fontsize=7)
-        ndim_drawn = 1
-    else:
-        _draw_density_2d(ax, np.asarray(record.density), edges[0], edges[1])
-        ax.set_ylabel(_axis_label(record, 1), fontsize=7)
-        ndim_drawn = 2
-    shapes = [record.geometry, *record.geometry.get("members", [])]
-    if ndim_drawn:
-        ax.set_xlabel(_axis_label(record, 0), fontsize=7)
-        for shape in shapes:
-            _draw_outline(ax, shape, ndim_drawn, colour, style)
-    elif record.geometry.get("type") == "boolean":
-        _draw_outline(ax, record.geometry, 0, colour, style)
-    if ndim_drawn:
-        ax.tick_params(labelsize=6)
-        ax.xaxis.set_major_locator(MaxNLocator(5))
-        ax.yaxis.set_major_locator(MaxNLocator(5))
-    ax.set_title(record.name, fontsize=9, loc="left", fontweight="bold", y=1.0, pad=3)
-    ax.set_title(gate_caption(record), fontsize=6.5, loc="right", y=1.0, pad=3)
-    note, note_colour = method_note(record, adjusted_reason)
-    ax.text(0.98, 0.03, textwrap.fill(note, 42), transform=ax.transAxes, ha="right", va="bottom",
-            fontsize=6.5, color=note_colour, zorder=5,
-            bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1.2))
+    _gate_marks(record, ax, _gate_frame(record, ax), adjusted_reason)
 
 
 def method_note(record: GateRecord, adjusted_reason: str | None = None) -> tuple[str, str]:
@@ -237,59 +265,106 @@ def pct_above(values: np.ndarray, threshold: float) -> float:
     return 100.0 * float(np.count_nonzero(values > threshold)) / values.size if values.size else float("nan")
 
 
-def draw_activation(values: np.ndarray, negative_values: np.ndarray | None, threshold: float | None,
-                    ax: Axes, *, marker: str = "CD63", cofactor: float = ASINH_COFACTOR,
-                    bins: int = 80) -> None:
-    """Histogram of the basophils' activation marker with its threshold and the negative control overlaid.
+def activation_range(arrays: Iterable[np.ndarray | None], thresholds: Iterable[float | None] = (), *,
+                     cofactor: float = ASINH_COFACTOR) -> tuple[float, float] | None:
+    """A display range (compensated linear) that holds 99% of every array's values and every threshold.
 
-    Values are compensated linear; the x axis uses matplotlib's arcsinh scale (linear near zero,
-    logarithmic beyond ``cofactor``). Both histograms are normalised to their number of basophils.
+    Used to give all tubes of a run the same activation axis, so that their histograms compare at a glance.
     """
-    values = np.asarray(values, dtype=float)
-    neg = None if negative_values is None else np.asarray(negative_values, dtype=float)
-    has_t = threshold is not None and math.isfinite(threshold)
-    pool = [v for v in (values, neg) if v is not None and v.size]
-    ax.set_title(f"{marker} on basophils", fontsize=9, loc="left", fontweight="bold", y=1.0, pad=3)
-    if not pool:
-        _message(ax, "no basophils")
-        return
-    t = np.arcsinh(np.concatenate(pool) / cofactor)
-    lo, hi = np.percentile(t, [0.1, 99.9])
-    if has_t:
-        tt = math.asinh(threshold / cofactor)
-        lo, hi = min(lo, tt), max(hi, tt)
+    lows, highs = [], []
+    for a in arrays:
+        if a is not None and np.size(a):
+            lo, hi = np.percentile(np.arcsinh(np.asarray(a, dtype=float) / cofactor), [0.5, 99.5])
+            lows.append(lo)
+            highs.append(hi)
+    for t in thresholds:
+        if t is not None and math.isfinite(t):
+            lows.append(math.asinh(t / cofactor))
+            highs.append(math.asinh(t / cofactor))
+    if not lows:
+        return None
+    lo, hi = min(lows), max(highs)
     pad = 0.05 * ((hi - lo) or 1.0)
-    edges_t = np.linspace(lo - pad, hi + pad, bins + 1)
-    edges = np.sinh(edges_t) * cofactor
+    return float(np.sinh(lo - pad) * cofactor), float(np.sinh(hi + pad) * cofactor)
+
+
+def _activation_frame(ax: Axes, marker: str, xlim: tuple[float, float], cofactor: float) -> None:
+    """Axis, ticks, labels and title of an activation histogram (shared by every tube of a run)."""
+    ax.set_title(f"{marker} on basophils", fontsize=9, loc="left", fontweight="bold", y=1.0, pad=3)
     ax.set_xscale("asinh", linear_width=cofactor)
-    ax.xaxis.set_major_locator(FixedLocator(_asinh_ticks(edges[0], edges[-1], cofactor)))
+    ax.set_xlim(*xlim)
+    ax.xaxis.set_major_locator(FixedLocator(_asinh_ticks(xlim[0], xlim[1], cofactor)))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(FuncFormatter(_power_label))
+    ax.set_ylim(0, 140)  # room for the legend above the modes
+    ax.set_yticks(range(0, 101, 25))
+    ax.set_xlabel(f"{marker} (compensated, arcsinh scale)", fontsize=7)
+    ax.set_ylabel("% of mode", fontsize=7)
+    ax.tick_params(labelsize=6)
+
+
+def _activation_marks(ax: Axes, values: np.ndarray, neg: np.ndarray | None, threshold: float | None,
+                      marker: str, xlim: tuple[float, float], cofactor: float, bins: int) -> list[Artist]:
+    """The tube's histogram, the negative control's, the threshold and the legend."""
+    artists: list[Artist] = []
+    edges_t = np.linspace(math.asinh(xlim[0] / cofactor), math.asinh(xlim[1] / cofactor), bins + 1)
+    edges = np.sinh(edges_t) * cofactor
+    has_t = threshold is not None and math.isfinite(threshold)
     lines = []
-    if values.size:
-        h, _ = np.histogram(np.arcsinh(values / cofactor), edges_t)
-        lines.append((ax.stairs(100.0 * h / values.size, edges, fill=True, color="#9ecae1",
-                                label="this tube"), values))
-    else:
-        ax.text(0.5, 0.6, "no basophils in this tube", transform=ax.transAxes, ha="center", fontsize=7)
-    if neg is not None and neg.size:
-        h, _ = np.histogram(np.arcsinh(neg / cofactor), edges_t)
-        lines.append((ax.stairs(100.0 * h / neg.size, edges, color="0.2", linewidth=1.0,
-                                label="negative control"), neg))
-    ax.set_xlim(edges[0], edges[-1])
+    for v, kw in ((values, dict(fill=True, color="#9ecae1", label="this tube")),
+                  (neg, dict(color="0.2", linewidth=1.0, label="negative control"))):
+        if v is None or not v.size:
+            continue
+        h, _ = np.histogram(np.arcsinh(v / cofactor), edges_t)
+        h = 100.0 * h / h.max() if h.max() > 0 else h.astype(float)
+        artist = ax.stairs(h, edges, **kw)
+        artists.append(artist)
+        lines.append((artist, v))
+    if not values.size:
+        artists.append(ax.text(0.5, 0.45, "no basophils in this tube", transform=ax.transAxes, ha="center",
+                               fontsize=7))
     if has_t:
-        ax.axvline(threshold, color=GATE_COLOUR, linewidth=1.4, zorder=3, label=f"threshold {threshold:.4g}")
+        assert threshold is not None
+        artists.append(ax.axvline(threshold, color=GATE_COLOUR, linewidth=1.4, zorder=3,
+                                  label=f"threshold {threshold:.4g}"))
         for artist, v in lines:
             artist.set_label(f"{artist.get_label()}: {pct_above(v, threshold):.1f}% {marker}+ (n={v.size})")
     else:
-        ax.text(0.98, 0.5, "no threshold available", transform=ax.transAxes, ha="right", fontsize=7,
-                color=GATE_COLOUR)
-    ax.set_xlabel(f"{marker} (compensated, arcsinh scale)", fontsize=7)
-    ax.set_ylabel("% of basophils", fontsize=7)
-    ax.tick_params(labelsize=6)
-    ax.set_ylim(0, ax.get_ylim()[1] * 1.35)  # room for the legend above the peaks
-    ax.legend(fontsize=6, loc="upper right", frameon=True, framealpha=0.85, edgecolor="none",
-              handlelength=1.2)
+        artists.append(ax.text(0.98, 0.5, "no threshold available", transform=ax.transAxes, ha="right",
+                               fontsize=7, color=GATE_COLOUR))
+    if lines or has_t:
+        artists.append(ax.legend(fontsize=6, loc="upper right", frameon=True, framealpha=0.85,
+                                 edgecolor="none", handlelength=1.2))
+    return artists
+
+
+def draw_activation(values: np.ndarray, negative_values: np.ndarray | None, threshold: float | None,
+                    ax: Axes, *, marker: str = "CD63", cofactor: float = ASINH_COFACTOR, bins: int = 80,
+                    xlim: tuple[float, float] | None = None) -> list[Artist]:
+    """Histogram of the basophils' activation marker with its threshold and the negative control overlaid.
+
+    Values are compensated linear; the x axis uses matplotlib's arcsinh scale (linear near zero,
+    logarithmic beyond ``cofactor``), over ``xlim`` (default: the data's range). Each histogram is
+    normalised to its mode; the legend gives each one's % above the threshold.
+    """
+    values = np.asarray(values, dtype=float)
+    neg = None if negative_values is None else np.asarray(negative_values, dtype=float)
+    xlim = xlim or activation_range([values, neg], [threshold], cofactor=cofactor)
+    if xlim is None:
+        ax.set_title(f"{marker} on basophils", fontsize=9, loc="left", fontweight="bold", y=1.0, pad=3)
+        _message(ax, "no basophils")
+        return []
+    _activation_frame(ax, marker, xlim, cofactor)
+    return _activation_marks(ax, values, neg, threshold, marker, xlim, cofactor, bins)
+
+
+def marker_values(result: TubeResult, marker: str) -> np.ndarray:
+    """The basophils' values of ``marker`` (matched case-insensitively; empty when absent)."""
+    wanted = marker.casefold()
+    for key, values in result.basophil_values.items():
+        if key.casefold() == wanted:
+            return np.asarray(values)
+    return np.empty(0)
 
 
 def draw_tube_row(result: TubeResult, axes: Sequence[Axes], *, negative_values: np.ndarray | None,
@@ -304,7 +379,7 @@ def draw_tube_row(result: TubeResult, axes: Sequence[Axes], *, negative_values: 
         raise ValueError(f"{result.tube.file}: {len(result.gates) + 1} axes needed, {len(axes)} given")
     for record, ax in zip(result.gates, axes):
         draw_gate(record, ax, adjusted_reason=adjusted.get(record.name))
-    draw_activation(result.basophil_values.get(marker, np.empty(0)), negative_values, threshold,
+    draw_activation(marker_values(result, marker), negative_values, threshold,
                     axes[len(result.gates)], marker=marker)
 
 
@@ -334,39 +409,116 @@ class Png:
 
 
 class PngRenderer:
-    """Draws one small figure per call and returns it as PNG bytes (Agg, fixed layout, no tight_layout).
+    """Draws small figures and returns them as PNG bytes (Agg, fixed layout, no tight_layout).
 
-    At plate scale the cost is text layout, not pixels: figures use few ticks, plain-text labels and a
-    fixed margin layout rather than ``tight_layout`` (which draws everything twice).
+    At plate scale the cost is axes, ticks and text, not pixels. Gate plots of the same gate with the
+    same bins and labels share everything but their density, outline and captions, so the shared part
+    (frame, ticks, labels, name) is drawn once and kept as a background; each tube then draws only its
+    own marks over a copy of it (matplotlib's blitting). Other plots are drawn whole.
     """
 
-    def __init__(self, *, size: tuple[float, float] = (3.2, 2.7), dpi: int = 90) -> None:
+    def __init__(self, *, size: tuple[float, float] = (3.2, 2.7), dpi: int = 120,
+                 max_frames: int = 64) -> None:
         self.size = size
         self.dpi = dpi
+        self.margins = dict(left=0.17, right=0.97, bottom=0.16, top=0.9)
+        self.max_frames = max_frames
+        self._frames: dict[tuple[Any, ...], tuple[Figure, Any, Axes, Any]] = {}
+
+    def _encode(self, rgba: np.ndarray) -> bytes:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(rgba[..., :3])).save(buf, format="png",
+                                                                  compress_level=PNG_COMPRESSION)
+        return buf.getvalue()
 
     def render(self, kind: str, title: str, draw: Any, *, size: tuple[float, float] | None = None,
                margins: Mapping[str, float] | None = None) -> Png:
         """Call ``draw(ax)`` on a fresh axes and encode the figure as PNG."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
         w, h = size or self.size
         fig = Figure(figsize=(w, h), dpi=self.dpi)
+        canvas = FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         draw(ax)
-        fig.subplots_adjust(**(margins or dict(left=0.17, right=0.97, bottom=0.16, top=0.9)))
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=self.dpi, pil_kwargs={"compress_level": PNG_COMPRESSION})
-        return Png(kind, title, buf.getvalue(), int(round(w * self.dpi)), int(round(h * self.dpi)))
+        fig.subplots_adjust(**(margins or self.margins))
+        canvas.draw()
+        rgba = np.asarray(canvas.buffer_rgba())
+        return Png(kind, title, self._encode(rgba), rgba.shape[1], rgba.shape[0])
+
+    @staticmethod
+    def _frame_key(record: GateRecord) -> tuple[Any, ...] | None:
+        """What a gate plot's background depends on; None when it also depends on the data (1-D)."""
+        edges = _edges(record)
+        if record.density is None or len(edges) != 2 or np.asarray(record.density).ndim != 2:
+            return None
+        return (record.name, _axis_label(record, 0), _axis_label(record, 1),
+                edges[0].tobytes(), edges[1].tobytes())
+
+    def _blit(self, kind: str, title: str, key: tuple[Any, ...], frame: Any, marks: Any) -> Png:
+        """Draw ``marks(ax) -> artists`` over the cached background drawn by ``frame(ax)`` for ``key``."""
+        cached = self._frames.get(key)
+        if cached is None:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+            fig = Figure(figsize=self.size, dpi=self.dpi)
+            canvas = FigureCanvasAgg(fig)
+            ax = fig.add_subplot()
+            frame(ax)
+            fig.subplots_adjust(**self.margins)
+            canvas.draw()
+            cached = (fig, canvas, ax, canvas.copy_from_bbox(fig.bbox))
+            if len(self._frames) >= self.max_frames:
+                self._frames.pop(next(iter(self._frames)))
+            self._frames[key] = cached
+        fig, canvas, ax, background = cached
+        canvas.restore_region(background)
+        artists = marks(ax)
+        try:
+            renderer = canvas.get_renderer()
+            for artist in sorted(artists, key=lambda a: a.get_zorder()):
+                artist.draw(renderer)
+            rgba = np.asarray(canvas.buffer_rgba())
+            data = self._encode(rgba)
+        finally:
+            for artist in artists:
+                artist.remove()
+        return Png(kind, title, data, rgba.shape[1], rgba.shape[0])
+
+    def gate(self, record: GateRecord, *, adjusted_reason: str | None = None) -> Png:
+        """One gate plot; 2-D gates reuse the background drawn for an earlier tube with the same bins."""
+        key = self._frame_key(record)
+        if key is None:
+            return self.render("gate", record.name,
+                               lambda ax: draw_gate(record, ax, adjusted_reason=adjusted_reason))
+        return self._blit("gate", record.name, key, lambda ax: _gate_frame(record, ax),
+                          lambda ax: _gate_marks(record, ax, 2, adjusted_reason))
+
+    def activation(self, values: np.ndarray, negative_values: np.ndarray | None, threshold: float | None, *,
+                   marker: str = "CD63", xlim: tuple[float, float] | None = None,
+                   cofactor: float = ASINH_COFACTOR, bins: int = 80) -> Png:
+        """The activation histogram; with a run-wide ``xlim`` its frame is drawn once for every tube."""
+        values = np.asarray(values, dtype=float)
+        neg = None if negative_values is None else np.asarray(negative_values, dtype=float)
+        if xlim is None:
+            return self.render("activation", marker,
+                               lambda ax: draw_activation(values, neg, threshold, ax, marker=marker,
+                                                          cofactor=cofactor, bins=bins))
+        key = ("activation", marker, float(xlim[0]), float(xlim[1]), cofactor)
+        return self._blit("activation", marker, key, lambda ax: _activation_frame(ax, marker, xlim, cofactor),
+                          lambda ax: _activation_marks(ax, values, neg, threshold, marker, xlim, cofactor,
+                                                       bins))
 
     def tube(self, result: TubeResult, *, negative_values: np.ndarray | None, threshold: float | None,
-             marker: str = "CD63", adjusted: Mapping[str, str] | None = None) -> list[Png]:
-        """One PNG per gate of the tube, then the activation histogram."""
+             marker: str = "CD63", adjusted: Mapping[str, str] | None = None,
+             xlim: tuple[float, float] | None = None) -> list[Png]:
+        """One PNG per gate of the tube, then the activation histogram (over ``xlim`` when given)."""
         adjusted = adjusted or {}
-        pngs = [self.render("gate", rec.name,
-                            lambda ax, rec=rec: draw_gate(rec, ax, adjusted_reason=adjusted.get(rec.name)))
-                for rec in result.gates]
-        values = result.basophil_values.get(marker, np.empty(0))
-        pngs.append(self.render("activation", marker,
-                                lambda ax: draw_activation(values, negative_values, threshold, ax,
-                                                           marker=marker)))
+        pngs = [self.gate(rec, adjusted_reason=adjusted.get(rec.name)) for rec in result.gates]
+        values = marker_values(result, marker)
+        pngs.append(self.activation(values, negative_values, threshold, marker=marker, xlim=xlim))
         return pngs
 
 
