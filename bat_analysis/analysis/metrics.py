@@ -93,8 +93,8 @@ class TubeMetrics:
 
 
 def tube_metrics(values: Mapping[str, np.ndarray], n_basophils: int, reference: ArmReference,
-                 config: AnalysisConfig, *, is_reference: bool = False) -> TubeMetrics:
-    """Metrics of one tube against its arm's reference. ``is_reference``: this tube is the negative control."""
+                 config: AnalysisConfig) -> TubeMetrics:
+    """Metrics of one tube against its arm's reference (thresholds, negative-control %, MFI reference)."""
     out = TubeMetrics(n_basophils=n_basophils)
     act = config.markers.activation
     for marker, est in reference.thresholds.items():
@@ -113,7 +113,7 @@ def tube_metrics(values: Mapping[str, np.ndarray], n_basophils: int, reference: 
             continue
         net = net_pct(pct, neg)
         si = ratio(pct, neg)
-        if math.isnan(si) and not math.isnan(neg) and not is_reference:
+        if math.isnan(si) and not math.isnan(neg):
             out.flags.append(Flag(f"SI_UNDEFINED_{marker.upper()}", "warn",
                                   f"negative control has 0% {marker}+ basophils: SI ({pct:.1f}% / 0%) undefined"))
         out.markers[marker] = MarkerMetrics(marker, est.value, pct, net, si,

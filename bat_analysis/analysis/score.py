@@ -162,8 +162,7 @@ def score_experiment(results: Sequence[TubeResult], config: AnalysisConfig | Non
             arm_tubes = [r for r in tubes if r.tube.pretreatment == arm]
             for r in arm_tubes:
                 if r.ok and state.reference.thresholds:
-                    metrics[r.tube.file] = tube_metrics(r.basophil_values, r.n_basophils, state.reference, cfg,
-                                                        is_reference=r.tube.file in state.ref_files)
+                    metrics[r.tube.file] = tube_metrics(r.basophil_values, r.n_basophils, state.reference, cfg)
             fmlp = [metrics[r.tube.file].get(act) for r in arm_tubes
                     if r.tube.condition == "fmlp" and r.tube.file in metrics]
             fmlp = [m for m in fmlp if m is not None and not math.isnan(m.pct)]
