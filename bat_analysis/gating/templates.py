@@ -40,6 +40,7 @@ Dimensions are scatter/time names (``FSC-A``, ``FSC-H``, ``FSC-W``, ``SSC-A``, `
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -249,14 +250,16 @@ def validate_template(path: str | Path) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- parsing
 def _tname(value: Any) -> str:
+    """How a value is named in a problem (texts and numbers quoted, shortened)."""
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, (int, float)):
-        return repr(value)
+        text = repr(value)
+        return text if len(text) <= 40 else text[:37] + "..."
     if value is None:
         return "nothing"
     if isinstance(value, str):
-        return f"{value!r}"
+        return repr(value) if len(value) <= 60 else repr(value[:57]) + "..."
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
@@ -265,7 +268,13 @@ def _tname(value: Any) -> str:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float (not a boolean, not NaN or infinity)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _in(value: Any, container: Any) -> bool:
+    """``value in container`` for texts only (a list or mapping from the YAML is never a name)."""
+    return isinstance(value, str) and value in container
 
 
 class _Checker:
@@ -279,7 +288,7 @@ class _Checker:
         """Check one parameter against its spec; returns the value (ints accepted for numbers)."""
         if spec.kind == "number":
             if not _is_number(value):
-                self.add(where, f"expected a number, got {_tname(value)}")
+                self.add(where, f"expected a finite number, got {_tname(value)}")
                 return spec.default
             value = float(value)
         elif spec.kind == "integer":
@@ -378,18 +387,44 @@ def _check_analysis(ck: _Checker, qc: dict[str, Any], analysis: dict[str, Any]) 
             lines = [ln.strip()[2:] for ln in str(exc).splitlines() if ln.strip().startswith("- ")]
             for ln in lines or [str(exc)]:
                 ln = ln.replace("@.qc.", "qc.") if section == "qc" else ln.replace("@.", "analysis.")
-                ck.problems.append(ln)
+                ck.problems.append(ln if len(ln) <= 300 else ln[:297] + "...")
+
+
+MAX_VALUES = 1_000_000
+
+
+def _too_large(data: Any) -> bool:
+    """Whether the loaded YAML holds more than MAX_VALUES values (aliases counted as often as used)."""
+    count = 0
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def parse_template(text: str, *, source: str = "<template>") -> Template:
     """Parse and validate template YAML text; raises TemplateError with every located problem."""
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise TemplateError("template is nested too deeply", source=source,
+                            problems=["top level: YAML nested too deeply to be a template"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "YAML"
         raise TemplateError("template is not valid YAML", source=source,
                             problems=[f"{where}: {getattr(exc, 'problem', None) or exc}"]) from None
+    if _too_large(data):
+        raise TemplateError("template is too large", source=source,
+                            problems=[f"top level: more than {MAX_VALUES} values (expanding YAML aliases?)"])
     ck = _Checker()
     if not isinstance(data, dict):
         raise TemplateError("template must be a YAML mapping", source=source,
@@ -435,7 +470,7 @@ def parse_template(text: str, *, source: str = "<template>") -> Template:
             aliases = spec
         elif isinstance(spec, dict):
             unknown = set(spec) - {"aliases", "required"}
-            for k in sorted(unknown):
+            for k in sorted(unknown, key=str):
                 ck.add(f"{where}.{k}", "unknown key; expected aliases or required")
             aliases = spec.get("aliases", []) or []
             required = spec.get("required", True)
@@ -465,8 +500,8 @@ def parse_template(text: str, *, source: str = "<template>") -> Template:
             return ()
         out = []
         for i, m in enumerate(raw):
-            if m not in panel:
-                ck.add(f"{key}[{i}]", f"unknown marker {m!r}; the panel has {', '.join(panel) or 'none'}")
+            if not _in(m, panel):
+                ck.add(f"{key}[{i}]", f"unknown marker {_tname(m)}; the panel has {', '.join(panel) or 'none'}")
             else:
                 out.append(m)
         return tuple(out)
@@ -517,6 +552,9 @@ def parse_template(text: str, *, source: str = "<template>") -> Template:
             from_spec(spec, source=source, where=where)
         except TemplateError as exc:
             ck.problems.extend(exc.problems or [f"{where}: {exc}"])
+            continue
+        except (TypeError, ValueError, OverflowError, ArithmeticError) as exc:
+            ck.add(where, f"unusable transform parameters ({exc})")
             continue
         transforms[dim] = dict(spec)
 
@@ -627,7 +665,7 @@ def parse_template(text: str, *, source: str = "<template>") -> Template:
     if gates and not any(g.parent is None for g in gates):
         ck.add("gates", "no gate starts from all events (parent: null)")
     population = data.get("population", gates[-1].name if gates else "")
-    if gates and population not in by_name:
+    if gates and not _in(population, by_name):
         ck.add("population", f"unknown gate {_tname(population)}; expected one of {', '.join(by_name)}")
 
     # reference gates
@@ -640,11 +678,11 @@ def parse_template(text: str, *, source: str = "<template>") -> Template:
         if not isinstance(r, dict):
             ck.add(where, f"expected a mapping, got {_tname(r)}")
             continue
-        if r.get("marker") not in panel:
+        if not _in(r.get("marker"), panel):
             ck.add(f"{where}.marker", f"unknown marker {_tname(r.get('marker'))}; the panel has "
                                       f"{', '.join(panel) or 'none'}")
-        if r.get("parent") is not None and r.get("parent") not in by_name:
-            ck.add(f"{where}.parent", f"unknown gate {r.get('parent')!r}")
+        if r.get("parent") is not None and not _in(r.get("parent"), by_name):
+            ck.add(f"{where}.parent", f"unknown gate {_tname(r.get('parent'))}")
         if r.get("reference", "negative_control") not in ("negative_control", "anti_fceri", "anti_ige", "fmlp"):
             ck.add(f"{where}.reference", f"expected a control condition, got {_tname(r.get('reference'))}")
         if r.get("method", "percentile") not in ("percentile", "resting_peak", "median"):
@@ -658,8 +696,8 @@ def parse_template(text: str, *, source: str = "<template>") -> Template:
         ck.add("metrics", f"expected a list, got {_tname(metrics)}")
         metrics = []
     for i, m in enumerate(metrics):
-        if isinstance(m, dict) and "marker" in m and m["marker"] not in panel:
-            ck.add(f"metrics[{i}].marker", f"unknown marker {m['marker']!r}")
+        if isinstance(m, dict) and "marker" in m and not _in(m["marker"], panel):
+            ck.add(f"metrics[{i}].marker", f"unknown marker {_tname(m['marker'])}")
     qc = data.get("qc", {}) or {}
     if not isinstance(qc, dict):
         ck.add("qc", f"expected a mapping, got {_tname(qc)}")
