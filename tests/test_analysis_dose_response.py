@@ -66,6 +66,7 @@ def test_flat_series_has_no_dose_response():
     res = analyse_series("P1", "A", "omalizumab", CONC, y, y - 3, config=NO_BOOT)
     assert res.status == "not_estimable"
     assert res.ec50_reason.startswith("no dose response")
+    assert res.flags == []  # no response is a result, not a QC warning
 
 
 def test_too_few_points_not_fitted():

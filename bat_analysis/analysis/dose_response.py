@@ -251,8 +251,11 @@ def analyse_series(patient: str, allergen: str, arm: str, concentrations: Sequen
         res.ec50 = float(10 ** log_ec50)
         res.cd_sens = 100.0 / res.ec50
     if res.status != "ok":
-        res.flags.append(Flag("EC50_NOT_ESTIMABLE", "warn", f"{allergen} ({arm}): EC50 not estimable: "
-                                                            f"{res.ec50_reason}"))
+        # a flat series is a result (no response, e.g. a suppressed omalizumab arm), not a QC concern:
+        # its EC50 is reported as not estimable with the reason, without a warning flag
+        if amplitude >= fc.min_amplitude:
+            res.flags.append(Flag("EC50_NOT_ESTIMABLE", "warn", f"{allergen} ({arm}): EC50 not estimable: "
+                                                                f"{res.ec50_reason}"))
         return res
     if res.r2 < cfg.qc.fit_r2_pass_min:
         res.flags.append(Flag("FIT_R2_LOW", "warn", f"{allergen} ({arm}): R² {res.r2:.2f} < "

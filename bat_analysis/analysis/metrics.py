@@ -25,7 +25,8 @@ def pct_above(values: np.ndarray, threshold: float) -> float:
     arr = np.asarray(values)
     if arr.size == 0:
         return NAN
-    return float(np.count_nonzero(arr > threshold)) * 100.0 / float(arr.size)
+    # np.float64 keeps the comparison in double precision: a bare float is cast to float32 arrays' type
+    return float(np.count_nonzero(arr > np.float64(threshold))) * 100.0 / float(arr.size)
 
 
 def net_pct(pct: float, negative_pct: float) -> float:
