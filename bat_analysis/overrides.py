@@ -157,7 +157,7 @@ def check_geometry(where: str, geo: Any, n_dims: int, problems: list[str]) -> di
                         f"{type(geo).__name__}")
         return None
     kind = geo.get("type")
-    if kind not in GEOMETRY_FIELDS:
+    if not isinstance(kind, str) or kind not in GEOMETRY_FIELDS:
         problems.append(f"{where}.type: expected polygon, range or ellipsoid, got {kind!r}")
         return None
     out: dict[str, Any] = {"type": kind}
@@ -226,7 +226,7 @@ def parse_overrides(data: Any, template: Any, tubes: Sequence[Tube], *, source: 
     if not isinstance(data, Mapping):
         raise OverridesError("an overrides file must be a mapping with a 'corrections' list", source=source,
                              problems=[f"(top level): got {type(data).__name__}"])
-    unknown = sorted(set(data) - {"reviewer", "corrections", "date"})
+    unknown = sorted(str(k) for k in set(data) - {"reviewer", "corrections", "date"})
     problems += [f"{k}: unknown key (expected reviewer, corrections)" for k in unknown]
     top_reviewer = data.get("reviewer", default_reviewer)
     items = data.get("corrections")
@@ -240,8 +240,8 @@ def parse_overrides(data: Any, template: Any, tubes: Sequence[Tube], *, source: 
         if not isinstance(item, Mapping):
             problems.append(f"{where}: expected a mapping, got {type(item).__name__}")
             continue
-        extra = sorted(set(item) - {"tube", "patient", "pretreatment", "gate", "geometry", "threshold",
-                                    "reviewer", "reason", "date"})
+        extra = sorted(str(k) for k in set(item) - {"tube", "patient", "pretreatment", "gate", "geometry",
+                                                    "threshold", "reviewer", "reason", "date"})
         problems += [f"{where}.{k}: unknown key" for k in extra]
         reviewer = item.get("reviewer", top_reviewer)
         reason = item.get("reason")
@@ -289,7 +289,7 @@ def parse_overrides(data: Any, template: Any, tubes: Sequence[Tube], *, source: 
                 if patient is None:
                     problems.append(f"{where}: a threshold needs 'tube' or 'patient' (+ 'pretreatment')")
                     continue
-                patient = str(patient)
+                patient, arm = str(patient), str(arm)
                 if (patient, arm) not in arms:
                     problems.append(f"{where}: patient {patient!r} with pretreatment {arm!r} is not in the layout")
                     continue

@@ -11,6 +11,8 @@ from xml.etree import ElementTree as ET
 import pandas as pd
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bat_analysis.overrides import OverridesError, parse_overrides
 from bat_analysis.pipeline import RunOptions, export_gates, run
@@ -215,3 +217,41 @@ def test_gate_edited_in_flowjo_changes_only_its_tube(experiment, baseline, tmp_p
     with ResultStore.in_folder(out) as store:
         (review,) = store.reviews()
     assert (review["file"], review["gate"], review["source"]) == (victim.file, "basophils", str(wsp))
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+                     st.text(max_size=12))
+_values = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=5), st.dictionaries(st.one_of(st.text(max_size=10), st.integers()), inner, max_size=5)),
+                       max_leaves=25)
+_keys = st.sampled_from(["tube", "patient", "pretreatment", "gate", "geometry", "threshold", "reviewer", "reason",
+                         "type", "vertices", "mins", "maxs", "mean", "covariance", "distance_square", "x", 3])
+_items = st.dictionaries(_keys, st.one_of(_values, st.sampled_from(["basophils", "polygon", "range", "ellipsoid",
+                                                                    "P01", "none"])), max_size=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=st.one_of(_values, st.fixed_dictionaries({"corrections": st.lists(_items, max_size=4)},
+                                                    optional={"reviewer": _values, 7: _values})))
+def test_any_document_gives_corrections_or_a_located_error(doc, experiment, template):
+    _check_document(doc, experiment, template)
+
+
+@pytest.mark.parametrize("doc", [
+    {"corrections": [{"patient": "P01", "pretreatment": ["a"], "threshold": 1, "reason": "x", "reviewer": "y"}]},
+    {"corrections": [{"tube": "P01_none_fmlp.fcs", "gate": "basophils", "geometry": {"type": ["polygon"]},
+                      "reason": "x", "reviewer": "y"}]},
+    {1: 2, "colour": 3, "corrections": [{5: 1, "x": 2}]},
+])
+def test_documents_that_once_crashed(doc, experiment, template):
+    _check_document(doc, experiment, template)
+
+
+def _check_document(doc, experiment, template):
+    try:
+        corrections = parse_overrides(doc, template, experiment.tubes, source="fuzz.yaml")
+    except OverridesError as exc:
+        assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
+        return
+    for c in corrections.gates:  # whatever was accepted builds a gate
+        corrections.gate_overrides(template, c.file)
