@@ -30,7 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Generator, Iterator, Sequence
 
 from . import __version__
 from .errors import BatError
@@ -186,12 +186,18 @@ def run_local(tasks: Sequence[GateTask], workers: int) -> Iterator[Completed]:
                                 flags=[Flag("WORKER_DIED", "fail", f"{Path(tasks[j].path).name}: {reason}")])
 
 
-def _pool_pass(tasks: Sequence[GateTask], indices: list[int], workers: int):  # -> Generator[..., list[int]]
-    """One pool over ``indices``; yields finished results and returns the indices a broken pool lost."""
+def _pool_pass(tasks: Sequence[GateTask], indices: list[int], workers: int
+               ) -> Generator[Completed, None, list[int]]:
+    """One pool over ``indices``; yields finished results and returns the indices a broken pool lost.
+
+    If the consumer stops early (Ctrl-C, an error while storing), queued tubes are cancelled and only the
+    tubes in flight are waited for.
+    """
     broken: list[int] = []
     if not indices:
         return broken
-    with ProcessPoolExecutor(max_workers=min(workers, len(indices)), initializer=_worker_init) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(indices)), initializer=_worker_init)
+    try:
         futures: dict[Future, int] = {pool.submit(_worker_gate, tasks[i]): i for i in indices}
         not_done = set(futures)
         while not_done:
@@ -203,6 +209,8 @@ def _pool_pass(tasks: Sequence[GateTask], indices: list[int], workers: int):  # 
                     broken.append(futures[fut])
                     continue
                 yield futures[fut], result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return sorted(broken)
 
 
