@@ -676,7 +676,10 @@ def sample_data(fallback_dir: Path, *, quiet: bool = True) -> Path:
 
     candidates: list[Path] = []
     try:
-        candidates.append(Path(str(resources.files("bat_analysis.sample_fcs"))))
+        # a folder without __init__.py is a namespace package: files() is then a MultiplexedPath, whose
+        # children (not itself) are plain paths
+        layout = resources.files("bat_analysis.sample_fcs").joinpath("layout.csv")
+        candidates.append(Path(str(layout)).parent)
     except ModuleNotFoundError:
         pass
     candidates.append(Path(__file__).resolve().parents[1] / "sample_fcs")
