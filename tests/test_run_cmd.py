@@ -112,7 +112,8 @@ def test_demo_rerun_reuses_and_report_rerenders(demo):
     before = {n: (out / n).read_bytes() for n in ("tubes.csv", "patients.csv")}
     again = runner.invoke(app, ["demo", "--out", str(out), "--workers", "1"])
     assert again.exit_code == 0, again.output
-    assert "0 gated now, 48 reused" in again.output
+    assert "0 gated now, 48 reused" in again.output and "0 patient(s) scored now" in again.output
+    assert "reports and review gallery kept: nothing changed" in again.output
     assert {n: (out / n).read_bytes() for n in before} == before
     report = out / "reports" / "P01.html"
     report.unlink()
