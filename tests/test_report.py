@@ -354,3 +354,41 @@ def test_parallel_drawing_gives_the_same_images(tmp_path: Path) -> None:
     draw_tubes(views, workers=1)
     draw_tubes(twins, workers=2)
     assert [[p.data for p in v.images] for v in views] == [[p.data for p in v.images] for v in twins]
+
+
+def test_shared_gate_limits_hold_every_tube_and_ignore_one_burst() -> None:
+    from bat_analysis.report.plots import frame_key, shared_gate_limits
+
+    results = make_results(1)[:10]
+    cells = [r.gates[2] for r in results if r.gates]
+    shifted = cells[0]
+    shifted.density_edges = (shifted.density_edges[0] + 0.5, shifted.density_edges[1] - 0.25)
+    burst = results[1].gates[0]
+    burst.density = burst.density.copy()
+    burst.density[10] = 10_000  # a clog in one tube
+    limits = shared_gate_limits(results)
+    (x0, x1), (y0, y1) = limits[frame_key(shifted)]
+    assert (x0, x1, y0, y1) == (0.0, 1.5, -0.25, 1.0)
+    _, (t0, t1) = limits[frame_key(burst)]
+    assert t0 == 0.0 and t1 < 10_000
+    assert t1 >= float(np.median([r.gates[0].density.max() for r in results if r.gates]))
+
+
+def test_blitted_gate_matches_a_whole_drawing() -> None:
+    import io
+
+    from PIL import Image
+
+    results = make_results(1)
+    record = results[3].gates[2]
+    renderer = PngRenderer()
+    renderer.gate(results[2].gates[2])  # the frame is drawn for another tube first
+    fast = renderer.gate(record)
+    whole = renderer.render("gate", record.name, lambda ax: draw_gate(record, ax))
+    a = np.asarray(Image.open(io.BytesIO(fast.data)).convert("RGB"), dtype=int)
+    b = np.asarray(Image.open(io.BytesIO(whole.data)).convert("RGB"), dtype=int)
+    assert a.shape == b.shape
+    assert np.mean(np.any(a != b, axis=-1)) < 0.002  # the same picture, up to a few anti-aliased pixels
+    other = np.asarray(Image.open(io.BytesIO(renderer.gate(results[5].gates[2]).data)).convert("RGB"),
+                       dtype=int)
+    assert np.mean(np.any(other != a, axis=-1)) > 0.01  # another tube's density really is drawn

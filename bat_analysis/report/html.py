@@ -22,7 +22,7 @@ from ..analysis.threshold import find_marker, pooled_values, select_reference
 from ..errors import BatError
 from ..records import CONDITIONS, Flag, TubeResult
 from .plots import (ARM_LABELS, Png, PngRenderer, activation_range, draw_dose_response, fit_summary,
-                    is_manual, manual_reason)
+                    is_manual, manual_reason, shared_gate_limits)
 
 IMAGE_DPI = 120  # 384 × 324 px per plot: sharp on screen, ~160 dpi when printed three across A4
 
@@ -542,10 +542,11 @@ PARALLEL_FROM = 24  # below this many tubes, starting worker processes costs mor
 Job = tuple[TubeResult, "np.ndarray | None", "float | None", dict[str, str], str, "tuple[float, float] | None"]
 
 
-def _draw_chunk(jobs: list[Job], dpi: int) -> list[list[Png]]:
+def _draw_chunk(jobs: list[Job], dpi: int, gate_limits: Mapping[Any, Any]) -> list[list[Png]]:
     """Worker task: the PNGs of a chunk of tubes (module-level so that it pickles)."""
     renderer = PngRenderer(dpi=dpi)
-    return [renderer.tube(res, negative_values=neg, threshold=thr, adjusted=adj, marker=marker, xlim=xlim)
+    return [renderer.tube(res, negative_values=neg, threshold=thr, adjusted=adj, marker=marker, xlim=xlim,
+                          gate_limits=gate_limits)
             for res, neg, thr, adj, marker, xlim in jobs]
 
 
@@ -579,9 +580,10 @@ def draw_tubes(tubes: Sequence[TubeView], *, workers: int | None = None, pool: A
               for m in {t.marker for t in tubes}}
     jobs: list[Job] = [(t.result, t.negative_values, t.threshold, t.adjusted, t.marker, ranges[t.marker])
                        for t in tubes]
+    limits = shared_gate_limits(t.result for t in tubes)
     workers = default_workers(len(tubes)) if workers is None else workers
     if pool is None and (workers <= 1 or len(tubes) < 2):
-        for t, pngs in zip(tubes, _draw_chunk(jobs, dpi)):
+        for t, pngs in zip(tubes, _draw_chunk(jobs, dpi, limits)):
             t.images = pngs
         return
     own = pool is None
@@ -590,7 +592,8 @@ def draw_tubes(tubes: Sequence[TubeView], *, workers: int | None = None, pool: A
         n = getattr(pool, "_max_workers", workers)
         size = max(1, math.ceil(len(jobs) / (n * 4)))  # a few chunks per worker balance the load
         chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-        done = [png for part in pool.map(_draw_chunk, chunks, [dpi] * len(chunks)) for png in part]
+        done = [png for part in pool.map(_draw_chunk, chunks, [dpi] * len(chunks), [limits] * len(chunks))
+                for png in part]
     finally:
         if own:
             pool.shutdown()

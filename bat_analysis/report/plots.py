@@ -70,6 +70,7 @@ def _axis_label(record: GateRecord, i: int) -> str:
     if i >= len(dims):
         return ""
     t = tnames[i] if i < len(tnames) else None
+    t = str(t).split("(")[0].strip() if t else None  # "logicle(T=262144,W=0.5,...)" -> "logicle"
     return f"{dims[i]} ({t})" if t else str(dims[i])
 
 
@@ -161,28 +162,72 @@ def _message(ax: Axes, text: str) -> None:
     ax.set_yticks([])
 
 
-def _gate_frame(record: GateRecord, ax: Axes) -> int:
-    """The parts of a gate plot that depend only on the gate's dimensions and bins: limits, labels,
-    ticks, name. Returns the number of dimensions drawn (0: nothing to draw, 1: histogram, 2: image)."""
+Limits = tuple[tuple[float, float], tuple[float, float]]
+
+
+def _ndim(record: GateRecord) -> int:
+    """0: nothing to draw, 1: a histogram, 2: a density image."""
     edges = _edges(record)
-    ax.set_title(record.name, fontsize=9, loc="left", fontweight="bold", y=1.0, pad=3)
     if record.density is None or not edges:
+        return 0
+    return 1 if len(edges) == 1 or np.asarray(record.density).ndim == 1 else 2
+
+
+def _own_limits(record: GateRecord) -> Limits:
+    edges = _edges(record)
+    if _ndim(record) == 1:
+        h = np.asarray(record.density, dtype=float)
+        return (float(edges[0][0]), float(edges[0][-1])), (0.0, max(float(h.max(initial=0)), 1.0) * 1.1)
+    return (float(edges[0][0]), float(edges[0][-1])), (float(edges[1][0]), float(edges[1][-1]))
+
+
+def frame_key(record: GateRecord) -> tuple[str, str, str, int]:
+    """Gates plotted on one frame across tubes: same name, axes and kind of plot."""
+    return (record.name, _axis_label(record, 0), _axis_label(record, 1), _ndim(record))
+
+
+def shared_gate_limits(results: Iterable[TubeResult]) -> dict[tuple[str, str, str, int], Limits]:
+    """Axis limits holding every tube's histogram of each gate: the same gate is then drawn on the same
+    axes in every tube (comparable at a glance, and its frame is drawn only once).
+
+    For 1-D histograms the height is the 90th percentile of the tubes' peaks, so that one tube's burst
+    (a clog) does not flatten every other tube's trace; its own bars run off the top.
+    """
+    spans: dict[tuple[str, str, str, int], list[Limits]] = {}
+    for result in results:
+        for record in result.gates:
+            if _ndim(record):
+                spans.setdefault(frame_key(record), []).append(_own_limits(record))
+    out: dict[tuple[str, str, str, int], Limits] = {}
+    for key, lims in spans.items():
+        xs = [x for x, _ in lims]
+        ys = [y for _, y in lims]
+        xlim = (min(x[0] for x in xs), max(x[1] for x in xs))
+        if key[3] == 1:
+            ylim = (0.0, float(np.percentile([y[1] for y in ys], 90)))
+        else:
+            ylim = (min(y[0] for y in ys), max(y[1] for y in ys))
+        out[key] = (xlim, ylim)
+    return out
+
+
+def _gate_frame(record: GateRecord, ax: Axes, limits: Limits | None = None) -> int:
+    """The parts of a gate plot that do not depend on the tube's data: limits (the gate's own, or
+    ``limits`` shared by a run), labels, ticks, name. Returns the number of dimensions drawn."""
+    ax.set_title(record.name, fontsize=9, loc="left", fontweight="bold", y=1.0, pad=3)
+    ndim = _ndim(record)
+    if not ndim:
         _message(ax, "no density recorded")
         return 0
+    (x0, x1), (y0, y1) = limits or _own_limits(record)
     ax.set_xlabel(_axis_label(record, 0), fontsize=7)
+    ax.set_ylabel("events" if ndim == 1 else _axis_label(record, 1), fontsize=7)
     ax.tick_params(labelsize=6)
     ax.xaxis.set_major_locator(MaxNLocator(5))
     ax.yaxis.set_major_locator(MaxNLocator(5))
-    if len(edges) == 1 or np.asarray(record.density).ndim == 1:
-        h = np.asarray(record.density, dtype=float).reshape(-1)
-        ax.set_xlim(edges[0][0], edges[0][-1])
-        ax.set_ylim(0, max(float(h.max()), 1.0) * 1.1)
-        ax.set_ylabel("events", fontsize=7)
-        return 1
-    ax.set_xlim(edges[0][0], edges[0][-1])
-    ax.set_ylim(edges[1][0], edges[1][-1])
-    ax.set_ylabel(_axis_label(record, 1), fontsize=7)
-    return 2
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    return ndim
 
 
 def _gate_marks(record: GateRecord, ax: Axes, ndim_drawn: int, adjusted_reason: str | None) -> list[Artist]:
@@ -448,15 +493,6 @@ class PngRenderer:
         rgba = np.asarray(canvas.buffer_rgba())
         return Png(kind, title, self._encode(rgba), rgba.shape[1], rgba.shape[0])
 
-    @staticmethod
-    def _frame_key(record: GateRecord) -> tuple[Any, ...] | None:
-        """What a gate plot's background depends on; None when it also depends on the data (1-D)."""
-        edges = _edges(record)
-        if record.density is None or len(edges) != 2 or np.asarray(record.density).ndim != 2:
-            return None
-        return (record.name, _axis_label(record, 0), _axis_label(record, 1),
-                edges[0].tobytes(), edges[1].tobytes())
-
     def _blit(self, kind: str, title: str, key: tuple[Any, ...], frame: Any, marks: Any) -> Png:
         """Draw ``marks(ax) -> artists`` over the cached background drawn by ``frame(ax)`` for ``key``."""
         cached = self._frames.get(key)
@@ -487,14 +523,18 @@ class PngRenderer:
                 artist.remove()
         return Png(kind, title, data, rgba.shape[1], rgba.shape[0])
 
-    def gate(self, record: GateRecord, *, adjusted_reason: str | None = None) -> Png:
-        """One gate plot; 2-D gates reuse the background drawn for an earlier tube with the same bins."""
-        key = self._frame_key(record)
-        if key is None:
+    def gate(self, record: GateRecord, *, adjusted_reason: str | None = None,
+             limits: Limits | None = None) -> Png:
+        """One gate plot. Over ``limits`` shared by the run (or its own bins, for a 2-D gate), the frame
+        is drawn once and reused by every tube with the same frame; otherwise the plot is drawn whole."""
+        ndim = _ndim(record)
+        if ndim == 0 or (limits is None and ndim == 1):
             return self.render("gate", record.name,
                                lambda ax: draw_gate(record, ax, adjusted_reason=adjusted_reason))
-        return self._blit("gate", record.name, key, lambda ax: _gate_frame(record, ax),
-                          lambda ax: _gate_marks(record, ax, 2, adjusted_reason))
+        lims = limits or _own_limits(record)
+        key = ("gate", *frame_key(record), lims)
+        return self._blit("gate", record.name, key, lambda ax: _gate_frame(record, ax, lims),
+                          lambda ax: _gate_marks(record, ax, ndim, adjusted_reason))
 
     def activation(self, values: np.ndarray, negative_values: np.ndarray | None, threshold: float | None, *,
                    marker: str = "CD63", xlim: tuple[float, float] | None = None,
@@ -513,10 +553,14 @@ class PngRenderer:
 
     def tube(self, result: TubeResult, *, negative_values: np.ndarray | None, threshold: float | None,
              marker: str = "CD63", adjusted: Mapping[str, str] | None = None,
-             xlim: tuple[float, float] | None = None) -> list[Png]:
-        """One PNG per gate of the tube, then the activation histogram (over ``xlim`` when given)."""
+             xlim: tuple[float, float] | None = None,
+             gate_limits: Mapping[tuple[str, str, str, int], Limits] | None = None) -> list[Png]:
+        """One PNG per gate of the tube, then the activation histogram; ``xlim`` and ``gate_limits``
+        (from :func:`activation_range` and :func:`shared_gate_limits`) put every tube on the same axes."""
         adjusted = adjusted or {}
-        pngs = [self.gate(rec, adjusted_reason=adjusted.get(rec.name)) for rec in result.gates]
+        gate_limits = gate_limits or {}
+        pngs = [self.gate(rec, adjusted_reason=adjusted.get(rec.name), limits=gate_limits.get(frame_key(rec)))
+                for rec in result.gates]
         values = marker_values(result, marker)
         pngs.append(self.activation(values, negative_values, threshold, marker=marker, xlim=xlim))
         return pngs
