@@ -68,18 +68,19 @@ def scale_limits(dim: Dimension, values: np.ndarray, top: float | None = None,
                  low_quantile: float = 0.0005) -> tuple[float, float]:
     """A display window on the dimension's scale covering the data (and ``top``, the channel range).
 
-    The low end is a quantile (compensation spreads a few events far below zero); the high end is the
-    largest value, capped at 1.5 x the channel range when it is known.
+    With a known channel range (scatter) the window runs from zero (at most 5% of the range below it)
+    to the range or the largest value, capped at 1.5 x the range; otherwise from a low quantile
+    (compensation spreads a few events far below zero) to the largest value.
     """
     if len(values) == 0:
         lo_raw, hi_raw = 0.0, float(top or 1.0)
+    elif top is not None:  # a channel with a known range (scatter): from zero (or a little below) to the range
+        lo_raw = min(max(float(values.min()), -0.05 * float(top)), 0.0)
+        hi_raw = min(max(float(values.max()), float(top)), 1.5 * float(top))
     else:
         step = thin(len(values))
         lo_raw = float(np.quantile(values[::step], low_quantile))
         hi_raw = float(values.max())
-        if top is not None:
-            hi_raw = min(max(hi_raw, float(top)), 1.5 * float(top))
-            lo_raw = min(lo_raw, 0.0)
     lo, hi = to_scale(dim, np.array([lo_raw, hi_raw], dtype=np.float64))
     if not np.isfinite(lo) or not np.isfinite(hi):
         raise ValueError("non-finite display window")
@@ -504,23 +505,26 @@ def _extend_along_x(region: np.ndarray, basins: np.ndarray, smooth: np.ndarray, 
     stopping at another population (a bin of a real basin outside the group whose density is above
     ``level`` x that basin's peak); sparse basins too small to be a population do not stop it.
     """
-    out = region.copy()
     others = [k + 1 for k in np.flatnonzero(real) if k not in group]
     other = np.isin(basins, others)
     level = params["level"] * peak_h[np.maximum(basins - 1, 0)]
     blocked = other & (smooth >= level)
     n_x = region.shape[0]
-    for j in np.flatnonzero(region.any(axis=0)):
-        rows = np.flatnonzero(region[:, j])
-        if params["x_side"] == "high":
-            start, stop, step = rows.max() + 1, n_x, 1
-        else:
-            start, stop, step = rows.min() - 1, -1, -1
-        for i in range(start, stop, step):
-            if blocked[i, j]:
-                break
-            out[i, j] = True
-    return out
+    cols = region.any(axis=0)
+    rows = np.arange(n_x)[:, None]
+    if params["x_side"] == "high":
+        edge = np.where(cols, n_x - 1 - np.argmax(region[::-1], axis=0), n_x)
+        beyond = (rows > edge[None, :]) & cols[None, :]
+        stop = blocked & beyond
+        first = np.where(stop.any(axis=0), np.argmax(stop, axis=0), n_x)
+        extension = beyond & (rows < first[None, :])
+    else:
+        edge = np.where(cols, np.argmax(region, axis=0), -1)
+        beyond = (rows < edge[None, :]) & cols[None, :]
+        stop = blocked & beyond
+        last = np.where(stop.any(axis=0), n_x - 1 - np.argmax(stop[::-1], axis=0), -1)
+        extension = beyond & (rows > last[None, :])
+    return region | extension
 
 
 def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension, name: str,
