@@ -1,0 +1,239 @@
+"""A batch with damaged files: ``bat run`` over a simulated experiment in which some tubes are replaced by an
+empty file, a non-FCS file, truncated DATA, an inconsistent $TOT, a missing marker, NaN values or no events.
+Each damaged tube's row says qc_status=fail with a flag and a reason naming the problem, a tube whose spillover
+matrix is unusable (unknown channel, singular) is analysed uncompensated with a flag saying why, every other
+tube is analysed exactly as in an undamaged run, and the exit status is 0; a batch where every file is damaged
+exits non-zero and says why, file by file."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from bat_analysis.cli import app
+from bat_analysis.io.fcs import read_fcs, read_fcs_keywords
+from bat_analysis.io.fcs_write import write_fcs
+from bat_analysis.pipeline import RunOptions, run
+
+runner = CliRunner()
+N_EVENTS = 10_000
+
+
+def _data_range(path: Path) -> tuple[int, int]:
+    kw = read_fcs_keywords(path)
+    return int(kw["$BEGINDATA"]), int(kw["$ENDDATA"])
+
+
+def _same_width(raw: bytes, old: bytes, new: bytes) -> bytes:
+    """``raw`` with the one occurrence of ``old`` replaced by ``new`` of the same length (offsets stay valid)."""
+    assert len(old) == len(new) and raw.count(old) == 1, (old, raw.count(old))
+    return raw.replace(old, new)
+
+
+def empty(path: Path) -> bytes:
+    return b""
+
+
+def not_fcs(path: Path) -> bytes:
+    return b"file,patient,condition\nP01_none_fmlp.fcs,P01,fmlp\n" * 20
+
+
+def truncated_data(path: Path) -> bytes:
+    begin, end = _data_range(path)
+    return path.read_bytes()[: begin + (end - begin) // 2]
+
+
+def tot_inconsistent(path: Path) -> bytes:
+    return _same_width(path.read_bytes(), f"/$TOT/{N_EVENTS}/".encode(), f"/$TOT/{N_EVENTS + 2000}/".encode())
+
+
+def marker_absent(path: Path) -> bytes:
+    return _same_width(path.read_bytes(), b"/CD63/", b"/CDx3/")  # the activation marker's $PnS renamed
+
+
+def nan_values(path: Path) -> bytes:
+    raw = bytearray(path.read_bytes())
+    begin, _ = _data_range(path)
+    for event in (10, 500, 4000):  # float32 little-endian NaN in the first channel of three events
+        at = begin + event * 4 * int(read_fcs_keywords(path)["$PAR"])
+        raw[at:at + 4] = np.array([np.nan], dtype="<f4").tobytes()
+    return bytes(raw)
+
+
+def zero_events(path: Path) -> bytes:
+    sample = read_fcs(path)
+    target = path.with_suffix(".zero.tmp")
+    write_fcs(target, np.zeros((0, len(sample.channels)), dtype=np.float32), [c.pnn for c in sample.channels],
+              [c.pns for c in sample.channels])
+    content = target.read_bytes()
+    target.unlink()
+    return content
+
+
+def spillover_unknown_channel(path: Path) -> bytes:
+    raw = path.read_bytes()
+    spill = read_fcs_keywords(path)["$SPILLOVER"].encode()
+    assert b",PE-Cy7-A," in spill
+    return _same_width(raw, spill, spill.replace(b",PE-Cy7-A,", b",PE-Cy9-A,"))
+
+
+def spillover_singular(path: Path) -> bytes:
+    sample = read_fcs(path)
+    matrix = sample.spillover.matrix.copy()
+    matrix[1] = matrix[0]
+    target = path.with_suffix(".singular.tmp")
+    write_fcs(target, sample.events, [c.pnn for c in sample.channels], [c.pns for c in sample.channels],
+              ranges=float(sample.keywords["$P1R"]), spillover=(list(sample.spillover.channels), matrix))
+    content = target.read_bytes()
+    target.unlink()
+    return content
+
+
+# each damage that stops the tube, and what the reason given for the tube must name
+DAMAGES: dict[str, tuple[Callable[[Path], bytes], str]] = {
+    "empty": (empty, r"HEADER.*(file is )?empty"),
+    "not_fcs": (not_fcs, r"HEADER.*(not start with 'FCS'|not an FCS)"),
+    "truncated_data": (truncated_data, r"DATA segment .*file \d+ bytes|truncated"),
+    "tot_inconsistent": (tot_inconsistent, r"\$TOT"),
+    "marker_absent": (marker_absent, r"marker 'CD63' not found"),
+    "nan_values": (nan_values, r"non-finite|NaN"),
+    "zero_events": (zero_events, r"\$TOT.*no events"),
+}
+# damages the tube is analysed despite (uncompensated), with a flag naming the problem
+FLAGGED: dict[str, tuple[Callable[[Path], bytes], str]] = {
+    "spillover_unknown_channel": (spillover_unknown_channel, r"\$SPILLOVER.*unknown channels 'PE-Cy9-A'"),
+    "spillover_singular": (spillover_singular, r"\$SPILLOVER.*singular"),
+}
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory: pytest.TempPathFactory):
+    from bat_analysis.simulate import simulate_experiment
+
+    folder = tmp_path_factory.mktemp("batch_bad_data")
+    # enough basophils (>= 200, the default QC limit) in few events, to keep the batch quick
+    return simulate_experiment(folder, n_patients=1, n_events=N_EVENTS, seed=21, n_concentrations=3,
+                               basophil_pct=(2.5, 3.0))
+
+
+@pytest.fixture(scope="module")
+def reference(experiment, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, str]]:
+    """tubes.csv rows of an undamaged run, by file."""
+    out = tmp_path_factory.mktemp("batch_bad_reference")
+    run(RunOptions(data_dir=experiment.out_dir, layout=experiment.layout_path, out=out, workers=2, quiet=True,
+                   reports=False))
+    return {row["file"]: row for row in _rows(out / "tubes.csv")}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _damaged_copy(experiment, folder: Path, victims: dict[str, str]) -> Path:
+    """A copy of the experiment's folder with the file of each ``victims`` entry (file -> damage) damaged."""
+    data = folder / "data"
+    shutil.copytree(experiment.out_dir, data)
+    for file, damage in victims.items():
+        make, _ = {**DAMAGES, **FLAGGED}[damage]
+        content = make(experiment.out_dir / file)
+        (data / file).write_bytes(content)
+    return data
+
+
+def test_damages_are_what_they_claim(experiment, tmp_path: Path) -> None:
+    """Each damaged file is refused by the reader (so the batch test below tests what it says)."""
+    from bat_analysis.errors import BatError
+
+    good = experiment.out_dir / experiment.tubes[1].file
+    assert read_fcs(good).n_events == N_EVENTS
+    for name, (make, pattern) in DAMAGES.items():
+        path = tmp_path / f"{name}.fcs"
+        path.write_bytes(make(good))
+        if name == "marker_absent":
+            from bat_analysis.io.markers import resolve_marker
+
+            sample = read_fcs(path)
+            with pytest.raises(BatError, match="CD63"):
+                resolve_marker(sample.channels, "CD63", source=str(path))
+            continue
+        with pytest.raises(BatError) as info:
+            read_fcs(path)
+        assert re.search(pattern, str(info.value)), (name, str(info.value))
+    for name, (make, pattern) in FLAGGED.items():
+        path = tmp_path / f"{name}.fcs"
+        path.write_bytes(make(good))
+        sample = read_fcs(path)
+        assert sample.spillover is None and sample.n_events == N_EVENTS
+        assert re.search(pattern, f"{sample.spillover_error} {' '.join(sample.warnings)}"), (name, sample.warnings)
+
+
+@pytest.mark.slow
+def test_damaged_tubes_fail_alone_and_the_batch_completes(experiment, reference, tmp_path: Path) -> None:
+    controls = [t.file for t in experiment.tubes if t.condition == "negative_control"]
+    candidates = [t.file for t in experiment.tubes if t.file not in controls]
+    assert len(candidates) >= len(DAMAGES) + len(FLAGGED) + 1
+    victims = dict(zip(candidates, [*DAMAGES, *FLAGGED]))
+    data = _damaged_copy(experiment, tmp_path, victims)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(data), "--layout", str(data / "layout.csv"), "--out", str(out),
+                                 "--workers", "2", "--no-reports"])
+    assert result.exit_code == 0, result.output
+    assert f"{len(DAMAGES)} tube(s) could not be gated" in result.output
+    for file, damage in victims.items():
+        assert (f"  - {file}: " in result.output) == (damage in DAMAGES), file
+
+    rows = _rows(out / "tubes.csv")
+    assert [r["file"] for r in rows] == [t.file for t in experiment.tubes]
+    for row in rows:
+        file = row["file"]
+        if victims.get(file) in FLAGGED:  # analysed uncompensated, flagged
+            damage = victims[file]
+            assert row["qc_status"] in ("warn", "fail") and row["error"] == "", (damage, row)
+            assert "NO_SPILLOVER" in row["qc_flags"].split(";"), (damage, row["qc_flags"])
+            assert re.search(FLAGGED[damage][1], row["qc_reasons"]), (damage, row["qc_reasons"])
+            assert int(row["n_basophils"]) >= 200, row
+        elif file in victims:
+            damage = victims[file]
+            assert row["qc_status"] == "fail", (damage, row)
+            assert "TUBE_NOT_GATED" in row["qc_flags"].split(";"), (damage, row["qc_flags"])
+            assert file in row["error"] and re.search(DAMAGES[damage][1], row["error"]), (damage, row["error"])
+            assert re.search(DAMAGES[damage][1], row["qc_reasons"]), (damage, row["qc_reasons"])
+            assert row["n_basophils"] in ("", "0") and row["pct_cd63"] == "", (damage, row)
+        else:  # analysed, and exactly as in the undamaged run
+            assert row["qc_status"] != "fail" and int(row["n_basophils"]) >= 200, row
+            assert row == reference[file], {k: (row[k], reference[file][k]) for k in row
+                                            if row[k] != reference[file].get(k)}
+    assert (out / "patients.csv").is_file()
+
+
+def test_a_batch_of_only_damaged_files_exits_non_zero_naming_each(experiment, tmp_path: Path) -> None:
+    files = [t.file for t in experiment.tubes]
+    damages = list(DAMAGES)
+    victims = {file: damages[i % len(damages)] for i, file in enumerate(files)}
+    data = _damaged_copy(experiment, tmp_path, victims)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(data), "--layout", str(data / "layout.csv"), "--out", str(out),
+                                 "--workers", "2", "--no-reports", "--quiet"])
+    assert result.exit_code == 1, result.output
+    n = len(files)
+    assert f"no tube could be analysed ({n} of {n} failed)" in result.output, result.output
+    listed = [line.strip()[2:] for line in result.output.splitlines() if line.strip().startswith("- ")]
+    assert len(listed) == min(n, 10), listed
+    for line in listed:
+        file, _, reason = line.partition(": ")
+        assert file in victims and re.search(DAMAGES[victims[file]][1], reason), line
+    assert "bat inspect" in result.output
+    assert not (out / "tubes.csv").exists() and not (out / "patients.csv").exists()
+    from bat_analysis.store import ResultStore
+
+    with ResultStore.in_folder(out) as store:
+        last = store.runs()[-1]
+    assert (last["status"], last["n_failed"], last["n_tubes"]) == ("failed", n, n)
