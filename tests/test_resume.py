@@ -133,3 +133,22 @@ def test_changed_file_is_regated(experiment, reference, tmp_path):
     summary = run(RunOptions(data_dir=data, layout=data / "layout.csv", out=out, workers=1, quiet=True,
                              reports=False))
     assert summary.n_gated == 1 and summary.n_reused == len(experiment.tubes) - 1
+
+
+def test_scoring_patient_by_patient_equals_scoring_all_at_once(reference):
+    from bat_analysis.analysis.score import score_experiment
+    from bat_analysis.outputs import table_to_csv
+    from bat_analysis.pipeline import analysis_config, load_run, score_results
+
+    stored = load_run(reference, score=False)
+    whole = score_experiment(stored.results, analysis_config(stored.template))
+    by_patient = score_results(stored.results, stored.template, {}, store=None)  # all at once, no cache
+    from bat_analysis.store import ResultStore
+
+    with ResultStore.in_folder(reference) as store:
+        cached = score_results(stored.results, stored.template, {}, store)  # per patient, from the cache
+    assert len({r.tube.patient for r in stored.results}) == 2
+    for scores in (by_patient, cached):
+        assert table_to_csv(scores.tubes) == table_to_csv(whole.tubes)
+        assert table_to_csv(scores.patients) == table_to_csv(whole.patients)
+        assert sorted(scores.fits) == sorted(whole.fits)
