@@ -77,9 +77,10 @@ def register(app: typer.Typer) -> None:
 
         Example:  bat run plate1/ --layout plate1/layout.csv --out results/plate1 --workers 2
 
-        Re-running the same command resumes: finished tubes whose file, template and version did not change
-        are reused. Exit status 0 when the run completed (even if some tubes failed QC), non-zero on a bad
-        invocation or when no tube could be analysed.
+        Re-running the same command resumes: tubes already gated with the same file and template are reused.
+
+        Exit status 0 when the run completed (even if some tubes failed QC), 2 on a bad invocation, 1 when no
+        tube could be analysed.
         """
         from ..errors import BatError
         from ..pipeline import RunOptions, run
@@ -100,9 +101,9 @@ def register(app: typer.Typer) -> None:
         workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Local worker processes."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
     ) -> None:
-        """Run the whole analysis on the bundled sample experiment (sample_fcs), in well under a minute.
+        """Run the whole analysis on the bundled sample experiment (3 patients, 48 tubes).
 
-        Example:  bat demo --out demo_results   then open demo_results/review/index.html
+        Example:  bat demo --out demo_results   (then open demo_results/review/index.html)
         """
         from ..errors import BatError
         from ..pipeline import RunOptions, run, sample_data
