@@ -79,8 +79,7 @@ def register(app: typer.Typer) -> None:
 
         Re-running the same command resumes: tubes already gated with the same file and template are reused.
 
-        Exit status 0 when the run completed (even if some tubes failed QC), 2 on a bad invocation, 1 when no
-        tube could be analysed.
+        Exit 0 when the run completed (even if tubes failed QC); 2 on a bad invocation; 1 if no tube was analysed.
         """
         from ..errors import BatError
         from ..pipeline import RunOptions, run
