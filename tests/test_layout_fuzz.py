@@ -406,7 +406,8 @@ def valid_layouts(draw: st.DrawFn) -> tuple[list[str], list[list[str]], list[Tub
                     if value <= 0 or value in [t.concentration for t in tubes if t.patient == patient and
                                                t.pretreatment == arm and t.allergen == allergen]:
                         continue
-                    rows.append({"patient": patient, "condition": draw(st.sampled_from(CONDITION_SPELLINGS["allergen"])),
+                    rows.append({"patient": patient,
+                                 "condition": draw(st.sampled_from(CONDITION_SPELLINGS["allergen"])),
                                  "pretreatment": draw(st.sampled_from(PRETREATMENT_SPELLINGS[arm])),
                                  "allergen": allergen, "concentration": text, "unit": unit})
                     tubes.append(Tube(file="", patient=patient, condition="allergen", pretreatment=arm,
@@ -444,10 +445,9 @@ def test_valid_layout_reads_back_exactly_in_any_dialect(layout: tuple, dialect: 
     if kind == "xlsx":
         content, suffix = xlsx_bytes([header] + body, "layout", 1), ".xlsx"
     else:
-        dialect = {**dialect, "delimiter": dialect["delimiter"] if dialect["delimiter"] in ",;\t" else ",",
-                   "encoding": dialect["encoding"] if dialect["encoding"] in ("utf-8", "utf-8-sig", "latin-1")
-                   else "utf-8", "quoting": csv.QUOTE_MINIMAL if dialect["quoting"] == csv.QUOTE_NONNUMERIC
-                   else dialect["quoting"]}
+        # encodings the reader is meant to read (UTF-8 with or without BOM, else Latin-1)
+        if dialect["encoding"] not in ("utf-8", "utf-8-sig", "latin-1"):
+            dialect = {**dialect, "encoding": "utf-8"}
         content, suffix = csv_bytes([header] + body, dialect), ".csv"
     tmp, path = _write(content, suffix)
     with tmp:

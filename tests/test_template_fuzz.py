@@ -317,8 +317,8 @@ def _wrong_values(kind: str, choices: tuple[str, ...]) -> st.SearchStrategy:
     if kind == "number":
         return st.one_of(text, st.booleans(), st.none(), st.lists(st.integers(), max_size=2))
     if kind == "integer":
-        return st.one_of(text, st.booleans(), st.none(), st.floats(allow_nan=False).filter(lambda x: x != int(x)
-                                                                                           if math.isfinite(x) else True))
+        fractional = st.floats(allow_nan=False).filter(lambda x: not math.isfinite(x) or x != int(x))
+        return st.one_of(text, st.booleans(), st.none(), fractional)
     if kind == "bool":
         return st.one_of(text, st.integers(), st.none())
     return st.one_of(text, st.integers(), st.none())
