@@ -223,3 +223,24 @@ def test_estimators_on_real_data_agree_with_flowjo_manual_gating() -> None:
     truth = labels == "B cells"
     tp = int((got & truth).sum())
     assert tp / got.sum() >= 0.95 and tp / truth.sum() >= 0.95
+
+
+@pytest.mark.slow
+def test_large_tube_with_rare_basophils(tmp_path: Path, template) -> None:
+    """Above DENSITY_MAX_EVENTS the densities are estimated on thinned events; rare cells are kept whole."""
+    from bat_analysis.gating.estimators import DENSITY_MAX_EVENTS
+    from bat_analysis.gating.tube import gate_sample_indices
+    from bat_analysis.io.fcs import read_fcs
+
+    n = 3 * DENSITY_MAX_EVENTS
+    s = simulate_tube(n_events=n, seed=31, scenario=("low_basophils", "clog"), pct_activated=20.0)
+    p = write_fcs(tmp_path / "big.fcs", s.events, s.pnn, s.pns, spillover=s.spillover)
+    result, idx = gate_sample_indices(read_fcs(p), TUBE, template)
+    assert result.error is None and s.n_basophils < 200
+    got = np.zeros(n, dtype=bool)
+    got[idx["basophils"]] = True
+    kept = np.zeros(n, dtype=bool)
+    kept[idx["acquisition_qc"]] = True
+    truth = (s.population == BASOPHIL) & kept
+    tp = int((got & truth).sum())
+    assert tp / got.sum() >= 0.95 and tp / truth.sum() >= 0.95
