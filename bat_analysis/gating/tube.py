@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import BatError, GatingError, MarkerError
 from ..records import Flag, GateRecord, Tube, TubeResult
 from . import estimators as est
-from .gates import BooleanGate, Dimension, Gate, PolygonGate, RangeGate, EllipsoidGate, gate_to_dict
+from .gates import Dimension, EllipsoidGate, Gate, PolygonGate, RangeGate, gate_to_dict
 from .templates import SCATTER_DIMS, GateSpec, Template
 
 # the numerical failures an estimator may meet on strange data; they become flags, never a crash
