@@ -237,3 +237,60 @@ def test_a_batch_of_only_damaged_files_exits_non_zero_naming_each(experiment, tm
     with ResultStore.in_folder(out) as store:
         last = store.runs()[-1]
     assert (last["status"], last["n_failed"], last["n_tubes"]) == ("failed", n, n)
+
+
+# more damages, checked on the per-tube task the batch maps (fast: no whole run)
+def _edit(old: bytes, new: bytes) -> Callable[[Path], bytes]:
+    return lambda path: _same_width(path.read_bytes(), old, new)
+
+
+def _header_data_end_beyond_file(path: Path) -> bytes:
+    raw = path.read_bytes()
+    return raw[:34] + b"%8d" % (len(raw) + 1000) + raw[42:]  # HEADER bytes 34-41: end of DATA
+
+
+REFUSED: dict[str, tuple[Callable[[Path], bytes], str]] = {
+    "par_missing": (_edit(b"/$PAR/", b"/$PXR/"), r"\$PAR.*missing"),
+    "byteord_unknown": (_edit(b"/$BYTEORD/1,2,3,4/", b"/$BYTEORD/9,9,9,9/"), r"\$BYTEORD.*'9,9,9,9'"),
+    "delimiter_doubled": (_edit(b"/$TOT/", b"//TOT/"), r"delimiter"),
+    "datatype_unknown": (_edit(b"/$DATATYPE/F/", b"/$DATATYPE/X/"), r"\$DATATYPE.*'X'"),
+    "histogram_mode": (_edit(b"/$MODE/L/", b"/$MODE/H/"), r"\$MODE.*list mode"),
+    "identification_marker_absent": (_edit(b"/CCR3/", b"/CD63/"), r"marker 'CCR3' not found"),
+    "marker_name_not_utf8": (_edit(b"/CCR3/", b"/CCR\xe9/"), r"marker 'CCR3' not found"),
+}
+TOLERATED: dict[str, tuple[Callable[[Path], bytes], str, str]] = {
+    "header_offsets_beyond_file": (_header_data_end_beyond_file, "FCS_WARNING", r"HEADER DATA offsets .* differ"),
+    "duplicate_channel_names": (_edit(b"/$P2N/FSC-H/", b"/$P2N/FSC-A/"), "FCS_WARNING",
+                                r"duplicate channel names .*FSC-A"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(REFUSED))
+def test_more_damages_fail_their_tube_with_the_reason(experiment, tmp_path: Path, damage: str) -> None:
+    from bat_analysis.gating.templates import load_template
+    from bat_analysis.pipeline import GateTask, gate_one
+
+    tube = experiment.tubes[2]
+    make, pattern = REFUSED[damage]
+    path = tmp_path / tube.file
+    path.write_bytes(make(experiment.out_dir / tube.file))
+    result = gate_one(GateTask(path=str(path), tube=tube, template=load_template("bat_ccr3_cd63")))
+    assert not result.ok and result.n_basophils == 0 and re.search(pattern, result.error), result.error
+    fails = [f for f in result.flags if f.severity == "fail"]
+    assert fails and all(tube.file in f.message for f in fails)
+    assert result.file_sha256 is not None and len(result.file_sha256) == 64
+
+
+@pytest.mark.parametrize("damage", sorted(TOLERATED))
+def test_tolerated_oddities_are_analysed_with_a_flag(experiment, tmp_path: Path, damage: str) -> None:
+    from bat_analysis.gating.templates import load_template
+    from bat_analysis.pipeline import GateTask, gate_one
+
+    tube = experiment.tubes[2]
+    make, code, pattern = TOLERATED[damage]
+    path = tmp_path / tube.file
+    path.write_bytes(make(experiment.out_dir / tube.file))
+    result = gate_one(GateTask(path=str(path), tube=tube, template=load_template("bat_ccr3_cd63")))
+    assert result.ok and result.n_basophils > 0, result.error
+    assert any(f.code == code and f.severity == "warn" and re.search(pattern, f.message) for f in result.flags), \
+        result.flags
