@@ -532,10 +532,14 @@ def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
     """The cluster that is high/low on x and high/low on y, found on the 2-D density.
 
     The smoothed density image is split into basins by a watershed from its local maxima (however many
-    there are); basins holding fewer than ``peak_min_events`` events are ignored. Candidates are basins
-    whose peak lies beyond the x split (the majority population's mode + ``split_n_sd`` robust SDs, on the
-    requested side); the one most extreme on y (``y_side``) is chosen, ties broken by x. Its basin,
-    limited to smoothed density >= ``level`` x its peak, is padded and traced into a polygon.
+    there are); basins separated by a shallow pass are merged (``merge_ratio``), and basins holding fewer
+    than ``peak_min_events`` events are not populations. Candidates are populations whose peak lies
+    beyond the x split (see :func:`_split_point`); the one most extreme on y (``y_side``) is chosen, ties
+    broken by x, and neighbouring candidates displaced along x rather than y are joined to it
+    (``join_ratio``: e.g. activated basophils brighter in CD203c). The cluster is the density above
+    ``level`` x its peak connected to the peak and outside every other population's basin, opened
+    towards the x side (``extend_x``), padded (``pad`` bins) and traced into a polygon whose vertices at
+    the window's edge are moved beyond the data. Events far beyond the split are never thinned.
     """
     from scipy import ndimage
     from skimage.feature import peak_local_max
