@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,8 @@ def test_gate_records_can_be_drawn_and_reapplied(result, template, fcs: Path) ->
         assert g.density is not None and g.density.dtype in (np.uint16, np.uint32)
         assert g.count <= g.parent_count
         assert g.geometry["name"] == g.name and g.geometry["parent"] == g.parent
+        json.dumps(g.geometry, allow_nan=False)  # stored as JSON by the results store
+        json.dumps(g.diagnostics, allow_nan=False)
     b = result.gates[-1]
     assert b.density.shape == (128, 128) and len(b.density_edges) == 2
     assert b.diagnostics["n_populations"] >= 3 and b.diagnostics["chosen"]["events"] > 0
