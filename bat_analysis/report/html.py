@@ -375,7 +375,7 @@ def _flag_items(tube: TubeView) -> str:
     if not tube.flags:
         return '<span class="muted">no flags</span>'
     items = "".join(f"<li>{badge(f.severity)} <b>{escape(f.code)}</b>: {escape(f.message)}</li>"
-                    for f in tube.flags)
+                    for f in tube.flags)  # severity "qc": a QC rule of the tubes table (tube status above)
     return f'<ul class="flags">{items}</ul>'
 
 

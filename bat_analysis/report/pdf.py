@@ -28,6 +28,7 @@ from .plots import draw_dose_response  # noqa: E402
 A4 = (8.27, 11.69)
 MARGIN = 0.55  # inches
 LINE = 0.18  # inches per line of 8-pt text
+SUMMARY_CHARS = 600  # QC reasons on the summary page are cut here; the Flags section lists them all
 STATUS_COLOURS = {"pass": "#2e7d32", "warn": "#ef8f00", "fail": "#c62828"}
 SHORT = {"concentration": "conc.", "pretreatment": "arm", "n_basophils": "basophils",
          "cd63_threshold": "CD63 thr.", "pct_cd63": "%CD63+", "net_pct_cd63": "net %", "si_cd63": "SI",
@@ -167,7 +168,10 @@ def _summary(flow: _Flow, view: PatientView, run: RunView) -> None:
                           "non_responder": "#c62828"}.get(cls, "0.3"))
         flow.text(f"reason: {fmt_value(r.get('class_reason'))}", size=8, indent=0.15)
         if r.get("qc_reasons"):
-            flow.text(f"QC {r.get('qc_status') or ''}: {r['qc_reasons']}", size=7, indent=0.15, colour="0.35")
+            text = str(r["qc_reasons"])
+            if len(text) > SUMMARY_CHARS:
+                text = text[:SUMMARY_CHARS].rsplit(" ", 1)[0] + " … (every finding is listed under Flags)"
+            flow.text(f"QC {r.get('qc_status') or ''}: {text}", size=7, indent=0.15, colour="0.35")
     flow.gap()
     if view.patient_rows:
         cols = [c for c in _columns(view.patient_rows, PATIENT_COLUMNS) if c not in ("allergen",)]
@@ -182,6 +186,7 @@ def _summary(flow: _Flow, view: PatientView, run: RunView) -> None:
         by_allergen.setdefault(allergen, {})[arm] = fit
     if by_allergen:
         flow.gap()
+        flow.ensure(0.3 + 3.7)  # keep the heading with its first plot
         flow.text("Dose–response (%CD63+ of basophils; both arms)", size=11, weight="bold")
     for allergen, fits in by_allergen.items():
         flow.ensure(3.4)
@@ -212,9 +217,11 @@ def _tables(flow: _Flow, view: PatientView, run: RunView) -> None:
     if not flagged and not view.patient_flags:
         flow.text("No flags.")
     for t in flagged:
-        flow.text(t.result.tube.file, size=8, weight="bold")
+        flow.text(f"{t.result.tube.file} — QC {t.qc_status}", size=8, weight="bold",
+                  colour=STATUS_COLOURS.get(t.qc_status, "black"))
         for f in t.flags:
-            flow.text(f"[{f.severity}] {f.code}: {f.message}", size=7.5, indent=0.15,
+            label = "QC rule" if f.severity == "qc" else f.severity
+            flow.text(f"[{label}] {f.code}: {f.message}", size=7.5, indent=0.15,
                       colour=STATUS_COLOURS.get(f.severity, "black"), width=120)
     if view.patient_flags:
         flow.text("dose–response", size=8, weight="bold")
