@@ -453,8 +453,10 @@ def patient_html(view: PatientView, run: RunView) -> str:
                         f"{badge(str(r.get('class') or 'not_evaluable'), prefix='class-')} — "
                         f"{escape(fmt_value(r.get('class_reason')))}</p>")
             if r.get("qc_reasons"):
-                body.append(f'<p class="muted">QC {badge(str(r.get("qc_status") or ""))}: '
-                            f"{escape(str(r['qc_reasons']))}</p>")
+                findings = [x for x in str(r["qc_reasons"]).split("; ") if x]
+                body.append(f'<details class="muted"><summary>QC {badge(str(r.get("qc_status") or ""))} '
+                            f"{len(findings)} finding(s)</summary><ul class=\"flags\">"
+                            + "".join(f"<li>{escape(x)}</li>" for x in findings) + "</ul></details>")
         cols = _columns(view.patient_rows, PATIENT_COLUMNS)
         body.append(table(cols, [[r.get(c) for c in cols] for r in view.patient_rows],
                           numeric=[c not in ("allergen", "class", "qc_status") for c in cols]))
