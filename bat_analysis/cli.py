@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from .commands import inspect_cmd, run_cmd, simulate_cmd
+from .commands import inspect_cmd, run_cmd, simulate_cmd, templates_cmd
 
 app = typer.Typer(
     name="bat",
@@ -18,6 +18,7 @@ app = typer.Typer(
 run_cmd.register(app)
 inspect_cmd.register(app)
 simulate_cmd.register(app)
+templates_cmd.register(app)
 
 
 def main() -> None:
