@@ -204,6 +204,11 @@ def test_gallery_puts_flagged_tubes_first_and_links_reports(rendered: Any) -> No
     parsed = _parse(paths.gallery)
     assert len(parsed.tubes) == len(results)
     assert len(parsed.imgs) == sum(len(r.gates) + 1 for r in results)
+    review = paths.gallery.parent
+    for img in parsed.imgs:  # linked image files, all present, loaded lazily
+        assert img.get("loading") == "lazy"
+        assert (review / (img.get("src") or "")).read_bytes().startswith(b"\x89PNG")
+    assert len(list((review / "img").iterdir())) == len(parsed.imgs)
     statuses = [t["data-status"] for t in parsed.tubes]
     rank = {"fail": 0, "warn": 1, "pass": 2}
     assert [rank[s] for s in statuses] == sorted(rank[s] for s in statuses)

@@ -11,6 +11,7 @@ import hashlib
 import math
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..records import CONDITIONS, Flag, TubeResult
 from .plots import (ARM_LABELS, Png, PngRenderer, activation_range, draw_dose_response, fit_summary,
                     is_manual, manual_reason, shared_gate_limits)
 
+GALLERY_IMAGES = "img"  # folder of the gallery's image files, beside review/index.html
 IMAGE_DPI = 120  # 384 × 324 px per plot: sharp on screen, ~160 dpi when printed three across A4
 
 
@@ -319,13 +321,17 @@ def patient_views(tubes: Sequence[TubeView], scores: Any) -> dict[str, PatientVi
     return out
 
 
-def img_tag(png: Png, *, alt: str | None = None, scale: float = 1.0) -> str:
-    """An ``<img>`` with the PNG embedded as a data URI."""
-    data = base64.b64encode(png.data).decode("ascii")
+def img_tag(png: Png, *, alt: str | None = None, scale: float = 1.0, src: str | None = None) -> str:
+    """An ``<img>`` with the PNG embedded as a data URI, or linked to ``src`` (loaded lazily)."""
     w, h = int(png.width * scale), int(png.height * scale)
     label = escape(alt or f"{png.kind}: {png.title}")
-    return (f'<img src="data:image/png;base64,{data}" width="{w}" height="{h}" alt="{label}" '
-            f'title="{label}" data-kind="{escape(png.kind)}">')
+    if src is None:
+        src = "data:image/png;base64," + base64.b64encode(png.data).decode("ascii")
+        lazy = ""
+    else:
+        src, lazy = escape(src), ' loading="lazy"'
+    return (f'<img src="{src}" width="{w}" height="{h}" alt="{label}" title="{label}"{lazy} '
+            f'data-kind="{escape(png.kind)}">')
 
 
 def badge(status: str | None, *, prefix: str = "") -> str:
@@ -390,7 +396,13 @@ def _tube_heading(tube: TubeView) -> str:
     return f"{escape(t.file)} — {escape(', '.join(parts))}"
 
 
-def _tube_section(tube: TubeView, *, link: str | None = None) -> str:
+def image_files(tube: TubeView) -> list[str]:
+    """Relative paths (under ``review/``) of the gallery's image files of a tube."""
+    safe = [re.sub(r"[^A-Za-z0-9_-]+", "-", p.title).strip("-") or p.kind for p in tube.images]
+    return [f"{GALLERY_IMAGES}/{tube.anchor}-{i}-{name}.png" for i, name in enumerate(safe)]
+
+
+def _tube_section(tube: TubeView, *, link: str | None = None, files: bool = False) -> str:
     adjusted = " adjusted" if tube.adjusted else ""
     flags = " ".join(sorted({f.code for f in tube.flags}))
     head = f"{badge(tube.qc_status)} {_tube_heading(tube)}"
@@ -405,7 +417,9 @@ def _tube_section(tube: TubeView, *, link: str | None = None) -> str:
         refs = ", ".join(tube.negative_files) or "none"
         thr = (f'<div class="muted">threshold {escape(fmt_value(tube.threshold))} ({escape(tube.threshold_method or "")}), '
                f"negative control: {escape(refs)}</div>")
-    imgs = "".join(img_tag(p, alt=f"{tube.result.tube.file}: {p.kind} {p.title}") for p in tube.images)
+    srcs = image_files(tube) if files else [None] * len(tube.images)
+    imgs = "".join(img_tag(p, alt=f"{tube.result.tube.file}: {p.kind} {p.title}", src=src)
+                   for p, src in zip(tube.images, srcs))
     return (f'<div class="tube{adjusted}" id="{escape(tube.anchor)}" data-patient="{escape(tube.result.tube.patient)}" '
             f'data-flags="{escape(flags)}" data-status="{escape(tube.qc_status)}">'
             f"<h3>{head}</h3>{adj}{thr}{_flag_items(tube)}<div class=\"imgs\">{imgs}</div></div>")
@@ -496,7 +510,11 @@ def patient_html(view: PatientView, run: RunView) -> str:
 
 
 def gallery_html(tubes: Sequence[TubeView], run: RunView, report_links: Mapping[str, str]) -> str:
-    """The review gallery: every tube's gates, flagged tubes first, filterable by patient and flag."""
+    """The review gallery: every tube's gates, flagged tubes first, filterable by patient and flag.
+
+    Images are linked from ``review/img/`` (see :func:`write_gallery`), not embedded: a plate's gallery
+    holds hundreds of plots and must open at once; the patient reports stay self-contained.
+    """
     ordered = sorted(tubes, key=lambda t: (severity_rank(t.qc_status), t.order))
     patients = sorted({t.result.tube.patient for t in tubes})
     codes = sorted({f.code for t in tubes for f in t.flags})
@@ -514,8 +532,32 @@ def gallery_html(tubes: Sequence[TubeView], run: RunView, report_links: Mapping[
             "adjusted. Each tube links to its patient report.</p>"]
     for t in ordered:
         link = report_links.get(t.result.tube.patient)
-        body.append(_tube_section(t, link=f"{link}#{t.anchor}" if link else None))
+        body.append(_tube_section(t, link=f"{link}#{t.anchor}" if link else None, files=True))
     return _page("BAT gate review", "\n".join(body), script=GALLERY_JS)
+
+
+def write_gallery(review_dir: Path, tubes: Sequence[TubeView], run: RunView,
+                  report_links: Mapping[str, str]) -> Path:
+    """``review/index.html`` with its images as files in ``review/img/`` (loaded lazily by the browser,
+    so a plate's gallery opens at once). The image folder is replaced as a whole."""
+    review_dir.mkdir(parents=True, exist_ok=True)
+    fresh = review_dir / f".{GALLERY_IMAGES}.new"
+    if fresh.exists():
+        shutil.rmtree(fresh)
+    fresh.mkdir()
+    for t in tubes:
+        for png, rel in zip(t.images, image_files(t)):
+            (fresh / Path(rel).name).write_bytes(png.data)
+    target = review_dir / GALLERY_IMAGES
+    old = review_dir / f".{GALLERY_IMAGES}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    fresh.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+    return write_text(review_dir / "index.html", gallery_html(tubes, run, report_links))
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -637,8 +679,8 @@ def render_reports(out_dir: Path, results: list[TubeResult], scores: Any, run_in
             raise BatError(f"no tubes for patient(s) {', '.join(unknown)}", field="patients",
                            expected=f"one of {', '.join(sorted(by_patient))}")
     chosen = [p for p in sorted(by_patient) if patients is None or p in patients]
-    write_gallery = gallery if gallery is not None else patients is None
-    to_draw = [t for t in all_views if write_gallery or t.result.tube.patient in chosen]
+    with_gallery = gallery if gallery is not None else patients is None
+    to_draw = [t for t in all_views if with_gallery or t.result.tube.patient in chosen]
     renderer = PngRenderer(dpi=IMAGE_DPI)
     paths = ReportPaths()
     workers = default_workers(len(to_draw)) if workers is None else workers
@@ -666,9 +708,9 @@ def render_reports(out_dir: Path, results: list[TubeResult], scores: Any, run_in
     finally:
         if pool is not None:
             pool.shutdown()
-    if write_gallery:
+    if with_gallery:
         rel = {p: f"../reports/{name}" for p, name in links.items()}
-        paths.gallery = write_text(out_dir / "review" / "index.html", gallery_html(all_views, run, rel))
+        paths.gallery = write_gallery(out_dir / "review", all_views, run, rel)
     t5 = time.perf_counter()
     paths.seconds = {"prepare": t1 - t0, "draw": t2 - t1, "html": (t3 - t2) + (t5 - t4), "pdf": t4 - t3,
                      "total": t5 - t0}
