@@ -326,6 +326,7 @@ class RunSummary:
     results: list[TubeResult] = field(default_factory=list)
     report_note: str | None = None
     rescored: list[str] = field(default_factory=list)
+    report_error: str | None = None
 
 
 def default_workers() -> int:
@@ -493,17 +494,22 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
         key = reports_key(store, results, corrections.thresholds())
         if store.get_meta("reports_key") != key or reports_missing(out, results):
             rep = progress.add_task("Writing reports", total=None, note="")
-            paths, summary.report_note = render(out, store, results, scores, run_id, workers=workers)
+            try:
+                paths, summary.report_note = render(out, store, results, scores, run_id, workers=workers)
+            except Exception as exc:  # the tables and the store are complete: say so, do not lose them
+                paths = []
+                summary.report_error = (f"the reports could not be written ({type(exc).__name__}: {exc}); the "
+                                        f"tables and the results store are complete; retry with 'bat report {out}'")
             summary.outputs += paths
-            if summary.report_note is None:
+            if summary.report_note is None and summary.report_error is None:
                 store.set_meta("reports_key", key)
             progress.update(rep, total=1, completed=1)
         else:
             summary.report_note = "reports and review gallery kept: nothing changed since they were written"
     else:
         summary.report_note = f"reports not written (--no-reports); write them later with 'bat report {out}'"
-    store.end_run(run_id, status="completed", n_tubes=len(tubes), n_gated=len(tasks),
-                  n_reused=n_reused, n_failed=len(failed))
+    store.end_run(run_id, status="completed" if summary.report_error is None else "completed without reports",
+                  n_tubes=len(tubes), n_gated=len(tasks), n_reused=n_reused, n_failed=len(failed))
     summary.elapsed_s = time.perf_counter() - t0
     return summary
 
@@ -713,7 +719,7 @@ def load_run(out: Path | str, *, score: bool = True) -> StoredRun:
 
     out = Path(out)
     with ResultStore.in_folder(out, create=False) as store:
-        done = [r for r in store.runs() if r["status"] == "completed"]
+        done = [r for r in store.runs() if r["status"].startswith("completed")]
         if not done:
             raise BatError("no completed run in this folder", source=str(out),
                            expected="the --out folder of a 'bat run' that finished; run it (again) first")

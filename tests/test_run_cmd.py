@@ -164,3 +164,24 @@ def test_no_analysable_tube_exits_1(tmp_path):
                                  "--out", str(tmp_path / "o"), "--workers", "1", "--quiet"])
     assert result.exit_code == 1
     assert "no tube could be analysed (2 of 2 failed)" in result.output and "neg.fcs" in result.output
+
+
+def test_a_failing_report_renderer_keeps_the_tables(tmp_path, monkeypatch):
+    import bat_analysis.report as report
+    from bat_analysis.simulate import simulate_experiment
+    from bat_analysis.store import ResultStore
+
+    exp = simulate_experiment(tmp_path / "data", n_patients=1, n_events=4000, seed=3, n_concentrations=4)
+
+    def broken(*args, **kwargs):
+        raise TypeError("'bool' object is not callable")
+
+    monkeypatch.setattr(report, "render_reports", broken)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(exp.out_dir), "--layout", str(exp.layout_path), "--out", str(out),
+                                 "--workers", "1"])
+    assert result.exit_code == 3, result.output
+    assert "the reports could not be written (TypeError" in result.output and f"bat report {out}" in result.output
+    assert len(pd.read_csv(out / "tubes.csv")) == len(exp.tubes) and (out / "patients.csv").is_file()
+    with ResultStore.in_folder(out) as store:
+        assert store.last_run()["status"] == "completed without reports"

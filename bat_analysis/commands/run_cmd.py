@@ -9,6 +9,7 @@ import typer
 
 EXIT_BAD_INPUT = 2
 EXIT_NOTHING_ANALYSED = 1
+EXIT_REPORTS_FAILED = 3
 
 
 def _fail(exc: Exception, hint: str | None = None) -> typer.Exit:
@@ -22,7 +23,10 @@ def _fail(exc: Exception, hint: str | None = None) -> typer.Exit:
 
 def _summarise(summary: Any, quiet: bool) -> None:
     out = summary.out
-    rendered = not summary.report_note or summary.report_note.startswith("reports and review gallery kept")
+    if summary.report_error:
+        typer.secho(f"error: {summary.report_error}", err=True, fg=typer.colors.RED)
+    rendered = not summary.report_error and (not summary.report_note
+                                             or summary.report_note.startswith("reports and review gallery kept"))
     if quiet:
         return
     if summary.report_note:
@@ -79,7 +83,8 @@ def register(app: typer.Typer) -> None:
 
         Re-running the same command resumes: tubes already gated with the same file and template are reused.
 
-        Exit 0 when the run completed (even if tubes failed QC); 2 on a bad invocation; 1 if no tube was analysed.
+        Exit 0 when the run completed (even if tubes failed QC); 2 on a bad invocation; 1 if no tube was analysed;
+        3 if the tables were written but the reports could not be.
         """
         from ..errors import BatError
         from ..pipeline import RunOptions, run
@@ -93,6 +98,8 @@ def register(app: typer.Typer) -> None:
             raise _fail(exc, "Fix the problem above and run the same command again; finished tubes are kept."
                         ) from None
         _summarise(summary, quiet)
+        if summary.report_error:
+            raise typer.Exit(code=EXIT_REPORTS_FAILED)
 
     @app.command("demo")
     def demo_command(
@@ -116,6 +123,8 @@ def register(app: typer.Typer) -> None:
         if not quiet:
             typer.echo(f"Demo data: {data_dir}")
         _summarise(summary, quiet)
+        if summary.report_error:
+            raise typer.Exit(code=EXIT_REPORTS_FAILED)
 
     @app.command("report")
     def report_command(
