@@ -343,22 +343,16 @@ def test_damaged_sheet_xml(data_dir: Path, edits: list[tuple[float, int]], cut: 
         check(path, data_dir, len(GOOD))
 
 
-LXML_BUG = ("read_layout lets lxml.etree.XMLSyntaxError escape from openpyxl.load_workbook when the workbook's "
-            "own XML (workbook.xml, styles.xml, relations, content types, docProps) is damaged: _read_xlsx's "
-            "'damaged' tuple has xml.etree's ParseError but not lxml's XMLSyntaxError (a SyntaxError)")
-
-
 def _no_escape(path: Path) -> LayoutError | list[Tube]:
-    """``check``, with an escaping exception turned into an AssertionError (what the strict xfails expect)."""
+    """``check``, with an escaping exception turned into an AssertionError naming it (damaged workbook XML)."""
     try:
         return check(path, None, len(GOOD))
     except AssertionError:
         raise
-    except Exception as exc:  # the known bug: report which exception escaped
+    except Exception as exc:  # report which exception escaped read_layout
         raise AssertionError(f"{type(exc).__module__}.{type(exc).__name__} escaped: {exc}") from exc
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=LXML_BUG)
 def test_damaged_workbook_xml_is_a_layout_error() -> None:
     tmp, path = _write(_damage_member("xl/workbook.xml", [(0.0, ord("<"))], 0.5), ".xlsx")
     with tmp:
@@ -366,7 +360,6 @@ def test_damaged_workbook_xml_is_a_layout_error() -> None:
     assert isinstance(result, LayoutError) and "cannot read the workbook" in str(result), result
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=LXML_BUG)
 @settings(FUZZ, derandomize=True, phases=[Phase.explicit, Phase.generate])  # stable examples, no shrinking
 @given(member=st.sampled_from(["xl/workbook.xml", "xl/styles.xml", "xl/_rels/workbook.xml.rels",
                                "[Content_Types].xml", "docProps/core.xml", "_rels/.rels"]),

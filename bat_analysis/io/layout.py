@@ -81,14 +81,13 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
 def _read_xlsx(path: Path, sheet: str | None) -> tuple[list[str], list[list[str]]]:
     import zipfile
     import zlib
-    from xml.etree.ElementTree import ParseError
-
     import openpyxl
     from openpyxl.utils.exceptions import InvalidFileException
 
-    # what openpyxl raises for a damaged workbook, on opening or (read-only sheets are parsed lazily) on reading
+    # what openpyxl raises for a damaged workbook, on opening or (read-only sheets are parsed lazily) on reading;
+    # SyntaxError covers the XML parsers' errors (xml.etree's ParseError and lxml's XMLSyntaxError)
     damaged = (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, EOFError, NotImplementedError,
-               zipfile.BadZipFile, zlib.error, ParseError, InvalidFileException)
+               zipfile.BadZipFile, zlib.error, SyntaxError, InvalidFileException)
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except damaged as exc:
