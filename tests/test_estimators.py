@@ -290,3 +290,47 @@ def test_estimators_never_raise_on_strange_data(cols: tuple[np.ndarray, np.ndarr
             assert e.mask is not None and e.mask.shape == x.shape
         else:
             assert e.flags and e.diagnostics["failure"]
+
+
+@pytest.mark.parametrize("transformed", [False, True])
+def test_polygon_mask_grid_path_equals_the_exact_test(transformed: bool) -> None:
+    """Convex polygons over many events take the classified-grid path; membership is unchanged."""
+    from flowutils.gating import points_in_polygon
+
+    rng = np.random.default_rng(12)
+    n = 300_000
+    x = rng.uniform(-2000, 262144, n).astype(np.float32)
+    y = rng.uniform(-2000, 262144, n).astype(np.float32)
+    tf = LOGICLE if transformed else None
+    dims = (Dimension("x", tf), Dimension("y", tf))
+    sx, sy = est.to_scale(dims[0], x), est.to_scale(dims[1], y)
+    lo, hi = np.quantile(sx, 0.1), np.quantile(sx, 0.9)
+    ylo, yhi = np.quantile(sy, 0.1), np.quantile(sy, 0.9)
+    verts = np.array([[lo, ylo], [hi, ylo + 0.1 * (yhi - ylo)], [hi, yhi], [0.5 * (lo + hi), yhi + 0.05],
+                      [lo, 0.5 * (ylo + yhi)]])
+    gate = PolygonGate("p", dims, vertices=verts)
+    assert est._is_convex(verts)
+    exact = np.asarray(points_in_polygon(verts, np.column_stack([sx, sy])), dtype=bool)
+    assert np.array_equal(est.polygon_mask(gate, (x, y)), exact)
+    # events exactly on grid-cell edges and vertices
+    gx = np.linspace(lo, hi, 65)
+    gy = np.linspace(ylo, yhi, 65)
+    px, py = np.meshgrid(gx, gy)
+    raw_x = est.from_scale(dims[0], px.ravel())
+    raw_y = est.from_scale(dims[1], py.ravel())
+    reps = np.repeat(np.column_stack([raw_x, raw_y]), 25, axis=0)  # enough events for the grid path
+    ex_ = np.asarray(points_in_polygon(verts, np.column_stack([est.to_scale(dims[0], reps[:, 0]),
+                                                                est.to_scale(dims[1], reps[:, 1])])), dtype=bool)
+    assert np.array_equal(est.polygon_mask(gate, (reps[:, 0], reps[:, 1])), ex_)
+
+
+def test_bin_index_lookup_table_equals_binary_search() -> None:
+    rng = np.random.default_rng(13)
+    values = np.concatenate([rng.lognormal(8, 2.5, 400_000) - 500, rng.normal(0, 50, 100_000)]).astype(np.float32)
+    dim = Dimension("x", LOGICLE)
+    edges = np.linspace(-0.05, 1.05, 129)
+    raw = est.from_scale(dim, edges)
+    values[:129] = raw.astype(np.float32)  # values at the edges themselves
+    ref = np.searchsorted(raw, values, side="right") - 1
+    assert len(values) >= est._LUT_CELLS
+    assert np.array_equal(est._bin_index(values, dim, edges), ref)
