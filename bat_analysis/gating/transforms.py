@@ -143,55 +143,51 @@ class Asinh(ScaleTransform):
 
 
 @dataclass(frozen=True)
-class Logicle(ScaleTransform):
-    """Logicle (Parks, Roederer & Moore 2006; Moore & Parks 2012), exact root finding in FlowUtils."""
+class _FlowUtilsTWMA(ScaleTransform):
+    """A T/W/M/A scale computed by FlowUtils (exact root finding); subclasses name the functions."""
 
     T: float = 262144.0
     W: float = 0.5
     M: float = 4.5
     A: float = 0.0
-    kind: ClassVar[str] = "logicle"
+    _flowutils: ClassVar[tuple[str, str]] = ("", "")   # forward and inverse function names
+    _flowkit: ClassVar[str] = ""                         # flowkit.transforms class name
 
     def params(self) -> dict[str, float]:
         return {"T": self.T, "W": self.W, "M": self.M, "A": self.A}
 
-    def apply(self, values: np.ndarray) -> np.ndarray:
+    def _call(self, function: str, values: np.ndarray) -> np.ndarray:
         from flowutils import transforms as fu
-        return fu.logicle(_f64(values), None, t=self.T, m=self.M, w=self.W, a=self.A)
+        return getattr(fu, function)(_f64(values), None, t=self.T, m=self.M, w=self.W, a=self.A)
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        return self._call(self._flowutils[0], values)
 
     def inverse(self, values: np.ndarray) -> np.ndarray:
-        from flowutils import transforms as fu
-        return fu.logicle_inverse(_f64(values), None, t=self.T, m=self.M, w=self.W, a=self.A)
+        return self._call(self._flowutils[1], values)
 
     def to_flowkit(self) -> Any:
         from flowkit import transforms
-        return transforms.LogicleTransform(param_t=self.T, param_w=self.W, param_m=self.M, param_a=self.A)
+        return getattr(transforms, self._flowkit)(param_t=self.T, param_w=self.W, param_m=self.M,
+                                                  param_a=self.A)
 
 
 @dataclass(frozen=True)
-class Hyperlog(ScaleTransform):
+class Logicle(_FlowUtilsTWMA):
+    """Logicle (Parks, Roederer & Moore 2006; Moore & Parks 2012), exact root finding in FlowUtils."""
+
+    kind: ClassVar[str] = "logicle"
+    _flowutils: ClassVar[tuple[str, str]] = ("logicle", "logicle_inverse")
+    _flowkit: ClassVar[str] = "LogicleTransform"
+
+
+@dataclass(frozen=True)
+class Hyperlog(_FlowUtilsTWMA):
     """Hyperlog (Bagwell 2005) as parametrised by Gating-ML 2.0, exact root finding in FlowUtils."""
 
-    T: float = 262144.0
-    W: float = 0.5
-    M: float = 4.5
-    A: float = 0.0
     kind: ClassVar[str] = "hyperlog"
-
-    def params(self) -> dict[str, float]:
-        return {"T": self.T, "W": self.W, "M": self.M, "A": self.A}
-
-    def apply(self, values: np.ndarray) -> np.ndarray:
-        from flowutils import transforms as fu
-        return fu.hyperlog(_f64(values), None, t=self.T, m=self.M, w=self.W, a=self.A)
-
-    def inverse(self, values: np.ndarray) -> np.ndarray:
-        from flowutils import transforms as fu
-        return fu.hyperlog_inverse(_f64(values), None, t=self.T, m=self.M, w=self.W, a=self.A)
-
-    def to_flowkit(self) -> Any:
-        from flowkit import transforms
-        return transforms.HyperlogTransform(param_t=self.T, param_w=self.W, param_m=self.M, param_a=self.A)
+    _flowutils: ClassVar[tuple[str, str]] = ("hyperlog", "hyperlog_inverse")
+    _flowkit: ClassVar[str] = "HyperlogTransform"
 
 
 @dataclass(frozen=True)
@@ -249,10 +245,35 @@ class FlowJoLog(ScaleTransform):
         return transforms.WSPLogTransform(offset=self.offset, decades=self.decades)
 
 
+@dataclass(frozen=True, eq=False)
 class _TableTransform(ScaleTransform):
-    """Shared machinery of the table-based transforms (see the module docstring)."""
+    """Shared machinery of the table-based transforms (see the module docstring).
 
-    exact: Logicle | Hyperlog
+    Equal (and hashing alike) to the exact transform it tabulates; subclasses name it in ``_exact_class``.
+    """
+
+    T: float = 262144.0
+    W: float = 0.5
+    M: float = 4.5
+    A: float = 0.0
+    n_knots: int = 1 << 14
+    x_span: float = 1e7
+    _exact_class: ClassVar[type[_FlowUtilsTWMA]] = _FlowUtilsTWMA
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exact", self._exact_class(self.T, self.W, self.M, self.A))
+        self._build(self.n_knots, self.x_span)
+
+    @property
+    def name(self) -> str:
+        return self.exact.name
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, (type(self), self._exact_class))
+                and self.params() == other.params())  # type: ignore[union-attr]
+
+    def __hash__(self) -> int:
+        return hash(self.exact)
 
     def _build(self, n_knots: int, x_span: float) -> None:
         ex = self.exact
@@ -318,54 +339,16 @@ class _TableTransform(ScaleTransform):
 class FastLogicle(_TableTransform):
     """Logicle from a table of its explicit inverse (see module docstring); equals :class:`Logicle`."""
 
-    T: float = 262144.0
-    W: float = 0.5
-    M: float = 4.5
-    A: float = 0.0
-    n_knots: int = 1 << 14
-    x_span: float = 1e7
     kind: ClassVar[str] = "logicle"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "exact", Logicle(self.T, self.W, self.M, self.A))
-        self._build(self.n_knots, self.x_span)
-
-    @property
-    def name(self) -> str:
-        return self.exact.name
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, (FastLogicle, Logicle)) and self.params() == other.params()
-
-    def __hash__(self) -> int:
-        return hash(self.exact)
+    _exact_class: ClassVar[type[_FlowUtilsTWMA]] = Logicle
 
 
 @dataclass(frozen=True, eq=False)
 class FastHyperlog(_TableTransform):
     """Hyperlog from a table of its explicit inverse; equals :class:`Hyperlog`."""
 
-    T: float = 262144.0
-    W: float = 0.5
-    M: float = 4.5
-    A: float = 0.0
-    n_knots: int = 1 << 14
-    x_span: float = 1e7
     kind: ClassVar[str] = "hyperlog"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "exact", Hyperlog(self.T, self.W, self.M, self.A))
-        self._build(self.n_knots, self.x_span)
-
-    @property
-    def name(self) -> str:
-        return self.exact.name
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, (FastHyperlog, Hyperlog)) and self.params() == other.params()
-
-    def __hash__(self) -> int:
-        return hash(self.exact)
+    _exact_class: ClassVar[type[_FlowUtilsTWMA]] = Hyperlog
 
 
 # type -> (class, required parameters, optional parameters with defaults)
