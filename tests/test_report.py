@@ -397,3 +397,30 @@ def test_blitted_gate_matches_a_whole_drawing() -> None:
     other = np.asarray(Image.open(io.BytesIO(renderer.gate(results[5].gates[2]).data)).convert("RGB"),
                        dtype=int)
     assert np.mean(np.any(other != a, axis=-1)) > 0.01  # another tube's density really is drawn
+
+
+def test_not_gated_and_fallback_gates_say_so() -> None:
+    from matplotlib.figure import Figure
+
+    dens, edges = _density(np.random.default_rng(4))
+    not_gated = GateRecord("basophils", "singlets", ("CCR3", "SSC-A"), {}, 0, 900, "not_gated",
+                           {"failure": "one density peak"}, dens, edges)
+    fallback = GateRecord("cells", None, ("FSC-A", "SSC-A"),
+                          {"type": "polygon", "dims": ["FSC-A", "SSC-A"],
+                           "vertices": [[0.1, 0.1], [0.9, 0.1], [0.5, 0.9]]},
+                          800, 1000, "fallback", {"fallback_used": True}, None, None)
+    fig = Figure()
+    ax1, ax2 = fig.subplots(1, 2)
+    draw_gate(not_gated, ax1)
+    draw_gate(fallback, ax2)
+    assert any("not gated: one density peak" in t.get_text() for t in ax1.texts)
+    assert not ax1.patches and ax1.images  # the density, and no outline
+    texts = " ".join(t.get_text() for t in ax2.texts)
+    assert "fallback geometry" in texts and "no density recorded" in texts
+
+
+def test_empty_experiment_renders_an_empty_gallery(tmp_path: Path) -> None:
+    results, scores = make_experiment(1)
+    paths = render_reports(tmp_path, [], scores, RUN_INFO, pdf=False)
+    assert paths.html == {} and paths.gallery is not None
+    assert len(_parse(paths.gallery).tubes) == 0
