@@ -35,8 +35,8 @@ class MarkerError(BatError):
     """A marker that is absent from a file, or matches more than one channel."""
 
 
-class LayoutError(BatError):
-    """An experiment layout sheet with problems; ``problems`` lists every one of them."""
+class ProblemsError(BatError):
+    """An input with several problems, all reported at once; ``problems`` lists each with its location."""
 
     def __init__(self, message: str, *, source: str | None = None,
                  problems: list[str] | None = None) -> None:
@@ -46,15 +46,12 @@ class LayoutError(BatError):
         super().__init__(message, source=source)
 
 
-class TemplateError(BatError):
-    """A gating template that does not validate; ``problems`` lists each with its location."""
+class LayoutError(ProblemsError):
+    """An experiment layout sheet with problems (row, column, what was expected)."""
 
-    def __init__(self, message: str, *, source: str | None = None,
-                 problems: list[str] | None = None) -> None:
-        self.problems = list(problems or [])
-        if self.problems:
-            message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(message, source=source)
+
+class TemplateError(ProblemsError):
+    """A gating template that does not validate (each problem with its place in the template)."""
 
 
 class GatingError(BatError):
