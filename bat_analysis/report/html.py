@@ -25,6 +25,7 @@ from ..records import CONDITIONS, Flag, TubeResult
 from .plots import (ARM_LABELS, Png, PngRenderer, activation_range, draw_dose_response, fit_summary,
                     is_manual, manual_reason, shared_gate_limits)
 
+THUMBNAIL_SCALE = 0.6  # gallery plots at 60%: a tube's gates fit one row of a screen
 GALLERY_IMAGES = "img"  # folder of the gallery's image files, beside review/index.html
 IMAGE_DPI = 120  # 384 × 324 px per plot: sharp on screen, ~160 dpi when printed three across A4
 
@@ -417,9 +418,13 @@ def _tube_section(tube: TubeView, *, link: str | None = None, files: bool = Fals
         refs = ", ".join(tube.negative_files) or "none"
         thr = (f'<div class="muted">threshold {escape(fmt_value(tube.threshold))} ({escape(tube.threshold_method or "")}), '
                f"negative control: {escape(refs)}</div>")
-    srcs = image_files(tube) if files else [None] * len(tube.images)
-    imgs = "".join(img_tag(p, alt=f"{tube.result.tube.file}: {p.kind} {p.title}", src=src)
-                   for p, src in zip(tube.images, srcs))
+    if files:  # gallery: thumbnails, each opening the full-size image
+        imgs = "".join(f'<a href="{escape(src)}" target="_blank">'
+                       + img_tag(p, alt=f"{tube.result.tube.file}: {p.kind} {p.title}", src=src,
+                                 scale=THUMBNAIL_SCALE) + "</a>"
+                       for p, src in zip(tube.images, image_files(tube)))
+    else:
+        imgs = "".join(img_tag(p, alt=f"{tube.result.tube.file}: {p.kind} {p.title}") for p in tube.images)
     return (f'<div class="tube{adjusted}" id="{escape(tube.anchor)}" data-patient="{escape(tube.result.tube.patient)}" '
             f'data-flags="{escape(flags)}" data-status="{escape(tube.qc_status)}">'
             f"<h3>{head}</h3>{adj}{thr}{_flag_items(tube)}<div class=\"imgs\">{imgs}</div></div>")
