@@ -1,7 +1,10 @@
-"""Self-contained HTML: one report per patient (``reports/<patient>.html``) and the review gallery.
+"""HTML reports: one per patient (``reports/<patient>.html``) and the review gallery (``review/index.html``).
 
-Pages embed their images as base64 PNG and carry their CSS (and the gallery's small filter script)
-inline: they open from disk, offline, and can be mailed as single files.
+Patient reports embed their images as base64 PNG and carry their CSS inline: they open from disk,
+offline, and can be mailed as single files. The gallery, which shows every tube of a plate, links its
+plots from ``review/img/`` (loaded lazily) so that it opens at once; its filter script is inline.
+:func:`render_reports` is the entry point: it joins tube results with the scores, draws every plot once
+(in worker processes for large runs) and writes the HTML, the PDFs and the gallery.
 """
 
 from __future__ import annotations
