@@ -31,21 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import BatError
+from .errors import ProblemsError
 from .records import Tube
 
 GEOMETRY_FIELDS = {"polygon": ("vertices",), "range": ("mins", "maxs"),
                    "ellipsoid": ("mean", "covariance", "distance_square")}
 
 
-class OverridesError(BatError):
+class OverridesError(ProblemsError):
     """A reviewer overrides file (or edited gates file) with problems; ``problems`` lists each, located."""
-
-    def __init__(self, message: str, *, source: str | None = None, problems: list[str] | None = None) -> None:
-        self.problems = list(problems or [])
-        if self.problems:
-            message = message + "\n" + "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(message, source=source)
 
 
 @dataclass(frozen=True)
