@@ -187,32 +187,34 @@ def _cells_inside(v: np.ndarray, ex: np.ndarray, ey: np.ndarray) -> np.ndarray:
 def polygon_mask(gate: PolygonGate, cols: Sequence[np.ndarray], grid: int = 64) -> np.ndarray:
     """Membership of raw events in a polygon on the dimensions' scales (same answer as the gate engine).
 
-    Only events inside the polygon's bounding box are considered. For a convex polygon holding many
-    events, a grid over the box is classified once: events in grid cells lying wholly inside (with a
-    margin) are members without a per-event transform or polygon test; the others are tested exactly.
+    For a convex polygon over many events, a grid over its (slightly padded) bounding box is classified
+    once: events outside the grid are outside, events in cells lying wholly inside (with a margin) are
+    members, and only the others are transformed and tested exactly. Otherwise only the events inside
+    the bounding box are transformed and tested.
     """
     from flowutils.gating import points_in_polygon
 
     x, y = cols
     v = gate.vertices
     lo, hi = v.min(axis=0), v.max(axis=0)
-    pad = 1e-9 * np.maximum(hi - lo, 1.0)
-    rx = from_scale(gate.dims[0], np.array([lo[0] - pad[0], hi[0] + pad[0]]))
-    ry = from_scale(gate.dims[1], np.array([lo[1] - pad[1], hi[1] + pad[1]]))
-    box = (x >= rx[0]) & (x <= rx[1]) & (y >= ry[0]) & (y <= ry[1])
-    idx = np.flatnonzero(box)
+    pad = 1e-6 * np.maximum(hi - lo, 1e-300)
+    lo, hi = lo - pad, hi + pad
     mask = np.zeros(len(x), dtype=bool)
-    if len(idx) > 20 * grid * grid and _is_convex(v):
+    if len(x) > 20 * grid * grid and _is_convex(v):
         ex = np.linspace(lo[0], hi[0], grid + 1)
         ey = np.linspace(lo[1], hi[1], grid + 1)
-        xi, yi = x[idx], y[idx]
-        ix = _bin_index(xi, gate.dims[0], ex)
-        iy = _bin_index(yi, gate.dims[1], ey)
-        ok = (ix >= 0) & (ix < grid) & (iy >= 0) & (iy < grid)
-        sure = np.zeros(len(idx), dtype=bool)
-        sure[ok] = _cells_inside(v, ex, ey)[ix[ok], iy[ok]]
-        mask[idx[sure]] = True
-        idx = idx[~sure]
+        # class of each cell, with a ring for "outside the grid": 0 outside, 1 inside, 2 to be tested
+        table = np.zeros((grid + 2, grid + 2), dtype=np.uint8)
+        table[1:-1, 1:-1] = np.where(_cells_inside(v, ex, ey), 1, 2)
+        ix = _bin_index(x, gate.dims[0], ex)
+        iy = _bin_index(y, gate.dims[1], ey)
+        cls = table.ravel()[(ix + 1) * (grid + 2) + (iy + 1)]
+        mask = cls == 1
+        idx = np.flatnonzero(cls == 2)
+    else:
+        rx = from_scale(gate.dims[0], np.array([lo[0], hi[0]]))
+        ry = from_scale(gate.dims[1], np.array([lo[1], hi[1]]))
+        idx = np.flatnonzero((x >= rx[0]) & (x <= rx[1]) & (y >= ry[0]) & (y <= ry[1]))
     if len(idx):
         pts = np.column_stack([to_scale(gate.dims[0], x[idx]), to_scale(gate.dims[1], y[idx])])
         mask[idx] = np.asarray(points_in_polygon(v, pts), dtype=bool)
