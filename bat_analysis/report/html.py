@@ -22,11 +22,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..analysis.threshold import find_marker, pooled_values, select_reference
 from ..errors import BatError
 from ..records import CONDITIONS, Flag, TubeResult
 from .plots import (ARM_LABELS, Png, PngRenderer, activation_range, draw_dose_response, fit_summary,
-                    is_manual, manual_reason, shared_gate_limits)
+                    is_manual, manual_reason, marker_values, shared_gate_limits)
 
 THUMBNAIL_SCALE = 0.6  # gallery plots at 60%: a tube's gates fit one row of a screen
 GALLERY_IMAGES = "img"  # folder of the gallery's image files, beside review/index.html
@@ -249,6 +248,9 @@ def _qc_notes(row: Mapping[str, Any], known: set[str]) -> list[Notice]:
 
 def tube_views(results: Sequence[TubeResult], scores: Any, run: RunView) -> list[TubeView]:
     """Join every tube's result with its row of the tubes table, its threshold and negative control."""
+    # imported here, not at module level: drawing workers import this module and need none of scipy
+    from ..analysis.threshold import pooled_values, select_reference
+
     rows = {str(r.get("file")): r for r in _frame_rows(getattr(scores, "tubes", None))}
     by_file = {r.tube.file: r for r in results}
     thresholds = getattr(scores, "thresholds", None) or {}
@@ -603,8 +605,8 @@ def _draw_chunk(jobs: list[Job], dpi: int, gate_limits: Mapping[Any, Any]) -> li
 
 
 def _marker_values(result: TubeResult, marker: str) -> np.ndarray | None:
-    key = find_marker(result.basophil_values, marker)
-    return None if key is None else np.asarray(result.basophil_values[key])
+    values = marker_values(result, marker)
+    return values if values.size else None
 
 
 def _pool(workers: int) -> Any:
