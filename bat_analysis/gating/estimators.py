@@ -23,7 +23,7 @@ from .gates import BooleanGate, Dimension, Gate, PolygonGate, RangeGate
 DENSITY_BINS = 128
 #: density images and robust statistics are estimated on at most this many (evenly strided) events;
 #: rare populations are kept whole (see estimate_cluster), gates are applied to every event
-DENSITY_MAX_EVENTS = 100_000
+DENSITY_MAX_EVENTS = 50_000
 
 
 @dataclass
