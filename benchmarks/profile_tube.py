@@ -1,7 +1,10 @@
-"""Profile the per-tube path (``gate_tube``) on one simulated 500k-event file with cProfile.
+"""Profile the per-tube path (``gate_tube``) on one simulated 500k-event file.
 
-Prints the top functions by own time and by cumulative time, and the own time summed per source file,
-so that the remaining bottleneck can be named with the file and function that costs it.
+Prints, first, direct CPU timings (no profiler) of the whole call and of its fixed costs (reading the
+file, hashing it); then cProfile's top functions by own and cumulative time, and the time of each project
+function including the library code it calls, per function and per source file. cProfile adds a cost per
+Python call, so functions making many small calls look dearer than they are: trust the direct timings and,
+when pyinstrument is installed, its statistical profile (``--pyinstrument``), which does not have that bias.
 
 Run from the repository root:
     PYTHONPATH=. python benchmarks/profile_tube.py                 # simulated 500k events, 3 calls
@@ -21,6 +24,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -91,6 +95,26 @@ def project_inclusive(stats: pstats.Stats) -> list[tuple[str, float, int]]:
     return sorted(out, key=lambda r: -r[1])
 
 
+def direct_timings(path: Path, tube: Any, template: Any, repeats: int = 7) -> dict[str, float]:
+    """CPU milliseconds (median) of gate_tube and of the fixed costs it contains, measured without a profiler."""
+    import statistics
+
+    from bat_analysis.gating.tube import file_sha256, gate_tube
+    from bat_analysis.io.fcs import read_fcs
+
+    def cpu_ms(fn: Any) -> float:
+        times = []
+        for _ in range(repeats):
+            c0 = time.process_time()
+            fn()
+            times.append(time.process_time() - c0)
+        return 1000 * statistics.median(times)
+
+    return {"gate_tube (whole call)": cpu_ms(lambda: gate_tube(path, tube, template)),
+            "read_fcs (inside gate_tube)": cpu_ms(lambda: read_fcs(path)),
+            "file_sha256 (inside gate_tube)": cpu_ms(lambda: file_sha256(path))}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--file", type=Path, help="profile this FCS file instead of a simulated one")
@@ -98,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=3, help="profiled gate_tube calls (default 3)")
     p.add_argument("--top", type=int, default=25, help="rows per table (default 25)")
     p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--pyinstrument", action="store_true",
+                   help="also print pyinstrument's statistical call tree (needs pyinstrument installed)")
     args = p.parse_args(argv)
     for key, value in SINGLE_THREAD_ENV.items():  # one core, like the benchmark (before numpy loads BLAS)
         os.environ.setdefault(key, value)
@@ -114,19 +140,30 @@ def main(argv: list[str] | None = None) -> int:
         gate_tube(warm, Tube(file=warm.name, patient="P01", condition="negative_control"), template)
         tube = Tube(file=path.name, patient="P01", condition="negative_control")
 
-        t0, c0 = time.perf_counter(), time.process_time()
+        direct = direct_timings(path, tube, template)
         result = gate_tube(path, tube, template)
-        plain, plain_cpu = time.perf_counter() - t0, time.process_time() - c0
         profiler = cProfile.Profile(time.process_time)  # CPU time: least disturbed by a shared machine
         profiler.enable()
         for _ in range(args.calls):
             result = gate_tube(path, tube, template)
         profiler.disable()
+        tree = None
+        if args.pyinstrument:
+            from pyinstrument import Profiler
+
+            sampler = Profiler(interval=0.0005)
+            sampler.start()
+            for _ in range(args.calls):
+                gate_tube(path, tube, template)
+            sampler.stop()
+            tree = sampler.output_text(unicode=False, color=False, show_all=False)
 
     print(f"gate_tube on {path.name}: {result.n_events} events, {result.n_basophils} basophils, "
           f"error={result.error!r}, flags={[f.code for f in result.flags]}")
-    print(f"one unprofiled call: {plain:.4f} s wall, {plain_cpu:.4f} s CPU; {args.calls} profiled calls follow "
-          f"(CPU seconds, totals over the calls)\n")
+    print("== direct CPU timings, no profiler (median of 7 calls) ==")
+    for name, ms in direct.items():
+        print(f"{ms:9.2f} ms  {name}")
+    print(f"\n{args.calls} profiled calls follow (CPU seconds, totals over the calls)\n")
     stats = pstats.Stats(profiler)
     for order, title in (("tottime", "own time"), ("cumulative", "cumulative time")):
         buf = io.StringIO()
@@ -150,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== the same, per project file ==")
     for name, t in sorted(by_file.items(), key=lambda r: -r[1]):
         print(f"{t:9.4f} s {t / args.calls * 1000:8.1f} ms/call  {name}")
+    if tree is not None:
+        print("\n== pyinstrument (statistical, wall clock) ==")
+        print(tree)
     print(f"\ncommand: PYTHONPATH=. python benchmarks/profile_tube.py {' '.join(sys.argv[1:])}".rstrip())
     return 0
 
