@@ -575,8 +575,6 @@ def plate_gating_in_this_process(data_dir: Path, layout: Path, workers: int, sch
 def plate_gating(data_dir: Path, layout: Path, workers: int, scheduler: str | None,
                  cluster_pids: list[int]) -> tuple[float, float, dict]:
     """(wall s, CPU s, info) of the gating part, in a fresh process."""
-    import resource
-
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_plate_gating", str(data_dir), "--_layout",
            str(layout), "--_workers", str(workers)] + (["--_scheduler", scheduler] if scheduler else [])
