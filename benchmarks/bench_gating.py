@@ -720,7 +720,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-plate", action="store_true", help="skip the 96-tube plate runs")
     p.add_argument("--no-dask", action="store_true", help="skip the Dask LocalCluster plate runs")
     p.add_argument("--workdir", type=Path,
-                   help="build the inputs here and keep them (reused by a later run); default: a temp dir")
+                   help="build the inputs here and keep them; files already there are reused, so empty it "
+                        "after a simulator change (default: a temporary folder)")
     p.add_argument("--json", type=Path, help="also write every measurement to this JSON file")
     p.add_argument("--seed", type=int, default=2026, help="simulator seed (default 2026)")
     # internal: one measurement in a fresh process
