@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -590,15 +589,15 @@ class ReportPaths:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-PARALLEL_FROM = 24  # below this many tubes, starting worker processes costs more than it saves
-
-
 Job = tuple[TubeResult, "np.ndarray | None", "float | None", dict[str, str], str, "tuple[float, float] | None"]
+
+
+_RENDERERS: dict[int, PngRenderer] = {}  # one per process and resolution: its cached frames serve every chunk
 
 
 def _draw_chunk(jobs: list[Job], dpi: int, gate_limits: Mapping[Any, Any]) -> list[list[Png]]:
     """Worker task: the PNGs of a chunk of tubes (module-level so that it pickles)."""
-    renderer = PngRenderer(dpi=dpi)
+    renderer = _RENDERERS.setdefault(dpi, PngRenderer(dpi=dpi))
     return [renderer.tube(res, negative_values=neg, threshold=thr, adjusted=adj, marker=marker, xlim=xlim,
                           gate_limits=gate_limits)
             for res, neg, thr, adj, marker, xlim in jobs]
@@ -618,12 +617,7 @@ def _pool(workers: int) -> Any:
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 
-def default_workers(n_tubes: int) -> int:
-    """The machine's cores (at most 8) from ``PARALLEL_FROM`` tubes on; one process below that."""
-    return min(os.cpu_count() or 1, 8) if n_tubes >= PARALLEL_FROM else 1
-
-
-def draw_tubes(tubes: Sequence[TubeView], *, workers: int | None = None, pool: Any = None,
+def draw_tubes(tubes: Sequence[TubeView], *, workers: int = 1, pool: Any = None,
                dpi: int = IMAGE_DPI) -> None:
     """Fill ``images`` of every tube view: in this process, or in ``workers`` processes (or ``pool``).
 
@@ -635,7 +629,6 @@ def draw_tubes(tubes: Sequence[TubeView], *, workers: int | None = None, pool: A
     jobs: list[Job] = [(t.result, t.negative_values, t.threshold, t.adjusted, t.marker, ranges[t.marker])
                        for t in tubes]
     limits = shared_gate_limits(t.result for t in tubes)
-    workers = default_workers(len(tubes)) if workers is None else workers
     if pool is None and (workers <= 1 or len(tubes) < 2):
         for t, pngs in zip(tubes, _draw_chunk(jobs, dpi, limits)):
             t.images = pngs
@@ -644,7 +637,7 @@ def draw_tubes(tubes: Sequence[TubeView], *, workers: int | None = None, pool: A
     pool = pool or _pool(workers)
     try:
         n = getattr(pool, "_max_workers", workers)
-        size = max(1, math.ceil(len(jobs) / (n * 4)))  # a few chunks per worker balance the load
+        size = max(1, math.ceil(len(jobs) / (n * 2)))  # two chunks per worker balance the load
         chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
         done = [png for part in pool.map(_draw_chunk, chunks, [dpi] * len(chunks), [limits] * len(chunks))
                 for png in part]
@@ -668,13 +661,16 @@ def _curves(view: PatientView, renderer: PngRenderer) -> None:
 
 def render_reports(out_dir: Path, results: list[TubeResult], scores: Any, run_info: dict[str, Any], *,
                    patients: list[str] | None = None, gallery: bool | None = None,
-                   pdf: bool = True, workers: int | None = None) -> ReportPaths:
+                   pdf: bool = True, workers: int = 1) -> ReportPaths:
     """Write ``reports/<patient>.html`` and ``.pdf`` and ``review/index.html`` under ``out_dir``.
 
     ``scores`` is the experiment's ``ExperimentScores`` (tables, fits); ``run_info`` holds version,
     template, command, date, checksums and manual adjustments. ``patients`` limits the patient reports
-    (the gallery, which shows every tube, is then only rewritten when ``gallery=True``). ``workers``
-    processes draw the tubes' figures (default: the machine's cores for 24 tubes or more).
+    (the gallery, which shows every tube, is then only rewritten when ``gallery=True``). With
+    ``workers`` > 1, spawned processes draw the plots and write the PDFs. One process is the default:
+    rendering costs ~0.3 s of CPU per tube (plots and PDF), and the workers' start-up and data transfer
+    add ~40% CPU, which on a busy 2-core machine cancelled their gain (108 tubes: 1 process 34 s,
+    2 workers 45 s).
     """
     import time
 
@@ -693,7 +689,6 @@ def render_reports(out_dir: Path, results: list[TubeResult], scores: Any, run_in
     to_draw = [t for t in all_views if with_gallery or t.result.tube.patient in chosen]
     renderer = PngRenderer(dpi=IMAGE_DPI)
     paths = ReportPaths()
-    workers = default_workers(len(to_draw)) if workers is None else workers
     pool = _pool(workers) if workers > 1 and len(to_draw) > 1 else None
     try:
         t1 = time.perf_counter()
