@@ -373,11 +373,25 @@ def _marker_key(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
+def _drop_broken_keys(ck: _Checker, mapping: dict[str, Any], where: str) -> dict[str, Any]:
+    """Report (and leave out) keys holding a line break: no setting is named so, and the analysis
+    configuration's problems are read back line by line."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(key, str) and key.splitlines() != [key]:
+            ck.add(f"{where}.{key!r}", "unknown key (a setting name is one line of text)")
+            continue
+        out[key] = _drop_broken_keys(ck, value, f"{where}.{key}") if isinstance(value, dict) else value
+    return out
+
+
 def _check_analysis(ck: _Checker, qc: dict[str, Any], analysis: dict[str, Any]) -> None:
     """Check the ``qc:`` and ``analysis:`` sections against the analysis configuration's keys."""
     from ..analysis.config import AnalysisConfig
     from ..errors import AnalysisError
 
+    qc = _drop_broken_keys(ck, qc, "qc")
+    analysis = _drop_broken_keys(ck, analysis, "analysis")
     for section, mapping in (("qc", {"qc": qc} if qc else None), ("analysis", analysis or None)):
         if not mapping:
             continue
