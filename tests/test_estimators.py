@@ -334,3 +334,14 @@ def test_bin_index_lookup_table_equals_binary_search() -> None:
     ref = np.searchsorted(raw, values, side="right") - 1
     assert len(values) >= est._LUT_CELLS
     assert np.array_equal(est._bin_index(values, dim, edges), ref)
+
+
+def test_bin_index_small_lookup_table_equals_binary_search() -> None:
+    rng = np.random.default_rng(14)
+    values = (rng.lognormal(7, 2.0, 30_000) - 200).astype(np.float32)
+    dim = Dimension("x", LOGICLE)
+    edges = np.linspace(0.0, 1.0, 129)
+    raw = est.from_scale(dim, edges)
+    values[:129] = raw.astype(np.float32)
+    assert est._LUT_CELLS // 4 <= len(values) < est._LUT_CELLS
+    assert np.array_equal(est._bin_index(values, dim, edges), np.searchsorted(raw, values, side="right") - 1)

@@ -95,8 +95,9 @@ def _bin_index(values: np.ndarray, dim: Dimension, edges: np.ndarray) -> np.ndar
     """Bin of each raw value among equally spaced scale edges (-1 or len(edges)-1 when outside).
 
     Linear scales are binned arithmetically. On a transformed scale the edges are inverse-transformed
-    once; many values are binned through a lookup table of 65536 equal raw cells (a cell that holds a
-    bin edge is resolved by binary search for its values only), few by binary search directly.
+    once; many values are binned through a lookup table of 65536 (or 16384) equal raw cells (a cell that
+    holds a bin edge, or touches one, is resolved by binary search for its values only), few values by
+    binary search directly.
     """
     bins = len(edges) - 1
     if dim.transform is None:
@@ -104,11 +105,12 @@ def _bin_index(values: np.ndarray, dim: Dimension, edges: np.ndarray) -> np.ndar
         idx = np.floor((values - edges[0]) * (1.0 / width))
         return np.clip(idx, -1, bins).astype(np.int32)
     raw = from_scale(dim, edges)
-    if len(values) < _LUT_CELLS or not np.all(np.diff(raw) > 0):
+    n_cells = _LUT_CELLS if len(values) >= _LUT_CELLS else _LUT_CELLS // 4
+    if len(values) < n_cells or not np.all(np.diff(raw) > 0):
         return (np.searchsorted(raw, values, side="right") - 1).astype(np.int32)
     r0, r1 = float(raw[0]), float(raw[-1])
-    w = (r1 - r0) / _LUT_CELLS
-    starts = r0 + w * np.arange(_LUT_CELLS)
+    w = (r1 - r0) / n_cells
+    starts = r0 + w * np.arange(n_cells)
     b_lo = np.searchsorted(raw, starts, side="right") - 1
     b_hi = np.searchsorted(raw, starts + w, side="right") - 1
     # a cell holding a bin edge, its neighbours (rounding of a value's cell) and the two end cells are
@@ -119,7 +121,7 @@ def _bin_index(values: np.ndarray, dim: Dimension, edges: np.ndarray) -> np.ndar
     unsure[[0, -1]] = True
     lut = np.concatenate([[-1], np.where(unsure, -2, b_lo), [bins]]).astype(np.int32)
     k = np.floor((values - r0) * (1.0 / w))
-    np.clip(k, -1, _LUT_CELLS, out=k)
+    np.clip(k, -1, n_cells, out=k)
     out = lut[k.astype(np.int32) + 1]
     todo = np.flatnonzero(out == -2)
     if len(todo):
