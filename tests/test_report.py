@@ -421,6 +421,6 @@ def test_not_gated_and_fallback_gates_say_so() -> None:
 
 def test_empty_experiment_renders_an_empty_gallery(tmp_path: Path) -> None:
     results, scores = make_experiment(1)
-    paths = render_reports(tmp_path, [], scores, RUN_INFO, pdf=False)
+    paths = render_reports(tmp_path, [], scores, RUN_INFO, pdf=False, workers=None)
     assert paths.html == {} and paths.gallery is not None
     assert len(_parse(paths.gallery).tubes) == 0

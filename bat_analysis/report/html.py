@@ -661,13 +661,13 @@ def _curves(view: PatientView, renderer: PngRenderer) -> None:
 
 def render_reports(out_dir: Path, results: list[TubeResult], scores: Any, run_info: dict[str, Any], *,
                    patients: list[str] | None = None, gallery: bool | None = None,
-                   pdf: bool = True, workers: int = 1) -> ReportPaths:
+                   pdf: bool = True, workers: int | None = None) -> ReportPaths:
     """Write ``reports/<patient>.html`` and ``.pdf`` and ``review/index.html`` under ``out_dir``.
 
     ``scores`` is the experiment's ``ExperimentScores`` (tables, fits); ``run_info`` holds version,
     template, command, date, checksums and manual adjustments. ``patients`` limits the patient reports
     (the gallery, which shows every tube, is then only rewritten when ``gallery=True``). With
-    ``workers`` > 1, spawned processes draw the plots and write the PDFs. One process is the default:
+    ``workers`` > 1, spawned processes draw the plots and write the PDFs. One process is the default (None):
     rendering costs ~0.3 s of CPU per tube (plots and PDF), and the workers' start-up and data transfer
     add ~40% CPU, which on a busy 2-core machine cancelled their gain (108 tubes: 1 process 34 s,
     2 workers 45 s).
@@ -689,6 +689,7 @@ def render_reports(out_dir: Path, results: list[TubeResult], scores: Any, run_in
     to_draw = [t for t in all_views if with_gallery or t.result.tube.patient in chosen]
     renderer = PngRenderer(dpi=IMAGE_DPI)
     paths = ReportPaths()
+    workers = 1 if workers is None else workers
     pool = _pool(workers) if workers > 1 and len(to_draw) > 1 else None
     try:
         t1 = time.perf_counter()
