@@ -307,6 +307,9 @@ def _spillover(sample: Any, template: Template, channels: dict[str, Any], source
         names = [channels[c].pnn if c in channels else c for c in comp["channels"]]
         return names, np.asarray(comp["values"], dtype=float)
     if sample.spillover is None:
+        if getattr(sample, "spillover_error", None):
+            # a matrix is there but unusable (unknown channels, singular): refuse rather than gate uncompensated
+            sample.require_spillover()
         return None
     return list(sample.spillover.channels), np.asarray(sample.spillover.matrix, dtype=float)
 
