@@ -4,11 +4,15 @@ Stored gates are on the template's dimensions (``FSC-A``, ``CCR3``…) in the te
 export they are put on each file's own channels (``$PnN``), with the template's transforms and the file's
 spillover matrix (``"FCS"``) on fluorescence dimensions; the conversion to FlowJo's data units and to
 Gating-ML is done by :mod:`bat_analysis.gating.flowjo` and :mod:`bat_analysis.gating.gatingml`.
+Acquisition QC that removed a clog is a boolean OR of time segments: the segments are exported as range
+gates beside it and the union as a Gating-ML ``BooleanGate`` / FlowJo ``OrNode`` over them, so that every
+gate below it is exported too and re-imports with the same events.
 
 On import, each gate of a tube whose name is a template gate is mapped back onto the template dimensions
 (channel by channel, coordinates carried through the imported scale's inverse and the template's scale) and
 compared with the automated gate stored for that tube: only gates that differ (a reviewer moved them) become
-corrections, each recorded with the reviewer, the file it came from and when.
+corrections, each recorded with the reviewer, the file it came from and when. A boolean gate is compared
+through its operands (see :func:`_boolean_correction`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .errors import BatError
+from .gating.gates import BooleanGate, RangeGate
 from .overrides import GateCorrection, OverridesError, check_geometry
 from .records import GateRecord, Tube
 
@@ -48,29 +53,70 @@ def channel_map(sample: Any, template: Any, source: str) -> dict[str, Any]:
 
 def _file_gates(records: Sequence[GateRecord], template: Any, channels: Mapping[str, Any],
                 compensated: bool) -> list[Any]:
-    """The gates of one tube on the file's channels (gates that were not set are left out, with their
-    children)."""
-    from .gating.gates import Dimension, gate_from_dict
-    from .gating.tube import template_dimension
+    """The gates of one tube on the file's channels.
 
-    kept: set[str] = set()
-    gates = []
-    for rec in records:
-        geo = rec.geometry or {}
-        if geo.get("type") not in ("range", "polygon", "ellipsoid") or (rec.parent and rec.parent not in kept):
-            continue
-        dims = []
-        for d in rec.dims:
-            tdim = template_dimension(template, d)
-            fluo = d not in SCATTER_DIMS
-            dims.append(Dimension(channels[d].pnn, tdim.transform, "FCS" if (fluo and compensated) else None))
-        data = {k: v for k, v in geo.items() if k not in ("transforms", "transform_specs")}
-        data.update(name=rec.name, parent=rec.parent, dims=[d.key for d in dims], transforms=[None] * len(dims))
+    A boolean gate (acquisition QC's union of time segments) is written with its member gates, which
+    share its parent. A gate kept on its outside (``keep: outside``) becomes a polygon with
+    ``complement`` or, for other shapes, its inside as ``<name>.inside`` and ``<name>`` as NOT of it.
+    A gate that was not set (it kept all its parent's events) is left out and its children hang from
+    the nearest ancestor that was set, so the rest of the hierarchy is still exported; a gate below one
+    that could not be gated at all is left out.
+    """
+    from .gating.gates import PolygonGate, gate_from_dict
+
+    def on_file(data: Mapping[str, Any], name: str, parent: str | None, rec_dims: Sequence[str]) -> Any:
+        data = {k: v for k, v in data.items() if k not in ("transforms", "transform_specs", "members", "keep")}
+        boolean = data.get("type") == "boolean"  # operands carry the dimensions
+        dims = [] if boolean else _file_dims(rec_dims, template, channels, compensated)
+        data.update(name=name, parent=parent, dims=[d.key for d in dims], transforms=[None] * len(dims))
         gate = gate_from_dict(data)
         gate.dims = tuple(dims)
+        return gate
+
+    placed: dict[str, str | None] = {}  # gate name -> the exported gate its children hang from
+    dropped: set[str] = set()
+    gates: list[Any] = []
+    for rec in records:
+        geo = rec.geometry or {}
+        kind = geo.get("type")
+        if rec.parent is not None and (rec.parent in dropped or rec.parent not in placed):
+            dropped.add(rec.name)
+            continue
+        parent = placed[rec.parent] if rec.parent is not None else None
+        if not geo:
+            if rec.method == "not_gated" and rec.count == rec.parent_count and rec.parent_count > 0:
+                placed[rec.name] = parent  # kept every parent event: children hang from the parent
+            else:
+                dropped.add(rec.name)
+            continue
+        if kind not in ("range", "polygon", "ellipsoid", "boolean"):
+            raise BatError(f"gate {rec.name}: cannot export geometry of type {kind!r}", field="geometry",
+                           expected="range, polygon, ellipsoid or boolean")
+        outside = geo.get("keep") == "outside"
+        own = f"{rec.name}.inside" if outside and kind != "polygon" else rec.name
+        for member in geo.get("members", []):
+            gates.append(on_file(member, member["name"], parent, member.get("dims", rec.dims)))
+        gate = on_file(geo, own, parent, rec.dims)
+        if outside and isinstance(gate, PolygonGate):
+            gate.complement = True
         gates.append(gate)
-        kept.add(rec.name)
+        if own != rec.name:
+            gates.append(BooleanGate(rec.name, (), op="not", operands=((own, False),), parent=parent))
+        placed[rec.name] = rec.name
     return gates
+
+
+def _file_dims(dims: Sequence[str], template: Any, channels: Mapping[str, Any], compensated: bool) -> list[Any]:
+    """Template dimensions as the file's channels, with the template's scales (fluorescence compensated)."""
+    from .gating.gates import Dimension
+    from .gating.tube import template_dimension
+
+    out = []
+    for d in dims:
+        tdim = template_dimension(template, d)
+        fluo = d not in SCATTER_DIMS
+        out.append(Dimension(channels[d].pnn, tdim.transform, "FCS" if (fluo and compensated) else None))
+    return out
 
 
 def export_run_gates(results: Sequence[Any], template: Any, data_dir: Path, fmt: str, dest: Path) -> list[Path]:
@@ -95,8 +141,11 @@ def export_run_gates(results: Sequence[Any], template: Any, data_dir: Path, fmt:
             written.append(export_gatingml(gates, dest / f"{Path(res.tube.file).stem}.xml", spillovers))
         else:
             ranges = {c.pnn: float(c.range) for c in sample.channels if c.range}
+            exported = {g.name for g in gates}
+            counts = {g.name: int(g.count) for g in res.gates if g.name in exported}
             ws_tubes.append(WorkspaceTube(fcs_path=path.resolve(), gates=gates, spillovers=spillovers,
-                                          channel_ranges=ranges, name=Path(res.tube.file).name))
+                                          channel_ranges=ranges, name=Path(res.tube.file).name, counts=counts,
+                                          n_events=int(res.n_events)))
     if fmt == "flowjo":
         if not ws_tubes:
             raise BatError("no gated tube to export", field="tubes", expected="a run with at least one gated tube")
@@ -227,7 +276,16 @@ def read_edited_gates(path: Path | str, template: Any, tubes: Sequence[Tube], *,
         sample = read_fcs(fcs)
         channels = channel_map(sample, template, str(fcs))
         pnn_to_dim = {ch.pnn: dim for dim, ch in channels.items()}
+        doc_gates = {g.name: g for g in docs[name].gates}
+        top = max((float(c.range) for c in channels.values() if c.range), default=None)
         for gate in docs[name].gates:
+            if isinstance(gate, BooleanGate):
+                fix = _boolean_correction(gate, doc_gates, template, pnn_to_dim, tube.file, automated,
+                                          _open_limit(top, template, gate.name) if _is_template_gate(template, gate.name)
+                                          else None, f"{name}: gate {gate.name}", str(path))
+                if fix is None:
+                    continue
+                gate = fix
             geo = gate_geometry_on_template(gate, template, pnn_to_dim)
             if geo is None:
                 continue
@@ -236,11 +294,65 @@ def read_edited_gates(path: Path | str, template: Any, tubes: Sequence[Tube], *,
             if geo is None:
                 raise OverridesError("an edited gate is not usable", source=str(path), problems=problems_here)
             auto = automated(tube.file, gate.name) if automated is not None else None
-            top = max((float(c.range) for c in channels.values() if c.range), default=None)
             if auto is not None and same_geometry(geo, auto, open_limit=_open_limit(top, template, gate.name)):
                 continue
             out.append(GateCorrection(tube.file, gate.name, geo, who, f"gate edited in {path.name}", str(path), when))
     return out
+
+
+def _is_template_gate(template: Any, name: str) -> bool:
+    try:
+        template.gate(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _boolean_correction(gate: BooleanGate, doc_gates: Mapping[str, Any], template: Any,
+                        pnn_to_dim: Mapping[str, str], file: str,
+                        automated: Callable[[str, str], dict[str, Any] | None] | None,
+                        open_limit: float | None, where: str, source: str) -> Any | None:
+    """What an imported boolean gate of the template means as a correction (None: not a correction).
+
+    ``not`` of one gate is how a gate kept on its outside is exported: its operand's geometry, under the
+    template gate's name, is compared like any gate. ``or`` of ranges is acquisition QC's union of time
+    segments: compared segment by segment with the automated union; unchanged is no correction, a union
+    edited down to one range is a range correction, and another edited union cannot be applied (a
+    correction is one range, polygon or ellipse), which is said rather than ignored.
+    """
+    import dataclasses
+
+    if not _is_template_gate(template, gate.name):
+        return None
+    operands = [doc_gates.get(ref) for ref, _ in gate.operands]
+    if any(g is None for g in operands):
+        raise OverridesError("an edited boolean gate names a gate that is not in the file", source=source,
+                             problems=[f"{where}: operands {[r for r, _ in gate.operands]}"])
+    if gate.op == "not" and not gate.operands[0][1] and template.gate(gate.name).keep == "outside":
+        return dataclasses.replace(operands[0], name=gate.name, parent=gate.parent)
+    if gate.op != "or" or any(c for _, c in gate.operands) or not all(isinstance(g, RangeGate) for g in operands):
+        raise OverridesError("an edited boolean gate cannot be read as a correction", source=source,
+                             problems=[f"{where}: expected an OR of ranges (acquisition QC time segments) or the "
+                                       f"NOT of one gate, got {gate.op} of {[r for r, _ in gate.operands]}"])
+    geos = [gate_geometry_on_template(dataclasses.replace(g, name=gate.name), template, pnn_to_dim)
+            for g in operands]
+    if any(g is None for g in geos):
+        raise OverridesError("an edited boolean gate has operands on other dimensions than the template gate",
+                             source=source, problems=[f"{where}: dimensions {template.gate(gate.name).dims}"])
+    auto = automated(file, gate.name) if automated is not None else None
+    auto_members = list((auto or {}).get("members", [])) if (auto or {}).get("type") == "boolean" else \
+        ([auto] if auto else [])
+    key = lambda geo: [float("-inf") if v is None else v for v in geo["mins"]]  # noqa: E731
+    if len(auto_members) == len(geos) and all(
+            same_geometry(a, b, open_limit=open_limit)
+            for a, b in zip(sorted(geos, key=key), sorted(auto_members, key=key))):
+        return None
+    if len(operands) == 1:
+        return dataclasses.replace(operands[0], name=gate.name, parent=gate.parent)
+    raise OverridesError("an edited union of ranges cannot be applied as a correction", source=source,
+                         problems=[f"{where}: {len(operands)} ranges differ from the automated gate; a correction "
+                                   "is one range, polygon or ellipse (give the gate as one range, or leave it "
+                                   "unedited)"])
 
 
 def _open_limit(top: float | None, template: Any, gate_name: str) -> float | None:

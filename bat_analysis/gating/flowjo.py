@@ -20,7 +20,10 @@ Export writes, for a batch of tubes, ONE workspace with one ``Sample`` per tube,
 can open the experiment in FlowJo. Gate coordinates are stored in data units, as FlowJo does (inverse of
 the dimension's transform), and a transform element is written for every gated parameter. Ranges and
 quadrants become rectangles, polygons polygons, ellipses 128-vertex polygons (FlowJo itself evaluates
-ellipses as polygons); boolean gates have no FlowJo gate equivalent and are refused with a clear error.
+ellipses as polygons). Boolean gates become FlowJo's ``AndNode`` / ``OrNode`` / ``NotNode`` under their
+parent, naming their operands by population path (``Dependent name="A/B"``), which is how FlowJo 10 writes
+them and how FlowKit's workspace parser reads them back. FlowJo has no per-operand complement, so an
+operand complemented inside an and/or is refused (write it as a NOT gate of its own).
 """
 
 from __future__ import annotations
@@ -374,6 +377,38 @@ def _gate_element(gate_parent: ET.Element, g: Gate, fj_id: str, parent_id: str |
         el.set(_q("gating", "parent_id"), parent_id)
 
 
+_BOOLEAN_NODES = {"and": "AndNode", "or": "OrNode", "not": "NotNode"}
+
+
+def _check_boolean(g: BooleanGate, by_name: Mapping[str, Gate]) -> None:
+    """FlowJo's boolean nodes name whole populations; they have no per-operand complement."""
+    for ref, complement in g.operands:
+        if ref not in by_name:
+            raise GatingError(f"gate {g.name}: operand {ref!r} is not a gate of this sample", field="operands",
+                              expected="operands among the exported gates")
+        if complement:
+            raise GatingError(f"gate {g.name}: operand {ref!r} is complemented; FlowJo's {_BOOLEAN_NODES[g.op]} "
+                              "cannot complement an operand", field="operands",
+                              expected="plain operands (write the complement as a NOT gate of its own)")
+
+
+def _population_path(name: str, by_name: Mapping[str, Gate]) -> list[str]:
+    """A population's path from the sample root, as FlowJo names boolean dependents (``A/B/C``)."""
+    chain: list[str] = []
+    seen: set[str] = set()
+    cur: str | None = name
+    while cur is not None:
+        if cur in seen:
+            raise GatingError(f"gate {name}: the gate hierarchy has a cycle", field="parent")
+        seen.add(cur)
+        part = cur.rsplit("/", 1)[-1]
+        if "/" in part:
+            raise GatingError(f"gate {cur}: '/' in a population name", field="name")
+        chain.append(part)
+        cur = by_name[cur].parent
+    return chain[::-1]
+
+
 def _to_data(d: Dimension, v: float) -> float:
     """A gate coordinate in data units (FlowJo stores coordinates before the display transform)."""
     if d.ratio is not None:
@@ -470,8 +505,7 @@ def _sample_element(samples: ET.Element, tube: WorkspaceTube, sid: str, matrices
     children: dict[str | None, list[Gate]] = {}
     for g in gates:
         if isinstance(g, BooleanGate):
-            raise GatingError(f"gate {g.name}: boolean gates have no FlowJo gate equivalent", field="gates",
-                              expected="range, quadrant, polygon or ellipse gates")
+            _check_boolean(g, by_name)
         if g.parent is not None and g.parent not in by_name:
             raise GatingError(f"gate {g.name}: unknown parent {g.parent!r}", field="parent")
         children.setdefault(g.parent, []).append(g)
@@ -488,13 +522,23 @@ def _sample_element(samples: ET.Element, tube: WorkspaceTube, sid: str, matrices
             fj_id = f"ID{sid}{len(ids) + 1:04d}"
             ids[g.name] = fj_id
             # a path-qualified name (parent/child, see read_workspace) is written as the population's own name
-            pop = ET.SubElement(subs, "Population", {"name": g.name.rsplit("/", 1)[-1], "annotation": "",
-                                                     "owningGroup": ""})
+            attrs = {"name": g.name.rsplit("/", 1)[-1], "annotation": "", "owningGroup": ""}
+            if isinstance(g, BooleanGate):
+                pop = ET.SubElement(subs, _BOOLEAN_NODES[g.op], attrs)
+            else:
+                pop = ET.SubElement(subs, "Population", attrs)
             if g.name in tube.counts:
                 pop.set("count", str(int(tube.counts[g.name])))
+            if isinstance(g, BooleanGate):
+                deps = ET.SubElement(pop, "Dependents")
+                for ref, _ in g.operands:
+                    ET.SubElement(deps, "Dependent", {"name": "/".join(_population_path(ref, by_name))})
+                add(pop, g.name, depth + 1)
+                continue
             gate_el = ET.SubElement(pop, "Gate")
             gate_el.set(_q("gating", "id"), fj_id)
-            pid = ids.get(parent) if parent is not None else None
+            # FlowJo's boolean nodes carry no gate id: their children name no parent gate
+            pid = ids.get(parent) if parent is not None and not isinstance(by_name[parent], BooleanGate) else None
             if pid is not None:
                 gate_el.set(_q("gating", "parent_id"), pid)
             _gate_element(gate_el, g, fj_id, pid, param_name)
