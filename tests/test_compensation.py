@@ -74,3 +74,22 @@ def test_equal_to_flowkit_on_a_real_lsrii_file() -> None:
     np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6 * float(np.abs(raw).max()))
     picked = compensate(raw, sample.pnn_labels, matrix, channels=[matrix.detectors[2], sample.pnn_labels[0]])
     np.testing.assert_array_equal(picked[:, 0], ours[:, sample.pnn_labels.index(matrix.detectors[2])])
+
+
+def test_single_channel_product_equals_the_gathered_product() -> None:
+    """One or two channels of a row-major float32 matrix are computed without gathering the detectors."""
+    rng = np.random.default_rng(7)
+    m = np.eye(4) + rng.uniform(0, 0.3, (4, 4)) * (1 - np.eye(4))
+    raw = rng.uniform(-200, 2e5, (20000, 7)).astype(np.float32)
+    names = list("abcdefg")
+    s = Spillover(tuple("bdeg"), m)
+    gathered = (raw[:, [1, 3, 4, 6]] @ s.inverse.astype(np.float32))
+    for wanted in (["d"], ["g", "b"]):
+        got = compensate(raw, names, s, channels=wanted)
+        ref = gathered[:, ["bdeg".index(c) for c in wanted]]
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * float(np.abs(raw).max()))
+    # a NaN in a column that is not a detector must not leak into the compensated channel
+    raw[5, 0] = np.nan
+    got = compensate(raw, names, s, channels=["d"])
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got[:, 0], gathered[:, 1], rtol=1e-6, atol=1e-6 * float(np.nanmax(np.abs(raw))))

@@ -152,11 +152,28 @@ def compensate(events: np.ndarray, channel_names: Sequence[str], spillover: Any,
             out[:, j] = ev[:, index[c]]
     if comp_out:
         inv = sp.inverse[:, [det_pos[wanted[j]] for j in comp_out]].astype(dtype)
-        raw = ev[:, det_cols]
-        if raw.dtype != dtype:
-            raw = raw.astype(dtype)
-        comp = raw @ inv
+        comp = _product(ev, det_cols, inv, dtype)
         if len(comp_out) == len(wanted) and comp_out == list(range(len(wanted))):
             return comp
         out[:, comp_out] = comp
     return out
+
+
+def _product(ev: np.ndarray, det_cols: list[int], inv: np.ndarray, dtype: Any) -> np.ndarray:
+    """``ev[:, det_cols] @ inv`` without gathering the detector columns when that is cheaper.
+
+    For a few output channels of a row-major event matrix of the arithmetic type, the whole matrix is
+    multiplied by the inverse padded with zero rows (non-detector columns): one pass over the events and
+    no copy. A product that is not finite (a NaN or inf in a non-detector column times zero) is redone on
+    the gathered detector columns, so the result is always that of the plain product.
+    """
+    if ev.dtype == dtype and ev.flags.c_contiguous and inv.shape[1] <= 2:
+        full = np.zeros((ev.shape[1], inv.shape[1]), dtype=dtype)
+        full[det_cols] = inv
+        comp = ev @ full
+        if np.isfinite(comp).all():
+            return comp
+    raw = ev[:, det_cols]
+    if raw.dtype != dtype:
+        raw = raw.astype(dtype)
+    return raw @ inv
