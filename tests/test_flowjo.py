@@ -186,8 +186,13 @@ def test_export_refusals_and_ellipse(tmp_path: Path) -> None:
 
     a, b = Dimension("channel_A", Linear(262144, 0)), Dimension("channel_B", Linear(262144, 0))
     r = RangeGate("r", (a,), mins=(0.2,), maxs=(None,))
-    with pytest.raises(GatingError, match="boolean"):
-        export_workspace([WorkspaceTube(DIAMOND_FCS, [r, BooleanGate("n", (), op="not", operands=(("r", False),))])],
+    r2 = RangeGate("r2", (b,), mins=(0.3,), maxs=(None,))
+    with pytest.raises(GatingError, match="cannot complement an operand"):  # FlowJo's nodes have no complement
+        export_workspace([WorkspaceTube(DIAMOND_FCS, [r, r2, BooleanGate("n", (), op="or",
+                                                                          operands=(("r", True), ("r2", False)))])],
+                         tmp_path / "x.wsp")
+    with pytest.raises(GatingError, match="not a gate of this sample"):
+        export_workspace([WorkspaceTube(DIAMOND_FCS, [r, BooleanGate("n", (), op="not", operands=(("zz", False),))])],
                          tmp_path / "x.wsp")
     with pytest.raises(GatingError, match="no spillover matrix"):
         export_workspace([WorkspaceTube(DIAMOND_FCS, [RangeGate("c", (Dimension("channel_A", None, "FCS"),),
@@ -295,3 +300,36 @@ def test_flowjo_gates_through_gatingml(wsp: Path, tmp_path: Path) -> None:
         assert sorted(after) == sorted(before)
         for gate, mask in before.items():
             assert np.array_equal(mask, after[gate]), gate
+
+
+@pytest.mark.skipif(not DIAMOND_FCS.exists(), reason="FlowJo corpus FCS files missing")
+def test_boolean_gates_round_trip_as_flowjo_nodes(tmp_path: Path) -> None:
+    """And / Or / Not gates are written as FlowJo's AndNode / OrNode / NotNode (dependents named by path),
+    with children of their own, and FlowKit's workspace parser gives them back with the same events."""
+    from bat_analysis.gating.flowjo import WorkspaceTube, export_workspace, flowjo_counts, read_workspace
+    from bat_analysis.gating.transforms import Linear
+
+    dm = _sample_events(DIAMOND_FCS)
+    a, b = Dimension("channel_A", Linear(262144, 0)), Dimension("channel_B", Linear(262144, 0))
+    gates = [RangeGate("left", (a,), mins=(None,), maxs=(0.1,)),
+             RangeGate("right", (a,), mins=(0.25,), maxs=(None,)),
+             RangeGate("low", (b,), mins=(None,), maxs=(0.15,), parent="right"),
+             BooleanGate("sides", (), op="or", operands=(("left", False), ("right", False))),
+             BooleanGate("right_low", (), op="and", operands=(("right", False), ("low_b", False)),
+                         parent="right"),
+             RangeGate("low_b", (b,), mins=(None,), maxs=(0.2,), parent="right"),
+             BooleanGate("not_left", (), op="not", operands=(("left", False),)),
+             PolygonGate("tri", (a, b), vertices=[[0.0, 0.0], [0.5, 0.0], [0.25, 0.3]], parent="sides")]
+    ours = evaluate(gates, ArrayEventsFactory(dm, {}))
+    counts = {name: int(m.sum()) for name, m in ours.items()}
+    out = export_workspace([WorkspaceTube(DIAMOND_FCS, gates, counts=counts)], tmp_path / "bool.wsp")
+    text = out.read_text()
+    assert text.count("<OrNode") == 1 and text.count("<AndNode") == 1 and text.count("<NotNode") == 1
+    assert '<Dependent name="right/low_b" />' in text
+    again = read_workspace(out)[DIAMOND_FCS.name]
+    back = again.document.evaluate(dm.events, dm.pnn)
+    assert sorted(back) == sorted(ours)
+    for name, mask in ours.items():
+        assert np.array_equal(mask, back[name]), f"{name} changed on re-import"
+    assert 0 < counts["tri"] < counts["sides"] < dm.n_events and 0 < counts["right_low"] < counts["right"]
+    assert flowjo_counts(out)[DIAMOND_FCS.name][("sides", "tri")] == counts["tri"]

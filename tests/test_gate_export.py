@@ -1,0 +1,250 @@
+"""`bat export-gates` on a run with clogs: every gate of every tube exported, re-imported with identical counts,
+and given back with `bat run --gates-from` an unedited export is no correction while an edited gate changes
+exactly its tube."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from bat_analysis.cli import app
+
+GML = "http://www.isac-net.org/std/Gating-ML/v2.0/gating"
+DT = "http://www.isac-net.org/std/Gating-ML/v2.0/datatypes"
+FORMATS = ("gatingml", "flowjo")
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    from bat_analysis.simulate import simulate_experiment
+
+    return simulate_experiment(tmp_path_factory.mktemp("export_data"), n_patients=1, n_events=6000, seed=5,
+                               scenario="clog", n_concentrations=2, arms=("none",))
+
+
+def _run(experiment, out: Path, *extra: str):
+    result = CliRunner().invoke(app, ["run", str(experiment.out_dir), "--layout", str(experiment.layout_path),
+                                      "--out", str(out), "--workers", "1", "--quiet", "--no-reports", *extra])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def baseline(experiment, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export_run") / "out"
+    _run(experiment, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stored(baseline):
+    from bat_analysis.pipeline import load_run
+
+    return load_run(baseline, score=False)
+
+
+def _export(out: Path, fmt: str, dest: Path) -> list[Path]:
+    result = CliRunner().invoke(app, ["export-gates", str(out), "--format", fmt, "--dest", str(dest)])
+    assert result.exit_code == 0, result.output
+    return sorted(dest.glob("*.wsp" if fmt == "flowjo" else "*.xml"))
+
+
+def _documents(paths: list[Path], fmt: str) -> dict:
+    from bat_analysis.gating.flowjo import read_workspace
+    from bat_analysis.gating.gatingml import read_gatingml
+
+    if fmt == "flowjo":
+        (wsp,) = paths
+        return {name: s.document for name, s in read_workspace(wsp).items()}
+    return {f"{p.stem}.fcs": read_gatingml(p) for p in paths}
+
+
+def _fresh_copy(baseline: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "out"
+    shutil.copytree(baseline, out)
+    return out
+
+
+def test_clogs_make_boolean_acquisition_gates(stored):
+    kinds = [next(g for g in r.gates if g.name == "acquisition_qc").geometry.get("type") for r in stored.results]
+    assert len(stored.results) == 5 and kinds.count("boolean") >= 3, kinds
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_export_reimports_with_identical_counts(fmt, experiment, baseline, stored, tmp_path):
+    from bat_analysis.io.fcs import read_fcs
+
+    docs = _documents(_export(baseline, fmt, tmp_path / fmt), fmt)
+    assert sorted(docs) == sorted(r.tube.file for r in stored.results)
+    n_checked = 0
+    for res in stored.results:
+        fcs = read_fcs(experiment.out_dir / res.tube.file)
+        masks = docs[res.tube.file].evaluate(fcs.events, fcs.pnn, fcs.spillover)
+        for rec in res.gates:
+            assert rec.geometry, f"{res.tube.file}: gate {rec.name} was not set"
+            assert rec.name in masks, f"{res.tube.file}: gate {rec.name} missing from the {fmt} export"
+            assert int(masks[rec.name].sum()) == rec.count, f"{res.tube.file}: {rec.name} count differs"
+            n_checked += 1
+        for member in next(g for g in res.gates if g.name == "acquisition_qc").geometry.get("members", []):
+            assert member["name"] in masks  # the time segments travel with the union
+    assert n_checked == 5 * len(stored.results)
+    if fmt == "flowjo":  # the populations carry our counts for FlowJo's tables
+        from bat_analysis.gating.flowjo import flowjo_counts
+
+        written = flowjo_counts(next((tmp_path / fmt).glob("*.wsp")))
+        for res in stored.results:
+            assert written[res.tube.file][("acquisition_qc",)] == res.gates[0].count
+            assert written[res.tube.file][("acquisition_qc", "margin", "cells", "singlets", "basophils")] == \
+                next(g for g in res.gates if g.name == "basophils").count
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_unedited_export_is_no_correction(fmt, stored, experiment, baseline, tmp_path):
+    from bat_analysis.io.layout import read_layout
+    from bat_analysis.overrides import load_corrections
+
+    paths = _export(baseline, fmt, tmp_path / fmt)
+    given = paths[0] if fmt == "flowjo" else tmp_path / fmt
+    geometry = {(r.tube.file, g.name): g.geometry for r in stored.results for g in r.gates}
+    tubes = read_layout(experiment.layout_path, experiment.out_dir)
+    corrections = load_corrections(stored.template, overrides=None, gates_from=given, tubes=tubes,
+                                   data_dir=experiment.out_dir, reviewer="Jane Doe",
+                                   automated=lambda f, g: geometry.get((f, g)))
+    assert corrections.gates == []
+
+
+def _workspace_tree(wsp: Path, sample_name: str):
+    tree = ET.parse(wsp)
+    for sample in tree.getroot().iter("Sample"):
+        node = sample.find("SampleNode")
+        if node is not None and node.attrib.get("name") == sample_name:
+            return tree, node
+    raise AssertionError(f"{sample_name} not in {wsp}")
+
+
+def _shift_polygon_left_edge(poly: ET.Element, factor: float) -> None:
+    """What a reviewer does in FlowJo: drag the left half of a polygon's vertices to the right."""
+    value = f"{{{DT}}}value"
+    coords = [v.findall(f"{{{GML}}}coordinate") for v in poly.findall(f"{{{GML}}}vertex")]
+    xs = sorted(float(c[0].attrib[value]) for c in coords)
+    low = xs[len(xs) // 2]
+    for c in coords:
+        x = float(c[0].attrib[value])
+        if x <= low:
+            c[0].set(value, repr(x * factor))
+
+
+def _clogged(stored) -> str:
+    """An allergen tube whose acquisition QC removed a clog (not a control: its gates set no threshold)."""
+    return next(r.tube.file for r in stored.results if r.tube.condition == "allergen"
+                and next(g for g in r.gates if g.name == "acquisition_qc").geometry.get("type") == "boolean")
+
+
+def test_unedited_then_edited_workspace_through_bat_run(stored, experiment, baseline, tmp_path):
+    """bat run --gates-from: the unedited export changes nothing; a basophil gate moved in FlowJo on a clogged
+    tube changes that tube only."""
+    from bat_analysis.store import ResultStore
+
+    out = _fresh_copy(baseline, tmp_path)
+    (wsp,) = _export(out, "flowjo", tmp_path / "exported")
+    _run(experiment, out, "--gates-from", str(wsp), "--reviewer", "Jane Doe")
+    assert (out / "tubes.csv").read_bytes() == (baseline / "tubes.csv").read_bytes()
+    with ResultStore.in_folder(out) as store:
+        assert store.reviews() == []
+
+    victim = _clogged(stored)
+    tree, node = _workspace_tree(wsp, victim)
+    pop = next(p for p in node.iter("Population") if p.attrib.get("name") == "basophils")
+    _shift_polygon_left_edge(pop.find("Gate").find(f"{{{GML}}}PolygonGate"), 2.0)
+    tree.write(wsp, encoding="UTF-8", xml_declaration=True)
+    _run(experiment, out, "--gates-from", str(wsp), "--reviewer", "Jane Doe")
+    base = pd.read_csv(baseline / "tubes.csv").set_index("file")
+    tubes = pd.read_csv(out / "tubes.csv").set_index("file")
+    contract = list(base.columns[:21])  # identity, counts, thresholds, scores, QC
+    changed = {f for f in tubes.index if not tubes.loc[f, contract].equals(base.loc[f, contract])}
+    assert changed == {victim}
+    assert tubes.loc[victim, "n_basophils"] < base.loc[victim, "n_basophils"]
+    with ResultStore.in_folder(out) as store:
+        (review,) = store.reviews()
+    assert (review["file"], review["gate"]) == (victim, "basophils")
+
+
+def test_edited_gatingml_gate_is_one_correction(stored, experiment, baseline, tmp_path):
+    from bat_analysis.io.layout import read_layout
+    from bat_analysis.overrides import load_corrections
+
+    _export(baseline, "gatingml", tmp_path / "gml")
+    victim = _clogged(stored)
+    path = tmp_path / "gml" / f"{Path(victim).stem}.xml"
+    tree = ET.parse(path)
+    poly = next(el for el in tree.getroot() if el.tag == f"{{{GML}}}PolygonGate"
+                and el.attrib.get(f"{{{GML}}}id") == "basophils")
+    _shift_polygon_left_edge(poly, 1.05)  # display scale: 5% to the right
+    tree.write(path, encoding="UTF-8", xml_declaration=True)
+    geometry = {(r.tube.file, g.name): g.geometry for r in stored.results for g in r.gates}
+    corrections = load_corrections(stored.template, overrides=None, gates_from=tmp_path / "gml",
+                                   tubes=read_layout(experiment.layout_path, experiment.out_dir),
+                                   data_dir=experiment.out_dir, reviewer="Jane Doe",
+                                   automated=lambda f, g: geometry.get((f, g)))
+    assert [(c.file, c.gate) for c in corrections.gates] == [(victim, "basophils")]
+
+
+def test_edited_time_segment_is_refused_not_ignored(stored, experiment, baseline, tmp_path):
+    """A clog segment moved in FlowJo cannot be applied as one range correction: said, not silently dropped."""
+    from bat_analysis.io.layout import read_layout
+    from bat_analysis.overrides import OverridesError, load_corrections
+
+    (wsp,) = _export(baseline, "flowjo", tmp_path / "fj")
+    victim = _clogged(stored)
+    tree, node = _workspace_tree(wsp, victim)
+    seg = next(p for p in node.iter("Population") if p.attrib.get("name") == "acquisition_qc.segment1")
+    dim = seg.find("Gate").find(f"{{{GML}}}RectangleGate").find(f"{{{GML}}}dimension")
+    dim.set(f"{{{GML}}}max", repr(float(dim.attrib[f"{{{GML}}}max"]) * 0.9))
+    tree.write(wsp, encoding="UTF-8", xml_declaration=True)
+    geometry = {(r.tube.file, g.name): g.geometry for r in stored.results for g in r.gates}
+    with pytest.raises(OverridesError) as err:
+        load_corrections(stored.template, overrides=None, gates_from=wsp,
+                         tubes=read_layout(experiment.layout_path, experiment.out_dir), data_dir=experiment.out_dir,
+                         reviewer="Jane Doe", automated=lambda f, g: geometry.get((f, g)))
+    assert any(victim in p and "acquisition_qc" in p for p in err.value.problems), err.value.problems
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_outside_and_not_gated_gates_are_exported(fmt, stored, experiment, tmp_path):
+    """A gate kept on its outside is exported as the NOT of its inside; a gate that was not set is left out
+    and its children hang from its parent."""
+    from bat_analysis.gate_exchange import channel_map, _file_gates
+    from bat_analysis.gating.flowjo import WorkspaceTube, export_workspace
+    from bat_analysis.gating.gatingml import export_gatingml
+    from bat_analysis.io.fcs import read_fcs
+
+    res = next(r for r in stored.results if r.tube.file == _clogged(stored))
+    path = experiment.out_dir / res.tube.file
+    fcs = read_fcs(path)
+    channels = channel_map(fcs, stored.template, str(path))
+    acq, margin = res.gates[0], res.gates[1]
+    outside = dataclasses.replace(margin, geometry={**margin.geometry, "keep": "outside"})
+    not_set = dataclasses.replace(acq, geometry={}, method="not_gated", count=res.n_events,
+                                  parent_count=res.n_events)
+    spill = {"FCS": (list(fcs.spillover.channels), np.asarray(fcs.spillover.matrix))}
+    for records, check in (([acq, outside], "outside"), ([not_set, *res.gates[1:]], "not_set")):
+        gates = _file_gates(records, stored.template, channels, True)
+        if fmt == "flowjo":
+            wsp = export_workspace([WorkspaceTube(path, gates, spill)], tmp_path / f"{check}.wsp")
+        else:
+            wsp = export_gatingml(gates, tmp_path / f"{check}.xml", spill)
+        (doc,) = _documents([wsp], fmt).values()
+        masks = doc.evaluate(fcs.events, fcs.pnn, fcs.spillover)
+        if check == "outside":
+            assert int(masks["margin"].sum()) == acq.count - margin.count > 0
+        else:
+            assert "acquisition_qc" not in masks and doc.gate("margin").parent is None
+            assert int(masks["margin"].sum()) >= margin.count
+            assert int(masks["basophils"].sum()) > 0
