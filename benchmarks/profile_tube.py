@@ -27,8 +27,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# one core, like the benchmark's workers: set before numpy (imported by bench_gating) loads its BLAS
+for _key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_key, "1")
 
-from bench_gating import SINGLE_THREAD_ENV, WARMUP_EVENTS, build_single, parse_size  # noqa: E402
+from bench_gating import WARMUP_EVENTS, build_single, parse_size  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,8 +128,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pyinstrument", action="store_true",
                    help="also print pyinstrument's statistical call tree (needs pyinstrument installed)")
     args = p.parse_args(argv)
-    for key, value in SINGLE_THREAD_ENV.items():  # one core, like the benchmark (before numpy loads BLAS)
-        os.environ.setdefault(key, value)
 
     from bat_analysis.gating.templates import load_template
     from bat_analysis.gating.tube import gate_tube
