@@ -21,8 +21,9 @@ can open the experiment in FlowJo. Gate coordinates are stored in data units, as
 the dimension's transform), and a transform element is written for every gated parameter. Ranges and
 quadrants become rectangles, polygons polygons, ellipses 128-vertex polygons (FlowJo itself evaluates
 ellipses as polygons). Boolean gates become FlowJo's ``AndNode`` / ``OrNode`` / ``NotNode`` under their
-parent, naming their operands by population path (``Dependent name="A/B"``), which is how FlowJo 10 writes
-them and how FlowKit's workspace parser reads them back. FlowJo has no per-operand complement, so an
+parent, naming their operands by population path (``Dependent name="A/B"``) and carrying a copy of the
+first operand's gate for display, which is how FlowJo 10 writes them and how FlowKit's workspace parser
+reads them back. FlowJo has no per-operand complement, so an
 operand complemented inside an and/or is refused (write it as a NOT gate of its own).
 """
 
@@ -392,6 +393,17 @@ def _check_boolean(g: BooleanGate, by_name: Mapping[str, Gate]) -> None:
                               expected="plain operands (write the complement as a NOT gate of its own)")
 
 
+def _display_gate(g: Gate, by_name: Mapping[str, Gate]) -> Gate | None:
+    """The shape drawn for a gate: its own, or for a boolean gate its first operand's (None if none)."""
+    seen: set[str] = set()
+    while isinstance(g, BooleanGate):
+        if g.name in seen:
+            return None
+        seen.add(g.name)
+        g = by_name[g.operands[0][0]]
+    return g
+
+
 def _population_path(name: str, by_name: Mapping[str, Gate]) -> list[str]:
     """A population's path from the sample root, as FlowJo names boolean dependents (``A/B/C``)."""
     chain: list[str] = []
@@ -529,20 +541,21 @@ def _sample_element(samples: ET.Element, tube: WorkspaceTube, sid: str, matrices
                 pop = ET.SubElement(subs, "Population", attrs)
             if g.name in tube.counts:
                 pop.set("count", str(int(tube.counts[g.name])))
+            pid = ids.get(parent) if parent is not None else None
+            # as FlowJo does, a boolean node carries a copy of its first operand's gate (for display only:
+            # membership comes from the Dependents); its children name that gate as their parent
+            shape = _display_gate(g, by_name)
+            if shape is not None:
+                gate_el = ET.SubElement(pop, "Gate")
+                gate_el.set(_q("gating", "id"), fj_id)
+                if pid is not None:
+                    gate_el.set(_q("gating", "parent_id"), pid)
+                _gate_element(gate_el, shape, fj_id, pid, param_name)
+            add(pop, g.name, depth + 1)
             if isinstance(g, BooleanGate):
                 deps = ET.SubElement(pop, "Dependents")
                 for ref, _ in g.operands:
                     ET.SubElement(deps, "Dependent", {"name": "/".join(_population_path(ref, by_name))})
-                add(pop, g.name, depth + 1)
-                continue
-            gate_el = ET.SubElement(pop, "Gate")
-            gate_el.set(_q("gating", "id"), fj_id)
-            # FlowJo's boolean nodes carry no gate id: their children name no parent gate
-            pid = ids.get(parent) if parent is not None and not isinstance(by_name[parent], BooleanGate) else None
-            if pid is not None:
-                gate_el.set(_q("gating", "parent_id"), pid)
-            _gate_element(gate_el, g, fj_id, pid, param_name)
-            add(pop, g.name, depth + 1)
 
     add(node, None, 0)
     if len(ids) != len(gates):
