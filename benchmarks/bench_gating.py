@@ -20,7 +20,7 @@ is limited to one BLAS/OpenMP thread (one core). Ratios, not absolute times, are
 is shared and noisy.
 
 Run from the repository root:
-    PYTHONPATH=. python benchmarks/bench_gating.py            # everything (about 15 minutes on 2 cores)
+    PYTHONPATH=. python benchmarks/bench_gating.py            # everything (about 20 minutes on 2 cores)
     PYTHONPATH=. python benchmarks/bench_gating.py --quick    # 50k/500k, 3 repeats, no 20M file
     PYTHONPATH=. python benchmarks/bench_gating.py --sizes 500k,2M --no-plate --no-huge
 """
