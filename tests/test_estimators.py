@@ -345,3 +345,52 @@ def test_bin_index_small_lookup_table_equals_binary_search() -> None:
     values[:129] = raw.astype(np.float32)
     assert est._LUT_CELLS // 4 <= len(values) < est._LUT_CELLS
     assert np.array_equal(est._bin_index(values, dim, edges), np.searchsorted(raw, values, side="right") - 1)
+
+
+@pytest.mark.parametrize("n", [3_000, 50_000, 400_000])
+def test_polygon_mask_classified_cells_equal_the_exact_test_on_mixed_scales(n: int) -> None:
+    """Linear x, logicle y (the cells gate) and a thin diagonal band (the singlets gate), at every grid size,
+    with events placed exactly on the classification grid's cell edges and on the polygon's vertices."""
+    from flowutils.gating import points_in_polygon
+
+    rng = np.random.default_rng(n)
+    x = rng.uniform(-5000, 270000, n).astype(np.float32)
+    y = (rng.lognormal(9, 1.5, n) - 300).astype(np.float32)
+    for dims, verts in (
+            ((Dimension("x", None), Dimension("y", LOGICLE)),
+             np.array([[30000.0, 0.1], [250000.0, 0.15], [280000.0, 0.9], [60000.0, 0.95], [20000.0, 0.5]])),
+            ((Dimension("x", None), Dimension("y", None)),
+             np.array([[100.0, 60.0], [500000.0, 300000.0], [500000.0, 420000.0], [100.0, 85.0]]))):
+        if dims[1].transform is None:
+            y = (x * rng.uniform(0.5, 0.9, n)).astype(np.float32)  # a diagonal cloud around the band
+        gate = PolygonGate("p", dims, vertices=verts)
+        nx, ny = (est._grid_size(n) if d.transform is None else 64 for d in dims)
+        lo, hi = verts.min(axis=0), verts.max(axis=0)
+        pad = 1e-6 * (hi - lo)
+        gx = np.linspace(lo[0] - pad[0], hi[0] + pad[0], nx + 1)
+        gy = np.linspace(lo[1] - pad[1], hi[1] + pad[1], ny + 1)
+        on_edges = np.column_stack([est.from_scale(dims[0], rng.choice(gx, 500)),
+                                    est.from_scale(dims[1], rng.choice(gy, 500))]).astype(np.float32)
+        at_vertices = np.column_stack([est.from_scale(dims[0], verts[:, 0]),
+                                       est.from_scale(dims[1], verts[:, 1])]).astype(np.float32)
+        xs = np.concatenate([x, on_edges[:, 0], at_vertices[:, 0]])
+        ys = np.concatenate([y, on_edges[:, 1], at_vertices[:, 1]])
+        exact = np.asarray(points_in_polygon(verts, np.column_stack([est.to_scale(dims[0], xs),
+                                                                      est.to_scale(dims[1], ys)])), dtype=bool)
+        assert 0 < exact.sum() < len(xs)
+        assert est._cell_classes(verts, gx, gy) is not None
+        assert np.array_equal(est.polygon_mask(gate, (xs, ys)), exact)
+
+
+def test_cell_classes_of_a_square() -> None:
+    """Cells wholly inside, wholly outside and crossing the boundary of a square, either orientation."""
+    edges = np.linspace(0.0, 4.0, 5)
+    square = np.array([[1.5, 1.5], [2.5, 1.5], [2.5, 2.5], [1.5, 2.5]])
+    for verts in (square, square[::-1]):
+        classes = est._cell_classes(verts, edges, edges)
+        assert classes[0, 0] == 0 and classes[3, 3] == 0 and classes[0, 3] == 0
+        assert classes[1, 1] == 2 and classes[2, 2] == 2 and classes[1, 2] == 2
+    shrunk = np.array([[0.5, 0.5], [3.5, 0.5], [3.5, 3.5], [0.5, 3.5]])
+    classes = est._cell_classes(shrunk, edges, edges)
+    assert classes[1, 1] == 1 and classes[2, 2] == 1 and classes[0, 0] == 2
+    assert est._cell_classes(np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]), edges, edges) is None

@@ -95,9 +95,9 @@ def _bin_index(values: np.ndarray, dim: Dimension, edges: np.ndarray) -> np.ndar
     """Bin of each raw value among equally spaced scale edges (-1 or len(edges)-1 when outside).
 
     Linear scales are binned arithmetically. On a transformed scale the edges are inverse-transformed
-    once; many values are binned through a lookup table of 65536 (or 16384) equal raw cells (a cell that
-    holds a bin edge, or touches one, is resolved by binary search for its values only), few values by
-    binary search directly.
+    once; many values are binned through a lookup table of 65536 (or 16384, or for many bins and values
+    up to 512 per bin) equal raw cells (a cell that holds a bin edge, or touches one, is resolved by binary
+    search for its values only), few values by binary search directly.
     """
     bins = len(edges) - 1
     if dim.transform is None:
@@ -105,7 +105,10 @@ def _bin_index(values: np.ndarray, dim: Dimension, edges: np.ndarray) -> np.ndar
         idx = np.floor((values - edges[0]) * (1.0 / width))
         return np.clip(idx, -1, bins).astype(np.int32)
     raw = from_scale(dim, edges)
+    # about 512 cells per bin keeps the cells holding an edge (resolved one by one) few
     n_cells = _LUT_CELLS if len(values) >= _LUT_CELLS else _LUT_CELLS // 4
+    while n_cells < 512 * bins and len(values) >= 8 * n_cells:
+        n_cells *= 2
     if len(values) < n_cells or not np.all(np.diff(raw) > 0):
         return (np.searchsorted(raw, values, side="right") - 1).astype(np.int32)
     r0, r1 = float(raw[0]), float(raw[-1])
@@ -170,50 +173,81 @@ def _is_convex(v: np.ndarray) -> bool:
     return bool(np.all(cross >= 0) or np.all(cross <= 0))
 
 
-def _cells_inside(v: np.ndarray, ex: np.ndarray, ey: np.ndarray) -> np.ndarray:
-    """Grid cells lying inside a convex polygon with a margin (all four slightly enlarged corners inside)."""
-    from flowutils.gating import points_in_polygon
+def _cell_classes(v: np.ndarray, ex: np.ndarray, ey: np.ndarray) -> np.ndarray | None:
+    """Class of each grid cell against a convex polygon: 0 outside, 1 inside, 2 boundary (None: degenerate).
 
+    Every cell is enlarged by 1e-3 of its width on each side before it is judged, so an event binned
+    into a neighbouring cell by rounding is still judged correctly. A cell is inside when its enlarged
+    corners all lie strictly inside every edge's half-plane (then the whole cell does: the polygon is
+    convex) and outside when they all lie strictly outside one edge's half-plane; any other cell is a
+    boundary cell whose events are tested exactly.
+    """
+    area2 = float(np.sum(v[:, 0] * np.roll(v[:, 1], -1) - np.roll(v[:, 0], -1) * v[:, 1]))
+    if not np.isfinite(area2) or area2 == 0.0:
+        return None
+    if area2 < 0:  # counter-clockwise: the inside is left of every edge
+        v = v[::-1]
     eps_x = 1e-3 * (ex[1] - ex[0])
     eps_y = 1e-3 * (ey[1] - ey[0])
-    gx, gy = len(ex) - 1, len(ey) - 1
-    inside = np.ones((gx, gy), dtype=bool)
-    for cx, cy, sx, sy in ((ex[:-1], ey[:-1], -eps_x, -eps_y), (ex[1:], ey[:-1], eps_x, -eps_y),
-                           (ex[:-1], ey[1:], -eps_x, eps_y), (ex[1:], ey[1:], eps_x, eps_y)):
-        px, py = np.meshgrid(cx + sx, cy + sy, indexing="ij")
-        pts = np.column_stack([px.ravel(), py.ravel()])
-        inside &= np.asarray(points_in_polygon(v, pts), dtype=bool).reshape(gx, gy)
-    return inside
+    x_lo, x_hi = (ex[:-1] - eps_x)[:, None], (ex[1:] + eps_x)[:, None]
+    y_lo, y_hi = (ey[:-1] - eps_y)[None, :], (ey[1:] + eps_y)[None, :]
+    inside = np.ones((len(ex) - 1, len(ey) - 1), dtype=bool)
+    outside = np.zeros_like(inside)
+    for (px, py), (qx, qy) in zip(v, np.roll(v, -1, axis=0)):
+        # f(x, y) = a x + b y + c > 0 left of the edge p -> q
+        a, b = -(qy - py), qx - px
+        if a == 0.0 and b == 0.0:
+            continue  # a repeated vertex is no edge
+        c = -(a * px + b * py)
+        lo = (a * x_lo if a > 0 else a * x_hi) + (b * y_lo if b > 0 else b * y_hi) + c
+        hi = (a * x_hi if a > 0 else a * x_lo) + (b * y_hi if b > 0 else b * y_lo) + c
+        inside &= lo > 0
+        outside |= hi < 0
+    return np.where(inside, 1, np.where(outside, 0, 2)).astype(np.uint8)
 
 
-def polygon_mask(gate: PolygonGate, cols: Sequence[np.ndarray], grid: int = 64) -> np.ndarray:
+def _grid_size(n: int) -> int:
+    """Cells per side of the classification grid for ``n`` events (finer for more events)."""
+    return int(np.clip(np.sqrt(n / 4.0), 32, 512))
+
+
+def polygon_mask(gate: PolygonGate, cols: Sequence[np.ndarray], grid: int | None = None) -> np.ndarray:
     """Membership of raw events in a polygon on the dimensions' scales (same answer as the gate engine).
 
     For a convex polygon over many events, a grid over its (slightly padded) bounding box is classified
-    once: events outside the grid are outside, events in cells lying wholly inside (with a margin) are
-    members, and only the others are transformed and tested exactly. Otherwise only the events inside
-    the bounding box are transformed and tested.
+    once (see :func:`_cell_classes`; binned with inverse-transformed edges): events outside the grid or
+    in outside cells are out, events in inside cells are members, and only the events of boundary cells
+    are transformed and tested exactly. Otherwise only the events inside the bounding box are
+    transformed and tested.
     """
     from flowutils.gating import points_in_polygon
 
     x, y = cols
-    v = gate.vertices
+    v = np.asarray(gate.vertices, dtype=np.float64)
     lo, hi = v.min(axis=0), v.max(axis=0)
     pad = 1e-6 * np.maximum(hi - lo, 1e-300)
     lo, hi = lo - pad, hi + pad
-    mask = np.zeros(len(x), dtype=bool)
-    if len(x) > 20 * grid * grid and _is_convex(v):
-        ex = np.linspace(lo[0], hi[0], grid + 1)
-        ey = np.linspace(lo[1], hi[1], grid + 1)
-        # class of each cell, with a ring for "outside the grid": 0 outside, 1 inside, 2 to be tested
-        table = np.zeros((grid + 2, grid + 2), dtype=np.uint8)
-        table[1:-1, 1:-1] = np.where(_cells_inside(v, ex, ey), 1, 2)
+    # linear dimensions are binned arithmetically and get a fine grid; transformed ones are binned through
+    # a lookup table whose cost grows with the number of bins, and get 64 cells
+    gx, gy = (grid or (_grid_size(len(x)) if d.transform is None else 64) for d in gate.dims)
+    ex = np.linspace(lo[0], hi[0], gx + 1)
+    ey = np.linspace(lo[1], hi[1], gy + 1)
+    classes = _cell_classes(v, ex, ey) if len(x) > 4 * max(gx, gy) and _is_convex(v) else None
+    if classes is not None:
+        # a ring of "outside" around the grid for events beyond it
+        table = np.zeros((gx + 2, gy + 2), dtype=np.uint8)
+        table[1:-1, 1:-1] = classes
         ix = _bin_index(x, gate.dims[0], ex)
         iy = _bin_index(y, gate.dims[1], ey)
-        cls = table.ravel()[(ix + 1) * (grid + 2) + (iy + 1)]
+        ix += 1
+        ix *= gy + 2
+        ix += iy
+        ix += 1
+        cls = table.ravel()[ix]
         mask = cls == 1
         idx = np.flatnonzero(cls == 2)
     else:
+        mask = np.zeros(len(x), dtype=bool)
         rx = from_scale(gate.dims[0], np.array([lo[0], hi[0]]))
         ry = from_scale(gate.dims[1], np.array([lo[1], hi[1]]))
         idx = np.flatnonzero((x >= rx[0]) & (x <= rx[1]) & (y >= ry[0]) & (y <= ry[1]))
