@@ -248,3 +248,45 @@ def test_outside_and_not_gated_gates_are_exported(fmt, stored, experiment, tmp_p
             assert "acquisition_qc" not in masks and doc.gate("margin").parent is None
             assert int(masks["margin"].sum()) >= margin.count
             assert int(masks["basophils"].sum()) > 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_gate_kept_outside_given_back(fmt, stored, experiment, tmp_path):
+    """With a template gate kept on its outside, the exported NOT of its inside given back unedited is no
+    correction, and its inside moved by a reviewer is a correction of that inside."""
+    from bat_analysis.gate_exchange import _file_gates, channel_map, read_edited_gates
+    from bat_analysis.gating.flowjo import WorkspaceTube, export_workspace
+    from bat_analysis.gating.gatingml import export_gatingml
+    from bat_analysis.gating.templates import parse_template
+    from bat_analysis.io.fcs import read_fcs
+    from bat_analysis.io.layout import read_layout
+
+    text = Path(stored.template.source).read_text(encoding="utf-8")
+    assert "    method: margin\n" in text
+    template = parse_template(text.replace("    method: margin\n", "    method: margin\n    keep: outside\n"))
+    assert template.gate("margin").keep == "outside"
+    res = next(r for r in stored.results if r.tube.file == _clogged(stored))
+    path = experiment.out_dir / res.tube.file
+    fcs = read_fcs(path)
+    acq, margin = res.gates[0], res.gates[1]
+    outside = dataclasses.replace(margin, geometry={**margin.geometry, "keep": "outside"})
+    gates = _file_gates([acq, outside], template, channel_map(fcs, template, str(path)), True)
+    spill = {"FCS": (list(fcs.spillover.channels), np.asarray(fcs.spillover.matrix))}
+    if fmt == "flowjo":
+        given = export_workspace([WorkspaceTube(path, gates, spill)], tmp_path / "x.wsp")
+    else:
+        given = export_gatingml(gates, tmp_path / f"{path.stem}.xml", spill)
+    geometry = {"acquisition_qc": acq.geometry, "margin": outside.geometry}
+    tubes = [r.tube for r in stored.results]
+
+    def edited():
+        return read_edited_gates(given, template, tubes, data_dir=experiment.out_dir, reviewer="Jane Doe",
+                                 automated=lambda f, g: geometry.get(g) if f == res.tube.file else None)
+
+    assert edited() == []
+    # the stored gate no longer matches the exported one: as if the reviewer had moved it in the file
+    assert None not in outside.geometry["maxs"]
+    geometry["margin"] = {**outside.geometry, "maxs": [v * 0.9 for v in outside.geometry["maxs"]]}
+    (fix,) = edited()
+    assert (fix.file, fix.gate, fix.geometry["type"]) == (res.tube.file, "margin", "range")
+    assert fix.geometry["maxs"] == pytest.approx(outside.geometry["maxs"])
