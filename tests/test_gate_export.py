@@ -290,3 +290,24 @@ def test_gate_kept_outside_given_back(fmt, stored, experiment, tmp_path):
     (fix,) = edited()
     assert (fix.file, fix.gate, fix.geometry["type"]) == (res.tube.file, "margin", "range")
     assert fix.geometry["maxs"] == pytest.approx(outside.geometry["maxs"])
+
+
+def test_gatingml_export_is_schema_valid(baseline, tmp_path):
+    """The clogged tubes' Gating-ML (BooleanGate over the time segments) validates against the Gating-ML 2.0
+    schema (the XSD FlowKit ships)."""
+    from importlib.resources import files
+
+    from lxml import etree
+
+    xsd = files("flowkit") / "_resources" / "Gating-ML.v2.0.xsd"
+    if not xsd.is_file():
+        pytest.skip("FlowKit's copy of the Gating-ML 2.0 schema not found")
+    schema = etree.XMLSchema(etree.parse(str(xsd)))
+    paths = _export(baseline, "gatingml", tmp_path / "gml")
+    assert len(paths) == 5
+    n_boolean = 0
+    for p in paths:
+        doc = etree.parse(str(p))
+        n_boolean += doc.getroot().find(f"{{{GML}}}BooleanGate") is not None
+        assert schema.validate(doc), f"{p.name}: {schema.error_log}"
+    assert n_boolean >= 3
