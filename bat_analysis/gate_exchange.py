@@ -280,9 +280,11 @@ def read_edited_gates(path: Path | str, template: Any, tubes: Sequence[Tube], *,
         top = max((float(c.range) for c in channels.values() if c.range), default=None)
         for gate in docs[name].gates:
             if isinstance(gate, BooleanGate):
+                if not _is_template_gate(template, gate.name):
+                    continue
                 fix = _boolean_correction(gate, doc_gates, template, pnn_to_dim, tube.file, automated,
-                                          _open_limit(top, template, gate.name) if _is_template_gate(template, gate.name)
-                                          else None, f"{name}: gate {gate.name}", str(path))
+                                          _open_limit(top, template, gate.name), f"{name}: gate {gate.name}",
+                                          str(path))
                 if fix is None:
                     continue
                 gate = fix
@@ -316,14 +318,12 @@ def _boolean_correction(gate: BooleanGate, doc_gates: Mapping[str, Any], templat
 
     ``not`` of one gate is how a gate kept on its outside is exported: its operand's geometry, under the
     template gate's name, is compared like any gate. ``or`` of ranges is acquisition QC's union of time
-    segments: compared segment by segment with the automated union; unchanged is no correction, a union
-    edited down to one range is a range correction, and another edited union cannot be applied (a
-    correction is one range, polygon or ellipse), which is said rather than ignored.
+    segments: compared segment by segment with the automated union; unchanged is no correction, and an
+    edited union cannot be applied (a correction is one range, polygon or ellipse), which is said rather
+    than ignored.
     """
     import dataclasses
 
-    if not _is_template_gate(template, gate.name):
-        return None
     operands = [doc_gates.get(ref) for ref, _ in gate.operands]
     if any(g is None for g in operands):
         raise OverridesError("an edited boolean gate names a gate that is not in the file", source=source,
@@ -342,17 +342,19 @@ def _boolean_correction(gate: BooleanGate, doc_gates: Mapping[str, Any], templat
     auto = automated(file, gate.name) if automated is not None else None
     auto_members = list((auto or {}).get("members", [])) if (auto or {}).get("type") == "boolean" else \
         ([auto] if auto else [])
-    key = lambda geo: [float("-inf") if v is None else v for v in geo["mins"]]  # noqa: E731
     if len(auto_members) == len(geos) and all(
             same_geometry(a, b, open_limit=open_limit)
-            for a, b in zip(sorted(geos, key=key), sorted(auto_members, key=key))):
+            for a, b in zip(sorted(geos, key=_lower_limits), sorted(auto_members, key=_lower_limits))):
         return None
-    if len(operands) == 1:
-        return dataclasses.replace(operands[0], name=gate.name, parent=gate.parent)
     raise OverridesError("an edited union of ranges cannot be applied as a correction", source=source,
                          problems=[f"{where}: {len(operands)} ranges differ from the automated gate; a correction "
                                    "is one range, polygon or ellipse (give the gate as one range, or leave it "
                                    "unedited)"])
+
+
+def _lower_limits(geo: Mapping[str, Any]) -> list[float]:
+    """Sort key of a range geometry: its lower limits (an open side first)."""
+    return [float("-inf") if v is None else float(v) for v in geo["mins"]]
 
 
 def _open_limit(top: float | None, template: Any, gate_name: str) -> float | None:

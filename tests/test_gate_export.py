@@ -259,7 +259,6 @@ def test_gate_kept_outside_given_back(fmt, stored, experiment, tmp_path):
     from bat_analysis.gating.gatingml import export_gatingml
     from bat_analysis.gating.templates import parse_template
     from bat_analysis.io.fcs import read_fcs
-    from bat_analysis.io.layout import read_layout
 
     text = Path(stored.template.source).read_text(encoding="utf-8")
     assert "    method: margin\n" in text
