@@ -93,3 +93,28 @@ def test_single_channel_product_equals_the_gathered_product() -> None:
     got = compensate(raw, names, s, channels=["d"])
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got[:, 0], gathered[:, 1], rtol=1e-6, atol=1e-6 * float(np.nanmax(np.abs(raw))))
+
+
+def test_channel_rows_copy_exactly_and_compensate_like_compensate() -> None:
+    from bat_analysis.gating.compensation import channel_rows
+
+    rng = np.random.default_rng(8)
+    m = np.eye(3) + rng.uniform(0, 0.3, (3, 3)) * (1 - np.eye(3))
+    raw = rng.uniform(-200, 2e5, (30000, 6)).astype(np.float32)
+    names = ["FSC-A", "SSC-A", "B", "C", "D", "Time"]
+    s = Spillover(("SSC-A", "C", "D"), m)
+    rows = channel_rows(raw, names, s, ["Time", "C", "FSC-A", "SSC-A"], copied=["SSC-A"])
+    assert rows.shape == (4, len(raw)) and rows.dtype == np.float32 and rows.flags.c_contiguous
+    assert np.array_equal(rows[0], raw[:, 5]) and np.array_equal(rows[2], raw[:, 0])
+    assert np.array_equal(rows[3], raw[:, 1])  # a detector asked to be copied is not compensated
+    ref = compensate(raw, names, s, channels=["C"])[:, 0]
+    np.testing.assert_allclose(rows[1], ref, rtol=1e-6, atol=1e-6 * float(np.abs(raw).max()))
+    assert np.array_equal(channel_rows(raw, names, None, ["B"])[0], raw[:, 2])
+    raw[3, 4] = np.inf  # a non-finite detector value: copied channels stay exact, the others follow compensate
+    rows = channel_rows(raw, names, s, ["FSC-A", "C"])
+    assert np.array_equal(rows[0], raw[:, 0])
+    np.testing.assert_array_equal(np.isfinite(rows[1]), np.isfinite(compensate(raw, names, s, channels=["C"])[:, 0]))
+    with pytest.raises(GatingError, match="absent"):
+        channel_rows(raw, names, Spillover(("C", "Z"), np.eye(2)), ["C"])
+    with pytest.raises(GatingError, match="unknown"):
+        channel_rows(raw, names, s, ["Z"])

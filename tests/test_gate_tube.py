@@ -247,3 +247,16 @@ def test_large_tube_with_rare_basophils(tmp_path: Path, template) -> None:
     truth = (s.population == BASOPHIL) & kept
     tp = int((got & truth).sum())
     assert tp / got.sum() >= 0.95 and tp / truth.sum() >= 0.95
+
+
+def test_file_sha256_of_empty_and_small_files(tmp_path: Path) -> None:
+    import hashlib
+
+    from bat_analysis.gating.tube import file_sha256
+
+    empty = tmp_path / "empty.fcs"
+    empty.write_bytes(b"")
+    small = tmp_path / "small.fcs"
+    small.write_bytes(bytes(range(256)) * 3)
+    assert file_sha256(empty) == hashlib.sha256(b"").hexdigest()
+    assert file_sha256(small) == hashlib.sha256(small.read_bytes()).hexdigest()

@@ -170,10 +170,55 @@ def _product(ev: np.ndarray, det_cols: list[int], inv: np.ndarray, dtype: Any) -
     if ev.dtype == dtype and ev.flags.c_contiguous and inv.shape[1] <= 2:
         full = np.zeros((ev.shape[1], inv.shape[1]), dtype=dtype)
         full[det_cols] = inv
-        comp = ev @ full
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite products are redone below
+            comp = ev @ full
         if np.isfinite(comp).all():
             return comp
     raw = ev[:, det_cols]
     if raw.dtype != dtype:
         raw = raw.astype(dtype)
     return raw @ inv
+
+
+def channel_rows(events: np.ndarray, channel_names: Sequence[str], spillover: Any | None,
+                 channels: Sequence[str], *, copied: Sequence[str] = ()) -> np.ndarray:
+    """``channels`` of ``events`` as contiguous float32 rows (len(channels) x n), in one pass.
+
+    Channels that are detectors of ``spillover`` are compensated (unless listed in ``copied``), the
+    others copied. Copying and
+    compensating are one product of the row-major event matrix with a small matrix (a one per copied
+    channel, the precomputed inverse's column per compensated one), so the events are read once and
+    each channel comes out contiguous. Copied values are exact (x * 1 plus zeros); a product that is not
+    finite (a NaN or inf elsewhere in an event, times zero) is redone channel by channel.
+    """
+    names = [str(c) for c in channel_names]
+    ev = np.asarray(events)
+    index = {n: i for i, n in enumerate(names)}
+    unknown = [c for c in channels if c not in index]
+    if unknown or ev.ndim != 2 or ev.shape[1] != len(names):
+        raise GatingError(f"unknown channels requested: {unknown}" if unknown else
+                          f"events have shape {ev.shape} but {len(names)} channel names were given",
+                          field="channels", expected=f"names among {names}")
+    sp = None if spillover is None else as_spillover(spillover)
+    det = {} if sp is None else {c: k for k, c in enumerate(sp.channels) if c not in set(copied)}
+    if sp is not None and any(c not in index for c in sp.channels):
+        compensate(ev[:1], names, sp)  # raises the error naming the detectors absent from the events
+    weights = np.zeros((len(channels), ev.shape[1]), dtype=np.float32)
+    for j, c in enumerate(channels):
+        if c in det:
+            assert sp is not None
+            weights[j, [index[d] for d in sp.channels]] = sp.inverse[:, det[c]]
+        else:
+            weights[j, index[c]] = 1.0
+    if ev.dtype == np.float32 and ev.flags.c_contiguous:
+        with np.errstate(invalid="ignore", over="ignore"):  # non-finite products are redone below
+            rows = weights @ ev.T
+        if np.isfinite(rows).all():
+            return rows
+    out = np.empty((len(channels), ev.shape[0]), dtype=np.float32)
+    for j, c in enumerate(channels):
+        if c in det:
+            out[j] = compensate(ev, names, sp, [c])[:, 0]
+        else:
+            out[j] = ev[:, index[c]]
+    return out

@@ -12,6 +12,8 @@ edges, polygons tested inside their bounding box), so per-event transforms are r
 from __future__ import annotations
 
 import hashlib
+import mmap
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -31,9 +33,12 @@ _FRACTION_OF = {"flow_rate": "acquisition_qc", "margin": "margin", "singlet_band
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
+    """SHA-256 of a file's bytes (hashed from a memory map: no copy through a read buffer)."""
     with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+        if os.fstat(fh.fileno()).st_size == 0:
+            return hashlib.sha256(b"").hexdigest()
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return hashlib.sha256(mm).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- dimensions
@@ -340,12 +345,16 @@ def gate_sample_indices(sample: Any, tube: Tube, template: Template, *,
                                  f"{len(markers)} fluorescent markers left uncompensated"))
     gating_dims = sorted({d for g in template.gates for d in g.dims if d in channels})
     fluo = [d for d in gating_dims if d not in SCATTER_DIMS]
-    columns: dict[str, np.ndarray] = {}
+    # every gating channel as a contiguous row (later passes over a column are cache-friendly), the
+    # fluorescence ones compensated, in one pass over the event matrix
+    from .compensation import Spillover, channel_rows
+
     scatter = [d for d in gating_dims if d in SCATTER_DIMS]
-    if scatter:  # channel-contiguous copies: every later pass over a column is then cache-friendly
-        block = np.asfortranarray(sample.events[:, [channels[d].index for d in scatter]])
-        columns.update({d: block[:, j] for j, d in enumerate(scatter)})
-    columns.update(_compensated(sample, template, channels, fluo, None, source))
+    order = scatter + fluo
+    rows = channel_rows(sample.events, [c.pnn for c in sample.channels],
+                        None if spill is None or not fluo else Spillover(tuple(spill[0]), np.asarray(spill[1])),
+                        [channels[d].pnn for d in order], copied=[channels[d].pnn for d in scatter])
+    columns: dict[str, np.ndarray] = {d: rows[j] for j, d in enumerate(order)}
     ranges = {d: float(channels[d].range) if channels[d].range else None for d in gating_dims}
     run = _Run(template, columns, ranges, n)
     population = template.population
