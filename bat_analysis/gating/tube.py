@@ -214,7 +214,9 @@ def _apply_gate_spec(run: _Run, gspec: GateSpec, overrides: Mapping[str, Gate],
         estimate = est.failed(f"no channel for {', '.join(missing)}", "GATE_SKIPPED", gspec.name)
         cols: list[np.ndarray] = []
     else:
-        cols = [run.columns[d] if parent_idx is None else run.columns[d][parent_idx] for d in gspec.dims]
+        # member indices are sorted subsets of all events: a parent holding every event needs no gather
+        whole = parent_idx is None or len(parent_idx) == run.n_events
+        cols = [run.columns[d] if whole else run.columns[d][parent_idx] for d in gspec.dims]
         if gspec.name in overrides:
             gate = _remap(overrides[gspec.name], dims, gspec)
             mask = est.apply_gate(gate, cols)
