@@ -366,7 +366,7 @@ def test_polygon_mask_classified_cells_equal_the_exact_test_on_mixed_scales(n: i
         gate = PolygonGate("p", dims, vertices=verts)
         nx, ny = (est._grid_size(n) if d.transform is None else 64 for d in dims)
         lo, hi = verts.min(axis=0), verts.max(axis=0)
-        pad = 1e-6 * (hi - lo)
+        pad = 1e-4 * (hi - lo)
         gx = np.linspace(lo[0] - pad[0], hi[0] + pad[0], nx + 1)
         gy = np.linspace(lo[1] - pad[1], hi[1] + pad[1], ny + 1)
         on_edges = np.column_stack([est.from_scale(dims[0], rng.choice(gx, 500)),
@@ -394,3 +394,24 @@ def test_cell_classes_of_a_square() -> None:
     classes = est._cell_classes(shrunk, edges, edges)
     assert classes[1, 1] == 1 and classes[2, 2] == 1 and classes[0, 0] == 2
     assert est._cell_classes(np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]), edges, edges) is None
+
+
+@pytest.mark.parametrize("transformed", [False, True])
+def test_shifted_float32_bin_index_equals_the_plain_bins(transformed: bool) -> None:
+    """Grid lookups bin float32 values in float32 with the shift folded in: same bins up to 1e-3 of a bin."""
+    rng = np.random.default_rng(15)
+    dim = Dimension("x", LOGICLE if transformed else None)
+    values = np.concatenate([rng.lognormal(9, 1.5, 200_000) - 300, rng.uniform(-500, 3e5, 100_000)])
+    edges = np.linspace(0.2, 0.9, 65) if transformed else np.linspace(20000.0, 270000.0, 513)
+    raw = est.from_scale(dim, edges)
+    values = np.concatenate([values, raw, np.nextafter(raw, -np.inf), np.nextafter(raw, np.inf)]).astype(np.float32)
+    plain = est._bin_index(values, dim, edges)
+    shifted = est._bin_index(values, dim, edges, shift=1)
+    assert shifted.dtype == np.int32 and shifted.min() >= 0 and shifted.max() <= len(edges)
+    differ = np.flatnonzero(shifted != plain + 1)
+    if transformed:  # the lookup table (with its guard cells) resolves every uncertain cell exactly
+        assert np.array_equal(shifted, np.searchsorted(raw, values, side="right"))
+    else:  # only values within 1e-3 of a bin from an edge may land in the neighbouring bin
+        pos = (values[differ].astype(np.float64) - edges[0]) / (edges[1] - edges[0])
+        assert np.all(np.abs(pos - np.round(pos)) < 1e-3)
+        assert np.all(np.abs(shifted[differ] - (plain[differ] + 1)) == 1)

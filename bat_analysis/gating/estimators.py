@@ -91,26 +91,38 @@ def scale_limits(dim: Dimension, values: np.ndarray, top: float | None = None,
 _LUT_CELLS = 1 << 16
 
 
-def _bin_index(values: np.ndarray, dim: Dimension, edges: np.ndarray) -> np.ndarray:
-    """Bin of each raw value among equally spaced scale edges (-1 or len(edges)-1 when outside).
+def _bin_index(values: np.ndarray, dim: Dimension, edges: np.ndarray, shift: int = 0) -> np.ndarray:
+    """Bin of each raw value among equally spaced scale edges (-1 or len(edges)-1 when outside), plus ``shift``.
 
     Linear scales are binned arithmetically. On a transformed scale the edges are inverse-transformed
     once; many values are binned through a lookup table of 65536 (or 16384, or for many bins and values
     up to 512 per bin) equal raw cells (a cell that holds a bin edge, or touches one, is resolved by binary
     search for its values only), few values by binary search directly.
+
+    With ``shift`` >= 1 (grid lookups: 0 is "below", bins + 1 "above") float32 values of a linear scale are
+    binned in float32 with the shift folded into the arithmetic, when the grid lies within 2048 bin widths
+    of zero; a value's position is then off by at most 1e-3 of a bin (callers enlarge their cells by that).
     """
     bins = len(edges) - 1
     if dim.transform is None:
         width = (edges[-1] - edges[0]) / bins
+        if shift >= 1 and values.dtype == np.float32 and max(abs(edges[0]), abs(edges[-1])) <= 2048 * width:
+            t = np.multiply(values, np.float32(1.0 / width))
+            t += np.float32(shift - edges[0] / width)
+            np.clip(t, shift - 1, bins + shift, out=t)
+            return t.astype(np.int32)
         idx = np.floor((values - edges[0]) * (1.0 / width))
-        return np.clip(idx, -1, bins).astype(np.int32)
+        out = np.clip(idx, -1, bins).astype(np.int32)
+        if shift:
+            out += shift
+        return out
     raw = from_scale(dim, edges)
     # about 512 cells per bin keeps the cells holding an edge (resolved one by one) few
     n_cells = _LUT_CELLS if len(values) >= _LUT_CELLS else _LUT_CELLS // 4
     while n_cells < 512 * bins and len(values) >= 8 * n_cells:
         n_cells *= 2
     if len(values) < n_cells or not np.all(np.diff(raw) > 0):
-        return (np.searchsorted(raw, values, side="right") - 1).astype(np.int32)
+        return (np.searchsorted(raw, values, side="right") + (shift - 1)).astype(np.int32)
     r0, r1 = float(raw[0]), float(raw[-1])
     w = (r1 - r0) / n_cells
     starts = r0 + w * np.arange(n_cells)
@@ -122,13 +134,24 @@ def _bin_index(values: np.ndarray, dim: Dimension, edges: np.ndarray) -> np.ndar
     unsure[1:] |= b_lo[:-1] != b_hi[:-1]
     unsure[:-1] |= b_lo[1:] != b_hi[1:]
     unsure[[0, -1]] = True
-    lut = np.concatenate([[-1], np.where(unsure, -2, b_lo), [bins]]).astype(np.int32)
-    k = np.floor((values - r0) * (1.0 / w))
-    np.clip(k, -1, n_cells, out=k)
-    out = lut[k.astype(np.int32) + 1]
-    todo = np.flatnonzero(out == -2)
+    unsure_mark = -2 - 2 * shift
+    cells = np.where(unsure, unsure_mark, b_lo + shift)
+    if shift >= 1 and values.dtype == np.float32 and abs(r0) <= 4 * n_cells * w:
+        # float32 cell positions, off by far less than the one cell the neighbours' marking allows; a
+        # guard cell on each side (resolved by search) keeps values at the ends from being misplaced
+        lut = np.concatenate([[-1 + shift, unsure_mark], cells, [unsure_mark, bins + shift]]).astype(np.int32)
+        k = np.multiply(values, np.float32(1.0 / w))
+        k += np.float32(2.0 - r0 / w)
+        np.clip(k, 0, n_cells + 3, out=k)
+        out = lut[k.astype(np.int32)]
+    else:
+        lut = np.concatenate([[-1 + shift], cells, [bins + shift]]).astype(np.int32)
+        k = np.floor((values - r0) * (1.0 / w))
+        np.clip(k, -1, n_cells, out=k)
+        out = lut[k.astype(np.int32) + 1]
+    todo = np.flatnonzero(out == unsure_mark)
     if len(todo):
-        out[todo] = np.searchsorted(raw, values[todo], side="right") - 1
+        out[todo] = np.searchsorted(raw, values[todo], side="right") + (shift - 1)
     return out
 
 
@@ -225,7 +248,8 @@ def polygon_mask(gate: PolygonGate, cols: Sequence[np.ndarray], grid: int | None
     x, y = cols
     v = np.asarray(gate.vertices, dtype=np.float64)
     lo, hi = v.min(axis=0), v.max(axis=0)
-    pad = 1e-6 * np.maximum(hi - lo, 1e-300)
+    # the grid reaches beyond the polygon by more than a float32 binning error (see _bin_index)
+    pad = 1e-4 * np.maximum(hi - lo, 1e-300)
     lo, hi = lo - pad, hi + pad
     # linear dimensions are binned arithmetically and get a fine grid; transformed ones are binned through
     # a lookup table whose cost grows with the number of bins, and get 64 cells
@@ -237,12 +261,9 @@ def polygon_mask(gate: PolygonGate, cols: Sequence[np.ndarray], grid: int | None
         # a ring of "outside" around the grid for events beyond it
         table = np.zeros((gx + 2, gy + 2), dtype=np.uint8)
         table[1:-1, 1:-1] = classes
-        ix = _bin_index(x, gate.dims[0], ex)
-        iy = _bin_index(y, gate.dims[1], ey)
-        ix += 1
+        ix = _bin_index(x, gate.dims[0], ex, shift=1)
         ix *= gy + 2
-        ix += iy
-        ix += 1
+        ix += _bin_index(y, gate.dims[1], ey, shift=1)
         cls = table.ravel()[ix]
         mask = cls == 1
         idx = np.flatnonzero(cls == 2)
