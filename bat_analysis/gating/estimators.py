@@ -13,7 +13,7 @@ is needed to build them; polygons are tested only on the events inside their bou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -89,6 +89,8 @@ def scale_limits(dim: Dimension, values: np.ndarray, top: float | None = None,
 
 
 _LUT_CELLS = 1 << 16
+#: events per chunk of the polygon grid lookup (its temporaries stay in the cache)
+_CHUNK = 1 << 17
 
 
 def _bin_index(values: np.ndarray, dim: Dimension, edges: np.ndarray, shift: int = 0) -> np.ndarray:
@@ -103,26 +105,39 @@ def _bin_index(values: np.ndarray, dim: Dimension, edges: np.ndarray, shift: int
     binned in float32 with the shift folded into the arithmetic, when the grid lies within 2048 bin widths
     of zero; a value's position is then off by at most 1e-3 of a bin (callers enlarge their cells by that).
     """
+    return _binner(values.dtype, len(values), dim, edges, shift)(values)
+
+
+def _binner(dtype: np.dtype, n: int, dim: Dimension, edges: np.ndarray, shift: int = 0
+            ) -> Callable[[np.ndarray], np.ndarray]:
+    """The binning of :func:`_bin_index` for ``n`` values of ``dtype``, prepared once (applied per chunk)."""
     bins = len(edges) - 1
     if dim.transform is None:
         width = (edges[-1] - edges[0]) / bins
-        if shift >= 1 and values.dtype == np.float32 and max(abs(edges[0]), abs(edges[-1])) <= 2048 * width:
-            t = np.multiply(values, np.float32(1.0 / width))
-            t += np.float32(shift - edges[0] / width)
-            np.clip(t, shift - 1, bins + shift, out=t)
-            return t.astype(np.int32)
-        idx = np.floor((values - edges[0]) * (1.0 / width))
-        out = np.clip(idx, -1, bins).astype(np.int32)
-        if shift:
-            out += shift
-        return out
+        if shift >= 1 and dtype == np.float32 and max(abs(edges[0]), abs(edges[-1])) <= 2048 * width:
+            scale, offset = np.float32(1.0 / width), np.float32(shift - edges[0] / width)
+
+            def linear32(values: np.ndarray) -> np.ndarray:
+                t = np.multiply(values, scale)
+                t += offset
+                np.clip(t, shift - 1, bins + shift, out=t)
+                return t.astype(np.int32)
+            return linear32
+
+        def linear(values: np.ndarray) -> np.ndarray:
+            idx = np.floor((values - edges[0]) * (1.0 / width))
+            out = np.clip(idx, -1, bins).astype(np.int32)
+            if shift:
+                out += shift
+            return out
+        return linear
     raw = from_scale(dim, edges)
     # about 512 cells per bin keeps the cells holding an edge (resolved one by one) few
-    n_cells = _LUT_CELLS if len(values) >= _LUT_CELLS else _LUT_CELLS // 4
-    while n_cells < 512 * bins and len(values) >= 8 * n_cells:
+    n_cells = _LUT_CELLS if n >= _LUT_CELLS else _LUT_CELLS // 4
+    while n_cells < 512 * bins and n >= 8 * n_cells:
         n_cells *= 2
-    if len(values) < n_cells or not np.all(np.diff(raw) > 0):
-        return (np.searchsorted(raw, values, side="right") + (shift - 1)).astype(np.int32)
+    if n < n_cells or not np.all(np.diff(raw) > 0):
+        return lambda values: (np.searchsorted(raw, values, side="right") + (shift - 1)).astype(np.int32)
     r0, r1 = float(raw[0]), float(raw[-1])
     w = (r1 - r0) / n_cells
     starts = r0 + w * np.arange(n_cells)
@@ -136,23 +151,32 @@ def _bin_index(values: np.ndarray, dim: Dimension, edges: np.ndarray, shift: int
     unsure[[0, -1]] = True
     unsure_mark = -2 - 2 * shift
     cells = np.where(unsure, unsure_mark, b_lo + shift)
-    if shift >= 1 and values.dtype == np.float32 and abs(r0) <= 4 * n_cells * w:
+
+    def resolve(values: np.ndarray, out: np.ndarray) -> np.ndarray:
+        todo = np.flatnonzero(out == unsure_mark)
+        if len(todo):
+            out[todo] = np.searchsorted(raw, values[todo], side="right") + (shift - 1)
+        return out
+
+    if shift >= 1 and dtype == np.float32 and abs(r0) <= 4 * n_cells * w:
         # float32 cell positions, off by far less than the one cell the neighbours' marking allows; a
         # guard cell on each side (resolved by search) keeps values at the ends from being misplaced
-        lut = np.concatenate([[-1 + shift, unsure_mark], cells, [unsure_mark, bins + shift]]).astype(np.int32)
-        k = np.multiply(values, np.float32(1.0 / w))
-        k += np.float32(2.0 - r0 / w)
-        np.clip(k, 0, n_cells + 3, out=k)
-        out = lut[k.astype(np.int32)]
-    else:
-        lut = np.concatenate([[-1 + shift], cells, [bins + shift]]).astype(np.int32)
+        lut32 = np.concatenate([[-1 + shift, unsure_mark], cells, [unsure_mark, bins + shift]]).astype(np.int32)
+        scale, offset = np.float32(1.0 / w), np.float32(2.0 - r0 / w)
+
+        def table32(values: np.ndarray) -> np.ndarray:
+            k = np.multiply(values, scale)
+            k += offset
+            np.clip(k, 0, n_cells + 3, out=k)
+            return resolve(values, lut32[k.astype(np.int32)])
+        return table32
+    lut = np.concatenate([[-1 + shift], cells, [bins + shift]]).astype(np.int32)
+
+    def table(values: np.ndarray) -> np.ndarray:
         k = np.floor((values - r0) * (1.0 / w))
         np.clip(k, -1, n_cells, out=k)
-        out = lut[k.astype(np.int32) + 1]
-    todo = np.flatnonzero(out == unsure_mark)
-    if len(todo):
-        out[todo] = np.searchsorted(raw, values[todo], side="right") + (shift - 1)
-    return out
+        return resolve(values, lut[k.astype(np.int32) + 1])
+    return table
 
 
 def density_image(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
@@ -261,12 +285,21 @@ def polygon_mask(gate: PolygonGate, cols: Sequence[np.ndarray], grid: int | None
         # a ring of "outside" around the grid for events beyond it
         table = np.zeros((gx + 2, gy + 2), dtype=np.uint8)
         table[1:-1, 1:-1] = classes
-        ix = _bin_index(x, gate.dims[0], ex, shift=1)
-        ix *= gy + 2
-        ix += _bin_index(y, gate.dims[1], ey, shift=1)
-        cls = table.ravel()[ix]
-        mask = cls == 1
-        idx = np.flatnonzero(cls == 2)
+        flat = table.ravel()
+        bin_x = _binner(x.dtype, len(x), gate.dims[0], ex, shift=1)
+        bin_y = _binner(y.dtype, len(y), gate.dims[1], ey, shift=1)
+        mask = np.empty(len(x), dtype=bool)
+        todo = []
+        # in chunks, so that the few passes over each chunk's temporaries stay in the cache
+        for i in range(0, len(x), _CHUNK):
+            j = min(i + _CHUNK, len(x))
+            ix = bin_x(x[i:j])
+            ix *= gy + 2
+            ix += bin_y(y[i:j])
+            cls = flat[ix]
+            np.equal(cls, 1, out=mask[i:j])
+            todo.append(np.flatnonzero(cls == 2) + i)
+        idx = np.concatenate(todo) if todo else np.zeros(0, dtype=np.intp)
     else:
         mask = np.zeros(len(x), dtype=bool)
         rx = from_scale(gate.dims[0], np.array([lo[0], hi[0]]))
