@@ -393,7 +393,9 @@ def test_blitted_gate_matches_a_whole_drawing() -> None:
     a = np.asarray(Image.open(io.BytesIO(fast.data)).convert("RGB"), dtype=int)
     b = np.asarray(Image.open(io.BytesIO(whole.data)).convert("RGB"), dtype=int)
     assert a.shape == b.shape
-    assert np.mean(np.any(a != b, axis=-1)) < 0.002  # the same picture, up to a few anti-aliased pixels
+    # the same picture: the density painted into the pixels matches matplotlib's image up to colour rounding
+    # (±2 levels), and only a few anti-aliased pixels differ more
+    assert np.mean(np.any(np.abs(a - b) > 2, axis=-1)) < 0.002
     other = np.asarray(Image.open(io.BytesIO(renderer.gate(results[5].gates[2]).data)).convert("RGB"),
                        dtype=int)
     assert np.mean(np.any(other != a, axis=-1)) > 0.01  # another tube's density really is drawn
@@ -424,3 +426,29 @@ def test_empty_experiment_renders_an_empty_gallery(tmp_path: Path) -> None:
     paths = render_reports(tmp_path, [], scores, RUN_INFO, pdf=False, workers=None)
     assert paths.html == {} and paths.gallery is not None
     assert len(_parse(paths.gallery).tubes) == 0
+
+
+def test_painted_gates_match_whole_drawings_for_every_kind() -> None:
+    """1-D histograms (time), ranges, polygons, ellipses and a manually adjusted gate, on run-wide axes."""
+    import io
+
+    from PIL import Image
+
+    from bat_analysis.report.plots import _gate_frame, _gate_marks, frame_key, shared_gate_limits
+
+    rng = np.random.default_rng(7)
+    records = _gates(rng, 5000, 400, override=True)
+    limits = shared_gate_limits([TubeResult(Tube("t.fcs", "P", "negative_control", "none"), 5000, 400, {}, {},
+                                            records, [])])
+    renderer = PngRenderer()
+    for record in records:
+        lims = limits[frame_key(record)]
+        fast = renderer.gate(record, limits=lims)
+        whole = renderer.render("gate", record.name,
+                                lambda ax, r=record, lim=lims: _gate_marks(r, ax, _gate_frame(r, ax, lim), None))
+        a = np.asarray(Image.open(io.BytesIO(fast.data)).convert("RGB"), dtype=int)
+        b = np.asarray(Image.open(io.BytesIO(whole.data)).convert("RGB"), dtype=int)
+        assert np.mean(np.any(np.abs(a - b) > 2, axis=-1)) < 0.01, record.name  # anti-aliased bar edges
+        painted = np.all(a == np.array([140, 140, 140]), axis=-1) if record.name == "acquisition_qc" else (
+            np.abs(a[..., 1] - a[..., 0]) > 60)  # grey bars, or viridis greens
+        assert painted.mean() > 0.01, record.name

@@ -24,6 +24,8 @@ from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 from matplotlib.transforms import ScaledTranslation  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
@@ -34,6 +36,7 @@ ADJUSTED_COLOUR = "#ff7f0e"
 ARM_COLOURS = {"none": "#1f77b4", "omalizumab": "#d62728"}
 ARM_LABELS = {"none": "no pretreatment", "omalizumab": "omalizumab"}
 DENSITY_CMAP = "viridis"
+HISTOGRAM_GREY = "0.55"
 ASINH_COFACTOR = 150.0  # linear width of the arcsinh display scale (compensated linear units)
 MANUAL_METHODS = ("override", "manual")
 PNG_COMPRESSION = 4  # zlib level: 6 (the default) costs ~40% more time for ~5% smaller files
@@ -109,50 +112,64 @@ def _span(lo: float | None, hi: float | None, lim: tuple[float, float]) -> tuple
 
 def _draw_outline(ax: Axes, geometry: Mapping[str, Any], ndim_drawn: int, colour: str,
                   style: str) -> list[Artist]:
-    """The gate's outline on the axes (returns the artists drawn)."""
+    """The gate's outline added to the axes (returns the artists drawn)."""
+    artists = _outline_artists(ax, geometry, ndim_drawn, colour, style)
+    for artist in artists:
+        if isinstance(artist, patches.Patch):
+            ax.add_patch(artist)
+        elif isinstance(artist, Line2D):
+            ax.add_line(artist)
+        else:
+            ax.add_artist(artist)
+    return artists
+
+
+def _attach(ax: Axes, artist: Artist) -> Artist:
+    """Make a detached artist drawable on ``ax`` without adding it (no data-limit bookkeeping, which
+    costs more than the drawing itself for patches)."""
+    artist.set_figure(ax.figure)
+    artist.axes = ax
+    if not artist.is_transform_set():
+        artist.set_transform(ax.transData)
+    artist.set_clip_path(ax.patch)
+    return artist
+
+
+def _outline_artists(ax: Axes, geometry: Mapping[str, Any], ndim_drawn: int, colour: str,
+                     style: str) -> list[Artist]:
+    """The gate's outline as artists not yet added to the axes."""
     kind = geometry.get("type")
-    before = set(ax.get_children())
-    _outline(ax, geometry, ndim_drawn, colour, style, kind)
-    return [a for a in ax.get_children() if a not in before]
-
-
-def _outline(ax: Axes, geometry: Mapping[str, Any], ndim_drawn: int, colour: str, style: str,
-             kind: Any) -> None:
     kw = dict(fill=False, edgecolor=colour, linewidth=1.6, linestyle=style, zorder=3)
+    line_kw = dict(color=colour, linewidth=1.6, linestyle=style, zorder=3, transform=ax.get_xaxis_transform())
     if kind == "range":
         mins, maxs = list(geometry.get("mins", [])), list(geometry.get("maxs", []))
         if ndim_drawn == 1 or len(mins) == 1:
-            for v in (mins[0], maxs[0]):
-                if v is not None:
-                    ax.axvline(float(v), color=colour, linewidth=1.6, linestyle=style, zorder=3)
-            return
+            return [Line2D([float(v), float(v)], [0, 1], **line_kw) for v in (mins[0], maxs[0]) if v is not None]
         x0, x1 = _span(mins[0], maxs[0], ax.get_xlim())
         y0, y1 = _span(mins[1], maxs[1], ax.get_ylim())
-        ax.add_patch(patches.Rectangle((x0, y0), x1 - x0, y1 - y0, **kw))
-    elif kind == "polygon":
-        ax.add_patch(patches.Polygon(np.asarray(geometry["vertices"], dtype=float)[:, :2],
-                                     closed=True, **kw))
-    elif kind == "ellipsoid":
+        return [patches.Rectangle((x0, y0), x1 - x0, y1 - y0, **kw)]
+    if kind == "polygon":
+        return [patches.Polygon(np.asarray(geometry["vertices"], dtype=float)[:, :2], closed=True, **kw)]
+    if kind == "ellipsoid":
         mean = np.asarray(geometry["mean"], dtype=float)
         cov = np.asarray(geometry["covariance"], dtype=float)
         if ndim_drawn == 1 or mean.size == 1:
             half = math.sqrt(float(geometry["distance_square"]) * cov.reshape(-1)[0])
-            for v in (mean[0] - half, mean[0] + half):
-                ax.axvline(v, color=colour, linewidth=1.6, linestyle=style, zorder=3)
-            return
+            return [Line2D([v, v], [0, 1], **line_kw) for v in (mean[0] - half, mean[0] + half)]
         # the marginal ellipse in the two drawn dimensions
         vals, vecs = np.linalg.eigh(cov[:2, :2] * float(geometry["distance_square"]))
         vals = np.clip(vals, 0.0, None)
         angle = math.degrees(math.atan2(vecs[1, 1], vecs[0, 1]))
-        ax.add_patch(patches.Ellipse(tuple(mean[:2]), 2 * math.sqrt(vals[1]), 2 * math.sqrt(vals[0]),
-                                     angle=angle, **kw))
-    elif kind == "boolean":
+        return [patches.Ellipse(tuple(mean[:2]), 2 * math.sqrt(vals[1]), 2 * math.sqrt(vals[0]),
+                                angle=angle, **kw)]
+    if kind == "boolean":
         words = {True: "NOT ", False: ""}
         ops = [f"{words[bool(c)]}{r}" for r, c in geometry.get("operands", [])]
         op = geometry.get("op", "and")
         text = f"NOT {ops[0]}" if op == "not" and ops else f" {op.upper()} ".join(ops)
-        ax.text(0.03, 0.03, text, transform=ax.transAxes, fontsize=7, color=colour, zorder=4,
-                bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1.5))
+        return [Text(0.03, 0.03, text, transform=ax.transAxes, fontsize=7, color=colour, zorder=4,
+                     bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1.5))]
+    return []
 
 
 def _message(ax: Axes, text: str) -> None:
@@ -230,22 +247,28 @@ def _gate_frame(record: GateRecord, ax: Axes, limits: Limits | None = None) -> i
     return ndim
 
 
-def _gate_marks(record: GateRecord, ax: Axes, ndim_drawn: int, adjusted_reason: str | None) -> list[Artist]:
-    """The parts that change from tube to tube: density, outline, counts and how the gate was set."""
+def _gate_marks(record: GateRecord, ax: Axes, ndim_drawn: int, adjusted_reason: str | None, *,
+                painted: bool = False) -> list[Artist]:
+    """The parts that change from tube to tube: density, outline, counts and how the gate was set.
+
+    With ``painted`` the density is left out (the caller paints it into the pixels, see
+    :func:`paint_density`) and the outline is drawn from detached artists (none added to the axes)."""
     manual = is_manual(record) or adjusted_reason is not None
     colour, style = (ADJUSTED_COLOUR, "--") if manual else (GATE_COLOUR, "-")
     edges = _edges(record)
     artists: list[Artist] = []
-    if ndim_drawn == 1:
+    if not painted and ndim_drawn == 1:
         artists.append(ax.stairs(np.asarray(record.density, dtype=float).reshape(-1), edges[0], fill=True,
-                                 color="0.55"))
-    elif ndim_drawn == 2:
+                                 color=HISTOGRAM_GREY))
+    elif not painted and ndim_drawn == 2:
         artists.append(_density_image(ax, np.asarray(record.density), edges[0], edges[1]))
-    if ndim_drawn:
-        for shape in [record.geometry, *record.geometry.get("members", [])]:
+    shapes = [record.geometry, *record.geometry.get("members", [])] if ndim_drawn else (
+        [record.geometry] if record.geometry.get("type") == "boolean" else [])
+    for shape in shapes:
+        if painted:
+            artists += [_attach(ax, a) for a in _outline_artists(ax, shape, ndim_drawn, colour, style)]
+        else:
             artists += _draw_outline(ax, shape, ndim_drawn, colour, style)
-    elif record.geometry.get("type") == "boolean":
-        artists += _draw_outline(ax, record.geometry, 0, colour, style)
     above = ax.transAxes + ScaledTranslation(0, 3 / 72, ax.figure.dpi_scale_trans)  # 3 pt above the frame
     artists.append(ax.text(1.0, 1.0, gate_caption(record), transform=above, ha="right", va="bottom",
                            fontsize=6.5))
@@ -254,6 +277,75 @@ def _gate_marks(record: GateRecord, ax: Axes, ndim_drawn: int, adjusted_reason: 
                            va="bottom", fontsize=6.5, color=note_colour, zorder=5,
                            bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1.2)))
     return artists
+
+
+_LUTS: dict[str, np.ndarray] = {}
+
+
+def _lut(name: str) -> np.ndarray:
+    """A colour map as 256 RGB rows (uint8), as matplotlib maps normalised values to colours."""
+    if name not in _LUTS:
+        from matplotlib import colormaps
+
+        _LUTS[name] = (colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
+    return _LUTS[name]
+
+
+def _pixel_centres(lo: float, hi: float, lim: tuple[float, float], flip_height: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Buffer indices strictly inside the display span [lo, hi] and the data values at their centres
+    (rows count from the top of the buffer when ``flip_height`` is the buffer's height)."""
+    idx = np.arange(math.ceil(lo), math.floor(hi))
+    centre = idx + 0.5
+    values = lim[0] + (centre - lo) / (hi - lo) * (lim[1] - lim[0])
+    if flip_height is not None:
+        idx = flip_height - 1 - idx  # display y grows upwards, buffer rows downwards
+    return idx, values
+
+
+def _bins(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Bin index of each value (-1 outside the edges)."""
+    i = np.searchsorted(edges, values, side="right") - 1
+    i[values == edges[-1]] = len(edges) - 2
+    i[(i < 0) | (i >= len(edges) - 1)] = -1
+    return i
+
+
+def paint_density(rgba: np.ndarray, ax: Axes, record: GateRecord, ndim_drawn: int) -> None:
+    """Paint the gate's stored histogram into an Agg buffer (``H × W × 4``) inside ``ax``'s frame.
+
+    The 2-D density is colour-mapped on a log scale (empty bins left blank), the 1-D histogram filled in
+    grey, as :func:`draw_gate` draws them with matplotlib, but straight into the pixels: no image
+    resampling, no path. Only white pixels are painted, so the frame's spines and ticks stay on top."""
+    height = rgba.shape[0]
+    box = ax.bbox
+    cols, xs = _pixel_centres(box.x0, box.x1, ax.get_xlim())
+    rows, ys = _pixel_centres(box.y0, box.y1, ax.get_ylim(), flip_height=height)
+    if not cols.size or not rows.size:
+        return
+    edges = _edges(record)
+    region = rgba[rows[-1]:rows[0] + 1, cols[0]:cols[-1] + 1]  # rows[] runs bottom-up
+    blank = np.all(region[..., :3] == 255, axis=-1)[::-1]  # bottom-up, as ys
+    if ndim_drawn == 1:
+        h = np.asarray(record.density, dtype=float).reshape(-1)
+        ix = _bins(edges[0], xs)
+        tops = np.where(ix >= 0, h[ix], -np.inf)
+        fill = (ys[:, None] <= tops[None, :]) & blank
+        colour = np.array([int(255 * float(HISTOGRAM_GREY) + 0.5)] * 3, dtype=np.uint8)
+    else:
+        h = _orient(record.density, edges[0], edges[1])
+        ix, iy = _bins(edges[0], xs), _bins(edges[1], ys)
+        values = h[ix[None, :], iy[:, None]]
+        values[(iy < 0)[:, None] | (ix < 0)[None, :]] = 0
+        fill = (values > 0) & blank
+        vmax = float(h.max(initial=0))
+        vmin = 1.0 if vmax > 1 else 0.5
+        vmax = max(vmax, 1.0)
+        span = math.log(vmax / vmin) or 1.0
+        t = np.log(np.maximum(values[fill], vmin) / vmin) / span
+        colour = _lut(DENSITY_CMAP)[np.clip((t * 256).astype(int), 0, 255)]
+    view = region[::-1]  # bottom-up, as ys and fill
+    view[..., :3][fill] = colour
 
 
 def draw_gate(record: GateRecord, ax: Axes, *, adjusted_reason: str | None = None) -> None:
@@ -348,8 +440,20 @@ def _activation_frame(ax: Axes, marker: str, xlim: tuple[float, float], cofactor
     ax.tick_params(labelsize=6)
 
 
+def _place(ax: Axes, artist: Artist, detached: bool) -> Artist:
+    """Add ``artist`` to ``ax``, or only make it drawable there (``detached``: nothing to remove later)."""
+    if detached:
+        return _attach(ax, artist)
+    if isinstance(artist, patches.Patch):
+        return ax.add_patch(artist)
+    if isinstance(artist, Line2D):
+        return ax.add_line(artist)
+    return ax.add_artist(artist)
+
+
 def _activation_marks(ax: Axes, values: np.ndarray, neg: np.ndarray | None, threshold: float | None,
-                      marker: str, xlim: tuple[float, float], cofactor: float, bins: int) -> list[Artist]:
+                      marker: str, xlim: tuple[float, float], cofactor: float, bins: int, *,
+                      detached: bool = False) -> list[Artist]:
     """The tube's histogram, the negative control's, the threshold and the legend."""
     artists: list[Artist] = []
     edges_t = np.linspace(math.asinh(xlim[0] / cofactor), math.asinh(xlim[1] / cofactor), bins + 1)
@@ -357,12 +461,12 @@ def _activation_marks(ax: Axes, values: np.ndarray, neg: np.ndarray | None, thre
     has_t = threshold is not None and math.isfinite(threshold)
     lines = []
     for v, kw in ((values, dict(fill=True, color="#9ecae1", label="this tube")),
-                  (neg, dict(color="0.2", linewidth=1.0, label="negative control"))):
+                  (neg, dict(fill=False, color="0.2", linewidth=1.0, label="negative control"))):
         if v is None or not v.size:
             continue
         h, _ = np.histogram(np.arcsinh(v / cofactor), edges_t)
         h = 100.0 * h / h.max() if h.max() > 0 else h.astype(float)
-        artist = ax.stairs(h, edges, **kw)
+        artist = _place(ax, patches.StepPatch(h, edges, **kw), detached)
         artists.append(artist)
         lines.append((artist, v))
     if not values.size:
@@ -370,16 +474,18 @@ def _activation_marks(ax: Axes, values: np.ndarray, neg: np.ndarray | None, thre
                                fontsize=7))
     if has_t:
         assert threshold is not None
-        artists.append(ax.axvline(threshold, color=GATE_COLOUR, linewidth=1.4, zorder=3,
-                                  label=f"threshold {threshold:.4g}"))
+        artists.append(_place(ax, Line2D([threshold, threshold], [0, 1], color=GATE_COLOUR, linewidth=1.4,
+                                         zorder=3, label=f"threshold {threshold:.4g}",
+                                         transform=ax.get_xaxis_transform()), detached))
         for artist, v in lines:
             artist.set_label(f"{artist.get_label()}: {pct_above(v, threshold):.1f}% {marker}+ (n={v.size})")
     else:
         artists.append(ax.text(0.98, 0.5, "no threshold available", transform=ax.transAxes, ha="right",
                                fontsize=7, color=GATE_COLOUR))
     if lines or has_t:
-        artists.append(ax.legend(fontsize=6, loc="upper right", frameon=True, framealpha=0.85,
-                                 edgecolor="none", handlelength=1.2))
+        handles = [a for a in artists if isinstance(a, (patches.StepPatch, Line2D))]
+        artists.append(ax.legend(handles=handles, fontsize=6, loc="upper right", frameon=True,
+                                 framealpha=0.85, edgecolor="none", handlelength=1.2))
     return artists
 
 
@@ -493,8 +599,10 @@ class PngRenderer:
         rgba = np.asarray(canvas.buffer_rgba())
         return Png(kind, title, self._encode(rgba), rgba.shape[1], rgba.shape[0])
 
-    def _blit(self, kind: str, title: str, key: tuple[Any, ...], frame: Any, marks: Any) -> Png:
-        """Draw ``marks(ax) -> artists`` over the cached background drawn by ``frame(ax)`` for ``key``."""
+    def _blit(self, kind: str, title: str, key: tuple[Any, ...], frame: Any, marks: Any,
+              paint: Any = None) -> Png:
+        """Draw ``marks(ax) -> artists`` over the cached background drawn by ``frame(ax)`` for ``key``,
+        after ``paint(rgba, ax)`` (if given) has written into the restored pixels."""
         cached = self._frames.get(key)
         if cached is None:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -511,7 +619,11 @@ class PngRenderer:
             self._frames[key] = cached
         fig, canvas, ax, background = cached
         canvas.restore_region(background)
+        if paint is not None:
+            paint(np.asarray(canvas.buffer_rgba()), ax)
+        before = set(ax.get_children())
         artists = marks(ax)
+        added = [a for a in ax.get_children() if a not in before]  # detached artists need no removal
         try:
             renderer = canvas.get_renderer()
             for artist in sorted(artists, key=lambda a: a.get_zorder()):
@@ -519,7 +631,7 @@ class PngRenderer:
             rgba = np.asarray(canvas.buffer_rgba())
             data = self._encode(rgba)
         finally:
-            for artist in artists:
+            for artist in added:
                 artist.remove()
         return Png(kind, title, data, rgba.shape[1], rgba.shape[0])
 
@@ -534,7 +646,8 @@ class PngRenderer:
         lims = limits or _own_limits(record)
         key = ("gate", *frame_key(record), lims)
         return self._blit("gate", record.name, key, lambda ax: _gate_frame(record, ax, lims),
-                          lambda ax: _gate_marks(record, ax, ndim, adjusted_reason))
+                          lambda ax: _gate_marks(record, ax, ndim, adjusted_reason, painted=True),
+                          lambda rgba, ax: paint_density(rgba, ax, record, ndim))
 
     def activation(self, values: np.ndarray, negative_values: np.ndarray | None, threshold: float | None, *,
                    marker: str = "CD63", xlim: tuple[float, float] | None = None,
@@ -549,7 +662,7 @@ class PngRenderer:
         key = ("activation", marker, float(xlim[0]), float(xlim[1]), cofactor)
         return self._blit("activation", marker, key, lambda ax: _activation_frame(ax, marker, xlim, cofactor),
                           lambda ax: _activation_marks(ax, values, neg, threshold, marker, xlim, cofactor,
-                                                       bins))
+                                                       bins, detached=True))
 
     def tube(self, result: TubeResult, *, negative_values: np.ndarray | None, threshold: float | None,
              marker: str = "CD63", adjusted: Mapping[str, str] | None = None,
