@@ -260,3 +260,18 @@ def test_file_sha256_of_empty_and_small_files(tmp_path: Path) -> None:
     small.write_bytes(bytes(range(256)) * 3)
     assert file_sha256(empty) == hashlib.sha256(b"").hexdigest()
     assert file_sha256(small) == hashlib.sha256(small.read_bytes()).hexdigest()
+
+
+def test_marker_identification_is_remembered_per_panel(tmp_path: Path) -> None:
+    """Files read with different panels keep their own identification of the same labels."""
+    from bat_analysis.io.fcs import read_fcs
+    from bat_analysis.io.markers import Panel
+
+    path = tmp_path / "labels.fcs"
+    events = np.arange(12, dtype=np.float32).reshape(4, 3)
+    write_fcs(path, events, ["FSC-A", "BV421-A", "PE-A"], [None, "CD193", "LAMP-3"])
+    default = [c.marker for c in read_fcs(path).channels]
+    custom = [c.marker for c in read_fcs(path, panel=Panel({"Eotaxin-R": ("CD193",)})).channels]
+    assert default == [None, "CCR3", "CD63"]
+    assert custom == [None, "Eotaxin-R", None]
+    assert [c.marker for c in read_fcs(path).channels] == default

@@ -627,8 +627,21 @@ def _channels(kw: Mapping[str, str], npar: int, layout: _Layout, source: str, pa
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups:
         warnings.append(f"duplicate channel names ($PnN): {', '.join(dups)}")
-    return [Channel(c.index, c.pnn, c.pns, c.range, c.bits, c.gain, c.log_decades, c.log_zero,
-                    panel.identify(c)) for c in channels]
+    known = _IDENTIFIED.setdefault(tuple(panel.aliases.items()), {})
+    if len(known) > 4096:
+        known.clear()
+    out = []
+    for c in channels:
+        key = (c.pns, c.pnn)
+        if key not in known:
+            known[key] = panel.identify(c)
+        out.append(Channel(c.index, c.pnn, c.pns, c.range, c.bits, c.gain, c.log_decades, c.log_zero, known[key]))
+    return out
+
+
+#: markers identified from channel labels, per panel (its aliases) and label pair ($PnS, $PnN): a batch's
+#: files share their labels, and matching every alias against every label costs more than the parse
+_IDENTIFIED: dict[tuple[tuple[str, tuple[str, ...]], ...], dict[tuple[str | None, str], str | None]] = {}
 
 
 def _timestep(kw: Mapping[str, str], warnings: list[str]) -> float | None:
