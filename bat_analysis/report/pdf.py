@@ -7,6 +7,7 @@ pages: every tube's gates and CD63 histogram (the report's PNGs, embedded at the
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import textwrap
@@ -90,36 +91,62 @@ class _Flow:
 
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], *, size: float = 6.5,
               col_widths: Sequence[float] | None = None, status_col: int | None = None) -> None:
-        """A table split over pages as needed; the header row repeats on each page."""
-        row_h = 0.17 * size / 6.5
+        """A table split over pages as needed; the header row repeats on each page.
+
+        Drawn as one multi-line text per column (rows on the font's line pitch, see
+        :func:`_line_metrics_em`) plus
+        one collection of rules: a few text objects per table instead of one per cell, which is what
+        made matplotlib's own ``Axes.table`` slow to lay out and write."""
+        ascent, descent, gap = _line_metrics_em()
+        row_h = (ascent + descent + gap) * size / 72.0
         rows = [[fmt_value(c) for c in r] for r in rows]
+        width = A4[0] - 2 * MARGIN
+        fracs = list(col_widths) if col_widths else [1.0 / len(headers)] * len(headers)
+        lefts = np.concatenate([[0.0], np.cumsum(fracs)]) * width
         i = 0
         while i < len(rows) or (i == 0 and not rows):
             self.ensure(2 * row_h)
             n = max(1, min(len(rows) - i, int(self.room / row_h) - 1))
             chunk = rows[i:i + n]
-            height = row_h * (len(chunk) + 1)
-            assert self.fig is not None
-            ax = self.fig.add_axes([MARGIN / A4[0], self._fy(self.y + height),
-                                    (A4[0] - 2 * MARGIN) / A4[0], height / A4[1]])
-            ax.set_axis_off()
-            tab = ax.table(cellText=chunk or [[""] * len(headers)], colLabels=list(headers),
-                           colWidths=list(col_widths) if col_widths else None, loc="upper left",
-                           cellLoc="left", bbox=[0, 0, 1, 1])
-            tab.auto_set_font_size(False)
-            tab.set_fontsize(size)
-            for (r, c), cell in tab.get_celld().items():
-                cell.set_linewidth(0.3)
-                cell.set_edgecolor("0.7")
-                if r == 0:
-                    cell.set_facecolor("0.93")
-                    cell.set_text_props(fontweight="bold")
-                elif status_col is not None and c == status_col:
-                    cell.get_text().set_color(STATUS_COLOURS.get(cell.get_text().get_text(), "black"))
-            self.y += height + 0.1
+            self._table_chunk(headers, chunk, lefts, row_h, size, status_col)
+            self.y += row_h * (len(chunk) + 1) + 0.1
             i += n
             if not rows:
                 break
+
+    def _table_chunk(self, headers: Sequence[str], chunk: Sequence[Sequence[str]], lefts: np.ndarray,
+                     row_h: float, size: float, status_col: int | None) -> None:
+        from matplotlib.collections import LineCollection
+        from matplotlib.patches import Rectangle
+        from matplotlib.transforms import Bbox, TransformedBbox
+
+        assert self.fig is not None
+        fig, top = self.fig, self.y
+        n_rows = len(chunk) + 1
+        fx = [(MARGIN + x) / A4[0] for x in lefts]
+        fy = [self._fy(top + k * row_h) for k in range(n_rows + 1)]
+        fig.add_artist(Rectangle((fx[0], fy[1]), fx[-1] - fx[0], fy[0] - fy[1], transform=fig.transFigure,
+                                 facecolor="0.93", edgecolor="none", zorder=0))
+        rules = [[(fx[0], y), (fx[-1], y)] for y in fy] + [[(x, fy[0]), (x, fy[-1])] for x in fx]
+        fig.add_artist(LineCollection(rules, colors="0.7", linewidths=0.3, transform=fig.transFigure,
+                                      zorder=1))
+        ascent, _, gap = _line_metrics_em()
+        pad = 0.04  # inches between a cell's left rule and its text
+        baseline = [self._fy(top + k * row_h + (ascent + gap / 2) * size / 72.0) for k in range(n_rows)]
+        for c, header in enumerate(headers):
+            x = (MARGIN + lefts[c] + pad) / A4[0]
+            clip = TransformedBbox(Bbox([[fx[c], fy[-1]], [fx[c + 1], fy[0]]]), fig.transFigure)
+            texts = [fig.text(x, baseline[0], str(header), fontsize=size, fontweight="bold", va="baseline")]
+            if c == status_col:
+                texts += [fig.text(x, baseline[k], row[c], fontsize=size, va="baseline",
+                                   color=STATUS_COLOURS.get(row[c], "black")) for k, row in enumerate(chunk, 1)]
+            elif chunk:
+                column = "\n".join(row[c] for row in chunk)
+                if column.strip():
+                    texts.append(fig.text(x, fy[1], column, fontsize=size, va="top", ha="left",
+                                          multialignment="left"))
+            for text in texts:  # a long cell is cut at its column's edge, not written over the next one
+                text.set_clip_box(clip)
 
     def canvas(self) -> Any:
         """One invisible axes over the whole page in inches from the top-left corner (for images)."""
@@ -139,6 +166,23 @@ class _Flow:
         ax = self.fig.add_axes([(MARGIN + left) / A4[0], self._fy(self.y + height), w / A4[0],
                                 height / A4[1]])
         return ax
+
+
+@functools.cache
+def _line_metrics_em() -> tuple[float, float, float]:
+    """Ascender, descender and line gap of the text font, in font sizes (its OS/2 typographic metrics).
+
+    matplotlib steps multi-line text (line spacing "normal") by exactly their sum, and puts the first
+    baseline ascender + gap/2 below the top: a table column drawn as one text falls on a row pitch."""
+    from matplotlib.font_manager import FontProperties, findfont, get_font
+
+    font = get_font(findfont(FontProperties()))
+    os2 = font.get_sfnt_table("OS/2")
+    em = float(font.get_sfnt_table("head")["unitsPerEm"])
+    if os2 is not None:
+        return os2["sTypoAscender"] / em, -os2["sTypoDescender"] / em, os2["sTypoLineGap"] / em
+    hhea = font.get_sfnt_table("hhea")
+    return hhea["ascent"] / em, -hhea["descent"] / em, hhea["lineGap"] / em
 
 
 def _widths(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[float]:
