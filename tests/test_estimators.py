@@ -415,3 +415,16 @@ def test_shifted_float32_bin_index_equals_the_plain_bins(transformed: bool) -> N
         pos = (values[differ].astype(np.float64) - edges[0]) / (edges[1] - edges[0])
         assert np.all(np.abs(pos - np.round(pos)) < 1e-3)
         assert np.all(np.abs(shifted[differ] - (plain[differ] + 1)) == 1)
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_bin_index_of_values_where_bins_are_finer_than_the_table(shift: int) -> None:
+    """Values crowded where the scale's bins are narrower than the lookup table's cells (near zero on
+    logicle) are binned by binary search throughout: same bins."""
+    rng = np.random.default_rng(16)
+    dim = Dimension("x", LOGICLE)
+    values = rng.normal(0, 30, 70_000).astype(np.float32)
+    edges = np.linspace(-0.05, 1.05, 513)
+    raw = est.from_scale(dim, edges)
+    got = est._bin_index(values, dim, edges, shift=shift)
+    assert np.array_equal(got, np.searchsorted(raw, values, side="right") - 1 + shift)

@@ -152,11 +152,20 @@ def _binner(dtype: np.dtype, n: int, dim: Dimension, edges: np.ndarray, shift: i
     unsure_mark = -2 - 2 * shift
     cells = np.where(unsure, unsure_mark, b_lo + shift)
 
+    def search(values: np.ndarray) -> np.ndarray:
+        return (np.searchsorted(raw, values, side="right") + (shift - 1)).astype(np.int32)
+
     def resolve(values: np.ndarray, out: np.ndarray) -> np.ndarray:
         todo = np.flatnonzero(out == unsure_mark)
         if len(todo):
             out[todo] = np.searchsorted(raw, values[todo], side="right") + (shift - 1)
         return out
+
+    def mostly_unsure(values: np.ndarray, cell_of: Callable[[np.ndarray], np.ndarray]) -> bool:
+        """Whether most values fall in cells holding an edge (bins finer than the table's cells where
+        the data are): a binary search of all values is then cheaper than the table."""
+        sample = values[::64]
+        return len(sample) > 0 and float(np.mean(cell_of(sample) == unsure_mark)) > 0.3
 
     if shift >= 1 and dtype == np.float32 and abs(r0) <= 4 * n_cells * w:
         # float32 cell positions, off by far less than the one cell the neighbours' marking allows; a
@@ -164,18 +173,24 @@ def _binner(dtype: np.dtype, n: int, dim: Dimension, edges: np.ndarray, shift: i
         lut32 = np.concatenate([[-1 + shift, unsure_mark], cells, [unsure_mark, bins + shift]]).astype(np.int32)
         scale, offset = np.float32(1.0 / w), np.float32(2.0 - r0 / w)
 
-        def table32(values: np.ndarray) -> np.ndarray:
+        def cell32(values: np.ndarray) -> np.ndarray:
             k = np.multiply(values, scale)
             k += offset
             np.clip(k, 0, n_cells + 3, out=k)
-            return resolve(values, lut32[k.astype(np.int32)])
+            return lut32[k.astype(np.int32)]
+
+        def table32(values: np.ndarray) -> np.ndarray:
+            return search(values) if mostly_unsure(values, cell32) else resolve(values, cell32(values))
         return table32
     lut = np.concatenate([[-1 + shift], cells, [bins + shift]]).astype(np.int32)
 
-    def table(values: np.ndarray) -> np.ndarray:
+    def cell(values: np.ndarray) -> np.ndarray:
         k = np.floor((values - r0) * (1.0 / w))
         np.clip(k, -1, n_cells, out=k)
-        return resolve(values, lut[k.astype(np.int32) + 1])
+        return lut[k.astype(np.int32) + 1]
+
+    def table(values: np.ndarray) -> np.ndarray:
+        return search(values) if mostly_unsure(values, cell) else resolve(values, cell(values))
     return table
 
 
