@@ -384,7 +384,11 @@ def estimate_flow_rate(t: np.ndarray, dim: Dimension, name: str, params: Mapping
                       n_bins=n_bins)
     edges = np.linspace(tmin, tmax, n_bins + 1)
     edges[-1] = np.nextafter(tmax, np.inf)
-    which = np.clip(((t - tmin) * (n_bins / (tmax - tmin))).astype(np.int64), 0, n_bins - 1)
+    pos = t - tmin  # bin of each event, with as few temporaries as the arithmetic allows
+    pos *= n_bins / (tmax - tmin)
+    which = pos.astype(np.int32)
+    del pos
+    np.clip(which, 0, n_bins - 1, out=which)
     counts = np.bincount(which, minlength=n_bins).astype(np.float64)
     centre = float(np.median(counts))
     mad = float(np.median(np.abs(counts - centre)))
