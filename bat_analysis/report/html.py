@@ -698,26 +698,27 @@ def render_reports(out_dir: Path, results: list[TubeResult], scores: Any, run_in
             _curves(by_patient[p], renderer)
         t2 = time.perf_counter()
         links = {p: f"{report_filename(p)}.html" for p in by_patient}
-        for p in chosen:
-            paths.html[p] = write_text(out_dir / "reports" / links[p], patient_html(by_patient[p], run))
-        t3 = time.perf_counter()
-        if pdf:
+        targets = {p: out_dir / "reports" / f"{report_filename(p)}.pdf" for p in chosen}
+        futures: dict[str, Any] = {}
+        if pdf and pool is not None:  # the workers write the PDFs while this process writes the HTML
             from .pdf import write_patient_pdf
 
-            targets = {p: out_dir / "reports" / f"{report_filename(p)}.pdf" for p in chosen}
-            if pool is not None:
-                futures = {p: pool.submit(write_patient_pdf, targets[p], by_patient[p], run) for p in chosen}
-                paths.pdf = {p: f.result() for p, f in futures.items()}
-            else:
-                paths.pdf = {p: write_patient_pdf(targets[p], by_patient[p], run) for p in chosen}
+            futures = {p: pool.submit(write_patient_pdf, targets[p], by_patient[p], run) for p in chosen}
+        for p in chosen:
+            paths.html[p] = write_text(out_dir / "reports" / links[p], patient_html(by_patient[p], run))
+        if with_gallery:
+            rel = {p: f"../reports/{name}" for p, name in links.items()}
+            paths.gallery = write_gallery(out_dir / "review", all_views, run, rel)
+        t3 = time.perf_counter()
+        if pdf and pool is not None:
+            paths.pdf = {p: f.result() for p, f in futures.items()}
+        elif pdf:
+            from .pdf import write_patient_pdf
+
+            paths.pdf = {p: write_patient_pdf(targets[p], by_patient[p], run) for p in chosen}
         t4 = time.perf_counter()
     finally:
         if pool is not None:
             pool.shutdown()
-    if with_gallery:
-        rel = {p: f"../reports/{name}" for p, name in links.items()}
-        paths.gallery = write_gallery(out_dir / "review", all_views, run, rel)
-    t5 = time.perf_counter()
-    paths.seconds = {"prepare": t1 - t0, "draw": t2 - t1, "html": (t3 - t2) + (t5 - t4), "pdf": t4 - t3,
-                     "total": t5 - t0}
+    paths.seconds = {"prepare": t1 - t0, "draw": t2 - t1, "html": t3 - t2, "pdf": t4 - t3, "total": t4 - t0}
     return paths

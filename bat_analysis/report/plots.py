@@ -311,21 +311,30 @@ def _bins(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
     return i
 
 
-def paint_density(rgba: np.ndarray, ax: Axes, record: GateRecord, ndim_drawn: int) -> None:
+def paint_density(rgba: np.ndarray, ax: Axes, record: GateRecord, ndim_drawn: int,
+                  frame_state: dict[str, Any] | None = None) -> None:
     """Paint the gate's stored histogram into an Agg buffer (``H × W × 4``) inside ``ax``'s frame.
 
     The 2-D density is colour-mapped on a log scale (empty bins left blank), the 1-D histogram filled in
     grey, as :func:`draw_gate` draws them with matplotlib, but straight into the pixels: no image
-    resampling, no path. Only white pixels are painted, so the frame's spines and ticks stay on top."""
-    height = rgba.shape[0]
-    box = ax.bbox
-    cols, xs = _pixel_centres(box.x0, box.x1, ax.get_xlim())
-    rows, ys = _pixel_centres(box.y0, box.y1, ax.get_ylim(), flip_height=height)
-    if not cols.size or not rows.size:
+    resampling, no path. Only white pixels are painted, so the frame's spines and ticks stay on top.
+    ``frame_state`` (a dict kept with a cached frame, whose pixels ``rgba`` then holds) keeps the pixel
+    grid and the frame's blank pixels from one tube to the next."""
+    state = frame_state if frame_state is not None else {}
+    if "grid" not in state:
+        box = ax.bbox
+        cols, xs = _pixel_centres(box.x0, box.x1, ax.get_xlim())
+        rows, ys = _pixel_centres(box.y0, box.y1, ax.get_ylim(), flip_height=rgba.shape[0])
+        blank = None
+        if cols.size and rows.size:
+            region = rgba[rows[-1]:rows[0] + 1, cols[0]:cols[-1] + 1]  # rows[] runs bottom-up
+            blank = np.all(region[..., :3] == 255, axis=-1)[::-1]  # bottom-up, as ys
+        state["grid"] = (cols, xs, rows, ys, blank)
+    cols, xs, rows, ys, blank = state["grid"]
+    if blank is None:
         return
     edges = _edges(record)
-    region = rgba[rows[-1]:rows[0] + 1, cols[0]:cols[-1] + 1]  # rows[] runs bottom-up
-    blank = np.all(region[..., :3] == 255, axis=-1)[::-1]  # bottom-up, as ys
+    region = rgba[rows[-1]:rows[0] + 1, cols[0]:cols[-1] + 1]
     if ndim_drawn == 1:
         h = np.asarray(record.density, dtype=float).reshape(-1)
         ix = _bins(edges[0], xs)
@@ -574,7 +583,7 @@ class PngRenderer:
         self.dpi = dpi
         self.margins = dict(left=0.17, right=0.97, bottom=0.16, top=0.9)
         self.max_frames = max_frames
-        self._frames: dict[tuple[Any, ...], tuple[Figure, Any, Axes, Any]] = {}
+        self._frames: dict[tuple[Any, ...], tuple[Figure, Any, Axes, Any, dict[str, Any]]] = {}
 
     def _encode(self, rgba: np.ndarray) -> bytes:
         from PIL import Image
@@ -602,7 +611,7 @@ class PngRenderer:
     def _blit(self, kind: str, title: str, key: tuple[Any, ...], frame: Any, marks: Any,
               paint: Any = None) -> Png:
         """Draw ``marks(ax) -> artists`` over the cached background drawn by ``frame(ax)`` for ``key``,
-        after ``paint(rgba, ax)`` (if given) has written into the restored pixels."""
+        after ``paint(rgba, ax, frame_state)`` (if given) has written into the restored pixels."""
         cached = self._frames.get(key)
         if cached is None:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -613,14 +622,14 @@ class PngRenderer:
             frame(ax)
             fig.subplots_adjust(**self.margins)
             canvas.draw()
-            cached = (fig, canvas, ax, canvas.copy_from_bbox(fig.bbox))
+            cached = (fig, canvas, ax, canvas.copy_from_bbox(fig.bbox), {})
             if len(self._frames) >= self.max_frames:
                 self._frames.pop(next(iter(self._frames)))
             self._frames[key] = cached
-        fig, canvas, ax, background = cached
+        fig, canvas, ax, background, state = cached
         canvas.restore_region(background)
         if paint is not None:
-            paint(np.asarray(canvas.buffer_rgba()), ax)
+            paint(np.asarray(canvas.buffer_rgba()), ax, state)
         before = set(ax.get_children())
         artists = marks(ax)
         added = [a for a in ax.get_children() if a not in before]  # detached artists need no removal
@@ -647,7 +656,7 @@ class PngRenderer:
         key = ("gate", *frame_key(record), lims)
         return self._blit("gate", record.name, key, lambda ax: _gate_frame(record, ax, lims),
                           lambda ax: _gate_marks(record, ax, ndim, adjusted_reason, painted=True),
-                          lambda rgba, ax: paint_density(rgba, ax, record, ndim))
+                          lambda rgba, ax, state: paint_density(rgba, ax, record, ndim, state))
 
     def activation(self, values: np.ndarray, negative_values: np.ndarray | None, threshold: float | None, *,
                    marker: str = "CD63", xlim: tuple[float, float] | None = None,
