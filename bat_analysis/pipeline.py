@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Generator, Iterator, Sequence
 
 from . import __version__
+from .checksums import file_sha256
 from .errors import BatError
 from .records import Flag, Tube, TubeResult
 from .store import AUTO, REVIEWED, STORE_NAME, ResultStore, to_json
@@ -104,6 +105,7 @@ class GateTask:
     template: Any
     variant: str = AUTO
     overrides: dict[str, Any] | None = None
+    sha256: str | None = None  # the file's checksum, computed once when the batch is checked
 
 
 _WORKER_BLAS_LIMIT: Any = None
@@ -123,14 +125,14 @@ def gate_one(task: GateTask) -> TubeResult:
     from .gating.tube import gate_tube
 
     try:
-        result = gate_tube(task.path, task.tube, task.template, overrides=task.overrides)
+        result = gate_tube(task.path, task.tube, task.template, overrides=task.overrides, sha256=task.sha256)
     except Exception as exc:  # a bug or an unforeseen input must not stop the batch: record it on the tube
         reason = f"gating stopped with {type(exc).__name__}: {exc}"
         result = TubeResult(tube=task.tube, error=reason,
                             flags=[Flag("GATING_CRASHED", "fail", f"{Path(task.path).name}: {reason}")])
     if result.file_sha256 is None:
         try:
-            result.file_sha256 = file_sha256(task.path)
+            result.file_sha256 = task.sha256 or file_sha256(task.path)
         except OSError:
             result.file_sha256 = None
     return result
@@ -243,14 +245,6 @@ def run_dask(tasks: Sequence[GateTask], address: str) -> Iterator[Completed]:
 
 
 # ------------------------------------------------------------------------------------------------ keys
-def file_sha256(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def tube_annotation(tube: Tube) -> dict[str, Any]:
     return {"file": tube.file, "patient": tube.patient, "condition": tube.condition,
             "pretreatment": tube.pretreatment, "allergen": tube.allergen,
@@ -439,7 +433,7 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
             if have is not None and have.cache_key == key:
                 continue
             tasks.append(GateTask(path=path, tube=tube, template=template, variant=variant,
-                                  overrides=overrides))
+                                  overrides=overrides, sha256=checksums[tube.file]))
             keys.append(key)
     n_reused = len(tubes) - len({t.tube.file for t in tasks})
     from .gating.tube import gate_tube  # noqa: F401  (imported once here; forked workers inherit it)

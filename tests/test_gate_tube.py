@@ -252,7 +252,7 @@ def test_large_tube_with_rare_basophils(tmp_path: Path, template) -> None:
 def test_file_sha256_of_empty_and_small_files(tmp_path: Path) -> None:
     import hashlib
 
-    from bat_analysis.gating.tube import file_sha256
+    from bat_analysis.checksums import file_sha256
 
     empty = tmp_path / "empty.fcs"
     empty.write_bytes(b"")
@@ -275,3 +275,20 @@ def test_marker_identification_is_remembered_per_panel(tmp_path: Path) -> None:
     assert default == [None, "CCR3", "CD63"]
     assert custom == [None, "Eotaxin-R", None]
     assert [c.marker for c in read_fcs(path).channels] == default
+
+
+def test_a_known_checksum_is_recorded_without_hashing_again(tmp_path: Path, monkeypatch) -> None:
+    """A batch hashes every file once when it checks them; gate_tube records that checksum as given."""
+    import bat_analysis.gating.tube as tube_module
+    from bat_analysis.gating.templates import load_template
+    from bat_analysis.records import Tube
+
+    sample = Path(__file__).resolve().parents[1] / "sample_fcs" / "P01_none_fmlp.fcs"
+    calls = []
+    monkeypatch.setattr(tube_module, "file_sha256", lambda p: calls.append(p) or "hashed-here")
+    template = load_template("bat_ccr3_cd63")
+    given = tube_module.gate_tube(sample, Tube(sample.name, "P01", "fmlp"), template, sha256="known")
+    assert given.file_sha256 == "known" and calls == []
+    hashed = tube_module.gate_tube(sample, Tube(sample.name, "P01", "fmlp"), template)
+    assert hashed.file_sha256 == "hashed-here" and len(calls) == 1
+    assert given.n_basophils == hashed.n_basophils > 0

@@ -69,10 +69,10 @@ def test_a_file_that_kills_its_worker_fails_alone(small_experiment, monkeypatch)
     real = tube_module.gate_tube
     victim = small_experiment.tubes[1].file
 
-    def crashing(path, tube, template, *, overrides=None):
+    def crashing(path, tube, template, **options):
         if tube.file == victim:
             os._exit(13)  # a worker dying without a Python exception (like a segfault or the OOM killer)
-        return real(path, tube, template, overrides=overrides)
+        return real(path, tube, template, **options)
 
     monkeypatch.setattr(tube_module, "gate_tube", crashing)
     tasks = _tasks(small_experiment, extra_bad=False)
@@ -86,7 +86,7 @@ def test_a_file_that_kills_its_worker_fails_alone(small_experiment, monkeypatch)
 def test_unexpected_exception_becomes_a_failed_tube(small_experiment, monkeypatch):
     import bat_analysis.gating.tube as tube_module
 
-    def buggy(path, tube, template, *, overrides=None):
+    def buggy(path, tube, template, **options):
         raise ZeroDivisionError("division by zero in an estimator")
 
     monkeypatch.setattr(tube_module, "gate_tube", buggy)

@@ -11,13 +11,13 @@ edges, polygons tested inside their bounding box), so per-event transforms are r
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..checksums import file_sha256
 from ..errors import BatError, GatingError, MarkerError
 from ..records import Flag, GateRecord, Tube, TubeResult
 from . import estimators as est
@@ -28,16 +28,6 @@ from .templates import SCATTER_DIMS, GateSpec, Template
 _NUMERIC_ERRORS = (ValueError, FloatingPointError, ZeroDivisionError, np.linalg.LinAlgError)
 
 _FRACTION_OF = {"flow_rate": "acquisition_qc", "margin": "margin", "singlet_band": "doublets"}
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes.
-
-    Read through a small buffer: hashing a memory map would be ~10% faster but counts every page of
-    the file in the worker's resident memory (a whole event matrix more at the peak).
-    """
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- dimensions
@@ -383,16 +373,19 @@ def gate_sample_indices(sample: Any, tube: Tube, template: Template, *,
 
 def gate_tube(path: str | Path, tube: Tube, template: Template, *,
               overrides: Mapping[str, Gate] | None = None,
-              reader: Callable[[str | Path], Any] | None = None) -> TubeResult:
+              reader: Callable[[str | Path], Any] | None = None,
+              sha256: str | None = None) -> TubeResult:
     """Gate one FCS file with a template; never raises for bad data.
 
     ``overrides`` maps gate names to gates whose geometry replaces the estimate (method ``override``,
     e.g. a reviewer's correction); their dimensions must be the template gate's, in its scales.
+    ``sha256`` is the file's checksum when the caller has already computed it (a batch checks every file
+    first); otherwise the file is hashed here.
     A file or template problem (any ``BatError``) gives a result with ``error`` set and a fail flag.
     """
     result = TubeResult(tube=tube)
     try:
-        result.file_sha256 = file_sha256(path)
+        result.file_sha256 = sha256 or file_sha256(path)
         if reader is None:
             from ..io.fcs import read_fcs as reader  # noqa: N813
         sample = reader(path)
