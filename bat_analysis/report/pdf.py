@@ -310,13 +310,16 @@ def _tube_block(flow: _Flow, tube: TubeView, ncols: int = 3) -> None:
     for row in range(nrows):
         flow.ensure(img_h)
         canvas = flow.canvas()
-        for col in range(ncols):
-            i = row * ncols + col
-            if i >= len(images):
-                break
-            x0, y0 = MARGIN + col * img_w, MARGIN + flow.y
-            canvas.imshow(_rgb(images[i].data), interpolation="none",
-                          extent=(x0, x0 + img_w, y0 + img_h, y0), aspect="auto")
+        pixels = [_rgb(png.data) for png in images[row * ncols:(row + 1) * ncols]]
+        y0 = MARGIN + flow.y
+        if len({p.shape for p in pixels}) == 1:  # one image per row of plots: a third of the PDF objects
+            x0 = MARGIN
+            canvas.imshow(np.concatenate(pixels, axis=1), interpolation="none",
+                          extent=(x0, x0 + img_w * len(pixels), y0 + img_h, y0), aspect="auto")
+        else:
+            for col, rgb in enumerate(pixels):
+                x0 = MARGIN + col * img_w
+                canvas.imshow(rgb, interpolation="none", extent=(x0, x0 + img_w, y0 + img_h, y0), aspect="auto")
         flow.y += img_h
     flow.gap(0.15)
 
