@@ -27,7 +27,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 from matplotlib.transforms import ScaledTranslation  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
+from matplotlib.ticker import (FixedLocator, FuncFormatter, MaxNLocator, NullFormatter,  # noqa: E402
+                               NullLocator)
 
 from ..records import GateRecord, TubeResult  # noqa: E402
 
@@ -742,6 +743,8 @@ def draw_dose_response(fits: Mapping[str, Any], ax: Axes, *, title: str | None =
         _message(ax, "no valid allergen tube")
         return
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(_power_label))  # plain text: mathtext is slow to lay out
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylim(0, 135)  # headroom for the legend above 100%
     ax.set_yticks(range(0, 101, 20))
     ax.set_xlabel(f"concentration ({unit})" if unit else "concentration", fontsize=7)
