@@ -574,8 +574,10 @@ class PngRenderer:
 
     At plate scale the cost is axes, ticks and text, not pixels. Gate plots of the same gate with the
     same bins and labels share everything but their density, outline and captions, so the shared part
-    (frame, ticks, labels, name) is drawn once and kept as a background; each tube then draws only its
-    own marks over a copy of it (matplotlib's blitting). Other plots are drawn whole.
+    (frame, ticks, labels, name) is drawn once and kept as a background; each tube then paints its
+    density straight into a copy of those pixels (:func:`paint_density`) and draws only its outline and
+    captions over it (matplotlib's blitting, with artists not added to the axes). Other plots are drawn
+    whole.
     """
 
     def __init__(self, *, size: tuple[float, float] = (3.2, 2.7), dpi: int = 120,
