@@ -247,38 +247,45 @@ def _ige_pathway_control(tubes: Sequence[TubeResult], arm: str, metrics: Mapping
     return "anti-IgE", _control_metric(tubes, "anti_ige", arm, metrics, act)
 
 
-def _non_releaser(tubes: Sequence[TubeResult], arms: Sequence[str], metrics: Mapping[str, TubeMetrics],
-                  cfg: AnalysisConfig) -> str | None:
-    """fMLP positive but anti-FcεRI negative, judged on the untreated arm (other arms when it lacks controls)."""
-    act, qc = cfg.markers.activation, cfg.qc
+def _judged_controls(tubes: Sequence[TubeResult], arms: Sequence[str], metrics: Mapping[str, TubeMetrics],
+                     act: str) -> tuple[str, list[Any], str, list[Any]] | None:
+    """(arm, fMLP metrics, IgE-pathway control name, its metrics) of the first arm, untreated first, that has
+    both positive controls; None when no arm has them."""
     for arm in sorted(arms, key=lambda a: (_arm_order(a), a)):
         fmlp = _control_metric(tubes, "fmlp", arm, metrics, act)
         name, fceri = _ige_pathway_control(tubes, arm, metrics, act)
-        if not fmlp or not fceri:
-            continue
-        f_ok = [m for m in fmlp if fmlp_positive(m, qc)]
-        if f_ok and all(m.net_pct < qc.anti_fceri_fail_below for m in fceri):
-            return (f"arm {arm}: fMLP net {f_ok[0].net_pct:.1f}% (positive) but {name} net "
-                    f"{max(m.net_pct for m in fceri):.1f}% < {qc.anti_fceri_fail_below:g}%")
+        if fmlp and fceri:
+            return arm, fmlp, name, fceri
+    return None
+
+
+def _non_releaser(tubes: Sequence[TubeResult], arms: Sequence[str], metrics: Mapping[str, TubeMetrics],
+                  cfg: AnalysisConfig) -> str | None:
+    """fMLP positive but anti-FcεRI negative, judged on the untreated arm (other arms when it lacks controls)."""
+    qc = cfg.qc
+    judged = _judged_controls(tubes, arms, metrics, cfg.markers.activation)
+    if judged is None:
         return None
+    arm, fmlp, name, fceri = judged
+    f_ok = [m for m in fmlp if fmlp_positive(m, qc)]
+    if f_ok and all(m.net_pct < qc.anti_fceri_fail_below for m in fceri):
+        return (f"arm {arm}: fMLP net {f_ok[0].net_pct:.1f}% (positive) but {name} net "
+                f"{max(m.net_pct for m in fceri):.1f}% < {qc.anti_fceri_fail_below:g}%")
     return None
 
 
 def _unresponsive(tubes: Sequence[TubeResult], arms: Sequence[str], metrics: Mapping[str, TubeMetrics],
                   cfg: AnalysisConfig) -> str | None:
     """Both positive controls negative (fMLP and anti-FcεRI), judged like ``_non_releaser``."""
-    act, qc = cfg.markers.activation, cfg.qc
-    for arm in sorted(arms, key=lambda a: (_arm_order(a), a)):
-        fmlp = _control_metric(tubes, "fmlp", arm, metrics, act)
-        name, fceri = _ige_pathway_control(tubes, arm, metrics, act)
-        if not fmlp or not fceri:
-            continue
-        if not any(fmlp_positive(m, qc) for m in fmlp) and all(m.net_pct < qc.anti_fceri_fail_below
-                                                                for m in fceri):
-            return (f"no positive control responded in arm {arm} (fMLP net "
-                    f"{max(m.net_pct for m in fmlp):.1f}%, {name} net {max(m.net_pct for m in fceri):.1f}%): "
-                    f"basophils unresponsive")
+    qc = cfg.qc
+    judged = _judged_controls(tubes, arms, metrics, cfg.markers.activation)
+    if judged is None:
         return None
+    arm, fmlp, name, fceri = judged
+    if not any(fmlp_positive(m, qc) for m in fmlp) and all(m.net_pct < qc.anti_fceri_fail_below for m in fceri):
+        return (f"no positive control responded in arm {arm} (fMLP net "
+                f"{max(m.net_pct for m in fmlp):.1f}%, {name} net {max(m.net_pct for m in fceri):.1f}%): "
+                f"basophils unresponsive")
     return None
 
 
