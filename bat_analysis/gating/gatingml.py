@@ -135,14 +135,7 @@ def _parse_lenient(root: ET.Element, p: Path) -> Any:
                 clean(child)
 
     root = copy.deepcopy(root)
-    for child in list(root):
-        ns = child.tag[1:].split("}")[0] if child.tag.startswith("{") else ""
-        if ns not in _GML_NS:
-            root.remove(child)
-        else:
-            clean(child)
-    for key in [k for k in root.attrib if not k.startswith("{")]:
-        del root.attrib[key]
+    clean(root)  # the root is no dimension or divider: only its attributes and children are cleaned
     data = ET.tostring(root, encoding="utf-8")
     try:
         return fk.parse_gating_xml(io.BytesIO(data))
