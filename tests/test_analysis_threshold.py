@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from bat_analysis.analysis.config import ThresholdConfig
 from bat_analysis.analysis.threshold import estimate_threshold, manual_threshold, mfi_reference, select_reference
@@ -54,7 +55,40 @@ def test_bimodal_negative_detected():
     est = estimate_threshold(values)
     assert est.method == "resting_peak"
     assert est.diagnostics["resting_model"]["bimodal"] is True
-    assert "second density peak" in est.flags[0].message
+    assert "separate activated population (10.0% of events" in est.flags[0].message
+    mix = est.diagnostics["resting_model"]["mixture"]
+    assert mix["weight"] == pytest.approx(0.10, abs=0.01) and mix["separation"] > 2 and mix["bic_delta"] > 10
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("activated", [0.001, 0.004, 0.01])
+def test_quiet_control_with_a_small_activated_tail_keeps_the_percentile(seed, activated):
+    # 0.1-1% spontaneously activated, well apart from the resting peak: smaller than the 2.5% above the
+    # percentile, so the percentile is right and the model must stay quiet
+    rng = np.random.default_rng(seed)
+    n = 3000
+    a = int(round(n * activated))
+    values = np.concatenate([rng.lognormal(np.log(300), 0.35, n - a), rng.lognormal(np.log(8000), 0.45, a)])
+    est = estimate_threshold(values)
+    assert est.method == "percentile", est.diagnostics["resting_model"]["mixture"]
+    assert est.value == pytest.approx(np.percentile(values, 97.5))
+
+
+@pytest.mark.parametrize("shape", ["skewed", "heavy_tailed", "with_negatives"])
+def test_unimodal_controls_of_other_shapes_keep_the_percentile(shape):
+    # the old rule (events above a Gaussian fit of the lower half) fired on non-Gaussian resting peaks
+    rng = np.random.default_rng(7)
+    n = 5000
+    if shape == "skewed":
+        z = stats.skewnorm.rvs(6, loc=5.0, scale=0.6, size=n, random_state=rng)
+        values = np.exp(z)
+    elif shape == "heavy_tailed":
+        values = np.exp(5.5 + 0.3 * rng.standard_t(3, n))
+    else:  # compensation spreads dim events around zero
+        values = rng.normal(40.0, 60.0, n)
+    est = estimate_threshold(values)
+    assert est.method == "percentile", est.diagnostics["resting_model"]["mixture"]
+    assert not est.flags
 
 
 def test_forced_methods_and_config():

@@ -37,12 +37,17 @@ class ThresholdConfig:
     percentile: float = 97.5  # EAACI consensus: 2.5% of resting basophils above T
     method: str = "auto"  # auto | percentile | resting_peak
     asinh_cofactor: float = 0.0  # [suggested] arcsinh cofactor of the resting-peak model; 0 = chosen from the data
-    excess_above_model_pct: float = 1.5  # [suggested] switch to the resting-peak model when the fraction above
-    #                                        the model threshold exceeds (100 - percentile) by this many points
-    bimodal_min_prominence: float = 0.05  # [suggested] second density peak, as a fraction of the resting peak
-    bimodal_min_separation_sd: float = 2.0  # [suggested] second peak at least this many resting SDs above the mode
+    # The resting-peak model replaces the percentile only when a two-component Gaussian mixture on the arcsinh
+    # scale is clearly better than one Gaussian AND its upper component is a separate, sizeable population
+    # (docs/method.md, "Activation threshold"):
+    mixture_min_bic_delta: float = 10.0  # BIC(1) - BIC(2) at least this: "very strong" evidence (Kass & Raftery
+    #                                       1995, J Am Stat Assoc 90:773)
+    mixture_min_separation: float = 2.0  # Ashman's D of the two components at least this: a clean separation
+    #                                       (Ashman et al. 1994, Auk 111:337)
+    mixture_min_weight_pct: float = 2.5  # [suggested] upper component at least this % of the events: a smaller
+    #                                       one leaves the 97.5th percentile in the resting tail, where it belongs
+    mixture_max_events: int = 20000  # [suggested] larger controls are subsampled (seeded) for the mixture test
     min_events: int = 50  # [suggested] fewer negative-control basophils: threshold flagged as unreliable
-    kde_grid: int = 512  # [suggested] points of the density estimate on the transformed scale
 
 
 @dataclass(frozen=True)
@@ -163,8 +168,15 @@ class AnalysisConfig:
             p.append(f"{prefix}.threshold.method: expected auto, percentile or resting_peak, got {t.method!r}")
         if t.asinh_cofactor < 0:
             p.append(f"{prefix}.threshold.asinh_cofactor: expected >= 0 (0 = automatic), got {t.asinh_cofactor}")
-        if t.kde_grid < 64:
-            p.append(f"{prefix}.threshold.kde_grid: expected >= 64, got {t.kde_grid}")
+        if t.mixture_min_bic_delta < 0:
+            p.append(f"{prefix}.threshold.mixture_min_bic_delta: expected >= 0, got {t.mixture_min_bic_delta}")
+        if t.mixture_min_separation < 0:
+            p.append(f"{prefix}.threshold.mixture_min_separation: expected >= 0, got {t.mixture_min_separation}")
+        if not 0.0 <= t.mixture_min_weight_pct < 50.0:
+            p.append(f"{prefix}.threshold.mixture_min_weight_pct: expected a number in [0, 50), "
+                     f"got {t.mixture_min_weight_pct}")
+        if t.mixture_max_events < 200:
+            p.append(f"{prefix}.threshold.mixture_max_events: expected >= 200, got {t.mixture_max_events}")
         pairs = [
             ("qc.basophils_fail_below", q.basophils_fail_below, "qc.basophils_pass_min", q.basophils_pass_min),
             ("qc.acquisition_qc_warn_pct", q.acquisition_qc_warn_pct, "qc.acquisition_qc_fail_pct",

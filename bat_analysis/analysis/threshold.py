@@ -1,10 +1,17 @@
 """Activation thresholds from the negative control (BAT_SPEC §2.6).
 
 The default is the empirical 97.5th percentile of the negative control's basophils (compensated linear
-values), so that 2.5% of resting basophils lie above it. When the negative control is bimodal or its
-spontaneous activation is high, that percentile falls inside the activated population; the resting peak
-is then modelled instead (a Gaussian on an arcsinh scale, its width taken from the mirrored lower half
-around the mode) and the threshold is that Gaussian's 97.5% quantile — flagged ``RESTING_PEAK_THRESHOLD``.
+values), so that 2.5% of resting basophils lie above it. When the negative control holds a separate
+activated population larger than that 2.5%, the percentile falls inside it; the resting peak is then
+modelled instead (a Gaussian on an arcsinh scale fitted to the lower quantiles) and the threshold is that
+Gaussian's 97.5% quantile — flagged ``RESTING_PEAK_THRESHOLD``.
+
+When the model is used is a stated statistical criterion (``activated_population``): on the arcsinh scale a
+two-component Gaussian mixture must beat one Gaussian by ``mixture_min_bic_delta`` of BIC, its two components
+must be separated by Ashman's D ≥ ``mixture_min_separation`` with a valley between them (the fitted mixture
+has two modes), and the upper component must hold at least ``mixture_min_weight_pct`` % of the events. A
+unimodal control — skewed or heavy-tailed included — and a small spontaneously activated tail keep the plain
+percentile (docs/method.md, "Activation threshold").
 
 ``select_reference`` applies the rule "same patient and arm; the patient's other negative control when
 one arm lacks it" (flagged ``THRESHOLD_FROM_OTHER_ARM``).
@@ -16,8 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import math
+
 import numpy as np
-from scipy import signal, stats
+from scipy import stats
 
 from bat_analysis.analysis.config import ThresholdConfig
 from bat_analysis.errors import AnalysisError
@@ -82,13 +91,61 @@ def _cofactor(values: np.ndarray, config: ThresholdConfig) -> float:
     return max(centre / 20.0, 2.0 * negative_spread, 1e-3)
 
 
+def activated_population(z: np.ndarray, config: ThresholdConfig) -> dict[str, Any]:
+    """Does the negative control hold a separate activated population? (values on the arcsinh scale)
+
+    Fits one and two Gaussians (scikit-learn ``GaussianMixture``, deterministic starts) and returns the
+    evidence: ``bic_delta`` = BIC(1) − BIC(2), the upper component's ``weight`` and ``mean``/``sd`` of both,
+    Ashman's ``separation`` D = √2·|μ₂ − μ₁| / √(σ₁² + σ₂²), the number of ``modes`` of the fitted mixture
+    density, and ``present`` — True only when the criteria of ``config`` hold and the fitted mixture has two
+    modes (a skewed single peak is also fitted better by two overlapping Gaussians, with one mode).
+    Controls larger than ``mixture_max_events`` are subsampled (seeded).
+    """
+    from sklearn.mixture import GaussianMixture
+
+    x = np.asarray(z, dtype=np.float64)
+    if x.size > config.mixture_max_events:
+        x = np.random.default_rng(x.size).choice(x, size=config.mixture_max_events, replace=False)
+    x = x.reshape(-1, 1)
+    one = GaussianMixture(1, random_state=0).fit(x)
+    best = None
+    for upper_q in (0.99, 0.9):  # starts: the mode and a high quantile, for small and large upper populations
+        means = np.quantile(x, [0.5, upper_q]).reshape(-1, 1)
+        if means[1, 0] <= means[0, 0]:
+            continue
+        two = GaussianMixture(2, random_state=0, means_init=means, max_iter=200, reg_covar=1e-6).fit(x)
+        if best is None or two.lower_bound_ > best.lower_bound_:
+            best = two
+    out: dict[str, Any] = {"test": "two-component Gaussian mixture vs one (BIC)", "n": int(x.shape[0])}
+    if best is None:
+        out.update(present=False, reason="no spread above the median")
+        return out
+    order = np.argsort(best.means_.ravel())
+    mu = best.means_.ravel()[order]
+    sd = np.sqrt(best.covariances_.ravel()[order])
+    weight = best.weights_[order]
+    bic_delta = float(one.bic(x) - best.bic(x))
+    separation = float(math.sqrt(2.0) * (mu[1] - mu[0]) / math.sqrt(sd[0] ** 2 + sd[1] ** 2))
+    # a skewed single peak is also fitted better by two overlapping Gaussians: the fitted mixture must itself
+    # have two modes (a valley between the components), not one peak with a shoulder
+    grid = np.linspace(mu[0] - sd[0], mu[1] + sd[1], 1024)
+    density = (weight[None, :] * stats.norm.pdf(grid[:, None], mu[None, :], sd[None, :])).sum(axis=1)
+    modes = int(np.count_nonzero((density[1:-1] > density[:-2]) & (density[1:-1] >= density[2:])))
+    present = (bic_delta >= config.mixture_min_bic_delta and separation >= config.mixture_min_separation
+               and modes >= 2 and weight[1] * 100.0 >= config.mixture_min_weight_pct)
+    out.update(present=bool(present), bic_delta=bic_delta, separation=separation, modes=modes,
+               weight=float(weight[1]), means=[float(v) for v in mu], sds=[float(v) for v in sd])
+    return out
+
+
 def resting_peak_model(values: np.ndarray, config: ThresholdConfig, percentile: float) -> dict[str, Any]:
     """Model the resting peak as a Gaussian on an arcsinh scale, fitted to the lower part of the data.
 
     The fit is a probit regression of the lower quantiles (2%–45% of the resting events) on normal scores,
     iterated with the estimated fraction of events clearly above the resting peak, which is robust to an
     activated population of up to ~50%. Returns diagnostics: ``mu``/``sd`` (transformed units),
-    ``model_threshold`` (linear), ``pct_above_model``, ``activated_fraction``, density peaks, ``bimodal``.
+    ``model_threshold`` (linear), ``pct_above_model``, ``activated_fraction``, and ``mixture`` with
+    ``bimodal`` (the ``activated_population`` test: is there a separate activated population?).
     """
     cof = _cofactor(values, config)
     z = np.arcsinh(values / cof)
@@ -115,16 +172,11 @@ def resting_peak_model(values: np.ndarray, config: ThresholdConfig, percentile: 
         return diag
     z_thr = mu + float(stats.norm.ppf(percentile / 100.0)) * sd
     above = float(np.mean(z > z_thr) * 100.0)
-    grid = np.linspace(float(z.min()), float(z.max()), config.kde_grid)
-    density = stats.gaussian_kde(z)(grid)
-    padded = np.concatenate(([0.0], density, [0.0]))
-    peaks = signal.find_peaks(padded, prominence=config.bimodal_min_prominence * density.max())[0] - 1
-    second = [float(grid[p]) for p in peaks if grid[p] > mu + config.bimodal_min_separation_sd * sd]
+    mixture = activated_population(z, config)
     diag.update(usable=True, mu=mu, sd=sd, mode_linear=float(np.sinh(mu) * cof),
                 model_threshold=float(np.sinh(z_thr) * cof), pct_above_model=above,
                 expected_pct_above=100.0 - percentile, activated_fraction=frac,
-                peaks=[float(grid[p]) for p in peaks], second_peak=second[0] if second else None,
-                bimodal=bool(second))
+                mixture=mixture, bimodal=bool(mixture["present"]))
     return diag
 
 
@@ -132,8 +184,8 @@ def estimate_threshold(negative_values: Any, *, percentile: float | None = None,
                        config: ThresholdConfig | None = None, marker: str = "CD63") -> ThresholdEstimate:
     """Threshold above which a basophil counts as activated, from the negative control's values.
 
-    ``method``: ``auto`` (percentile unless the negative control is bimodal or has too many events above
-    the resting-peak model), ``percentile`` or ``resting_peak``. Defaults come from ``config``.
+    ``method``: ``auto`` (percentile unless ``activated_population`` finds a separate activated population
+    in the negative control), ``percentile`` or ``resting_peak``. Defaults come from ``config``.
     Raises ``AnalysisError`` when there is no finite value at all.
     """
     cfg = config or ThresholdConfig()
@@ -162,22 +214,17 @@ def estimate_threshold(negative_values: Any, *, percentile: float | None = None,
                               f"{marker}: resting peak could not be modelled ({model.get('reason')}); "
                               f"{p:g}th percentile used"))
         return ThresholdEstimate(plain, "percentile", flags, diag, marker, n)
-    excess = model["pct_above_model"] - model["expected_pct_above"]
-    diag["excess_above_model_pct"] = excess
-    use_model = how == "resting_peak" or model["bimodal"] or excess > cfg.excess_above_model_pct
-    if not use_model:
+    if not (how == "resting_peak" or model["bimodal"]):
         return ThresholdEstimate(plain, "percentile", flags, diag, marker, n)
-    reasons = []
+    mix = model["mixture"]
     if model["bimodal"]:
-        reasons.append("a second density peak above the resting peak")
-    if excess > cfg.excess_above_model_pct:
-        reasons.append(f"{model['pct_above_model']:.1f}% of events above the resting peak's {p:g}% limit "
-                       f"(expected {model['expected_pct_above']:.1f}%)")
-    if how == "resting_peak" and not reasons:
-        reasons.append("requested")
+        reason = (f"a separate activated population ({100.0 * mix['weight']:.1f}% of events, Ashman's D "
+                  f"{mix['separation']:.1f}, BIC in favour of two populations by {mix['bic_delta']:.0f})")
+    else:
+        reason = "resting-peak model requested"
     value = model["model_threshold"]
     flags.append(Flag("RESTING_PEAK_THRESHOLD", "warn",
-                      f"{marker} negative control: {'; '.join(reasons)}; threshold {value:.4g} from a Gaussian "
+                      f"{marker} negative control: {reason}; threshold {value:.4g} from a Gaussian "
                       f"fit of the resting peak instead of the plain {p:g}th percentile ({plain:.4g})"))
     return ThresholdEstimate(float(value), "resting_peak", flags, diag, marker, n)
 
