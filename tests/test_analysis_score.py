@@ -77,7 +77,8 @@ def test_patient_row_responder_with_reason():
     row = s.patients.iloc[0]
     assert row["class"] == "responder"
     assert row["auc_inhibition_pct"] >= 80
-    assert row["class_reason"] == f"AUC inhibition {row['auc_inhibition_pct']:.1f}% ≥ 80%"
+    assert row["class_reason"].startswith(f"AUC inhibition {row['auc_inhibition_pct']:.1f}% ≥ 80%; 95% CI ")
+    assert row["class_confidence"] in ("high", "borderline")
     assert row["ec50_none"] == pytest.approx(1.0, rel=0.1)
     assert row["cd_sens_none"] == pytest.approx(100.0 / row["ec50_none"])
     assert math.isnan(row["ec50_omalizumab"])

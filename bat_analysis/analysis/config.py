@@ -78,6 +78,8 @@ class QcConfig:
     fmlp_si_min: float = 2.0  # [suggested] ... and SI >= 2, else the tube is uninterpretable
     anti_fceri_pass_min: float = 10.0  # [suggested]
     anti_fceri_fail_below: float = 5.0  # [suggested] below this with fMLP positive: non-releaser
+    low_count_policy: str = "keep"  # [suggested] keep | exclude: an allergen tube that fails only the basophil
+    #                                  count stays in the dose response with its wider interval ("keep")
     fit_r2_pass_min: float = 0.9  # [suggested]
     fit_r2_warn_min: float = 0.8  # [suggested] below: poor fit, EC50 not accepted
     draw_to_assay_pass_h: float = 4.0  # Santos 2021
@@ -106,6 +108,8 @@ class FitConfig:
     ci_level: float = 95.0  # [suggested]
     max_ci_width_log10: float = 2.0  # [suggested] EC50 whose CI spans more decades is not estimable (0 = no limit)
     auc_clip_negative: bool = True  # [suggested] negative net %CD63+ counts as 0 in the AUC
+    inhibition_bootstrap_n: int = 200  # [suggested] replicates of the AUC-inhibition interval (resampling each
+    #                                     tube's basophils and the negative controls; 0 = no interval)
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class ClassConfig:
 
     responder_min: float = 80.0  # [suggested] Savage JACI 2012: suppression to < 20% of baseline
     partial_min: float = 20.0  # [suggested]
+    min_concentrations_confident: int = 4  # [suggested] a class resting on fewer concentrations in either arm
+    #                                         is at most borderline (four parameters of the 4PL)
     cohort_mode: str = "none"  # none | median | tertiles (research use)
 
 
@@ -199,6 +205,13 @@ class AnalysisConfig:
             p.append(f"{prefix}.fit.hill_min: expected > 0 (h > 0), got {f.hill_min}")
         if f.min_points < 4:
             p.append(f"{prefix}.fit.min_points: expected >= 4 (four parameters), got {f.min_points}")
+        if f.inhibition_bootstrap_n < 0:
+            p.append(f"{prefix}.fit.inhibition_bootstrap_n: expected >= 0, got {f.inhibition_bootstrap_n}")
+        if c.min_concentrations_confident < 2:
+            p.append(f"{prefix}.classes.min_concentrations_confident: expected >= 2, "
+                     f"got {c.min_concentrations_confident}")
+        if q.low_count_policy not in ("keep", "exclude"):
+            p.append(f"{prefix}.qc.low_count_policy: expected keep or exclude, got {q.low_count_policy!r}")
         if f.bootstrap_n < 0:
             p.append(f"{prefix}.fit.bootstrap_n: expected >= 0, got {f.bootstrap_n}")
         if f.max_ci_width_log10 < 0:

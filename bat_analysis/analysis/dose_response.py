@@ -78,6 +78,7 @@ class FitResult:
     bootstrap_n: int = 0
     ec50_ci_se_log10: float = NAN
     flags: list[Flag] = field(default_factory=list)
+    files: tuple[str, ...] = ()  # the tube behind each point of ``concentrations`` (when the caller named them)
 
     @property
     def estimable(self) -> bool:
@@ -174,10 +175,11 @@ def _seed(config: FitConfig, key: str) -> np.random.Generator:
 
 def analyse_series(patient: str, allergen: str, arm: str, concentrations: Sequence[float],
                    pct: Sequence[float], net: Sequence[float], *, unit: str | None = None,
-                   invalid: Sequence[tuple[float, str]] = (), config: AnalysisConfig | None = None
-                   ) -> FitResult:
+                   invalid: Sequence[tuple[float, str]] = (), config: AnalysisConfig | None = None,
+                   files: Sequence[str] = ()) -> FitResult:
     """Fit and summarise one series. ``invalid`` lists (concentration, reason) of tubes already excluded
-    (QC failures); points with a non-positive concentration or a NaN value are excluded here."""
+    (QC failures); points with a non-positive concentration or a NaN value are excluded here. ``files``
+    (optional, aligned with ``concentrations``) names each point's tube; kept in ``FitResult.files``."""
     cfg = config or AnalysisConfig()
     fc = cfg.fit
     res = FitResult(patient, allergen, arm, unit)
@@ -199,6 +201,8 @@ def analyse_series(patient: str, allergen: str, arm: str, concentrations: Sequen
     res.y = yv[keep][order]
     res.net = nv[keep][order]
     res.used = np.ones(res.x.size, dtype=bool)
+    if len(files) == conc.size:
+        res.files = tuple(str(f) for f in np.asarray(files, dtype=object)[keep][order])
     if res.excluded:
         res.flags.append(Flag("POINTS_EXCLUDED", "warn", "points left out of the dose response: " + "; ".join(
             f"{c:g}: {r}" for c, r in res.excluded)))

@@ -1,6 +1,7 @@
 """Per-tube activation metrics (BAT_SPEC §3).
 
 ``pct`` = 100 × basophils with value > T / basophils; ``net`` = pct − pct(negative control);
+the Wilson 95% interval of ``pct`` on the basophil count (``uncertainty.proportion_interval``);
 ``SI`` = pct / pct(negative control), undefined (NaN with the flag ``SI_UNDEFINED``) when the negative
 control has 0%; MFI = median of compensated linear values, ``SI_MFI`` = MFI / MFI(negative control).
 """
@@ -15,9 +16,16 @@ import numpy as np
 
 from bat_analysis.analysis.config import AnalysisConfig, PositivityConfig
 from bat_analysis.analysis.threshold import ThresholdEstimate, find_marker
+from bat_analysis.analysis.uncertainty import proportion_interval
 from bat_analysis.records import Flag
 
 NAN = float("nan")
+
+
+def count_above(values: np.ndarray, threshold: float) -> int:
+    """How many of ``values`` lie strictly above ``threshold``."""
+    # np.float64 keeps the comparison in double precision: a bare float is cast to float32 arrays' type
+    return int(np.count_nonzero(np.asarray(values) > np.float64(threshold)))
 
 
 def pct_above(values: np.ndarray, threshold: float) -> float:
@@ -25,8 +33,7 @@ def pct_above(values: np.ndarray, threshold: float) -> float:
     arr = np.asarray(values)
     if arr.size == 0:
         return NAN
-    # np.float64 keeps the comparison in double precision: a bare float is cast to float32 arrays' type
-    return float(np.count_nonzero(arr > np.float64(threshold))) * 100.0 / float(arr.size)
+    return float(count_above(arr, threshold)) * 100.0 / float(arr.size)
 
 
 def net_pct(pct: float, negative_pct: float) -> float:
@@ -67,6 +74,8 @@ class MarkerMetrics:
     net_pct: float
     si: float
     positive: bool | None
+    ci_low: float = NAN  # Wilson 95% interval of ``pct`` on the tube's basophil count
+    ci_high: float = NAN
 
 
 @dataclass
@@ -117,8 +126,9 @@ def tube_metrics(values: Mapping[str, np.ndarray], n_basophils: int, reference: 
         if math.isnan(si) and not math.isnan(neg):
             out.flags.append(Flag(f"SI_UNDEFINED_{marker.upper()}", "warn",
                                   f"negative control has 0% {marker}+ basophils: SI ({pct:.1f}% / 0%) undefined"))
+        low, high = proportion_interval(count_above(arr, est.value), arr.size)
         out.markers[marker] = MarkerMetrics(marker, est.value, pct, net, si,
-                                            is_positive(net, si, pct, config.positivity))
+                                            is_positive(net, si, pct, config.positivity), low, high)
     mfi_marker = config.markers.mfi
     key = find_marker(dict(values), mfi_marker)
     if key is not None:

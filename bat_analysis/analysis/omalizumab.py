@@ -34,11 +34,24 @@ class OmalizumabEffect:
     flags: list[Flag] = field(default_factory=list)
 
 
-def _mean_by_x(fit: FitResult) -> dict[float, float]:
+def mean_by_x(concentrations: np.ndarray, net: np.ndarray) -> dict[float, float]:
+    """Mean net %CD63+ per log10 concentration (replicate tubes of one concentration averaged)."""
     out: dict[float, list[float]] = {}
-    for c, v in zip(fit.concentrations, fit.net):
+    for c, v in zip(concentrations, net):
         out.setdefault(round(float(math.log10(c)), 9), []).append(float(v))
     return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def shared_aucs(a: dict[float, float], b: dict[float, float], *, clip_negative: bool = True
+                ) -> tuple[list[float], float, float]:
+    """(shared log10 concentrations, AUC of ``a``, AUC of ``b``) over the concentrations both series hold;
+    NaN AUCs when fewer than two are shared."""
+    shared = sorted(set(a) & set(b))
+    if len(shared) < 2:
+        return shared, NAN, NAN
+    xs = np.array(shared)
+    return (shared, trapezoid_auc(xs, np.array([a[x] for x in shared]), clip_negative=clip_negative),
+            trapezoid_auc(xs, np.array([b[x] for x in shared]), clip_negative=clip_negative))
 
 
 def inhibition_pct(treated: float, untreated: float) -> float:
@@ -52,8 +65,8 @@ def omalizumab_effect(none: FitResult, omalizumab: FitResult, *, clip_negative: 
                       ) -> OmalizumabEffect:
     """Compare the two arms of one patient × allergen."""
     eff = OmalizumabEffect()
-    a, b = _mean_by_x(none), _mean_by_x(omalizumab)
-    shared = sorted(set(a) & set(b))
+    a, b = mean_by_x(none.concentrations, none.net), mean_by_x(omalizumab.concentrations, omalizumab.net)
+    shared, auc_a, auc_b = shared_aucs(a, b, clip_negative=clip_negative)
     if set(a) != set(b):
         only = sorted((set(a) | set(b)) - set(shared))
         eff.flags.append(Flag("CONCENTRATIONS_DIFFER", "warn",
@@ -61,12 +74,10 @@ def omalizumab_effect(none: FitResult, omalizumab: FitResult, *, clip_negative: 
                               f"the {len(shared)} shared ones (left out: "
                               + ", ".join(f"{10 ** x:g}" for x in only) + ")"))
     eff.concentrations = tuple(float(10 ** x) for x in shared)
-    xs = np.array(shared)
     if len(shared) < 2:
         eff.auc_inhibition_reason = f"{len(shared)} concentration(s) shared by both arms: no AUC"
     else:
-        eff.auc_none = trapezoid_auc(xs, np.array([a[x] for x in shared]), clip_negative=clip_negative)
-        eff.auc_omalizumab = trapezoid_auc(xs, np.array([b[x] for x in shared]), clip_negative=clip_negative)
+        eff.auc_none, eff.auc_omalizumab = auc_a, auc_b
         if eff.auc_none > 0:
             eff.auc_inhibition_pct = inhibition_pct(eff.auc_omalizumab, eff.auc_none)
         else:

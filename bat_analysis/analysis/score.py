@@ -22,9 +22,11 @@ from bat_analysis.analysis.dose_response import FitResult, analyse_series
 from bat_analysis.analysis.metrics import ArmReference, TubeMetrics, pct_above, tube_metrics
 from bat_analysis.analysis.omalizumab import OmalizumabEffect, omalizumab_effect
 from bat_analysis.analysis.qc import TubeQc, fmlp_positive, status_of, tube_qc, unique_flags
-from bat_analysis.analysis.threshold import (ThresholdEstimate, estimate_threshold,
+from bat_analysis.analysis.threshold import (ThresholdEstimate, estimate_threshold, find_marker,
                                              manual_threshold, mfi_reference, pooled_values,
                                              select_reference)
+from bat_analysis.analysis.uncertainty import (CLASS_BANDS, ArmSample, auc_inhibition_interval,
+                                               class_confidence)
 from bat_analysis.errors import AnalysisError
 from bat_analysis.records import CONDITIONS, PRETREATMENTS, Flag, TubeResult
 
@@ -205,25 +207,43 @@ def score_experiment(results: Sequence[TubeResult], config: AnalysisConfig | Non
     return ExperimentScores(tubes_df, patients_df, fits, thresholds, effects, cfg)
 
 
+def _count_only_failure(q: TubeQc) -> bool:
+    """The tube fails QC on its basophil count alone (it keeps its numbers, with a wider interval)."""
+    fails = [f for f in q.flags if f.severity == "fail"]
+    return bool(fails) and all(f.code == "LOW_BASOPHILS" for f in fails)
+
+
 def _fit_series(patient: str, allergen: str, arm: str, series: Sequence[TubeResult],
                 metrics: Mapping[str, TubeMetrics], qcs: Mapping[str, TubeQc], cfg: AnalysisConfig
                 ) -> FitResult:
     act = cfg.markers.activation
-    conc, pct, net, invalid = [], [], [], []
+    conc, pct, net, files, invalid, kept_low = [], [], [], [], [], []
     unit = next((r.tube.unit for r in series if r.tube.unit), None)
     for r in series:
         c = _num(r.tube.concentration)
         q = qcs[r.tube.file]
         m = metrics.get(r.tube.file)
         mm = m.get(act) if m else None
-        if q.status == "fail" or mm is None:
+        low_count_kept = (q.status == "fail" and cfg.qc.low_count_policy == "keep" and _count_only_failure(q)
+                          and mm is not None and not math.isnan(mm.pct))
+        if (q.status == "fail" and not low_count_kept) or mm is None:
             reasons = "; ".join(f.message for f in q.flags if f.severity == "fail") or "no metrics"
             invalid.append((c, f"{r.tube.file}: QC fail ({reasons})"))
             continue
+        if low_count_kept:
+            kept_low.append(f"{r.tube.file} ({r.n_basophils} basophils, %{act}+ {mm.pct:.1f}, 95% CI "
+                            f"{mm.ci_low:.1f}–{mm.ci_high:.1f})")
         conc.append(c)
         pct.append(mm.pct)
         net.append(mm.net_pct)
-    return analyse_series(patient, allergen, arm, conc, pct, net, unit=unit, invalid=invalid, config=cfg)
+        files.append(r.tube.file)
+    fit = analyse_series(patient, allergen, arm, conc, pct, net, unit=unit, invalid=invalid, config=cfg,
+                         files=files)
+    if kept_low:
+        fit.flags.append(Flag("LOW_COUNT_KEPT", "warn",
+                              f"{allergen} ({arm}): tubes below the basophil minimum kept in the dose response "
+                              f"with their wider intervals (qc.low_count_policy: keep): " + "; ".join(kept_low)))
+    return fit
 
 
 def _control_metric(tubes: Sequence[TubeResult], condition: str, arm: str, metrics: Mapping[str, TubeMetrics],
@@ -351,10 +371,22 @@ def _patient_row(patient: str, allergen: str, tubes: Sequence[TubeResult],
     decision = classify(qc_failures=fail_reasons, non_releaser=non_rel, untreated_positive=untreated_positive,
                         untreated_reason=untreated_reason, auc_inhibition_pct=effect.auc_inhibition_pct,
                         inhibition_reason=effect.auc_inhibition_reason, config=cfg.classes)
+    ci_low, ci_high, confidence, reason = NAN, NAN, "", decision.reason
+    if decision.label in CLASS_BANDS and fit_n is not None and fit_o is not None:
+        samples = [_arm_sample(patient, arm, fit, tubes, arm_states, cfg)
+                   for arm, fit in (("none", fit_n), ("omalizumab", fit_o))]
+        if samples[0] is not None and samples[1] is not None:
+            ci_low, ci_high, _ = auc_inhibition_interval(samples[0], samples[1], cfg, f"{patient}\x1f{allergen}")
+        n_conc = [np.unique(fit_n.x).size, np.unique(fit_o.x).size, len(effect.concentrations)]
+        confidence, why = class_confidence(ci_low, ci_high, n_conc, cfg.classes, level=cfg.fit.ci_level)
+        reason = f"{decision.reason}; {why} ({confidence})"
     row["auc_inhibition_pct"] = effect.auc_inhibition_pct
     row["ec50_shift_log10"] = effect.ec50_shift_log10
     row["class"] = decision.label
-    row["class_reason"] = decision.reason
+    row["class_reason"] = reason
+    row["class_confidence"] = confidence
+    row["auc_inhibition_ci_low"] = ci_low
+    row["auc_inhibition_ci_high"] = ci_high
     if fail_reasons or non_rel:
         row["qc_status"] = "fail"
     else:
@@ -376,6 +408,27 @@ def _patient_row(patient: str, allergen: str, tubes: Sequence[TubeResult],
         f"{c:g}: {'undefined (no untreated response)' if math.isnan(v) else f'{v:.1f}%'}"
         for c, v in effect.inhibition_by_concentration.items())
     return row
+
+
+def _arm_sample(patient: str, arm: str, fit: FitResult, tubes: Sequence[TubeResult],
+                arm_states: Mapping[tuple[str, str], _ArmState], cfg: AnalysisConfig) -> ArmSample | None:
+    """The values one arm's AUC rests on, for the AUC-inhibition bootstrap (None when incomplete)."""
+    act = cfg.markers.activation
+    state = arm_states.get((patient, arm))
+    est = state.reference.thresholds.get(act) if state else None
+    if est is None or not fit.files:
+        return None
+    by_file = {r.tube.file: r for r in tubes}
+    reference = pooled_values([by_file[f] for f in state.ref_files if f in by_file], act)
+    if reference is None or reference.size == 0:
+        return None
+    sample = ArmSample(reference, est)
+    for c, f in zip(fit.concentrations, fit.files):
+        key = find_marker(by_file[f].basophil_values, act)
+        if key is None:
+            return None
+        sample.tubes.append((float(c), np.asarray(by_file[f].basophil_values[key])))
+    return sample
 
 
 def add_cohort_classes(df: pd.DataFrame, cfg: AnalysisConfig) -> None:
@@ -408,6 +461,7 @@ def _tubes_table(ordered: Sequence[TubeResult], metrics: Mapping[str, TubeMetric
             "concentration": _num(t.concentration), "pretreatment": t.pretreatment, "n_events": r.n_events,
             "n_basophils": r.n_basophils, "cd63_threshold": est.value if est else NAN,
             "pct_cd63": mm.pct if mm else NAN, "net_pct_cd63": mm.net_pct if mm else NAN,
+            "pct_cd63_ci_low": mm.ci_low if mm else NAN, "pct_cd63_ci_high": mm.ci_high if mm else NAN,
             "si_cd63": mm.si if mm else NAN, "cd203c_mfi": m.mfi if m else NAN,
             "si_cd203c": m.si_mfi if m else NAN, "qc_status": q.status, "qc_flags": q.codes,
             "qc_reasons": q.reasons, "positive": (mm.positive if mm and mm.positive is not None else pd.NA),

@@ -33,6 +33,7 @@ from bat_analysis.errors import AnalysisError
 from bat_analysis.records import Flag, TubeResult
 
 METHODS = ("percentile", "resting_peak", "median", "manual")
+NAN = float("nan")
 
 
 @dataclass
@@ -138,21 +139,14 @@ def activated_population(z: np.ndarray, config: ThresholdConfig) -> dict[str, An
     return out
 
 
-def resting_peak_model(values: np.ndarray, config: ThresholdConfig, percentile: float) -> dict[str, Any]:
-    """Model the resting peak as a Gaussian on an arcsinh scale, fitted to the lower part of the data.
+def _resting_fit(z: np.ndarray) -> tuple[float, float, float] | str:
+    """(mu, sd, activated fraction) of the resting peak on the transformed scale, or the reason it fails.
 
-    The fit is a probit regression of the lower quantiles (2%–45% of the resting events) on normal scores,
-    iterated with the estimated fraction of events clearly above the resting peak, which is robust to an
-    activated population of up to ~50%. Returns diagnostics: ``mu``/``sd`` (transformed units),
-    ``model_threshold`` (linear), ``pct_above_model``, ``activated_fraction``, and ``mixture`` with
-    ``bimodal`` (the ``activated_population`` test: is there a separate activated population?).
+    A probit regression of the lower quantiles (2%–45% of the resting events) on normal scores, iterated with
+    the estimated fraction of events clearly above the resting peak (robust to ~50% activated events).
     """
-    cof = _cofactor(values, config)
-    z = np.arcsinh(values / cof)
-    diag: dict[str, Any] = {"scale": f"asinh(x/{cof:.4g})", "cofactor": cof}
     if z.size < 20 or float(np.ptp(z)) <= 0:
-        diag.update(usable=False, reason="fewer than 20 distinct negative-control events")
-        return diag
+        return "fewer than 20 distinct negative-control events"
     frac = 0.0
     mu = sd = 0.0
     for _ in range(8):
@@ -168,8 +162,25 @@ def resting_peak_model(values: np.ndarray, config: ThresholdConfig, percentile: 
             break
         frac = new
     if sd <= 0:
-        diag.update(usable=False, reason="no spread in the lower part of the negative control")
+        return "no spread in the lower part of the negative control"
+    return mu, sd, frac
+
+
+def resting_peak_model(values: np.ndarray, config: ThresholdConfig, percentile: float) -> dict[str, Any]:
+    """Model the resting peak as a Gaussian on an arcsinh scale, fitted to the lower part of the data.
+
+    Returns diagnostics: ``mu``/``sd`` (transformed units), ``model_threshold`` (linear), ``pct_above_model``,
+    ``activated_fraction``, and ``mixture`` with ``bimodal`` (the ``activated_population`` test: is there a
+    separate activated population?).
+    """
+    cof = _cofactor(values, config)
+    z = np.arcsinh(values / cof)
+    diag: dict[str, Any] = {"scale": f"asinh(x/{cof:.4g})", "cofactor": cof}
+    fit = _resting_fit(z)
+    if isinstance(fit, str):
+        diag.update(usable=False, reason=fit)
         return diag
+    mu, sd, frac = fit
     z_thr = mu + float(stats.norm.ppf(percentile / 100.0)) * sd
     above = float(np.mean(z > z_thr) * 100.0)
     mixture = activated_population(z, config)
@@ -178,6 +189,23 @@ def resting_peak_model(values: np.ndarray, config: ThresholdConfig, percentile: 
                 expected_pct_above=100.0 - percentile, activated_fraction=frac,
                 mixture=mixture, bimodal=bool(mixture["present"]))
     return diag
+
+
+def rethreshold(estimate: ThresholdEstimate, values: np.ndarray, config: ThresholdConfig) -> float:
+    """The threshold ``estimate``'s method gives on other values of the negative control (a bootstrap
+    resample): the percentile, the resting-peak Gaussian's quantile (the model's choice is kept, not
+    re-tested), or the reviewer's value unchanged. NaN when the resting peak cannot be fitted."""
+    p = float(estimate.diagnostics.get("percentile", config.percentile))
+    if estimate.method == "manual":
+        return estimate.value
+    if estimate.method == "resting_peak":
+        cof = _cofactor(values, config)
+        fit = _resting_fit(np.arcsinh(values / cof))
+        if isinstance(fit, str):
+            return NAN
+        mu, sd, _ = fit
+        return float(np.sinh(mu + float(stats.norm.ppf(p / 100.0)) * sd) * cof)
+    return float(np.percentile(values, p))
 
 
 def estimate_threshold(negative_values: Any, *, percentile: float | None = None, method: str | None = None,
