@@ -22,7 +22,8 @@ Contract of every atomic write (:func:`atomic_write_bytes`, :func:`atomic_write_
 Folders: :func:`make_dir` creates folders (refusing a symbolic link in place of a folder inside the output
 folder), :func:`refuse_link` refuses a link where a file will be opened by path (the SQLite store, the lock
 file), :func:`remove_path` removes a file, link or folder tree without following links, and
-:func:`replace_dir` swaps a freshly written folder into place. :func:`create_new_file` writes a file that
+:func:`replace_dir` swaps a freshly written folder into place, :func:`remove_leftovers` removes the
+temporaries a killed process left behind. :func:`create_new_file` writes a file that
 must not exist yet (used inside a fresh folder that is swapped in as a whole).
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -300,6 +302,24 @@ def remove_path(path: Path | str) -> None:
         raise write_error(exc, path, action="remove") from exc
 
 
+_TMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+
+
+def remove_leftovers(folder: Path | str) -> list[str]:
+    """Remove the temporaries (files or folders named by this module) that a killed process left in
+    ``folder``; call it only while holding the folder's lock. Returns the names removed."""
+    folder = Path(folder)
+    try:
+        names = [e.name for e in os.scandir(folder) if _TMP_NAME.match(e.name)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise write_error(exc, folder, action="list") from exc
+    for name in names:
+        remove_path(folder / name)
+    return names
+
+
 def temporary_dir(parent: Path | str, name: str) -> Path:
     """A new, empty, real folder ``parent/.NAME.RANDOM.tmp`` (mode 0777 & ~umask)."""
     parent = Path(parent)
@@ -335,5 +355,5 @@ def replace_dir(fresh: Path | str, target: Path | str) -> Path:
 
 
 __all__ = ["FILE_MODE", "atomic_open", "atomic_path", "atomic_write_bytes", "atomic_write_text",
-           "create_new_file", "is_write_failure", "make_dir", "refuse_link", "remove_path", "replace_dir", "temporary_dir",
-           "write_error"]
+           "create_new_file", "is_write_failure", "make_dir", "refuse_link", "remove_leftovers", "remove_path",
+           "replace_dir", "temporary_dir", "write_error"]

@@ -15,6 +15,15 @@ sha256, the template's sha256, the package version, its layout annotation and th
 apply to it. A re-run gates only tubes whose key changed or that are missing, then scores every patient from
 the stored results. Results are always read back from the store before scoring, so a resumed run and an
 uninterrupted run score bit-identical inputs. A lock file keeps two runs from writing the same folder.
+
+Writing the output folder
+-------------------------
+Every file goes through :mod:`bat_analysis.fileio` (atomic, never through a symbolic link, mode 0666 & ~umask).
+The tables are replaced as a set; a full rendering of the reports is built in a staging folder inside OUT and
+swapped in. A write failure is a ``WriteError`` (path, cause, what to do): the run is recorded as ``failed``
+(or ``completed without reports`` when only the reports failed), and once the store holds this run's tables,
+earlier tables and reports that were not rewritten are moved to ``OUT/outdated-<time>/`` (removed if even
+that fails), so that outputs of another run are never presented beside this run's.
 """
 
 from __future__ import annotations
@@ -388,7 +397,7 @@ def run(options: RunOptions, *, on_result: Callable[[int, TubeResult], None] | N
     could be analysed, WriteError when an output cannot be written (the run is then recorded as failed and
     the earlier outputs are withdrawn). ``on_result`` is called after each tube is stored (used by tests to
     interrupt)."""
-    from .fileio import make_dir
+    from .fileio import make_dir, remove_leftovers
 
     t0 = time.perf_counter()
     data_dir, out = Path(options.data_dir), Path(options.out)
@@ -404,6 +413,9 @@ def run(options: RunOptions, *, on_result: Callable[[int, TubeResult], None] | N
         raise BatError(f"--workers must be at least 1, got {workers}", field="--workers", expected="an integer ≥ 1")
     make_dir(out)
     with RunLock(out):
+        for folder in (out, *(out / name for name in REPORT_OUTPUTS)):  # a killed run's temporaries
+            if not folder.is_symlink():
+                remove_leftovers(folder)
         return _run_locked(options, data_dir, out, workers, on_result, t0)
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BatError
-from .fileio import atomic_open, atomic_path, atomic_write_text
+from .fileio import atomic_open, atomic_path, atomic_write_text, make_dir
 from .records import Tube
 
 __all__ = [
@@ -838,8 +838,7 @@ def simulate_experiment(
     scenarios = _scenario_set(scenario)
     if naming not in NAMING_STYLES:
         raise BatError(f"unknown naming style {naming!r}", field="naming", expected=" | ".join(NAMING_STYLES))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_dir(Path(out_dir))
 
     root = np.random.SeedSequence(seed)
     patient_seeds = root.spawn(n_patients + 1)

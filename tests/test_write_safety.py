@@ -120,6 +120,10 @@ def test_links_planted_in_out_are_never_written_through(experiment, tmp_path):
         (out / name).symlink_to(victim)
     (out / "reports").symlink_to(elsewhere, target_is_directory=True)
     (out / "review").symlink_to(elsewhere, target_is_directory=True)
+    # temporaries a killed run left behind (a file, a staging folder, a link) are cleared, links not followed
+    (out / ".patients.csv.0123456789ab.tmp").write_text("half")
+    (out / ".reports-staging.0123456789ab.tmp" / "reports").mkdir(parents=True)
+    (out / ".results.xlsx.abcdefabcdef.tmp").symlink_to(elsewhere, target_is_directory=True)
     result = _run(experiment, out)
     assert result.exit_code == 0, result.output
     assert victim.read_text() == "do not touch\n"
