@@ -109,8 +109,11 @@ def refuse_link(path: Path | str, *, what: str = "file") -> Path:
     """Raise a :class:`WriteError` if ``path`` is a symbolic link (it will be opened by name)."""
     path = Path(path)
     if path.is_symlink():
-        raise WriteError(str(path), f"this {what} is a symbolic link (to {os.readlink(path)})",
-                         _CAUSES[errno.ELOOP][1])
+        try:
+            to = f" (to {os.readlink(path)})"
+        except OSError:  # removed meanwhile: it was a link all the same
+            to = ""
+        raise WriteError(str(path), f"this {what} is a symbolic link{to}", _CAUSES[errno.ELOOP][1])
     return path
 
 

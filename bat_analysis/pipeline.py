@@ -91,8 +91,8 @@ class RunLock:
             try:
                 fd = os.open(self.path, flags, 0o666)
             except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise self._refuse(f"is a symbolic link (to {os.readlink(self.path)})") from None
+                if exc.errno == errno.ELOOP and self.path.is_symlink():
+                    raise self._refuse("is a symbolic link") from None
                 raise write_error(exc, self.path, action="create the lock file") from exc
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -547,7 +547,8 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
     try:
         outputs = write_tables(out, tubes_df, patients_df, about, parquet=options.parquet)
     except WriteError as exc:  # the previous tables and reports no longer match the store: withdraw them
-        exc.add_note(withdraw_outputs(out, TABLE_OUTPUTS + REPORT_OUTPUTS, store))
+        withdrawn = withdraw_outputs(out, TABLE_OUTPUTS + REPORT_OUTPUTS, store)
+        exc.add_note(withdrawn[:1].upper() + withdrawn[1:] + ".")
         raise
     summary = RunSummary(out=out, run_id=run_id, n_tubes=len(tubes), n_gated=len(tasks),
                          n_reused=n_reused, n_failed=len(failed), failed=failed, outputs=outputs,

@@ -127,7 +127,8 @@ def test_links_planted_in_out_are_never_written_through(experiment, tmp_path):
     result = _run(experiment, out)
     assert result.exit_code == 0, result.output
     assert victim.read_text() == "do not touch\n"
-    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.html"] and (elsewhere / "keep.html").read_text() == "mine"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.html"]
+    assert (elsewhere / "keep.html").read_text() == "mine"
     for name in ("tubes.csv", "patients.csv", "results.xlsx", "reports", "review"):
         assert not (out / name).is_symlink(), name
     assert len(pd.read_csv(out / "tubes.csv")) == len(experiment.tubes)
@@ -182,7 +183,8 @@ def test_a_full_disk_while_writing_the_tables_fails_the_run_cleanly(experiment, 
         assert not (out / name).exists(), name
     (outdated,) = out.glob("outdated-*")
     assert {p.name for p in outdated.iterdir()} == {"tubes.csv", "patients.csv", "results.xlsx", "reports", "review"}
-    assert f"were moved to {outdated}" in result.output
+    assert ("The earlier tubes.csv, patients.csv, results.xlsx, reports, review no longer match the results and "
+            f"were moved to {outdated}.") in result.output
     assert _leftovers(out) == []
     monkeypatch.undo()
     again = _run(experiment, out)  # space freed: the same command completes and renders everything
