@@ -60,3 +60,20 @@ class GatingError(BatError):
 
 class AnalysisError(BatError):
     """Metrics, fits or classes that cannot be computed from the inputs given."""
+
+
+class WriteError(BatError):
+    """A file or folder that could not be written (disk full, permission denied, a link in the way...).
+
+    ``source`` is the path, ``cause`` the reason in plain words, ``todo`` what to do about it and ``detail``
+    the operating system's own message. Raised by :mod:`bat_analysis.fileio`.
+    """
+
+    def __init__(self, path: str, cause: str, todo: str, *, action: str = "write", detail: str | None = None
+                 ) -> None:
+        self.cause = cause
+        self.todo = todo
+        self.detail = detail
+        super().__init__(f"cannot {action} {path}: {cause}. What to do: {todo}"
+                         + (f" [{detail}]" if detail else ""))
+        self.source = path

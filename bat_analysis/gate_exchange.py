@@ -121,11 +121,12 @@ def _file_dims(dims: Sequence[str], template: Any, channels: Mapping[str, Any], 
 
 def export_run_gates(results: Sequence[Any], template: Any, data_dir: Path, fmt: str, dest: Path) -> list[Path]:
     """Write the gates of every gated tube: one Gating-ML file per tube, or one FlowJo workspace."""
+    from .fileio import make_dir
     from .gating.flowjo import WorkspaceTube, export_workspace
     from .gating.gatingml import export_gatingml
     from .io.fcs import read_fcs
 
-    dest.mkdir(parents=True, exist_ok=True)
+    make_dir(dest)
     written: list[Path] = []
     ws_tubes = []
     for res in results:

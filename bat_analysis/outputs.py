@@ -1,7 +1,10 @@
 """Table exports of a run: ``tubes.csv``, ``patients.csv``, ``results.xlsx`` (with an "about" sheet), Parquet.
 
-Every file is written atomically (a temporary file in the same folder, then renamed over the target), so a
-run killed while writing leaves either the previous file or the new one, never half of one. CSVs use fixed
+Every file is written by :mod:`bat_analysis.fileio` (a temporary file in the same folder, then renamed over the
+target; mode 0666 & ~umask; a write failure is a ``WriteError`` naming the path, the cause and what to do), so
+a run killed while writing leaves either the previous file or the new one, never half of one. :func:`write_tables`
+replaces the set as a whole: every file is written to its temporary first, and the targets are only replaced
+once all of them are complete (a full disk leaves the previous set, never a mix). CSVs use fixed
 float formatting (8 significant digits), ``\\n`` line ends and the row order given, so that two runs on the
 same inputs give byte-identical files whatever the number of workers.
 """
@@ -11,45 +14,16 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from .errors import BatError
+from .fileio import atomic_path, atomic_write_text, write_error
 
 FLOAT_FORMAT = "{:.8g}"
-
-
-@contextmanager
-def atomic_path(target: Path | str) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success it replaces ``target`` in one rename."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, target)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def atomic_write_bytes(target: Path | str, data: bytes) -> Path:
-    with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
-    return Path(target)
-
-
-def atomic_write_text(target: Path | str, text: str) -> Path:
-    return atomic_write_bytes(target, text.encode("utf-8"))
 
 
 def format_cell(value: Any) -> str:
@@ -93,26 +67,34 @@ def write_csv(df: Any, target: Path | str) -> Path:
     return atomic_write_text(target, table_to_csv(df))
 
 
-def write_xlsx(target: Path | str, sheets: Mapping[str, Any], about: Mapping[str, Any]) -> Path:
-    """An Excel workbook with one sheet per table plus an ``about`` sheet (key, value rows)."""
+def _fill_xlsx(path: Path, sheets: Mapping[str, Any], about: Mapping[str, Any]) -> None:
     import pandas as pd
 
     about_rows = [(str(k), format_cell(v) if not isinstance(v, str) else v) for k, v in about.items()]
+    with pd.ExcelWriter(path, engine="openpyxl") as xl:
+        for name, df in sheets.items():
+            df.to_excel(xl, sheet_name=name, index=False)
+        pd.DataFrame(about_rows, columns=["item", "value"]).to_excel(xl, sheet_name="about", index=False)
+
+
+def write_xlsx(target: Path | str, sheets: Mapping[str, Any], about: Mapping[str, Any]) -> Path:
+    """An Excel workbook with one sheet per table plus an ``about`` sheet (key, value rows)."""
     with atomic_path(target) as tmp:
-        with pd.ExcelWriter(tmp, engine="openpyxl") as xl:
-            for name, df in sheets.items():
-                df.to_excel(xl, sheet_name=name, index=False)
-            pd.DataFrame(about_rows, columns=["item", "value"]).to_excel(xl, sheet_name="about", index=False)
+        _fill_xlsx(tmp, sheets, about)
     return Path(target)
 
 
-def write_parquet(df: Any, target: Path | str) -> Path:
-    """A Parquet file of the table (needs pyarrow: ``pip install 'bat-analysis[parquet]'``)."""
+def _need_pyarrow() -> None:
     try:
         import pyarrow  # noqa: F401
     except ImportError as exc:
         raise BatError("Parquet output needs the pyarrow package", field="--parquet",
                        expected="pip install 'bat-analysis[parquet]'") from exc
+
+
+def write_parquet(df: Any, target: Path | str) -> Path:
+    """A Parquet file of the table (needs pyarrow: ``pip install 'bat-analysis[parquet]'``)."""
+    _need_pyarrow()
     with atomic_path(target) as tmp:
         df.to_parquet(tmp, index=False)
     return Path(target)
@@ -120,10 +102,24 @@ def write_parquet(df: Any, target: Path | str) -> Path:
 
 def write_tables(out_dir: Path | str, tubes: Any, patients: Any, about: Mapping[str, Any], *,
                  parquet: bool = False) -> list[Path]:
-    """Write tubes.csv, patients.csv, results.xlsx (and Parquet files when asked) into ``out_dir``."""
+    """Write tubes.csv, patients.csv, results.xlsx (and Parquet files when asked) into ``out_dir``, as a set:
+    the targets are replaced only once every file is complete (on a failure none of them is)."""
     out = Path(out_dir)
-    paths = [write_csv(tubes, out / "tubes.csv"), write_csv(patients, out / "patients.csv"),
-             write_xlsx(out / "results.xlsx", {"tubes": tubes, "patients": patients}, about)]
     if parquet:
-        paths += [write_parquet(tubes, out / "tubes.parquet"), write_parquet(patients, out / "patients.parquet")]
+        _need_pyarrow()
+    paths = [out / "tubes.csv", out / "patients.csv", out / "results.xlsx"]
+    if parquet:
+        paths += [out / "tubes.parquet", out / "patients.parquet"]
+    fills = [lambda tmp: tmp.write_bytes(table_to_csv(tubes).encode("utf-8")),
+             lambda tmp: tmp.write_bytes(table_to_csv(patients).encode("utf-8")),
+             lambda tmp: _fill_xlsx(tmp, {"tubes": tubes, "patients": patients}, about)]
+    if parquet:
+        fills += [lambda tmp: tubes.to_parquet(tmp, index=False), lambda tmp: patients.to_parquet(tmp, index=False)]
+    with ExitStack() as stack:  # on leaving, each temporary replaces its target (last one first)
+        for path, fill in zip(paths, fills):
+            tmp = stack.enter_context(atomic_path(path))
+            try:
+                fill(tmp)
+            except OSError as exc:
+                raise write_error(exc, path) from exc
     return paths

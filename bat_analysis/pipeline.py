@@ -15,15 +15,26 @@ sha256, the template's sha256, the package version, its layout annotation and th
 apply to it. A re-run gates only tubes whose key changed or that are missing, then scores every patient from
 the stored results. Results are always read back from the store before scoring, so a resumed run and an
 uninterrupted run score bit-identical inputs. A lock file keeps two runs from writing the same folder.
+
+Writing the output folder
+-------------------------
+Every file goes through :mod:`bat_analysis.fileio` (atomic, never through a symbolic link, mode 0666 & ~umask).
+The tables are replaced as a set; a full rendering of the reports is built in a staging folder inside OUT and
+swapped in. A write failure is a ``WriteError`` (path, cause, what to do): the run is recorded as ``failed``
+(or ``completed without reports`` when only the reports failed), and once the store holds this run's tables,
+earlier tables and reports that were not rewritten are moved to ``OUT/outdated-<time>/`` (removed if even
+that fails), so that outputs of another run are never presented beside this run's.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shlex
 import socket
+import sqlite3
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -34,11 +45,13 @@ from typing import Any, Callable, Generator, Iterator, Sequence
 
 from . import __version__
 from .checksums import file_sha256
-from .errors import BatError
+from .errors import BatError, WriteError
 from .records import Flag, Tube, TubeResult
 from .store import AUTO, REVIEWED, STORE_NAME, ResultStore, to_json
 
 LOCK_NAME = ".bat-run.lock"
+TABLE_OUTPUTS = ("tubes.csv", "patients.csv", "results.xlsx", "tubes.parquet", "patients.parquet")
+REPORT_OUTPUTS = ("reports", "review")
 DASK_CONNECT_TIMEOUT = "15s"
 
 
@@ -52,41 +65,80 @@ class RunLock:
 
     Uses ``fcntl.flock`` on ``OUT/.bat-run.lock``: the operating system releases it when the holder exits,
     however it exits (even SIGKILL), so a stale lock file left by a killed run never blocks. The file holds
-    the holder's pid, host and start time, quoted in the refusal message.
+    the holder's pid, host and start time, quoted in the refusal message. It is opened with ``O_NOFOLLOW``
+    (a symbolic link planted there is refused, never written through) and removed when the lock is released;
+    a run that locked a file since removed by the previous holder locks again (the lock is the file in place).
     """
 
     def __init__(self, out_dir: Path | str) -> None:
         self.path = Path(out_dir) / LOCK_NAME
-        self._fh: Any = None
+        self._fd: int | None = None
+
+    def _refuse(self, cause: str) -> BatError:
+        return BatError(f"{LOCK_NAME} in the output folder {cause}", source=str(self.path.parent), field="--out",
+                        expected=f"remove {self.path} (bat_analysis never writes through a link in its output "
+                                 "folder), or choose another --out folder")
 
     def acquire(self) -> "RunLock":
         import fcntl
+        import stat
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "unknown process"
-            fh.close()
-            raise BatError(f"another 'bat run' is writing to this folder ({holder})",
-                           source=str(self.path.parent), field="--out",
-                           expected="wait for that run to finish, or choose another --out folder") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        fh.flush()
-        self._fh = fh
-        return self
+        from .fileio import make_dir, write_error
+
+        make_dir(self.path.parent)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        for _ in range(100):
+            try:
+                fd = os.open(self.path, flags, 0o666)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP and self.path.is_symlink():
+                    raise self._refuse("is a symbolic link") from None
+                raise write_error(exc, self.path, action="create the lock file") from exc
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise self._refuse("is not a regular file")
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.pread(fd, 500, 0).decode("utf-8", "replace").strip() or "unknown process"
+                    raise BatError(f"another 'bat run' is writing to this folder ({holder})",
+                                   source=str(self.path.parent), field="--out",
+                                   expected="wait for that run to finish, or choose another --out folder") from None
+                try:  # the previous holder may have removed the file between our open and our lock
+                    same = os.path.samestat(os.fstat(fd), os.stat(self.path, follow_symlinks=False))
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    os.close(fd)
+                    continue
+                note = f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, note.encode("utf-8"), 0)
+            except OSError as exc:
+                os.close(fd)
+                raise write_error(exc, self.path) from exc
+            except BaseException:
+                os.close(fd)
+                raise
+            self._fd = fd
+            return self
+        raise BatError("the lock file keeps being replaced by another process", source=str(self.path),
+                       field="--out", expected="one 'bat run' at a time in this folder")
 
     def release(self) -> None:
-        if self._fh is not None:
+        if self._fd is not None:
             import fcntl
 
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
+            fd, self._fd = self._fd, None
+            try:
+                try:  # remove the file while still holding the lock, and only if it is still ours
+                    if os.path.samestat(os.fstat(fd), os.stat(self.path, follow_symlinks=False)):
+                        os.unlink(self.path)
+                except OSError:  # a lock file left behind is harmless: the lock is the flock, not the file
+                    pass
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -342,7 +394,11 @@ def _progress(quiet: bool) -> Any:
 
 def run(options: RunOptions, *, on_result: Callable[[int, TubeResult], None] | None = None) -> RunSummary:
     """Run the whole analysis into ``options.out``; raises BatError for a bad invocation or when no tube
-    could be analysed. ``on_result`` is called after each tube is stored (used by tests to interrupt)."""
+    could be analysed, WriteError when an output cannot be written (the run is then recorded as failed and
+    the earlier outputs are withdrawn). ``on_result`` is called after each tube is stored (used by tests to
+    interrupt)."""
+    from .fileio import make_dir, remove_leftovers
+
     t0 = time.perf_counter()
     data_dir, out = Path(options.data_dir), Path(options.out)
     if not data_dir.is_dir():
@@ -355,8 +411,11 @@ def run(options: RunOptions, *, on_result: Callable[[int, TubeResult], None] | N
     workers = options.workers if options.workers is not None else default_workers()
     if workers < 1:
         raise BatError(f"--workers must be at least 1, got {workers}", field="--workers", expected="an integer ≥ 1")
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     with RunLock(out):
+        for folder in (out, *(out / name for name in REPORT_OUTPUTS)):  # a killed run's temporaries
+            if not folder.is_symlink():
+                remove_leftovers(folder)
         return _run_locked(options, data_dir, out, workers, on_result, t0)
 
 
@@ -393,9 +452,15 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
             try:
                 return _run_stored(options, data_dir, out, workers, on_result, t0, tubes, template, corrections,
                                    command, store, progress, run_id)
-            except BaseException:
-                if store.last_run() and store.last_run()["status"] == "running":
-                    store.end_run(run_id, status="stopped", n_tubes=len(tubes), n_gated=0, n_reused=0, n_failed=0)
+            except BaseException as exc:
+                status = "failed" if isinstance(exc, WriteError) else "stopped"
+                try:
+                    if store.last_run() and store.last_run()["status"] == "running":
+                        store.end_run(run_id, status=status, n_tubes=len(tubes), n_gated=0, n_reused=0,
+                                      n_failed=0)
+                except (BatError, sqlite3.Error) as also:
+                    exc.add_note(f"The run could not be recorded as {status} in the results store either ({also}); "
+                                 "it will show as 'running' until the next run.")
                 raise
 
 
@@ -479,29 +544,43 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
     from .outputs import write_tables
 
     about = about_sheet(template, command, checksums, layout_sha, run_id)
-    outputs = write_tables(out, tubes_df, patients_df, about, parquet=options.parquet)
+    try:
+        outputs = write_tables(out, tubes_df, patients_df, about, parquet=options.parquet)
+    except WriteError as exc:  # the previous tables and reports no longer match the store: withdraw them
+        withdrawn = withdraw_outputs(out, TABLE_OUTPUTS + REPORT_OUTPUTS, store)
+        exc.add_note(withdrawn[:1].upper() + withdrawn[1:] + ".")
+        raise
     summary = RunSummary(out=out, run_id=run_id, n_tubes=len(tubes), n_gated=len(tasks),
                          n_reused=n_reused, n_failed=len(failed), failed=failed, outputs=outputs,
                          elapsed_s=0.0, tubes=tubes_df, patients=patients_df, scores=scores, results=results,
                          rescored=recomputed)
+    key = reports_key(store, results, corrections.thresholds())
+    current = store.get_meta("reports_key") == key
     if options.reports:
-        key = reports_key(store, results, corrections.thresholds())
-        if store.get_meta("reports_key") != key or reports_missing(out, results):
+        if not current or reports_missing(out, results):
             rep = progress.add_task("Writing reports", total=None, note="")
             try:
                 paths, summary.report_note = render(out, store, results, scores, run_id, workers=workers)
             except Exception as exc:  # the tables and the store are complete: say so, do not lose them
                 paths = []
-                summary.report_error = (f"the reports could not be written ({type(exc).__name__}: {exc}); the "
-                                        f"tables and the results store are complete; retry with 'bat report {out}'")
+                why = str(exc) if isinstance(exc, WriteError) else f"{type(exc).__name__}: {exc}"
+                summary.report_error = (f"the reports could not be written ({why}); the tables and the results "
+                                        f"store are complete; retry with 'bat report {out}'")
             summary.outputs += paths
-            if summary.report_note is None and summary.report_error is None:
+            current = summary.report_note is None and summary.report_error is None
+            if current:
                 store.set_meta("reports_key", key)
             progress.update(rep, total=1, completed=1)
         else:
             summary.report_note = "reports and review gallery kept: nothing changed since they were written"
     else:
         summary.report_note = f"reports not written (--no-reports); write them later with 'bat report {out}'"
+    if not current and any(os.path.lexists(out / name) for name in REPORT_OUTPUTS):
+        withdrawn = withdraw_outputs(out, REPORT_OUTPUTS, store)
+        if summary.report_error:
+            summary.report_error += "; " + withdrawn
+        else:
+            summary.report_note = f"{summary.report_note}; {withdrawn}"
     store.end_run(run_id, status="completed" if summary.report_error is None else "completed without reports",
                   n_tubes=len(tubes), n_gated=len(tasks), n_reused=n_reused, n_failed=len(failed))
     summary.elapsed_s = time.perf_counter() - t0
@@ -650,13 +729,40 @@ def reports_missing(out: Path, results: Sequence[TubeResult]) -> bool:
 
 def render(out: Path, store: ResultStore, results: Sequence[TubeResult], scores: Any, run_id: int | None,
            patients: list[str] | None = None, workers: int | None = None) -> tuple[list[Path], str | None]:
-    """Per-patient reports and the review gallery, when the report renderer is installed."""
+    """Per-patient reports and the review gallery, when the report renderer is installed.
+
+    A full rendering is built in a staging folder inside ``out`` and swapped in (``reports/``, then
+    ``review/``): a failure (a full disk) leaves the previous reports whole, never a mix of old and new.
+    Reports of chosen patients are written in place, each file atomically, into real folders (a symbolic
+    link in place of ``reports/`` is refused)."""
+    from .fileio import make_dir, remove_path, replace_dir, temporary_dir
+
     try:
         from .report import render_reports
     except ImportError as exc:
         return [], f"reports not written: the report renderer is not available ({exc})"
-    paths = render_reports(out, list(results), scores, run_info(store, run_id), patients=patients,
-                           workers=workers)
+    if patients:
+        make_dir(out / "reports", inside=out)
+        return _found_paths(render_reports(out, list(results), scores, run_info(store, run_id),
+                                           patients=patients, workers=workers)), None
+    staging = temporary_dir(out, "reports-staging")
+    try:
+        paths = render_reports(staging, list(results), scores, run_info(store, run_id), workers=workers)
+        for name in REPORT_OUTPUTS:
+            if os.path.lexists(staging / name):
+                replace_dir(staging / name, out / name)
+    except WriteError as exc:  # name the file the user knows, not the staging folder's copy
+        raise WriteError(str(exc.source).replace(str(staging), str(out)), exc.cause, exc.todo,
+                         detail=exc.detail) from exc
+    finally:
+        try:
+            remove_path(staging)
+        except BatError as exc:
+            print(f"warning: {exc}", file=sys.stderr)
+    return [out / p.relative_to(staging) if p.is_relative_to(staging) else p for p in _found_paths(paths)], None
+
+
+def _found_paths(paths: Any) -> list[Path]:
     found: list[Path] = []
     for value in (vars(paths).values() if hasattr(paths, "__dict__") else [paths]):
         if isinstance(value, Path):
@@ -665,7 +771,47 @@ def render(out: Path, store: ResultStore, results: Sequence[TubeResult], scores:
             found += [p for p in value if isinstance(p, Path)]
         elif isinstance(value, dict):
             found += [p for p in value.values() if isinstance(p, Path)]
-    return found, None
+    return found
+
+
+def withdraw_outputs(out: Path, names: Sequence[str], store: ResultStore | None = None) -> str:
+    """Move outputs that no longer match the results store (``names`` in ``out``) into
+    ``out/outdated-<UTC time>/``, so that they are never taken for the current run's (a rename: it works on a
+    full disk); if even that fails, remove them. Returns a sentence saying what was done."""
+    from .fileio import make_dir, remove_path
+
+    present = [name for name in names if os.path.lexists(out / name)]
+    if store is not None:
+        try:
+            store.set_meta("reports_key", "")
+        except (BatError, sqlite3.Error):  # the reports are gone from their place: they are re-rendered anyway
+            pass
+    if not present:
+        return "no earlier tables or reports were left in the folder"
+    folder = out / f"outdated-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    try:
+        make_dir(folder, inside=out)
+        for name in present:
+            os.rename(out / name, folder / name)
+        return (f"the earlier {', '.join(present)} no longer match the results and were moved to {folder}")
+    except (BatError, OSError):
+        moved = [name for name in present if not os.path.lexists(out / name)]
+        removed, kept = [], []
+        for name in present:
+            if name in moved:
+                continue
+            try:
+                remove_path(out / name)
+                removed.append(name)
+            except BatError:
+                kept.append(name)
+        text = f"the earlier {', '.join(removed)} no longer matched the results and were removed" if removed else ""
+        if moved:
+            text += ("; " if text else "") + f"{', '.join(moved)} were moved to {folder}"
+        if kept:
+            text += (("; " if text else "") + f"OUTDATED, could not be moved or removed: {', '.join(kept)}"
+                     " — do not use them")
+        return text
 
 
 # ------------------------------------------------------------------------------------------------ after a run
@@ -769,5 +915,8 @@ def export_gates(out: Path | str, fmt: str, dest: Path | str | None = None) -> l
         with ResultStore.in_folder(out, create=False) as store:
             run = next(r for r in store.runs() if r["id"] == stored.run_id)
         data_dir = Path(json.loads(run["info_json"] or "{}").get("data_dir") or ".")
-        return export_run_gates(stored.results, stored.template, data_dir, fmt,
-                                Path(dest) if dest else Path(out) / "gates")
+        if dest is None:
+            from .fileio import make_dir
+
+            dest = make_dir(Path(out) / "gates", inside=out)  # a link in place of OUT/gates is refused
+        return export_run_gates(stored.results, stored.template, data_dir, fmt, Path(dest))

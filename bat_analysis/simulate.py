@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BatError
+from .fileio import atomic_open, atomic_path, atomic_write_text, make_dir
 from .records import Tube
 
 __all__ = [
@@ -757,14 +758,13 @@ def _clock(seconds: float) -> str:
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """A compressed ``.npz`` (readable by ``np.load``) at deflate level 1, written atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED,
+                                                   compresslevel=1) as zf:
         for key, arr in arrays.items():
             info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))  # reproducible bytes
             buf = io.BytesIO()
             np.lib.format.write_array(buf, np.asanyarray(arr), allow_pickle=False)
             zf.writestr(info, buf.getvalue(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=1)
-    tmp.replace(path)
 
 
 def _tube_plan(profile: PatientProfile, arms: Sequence[str],
@@ -838,8 +838,7 @@ def simulate_experiment(
     scenarios = _scenario_set(scenario)
     if naming not in NAMING_STYLES:
         raise BatError(f"unknown naming style {naming!r}", field="naming", expected=" | ".join(NAMING_STYLES))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_dir(Path(out_dir))
 
     root = np.random.SeedSequence(seed)
     patient_seeds = root.spawn(n_patients + 1)
@@ -921,7 +920,7 @@ def simulate_experiment(
             }
 
     layout_path = out_dir / "layout.csv"
-    with layout_path.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_open(layout_path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["file", "patient", "condition", "allergen", "concentration", "unit", "pretreatment", "well"])
         for t in tubes:
@@ -948,8 +947,6 @@ def simulate_experiment(
         "patients": truth_patients, "tubes": truth_tubes, "definitions": TRUTH_FIELDS,
     }
     truth_path = out_dir / "truth.json"
-    tmp = truth_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(truth, indent=1, allow_nan=False), encoding="utf-8")
-    tmp.replace(truth_path)
+    atomic_write_text(truth_path, json.dumps(truth, indent=1, allow_nan=False))
     return SimulatedExperiment(out_dir=out_dir, layout_path=layout_path, truth_path=truth_path,
                                labels_path=labels_path, tubes=tubes, truth=truth)

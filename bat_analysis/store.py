@@ -36,6 +36,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from .errors import BatError
+from .fileio import is_write_failure, make_dir, refuse_link, write_error
 from .records import Flag, GateRecord, Tube, TubeResult
 
 SCHEMA_VERSION = 1
@@ -145,7 +146,9 @@ class ResultStore:
         if not create and not self.path.exists():
             raise BatError("no results store here", source=str(self.path),
                            expected=f"an output folder written by 'bat run' (containing {STORE_NAME})")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(self.path.parent)
+        for suffix in ("", "-wal", "-shm", "-journal"):  # SQLite opens these by name: never through a link
+            refuse_link(f"{self.path}{suffix}")
         try:
             self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -162,6 +165,11 @@ class ResultStore:
                     raise BatError(f"results store has schema version {row[0]}", source=str(self.path),
                                    field="meta.schema_version", expected=f"version {SCHEMA_VERSION}; "
                                    "use a new --out folder")
+        except sqlite3.OperationalError as exc:
+            if is_write_failure(exc):
+                raise write_error(exc, self.path) from exc
+            raise BatError(f"cannot open the results store ({exc})", source=str(self.path),
+                           expected="an SQLite database written by bat_analysis") from exc
         except sqlite3.DatabaseError as exc:
             raise BatError(f"cannot open the results store ({exc})", source=str(self.path),
                            expected="an SQLite database written by bat_analysis") from exc
@@ -182,16 +190,25 @@ class ResultStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
-        """One atomic unit of writes: committed entirely, or (on any error) not at all."""
+        """One atomic unit of writes: committed entirely, or (on any error) not at all. A write the disk
+        refuses (full, read-only) is a ``WriteError`` naming the store, the cause and what to do."""
         cur = self.conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
         try:
-            yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                if self.conn.in_transaction:  # SQLite may already have rolled back (e.g. on a full disk)
+                    cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if is_write_failure(exc):
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise write_error(exc, self.path) from exc
             raise
-        else:
-            cur.execute("COMMIT")
         finally:
             cur.close()
 

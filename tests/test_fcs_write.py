@@ -185,7 +185,9 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
         write_fcs(path, np.full((4, 5), np.nan), NAMES)
     assert path.read_bytes()[:6] == b"FCS3.1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fcs"]
-    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~mask)  # an ordinary file: 0666 less the umask
 
 
 def test_empty_data_set(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bat_analysis.outputs import atomic_path, format_cell, table_to_csv, write_tables
+from bat_analysis.fileio import atomic_path
+from bat_analysis.outputs import format_cell, table_to_csv, write_tables
 
 
 @pytest.mark.parametrize("value, text", [

@@ -10,14 +10,20 @@ import typer
 EXIT_BAD_INPUT = 2
 EXIT_NOTHING_ANALYSED = 1
 EXIT_REPORTS_FAILED = 3
+EXIT_WRITE_FAILED = 4
 
 
 def _fail(exc: Exception, hint: str | None = None) -> typer.Exit:
-    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
-    if hint:
-        typer.echo(hint, err=True)
+    from ..errors import WriteError
     from ..pipeline import NothingAnalysedError
 
+    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    for note in getattr(exc, "__notes__", ()):
+        typer.echo(note, err=True)
+    if isinstance(exc, WriteError):
+        return typer.Exit(code=EXIT_WRITE_FAILED)
+    if hint:
+        typer.echo(hint, err=True)
     return typer.Exit(code=EXIT_NOTHING_ANALYSED if isinstance(exc, NothingAnalysedError) else EXIT_BAD_INPUT)
 
 
@@ -84,7 +90,8 @@ def register(app: typer.Typer) -> None:
         Re-running the same command resumes: tubes already gated with the same file and template are reused.
 
         Exit 0 when the run completed (even if tubes failed QC); 2 on a bad invocation; 1 if no tube was analysed;
-        3 if the tables were written but the reports could not be.
+        3 if the tables were written but the reports could not be; 4 if an output could not be written (disk
+        full, no permission): the run is recorded as failed and earlier outputs are moved to OUT/outdated-*.
         """
         from ..errors import BatError
         from ..pipeline import RunOptions, run

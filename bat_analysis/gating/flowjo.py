@@ -29,7 +29,6 @@ operand complemented inside an and/or is refused (write it as a NOT gate of its 
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from xml.etree import ElementTree as ET
 import numpy as np
 
 from ..errors import GatingError
+from ..fileio import atomic_path
 from .compensation import Spillover, as_spillover
 from .gatingml import GatingDocument, export_gatingml, from_flowkit_strategy
 from .gates import UNCOMPENSATED, BooleanGate, Dimension, EllipsoidGate, Gate, PolygonGate, RangeGate, evaluate
@@ -453,10 +453,8 @@ def export_workspace(tubes: Iterable[WorkspaceTube], path: str | Path, group_nam
         ET.SubElement(refs, "SampleRef", {"sampleID": sid})
         _sample_element(samples, tube, sid, matrices)
     ET.indent(root, space="  ")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    ET.ElementTree(root).write(tmp, encoding="UTF-8", xml_declaration=True)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        ET.ElementTree(root).write(tmp, encoding="UTF-8", xml_declaration=True)
     return out
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
 import re
 from xml.etree import ElementTree as ET
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import GatingError
+from ..fileio import atomic_write_bytes
 from .compensation import Spillover, as_spillover
 from .gates import (UNCOMPENSATED, ArrayEvents, BooleanGate, Dimension, EllipsoidGate, Gate, PolygonGate,
                     QuadrantGate, RangeGate, Ratio, evaluate)
@@ -463,12 +463,7 @@ def export_gatingml(gates: Iterable[Gate], path: str | Path, spillovers: Mapping
         root.insert(0, info)
         ET.register_namespace("bat", _NAMES_NS)
         data = ET.tostring(root, encoding="utf-8", xml_declaration=True)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, out)
-    return out
+    return atomic_write_bytes(path, data)
 
 
 def _restore_names(doc: GatingDocument, root: ET.Element) -> None:

@@ -12,13 +12,13 @@ offset that does not fit the HEADER's 8 characters (> 99,999,999) is written as 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import FcsFormatError
+from ..fileio import atomic_open
 
 __all__ = ["write_fcs", "VERSIONS", "DATATYPES", "TEXT_START"]
 
@@ -288,16 +288,8 @@ def write_fcs(
                     "FCS 3.0 or 3.1 for data beyond byte 99,999,999")
 
     header = _header(version, [text_begin, text_end, begin_data, end_data, 0, 0])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp_name, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(header)
-            fh.write(text)
-            fh.write(data)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        fh.write(header)
+        fh.write(text)
+        fh.write(data)
     return path

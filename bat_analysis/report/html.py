@@ -13,7 +13,6 @@ import base64
 import hashlib
 import math
 import re
-import shutil
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import BatError
+from ..fileio import atomic_write_text, create_new_file, make_dir, remove_path, replace_dir, temporary_dir
 from ..records import CONDITIONS, Flag, TubeResult
 from .plots import (ARM_LABELS, Png, PngRenderer, activation_range, draw_dose_response, fit_summary,
                     is_manual, manual_reason, marker_values, shared_gate_limits)
@@ -549,33 +549,25 @@ def write_gallery(review_dir: Path, tubes: Sequence[TubeView], run: RunView,
                   report_links: Mapping[str, str]) -> Path:
     """``review/index.html`` with its images as files in ``review/img/`` (loaded lazily by the browser,
     so a plate's gallery opens at once). The image folder is replaced as a whole."""
-    review_dir.mkdir(parents=True, exist_ok=True)
-    fresh = review_dir / f".{GALLERY_IMAGES}.new"
-    if fresh.exists():
-        shutil.rmtree(fresh)
-    fresh.mkdir()
-    for t in tubes:
-        for png, rel in zip(t.images, image_files(t)):
-            (fresh / Path(rel).name).write_bytes(png.data)
-    target = review_dir / GALLERY_IMAGES
-    old = review_dir / f".{GALLERY_IMAGES}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        target.rename(old)
-    fresh.rename(target)
-    if old.exists():
-        shutil.rmtree(old)
+    make_dir(review_dir)
+    fresh = temporary_dir(review_dir, GALLERY_IMAGES)
+    try:
+        for t in tubes:
+            for png, rel in zip(t.images, image_files(t)):
+                create_new_file(fresh / Path(rel).name, png.data)
+    except BaseException as exc:
+        try:
+            remove_path(fresh)
+        except BatError as cleanup:
+            exc.add_note(f"also: {cleanup}")
+        raise
+    replace_dir(fresh, review_dir / GALLERY_IMAGES)
     return write_text(review_dir / "index.html", gallery_html(tubes, run, report_links))
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write atomically (temporary file, then rename) so a reader never sees half a page."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    """Write atomically (see :mod:`bat_analysis.fileio`) so a reader never sees half a page."""
+    return atomic_write_text(path, text)
 
 
 # ------------------------------------------------------------------------------------------ entry point

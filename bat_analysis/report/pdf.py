@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 from .html import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,  # noqa: E402
                    _columns, _qc_rows, fmt_value)
 from .plots import draw_dose_response  # noqa: E402
+from ..fileio import atomic_path  # noqa: E402
 
 A4 = (8.27, 11.69)
 MARGIN = 0.55  # inches
@@ -334,11 +335,9 @@ def _rgb(png: bytes) -> np.ndarray:
 
 def write_patient_pdf(path: Path, view: PatientView, run: RunView) -> Path:
     """Write the patient's PDF (summary, tables, flags, audit trail, gating pages) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     meta = {"Title": f"BAT report — patient {view.patient}", "Creator": "bat_analysis",
             "Subject": "Basophil activation test"}
-    with PdfPages(tmp, metadata=meta) as pdf:
+    with atomic_path(path) as tmp, PdfPages(tmp, metadata=meta) as pdf:
         flow = _Flow(pdf, f"BAT report — patient {view.patient}")
         _summary(flow, view, run)
         _tables(flow, view, run)
@@ -352,7 +351,6 @@ def write_patient_pdf(path: Path, view: PatientView, run: RunView) -> Path:
             if tube.images:
                 _tube_block(flow, tube)
         flow.finish_page()
-    tmp.replace(path)
     return path
 
 
