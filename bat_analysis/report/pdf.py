@@ -3,6 +3,8 @@
 Page 1 is the summary (identity, run, class with its reason, metrics, dose-response curves drawn as
 vectors), then the tables of tubes and QC, the flags in plain words and the audit trail, then the gating
 pages: every tube's gates and CD63 histogram (the report's PNGs, embedded at their full resolution).
+All text (patient, allergen and file names, reasons) is drawn literally, never as mathtext
+(:func:`~bat_analysis.report.plots.literal_text`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from .html import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,  # noqa: E402
                    _columns, _qc_rows, fmt_value)
-from .plots import draw_dose_response  # noqa: E402
+from .plots import draw_dose_response, literal_text  # noqa: E402
 
 A4 = (8.27, 11.69)
 MARGIN = 0.55  # inches
@@ -332,6 +334,7 @@ def _rgb(png: bytes) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
+@literal_text()
 def write_patient_pdf(path: Path, view: PatientView, run: RunView) -> Path:
     """Write the patient's PDF (summary, tables, flags, audit trail, gating pages) atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
