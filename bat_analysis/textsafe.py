@@ -35,6 +35,7 @@ _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]
 _TERMINAL_FORMAT = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029"
 _TERMINAL_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff{_TERMINAL_FORMAT}]")
 _TERMINAL_UNSAFE_MULTILINE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff{_TERMINAL_FORMAT}]")
+_JSON_UNSAFE = re.compile(f"[\x7f-\x9f\ud800-\udfff{_TERMINAL_FORMAT}]")  # json.dumps escapes C0 itself
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
@@ -77,7 +78,7 @@ def json_for_terminal(document: str) -> str:
     """A JSON document (from ``json.dumps``) with terminal-unsafe characters written as ``\\uNNNN``
     escapes. ``json.dumps`` already escapes C0 controls; this adds C1 controls, DEL, lone surrogates and
     bidirectional controls, which can only occur inside strings: the parsed data are unchanged."""
-    return _TERMINAL_UNSAFE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", document)
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", document)
 
 
 # ------------------------------------------------------------------------------------------------ file names

@@ -30,7 +30,7 @@ def test_rich_text_is_never_markup() -> None:
 
 def test_json_for_terminal_keeps_the_data() -> None:
     data = {"pns": "a\x1b[31m\x9b\u202eb", "ok": "Müller"}
-    document = json_for_terminal(json.dumps(data, ensure_ascii=False))
+    document = json_for_terminal(json.dumps(data, ensure_ascii=False, indent=2))
     assert "\x1b" not in document and "\x9b" not in document and "\u202e" not in document
     assert "Müller" in document
     assert json.loads(document) == data
