@@ -5,7 +5,8 @@ names, error messages quoting them) is *data*. This module is the one place that
 shown where it could otherwise act as something else:
 
 - :func:`visible` writes control characters as escapes (``\\x1b``, ``\\x07``, ``\\u202e``); ordinary
-  Unicode, letters of every script included, is kept as it is.
+  Unicode, letters of every script included, is kept as it is. The reports use it for text drawn in
+  PDFs and plots (a font has no glyph for a control character; a line feed would break a table row).
 - :func:`for_xlsx` makes a cell value storable in an ``.xlsx`` file: the control characters XML 1.0 cannot
   hold (C0 but tab, LF, CR; lone surrogates; U+FFFE, U+FFFF) are written as escapes by :func:`visible`,
   everything else is kept exactly. The workbook writer also stores every string as a string cell, never a
@@ -13,7 +14,7 @@ shown where it could otherwise act as something else:
 - :func:`for_terminal` makes text printable on a terminal: every C0 and C1 control character (ESC, and so
   every ANSI escape sequence, included), DEL, bidirectional overrides and line separators are written as
   escapes, so nothing in a file can move the cursor, recolour, retitle or reorder the terminal. With
-  ``multiline=True`` line feeds are kept (multi-line error messages), nothing else.
+  ``multiline=True`` line feeds and tabs are kept (multi-line error messages, YAML), nothing else.
 - :func:`rich_text` is a ``rich.text.Text`` holding :func:`for_terminal` text: rich prints it as it is,
   never as markup (``[/bold]`` in a keyword is shown, not parsed).
 - :func:`json_for_terminal` escapes, inside a JSON document, the characters :func:`for_terminal` would
@@ -34,7 +35,7 @@ _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]
 # bidirectional embeddings, overrides and isolates; line and paragraph separators
 _TERMINAL_FORMAT = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029"
 _TERMINAL_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff{_TERMINAL_FORMAT}]")
-_TERMINAL_UNSAFE_MULTILINE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff{_TERMINAL_FORMAT}]")
+MULTILINE_UNSAFE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff{_TERMINAL_FORMAT}]")
 _JSON_UNSAFE = re.compile(f"[\x7f-\x9f\ud800-\udfff{_TERMINAL_FORMAT}]")  # json.dumps escapes C0 itself
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
@@ -64,7 +65,7 @@ def for_xlsx(value: Any) -> Any:
 def for_terminal(text: Any, *, multiline: bool = False) -> str:
     """``str(text)`` safe to print on a terminal: control characters and escape sequences escaped visibly
     (line feeds kept when ``multiline``)."""
-    return visible(str(text), _TERMINAL_UNSAFE_MULTILINE if multiline else _TERMINAL_UNSAFE)
+    return visible(str(text), MULTILINE_UNSAFE if multiline else _TERMINAL_UNSAFE)
 
 
 def rich_text(text: Any, style: str = "") -> Any:
@@ -116,5 +117,5 @@ def safe_filename(identifier: str, *, max_bytes: int = FILENAME_MAX_BYTES, fallb
     return f"{head}-{digest}"
 
 
-__all__ = ["visible", "for_xlsx", "for_terminal", "rich_text", "json_for_terminal", "safe_filename",
-           "FILENAME_MAX_BYTES"]
+__all__ = ["visible", "MULTILINE_UNSAFE", "for_xlsx", "for_terminal", "rich_text", "json_for_terminal",
+           "safe_filename", "FILENAME_MAX_BYTES"]

@@ -36,6 +36,7 @@ from matplotlib.ticker import (FixedLocator, FuncFormatter, MaxNLocator, NullFor
                                NullLocator)
 
 from ..records import GateRecord, TubeResult  # noqa: E402
+from ..textsafe import MULTILINE_UNSAFE, visible  # noqa: E402
 
 GATE_COLOUR = "#d62728"
 ADJUSTED_COLOUR = "#ff7f0e"
@@ -59,7 +60,7 @@ def draws_literally(func: Any) -> Any:
     """Decorator of a drawing function: it runs under :func:`literal_text`, and afterwards every Text of the
     Axes or Figure it was given or returned is set to literal too (an Axes made by the caller outside
     :func:`literal_text` already holds its title and axis-label Text objects, which ``set_title`` and
-    ``set_xlabel`` only fill)."""
+    ``set_xlabel`` only fill). Control characters in them are shown as escapes (``textsafe.visible``)."""
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with literal_text():
@@ -69,6 +70,7 @@ def draws_literally(func: Any) -> Any:
                 if isinstance(target, (Axes, Figure)):
                     for text in target.findobj(Text):
                         text.set_parse_math(False)
+                        text.set_text(visible(text.get_text(), MULTILINE_UNSAFE))
         return result
     return wrapper
 
