@@ -84,9 +84,9 @@ def json_for_terminal(document: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ file names
 FILENAME_MAX_BYTES = 100
-HASH_CHARS = 6
+HASH_CHARS = 8
+HASH_MARK = "~"  # never in a name kept as it is: a plain name cannot equal another identifier's hashed one
 _FILENAME_KEEP = re.compile(r"[^A-Za-z0-9._-]+")
-_HASHED = re.compile(rf"-[0-9a-f]{{{HASH_CHARS}}}$")
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
@@ -94,19 +94,18 @@ def safe_filename(identifier: str, *, max_bytes: int = FILENAME_MAX_BYTES, fallb
     """A valid file name (stem) for any ``identifier``, distinct for distinct identifiers.
 
     Kept as it is when it already is a plain name: ASCII letters, digits, ``.``, ``_``, ``-``, not starting
-    or ending with ``.`` or ``_``, not a reserved device name (``CON``, ``NUL``, ``COM1``, ...), at most
-    ``max_bytes`` long and not ending like a hash suffix. Otherwise every run of other characters (path
-    separators, spaces, ``..``, non-ASCII letters, controls) becomes ``_``, the result is cut to leave room,
-    and ``-`` + the first 6 hex digits of the SHA-256 of the full identifier are appended, so that two
-    identifiers that differ only in the characters replaced, or only after the cut, get different names.
-    The result is never empty, never longer than ``max_bytes`` (ASCII, so bytes = characters), never
-    starts with a dot and contains no path separator.
+    or ending with ``.`` or ``_``, not a reserved device name (``CON``, ``NUL.txt``, ``COM1``, ...) and at
+    most ``max_bytes`` long. Otherwise every run of other characters (path separators, spaces, ``..``,
+    non-ASCII letters, controls) becomes ``_``, the result is cut to leave room, and ``~`` + the first 8
+    hex digits of the SHA-256 of the full identifier are appended: two identifiers that differ only in the
+    characters replaced, or only after the cut, get different names, and as ``~`` is never kept, no plain
+    name equals a hashed one. The result is never empty, never longer than ``max_bytes`` (ASCII, so bytes =
+    characters), never starts with a dot and contains no path separator. (Names differing only in case
+    stay distinct names, which a case-insensitive file system does not tell apart.)
     """
     text = str(identifier)
     safe = _FILENAME_KEEP.sub("_", text).strip("._") or fallback
-    plain = (safe == text and len(safe) <= max_bytes and safe.split(".")[0].lower() not in _RESERVED
-             and not _HASHED.search(safe))
-    if plain:
+    if safe == text and len(safe) <= max_bytes and safe.split(".")[0].lower() not in _RESERVED:
         return safe
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_CHARS]
     room = max(1, max_bytes - HASH_CHARS - 2)  # a "_" may be added to a reserved name
@@ -114,7 +113,7 @@ def safe_filename(identifier: str, *, max_bytes: int = FILENAME_MAX_BYTES, fallb
     first, dot, rest = head.partition(".")
     if first.lower() in _RESERVED:  # Windows reserves "NUL" and "NUL.anything"
         head = f"{first}_{dot}{rest}"
-    return f"{head}-{digest}"
+    return f"{head}{HASH_MARK}{digest}"
 
 
 __all__ = ["visible", "MULTILINE_UNSAFE", "for_xlsx", "for_terminal", "rich_text", "json_for_terminal",

@@ -42,7 +42,7 @@ def test_xlsx_text_escapes_only_what_a_workbook_cannot_hold() -> None:
     assert for_xlsx(1.5) == 1.5 and for_xlsx(None) is None
 
 
-@pytest.mark.parametrize("name", ["P01", "P-01_a.b", "x.fcs", "Patient_7"])
+@pytest.mark.parametrize("name", ["P01", "P-01_a.b", "x.fcs", "Patient_7", "BAT-202401", "P01-abcdef"])
 def test_plain_names_are_kept(name: str) -> None:
     assert safe_filename(name) == name
 
@@ -81,3 +81,9 @@ def test_bounded_length_can_be_chosen() -> None:
 def test_long_id_fits_name_max_with_extension_and_temporary_prefix(tmp_path) -> None:
     stem = safe_filename("é" * 300)
     (tmp_path / f".{stem}.pdf.tmpabcdef").write_text("ok")
+
+
+def test_a_plain_name_never_equals_a_hashed_one() -> None:
+    hashed = safe_filename("a b")
+    assert hashed.startswith("a_b~") and len(hashed) == len("a_b~") + 8
+    assert safe_filename(hashed) != hashed  # an ID spelled like a hashed name is itself hashed
