@@ -128,11 +128,13 @@ def write_xlsx(target: Path | str, sheets: Mapping[str, Any], about: Mapping[str
 
 def _xlsx_safe_frame(df: Any) -> Any:
     """``df`` with its text (column names included) storable in a workbook (``textsafe.for_xlsx``)."""
+    from pandas.api import types
+
     out = df.rename(columns=lambda c: for_xlsx(c) if isinstance(c, str) else c)
     for i in range(out.shape[1]):
         col = out.iloc[:, i]
-        if col.dtype == object or str(col.dtype) == "string":
-            out.isetitem(i, col.map(for_xlsx, na_action="ignore"))
+        if not (types.is_numeric_dtype(col) or types.is_datetime64_any_dtype(col)):  # text, mixed, category
+            out.isetitem(i, col.astype(object).map(for_xlsx, na_action="ignore"))
     return out
 
 

@@ -115,3 +115,13 @@ def test_control_characters_do_not_stop_the_workbook(tmp_path):
     assert book["about"]["B2"].value == "x\\x02.csv"
     with open(tmp_path / "tubes.csv", newline="", encoding="utf-8") as fh:
         assert next(csv.DictReader(fh))["error"] == reason
+
+
+def test_text_in_string_and_category_columns_is_made_safe_too(tmp_path):
+    import openpyxl
+
+    tubes = pd.DataFrame({"s": pd.Series(["x\x07", "=1"], dtype="string"), "c": pd.Categorical(["c\x01", "=2"]),
+                          "ok": [True, False]})
+    write_tables(tmp_path, tubes, pd.DataFrame({"p": ["P1"]}), {})
+    rows = [[(c.value, c.data_type) for c in r] for r in openpyxl.load_workbook(tmp_path / "results.xlsx")["tubes"]]
+    assert rows[1:] == [[("x\\x07", "s"), ("c\\x01", "s"), (True, "b")], [("=1", "s"), ("=2", "s"), (False, "b")]]
