@@ -29,7 +29,8 @@ def _fail(exc: Exception, hint: str | None = None) -> typer.Exit:
 def _summarise(summary: Any, quiet: bool) -> None:
     out = for_terminal(summary.out)
     if summary.report_error:
-        typer.secho(f"error: {for_terminal(summary.report_error, multiline=True)}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {for_terminal(summary.report_error, multiline=True)}", err=True,
+                    fg=typer.colors.RED)
     rendered = not summary.report_error and (not summary.report_note
                                              or summary.report_note.startswith("reports and review gallery kept"))
     if quiet:
@@ -50,7 +51,8 @@ def _summarise(summary: Any, quiet: bool) -> None:
     typer.echo(f"Results in {out}/: tubes.csv, patients.csv, results.xlsx, results.sqlite"
                + (", reports/, review/" if rendered else ""))
     if rendered:
-        typer.echo(f"Next: open {for_terminal(summary.out / 'review' / 'index.html')} to review every gate (flagged tubes first). "
+        gallery = for_terminal(summary.out / "review" / "index.html")
+        typer.echo(f"Next: open {gallery} to review every gate (flagged tubes first). "
                    "To correct a gate or a threshold, write an overrides file and re-run the same command with "
                    "--overrides FILE (see 'bat run --help').")
 
