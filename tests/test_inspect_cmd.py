@@ -105,3 +105,44 @@ def test_channel_kinds() -> None:
     assert [channel_kind(n, False) for n in ("FSC-A", "SS INT", "Width", "Event Count", "Time MSW", "FL1-A",
                                                  "BV421-A")] == ["scatter", "scatter", "other", "other", "other",
                                                                  "fluorescence", "fluorescence"]
+
+
+HOSTILE = "[/bold] [red]red[/red] \x1b[31mESC\x1b[0m \x9b2J \x07"
+
+
+@pytest.fixture()
+def hostile_tube(tmp_path: Path) -> Path:
+    """A file whose keywords and marker labels hold rich markup and terminal escape sequences."""
+    rng = np.random.default_rng(2)
+    events = rng.uniform(0, 1000, size=(50, 3)).astype(np.float32)
+    return write_fcs(tmp_path / "hostile.fcs", events, ["FSC-A", "FITC-A", "Time"], [None, "CD63 " + HOSTILE, None],
+                     keywords={"$CYT": "Canto " + HOSTILE, "$OP": HOSTILE, "$SRC": "[bold]src"})
+
+
+def test_inspect_prints_keyword_text_as_data(hostile_tube: Path) -> None:
+    """Trust item 7: rich markup in a keyword used to crash 'bat inspect' ([/bold]) or be obeyed ([red]);
+    escape sequences reached the terminal. Now every keyword is printed literally, controls escaped."""
+    result = CliRunner().invoke(make_app(), ["inspect", str(hostile_tube)], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "\x1b" not in out and "\x9b" not in out and "\x07" not in out
+    visible = "[/bold] [red]red[/red] \\x1b[31mESC\\x1b[0m \\x9b2J \\x07"
+    assert f"Canto {visible}" in out and "[bold]src" in out
+    assert out.count(visible) >= 3  # $CYT, $OP and the channel's $PnS
+
+
+def test_inspect_json_keeps_exact_values_without_raw_escapes(hostile_tube: Path) -> None:
+    result = CliRunner().invoke(make_app(), ["inspect", str(hostile_tube), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "\x9b" not in result.stdout
+    info = json.loads(result.stdout)
+    assert info["cytometer"] == "Canto " + HOSTILE and info["acquisition"]["$OP"] == HOSTILE
+    assert info["channels"][1]["pns"] == "CD63 " + HOSTILE
+
+
+def test_refusal_message_is_printed_safely(tmp_path: Path) -> None:
+    bad = tmp_path / "bad\x1b[31m[red].fcs"
+    bad.write_bytes(b"FCS3.1    ")
+    result = CliRunner().invoke(make_app(), ["inspect", str(bad)])
+    assert result.exit_code == 2
+    assert "\x1b" not in result.stderr and "bad\\x1b[31m[red].fcs" in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -452,3 +453,119 @@ def test_painted_gates_match_whole_drawings_for_every_kind() -> None:
         painted = np.all(a == np.array([140, 140, 140]), axis=-1) if record.name == "acquisition_qc" else (
             np.abs(a[..., 1] - a[..., 0]) > 60)  # grey bars, or viridis greens
         assert painted.mean() > 0.01, record.name
+
+
+# ---------------------------------------------------------------------------------- hostile text (trust)
+LONG = "<script>alert('id')</script>$x^2$ " + "P" * 300
+HOSTILE_PATIENTS = {"P01": LONG + " one", "P02": LONG + " two"}  # differ only after any cut
+HOSTILE_ALLERGEN = "$\\frac{a}{b}$ birch $\\notacommand{a}$ <b>pollen</b>"
+HOSTILE_DIM = "$x^2$ CCR3"
+HOSTILE_REASON = "$\\undefined$ <script>alert('reason')</script>"
+
+
+def hostile_experiment() -> tuple[list[TubeResult], ExperimentScores]:
+    """Two patients of the usual experiment (arm none only) whose IDs, allergen, file names, marker label
+    and reviewer's reason carry HTML, mathtext and path characters."""
+    from dataclasses import replace
+
+    out = []
+    for r in make_results(2):
+        if r.tube.pretreatment != "none":
+            continue
+        t = r.tube
+        tube = replace(t, patient=HOSTILE_PATIENTS[t.patient], file=f"<img src=x onerror=alert(1)>$y$/{t.file}",
+                       allergen=HOSTILE_ALLERGEN if t.allergen else None)
+        gates = []
+        for g in r.gates:
+            if g.name == "basophils":
+                geometry = dict(g.geometry, dims=[HOSTILE_DIM, "SSC-A"])
+                diag = {"reviewer": "A. $Reviewer$", "reason": HOSTILE_REASON} if g.diagnostics else {}
+                g = replace(g, dims=(HOSTILE_DIM, "SSC-A"), geometry=geometry, diagnostics=diag)
+            gates.append(g)
+        out.append(replace(r, tube=tube, gates=gates))
+    return out, score_experiment(out)
+
+
+def test_hostile_text_is_drawn_and_written_as_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trust items 6 and 8: '$...$' in an allergen, file name, marker label or reason is never mathtext
+    (an invalid expression used to stop the reports); HTML in any of them is escaped; a 300-character
+    patient ID gets a valid report file name, distinct from an ID that differs only after the cut."""
+    from matplotlib.backends.backend_pdf import PdfPages
+    from matplotlib.text import Text
+
+    drawn: list[tuple[str, bool]] = []
+    savefig = PdfPages.savefig
+
+    def keep_texts(self: Any, figure: Any = None, **kwargs: Any) -> None:
+        drawn.extend((t.get_text(), t.get_parse_math()) for t in figure.findobj(Text) if t.get_text())
+        savefig(self, figure, **kwargs)
+
+    monkeypatch.setattr(PdfPages, "savefig", keep_texts)
+    results, scores = hostile_experiment()
+    paths = render_reports(tmp_path, results, scores, RUN_INFO, workers=1)
+
+    assert sorted(paths.html) == sorted(HOSTILE_PATIENTS.values()) == sorted(paths.pdf)
+    stems = {p: report_filename(p) for p in HOSTILE_PATIENTS.values()}
+    assert len(set(stems.values())) == 2
+    for patient, stem in stems.items():
+        assert len(stem.encode("utf-8")) <= 100 and "/" not in stem and not stem.startswith(".")
+        assert paths.html[patient] == tmp_path / "reports" / f"{stem}.html"
+        assert paths.pdf[patient].read_bytes().startswith(b"%PDF")
+        html = paths.html[patient].read_text(encoding="utf-8")
+        assert "<script>alert" not in html and "<img src=x" not in html and "<b>pollen" not in html
+        assert escape(patient) in html and escape(HOSTILE_ALLERGEN) in html
+    assert escape(HOSTILE_REASON) in paths.html[HOSTILE_PATIENTS["P01"]].read_text(encoding="utf-8")
+    gallery = paths.gallery.read_text(encoding="utf-8")
+    assert "<script>alert" not in gallery and "<img src=x" not in gallery
+    images = sorted((tmp_path / "review" / "img").iterdir())
+    assert len(images) == sum(len(r.gates) + 1 for r in results)  # one file per plot: no name collided
+    assert all(len(p.name.encode("utf-8")) <= 255 and p.read_bytes().startswith(b"\x89PNG") for p in images)
+
+    with_dollar = [(text, parse) for text, parse in drawn if "$" in text]
+    assert with_dollar and not any(parse for _, parse in with_dollar)
+    for literal in (HOSTILE_ALLERGEN, HOSTILE_REASON, HOSTILE_PATIENTS["P01"]):
+        assert any(literal in text for text, _ in drawn), literal
+
+
+def test_plots_never_read_user_text_as_mathtext() -> None:
+    from matplotlib.figure import Figure
+
+    rng = np.random.default_rng(3)
+    records = _gates(rng, 5000, 400, override=True)
+    bas = records[-1]
+    bas.geometry = dict(bas.geometry, dims=[HOSTILE_DIM, "SSC-A"])
+    bas.diagnostics = {"reviewer": "$R$", "reason": HOSTILE_REASON}
+    fig = Figure()
+    ax = fig.subplots(1, 3)
+    draw_gate(bas, ax[0])
+    draw_activation(np.linspace(1, 5000, 500), None, 900.0, ax[1], marker="$\\bad$ CD63")
+    results, scores = make_experiment(1)
+    fits = {k[2]: f for k, f in scores.fits.items() if k[0] == "P01"}
+    draw_dose_response(fits, ax[2], title=HOSTILE_ALLERGEN)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    texts = [t for a in ax for t in a.findobj(lambda o: hasattr(o, "get_parse_math")) if "$" in t.get_text()]
+    assert {t.get_text() for t in texts} >= {HOSTILE_ALLERGEN, "$\\bad$ CD63 on basophils"}
+    assert not any(t.get_parse_math() for t in texts)
+    png = PngRenderer().render("dose_response", HOSTILE_ALLERGEN,
+                               lambda a: draw_dose_response(fits, a, title=HOSTILE_ALLERGEN))
+    assert png.data.startswith(b"\x89PNG")
+
+
+def test_tube_anchors_and_gallery_images_are_distinct_per_file() -> None:
+    """Files whose names differ only in characters a file name cannot keep used to share an anchor, and
+    so one tube's gallery images overwrote the other's."""
+    from dataclasses import replace
+
+    from bat_analysis.report.html import TubeView, image_files
+    from bat_analysis.report.plots import Png
+
+    base = make_results(1)[0]
+    files = ["P01 neg.fcs", "P01-neg.fcs", "P01_neg.fcs", "P01/neg.fcs", "x" * 250 + "a.fcs", "x" * 250 + "b.fcs"]
+    views = [TubeView(replace(base, tube=replace(base.tube, file=f)), i) for i, f in enumerate(files)]
+    for v in views:
+        v.images = [Png("gate", "basophils " * 20, b"", 1, 1)]
+    names = [image_files(v)[0] for v in views]
+    assert len({v.anchor for v in views}) == len(files) and len(set(names)) == len(files)
+    assert all(len(n.split("/", 1)[1].encode()) <= 200 and n.count("/") == 1 for n in names)

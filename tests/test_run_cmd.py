@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -185,3 +186,74 @@ def test_a_failing_report_renderer_keeps_the_tables(tmp_path, monkeypatch):
     assert len(pd.read_csv(out / "tubes.csv")) == len(exp.tubes) and (out / "patients.csv").is_file()
     with ResultStore.in_folder(out) as store:
         assert store.last_run()["status"] == "completed without reports"
+
+
+def test_hostile_layout_and_keyword_text_still_give_every_output(tmp_path):
+    """Trust items 2, 5, 6 and 8 end to end: a layout whose patient ID is 300 characters of HTML and
+    mathtext, whose allergen holds '$...$', whose extra column holds formulas and a control character,
+    and a tube whose $PnS (quoted by its failure message) holds escape sequences: exit 0 with tables,
+    workbook, reports and gallery; nothing raw reaches the terminal or becomes a formula."""
+    import numpy as np
+    import openpyxl
+
+    from bat_analysis.io.fcs_write import write_fcs
+    from bat_analysis.simulate import simulate_experiment
+    from bat_analysis.textsafe import safe_filename
+
+    exp = simulate_experiment(tmp_path / "data", n_patients=1, n_events=4000, seed=3, n_concentrations=4)
+    patient = "<script>alert(1)</script>$x^2$ " + "P" * 300
+    allergen = "$\\notacommand{a}$ birch"
+    note = "=HYPERLINK(\"http://evil.example\",\"x\")\x07"
+    with open(exp.layout_path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        row["patient"] = patient
+        row["allergen"] = allergen if row["allergen"] else ""
+        row["note"] = note
+    pns = "\x1b[31mCD63[/bold]\x07"
+    rng = np.random.default_rng(0)
+    write_fcs(exp.out_dir / "odd.fcs", rng.uniform(0, 1000, (500, 4)).astype(np.float32),
+              ["FSC-A", "SSC-A", "FITC-A", "Time"], [None, None, pns, None])
+    rows.append({**rows[0], "file": "odd.fcs", "condition": "anti_ige", "allergen": "", "concentration": ""})
+    with open(exp.layout_path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "out"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = runner.invoke(app, ["run", str(exp.out_dir), "--layout", str(exp.layout_path), "--out",
+                                     str(out), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert not [w for w in caught if "missing from font" in str(w.message)]  # controls drawn as escapes
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "odd.fcs" in result.output and "\\x1b[31mCD63[/bold]\\x07" in result.output  # the failure, visible
+
+    book = openpyxl.load_workbook(out / "results.xlsx")
+    header = [c.value for c in book["tubes"][1]]
+    notes = [r[header.index("note")] for r in book["tubes"].iter_rows(min_row=2)]
+    assert {(c.value, c.data_type) for c in notes} == {(note.replace("\x07", "\\x07"), "s")}
+    failed = [r for r in book["tubes"].iter_rows(min_row=2, values_only=True) if r[0] == "odd.fcs"]
+    assert failed and any(isinstance(v, str) and "\\x1b[31mCD63[/bold]\\x07" in v for v in failed[0])
+    with open(out / "tubes.csv", newline="", encoding="utf-8") as fh:
+        assert {r["note"] for r in csv.DictReader(fh)} == {note}  # the CSV keeps the exact value
+
+    stem = safe_filename(patient)
+    assert (out / "reports" / f"{stem}.html").is_file() and (out / "reports" / f"{stem}.pdf").is_file()
+    html = (out / "reports" / f"{stem}.html").read_text(encoding="utf-8")
+    assert "<script>alert" not in html and allergen in html
+    assert (out / "review" / "index.html").is_file()
+
+
+def test_bad_input_message_quoting_a_control_sequence_is_printed_escaped(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.fcs").write_bytes(b"garbage")
+    (data / "layout.csv").write_text("file,patient,condition,allergen,concentration,unit,pretreatment\n"
+                                     "a.fcs,P\x1b]0;owned\x07\x1b[2J1,allergen,birch,1,ng/mL,none\n",
+                                     encoding="utf-8")
+    result = runner.invoke(app, ["run", str(data), "--layout", str(data / "layout.csv"), "--out",
+                                 str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "patient P\\x1b]0;owned\\x07\\x1b[2J1" in result.output  # quoted by the message, shown escaped

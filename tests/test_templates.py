@@ -214,3 +214,19 @@ def test_user_template_for_another_activation_marker(tmp_path: Path) -> None:
     cd107a = result.basophil_values["CD107a"]
     truth = sim.marker_values("CD107a")[sim.population == BASOPHIL]
     assert np.median(cd107a) == pytest.approx(np.median(truth), rel=0.1)
+
+
+def test_template_commands_print_file_text_escaped(tmp_path: Path) -> None:
+    """A template problem quoting a name written with YAML escapes ("\\x1b[2J") is shown escaped."""
+    from typer.testing import CliRunner
+
+    from bat_analysis.cli import app
+
+    source = Path(load_template(DEFAULT_TEMPLATE).source).read_text(encoding="utf-8")
+    bad = tmp_path / "bad\x1b[31m.yaml"
+    bad.write_text(source.replace("parent: cells", 'parent: "\\x1b]0;owned\\x07cells"', 1), encoding="utf-8")
+    for args in (["templates", "validate", str(bad)], ["templates", "show", str(bad)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code != 0, result.output
+        assert "\x1b" not in result.output and "\x07" not in result.output, args
+        assert "bad\\x1b[31m.yaml" in result.output, args

@@ -1,4 +1,7 @@
-"""``bat inspect FILE [--json]``: describe an FCS file (version, cytometer, events, channels, markers, spillover)."""
+"""``bat inspect FILE [--json]``: describe an FCS file (version, cytometer, events, channels, markers, spillover).
+
+Text read from the file is printed as data (``bat_analysis.textsafe``): never as rich markup, control
+characters and escape sequences escaped; the JSON keeps the exact values (as JSON escapes)."""
 
 from __future__ import annotations
 
@@ -19,15 +22,17 @@ def register(app: typer.Typer) -> None:
         """Describe an FCS file: version, cytometer, events, data sets, channels with markers, spillover, warnings."""
         from ..errors import BatError
         from ..io.inspect import describe_fcs, render_description
+        from ..textsafe import for_terminal, json_for_terminal
 
         try:
             info = describe_fcs(file, dataset=dataset)
         except BatError as exc:
-            typer.echo(f"error: {str(exc).splitlines()[0]}", err=True)
+            first_line = str(exc).split("\n")[0]
+            typer.echo(f"error: {for_terminal(first_line)}", err=True)
             raise typer.Exit(code=2) from None
         if as_json:
             import json
 
-            typer.echo(json.dumps(info, indent=2, ensure_ascii=False))
+            typer.echo(json_for_terminal(json.dumps(info, indent=2, ensure_ascii=False)))
         else:
             render_description(info)

@@ -1,4 +1,7 @@
-"""``bat run``, ``bat demo``, ``bat report`` and ``bat export-gates``: the batch analysis and what follows it."""
+"""``bat run``, ``bat demo``, ``bat report`` and ``bat export-gates``: the batch analysis and what follows it.
+
+Messages quote file names, layout cells and FCS keywords: they are printed through
+``textsafe.for_terminal`` (control characters and escape sequences shown escaped)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+
+from ..textsafe import for_terminal
 
 EXIT_BAD_INPUT = 2
 EXIT_NOTHING_ANALYSED = 1
@@ -17,9 +22,9 @@ def _fail(exc: Exception, hint: str | None = None) -> typer.Exit:
     from ..errors import WriteError
     from ..pipeline import NothingAnalysedError
 
-    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+    typer.secho(f"error: {for_terminal(exc, multiline=True)}", err=True, fg=typer.colors.RED)
     for note in getattr(exc, "__notes__", ()):
-        typer.echo(note, err=True)
+        typer.echo(for_terminal(note, multiline=True), err=True)
     if isinstance(exc, WriteError):
         return typer.Exit(code=EXIT_WRITE_FAILED)
     if hint:
@@ -28,15 +33,17 @@ def _fail(exc: Exception, hint: str | None = None) -> typer.Exit:
 
 
 def _summarise(summary: Any, quiet: bool) -> None:
-    out = summary.out
+    out = for_terminal(summary.out)
     if summary.report_error:
-        typer.secho(f"error: {summary.report_error}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {for_terminal(summary.report_error, multiline=True)}", err=True,
+                    fg=typer.colors.RED)
     rendered = not summary.report_error and (not summary.report_note
                                              or summary.report_note.startswith("reports and review gallery kept"))
     if quiet:
         return
     if summary.report_note:
-        typer.secho(f"note: {summary.report_note}", err=True, fg=typer.colors.YELLOW)
+        typer.secho(f"note: {for_terminal(summary.report_note, multiline=True)}", err=True,
+                    fg=typer.colors.YELLOW)
     typer.echo(f"Analysed {summary.n_tubes} tubes in {summary.elapsed_s:.1f} s "
                f"({summary.n_gated} gated now, {summary.n_reused} reused from a previous run; "
                f"{len(summary.rescored)} patient(s) scored now).")
@@ -44,13 +51,14 @@ def _summarise(summary: Any, quiet: bool) -> None:
         typer.secho(f"{len(summary.failed)} tube(s) could not be gated (qc_status=fail in tubes.csv):",
                     fg=typer.colors.YELLOW)
         for file, reason in summary.failed[:20]:
-            typer.echo(f"  - {file}: {reason}")
+            typer.echo(f"  - {for_terminal(file)}: {for_terminal(reason)}")
         if len(summary.failed) > 20:
             typer.echo(f"  ... and {len(summary.failed) - 20} more")
     typer.echo(f"Results in {out}/: tubes.csv, patients.csv, results.xlsx, results.sqlite"
                + (", reports/, review/" if rendered else ""))
     if rendered:
-        typer.echo(f"Next: open {out / 'review' / 'index.html'} to review every gate (flagged tubes first). "
+        gallery = for_terminal(summary.out / "review" / "index.html")
+        typer.echo(f"Next: open {gallery} to review every gate (flagged tubes first). "
                    "To correct a gate or a threshold, write an overrides file and re-run the same command with "
                    "--overrides FILE (see 'bat run --help').")
 
@@ -128,7 +136,7 @@ def register(app: typer.Typer) -> None:
         except BatError as exc:
             raise _fail(exc) from None
         if not quiet:
-            typer.echo(f"Demo data: {data_dir}")
+            typer.echo(f"Demo data: {for_terminal(data_dir)}")
         _summarise(summary, quiet)
         if summary.report_error:
             raise typer.Exit(code=EXIT_REPORTS_FAILED)
@@ -152,7 +160,7 @@ def register(app: typer.Typer) -> None:
             raise _fail(exc, "Give the --out folder of a completed 'bat run'.") from None
         if note:
             raise _fail(BatError(note))
-        typer.echo(f"Wrote {len(paths)} file(s) under {out}/reports and {out}/review.")
+        typer.echo(f"Wrote {len(paths)} file(s) under {for_terminal(out)}/reports and {for_terminal(out)}/review.")
 
     @app.command("export-gates")
     def export_gates_command(
@@ -176,4 +184,4 @@ def register(app: typer.Typer) -> None:
             paths = export_gates(out, fmt, dest)
         except BatError as exc:
             raise _fail(exc, "Give the --out folder of a completed 'bat run'.") from None
-        typer.echo(f"Wrote {len(paths)} file(s): {paths[0].parent if paths else dest}")
+        typer.echo(f"Wrote {len(paths)} file(s): {for_terminal(paths[0].parent if paths else dest)}")

@@ -40,16 +40,17 @@ def register(app: typer.Typer) -> None:
 
         from ..errors import BatError
         from ..simulate import EXPECTED_CLASS, simulate_experiment
+        from ..textsafe import for_terminal
 
         orders = {"little": "<", "big": ">", "<": "<", ">": ">"}
         if byteorder not in orders:
             typer.echo(f"error: --byteorder {byteorder!r}: expected little or big", err=True)
             raise typer.Exit(code=2)
         if out.exists() and not out.is_dir():
-            typer.echo(f"error: {out} exists and is not a folder", err=True)
+            typer.echo(f"error: {for_terminal(out)} exists and is not a folder", err=True)
             raise typer.Exit(code=2)
         if out.is_dir() and any(out.iterdir()) and not force:
-            typer.echo(f"error: {out} is not empty (use --force to write into it)", err=True)
+            typer.echo(f"error: {for_terminal(out)} is not empty (use --force to write into it)", err=True)
             raise typer.Exit(code=2)
         t0 = time.perf_counter()
         try:
@@ -63,11 +64,12 @@ def register(app: typer.Typer) -> None:
                 bell_fraction=bell_fraction,
             )
         except BatError as exc:
-            typer.echo(f"error: {str(exc).splitlines()[0]}", err=True)
+            first_line = str(exc).split("\n")[0]
+            typer.echo(f"error: {for_terminal(first_line)}", err=True)
             raise typer.Exit(code=2) from None
         elapsed = time.perf_counter() - t0
         typer.echo(f"wrote {len(exp.tubes)} FCS files, {exp.layout_path.name}, {exp.truth_path.name}, "
-                   f"{exp.labels_path.name} into {out} in {elapsed:.1f} s")
+                   f"{exp.labels_path.name} into {for_terminal(out)} in {elapsed:.1f} s")
         for pid, p in exp.truth["patients"].items():
             inh = p["auc_inhibition_pct"]
             inh_text = f"{inh:.0f}%" if inh is not None else "n/a"

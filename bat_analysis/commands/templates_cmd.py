@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from ..textsafe import for_terminal
+
 
 def register(app: typer.Typer) -> None:
     """Add the ``templates`` command group to ``app``."""
@@ -45,9 +47,9 @@ def register(app: typer.Typer) -> None:
         try:
             t = load_template(name)
         except TemplateError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {for_terminal(exc, multiline=True)}", err=True)
             raise typer.Exit(code=2) from None
-        typer.echo(t.source_text, nl=not t.source_text.endswith("\n"))
+        typer.echo(for_terminal(t.source_text, multiline=True), nl=not t.source_text.endswith("\n"))
 
     @group.command("validate")
     def validate_command(
@@ -61,10 +63,10 @@ def register(app: typer.Typer) -> None:
 
         problems = validate_template(path)
         if problems:
-            typer.echo(f"{path}: {len(problems)} problem(s)", err=True)
+            typer.echo(f"{for_terminal(path)}: {len(problems)} problem(s)", err=True)
             for p in problems:
-                typer.echo(f"  - {p}", err=True)
+                typer.echo(f"  - {for_terminal(p, multiline=True)}", err=True)
             raise typer.Exit(code=1)
-        typer.echo(f"{path}: valid")
+        typer.echo(f"{for_terminal(path)}: valid")
 
     app.add_typer(group, name="templates")

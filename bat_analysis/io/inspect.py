@@ -73,22 +73,28 @@ def describe_fcs(path: str | os.PathLike[str], *, dataset: int = 0) -> dict[str,
 
 
 def render_description(info: dict[str, Any]) -> None:
-    """Print a description made by ``describe_fcs`` as rich tables."""
+    """Print a description made by ``describe_fcs`` as rich tables.
+
+    Everything read from the file (names, keywords, markers, warnings) is printed as data: as
+    ``textsafe.rich_text`` (never parsed as rich markup, control characters and escape sequences shown
+    escaped)."""
     from rich.console import Console
     from rich.table import Table
+
+    from ..textsafe import rich_text as text
 
     console = Console()
     summary = Table(show_header=False, box=None, pad_edge=False)
     summary.add_column(style="bold")
     summary.add_column()
-    summary.add_row("file", info["file"])
-    summary.add_row("version", f"FCS {info['version']}")
-    summary.add_row("cytometer", info["cytometer"] or "-")
+    summary.add_row("file", text(info["file"]))
+    summary.add_row("version", text(f"FCS {info['version']}"))
+    summary.add_row("cytometer", text(info["cytometer"] or "-"))
     summary.add_row("events", f"{info['n_events']:,}")
     summary.add_row("data sets", f"{info['n_datasets']} (showing {info['dataset']})")
-    summary.add_row("data", f"{info['datatype']}, byte order {info['byteorder'] or '-'}")
+    summary.add_row("data", text(f"{info['datatype']}, byte order {info['byteorder'] or '-'}"))
     for key, value in info["acquisition"].items():
-        summary.add_row(key, value)
+        summary.add_row(text(key), text(value))
     console.print(summary)
 
     table = Table(title="channels")
@@ -96,7 +102,7 @@ def render_description(info: dict[str, Any]) -> None:
         table.add_column(name, justify="right" if name in ("#", "range", "bits", "gain", "log decades") else "left",
                          overflow="fold")
     for c in info["channels"]:
-        table.add_row(str(c["index"]), c["pnn"], c["pns"] or "", c["marker"] or "",
+        table.add_row(str(c["index"]), text(c["pnn"]), text(c["pns"] or ""), text(c["marker"] or ""),
                       "fluor" if c["kind"] == "fluorescence" else c["kind"],
                       f"{c['range']:g}", "" if c["bits"] is None else str(c["bits"]), f"{c['gain']:g}",
                       f"{c['log_decades']:g}")
@@ -105,18 +111,18 @@ def render_description(info: dict[str, Any]) -> None:
     spill = info["spillover"]
     if spill is not None and len(spill["channels"]) > 8:
         off = [abs(v) for i, row in enumerate(spill["matrix"]) for j, v in enumerate(row) if i != j]
-        console.print(f"spillover ({spill['keyword']}): {len(spill['channels'])}x{len(spill['channels'])} over "
-                      f"{', '.join(spill['channels'])}; largest off-diagonal {max(off, default=0.0):.4f} "
-                      f"(--json for the matrix)", highlight=False)
+        console.print(text(f"spillover ({spill['keyword']}): {len(spill['channels'])}x{len(spill['channels'])} "
+                           f"over {', '.join(spill['channels'])}; largest off-diagonal {max(off, default=0.0):.4f} "
+                           f"(--json for the matrix)"))
     elif spill is not None:
-        st = Table(title=f"spillover ({spill['keyword']})")
+        st = Table(title=text(f"spillover ({spill['keyword']})"))
         st.add_column("")
         for name in spill["channels"]:
-            st.add_column(name, justify="right")
+            st.add_column(text(name), justify="right")
         for name, row in zip(spill["channels"], spill["matrix"]):
-            st.add_row(name, *(f"{v:.4f}" for v in row))
+            st.add_row(text(name), *(f"{v:.4f}" for v in row))
         console.print(st)
     else:
-        console.print("spillover: " + (info["spillover_error"] or "none"))
+        console.print(text("spillover: " + (info["spillover_error"] or "none")))
     for w in info["warnings"]:
-        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False, markup=True)
+        console.print(text("warning: ", style="yellow") + text(w))

@@ -5,12 +5,13 @@ offline, and can be mailed as single files. The gallery, which shows every tube 
 plots from ``review/img/`` (loaded lazily) so that it opens at once; its filter script is inline.
 :func:`render_reports` is the entry point: it joins tube results with the scores, draws every plot once
 (in worker processes for large runs) and writes the HTML, the PDFs and the gallery.
+Every text from the inputs is HTML-escaped; file names derived from patient IDs and tube files are
+made by ``textsafe.safe_filename`` (valid and distinct whatever the ID).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -23,11 +24,13 @@ import numpy as np
 from ..errors import BatError
 from ..fileio import atomic_write_text, create_new_file, make_dir, remove_path, replace_dir, temporary_dir
 from ..records import CONDITIONS, Flag, TubeResult
+from ..textsafe import safe_filename
 from .plots import (ARM_LABELS, Png, PngRenderer, activation_range, draw_dose_response, fit_summary,
                     is_manual, manual_reason, marker_values, shared_gate_limits)
 
 THUMBNAIL_SCALE = 0.6  # gallery plots at 60%: a tube's gates fit one row of a screen
 GALLERY_IMAGES = "img"  # folder of the gallery's image files, beside review/index.html
+IMAGE_NAME_BYTES = 40  # the plot's part of a gallery image's name, after the tube's anchor
 IMAGE_DPI = 120  # 384 × 324 px per plot: sharp on screen, ~160 dpi when printed three across A4
 
 
@@ -98,11 +101,9 @@ def fmt_value(value: Any) -> str:
 
 
 def report_filename(patient: str) -> str:
-    """A file-system safe, unique-per-patient stem for ``reports/<patient>.html``."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", patient).strip("._") or "patient"
-    if safe != patient:  # keep distinct patients distinct after sanitising
-        safe += "-" + hashlib.sha256(patient.encode("utf-8")).hexdigest()[:6]
-    return safe
+    """A valid, unique-per-patient stem for ``reports/<patient>.html`` whatever the patient ID (its length,
+    path separators, odd characters): ``textsafe.safe_filename``."""
+    return safe_filename(patient, fallback="patient")
 
 
 @dataclass
@@ -124,7 +125,8 @@ class TubeView:
 
     @property
     def anchor(self) -> str:
-        return "tube-" + re.sub(r"[^A-Za-z0-9_-]+", "-", self.result.tube.file).strip("-")
+        """The tube's HTML id and the stem of its gallery images: unique per file, a valid file name."""
+        return "tube-" + safe_filename(self.result.tube.file, fallback="tube")
 
 
 @dataclass
@@ -403,7 +405,7 @@ def _tube_heading(tube: TubeView) -> str:
 
 def image_files(tube: TubeView) -> list[str]:
     """Relative paths (under ``review/``) of the gallery's image files of a tube."""
-    safe = [re.sub(r"[^A-Za-z0-9_-]+", "-", p.title).strip("-") or p.kind for p in tube.images]
+    safe = [safe_filename(p.title, max_bytes=IMAGE_NAME_BYTES, fallback=p.kind) for p in tube.images]
     return [f"{GALLERY_IMAGES}/{tube.anchor}-{i}-{name}.png" for i, name in enumerate(safe)]
 
 

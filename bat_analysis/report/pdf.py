@@ -3,6 +3,9 @@
 Page 1 is the summary (identity, run, class with its reason, metrics, dose-response curves drawn as
 vectors), then the tables of tubes and QC, the flags in plain words and the audit trail, then the gating
 pages: every tube's gates and CD63 histogram (the report's PNGs, embedded at their full resolution).
+All text (patient, allergen and file names, reasons) is drawn literally, never as mathtext
+(:func:`~bat_analysis.report.plots.literal_text`), with control characters shown as escapes
+(``textsafe.visible``; a line feed in a table cell would otherwise shift every row below it).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import numpy as np  # noqa: E402
 
 from .html import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,  # noqa: E402
                    _columns, _qc_rows, fmt_value)
-from .plots import draw_dose_response  # noqa: E402
 from ..fileio import atomic_path  # noqa: E402
+from ..textsafe import visible  # noqa: E402
+from .plots import draw_dose_response, literal_text  # noqa: E402
 
 A4 = (8.27, 11.69)
 MARGIN = 0.55  # inches
@@ -43,7 +47,7 @@ class _Flow:
 
     def __init__(self, pdf: PdfPages, footer: str) -> None:
         self.pdf = pdf
-        self.footer = footer
+        self.footer = visible(footer)
         self.fig: Figure | None = None
         self._canvas: Any = None
         self.y = 0.0
@@ -78,7 +82,7 @@ class _Flow:
              width: int = 110, indent: float = 0.0) -> None:
         lines = []
         for para in str(text).split("\n"):
-            lines += textwrap.wrap(para, width) or [""]
+            lines += textwrap.wrap(visible(para), width) or [""]
         step = LINE * size / 8.0
         for line in lines:
             self.ensure(step)
@@ -100,7 +104,8 @@ class _Flow:
         made matplotlib's own ``Axes.table`` slow to lay out and write."""
         ascent, descent, gap = _line_metrics_em()
         row_h = (ascent + descent + gap) * size / 72.0
-        rows = [[fmt_value(c) for c in r] for r in rows]
+        rows = [[visible(fmt_value(c)) for c in r] for r in rows]
+        headers = [visible(str(h)) for h in headers]
         width = A4[0] - 2 * MARGIN
         fracs = list(col_widths) if col_widths else [1.0 / len(headers)] * len(headers)
         lefts = np.concatenate([[0.0], np.cumsum(fracs)]) * width
@@ -333,9 +338,10 @@ def _rgb(png: bytes) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
+@literal_text()
 def write_patient_pdf(path: Path, view: PatientView, run: RunView) -> Path:
     """Write the patient's PDF (summary, tables, flags, audit trail, gating pages) atomically."""
-    meta = {"Title": f"BAT report — patient {view.patient}", "Creator": "bat_analysis",
+    meta = {"Title": visible(f"BAT report — patient {view.patient}"), "Creator": "bat_analysis",
             "Subject": "Basophil activation test"}
     with atomic_path(path) as tmp, PdfPages(tmp, metadata=meta) as pdf:
         flow = _Flow(pdf, f"BAT report — patient {view.patient}")

@@ -4,10 +4,15 @@ Everything is drawn from the small records the pipeline keeps (gate geometry, 2-
 basophils' marker values, fit results), never from all the events: a gate is an image of its parent's
 density (``GateRecord.density``) with the gate's outline on top. Drawing functions take a matplotlib
 ``Axes``; :class:`PngRenderer` turns one tube's drawings into small PNGs quickly at plate scale.
+
+Text in the figures (gate, marker, allergen and file names, reviewers' reasons, units) comes from the inputs
+and is drawn literally: every drawing function here and the PDF writer run under :func:`literal_text`, so
+matplotlib never reads ``$...$`` as mathtext nor hands text to TeX (our own tick labels are plain text).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import textwrap
@@ -31,6 +36,7 @@ from matplotlib.ticker import (FixedLocator, FuncFormatter, MaxNLocator, NullFor
                                NullLocator)
 
 from ..records import GateRecord, TubeResult  # noqa: E402
+from ..textsafe import MULTILINE_UNSAFE, visible  # noqa: E402
 
 GATE_COLOUR = "#d62728"
 ADJUSTED_COLOUR = "#ff7f0e"
@@ -41,6 +47,32 @@ HISTOGRAM_GREY = "0.55"
 ASINH_COFACTOR = 150.0  # linear width of the arcsinh display scale (compensated linear units)
 MANUAL_METHODS = ("override", "manual")
 PNG_COMPRESSION = 4  # zlib level: 6 (the default) costs ~40% more time for ~5% smaller files
+LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
+def literal_text() -> Any:
+    """Context manager and decorator: matplotlib Text created and drawn inside shows its string as written
+    (no mathtext for ``$...$``, no TeX), whatever the user's matplotlib settings."""
+    return matplotlib.rc_context(LITERAL_TEXT)
+
+
+def draws_literally(func: Any) -> Any:
+    """Decorator of a drawing function: it runs under :func:`literal_text`, and afterwards every Text of the
+    Axes or Figure it was given or returned is set to literal too (an Axes made by the caller outside
+    :func:`literal_text` already holds its title and axis-label Text objects, which ``set_title`` and
+    ``set_xlabel`` only fill). Control characters in them are shown as escapes (``textsafe.visible``)."""
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with literal_text():
+            result = func(*args, **kwargs)
+        for obj in (*args, *kwargs.values(), result):
+            for target in (obj if isinstance(obj, (list, tuple)) else [obj]):
+                if isinstance(target, (Axes, Figure)):
+                    for text in target.findobj(Text):
+                        text.set_parse_math(False)
+                        text.set_text(visible(text.get_text(), MULTILINE_UNSAFE))
+        return result
+    return wrapper
 
 
 def is_manual(record: GateRecord) -> bool:
@@ -358,6 +390,7 @@ def paint_density(rgba: np.ndarray, ax: Axes, record: GateRecord, ndim_drawn: in
     view[..., :3][fill] = colour
 
 
+@draws_literally
 def draw_gate(record: GateRecord, ax: Axes, *, adjusted_reason: str | None = None) -> None:
     """The parent's density (image of the stored histogram) with the gate's outline and counts.
 
@@ -499,6 +532,7 @@ def _activation_marks(ax: Axes, values: np.ndarray, neg: np.ndarray | None, thre
     return artists
 
 
+@draws_literally
 def draw_activation(values: np.ndarray, negative_values: np.ndarray | None, threshold: float | None,
                     ax: Axes, *, marker: str = "CD63", cofactor: float = ASINH_COFACTOR, bins: int = 80,
                     xlim: tuple[float, float] | None = None) -> list[Artist]:
@@ -528,6 +562,7 @@ def marker_values(result: TubeResult, marker: str) -> np.ndarray:
     return np.empty(0)
 
 
+@draws_literally
 def draw_tube_row(result: TubeResult, axes: Sequence[Axes], *, negative_values: np.ndarray | None,
                   threshold: float | None, marker: str = "CD63",
                   adjusted: Mapping[str, str] | None = None) -> None:
@@ -544,6 +579,7 @@ def draw_tube_row(result: TubeResult, axes: Sequence[Axes], *, negative_values: 
                     axes[len(result.gates)], marker=marker)
 
 
+@draws_literally
 def draw_tube_panel(result: TubeResult, *, negative_values: np.ndarray | None, threshold: float | None,
                     marker: str = "CD63", adjusted: Mapping[str, str] | None = None,
                     panel_size: tuple[float, float] = (3.0, 2.6)) -> Figure:
@@ -596,6 +632,7 @@ class PngRenderer:
                                                                   compress_level=PNG_COMPRESSION)
         return buf.getvalue()
 
+    @literal_text()
     def render(self, kind: str, title: str, draw: Any, *, size: tuple[float, float] | None = None,
                margins: Mapping[str, float] | None = None) -> Png:
         """Call ``draw(ax)`` on a fresh axes and encode the figure as PNG."""
@@ -611,6 +648,7 @@ class PngRenderer:
         rgba = np.asarray(canvas.buffer_rgba())
         return Png(kind, title, self._encode(rgba), rgba.shape[1], rgba.shape[0])
 
+    @literal_text()
     def _blit(self, kind: str, title: str, key: tuple[Any, ...], frame: Any, marks: Any,
               paint: Any = None) -> Png:
         """Draw ``marks(ax) -> artists`` over the cached background drawn by ``frame(ax)`` for ``key``,
@@ -706,6 +744,7 @@ def fit_summary(fit: Any) -> str:
     return f"EC50 not estimable: {fit.ec50_reason or fit.status}"
 
 
+@draws_literally
 def draw_dose_response(fits: Mapping[str, Any], ax: Axes, *, title: str | None = None) -> None:
     """%CD63+ against concentration (log axis) for each arm: points, fitted 4PL, EC50 with its CI.
 
