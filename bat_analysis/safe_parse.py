@@ -326,11 +326,13 @@ def parse_xml(data_or_path: bytes | str | Path, *, source: str | None = None, wh
 
 
 # ---------------------------------------------------------------------------------------------- others' parsers
-def guarded(call: Callable[[], T], *, source: str | None, what: str, library: str = "FlowKit") -> T:
-    """Run a third-party parser call; any exception it raises becomes a located :class:`InputParseError`.
+def guarded(call: Callable[[], T], *, source: str | None, what: str, library: str = "FlowKit",
+            error: type[BatError] = InputParseError) -> T:
+    """Run a third-party parser call; any exception it raises becomes a located ``error`` (a ``BatError``).
 
     Our own ``BatError`` passes unchanged. The message leads with what could not be read, then the library's
-    own words: ``FILE: this FlowJo workspace could not be read: ... (FlowKit: TypeError: ...)``.
+    own words: ``FILE: this FlowJo workspace could not be read (FlowKit: TypeError: ...)``; the library's
+    exception is chained for debugging.
     """
     try:
         return call()
@@ -340,5 +342,5 @@ def guarded(call: Callable[[], T], *, source: str | None, what: str, library: st
         detail = " ".join(str(exc).split())
         if len(detail) > 300:
             detail = detail[:297] + "..."
-        raise InputParseError(f"this {what} could not be read ({library}: {type(exc).__name__}: {detail})",
-                              source=source) from exc
+        raise error(f"this {what} could not be read ({library}: {type(exc).__name__}: {detail})",
+                    source=source) from exc

@@ -88,6 +88,9 @@ def _read_xlsx(path: Path, sheet: str | None) -> tuple[list[str], list[list[str]
     # SyntaxError covers the XML parsers' errors (xml.etree's ParseError and lxml's XMLSyntaxError)
     damaged = (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, EOFError, NotImplementedError,
                zipfile.BadZipFile, zlib.error, SyntaxError, InvalidFileException)
+    if not openpyxl.DEFUSEDXML:  # openpyxl parses the sheets with defusedxml (entities refused) only when it can
+        raise LayoutError("XLSX layouts are read only with defusedxml (OPENPYXL_DEFUSEDXML is off?)",
+                          source=str(path), problems=["save the sheet as .csv, or let openpyxl use defusedxml"])
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except damaged as exc:
