@@ -312,7 +312,7 @@ def read_overrides(path: Path | str, template: Any, tubes: Sequence[Tube], *,
     try:
         data = load_yaml(path, what="overrides file")
     except InputParseError as exc:
-        raise OverridesError("the overrides file cannot be read", source=str(path), problems=[exc.located]) from None
+        raise OverridesError(exc.located, source=str(path)) from None  # one line: FILE: line L, column C: ...
     return parse_overrides(data, template, tubes, source=str(path), default_reviewer=default_reviewer)
 
 

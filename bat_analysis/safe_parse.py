@@ -217,7 +217,7 @@ def load_yaml(text_or_path: str | bytes | Path, *, source: str | None = None, wh
         _expanded_size(node)
         return loader.construct_document(node)
     except _Refused as exc:
-        raise InputParseError(f"the {what} cannot be used: {exc.message}", source=source, where=_where(exc.mark),
+        raise InputParseError(exc.message, source=source, where=_where(exc.mark),
                               expected=exc.expected) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -294,8 +294,7 @@ def read_xml(data_or_path: bytes | str | Path, *, source: str | None = None, wha
                     root = el
                 depth += 1
                 if depth > MAX_XML_DEPTH:
-                    raise InputParseError(f"the {what} cannot be used: elements are nested more than "
-                                          f"{MAX_XML_DEPTH} deep", source=source, where=f"element <{el.tag}>",
+                    raise InputParseError(f"elements of the {what} are nested more than {MAX_XML_DEPTH} deep", source=source, where=f"element <{el.tag}>",
                                           expected=f"at most {MAX_XML_DEPTH} levels")
             else:
                 depth -= 1

@@ -227,6 +227,7 @@ def _with_linear_defaults(doc: XmlDocument) -> bytes:
         filled.append(f"{name} ({', '.join(missing)})")
     if not filled:
         return doc.data
+    filled = list(dict.fromkeys(filled))  # one mention per parameter, not per sample
     warnings.warn(f"{doc.source}: linear transform without range read with FlowJo's defaults "
                   f"(minRange 0, maxRange 262144): {'; '.join(filled[:10])}"
                   + (f" and {len(filled) - 10} more" if len(filled) > 10 else ""), WorkspaceWarning, stacklevel=3)
