@@ -1,6 +1,7 @@
 """Gating templates: declarative YAML describing a panel, its compensation, transforms and gate hierarchy.
 
-A template is data, never code. :func:`load_template` parses and validates it and returns a
+A template is data, never code. :func:`load_template` parses it (plain YAML behind the limits of
+:mod:`bat_analysis.safe_parse`: size, nesting, alias expansion, number length) and validates it and returns a
 :class:`Template`; :func:`validate_template` returns every problem found, each with its location
 (``gates[3].params.bandwidth: expected a number, got 'x'``). The schema (version 1)::
 
