@@ -317,3 +317,14 @@ def test_xlsx_layout_needs_openpyxl_with_defusedxml(folder: Path, monkeypatch: p
     monkeypatch.setattr(openpyxl, "DEFUSEDXML", False)
     with pytest.raises(LayoutError, match="defusedxml"):
         read_layout(path, folder)
+
+
+def test_csv_layout_with_an_over_long_cell_is_located(folder: Path) -> None:
+    """The csv module refuses a cell over 131,072 characters with csv.Error (a traceback before)."""
+    from bat_analysis.io.layout import read_layout
+
+    path = folder / "layout.csv"
+    path.write_text("file,patient,condition\nneg.fcs,P1,negative_control\n\"" + "x" * 200_000 + "\",P1,fmlp\n")
+    with pytest.raises(LayoutError, match="cannot be read as CSV") as err:
+        read_layout(path, folder)
+    assert err.value.problems == ["line 3: expected delimited text"]

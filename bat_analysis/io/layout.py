@@ -74,7 +74,12 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
                           problems=["row 1: expected a header row " + ", ".join(LAYOUT_COLUMNS)])
     first = text.splitlines()[0]
     delimiter = max(",;\t|", key=first.count)  # the header's most frequent separator (comma on a tie)
-    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        rows = list(reader)
+    except csv.Error as exc:  # e.g. a cell over the csv module's 131,072-character limit
+        raise LayoutError(f"the layout sheet cannot be read as CSV ({exc})", source=str(path),
+                          problems=[f"line {reader.line_num}: expected delimited text"]) from None
     return rows[0], rows[1:]
 
 
