@@ -36,6 +36,9 @@ The contract:
   ``MAX_XML_BYTES``       128 MiB      a FlowJo workspace of a large experiment is tens of MB
   ``MAX_XML_DEPTH``       256          gate hierarchies are a few dozen elements deep; 256 is also
                                        libxml2's own limit (what FlowKit's lxml would refuse)
+  ``MAX_XML_ELEMENTS``    2,000,000    a gated sample is about 1,000 elements (about 110 bytes each in
+                                       the corpus workspaces), so 2,000 samples; the byte limit alone
+                                       would let 33 million empty elements take gigabytes of memory
   ======================  ===========  =============================================================
 
   :func:`read_xml` returns the checked bytes with the tree: those bytes hold no DTD, so handing them to
@@ -53,7 +56,7 @@ from xml.etree import ElementTree as ET
 from .errors import BatError, InputParseError
 
 __all__ = ["MAX_YAML_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MAX_NUMBER_CHARS", "MAX_XML_BYTES",
-           "MAX_XML_DEPTH", "load_yaml", "read_xml", "parse_xml", "XmlDocument", "guarded", "read_limited"]
+           "MAX_XML_DEPTH", "MAX_XML_ELEMENTS", "load_yaml", "read_xml", "parse_xml", "XmlDocument", "guarded", "read_limited"]
 
 MAX_YAML_BYTES = 10 * 1024 * 1024
 MAX_YAML_DEPTH = 100
@@ -61,6 +64,7 @@ MAX_YAML_NODES = 1_000_000
 MAX_NUMBER_CHARS = 100
 MAX_XML_BYTES = 128 * 1024 * 1024
 MAX_XML_DEPTH = 256
+MAX_XML_ELEMENTS = 2_000_000
 
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 T = TypeVar("T")
@@ -285,7 +289,7 @@ def read_xml(data_or_path: bytes | str | Path, *, source: str | None = None, wha
             raise InputParseError(f"the {what} is too large ({len(data):,} bytes)", source=source,
                                   expected=f"at most {_mib(MAX_XML_BYTES)}")
     root: ET.Element | None = None
-    depth = 0
+    depth = elements = 0
     try:
         for event, el in DET.iterparse(io.BytesIO(data), events=("start", "end"), forbid_dtd=True,
                                        forbid_entities=True, forbid_external=True):
@@ -293,6 +297,10 @@ def read_xml(data_or_path: bytes | str | Path, *, source: str | None = None, wha
                 if root is None:
                     root = el
                 depth += 1
+                elements += 1
+                if elements > MAX_XML_ELEMENTS:
+                    raise InputParseError(f"the {what} has more than {MAX_XML_ELEMENTS:,} elements",
+                                          source=source, expected=f"at most {MAX_XML_ELEMENTS:,} elements")
                 if depth > MAX_XML_DEPTH:
                     raise InputParseError(f"elements of the {what} are nested more than {MAX_XML_DEPTH} deep", source=source, where=f"element <{el.tag}>",
                                           expected=f"at most {MAX_XML_DEPTH} levels")

@@ -95,12 +95,19 @@ def test_xml_with_a_dtd_is_refused_not_expanded(name: str) -> None:
     assert err.value.where == "line 2, column 1"
 
 
-def test_xml_nesting_and_garbage_are_located() -> None:
+def test_xml_nesting_and_garbage_are_located(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(InputParseError, match="nested more than 256"):
         read_xml(b"<a>" * 100_000 + b"</a>" * 100_000)
     with pytest.raises(InputParseError, match="not well-formed") as err:
         read_xml(b"<Workspace>\n  <x></y>\n</Workspace>", source="w.wsp")
     assert err.value.where == "line 2, column 8"
+    import bat_analysis.safe_parse as safe_parse
+
+    assert safe_parse.MAX_XML_ELEMENTS == 2_000_000
+    monkeypatch.setattr(safe_parse, "MAX_XML_ELEMENTS", 1000)  # the limit is read at each call
+    read_xml(b"<a>" + b"<b/>" * 999 + b"</a>")
+    with pytest.raises(InputParseError, match="more than 1,000 elements"):
+        read_xml(b"<a>" + b"<b/>" * 1000 + b"</a>")
     with pytest.raises(InputParseError, match="LookupError"):
         read_xml(b'<?xml version="1.0" encoding="no-such-encoding"?><a/>')
 
