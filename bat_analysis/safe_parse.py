@@ -56,7 +56,8 @@ from xml.etree import ElementTree as ET
 from .errors import BatError, InputParseError
 
 __all__ = ["MAX_YAML_BYTES", "MAX_YAML_DEPTH", "MAX_YAML_NODES", "MAX_NUMBER_CHARS", "MAX_XML_BYTES",
-           "MAX_XML_DEPTH", "MAX_XML_ELEMENTS", "load_yaml", "read_xml", "parse_xml", "XmlDocument", "guarded", "read_limited"]
+           "MAX_XML_DEPTH", "MAX_XML_ELEMENTS", "load_yaml", "read_xml", "parse_xml", "XmlDocument", "guarded",
+           "read_limited"]
 
 MAX_YAML_BYTES = 10 * 1024 * 1024
 MAX_YAML_DEPTH = 100
@@ -302,7 +303,8 @@ def read_xml(data_or_path: bytes | str | Path, *, source: str | None = None, wha
                     raise InputParseError(f"the {what} has more than {MAX_XML_ELEMENTS:,} elements",
                                           source=source, expected=f"at most {MAX_XML_ELEMENTS:,} elements")
                 if depth > MAX_XML_DEPTH:
-                    raise InputParseError(f"elements of the {what} are nested more than {MAX_XML_DEPTH} deep", source=source, where=f"element <{el.tag}>",
+                    raise InputParseError(f"elements of the {what} are nested more than {MAX_XML_DEPTH} deep",
+                                          source=source, where=f"element <{el.tag[:60]}>",
                                           expected=f"at most {MAX_XML_DEPTH} levels")
             else:
                 depth -= 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import time
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -40,7 +39,8 @@ LAUGHS = ('<!DOCTYPE Workspace [<!ENTITY l0 "lol">'
           + "".join(f'<!ENTITY l{i + 1} "{f"&l{i};" * 10}">' for i in range(9)) + "]>")
 PARAMETER = '<!DOCTYPE Workspace [<!ENTITY % p "<!ENTITY e \'FSC-A\'>"> %p;]>'
 EXTERNAL = '<!DOCTYPE Workspace [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
-DTDS = {"billion_laughs": (LAUGHS, "&l9;"), "parameter_entity": (PARAMETER, "&e;"), "external_entity": (EXTERNAL, "&e;")}
+DTDS = {"billion_laughs": (LAUGHS, "&l9;"), "parameter_entity": (PARAMETER, "&e;"),
+        "external_entity": (EXTERNAL, "&e;")}
 
 
 def _one_error_line(result) -> str:

@@ -3,6 +3,10 @@
 Import parses the workspace with FlowKit's ``Workspace`` and converts each sample's gating strategy to
 our gates (:func:`bat_analysis.gating.gatingml.from_flowkit_strategy`); FlowJo's own population counts
 are read from the XML (``Population@count``) so that our evaluation can be checked against them.
+The file is first read by the hardened parser (:func:`bat_analysis.safe_parse.read_xml`: no DTD or
+entities, size and depth limits) and FlowKit is given those checked bytes, never the path; anything FlowKit
+raises becomes a :class:`GatingError` naming the file. A ``transforms:linear`` without ``minRange`` /
+``maxRange`` (FlowKit cannot read it) gets FlowJo's defaults (0, 262144) with a :class:`WorkspaceWarning`.
 
 Why polygons and ellipses differ slightly from FlowJo's counts (rectangles do not): FlowJo evaluates a
 polygon or ellipse on its *display* raster -- each event is binned to the plot's grid

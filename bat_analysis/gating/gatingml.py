@@ -1,6 +1,8 @@
 """Gating-ML 2.0 import and export.
 
-Import parses the XML with FlowKit (``flowkit.parse_gating_xml``) and converts its gating strategy into
+Import checks the XML with the hardened parser (:func:`bat_analysis.safe_parse.read_xml`: no DTD or entities,
+size and depth limits), parses those checked bytes with FlowKit (``flowkit.parse_gating_xml``; anything it
+raises becomes a :class:`GatingError` naming the file) and converts its gating strategy into
 this package's gates, transforms and spillover matrices, which are then evaluated with our own engine
 (:func:`bat_analysis.gating.gates.evaluate`). Export converts our gates back into a FlowKit
 ``GatingStrategy`` and writes it with ``flowkit.export_gatingml``.
