@@ -77,3 +77,23 @@ class WriteError(BatError):
         super().__init__(f"cannot {action} {path}: {cause}. What to do: {todo}"
                          + (f" [{detail}]" if detail else ""))
         self.source = path
+
+
+class InputParseError(BatError):
+    """A YAML or XML input that cannot be parsed safely (:mod:`bat_analysis.safe_parse`).
+
+    ``where`` is the place in the file (``line L, column C``) when the parser gives it, ``problem`` the
+    message without the file and place; :attr:`located` is ``where: problem (expected ...)``, the form of
+    a ``ProblemsError`` entry.
+    """
+
+    def __init__(self, problem: str, *, source: str | None = None, where: str | None = None,
+                 expected: str | None = None) -> None:
+        self.problem = problem
+        self.where = where
+        super().__init__(problem, source=source, field=where, expected=expected)
+
+    @property
+    def located(self) -> str:
+        text = f"{self.where or 'top level'}: {self.problem}"
+        return text + (f" (expected {self.expected})" if self.expected else "")

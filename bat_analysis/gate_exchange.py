@@ -231,22 +231,34 @@ def same_geometry(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, *,
     return True
 
 
+GATINGML_NAMESPACE = "http://www.isac-net.org/std/Gating-ML/v2.0/gating"
+
+
 def _documents(path: Path) -> dict[str, Any]:
-    """Imported gate documents keyed by sample / file name."""
+    """Imported gate documents keyed by sample / file name.
+
+    A file is recognised by its content, not its extension: a root element ``Workspace`` is a FlowJo
+    workspace (FlowJo can save one as ``.xml``), a root in the Gating-ML 2.0 namespace a Gating-ML
+    document. The file is parsed by the hardened parser first (:mod:`bat_analysis.safe_parse`).
+    """
     from .gating.flowjo import read_workspace
     from .gating.gatingml import read_gatingml
+    from .safe_parse import read_xml
 
     if path.is_dir():
         files = sorted(path.glob("*.xml"))
         if not files:
             raise OverridesError("no Gating-ML (.xml) files in this folder", source=str(path))
         return {f.stem: read_gatingml(f) for f in files}
-    if path.suffix.lower() == ".wsp":
+    checked = read_xml(path, what="file with edited gates")  # an InputParseError (located) when unsafe or broken
+    if checked.root.tag == "Workspace":
         return {name: s.document for name, s in read_workspace(path).items()}
-    if path.suffix.lower() == ".xml":
+    if checked.root_namespace == GATINGML_NAMESPACE:
         return {path.stem: read_gatingml(path)}
-    raise OverridesError("edited gates must be a FlowJo workspace (.wsp), a Gating-ML file (.xml) or a folder "
-                         "of Gating-ML files", source=str(path))
+    raise OverridesError(f"this file is neither a FlowJo workspace nor a Gating-ML 2.0 document (its root element "
+                         f"is <{checked.root_name[:60]}>)", source=str(path),
+                         problems=["expected a FlowJo workspace (.wsp or .xml), a Gating-ML 2.0 file or a folder of "
+                                   "Gating-ML files"])
 
 
 def read_edited_gates(path: Path | str, template: Any, tubes: Sequence[Tube], *, data_dir: Path,

@@ -304,17 +304,15 @@ def parse_overrides(data: Any, template: Any, tubes: Sequence[Tube], *, source: 
 
 def read_overrides(path: Path | str, template: Any, tubes: Sequence[Tube], *,
                    default_reviewer: str | None = None) -> Corrections:
-    """Read and validate an overrides YAML file."""
-    import yaml
+    """Read and validate an overrides YAML file (parsed behind the limits of :mod:`bat_analysis.safe_parse`)."""
+    from .errors import InputParseError
+    from .safe_parse import load_yaml
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise OverridesError(f"cannot read the overrides file ({exc.strerror})", source=str(path)) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise OverridesError("the overrides file is not valid YAML", source=str(path),
-                             problems=[str(exc).replace("\n", " ")]) from None
+        data = load_yaml(path, what="overrides file")
+    except InputParseError as exc:
+        raise OverridesError(exc.located, source=str(path)) from None  # one line: FILE: line L, column C: ...
     return parse_overrides(data, template, tubes, source=str(path), default_reviewer=default_reviewer)
 
 

@@ -310,3 +310,27 @@ def test_gatingml_export_is_schema_valid(baseline, tmp_path):
         n_boolean += doc.getroot().find(f"{{{GML}}}BooleanGate") is not None
         assert schema.validate(doc), f"{p.name}: {schema.error_log}"
     assert n_boolean >= 3
+
+
+def test_workspace_saved_as_xml_without_linear_ranges_through_bat_run(experiment, baseline, tmp_path):
+    """A FlowJo workspace saved as .xml is recognised by its root element, and its linear axes without
+    minRange/maxRange (FlowKit raised TypeError) are read with FlowJo's defaults: the unedited export is still
+    no correction (trust issue item 11)."""
+    import re
+
+    from bat_analysis.store import ResultStore
+
+    out = _fresh_copy(baseline, tmp_path)
+    (wsp,) = _export(out, "flowjo", tmp_path / "exported")
+    text = wsp.read_text(encoding="utf-8")
+    stripped = re.sub(r'\s(?:transforms:)?(?:minRange|maxRange)="[^"]*"', "", text)
+    assert "<transforms:linear" in stripped and "Range=" not in stripped.split("<transforms:linear", 1)[1][:60]
+    saved = tmp_path / "edited_in_flowjo.xml"
+    saved.write_text(stripped, encoding="utf-8")
+    from bat_analysis.gating.flowjo import WorkspaceWarning
+
+    with pytest.warns(WorkspaceWarning, match="FlowJo's defaults"):
+        _run(experiment, out, "--gates-from", str(saved), "--reviewer", "Jane Doe")
+    assert (out / "tubes.csv").read_bytes() == (baseline / "tubes.csv").read_bytes()
+    with ResultStore.in_folder(out) as store:
+        assert store.reviews() == []

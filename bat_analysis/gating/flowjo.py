@@ -3,6 +3,10 @@
 Import parses the workspace with FlowKit's ``Workspace`` and converts each sample's gating strategy to
 our gates (:func:`bat_analysis.gating.gatingml.from_flowkit_strategy`); FlowJo's own population counts
 are read from the XML (``Population@count``) so that our evaluation can be checked against them.
+The file is first read by the hardened parser (:func:`bat_analysis.safe_parse.read_xml`: no DTD or
+entities, size and depth limits) and FlowKit is given those checked bytes, never the path; anything FlowKit
+raises becomes a :class:`GatingError` naming the file. A ``transforms:linear`` without ``minRange`` /
+``maxRange`` (FlowKit cannot read it) gets FlowJo's defaults (0, 262144) with a :class:`WorkspaceWarning`.
 
 Why polygons and ellipses differ slightly from FlowJo's counts (rectangles do not): FlowJo evaluates a
 polygon or ellipse on its *display* raster -- each event is binned to the plot's grid
@@ -29,6 +33,7 @@ operand complemented inside an and/or is refused (write it as a NOT gate of its 
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +42,9 @@ from xml.etree import ElementTree as ET
 
 import numpy as np
 
-from ..errors import GatingError
+from ..errors import GatingError, InputParseError
 from ..fileio import atomic_path
+from ..safe_parse import XmlDocument, guarded, read_xml
 from .compensation import Spillover, as_spillover
 from .gatingml import GatingDocument, export_gatingml, from_flowkit_strategy
 from .gates import UNCOMPENSATED, BooleanGate, Dimension, EllipsoidGate, Gate, PolygonGate, RangeGate, evaluate
@@ -124,7 +130,10 @@ def flowjo_counts(path: str | Path) -> dict[str, dict[tuple[str, ...], int]]:
     Keys are population paths from the sample's root (``("Lymphocytes", "Singlets")``); a count of -1
     (not computed by FlowJo) is left out.
     """
-    root = _parse_xml(path)
+    return _counts(_read(path).root, str(path))
+
+
+def _counts(root: ET.Element, source: str) -> dict[str, dict[tuple[str, ...], int]]:
     out: dict[str, dict[tuple[str, ...], int]] = {}
     for sample in root.iter("Sample"):
         node = sample.find("SampleNode")
@@ -140,7 +149,12 @@ def flowjo_counts(path: str | Path) -> dict[str, dict[tuple[str, ...], int]]:
                 if pop.tag not in ("Population", "AndNode", "OrNode", "NotNode"):
                     continue
                 key = (*prefix, pop.attrib.get("name", ""))
-                c = int(float(pop.attrib.get("count", "-1")))
+                text = pop.attrib.get("count", "-1")
+                try:
+                    c = int(float(text))
+                except (ValueError, OverflowError):
+                    raise GatingError(f"population {'/'.join(key)}: count {text[:40]!r} is not a number",
+                                      source=source, field="count", expected="an event count") from None
                 if c >= 0:
                     counts[key] = c
                 walk(pop, key)
@@ -178,14 +192,50 @@ def _gate_resolutions(root: ET.Element) -> dict[str, dict[tuple[str, ...], int]]
     return out
 
 
-def _parse_xml(path: str | Path) -> ET.Element:
+def _read(path: str | Path) -> XmlDocument:
+    """The workspace parsed by the hardened parser (no DTD or entities, size and depth limits)."""
     p = Path(path)
     if not p.is_file():
         raise GatingError("file not found", source=str(p), expected="a FlowJo 10 workspace (.wsp)")
     try:
-        return ET.parse(p).getroot()
-    except ET.ParseError as exc:
-        raise GatingError(f"not well-formed XML: {exc}", source=str(p)) from exc
+        return read_xml(p, what="FlowJo workspace")
+    except InputParseError as exc:
+        raise GatingError(exc.problem, source=exc.source, field=exc.where, expected=exc.expected) from None
+
+
+# FlowJo's defaults for a linear axis whose range it did not write (FlowKit needs both attributes)
+LINEAR_DEFAULTS = {"minRange": "0", "maxRange": "262144"}
+
+
+class WorkspaceWarning(UserWarning):
+    """Something of a workspace was read with FlowJo's defaults instead of the file's own values."""
+
+
+def _with_linear_defaults(doc: XmlDocument) -> bytes:
+    """The workspace bytes for FlowKit, with FlowJo's default range on ``transforms:linear`` lacking one.
+
+    FlowJo 10 may write a linear transform without ``minRange``/``maxRange``; FlowKit then fails with a
+    TypeError. The missing attributes are filled in (an un-namespaced attribute of the same name is taken
+    first, else ``LINEAR_DEFAULTS``) and a :class:`WorkspaceWarning` names the parameters. A linear scale's
+    range does not change which events a gate holds. Untouched workspaces are passed on byte for byte.
+    """
+    filled: list[str] = []
+    for el in doc.root.iter(_q("transforms", "linear")):
+        missing = [a for a in LINEAR_DEFAULTS if _q("transforms", a) not in el.attrib]
+        if not missing:
+            continue
+        for a in missing:
+            el.set(_q("transforms", a), el.attrib.get(a, LINEAR_DEFAULTS[a]))
+        param = el.find(_q("data-type", "parameter"))
+        name = param.attrib.get(_q("data-type", "name"), "?") if param is not None else "?"
+        filled.append(f"{name} ({', '.join(missing)})")
+    if not filled:
+        return doc.data
+    filled = list(dict.fromkeys(filled))  # one mention per parameter, not per sample
+    warnings.warn(f"{doc.source}: linear transform without range read with FlowJo's defaults "
+                  f"(minRange 0, maxRange 262144): {'; '.join(filled[:10])}"
+                  + (f" and {len(filled) - 10} more" if len(filled) > 10 else ""), WorkspaceWarning, stacklevel=3)
+    return ET.tostring(doc.root, encoding="utf-8", xml_declaration=True)
 
 
 def read_workspace(path: str | Path) -> dict[str, FlowJoSample]:
@@ -197,18 +247,25 @@ def read_workspace(path: str | Path) -> dict[str, FlowJoSample]:
     import flowkit as fk
 
     p = Path(path)
-    root = _parse_xml(p)
+    doc = _read(p)
+    root = doc.root
     if root.tag != "Workspace":
         raise GatingError(f"root element is {root.tag!r}", source=str(p), field="Workspace",
                           expected="a FlowJo 10 workspace")
-    try:
+    data = _with_linear_defaults(doc)
+
+    def parse() -> Any:
         with warnings.catch_warnings():
             # FlowKit warns for every sample whose FCS file it was not given; we do not need them
             warnings.filterwarnings("ignore", message=".*sample was not loaded.*")
-            ws = fk.Workspace(str(p), fcs_samples=None, load_missing_file_data=True)
-    except (ValueError, KeyError, NotImplementedError, fk.exceptions.FlowKitException) as exc:
-        raise GatingError(f"FlowKit cannot read this workspace: {exc}", source=str(p)) from exc
-    counts = flowjo_counts(p)
+            # the checked bytes (no DTD, so nothing for lxml to expand or fetch), not the path
+            return fk.Workspace(io.BytesIO(data), fcs_samples=None, load_missing_file_data=True)
+
+    def flowkit(call: Any) -> Any:  # whatever FlowKit raises becomes a GatingError naming this workspace
+        return guarded(call, source=str(p), what="FlowJo workspace", error=GatingError)
+
+    ws = flowkit(parse)
+    counts = _counts(root, str(p))
     resolutions = _gate_resolutions(root)
     uris = {}
     for sample in root.iter("Sample"):
@@ -216,9 +273,9 @@ def read_workspace(path: str | Path) -> dict[str, FlowJoSample]:
         if node is not None and ds is not None:
             uris[node.attrib.get("name", "")] = ds.attrib.get("uri")
     out: dict[str, FlowJoSample] = {}
-    for sid in ws.get_sample_ids(loaded_only=False):
-        strategy = ws.get_gating_strategy(sid)
-        doc = from_flowkit_strategy(strategy)
+    for sid in flowkit(lambda: ws.get_sample_ids(loaded_only=False)):
+        strategy = flowkit(lambda: ws.get_gating_strategy(sid))
+        doc = flowkit(lambda: from_flowkit_strategy(strategy))
         doc.source = str(p)
         by_path, res_by_path = counts.get(sid, {}), resolutions.get(sid, {})
         gate_counts: dict[str, int] = {}

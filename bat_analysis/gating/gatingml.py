@@ -1,6 +1,8 @@
 """Gating-ML 2.0 import and export.
 
-Import parses the XML with FlowKit (``flowkit.parse_gating_xml``) and converts its gating strategy into
+Import checks the XML with the hardened parser (:func:`bat_analysis.safe_parse.read_xml`: no DTD or entities,
+size and depth limits), parses those checked bytes with FlowKit (``flowkit.parse_gating_xml``; anything it
+raises becomes a :class:`GatingError` naming the file) and converts its gating strategy into
 this package's gates, transforms and spillover matrices, which are then evaluated with our own engine
 (:func:`bat_analysis.gating.gates.evaluate`). Export converts our gates back into a FlowKit
 ``GatingStrategy`` and writes it with ``flowkit.export_gatingml``.
@@ -25,8 +27,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import GatingError
+from ..errors import GatingError, InputParseError
 from ..fileio import atomic_write_bytes
+from ..safe_parse import guarded, read_xml
 from .compensation import Spillover, as_spillover
 from .gates import (UNCOMPENSATED, ArrayEvents, BooleanGate, Dimension, EllipsoidGate, Gate, PolygonGate,
                     QuadrantGate, RangeGate, Ratio, evaluate)
@@ -88,23 +91,25 @@ def read_gatingml(path: str | Path, *, comp_prefix: str | None = None) -> Gating
     if not p.is_file():
         raise GatingError("file not found", source=str(p), expected="a Gating-ML 2.0 XML file")
     try:
-        root = ET.parse(p).getroot()
-    except ET.ParseError as exc:
-        raise GatingError(f"not well-formed XML: {exc}", source=str(p)) from exc
+        checked = read_xml(p, what="Gating-ML document")  # no DTD or entities; size and depth limits
+    except InputParseError as exc:
+        raise GatingError(exc.problem, source=exc.source, field=exc.where, expected=exc.expected) from None
+    root = checked.root
     if root.tag == "Workspace":
         raise GatingError("this is a FlowJo workspace, not a Gating-ML document", source=str(p),
                           expected="Gating-ML 2.0 (read workspaces with bat_analysis.gating.flowjo.read_workspace)")
-    lenient = False
-    try:
-        strategy = fk.parse_gating_xml(str(p))
-    except ValueError as exc:
-        if "neither GatingML" not in str(exc):
-            raise GatingError(f"not a readable Gating-ML 2.0 document: {exc}", source=str(p)) from exc
-        lenient = True
-        strategy = _parse_lenient(root, p)
-    except (KeyError, TypeError, AttributeError, fk.exceptions.FlowKitException) as exc:
-        raise GatingError(f"not a readable Gating-ML 2.0 document: {exc}", source=str(p)) from exc
-    doc = from_flowkit_strategy(strategy)
+
+    def parse() -> tuple[Any, bool]:
+        try:  # FlowKit (lxml) gets the checked bytes, never the path
+            return fk.parse_gating_xml(io.BytesIO(checked.data)), False
+        except ValueError as exc:
+            if "neither GatingML" not in str(exc):
+                raise
+        return _parse_lenient(root, p), True
+
+    what = "Gating-ML 2.0 document"
+    strategy, lenient = guarded(parse, source=str(p), what=what, error=GatingError)
+    doc = guarded(lambda: from_flowkit_strategy(strategy), source=str(p), what=what, error=GatingError)
     doc.source = str(p)
     _restore_names(doc, root)
     prefix = comp_prefix if comp_prefix is not None else ("Comp-" if lenient else None)

@@ -1,6 +1,7 @@
 """Gating templates: declarative YAML describing a panel, its compensation, transforms and gate hierarchy.
 
-A template is data, never code. :func:`load_template` parses and validates it and returns a
+A template is data, never code. :func:`load_template` parses it (plain YAML behind the limits of
+:mod:`bat_analysis.safe_parse`: size, nesting, alias expansion, number length) and validates it and returns a
 :class:`Template`; :func:`validate_template` returns every problem found, each with its location
 (``gates[3].params.bandwidth: expected a number, got 'x'``). The schema (version 1)::
 
@@ -46,9 +47,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
-from ..errors import TemplateError
+from ..errors import InputParseError, TemplateError
+from ..safe_parse import MAX_YAML_BYTES, load_yaml, read_limited
 from .transforms import from_spec
 
 SCHEMA_VERSION = 1
@@ -233,8 +233,12 @@ def load_template(name_or_path: str | Path = DEFAULT_TEMPLATE) -> Template:
     """Load and validate a template by shipped name or path; raises TemplateError listing every problem."""
     path = _locate(name_or_path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        data = read_limited(path, MAX_YAML_BYTES, what="template")
+    except InputParseError as exc:
+        raise TemplateError("cannot read template", source=str(path), problems=[exc.located]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise TemplateError(f"cannot read template: {exc}", source=str(path)) from None
     return parse_template(text, source=str(path))
 
@@ -404,41 +408,12 @@ def _check_analysis(ck: _Checker, qc: dict[str, Any], analysis: dict[str, Any]) 
                 ck.problems.append(ln if len(ln) <= 300 else ln[:297] + "...")
 
 
-MAX_VALUES = 1_000_000
-
-
-def _too_large(data: Any) -> bool:
-    """Whether the loaded YAML holds more than MAX_VALUES values (aliases counted as often as used)."""
-    count = 0
-    stack = [data]
-    while stack:
-        item = stack.pop()
-        count += 1
-        if count > MAX_VALUES:
-            return True
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
-
-
 def parse_template(text: str, *, source: str = "<template>") -> Template:
     """Parse and validate template YAML text; raises TemplateError with every located problem."""
     try:
-        data = yaml.safe_load(text)
-    except RecursionError:
-        raise TemplateError("template is nested too deeply", source=source,
-                            problems=["top level: YAML nested too deeply to be a template"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "YAML"
-        raise TemplateError("template is not valid YAML", source=source,
-                            problems=[f"{where}: {getattr(exc, 'problem', None) or exc}"]) from None
-    if _too_large(data):
-        raise TemplateError("template is too large", source=source,
-                            problems=[f"top level: more than {MAX_VALUES} values (expanding YAML aliases?)"])
+        data = load_yaml(text, source=source, what="template")  # size, depth, alias and number limits
+    except InputParseError as exc:
+        raise TemplateError("template cannot be read", source=source, problems=[exc.located]) from None
     ck = _Checker()
     if not isinstance(data, dict):
         raise TemplateError("template must be a YAML mapping", source=source,

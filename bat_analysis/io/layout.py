@@ -74,7 +74,12 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
                           problems=["row 1: expected a header row " + ", ".join(LAYOUT_COLUMNS)])
     first = text.splitlines()[0]
     delimiter = max(",;\t|", key=first.count)  # the header's most frequent separator (comma on a tie)
-    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        rows = list(reader)
+    except csv.Error as exc:  # e.g. a cell over the csv module's 131,072-character limit
+        raise LayoutError(f"the layout sheet cannot be read as CSV ({exc})", source=str(path),
+                          problems=[f"line {reader.line_num}: expected delimited text"]) from None
     return rows[0], rows[1:]
 
 
@@ -88,6 +93,9 @@ def _read_xlsx(path: Path, sheet: str | None) -> tuple[list[str], list[list[str]
     # SyntaxError covers the XML parsers' errors (xml.etree's ParseError and lxml's XMLSyntaxError)
     damaged = (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError, EOFError, NotImplementedError,
                zipfile.BadZipFile, zlib.error, SyntaxError, InvalidFileException)
+    if not openpyxl.DEFUSEDXML:  # openpyxl parses the sheets with defusedxml (entities refused) only when it can
+        raise LayoutError("XLSX layouts are read only with defusedxml (OPENPYXL_DEFUSEDXML is off?)",
+                          source=str(path), problems=["save the sheet as .csv, or let openpyxl use defusedxml"])
     try:
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except damaged as exc:
