@@ -157,7 +157,7 @@ def test_unedited_then_edited_workspace_through_bat_run(stored, experiment, base
     _run(experiment, out, "--gates-from", str(wsp), "--reviewer", "Jane Doe")
     assert (out / "tubes.csv").read_bytes() == (baseline / "tubes.csv").read_bytes()
     with ResultStore.in_folder(out) as store:
-        assert store.reviews() == []
+        assert store.active_corrections() == []
 
     victim = _clogged(stored)
     tree, node = _workspace_tree(wsp, victim)
@@ -172,7 +172,7 @@ def test_unedited_then_edited_workspace_through_bat_run(stored, experiment, base
     assert changed == {victim}
     assert tubes.loc[victim, "n_basophils"] < base.loc[victim, "n_basophils"]
     with ResultStore.in_folder(out) as store:
-        (review,) = store.reviews()
+        (review,) = store.active_corrections()
     assert (review["file"], review["gate"]) == (victim, "basophils")
 
 

@@ -27,8 +27,14 @@ def _summarise(summary: Any, quiet: bool) -> None:
         typer.secho(f"error: {summary.report_error}", err=True, fg=typer.colors.RED)
     rendered = not summary.report_error and (not summary.report_note
                                              or summary.report_note.startswith("reports and review gallery kept"))
+    for note in summary.notes:
+        typer.secho(f"warning: {note}", err=True, fg=typer.colors.YELLOW)
+    for note in summary.stale:
+        typer.secho(f"warning: {note}", err=True, fg=typer.colors.YELLOW)
     if quiet:
         return
+    if summary.corrections_note:
+        typer.echo(summary.corrections_note + ".")
     if summary.report_note:
         typer.secho(f"note: {summary.report_note}", err=True, fg=typer.colors.YELLOW)
     typer.echo(f"Analysed {summary.n_tubes} tubes in {summary.elapsed_s:.1f} s "
@@ -73,6 +79,9 @@ def register(app: typer.Typer) -> None:
         reviewer: Optional[str] = typer.Option(None, "--reviewer",
                                                help="Who made the corrections (default for --overrides entries "
                                                     "without one, and for --gates-from)."),
+        replace: bool = typer.Option(False, "--replace", help="--out holds another experiment's results: move its "
+                                     "results store (and reviewer corrections) aside to OUT/replaced/ and start "
+                                     "afresh."),
         parquet: bool = typer.Option(False, "--parquet", help="Also write tubes.parquet and patients.parquet."),
         no_reports: bool = typer.Option(False, "--no-reports", help="Skip the HTML/PDF reports and review gallery."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary (errors still shown)."),
@@ -82,6 +91,8 @@ def register(app: typer.Typer) -> None:
         Example:  bat run plate1/ --layout plate1/layout.csv --out results/plate1 --workers 2
 
         Re-running the same command resumes: tubes already gated with the same file and template are reused.
+        Reviewer corrections are kept in the results store: a re-run without --overrides still applies them.
+        An --out folder holding another experiment's results is refused unless --replace is given.
 
         Exit 0 when the run completed (even if tubes failed QC); 2 on a bad invocation; 1 if no tube was analysed;
         3 if the tables were written but the reports could not be.
@@ -91,7 +102,7 @@ def register(app: typer.Typer) -> None:
 
         opts = RunOptions(data_dir=data_dir, layout=layout, out=out, template=template, workers=workers,
                           scheduler=scheduler, overrides=overrides, gates_from=gates_from, reviewer=reviewer,
-                          quiet=quiet, parquet=parquet, reports=not no_reports)
+                          replace=replace, quiet=quiet, parquet=parquet, reports=not no_reports)
         try:
             summary = run(opts)
         except BatError as exc:
