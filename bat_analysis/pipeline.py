@@ -379,7 +379,8 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
     if options.replace:
         moved = set_store_aside(out)
         if moved is not None:
-            notes.append(f"--replace: the previous results store (with its reviewer corrections) was moved to {moved}")
+            notes.append(f"--replace: the previous results (store with its reviewer corrections, reports) were "
+                         f"moved to {moved}")
     with ResultStore.in_folder(out) as store:
         check_same_experiment(store, out, data_dir, tubes)
 
@@ -464,21 +465,24 @@ def check_same_experiment(store: ResultStore, out: Path, data_dir: Path, tubes: 
 
 
 def set_store_aside(out: Path) -> Path | None:
-    """Move the results store of ``out`` (with its WAL files) to ``out/replaced/``; returns where (None when
-    there was none). Call only while holding the folder's RunLock."""
+    """Move the results store of ``out`` (with its WAL files), its reports and review gallery to
+    ``out/replaced/<UTC time>/``; returns that folder (None when there was no store). Nothing is deleted.
+    Call only while holding the folder's RunLock."""
     src = out / STORE_NAME
     if not src.exists():
         return None
-    dest_dir = out / "replaced"
-    dest_dir.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    dest, n = dest_dir / f"results-{stamp}.sqlite", 1
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest, n = out / "replaced" / stamp, 1
     while dest.exists():
         n += 1
-        dest = dest_dir / f"results-{stamp}-{n}.sqlite"
+        dest = out / "replaced" / f"{stamp}-{n}"
+    dest.mkdir(parents=True)
     for suffix in ("-wal", "-shm", ""):  # the database file last: until then the old store stays whole
         if Path(f"{src}{suffix}").exists():
-            os.replace(f"{src}{suffix}", f"{dest}{suffix}")
+            os.replace(f"{src}{suffix}", dest / f"{STORE_NAME}{suffix}")
+    for folder in ("reports", "review"):
+        if (out / folder).is_dir():
+            os.replace(out / folder, dest / folder)
     return dest
 
 

@@ -28,7 +28,7 @@ def _summarise(summary: Any, quiet: bool) -> None:
     rendered = not summary.report_error and (not summary.report_note
                                              or summary.report_note.startswith("reports and review gallery kept"))
     for note in summary.notes:
-        typer.secho(f"warning: {note}", err=True, fg=typer.colors.YELLOW)
+        typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
     for note in summary.stale:
         typer.secho(f"warning: {note}", err=True, fg=typer.colors.YELLOW)
     if quiet:
