@@ -15,6 +15,14 @@ sha256, the template's sha256, the package version, its layout annotation and th
 apply to it. A re-run gates only tubes whose key changed or that are missing, then scores every patient from
 the stored results. Results are always read back from the store before scoring, so a resumed run and an
 uninterrupted run score bit-identical inputs. A lock file keeps two runs from writing the same folder.
+
+Reviewer corrections and the output folder
+------------------------------------------
+The corrections a run is given (``--overrides``, ``--gates-from``) are appended to the store's corrections
+log; every run applies the log's active corrections (a plain re-run too), except stale ones (made on a tube
+file or template that changed since), which flag their tubes ``CORRECTION_STALE`` and are reported. An
+output folder belongs to one experiment (:func:`check_same_experiment`); ``--replace`` sets another
+experiment's results aside (:func:`set_store_aside`). Reports of patients no longer in the run are removed.
 """
 
 from __future__ import annotations

@@ -359,3 +359,24 @@ def _check_document(doc, experiment, template):
         return
     for c in corrections.gates:  # whatever was accepted builds a gate
         corrections.gate_overrides(template, c.file)
+
+
+def test_a_plain_rerun_keeps_the_corrections_and_says_so(experiment, baseline, tmp_path):
+    from typer.testing import CliRunner
+
+    from bat_analysis.cli import app
+
+    out = _fresh_copy(baseline, tmp_path)
+    doc = tmp_path / "review.yaml"
+    doc.write_text(yaml.safe_dump({"reviewer": "Jane Doe", "corrections": [
+        {"patient": "P01", "pretreatment": "none", "threshold": 900, "reason": "bimodal negative control"}]}))
+    args = ["run", str(experiment.out_dir), "--layout", str(experiment.layout_path), "--out", str(out),
+            "--workers", "1", "--no-reports"]
+    first = CliRunner().invoke(app, [*args, "--overrides", str(doc)])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, args)  # no --overrides this time
+    assert again.exit_code == 0, again.output
+    tubes = pd.read_csv(out / "tubes.csv")
+    p01 = tubes[(tubes["patient"] == "P01") & (tubes["pretreatment"] == "none")]
+    assert (p01["cd63_threshold"] == 900.0).all() and p01["manually_adjusted"].all()
+    assert "1 reviewer correction from the store applied." in again.output
