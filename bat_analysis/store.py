@@ -20,8 +20,9 @@ Tables
                     and arm) with who, when, why, the value before and after, the source file, the software
                     version, and the checksums of the tube file(s) and template it was made on. The active
                     corrections are derived from it (:meth:`ResultStore.active_corrections`)
-``run_corrections`` per run, each active correction and whether it was ``applied`` or ``stale`` (made on a
-                    tube file or template that has changed since; kept, not applied)
+``run_corrections`` per run, each active correction and whether it was ``applied``, ``stale`` (made on a
+                    tube file or template that has changed since; kept, not applied) or ``not_in_run`` (its
+                    tube or arm is not in that run's layout)
 
 Every write is a transaction; the database runs in WAL mode so that a run killed at any moment leaves the
 store as it was after the last finished tube.
@@ -548,10 +549,20 @@ class ResultStore:
         return out[0], out[1]
 
     def put_patient_scores(self, patient: str, cache_key: str, scores: Any) -> None:
-        """Cache one patient's scoring objects as typed JSON (valid only for the same key and version)."""
+        """Cache one patient's scoring objects as typed JSON (valid only for the same key and version).
+        Objects that typed JSON cannot hold are not cached (the patient is scored again next time); the
+        reason goes to ``warnings``."""
+        try:
+            text = typed_json.encode(scores)
+        except TypeError as exc:
+            self.warnings.append(f"the scores of patient {patient} were not cached ({exc}); they are recomputed "
+                                 "on every run")
+            text = None
         with self.transaction() as cur:
-            cur.execute("INSERT OR REPLACE INTO patient_scores VALUES (?,?,?)",
-                        (patient, cache_key, typed_json.encode(scores)))
+            if text is None:
+                cur.execute("DELETE FROM patient_scores WHERE patient=?", (patient,))
+            else:
+                cur.execute("INSERT OR REPLACE INTO patient_scores VALUES (?,?,?)", (patient, cache_key, text))
 
     def get_patient_scores(self, patient: str, cache_key: str) -> Any | None:
         """The cached scoring objects of a patient for this key, else None. A damaged or hand-edited cache

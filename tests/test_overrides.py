@@ -329,8 +329,9 @@ _values = st.recursive(_scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=5), st.dictionaries(st.one_of(st.text(max_size=10), st.integers()), inner, max_size=5)),
                        max_leaves=25)
 _keys = st.sampled_from(["tube", "patient", "pretreatment", "gate", "geometry", "threshold", "reviewer", "reason",
-                         "type", "vertices", "mins", "maxs", "mean", "covariance", "distance_square", "x", 3])
-_items = st.dictionaries(_keys, st.one_of(_values, st.sampled_from(["basophils", "polygon", "range", "ellipsoid",
+                         "type", "vertices", "mins", "maxs", "mean", "covariance", "distance_square", "x", 3,
+                         "withdraw"])
+_items = st.dictionaries(_keys, st.one_of(_values, st.sampled_from([True, "basophils", "polygon", "range", "ellipsoid",
                                                                     "P01", "none"])), max_size=6)
 
 
