@@ -457,10 +457,11 @@ def plan_log_entries(given: Corrections, log: Sequence[Mapping[str, Any]], *, tu
     def add(action: str, kind: str, target: tuple[str, str, str], value: Any, before: Any, c: Any) -> None:
         basis = correction_basis(kind, target, tubes, checksums)
         cur = latest.get(target)
-        if action == "apply" and cur is not None and cur["action"] == "apply" and _canon(cur["value"]) == _canon(value) \
-                and (cur["reviewer"], cur["reason"]) == (c.reviewer, c.reason) \
-                and (cur["input_sha256"], cur["template_sha256"]) == (basis, template_sha256):
-            return
+        if (action == "apply" and cur is not None and cur["action"] == "apply"
+                and _canon(cur["value"]) == _canon(value)
+                and (cur["reviewer"], cur["reason"]) == (c.reviewer, c.reason)
+                and (cur["input_sha256"], cur["template_sha256"]) == (basis, template_sha256)):
+            return  # already in force, unchanged
         entry = {"action": action, "kind": kind, "value": value, "before": before, "reviewer": c.reviewer,
                  "reason": c.reason, "decided_at": c.decided_at, "source": c.source, "version": version,
                  "input_sha256": basis, "template_sha256": template_sha256}

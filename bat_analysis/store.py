@@ -475,7 +475,8 @@ class ResultStore:
                 "SELECT code, severity, message FROM flags WHERE file=? AND variant=? ORDER BY position",
                 (file, variant)).fetchall()):
             self._check(isinstance(code, str) and sev in ("warn", "fail") and (msg is None or isinstance(msg, str)),
-                        "expected a flag code, a severity (warn or fail) and a message", f"flags[{file}, {variant}, {i}]")
+                        "expected a flag code, a severity (warn or fail) and a message",
+                        f"flags[{file}, {variant}, {i}]")
             flags.append(Flag(code, sev, msg))
         return TubeResult(tube=tube, n_events=n_events, n_basophils=n_baso, basophil_values=values,
                           event_fractions=fracs, gates=gates, flags=flags, has_spillover=bool(has_spill),
@@ -652,14 +653,17 @@ class ResultStore:
                             [(run_id, cid, status, note) for cid, status, note in statuses])
 
     def run_corrections(self, run_id: int) -> list[dict[str, Any]]:
-        """The corrections log entries a run considered, each with ``status`` (applied | stale | not_in_run) and ``note``."""
+        """The corrections log entries a run considered, each with ``status`` (applied | stale | not_in_run)
+        and ``note``."""
         by_id = {e["id"]: e for e in self.correction_log()}
         out = []
         for cid, status, note in self.conn.execute(
                 "SELECT correction_id, status, note FROM run_corrections WHERE run_id=? ORDER BY correction_id",
                 (run_id,)).fetchall():
-            self._check(cid in by_id and status in ("applied", "stale", "not_in_run") and (note is None or isinstance(note, str)),
-                        "expected a logged correction and a status (applied, stale or not_in_run)", f"run_corrections[{run_id}]")
+            self._check(cid in by_id and status in ("applied", "stale", "not_in_run")
+                        and (note is None or isinstance(note, str)),
+                        "expected a logged correction and a status (applied, stale or not_in_run)",
+                        f"run_corrections[{run_id}]")
             out.append({**by_id[cid], "status": status, "note": note})
         return out
 

@@ -174,7 +174,8 @@ class _Decoder:
         name, fields = body
         cls = self.allowed.get(name)
         if cls is None:
-            raise self.fail(where, f"class {name!r} is not allowed here (expected one of {', '.join(sorted(self.allowed))})")
+            raise self.fail(where, f"class {name!r} is not allowed here "
+                                   f"(expected one of {', '.join(sorted(self.allowed))})")
         declared = {f.name: f for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(fields) - set(declared))
         if unknown:
@@ -236,13 +237,12 @@ def _check(value: Any, hint: Any, where: str, dec: _Decoder) -> None:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (Union, types.UnionType):
-        errors = []
         for option in args:
             try:
                 _check(value, option, where, dec)
                 return
-            except TypedJsonError as exc:
-                errors.append(str(exc))
+            except TypedJsonError:
+                continue
         raise dec.fail(where, f"expected {_name(hint)}, got {type(value).__name__}")
     if hint is type(None):
         if value is not None:

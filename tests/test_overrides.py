@@ -181,7 +181,8 @@ def test_override_file_changes_exactly_the_affected_results(experiment, baseline
         {"tube": victim.file, "gate": "basophils", "withdraw": True, "reason": "automated gate was right"},
         {"patient": "P02", "pretreatment": "omalizumab", "withdraw": True, "reason": "threshold was fine"}]}))
     undone = _run(experiment, out, overrides=withdraw)
-    assert undone.corrections_note == f"0 reviewer corrections from the store applied (0 new or changed, 2 withdrawn by {withdraw})"
+    assert undone.corrections_note == ("0 reviewer corrections from the store applied "
+                                       f"(0 new or changed, 2 withdrawn by {withdraw})")
     for name in ("tubes.csv", "patients.csv"):
         assert (out / name).read_bytes() == (baseline / name).read_bytes(), name
     with ResultStore.in_folder(out) as store:
@@ -331,7 +332,8 @@ _values = st.recursive(_scalars, lambda inner: st.one_of(
 _keys = st.sampled_from(["tube", "patient", "pretreatment", "gate", "geometry", "threshold", "reviewer", "reason",
                          "type", "vertices", "mins", "maxs", "mean", "covariance", "distance_square", "x", 3,
                          "withdraw"])
-_items = st.dictionaries(_keys, st.one_of(_values, st.sampled_from([True, "basophils", "polygon", "range", "ellipsoid",
+_items = st.dictionaries(_keys, st.one_of(_values, st.sampled_from([True, "basophils", "polygon", "range",
+                                                                    "ellipsoid",
                                                                     "P01", "none"])), max_size=6)
 
 
