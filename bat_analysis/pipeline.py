@@ -392,7 +392,13 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
     with ResultStore.in_folder(out) as store:
         check_same_experiment(store, out, data_dir, tubes)
 
+        in_store = {e["target"]: e["value"] for e in store.active_corrections() if e["kind"] == "gate"}
+
         def automated(file: str, gate: str) -> dict[str, Any] | None:
+            """The geometry in force: the store's active correction, else the automated gate (an edited gate
+            given back equal to it is no new correction)."""
+            if ("gate", file, gate) in in_store:
+                return in_store[("gate", file, gate)]
             res = store.get_tube(file, AUTO)
             rec = next((g for g in res.gates if g.name == gate), None) if res is not None else None
             return rec.geometry if rec is not None else None

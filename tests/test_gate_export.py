@@ -174,6 +174,13 @@ def test_unedited_then_edited_workspace_through_bat_run(stored, experiment, base
     with ResultStore.in_folder(out) as store:
         (review,) = store.active_corrections()
     assert (review["file"], review["gate"]) == (victim, "basophils")
+    # the gates as now applied, exported and given back unedited, are no new correction
+    corrected = (out / "tubes.csv").read_bytes()
+    (again,) = _export(out, "flowjo", tmp_path / "exported_again")
+    _run(experiment, out, "--gates-from", str(again), "--reviewer", "John Roe")
+    with ResultStore.in_folder(out) as store:
+        assert [e["id"] for e in store.correction_log()] == [review["id"]]
+    assert (out / "tubes.csv").read_bytes() == corrected
 
 
 def test_edited_gatingml_gate_is_one_correction(stored, experiment, baseline, tmp_path):
