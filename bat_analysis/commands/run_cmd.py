@@ -72,7 +72,9 @@ def register(app: typer.Typer) -> None:
                                                 help="Dask scheduler address (tcp://HOST:PORT) to run on a cluster."),
         overrides: Optional[Path] = typer.Option(None, "--overrides",
                                                  help="Reviewer corrections (YAML: tube, gate, geometry or "
-                                                      "threshold, reviewer, reason)."),
+                                                      "threshold, reviewer, reason; 'withdraw: true' withdraws "
+                                                      "one). Added to the corrections kept in the results "
+                                                      "store, which every re-run applies."),
         gates_from: Optional[Path] = typer.Option(None, "--gates-from",
                                                   help="Gates edited in FlowJo: a workspace (.wsp) or Gating-ML "
                                                        "(.xml, or a folder of them) exported by 'bat export-gates'."),
