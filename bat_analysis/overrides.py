@@ -395,10 +395,11 @@ def read_overrides(path: Path | str, template: Any, tubes: Sequence[Tube], *,
 def load_corrections(template: Any, *, overrides: Path | str | None, gates_from: Path | str | None,
                      tubes: Sequence[Tube], data_dir: Path | str | None = None, reviewer: str | None = None,
                      automated: Callable[[str, str], dict[str, Any] | None] | None = None) -> Corrections:
-    """All corrections of a run: the overrides file, plus gates edited in FlowJo / Gating-ML.
+    """The corrections given to a run: the overrides file, plus gates edited in FlowJo / Gating-ML (the run
+    adds them to the store's corrections log with :func:`plan_log_entries`).
 
-    ``automated(file, gate)`` returns the automated geometry of a stored tube; an edited gate equal to it
-    is not a correction.
+    ``automated(file, gate)`` returns the geometry in force for a stored tube (its active correction, else
+    the automated gate); an edited gate equal to it is not a correction.
     """
     out = Corrections()
     if overrides is not None:
