@@ -17,6 +17,20 @@ An overrides file lists corrections, each with who made it and why::
         reviewer: John Roe
         reason: bimodal negative control
 
+A correction is withdrawn by an entry naming the same gate of the same tube (or the same patient and arm)
+with ``withdraw: true`` instead of a geometry or threshold, and a reason::
+
+      - tube: P01_none_allergen_3.fcs
+        gate: basophils
+        withdraw: true
+        reason: the automated gate was right after all
+
+Corrections live in the results store's corrections log (:meth:`ResultStore.append_corrections`): an
+overrides file (or ``--gates-from``) adds entries to it, and every run applies the active corrections of the
+store, whether or not a file is given. A correction given again unchanged is not logged twice; a different
+geometry or threshold for a corrected gate replaces it (logged, with the value before). A correction made on
+a tube file or template that has changed since is *stale*: reported, not applied, kept in the log.
+
 A tube with a gate correction is gated again with the corrected geometry (the automated result stays in the
 store beside it); a threshold correction re-scores its patient only. Every problem of the file is reported
 at once, each with its location (``corrections[2].geometry.vertices: ...``).
@@ -56,6 +70,27 @@ class GateCorrection:
 
 
 @dataclass(frozen=True)
+class Withdrawal:
+    """A reviewer's withdrawal of the correction of a gate of a tube (kind ``gate``) or of the threshold of a
+    patient and arm (kind ``threshold``)."""
+
+    kind: str
+    file: str | None
+    gate: str | None
+    patient: str | None
+    pretreatment: str | None
+    reviewer: str
+    reason: str
+    source: str
+    decided_at: str | None = None
+
+    @property
+    def target(self) -> tuple[str, str, str]:
+        return (("gate", self.file, self.gate) if self.kind == "gate"  # type: ignore[return-value]
+                else ("threshold", self.patient, self.pretreatment))
+
+
+@dataclass(frozen=True)
 class ThresholdCorrection:
     """A reviewer's CD63 threshold for one patient and arm."""
 
@@ -78,6 +113,7 @@ class Corrections:
 
     gates: list[GateCorrection] = field(default_factory=list)
     threshold_list: list[ThresholdCorrection] = field(default_factory=list)
+    withdrawals: list[Withdrawal] = field(default_factory=list)
 
     def gates_for(self, file: str) -> dict[str, GateCorrection]:
         return {c.gate: c for c in self.gates if c.file == file}
@@ -103,26 +139,8 @@ class Corrections:
                   if t.patient == patient and t.pretreatment == pretreatment]
         return "; ".join(notes)
 
-    def decisions(self) -> list[dict[str, Any]]:
-        """Records for the results store's ``reviews`` table (fingerprint identifies a decision)."""
-        out = []
-        for c in self.gates:
-            rec = {"kind": "gate", "file": c.file, "gate": c.gate, "value": c.geometry, "reviewer": c.reviewer,
-                   "reason": c.reason, "source": c.source, "decided_at": c.decided_at}
-            rec["fingerprint"] = hashlib.sha256(_canon([rec["kind"], c.file, c.gate, c.geometry, c.reviewer,
-                                                        c.reason]).encode()).hexdigest()
-            out.append(rec)
-        for t in self.threshold_list:
-            rec = {"kind": "threshold", "patient": t.patient, "pretreatment": t.pretreatment, "gate": "CD63",
-                   "value": t.value, "reviewer": t.reviewer, "reason": t.reason, "source": t.source,
-                   "decided_at": t.decided_at}
-            rec["fingerprint"] = hashlib.sha256(_canon([rec["kind"], t.patient, t.pretreatment, t.value,
-                                                        t.reviewer, t.reason]).encode()).hexdigest()
-            out.append(rec)
-        return out
-
     def __bool__(self) -> bool:
-        return bool(self.gates or self.threshold_list)
+        return bool(self.gates or self.threshold_list or self.withdrawals)
 
 
 # ------------------------------------------------------------------------------------------------ gates
@@ -235,7 +253,7 @@ def parse_overrides(data: Any, template: Any, tubes: Sequence[Tube], *, source: 
             problems.append(f"{where}: expected a mapping, got {type(item).__name__}")
             continue
         extra = sorted(str(k) for k in set(item) - {"tube", "patient", "pretreatment", "gate", "geometry",
-                                                    "threshold", "reviewer", "reason", "date"})
+                                                    "threshold", "reviewer", "reason", "date", "withdraw"})
         problems += [f"{where}.{k}: unknown key" for k in extra]
         reviewer = item.get("reviewer", top_reviewer)
         reason = item.get("reason")
@@ -251,6 +269,26 @@ def parse_overrides(data: Any, template: Any, tubes: Sequence[Tube], *, source: 
             if tube is None:
                 problems.append(f"{where}.tube: {name!r} is not a file of the layout")
         has_geo, has_thr = "geometry" in item, "threshold" in item
+        if "withdraw" in item:
+            if item["withdraw"] is not True:
+                problems.append(f"{where}.withdraw: expected true (or leave it out), got {item['withdraw']!r:.40}")
+                continue
+            if has_geo or has_thr:
+                problems.append(f"{where}: a withdrawal has no 'geometry' or 'threshold'; name the corrected gate "
+                                "(tube and gate) or arm (patient and pretreatment)")
+                continue
+            withdrawal = _withdrawal(item, where, tube, gate_names, template, arms, problems)
+            if withdrawal is None or not isinstance(reviewer, str) or not isinstance(reason, str):
+                continue
+            key = withdrawal.target
+            if key in seen:
+                problems.append(f"{where}: {_describe(key)} is already named by {seen[key]}")
+                continue
+            seen[key] = where
+            out.withdrawals.append(Withdrawal(withdrawal.kind, withdrawal.file, withdrawal.gate, withdrawal.patient,
+                                              withdrawal.pretreatment, reviewer.strip(), reason.strip(), source,
+                                              date))
+            continue
         if has_geo == has_thr:
             problems.append(f"{where}: give either 'geometry' (with 'gate') or 'threshold'")
             continue
@@ -302,6 +340,42 @@ def parse_overrides(data: Any, template: Any, tubes: Sequence[Tube], *, source: 
     return out
 
 
+def _withdrawal(item: Mapping[str, Any], where: str, tube: Tube | None, gate_names: list[str], template: Any,
+                arms: set[tuple[str, str]], problems: list[str]) -> Withdrawal | None:
+    """The target of a ``withdraw: true`` entry (reviewer and reason filled in by the caller)."""
+    if "gate" in item:
+        if "tube" not in item:
+            problems.append(f"{where}.tube: missing (a gate correction applies to one tube)")
+            return None
+        gate = item.get("gate")
+        if gate not in gate_names:
+            problems.append(f"{where}.gate: {gate!r} is not a gate of template {template.name} "
+                            f"(expected one of {', '.join(gate_names)})")
+            return None
+        if tube is None:
+            return None
+        return Withdrawal("gate", tube.file, str(gate), None, None, "", "", "")
+    if tube is not None:
+        return Withdrawal("threshold", None, None, tube.patient, tube.pretreatment, "", "", "")
+    if "tube" in item:
+        return None
+    patient = item.get("patient")
+    if patient is None:
+        problems.append(f"{where}: a withdrawal needs 'tube' and 'gate' (a gate correction) or 'patient' "
+                        "(+ 'pretreatment', a threshold correction)")
+        return None
+    patient, arm = str(patient), str(item.get("pretreatment", "none"))
+    if (patient, arm) not in arms:
+        problems.append(f"{where}: patient {patient!r} with pretreatment {arm!r} is not in the layout")
+        return None
+    return Withdrawal("threshold", None, None, patient, arm, "", "", "")
+
+
+def _describe(target: Sequence[str]) -> str:
+    kind, a, b = target
+    return f"gate {b} of {a}" if kind == "gate" else f"the threshold of {a}/{b}"
+
+
 def read_overrides(path: Path | str, template: Any, tubes: Sequence[Tube], *,
                    default_reviewer: str | None = None) -> Corrections:
     """Read and validate an overrides YAML file (parsed behind the limits of :mod:`bat_analysis.safe_parse`)."""
@@ -319,10 +393,11 @@ def read_overrides(path: Path | str, template: Any, tubes: Sequence[Tube], *,
 def load_corrections(template: Any, *, overrides: Path | str | None, gates_from: Path | str | None,
                      tubes: Sequence[Tube], data_dir: Path | str | None = None, reviewer: str | None = None,
                      automated: Callable[[str, str], dict[str, Any] | None] | None = None) -> Corrections:
-    """All corrections of a run: the overrides file, plus gates edited in FlowJo / Gating-ML.
+    """The corrections given to a run: the overrides file, plus gates edited in FlowJo / Gating-ML (the run
+    adds them to the store's corrections log with :func:`plan_log_entries`).
 
-    ``automated(file, gate)`` returns the automated geometry of a stored tube; an edited gate equal to it
-    is not a correction.
+    ``automated(file, gate)`` returns the geometry in force for a stored tube (its active correction, else
+    the automated gate); an edited gate equal to it is not a correction.
     """
     out = Corrections()
     if overrides is not None:
@@ -339,3 +414,147 @@ def load_corrections(template: Any, *, overrides: Path | str | None, gates_from:
                                  problems=[f"{f}: gate {g}" for f, g in sorted(clash)])
         out.gates += edited
     return out
+
+
+# ------------------------------------------------------------------------------------------------ the store's log
+STALE_FLAG = "CORRECTION_STALE"
+
+
+def correction_basis(kind: str, target: Sequence[str], tubes: Sequence[Tube],
+                     checksums: Mapping[str, str | None]) -> str | None:
+    """The checksum of what a correction was made on: the tube's FCS file (a gate correction), or the
+    negative controls of the patient and arm (a threshold; every tube of the arm when it has none).
+    None when a file could not be read."""
+    if kind == "gate":
+        return checksums.get(target[1])
+    _, patient, arm = target
+    arm_tubes = [t for t in tubes if t.patient == patient and t.pretreatment == arm]
+    files = sorted(t.file for t in arm_tubes if t.condition == "negative_control") or sorted(t.file for t in arm_tubes)
+    sums = [checksums.get(f) for f in files]
+    if not files or any(s is None for s in sums):
+        return None
+    return hashlib.sha256(_canon([[f, s] for f, s in zip(files, sums)]).encode("utf-8")).hexdigest()
+
+
+def plan_log_entries(given: Corrections, log: Sequence[Mapping[str, Any]], *, tubes: Sequence[Tube],
+                     checksums: Mapping[str, str | None], template_sha256: str, version: str,
+                     automated: Callable[[str, str], dict[str, Any] | None] | None = None,
+                     source: str | None = None) -> list[dict[str, Any]]:
+    """The corrections log entries that the corrections ``given`` to a run add to the store's ``log``.
+
+    A correction already in force with the same value, reviewer, reason and checksums is not logged again
+    (re-running with the same overrides file changes nothing); a withdrawal of a correction already
+    withdrawn is not logged again; a withdrawal of a gate or threshold that was never corrected is a
+    problem (OverridesError naming it).
+    """
+    latest: dict[tuple[str, ...], Mapping[str, Any]] = {}
+    for e in log:
+        latest[tuple(e["target"])] = e
+    entries: list[dict[str, Any]] = []
+    problems: list[str] = []
+
+    def add(action: str, kind: str, target: tuple[str, str, str], value: Any, before: Any, c: Any) -> None:
+        basis = correction_basis(kind, target, tubes, checksums)
+        cur = latest.get(target)
+        if (action == "apply" and cur is not None and cur["action"] == "apply"
+                and _canon(cur["value"]) == _canon(value)
+                and (cur["reviewer"], cur["reason"]) == (c.reviewer, c.reason)
+                and (cur["input_sha256"], cur["template_sha256"]) == (basis, template_sha256)):
+            return  # already in force, unchanged
+        entry = {"action": action, "kind": kind, "value": value, "before": before, "reviewer": c.reviewer,
+                 "reason": c.reason, "decided_at": c.decided_at, "source": c.source, "version": version,
+                 "input_sha256": basis, "template_sha256": template_sha256}
+        if kind == "gate":
+            entry.update(file=target[1], gate=target[2])
+        else:
+            entry.update(patient=target[1], pretreatment=target[2])
+        entries.append(entry)
+
+    for c in given.gates:
+        target = ("gate", c.file, c.gate)
+        cur = latest.get(target)
+        before = cur["value"] if cur is not None and cur["action"] == "apply" else (
+            automated(c.file, c.gate) if automated is not None else None)
+        add("apply", "gate", target, c.geometry, before, c)
+    for t in given.threshold_list:
+        target = ("threshold", t.patient, t.pretreatment)
+        cur = latest.get(target)
+        add("apply", "threshold", target, t.value, cur["value"] if cur is not None and cur["action"] == "apply"
+            else None, t)
+    for w in given.withdrawals:
+        cur = latest.get(w.target)
+        if cur is None:
+            problems.append(f"{_describe(w.target)}: there is no correction in the results store to withdraw")
+        elif cur["action"] == "apply":
+            add("withdraw", w.kind, w.target, None, cur["value"], w)
+    if problems:
+        raise OverridesError("the overrides file withdraws corrections that were never made; nothing was run",
+                             source=source or (given.withdrawals[0].source if given.withdrawals else None),
+                             problems=problems)
+    return entries
+
+
+@dataclass
+class StoredCorrections:
+    """The store's active corrections sorted for one run: those applied (as ``corrections``), and those not
+    applied, with why (``stale``: entry and plain-words note). ``statuses`` is (entry id, status, note)."""
+
+    corrections: Corrections
+    stale: list[tuple[Mapping[str, Any], str]]
+    statuses: list[tuple[int, str, str | None]]
+
+
+def from_store(active: Sequence[Mapping[str, Any]], template: Any, tubes: Sequence[Tube],
+               checksums: Mapping[str, str | None], *, store_path: str = "results.sqlite") -> StoredCorrections:
+    """Which of the store's active corrections apply to this run.
+
+    A correction whose tube (or arm) is not in the layout is not applied (status ``not_in_run``); one whose
+    recorded tube checksum or template sha256 differs from the current one is ``stale``: not applied, kept
+    in the store, reported. A geometry that does not fit the (unchanged) template is a damaged store entry
+    (StoreDataError naming it).
+    """
+    from .store import StoreDataError
+
+    by_file = {t.file for t in tubes}
+    arms = {(t.patient, t.pretreatment) for t in tubes}
+    out = Corrections()
+    stale: list[tuple[Mapping[str, Any], str]] = []
+    statuses: list[tuple[int, str, str | None]] = []
+    for e in active:
+        kind, a, b = e["target"]
+        what = _describe(e["target"])
+        made = f"corrected by {e['reviewer']} on {e['decided_at']}"
+        if (kind == "gate" and a not in by_file) or (kind == "threshold" and (a, b) not in arms):
+            statuses.append((e["id"], "not_in_run", f"{what}: not in this run's layout"))
+            continue
+        why = None
+        if e.get("template_sha256") and e["template_sha256"] != template.sha256:
+            why = "the gating template changed since"
+        elif e.get("input_sha256") and e["input_sha256"] != correction_basis(kind, e["target"], tubes, checksums):
+            why = ("the FCS file changed since" if kind == "gate"
+                   else "the negative-control FCS file(s) changed since")
+        if why is not None:
+            note = (f"{what} ({made}: {e['reason']}) is stale and was not applied: {why}; check it and correct "
+                    "it again, or withdraw it")
+            stale.append((e, note))
+            statuses.append((e["id"], "stale", note))
+            continue
+        if kind == "gate":
+            problems: list[str] = []
+            try:
+                n_dims = len(template.gate(b).dims)
+            except KeyError:
+                n_dims = None
+                problems.append(f"gate {b!r} is not a gate of template {template.name}")
+            geo = check_geometry("value", e["value"], n_dims, problems) if n_dims is not None else None
+            if geo is None:
+                raise StoreDataError(f"damaged or edited by hand: {'; '.join(problems)}", source=store_path,
+                                     field=f"corrections[{e['id']}].value_json",
+                                     expected="a gate geometry that fits the template")
+            out.gates.append(GateCorrection(a, b, geo, e["reviewer"], e["reason"], e.get("source") or "",
+                                            e["decided_at"]))
+        else:
+            out.threshold_list.append(ThresholdCorrection(a, b, float(e["value"]), e["reviewer"], e["reason"],
+                                                          e.get("source") or "", e["decided_at"]))
+        statuses.append((e["id"], "applied", None))
+    return StoredCorrections(out, stale, statuses)

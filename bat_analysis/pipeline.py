@@ -16,6 +16,14 @@ apply to it. A re-run gates only tubes whose key changed or that are missing, th
 the stored results. Results are always read back from the store before scoring, so a resumed run and an
 uninterrupted run score bit-identical inputs. A lock file keeps two runs from writing the same folder.
 
+Reviewer corrections and the output folder
+------------------------------------------
+The corrections a run is given (``--overrides``, ``--gates-from``) are appended to the store's corrections
+log; every run applies the log's active corrections (a plain re-run too), except stale ones (made on a tube
+file or template that changed since), which flag their tubes ``CORRECTION_STALE`` and are reported. An
+output folder belongs to one experiment (:func:`check_same_experiment`); ``--replace`` sets another
+experiment's results aside (:func:`set_store_aside`). Reports of patients no longer in the run are removed.
+
 Writing the output folder
 -------------------------
 Every file goes through :mod:`bat_analysis.fileio` (atomic, never through a symbolic link, mode 0666 & ~umask).
@@ -30,7 +38,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import shlex
 import socket
@@ -347,6 +354,7 @@ class RunOptions:
     overrides: Path | None = None
     gates_from: Path | None = None
     reviewer: str | None = None
+    replace: bool = False
     quiet: bool = False
     parquet: bool = False
     reports: bool = True
@@ -373,6 +381,9 @@ class RunSummary:
     report_note: str | None = None
     rescored: list[str] = field(default_factory=list)
     report_error: str | None = None
+    corrections_note: str | None = None
+    stale: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def default_workers() -> int:
@@ -423,7 +434,7 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
                 on_result: Callable[[int, TubeResult], None] | None, t0: float) -> RunSummary:
     from .gating.templates import load_template
     from .io.layout import read_layout
-    from .overrides import load_corrections
+    from .overrides import load_corrections, plan_log_entries
 
     tubes = read_layout(Path(options.layout), data_dir)
     if not tubes:
@@ -431,27 +442,48 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
                        expected="one row per FCS file")
     template = load_template(options.template)
     command = options.command or " ".join(shlex.quote(a) for a in sys.argv)
+    notes = []
+    if options.replace:
+        moved = set_store_aside(out)
+        if moved is not None:
+            notes.append(f"--replace: the previous results (store with its reviewer corrections, reports) were "
+                         f"moved to {moved}")
     with ResultStore.in_folder(out) as store:
+        check_same_experiment(store, out, data_dir, tubes)
+
+        in_store = {e["target"]: e["value"] for e in store.active_corrections() if e["kind"] == "gate"}
+
         def automated(file: str, gate: str) -> dict[str, Any] | None:
+            """The geometry in force: the store's active correction, else the automated gate (an edited gate
+            given back equal to it is no new correction)."""
+            if ("gate", file, gate) in in_store:
+                return in_store[("gate", file, gate)]
             res = store.get_tube(file, AUTO)
             rec = next((g for g in res.gates if g.name == gate), None) if res is not None else None
             return rec.geometry if rec is not None else None
 
-        corrections = load_corrections(template, overrides=options.overrides, gates_from=options.gates_from,
-                                       tubes=tubes, data_dir=data_dir, reviewer=options.reviewer,
-                                       automated=automated)
+        given = load_corrections(template, overrides=options.overrides, gates_from=options.gates_from,
+                                 tubes=tubes, data_dir=data_dir, reviewer=options.reviewer, automated=automated)
         with _progress(options.quiet) as progress:
+            checksums = input_checksums(tubes, data_dir, progress)
+            entries = plan_log_entries(given, store.correction_log(), tubes=tubes, checksums=checksums,
+                                       template_sha256=template.sha256, version=__version__, automated=automated,
+                                       source=str(options.overrides or options.gates_from or ""))
+            layout_sha = file_sha256(options.layout)
             run_id = store.begin_run(version=__version__, template_name=template.name,
                                      template_sha256=template.sha256, command=command,
                                      info={"data_dir": str(data_dir), "layout": str(options.layout),
+                                           "data_dir_resolved": str(data_dir.resolve()),
+                                           "layout_resolved": str(Path(options.layout).resolve()),
+                                           "layout_sha256": layout_sha,
                                            "workers": workers, "scheduler": options.scheduler,
                                            "overrides": str(options.overrides) if options.overrides else None,
                                            "gates_from": str(options.gates_from) if options.gates_from else None,
                                            "template_source": template.source,
                                            "template_text": template.source_text})
             try:
-                return _run_stored(options, data_dir, out, workers, on_result, t0, tubes, template, corrections,
-                                   command, store, progress, run_id)
+                summary = _run_stored(options, data_dir, out, workers, on_result, t0, tubes, template, entries,
+                                      checksums, layout_sha, command, store, progress, run_id)
             except BaseException as exc:
                 status = "failed" if isinstance(exc, WriteError) else "stopped"
                 try:
@@ -462,25 +494,102 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
                     exc.add_note(f"The run could not be recorded as {status} in the results store either ({also}); "
                                  "it will show as 'running' until the next run.")
                 raise
+            summary.notes = notes + summary.notes + store.warnings
+            return summary
+
+
+def input_checksums(tubes: Sequence[Tube], data_dir: Path, progress: Any) -> dict[str, str | None]:
+    """The sha256 of every tube's FCS file (None for a file that cannot be read)."""
+    check = progress.add_task("Checking files", total=len(tubes), note="")
+    checksums: dict[str, str | None] = {}
+    for tube in tubes:
+        try:
+            checksums[tube.file] = file_sha256(resolve_file(data_dir, tube))
+        except OSError:
+            checksums[tube.file] = None
+        progress.advance(check)
+    return checksums
+
+
+def check_same_experiment(store: ResultStore, out: Path, data_dir: Path, tubes: Sequence[Tube]) -> None:
+    """Refuse to write a run into a folder holding another experiment's results.
+
+    The folder's experiment is that of its last run. It is the same experiment when its data folder is the
+    same (resolved path; the layout may have been edited), or, for a data folder that was moved or copied,
+    when at least one FCS file of this run has the same name and content (sha256) as one analysed there.
+    """
+    last = next((r for r in reversed(store.runs()) if store.inputs(r["id"])), None)
+    if last is None:
+        return
+    info = last["info"]
+    here = str(data_dir.resolve())
+    then = info.get("data_dir_resolved") or info.get("data_dir")
+    if then is not None and (then == here or Path(then).resolve() == Path(here)):
+        return
+    stored = {Path(f).name: sha for f, sha in store.inputs(last["id"]).items() if ":" not in f and sha}
+    for tube in tubes:
+        sha = stored.get(Path(tube.file).name)
+        if sha is None:
+            continue
+        try:
+            if file_sha256(resolve_file(data_dir, tube)) == sha:
+                return
+        except OSError:
+            continue
+    layout = info.get("layout_resolved") or info.get("layout") or "unknown layout"
+    raise BatError(f"this output folder holds the results of another experiment (data folder {then}, layout "
+                   f"{layout}); no FCS file of this run was analysed there", source=str(out), field="--out",
+                   expected="another --out folder for this experiment, or --replace to set those results aside "
+                            f"(moved to {out / 'replaced'}) and start afresh")
+
+
+def set_store_aside(out: Path) -> Path | None:
+    """Move the results store of ``out`` (with its WAL files), its reports and review gallery to
+    ``out/replaced/<UTC time>/``; returns that folder (None when there was no store). Nothing is deleted.
+    Call only while holding the folder's RunLock."""
+    src = out / STORE_NAME
+    if not src.exists():
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest, n = out / "replaced" / stamp, 1
+    while dest.exists():
+        n += 1
+        dest = out / "replaced" / f"{stamp}-{n}"
+    dest.mkdir(parents=True)
+    for suffix in ("-wal", "-shm", ""):  # the database file last: until then the old store stays whole
+        if Path(f"{src}{suffix}").exists():
+            os.replace(f"{src}{suffix}", dest / f"{STORE_NAME}{suffix}")
+    for folder in ("reports", "review"):
+        if (out / folder).is_dir():
+            os.replace(out / folder, dest / folder)
+    return dest
+
+
+def mark_stale(results: Sequence[TubeResult], stale: Sequence[tuple[Any, str]]) -> None:
+    """Flag the tubes a stale correction concerns (the tube of a gate, every tube of a threshold's arm)."""
+    from .overrides import STALE_FLAG
+
+    for entry, note in stale:
+        kind, a, b = entry["target"]
+        for r in results:
+            t = r.tube
+            if (kind == "gate" and t.file == a) or (kind == "threshold" and (t.patient, t.pretreatment) == (a, b)):
+                r.flags.append(Flag(STALE_FLAG, "warn", note))
 
 
 def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
                 on_result: Callable[[int, TubeResult], None] | None, t0: float, tubes: list[Tube], template: Any,
-                corrections: Any, command: str, store: ResultStore, progress: Any, run_id: int) -> RunSummary:
-    # checksums of every input, and which tube results are still valid
-    check = progress.add_task("Checking files", total=len(tubes), note="")
-    checksums: dict[str, str | None] = {}
-    for tube in tubes:
-        path = resolve_file(data_dir, tube)
-        try:
-            checksums[tube.file] = file_sha256(path)
-        except OSError:
-            checksums[tube.file] = None
-        progress.advance(check)
-    layout_sha = file_sha256(options.layout)
+                entries: list[dict[str, Any]], checksums: dict[str, str | None], layout_sha: str, command: str,
+                store: ResultStore, progress: Any, run_id: int) -> RunSummary:
+    from .overrides import from_store
+
     store.record_inputs(run_id, {**checksums, f"layout:{Path(options.layout).name}": layout_sha,
                                  f"template:{template.name}": template.sha256})
-    store.sync_reviews(run_id, corrections.decisions())
+    # the corrections given now join the store's log; the active ones of the log are what this run applies
+    store.append_corrections(entries, run_id)
+    sorted_corr = from_store(store.active_corrections(), template, tubes, checksums, store_path=str(store.path))
+    store.record_run_corrections(run_id, sorted_corr.statuses)
+    corrections = sorted_corr.corrections
     stored = store.stored_tubes()
     tasks: list[GateTask] = []
     keys: list[str] = []
@@ -491,7 +600,7 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
         if gate_corr:
             want.append((REVIEWED, corrections.gate_overrides(template, tube.file), corrections.sha256_for(tube.file)))
         elif (tube.file, REVIEWED) in stored:
-            store.delete_variant(tube.file, REVIEWED)  # the correction was withdrawn
+            store.delete_variant(tube.file, REVIEWED)  # the correction was withdrawn or is stale
         for variant, overrides, corr_sha in want:
             key = cache_key(checksums[tube.file], template.sha256, tube, corr_sha)
             have = stored.get((tube.file, variant))
@@ -525,6 +634,7 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
             raise BatError("a gated tube is missing from the results store", source=str(store.path),
                            field=tube.file, expected="re-run the same command")
         results.append(res)
+    mark_stale(results, sorted_corr.stale)
     failed = [(r.tube.file, r.error or "") for r in results if not r.ok]
     if len(failed) == len(results):
         store.end_run(run_id, status="failed", n_tubes=len(tubes), n_gated=len(tasks), n_reused=n_reused,
@@ -553,8 +663,11 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
     summary = RunSummary(out=out, run_id=run_id, n_tubes=len(tubes), n_gated=len(tasks),
                          n_reused=n_reused, n_failed=len(failed), failed=failed, outputs=outputs,
                          elapsed_s=0.0, tubes=tubes_df, patients=patients_df, scores=scores, results=results,
-                         rescored=recomputed)
-    key = reports_key(store, results, corrections.thresholds())
+                         rescored=recomputed, stale=[note for _, note in sorted_corr.stale],
+                         corrections_note=corrections_note(corrections, entries, options,
+                                                                    len(sorted_corr.stale)))
+    summary.notes += [note for _, status, note in sorted_corr.statuses if status == "not_in_run" and note]
+    key = reports_key(store, results, corrections.thresholds(), run_id)
     current = store.get_meta("reports_key") == key
     if options.reports:
         if not current or reports_missing(out, results):
@@ -581,6 +694,7 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
             summary.report_error += "; " + withdrawn
         else:
             summary.report_note = f"{summary.report_note}; {withdrawn}"
+    remove_departed_reports(out, {r.tube.patient for r in results})
     store.end_run(run_id, status="completed" if summary.report_error is None else "completed without reports",
                   n_tubes=len(tubes), n_gated=len(tasks), n_reused=n_reused, n_failed=len(failed))
     summary.elapsed_s = time.perf_counter() - t0
@@ -625,7 +739,8 @@ def _patient_key(results: Sequence[TubeResult], store: ResultStore, config: Any,
         tube_keys.append([r.tube.file, variant, stored[(r.tube.file, variant)].cache_key])
     patient = results[0].tube.patient
     thr = sorted([list(k), v] for k, v in thresholds.items() if k[0] == patient)
-    payload = to_json([__version__, code_fingerprint("analysis", "records.py"), tube_keys, repr(config), thr])
+    flags = [[r.tube.file, f.code, f.severity, f.message] for r in results for f in r.flags]  # incl. stale marks
+    payload = to_json([__version__, code_fingerprint("analysis", "records.py"), tube_keys, repr(config), thr, flags])
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -695,10 +810,12 @@ def run_info(store: ResultStore, run_id: int | None = None) -> dict[str, Any]:
             "template_sha256": run.get("template_sha256"), "command": run.get("command"),
             "date": run.get("started_at"), "run_id": run.get("id"),
             "checksums": store.inputs(run["id"]) if run else {},
-            "manual_adjustments": store.reviews(active_only=True)}
+            "manual_adjustments": [e for e in store.run_corrections(run["id"]) if e["status"] == "applied"]
+            if run else []}
 
 
-def reports_key(store: ResultStore, results: Sequence[TubeResult], thresholds: dict[tuple[str, str], float]) -> str:
+def reports_key(store: ResultStore, results: Sequence[TubeResult], thresholds: dict[tuple[str, str], float],
+                run_id: int) -> str:
     """What the reports are drawn from: every tube's stored result key, the thresholds set by reviewers and
     the analysis and report code. Reports already written from the same key are kept as they are."""
     stored = store.stored_tubes()
@@ -708,7 +825,8 @@ def reports_key(store: ResultStore, results: Sequence[TubeResult], thresholds: d
         keys.append([r.tube.file, variant, stored[(r.tube.file, variant)].cache_key])
     payload = to_json([code_fingerprint("analysis", "report", "records.py"), keys,
                        sorted([list(k), v] for k, v in thresholds.items()),
-                       [[d["kind"], d.get("file"), d.get("reviewer"), d.get("reason")] for d in store.reviews()]])
+                       [[e["id"], e["status"]] for e in store.run_corrections(run_id)],
+                       [[r.tube.file, f.code, f.message] for r in results for f in r.flags]])
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -725,6 +843,43 @@ def reports_missing(out: Path, results: Sequence[TubeResult]) -> bool:
         if not ((out / "reports" / f"{stem}.html").is_file() and (out / "reports" / f"{stem}.pdf").is_file()):
             return True
     return False
+
+
+def remove_departed_reports(out: Path, patients: set[str]) -> list[Path]:
+    """Delete ``reports/<patient>.html|pdf`` of patients who are not in the run (left by an earlier run of
+    an edited layout, or of another experiment set aside with --replace); returns what was removed."""
+    folder = out / "reports"
+    if not folder.is_dir():
+        return []
+    try:
+        from .report.html import report_filename
+    except ImportError:  # reports cannot have been written by this installation
+        return []
+    keep = {report_filename(p) for p in patients}
+    removed = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix in (".html", ".pdf") and not path.name.startswith(".") and path.stem not in keep \
+                and path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def corrections_note(corrections: Any, entries: Sequence[dict[str, Any]], options: RunOptions,
+                     n_stale: int = 0) -> str | None:
+    """The plain-words line saying which reviewer corrections a run applied and what it added to the store."""
+    n = len(corrections.gates) + len(corrections.threshold_list)
+    added = sum(1 for e in entries if e["action"] == "apply")
+    withdrawn = sum(1 for e in entries if e["action"] == "withdraw")
+    if not (n or added or withdrawn or n_stale):
+        return None
+    text = f"{n} reviewer correction{'s' if n != 1 else ''} from the store applied"
+    if n_stale:
+        text += f", {n_stale} stale (not applied)"
+    given = [str(p) for p in (options.overrides, options.gates_from) if p is not None]
+    if given:
+        text += (f" ({added} new or changed, {withdrawn} withdrawn by {' and '.join(given)})")
+    return text
 
 
 def render(out: Path, store: ResultStore, results: Sequence[TubeResult], scores: Any, run_id: int | None,
@@ -851,6 +1006,7 @@ class StoredRun:
     info: dict[str, Any]
     template: Any
     run_id: int
+    notes: list[str] = field(default_factory=list)
 
 
 def load_run(out: Path | str, *, score: bool = True) -> StoredRun:
@@ -864,7 +1020,7 @@ def load_run(out: Path | str, *, score: bool = True) -> StoredRun:
             raise BatError("no completed run in this folder", source=str(out),
                            expected="the --out folder of a 'bat run' that finished; run it (again) first")
         run = done[-1]
-        info = json.loads(run["info_json"] or "{}")
+        info = run["info"]
         if info.get("template_text"):
             template = parse_template(info["template_text"], source=info.get("template_source") or run["template_name"])
         else:
@@ -878,11 +1034,13 @@ def load_run(out: Path | str, *, score: bool = True) -> StoredRun:
                 raise BatError("a tube of the last run is missing from the store", source=str(store.path),
                                field=f, expected="re-run 'bat run' with the same arguments")
             results.append(res)
-        thresholds = {(r["patient"], r["pretreatment"]): float(r["value"])
-                      for r in store.reviews() if r["kind"] == "threshold"}
+        considered = store.run_corrections(run["id"])
+        thresholds = {(e["patient"], e["pretreatment"]): float(e["value"])
+                      for e in considered if e["kind"] == "threshold" and e["status"] == "applied"}
+        mark_stale(results, [(e, e["note"] or "stale correction") for e in considered if e["status"] == "stale"])
         scores = score_results(results, template, thresholds, store) if score else None
         return StoredRun(results=results, scores=scores, info=run_info(store, run["id"]), template=template,
-                         run_id=int(run["id"]))
+                         run_id=int(run["id"]), notes=list(store.warnings))
 
 
 def rerender(out: Path | str, patients: list[str] | None = None) -> tuple[list[Path], str | None]:
@@ -897,6 +1055,8 @@ def rerender(out: Path | str, patients: list[str] | None = None) -> tuple[list[P
         if unknown:
             raise BatError(f"unknown patient(s): {', '.join(unknown)}", source=str(out), field="--patient",
                            expected=f"one of {', '.join(sorted(known))}")
+    for note in stored.notes:
+        print(f"warning: {note}", file=sys.stderr)
     with RunLock(out), ResultStore.in_folder(out, create=False) as store:
         return render(Path(out), store, stored.results, stored.scores, stored.run_id, patients=patients)
 
@@ -914,7 +1074,7 @@ def export_gates(out: Path | str, fmt: str, dest: Path | str | None = None) -> l
         stored = load_run(out, score=False)
         with ResultStore.in_folder(out, create=False) as store:
             run = next(r for r in store.runs() if r["id"] == stored.run_id)
-        data_dir = Path(json.loads(run["info_json"] or "{}").get("data_dir") or ".")
+        data_dir = Path(run["info"].get("data_dir") or ".")
         if dest is None:
             from .fileio import make_dir
 

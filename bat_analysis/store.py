@@ -13,18 +13,32 @@ Tables
 ``flags``           per tube and variant, the QC flags
 ``metrics``         the scored per-tube table (``tubes.csv`` is an export of it)
 ``patients``        the scored per-patient × allergen table (``patients.csv`` is an export of it)
-``patient_scores``  per patient, the cached scoring objects (fits, thresholds) and the key they are valid for
-``reviews``         reviewer decisions: what was corrected, by whom, when and why, and from which file
+``patient_scores``  per patient, the cached scoring objects (fits, thresholds) as typed JSON
+                    (:mod:`bat_analysis.typed_json`) and the key they are valid for
+``corrections``     the reviewer corrections log, append-only (triggers refuse UPDATE and DELETE): each entry
+                    applies or withdraws one correction (a gate of a tube, or the CD63 threshold of a patient
+                    and arm) with who, when, why, the value before and after, the source file, the software
+                    version, and the checksums of the tube file(s) and template it was made on. The active
+                    corrections are derived from it (:meth:`ResultStore.active_corrections`)
+``run_corrections`` per run, each active correction and whether it was ``applied``, ``stale`` (made on a
+                    tube file or template that has changed since; kept, not applied) or ``not_in_run`` (its
+                    tube or arm is not in that run's layout)
 
 Every write is a transaction; the database runs in WAL mode so that a run killed at any moment leaves the
 store as it was after the last finished tube.
+
+Nothing read from the store is executed or trusted: every JSON column and blob is checked on reading (type,
+shape, size) and a damaged or hand-edited value is refused with a :class:`StoreDataError` naming the store
+file, the table and the field. A damaged cache (``patient_scores``) is not an error: it is recomputed, and
+the reason is kept in :attr:`ResultStore.warnings`. A store of schema version 1 (which cached scores as
+pickles) is upgraded on opening: its cached scores are dropped unread, and its active review decisions are
+copied into the corrections log.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import pickle
 import sqlite3
 import zlib
 from contextlib import contextmanager
@@ -35,11 +49,12 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from . import typed_json
 from .errors import BatError
 from .fileio import is_write_failure, make_dir, refuse_link, write_error
 from .records import Flag, GateRecord, Tube, TubeResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STORE_NAME = "results.sqlite"
 AUTO, REVIEWED = "auto", "reviewed"
 
@@ -81,13 +96,40 @@ CREATE TABLE IF NOT EXISTS metrics (position INTEGER PRIMARY KEY, file TEXT, run
 CREATE TABLE IF NOT EXISTS patients (
     position INTEGER PRIMARY KEY, patient TEXT, allergen TEXT, run_id INTEGER, data_json TEXT
 );
-CREATE TABLE IF NOT EXISTS patient_scores (patient TEXT PRIMARY KEY, cache_key TEXT NOT NULL, data BLOB);
-CREATE TABLE IF NOT EXISTS reviews (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER, file TEXT, patient TEXT, pretreatment TEXT,
-    gate TEXT, kind TEXT NOT NULL, value_json TEXT, reviewer TEXT, reason TEXT, decided_at TEXT,
-    source TEXT, fingerprint TEXT, active INTEGER NOT NULL DEFAULT 1
+CREATE TABLE IF NOT EXISTS patient_scores (patient TEXT PRIMARY KEY, cache_key TEXT NOT NULL, data_json TEXT);
+CREATE TABLE IF NOT EXISTS corrections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id INTEGER, action TEXT NOT NULL, kind TEXT NOT NULL,
+    file TEXT, gate TEXT, patient TEXT, pretreatment TEXT, before_json TEXT, value_json TEXT,
+    reviewer TEXT NOT NULL, reason TEXT NOT NULL, decided_at TEXT NOT NULL, recorded_at TEXT NOT NULL,
+    source TEXT, version TEXT NOT NULL, input_sha256 TEXT, template_sha256 TEXT
+);
+CREATE TRIGGER IF NOT EXISTS corrections_append_only_update BEFORE UPDATE ON corrections
+BEGIN SELECT RAISE(ABORT, 'the corrections log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS corrections_append_only_delete BEFORE DELETE ON corrections
+BEGIN SELECT RAISE(ABORT, 'the corrections log is append-only'); END;
+CREATE TABLE IF NOT EXISTS run_corrections (
+    run_id INTEGER NOT NULL, correction_id INTEGER NOT NULL, status TEXT NOT NULL, note TEXT,
+    PRIMARY KEY (run_id, correction_id)
 );
 """
+
+CORRECTION_ACTIONS = ("apply", "withdraw")
+CORRECTION_KINDS = ("gate", "threshold")
+
+
+class StoreDataError(BatError):
+    """A value in the results store that is not what bat_analysis writes there (damaged or edited by hand)."""
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of a script (a trigger's body keeps its inner semicolons)."""
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                yield buf.strip()
+            buf = ""
 
 
 def utc_now() -> str:
@@ -122,8 +164,24 @@ def _pack_array(arr: np.ndarray) -> tuple[bytes, dict[str, Any]]:
     return zlib.compress(arr.astype(meta["dtype"], copy=False).tobytes(), 6), meta
 
 
-def _unpack_array(blob: bytes, meta: Mapping[str, Any]) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(blob), dtype=np.dtype(meta["dtype"])).reshape(meta["shape"]).copy()
+_REMEDY = ("a results store as bat_analysis writes it; it was damaged or edited by hand: restore the folder "
+           "from a backup, or run again into a new --out folder (or with --replace)")
+
+
+def _inflate(blob: Any, n_bytes: int) -> bytes | None:
+    """``blob`` decompressed when it holds exactly ``n_bytes`` bytes (never more are inflated), else None."""
+    if not isinstance(blob, bytes):
+        return None
+    try:
+        d = zlib.decompressobj()
+        raw = d.decompress(blob, n_bytes + 1)
+    except zlib.error:
+        return None
+    return raw if len(raw) == n_bytes and d.eof else None
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -149,30 +207,60 @@ class ResultStore:
         make_dir(self.path.parent)
         for suffix in ("", "-wal", "-shm", "-journal"):  # SQLite opens these by name: never through a link
             refuse_link(f"{self.path}{suffix}")
+        self.warnings: list[str] = []  # damaged caches found while reading (recomputed), in plain words
         try:
             self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and is_write_failure(exc):
+                raise write_error(exc, self.path) from exc
+            raise BatError(f"cannot open the results store ({exc})", source=str(self.path),
+                           expected="an SQLite database written by bat_analysis") from exc
+        try:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             with self.transaction() as cur:
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        cur.execute(stmt)
+                cur.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
                 row = cur.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-                if row is None:
-                    cur.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                elif int(row[0]) != SCHEMA_VERSION:
+                version = None if row is None else str(row[0])
+                if version not in (None, "1", str(SCHEMA_VERSION)):
                     raise BatError(f"results store has schema version {row[0]}", source=str(self.path),
-                                   field="meta.schema_version", expected=f"version {SCHEMA_VERSION}; "
-                                   "use a new --out folder")
+                                   field="meta.schema_version", expected=f"version {SCHEMA_VERSION} (or 1, "
+                                   "which is upgraded); use a new --out folder")
+                if version == "1":  # scores cached as pickles: dropped unread, recomputed on the next run
+                    cur.execute("DROP TABLE IF EXISTS patient_scores")
+                for stmt in _statements(_SCHEMA):
+                    cur.execute(stmt)
+                if version == "1":
+                    self._upgrade_reviews(cur)
+                cur.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.OperationalError as exc:
+            self.conn.close()
             if is_write_failure(exc):
                 raise write_error(exc, self.path) from exc
             raise BatError(f"cannot open the results store ({exc})", source=str(self.path),
                            expected="an SQLite database written by bat_analysis") from exc
         except sqlite3.DatabaseError as exc:
+            self.conn.close()
             raise BatError(f"cannot open the results store ({exc})", source=str(self.path),
                            expected="an SQLite database written by bat_analysis") from exc
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _upgrade_reviews(self, cur: sqlite3.Cursor) -> None:
+        """Copy the active decisions of a schema-1 ``reviews`` table into the corrections log (as applied
+        corrections whose tube and template checksums were not recorded)."""
+        if cur.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='reviews'").fetchone() is None:
+            return
+        now = utc_now()
+        cur.execute(
+            "INSERT INTO corrections (run_id, action, kind, file, gate, patient, pretreatment, before_json, "
+            "value_json, reviewer, reason, decided_at, recorded_at, source, version, input_sha256, "
+            "template_sha256) SELECT run_id, 'apply', kind, file, CASE WHEN kind='gate' THEN gate END, patient, "
+            "pretreatment, NULL, value_json, COALESCE(reviewer, 'unknown reviewer'), COALESCE(reason, ''), "
+            "COALESCE(decided_at, ?), ?, source, 'schema 1 store', NULL, NULL FROM reviews WHERE active=1 "
+            "ORDER BY id", (now, now))
 
     @classmethod
     def in_folder(cls, out_dir: Path | str, *, create: bool = True) -> "ResultStore":
@@ -241,9 +329,24 @@ class ResultStore:
                         "WHERE id=?", (utc_now(), status, n_tubes, n_gated, n_reused, n_failed, run_id))
 
     def runs(self) -> list[dict[str, Any]]:
+        """Every run, oldest first; ``info`` is the run's details (``info_json`` decoded and checked)."""
         cur = self.conn.execute("SELECT * FROM runs ORDER BY id")
         cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, row)) for row in cur.fetchall()]
+        out = []
+        for row in cur.fetchall():
+            run = dict(zip(cols, row))
+            at = f"runs[{run.get('id')}]"
+            self._check(isinstance(run.get("id"), int) and isinstance(run.get("status"), str),
+                        "expected a run id and status", at)
+            for name in ("version", "template_name", "template_sha256", "command", "started_at", "ended_at"):
+                self._check(run.get(name) is None or isinstance(run[name], str), "expected text", f"{at}.{name}")
+            run["info"] = self._json(run["info_json"], f"{at}.info_json", dict, nullable=True) or {}
+            for name in ("data_dir", "layout", "template_text", "template_source", "data_dir_resolved",
+                         "layout_resolved", "layout_sha256"):
+                self._check(run["info"].get(name) is None or isinstance(run["info"][name], str),
+                            "expected text", f"{at}.info_json.{name}")
+            out.append(run)
+        return out
 
     def last_run(self) -> dict[str, Any] | None:
         runs = self.runs()
@@ -251,7 +354,12 @@ class ResultStore:
 
     def inputs(self, run_id: int) -> dict[str, str | None]:
         rows = self.conn.execute("SELECT file, sha256 FROM inputs WHERE run_id=? ORDER BY file", (run_id,))
-        return {f: s for f, s in rows.fetchall()}
+        out = {}
+        for f, sha in rows.fetchall():
+            self._check(isinstance(f, str) and (sha is None or isinstance(sha, str)), "expected a file name and "
+                        "its sha256", f"inputs[{run_id}]")
+            out[f] = sha
+        return out
 
     # ------------------------------------------------------------------ tubes
     def stored_tubes(self) -> dict[tuple[str, str], StoredTube]:
@@ -293,8 +401,33 @@ class ResultStore:
                 cur.execute("INSERT INTO flags VALUES (?,?,?,?,?,?)",
                             (t.file, variant, i, f.code, f.severity, f.message))
 
+    def _bad(self, what: str, field: str) -> StoreDataError:
+        return StoreDataError(f"damaged or edited by hand: {what}", source=str(self.path), field=field,
+                              expected=_REMEDY)
+
+    def _json(self, text: Any, field: str, kind: type | tuple[type, ...], *, nullable: bool = False) -> Any:
+        """A JSON column's value, checked to be of ``kind``; StoreDataError naming ``field`` otherwise."""
+        if text is None and nullable:
+            return None
+        if not isinstance(text, str):
+            raise self._bad(f"expected JSON text, found {type(text).__name__}", field)
+        try:
+            value = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise self._bad(f"not valid JSON ({str(exc)[:80]})", field) from None
+        if not isinstance(value, kind):
+            raise self._bad(f"expected a JSON {_kind_name(kind)}, found {type(value).__name__}", field)
+        return value
+
+    def _check(self, ok: bool, what: str, field: str) -> None:
+        if not ok:
+            raise self._bad(what, field)
+
     def get_tube(self, file: str, variant: str = AUTO) -> TubeResult | None:
-        """The stored result of one tube and variant, exactly as it was stored (float32 values bit for bit)."""
+        """The stored result of one tube and variant, exactly as it was stored (float32 values bit for bit).
+
+        Every column is checked; a damaged or hand-edited value raises StoreDataError naming the table,
+        the field and the tube."""
         row = self.conn.execute(
             "SELECT patient, condition, pretreatment, allergen, concentration, unit, extra_json, n_events, "
             "n_basophils, fractions_json, has_spillover, n_fluorescent_markers, file_sha256, error "
@@ -303,41 +436,90 @@ class ResultStore:
             return None
         (patient, condition, pretreatment, allergen, conc, unit, extra_json, n_events, n_baso, fractions,
          has_spill, n_fluor, sha, error) = row
-        tube = Tube(file=file, patient=patient, condition=condition, pretreatment=pretreatment,
-                    allergen=allergen, concentration=conc, unit=unit,
-                    extra=tuple((str(k), str(v)) for k, v in json.loads(extra_json)))
+        at = f"tubes[{file}, {variant}]"
+        for name, value, nullable in (("patient", patient, False), ("condition", condition, False),
+                                      ("pretreatment", pretreatment, False), ("allergen", allergen, True),
+                                      ("unit", unit, True), ("file_sha256", sha, True), ("error", error, True)):
+            self._check(isinstance(value, str) or (nullable and value is None), f"expected text, found {value!r:.40}",
+                        f"{at}.{name}")
+        self._check(conc is None or _number(conc), f"expected a number, found {conc!r:.40}", f"{at}.concentration")
+        for name, value in (("n_events", n_events), ("n_basophils", n_baso), ("has_spillover", has_spill),
+                            ("n_fluorescent_markers", n_fluor)):
+            self._check(isinstance(value, int) and value >= 0, f"expected a count, found {value!r:.40}",
+                        f"{at}.{name}")
+        extra = self._json(extra_json, f"{at}.extra_json", list)
+        self._check(all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in extra),
+                    "expected [column, value] pairs of text", f"{at}.extra_json")
+        fracs = self._json(fractions, f"{at}.fractions_json", dict)
+        self._check(all(_number(v) for v in fracs.values()), "expected numbers", f"{at}.fractions_json")
+        try:
+            tube = Tube(file=file, patient=patient, condition=condition, pretreatment=pretreatment,
+                        allergen=allergen, concentration=conc, unit=unit, extra=tuple((k, v) for k, v in extra))
+        except (TypeError, ValueError) as exc:
+            raise self._bad(f"not a valid tube ({exc})", at) from None
         values = {}
         for marker, n, blob in self.conn.execute(
                 "SELECT marker, n, data FROM tube_values WHERE file=? AND variant=? ORDER BY marker",
                 (file, variant)).fetchall():
-            arr = np.frombuffer(zlib.decompress(blob), dtype="<f4").astype(np.float32)
-            if arr.size != n:
-                raise BatError(f"stored values of {marker} are damaged ({arr.size} of {n})",
-                               source=str(self.path), field=f"tube_values[{file}]",
-                               expected="re-run with a new --out folder")
-            values[marker] = arr
+            where = f"tube_values[{file}, {variant}, {marker}]"
+            self._check(isinstance(marker, str) and isinstance(n, int) and 0 <= n <= 2**31,
+                        "expected a marker name and a count", where)
+            raw = _inflate(blob, 4 * n)
+            self._check(raw is not None, f"the stored values are not {n} compressed float32 numbers", f"{where}.data")
+            values[marker] = np.frombuffer(raw, dtype="<f4").astype(np.float32)
         gates = []
-        for (name, parent, dims_json, geom_json, count, pcount, method, diag_json, density,
-             dmeta_json) in self.conn.execute(
+        for i, (name, parent, dims_json, geom_json, count, pcount, method, diag_json, density,
+                dmeta_json) in enumerate(self.conn.execute(
                 "SELECT name, parent, dims_json, geometry_json, count, parent_count, method, "
                 "diagnostics_json, density, density_json FROM gates WHERE file=? AND variant=? "
-                "ORDER BY position", (file, variant)).fetchall():
+                "ORDER BY position", (file, variant)).fetchall()):
+            where = f"gates[{file}, {variant}, {i}]"
+            self._check(isinstance(name, str) and (parent is None or isinstance(parent, str))
+                        and (method is None or isinstance(method, str)), "expected text for name, parent, method",
+                        where)
+            self._check(isinstance(count, int) and isinstance(pcount, int) and count >= 0 and pcount >= 0,
+                        "expected event counts", f"{where}.count")
+            dims = self._json(dims_json, f"{where}.dims_json", list)
+            self._check(all(isinstance(d, str) for d in dims), "expected dimension names", f"{where}.dims_json")
+            geometry = self._json(geom_json, f"{where}.geometry_json", dict)
+            diagnostics = self._json(diag_json, f"{where}.diagnostics_json", dict)
             dens, edges = None, None
             if density is not None:
-                dmeta = json.loads(dmeta_json)
-                dens = _unpack_array(density, dmeta)
-                edges = tuple(np.asarray(e, dtype=np.float64) for e in dmeta["edges"])
-            gates.append(GateRecord(name=name, parent=parent, dims=tuple(json.loads(dims_json)),
-                                    geometry=json.loads(geom_json), count=int(count), parent_count=int(pcount),
-                                    method=method, diagnostics=json.loads(diag_json), density=dens,
+                dmeta = self._json(dmeta_json, f"{where}.density_json", dict)
+                dens, edges = self._density(density, dmeta, f"{where}.density")
+            gates.append(GateRecord(name=name, parent=parent, dims=tuple(dims), geometry=geometry, count=count,
+                                    parent_count=pcount, method=method, diagnostics=diagnostics, density=dens,
                                     density_edges=edges))
-        flags = [Flag(code, sev, msg) for code, sev, msg in self.conn.execute(
-            "SELECT code, severity, message FROM flags WHERE file=? AND variant=? ORDER BY position",
-            (file, variant)).fetchall()]
-        return TubeResult(tube=tube, n_events=int(n_events), n_basophils=int(n_baso), basophil_values=values,
-                          event_fractions=json.loads(fractions), gates=gates, flags=flags,
-                          has_spillover=bool(has_spill), n_fluorescent_markers=int(n_fluor),
-                          file_sha256=sha, error=error)
+        flags = []
+        for i, (code, sev, msg) in enumerate(self.conn.execute(
+                "SELECT code, severity, message FROM flags WHERE file=? AND variant=? ORDER BY position",
+                (file, variant)).fetchall()):
+            self._check(isinstance(code, str) and sev in ("warn", "fail") and (msg is None or isinstance(msg, str)),
+                        "expected a flag code, a severity (warn or fail) and a message",
+                        f"flags[{file}, {variant}, {i}]")
+            flags.append(Flag(code, sev, msg))
+        return TubeResult(tube=tube, n_events=n_events, n_basophils=n_baso, basophil_values=values,
+                          event_fractions=fracs, gates=gates, flags=flags, has_spillover=bool(has_spill),
+                          n_fluorescent_markers=n_fluor, file_sha256=sha, error=error)
+
+    def _density(self, blob: Any, meta: dict[str, Any], field: str) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """A gate's stored density image and bin edges, checked against their metadata."""
+        dtype_name, shape, edges = meta.get("dtype"), meta.get("shape"), meta.get("edges")
+        try:
+            dtype = np.dtype(dtype_name) if isinstance(dtype_name, str) else None
+        except TypeError:
+            dtype = None
+        self._check(dtype is not None and dtype.kind in "biuf" and not dtype.hasobject,
+                    f"unsupported density dtype {dtype_name!r:.40}", field)
+        self._check(isinstance(shape, list) and 0 < len(shape) <= 3
+                    and all(isinstance(n, int) and 0 <= n <= 4096 for n in shape), "bad density shape", field)
+        self._check(isinstance(edges, list) and len(edges) == len(shape)
+                    and all(isinstance(e, list) and len(e) == n + 1 and all(_number(x) for x in e)
+                            for e, n in zip(edges, shape)), "bad density bin edges", field)
+        raw = _inflate(blob, int(np.prod(shape)) * dtype.itemsize)
+        self._check(raw is not None, "the density image does not match its shape and dtype", field)
+        arr = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+        return arr, tuple(np.asarray(e, dtype=np.float64) for e in edges)
 
     def current_variant(self, file: str) -> str | None:
         """``reviewed`` when a reviewed result is stored for the file, else ``auto``, else None."""
@@ -376,60 +558,185 @@ class ResultStore:
         out = []
         for table, key in (("metrics", "metrics_columns"), ("patients", "patients_columns")):
             row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-            cols = json.loads(row[0]) if row else []
-            recs = [json.loads(r[0]) for r in self.conn.execute(
-                f"SELECT data_json FROM {table} ORDER BY position").fetchall()]
+            cols = self._json(row[0], f"meta.{key}", list) if row else []
+            self._check(all(isinstance(c, str) for c in cols), "expected column names", f"meta.{key}")
+            recs = []
+            for pos, text in self.conn.execute(f"SELECT position, data_json FROM {table} ORDER BY position"):
+                rec = self._json(text, f"{table}[{pos}].data_json", dict)
+                self._check(all(v is None or isinstance(v, (str, int, float, bool)) for v in rec.values()),
+                            "expected plain values", f"{table}[{pos}].data_json")
+                recs.append(rec)
             out.append(pd.DataFrame.from_records(recs, columns=cols))
         return out[0], out[1]
 
     def put_patient_scores(self, patient: str, cache_key: str, scores: Any) -> None:
-        """Cache one patient's scoring objects (pickled; valid only for the same key and version)."""
+        """Cache one patient's scoring objects as typed JSON (valid only for the same key and version).
+        Objects that typed JSON cannot hold are not cached (the patient is scored again next time); the
+        reason goes to ``warnings``."""
+        try:
+            text = typed_json.encode(scores)
+        except TypeError as exc:
+            self.warnings.append(f"the scores of patient {patient} were not cached ({exc}); they are recomputed "
+                                 "on every run")
+            text = None
         with self.transaction() as cur:
-            cur.execute("INSERT OR REPLACE INTO patient_scores VALUES (?,?,?)",
-                        (patient, cache_key, pickle.dumps(scores, protocol=pickle.HIGHEST_PROTOCOL)))
+            if text is None:
+                cur.execute("DELETE FROM patient_scores WHERE patient=?", (patient,))
+            else:
+                cur.execute("INSERT OR REPLACE INTO patient_scores VALUES (?,?,?)", (patient, cache_key, text))
 
     def get_patient_scores(self, patient: str, cache_key: str) -> Any | None:
-        row = self.conn.execute("SELECT cache_key, data FROM patient_scores WHERE patient=?",
+        """The cached scoring objects of a patient for this key, else None. A damaged or hand-edited cache
+        is never trusted: it is a miss (recomputed by the caller) and the reason goes to ``warnings``."""
+        row = self.conn.execute("SELECT cache_key, data_json FROM patient_scores WHERE patient=?",
                                 (patient,)).fetchone()
         if row is None or row[0] != cache_key:
             return None
-        return pickle.loads(row[1])
+        classes = _scores_classes()
+        try:
+            if not isinstance(row[1], str):
+                raise typed_json.TypedJsonError(f"expected JSON text, found {type(row[1]).__name__}")
+            return typed_json.decode(row[1], classes, classes["ExperimentScores"])
+        except typed_json.TypedJsonError as exc:
+            self.warnings.append(f"{self.path}: patient_scores[{patient}].data_json: the cached scores are damaged "
+                                 f"or were edited by hand ({str(exc)[:200]}); they were not used and are "
+                                 "recomputed")
+            return None
 
-    # ------------------------------------------------------------------ reviews
-    def sync_reviews(self, run_id: int | None, decisions: Sequence[Mapping[str, Any]]) -> None:
-        """Record reviewer decisions; a decision already stored (same fingerprint) keeps its first record.
+    # ------------------------------------------------------------------ corrections
+    def append_corrections(self, entries: Sequence[Mapping[str, Any]], run_id: int | None = None) -> list[int]:
+        """Append entries to the corrections log (one transaction); returns their ids.
 
-        Decisions no longer given are marked inactive (kept for the audit trail, no longer applied).
+        Each entry: ``action`` (apply | withdraw), ``kind`` (gate: ``file`` and ``gate``; threshold: ``patient``
+        and ``pretreatment``), ``value`` (the geometry mapping or threshold number applied; None for a
+        withdrawal), ``before`` (what it replaces: the previous correction or the automated value; None when
+        unknown), ``reviewer``, ``reason``, ``decided_at`` (default now), ``source`` (the file or tool it came
+        from), ``version`` (the software's), ``input_sha256`` and ``template_sha256`` (what it was made on).
         """
+        rows = []
+        for i, e in enumerate(entries):
+            problems = _entry_problems(e)
+            if problems:
+                raise BatError(f"correction {i + 1} cannot be recorded: {'; '.join(problems)}",
+                               source=str(self.path), field="corrections",
+                               expected="action apply|withdraw, kind gate (file, gate) or threshold (patient, "
+                                        "pretreatment), reviewer and reason")
+            rows.append((run_id, e["action"], e["kind"], e.get("file"), e.get("gate"), e.get("patient"),
+                         e.get("pretreatment"), None if e.get("before") is None else to_json(e["before"]),
+                         None if e.get("value") is None else to_json(e["value"]), e["reviewer"].strip(),
+                         e["reason"].strip(), e.get("decided_at") or utc_now(), utc_now(), e.get("source"),
+                         e["version"], e.get("input_sha256"), e.get("template_sha256")))
+        ids = []
         with self.transaction() as cur:
-            known = {r[0]: r[1] for r in cur.execute("SELECT fingerprint, id FROM reviews").fetchall()}
-            given = set()
-            for d in decisions:
-                fp = d["fingerprint"]
-                given.add(fp)
-                if fp in known:
-                    cur.execute("UPDATE reviews SET active=1 WHERE fingerprint=?", (fp,))
-                    continue
-                cur.execute("INSERT INTO reviews (run_id, file, patient, pretreatment, gate, kind, value_json, "
-                            "reviewer, reason, decided_at, source, fingerprint, active) "
-                            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,1)",
-                            (run_id, d.get("file"), d.get("patient"), d.get("pretreatment"), d.get("gate"),
-                             d["kind"], to_json(d.get("value")), d.get("reviewer"), d.get("reason"),
-                             d.get("decided_at") or utc_now(), d.get("source"), fp))
-            for fp in known:
-                if fp not in given:
-                    cur.execute("UPDATE reviews SET active=0 WHERE fingerprint=?", (fp,))
+            for r in rows:
+                cur.execute("INSERT INTO corrections (run_id, action, kind, file, gate, patient, pretreatment, "
+                            "before_json, value_json, reviewer, reason, decided_at, recorded_at, source, version, "
+                            "input_sha256, template_sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", r)
+                ids.append(int(cur.lastrowid))
+        return ids
 
-    def reviews(self, *, active_only: bool = True) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM reviews" + (" WHERE active=1" if active_only else "") + " ORDER BY id"
-        cur = self.conn.execute(sql)
+    def correction_log(self) -> list[dict[str, Any]]:
+        """Every entry of the corrections log, oldest first, checked (StoreDataError for a damaged entry).
+
+        Each entry is a dict with the columns of the ``corrections`` table, ``value`` and ``before`` decoded
+        from JSON, and ``target`` = ``("gate", file, gate)`` or ``("threshold", patient, pretreatment)``."""
+        cur = self.conn.execute("SELECT * FROM corrections ORDER BY id")
         cols = [d[0] for d in cur.description]
         out = []
         for row in cur.fetchall():
-            rec = dict(zip(cols, row))
-            rec["value"] = json.loads(rec.pop("value_json")) if rec.get("value_json") else None
-            out.append(rec)
+            e = dict(zip(cols, row))
+            at = f"corrections[{e.get('id')}]"
+            e["value"] = self._json(e.pop("value_json"), f"{at}.value_json", (dict, int, float), nullable=True)
+            e["before"] = self._json(e.pop("before_json"), f"{at}.before_json", (dict, int, float), nullable=True)
+            problems = _entry_problems(e)
+            for name in ("decided_at", "recorded_at", "source", "input_sha256", "template_sha256"):
+                if e.get(name) is not None and not isinstance(e[name], str):
+                    problems.append(f"{name}: expected text")
+            if problems:
+                raise self._bad("; ".join(problems), at)
+            e["target"] = correction_target(e)
+            out.append(e)
         return out
+
+    def active_corrections(self) -> list[dict[str, Any]]:
+        """The corrections in force: per target, its latest log entry when that entry applies (not withdraws)."""
+        latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for e in self.correction_log():
+            latest[e["target"]] = e
+        return sorted((e for e in latest.values() if e["action"] == "apply"), key=lambda e: e["id"])
+
+    def record_run_corrections(self, run_id: int, statuses: Sequence[tuple[int, str, str | None]]) -> None:
+        """Which active corrections a run applied and which it found stale: (correction id, status, note)."""
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM run_corrections WHERE run_id=?", (run_id,))
+            cur.executemany("INSERT INTO run_corrections VALUES (?,?,?,?)",
+                            [(run_id, cid, status, note) for cid, status, note in statuses])
+
+    def run_corrections(self, run_id: int) -> list[dict[str, Any]]:
+        """The corrections log entries a run considered, each with ``status`` (applied | stale | not_in_run)
+        and ``note``."""
+        by_id = {e["id"]: e for e in self.correction_log()}
+        out = []
+        for cid, status, note in self.conn.execute(
+                "SELECT correction_id, status, note FROM run_corrections WHERE run_id=? ORDER BY correction_id",
+                (run_id,)).fetchall():
+            self._check(cid in by_id and status in ("applied", "stale", "not_in_run")
+                        and (note is None or isinstance(note, str)),
+                        "expected a logged correction and a status (applied, stale or not_in_run)",
+                        f"run_corrections[{run_id}]")
+            out.append({**by_id[cid], "status": status, "note": note})
+        return out
+
+
+def correction_target(entry: Mapping[str, Any]) -> tuple[str, str, str]:
+    """What a correction is about: ``("gate", file, gate)`` or ``("threshold", patient, pretreatment)``."""
+    if entry["kind"] == "gate":
+        return ("gate", entry["file"], entry["gate"])
+    return ("threshold", entry["patient"], entry["pretreatment"])
+
+
+def _entry_problems(e: Mapping[str, Any]) -> list[str]:
+    problems = []
+    if e.get("action") not in CORRECTION_ACTIONS:
+        problems.append(f"action: expected apply or withdraw, got {e.get('action')!r:.40}")
+    kind = e.get("kind")
+    needs = {"gate": ("file", "gate"), "threshold": ("patient", "pretreatment")}.get(kind)
+    if needs is None:
+        problems.append(f"kind: expected gate or threshold, got {kind!r:.40}")
+    else:
+        problems += [f"{k}: missing" for k in needs if not isinstance(e.get(k), str) or not e.get(k)]
+    for k in ("reviewer", "reason", "version"):
+        if not isinstance(e.get(k), str) or not e[k].strip():
+            problems.append(f"{k}: missing")
+    value = e.get("value")
+    if e.get("action") == "apply":
+        if kind == "gate" and not (isinstance(value, Mapping) and isinstance(value.get("type"), str)):
+            problems.append("value: expected a gate geometry (a mapping with 'type')")
+        if kind == "threshold" and not (_number(value) and math.isfinite(float(value))):
+            problems.append("value: expected a finite threshold")
+    elif e.get("action") == "withdraw" and value is not None:
+        problems.append("value: a withdrawal has no value")
+    return problems
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {dict: "object", list: "array", int: "number", float: "number", str: "string"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
+
+
+def _scores_classes() -> dict[str, type]:
+    """The classes a cached ExperimentScores may be built of (nothing else is ever instantiated)."""
+    from .analysis import config
+    from .analysis.dose_response import FitResult
+    from .analysis.omalizumab import OmalizumabEffect
+    from .analysis.score import ExperimentScores
+    from .analysis.threshold import ThresholdEstimate
+
+    classes = [ExperimentScores, FitResult, ThresholdEstimate, OmalizumabEffect, Flag, config.AnalysisConfig,
+               config.MarkerConfig, config.ThresholdConfig, config.PositivityConfig, config.QcConfig,
+               config.FitConfig, config.ClassConfig]
+    return {c.__name__: c for c in classes}
 
 
 def _records(df: "Any") -> list[dict[str, Any]]:

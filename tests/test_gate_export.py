@@ -157,7 +157,7 @@ def test_unedited_then_edited_workspace_through_bat_run(stored, experiment, base
     _run(experiment, out, "--gates-from", str(wsp), "--reviewer", "Jane Doe")
     assert (out / "tubes.csv").read_bytes() == (baseline / "tubes.csv").read_bytes()
     with ResultStore.in_folder(out) as store:
-        assert store.reviews() == []
+        assert store.active_corrections() == []
 
     victim = _clogged(stored)
     tree, node = _workspace_tree(wsp, victim)
@@ -172,8 +172,15 @@ def test_unedited_then_edited_workspace_through_bat_run(stored, experiment, base
     assert changed == {victim}
     assert tubes.loc[victim, "n_basophils"] < base.loc[victim, "n_basophils"]
     with ResultStore.in_folder(out) as store:
-        (review,) = store.reviews()
+        (review,) = store.active_corrections()
     assert (review["file"], review["gate"]) == (victim, "basophils")
+    # the gates as now applied, exported and given back unedited, are no new correction
+    corrected = (out / "tubes.csv").read_bytes()
+    (again,) = _export(out, "flowjo", tmp_path / "exported_again")
+    _run(experiment, out, "--gates-from", str(again), "--reviewer", "John Roe")
+    with ResultStore.in_folder(out) as store:
+        assert [e["id"] for e in store.correction_log()] == [review["id"]]
+    assert (out / "tubes.csv").read_bytes() == corrected
 
 
 def test_edited_gatingml_gate_is_one_correction(stored, experiment, baseline, tmp_path):
@@ -333,4 +340,4 @@ def test_workspace_saved_as_xml_without_linear_ranges_through_bat_run(experiment
         _run(experiment, out, "--gates-from", str(saved), "--reviewer", "Jane Doe")
     assert (out / "tubes.csv").read_bytes() == (baseline / "tubes.csv").read_bytes()
     with ResultStore.in_folder(out) as store:
-        assert store.reviews() == []
+        assert store.correction_log() == []

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bat_analysis.overrides import OverridesError, parse_overrides
-from bat_analysis.pipeline import RunOptions, export_gates, run
+from bat_analysis.pipeline import RunOptions, export_gates, load_run, run
 from bat_analysis.store import AUTO, REVIEWED, ResultStore
 
 
@@ -151,23 +151,128 @@ def test_override_file_changes_exactly_the_affected_results(experiment, baseline
     with ResultStore.in_folder(out) as store:
         auto = store.get_tube(victim.file, AUTO)
         reviewed = store.get_tube(victim.file, REVIEWED)
-        reviews = store.reviews()
+        active = store.active_corrections()
         p02_after = store.conn.execute("SELECT cache_key FROM patient_scores WHERE patient='P02'").fetchone()[0]
     assert next(g for g in auto.gates if g.name == "basophils").geometry == auto_gate.geometry
     rev_gate = next(g for g in reviewed.gates if g.name == "basophils")
     assert rev_gate.method == "override" and rev_gate.geometry["mins"][0] == pytest.approx(cut)
-    assert {(r["kind"], r["reviewer"], r["reason"]) for r in reviews} == {
-        ("gate", "Jane Doe", "dim CCR3 events included"), ("threshold", "John Roe", "bimodal negative control")}
-    assert all(r["decided_at"] and r["source"] == str(overrides) for r in reviews)
+    assert {(e["kind"], e["action"], e["reviewer"], e["reason"]) for e in active} == {
+        ("gate", "apply", "Jane Doe", "dim CCR3 events included"),
+        ("threshold", "apply", "John Roe", "bimodal negative control")}
+    assert all(e["decided_at"] and e["source"] == str(overrides) and e["version"] and e["template_sha256"]
+               and e["input_sha256"] for e in active)
+    gate_entry = next(e for e in active if e["kind"] == "gate")
+    assert gate_entry["before"] == auto_gate.geometry and gate_entry["value"]["mins"][0] == pytest.approx(cut)
     assert p02_after != p02_key
+    corrected = {name: (out / name).read_bytes() for name in ("tubes.csv", "patients.csv")}
 
-    # withdrawing the corrections restores the automated results byte for byte
-    _run(experiment, out)
+    # a plain re-run keeps every correction (and says so); the same file given again logs nothing twice
+    again = _run(experiment, out)
+    assert again.n_gated == 0 and again.corrections_note == "2 reviewer corrections from the store applied"
+    assert all((out / name).read_bytes() == data for name, data in corrected.items())
+    assert _run(experiment, out, overrides=overrides).corrections_note.startswith(
+        "2 reviewer corrections from the store applied (0 new or changed, 0 withdrawn")
+    with ResultStore.in_folder(out) as store:
+        assert len(store.correction_log()) == 2
+
+    # withdrawing them is an explicit, logged act, and restores the automated results byte for byte
+    withdraw = tmp_path / "withdraw.yaml"
+    withdraw.write_text(yaml.safe_dump({"reviewer": "Jane Doe", "corrections": [
+        {"tube": victim.file, "gate": "basophils", "withdraw": True, "reason": "automated gate was right"},
+        {"patient": "P02", "pretreatment": "omalizumab", "withdraw": True, "reason": "threshold was fine"}]}))
+    undone = _run(experiment, out, overrides=withdraw)
+    assert undone.corrections_note == ("0 reviewer corrections from the store applied "
+                                       f"(0 new or changed, 2 withdrawn by {withdraw})")
     for name in ("tubes.csv", "patients.csv"):
         assert (out / name).read_bytes() == (baseline / name).read_bytes(), name
     with ResultStore.in_folder(out) as store:
-        assert store.current_variant(victim.file) == AUTO and store.reviews() == []
-        assert len(store.reviews(active_only=False)) == 2  # kept for the audit trail
+        assert store.current_variant(victim.file) == AUTO and store.active_corrections() == []
+        log = store.correction_log()
+    assert [e["action"] for e in log] == ["apply", "apply", "withdraw", "withdraw"]  # the audit trail
+    assert log[2]["before"] == gate_entry["value"] and log[2]["reason"] == "automated gate was right"
+    assert _run(experiment, out, overrides=withdraw).corrections_note is None  # withdrawn already: nothing logged
+
+
+def test_a_later_overrides_file_adds_to_the_earlier_ones(experiment, baseline, tmp_path):
+    out = _fresh_copy(baseline, tmp_path)
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(yaml.safe_dump({"reviewer": "Jane Doe", "corrections": [
+        {"patient": "P01", "pretreatment": "none", "threshold": 900, "reason": "bimodal"}]}))
+    second.write_text(yaml.safe_dump({"reviewer": "John Roe", "corrections": [
+        {"patient": "P02", "pretreatment": "none", "threshold": 950, "reason": "bimodal too"},
+        {"patient": "P01", "pretreatment": "none", "threshold": 1000, "reason": "second look"}]}))
+    _run(experiment, out, overrides=first)
+    summary = _run(experiment, out, overrides=second)
+    assert summary.corrections_note == (f"2 reviewer corrections from the store applied (2 new or changed, "
+                                        f"0 withdrawn by {second})")
+    tubes = pd.read_csv(out / "tubes.csv")
+    none = tubes[tubes["pretreatment"] == "none"].groupby("patient")["cd63_threshold"].unique()
+    assert list(none["P01"]) == [1000.0] and list(none["P02"]) == [950.0]
+    with ResultStore.in_folder(out) as store:
+        log = store.correction_log()
+    assert [(e["patient"], e["value"], e["before"]) for e in log] == [("P01", 900.0, None), ("P02", 950.0, None),
+                                                                       ("P01", 1000.0, 900.0)]
+
+
+def test_withdrawing_a_correction_that_was_never_made_is_refused(experiment, baseline, tmp_path):
+    out = _fresh_copy(baseline, tmp_path)
+    doc = tmp_path / "withdraw.yaml"
+    doc.write_text(yaml.safe_dump({"reviewer": "Jane Doe", "corrections": [
+        {"tube": experiment.tubes[0].file, "gate": "basophils", "withdraw": True, "reason": "oops"}]}))
+    with pytest.raises(OverridesError, match="no correction in the results store to withdraw"):
+        _run(experiment, out, overrides=doc)
+    with ResultStore.in_folder(out) as store:
+        assert store.correction_log() == [] and store.last_run()["status"] == "completed"  # nothing was run
+
+
+def test_a_correction_of_a_changed_tube_file_is_stale_not_applied_and_kept(experiment, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(experiment.out_dir, data)
+    layout = data / experiment.layout_path.name
+    out = tmp_path / "out"
+    victim = _allergen_tube(experiment, "P01")
+    doc = tmp_path / "review.yaml"
+    doc.write_text(yaml.safe_dump({"reviewer": "Jane Doe", "corrections": [
+        {"tube": victim.file, "gate": "basophils", "reason": "dim CCR3 events included",
+         "geometry": {"type": "range", "mins": [0.5, None], "maxs": [None, 0.9]}}]}))
+    opts = dict(data_dir=data, layout=layout, out=out, workers=1, quiet=True, reports=False)
+    run(RunOptions(**opts, overrides=doc))
+    # the FCS file is exported again (other bytes) after the correction was made
+    other = next(t for t in experiment.tubes if t.patient == "P01" and t.condition == "allergen"
+                 and t.file != victim.file)
+    shutil.copyfile(data / other.file, data / victim.file)
+    summary = run(RunOptions(**opts))
+    assert summary.corrections_note == "0 reviewer corrections from the store applied, 1 stale (not applied)"
+    (note,) = summary.stale
+    assert f"gate basophils of {victim.file}" in note and "stale" in note and "the FCS file changed" in note
+    tubes = pd.read_csv(out / "tubes.csv").set_index("file")
+    assert "CORRECTION_STALE" in tubes.loc[victim.file, "qc_flags"]
+    assert not tubes.loc[victim.file, "manually_adjusted"]
+    with ResultStore.in_folder(out) as store:
+        assert store.current_variant(victim.file) == AUTO  # not applied ...
+        (kept,) = store.active_corrections()  # ... and not dropped
+        statuses = store.run_corrections(store.last_run()["id"])
+    assert kept["file"] == victim.file and [e["status"] for e in statuses] == ["stale"]
+    assert load_run(out).results  # the stored run (as 'bat report' reads it) carries the stale flag too
+    assert any(f.code == "CORRECTION_STALE" for r in load_run(out).results if r.tube.file == victim.file
+               for f in r.flags)
+
+
+def test_a_correction_made_on_another_template_is_stale(experiment, template):
+    from bat_analysis.overrides import from_store
+
+    tube = experiment.tubes[0]
+    entry = {"id": 1, "target": ("gate", tube.file, "basophils"), "kind": "gate", "file": tube.file,
+             "gate": "basophils", "value": {"type": "range", "mins": [0.5, None], "maxs": [None, 0.9]},
+             "reviewer": "Jane", "reason": "eos", "decided_at": "2026-01-01", "source": "r.yaml",
+             "input_sha256": "a" * 64, "template_sha256": template.sha256}
+    checksums = {tube.file: "a" * 64}
+    fine = from_store([entry], template, experiment.tubes, checksums)
+    assert list(fine.corrections.gates_for(tube.file)) == ["basophils"] and fine.stale == []
+    moved = from_store([{**entry, "template_sha256": "b" * 64}], template, experiment.tubes, checksums)
+    assert moved.corrections.gates == [] and "the gating template changed" in moved.stale[0][1]
+    gone = from_store([entry], template, experiment.tubes[1:], {})
+    assert gone.corrections.gates == [] and gone.statuses[0][1] == "not_in_run"
 
 
 def _edit_flowjo_gate(wsp: Path, sample_name: str, gate: str, factor: float) -> None:
@@ -215,7 +320,7 @@ def test_gate_edited_in_flowjo_changes_only_its_tube(experiment, baseline, tmp_p
     assert bool(tubes.loc[victim.file, "manually_adjusted"])
     assert f"gate basophils adjusted by Jane Doe: gate edited in {wsp.name}" in tubes.loc[victim.file, "review_note"]
     with ResultStore.in_folder(out) as store:
-        (review,) = store.reviews()
+        (review,) = store.active_corrections()
     assert (review["file"], review["gate"], review["source"]) == (victim.file, "basophils", str(wsp))
 
 
@@ -225,8 +330,10 @@ _values = st.recursive(_scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=5), st.dictionaries(st.one_of(st.text(max_size=10), st.integers()), inner, max_size=5)),
                        max_leaves=25)
 _keys = st.sampled_from(["tube", "patient", "pretreatment", "gate", "geometry", "threshold", "reviewer", "reason",
-                         "type", "vertices", "mins", "maxs", "mean", "covariance", "distance_square", "x", 3])
-_items = st.dictionaries(_keys, st.one_of(_values, st.sampled_from(["basophils", "polygon", "range", "ellipsoid",
+                         "type", "vertices", "mins", "maxs", "mean", "covariance", "distance_square", "x", 3,
+                         "withdraw"])
+_items = st.dictionaries(_keys, st.one_of(_values, st.sampled_from([True, "basophils", "polygon", "range",
+                                                                    "ellipsoid",
                                                                     "P01", "none"])), max_size=6)
 
 
@@ -255,3 +362,24 @@ def _check_document(doc, experiment, template):
         return
     for c in corrections.gates:  # whatever was accepted builds a gate
         corrections.gate_overrides(template, c.file)
+
+
+def test_a_plain_rerun_keeps_the_corrections_and_says_so(experiment, baseline, tmp_path):
+    from typer.testing import CliRunner
+
+    from bat_analysis.cli import app
+
+    out = _fresh_copy(baseline, tmp_path)
+    doc = tmp_path / "review.yaml"
+    doc.write_text(yaml.safe_dump({"reviewer": "Jane Doe", "corrections": [
+        {"patient": "P01", "pretreatment": "none", "threshold": 900, "reason": "bimodal negative control"}]}))
+    args = ["run", str(experiment.out_dir), "--layout", str(experiment.layout_path), "--out", str(out),
+            "--workers", "1", "--no-reports"]
+    first = CliRunner().invoke(app, [*args, "--overrides", str(doc)])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, args)  # no --overrides this time
+    assert again.exit_code == 0, again.output
+    tubes = pd.read_csv(out / "tubes.csv")
+    p01 = tubes[(tubes["patient"] == "P01") & (tubes["pretreatment"] == "none")]
+    assert (p01["cd63_threshold"] == 900.0).all() and p01["manually_adjusted"].all()
+    assert "1 reviewer correction from the store applied." in again.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 
@@ -132,28 +133,84 @@ def test_tables_keep_order_columns_and_missing_values(tmp_path):
     assert p2.to_dict("records") == patients.to_dict("records")
 
 
-def test_review_decisions_are_kept_with_who_when_why(tmp_path):
-    d1 = {"fingerprint": "f1", "kind": "gate", "file": "a.fcs", "gate": "basophils",
-          "value": {"type": "range", "mins": [0.5], "maxs": [None]}, "reviewer": "Jane", "reason": "eos"}
-    d2 = {"fingerprint": "f2", "kind": "threshold", "patient": "P1", "pretreatment": "none", "value": 1500.0,
-          "reviewer": "John", "reason": "bimodal"}
-    with ResultStore.in_folder(tmp_path) as store:
-        store.sync_reviews(1, [d1, d2])
-        first = {r["fingerprint"]: r for r in store.reviews()}
-        store.sync_reviews(2, [d1])  # d1 again (kept as first recorded), d2 withdrawn
-        active = store.reviews()
-        every = store.reviews(active_only=False)
-    assert first["f1"]["value"] == d1["value"] and first["f1"]["reviewer"] == "Jane" and first["f1"]["decided_at"]
-    assert [r["fingerprint"] for r in active] == ["f1"] and active[0]["run_id"] == 1
-    assert {r["fingerprint"]: r["active"] for r in every} == {"f1": 1, "f2": 0}
+def _entry(**kw):
+    base = {"action": "apply", "kind": "gate", "file": "a.fcs", "gate": "basophils",
+            "value": {"type": "range", "mins": [0.5, None], "maxs": [None, 0.4]}, "reviewer": "Jane",
+            "reason": "eos", "source": "review.yaml", "version": "0.1.0", "input_sha256": "1" * 64,
+            "template_sha256": "t" * 64}
+    return {**base, **kw}
 
 
-def test_patient_scores_cache_is_keyed(tmp_path):
+def test_corrections_log_is_append_only_and_gives_the_active_corrections(tmp_path):
+    gate = _entry()
+    thr = _entry(kind="threshold", file=None, gate=None, patient="P1", pretreatment="none", value=1500.0,
+                 reviewer="John", reason="bimodal")
     with ResultStore.in_folder(tmp_path) as store:
-        store.put_patient_scores("P1", "key1", {"fits": [1, 2, 3]})
-        assert store.get_patient_scores("P1", "key1") == {"fits": [1, 2, 3]}
+        ids = store.append_corrections([gate, thr], run_id=1)
+        assert [e["id"] for e in store.active_corrections()] == ids
+        # a later correction of the same gate replaces it; withdrawing the threshold removes it from the active set
+        store.append_corrections([_entry(value={"type": "range", "mins": [0.6, None], "maxs": [None, 0.4]},
+                                         before=gate["value"], reason="still eos"),
+                                  _entry(action="withdraw", kind="threshold", file=None, gate=None, patient="P1",
+                                         pretreatment="none", value=None, before=1500.0, reviewer="John",
+                                         reason="automated threshold is fine")], run_id=2)
+        active = store.active_corrections()
+        log = store.correction_log()
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            store.conn.execute("UPDATE corrections SET reviewer='Mallory'")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            store.conn.execute("DELETE FROM corrections")
+        with pytest.raises(BatError, match="reason: missing"):
+            store.append_corrections([_entry(reason=" ")])
+        assert len(store.correction_log()) == 4  # the refused entry left nothing behind
+    assert [(e["action"], e["target"]) for e in log] == [
+        ("apply", ("gate", "a.fcs", "basophils")), ("apply", ("threshold", "P1", "none")),
+        ("apply", ("gate", "a.fcs", "basophils")), ("withdraw", ("threshold", "P1", "none"))]
+    assert all(e["recorded_at"] and e["decided_at"] and e["version"] == "0.1.0" for e in log)
+    (only,) = active
+    assert only["value"]["mins"] == [0.6, None] and only["before"] == gate["value"] and only["run_id"] == 2
+    assert log[3]["before"] == 1500.0 and log[3]["value"] is None
+
+
+def _scores():
+    from bat_analysis.analysis.config import AnalysisConfig
+    from bat_analysis.analysis.dose_response import FitResult
+    from bat_analysis.analysis.omalizumab import OmalizumabEffect
+    from bat_analysis.analysis.score import ExperimentScores
+    from bat_analysis.analysis.threshold import ThresholdEstimate
+
+    fit = FitResult("P1", "peanut", "none", unit="ug/mL", concentrations=np.array([0.01, 0.1, 1.0]),
+                    x=np.log10([0.01, 0.1, 1.0]), y=np.array([3.0, 40.5, 80.25]), net=np.array([1.0, 38.5, 78.25]),
+                    used=np.array([True, True, False]), excluded=[(1.0, "bell-shaped")],
+                    params={"bottom": 1.0, "top": 80.0, "log_ec50": -1.3, "hill": np.float64(1.2)}, status="ok",
+                    ec50=0.05, ec50_ci=(0.01, float("nan")), flags=[Flag("BELL", "warn", "falls after max")])
+    thr = ThresholdEstimate(value=np.float64(812.5), method="percentile", diagnostics={"mode": 1.0, "peaks": [1, 2]},
+                            n_events=400, reference_files=("P1_neg.fcs",), reference_arm="none")
+    tubes = pd.DataFrame({"file": ["a.fcs", "b.fcs"], "pct_cd63": [12.5, float("nan")], "n_basophils": [500, 0],
+                          "positive": [True, False], "allergen": [None, "peanut"]})
+    patients = pd.DataFrame({"patient": ["P1"], "ec50_none": [0.05], "class": ["responder"]})
+    return ExperimentScores(tubes, patients, {("P1", "peanut", "none"): fit}, {("P1", "none", "CD63"): thr},
+                            {("P1", "peanut"): OmalizumabEffect(inhibition_by_concentration={0.1: 55.5})},
+                            AnalysisConfig())
+
+
+def test_patient_scores_are_cached_as_json_exactly_and_keyed(tmp_path):
+    scores = _scores()
+    with ResultStore.in_folder(tmp_path) as store:
+        store.put_patient_scores("P1", "key1", scores)
+        back = store.get_patient_scores("P1", "key1")
         assert store.get_patient_scores("P1", "key2") is None
         assert store.get_patient_scores("P2", "key1") is None
+        text = store.conn.execute("SELECT data_json FROM patient_scores").fetchone()[0]
+    json.loads(text)  # plain JSON text, nothing to unpickle
+    pd.testing.assert_frame_equal(back.tubes, scores.tubes, check_exact=True)
+    pd.testing.assert_frame_equal(back.patients, scores.patients, check_exact=True)
+    fit, orig = back.fits[("P1", "peanut", "none")], scores.fits[("P1", "peanut", "none")]
+    assert fit.y.tobytes() == orig.y.tobytes() and fit.used.dtype == bool and fit.excluded == orig.excluded
+    assert fit.params == orig.params and type(fit.params["hill"]) is np.float64 and fit.flags == orig.flags
+    assert fit.ec50_ci[0] == 0.01 and math.isnan(fit.ec50_ci[1])
+    assert repr(back.thresholds) == repr(scores.thresholds) and repr(back.effects) == repr(scores.effects)
+    assert back.config == scores.config
 
 
 def test_refuses_what_is_not_a_store(tmp_path):

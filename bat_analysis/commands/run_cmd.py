@@ -39,8 +39,14 @@ def _summarise(summary: Any, quiet: bool) -> None:
                     fg=typer.colors.RED)
     rendered = not summary.report_error and (not summary.report_note
                                              or summary.report_note.startswith("reports and review gallery kept"))
+    for note in summary.notes:
+        typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
+    for note in summary.stale:
+        typer.secho(f"warning: {note}", err=True, fg=typer.colors.YELLOW)
     if quiet:
         return
+    if summary.corrections_note:
+        typer.echo(summary.corrections_note + ".")
     if summary.report_note:
         typer.secho(f"note: {for_terminal(summary.report_note, multiline=True)}", err=True,
                     fg=typer.colors.YELLOW)
@@ -80,13 +86,18 @@ def register(app: typer.Typer) -> None:
                                                 help="Dask scheduler address (tcp://HOST:PORT) to run on a cluster."),
         overrides: Optional[Path] = typer.Option(None, "--overrides",
                                                  help="Reviewer corrections (YAML: tube, gate, geometry or "
-                                                      "threshold, reviewer, reason)."),
+                                                      "threshold, reviewer, reason; 'withdraw: true' withdraws "
+                                                      "one). Added to the corrections kept in the results "
+                                                      "store, which every re-run applies."),
         gates_from: Optional[Path] = typer.Option(None, "--gates-from",
                                                   help="Gates edited in FlowJo: a workspace (.wsp) or Gating-ML "
                                                        "(.xml, or a folder of them) exported by 'bat export-gates'."),
         reviewer: Optional[str] = typer.Option(None, "--reviewer",
                                                help="Who made the corrections (default for --overrides entries "
                                                     "without one, and for --gates-from)."),
+        replace: bool = typer.Option(False, "--replace", help="--out holds another experiment's results: move its "
+                                     "results store (and reviewer corrections) aside to OUT/replaced/ and start "
+                                     "afresh."),
         parquet: bool = typer.Option(False, "--parquet", help="Also write tubes.parquet and patients.parquet."),
         no_reports: bool = typer.Option(False, "--no-reports", help="Skip the HTML/PDF reports and review gallery."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary (errors still shown)."),
@@ -96,6 +107,8 @@ def register(app: typer.Typer) -> None:
         Example:  bat run plate1/ --layout plate1/layout.csv --out results/plate1 --workers 2
 
         Re-running the same command resumes: tubes already gated with the same file and template are reused.
+        Reviewer corrections are kept in the results store: a re-run without --overrides still applies them.
+        An --out folder holding another experiment's results is refused unless --replace is given.
 
         Exit 0 when the run completed (even if tubes failed QC); 2 on a bad invocation; 1 if no tube was analysed;
         3 if the tables were written but the reports could not be; 4 if an output could not be written (disk
@@ -106,7 +119,7 @@ def register(app: typer.Typer) -> None:
 
         opts = RunOptions(data_dir=data_dir, layout=layout, out=out, template=template, workers=workers,
                           scheduler=scheduler, overrides=overrides, gates_from=gates_from, reviewer=reviewer,
-                          quiet=quiet, parquet=parquet, reports=not no_reports)
+                          replace=replace, quiet=quiet, parquet=parquet, reports=not no_reports)
         try:
             summary = run(opts)
         except BatError as exc:
