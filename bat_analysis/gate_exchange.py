@@ -6,7 +6,9 @@ spillover matrix (``"FCS"``) on fluorescence dimensions; the conversion to FlowJ
 Gating-ML is done by :mod:`bat_analysis.gating.flowjo` and :mod:`bat_analysis.gating.gatingml`.
 Acquisition QC that removed a clog is a boolean OR of time segments: the segments are exported as range
 gates beside it and the union as a Gating-ML ``BooleanGate`` / FlowJo ``OrNode`` over them, so that every
-gate below it is exported too and re-imports with the same events.
+gate below it is exported too and re-imports with the same events. Range limits on raw channels are written
+half a float32 step clear of the events on either side (:func:`_reader_safe_limits`), so that readers that
+keep events in float64 (FlowKit) count what the tool counted on float32 events.
 
 On import, each gate of a tube whose name is a template gate is mapped back onto the template dimensions
 (channel by channel, coordinates carried through the imported scale's inverse and the template's scale) and
@@ -23,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .errors import BatError
-from .gating.gates import BooleanGate, RangeGate
+from .gating.gates import UNCOMPENSATED, BooleanGate, RangeGate
 from .overrides import GateCorrection, OverridesError, check_geometry
 from .records import GateRecord, Tube
 
@@ -106,6 +108,60 @@ def _file_gates(records: Sequence[GateRecord], template: Any, channels: Mapping[
     return gates
 
 
+def _reader_safe_limits(gates: Sequence[Any], sample: Any) -> list[Any]:
+    """The gates with every range limit on a raw channel placed where a float64 reader splits the events as
+    the tool does.
+
+    The tool keeps events as float32: a value scaled on reading (``$TIMESTEP``, gain, log) is computed in
+    float64 and rounded, whereas a reader such as FlowKit keeps the float64 value, up to half a float32 step
+    away. A limit that lies within that half step of an event (the acquisition QC's last time segment ends
+    one float64 step above the last event) puts the event on the other side for that reader. Each limit is
+    moved, by at most about one float32 step (far below the re-import tolerance), into the gap between the
+    events on either side of it, half a float32 step clear of both: the tool's own membership is unchanged
+    and a float64 reader agrees. Only untransformed, uncompensated dimensions are adjusted (the time
+    segments and scatter ranges); quadrants keep their dividers.
+    """
+    import dataclasses
+
+    from .gating.gates import QuadrantGate
+
+    columns: dict[str, np.ndarray] = {}
+    out = []
+    for g in gates:
+        if not isinstance(g, RangeGate) or isinstance(g, QuadrantGate):
+            out.append(g)
+            continue
+        mins, maxs = list(g.mins), list(g.maxs)
+        for k, d in enumerate(g.dims):
+            if d.transform is not None or d.compensation not in UNCOMPENSATED or d.ratio is not None:
+                continue
+            if d.key not in columns:
+                columns[d.key] = np.asarray(sample.column(d.key))
+            col = columns[d.key]
+            mins[k] = _separating_limit(col, mins[k])
+            maxs[k] = _separating_limit(col, maxs[k])
+        out.append(dataclasses.replace(g, mins=tuple(mins), maxs=tuple(maxs)))
+    return out
+
+
+def _separating_limit(values: np.ndarray, limit: float | None) -> float | None:
+    """``limit`` moved into the gap between the float32 ``values`` below it and those at or above it, so that
+    values within half a float32 step of them fall on the same side (see :func:`_reader_safe_limits`)."""
+    if limit is None or not np.isfinite(limit) or len(values) == 0:
+        return limit
+    b = np.float64(limit)
+    below, above = values[values < b], values[values >= b]
+    lo = np.nextafter(np.float32(below.max()), np.float32(np.inf)) if len(below) else None  # first step clear
+    hi = np.nextafter(np.float32(above.min()), np.float32(-np.inf)) if len(above) else None
+    if lo is not None and hi is not None and np.float64(lo) > np.float64(hi):  # neighbouring float32 values
+        return float((np.float64(below.max()) + np.float64(above.min())) / 2)
+    if lo is not None and b < np.float64(lo):
+        b = np.float64(lo)
+    if hi is not None and b > np.float64(hi):
+        b = np.float64(hi)
+    return float(b)
+
+
 def _file_dims(dims: Sequence[str], template: Any, channels: Mapping[str, Any], compensated: bool) -> list[Any]:
     """Template dimensions as the file's channels, with the template's scales (fluorescence compensated)."""
     from .gating.gates import Dimension
@@ -135,7 +191,7 @@ def export_run_gates(results: Sequence[Any], template: Any, data_dir: Path, fmt:
         sample = read_fcs(path)
         channels = channel_map(sample, template, str(path))
         spill = sample.spillover if template.compensation.get("source", "file") == "file" else None
-        gates = _file_gates(res.gates, template, channels, spill is not None)
+        gates = _reader_safe_limits(_file_gates(res.gates, template, channels, spill is not None), sample)
         spillovers = {"FCS": (list(spill.channels), np.asarray(spill.matrix))} if spill is not None else {}
         if fmt == "gatingml":
             written.append(export_gatingml(gates, dest / f"{Path(res.tube.file).stem}.xml", spillovers))

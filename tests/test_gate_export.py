@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -310,3 +311,43 @@ def test_gatingml_export_is_schema_valid(baseline, tmp_path):
         n_boolean += doc.getroot().find(f"{{{GML}}}BooleanGate") is not None
         assert schema.validate(doc), f"{p.name}: {schema.error_log}"
     assert n_boolean >= 3
+
+
+def _flowkit_agreement():
+    """benchmarks/flowkit_agreement.py, the comparison of FlowKit's counts with the tool's (one place)."""
+    import importlib.util
+
+    pytest.importorskip("flowkit")
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "flowkit_agreement.py"
+    spec = importlib.util.spec_from_file_location("flowkit_agreement", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("flowkit_agreement", module)  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flowkit_counts_equal_the_tools_on_every_gate(baseline, tmp_path):
+    """FlowKit (float64 events) on the exported workspace and on the Gating-ML export counts what the tool
+    (float32 events) counted, on every gate, the acquisition QC time segments of clogged tubes included."""
+    agreements = _flowkit_agreement().compare_with_flowkit(baseline, tmp_path / "export")
+    for agreement in agreements:
+        assert agreement.total == 25 and agreement.differ == [], agreement.differ
+
+
+def test_exported_time_limits_keep_float64_neighbours_on_their_side():
+    """A range limit one float64 step above the last float32 event (the last time segment's end) is moved
+    half a float32 step clear, so that the event's float64 value (up to half a float32 step above) stays
+    inside; limits already clear of every event are not moved."""
+    from bat_analysis.gate_exchange import _separating_limit
+
+    t32 = np.array([1.0, 2.5, 98.76543], dtype=np.float32)
+    last = float(t32[-1])
+    end = _separating_limit(t32, float(np.nextafter(last, np.inf)))
+    half_step = (float(np.nextafter(t32[-1], np.float32(np.inf))) - last) / 2
+    assert end > last + half_step
+    assert end - last < 1e-6 * last  # within the re-import tolerance: still the same gate
+    start = _separating_limit(t32, 1.0)  # the first segment starts on the first event
+    assert start < 1.0 - float(1.0 - np.nextafter(np.float32(1.0), np.float32(0))) / 2
+    assert _separating_limit(t32, 2.0) == 2.0 and _separating_limit(t32, None) is None
+    mid = _separating_limit(t32, 2.5)
+    assert 1.0 < mid <= 2.5 and 2.5 - mid < 1e-6
