@@ -351,3 +351,147 @@ def test_exported_time_limits_keep_float64_neighbours_on_their_side():
     assert _separating_limit(t32, 2.0) == 2.0 and _separating_limit(t32, None) is None
     mid = _separating_limit(t32, 2.5)
     assert 1.0 < mid <= 2.5 and 2.5 - mid < 1e-6
+
+
+# ------------------------------------------------------------------ same file names in different subfolders
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """Two patients' folders a/ and b/ holding files of the same names with different data, one layout."""
+    import csv
+    from types import SimpleNamespace
+
+    from bat_analysis.simulate import simulate_experiment
+
+    root = tmp_path_factory.mktemp("twins")
+    rows = []
+    for folder, patient, seed in (("a", "P01", 1), ("b", "P02", 2)):
+        exp = simulate_experiment(root / folder, n_patients=1, n_events=4000, seed=seed, n_concentrations=2,
+                                  arms=("none",))
+        with exp.layout_path.open(encoding="utf-8", newline="") as fh:
+            for row in csv.DictReader(fh):
+                rows.append({**row, "file": f"{folder}/{row['file']}", "patient": patient})
+    layout = root / "layout.csv"
+    with layout.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path_factory.mktemp("twins_run") / "out"
+    _run(SimpleNamespace(out_dir=root, layout_path=layout), out)
+    from bat_analysis.pipeline import load_run
+
+    return SimpleNamespace(root=root, layout=layout, out=out, stored=load_run(out, score=False))
+
+
+def _twin_corrections(twins, given):
+    from bat_analysis.io.layout import read_layout
+    from bat_analysis.overrides import load_corrections
+
+    geometry = {(r.tube.file, g.name): g.geometry for r in twins.stored.results for g in r.gates}
+    return load_corrections(twins.stored.template, overrides=None, gates_from=given,
+                            tubes=read_layout(twins.layout, twins.root), data_dir=twins.root, reviewer="Jane Doe",
+                            automated=lambda f, g: geometry.get((f, g))).gates
+
+
+def test_same_named_files_are_exported_apart(twins, tmp_path):
+    """a/X.fcs and b/X.fcs: one Gating-ML document each (the count printed is the files written), one
+    workspace sample each, every document naming its own tube."""
+    from bat_analysis.gating.flowjo import read_workspace
+    from bat_analysis.gating.gatingml import read_gatingml
+
+    files = sorted(r.tube.file for r in twins.stored.results)
+    assert len(files) == 10 and len({Path(f).name for f in files}) == 5
+    result = CliRunner().invoke(app, ["export-gates", str(twins.out), "--format", "gatingml",
+                                      "--dest", str(tmp_path / "gml")])
+    assert result.exit_code == 0, result.output
+    assert "Wrote 10 file(s)" in result.output
+    written = sorted(p.relative_to(tmp_path / "gml").as_posix() for p in (tmp_path / "gml").rglob("*.xml"))
+    assert written == sorted(str(Path(f).with_suffix(".xml").as_posix()) for f in files)
+    for f in files:
+        doc = read_gatingml(tmp_path / "gml" / Path(f).with_suffix(".xml"))
+        assert doc.origin["file"] == f
+    (wsp,) = _export(twins.out, "flowjo", tmp_path / "fj")
+    samples = read_workspace(wsp)
+    assert sorted(samples) == files
+    assert all(s.keywords["BAT_FILE"] == name for name, s in samples.items())
+    a, b = samples[files[0]], samples[files[5]]
+    assert Path(files[0]).name == Path(files[5]).name and a.counts != b.counts  # different data, own gates
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_same_named_files_unedited_export_is_no_correction(fmt, twins, tmp_path):
+    paths = _export(twins.out, fmt, tmp_path / fmt)
+    assert _twin_corrections(twins, paths[0] if fmt == "flowjo" else tmp_path / fmt) == []
+
+
+def test_same_named_files_edited_gate_changes_its_own_tube_only(twins, tmp_path):
+    _export(twins.out, "gatingml", tmp_path / "gml")
+    victim = next(f for f in sorted(r.tube.file for r in twins.stored.results) if f.startswith("b/"))
+    path = tmp_path / "gml" / Path(victim).with_suffix(".xml")
+    tree = ET.parse(path)
+    poly = next(el for el in tree.getroot() if el.tag == f"{{{GML}}}PolygonGate"
+                and el.attrib.get(f"{{{GML}}}id") == "basophils")
+    _shift_polygon_left_edge(poly, 1.05)
+    tree.write(path, encoding="UTF-8", xml_declaration=True)
+    assert [(c.file, c.gate) for c in _twin_corrections(twins, tmp_path / "gml")] == [(victim, "basophils")]
+
+
+def test_gates_are_never_matched_by_file_name_alone(twins, tmp_path):
+    """One patient's document copied over the other's, a document known only by its base name, and a
+    document whose data changed since the export: each refused by name, nothing applied to another tube."""
+    from bat_analysis.overrides import OverridesError
+
+    files = sorted(r.tube.file for r in twins.stored.results)
+    a_file, b_file = files[0], files[5]
+    gml = tmp_path / "gml"
+    _export(twins.out, "gatingml", gml)
+    a_xml, b_xml = gml / Path(a_file).with_suffix(".xml"), gml / Path(b_file).with_suffix(".xml")
+
+    swapped = tmp_path / "swapped"
+    shutil.copytree(gml, swapped)
+    shutil.copy(swapped / Path(b_file).with_suffix(".xml"), swapped / Path(a_file).with_suffix(".xml"))
+    with pytest.raises(OverridesError) as err:
+        _twin_corrections(twins, swapped)
+    assert any(b_file in p and "already has its gates" in p for p in err.value.problems), err.value.problems
+
+    # a lone Gating-ML file without the recorded tube, named like both a/X.fcs and b/X.fcs
+    lone = tmp_path / "lone" / a_xml.name
+    lone.parent.mkdir()
+    text = a_xml.read_text(encoding="utf-8")
+    start, end = text.index("<data-type:custom_info"), text.index("</data-type:custom_info>")
+    lone.write_text(text[:start] + text[end + len("</data-type:custom_info>"):], encoding="utf-8")
+    from bat_analysis.gating.gatingml import read_gatingml
+
+    assert read_gatingml(lone).origin == {}
+    with pytest.raises(OverridesError) as err:
+        _twin_corrections(twins, lone)
+    assert any("not a file of the layout" in p for p in err.value.problems), err.value.problems
+
+    # the file recorded at export, with a checksum of other data
+    changed = tmp_path / "changed"
+    shutil.copytree(gml, changed)
+    doc = changed / Path(a_file).with_suffix(".xml")
+    sha_a = read_gatingml(a_xml).origin["sha256"]
+    sha_b = read_gatingml(b_xml).origin["sha256"]
+    assert sha_a != sha_b
+    doc.write_text(doc.read_text(encoding="utf-8").replace(sha_a, sha_b), encoding="utf-8")
+    with pytest.raises(OverridesError) as err:
+        _twin_corrections(twins, changed)
+    assert any(a_file in p and "exported for other data" in p for p in err.value.problems), err.value.problems
+
+
+def test_workspace_with_two_samples_of_one_name_is_refused(twins, tmp_path):
+    """Two samples named alike (a workspace written before samples were named by path, or renamed in FlowJo):
+    FlowKit would keep one of them; refused instead, naming the sample, with exit code 2 from bat run."""
+    from bat_analysis.errors import BatError
+
+    (wsp,) = _export(twins.out, "flowjo", tmp_path / "fj")
+    tree = ET.parse(wsp)
+    for node in tree.getroot().iter("SampleNode"):
+        node.set("name", Path(node.attrib["name"]).name)
+    tree.write(wsp, encoding="UTF-8", xml_declaration=True)
+    with pytest.raises(BatError, match="several samples are named"):
+        _twin_corrections(twins, wsp)
+    result = CliRunner().invoke(app, ["run", str(twins.root), "--layout", str(twins.layout), "--out",
+                                      str(tmp_path / "out"), "--workers", "1", "--quiet", "--no-reports",
+                                      "--gates-from", str(wsp)])
+    assert result.exit_code == 2 and "several samples are named" in result.output, result.output

@@ -15,7 +15,8 @@ emulate the raster (``emulate_binning=True``): display coordinates of events and
 the polygon's ``gateResolution`` grid before the test; on the corpus this reproduces FlowJo's counts
 exactly except for a few events on FlowJo "biex" axes, whose display scale FlowKit only approximates.
 
-Export writes, for a batch of tubes, ONE workspace with one ``Sample`` per tube, each with its own gates
+Export writes, for a batch of tubes, ONE workspace with one ``Sample`` per tube (named
+:attr:`WorkspaceTube.name`, which must be unique; ``DataSet uri`` is the file), each with its own gates
 (automated gates differ from tube to tube), its own transforms and spillover matrix, so that a reviewer
 can open the experiment in FlowJo. Gate coordinates are stored in data units, as FlowJo does (inverse of
 the dimension's transform), and a transform element is written for every gated parameter. Ranges and
@@ -86,7 +87,9 @@ class BinnedPolygonGate(PolygonGate):
 class FlowJoSample:
     """One sample of a workspace: its gates (ours), FlowJo's counts per gate, and where its FCS file is.
 
-    ``resolutions`` holds each polygon's ``gateResolution`` (FlowJo's display raster).
+    ``resolutions`` holds each polygon's ``gateResolution`` (FlowJo's display raster); ``keywords`` the
+    sample's keywords stored in the workspace (``BAT_FILE`` / ``BAT_SHA256`` name the tube an export of
+    ``bat export-gates`` was made for).
     """
 
     sample_id: str
@@ -95,6 +98,7 @@ class FlowJoSample:
     counts: dict[str, int]
     uri: str | None = None
     resolutions: dict[str, int] = field(default_factory=dict)
+    keywords: dict[str, str] = field(default_factory=dict)
 
     def gate_names(self) -> list[str]:
         return [g.name for g in self.document.gates]
@@ -192,7 +196,8 @@ def read_workspace(path: str | Path) -> dict[str, FlowJoSample]:
     """Import every sample of a FlowJo 10 workspace: gates (ours) and FlowJo's counts, keyed by sample name.
 
     Gate names are FlowJo population names, path-qualified (``parent/child``) where a name repeats.
-    The FCS files are not needed (``FlowJoSample.uri`` says where FlowJo found each one).
+    The FCS files are not needed (``FlowJoSample.uri`` says where FlowJo found each one). Two samples
+    of one name are refused (FlowKit keeps one sample per name, so the other's gates would be lost).
     """
     import flowkit as fk
 
@@ -211,10 +216,18 @@ def read_workspace(path: str | Path) -> dict[str, FlowJoSample]:
     counts = flowjo_counts(p)
     resolutions = _gate_resolutions(root)
     uris = {}
+    named: dict[str, int] = {}
     for sample in root.iter("Sample"):
         node, ds = sample.find("SampleNode"), sample.find("DataSet")
+        if node is not None:
+            named[node.attrib.get("name", "")] = named.get(node.attrib.get("name", ""), 0) + 1
         if node is not None and ds is not None:
             uris[node.attrib.get("name", "")] = ds.attrib.get("uri")
+    twice = sorted(n for n, k in named.items() if k > 1)
+    if twice:  # FlowKit keeps one sample per name: the others' gates would be lost or given to the wrong file
+        raise GatingError(f"several samples are named {', '.join(repr(n) for n in twice)}", source=str(p),
+                          field="SampleNode name",
+                          expected="one sample per name (rename the samples in FlowJo so that each name is unique)")
     out: dict[str, FlowJoSample] = {}
     for sid in ws.get_sample_ids(loaded_only=False):
         strategy = ws.get_gating_strategy(sid)
@@ -229,7 +242,8 @@ def read_workspace(path: str | Path) -> dict[str, FlowJoSample]:
                 gate_counts[_our_name(gid, gpath, strategy)] = by_path[key]
             if key in res_by_path:
                 gate_res[_our_name(gid, gpath, strategy)] = res_by_path[key]
-        out[sid] = FlowJoSample(sid, sid, doc, gate_counts, uris.get(sid), gate_res)
+        keywords = {str(k): str(v) for k, v in (ws.get_keywords(sid) or {}).items()}
+        out[sid] = FlowJoSample(sid, sid, doc, gate_counts, uris.get(sid), gate_res, keywords)
     return out
 
 
