@@ -299,22 +299,44 @@ def gate_geometry_on_template(gate: Any, template: Any, pnn_to_dim: Mapping[str,
         cols = [_to_template_scale(list(gate.vertices[:, i]), imported[i], targets[i]) for i in range(2)]
         return {"type": "polygon", "vertices": [[x, y] for x, y in zip(*cols)]}
     if isinstance(gate, EllipsoidGate):
-        if any(i is not t and getattr(i, "name", None) != getattr(t, "name", None) for i, t in zip(imported, targets)):
-            return None  # an ellipse cannot be carried across a change of scale exactly
-        return {"type": "ellipsoid", "mean": [float(v) for v in gate.mean],
-                "covariance": np.asarray(gate.covariance, dtype=float).tolist(),
+        # an ellipse is carried exactly across the same scale or an affine change of it (a linear display
+        # scale of a raw axis, as FlowJo writes one); not across a change to or from a non-linear scale
+        slopes, mean = [], []
+        for m, imp, tgt in zip(gate.mean, imported, targets):
+            if imp is tgt or (imp is not None and tgt is not None and getattr(imp, "name", None) == tgt.name):
+                slopes.append(1.0)
+                mean.append(float(m))
+            elif _affine(imp) and _affine(tgt):
+                lo, hi = _to_template_scale([0.0, 1.0], imp, tgt)
+                slopes.append(float(hi) - float(lo))
+                mean.append(float(lo) + (float(hi) - float(lo)) * float(m))
+            else:
+                return None
+        k = np.array(slopes)
+        cov = np.asarray(gate.covariance, dtype=float) * np.outer(k, k)
+        return {"type": "ellipsoid", "mean": mean, "covariance": cov.tolist(),
                 "distance_square": float(gate.distance_square)}
     return None
 
 
+def _affine(t: Any) -> bool:
+    """Whether a scale is an affine map of the data (none, or Gating-ML ``flin``)."""
+    from .gating.transforms import Linear
+
+    return t is None or isinstance(getattr(t, "exact", t), Linear)
+
+
 def _coords(geo: Mapping[str, Any]) -> list[float | None]:
+    """A geometry's numbers, as compared by :func:`same_geometry`; an ellipse as its mean and its covariance
+    scaled by ``distance_square`` (the same ellipse may be written with any split of the two)."""
     kind = geo.get("type")
     if kind == "range":
         return list(geo["mins"]) + list(geo["maxs"])
     if kind == "polygon":
         return [float(v) for p in geo["vertices"] for v in p]
     if kind == "ellipsoid":
-        return (list(geo["mean"]) + [v for r in geo["covariance"] for v in r] + [geo["distance_square"]])
+        d2 = float(geo["distance_square"])
+        return list(geo["mean"]) + [float(v) * d2 for r in geo["covariance"] for v in r]
     return []
 
 

@@ -495,3 +495,81 @@ def test_workspace_with_two_samples_of_one_name_is_refused(twins, tmp_path):
                                       str(tmp_path / "out"), "--workers", "1", "--quiet", "--no-reports",
                                       "--gates-from", str(wsp)])
     assert result.exit_code == 2 and "several samples are named" in result.output, result.output
+
+
+# ------------------------------------------------------------------ an ellipse gate, exported as an ellipse
+@pytest.fixture(scope="module")
+def ellipse_run(experiment, stored, tmp_path_factory):
+    """The clog experiment gated with a template whose 'cells' gate is a fixed ellipse on FSC-A (raw) and
+    SSC-A (logicle), placed over the cells the automated gate found."""
+    import json as _json
+    from types import SimpleNamespace
+
+    from bat_analysis.pipeline import load_run
+
+    verts = np.array(next(g for g in stored.results[0].gates if g.name == "cells").geometry["vertices"])
+    mean, cov = verts.mean(axis=0), np.cov(verts.T)
+    text = Path(stored.template.source).read_text(encoding="utf-8")
+    start = text.index("    method: debris_density\n")
+    end = text.index("  - name: singlets")
+    geometry = {"type": "ellipsoid", "mean": mean.tolist(), "covariance": cov.tolist(), "distance_square": 2.0}
+    text = text[:start] + f"    method: fixed\n    geometry: {_json.dumps(geometry)}\n\n" + text[end:]
+    tdir = tmp_path_factory.mktemp("ellipse_template")
+    (tdir / "ellipse.yaml").write_text(text, encoding="utf-8")
+    out = tdir / "out"
+    _run(experiment, out, "--template", str(tdir / "ellipse.yaml"))
+    run = load_run(out, score=False)
+    kinds = {g.name: g.geometry.get("type") for r in run.results for g in r.gates}
+    assert kinds["cells"] == "ellipsoid" and kinds["acquisition_qc"] == "boolean"
+    return SimpleNamespace(out=out, stored=run)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_ellipse_is_exported_as_an_ellipse_and_given_back_unedited_is_no_correction(fmt, ellipse_run, experiment,
+                                                                                    tmp_path):
+    from bat_analysis.io.fcs import read_fcs
+    from bat_analysis.io.layout import read_layout
+    from bat_analysis.overrides import load_corrections
+
+    paths = _export(ellipse_run.out, fmt, tmp_path / fmt)
+    for p in paths:
+        root = ET.parse(p).getroot()
+        assert len(list(root.iter(f"{{{GML}}}EllipsoidGate"))) == (1 if fmt == "gatingml" else 5)
+    docs = _documents(paths, fmt)
+    for res in ellipse_run.stored.results:
+        cells = docs[res.tube.file].gate("cells")
+        assert type(cells).__name__ == "EllipsoidGate"
+        fcs = read_fcs(experiment.out_dir / res.tube.file)
+        masks = docs[res.tube.file].evaluate(fcs.events, fcs.pnn, fcs.spillover)
+        assert {g.name: int(masks[g.name].sum()) for g in res.gates} == {g.name: g.count for g in res.gates}
+    geometry = {(r.tube.file, g.name): g.geometry for r in ellipse_run.stored.results for g in r.gates}
+    corrections = load_corrections(ellipse_run.stored.template, overrides=None,
+                                   gates_from=paths[0] if fmt == "flowjo" else tmp_path / fmt,
+                                   tubes=read_layout(experiment.layout_path, experiment.out_dir),
+                                   data_dir=experiment.out_dir, reviewer="Jane Doe",
+                                   automated=lambda f, g: geometry.get((f, g)))
+    assert corrections.gates == []
+
+
+def test_moved_ellipse_in_workspace_is_one_correction(ellipse_run, experiment, tmp_path):
+    from bat_analysis.io.layout import read_layout
+    from bat_analysis.overrides import load_corrections
+
+    (wsp,) = _export(ellipse_run.out, "flowjo", tmp_path / "fj")
+    victim = ellipse_run.stored.results[2].tube.file
+    tree, node = _workspace_tree(wsp, victim)
+    pop = next(p for p in node.iter("Population") if p.attrib.get("name") == "cells")
+    value = f"{{{DT}}}value"
+    for vertex in pop.find("Gate").iter(f"{{{GML}}}vertex"):  # the whole ellipse 3 display channels right
+        x = vertex.findall(f"{{{GML}}}coordinate")[0]
+        x.set(value, repr(float(x.attrib[value]) + 3.0))
+    tree.write(wsp, encoding="UTF-8", xml_declaration=True)
+    geometry = {(r.tube.file, g.name): g.geometry for r in ellipse_run.stored.results for g in r.gates}
+    corrections = load_corrections(ellipse_run.stored.template, overrides=None, gates_from=wsp,
+                                   tubes=read_layout(experiment.layout_path, experiment.out_dir),
+                                   data_dir=experiment.out_dir, reviewer="Jane Doe",
+                                   automated=lambda f, g: geometry.get((f, g))).gates
+    assert [(c.file, c.gate, c.geometry["type"]) for c in corrections] == [(victim, "cells", "ellipsoid")]
+    moved, before = corrections[0].geometry["mean"], geometry[(victim, "cells")]["mean"]
+    top = 262144.0
+    assert moved[0] == pytest.approx(before[0] + 3.0 * top / 256, rel=1e-3) and moved[1] == pytest.approx(before[1])
