@@ -573,3 +573,26 @@ def test_moved_ellipse_in_workspace_is_one_correction(ellipse_run, experiment, t
     moved, before = corrections[0].geometry["mean"], geometry[(victim, "cells")]["mean"]
     top = 262144.0
     assert moved[0] == pytest.approx(before[0] + 3.0 * top / 256, rel=1e-3) and moved[1] == pytest.approx(before[1])
+
+
+def test_flowkit_counts_equal_the_tools_with_same_named_files(twins, tmp_path):
+    """FlowKit finds each workspace sample's own file (samples named by path) and each Gating-ML document's
+    (mirrored paths): every gate of both patients' same-named tubes counts what the tool counted."""
+    for agreement in _flowkit_agreement().compare_with_flowkit(twins.out, tmp_path / "export"):
+        assert agreement.total == 50 and agreement.differ == [], (agreement.fmt, agreement.differ)
+
+
+@pytest.mark.slow
+def test_flowkit_counts_equal_the_tools_on_a_simulated_plate(tmp_path):
+    """End to end on 20 tubes with every simulated artefact (clogs, saturation, high background...): FlowKit
+    on the exported workspace and on the Gating-ML export equals the tool on every gate."""
+    from types import SimpleNamespace
+
+    from bat_analysis.simulate import simulate_experiment
+
+    exp = simulate_experiment(tmp_path / "plate", n_patients=2, n_events=20_000, seed=11, scenario="mixed",
+                              n_concentrations=2)
+    assert len(exp.tubes) == 20
+    _run(SimpleNamespace(out_dir=exp.out_dir, layout_path=exp.layout_path), tmp_path / "out")
+    for agreement in _flowkit_agreement().compare_with_flowkit(tmp_path / "out", tmp_path / "export"):
+        assert agreement.total == 100 and agreement.differ == [], (agreement.fmt, agreement.differ)
