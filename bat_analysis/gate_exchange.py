@@ -449,7 +449,10 @@ def _match_tubes(docs: Sequence[_Imported], tubes: Sequence[Tube], data_dir: Pat
         how = "the path recorded at export"
         if tube is None and doc.uri:
             local = _uri_path(doc.uri, source.parent)
-            tube = by_resolved.get(local.resolve()) if local is not None else None
+            try:
+                tube = by_resolved.get(local.resolve()) if local is not None else None
+            except (OSError, RuntimeError, ValueError):  # a path the system cannot resolve names no tube
+                tube = None
             how = "its DataSet uri"
         if tube is None and doc.path_name:
             if doc.stem:

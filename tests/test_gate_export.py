@@ -255,7 +255,7 @@ def test_outside_and_not_gated_gates_are_exported(fmt, stored, experiment, tmp_p
 def test_gate_kept_outside_given_back(fmt, stored, experiment, tmp_path):
     """With a template gate kept on its outside, the exported NOT of its inside given back unedited is no
     correction, and its inside moved by a reviewer is a correction of that inside."""
-    from bat_analysis.gate_exchange import _file_gates, channel_map, read_edited_gates
+    from bat_analysis.gate_exchange import _file_gates, _reader_safe_limits, channel_map, read_edited_gates
     from bat_analysis.gating.flowjo import WorkspaceTube, export_workspace
     from bat_analysis.gating.gatingml import export_gatingml
     from bat_analysis.gating.templates import parse_template
@@ -270,7 +270,8 @@ def test_gate_kept_outside_given_back(fmt, stored, experiment, tmp_path):
     fcs = read_fcs(path)
     acq, margin = res.gates[0], res.gates[1]
     outside = dataclasses.replace(margin, geometry={**margin.geometry, "keep": "outside"})
-    gates = _file_gates([acq, outside], template, channel_map(fcs, template, str(path)), True)
+    gates = _reader_safe_limits(_file_gates([acq, outside], template, channel_map(fcs, template, str(path)), True),
+                                fcs)  # as bat export-gates writes them
     spill = {"FCS": (list(fcs.spillover.channels), np.asarray(fcs.spillover.matrix))}
     if fmt == "flowjo":
         given = export_workspace([WorkspaceTube(path, gates, spill)], tmp_path / "x.wsp")
@@ -596,3 +597,25 @@ def test_flowkit_counts_equal_the_tools_on_a_simulated_plate(tmp_path):
     _run(SimpleNamespace(out_dir=exp.out_dir, layout_path=exp.layout_path), tmp_path / "out")
     for agreement in _flowkit_agreement().compare_with_flowkit(tmp_path / "out", tmp_path / "export"):
         assert agreement.total == 100 and agreement.differ == [], (agreement.fmt, agreement.differ)
+
+
+def test_workspace_samples_renamed_in_flowjo_are_matched_by_their_file(twins, tmp_path):
+    """Samples renamed and their keywords gone (as FlowJo may leave them): each still goes to its own tube by
+    its DataSet uri; with the uri pointing nowhere as well, every sample is refused by name."""
+    from bat_analysis.overrides import OverridesError
+
+    (wsp,) = _export(twins.out, "flowjo", tmp_path / "fj")
+    tree = ET.parse(wsp)
+    for k, sample in enumerate(tree.getroot().iter("Sample")):
+        keywords = sample.find("Keywords")
+        for kw in list(keywords):
+            keywords.remove(kw)
+        sample.find("SampleNode").set("name", f"tube {k}")
+    tree.write(wsp, encoding="UTF-8", xml_declaration=True)
+    assert _twin_corrections(twins, wsp) == []
+    for sample in tree.getroot().iter("Sample"):
+        sample.find("DataSet").set("uri", "file:///nowhere/" + Path(sample.find("DataSet").attrib["uri"]).name)
+    tree.write(wsp, encoding="UTF-8", xml_declaration=True)
+    with pytest.raises(OverridesError) as err:
+        _twin_corrections(twins, wsp)
+    assert len(err.value.problems) == 10 and all("not a file of the layout" in p for p in err.value.problems)
