@@ -7,7 +7,7 @@ Gating-ML is done by :mod:`bat_analysis.gating.flowjo` and :mod:`bat_analysis.ga
 Acquisition QC that removed a clog is a boolean OR of time segments: the segments are exported as range
 gates beside it and the union as a Gating-ML ``BooleanGate`` / FlowJo ``OrNode`` over them, so that every
 gate below it is exported too and re-imports with the same events. Range limits on raw channels are written
-half a float32 step clear of the events on either side (:func:`_reader_safe_limits`), so that readers that
+a float32 step clear of the events on either side (:func:`_reader_safe_limits`), so that readers that
 keep events in float64 (FlowKit) count what the tool counted on float32 events.
 
 Every exported document names its tube: a Gating-ML file mirrors the tube's path in the layout
@@ -124,8 +124,8 @@ def _reader_safe_limits(gates: Sequence[Any], sample: Any) -> list[Any]:
     away. A limit that lies within that half step of an event (the acquisition QC's last time segment ends
     one float64 step above the last event) puts the event on the other side for that reader. Each limit is
     moved, by at most about one float32 step (far below the re-import tolerance), into the gap between the
-    events on either side of it, half a float32 step clear of both: the tool's own membership is unchanged
-    and a float64 reader agrees. Only untransformed, uncompensated dimensions are adjusted (the time
+    events on either side of it, a float32 step from each (half a step beyond any float64 value that rounds
+    to them): the tool's own membership is unchanged and a float64 reader agrees. Only untransformed, uncompensated dimensions are adjusted (the time
     segments and scatter ranges); quadrants keep their dividers.
     """
     import dataclasses
@@ -157,11 +157,13 @@ def _separating_limit(values: np.ndarray, limit: float | None) -> float | None:
     if limit is None or not np.isfinite(limit) or len(values) == 0:
         return limit
     b = np.float64(limit)
-    below, above = values[values < b], values[values >= b]
-    lo = np.nextafter(np.float32(below.max()), np.float32(np.inf)) if len(below) else None  # first step clear
-    hi = np.nextafter(np.float32(above.min()), np.float32(-np.inf)) if len(above) else None
+    inside = values >= b
+    a = float(values.max(where=~inside & ~np.isnan(values), initial=-np.inf))  # nearest values either side
+    c = float(values.min(where=inside, initial=np.inf))
+    lo = np.nextafter(np.float32(a), np.float32(np.inf)) if np.isfinite(a) else None  # one float32 step clear
+    hi = np.nextafter(np.float32(c), np.float32(-np.inf)) if np.isfinite(c) else None
     if lo is not None and hi is not None and np.float64(lo) > np.float64(hi):  # neighbouring float32 values
-        return float((np.float64(below.max()) + np.float64(above.min())) / 2)
+        return float((np.float64(a) + np.float64(c)) / 2)
     if lo is not None and b < np.float64(lo):
         b = np.float64(lo)
     if hi is not None and b > np.float64(hi):
