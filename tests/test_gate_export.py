@@ -619,3 +619,18 @@ def test_workspace_samples_renamed_in_flowjo_are_matched_by_their_file(twins, tm
     with pytest.raises(OverridesError) as err:
         _twin_corrections(twins, wsp)
     assert len(err.value.problems) == 10 and all("not a file of the layout" in p for p in err.value.problems)
+
+
+def test_gatingml_names_keep_every_tube_apart():
+    """Mirrored paths where they are safe and distinct; a name and a hash of the path otherwise (one file
+    system's case-insensitive match, another suffix of the same stem, a path leaving the folder)."""
+    from bat_analysis.gate_exchange import gatingml_names
+
+    files = ["a/P01.fcs", "b/P01.fcs", "P02.fcs", "P02.lmd", "c/X.fcs", "C/x.fcs", "../up.fcs", "/abs/P03.fcs",
+             "C:/win/P04.fcs"]
+    names = gatingml_names(files)
+    assert names["a/P01.fcs"] == "a/P01.xml" and names["b/P01.fcs"] == "b/P01.xml"
+    assert len({n.casefold() for n in names.values()}) == len(files)
+    for f in ("P02.fcs", "P02.lmd", "c/X.fcs", "C/x.fcs", "../up.fcs", "/abs/P03.fcs", "C:/win/P04.fcs"):
+        assert "/" not in names[f] and names[f].endswith(".xml") and len(names[f].rsplit("-", 1)[1]) == 12, names[f]
+    assert names == gatingml_names(list(reversed(files)))  # the same tube always gets the same name
