@@ -125,8 +125,9 @@ def _reader_safe_limits(gates: Sequence[Any], sample: Any) -> list[Any]:
     one float64 step above the last event) puts the event on the other side for that reader. Each limit is
     moved, by at most about one float32 step (far below the re-import tolerance), into the gap between the
     events on either side of it, a float32 step from each (half a step beyond any float64 value that rounds
-    to them): the tool's own membership is unchanged and a float64 reader agrees. Only untransformed, uncompensated dimensions are adjusted (the time
-    segments and scatter ranges); quadrants keep their dividers.
+    to them): the tool's own membership is unchanged and a float64 reader agrees. Only untransformed,
+    uncompensated dimensions are adjusted (the time segments and scatter ranges); quadrants keep their
+    dividers.
     """
     import dataclasses
 

@@ -24,11 +24,11 @@ quadrants become rectangles, polygons polygons, and ellipses ``EllipsoidGate`` a
 two foci and four edge points (major axis ends, then minor) in display channels, 0-256 across each
 transformed axis (:func:`ellipse_foci_edges`). FlowKit reads such an ellipse as a 128-vertex polygon, as
 FlowJo evaluates it; :func:`read_workspace` puts the exact ellipse back (:func:`ellipse_from_foci_edges`),
-so that an exported ellipse re-imports as itself. Boolean gates become FlowJo's ``AndNode`` / ``OrNode`` / ``NotNode`` under their
-parent, naming their operands by population path (``Dependent name="A/B"``) and carrying a copy of the
-first operand's gate for display, which is how FlowJo 10 writes them and how FlowKit's workspace parser
-reads them back. FlowJo has no per-operand complement, so an
-operand complemented inside an and/or is refused (write it as a NOT gate of its own).
+so that an exported ellipse re-imports as itself. Boolean gates become FlowJo's ``AndNode`` /
+``OrNode`` / ``NotNode`` under their parent, naming their operands by population path
+(``Dependent name="A/B"``) and carrying a copy of the first operand's gate for display, which is how FlowJo
+10 writes them and how FlowKit's workspace parser reads them back. FlowJo has no per-operand complement, so
+an operand complemented inside an and/or is refused (write it as a NOT gate of its own).
 """
 
 from __future__ import annotations
