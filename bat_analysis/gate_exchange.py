@@ -6,7 +6,15 @@ spillover matrix (``"FCS"``) on fluorescence dimensions; the conversion to FlowJ
 Gating-ML is done by :mod:`bat_analysis.gating.flowjo` and :mod:`bat_analysis.gating.gatingml`.
 Acquisition QC that removed a clog is a boolean OR of time segments: the segments are exported as range
 gates beside it and the union as a Gating-ML ``BooleanGate`` / FlowJo ``OrNode`` over them, so that every
-gate below it is exported too and re-imports with the same events.
+gate below it is exported too and re-imports with the same events. Range limits on raw channels are written
+a float32 step clear of the events on either side (:func:`_reader_safe_limits`), so that readers that
+keep events in float64 (FlowKit) count what the tool counted on float32 events.
+
+Every exported document names its tube: a Gating-ML file mirrors the tube's path in the layout
+(``a/P01.fcs`` -> ``a/P01.xml``, :func:`gatingml_names`) and records the path and the file's SHA-256; a
+workspace sample is named by the path and carries both as keywords. On import, each document is matched to
+its tube by that record, the sample's ``DataSet uri``, its path, or the checksum -- never by a file's base
+name -- and the match is refused unless it is one to one (:func:`_match_tubes`).
 
 On import, each gate of a tube whose name is a template gate is mapped back onto the template dimensions
 (channel by channel, coordinates carried through the imported scale's inverse and the template's scale) and
@@ -17,13 +25,14 @@ through its operands (see :func:`_boolean_correction`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .errors import BatError
-from .gating.gates import BooleanGate, RangeGate
+from .gating.gates import UNCOMPENSATED, BooleanGate, RangeGate
 from .overrides import GateCorrection, OverridesError, check_geometry
 from .records import GateRecord, Tube
 
@@ -106,6 +115,63 @@ def _file_gates(records: Sequence[GateRecord], template: Any, channels: Mapping[
     return gates
 
 
+def _reader_safe_limits(gates: Sequence[Any], sample: Any) -> list[Any]:
+    """The gates with every range limit on a raw channel placed where a float64 reader splits the events as
+    the tool does.
+
+    The tool keeps events as float32: a value scaled on reading (``$TIMESTEP``, gain, log) is computed in
+    float64 and rounded, whereas a reader such as FlowKit keeps the float64 value, up to half a float32 step
+    away. A limit that lies within that half step of an event (the acquisition QC's last time segment ends
+    one float64 step above the last event) puts the event on the other side for that reader. Each limit is
+    moved, by at most about one float32 step (far below the re-import tolerance), into the gap between the
+    events on either side of it, a float32 step from each (half a step beyond any float64 value that rounds
+    to them): the tool's own membership is unchanged and a float64 reader agrees. Only untransformed,
+    uncompensated dimensions are adjusted (the time segments and scatter ranges); quadrants keep their
+    dividers.
+    """
+    import dataclasses
+
+    from .gating.gates import QuadrantGate
+
+    columns: dict[str, np.ndarray] = {}
+    out = []
+    for g in gates:
+        if not isinstance(g, RangeGate) or isinstance(g, QuadrantGate):
+            out.append(g)
+            continue
+        mins, maxs = list(g.mins), list(g.maxs)
+        for k, d in enumerate(g.dims):
+            if d.transform is not None or d.compensation not in UNCOMPENSATED or d.ratio is not None:
+                continue
+            if d.key not in columns:
+                columns[d.key] = np.asarray(sample.column(d.key))
+            col = columns[d.key]
+            mins[k] = _separating_limit(col, mins[k])
+            maxs[k] = _separating_limit(col, maxs[k])
+        out.append(dataclasses.replace(g, mins=tuple(mins), maxs=tuple(maxs)))
+    return out
+
+
+def _separating_limit(values: np.ndarray, limit: float | None) -> float | None:
+    """``limit`` moved into the gap between the float32 ``values`` below it and those at or above it, so that
+    values within half a float32 step of them fall on the same side (see :func:`_reader_safe_limits`)."""
+    if limit is None or not np.isfinite(limit) or len(values) == 0:
+        return limit
+    b = np.float64(limit)
+    inside = values >= b
+    a = float(values.max(where=~inside & ~np.isnan(values), initial=-np.inf))  # nearest values either side
+    c = float(values.min(where=inside, initial=np.inf))
+    lo = np.nextafter(np.float32(a), np.float32(np.inf)) if np.isfinite(a) else None  # one float32 step clear
+    hi = np.nextafter(np.float32(c), np.float32(-np.inf)) if np.isfinite(c) else None
+    if lo is not None and hi is not None and np.float64(lo) > np.float64(hi):  # neighbouring float32 values
+        return float((np.float64(a) + np.float64(c)) / 2)
+    if lo is not None and b < np.float64(lo):
+        b = np.float64(lo)
+    if hi is not None and b > np.float64(hi):
+        b = np.float64(hi)
+    return float(b)
+
+
 def _file_dims(dims: Sequence[str], template: Any, channels: Mapping[str, Any], compensated: bool) -> list[Any]:
     """Template dimensions as the file's channels, with the template's scales (fluorescence compensated)."""
     from .gating.gates import Dimension
@@ -119,34 +185,79 @@ def _file_dims(dims: Sequence[str], template: Any, channels: Mapping[str, Any], 
     return out
 
 
+def gatingml_names(files: Sequence[str]) -> dict[str, str]:
+    """Where each tube's Gating-ML document is written under the destination folder (POSIX relative paths).
+
+    The tube's path in the layout, relative to the data folder, with ``.xml`` for its suffix: ``a/P01.fcs``
+    and ``b/P01.fcs`` go to ``a/P01.xml`` and ``b/P01.xml``. A path that would leave the folder (absolute,
+    ``..``) and paths that would meet another tube's document (``P01.fcs`` and ``P01.lmd``, or names that
+    differ only in case, which one file system keeps apart and another does not) get their file name with a
+    short hash of the tube's path instead (``P01-3fa2c81b.xml``). Each document also names its tube inside
+    (see :func:`export_run_gates`), so a renamed document still finds its tube.
+    """
+    import hashlib
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    def plain(file: str) -> str | None:
+        parts = PurePosixPath(file.replace("\\", "/")).parts
+        if not parts or PurePosixPath(file).is_absolute() or PureWindowsPath(file).is_absolute() or \
+                any(p in ("..", ".") for p in parts) or ":" in file:
+            return None
+        return PurePosixPath(*parts).with_suffix(".xml").as_posix()
+
+    def hashed(file: str) -> str:
+        digest = hashlib.sha256(file.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        return f"{PurePosixPath(file.replace(chr(92), '/')).stem}-{digest}.xml"
+
+    names = {f: plain(f) for f in files}
+    seen: dict[str, int] = {}
+    for n in names.values():
+        if n is not None:
+            seen[n.casefold()] = seen.get(n.casefold(), 0) + 1
+    out = {f: n if n is not None and seen[n.casefold()] == 1 else hashed(f) for f, n in names.items()}
+    if len({n.casefold() for n in out.values()}) != len(out):  # a hashed name met a plain one
+        out = {f: hashed(f) for f in files}
+    return out
+
+
 def export_run_gates(results: Sequence[Any], template: Any, data_dir: Path, fmt: str, dest: Path) -> list[Path]:
-    """Write the gates of every gated tube: one Gating-ML file per tube, or one FlowJo workspace."""
+    """Write the gates of every gated tube: one Gating-ML file per tube, or one FlowJo workspace.
+
+    Every document names the tube it belongs to, which ``--gates-from`` matches on (never on a base name):
+    a Gating-ML document records the tube's path in the layout and its file's SHA-256 in its
+    ``custom_info`` and is written at :func:`gatingml_names`; a workspace sample is named by the tube's path
+    (two ``P01.fcs`` in different folders are two samples), its ``DataSet uri`` is the file and its
+    keywords ``BAT_FILE`` / ``BAT_SHA256`` carry the path and checksum. Returns every file written.
+    """
+    from .checksums import file_sha256
     from .fileio import make_dir
     from .gating.flowjo import WorkspaceTube, export_workspace
     from .gating.gatingml import export_gatingml
     from .io.fcs import read_fcs
 
     make_dir(dest)
+    gated = [res for res in results if res.ok and res.gates]
+    names = gatingml_names([res.tube.file for res in gated])
     written: list[Path] = []
     ws_tubes = []
-    for res in results:
-        if not res.ok or not res.gates:
-            continue
+    for res in gated:
         path = Path(res.tube.file) if Path(res.tube.file).is_absolute() else data_dir / res.tube.file
         sample = read_fcs(path)
         channels = channel_map(sample, template, str(path))
         spill = sample.spillover if template.compensation.get("source", "file") == "file" else None
-        gates = _file_gates(res.gates, template, channels, spill is not None)
+        gates = _reader_safe_limits(_file_gates(res.gates, template, channels, spill is not None), sample)
         spillovers = {"FCS": (list(spill.channels), np.asarray(spill.matrix))} if spill is not None else {}
+        origin = {"file": res.tube.file, "sha256": res.file_sha256 or file_sha256(path)}
         if fmt == "gatingml":
-            written.append(export_gatingml(gates, dest / f"{Path(res.tube.file).stem}.xml", spillovers))
+            written.append(export_gatingml(gates, dest / names[res.tube.file], spillovers, origin=origin))
         else:
             ranges = {c.pnn: float(c.range) for c in sample.channels if c.range}
             exported = {g.name for g in gates}
             counts = {g.name: int(g.count) for g in res.gates if g.name in exported}
             ws_tubes.append(WorkspaceTube(fcs_path=path.resolve(), gates=gates, spillovers=spillovers,
-                                          channel_ranges=ranges, name=Path(res.tube.file).name, counts=counts,
-                                          n_events=int(res.n_events)))
+                                          channel_ranges=ranges, name=res.tube.file, counts=counts,
+                                          n_events=int(res.n_events),
+                                          keywords={"BAT_FILE": origin["file"], "BAT_SHA256": origin["sha256"]}))
     if fmt == "flowjo":
         if not ws_tubes:
             raise BatError("no gated tube to export", field="tubes", expected="a run with at least one gated tube")
@@ -192,22 +303,44 @@ def gate_geometry_on_template(gate: Any, template: Any, pnn_to_dim: Mapping[str,
         cols = [_to_template_scale(list(gate.vertices[:, i]), imported[i], targets[i]) for i in range(2)]
         return {"type": "polygon", "vertices": [[x, y] for x, y in zip(*cols)]}
     if isinstance(gate, EllipsoidGate):
-        if any(i is not t and getattr(i, "name", None) != getattr(t, "name", None) for i, t in zip(imported, targets)):
-            return None  # an ellipse cannot be carried across a change of scale exactly
-        return {"type": "ellipsoid", "mean": [float(v) for v in gate.mean],
-                "covariance": np.asarray(gate.covariance, dtype=float).tolist(),
+        # an ellipse is carried exactly across the same scale or an affine change of it (a linear display
+        # scale of a raw axis, as FlowJo writes one); not across a change to or from a non-linear scale
+        slopes, mean = [], []
+        for m, imp, tgt in zip(gate.mean, imported, targets):
+            if imp is tgt or (imp is not None and tgt is not None and getattr(imp, "name", None) == tgt.name):
+                slopes.append(1.0)
+                mean.append(float(m))
+            elif _affine(imp) and _affine(tgt):
+                lo, hi = _to_template_scale([0.0, 1.0], imp, tgt)
+                slopes.append(float(hi) - float(lo))
+                mean.append(float(lo) + (float(hi) - float(lo)) * float(m))
+            else:
+                return None
+        k = np.array(slopes)
+        cov = np.asarray(gate.covariance, dtype=float) * np.outer(k, k)
+        return {"type": "ellipsoid", "mean": mean, "covariance": cov.tolist(),
                 "distance_square": float(gate.distance_square)}
     return None
 
 
+def _affine(t: Any) -> bool:
+    """Whether a scale is an affine map of the data (none, or Gating-ML ``flin``)."""
+    from .gating.transforms import Linear
+
+    return t is None or isinstance(getattr(t, "exact", t), Linear)
+
+
 def _coords(geo: Mapping[str, Any]) -> list[float | None]:
+    """A geometry's numbers, as compared by :func:`same_geometry`; an ellipse as its mean and its covariance
+    scaled by ``distance_square`` (the same ellipse may be written with any split of the two)."""
     kind = geo.get("type")
     if kind == "range":
         return list(geo["mins"]) + list(geo["maxs"])
     if kind == "polygon":
         return [float(v) for p in geo["vertices"] for v in p]
     if kind == "ellipsoid":
-        return (list(geo["mean"]) + [v for r in geo["covariance"] for v in r] + [geo["distance_square"]])
+        d2 = float(geo["distance_square"])
+        return list(geo["mean"]) + [float(v) * d2 for r in geo["covariance"] for v in r]
     return []
 
 
@@ -234,8 +367,21 @@ def same_geometry(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, *,
 GATINGML_NAMESPACE = "http://www.isac-net.org/std/Gating-ML/v2.0/gating"
 
 
-def _documents(path: Path) -> dict[str, Any]:
-    """Imported gate documents keyed by sample / file name.
+@dataclass
+class _Imported:
+    """One imported gate document and what names its data file (see :func:`_match_tubes`)."""
+
+    label: str  # how problems name it: the sample of a workspace, or the Gating-ML file
+    document: Any
+    file: str | None = None  # the tube's path recorded at export (Gating-ML custom_info, BAT_FILE keyword)
+    sha256: str | None = None  # the file's checksum recorded at export
+    uri: str | None = None  # a workspace sample's DataSet uri
+    path_name: str | None = None  # relative path the document stands for (sample name; Gating-ML file path)
+    stem: bool = False  # path_name has no suffix (a Gating-ML file's path without .xml)
+
+
+def _documents(path: Path) -> list[_Imported]:
+    """The imported gate documents, each with what identifies its data file.
 
     A file is recognised by its content, not its extension: a root element ``Workspace`` is a FlowJo
     workspace (FlowJo can save one as ``.xml``), a root in the Gating-ML 2.0 namespace a Gating-ML
@@ -245,26 +391,131 @@ def _documents(path: Path) -> dict[str, Any]:
     from .gating.gatingml import read_gatingml
     from .safe_parse import read_xml
 
+    def gml(f: Path, rel: str) -> _Imported:
+        doc = read_gatingml(f)
+        return _Imported(f"{rel}.xml", doc, doc.origin.get("file"), doc.origin.get("sha256"),
+                         path_name=rel, stem=True)
+
     if path.is_dir():
-        files = sorted(path.glob("*.xml"))
+        files = sorted(f for f in path.rglob("*.xml") if f.is_file())
         if not files:
             raise OverridesError("no Gating-ML (.xml) files in this folder", source=str(path))
-        return {f.stem: read_gatingml(f) for f in files}
+        return [gml(f, f.relative_to(path).with_suffix("").as_posix()) for f in files]
     checked = read_xml(path, what="file with edited gates")  # an InputParseError (located) when unsafe or broken
     if checked.root.tag == "Workspace":
-        return {name: s.document for name, s in read_workspace(path).items()}
+        return [_Imported(f"sample {name!r}", s.document, s.keywords.get("BAT_FILE"), s.keywords.get("BAT_SHA256"),
+                          uri=s.uri, path_name=name) for name, s in read_workspace(path).items()]
     if checked.root_namespace == GATINGML_NAMESPACE:
-        return {path.stem: read_gatingml(path)}
+        return [gml(path, path.stem)]
     raise OverridesError(f"this file is neither a FlowJo workspace nor a Gating-ML 2.0 document (its root element "
                          f"is <{checked.root_name[:60]}>)", source=str(path),
                          problems=["expected a FlowJo workspace (.wsp or .xml), a Gating-ML 2.0 file or a folder of "
                                    "Gating-ML files"])
 
 
+def _uri_path(uri: str | None, base: Path) -> Path | None:
+    """The local file a workspace's ``DataSet uri`` names (relative URIs from the workspace's folder)."""
+    from urllib.parse import unquote, urlparse
+
+    if not uri:
+        return None
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("file", ""):
+        return None
+    p = Path(unquote(parsed.path))
+    return p if p.is_absolute() else base / p
+
+
+def _match_tubes(docs: Sequence[_Imported], tubes: Sequence[Tube], data_dir: Path, source: Path) -> list[Tube]:
+    """The tube of each imported document, never guessed from a base name.
+
+    In order: the tube's path recorded at export (``custom_info`` of a Gating-ML file, ``BAT_FILE`` of a
+    workspace sample); the sample's ``DataSet uri`` if it lies in the data folder; the sample's name or
+    the Gating-ML file's path in the given folder, as a path of the layout (``a/P01.fcs``; ``a/P01`` for
+    ``a/P01.xml``); the file checksum recorded at export. A checksum recorded at export must be the
+    matched file's (the gates were drawn on that data). A document that matches no tube, or several, and
+    two documents for one tube are refused, all at once, naming each.
+    """
+    from .checksums import file_sha256
+
+    by_file = {t.file: t for t in tubes}
+    by_stem: dict[str, list[Tube]] = {}
+    for t in tubes:
+        by_stem.setdefault(Path(t.file).with_suffix("").as_posix(), []).append(t)
+    root = data_dir.resolve()
+    by_resolved = {}
+    for t in tubes:
+        by_resolved[(Path(t.file) if Path(t.file).is_absolute() else root / t.file).resolve()] = t
+    shas: dict[str, str | None] = {}
+
+    def sha(t: Tube) -> str | None:
+        if t.file not in shas:
+            fcs = Path(t.file) if Path(t.file).is_absolute() else data_dir / t.file
+            try:
+                shas[t.file] = file_sha256(fcs)
+            except OSError:
+                shas[t.file] = None
+        return shas[t.file]
+
+    problems: list[str] = []
+    matched: list[Tube] = []
+    owner: dict[str, str] = {}
+    for doc in docs:
+        tube: Tube | None = by_file.get(doc.file) if doc.file else None
+        how = "the path recorded at export"
+        if tube is None and doc.uri:
+            local = _uri_path(doc.uri, source.parent)
+            try:
+                tube = by_resolved.get(local.resolve()) if local is not None else None
+            except (OSError, RuntimeError, ValueError):  # a path the system cannot resolve names no tube
+                tube = None
+            how = "its DataSet uri"
+        if tube is None and doc.path_name:
+            if doc.stem:
+                found = by_stem.get(doc.path_name, [])
+                if len(found) > 1:
+                    problems.append(f"{doc.label}: stands for {len(found)} tubes of the layout "
+                                    f"({', '.join(t.file for t in found)}); give each its own file name")
+                    continue
+                tube = found[0] if found else None
+            else:
+                tube = by_file.get(doc.path_name)
+            how = "its name"
+        if tube is None and doc.sha256:
+            found = [t for t in tubes if sha(t) == doc.sha256]
+            if len(found) > 1:
+                problems.append(f"{doc.label}: its data file (SHA-256 {doc.sha256[:12]}…) is several tubes of "
+                                f"the layout ({', '.join(t.file for t in found)})")
+                continue
+            tube = found[0] if found else None
+            how = "its checksum"
+        if tube is None:
+            recorded = f" (exported for {doc.file})" if doc.file else ""
+            problems.append(f"{doc.label}{recorded}: not a file of the layout (matched by path in the data "
+                            "folder or by file checksum, never by file name alone)")
+            continue
+        if doc.sha256 and sha(tube) is not None and sha(tube) != doc.sha256:
+            problems.append(f"{doc.label}: matched to {tube.file} by {how}, but the gates were exported for other "
+                            f"data (SHA-256 {doc.sha256[:12]}… at export, {sha(tube)[:12]}… now): not applied")
+            continue
+        if tube.file in owner:
+            problems.append(f"{doc.label}: {tube.file} already has its gates from {owner[tube.file]}")
+            continue
+        owner[tube.file] = doc.label
+        matched.append(tube)
+    if problems:
+        raise OverridesError("the edited gates do not match the tubes of the layout one to one", source=str(source),
+                             problems=problems)
+    return matched
+
+
 def read_edited_gates(path: Path | str, template: Any, tubes: Sequence[Tube], *, data_dir: Path,
                       reviewer: str | None,
                       automated: Callable[[str, str], dict[str, Any] | None] | None) -> list[GateCorrection]:
-    """Gate corrections from a FlowJo workspace / Gating-ML edited by a reviewer."""
+    """Gate corrections from a FlowJo workspace / Gating-ML edited by a reviewer.
+
+    Each document is matched to its tube by :func:`_match_tubes` before any gate is compared.
+    """
     from .io.fcs import read_fcs
     from .store import utc_now
 
@@ -272,26 +523,19 @@ def read_edited_gates(path: Path | str, template: Any, tubes: Sequence[Tube], *,
     if not path.exists():
         raise OverridesError("file with edited gates not found", source=str(path))
     docs = _documents(path)
-    by_key = {}
-    for t in tubes:
-        by_key[Path(t.file).name] = t
-        by_key[Path(t.file).stem] = t
-    problems = [f"{name}: not a file of the layout" for name in sorted(docs) if name not in by_key]
-    if problems:
-        raise OverridesError("the edited gates name tubes that are not in the layout", source=str(path),
-                             problems=problems)
+    matched = _match_tubes(docs, tubes, Path(data_dir), path)
     who = reviewer or "unnamed reviewer (give --reviewer)"
     when = utc_now()
     out: list[GateCorrection] = []
-    for name in sorted(docs):
-        tube = by_key[name]
+    for imported, tube in sorted(zip(docs, matched), key=lambda dt: dt[1].file):
+        name, doc = tube.file, imported.document
         fcs = Path(tube.file) if Path(tube.file).is_absolute() else data_dir / tube.file
         sample = read_fcs(fcs)
         channels = channel_map(sample, template, str(fcs))
         pnn_to_dim = {ch.pnn: dim for dim, ch in channels.items()}
-        doc_gates = {g.name: g for g in docs[name].gates}
+        doc_gates = {g.name: g for g in doc.gates}
         top = max((float(c.range) for c in channels.values() if c.range), default=None)
-        for gate in docs[name].gates:
+        for gate in doc.gates:
             if isinstance(gate, BooleanGate):
                 if not _is_template_gate(template, gate.name):
                     continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from functools import lru_cache
 from pathlib import Path
+from xml.etree import ElementTree as ET
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from bat_analysis.errors import GatingError
 from bat_analysis.gating.gates import (BooleanGate, Dimension, EllipsoidGate, PolygonGate, QuadrantGate, RangeGate,
                                        evaluate)
 
+GML = "http://www.isac-net.org/std/Gating-ML/v2.0/gating"
 CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "fcs_corpus"
 FLOWJO = CORPUS / "flowjo"
 pytestmark = pytest.mark.skipif(not FLOWJO.is_dir(), reason=f"FlowJo workspaces not found at {FLOWJO}")
@@ -199,13 +201,22 @@ def test_export_refusals_and_ellipse(tmp_path: Path) -> None:
                                                                 mins=(1.0,), maxs=(None,))])], tmp_path / "x.wsp")
     with pytest.raises(GatingError, match="no tubes"):
         export_workspace([], tmp_path / "x.wsp")
-    # ellipses are written as 128-vertex polygons (FlowJo evaluates ellipses as polygons too)
+    # ellipses are written as FlowJo writes them (EllipsoidGate: foci and edge points in display channels)
+    # and read back as the same ellipse, not as a polygon
     dm = _sample_events(DIAMOND_FCS)
-    e = EllipsoidGate("e", (a, b), mean=[0.1, 0.1], covariance=[[0.004, -0.002], [-0.002, 0.003]], distance_square=1.0)
+    e = EllipsoidGate("e", (a, b), mean=[0.1, 0.1], covariance=[[0.004, -0.002], [-0.002, 0.003]], distance_square=4.0)
     out = export_workspace([WorkspaceTube(DIAMOND_FCS, [e])], tmp_path / "e.wsp")
+    shapes = ET.parse(out).getroot().iter(f"{{{GML}}}EllipsoidGate")
+    (shape,) = list(shapes)
+    assert len(shape.find(f"{{{GML}}}foci")) == 2 and len(shape.find(f"{{{GML}}}edge")) == 4
+    assert not list(ET.parse(out).getroot().iter(f"{{{GML}}}PolygonGate"))
     ours = int(evaluate([e], ArrayEventsFactory(dm, {}))["e"].sum())
-    again = int(read_workspace(out)[DIAMOND_FCS.name].document.evaluate(dm.events, dm.pnn)["e"].sum())
-    assert ours > 1000 and abs(again - ours) <= 0.01 * ours
+    back = read_workspace(out)[DIAMOND_FCS.name].document
+    again = back.gate("e")
+    assert isinstance(again, EllipsoidGate)
+    np.testing.assert_allclose(again.mean, e.mean, rtol=1e-12)
+    np.testing.assert_allclose(again.covariance * again.distance_square, e.covariance * 4.0, rtol=1e-9, atol=1e-15)
+    assert ours > 1000 and int(back.evaluate(dm.events, dm.pnn)["e"].sum()) == ours
 
 
 def test_unreadable_workspace_is_a_clear_error(tmp_path: Path) -> None:

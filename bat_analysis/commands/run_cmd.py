@@ -197,4 +197,4 @@ def register(app: typer.Typer) -> None:
             paths = export_gates(out, fmt, dest)
         except BatError as exc:
             raise _fail(exc, "Give the --out folder of a completed 'bat run'.") from None
-        typer.echo(f"Wrote {len(paths)} file(s): {for_terminal(paths[0].parent if paths else dest)}")
+        typer.echo(f"Wrote {len(paths)} file(s) under {for_terminal(dest or out / 'gates')}")

@@ -19,16 +19,20 @@ emulate the raster (``emulate_binning=True``): display coordinates of events and
 the polygon's ``gateResolution`` grid before the test; on the corpus this reproduces FlowJo's counts
 exactly except for a few events on FlowJo "biex" axes, whose display scale FlowKit only approximates.
 
-Export writes, for a batch of tubes, ONE workspace with one ``Sample`` per tube, each with its own gates
+Export writes, for a batch of tubes, ONE workspace with one ``Sample`` per tube (named
+:attr:`WorkspaceTube.name`, which must be unique; ``DataSet uri`` is the file), each with its own gates
 (automated gates differ from tube to tube), its own transforms and spillover matrix, so that a reviewer
 can open the experiment in FlowJo. Gate coordinates are stored in data units, as FlowJo does (inverse of
 the dimension's transform), and a transform element is written for every gated parameter. Ranges and
-quadrants become rectangles, polygons polygons, ellipses 128-vertex polygons (FlowJo itself evaluates
-ellipses as polygons). Boolean gates become FlowJo's ``AndNode`` / ``OrNode`` / ``NotNode`` under their
-parent, naming their operands by population path (``Dependent name="A/B"``) and carrying a copy of the
-first operand's gate for display, which is how FlowJo 10 writes them and how FlowKit's workspace parser
-reads them back. FlowJo has no per-operand complement, so an
-operand complemented inside an and/or is refused (write it as a NOT gate of its own).
+quadrants become rectangles, polygons polygons, and ellipses ``EllipsoidGate`` as FlowJo 10 writes them:
+two foci and four edge points (major axis ends, then minor) in display channels, 0-256 across each
+transformed axis (:func:`ellipse_foci_edges`). FlowKit reads such an ellipse as a 128-vertex polygon, as
+FlowJo evaluates it; :func:`read_workspace` puts the exact ellipse back (:func:`ellipse_from_foci_edges`),
+so that an exported ellipse re-imports as itself. Boolean gates become FlowJo's ``AndNode`` /
+``OrNode`` / ``NotNode`` under their parent, naming their operands by population path
+(``Dependent name="A/B"``) and carrying a copy of the first operand's gate for display, which is how FlowJo
+10 writes them and how FlowKit's workspace parser reads them back. FlowJo has no per-operand complement, so
+an operand complemented inside an and/or is refused (write it as a NOT gate of its own).
 """
 
 from __future__ import annotations
@@ -92,7 +96,9 @@ class BinnedPolygonGate(PolygonGate):
 class FlowJoSample:
     """One sample of a workspace: its gates (ours), FlowJo's counts per gate, and where its FCS file is.
 
-    ``resolutions`` holds each polygon's ``gateResolution`` (FlowJo's display raster).
+    ``resolutions`` holds each polygon's ``gateResolution`` (FlowJo's display raster); ``keywords`` the
+    sample's keywords stored in the workspace (``BAT_FILE`` / ``BAT_SHA256`` name the tube an export of
+    ``bat export-gates`` was made for).
     """
 
     sample_id: str
@@ -101,6 +107,7 @@ class FlowJoSample:
     counts: dict[str, int]
     uri: str | None = None
     resolutions: dict[str, int] = field(default_factory=dict)
+    keywords: dict[str, str] = field(default_factory=dict)
 
     def gate_names(self) -> list[str]:
         return [g.name for g in self.document.gates]
@@ -192,6 +199,60 @@ def _gate_resolutions(root: ET.Element) -> dict[str, dict[tuple[str, ...], int]]
     return out
 
 
+def _ellipses(root: ET.Element) -> dict[str, dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]]]:
+    """Foci and edge points (display channels) of every ``EllipsoidGate``, per sample name and population
+    path; an ellipse whose points are not 2 foci and 4 edge points of 2 numbers each is left to FlowKit."""
+    out: dict[str, dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]]] = {}
+
+    def points(el: ET.Element | None) -> np.ndarray | None:
+        if el is None:
+            return None
+        rows = []
+        for v in el.findall(_q("gating", "vertex")):
+            try:
+                rows.append([float(c.attrib[_q("data-type", "value")]) for c in v.findall(_q("gating", "coordinate"))])
+            except (KeyError, ValueError):
+                return None
+        arr = np.array(rows, dtype=float) if rows and all(len(r) == 2 for r in rows) else None
+        return arr if arr is not None and np.isfinite(arr).all() else None
+
+    for sample in root.iter("Sample"):
+        node = sample.find("SampleNode")
+        if node is None:
+            continue
+        found: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+        def walk(el: ET.Element, prefix: tuple[str, ...]) -> None:
+            subs = el.find("Subpopulations")
+            if subs is None:
+                return
+            for pop in subs:
+                if pop.tag not in ("Population", "AndNode", "OrNode", "NotNode"):
+                    continue
+                key = (*prefix, pop.attrib.get("name", ""))
+                gate = pop.find("Gate") if pop.tag == "Population" else None  # a boolean node's is for display
+                shape = gate.find(_q("gating", "EllipsoidGate")) if gate is not None else None
+                if shape is not None:
+                    foci, edges = points(shape.find(_q("gating", "foci"))), points(shape.find(_q("gating", "edge")))
+                    if foci is not None and edges is not None and len(foci) == 2 and len(edges) == 4:
+                        found[key] = (foci, edges)
+                walk(pop, key)
+
+        walk(node, ())
+        out[node.attrib.get("name", "")] = found
+    return out
+
+
+def _as_ellipse(g: Gate, foci: np.ndarray, edges: np.ndarray) -> Gate:
+    """FlowKit's polygon for a FlowJo ellipse replaced by the ellipse itself, on the same (transformed) axes."""
+    if not isinstance(g, PolygonGate) or len(g.dims) != 2:
+        return g
+    per_unit = np.array([_display_scale(d.transform, 1.0) for d in g.dims])  # FlowKit's reading of channels
+    mean, cov = ellipse_from_foci_edges(foci, edges)
+    return EllipsoidGate(g.name, g.dims, mean=mean / per_unit, covariance=cov / np.outer(per_unit, per_unit),
+                         distance_square=1.0, parent=g.parent)
+
+
 def _read(path: str | Path) -> XmlDocument:
     """The workspace parsed by the hardened parser (no DTD or entities, size and depth limits)."""
     p = Path(path)
@@ -242,7 +303,8 @@ def read_workspace(path: str | Path) -> dict[str, FlowJoSample]:
     """Import every sample of a FlowJo 10 workspace: gates (ours) and FlowJo's counts, keyed by sample name.
 
     Gate names are FlowJo population names, path-qualified (``parent/child``) where a name repeats.
-    The FCS files are not needed (``FlowJoSample.uri`` says where FlowJo found each one).
+    The FCS files are not needed (``FlowJoSample.uri`` says where FlowJo found each one). Two samples
+    of one name are refused (FlowKit keeps one sample per name, so the other's gates would be lost).
     """
     import flowkit as fk
 
@@ -267,11 +329,20 @@ def read_workspace(path: str | Path) -> dict[str, FlowJoSample]:
     ws = flowkit(parse)
     counts = _counts(root, str(p))
     resolutions = _gate_resolutions(root)
+    ellipses = _ellipses(root)
     uris = {}
+    named: dict[str, int] = {}
     for sample in root.iter("Sample"):
         node, ds = sample.find("SampleNode"), sample.find("DataSet")
+        if node is not None:
+            named[node.attrib.get("name", "")] = named.get(node.attrib.get("name", ""), 0) + 1
         if node is not None and ds is not None:
             uris[node.attrib.get("name", "")] = ds.attrib.get("uri")
+    twice = sorted(n for n, k in named.items() if k > 1)
+    if twice:  # FlowKit keeps one sample per name: the others' gates would be lost or given to the wrong file
+        raise GatingError(f"several samples are named {', '.join(repr(n) for n in twice)}", source=str(p),
+                          field="SampleNode name",
+                          expected="one sample per name (rename the samples in FlowJo so that each name is unique)")
     out: dict[str, FlowJoSample] = {}
     for sid in flowkit(lambda: ws.get_sample_ids(loaded_only=False)):
         strategy = flowkit(lambda: ws.get_gating_strategy(sid))
@@ -280,13 +351,18 @@ def read_workspace(path: str | Path) -> dict[str, FlowJoSample]:
         by_path, res_by_path = counts.get(sid, {}), resolutions.get(sid, {})
         gate_counts: dict[str, int] = {}
         gate_res: dict[str, int] = {}
+        shapes = ellipses.get(sid, {})
         for gid, gpath in strategy.get_gate_ids():
             key = (*[x for x in gpath if x != "root"], gid)
+            if key in shapes:  # FlowKit made a polygon of it; the exact ellipse is in the workspace
+                ours = _our_name(gid, gpath, strategy)
+                doc.gates = [_as_ellipse(g, *shapes[key]) if g.name == ours else g for g in doc.gates]
             if key in by_path:
                 gate_counts[_our_name(gid, gpath, strategy)] = by_path[key]
             if key in res_by_path:
                 gate_res[_our_name(gid, gpath, strategy)] = res_by_path[key]
-        out[sid] = FlowJoSample(sid, sid, doc, gate_counts, uris.get(sid), gate_res)
+        keywords = {str(k): str(v) for k, v in (ws.get_keywords(sid) or {}).items()}
+        out[sid] = FlowJoSample(sid, sid, doc, gate_counts, uris.get(sid), gate_res, keywords)
     return out
 
 
@@ -386,17 +462,62 @@ def _spillover_element(parent: ET.Element, name: str, sp: Spillover, prefix: str
             co.set(_q("transforms", "value"), _fmt(sp.matrix[i, j]))
 
 
-def _ellipse_polygon(g: EllipsoidGate, n: int = 128) -> np.ndarray:
-    if len(g.dims) != 2:
-        raise GatingError(f"gate {g.name}: only 2-D ellipses can be written to FlowJo", field="dims")
-    vals, vecs = np.linalg.eigh(g.covariance)
-    theta = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    circle = np.stack([np.cos(theta), np.sin(theta)])
-    return (g.mean[:, None] + vecs @ (np.sqrt(vals * g.distance_square)[:, None] * circle)).T
+DISPLAY_CHANNELS = 256.0  # FlowJo stores ellipses on its 256-channel display grid of each axis
+
+
+def _display_scale(t: ScaleTransform | None, top: float) -> float:
+    """Display channels per unit of a gate coordinate on an axis' scale (FlowJo's grid starts at 0 on it).
+
+    FlowJo stores an ellipse in display channels, 0-256 across the transformed axis, which FlowKit reads
+    back as ``channel / 256`` on the axis' transform (times 4096 for FlowJo's biex, whose scale runs to 4096).
+    An untransformed parameter is shown on the linear scale written for it, 0 to ``$PnR``.
+    """
+    if t is None:
+        return DISPLAY_CHANNELS / float(top)
+    t = getattr(t, "exact", t)
+    return DISPLAY_CHANNELS / (4096.0 if isinstance(t, FlowJoBiex) else 1.0)
+
+
+def ellipse_foci_edges(mean: np.ndarray, covariance: np.ndarray, distance_square: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """FlowJo's ellipse: its two foci and four edge points (major axis ends, then minor axis ends)."""
+    vals, vecs = np.linalg.eigh(np.asarray(covariance, dtype=float) * float(distance_square))
+    if np.any(vals <= 0):
+        raise GatingError("the ellipse's covariance is not positive definite", field="covariance")
+    b, a = np.sqrt(vals)
+    minor, major = vecs[:, 0], vecs[:, 1]
+    if a - b <= 1e-9 * a:  # a circle: foci a hair apart, so that the major axis has a direction
+        major, minor = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    c = np.sqrt(max(a * a - b * b, (1e-9 * a) ** 2))
+    m = np.asarray(mean, dtype=float)
+    return np.array([m - c * major, m + c * major]), np.array([m + a * major, m - a * major,
+                                                                m + b * minor, m - b * minor])
+
+
+def ellipse_from_foci_edges(foci: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, covariance) of the ellipse FlowJo stores as foci and edge points (distance_square 1).
+
+    As FlowKit reads it: the centre between the foci, the semi-major axis the longer of the first and
+    third edge points' distances from it, along the foci, and the semi-minor axis from the foci (FlowJo's
+    minor edge points are not reliable).
+    """
+    foci, edges = np.asarray(foci, dtype=float), np.asarray(edges, dtype=float)
+    m = foci.mean(axis=0)
+    a = max(float(np.linalg.norm(edges[0] - m)), float(np.linalg.norm(edges[2] - m)))
+    c = float(np.linalg.norm(foci[1] - m))
+    if c > 0:
+        major = (foci[1] - m) / c
+    else:
+        far = edges[0] if np.linalg.norm(edges[0] - m) >= np.linalg.norm(edges[2] - m) else edges[2]
+        major = (far - m) / max(float(np.linalg.norm(far - m)), 1e-300)
+    minor = np.array([-major[1], major[0]])
+    b2 = abs(a * a - c * c)
+    cov = a * a * np.outer(major, major) + b2 * np.outer(minor, minor)
+    return m, cov
 
 
 def _gate_element(gate_parent: ET.Element, g: Gate, fj_id: str, parent_id: str | None,
-                  param_name: Any) -> None:
+                  param_name: Any, display: Any) -> None:
     def dims_of(el: ET.Element, dims: Sequence[Dimension], lims: Sequence[tuple[Any, Any]] | None) -> None:
         for k, d in enumerate(dims):
             de = ET.SubElement(el, _q("gating", "dimension"))
@@ -415,8 +536,26 @@ def _gate_element(gate_parent: ET.Element, g: Gate, fj_id: str, parent_id: str |
         el.set("percentX", "0")
         el.set("percentY", "0")
         dims_of(el, g.dims, list(zip(g.mins, g.maxs)))
-    elif isinstance(g, (PolygonGate, EllipsoidGate)):
-        verts = g.vertices if isinstance(g, PolygonGate) else _ellipse_polygon(g)
+    elif isinstance(g, EllipsoidGate):
+        if len(g.dims) != 2:
+            raise GatingError(f"gate {g.name}: only 2-D ellipses can be written to FlowJo", field="dims")
+        for d in g.dims:
+            if d.ratio is not None:
+                raise GatingError(f"dimension {d.key}: ratio dimensions cannot be written to FlowJo", field="dims")
+        scale = np.array([display(d) for d in g.dims])
+        foci, edges = ellipse_foci_edges(g.mean * scale, g.covariance * np.outer(scale, scale),
+                                         g.distance_square)
+        el = ET.SubElement(gate_parent, _q("gating", "EllipsoidGate"))
+        el.set("eventsInside", "1")
+        dims_of(el, g.dims, None)
+        for tag, points in (("foci", foci), ("edge", edges)):
+            group = ET.SubElement(el, _q("gating", tag))
+            for point in points:
+                ve = ET.SubElement(group, _q("gating", "vertex"))
+                for v in point:
+                    ET.SubElement(ve, _q("gating", "coordinate")).set(_q("data-type", "value"), _fmt(v))
+    elif isinstance(g, PolygonGate):
+        verts = g.vertices
         el = ET.SubElement(gate_parent, _q("gating", "PolygonGate"))
         el.set("eventsInside", "0" if getattr(g, "complement", False) else "1")
         el.set("quadId", "-1")
@@ -556,6 +695,9 @@ def _sample_element(samples: ET.Element, tube: WorkspaceTube, sid: str, matrices
                 raise GatingError(f"{tube.sample_name}: parameter {d.key} is gated on two scales",
                                   field="transform", expected="one transform per parameter (a FlowJo limitation)")
             transforms[d.key] = d.transform  # type: ignore[assignment]
+    def display(d: Dimension) -> float:
+        return _display_scale(d.transform, float(tube.channel_ranges.get(d.key, 262144.0)))
+
     xf = ET.SubElement(sample, "Transformations")
     for key, t in transforms.items():
         top = float(tube.channel_ranges.get(key, 262144.0))
@@ -605,7 +747,7 @@ def _sample_element(samples: ET.Element, tube: WorkspaceTube, sid: str, matrices
                 gate_el.set(_q("gating", "id"), fj_id)
                 if pid is not None:
                     gate_el.set(_q("gating", "parent_id"), pid)
-                _gate_element(gate_el, shape, fj_id, pid, param_name)
+                _gate_element(gate_el, shape, fj_id, pid, param_name, display)
             add(pop, g.name, depth + 1)
             if isinstance(g, BooleanGate):
                 deps = ET.SubElement(pop, "Dependents")

@@ -47,6 +47,7 @@ class GatingDocument:
     transforms: dict[str, ScaleTransform] = field(default_factory=dict)
     spillovers: dict[str, Spillover] = field(default_factory=dict)
     source: str | None = None
+    origin: dict[str, str] = field(default_factory=dict)  # the data file the gates were exported for
 
     def gate(self, name: str) -> Gate:
         for g in self.gates:
@@ -112,6 +113,7 @@ def read_gatingml(path: str | Path, *, comp_prefix: str | None = None) -> Gating
     doc = guarded(lambda: from_flowkit_strategy(strategy), source=str(p), what=what, error=GatingError)
     doc.source = str(p)
     _restore_names(doc, root)
+    doc.origin = _origin(root)
     prefix = comp_prefix if comp_prefix is not None else ("Comp-" if lenient else None)
     if prefix:
         for g in doc.gates:
@@ -443,12 +445,15 @@ def _renamed(gates: Sequence[Gate], ids: Mapping[str, str]) -> list[Gate]:
     return out
 
 
-def export_gatingml(gates: Iterable[Gate], path: str | Path, spillovers: Mapping[str, Any] | None = None) -> Path:
+def export_gatingml(gates: Iterable[Gate], path: str | Path, spillovers: Mapping[str, Any] | None = None, *,
+                    origin: Mapping[str, str] | None = None) -> Path:
     """Write gates (with their transforms and the named spillover matrices) as Gating-ML 2.0.
 
     Gate names that are not valid Gating-ML ids (spaces, ``+``, ``:``... as FlowJo population names
     have) are written as sanitised ids; the original names are kept in a document-level
-    ``custom_info`` element, from which :func:`read_gatingml` restores them.
+    ``custom_info`` element, from which :func:`read_gatingml` restores them. ``origin`` (``file``: the
+    data file's path in its layout, ``sha256``: its checksum) is recorded there too and read back as
+    :attr:`GatingDocument.origin`, so that the gates find their file again whatever the document is called.
     """
     import flowkit as fk
 
@@ -459,16 +464,27 @@ def export_gatingml(gates: Iterable[Gate], path: str | Path, spillovers: Mapping
     fk.export_gatingml(gs, buf)
     data = buf.getvalue()
     renamed = {new: old for old, new in ids.items() if new != old}
-    if renamed:
+    if renamed or origin:
         root = ET.fromstring(data)
         info = ET.Element(f"{{{_GML_NS[2]}}}custom_info")
-        names = ET.SubElement(info, f"{{{_NAMES_NS}}}names")
-        for new, old in renamed.items():
-            ET.SubElement(names, f"{{{_NAMES_NS}}}gate", {"id": new, "name": old})
+        if origin:
+            ET.SubElement(info, f"{{{_NAMES_NS}}}source", {k: str(v) for k, v in origin.items() if v is not None})
+        if renamed:
+            names = ET.SubElement(info, f"{{{_NAMES_NS}}}names")
+            for new, old in renamed.items():
+                ET.SubElement(names, f"{{{_NAMES_NS}}}gate", {"id": new, "name": old})
         root.insert(0, info)
         ET.register_namespace("bat", _NAMES_NS)
         data = ET.tostring(root, encoding="utf-8", xml_declaration=True)
     return atomic_write_bytes(path, data)
+
+
+def _origin(root: ET.Element) -> dict[str, str]:
+    """The data file recorded by :func:`export_gatingml` (empty if none, or if recorded twice)."""
+    found = [el for el in root.iter(f"{{{_NAMES_NS}}}source")]
+    if len(found) != 1:
+        return {}
+    return {k: str(v) for k, v in found[0].attrib.items() if k in ("file", "sha256")}
 
 
 def _restore_names(doc: GatingDocument, root: ET.Element) -> None:
