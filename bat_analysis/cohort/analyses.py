@@ -226,19 +226,19 @@ def associations(df: pd.DataFrame, predictors: list[str], outcome: str, positive
             row["note"] = f"too few patients for {design.shape[1]} parameters"
         else:
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("error", category=RuntimeWarning)
-                    warnings.filterwarnings("ignore", message=".*divide by zero.*")
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
                     fit = sm.Logit(y, design.to_numpy(dtype=float)).fit(disp=0, method="newton", maxiter=100)
                 beta, se = float(fit.params[1]), float(fit.bse[1])
-                if not fit.mle_retvals.get("converged", True):
+                separated = any("separation" in str(w.message).casefold() for w in caught)
+                if separated or abs(beta) > 30:
+                    row["note"] = "perfect or quasi-complete separation: the odds ratio is not estimable"
+                elif not fit.mle_retvals.get("converged", True) or not (math.isfinite(se) and se > 0):
                     row["note"] = "the fit did not converge"
-                elif not (math.isfinite(se) and se > 0) or abs(beta) > 30:
-                    row["note"] = "perfect or quasi-complete separation"
                 else:
                     row.update(or_per_sd=math.exp(beta), or_ci_low=math.exp(beta - Z975 * se),
                                or_ci_high=math.exp(beta + Z975 * se), p_value=float(fit.pvalues[1]))
-            except (PerfectSeparationError, np.linalg.LinAlgError, RuntimeWarning, ValueError) as exc:
+            except (PerfectSeparationError, np.linalg.LinAlgError, ValueError) as exc:
                 name = type(exc).__name__
                 row["note"] = ("perfect separation" if "Separation" in name or "separation" in str(exc)
                                else f"cannot be fitted ({name}: {str(exc)[:80]})")
