@@ -55,7 +55,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import AnalysisError, BatError
-from .clinical import MISSING_TOKENS, ROW, is_numeric, numeric
+from .clinical import MISSING_TOKENS, ROW, columns_text, is_numeric, numeric
 from .delong import Z975, delong_auc, delong_paired
 
 ROC_COLUMNS = ["predictor", "outcome", "n_positive", "n_negative", "auroc", "auroc_ci_low", "auroc_ci_high",
@@ -91,7 +91,7 @@ def outcome_labels(df: pd.DataFrame, outcome: str, positive: str) -> np.ndarray:
     """1.0 where the outcome equals ``positive`` (case-insensitive; 1 equals 1.0), 0.0 otherwise, NaN if blank."""
     if outcome not in df.columns:
         raise BatError(f"outcome column {outcome!r} is missing", field="--outcome",
-                       expected="a column of the clinical sheet: " + ", ".join(c for c in df.columns if c != ROW))
+                       expected="a column of the clinical sheet; columns: " + columns_text(df))
     cells = df[outcome]
     blank = cells.map(_is_blank).to_numpy()
     want = _norm_value(positive)

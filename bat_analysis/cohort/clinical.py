@@ -45,7 +45,7 @@ import pandas as pd
 from ..errors import BatError, ProblemsError
 
 __all__ = ["ROW", "Mismatches", "read_sheet", "read_clinical", "read_results", "join", "numeric",
-           "derive_columns", "find_column", "SIGE_CLASS_LIMITS", "AGE_GROUPS", "MISSING_TOKENS"]
+           "derive_columns", "find_column", "columns_text", "SIGE_CLASS_LIMITS", "AGE_GROUPS", "MISSING_TOKENS"]
 
 ROW = "__row__"
 SIGE_CLASS_LIMITS = (0.35, 0.7, 3.5, 17.5, 50.0, 100.0)  # kUA/L, ImmunoCAP classes 1..6 start here
@@ -153,6 +153,13 @@ def read_sheet(path: str | Path, *, what: str = "clinical sheet") -> pd.DataFram
         rec[ROW] = i
         records.append(rec)
     return pd.DataFrame.from_records(records, columns=[header[j] for j in keep] + [ROW])
+
+
+def columns_text(df: pd.DataFrame, limit: int = 12) -> str:
+    """The columns of ``df`` for a message: the first ``limit`` names, then how many more."""
+    names = [str(c) for c in df.columns if c != ROW]
+    text = ", ".join(names[:limit])
+    return text + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def find_column(df: pd.DataFrame, name: str) -> str | None:

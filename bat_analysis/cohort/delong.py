@@ -14,7 +14,9 @@ Contract:
 ``labels`` are booleans (True = positive class); ``scores`` are oriented so that higher means positive (flip the
 sign of a predictor first when lower values mean positive). Missing scores are not accepted here: the caller
 drops incomplete patients (for a paired test, patients missing either predictor). Raises ``AnalysisError``
-when either class is empty or the inputs differ in length.
+when either class is empty or the inputs differ in length. With a single patient in a class the variance cannot be
+estimated: variance, interval, Z and p are NaN (the AUC is still given). A zero variance (e.g. two identical
+predictors) gives Z = 0 and p = 1 when the AUCs are equal.
 
 Sun X, Xu W. Fast implementation of DeLong's algorithm for comparing the areas under correlated receiver
 operating characteristic curves. IEEE Signal Process Lett 2014;21:1389–93. doi:10.1109/LSP.2014.2337313.
@@ -86,6 +88,8 @@ def _fast_delong(ordered: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     aucs = tz[:, :m].sum(axis=1) / (m * n) - (m + 1.0) / (2.0 * n)
     v01 = (tz[:, :m] - tx) / n  # structural components of the positives
     v10 = 1.0 - (tz[:, m:] - ty) / m  # … and of the negatives
+    if m < 2 or n < 2:  # a class with one patient: its structural components have no variance estimate
+        return aucs, np.full((k, k), np.nan)
     sx = np.atleast_2d(np.cov(v01))
     sy = np.atleast_2d(np.cov(v10))
     return aucs, sx / m + sy / n
@@ -98,6 +102,8 @@ def delong_auc(scores, labels) -> DelongAuc:
     aucs, cov = _fast_delong(ordered, m)
     auc = float(aucs[0])
     var = float(cov[0, 0])
+    if math.isnan(var):
+        return DelongAuc(auc=auc, variance=var, ci_low=math.nan, ci_high=math.nan, n_positive=m, n_negative=n)
     half = Z975 * math.sqrt(max(var, 0.0))
     return DelongAuc(auc=auc, variance=var, ci_low=max(0.0, auc - half), ci_high=min(1.0, auc + half),
                      n_positive=m, n_negative=n)
@@ -113,7 +119,9 @@ def delong_paired(scores_a, scores_b, labels) -> DelongPaired:
     aucs, cov = _fast_delong(ordered, m)
     diff = float(aucs[0] - aucs[1])
     var = float(cov[0, 0] + cov[1, 1] - 2.0 * cov[0, 1])
-    if var <= 0.0:
+    if math.isnan(var):
+        z = p = half = math.nan
+    elif var <= 0.0:
         z = 0.0 if diff == 0.0 else math.copysign(math.inf, diff)
         p = 1.0 if diff == 0.0 else 0.0
         half = 0.0

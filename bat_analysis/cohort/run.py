@@ -59,7 +59,7 @@ class CohortSummary:
 def _check_columns(df: pd.DataFrame, names: list[str], option: str) -> None:
     missing = [n for n in names if n not in df.columns]
     if missing:
-        have = ", ".join(c for c in df.columns if c != clinical.ROW)
+        have = clinical.columns_text(df)
         raise BatError(f"column(s) {', '.join(repr(m) for m in missing)} not found", field=option,
                        expected=f"columns of the clinical sheet, the results or derived ones: {have}")
 

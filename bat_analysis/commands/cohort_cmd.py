@@ -102,6 +102,8 @@ def register(app: typer.Typer) -> None:
         roc = summary.tables["roc"]
         typer.echo(f"{summary.n_patients} patients analysed in {summary.elapsed_s:.1f} s; results in {summary.out}/")
         for r in roc.itertuples(index=False):
-            typer.echo(f"  {r.predictor}: AUROC {r.auroc:.3f} ({r.auroc_ci_low:.3f}-{r.auroc_ci_high:.3f}), "
-                       f"n = {r.n_positive} + {r.n_negative}")
+            ci = (f"{r.auroc_ci_low:.3f}-{r.auroc_ci_high:.3f}" if r.auroc_ci_low == r.auroc_ci_low
+                  else "no interval: a class has a single patient")
+            typer.echo(f"  {r.predictor}: AUROC {r.auroc:.3f} ({ci}), n = {r.n_positive} positive + "
+                       f"{r.n_negative} negative")
         typer.echo(f"Open {summary.out / 'cohort.html'}")
