@@ -37,7 +37,7 @@ def _bh(p: np.ndarray) -> np.ndarray:
 def test_adjusted_odds_ratios_equal_statsmodels_logit_fitted_directly():
     df = _joined()
     predictors = ["auc_inhibition_pct", "ec50_shift_log10", "bmi"]
-    covariates = ["age", "sex", "baseline_exacerbations", "treatment"]
+    covariates = ["age", "sex", "baseline_exacerbations", "treatment", "allergen"]
     got = analyses.associations(df, predictors, "response", "yes", covariates)
     y = (df["response"] == "yes").to_numpy(dtype=float)
     expected_p = []
@@ -48,6 +48,8 @@ def test_adjusted_odds_ratios_equal_statsmodels_logit_fitted_directly():
                           "sex_M": (df["sex"] == "M").astype(float),  # F is the reference (first in sorted order)
                           "exac": df["baseline_exacerbations"].astype(float),
                           "standard": (df["treatment"] == "standard").astype(float)})
+        for level in ("cat", "house_dust_mite", "peanut"):  # birch, first in sorted order, is the reference
+            X[f"allergen_{level}"] = (df["allergen"] == level).astype(float)
         fit = sm.Logit(y, X).fit(disp=0)
         b, se = fit.params[p], fit.bse[p]
         assert row.n == len(df) and row.n_events == int(y.sum())
@@ -56,7 +58,7 @@ def test_adjusted_odds_ratios_equal_statsmodels_logit_fitted_directly():
         assert row.or_ci_high == pytest.approx(math.exp(b + 1.959963984540054 * se), rel=1e-7)
         assert row.p_value == pytest.approx(fit.pvalues[p], rel=1e-6)
         assert row.predictor_sd == pytest.approx(x.std(ddof=1), rel=1e-12)
-        assert row.covariates == "age;sex;baseline_exacerbations;treatment"
+        assert row.covariates == "age;sex;baseline_exacerbations;treatment;allergen"
         expected_p.append(fit.pvalues[p])
     assert got["q_value"].to_numpy() == pytest.approx(_bh(np.array(expected_p)), rel=1e-6)
 

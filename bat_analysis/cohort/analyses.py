@@ -234,7 +234,8 @@ def associations(df: pd.DataFrame, predictors: list[str], outcome: str, positive
                 if separated or abs(beta) > 30:
                     row["note"] = "perfect or quasi-complete separation: the odds ratio is not estimable"
                 elif not fit.mle_retvals.get("converged", True) or not (math.isfinite(se) and se > 0):
-                    row["note"] = "the fit did not converge"
+                    row["note"] = ("the fit did not converge (a covariate level where every patient has the same "
+                                   "outcome?)")
                 else:
                     row.update(or_per_sd=math.exp(beta), or_ci_low=math.exp(beta - Z975 * se),
                                or_ci_high=math.exp(beta + Z975 * se), p_value=float(fit.pvalues[1]))

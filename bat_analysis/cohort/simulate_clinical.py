@@ -62,7 +62,7 @@ def simulate_cohort(n_patients: int = 120, seed: int = 0) -> SimulatedCohort:
     ec50_oma = ec50_none * 10 ** shift
     cls = np.where(inh >= 80, "responder", np.where(inh >= 20, "partial_responder", "non_responder"))
     results = pd.DataFrame({
-        "patient": ids, "allergen": [ALLERGENS[i % len(ALLERGENS)] for i in range(n)],
+        "patient": ids, "allergen": "",
         "ec50_none": ec50_none, "ec50_omalizumab": ec50_oma,
         "cd_sens_none": 100.0 / ec50_none, "cd_sens_omalizumab": 100.0 / ec50_oma,
         "cd_max_none": rng.uniform(30, 90, n), "cd_max_omalizumab": rng.uniform(10, 60, n),
@@ -108,4 +108,6 @@ def simulate_cohort(n_patients: int = 120, seed: int = 0) -> SimulatedCohort:
             rows.append((ids[i], w, "ACT", round(float(np.clip(act, 5, 25)), 1)))
             rows.append((ids[i], w, "FEV1_pct", round(float(fev), 1)))
     followup = pd.DataFrame(rows, columns=["patient", "week", "variable", "value"])
+    # drawn last so that adding it left every other draw unchanged; random, hence unrelated to the treatment
+    results["allergen"] = rng.choice(ALLERGENS, n)
     return SimulatedCohort(results=results, clinical=clinical, followup=followup)
