@@ -131,6 +131,29 @@ def test_non_numeric_predictor_is_a_located_error(tmp_path):
     assert not (tmp_path / "out" / "roc.csv").exists()
 
 
+def test_non_numeric_result_is_located_in_patients_csv(tmp_path):
+    opts = demo_inputs(tmp_path / "in", 20, 1)
+    results = pd.read_csv(opts.results[0] / "patients.csv", dtype=str)
+    results.loc[9, "auc_inhibition_pct"] = "n.d."
+    results.to_csv(opts.results[0] / "patients.csv", index=False)
+    sheet = pd.read_csv(opts.clinical, dtype=str).iloc[::-1]  # another row order than the results
+    sheet.to_csv(opts.clinical, index=False)
+    result = _bat("cohort", "--results", str(opts.results[0]), "--clinical", str(opts.clinical), "--outcome",
+                  "response", "--positive", "yes", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert str(opts.results[0] / "patients.csv") in result.output.splitlines()[0]
+    assert "row 11, column 'auc_inhibition_pct': 'n.d.' is not a number" in result.output
+
+
+def test_output_folder_that_is_a_file(tmp_path):
+    opts = demo_inputs(tmp_path / "in", 8, 1)
+    (tmp_path / "out").write_text("x")
+    result = _bat("cohort", "--results", str(opts.results[0]), "--clinical", str(opts.clinical), "--outcome",
+                  "response", "--positive", "yes", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "the output folder is a file" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_single_class_outcome_is_a_clear_error(tmp_path):
     opts = demo_inputs(tmp_path / "in", 20, 1)
     sheet = pd.read_csv(opts.clinical, dtype=str)

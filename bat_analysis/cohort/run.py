@@ -67,6 +67,9 @@ def _check_columns(df: pd.DataFrame, names: list[str], option: str) -> None:
 def run_cohort(opts: CohortOptions) -> CohortSummary:
     """Everything ``bat cohort`` does (see the module contract)."""
     t0 = time.perf_counter()
+    if Path(opts.out).exists() and not Path(opts.out).is_dir():
+        raise BatError("the output folder is a file", source=str(opts.out), field="--out",
+                       expected="a folder (created if absent)")
     if not opts.results:
         raise BatError("no results folder given", field="--results", expected="one or more run folders (RUN_DIR)")
     results = clinical.read_results(opts.results, opts.allergen)
@@ -74,7 +77,7 @@ def run_cohort(opts: CohortOptions) -> CohortSummary:
     sheet, derived = clinical.derive_columns(sheet, str(opts.clinical))
     df, mismatches = clinical.join(results, sheet)
     notes = mismatches.lines()
-    predictors = list(opts.predictors) or [p for p in DEFAULT_PREDICTORS if p in df.columns]
+    predictors = list(dict.fromkeys(opts.predictors)) or [p for p in DEFAULT_PREDICTORS if p in df.columns]
     if not predictors:
         raise BatError("no predictor to analyse", field="--predictors",
                        expected="column names, e.g. --predictors auc_inhibition_pct,sige")
@@ -82,9 +85,14 @@ def run_cohort(opts: CohortOptions) -> CohortSummary:
     _check_columns(df, list(opts.covariates), "--covariates")
     if opts.group:
         _check_columns(df, [opts.group], "--group")
-    source = f"{opts.clinical} joined with the results"
-    for p in predictors:  # every bad cell of every predictor, located, before anything is computed
-        clinical.numeric(df, p, source)
+    # every bad cell of every predictor, located in its own file (row numbers as a spreadsheet shows them),
+    # before anything is computed
+    for p in predictors:
+        if p in sheet.columns:
+            clinical.numeric(sheet, p, str(opts.clinical))
+        elif p in results.columns:
+            for path, part in results.groupby("results_file", sort=False):
+                clinical.numeric(part, p, str(path))
     followup = None
     if opts.outcomes_over_time is not None:
         followup = analyses.check_followup(clinical.read_sheet(opts.outcomes_over_time, what="follow-up sheet"),
