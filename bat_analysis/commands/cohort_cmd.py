@@ -56,9 +56,11 @@ def register(app: typer.Typer) -> None:
         patients: int = typer.Option(200, "--patients", min=8, help="With --demo: number of simulated patients."),
         seed: int = typer.Option(0, "--seed", help="With --demo: random seed."),
     ) -> None:
-        """Relate the in-vitro response to clinical data: ROC curves with DeLong 95% intervals and paired tests,
-        odds ratios per SD adjusted for covariates (Benjamini-Hochberg q), event rates per stratum and group with
-        an interaction test, change from baseline over time (mixed model), Table 1, and a cohort report.
+        """Relate the in-vitro response to clinical data: ROC, odds ratios, strata, outcomes over time, Table 1.
+
+        ROC curves with DeLong 95% intervals and paired tests, odds ratios per SD adjusted for covariates
+        (Benjamini-Hochberg q), event rates per stratum and group with an interaction test, change from baseline
+        over time (mixed model), Table 1, and a cohort report (cohort.html, cohort.pdf).
 
         Example:  bat cohort --results results/plate1 --clinical clinical.xlsx --outcome response --positive yes
         --covariates age,sex,bmi --group treatment --stratify 'sige_total_ige_ratio_pct>=10' --out cohort/
