@@ -302,3 +302,27 @@ def test_a_bat_run_joined_with_a_clinical_sheet(tmp_path):
     t1 = pd.read_csv(tmp_path / "cohort" / "table1.csv")
     assert str(t1.iloc[0]["overall"]) == str(len(ids))
     assert np.isfinite(pd.read_csv(tmp_path / "cohort" / "roc_tests.csv")["auroc_a"]).all()
+
+
+def test_a_typo_in_a_numeric_covariate_is_located_not_turned_into_categories(tmp_path):
+    opts = demo_inputs(tmp_path / "in", 20, 1)
+    sheet = pd.read_csv(opts.clinical, dtype=str)
+    sheet.loc[2, "bmi"] = "2O.5"
+    sheet.to_csv(opts.clinical, index=False)
+    result = _bat("cohort", "--results", str(opts.results[0]), "--clinical", str(opts.clinical), "--outcome",
+                  "response", "--positive", "yes", "--covariates", "bmi,sex", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "row 4, column 'bmi': '2O.5' is not a number" in result.output
+
+
+def test_followup_without_baseline_and_unknown_patients_are_named(tmp_path):
+    opts = demo_inputs(tmp_path / "in", 30, 1)
+    fu = pd.read_csv(opts.outcomes_over_time, dtype=str)
+    fu = fu[~((fu["patient"] == "P0003") & (fu["week"] == "0"))]
+    fu = pd.concat([fu, pd.DataFrame([["Z1", "0", "ACT", "12"]], columns=fu.columns)])
+    fu.to_csv(opts.outcomes_over_time, index=False)
+    opts.out = tmp_path / "out"
+    summary = run_cohort(opts)
+    assert any("follow-up sheet not among the joined patients (left out): Z1" in n for n in summary.notes)
+    longi = summary.tables["longitudinal"]
+    assert longi["model"].str.contains("1 patient(s) without a week-0 value left out: P0003", regex=False).all()

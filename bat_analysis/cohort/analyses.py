@@ -18,7 +18,9 @@ is left out of that analysis only (complete cases); ``n`` columns say how many w
 - ``associations(df, predictors, outcome, positive, covariates)`` → ``ASSOCIATION_COLUMNS``: per predictor, a
   logistic regression (``statsmodels`` ``Logit``, maximum likelihood, Newton) of the outcome on the predictor divided
   by its sample standard deviation (ddof = 1, over the complete cases of that model) plus the covariates; a covariate
-  whose every value is a number enters as it is, any other as indicators (``pandas.get_dummies``, first level in
+  whose every value is a number enters as it is (linearly: code categories as text to get indicators), one mostly
+  of numbers with a few text cells is a located error (``clinical.check_text_or_numbers``), any other enters as
+  indicators (``pandas.get_dummies``, first level in
   sorted order = reference, dropped). ``or_per_sd`` = exp(β), Wald 95% interval exp(β ± 1.96·SE), Wald p;
   ``q_value`` = Benjamini–Hochberg (``multipletests(method="fdr_bh")``) across the predictors of the call that could
   be fitted. A model that cannot be fitted (perfect separation, singular design, too few patients) gets NaN and a
@@ -33,7 +35,7 @@ is left out of that analysis only (complete cases); ``n`` columns say how many w
   .test_equal_odds(adjust=True)``). Without a group, the strata are compared by χ² (``chi2_contingency``) or Fisher.
 - ``longitudinal(followup, df, group)`` → ``LONGITUDINAL_COLUMNS``: ``followup`` is long (patient, week, variable,
   value). Per variable, change = value − the patient's week-0 value (the baseline is the earliest week present, which
-  must be shared by all); a linear mixed model (``statsmodels`` ``MixedLM`` on the patsy design of the formula, REML) of change on
+  must be shared by all: a patient without it is left out and named in the ``model`` column); a linear mixed model (``statsmodels`` ``MixedLM`` on the patsy design of the formula, REML) of change on
   C(group) × C(week) with a random intercept per patient, fitted to the post-baseline visits; rows per variable ×
   week × group give the observed mean change (n, SD), the model's mean change with Wald 95% interval and, on the
   compared groups, the difference from the reference group with its interval and p.
@@ -55,7 +57,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import AnalysisError, BatError
-from .clinical import MISSING_TOKENS, ROW, columns_text, is_numeric, numeric
+from .clinical import MISSING_TOKENS, ROW, check_text_or_numbers, columns_text, is_numeric, numeric
 from .delong import Z975, delong_auc, delong_paired
 
 ROC_COLUMNS = ["predictor", "outcome", "n_positive", "n_negative", "auroc", "auroc_ci_low", "auroc_ci_high",
@@ -182,6 +184,7 @@ def covariate_matrix(df: pd.DataFrame, covariates: list[str]) -> pd.DataFrame:
         if c not in df.columns:
             raise BatError(f"covariate column {c!r} is missing", field="--covariates",
                            expected="a column of the clinical sheet or the results")
+        check_text_or_numbers(df, c)
         if is_numeric(df, c):
             parts.append(pd.Series(numeric(df, c), index=df.index, name=c))
             continue
@@ -417,6 +420,7 @@ def longitudinal(followup: pd.DataFrame, df: pd.DataFrame, group: str | None) ->
                            expected="one value per patient, week and variable")
         base_week = float(d["week"].min())
         base = d[d["week"] == base_week].set_index("patient")["value"]
+        no_base = sorted(set(d["patient"]) - set(base.index))
         d = d[(d["week"] != base_week) & d["patient"].isin(base.index)].copy()
         if d.empty:
             continue
@@ -426,6 +430,9 @@ def longitudinal(followup: pd.DataFrame, df: pd.DataFrame, group: str | None) ->
         d["visit"] = d["week"].map(lambda w: f"{w:g}")
         formula = "change ~ C(visit)" if len(groups) < 2 else "change ~ C(grp) * C(visit)"
         model_name = f"mixedlm({formula}, random intercept per patient, REML); baseline week {base_week:g}"
+        if no_base:
+            model_name += (f"; {len(no_base)} patient(s) without a week-{base_week:g} value left out: "
+                           + ", ".join(no_base[:10]) + (" …" if len(no_base) > 10 else ""))
         fe, cov, info, note = None, None, None, ""
         try:
             endog, exog = patsy.dmatrices(formula, d, return_type="dataframe")

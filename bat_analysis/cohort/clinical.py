@@ -19,6 +19,8 @@ Contract:
   an ID differs only by letter case); an empty intersection is a ``ProblemsError`` with both lists.
 - ``numeric(df, column, source)`` converts a column to float: blank, ``NA``, ``n/a`` → NaN; a decimal comma is
   accepted; any other text is a located error (``row N, column C: 'x' is not a number``), every bad cell at once.
+  ``check_text_or_numbers`` refuses the same way a column that is mostly numbers with a few text cells (a covariate
+  is either numbers or categories).
 - ``derive_columns(df)`` adds, when their inputs exist (names matched case-insensitively):
   ``sige_total_ige_ratio_pct`` = 100 × sIgE (kUA/L, column ``sige``) / total IgE (kU/L, column ``total_ige``) — the
   ratio Zhang et al. stratify at ≥ 10% and > 16% (both in kU/L, IgE's international unit; 1 kU/L = 2.4 ng/mL);
@@ -45,7 +47,8 @@ import pandas as pd
 from ..errors import BatError, ProblemsError
 
 __all__ = ["ROW", "Mismatches", "read_sheet", "read_clinical", "read_results", "join", "numeric",
-           "derive_columns", "find_column", "columns_text", "SIGE_CLASS_LIMITS", "AGE_GROUPS", "MISSING_TOKENS"]
+           "derive_columns", "find_column", "columns_text",
+           "is_numeric", "check_text_or_numbers", "SIGE_CLASS_LIMITS", "AGE_GROUPS", "MISSING_TOKENS"]
 
 ROW = "__row__"
 SIGE_CLASS_LIMITS = (0.35, 0.7, 3.5, 17.5, 50.0, 100.0)  # kUA/L, ImmunoCAP classes 1..6 start here
@@ -335,6 +338,16 @@ def is_numeric(df: pd.DataFrame, column: str) -> bool:
     """Whether every non-blank cell of ``column`` reads as a number (and at least one does)."""
     vals = [_to_float(c) for c in df[column]]
     return all(v is not None for v in vals) and any(v is not None and not math.isnan(v) for v in vals)
+
+
+def check_text_or_numbers(df: pd.DataFrame, column: str, source: str | None = None) -> None:
+    """A column is either numbers or text: mostly numbers with a few text cells is taken for typos and refused
+    with the text cells located (a typo such as ``4O`` in an age would otherwise turn it into categories)."""
+    vals = [_to_float(c) for c in df[column]]
+    n_text = sum(v is None for v in vals)
+    n_num = sum(v is not None and not math.isnan(v) for v in vals)
+    if n_text and n_num > n_text:
+        numeric(df, column, source)
 
 
 def sige_class(value: float) -> float:

@@ -93,10 +93,17 @@ def run_cohort(opts: CohortOptions) -> CohortSummary:
         elif p in results.columns:
             for path, part in results.groupby("results_file", sort=False):
                 clinical.numeric(part, p, str(path))
+    for c in opts.covariates:
+        if c in sheet.columns:
+            clinical.check_text_or_numbers(sheet, c, str(opts.clinical))
     followup = None
     if opts.outcomes_over_time is not None:
         followup = analyses.check_followup(clinical.read_sheet(opts.outcomes_over_time, what="follow-up sheet"),
                                            str(opts.outcomes_over_time))
+        unknown = sorted(set(followup["patient"]) - set(df["patient"]))
+        if unknown:
+            notes.append(f"{len(unknown)} patient(s) of the follow-up sheet not among the joined patients (left "
+                         "out): " + ", ".join(unknown[:50]) + (" …" if len(unknown) > 50 else ""))
     # the analyses (each raises before anything is written)
     roc, points = analyses.roc(df, predictors, opts.outcome, opts.positive)
     directions = dict(zip(roc["predictor"], roc["direction"]))

@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
             if len(lines) > 21:
                 typer.echo(f"  ... and {len(lines) - 21} more", err=True)
             raise typer.Exit(code=EXIT_BAD_INPUT) from None
-        for line in summary.mismatches.lines():
+        for line in summary.notes:
             typer.secho(f"note: {line}", err=True, fg=typer.colors.YELLOW)
         roc = summary.tables["roc"]
         typer.echo(f"{summary.n_patients} patients analysed in {summary.elapsed_s:.1f} s; results in {summary.out}/")
