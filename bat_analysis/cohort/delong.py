@@ -5,7 +5,7 @@ Contract:
 - ``delong_auc(scores, labels)`` → ``DelongAuc(auc, variance, ci_low, ci_high, n_positive, n_negative)``:
   the empirical AUC (ties count ½, so it equals the Mann–Whitney statistic divided by m·n and scikit-learn's
   ``roc_auc_score``), DeLong's variance ``S10/m + S01/n`` from the structural components, and the 95% interval
-  ``auc ± z(0.975)·√variance`` clipped to [0, 1] — pROC's ``ci.auc(method="delong")``.
+  ``auc ± z(0.975)·√variance`` (as pROC's ``ci.auc(method="delong")``), clipped to [0, 1].
 - ``delong_paired(scores_a, scores_b, labels)`` → ``DelongPaired(auc_a, auc_b, difference, z, p_value,
   ci_low, ci_high)`` for two predictors measured on the same patients: ``Z = (A_a − A_b)/√(V_a + V_b − 2C)``
   with the covariance C of the structural components; p two-sided; the 95% interval of the difference
