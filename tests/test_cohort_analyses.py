@@ -226,3 +226,12 @@ def test_outcome_single_class_and_unknown_positive_are_clear_errors():
         analyses.roc(df, ["x"], "o", "yes")
     with pytest.raises(BatError, match="outcome column 'nope' is missing"):
         analyses.roc(df, ["x"], "nope", "yes")
+
+
+def test_mixed_model_warnings_are_reported_not_hidden():
+    fu = pd.DataFrame({"patient": list("aabbccdd"), "week": [0.0, 12.0] * 4, "variable": "X",
+                       "value": [1.0, 2.0] * 4})  # no variance at all: the fit cannot converge
+    cl = pd.DataFrame({"patient": list("abcd"), "g": ["x", "x", "y", "y"]})
+    got = analyses.longitudinal(fu, cl, "g")
+    assert list(got["mean_change"]) == [1.0, 1.0]
+    assert got["model"].str.contains("fit warnings: ", regex=False).all()

@@ -38,7 +38,8 @@ is left out of that analysis only (complete cases); ``n`` columns say how many w
   must be shared by all: a patient without it is left out and named in the ``model`` column); a linear mixed model (``statsmodels`` ``MixedLM`` on the patsy design of the formula, REML) of change on
   C(group) × C(week) with a random intercept per patient, fitted to the post-baseline visits; rows per variable ×
   week × group give the observed mean change (n, SD), the model's mean change with Wald 95% interval and, on the
-  compared groups, the difference from the reference group with its interval and p.
+  compared groups, the difference from the reference group with its interval and p. The ``model`` column names the
+  model, the baseline week, and any warning of the fit (convergence, a variance on the boundary).
 - ``table1(df, group, variables)`` → ``table1`` rows: numeric variables as mean (SD) with Welch's t-test (two
   groups) or one-way ANOVA and median [IQR] with Mann–Whitney U or Kruskal–Wallis; other variables as n (%) per level
   with χ² (``chi2_contingency``) or, for a 2 × 2 table with an expected count below 5, Fisher's exact test.
@@ -436,9 +437,12 @@ def longitudinal(followup: pd.DataFrame, df: pd.DataFrame, group: str | None) ->
         fe, cov, info, note = None, None, None, ""
         try:
             endog, exog = patsy.dmatrices(formula, d, return_type="dataframe")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 fit = sm.MixedLM(endog, exog, groups=d["patient"].to_numpy()).fit(reml=True)
+            said = sorted({str(w.message).splitlines()[0][:120] for w in caught})
+            if said or not fit.converged:
+                note = "; fit warnings: " + (" | ".join(said) if said else "did not converge")
             names = list(exog.columns)
             fe = fit.fe_params.to_numpy()
             cov = fit.cov_params().loc[names, names].to_numpy()
