@@ -15,6 +15,15 @@ sha256, the template's sha256, the package version, its layout annotation and th
 apply to it. A re-run gates only tubes whose key changed or that are missing, then scores every patient from
 the stored results. Results are always read back from the store before scoring, so a resumed run and an
 uninterrupted run score bit-identical inputs. A lock file keeps two runs from writing the same folder.
+
+Input files
+-----------
+Every tube's file is resolved and checked before anything is gated (``io.paths.resolve_data_file``: inside
+DATA_DIR after links unless ``allow_outside_data_dir``, a regular file, never a FIFO, device or /proc file)
+and hashed from that checked path without following a link put in its place. FCS files of DATA_DIR that no
+layout row names are left out with a warning (``RunSummary.warnings``, the run's info ``unlisted_files``), or
+refused with ``strict``. A file missing at run time refuses the run with the layout's other problems, unless
+``skip_missing``: its tube is then stored as failed (flag ``FILE_NOT_FOUND``, reason "file not found: PATH").
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from typing import Any, Callable, Generator, Iterator, Sequence
 
 from . import __version__
 from .checksums import file_sha256
-from .errors import BatError
+from .errors import BatError, DataFileError
 from .records import Flag, Tube, TubeResult
 from .store import AUTO, REVIEWED, STORE_NAME, ResultStore, to_json
 
@@ -133,7 +142,7 @@ def gate_one(task: GateTask) -> TubeResult:
     if result.file_sha256 is None:
         try:
             result.file_sha256 = task.sha256 or file_sha256(task.path)
-        except OSError:
+        except (OSError, BatError):  # unreadable or refused: gate_tube has already recorded why
             result.file_sha256 = None
     return result
 
@@ -276,9 +285,20 @@ def cache_key(file_sha: str | None, template_sha: str, tube: Tube, corrections_s
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def resolve_file(data_dir: Path, tube: Tube) -> Path:
-    p = Path(tube.file)
-    return p if p.is_absolute() else data_dir / p
+def resolve_file(data_dir: Path, tube: Tube, *, allow_outside: bool = False) -> Path:
+    """The checked real path of a tube's file (``io.paths.resolve_data_file``; raises ``DataFileError``)."""
+    from .io.paths import resolve_data_file
+
+    return resolve_data_file(data_dir, tube.file, allow_outside=allow_outside)
+
+
+def unlisted_warning(data_dir: Path, names: Sequence[str], shown: int = 20) -> str:
+    """The warning for FCS files of DATA_DIR that no layout row names (left out of the run)."""
+    listed = ", ".join(names[:shown]) + (f", ... and {len(names) - shown} more" if len(names) > shown else "")
+    what = ("file in {}/ has no row in the layout and was left out" if len(names) == 1
+            else "files in {}/ have no row in the layout and were left out").format(data_dir)
+    return (f"{len(names)} {what}: {listed} "
+            "(run with --strict to refuse a folder with files the layout does not name)")
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -299,6 +319,9 @@ class RunOptions:
     parquet: bool = False
     reports: bool = True
     command: str = ""
+    strict: bool = False  # FCS files of data_dir without a layout row refuse the run (else: left out, warned)
+    skip_missing: bool = False  # a layout row whose file does not exist: tube failed (else: the run is refused)
+    allow_outside_data_dir: bool = False  # layout files may be absolute, use '..' or link out of data_dir
 
 
 @dataclass
@@ -321,6 +344,7 @@ class RunSummary:
     report_note: str | None = None
     rescored: list[str] = field(default_factory=list)
     report_error: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def default_workers() -> int:
@@ -363,10 +387,12 @@ def run(options: RunOptions, *, on_result: Callable[[int, TubeResult], None] | N
 def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
                 on_result: Callable[[int, TubeResult], None] | None, t0: float) -> RunSummary:
     from .gating.templates import load_template
-    from .io.layout import read_layout
+    from .io.layout import read_layout, unlisted_files
     from .overrides import load_corrections
 
-    tubes = read_layout(Path(options.layout), data_dir)
+    tubes = read_layout(Path(options.layout), data_dir, check_unlisted=options.strict,
+                        skip_missing=options.skip_missing, allow_outside_data_dir=options.allow_outside_data_dir)
+    unlisted = [] if options.strict else unlisted_files(data_dir, [t.file for t in tubes])
     if not tubes:
         raise BatError("the layout sheet lists no tubes", source=str(options.layout),
                        expected="one row per FCS file")
@@ -389,10 +415,16 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
                                            "overrides": str(options.overrides) if options.overrides else None,
                                            "gates_from": str(options.gates_from) if options.gates_from else None,
                                            "template_source": template.source,
-                                           "template_text": template.source_text})
+                                           "template_text": template.source_text,
+                                           "unlisted_files": unlisted, "strict": options.strict,
+                                           "skip_missing": options.skip_missing,
+                                           "allow_outside_data_dir": options.allow_outside_data_dir})
             try:
-                return _run_stored(options, data_dir, out, workers, on_result, t0, tubes, template, corrections,
-                                   command, store, progress, run_id)
+                summary = _run_stored(options, data_dir, out, workers, on_result, t0, tubes, template,
+                                      corrections, command, store, progress, run_id)
+                if unlisted:
+                    summary.warnings.append(unlisted_warning(data_dir, unlisted))
+                return summary
             except BaseException:
                 if store.last_run() and store.last_run()["status"] == "running":
                     store.end_run(run_id, status="stopped", n_tubes=len(tubes), n_gated=0, n_reused=0, n_failed=0)
@@ -405,12 +437,18 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
     # checksums of every input, and which tube results are still valid
     check = progress.add_task("Checking files", total=len(tubes), note="")
     checksums: dict[str, str | None] = {}
+    paths: dict[str, Path] = {}
+    unavailable: dict[str, tuple[str, str]] = {}  # file -> (flag, reason): its tube fails without gating
     for tube in tubes:
-        path = resolve_file(data_dir, tube)
+        checksums[tube.file] = None
         try:
-            checksums[tube.file] = file_sha256(path)
+            paths[tube.file] = resolve_file(data_dir, tube, allow_outside=options.allow_outside_data_dir)
+            checksums[tube.file] = file_sha256(paths[tube.file], follow_symlinks=False)
+        except DataFileError as exc:  # missing (--skip-missing, or deleted since the layout was read) or refused
+            unavailable[tube.file] = (("FILE_NOT_FOUND", f"file not found: {data_dir / tube.file}")
+                                      if exc.kind == "missing" else ("FILE_REFUSED", str(exc)))
         except OSError:
-            checksums[tube.file] = None
+            pass  # unreadable (permissions): gating records why on the tube
         progress.advance(check)
     layout_sha = file_sha256(options.layout)
     store.record_inputs(run_id, {**checksums, f"layout:{Path(options.layout).name}": layout_sha,
@@ -420,7 +458,17 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
     tasks: list[GateTask] = []
     keys: list[str] = []
     for tube in tubes:
-        path = str(resolve_file(data_dir, tube))
+        if tube.file in unavailable:
+            code, reason = unavailable[tube.file]
+            reviewed = bool(corrections.gates_for(tube.file))
+            corr_sha = corrections.sha256_for(tube.file) if reviewed else None
+            failed_now = TubeResult(tube=tube, error=reason, flags=[Flag(code, "fail", f"{tube.file}: {reason}")])
+            # keyed by the refusal (no checksum): never taken for the result of a file that is back, or unreadable
+            key = cache_key(code, template.sha256, tube, corr_sha)
+            store.put_tube(failed_now, variant=REVIEWED if reviewed else AUTO, cache_key=key, run_id=run_id,
+                           template_sha256=template.sha256, version=__version__, corrections_sha256=corr_sha)
+            continue
+        path = str(paths.get(tube.file, data_dir / tube.file))
         want = [(AUTO, None, None)]
         gate_corr = corrections.gates_for(tube.file)
         if gate_corr:
@@ -435,7 +483,7 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
             tasks.append(GateTask(path=path, tube=tube, template=template, variant=variant,
                                   overrides=overrides, sha256=checksums[tube.file]))
             keys.append(key)
-    n_reused = len(tubes) - len({t.tube.file for t in tasks})
+    n_reused = len(tubes) - len({t.tube.file for t in tasks}) - len(unavailable)
     from .gating.tube import gate_tube  # noqa: F401  (imported once here; forked workers inherit it)
 
     gate = progress.add_task("Gating tubes", total=len(tasks), note="")
