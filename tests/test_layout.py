@@ -390,3 +390,12 @@ def test_pattern_annotation_never_reads_a_link_out_of_the_folder(tmp_path: Path,
     assert any(p.startswith("file 'P9_none_fmlp.fcs': is a link to") for p in info.value.problems), \
         info.value.problems
     assert read == ["good.fcs"]
+
+
+def test_a_loop_of_links_is_a_located_problem(tmp_path: Path) -> None:
+    data, _ = _hostile_folder(tmp_path)
+    (data / "loop.fcs").symlink_to("loop.fcs")
+    with pytest.raises(LayoutError) as info:
+        read_layout(_csv(tmp_path / "layout.csv", _rows("loop.fcs")), data)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith("row 3, column 'file': 'loop.fcs' cannot be followed to a file")

@@ -146,8 +146,15 @@ def unlisted_files(data_dir: str | os.PathLike[str], files: Sequence[str]) -> li
     folder = Path(data_dir)
     if not folder.is_dir():
         return []
-    listed = {(folder / f).resolve() for f in files}
-    return [p.name for p in _fcs_files(folder) if p.resolve() not in listed]
+
+    def real(path: Path) -> Path:
+        try:
+            return path.resolve()
+        except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13): the name stands for itself
+            return path.absolute()
+
+    listed = {real(folder / f) for f in files}
+    return [p.name for p in _fcs_files(folder) if real(p) not in listed]
 
 
 def tubes_from_rows(
