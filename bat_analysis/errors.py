@@ -31,6 +31,17 @@ class FcsFormatError(BatError):
     """An FCS file that cannot be read as the standard says."""
 
 
+class DataFileError(BatError):
+    """A file that may not be opened as an input: ``kind`` is ``"missing"``, ``"outside"`` (out of the data
+    folder) or ``"not_regular"`` (a FIFO, device, directory, kernel pseudo-file...); ``detail`` is the message
+    without the file's name, for callers that name the file their own way (a layout's row and column)."""
+
+    def __init__(self, detail: str, *, kind: str, source: str | None = None, expected: str | None = None) -> None:
+        self.kind = kind
+        self.detail = detail
+        super().__init__(detail, source=source, expected=expected)
+
+
 class MarkerError(BatError):
     """A marker that is absent from a file, or matches more than one channel."""
 

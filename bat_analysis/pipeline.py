@@ -32,6 +32,15 @@ swapped in. A write failure is a ``WriteError`` (path, cause, what to do): the r
 (or ``completed without reports`` when only the reports failed), and once the store holds this run's tables,
 earlier tables and reports that were not rewritten are moved to ``OUT/outdated-<time>/`` (removed if even
 that fails), so that outputs of another run are never presented beside this run's.
+
+Input files
+-----------
+Every tube's file is resolved and checked before anything is gated (``io.paths.resolve_data_file``: inside
+DATA_DIR after links unless ``allow_outside_data_dir``, a regular file, never a FIFO, device or /proc file)
+and hashed from that checked path without following a link put in its place. FCS files of DATA_DIR that no
+layout row names are left out with a warning (``RunSummary.warnings``, the run's info ``unlisted_files``), or
+refused with ``strict``. A file missing at run time refuses the run with the layout's other problems, unless
+``skip_missing``: its tube is then stored as failed (flag ``FILE_NOT_FOUND``, reason "file not found: PATH").
 """
 
 from __future__ import annotations
@@ -52,7 +61,7 @@ from typing import Any, Callable, Generator, Iterator, Sequence
 
 from . import __version__
 from .checksums import file_sha256
-from .errors import BatError, WriteError
+from .errors import BatError, DataFileError, WriteError
 from .records import Flag, Tube, TubeResult
 from .store import AUTO, REVIEWED, STORE_NAME, ResultStore, to_json
 
@@ -192,7 +201,7 @@ def gate_one(task: GateTask) -> TubeResult:
     if result.file_sha256 is None:
         try:
             result.file_sha256 = task.sha256 or file_sha256(task.path)
-        except OSError:
+        except (OSError, BatError):  # unreadable or refused: gate_tube has already recorded why
             result.file_sha256 = None
     return result
 
@@ -335,9 +344,20 @@ def cache_key(file_sha: str | None, template_sha: str, tube: Tube, corrections_s
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def resolve_file(data_dir: Path, tube: Tube) -> Path:
-    p = Path(tube.file)
-    return p if p.is_absolute() else data_dir / p
+def resolve_file(data_dir: Path, tube: Tube, *, allow_outside: bool = False) -> Path:
+    """The checked real path of a tube's file (``io.paths.resolve_data_file``; raises ``DataFileError``)."""
+    from .io.paths import resolve_data_file
+
+    return resolve_data_file(data_dir, tube.file, allow_outside=allow_outside)
+
+
+def unlisted_warning(data_dir: Path, names: Sequence[str], shown: int = 20) -> str:
+    """The warning for FCS files of DATA_DIR that no layout row names (left out of the run)."""
+    listed = ", ".join(names[:shown]) + (f", ... and {len(names) - shown} more" if len(names) > shown else "")
+    what = ("file in {}/ has no row in the layout and was left out" if len(names) == 1
+            else "files in {}/ have no row in the layout and were left out").format(data_dir)
+    return (f"{len(names)} {what}: {listed} "
+            "(run with --strict to refuse a folder with files the layout does not name)")
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -359,6 +379,9 @@ class RunOptions:
     parquet: bool = False
     reports: bool = True
     command: str = ""
+    strict: bool = False  # FCS files of data_dir without a layout row refuse the run (else: left out, warned)
+    skip_missing: bool = False  # a layout row whose file does not exist: tube failed (else: the run is refused)
+    allow_outside_data_dir: bool = False  # layout files may be absolute, use '..' or link out of data_dir
 
 
 @dataclass
@@ -384,6 +407,7 @@ class RunSummary:
     corrections_note: str | None = None
     stale: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def default_workers() -> int:
@@ -433,10 +457,12 @@ def run(options: RunOptions, *, on_result: Callable[[int, TubeResult], None] | N
 def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
                 on_result: Callable[[int, TubeResult], None] | None, t0: float) -> RunSummary:
     from .gating.templates import load_template
-    from .io.layout import read_layout
+    from .io.layout import read_layout, unlisted_files
     from .overrides import load_corrections, plan_log_entries
 
-    tubes = read_layout(Path(options.layout), data_dir)
+    tubes = read_layout(Path(options.layout), data_dir, check_unlisted=options.strict,
+                        skip_missing=options.skip_missing, allow_outside_data_dir=options.allow_outside_data_dir)
+    unlisted = [] if options.strict else unlisted_files(data_dir, [t.file for t in tubes])
     if not tubes:
         raise BatError("the layout sheet lists no tubes", source=str(options.layout),
                        expected="one row per FCS file")
@@ -465,8 +491,8 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
         given = load_corrections(template, overrides=options.overrides, gates_from=options.gates_from,
                                  tubes=tubes, data_dir=data_dir, reviewer=options.reviewer, automated=automated)
         with _progress(options.quiet) as progress:
-            checksums = input_checksums(tubes, data_dir, progress)
-            entries = plan_log_entries(given, store.correction_log(), tubes=tubes, checksums=checksums,
+            inputs = check_inputs(tubes, data_dir, progress, allow_outside=options.allow_outside_data_dir)
+            entries = plan_log_entries(given, store.correction_log(), tubes=tubes, checksums=inputs.checksums,
                                        template_sha256=template.sha256, version=__version__, automated=automated,
                                        source=str(options.overrides or options.gates_from or ""))
             layout_sha = file_sha256(options.layout)
@@ -480,10 +506,15 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
                                            "overrides": str(options.overrides) if options.overrides else None,
                                            "gates_from": str(options.gates_from) if options.gates_from else None,
                                            "template_source": template.source,
-                                           "template_text": template.source_text})
+                                           "template_text": template.source_text,
+                                           "unlisted_files": unlisted, "strict": options.strict,
+                                           "skip_missing": options.skip_missing,
+                                           "allow_outside_data_dir": options.allow_outside_data_dir})
             try:
                 summary = _run_stored(options, data_dir, out, workers, on_result, t0, tubes, template, entries,
-                                      checksums, layout_sha, command, store, progress, run_id)
+                                      inputs, layout_sha, command, store, progress, run_id)
+                if unlisted:
+                    summary.warnings.append(unlisted_warning(data_dir, unlisted))
             except BaseException as exc:
                 status = "failed" if isinstance(exc, WriteError) else "stopped"
                 try:
@@ -498,17 +529,35 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
             return summary
 
 
-def input_checksums(tubes: Sequence[Tube], data_dir: Path, progress: Any) -> dict[str, str | None]:
-    """The sha256 of every tube's FCS file (None for a file that cannot be read)."""
+@dataclass
+class InputCheck:
+    """Every tube's file checked before anything is gated: its checked real path, its sha256 (None when it
+    cannot be read: gating records why), and the tubes that fail without gating (file -> (flag, reason))."""
+
+    checksums: dict[str, str | None] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
+    unavailable: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def check_inputs(tubes: Sequence[Tube], data_dir: Path, progress: Any, *, allow_outside: bool = False
+                 ) -> InputCheck:
+    """Resolve (``io.paths.resolve_data_file``) and hash every tube's file, without following a link put in
+    place of the checked file. A file missing (``--skip-missing``, or deleted since the layout was read) or
+    refused fails its tube alone (flags ``FILE_NOT_FOUND`` / ``FILE_REFUSED``)."""
     check = progress.add_task("Checking files", total=len(tubes), note="")
-    checksums: dict[str, str | None] = {}
+    out = InputCheck()
     for tube in tubes:
+        out.checksums[tube.file] = None
         try:
-            checksums[tube.file] = file_sha256(resolve_file(data_dir, tube))
+            out.paths[tube.file] = resolve_file(data_dir, tube, allow_outside=allow_outside)
+            out.checksums[tube.file] = file_sha256(out.paths[tube.file], follow_symlinks=False)
+        except DataFileError as exc:
+            out.unavailable[tube.file] = (("FILE_NOT_FOUND", f"file not found: {data_dir / tube.file}")
+                                          if exc.kind == "missing" else ("FILE_REFUSED", str(exc)))
         except OSError:
-            checksums[tube.file] = None
+            pass  # unreadable (permissions): gating records why on the tube
         progress.advance(check)
-    return checksums
+    return out
 
 
 def check_same_experiment(store: ResultStore, out: Path, data_dir: Path, tubes: Sequence[Tube]) -> None:
@@ -534,7 +583,7 @@ def check_same_experiment(store: ResultStore, out: Path, data_dir: Path, tubes: 
         try:
             if file_sha256(resolve_file(data_dir, tube)) == sha:
                 return
-        except OSError:
+        except (OSError, DataFileError):  # missing or refused: the run reports it on the tube
             continue
     layout = info.get("layout_resolved") or info.get("layout") or "unknown layout"
     raise BatError(f"this output folder holds the results of another experiment (data folder {then}, layout "
@@ -579,10 +628,11 @@ def mark_stale(results: Sequence[TubeResult], stale: Sequence[tuple[Any, str]]) 
 
 def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
                 on_result: Callable[[int, TubeResult], None] | None, t0: float, tubes: list[Tube], template: Any,
-                entries: list[dict[str, Any]], checksums: dict[str, str | None], layout_sha: str, command: str,
+                entries: list[dict[str, Any]], inputs: "InputCheck", layout_sha: str, command: str,
                 store: ResultStore, progress: Any, run_id: int) -> RunSummary:
     from .overrides import from_store
 
+    checksums = inputs.checksums
     store.record_inputs(run_id, {**checksums, f"layout:{Path(options.layout).name}": layout_sha,
                                  f"template:{template.name}": template.sha256})
     # the corrections given now join the store's log; the active ones of the log are what this run applies
@@ -594,7 +644,17 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
     tasks: list[GateTask] = []
     keys: list[str] = []
     for tube in tubes:
-        path = str(resolve_file(data_dir, tube))
+        if tube.file in inputs.unavailable:
+            code, reason = inputs.unavailable[tube.file]
+            reviewed = bool(corrections.gates_for(tube.file))
+            corr_sha = corrections.sha256_for(tube.file) if reviewed else None
+            failed_now = TubeResult(tube=tube, error=reason, flags=[Flag(code, "fail", f"{tube.file}: {reason}")])
+            # keyed by the refusal (no checksum): never taken for the result of a file that is back, or unreadable
+            key = cache_key(code, template.sha256, tube, corr_sha)
+            store.put_tube(failed_now, variant=REVIEWED if reviewed else AUTO, cache_key=key, run_id=run_id,
+                           template_sha256=template.sha256, version=__version__, corrections_sha256=corr_sha)
+            continue
+        path = str(inputs.paths.get(tube.file, data_dir / tube.file))
         want = [(AUTO, None, None)]
         gate_corr = corrections.gates_for(tube.file)
         if gate_corr:
@@ -609,7 +669,7 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
             tasks.append(GateTask(path=path, tube=tube, template=template, variant=variant,
                                   overrides=overrides, sha256=checksums[tube.file]))
             keys.append(key)
-    n_reused = len(tubes) - len({t.tube.file for t in tasks})
+    n_reused = len(tubes) - len({t.tube.file for t in tasks}) - len(inputs.unavailable)
     from .gating.tube import gate_tube  # noqa: F401  (imported once here; forked workers inherit it)
 
     gate = progress.add_task("Gating tubes", total=len(tasks), note="")

@@ -7,9 +7,12 @@ exits non-zero and says why, file by file."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import re
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -289,3 +292,70 @@ def test_tolerated_oddities_are_analysed_with_a_flag(experiment, tmp_path: Path,
     assert result.ok and result.n_basophils > 0, result.error
     assert any(f.code == code and f.severity == "warn" and re.search(pattern, f.message) for f in result.flags), \
         result.flags
+
+
+# files that are not files: a FIFO, a device, a /proc file are refused at once by every reader, never waited on
+class _Hung(BaseException):
+    """Raised by ``_no_hang``: a BaseException, so that no handler of the code under test can swallow it."""
+
+
+@contextlib.contextmanager
+def _no_hang(seconds: int = 10):
+    """Fail (instead of hanging the test run) if the block takes longer than ``seconds``."""
+    def expired(signum, frame):
+        raise _Hung(f"still running after {seconds} s: a non-regular file was waited on")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _special_files(tmp_path: Path) -> list[tuple[Path, str]]:
+    """(path, what the refusal says) for each non-regular file this system has."""
+    found = []
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.fcs")
+        found.append((tmp_path / "pipe.fcs", "is a FIFO (named pipe), not a regular file"))
+    for path, what in ((Path("/proc/self/pagemap"), "is a file of the kernel (/proc, /sys), not a regular file"),
+                       (Path("/dev/zero"), "is a character device, not a regular file")):
+        if path.exists():
+            found.append((path, what))
+    if not found:
+        pytest.skip("no FIFO, /proc or /dev on this system")
+    return found
+
+
+def test_readers_refuse_special_files_at_once(tmp_path: Path) -> None:
+    from bat_analysis.checksums import file_sha256
+    from bat_analysis.errors import BatError, DataFileError, FcsFormatError
+
+    for path, what in _special_files(tmp_path):
+        with _no_hang():
+            with pytest.raises(FcsFormatError, match=re.escape(f"{path}: {what}")):
+                read_fcs(path)
+            with pytest.raises(FcsFormatError, match=re.escape(what)):
+                read_fcs_keywords(path)
+            with pytest.raises(DataFileError, match=re.escape(what)) as info:
+                file_sha256(path)
+            assert info.value.kind == "not_regular" and isinstance(info.value, BatError)
+            result = runner.invoke(app, ["inspect", str(path)])
+        assert result.exit_code == 2 and f"error: {path}: {what}" in result.output, (path, result.output)
+
+
+def test_a_tube_whose_file_became_a_fifo_fails_alone(experiment, tmp_path: Path) -> None:
+    """The file was checked when the layout was read, then replaced by a FIFO: the tube fails, nothing hangs."""
+    from bat_analysis.gating.templates import load_template
+    from bat_analysis.pipeline import GateTask, gate_one
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("FIFOs are a POSIX feature")
+    tube = experiment.tubes[2]
+    os.mkfifo(tmp_path / tube.file)
+    with _no_hang():
+        result = gate_one(GateTask(path=str(tmp_path / tube.file), tube=tube, template=load_template("bat_ccr3_cd63")))
+    assert not result.ok and "is a FIFO (named pipe), not a regular file" in result.error, result.error
+    assert result.file_sha256 is None and any(f.severity == "fail" and tube.file in f.message for f in result.flags)

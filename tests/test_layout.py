@@ -3,7 +3,10 @@ sheet is reported at once, naming its row and column."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,9 @@ import pytest
 
 from bat_analysis.errors import LayoutError
 from bat_analysis.io.fcs_write import write_fcs
-from bat_analysis.io.layout import read_layout, tubes_from_pattern
+from bat_analysis.io.layout import read_layout, tubes_from_pattern, unlisted_files
+from bat_analysis.io.paths import OUTSIDE_HINT as OUTSIDE
+from bat_analysis.io.paths import resolve_data_file
 
 HEADER = ["file", "patient", "condition", "allergen", "concentration", "unit", "pretreatment", "well"]
 GOOD = [
@@ -249,3 +254,148 @@ def test_pipe_delimited_latin1_csv_with_lost_epsilon(tmp_path: Path) -> None:
     (tmp_path / "l.csv").write_bytes(text.encode("latin-1"))
     tubes = read_layout(tmp_path / "l.csv")
     assert [(t.patient, t.condition) for t in tubes] == [("Pé", "anti_fceri"), ("Pé", "negative_control")]
+
+
+# ---------------------------------------------------------------- files outside DATA_DIR, and files that are not files
+class _Hung(BaseException):
+    """Raised by ``_no_hang``: a BaseException, so that no handler of the code under test can swallow it."""
+
+
+@contextlib.contextmanager
+def _no_hang(seconds: int = 10):
+    """Fail (instead of hanging the test run) if the block takes longer than ``seconds``."""
+    def expired(signum, frame):
+        raise _Hung(f"still running after {seconds} s: a FIFO or /proc file was waited on")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _hostile_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """A data folder with one good file, and a regular file outside it."""
+    data = tmp_path / "plate1"
+    _fcs(data, ["good.fcs"])
+    outside = tmp_path / "secret.fcs"
+    outside.write_bytes(b"SECRET first bytes")
+    return data, outside
+
+
+def _rows(*files: str) -> list[list[str]]:
+    return [["good.fcs", "P1", "negative_control", "", "", "", "none", ""]] + [
+        [f, f"P{i + 2}", "negative_control", "", "", "", "none", ""] for i, f in enumerate(files)]
+
+
+def test_files_out_of_the_data_folder_are_located_problems_all_at_once(tmp_path: Path) -> None:
+    data, outside = _hostile_folder(tmp_path)
+    (data / "link_out.fcs").symlink_to(outside)
+    rows = _rows("../secret.fcs", "sub/../../secret.fcs", str(outside), "link_out.fcs", "absent.fcs")
+    with pytest.raises(LayoutError) as info:
+        read_layout(_csv(tmp_path / "layout.csv", rows), data)
+    problems = info.value.problems
+    assert problems == [
+        f"row 3, column 'file': '../secret.fcs' climbs out of the data folder {data} with '..' (expected {OUTSIDE})",
+        f"row 4, column 'file': 'sub/../../secret.fcs' climbs out of the data folder {data} with '..' "
+        f"(expected {OUTSIDE})",
+        f"row 5, column 'file': {str(outside)!r} is an absolute path, outside the data folder {data} "
+        f"(expected {OUTSIDE})",
+        f"row 6, column 'file': 'link_out.fcs' is a link to {outside.resolve()}, outside the data folder {data} "
+        f"(expected {OUTSIDE})",
+        f"row 7, column 'file': 'absent.fcs' not found in {data} (expected an existing FCS file; or run with "
+        "--skip-missing to record its tube as failed)",
+    ]
+
+
+def test_a_link_inside_the_data_folder_is_followed(tmp_path: Path) -> None:
+    data, _ = _hostile_folder(tmp_path)
+    _fcs(data / "raw", ["0001.fcs"])
+    (data / "P2_neg.fcs").symlink_to(Path("raw") / "0001.fcs")
+    tubes = read_layout(_csv(tmp_path / "layout.csv", _rows("P2_neg.fcs", "raw/0001.fcs")[:2]), data)
+    assert [t.file for t in tubes] == ["good.fcs", "P2_neg.fcs"]
+    assert resolve_data_file(data, "P2_neg.fcs") == (data / "raw" / "0001.fcs").resolve()
+
+
+def test_allow_outside_data_dir_reads_an_outside_regular_file(tmp_path: Path) -> None:
+    data, outside = _hostile_folder(tmp_path)
+    (data / "link_out.fcs").symlink_to(outside)
+    rows = _rows("../secret.fcs", "link_out.fcs")
+    with pytest.raises(LayoutError):
+        read_layout(_csv(tmp_path / "layout.csv", rows), data)
+    tubes = read_layout(_csv(tmp_path / "layout.csv", rows), data, allow_outside_data_dir=True)
+    assert [t.file for t in tubes] == ["good.fcs", "../secret.fcs", "link_out.fcs"]
+    tubes = read_layout(_csv(tmp_path / "abs.csv", _rows(str(outside))), data, allow_outside_data_dir=True)
+    assert tubes[1].file == str(outside)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are a POSIX feature")
+def test_a_fifo_in_the_data_folder_is_refused_not_waited_on(tmp_path: Path) -> None:
+    data, _ = _hostile_folder(tmp_path)
+    os.mkfifo(data / "pipe.fcs")
+    os.mkdir(data / "folder.fcs")
+    with _no_hang(), pytest.raises(LayoutError) as info:
+        read_layout(_csv(tmp_path / "layout.csv", _rows("pipe.fcs", "folder.fcs")), data,
+                    allow_outside_data_dir=True)
+    assert info.value.problems == [
+        "row 3, column 'file': 'pipe.fcs' is a FIFO (named pipe), not a regular file "
+        "(expected an FCS file, which is a regular file)",
+        "row 4, column 'file': 'folder.fcs' is a folder (directory), not a regular file "
+        "(expected an FCS file, which is a regular file)",
+    ]
+    os.mkfifo(tmp_path / "layout_pipe.csv")  # the layout sheet itself
+    with _no_hang(), pytest.raises(LayoutError, match="the layout sheet is a FIFO"):
+        read_layout(tmp_path / "layout_pipe.csv", data)
+
+
+@pytest.mark.skipif(not Path("/proc/self/pagemap").exists(), reason="no /proc/self/pagemap on this system")
+def test_a_proc_file_is_not_a_regular_file_even_when_outside_files_are_allowed(tmp_path: Path) -> None:
+    data, _ = _hostile_folder(tmp_path)
+    (data / "pagemap.fcs").symlink_to("/proc/self/pagemap")
+    with _no_hang(), pytest.raises(LayoutError) as info:
+        read_layout(_csv(tmp_path / "layout.csv", _rows("/proc/self/pagemap", "pagemap.fcs")), data,
+                    allow_outside_data_dir=True)
+    assert info.value.problems == [
+        f"row {row}, column 'file': {name!r} is a file of the kernel (/proc, /sys), not a regular file "
+        "(expected an FCS file, which is a regular file)" for row, name in ((3, "/proc/self/pagemap"),
+                                                                           (4, "pagemap.fcs"))]
+
+
+def test_unlisted_files_can_be_accepted_and_missing_files_skipped(tmp_path: Path) -> None:
+    data, _ = _hostile_folder(tmp_path)
+    _fcs(data, ["comp_FITC.fcs", "unstained.fcs"])
+    path = _csv(tmp_path / "layout.csv", _rows("absent.fcs"))
+    with pytest.raises(LayoutError) as info:
+        read_layout(path, data)
+    assert [p.split(" (")[0] for p in info.value.problems] == [
+        f"row 3, column 'file': 'absent.fcs' not found in {data}",
+        f"file 'comp_FITC.fcs' is in {data} but on no row", f"file 'unstained.fcs' is in {data} but on no row"]
+    tubes = read_layout(path, data, check_unlisted=False, skip_missing=True)
+    assert [t.file for t in tubes] == ["good.fcs", "absent.fcs"]
+    assert unlisted_files(data, [t.file for t in tubes]) == ["comp_FITC.fcs", "unstained.fcs"]
+
+
+def test_pattern_annotation_never_reads_a_link_out_of_the_folder(tmp_path: Path, monkeypatch) -> None:
+    import bat_analysis.io.fcs as fcs
+
+    data, outside = _hostile_folder(tmp_path)
+    (data / "P9_none_fmlp.fcs").symlink_to(outside)
+    read = []
+    real = fcs.read_fcs_keywords
+    monkeypatch.setattr(fcs, "read_fcs_keywords", lambda p, **kw: read.append(Path(p).name) or real(p, **kw))
+    with pytest.raises(LayoutError) as info:
+        tubes_from_pattern(data, r"(?P<patient>\w+)", source="$FIL", defaults={"condition": "fmlp"})
+    assert any(p.startswith("file 'P9_none_fmlp.fcs': is a link to") for p in info.value.problems), \
+        info.value.problems
+    assert read == ["good.fcs"]
+
+
+def test_a_loop_of_links_is_a_located_problem(tmp_path: Path) -> None:
+    data, _ = _hostile_folder(tmp_path)
+    (data / "loop.fcs").symlink_to("loop.fcs")
+    with pytest.raises(LayoutError) as info:
+        read_layout(_csv(tmp_path / "layout.csv", _rows("loop.fcs")), data)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith("row 3, column 'file': 'loop.fcs' cannot be followed to a file")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import signal
 import warnings
 from html.parser import HTMLParser
 from pathlib import Path
@@ -257,3 +259,131 @@ def test_bad_input_message_quoting_a_control_sequence_is_printed_escaped(tmp_pat
     assert result.exit_code == 2
     assert "\x1b" not in result.output and "\x07" not in result.output
     assert "patient P\\x1b]0;owned\\x07\\x1b[2J1" in result.output  # quoted by the message, shown escaped
+
+
+# ---------------------------------------------------------------- which files a run reads (trust issue items 4, 18)
+class _Hung(BaseException):
+    """Raised by ``_no_hang``: a BaseException, so that no handler of the code under test can swallow it."""
+
+
+@contextlib.contextmanager
+def _no_hang(seconds: int = 60):
+    """Fail (instead of hanging the test run) if the block takes longer than ``seconds``."""
+    def expired(signum, frame):
+        raise _Hung(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory):
+    from bat_analysis.simulate import simulate_experiment
+
+    return simulate_experiment(tmp_path_factory.mktemp("plate") / "plate1", n_patients=1, n_events=4000, seed=5,
+                               n_concentrations=3)
+
+
+def _copy(plate, tmp_path: Path) -> Path:
+    import shutil
+
+    data = tmp_path / "plate1"
+    shutil.copytree(plate.out_dir, data)
+    return data
+
+
+def _run(data: Path, out: Path, *flags: str, layout: Path | None = None):
+    with _no_hang():
+        return runner.invoke(app, ["run", str(data), "--layout", str(layout or data / "layout.csv"), "--out", str(out),
+                                   "--workers", "1", "--no-reports", *flags])
+
+
+def test_files_without_a_layout_row_are_left_out_with_a_warning(plate, tmp_path):
+    from bat_analysis.store import ResultStore
+
+    data = _copy(plate, tmp_path)
+    for name in ("comp_FITC.fcs", "comp_PE.fcs", "unstained.fcs"):
+        (data / name).write_bytes((data / plate.tubes[0].file).read_bytes())
+    out = tmp_path / "out"
+    result = _run(data, out)
+    assert result.exit_code == 0, result.output
+    assert (f"warning: 3 files in {data}/ have no row in the layout and were left out: comp_FITC.fcs, comp_PE.fcs, "
+            "unstained.fcs") in result.output
+    assert sorted(pd.read_csv(out / "tubes.csv")["file"]) == sorted(t.file for t in plate.tubes)
+    with ResultStore.in_folder(out, create=False) as store:
+        info = json.loads(store.last_run()["info_json"])
+    assert info["unlisted_files"] == ["comp_FITC.fcs", "comp_PE.fcs", "unstained.fcs"] and not info["strict"]
+    strict = _run(data, tmp_path / "strict", "--strict")
+    assert strict.exit_code == 2 and "the layout has 3 problem(s)" in strict.output, strict.output
+    for name in ("comp_FITC.fcs", "comp_PE.fcs", "unstained.fcs"):
+        assert f"file '{name}' is in {data} but on no row" in strict.output
+
+
+def test_missing_files_refuse_the_run_unless_skip_missing(plate, tmp_path):
+    from bat_analysis.store import ResultStore
+
+    data = _copy(plate, tmp_path)
+    gone = [next(t.file for t in plate.tubes if t.condition == "allergen" and t.pretreatment == arm)
+            for arm in ("none", "omalizumab")]  # one point of each arm's series: two are left
+    for name in gone:
+        (data / name).unlink()
+    refused = _run(data, tmp_path / "refused")
+    assert refused.exit_code == 2 and "the layout has 2 problem(s)" in refused.output, refused.output
+    for name in gone:
+        assert f"column 'file': '{name}' not found in {data}" in refused.output
+    assert "--skip-missing" in refused.output and not (tmp_path / "refused" / "tubes.csv").exists()
+
+    out = tmp_path / "out"
+    result = _run(data, out, "--skip-missing")
+    assert result.exit_code == 0, result.output
+    assert "2 tube(s) could not be gated" in result.output
+    rows = pd.read_csv(out / "tubes.csv").set_index("file")
+    assert sorted(rows.index) == sorted(t.file for t in plate.tubes)
+    for name in gone:
+        assert f"  - {name}: file not found: {data / name}" in result.output
+        assert rows.loc[name, "qc_status"] == "fail" and rows.loc[name, "error"] == f"file not found: {data / name}"
+        assert "FILE_NOT_FOUND" in rows.loc[name, "qc_flags"].split(";")
+    others = rows.drop(index=gone)
+    assert (others["n_basophils"] > 0).all() and not others["qc_flags"].str.contains("FILE_NOT_FOUND").any()
+    with ResultStore.in_folder(out, create=False) as store:
+        assert all(store.get_tube(name, "auto").error == f"file not found: {data / name}" for name in gone)
+        assert store.last_run()["n_failed"] == 2
+    # the file is back: its tube is gated on the next run, not taken from the failed record
+    for name in gone:
+        (data / name).write_bytes((plate.out_dir / name).read_bytes())
+    again = _run(data, out, "--skip-missing")
+    assert again.exit_code == 0 and "could not be gated" not in again.output, again.output
+    assert "2 gated now, 10 reused" in again.output
+
+
+def test_files_outside_the_data_folder_need_the_flag_and_only_regular_files_are_read(plate, tmp_path):
+    import hashlib
+
+    data = _copy(plate, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = plate.tubes[-1].file
+    (data / moved).rename(elsewhere / moved)
+    layout = (data / "layout.csv").read_text().replace(f"\n{moved},", f"\n../elsewhere/{moved},")
+    (data / "layout.csv").write_text(layout)
+    refused = _run(data, tmp_path / "refused")
+    assert refused.exit_code == 2, refused.output
+    assert f"'../elsewhere/{moved}' climbs out of the data folder {data} with '..'" in refused.output
+    assert "--allow-outside-data-dir" in refused.output
+
+    out = tmp_path / "out"
+    allowed = _run(data, out, "--allow-outside-data-dir")
+    assert allowed.exit_code == 0, allowed.output
+    about = pd.read_excel(out / "results.xlsx", sheet_name="about").set_index("item")["value"]
+    assert about[f"sha256 ../elsewhere/{moved}"] == hashlib.sha256((elsewhere / moved).read_bytes()).hexdigest()
+
+    if Path("/proc/self/pagemap").exists():
+        (data / "layout.csv").write_text(layout.replace(f"\n../elsewhere/{moved},", "\n/proc/self/pagemap,"))
+        proc = _run(data, tmp_path / "proc", "--allow-outside-data-dir")
+        assert proc.exit_code == 2, proc.output
+        assert "'/proc/self/pagemap' is a file of the kernel (/proc, /sys), not a regular file" in proc.output

@@ -34,6 +34,8 @@ def _fail(exc: Exception, hint: str | None = None) -> typer.Exit:
 
 def _summarise(summary: Any, quiet: bool) -> None:
     out = for_terminal(summary.out)
+    for warning in summary.warnings:  # shown even with --quiet: files were left out of the run
+        typer.secho(f"warning: {for_terminal(warning)}", err=True, fg=typer.colors.YELLOW)
     if summary.report_error:
         typer.secho(f"error: {for_terminal(summary.report_error, multiline=True)}", err=True,
                     fg=typer.colors.RED)
@@ -101,6 +103,16 @@ def register(app: typer.Typer) -> None:
         parquet: bool = typer.Option(False, "--parquet", help="Also write tubes.parquet and patients.parquet."),
         no_reports: bool = typer.Option(False, "--no-reports", help="Skip the HTML/PDF reports and review gallery."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary (errors still shown)."),
+        strict: bool = typer.Option(False, "--strict",
+                                    help="Refuse the run when DATA_DIR holds FCS files with no layout row (default: "
+                                         "leave them out, e.g. compensation and unstained tubes, with a warning)."),
+        skip_missing: bool = typer.Option(False, "--skip-missing",
+                                          help="Record tubes whose file does not exist as failed (qc_status=fail) "
+                                               "and analyse the rest (default: refuse the run, listing them)."),
+        allow_outside_data_dir: bool = typer.Option(False, "--allow-outside-data-dir",
+                                                    help="Let the layout name files outside DATA_DIR (absolute "
+                                                         "paths, '..', links out of it). Only regular files are "
+                                                         "ever read."),
     ) -> None:
         """Analyse a folder of FCS files: gate every tube, score every patient, write tables and reports.
 
@@ -119,7 +131,8 @@ def register(app: typer.Typer) -> None:
 
         opts = RunOptions(data_dir=data_dir, layout=layout, out=out, template=template, workers=workers,
                           scheduler=scheduler, overrides=overrides, gates_from=gates_from, reviewer=reviewer,
-                          replace=replace, quiet=quiet, parquet=parquet, reports=not no_reports)
+                          replace=replace, quiet=quiet, parquet=parquet, reports=not no_reports, strict=strict,
+                          skip_missing=skip_missing, allow_outside_data_dir=allow_outside_data_dir)
         try:
             summary = run(opts)
         except BatError as exc:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import FcsFormatError
+from ..errors import DataFileError, FcsFormatError
 from .markers import DEFAULT_PANEL, Panel, find_time
+from .paths import open_regular_file
 
 HEADER_LENGTH = 58
 _VERSIONS = ("FCS2.0", "FCS3.0", "FCS3.1", "FCS3.2")
@@ -772,7 +773,7 @@ def _load(path: str | os.PathLike[str]) -> tuple[Path, bytes | mmap.mmap, str]:
     p = Path(path)
     source = str(p)
     try:
-        with open(p, "rb") as fh:
+        with open_regular_file(p) as fh:  # a FIFO, device or /proc file is refused, never waited on
             size = os.fstat(fh.fileno()).st_size
             if size == 0:
                 raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file")
@@ -780,6 +781,8 @@ def _load(path: str | os.PathLike[str]) -> tuple[Path, bytes | mmap.mmap, str]:
                 buf: bytes | mmap.mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             except (OSError, ValueError):  # not mappable (a pipe, a special file): read it instead
                 buf = fh.read()
+    except DataFileError as exc:
+        raise FcsFormatError(exc.detail, source=source, expected=exc.expected) from None
     except FileNotFoundError:
         raise FcsFormatError("file not found", source=source, expected="an existing FCS file") from None
     except IsADirectoryError:

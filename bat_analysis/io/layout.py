@@ -4,6 +4,12 @@
 files of a folder from their names or an FCS keyword with a regular expression's named groups. Both check
 every row and report every problem at once in one ``LayoutError`` (row, column, what was expected).
 Rows are numbered as a spreadsheet shows them: the header is row 1, the first tube row 2.
+
+A row's ``file`` must name a regular file inside the data folder (``io.paths.resolve_data_file``: no absolute
+path, no ``..`` out of it, no link to a file outside it, unless ``allow_outside_data_dir``; no FIFO, device,
+folder or /proc file ever); each refusal is a located problem like the others. ``skip_missing`` lets rows whose
+file does not exist through (the caller records those tubes as failed); ``check_unlisted`` makes FCS files of
+the folder that no row names a problem, and ``unlisted_files`` lists them for a caller that only warns.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from ..errors import BatError, LayoutError
+from ..errors import BatError, DataFileError, LayoutError
 from ..records import CONDITIONS, PRETREATMENTS, Tube
+from .paths import open_regular_file, resolve_data_file
 
-__all__ = ["read_layout", "tubes_from_pattern", "tubes_from_rows", "LAYOUT_COLUMNS", "REQUIRED_COLUMNS",
-           "FCS_SUFFIXES"]
+__all__ = ["read_layout", "tubes_from_pattern", "tubes_from_rows", "unlisted_files", "LAYOUT_COLUMNS",
+           "REQUIRED_COLUMNS", "FCS_SUFFIXES"]
 
 LAYOUT_COLUMNS: tuple[str, ...] = ("file", "patient", "condition", "allergen", "concentration", "unit",
                                    "pretreatment")
@@ -62,13 +69,16 @@ def _cell_text(value: object) -> str:
     return str(value).strip()
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+def _read_csv(path: Path, fh: io.BufferedIOBase) -> tuple[list[str], list[list[str]]]:
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        text = path.read_text(encoding="latin-1")
+        data = fh.read()
     except OSError as exc:
         raise LayoutError(f"cannot read the layout sheet: {exc.strerror}", source=str(path)) from exc
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as read_text gave
     if not text.strip():
         raise LayoutError("the layout sheet is empty", source=str(path),
                           problems=["row 1: expected a header row " + ", ".join(LAYOUT_COLUMNS)])
@@ -83,7 +93,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     return rows[0], rows[1:]
 
 
-def _read_xlsx(path: Path, sheet: str | None) -> tuple[list[str], list[list[str]]]:
+def _read_xlsx(path: Path, fh: io.BufferedIOBase, sheet: str | None) -> tuple[list[str], list[list[str]]]:
     import zipfile
     import zlib
     import openpyxl
@@ -97,7 +107,7 @@ def _read_xlsx(path: Path, sheet: str | None) -> tuple[list[str], list[list[str]
         raise LayoutError("XLSX layouts are read only with defusedxml (OPENPYXL_DEFUSEDXML is off?)",
                           source=str(path), problems=["save the sheet as .csv, or let openpyxl use defusedxml"])
     try:
-        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        book = openpyxl.load_workbook(fh, read_only=True, data_only=True)
     except damaged as exc:
         raise LayoutError(f"cannot read the workbook ({type(exc).__name__}: {exc})", source=str(path)) from exc
     try:
@@ -138,6 +148,23 @@ def _fcs_files(folder: Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
+def unlisted_files(data_dir: str | os.PathLike[str], files: Sequence[str]) -> list[str]:
+    """Names of the FCS files of ``data_dir`` (not its sub-folders) that no entry of ``files`` names, in name
+    order: a cytometer export's compensation and unstained tubes, typically."""
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        return []
+
+    def real(path: Path) -> Path:
+        try:
+            return path.resolve()
+        except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13): the name stands for itself
+            return path.absolute()
+
+    listed = {real(folder / f) for f in files}
+    return [p.name for p in _fcs_files(folder) if real(p) not in listed]
+
+
 def tubes_from_rows(
     rows: Sequence[tuple[str, Mapping[str, str]]],
     *,
@@ -145,14 +172,17 @@ def tubes_from_rows(
     source: str,
     extra_columns: Sequence[str] = (),
     check_unlisted: bool = True,
+    skip_missing: bool = False,
+    allow_outside_data_dir: bool = False,
 ) -> list[Tube]:
     """Validate annotated rows (label such as ``"row 3"``, {column: text}) into Tubes, or raise LayoutError.
 
     ``data_dir``: folder of the FCS files (None: do not look at the disk). Problems checked: empty file or
-    patient, file missing on disk, FCS files in the folder without a row (``check_unlisted``), the same
-    file twice, the same tube twice, unknown condition or pretreatment, missing/non-numeric/non-positive
-    concentration or missing allergen on allergen rows, mixed units in a series, and allergen series
-    (patient × allergen × arm) with a single concentration.
+    patient, file missing on disk (unless ``skip_missing``), a file outside the data folder (unless
+    ``allow_outside_data_dir``) or that is not a regular file, FCS files in the folder without a row
+    (``check_unlisted``), the same file twice, the same tube twice, unknown condition or pretreatment,
+    missing/non-numeric/non-positive concentration or missing allergen on allergen rows, mixed units in a
+    series, and allergen series (patient × allergen × arm) with a single concentration.
     """
     problems: list[str] = []
     tubes: list[Tube] = []
@@ -220,15 +250,22 @@ def tubes_from_rows(
                                 "(expected each file once)")
             else:
                 seen_files[key_file] = label
-            if folder is not None and not (folder / file).is_file():
-                hint = ""
-                if folder.is_dir():
-                    near = [p.name for p in _fcs_files(folder) if p.name.casefold() == file.casefold()
-                            or p.stem.casefold() == file.casefold()]
-                    if near:
-                        hint = f"; did you mean {near[0]!r}?"
-                problems.append(f"{label}, column 'file': {file!r} not found in {folder}{hint} "
-                                "(expected an existing FCS file)")
+            if folder is not None:
+                try:
+                    resolve_data_file(folder, file, allow_outside=allow_outside_data_dir)
+                except DataFileError as exc:
+                    if exc.kind != "missing":
+                        problems.append(f"{label}, column 'file': {file!r} {exc.detail} (expected {exc.expected})")
+                    elif not skip_missing:
+                        hint = ""
+                        if folder.is_dir():
+                            near = [p.name for p in _fcs_files(folder) if p.name.casefold() == file.casefold()
+                                    or p.stem.casefold() == file.casefold()]
+                            if near:
+                                hint = f"; did you mean {near[0]!r}?"
+                        problems.append(f"{label}, column 'file': {file!r} not found in {folder}{hint} "
+                                        "(expected an existing FCS file; or run with --skip-missing to record "
+                                        "its tube as failed)")
         if len(problems) > before:
             continue
         assert condition is not None and pretreatment is not None
@@ -259,40 +296,49 @@ def tubes_from_rows(
         if not folder.is_dir():
             problems.append(f"data folder {folder} does not exist (expected the folder of the FCS files)")
         else:
-            listed = {(folder / f).resolve() for f in seen_files}
-            for path in _fcs_files(folder):
-                if path.resolve() not in listed:
-                    problems.append(f"file {path.name!r} is in {folder} but on no row "
-                                    "(expected a row for every FCS file of the folder)")
+            for name in unlisted_files(folder, list(seen_files)):
+                problems.append(f"file {name!r} is in {folder} but on no row "
+                                "(expected a row for every FCS file of the folder)")
     if problems:
         raise LayoutError(f"the layout has {len(problems)} problem(s)", source=source, problems=problems)
     return tubes
 
 
 def read_layout(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None, *,
-                sheet: str | None = None, check_files: bool = True) -> list[Tube]:
+                sheet: str | None = None, check_files: bool = True, check_unlisted: bool = True,
+                skip_missing: bool = False, allow_outside_data_dir: bool = False) -> list[Tube]:
     """Read and validate a layout sheet (``.csv``, ``.tsv``, ``.txt`` or ``.xlsx``) into Tubes, in row order.
 
     Columns: ``file, patient, condition`` (required), ``allergen, concentration, unit, pretreatment``
     (optional; an empty pretreatment means none); other columns are carried into ``Tube.extra``.
     Column names are matched case-insensitively. ``data_dir`` (default: the sheet's folder) is where the
-    files are looked for; ``check_files=False`` skips the disk checks. Raises ``LayoutError`` listing every
-    problem found.
+    files are looked for; ``check_files=False`` skips the disk checks. ``check_unlisted=False`` accepts FCS
+    files of the folder that no row names (``unlisted_files`` lists them); ``skip_missing`` accepts rows whose
+    file does not exist; ``allow_outside_data_dir`` accepts files outside the data folder (absolute paths,
+    ``..``, links). Raises ``LayoutError`` listing every problem found.
     """
     path = Path(path)
-    if not path.is_file():
-        raise LayoutError("layout sheet not found", source=str(path))
     suffix = path.suffix.casefold()
-    if suffix in (".xlsx", ".xlsm"):
-        header, body = _read_xlsx(path, sheet)
-    elif suffix in (".csv", ".tsv", ".txt"):
-        header, body = _read_csv(path)
-    elif suffix == ".xls":
+    if suffix == ".xls":
         raise LayoutError("legacy .xls workbooks are not read", source=str(path),
                           problems=["save the sheet as .xlsx or .csv"])
-    else:
+    if suffix not in (".xlsx", ".xlsm", ".csv", ".tsv", ".txt"):
         raise LayoutError(f"unknown layout sheet type {path.suffix!r}", source=str(path),
                           problems=["expected a .csv, .tsv, .txt or .xlsx file"])
+    try:
+        fh = open_regular_file(path)
+    except FileNotFoundError:
+        raise LayoutError("layout sheet not found", source=str(path)) from None
+    except DataFileError as exc:
+        raise LayoutError(f"the layout sheet {exc.detail}", source=str(path),
+                          problems=["expected a CSV or XLSX file"]) from None
+    except OSError as exc:
+        raise LayoutError(f"cannot read the layout sheet: {exc.strerror or exc}", source=str(path)) from None
+    with fh:
+        if suffix in (".xlsx", ".xlsm"):
+            header, body = _read_xlsx(path, fh, sheet)
+        else:
+            header, body = _read_csv(path, fh)
     columns = [_norm_column(c) for c in header]
     problems: list[str] = []
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
@@ -317,7 +363,9 @@ def read_layout(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
     overflow = [label for label, r in rows if r.pop("__overflow__", None)]
     folder = (Path(data_dir) if data_dir is not None else path.parent) if check_files else None
     try:
-        tubes = tubes_from_rows(rows, data_dir=folder, source=str(path), extra_columns=extra_columns)
+        tubes = tubes_from_rows(rows, data_dir=folder, source=str(path), extra_columns=extra_columns,
+                                check_unlisted=check_unlisted, skip_missing=skip_missing,
+                                allow_outside_data_dir=allow_outside_data_dir)
     except LayoutError as exc:
         problems = exc.problems + [f"{label}: more cells than header columns (expected {len(columns)})"
                                    for label in overflow]
@@ -370,6 +418,11 @@ def tubes_from_pattern(
         raise LayoutError("no FCS files in the folder", source=str(folder),
                           problems=[f"expected files ending in {', '.join(FCS_SUFFIXES)}"])
     for path in files:
+        try:
+            resolve_data_file(folder, path.name)
+        except DataFileError as exc:  # a link out of the folder, or to a FIFO or device: never read
+            problems.append(f"file {path.name!r}: {exc.detail} (expected {exc.expected})")
+            continue
         if source == "filename":
             text = path.name
         else:
