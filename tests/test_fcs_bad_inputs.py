@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bat_analysis.errors import BatError, FcsFormatError, MarkerError
-from bat_analysis.io.fcs import read_fcs
+from bat_analysis.io.fcs import HEADER_LENGTH, read_fcs
 from bat_analysis.io.markers import resolve_marker
 
 PLACEHOLDER = "0" * 10
@@ -445,3 +445,83 @@ def test_data_beyond_99999999_bytes_read_from_text_offsets(tmp_path: Path) -> No
     sample = read_fcs(path)
     np.testing.assert_array_equal(sample.events, EVENTS)
     assert not any("blank" in w for w in sample.warnings)
+
+
+# ----------------------------------------------------------------------------- hostile $NEXTDATA chains
+def shared_text_chain(n_sets: int = 10_000, n_filler: int = 120_000) -> bytes:
+    """An FCS file of ``n_sets`` HEADERs packed one after another, all pointing to one TEXT segment (with
+    ``n_filler`` extra keywords) whose ``$NEXTDATA`` is 58: every HEADER is the next data set of the one before.
+    Data set 0 is valid (3 events); about 1.7 MB."""
+    text_at = HEADER_LENGTH * n_sets
+    pairs = [("$BEGINDATA", PLACEHOLDER), ("$ENDDATA", PLACEHOLDER), ("$BYTEORD", "1,2,3,4"), ("$DATATYPE", "F"),
+             ("$MODE", "L"), ("$NEXTDATA", str(HEADER_LENGTH)), ("$PAR", "3"), ("$TOT", "3")]
+    for i, name in enumerate(NAMES, start=1):
+        pairs += [(f"$P{i}N", name), (f"$P{i}B", "32"), (f"$P{i}E", "0,0"), (f"$P{i}R", "262144")]
+    pairs += [(f"F{k:05d}", "x") for k in range(n_filler)]
+    text = ("/" + "".join(f"{k}/{v}/" for k, v in pairs)).encode()
+    data_at = text_at + len(text)
+    data = EVENTS.astype("<f4").tobytes()
+    text = text.replace(PLACEHOLDER.encode(), f"{data_at:010d}".encode(), 1)
+    text = text.replace(PLACEHOLDER.encode(), f"{data_at + len(data) - 1:010d}".encode(), 1)
+    text_end = text_at + len(text) - 1
+    headers = b"".join(f"FCS3.1    {text_at - b:>8}{text_end - b:>8}{0:>8}{0:>8}{0:>8}{0:>8}".encode()
+                       for b in range(0, text_at, HEADER_LENGTH))
+    return headers + text + data
+
+
+@pytest.fixture()
+def time_limit():
+    """Fail a test that runs longer than 60 s instead of hanging the suite."""
+    import signal
+
+    def expired(signum, frame):
+        raise TimeoutError("the reader did not finish within 60 s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_data_sets_sharing_one_text_are_refused_with_work_bounded_by_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, time_limit) -> None:
+    import bat_analysis.io.fcs as fcs
+
+    content = shared_text_chain()
+    assert 1_500_000 < len(content) < 2_000_000
+    path = write(tmp_path, content)
+    tokenized: list[int] = []
+    real = fcs._tokenize
+
+    def counting(raw, delim, lenient):
+        tokenized.append(len(raw))
+        return real(raw, delim, lenient)
+
+    monkeypatch.setattr(fcs, "_tokenize", counting)
+    sample = read_fcs(path)
+    np.testing.assert_array_equal(sample.events, EVENTS)
+    assert sample.n_datasets == 1
+    assert any("$NEXTDATA 58" in w and "overlapping data sets are not read" in w for w in sample.warnings), \
+        sample.warnings
+    assert sum(tokenized) <= 2 * len(content)  # each TEXT byte read once (twice if the lenient reading is tried)
+    with pytest.raises(FcsFormatError, match=r"data set 5 requested, the file has 1 .*overlapping"):
+        read_fcs(path, dataset=5)
+
+
+def test_nextdata_into_own_data_segment_is_refused(tmp_path: Path) -> None:
+    """A data set whose $NEXTDATA points inside its own DATA segment: what lies there is not a data set."""
+    inner = float_file(EVENTS, NAMES)
+    inner += b"\0" * (-len(inner) % 4)
+    pairs = [("$BYTEORD", "1,2,3,4"), ("$DATATYPE", "F"), ("$MODE", "L"), ("$NEXTDATA", PLACEHOLDER),
+             ("$PAR", "1"), ("$TOT", str(len(inner) // 4)), ("$P1N", "FSC-A"), ("$P1B", "32"), ("$P1E", "0,0"),
+             ("$P1R", "262144")]
+    outer = build_fcs(pairs, inner)  # the DATA segment holds a whole FCS file
+    begin = int(outer[26:34])
+    outer = outer.replace(f"/$NEXTDATA/{PLACEHOLDER}/".encode(), f"/$NEXTDATA/{begin:010d}/".encode())
+    path = write(tmp_path, outer)
+    sample = read_fcs(path, allow_nonfinite=True)
+    assert sample.n_datasets == 1
+    assert any("inside that data set" in w for w in sample.warnings), sample.warnings
+    with pytest.raises(FcsFormatError, match="overlapping"):
+        read_fcs(path, dataset=1)

@@ -116,6 +116,29 @@ class FcsSample:
         return self.events[:, idx[0]]
 
 
+_EXPORT_AGAIN = "export it again from the cytometer"
+
+
+def _size_text(n: int) -> str:
+    """A byte count as people read it: ``36 bytes``, ``4.2 kB``, ``480 kB``, ``1.7 MB``."""
+    if n < 1000:
+        return f"{n} bytes"
+    if n < 10_000:
+        return f"{n / 1000:.1f} kB"
+    if n < 1_000_000:
+        return f"{n / 1000:.0f} kB"
+    return f"{n / 1_000_000:.1f} MB"
+
+
+def _incomplete(announced: int, present: int, what: str) -> str:
+    """The technician's sentence for a file that ends before the segment its offsets announce."""
+    present = max(present, 0)
+    a, p = _size_text(announced), _size_text(present)
+    if a == p:  # rounding hides the difference: give the bytes
+        a, p = f"{announced:,} bytes", f"{present:,} bytes"
+    return f"the file is incomplete: its header announces {a} of {what}, it holds {p} — {_EXPORT_AGAIN}"
+
+
 # ---------------------------------------------------------------------------------------------- HEADER
 @dataclass(frozen=True)
 class Header:
@@ -142,8 +165,13 @@ def _header_int(buf: bytes, base: int, lo: int, hi: int, source: str) -> int | N
 def parse_header(buf: bytes, base: int, source: str) -> Header:
     """Parse the HEADER at byte ``base`` of ``buf``."""
     if len(buf) - base < HEADER_LENGTH:
-        raise FcsFormatError(f"only {max(len(buf) - base, 0)} bytes where a HEADER begins", source=source,
-                             field=f"HEADER at byte {base}", expected=f"a {HEADER_LENGTH}-byte FCS HEADER")
+        present = max(len(buf) - base, 0)
+        start = bytes(buf[base: base + 3])
+        summary = (f"the file is incomplete: it holds only {present} bytes, less than an FCS header — "
+                   f"{_EXPORT_AGAIN}") if start and b"FCS".startswith(start) else None
+        raise FcsFormatError(f"only {present} bytes where a HEADER begins", source=source,
+                             field=f"HEADER at byte {base}", expected=f"a {HEADER_LENGTH}-byte FCS HEADER",
+                             summary=summary)
     magic = buf[base: base + 6].decode("latin-1")
     if not magic.startswith("FCS"):
         raise FcsFormatError(f"does not start with 'FCS' but {buf[base:base + 6]!r}", source=source,
@@ -309,8 +337,10 @@ class _DataSet:
 
 def _read_segment(buf: bytes, base: int, lo: int, hi: int, source: str, name: str) -> bytes:
     if lo < 0 or hi < lo or base + hi >= len(buf):
+        summary = _incomplete(hi - lo + 1, len(buf) - base - lo, "keywords") if 0 <= lo <= hi else None
         raise FcsFormatError(f"segment {lo}-{hi} lies outside the file's {len(buf)} bytes", source=source,
-                             field=f"{name} offsets", expected=f"offsets within the file (< {len(buf) - base})")
+                             field=f"{name} offsets", expected=f"offsets within the file (< {len(buf) - base})",
+                             summary=summary)
     return buf[base + lo: base + hi + 1]
 
 
@@ -351,20 +381,38 @@ def _analysis_keywords(buf: bytes, ds: _DataSet, source: str) -> dict[str, str]:
         return {}
 
 
-def _dataset_offsets(buf: bytes, source: str, warnings: list[str]) -> list[int]:
-    """Byte offsets of every data set, following ``$NEXTDATA`` (relative to the current data set)."""
-    offsets = [0]
-    seen = {0}
-    base = 0
-    while len(offsets) < _MAX_DATASETS:
+def _dataset_end(ds: _DataSet, size: int, source: str) -> int:
+    """The first byte after data set ``ds``'s segments, as far as they lie inside the file: its HEADER, TEXT,
+    supplemental TEXT and DATA (an ``$ENDDATA`` one byte past the data, a known quirk, is tolerated)."""
+    base = ds.header.base
+    end = base + max(HEADER_LENGTH, ds.header.text[1] + 1)
+    kw = ds.keywords
+    for lo_key, hi_key, slack in (("$BEGINSTEXT", "$ENDSTEXT", 1), ("$BEGINDATA", "$ENDDATA", 0)):
         try:
-            ds = _parse_dataset_text(buf, base, source)
-        except FcsFormatError as exc:
-            if base == 0:
-                raise
-            warnings.append(f"data set at byte {base} is unreadable and ignored: {exc}")
-            offsets.pop()
-            break
+            lo = _kw_int(kw, lo_key, source, required=False)
+            hi = _kw_int(kw, hi_key, source, required=False)
+        except FcsFormatError:
+            continue
+        if lo and hi and hi >= lo and base + hi < size:
+            end = max(end, base + hi + slack)
+    d0, d1 = ds.header.data
+    if d0 and d1 and d1 >= d0 and base + d1 < size:
+        end = max(end, base + d1)
+    return end
+
+
+def _datasets(buf: bytes, source: str, warnings: list[str]) -> list[_DataSet]:
+    """Every data set of the file, each parsed once, following ``$NEXTDATA`` (relative to the current data set).
+
+    A data set must begin after the previous one's segments end: a ``$NEXTDATA`` pointing back, to a data set
+    already read, or into the previous data set's bytes (data sets sharing a TEXT segment) ends the chain
+    with a warning. The data sets are then disjoint, so reading them all costs at most the file's size.
+    """
+    size = len(buf)
+    found = [_parse_dataset_text(buf, 0, source)]
+    while True:
+        ds = found[-1]
+        base = ds.header.base
         try:
             nxt = _kw_int(ds.keywords, "$NEXTDATA", source, required=False)
         except FcsFormatError:
@@ -373,17 +421,30 @@ def _dataset_offsets(buf: bytes, source: str, warnings: list[str]) -> list[int]:
             break
         if not nxt:
             break
-        if nxt < 0 or base + nxt in seen or base + nxt + HEADER_LENGTH > len(buf):
+        if nxt < 0 or base + nxt + HEADER_LENGTH > size:
             warnings.append(f"$NEXTDATA {nxt} of the data set at byte {base} points outside the file or back; "
                             f"ignored")
+            break
+        end = _dataset_end(ds, size, source)
+        if base + nxt < end:
+            warnings.append(f"$NEXTDATA {nxt} of the data set at byte {base} points to byte {base + nxt}, inside "
+                            f"that data set (its segments end at byte {end - 1}); overlapping data sets are not "
+                            f"read, no further data set read")
+            break
+        if len(found) == _MAX_DATASETS:
+            warnings.append(f"the file announces more than {_MAX_DATASETS:,} data sets; only the first "
+                            f"{_MAX_DATASETS:,} are read")
             break
         base += nxt
         if buf[base: base + 3] != b"FCS":
             warnings.append(f"$NEXTDATA points to byte {base}, which does not start a data set; ignored")
             break
-        seen.add(base)
-        offsets.append(base)
-    return offsets
+        try:
+            found.append(_parse_dataset_text(buf, base, source))
+        except FcsFormatError as exc:
+            warnings.append(f"data set at byte {base} is unreadable and ignored: {exc}")
+            break
+    return found
 
 
 # ------------------------------------------------------------------------------------------------ DATA
@@ -484,7 +545,8 @@ def _choose_data_offsets(buf: bytes, ds: _DataSet, expected: int | None, per_eve
         raise FcsFormatError(f"DATA segment {s}-{e} lies outside the file (bytes {HEADER_LENGTH}-{size - 1})",
                              source=source,
                              field="$BEGINDATA" if name == "TEXT" else "HEADER bytes 26-33",
-                             expected="a DATA offset inside the file")
+                             expected="a DATA offset inside the file",
+                             summary=_incomplete(expected or e - s + 1, 0, "data") if s >= HEADER_LENGTH else None)
     if head_ok and text_ok and head != text:
         note = f"HEADER DATA offsets {head[0]}-{head[1]} differ from TEXT {text[0]}-{text[1]}"
     else:
@@ -498,7 +560,8 @@ def _choose_data_offsets(buf: bytes, ds: _DataSet, expected: int | None, per_eve
         length = e - s + 1
         if e >= size:
             raise FcsFormatError(f"DATA segment ends at byte {e}, beyond the file's {size} bytes", source=source,
-                                 field="$ENDDATA", expected="a DATA segment inside the file")
+                                 field="$ENDDATA", expected="a DATA segment inside the file",
+                                 summary=_incomplete(length, size - s, "data"))
         if per_event and length % per_event == 1:
             length -= 1
             warnings.append(f"$ENDDATA is one byte past the data (off-by-one); read {length} bytes")
@@ -537,9 +600,13 @@ def _choose_data_offsets(buf: bytes, ds: _DataSet, expected: int | None, per_eve
                             f"{per_event} bytes per event; the first {expected} bytes read")
             return s, expected
     s, e = in_file[0][1]
+    # the segment runs past the end of the file: the file was cut short (a $TOT that disagrees with a
+    # segment inside the file is another problem, reported with the technical detail alone)
+    truncated = e >= size
     raise FcsFormatError(f"DATA segment {s}-{e} ({e - s + 1} bytes, file {size} bytes) cannot be reconciled "
                          f"with $TOT x bytes per event = {expected}", source=source, field="$ENDDATA",
-                         expected=f"{expected} bytes of data")
+                         expected=f"{expected} bytes of data",
+                         summary=_incomplete(max(expected, e - s + 1), size - s, "data") if truncated else None)
 
 
 def _decode_int(raw: np.ndarray, layout: _Layout, n_events: int) -> np.ndarray:
@@ -775,7 +842,8 @@ def _load(path: str | os.PathLike[str]) -> tuple[Path, bytes | mmap.mmap, str]:
         with open(p, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
             if size == 0:
-                raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file")
+                raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file",
+                                     summary=f"the file is empty — {_EXPORT_AGAIN}")
             try:
                 buf: bytes | mmap.mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             except (OSError, ValueError):  # not mappable (a pipe, a special file): read it instead
@@ -787,19 +855,21 @@ def _load(path: str | os.PathLike[str]) -> tuple[Path, bytes | mmap.mmap, str]:
     except OSError as exc:
         raise FcsFormatError(f"cannot be read: {exc.strerror}", source=source, expected="a readable file") from None
     if not buf:
-        raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file")
+        raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file",
+                             summary=f"the file is empty — {_EXPORT_AGAIN}")
     return p, buf, source
 
 
 def _select(buf: bytes, source: str, dataset: int, warnings: list[str]) -> tuple[_DataSet, int]:
-    offsets = _dataset_offsets(buf, source, warnings)
-    if not 0 <= dataset < len(offsets):
-        raise FcsFormatError(f"data set {dataset} requested, the file has {len(offsets)}", source=source,
-                             field="dataset", expected=f"0..{len(offsets) - 1}")
-    ds = _parse_dataset_text(buf, offsets[dataset], source) if dataset else _parse_dataset_text(buf, 0, source)
+    sets = _datasets(buf, source, warnings)
+    if not 0 <= dataset < len(sets):
+        why = f" ({'; '.join(warnings)})" if warnings else ""
+        raise FcsFormatError(f"data set {dataset} requested, the file has {len(sets)}{why}", source=source,
+                             field="dataset", expected=f"0..{len(sets) - 1}")
+    ds = sets[dataset]
     ds.warnings[:0] = warnings
-    if len(offsets) > 1:
-        ds.warnings.append(f"file holds {len(offsets)} data sets; data set {dataset} read")
+    if len(sets) > 1:
+        ds.warnings.append(f"file holds {len(sets)} data sets; data set {dataset} read")
     missing = [k for k in ("$DATATYPE", "$BYTEORD", "$PAR") if k not in ds.keywords]
     if missing:
         extra = _analysis_keywords(buf, ds, source)
@@ -809,12 +879,12 @@ def _select(buf: bytes, source: str, dataset: int, warnings: list[str]) -> tuple
                 ds.keywords.setdefault(k, v)
             ds.warnings.append(f"keywords {', '.join(found)} found in the ANALYSIS segment, not in TEXT")
     if dataset:
-        first = _parse_dataset_text(buf, 0, source).keywords
+        first = sets[0].keywords
         for key in _INHERITABLE:
             if key not in ds.keywords and key in first:
                 ds.keywords[key] = first[key]
                 ds.warnings.append(f"{key} missing in data set {dataset}; taken from data set 0 ({first[key]})")
-    return ds, len(offsets)
+    return ds, len(sets)
 
 
 def read_fcs_keywords(path: str | os.PathLike[str], *, dataset: int = 0) -> dict[str, str]:
