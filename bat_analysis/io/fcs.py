@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -629,28 +629,101 @@ def _decode_int(raw: np.ndarray, layout: _Layout, n_events: int) -> np.ndarray:
     return out
 
 
-def _decode_ascii(raw: bytes, layout: _Layout, n_events: int, source: str) -> np.ndarray:
-    npar = len(layout.bits)
-    if all(b == 0 for b in layout.bits):
-        fields = raw.replace(b",", b" ").split()
-    else:
-        fields = []
-        width = sum(layout.bits)
-        for e in range(n_events):
-            row = raw[e * width: (e + 1) * width]
-            pos = 0
-            for b in layout.bits:
-                fields.append(row[pos: pos + b])
-                pos += b
-    if len(fields) < n_events * npar:
-        raise FcsFormatError(f"{len(fields)} ASCII values for {n_events} events x {npar} parameters",
-                             source=source, field="DATA", expected=f"{n_events * npar} values")
+#: bytes that separate delimited ASCII values: ASCII white space (what ``bytes.split()`` splits on) and commas
+_ASCII_SEPARATOR = np.zeros(256, dtype=bool)
+_ASCII_SEPARATOR[list(b" \t\n\r\x0b\x0c,")] = True
+_ASCII_CHUNK = 1 << 18  # bytes of ASCII DATA converted at a time: bounds the temporaries whatever the file size
+_ASCII_MAX_DIGITS = 64  # a longer delimited value is not a number a cytometer wrote
+
+
+def _ascii_to_float(text: np.ndarray, source: str) -> np.ndarray:
+    """Fixed-width byte strings (numpy ``S``) -> float64, parsed as Python's ``float`` parses them."""
     try:
-        values = np.array([float(f) for f in fields[: n_events * npar]], dtype=np.float64)
+        return text.astype(np.float64)
     except ValueError:
         raise FcsFormatError("non-numeric ASCII value in DATA", source=source, field="DATA",
                              expected="numbers") from None
-    return values.reshape(n_events, npar)
+
+
+def _ascii_chunks(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, step: int) -> Iterator[np.ndarray]:
+    """The bytes ``offset .. offset + length`` of the file as uint8 arrays of at most ``step`` bytes: read from
+    the file piece by piece (a memory-mapped DATA segment would stay resident), else viewed in the buffer."""
+    for at in range(offset, offset + length, step):
+        count = min(step, offset + length - at)
+        chunk = _data_array(p, buf, np.dtype(np.uint8), count, at)
+        yield chunk
+
+
+def _decode_ascii(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, layout: _Layout, n_events: int,
+                  source: str) -> np.ndarray:
+    """ASCII DATA (``$DATATYPE A``) -> (n_events, n_par) float64, converted by numpy a chunk at a time.
+
+    Fixed widths (``$PnB`` characters) are viewed as a record of byte strings per event; delimited values
+    (``$PnB`` ``*``, separated by white space or commas) are cut at the separators. Either way the values are
+    those of Python's ``float`` on each field, and memory beyond the result is one chunk's worth."""
+    npar = len(layout.bits)
+    need = n_events * npar
+    if all(b == 0 for b in layout.bits):
+        return _decode_delimited(p, buf, offset, length, n_events, npar, source)
+    width = sum(layout.bits)
+    if length < n_events * width:
+        raise FcsFormatError(f"{(length // width) * npar} ASCII values for {n_events} events x {npar} parameters",
+                             source=source, field="DATA", expected=f"{need} values")
+    record = np.dtype({"names": [f"p{i}" for i in range(npar)], "formats": [f"S{b}" for b in layout.bits],
+                       "offsets": [int(x) for x in np.cumsum([0, *layout.bits[:-1]])], "itemsize": width})
+    out = np.empty((n_events, npar), dtype=np.float64)
+    rows_per_chunk = max(1, _ASCII_CHUNK // width)
+    row = 0
+    for chunk in _ascii_chunks(p, buf, offset, n_events * width, rows_per_chunk * width):
+        events = chunk.view(record)
+        for i in range(npar):
+            out[row: row + events.size, i] = _ascii_to_float(events[f"p{i}"], source)
+        row += events.size
+    return out
+
+
+def _decode_delimited(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, n_events: int, npar: int,
+                      source: str) -> np.ndarray:
+    """The first ``n_events`` x ``npar`` delimited ASCII values of the DATA segment as float64 (more are ignored)."""
+    need = n_events * npar
+    out = np.empty(need, dtype=np.float64)
+    n = 0
+    carry = np.empty(0, dtype=np.uint8)  # a value cut by the chunk boundary, completed by the next chunk
+    chunks = _ascii_chunks(p, buf, offset, length, _ASCII_CHUNK)
+    for k, chunk in enumerate(chunks):
+        if n >= need:
+            break
+        last = (k + 1) * _ASCII_CHUNK >= length
+        text = np.concatenate([carry, chunk]) if carry.size else chunk
+        body = ~_ASCII_SEPARATOR[text]
+        edges = np.flatnonzero(np.diff(body.view(np.int8), prepend=0, append=0))
+        starts, ends = edges[0::2], edges[1::2]
+        if not last and starts.size and ends[-1] == text.size:  # the value may continue in the next chunk
+            carry = text[starts[-1]:].copy()
+            starts, ends = starts[:-1], ends[:-1]
+        else:
+            carry = np.empty(0, dtype=np.uint8)
+        starts, ends = starts[: need - n], ends[: need - n]
+        if carry.size > _ASCII_MAX_DIGITS and n + starts.size < need:
+            raise FcsFormatError(f"an ASCII value of {carry.size} or more characters in DATA", source=source,
+                                 field="DATA", expected=f"numbers of at most {_ASCII_MAX_DIGITS} characters")
+        if not starts.size:
+            continue
+        lengths = ends - starts
+        widest = int(lengths.max())
+        if widest > _ASCII_MAX_DIGITS:
+            raise FcsFormatError(f"an ASCII value of {widest} or more characters in DATA", source=source,
+                                 field="DATA", expected=f"numbers of at most {_ASCII_MAX_DIGITS} characters")
+        fields = np.zeros((starts.size, widest), dtype=np.uint8)  # NUL padding: ignored by numpy's S type
+        for col in range(widest):
+            short = lengths > col
+            fields[short, col] = text[starts[short] + col]
+        out[n: n + starts.size] = _ascii_to_float(fields.view(f"S{widest}").ravel(), source)
+        n += starts.size
+    if n < need:
+        raise FcsFormatError(f"{n} ASCII values for {n_events} events x {npar} parameters", source=source,
+                             field="DATA", expected=f"{need} values")
+    return out.reshape(n_events, npar)
 
 
 # --------------------------------------------------------------------------------------------- channels
@@ -1000,7 +1073,7 @@ def _read(p: Path, buf: bytes | mmap.mmap, source: str, dataset: int, panel: Pan
     channels = _channels(kw, npar, layout, source, panel, warnings)
     abs_start = ds.header.base + start
     if layout.datatype == "A":
-        values: np.ndarray = _decode_ascii(buf[abs_start: abs_start + length], layout, tot, source)
+        values: np.ndarray = _decode_ascii(p, buf, abs_start, length, layout, tot, source)
     elif layout.datatype == "I":
         raw = _data_array(p, buf, np.dtype(np.uint8), length, abs_start)
         values = _decode_int(raw, layout, tot)
