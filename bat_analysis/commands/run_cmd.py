@@ -76,6 +76,10 @@ def register(app: typer.Typer) -> None:
         parquet: bool = typer.Option(False, "--parquet", help="Also write tubes.parquet and patients.parquet."),
         no_reports: bool = typer.Option(False, "--no-reports", help="Skip the HTML/PDF reports and review gallery."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary (errors still shown)."),
+        tube_timeout: Optional[float] = typer.Option(None, "--tube-timeout", min=0, metavar="SECONDS",
+                                                     help="Seconds a tube may take to gate (default 300); a tube "
+                                                          "taking longer is stopped and recorded as failed, the "
+                                                          "batch goes on (0: no limit)."),
     ) -> None:
         """Analyse a folder of FCS files: gate every tube, score every patient, write tables and reports.
 
@@ -87,11 +91,13 @@ def register(app: typer.Typer) -> None:
         3 if the tables were written but the reports could not be.
         """
         from ..errors import BatError
-        from ..pipeline import RunOptions, run
+        from ..pipeline import DEFAULT_TUBE_TIMEOUT_S, RunOptions, run
 
+        if tube_timeout is None:
+            tube_timeout = DEFAULT_TUBE_TIMEOUT_S
         opts = RunOptions(data_dir=data_dir, layout=layout, out=out, template=template, workers=workers,
                           scheduler=scheduler, overrides=overrides, gates_from=gates_from, reviewer=reviewer,
-                          quiet=quiet, parquet=parquet, reports=not no_reports)
+                          quiet=quiet, parquet=parquet, reports=not no_reports, tube_timeout_s=tube_timeout)
         try:
             summary = run(opts)
         except BatError as exc:
