@@ -138,7 +138,7 @@ def gate_one(task: GateTask) -> TubeResult:
     except Exception as exc:  # a bug or an unforeseen input must not stop the batch: record it on the tube
         reason = f"gating stopped with {type(exc).__name__}: {exc}"
         result = TubeResult(tube=task.tube, error=reason,
-                            flags=[Flag("GATING_CRASHED", "fail", f"{Path(task.path).name}: {reason}")])
+                            flags=[Flag("GATING_CRASHED", "fail", reason)])
     if result.file_sha256 is None:
         try:
             result.file_sha256 = task.sha256 or file_sha256(task.path)
@@ -157,7 +157,7 @@ def timed_out(task: GateTask, timeout_s: float) -> TubeResult:
     reason = (f"gating took longer than {timeout_s:g} s and was stopped; the other tubes went on (a damaged or "
               f"unusually large file? raise the limit with --tube-timeout)")
     return TubeResult(tube=task.tube, error=reason, file_sha256=task.sha256,
-                      flags=[Flag("TUBE_TIMEOUT", "fail", f"{Path(task.path).name}: {reason}")])
+                      flags=[Flag("TUBE_TIMEOUT", "fail", reason)])
 
 
 #: in a pool worker: where it reports (task index, pid, start time) when it starts a tube
@@ -219,7 +219,7 @@ def run_local(tasks: Sequence[GateTask], workers: int, timeout_s: float | None =
         for j in again:
             reason = "the worker process died while gating this file (out of memory or a crash in a library)"
             yield j, TubeResult(tube=tasks[j].tube, error=reason,
-                                flags=[Flag("WORKER_DIED", "fail", f"{Path(tasks[j].path).name}: {reason}")])
+                                flags=[Flag("WORKER_DIED", "fail", reason)])
 
 
 def _pool_pass(tasks: Sequence[GateTask], indices: list[int], workers: int, timeout_s: float | None = None
@@ -301,7 +301,7 @@ def _gate_in_child(task: GateTask, timeout_s: float) -> TubeResult:
         tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit {done.returncode}"]
         reason = f"the worker process died while gating this file ({tail[0]})"
         return TubeResult(tube=task.tube, error=reason, file_sha256=task.sha256,
-                          flags=[Flag("WORKER_DIED", "fail", f"{Path(task.path).name}: {reason}")])
+                          flags=[Flag("WORKER_DIED", "fail", reason)])
     return pickle.loads(done.stdout)  # written by _child_main from our own task, never from an input file
 
 
@@ -343,7 +343,7 @@ def run_dask(tasks: Sequence[GateTask], address: str, timeout_s: float | None = 
             except Exception as exc:  # a lost worker or a task the cluster gave up on: record it, go on
                 reason = f"the cluster could not gate this file ({type(exc).__name__}: {exc})"
                 yield i, TubeResult(tube=tasks[i].tube, error=reason,
-                                    flags=[Flag("WORKER_DIED", "fail", f"{Path(tasks[i].path).name}: {reason}")])
+                                    flags=[Flag("WORKER_DIED", "fail", reason)])
     finally:
         client.close()
 

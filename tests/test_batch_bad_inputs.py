@@ -200,7 +200,9 @@ def test_damaged_tubes_fail_alone_and_the_batch_completes(experiment, reference,
             assert row["qc_status"] == "fail", (damage, row)
             assert "TUBE_NOT_GATED" in row["qc_flags"].split(";"), (damage, row["qc_flags"])
             assert file in row["error"] and re.search(pattern, row["error"]), (damage, row["error"])
-            assert re.search(pattern, row["qc_reasons"]), (damage, row["qc_reasons"])
+            # the reason once in the row: in the error column; the QC reasons name the flag
+            assert "TUBE_NOT_GATED" in row["qc_reasons"].split("; "), (damage, row["qc_reasons"])
+            assert not re.search(pattern, row["qc_reasons"]), (damage, row["qc_reasons"])
             assert row["n_basophils"] in ("", "0") and row["pct_cd63"] == "", (damage, row)
         else:  # analysed, and exactly as in the undamaged run
             assert row["qc_status"] != "fail" and int(row["n_basophils"]) >= 200, row
@@ -289,3 +291,25 @@ def test_tolerated_oddities_are_analysed_with_a_flag(experiment, tmp_path: Path,
     assert result.ok and result.n_basophils > 0, result.error
     assert any(f.code == code and f.severity == "warn" and re.search(pattern, f.message) for f in result.flags), \
         result.flags
+
+
+def test_a_truncated_tube_says_so_once_in_plain_words(experiment, tmp_path: Path) -> None:
+    """Its row leads with the technician's sentence (how much the header announces, how much is there, what to
+    do), then the technical detail, and gives the reason once (trust issue item 19)."""
+    victim = next(t.file for t in experiment.tubes if t.condition == "allergen")
+    data = _damaged_copy(experiment, tmp_path, {victim: "truncated_data"})
+    begin, end = _data_range(experiment.out_dir / victim)
+    present = (data / victim).stat().st_size - begin
+    out = tmp_path / "out"
+    summary = run(RunOptions(data_dir=data, layout=data / "layout.csv", out=out, workers=2, quiet=True,
+                             reports=False))
+    assert [f for f, _ in summary.failed] == [victim]
+    row = next(r for r in _rows(out / "tubes.csv") if r["file"] == victim)
+    sentence = (f"the file is incomplete: its header announces {round((end - begin + 1) / 1000)} kB of data, it "
+                f"holds {round(present / 1000)} kB — export it again from the cytometer")
+    assert row["error"].startswith(f"{data / victim}: {sentence} — $ENDDATA: DATA segment {begin}-{end}"), \
+        row["error"]
+    text = " | ".join(row.values())
+    assert text.count("the file is incomplete") == 1 and text.count("$ENDDATA") == 1, row
+    assert row["qc_status"] == "fail" and row["qc_flags"] == "TUBE_NOT_GATED" and row["qc_reasons"] == \
+        "TUBE_NOT_GATED", row

@@ -612,3 +612,40 @@ def test_ascii_data_is_decoded_within_four_times_the_event_matrix(tmp_path: Path
         tracemalloc.stop()
     np.testing.assert_array_equal(sample.events, values.astype(np.float32))
     assert peak <= 4 * sample.events.nbytes, (peak / sample.events.nbytes)
+
+
+# ------------------------------------------------------------------------------ damaged files, in plain words
+def test_truncated_data_is_explained_in_a_technicians_words_first(tmp_path: Path) -> None:
+    path = write(tmp_path, float_file(EVENTS, NAMES)[:-10])
+    err = refused(path, "$ENDDATA")
+    assert str(err).startswith(f"{path}: the file is incomplete: its header announces 36 bytes of data, it holds "
+                               f"26 bytes — export it again from the cytometer — $ENDDATA: DATA segment "), str(err)
+    assert err.summary and err.summary.startswith("the file is incomplete")
+
+
+def test_truncation_sizes_are_given_in_kilobytes(tmp_path: Path) -> None:
+    events = np.arange(120_000 * 3, dtype=np.float32).reshape(-1, 3)  # 1,440,000 bytes of data
+    content = float_file(events, NAMES)
+    begin = int(content[26:34])
+    path = write(tmp_path, content[: begin + 880_000])
+    err = refused(path, "$ENDDATA")
+    assert "the file is incomplete: its header announces 1.4 MB of data, it holds 880 kB — export it again from " \
+           "the cytometer" in str(err), str(err)
+
+
+def test_truncated_text_and_header_are_explained_in_a_technicians_words(tmp_path: Path) -> None:
+    content = float_file(EVENTS, NAMES)
+    text_start, text_end = int(content[10:18]), int(content[18:26])
+    err = refused(write(tmp_path, content[:300], "text.fcs"), "TEXT")
+    assert str(err).startswith(f"{tmp_path / 'text.fcs'}: the file is incomplete: its header announces "
+                               f"{text_end - text_start + 1} bytes of keywords, it holds {300 - text_start} bytes — "
+                               f"export it again from the cytometer — TEXT offsets: "), str(err)
+    err = refused(write(tmp_path, content[:30], "header.fcs"), "HEADER")
+    assert "the file is incomplete: it holds only 30 bytes, less than an FCS header — export it again" in str(err)
+    err = refused(write(tmp_path, b"", "empty.fcs"), "HEADER")
+    assert str(err).startswith(f"{tmp_path / 'empty.fcs'}: the file is empty — export it again from the cytometer")
+
+
+def test_a_tot_that_disagrees_with_a_whole_file_is_not_called_incomplete(tmp_path: Path) -> None:
+    err = refused(write(tmp_path, float_file(EVENTS, NAMES).replace(b"/$TOT/3/", b"/$TOT/4/")), "$ENDDATA")
+    assert "incomplete" not in str(err) and err.summary is None
