@@ -313,3 +313,49 @@ def test_a_truncated_tube_says_so_once_in_plain_words(experiment, tmp_path: Path
     assert text.count("the file is incomplete") == 1 and text.count("$ENDDATA") == 1, row
     assert row["qc_status"] == "fail" and row["qc_flags"] == "TUBE_NOT_GATED" and row["qc_reasons"] == \
         "TUBE_NOT_GATED", row
+
+
+@pytest.mark.skipif(__import__("multiprocessing").get_start_method() != "fork",
+                    reason="the hang is injected into forked workers by patching the parent")
+def test_a_tube_that_hangs_is_stopped_at_the_time_limit_and_the_batch_completes(
+        experiment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+    import time
+
+    import bat_analysis.gating.tube as tube_module
+
+    victim = next(t.file for t in experiment.tubes if t.condition == "allergen")
+    real = tube_module.gate_tube
+
+    def hanging(path, tube, template, **options):
+        if tube.file == victim:
+            time.sleep(3600)
+        return real(path, tube, template, **options)
+
+    monkeypatch.setattr(tube_module, "gate_tube", hanging)
+
+    def expired(signum, frame):
+        raise TimeoutError("the batch did not finish within 180 s: the hung tube was not stopped")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(180)
+    try:
+        out = tmp_path / "out"
+        result = runner.invoke(app, ["run", str(experiment.out_dir), "--layout", str(experiment.layout_path),
+                                     "--out", str(out), "--workers", "2", "--tube-timeout", "5", "--no-reports"])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert result.exit_code == 0, result.output
+    assert "1 tube(s) could not be gated" in result.output
+    assert f"  - {victim}: gating took longer than 5 s and was stopped" in result.output
+    rows = {r["file"]: r for r in _rows(out / "tubes.csv")}
+    assert rows[victim]["qc_status"] == "fail" and rows[victim]["qc_flags"] == "TUBE_TIMEOUT"
+    assert rows[victim]["error"].startswith("gating took longer than 5 s")
+    assert all(r["qc_status"] != "fail" for f, r in rows.items() if f != victim)
+
+
+def test_tube_timeout_must_not_be_negative(experiment, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", str(experiment.out_dir), "--layout", str(experiment.layout_path),
+                                 "--out", str(tmp_path / "out"), "--tube-timeout", "-1"])
+    assert result.exit_code == 2 and "--tube-timeout" in result.output
