@@ -14,6 +14,7 @@ class BatError(Exception):
 
     def __init__(self, message: str, *, source: str | None = None, field: str | None = None,
                  expected: str | None = None, summary: str | None = None) -> None:
+        self.message = message
         self.source = source
         self.field = field
         self.expected = expected
