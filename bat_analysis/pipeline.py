@@ -310,9 +310,12 @@ def _child_main() -> None:
     import pickle
 
     task = pickle.loads(sys.stdin.buffer.read())
+    channel = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything a library prints goes to stderr, never into the result
+    sys.stdout = sys.stderr
     result = _worker_gate(task)
-    sys.stdout.buffer.write(pickle.dumps(result))
-    sys.stdout.buffer.flush()
+    channel.write(pickle.dumps(result))
+    channel.flush()
 
 
 def _dask_gate(task: GateTask, timeout_s: float | None) -> TubeResult:

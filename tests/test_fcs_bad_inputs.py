@@ -647,5 +647,14 @@ def test_truncated_text_and_header_are_explained_in_a_technicians_words(tmp_path
 
 
 def test_a_tot_that_disagrees_with_a_whole_file_is_not_called_incomplete(tmp_path: Path) -> None:
-    err = refused(write(tmp_path, float_file(EVENTS, NAMES).replace(b"/$TOT/3/", b"/$TOT/4/")), "$ENDDATA")
-    assert "incomplete" not in str(err) and err.summary is None
+    path = write(tmp_path, float_file(EVENTS, NAMES).replace(b"/$TOT/3/", b"/$TOT/4/"))
+    err = refused(path, "$ENDDATA")
+    assert str(err).startswith(f"{path}: the file is damaged: its header announces 48 bytes of data, its data "
+                               f"segment holds 36 bytes — export it again from the cytometer — $ENDDATA: "), str(err)
+
+
+def test_a_file_that_is_not_fcs_says_so_first(tmp_path: Path) -> None:
+    path = write(tmp_path, b"file,patient\n" * 10)
+    err = refused(path, "HEADER")
+    assert str(err).startswith(f"{path}: this is not an FCS file — check that the layout names the tube's FCS "
+                               f"export — HEADER at byte 0: does not start with 'FCS'"), str(err)

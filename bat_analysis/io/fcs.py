@@ -175,7 +175,9 @@ def parse_header(buf: bytes, base: int, source: str) -> Header:
     magic = buf[base: base + 6].decode("latin-1")
     if not magic.startswith("FCS"):
         raise FcsFormatError(f"does not start with 'FCS' but {buf[base:base + 6]!r}", source=source,
-                             field=f"HEADER at byte {base}", expected="an FCS file (FCS2.0, FCS3.0 or FCS3.1)")
+                             field=f"HEADER at byte {base}", expected="an FCS file (FCS2.0, FCS3.0 or FCS3.1)",
+                             summary=None if base else "this is not an FCS file — check that the layout names the "
+                                                        "tube's FCS export")
     if magic not in _VERSIONS:
         raise FcsFormatError(f"unknown version {magic!r}", source=source, field=f"HEADER at byte {base}",
                              expected="FCS2.0, FCS3.0 or FCS3.1")
@@ -600,13 +602,15 @@ def _choose_data_offsets(buf: bytes, ds: _DataSet, expected: int | None, per_eve
                             f"{per_event} bytes per event; the first {expected} bytes read")
             return s, expected
     s, e = in_file[0][1]
-    # the segment runs past the end of the file: the file was cut short (a $TOT that disagrees with a
-    # segment inside the file is another problem, reported with the technical detail alone)
-    truncated = e >= size
+    # the segment runs past the end of the file: the file was cut short; else $TOT and the segment disagree
+    if e >= size:
+        summary = _incomplete(max(expected, e - s + 1), size - s, "data")
+    else:
+        summary = (f"the file is damaged: its header announces {_size_text(expected)} of data, its data segment "
+                   f"holds {_size_text(e - s + 1)} — {_EXPORT_AGAIN}")
     raise FcsFormatError(f"DATA segment {s}-{e} ({e - s + 1} bytes, file {size} bytes) cannot be reconciled "
                          f"with $TOT x bytes per event = {expected}", source=source, field="$ENDDATA",
-                         expected=f"{expected} bytes of data",
-                         summary=_incomplete(max(expected, e - s + 1), size - s, "data") if truncated else None)
+                         expected=f"{expected} bytes of data", summary=summary)
 
 
 def _decode_int(raw: np.ndarray, layout: _Layout, n_events: int) -> np.ndarray:
