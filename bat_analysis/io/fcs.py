@@ -718,10 +718,9 @@ def _decode_delimited(p: Path, buf: bytes | mmap.mmap, offset: int, length: int,
         if widest > _ASCII_MAX_DIGITS:
             raise FcsFormatError(f"an ASCII value of {widest} or more characters in DATA", source=source,
                                  field="DATA", expected=f"numbers of at most {_ASCII_MAX_DIGITS} characters")
-        fields = np.zeros((starts.size, widest), dtype=np.uint8)  # NUL padding: ignored by numpy's S type
-        for col in range(widest):
-            short = lengths > col
-            fields[short, col] = text[starts[short] + col]
+        cols = np.arange(widest)
+        fields = text[np.minimum(starts[:, None] + cols, text.size - 1)]
+        fields[cols >= lengths[:, None]] = 0  # NUL padding: ignored by numpy's S type
         out[n: n + starts.size] = _ascii_to_float(fields.view(f"S{widest}").ravel(), source)
         n += starts.size
     if n < need:
