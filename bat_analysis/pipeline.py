@@ -152,12 +152,21 @@ def _worker_gate(task: GateTask) -> TubeResult:
     return gate_one(task)
 
 
+_TIMED_OUT = "gating took longer than "
+
+
 def timed_out(task: GateTask, timeout_s: float) -> TubeResult:
-    """The failed result of a tube whose gating was stopped at the time limit."""
-    reason = (f"gating took longer than {timeout_s:g} s and was stopped; the other tubes went on (a damaged or "
+    """The failed result of a tube whose gating was stopped at the time limit (gated again by a re-run, which
+    may have a longer limit: see ``stopped_at_time_limit``)."""
+    reason = (f"{_TIMED_OUT}{timeout_s:g} s and was stopped; the other tubes went on (a damaged or "
               f"unusually large file? raise the limit with --tube-timeout)")
     return TubeResult(tube=task.tube, error=reason, file_sha256=task.sha256,
                       flags=[Flag("TUBE_TIMEOUT", "fail", reason)])
+
+
+def stopped_at_time_limit(error: str | None) -> bool:
+    """Whether a stored tube's error is a time limit's (not a property of its file: a re-run gates it again)."""
+    return bool(error) and error.startswith(_TIMED_OUT)
 
 
 #: in a pool worker: where it reports (task index, pid, start time) when it starts a tube
@@ -541,7 +550,7 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
         for variant, overrides, corr_sha in want:
             key = cache_key(checksums[tube.file], template.sha256, tube, corr_sha)
             have = stored.get((tube.file, variant))
-            if have is not None and have.cache_key == key:
+            if have is not None and have.cache_key == key and not stopped_at_time_limit(have.error):
                 continue
             tasks.append(GateTask(path=path, tube=tube, template=template, variant=variant,
                                   overrides=overrides, sha256=checksums[tube.file]))

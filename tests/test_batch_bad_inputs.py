@@ -359,3 +359,27 @@ def test_tube_timeout_must_not_be_negative(experiment, tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", str(experiment.out_dir), "--layout", str(experiment.layout_path),
                                  "--out", str(tmp_path / "out"), "--tube-timeout", "-1"])
     assert result.exit_code == 2 and "--tube-timeout" in result.output
+
+
+def test_a_tube_stopped_at_the_time_limit_is_gated_again_by_a_re_run(experiment, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A time limit is not a property of the file: re-running (e.g. with a longer --tube-timeout) gates the tube
+    again, while the other tubes are reused."""
+    import bat_analysis.pipeline as pipeline
+
+    victim = next(t.file for t in experiment.tubes if t.condition == "allergen")
+    real = pipeline.run_local
+
+    def one_times_out(tasks, workers, timeout_s=None):  # as if the victim had taken too long
+        for i, result in real(tasks, workers, timeout_s):
+            yield i, (pipeline.timed_out(tasks[i], 7) if tasks[i].tube.file == victim else result)
+
+    monkeypatch.setattr(pipeline, "run_local", one_times_out)
+    out = tmp_path / "out"
+    options = RunOptions(data_dir=experiment.out_dir, layout=experiment.layout_path, out=out, workers=2, quiet=True,
+                         reports=False)
+    first = run(options)
+    assert [f for f, _ in first.failed] == [victim] and first.failed[0][1].startswith("gating took longer than 7 s")
+    monkeypatch.setattr(pipeline, "run_local", real)
+    again = run(options)
+    assert again.n_failed == 0 and again.n_gated == 1 and again.n_reused == len(experiment.tubes) - 1
