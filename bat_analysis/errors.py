@@ -7,21 +7,22 @@ class BatError(Exception):
     """Base class of every error bat_analysis raises on purpose.
 
     ``source`` is the file (or sheet, or template) concerned, ``field`` the keyword, column,
-    byte offset or template path, and ``expected`` what was expected there.
+    byte offset or template path, and ``expected`` what was expected there. ``summary``, when given, is the
+    problem in a technician's words; it leads the text, before the field and the technical ``message``:
+    ``SOURCE: SUMMARY — FIELD: MESSAGE (expected EXPECTED)``.
     """
 
     def __init__(self, message: str, *, source: str | None = None, field: str | None = None,
-                 expected: str | None = None) -> None:
+                 expected: str | None = None, summary: str | None = None) -> None:
+        self.message = message
         self.source = source
         self.field = field
         self.expected = expected
-        parts = []
-        if source:
-            parts.append(f"{source}")
-        if field:
-            parts.append(f"{field}")
-        prefix = ": ".join(parts)
-        text = f"{prefix}: {message}" if prefix else message
+        self.summary = summary
+        detail = f"{field}: {message}" if field else message
+        if summary:
+            detail = f"{summary} — {detail}"
+        text = f"{source}: {detail}" if source else detail
         if expected:
             text += f" (expected {expected})"
         super().__init__(text)

@@ -3,10 +3,18 @@
 Executors
 ---------
 * local processes (default): a ``concurrent.futures.ProcessPoolExecutor`` whose workers stay alive across
-  tubes and use one BLAS thread each; ``workers=1`` gates in this process (same single-thread BLAS setting,
-  so the numbers are identical to any worker count);
+  tubes and use one BLAS thread each; ``workers=1`` gates in one such worker process, or in this process when
+  there is no time limit (same single-thread BLAS setting, so the numbers are identical to any worker count);
 * a Dask distributed cluster (``scheduler="tcp://HOST:PORT"``), through ``distributed.Client`` (optional
   extra ``bat-analysis[dask]``).
+
+Time limit
+----------
+Each tube has a time limit (``tube_timeout_s``, default ``DEFAULT_TUBE_TIMEOUT_S``; ``None`` or 0: none). A tube
+that exceeds it is stopped, recorded as failed (flag ``TUBE_TIMEOUT``) and the batch goes on. Locally, workers
+report when they start a tube; the worker of a tube past its limit is killed, and the other tubes it broke the
+pool for are gated again in a fresh pool. On Dask, each tube is gated in a child process of the Dask worker,
+killed at the limit.
 
 Resume and crash safety
 -----------------------
@@ -69,6 +77,7 @@ LOCK_NAME = ".bat-run.lock"
 TABLE_OUTPUTS = ("tubes.csv", "patients.csv", "results.xlsx", "tubes.parquet", "patients.parquet")
 REPORT_OUTPUTS = ("reports", "review")
 DASK_CONNECT_TIMEOUT = "15s"
+DEFAULT_TUBE_TIMEOUT_S = 300.0
 
 
 class NothingAnalysedError(BatError):
@@ -197,7 +206,7 @@ def gate_one(task: GateTask) -> TubeResult:
     except Exception as exc:  # a bug or an unforeseen input must not stop the batch: record it on the tube
         reason = f"gating stopped with {type(exc).__name__}: {exc}"
         result = TubeResult(tube=task.tube, error=reason,
-                            flags=[Flag("GATING_CRASHED", "fail", f"{Path(task.path).name}: {reason}")])
+                            flags=[Flag("GATING_CRASHED", "fail", reason)])
     if result.file_sha256 is None:
         try:
             result.file_sha256 = task.sha256 or file_sha256(task.path)
@@ -211,6 +220,33 @@ def _worker_gate(task: GateTask) -> TubeResult:
     return gate_one(task)
 
 
+_TIMED_OUT = "gating took longer than "
+
+
+def timed_out(task: GateTask, timeout_s: float) -> TubeResult:
+    """The failed result of a tube whose gating was stopped at the time limit (gated again by a re-run, which
+    may have a longer limit: see ``stopped_at_time_limit``)."""
+    reason = (f"{_TIMED_OUT}{timeout_s:g} s and was stopped; the other tubes went on (a damaged or "
+              f"unusually large file? raise the limit with --tube-timeout)")
+    return TubeResult(tube=task.tube, error=reason, file_sha256=task.sha256,
+                      flags=[Flag("TUBE_TIMEOUT", "fail", reason)])
+
+
+def stopped_at_time_limit(error: str | None) -> bool:
+    """Whether a stored tube's error is a time limit's (not a property of its file: a re-run gates it again)."""
+    return bool(error) and error.startswith(_TIMED_OUT)
+
+
+#: in a pool worker: where it reports (task index, pid, start time) when it starts a tube
+_STARTED: Any = None
+
+
+def _pool_worker_gate(task: GateTask, index: int) -> TubeResult:
+    if _STARTED is not None:
+        _STARTED.put((index, os.getpid(), time.time()))
+    return _worker_gate(task)
+
+
 def _exit_when_orphaned(parent: int, interval_s: float = 0.5) -> None:
     while True:
         time.sleep(interval_s)
@@ -218,10 +254,13 @@ def _exit_when_orphaned(parent: int, interval_s: float = 0.5) -> None:
             os._exit(1)
 
 
-def _worker_init() -> None:
-    """Worker start: one BLAS thread, and a watchdog that ends the worker if the run itself dies."""
+def _worker_init(started: Any = None) -> None:
+    """Worker start: one BLAS thread, a watchdog that ends the worker if the run itself dies, and the queue
+    on which it reports each tube it starts (when tubes have a time limit)."""
     import threading
 
+    global _STARTED
+    _STARTED = started
     _limit_blas_once()
     threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True,
                      name="bat-orphan-watchdog").start()
@@ -231,61 +270,138 @@ def _worker_init() -> None:
 Completed = tuple[int, TubeResult]
 
 
-def run_local(tasks: Sequence[GateTask], workers: int) -> Iterator[Completed]:
-    """Gate tasks in local processes (or in this process when ``workers == 1``), yielding as they finish.
+def run_local(tasks: Sequence[GateTask], workers: int, timeout_s: float | None = None) -> Iterator[Completed]:
+    """Gate tasks in local processes, yielding as they finish; in this process when ``workers == 1`` and there
+    is no time limit.
 
     If a worker process dies (out of memory, a crash inside a C library), the tubes it left unfinished are
     retried once in a fresh pool; those that break a pool again are gated one per process, so that only the
-    file that kills its worker is recorded as failed (flag ``WORKER_DIED``).
+    file that kills its worker is recorded as failed (flag ``WORKER_DIED``). A tube still gating after
+    ``timeout_s`` seconds is recorded as failed (flag ``TUBE_TIMEOUT``) and its worker killed; the tubes that
+    worker's death interrupted are retried like those of a dead worker.
     """
-    if workers <= 1:
+    if workers <= 1 and not timeout_s:
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=1):
             for i, task in enumerate(tasks):
                 yield i, gate_one(task)
         return
-    broken = yield from _pool_pass(tasks, list(range(len(tasks))), workers)
+    workers = max(1, workers)
+    broken = yield from _pool_pass(tasks, list(range(len(tasks))), workers, timeout_s)
     if broken:
-        broken = yield from _pool_pass(tasks, broken, workers)
+        broken = yield from _pool_pass(tasks, broken, workers, timeout_s)
     for i in broken:
-        again = yield from _pool_pass(tasks, [i], 1)
+        again = yield from _pool_pass(tasks, [i], 1, timeout_s)
         for j in again:
             reason = "the worker process died while gating this file (out of memory or a crash in a library)"
             yield j, TubeResult(tube=tasks[j].tube, error=reason,
-                                flags=[Flag("WORKER_DIED", "fail", f"{Path(tasks[j].path).name}: {reason}")])
+                                flags=[Flag("WORKER_DIED", "fail", reason)])
 
 
-def _pool_pass(tasks: Sequence[GateTask], indices: list[int], workers: int
+def _pool_pass(tasks: Sequence[GateTask], indices: list[int], workers: int, timeout_s: float | None = None
                ) -> Generator[Completed, None, list[int]]:
     """One pool over ``indices``; yields finished results and returns the indices a broken pool lost.
 
+    With ``timeout_s``, workers report each tube they start; a tube past its limit is yielded as failed and its
+    worker killed (which breaks the pool: the tubes in flight or queued are returned with the lost ones).
     If the consumer stops early (Ctrl-C, an error while storing), queued tubes are cancelled and only the
     tubes in flight are waited for.
     """
+    import multiprocessing
+    import signal
+
     broken: list[int] = []
     if not indices:
         return broken
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(indices)), initializer=_worker_init)
+    started = multiprocessing.get_context().SimpleQueue() if timeout_s else None
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(indices)), initializer=_worker_init,
+                               initargs=(started,))
+    running: dict[int, tuple[int, float]] = {}  # task index -> (worker pid, start time), as reported
+    expired: set[int] = set()
     try:
-        futures: dict[Future, int] = {pool.submit(_worker_gate, tasks[i]): i for i in indices}
+        futures: dict[Future, int] = {pool.submit(_pool_worker_gate, tasks[i], i): i for i in indices}
+        by_index = {i: f for f, i in futures.items()}
         not_done = set(futures)
         while not_done:
-            done, not_done = wait(not_done, return_when=FIRST_COMPLETED)
+            poll = None
+            if started is not None:
+                while not started.empty():
+                    index, pid, at = started.get()
+                    running[index] = (pid, at)
+                pending = [running[futures[f]][1] + timeout_s for f in not_done if futures[f] in running]
+                poll = min(1.0, max(0.01, min(pending, default=time.time() + 1.0) - time.time()))
+            done, not_done = wait(not_done, timeout=poll, return_when=FIRST_COMPLETED)
             for fut in sorted(done, key=lambda f: futures[f]):
+                i = futures[fut]
                 try:
                     result = fut.result()
                 except BrokenProcessPool:
-                    broken.append(futures[fut])
+                    if i not in expired:
+                        broken.append(i)
                     continue
-                yield futures[fut], result
+                if i not in expired:
+                    yield i, result
+            if started is None:
+                continue
+            now = time.time()
+            latest = {pid: i for i, (pid, at) in sorted(running.items(), key=lambda kv: kv[1][1])}
+            for i, (pid, at) in sorted(running.items()):
+                if i in expired or by_index[i] not in not_done or latest.get(pid) != i or now - at <= timeout_s:
+                    continue
+                expired.add(i)
+                try:
+                    os.kill(pid, signal.SIGKILL)  # a running task cannot be cancelled: its process is ended
+                except ProcessLookupError:
+                    pass
+                yield i, timed_out(tasks[i], timeout_s)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return sorted(broken)
 
 
-def run_dask(tasks: Sequence[GateTask], address: str) -> Iterator[Completed]:
-    """Gate tasks on a Dask distributed cluster, yielding as they finish."""
+def _gate_in_child(task: GateTask, timeout_s: float) -> TubeResult:
+    """Gate one tube in a child Python process, killed if it runs past ``timeout_s`` (for Dask workers, which
+    cannot kill a running task and, being daemonic processes, cannot use ``multiprocessing``)."""
+    import pickle
+    import subprocess
+
+    package_parent = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_parent, os.environ.get("PYTHONPATH"))
+                                                       if p)}
+    try:
+        done = subprocess.run([sys.executable, "-c", "from bat_analysis.pipeline import _child_main; _child_main()"],
+                              input=pickle.dumps(task), capture_output=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:  # subprocess.run has killed the child
+        return timed_out(task, timeout_s)
+    if done.returncode != 0:
+        tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        reason = f"the worker process died while gating this file ({tail[0]})"
+        return TubeResult(tube=task.tube, error=reason, file_sha256=task.sha256,
+                          flags=[Flag("WORKER_DIED", "fail", reason)])
+    return pickle.loads(done.stdout)  # written by _child_main from our own task, never from an input file
+
+
+def _child_main() -> None:
+    """Entry point of ``_gate_in_child``'s process: a pickled task on stdin, the pickled result on stdout."""
+    import pickle
+
+    task = pickle.loads(sys.stdin.buffer.read())
+    channel = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything a library prints goes to stderr, never into the result
+    sys.stdout = sys.stderr
+    result = _worker_gate(task)
+    channel.write(pickle.dumps(result))
+    channel.flush()
+
+
+def _dask_gate(task: GateTask, timeout_s: float | None) -> TubeResult:
+    return _gate_in_child(task, timeout_s) if timeout_s else _worker_gate(task)
+
+
+def run_dask(tasks: Sequence[GateTask], address: str, timeout_s: float | None = None) -> Iterator[Completed]:
+    """Gate tasks on a Dask distributed cluster, yielding as they finish (each in a child process of its worker,
+    stopped at ``timeout_s``, when there is a time limit)."""
     try:
         from distributed import Client, as_completed
     except ImportError as exc:
@@ -298,7 +414,7 @@ def run_dask(tasks: Sequence[GateTask], address: str) -> Iterator[Completed]:
         raise BatError(f"cannot reach the Dask scheduler ({exc})", source=address, field="--scheduler",
                        expected="the address of a running scheduler, e.g. tcp://HOST:8786") from exc
     try:
-        futures = [client.submit(_worker_gate, t, pure=False) for t in tasks]
+        futures = [client.submit(_dask_gate, t, timeout_s, pure=False) for t in tasks]
         index = {f.key: i for i, f in enumerate(futures)}
         for fut in as_completed(futures):
             i = index[fut.key]
@@ -307,7 +423,7 @@ def run_dask(tasks: Sequence[GateTask], address: str) -> Iterator[Completed]:
             except Exception as exc:  # a lost worker or a task the cluster gave up on: record it, go on
                 reason = f"the cluster could not gate this file ({type(exc).__name__}: {exc})"
                 yield i, TubeResult(tube=tasks[i].tube, error=reason,
-                                    flags=[Flag("WORKER_DIED", "fail", f"{Path(tasks[i].path).name}: {reason}")])
+                                    flags=[Flag("WORKER_DIED", "fail", reason)])
     finally:
         client.close()
 
@@ -382,6 +498,7 @@ class RunOptions:
     strict: bool = False  # FCS files of data_dir without a layout row refuse the run (else: left out, warned)
     skip_missing: bool = False  # a layout row whose file does not exist: tube failed (else: the run is refused)
     allow_outside_data_dir: bool = False  # layout files may be absolute, use '..' or link out of data_dir
+    tube_timeout_s: float | None = DEFAULT_TUBE_TIMEOUT_S
 
 
 @dataclass
@@ -446,6 +563,9 @@ def run(options: RunOptions, *, on_result: Callable[[int, TubeResult], None] | N
     workers = options.workers if options.workers is not None else default_workers()
     if workers < 1:
         raise BatError(f"--workers must be at least 1, got {workers}", field="--workers", expected="an integer ≥ 1")
+    if options.tube_timeout_s is not None and not options.tube_timeout_s >= 0:
+        raise BatError(f"--tube-timeout must be a number of seconds ≥ 0, got {options.tube_timeout_s}",
+                       field="--tube-timeout", expected="seconds per tube (0: no limit)")
     make_dir(out)
     with RunLock(out):
         for folder in (out, *(out / name for name in REPORT_OUTPUTS)):  # a killed run's temporaries
@@ -664,7 +784,7 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
         for variant, overrides, corr_sha in want:
             key = cache_key(checksums[tube.file], template.sha256, tube, corr_sha)
             have = stored.get((tube.file, variant))
-            if have is not None and have.cache_key == key:
+            if have is not None and have.cache_key == key and not stopped_at_time_limit(have.error):
                 continue
             tasks.append(GateTask(path=path, tube=tube, template=template, variant=variant,
                                   overrides=overrides, sha256=checksums[tube.file]))
@@ -673,7 +793,9 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
     from .gating.tube import gate_tube  # noqa: F401  (imported once here; forked workers inherit it)
 
     gate = progress.add_task("Gating tubes", total=len(tasks), note="")
-    executor = run_dask(tasks, options.scheduler) if options.scheduler else run_local(tasks, workers)
+    limit = options.tube_timeout_s or None
+    executor = (run_dask(tasks, options.scheduler, limit) if options.scheduler
+                else run_local(tasks, workers, limit))
     n_fail_now = 0
     for i, result in executor:
         task = tasks[i]

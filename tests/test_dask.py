@@ -49,3 +49,40 @@ def test_unreachable_scheduler_is_a_clear_error(experiment, tmp_path, monkeypatc
 
     with ResultStore.in_folder(tmp_path / "o") as store:
         assert store.last_run()["status"] == "stopped"
+
+
+@pytest.mark.slow
+def test_a_tube_past_its_time_limit_on_the_cluster_fails_alone(experiment, tmp_path, monkeypatch):
+    """On Dask each tube is gated in a child process of its worker, killed at the limit."""
+    import csv
+    import os
+    import textwrap
+    from pathlib import Path
+
+    victim = next(t.file for t in experiment.tubes if t.condition == "allergen")
+    # the hang is injected into the child interpreters by a sitecustomize module on their PYTHONPATH
+    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import time
+        import bat_analysis.gating.tube as tube_module
+        real = tube_module.gate_tube
+        def hanging(path, tube, template, **options):
+            if tube.file == {victim!r}:
+                time.sleep(3600)
+            return real(path, tube, template, **options)
+        tube_module.gate_tube = hanging
+    """))
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(root)]))
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://",
+                                       dashboard_address=":0")
+    try:
+        summary = run(RunOptions(data_dir=experiment.out_dir, layout=experiment.layout_path, out=tmp_path / "o",
+                                 scheduler=cluster.scheduler_address, quiet=True, reports=False, tube_timeout_s=8))
+    finally:
+        cluster.close()
+    assert [f for f, _ in summary.failed] == [victim]
+    assert summary.failed[0][1].startswith("gating took longer than 8 s and was stopped")
+    with (tmp_path / "o" / "tubes.csv").open(newline="", encoding="utf-8") as fh:
+        rows = {r["file"]: r for r in csv.DictReader(fh)}
+    assert rows[victim]["qc_flags"] == "TUBE_TIMEOUT"
+    assert all(r["error"] == "" and int(r["n_basophils"]) > 0 for f, r in rows.items() if f != victim)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bat_analysis.errors import BatError, FcsFormatError, MarkerError
-from bat_analysis.io.fcs import read_fcs
+from bat_analysis.io.fcs import HEADER_LENGTH, read_fcs
 from bat_analysis.io.markers import resolve_marker
 
 PLACEHOLDER = "0" * 10
@@ -445,3 +445,216 @@ def test_data_beyond_99999999_bytes_read_from_text_offsets(tmp_path: Path) -> No
     sample = read_fcs(path)
     np.testing.assert_array_equal(sample.events, EVENTS)
     assert not any("blank" in w for w in sample.warnings)
+
+
+# ----------------------------------------------------------------------------- hostile $NEXTDATA chains
+def shared_text_chain(n_sets: int = 10_000, n_filler: int = 120_000) -> bytes:
+    """An FCS file of ``n_sets`` HEADERs packed one after another, all pointing to one TEXT segment (with
+    ``n_filler`` extra keywords) whose ``$NEXTDATA`` is 58: every HEADER is the next data set of the one before.
+    Data set 0 is valid (3 events); about 1.7 MB."""
+    text_at = HEADER_LENGTH * n_sets
+    pairs = [("$BEGINDATA", PLACEHOLDER), ("$ENDDATA", PLACEHOLDER), ("$BYTEORD", "1,2,3,4"), ("$DATATYPE", "F"),
+             ("$MODE", "L"), ("$NEXTDATA", str(HEADER_LENGTH)), ("$PAR", "3"), ("$TOT", "3")]
+    for i, name in enumerate(NAMES, start=1):
+        pairs += [(f"$P{i}N", name), (f"$P{i}B", "32"), (f"$P{i}E", "0,0"), (f"$P{i}R", "262144")]
+    pairs += [(f"F{k:05d}", "x") for k in range(n_filler)]
+    text = ("/" + "".join(f"{k}/{v}/" for k, v in pairs)).encode()
+    data_at = text_at + len(text)
+    data = EVENTS.astype("<f4").tobytes()
+    text = text.replace(PLACEHOLDER.encode(), f"{data_at:010d}".encode(), 1)
+    text = text.replace(PLACEHOLDER.encode(), f"{data_at + len(data) - 1:010d}".encode(), 1)
+    text_end = text_at + len(text) - 1
+    headers = b"".join(f"FCS3.1    {text_at - b:>8}{text_end - b:>8}{0:>8}{0:>8}{0:>8}{0:>8}".encode()
+                       for b in range(0, text_at, HEADER_LENGTH))
+    return headers + text + data
+
+
+@pytest.fixture()
+def time_limit():
+    """Fail a test that runs longer than 60 s instead of hanging the suite."""
+    import signal
+
+    def expired(signum, frame):
+        raise TimeoutError("the reader did not finish within 60 s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_data_sets_sharing_one_text_are_refused_with_work_bounded_by_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, time_limit) -> None:
+    import bat_analysis.io.fcs as fcs
+
+    content = shared_text_chain()
+    assert 1_500_000 < len(content) < 2_000_000
+    path = write(tmp_path, content)
+    tokenized: list[int] = []
+    real = fcs._tokenize
+
+    def counting(raw, delim, lenient):
+        tokenized.append(len(raw))
+        return real(raw, delim, lenient)
+
+    monkeypatch.setattr(fcs, "_tokenize", counting)
+    sample = read_fcs(path)
+    np.testing.assert_array_equal(sample.events, EVENTS)
+    assert sample.n_datasets == 1
+    assert any("$NEXTDATA 58" in w and "overlapping data sets are not read" in w for w in sample.warnings), \
+        sample.warnings
+    assert sum(tokenized) <= 2 * len(content)  # each TEXT byte read once (twice if the lenient reading is tried)
+    with pytest.raises(FcsFormatError, match=r"data set 5 requested, the file has 1 .*overlapping"):
+        read_fcs(path, dataset=5)
+
+
+def test_nextdata_into_own_data_segment_is_refused(tmp_path: Path) -> None:
+    """A data set whose $NEXTDATA points inside its own DATA segment: what lies there is not a data set."""
+    inner = float_file(EVENTS, NAMES)
+    inner += b"\0" * (-len(inner) % 4)
+    pairs = [("$BYTEORD", "1,2,3,4"), ("$DATATYPE", "F"), ("$MODE", "L"), ("$NEXTDATA", PLACEHOLDER),
+             ("$PAR", "1"), ("$TOT", str(len(inner) // 4)), ("$P1N", "FSC-A"), ("$P1B", "32"), ("$P1E", "0,0"),
+             ("$P1R", "262144")]
+    outer = build_fcs(pairs, inner)  # the DATA segment holds a whole FCS file
+    begin = int(outer[26:34])
+    outer = outer.replace(f"/$NEXTDATA/{PLACEHOLDER}/".encode(), f"/$NEXTDATA/{begin:010d}/".encode())
+    path = write(tmp_path, outer)
+    sample = read_fcs(path, allow_nonfinite=True)
+    assert sample.n_datasets == 1
+    assert any("inside that data set" in w for w in sample.warnings), sample.warnings
+    with pytest.raises(FcsFormatError, match="overlapping"):
+        read_fcs(path, dataset=1)
+
+
+# ----------------------------------------------------------------------------------------------- ASCII DATA
+def ascii_file(fields: list[bytes], n_events: int, npar: int, widths: list[int] | None, data: bytes) -> bytes:
+    """An FCS file of ASCII DATA ``data``: fixed ``widths`` ($PnB), or delimited ($PnB ``*``) when None."""
+    pairs = [("$BYTEORD", "1,2,3,4"), ("$DATATYPE", "A"), ("$MODE", "L"), ("$NEXTDATA", "0"),
+             ("$PAR", str(npar)), ("$TOT", str(n_events))]
+    for i in range(1, npar + 1):
+        pairs += [(f"$P{i}N", f"FL{i}"), (f"$P{i}B", "*" if widths is None else str(widths[i - 1])),
+                  (f"$P{i}E", "0,0"), (f"$P{i}R", "1024")]
+    return build_fcs(pairs, data)
+
+
+def python_floats(fields: list[bytes], n_events: int, npar: int) -> np.ndarray:
+    """The reference: every field parsed by Python's float, one object per value (the former decoder)."""
+    return np.array([float(f) for f in fields[: n_events * npar]], dtype=np.float64).reshape(n_events, npar)
+
+
+ASCII_SPELLINGS = [b"0", b"7", b"1023", b"0012", b"+5", b"3.", b".25", b"12.5", b"1e2", b"2.5E-1", b"-0",
+                   b"999.999", b"1_0"]
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1 << 20])
+def test_ascii_delimited_values_equal_python_floats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    chunk: int) -> None:
+    import bat_analysis.io.fcs as fcs
+
+    monkeypatch.setattr(fcs, "_ASCII_CHUNK", chunk)  # values cut by chunk boundaries are joined again
+    rng = np.random.default_rng(3)
+    n_events, npar = 400, 3
+    fields = [ASCII_SPELLINGS[i] for i in rng.integers(0, len(ASCII_SPELLINGS), n_events * npar)]
+    separators = [b" ", b"\t", b",", b"\r\n", b"  ", b", ", b"\n"]
+    data = b"  " + b"".join(f + separators[i % len(separators)] for i, f in enumerate(fields)) + b"99 98\n"
+    sample = read_fcs(write(tmp_path, ascii_file(fields, n_events, npar, None, data)), scale=False)
+    expected = python_floats(fields, n_events, npar)
+    np.testing.assert_array_equal(sample.events, expected.astype(np.float32))
+    scaled = read_fcs(tmp_path / "tube.fcs")
+    np.testing.assert_array_equal(scaled.events, expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("chunk", [5, 1 << 20])
+def test_ascii_fixed_width_values_equal_python_floats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      chunk: int) -> None:
+    import bat_analysis.io.fcs as fcs
+
+    monkeypatch.setattr(fcs, "_ASCII_CHUNK", chunk)
+    rng = np.random.default_rng(4)
+    n_events, widths = 300, [4, 6, 3]
+    fields = []
+    for _ in range(n_events):
+        for w in widths:
+            fitting = [f for f in ASCII_SPELLINGS if len(f) <= w]
+            f = fitting[rng.integers(0, len(fitting))]
+            fields.append(f.rjust(w) if rng.random() < 0.5 else f.ljust(w))  # padded either side
+    sample = read_fcs(write(tmp_path, ascii_file(fields, n_events, 3, widths, b"".join(fields))), scale=False)
+    np.testing.assert_array_equal(sample.events, python_floats(fields, n_events, 3).astype(np.float32))
+
+
+@pytest.mark.parametrize("widths", [None, [4, 4]])
+def test_ascii_non_numeric_or_missing_values_are_refused(tmp_path: Path, widths) -> None:
+    sep = b" " if widths is None else b""
+    bad = [b"0001", b"00x2", b"0003", b"0004"]
+    refused(write(tmp_path, ascii_file(bad, 2, 2, widths, sep.join(bad))), "DATA", message_part="non-numeric")
+    short = [b"0001", b"0002", b"0003"]
+    pairs_ok = ascii_file(short, 2, 2, widths, sep.join(short) + (b"" if widths is None else b"0004"))
+    if widths is None:
+        refused(write(tmp_path, pairs_ok, "short.fcs"), "DATA", message_part="3 ASCII values for 2 events x 2")
+
+
+def test_ascii_data_is_decoded_within_four_times_the_event_matrix(tmp_path: Path) -> None:
+    """Memory: numpy conversion a chunk at a time, not one Python object per value (the former decoder peaked at
+    22x the event matrix on this file)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    n_events, npar = 300_000, 8
+    values = rng.integers(0, 1024, size=(n_events, npar))
+    data = ("\n".join(" ".join(map(str, row)) for row in values.tolist()) + "\n").encode()
+    path = write(tmp_path, ascii_file([], n_events, npar, None, data))
+    tracemalloc.start()
+    try:
+        sample = read_fcs(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(sample.events, values.astype(np.float32))
+    assert peak <= 4 * sample.events.nbytes, (peak / sample.events.nbytes)
+
+
+# ------------------------------------------------------------------------------ damaged files, in plain words
+def test_truncated_data_is_explained_in_a_technicians_words_first(tmp_path: Path) -> None:
+    path = write(tmp_path, float_file(EVENTS, NAMES)[:-10])
+    err = refused(path, "$ENDDATA")
+    assert str(err).startswith(f"{path}: the file is incomplete: its header announces 36 bytes of data, it holds "
+                               f"26 bytes — export it again from the cytometer — $ENDDATA: DATA segment "), str(err)
+    assert err.summary and err.summary.startswith("the file is incomplete")
+
+
+def test_truncation_sizes_are_given_in_kilobytes(tmp_path: Path) -> None:
+    events = np.arange(120_000 * 3, dtype=np.float32).reshape(-1, 3)  # 1,440,000 bytes of data
+    content = float_file(events, NAMES)
+    begin = int(content[26:34])
+    path = write(tmp_path, content[: begin + 880_000])
+    err = refused(path, "$ENDDATA")
+    assert "the file is incomplete: its header announces 1.4 MB of data, it holds 880 kB — export it again from " \
+           "the cytometer" in str(err), str(err)
+
+
+def test_truncated_text_and_header_are_explained_in_a_technicians_words(tmp_path: Path) -> None:
+    content = float_file(EVENTS, NAMES)
+    text_start, text_end = int(content[10:18]), int(content[18:26])
+    err = refused(write(tmp_path, content[:300], "text.fcs"), "TEXT")
+    assert str(err).startswith(f"{tmp_path / 'text.fcs'}: the file is incomplete: its header announces "
+                               f"{text_end - text_start + 1} bytes of keywords, it holds {300 - text_start} bytes — "
+                               f"export it again from the cytometer — TEXT offsets: "), str(err)
+    err = refused(write(tmp_path, content[:30], "header.fcs"), "HEADER")
+    assert "the file is incomplete: it holds only 30 bytes, less than an FCS header — export it again" in str(err)
+    err = refused(write(tmp_path, b"", "empty.fcs"), "HEADER")
+    assert str(err).startswith(f"{tmp_path / 'empty.fcs'}: the file is empty — export it again from the cytometer")
+
+
+def test_a_tot_that_disagrees_with_a_whole_file_is_not_called_incomplete(tmp_path: Path) -> None:
+    path = write(tmp_path, float_file(EVENTS, NAMES).replace(b"/$TOT/3/", b"/$TOT/4/"))
+    err = refused(path, "$ENDDATA")
+    assert str(err).startswith(f"{path}: the file is damaged: its header announces 48 bytes of data, its data "
+                               f"segment holds 36 bytes — export it again from the cytometer — $ENDDATA: "), str(err)
+
+
+def test_a_file_that_is_not_fcs_says_so_first(tmp_path: Path) -> None:
+    path = write(tmp_path, b"file,patient\n" * 10)
+    err = refused(path, "HEADER")
+    assert str(err).startswith(f"{path}: this is not an FCS file — check that the layout names the tube's FCS "
+                               f"export — HEADER at byte 0: does not start with 'FCS'"), str(err)

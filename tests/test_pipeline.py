@@ -149,3 +149,83 @@ def test_missing_distributed_is_explained(monkeypatch):
 
     with pytest.raises(BatError, match=r"needs the 'distributed' package.*pip install 'bat-analysis\[dask\]'"):
         list(run_dask([], "tcp://127.0.0.1:8786"))
+
+
+# ------------------------------------------------------------------------------------------------ time limit
+@pytest.fixture()
+def time_limit():
+    """Fail a test that runs longer than 120 s instead of hanging the suite."""
+    import signal
+
+    def expired(signum, frame):
+        raise TimeoutError("the batch did not finish within 120 s: the hung tube was not stopped")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def _hang_on(monkeypatch, victim: str) -> None:
+    import time
+
+    import bat_analysis.gating.tube as tube_module
+
+    real = tube_module.gate_tube
+
+    def hanging(path, tube, template, **options):
+        if tube.file == victim:
+            time.sleep(3600)  # a file that keeps its worker busy for an hour
+        return real(path, tube, template, **options)
+
+    monkeypatch.setattr(tube_module, "gate_tube", hanging)
+
+
+@pytest.mark.skipif(multiprocessing.get_start_method() != "fork",
+                    reason="the hang is injected into forked workers by patching the parent")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_tube_past_its_time_limit_fails_alone(small_experiment, monkeypatch, time_limit, workers):
+    tasks = _tasks(small_experiment, extra_bad=False)[:5]
+    victim = tasks[1].tube.file
+    _hang_on(monkeypatch, victim)
+    results = dict(run_local(tasks, workers, timeout_s=4))
+    assert sorted(results) == list(range(len(tasks)))
+    late = results[1]
+    assert not late.ok and [f.code for f in late.flags] == ["TUBE_TIMEOUT"]
+    assert late.error.startswith("gating took longer than 4 s and was stopped")
+    assert late.file_sha256 == tasks[1].sha256
+    assert all(r.ok and r.n_basophils > 0 for i, r in results.items() if i != 1)
+
+
+def test_without_a_time_limit_one_worker_gates_in_this_process(small_experiment, monkeypatch):
+    import bat_analysis.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "ProcessPoolExecutor", None)  # no pool may be started
+    results = dict(run_local(_tasks(small_experiment, extra_bad=False)[:2], 1, timeout_s=None))
+    assert all(r.ok for r in results.values())
+
+
+def test_a_tube_gated_in_a_child_process_is_stopped_at_its_limit(small_experiment, tmp_path, monkeypatch,
+                                                                 time_limit):
+    """The Dask executor gates each tube in a child process of its worker: killed at the limit."""
+    from bat_analysis.pipeline import _gate_in_child
+
+    tasks = _tasks(small_experiment, extra_bad=False)
+    victim = tasks[1].tube.file
+    # the hang is injected into the child interpreter (a fresh process) by a sitecustomize module
+    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import time
+        import bat_analysis.gating.tube as tube_module
+        real = tube_module.gate_tube
+        def hanging(path, tube, template, **options):
+            if tube.file == {victim!r}:
+                time.sleep(3600)
+            return real(path, tube, template, **options)
+        tube_module.gate_tube = hanging
+    """))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(ROOT)]))
+    late = _gate_in_child(tasks[1], 5)
+    assert not late.ok and late.flags[0].code == "TUBE_TIMEOUT" and "longer than 5 s" in late.error
+    fine = _gate_in_child(tasks[0], 60)
+    assert fine.ok and fine.n_basophils > 0

@@ -169,6 +169,11 @@ class TubeQc:
     def reasons(self) -> str:
         return "; ".join(f"{f.code}: {f.message}" for f in self.flags)
 
+    def reasons_besides(self, error: str | None) -> str:
+        """``reasons`` where a flag that only repeats ``error`` (the tube's error, given in its own column of
+        the tube's row) is named by its code alone, so that the row says the reason once."""
+        return "; ".join(f.code if error and f.message == error else f"{f.code}: {f.message}" for f in self.flags)
+
 
 def tube_qc(result: TubeResult, activation: MarkerMetrics | None, config: AnalysisConfig, *,
             extra_flags: Iterable[Flag] = (), fmlp_ok: bool | None = None) -> TubeQc:
@@ -176,7 +181,7 @@ def tube_qc(result: TubeResult, activation: MarkerMetrics | None, config: Analys
     qc = config.qc
     flags: list[Flag] = list(result.flags)
     if result.error is not None and not any(f.severity == "fail" for f in flags):
-        flags.append(Flag("NOT_GATED", "fail", f"tube could not be gated: {result.error}"))
+        flags.append(Flag("NOT_GATED", "fail", result.error))
     flags.extend(extra_flags)
     if result.ok:
         flags += basophil_count_flags(result.n_basophils, qc)

@@ -464,7 +464,7 @@ def _tubes_table(ordered: Sequence[TubeResult], metrics: Mapping[str, TubeMetric
             "pct_cd63_ci_low": mm.ci_low if mm else NAN, "pct_cd63_ci_high": mm.ci_high if mm else NAN,
             "si_cd63": mm.si if mm else NAN, "cd203c_mfi": m.mfi if m else NAN,
             "si_cd203c": m.si_mfi if m else NAN, "qc_status": q.status, "qc_flags": q.codes,
-            "qc_reasons": q.reasons, "positive": (mm.positive if mm and mm.positive is not None else pd.NA),
+            "qc_reasons": q.reasons_besides(r.error), "positive": (mm.positive if mm and mm.positive is not None else pd.NA),
             "unit": t.unit or "",
             "threshold_method": est.method if est else "",
             "threshold_reference": ";".join(est.reference_files) if est else "",

@@ -113,6 +113,10 @@ def register(app: typer.Typer) -> None:
                                                     help="Let the layout name files outside DATA_DIR (absolute "
                                                          "paths, '..', links out of it). Only regular files are "
                                                          "ever read."),
+        tube_timeout: Optional[float] = typer.Option(None, "--tube-timeout", min=0, metavar="SECONDS",
+                                                     help="Seconds a tube may take to gate (default 300); a tube "
+                                                          "taking longer is stopped and recorded as failed, the "
+                                                          "batch goes on (0: no limit)."),
     ) -> None:
         """Analyse a folder of FCS files: gate every tube, score every patient, write tables and reports.
 
@@ -127,12 +131,15 @@ def register(app: typer.Typer) -> None:
         full, no permission): the run is recorded as failed and earlier outputs are moved to OUT/outdated-*.
         """
         from ..errors import BatError
-        from ..pipeline import RunOptions, run
+        from ..pipeline import DEFAULT_TUBE_TIMEOUT_S, RunOptions, run
 
+        if tube_timeout is None:
+            tube_timeout = DEFAULT_TUBE_TIMEOUT_S
         opts = RunOptions(data_dir=data_dir, layout=layout, out=out, template=template, workers=workers,
                           scheduler=scheduler, overrides=overrides, gates_from=gates_from, reviewer=reviewer,
                           replace=replace, quiet=quiet, parquet=parquet, reports=not no_reports, strict=strict,
-                          skip_missing=skip_missing, allow_outside_data_dir=allow_outside_data_dir)
+                          skip_missing=skip_missing, allow_outside_data_dir=allow_outside_data_dir,
+                          tube_timeout_s=tube_timeout)
         try:
             summary = run(opts)
         except BatError as exc:

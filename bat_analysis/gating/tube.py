@@ -381,7 +381,9 @@ def gate_tube(path: str | Path, tube: Tube, template: Template, *,
     e.g. a reviewer's correction); their dimensions must be the template gate's, in its scales.
     ``sha256`` is the file's checksum when the caller has already computed it (a batch checks every file
     first); otherwise the file is hashed here.
-    A file or template problem (any ``BatError``) gives a result with ``error`` set and a fail flag.
+    A file or template problem (any ``BatError``) gives a result with ``error`` set and a fail flag
+    ``TUBE_NOT_GATED`` whose message is that error; a warning that the error repeats (an unusable spillover
+    matrix, then refused) is dropped, so that the reason is given once.
     """
     result = TubeResult(tube=tube)
     try:
@@ -394,7 +396,9 @@ def gate_tube(path: str | Path, tube: Tube, template: Template, *,
         gate_sample(sample, tube, template, overrides=overrides, result=result, source=str(path))
     except BatError as exc:
         result.error = str(exc)
-        result.flags.append(Flag("TUBE_NOT_GATED", "fail", f"{Path(path).name}: {exc}"))
+        result.flags = [f for f in result.flags
+                        if f.severity != "warn" or not exc.message or exc.message not in f.message]
+        result.flags.append(Flag("TUBE_NOT_GATED", "fail", result.error))
     except OSError as exc:
         result.error = f"{path}: cannot read the file ({exc.strerror or exc})"
         result.flags.append(Flag("TUBE_NOT_GATED", "fail", result.error))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +117,29 @@ class FcsSample:
         return self.events[:, idx[0]]
 
 
+_EXPORT_AGAIN = "export it again from the cytometer"
+
+
+def _size_text(n: int) -> str:
+    """A byte count as people read it: ``36 bytes``, ``4.2 kB``, ``480 kB``, ``1.7 MB``."""
+    if n < 1000:
+        return f"{n} bytes"
+    if n < 10_000:
+        return f"{n / 1000:.1f} kB"
+    if n < 1_000_000:
+        return f"{n / 1000:.0f} kB"
+    return f"{n / 1_000_000:.1f} MB"
+
+
+def _incomplete(announced: int, present: int, what: str) -> str:
+    """The technician's sentence for a file that ends before the segment its offsets announce."""
+    present = max(present, 0)
+    a, p = _size_text(announced), _size_text(present)
+    if a == p:  # rounding hides the difference: give the bytes
+        a, p = f"{announced:,} bytes", f"{present:,} bytes"
+    return f"the file is incomplete: its header announces {a} of {what}, it holds {p} — {_EXPORT_AGAIN}"
+
+
 # ---------------------------------------------------------------------------------------------- HEADER
 @dataclass(frozen=True)
 class Header:
@@ -143,12 +166,19 @@ def _header_int(buf: bytes, base: int, lo: int, hi: int, source: str) -> int | N
 def parse_header(buf: bytes, base: int, source: str) -> Header:
     """Parse the HEADER at byte ``base`` of ``buf``."""
     if len(buf) - base < HEADER_LENGTH:
-        raise FcsFormatError(f"only {max(len(buf) - base, 0)} bytes where a HEADER begins", source=source,
-                             field=f"HEADER at byte {base}", expected=f"a {HEADER_LENGTH}-byte FCS HEADER")
+        present = max(len(buf) - base, 0)
+        start = bytes(buf[base: base + 3])
+        summary = (f"the file is incomplete: it holds only {present} bytes, less than an FCS header — "
+                   f"{_EXPORT_AGAIN}") if start and b"FCS".startswith(start) else None
+        raise FcsFormatError(f"only {present} bytes where a HEADER begins", source=source,
+                             field=f"HEADER at byte {base}", expected=f"a {HEADER_LENGTH}-byte FCS HEADER",
+                             summary=summary)
     magic = buf[base: base + 6].decode("latin-1")
     if not magic.startswith("FCS"):
         raise FcsFormatError(f"does not start with 'FCS' but {buf[base:base + 6]!r}", source=source,
-                             field=f"HEADER at byte {base}", expected="an FCS file (FCS2.0, FCS3.0 or FCS3.1)")
+                             field=f"HEADER at byte {base}", expected="an FCS file (FCS2.0, FCS3.0 or FCS3.1)",
+                             summary=None if base else "this is not an FCS file — check that the layout names the "
+                                                        "tube's FCS export")
     if magic not in _VERSIONS:
         raise FcsFormatError(f"unknown version {magic!r}", source=source, field=f"HEADER at byte {base}",
                              expected="FCS2.0, FCS3.0 or FCS3.1")
@@ -310,8 +340,10 @@ class _DataSet:
 
 def _read_segment(buf: bytes, base: int, lo: int, hi: int, source: str, name: str) -> bytes:
     if lo < 0 or hi < lo or base + hi >= len(buf):
+        summary = _incomplete(hi - lo + 1, len(buf) - base - lo, "keywords") if 0 <= lo <= hi else None
         raise FcsFormatError(f"segment {lo}-{hi} lies outside the file's {len(buf)} bytes", source=source,
-                             field=f"{name} offsets", expected=f"offsets within the file (< {len(buf) - base})")
+                             field=f"{name} offsets", expected=f"offsets within the file (< {len(buf) - base})",
+                             summary=summary)
     return buf[base + lo: base + hi + 1]
 
 
@@ -352,20 +384,38 @@ def _analysis_keywords(buf: bytes, ds: _DataSet, source: str) -> dict[str, str]:
         return {}
 
 
-def _dataset_offsets(buf: bytes, source: str, warnings: list[str]) -> list[int]:
-    """Byte offsets of every data set, following ``$NEXTDATA`` (relative to the current data set)."""
-    offsets = [0]
-    seen = {0}
-    base = 0
-    while len(offsets) < _MAX_DATASETS:
+def _dataset_end(ds: _DataSet, size: int, source: str) -> int:
+    """The first byte after data set ``ds``'s segments, as far as they lie inside the file: its HEADER, TEXT,
+    supplemental TEXT and DATA (an ``$ENDDATA`` one byte past the data, a known quirk, is tolerated)."""
+    base = ds.header.base
+    end = base + max(HEADER_LENGTH, ds.header.text[1] + 1)
+    kw = ds.keywords
+    for lo_key, hi_key, slack in (("$BEGINSTEXT", "$ENDSTEXT", 1), ("$BEGINDATA", "$ENDDATA", 0)):
         try:
-            ds = _parse_dataset_text(buf, base, source)
-        except FcsFormatError as exc:
-            if base == 0:
-                raise
-            warnings.append(f"data set at byte {base} is unreadable and ignored: {exc}")
-            offsets.pop()
-            break
+            lo = _kw_int(kw, lo_key, source, required=False)
+            hi = _kw_int(kw, hi_key, source, required=False)
+        except FcsFormatError:
+            continue
+        if lo and hi and hi >= lo and base + hi < size:
+            end = max(end, base + hi + slack)
+    d0, d1 = ds.header.data
+    if d0 and d1 and d1 >= d0 and base + d1 < size:
+        end = max(end, base + d1)
+    return end
+
+
+def _datasets(buf: bytes, source: str, warnings: list[str]) -> list[_DataSet]:
+    """Every data set of the file, each parsed once, following ``$NEXTDATA`` (relative to the current data set).
+
+    A data set must begin after the previous one's segments end: a ``$NEXTDATA`` pointing back, to a data set
+    already read, or into the previous data set's bytes (data sets sharing a TEXT segment) ends the chain
+    with a warning. The data sets are then disjoint, so reading them all costs at most the file's size.
+    """
+    size = len(buf)
+    found = [_parse_dataset_text(buf, 0, source)]
+    while True:
+        ds = found[-1]
+        base = ds.header.base
         try:
             nxt = _kw_int(ds.keywords, "$NEXTDATA", source, required=False)
         except FcsFormatError:
@@ -374,17 +424,30 @@ def _dataset_offsets(buf: bytes, source: str, warnings: list[str]) -> list[int]:
             break
         if not nxt:
             break
-        if nxt < 0 or base + nxt in seen or base + nxt + HEADER_LENGTH > len(buf):
+        if nxt < 0 or base + nxt + HEADER_LENGTH > size:
             warnings.append(f"$NEXTDATA {nxt} of the data set at byte {base} points outside the file or back; "
                             f"ignored")
+            break
+        end = _dataset_end(ds, size, source)
+        if base + nxt < end:
+            warnings.append(f"$NEXTDATA {nxt} of the data set at byte {base} points to byte {base + nxt}, inside "
+                            f"that data set (its segments end at byte {end - 1}); overlapping data sets are not "
+                            f"read, no further data set read")
+            break
+        if len(found) == _MAX_DATASETS:
+            warnings.append(f"the file announces more than {_MAX_DATASETS:,} data sets; only the first "
+                            f"{_MAX_DATASETS:,} are read")
             break
         base += nxt
         if buf[base: base + 3] != b"FCS":
             warnings.append(f"$NEXTDATA points to byte {base}, which does not start a data set; ignored")
             break
-        seen.add(base)
-        offsets.append(base)
-    return offsets
+        try:
+            found.append(_parse_dataset_text(buf, base, source))
+        except FcsFormatError as exc:
+            warnings.append(f"data set at byte {base} is unreadable and ignored: {exc}")
+            break
+    return found
 
 
 # ------------------------------------------------------------------------------------------------ DATA
@@ -485,7 +548,8 @@ def _choose_data_offsets(buf: bytes, ds: _DataSet, expected: int | None, per_eve
         raise FcsFormatError(f"DATA segment {s}-{e} lies outside the file (bytes {HEADER_LENGTH}-{size - 1})",
                              source=source,
                              field="$BEGINDATA" if name == "TEXT" else "HEADER bytes 26-33",
-                             expected="a DATA offset inside the file")
+                             expected="a DATA offset inside the file",
+                             summary=_incomplete(expected or e - s + 1, 0, "data") if s >= HEADER_LENGTH else None)
     if head_ok and text_ok and head != text:
         note = f"HEADER DATA offsets {head[0]}-{head[1]} differ from TEXT {text[0]}-{text[1]}"
     else:
@@ -499,7 +563,8 @@ def _choose_data_offsets(buf: bytes, ds: _DataSet, expected: int | None, per_eve
         length = e - s + 1
         if e >= size:
             raise FcsFormatError(f"DATA segment ends at byte {e}, beyond the file's {size} bytes", source=source,
-                                 field="$ENDDATA", expected="a DATA segment inside the file")
+                                 field="$ENDDATA", expected="a DATA segment inside the file",
+                                 summary=_incomplete(length, size - s, "data"))
         if per_event and length % per_event == 1:
             length -= 1
             warnings.append(f"$ENDDATA is one byte past the data (off-by-one); read {length} bytes")
@@ -538,9 +603,15 @@ def _choose_data_offsets(buf: bytes, ds: _DataSet, expected: int | None, per_eve
                             f"{per_event} bytes per event; the first {expected} bytes read")
             return s, expected
     s, e = in_file[0][1]
+    # the segment runs past the end of the file: the file was cut short; else $TOT and the segment disagree
+    if e >= size:
+        summary = _incomplete(max(expected, e - s + 1), size - s, "data")
+    else:
+        summary = (f"the file is damaged: its header announces {_size_text(expected)} of data, its data segment "
+                   f"holds {_size_text(e - s + 1)} — {_EXPORT_AGAIN}")
     raise FcsFormatError(f"DATA segment {s}-{e} ({e - s + 1} bytes, file {size} bytes) cannot be reconciled "
                          f"with $TOT x bytes per event = {expected}", source=source, field="$ENDDATA",
-                         expected=f"{expected} bytes of data")
+                         expected=f"{expected} bytes of data", summary=summary)
 
 
 def _decode_int(raw: np.ndarray, layout: _Layout, n_events: int) -> np.ndarray:
@@ -563,28 +634,100 @@ def _decode_int(raw: np.ndarray, layout: _Layout, n_events: int) -> np.ndarray:
     return out
 
 
-def _decode_ascii(raw: bytes, layout: _Layout, n_events: int, source: str) -> np.ndarray:
-    npar = len(layout.bits)
-    if all(b == 0 for b in layout.bits):
-        fields = raw.replace(b",", b" ").split()
-    else:
-        fields = []
-        width = sum(layout.bits)
-        for e in range(n_events):
-            row = raw[e * width: (e + 1) * width]
-            pos = 0
-            for b in layout.bits:
-                fields.append(row[pos: pos + b])
-                pos += b
-    if len(fields) < n_events * npar:
-        raise FcsFormatError(f"{len(fields)} ASCII values for {n_events} events x {npar} parameters",
-                             source=source, field="DATA", expected=f"{n_events * npar} values")
+#: bytes that separate delimited ASCII values: ASCII white space (what ``bytes.split()`` splits on) and commas
+_ASCII_SEPARATOR = np.zeros(256, dtype=bool)
+_ASCII_SEPARATOR[list(b" \t\n\r\x0b\x0c,")] = True
+_ASCII_CHUNK = 1 << 18  # bytes of ASCII DATA converted at a time: bounds the temporaries whatever the file size
+_ASCII_MAX_DIGITS = 64  # a longer delimited value is not a number a cytometer wrote
+
+
+def _ascii_to_float(text: np.ndarray, source: str) -> np.ndarray:
+    """Fixed-width byte strings (numpy ``S``) -> float64, parsed as Python's ``float`` parses them."""
     try:
-        values = np.array([float(f) for f in fields[: n_events * npar]], dtype=np.float64)
+        return text.astype(np.float64)
     except ValueError:
         raise FcsFormatError("non-numeric ASCII value in DATA", source=source, field="DATA",
                              expected="numbers") from None
-    return values.reshape(n_events, npar)
+
+
+def _ascii_chunks(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, step: int) -> Iterator[np.ndarray]:
+    """The bytes ``offset .. offset + length`` of the file as uint8 arrays of at most ``step`` bytes: read from
+    the file piece by piece (a memory-mapped DATA segment would stay resident), else viewed in the buffer."""
+    for at in range(offset, offset + length, step):
+        count = min(step, offset + length - at)
+        chunk = _data_array(p, buf, np.dtype(np.uint8), count, at)
+        yield chunk
+
+
+def _decode_ascii(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, layout: _Layout, n_events: int,
+                  source: str) -> np.ndarray:
+    """ASCII DATA (``$DATATYPE A``) -> (n_events, n_par) float64, converted by numpy a chunk at a time.
+
+    Fixed widths (``$PnB`` characters) are viewed as a record of byte strings per event; delimited values
+    (``$PnB`` ``*``, separated by white space or commas) are cut at the separators. Either way the values are
+    those of Python's ``float`` on each field, and memory beyond the result is one chunk's worth."""
+    npar = len(layout.bits)
+    need = n_events * npar
+    if all(b == 0 for b in layout.bits):
+        return _decode_delimited(p, buf, offset, length, n_events, npar, source)
+    width = sum(layout.bits)
+    if length < n_events * width:
+        raise FcsFormatError(f"{(length // width) * npar} ASCII values for {n_events} events x {npar} parameters",
+                             source=source, field="DATA", expected=f"{need} values")
+    record = np.dtype({"names": [f"p{i}" for i in range(npar)], "formats": [f"S{b}" for b in layout.bits],
+                       "offsets": [int(x) for x in np.cumsum([0, *layout.bits[:-1]])], "itemsize": width})
+    out = np.empty((n_events, npar), dtype=np.float64)
+    rows_per_chunk = max(1, _ASCII_CHUNK // width)
+    row = 0
+    for chunk in _ascii_chunks(p, buf, offset, n_events * width, rows_per_chunk * width):
+        events = chunk.view(record)
+        for i in range(npar):
+            out[row: row + events.size, i] = _ascii_to_float(events[f"p{i}"], source)
+        row += events.size
+    return out
+
+
+def _decode_delimited(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, n_events: int, npar: int,
+                      source: str) -> np.ndarray:
+    """The first ``n_events`` x ``npar`` delimited ASCII values of the DATA segment as float64 (more are ignored)."""
+    need = n_events * npar
+    out = np.empty(need, dtype=np.float64)
+    n = 0
+    carry = np.empty(0, dtype=np.uint8)  # a value cut by the chunk boundary, completed by the next chunk
+    chunks = _ascii_chunks(p, buf, offset, length, _ASCII_CHUNK)
+    for k, chunk in enumerate(chunks):
+        if n >= need:
+            break
+        last = (k + 1) * _ASCII_CHUNK >= length
+        text = np.concatenate([carry, chunk]) if carry.size else chunk
+        body = ~_ASCII_SEPARATOR[text]
+        edges = np.flatnonzero(np.diff(body.view(np.int8), prepend=0, append=0))
+        starts, ends = edges[0::2], edges[1::2]
+        if not last and starts.size and ends[-1] == text.size:  # the value may continue in the next chunk
+            carry = text[starts[-1]:].copy()
+            starts, ends = starts[:-1], ends[:-1]
+        else:
+            carry = np.empty(0, dtype=np.uint8)
+        starts, ends = starts[: need - n], ends[: need - n]
+        if carry.size > _ASCII_MAX_DIGITS and n + starts.size < need:
+            raise FcsFormatError(f"an ASCII value of {carry.size} or more characters in DATA", source=source,
+                                 field="DATA", expected=f"numbers of at most {_ASCII_MAX_DIGITS} characters")
+        if not starts.size:
+            continue
+        lengths = ends - starts
+        widest = int(lengths.max())
+        if widest > _ASCII_MAX_DIGITS:
+            raise FcsFormatError(f"an ASCII value of {widest} or more characters in DATA", source=source,
+                                 field="DATA", expected=f"numbers of at most {_ASCII_MAX_DIGITS} characters")
+        cols = np.arange(widest)
+        fields = text[np.minimum(starts[:, None] + cols, text.size - 1)]
+        fields[cols >= lengths[:, None]] = 0  # NUL padding: ignored by numpy's S type
+        out[n: n + starts.size] = _ascii_to_float(fields.view(f"S{widest}").ravel(), source)
+        n += starts.size
+    if n < need:
+        raise FcsFormatError(f"{n} ASCII values for {n_events} events x {npar} parameters", source=source,
+                             field="DATA", expected=f"{need} values")
+    return out.reshape(n_events, npar)
 
 
 # --------------------------------------------------------------------------------------------- channels
@@ -776,7 +919,8 @@ def _load(path: str | os.PathLike[str]) -> tuple[Path, bytes | mmap.mmap, str]:
         with open_regular_file(p) as fh:  # a FIFO, device or /proc file is refused, never waited on
             size = os.fstat(fh.fileno()).st_size
             if size == 0:
-                raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file")
+                raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file",
+                                     summary=f"the file is empty — {_EXPORT_AGAIN}")
             try:
                 buf: bytes | mmap.mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             except (OSError, ValueError):  # not mappable (a pipe, a special file): read it instead
@@ -790,19 +934,21 @@ def _load(path: str | os.PathLike[str]) -> tuple[Path, bytes | mmap.mmap, str]:
     except OSError as exc:
         raise FcsFormatError(f"cannot be read: {exc.strerror}", source=source, expected="a readable file") from None
     if not buf:
-        raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file")
+        raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file",
+                             summary=f"the file is empty — {_EXPORT_AGAIN}")
     return p, buf, source
 
 
 def _select(buf: bytes, source: str, dataset: int, warnings: list[str]) -> tuple[_DataSet, int]:
-    offsets = _dataset_offsets(buf, source, warnings)
-    if not 0 <= dataset < len(offsets):
-        raise FcsFormatError(f"data set {dataset} requested, the file has {len(offsets)}", source=source,
-                             field="dataset", expected=f"0..{len(offsets) - 1}")
-    ds = _parse_dataset_text(buf, offsets[dataset], source) if dataset else _parse_dataset_text(buf, 0, source)
+    sets = _datasets(buf, source, warnings)
+    if not 0 <= dataset < len(sets):
+        why = f" ({'; '.join(warnings)})" if warnings else ""
+        raise FcsFormatError(f"data set {dataset} requested, the file has {len(sets)}{why}", source=source,
+                             field="dataset", expected=f"0..{len(sets) - 1}")
+    ds = sets[dataset]
     ds.warnings[:0] = warnings
-    if len(offsets) > 1:
-        ds.warnings.append(f"file holds {len(offsets)} data sets; data set {dataset} read")
+    if len(sets) > 1:
+        ds.warnings.append(f"file holds {len(sets)} data sets; data set {dataset} read")
     missing = [k for k in ("$DATATYPE", "$BYTEORD", "$PAR") if k not in ds.keywords]
     if missing:
         extra = _analysis_keywords(buf, ds, source)
@@ -812,12 +958,12 @@ def _select(buf: bytes, source: str, dataset: int, warnings: list[str]) -> tuple
                 ds.keywords.setdefault(k, v)
             ds.warnings.append(f"keywords {', '.join(found)} found in the ANALYSIS segment, not in TEXT")
     if dataset:
-        first = _parse_dataset_text(buf, 0, source).keywords
+        first = sets[0].keywords
         for key in _INHERITABLE:
             if key not in ds.keywords and key in first:
                 ds.keywords[key] = first[key]
                 ds.warnings.append(f"{key} missing in data set {dataset}; taken from data set 0 ({first[key]})")
-    return ds, len(offsets)
+    return ds, len(sets)
 
 
 def read_fcs_keywords(path: str | os.PathLike[str], *, dataset: int = 0) -> dict[str, str]:
@@ -933,7 +1079,7 @@ def _read(p: Path, buf: bytes | mmap.mmap, source: str, dataset: int, panel: Pan
     channels = _channels(kw, npar, layout, source, panel, warnings)
     abs_start = ds.header.base + start
     if layout.datatype == "A":
-        values: np.ndarray = _decode_ascii(buf[abs_start: abs_start + length], layout, tot, source)
+        values: np.ndarray = _decode_ascii(p, buf, abs_start, length, layout, tot, source)
     elif layout.datatype == "I":
         raw = _data_array(p, buf, np.dtype(np.uint8), length, abs_start)
         values = _decode_int(raw, layout, tot)
