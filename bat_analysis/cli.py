@@ -9,11 +9,32 @@ from .commands import cohort_cmd, inspect_cmd, run_cmd, simulate_cmd, templates_
 
 app = typer.Typer(
     name="bat",
-    help="Basophil activation test analysis: read FCS files, gate basophils automatically, score and report.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: no type labels on flags (a flag takes no value)
 )
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"bat {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print the version of bat_analysis and exit.")) -> None:
+    """Basophil activation test analysis: read FCS files, gate basophils automatically, score and report.
+
+    \b
+    Start here:
+      bat demo --out demo_results      the whole analysis on the bundled sample experiment
+      bat run plate1/ --out results/plate1
+      bat COMMAND --help               what each command does, with an example
+    """
+
 
 run_cmd.register(app)
 inspect_cmd.register(app)

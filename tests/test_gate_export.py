@@ -436,6 +436,7 @@ def test_same_named_files_are_exported_apart(twins, tmp_path):
                                       "--dest", str(tmp_path / "gml")])
     assert result.exit_code == 0, result.output
     assert "Wrote 10 file(s)" in result.output
+    assert all(str(Path(f).with_suffix(".xml")) in result.output for f in files)  # each file named
     written = sorted(p.relative_to(tmp_path / "gml").as_posix() for p in (tmp_path / "gml").rglob("*.xml"))
     assert written == sorted(str(Path(f).with_suffix(".xml").as_posix()) for f in files)
     for f in files:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import re
 import signal
 import warnings
 from html.parser import HTMLParser
@@ -15,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bat_analysis.cli import app
+from bat_analysis.errors import BatError
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_fcs"
@@ -127,14 +129,40 @@ def test_demo_rerun_reuses_and_report_rerenders(demo):
     assert bad.exit_code == 2 and "unknown patient(s): P99" in bad.output
 
 
-def test_help_explains_each_command():
+ALL_COMMANDS = (["run"], ["demo"], ["report"], ["export-gates"], ["inspect"], ["simulate"], ["cohort"],
+                ["templates", "list"], ["templates", "show"], ["templates", "validate"])
+
+
+def test_help_explains_each_command_with_an_example():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("run", "demo", "report", "export-gates"):
-        assert command in result.output
-    for command in ("run", "demo", "report", "export-gates"):
-        sub = runner.invoke(app, [command, "--help"])
-        assert sub.exit_code == 0 and "Example:" in sub.output, command
+    for command in ALL_COMMANDS:
+        assert command[0] in result.output
+    for command in ALL_COMMANDS:
+        sub = runner.invoke(app, [*command, "--help"], terminal_width=100)
+        assert sub.exit_code == 0, command
+        assert re.search(r"Examples?:\n +bat " + re.escape(command[0]), sub.output), (command, sub.output)
+        assert "<bool>" not in sub.output, command  # a flag takes no value: no type shown for it
+
+
+def test_version():
+    from bat_analysis import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"bat {__version__}"
+
+
+def test_layout_defaults_to_the_sheet_in_the_data_folder(tmp_path):
+    from bat_analysis.commands.run_cmd import default_layout
+
+    assert runner.invoke(app, ["run", str(tmp_path), "--out", str(tmp_path / "o")]).exit_code == 2
+    bad = runner.invoke(app, ["run", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert "no layout sheet given, and the data folder has no layout.csv or layout.xlsx" in bad.output
+    (tmp_path / "layout.xlsx").write_bytes(b"")
+    assert default_layout(tmp_path) == tmp_path / "layout.xlsx"
+    (tmp_path / "layout.csv").write_text("file\n")
+    with pytest.raises(BatError, match="both layout.csv and layout.xlsx"):
+        default_layout(tmp_path)
 
 
 def test_bad_invocations_exit_non_zero_with_what_to_do(tmp_path):

@@ -62,8 +62,10 @@ def register(app: typer.Typer) -> None:
         (Benjamini-Hochberg q), event rates per stratum and group with an interaction test, change from baseline
         over time (mixed model), Table 1, and a cohort report (cohort.html, cohort.pdf).
 
-        Example:  bat cohort --results results/plate1 --clinical clinical.xlsx --outcome response --positive yes
-        --covariates age,sex,bmi --group treatment --stratify 'sige_total_ige_ratio_pct>=10' --out cohort/
+        \b
+        Example:
+          bat cohort --results results/plate1 --clinical clinical.xlsx --outcome response --positive yes
+          --covariates age,sex,bmi --group treatment --stratify 'sige_total_ige_ratio_pct>=10' --out cohort/
 
         Try it:   bat cohort --demo --out cohort_demo
 

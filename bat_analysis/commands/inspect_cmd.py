@@ -19,7 +19,15 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the description as JSON."),
         dataset: int = typer.Option(0, "--dataset", help="Data set index for files with several data sets."),
     ) -> None:
-        """Describe an FCS file: version, cytometer, events, data sets, channels with markers, spillover, warnings."""
+        """Describe an FCS file: version, cytometer, events, data sets, channels with markers, spillover, warnings.
+
+        \b
+        Examples:
+          bat inspect plate1/P01_none_fmlp.fcs
+          bat inspect export.lmd --dataset 1 --json > export.json
+
+        Exit 2, with one line saying why, when the file cannot be read as FCS.
+        """
         from ..errors import BatError
         from ..io.inspect import describe_fcs, render_description
         from ..textsafe import for_terminal, json_for_terminal

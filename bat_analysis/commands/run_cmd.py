@@ -32,6 +32,24 @@ def _fail(exc: Exception, hint: str | None = None) -> typer.Exit:
     return typer.Exit(code=EXIT_NOTHING_ANALYSED if isinstance(exc, NothingAnalysedError) else EXIT_BAD_INPUT)
 
 
+LAYOUT_NAMES = ("layout.csv", "layout.xlsx")
+
+
+def default_layout(data_dir: Path) -> Path:
+    """The layout sheet of DATA_DIR when ``--layout`` is not given: ``layout.csv`` or ``layout.xlsx``."""
+    from ..errors import BatError
+
+    found = [data_dir / name for name in LAYOUT_NAMES if (data_dir / name).is_file()]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise BatError("the data folder holds both layout.csv and layout.xlsx", source=str(data_dir),
+                       field="--layout", expected="--layout naming the one to use")
+    raise BatError("no layout sheet given, and the data folder has no layout.csv or layout.xlsx",
+                   source=str(data_dir), field="--layout",
+                   expected="--layout SHEET (CSV or XLSX, one row per FCS file), or a layout.csv in the folder")
+
+
 def _summarise(summary: Any, quiet: bool) -> None:
     out = for_terminal(summary.out)
     for warning in summary.warnings:  # shown even with --quiet: files were left out of the run
@@ -77,8 +95,9 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_command(
         data_dir: Path = typer.Argument(..., help="Folder holding the FCS files of the experiment."),
-        layout: Path = typer.Option(..., "--layout", "-l", help="Layout sheet (CSV or XLSX): file, patient, "
-                                    "condition, allergen, concentration, unit, pretreatment."),
+        layout: Optional[Path] = typer.Option(None, "--layout", "-l", help="Layout sheet (CSV or XLSX): file, "
+                                              "patient, condition, allergen, concentration, unit, pretreatment "
+                                              "(default: DATA_DIR/layout.csv or DATA_DIR/layout.xlsx)."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder (created; re-running resumes)."),
         template: str = typer.Option("bat_ccr3_cd63", "--template", "-t",
                                      help="Gating template: a shipped name ('bat templates list') or a YAML path."),
@@ -120,7 +139,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Analyse a folder of FCS files: gate every tube, score every patient, write tables and reports.
 
-        Example:  bat run plate1/ --layout plate1/layout.csv --out results/plate1 --workers 2
+        \b
+        Example:
+          bat run plate1/ --out results/plate1 --workers 2
+          (the layout is plate1/layout.csv or plate1/layout.xlsx unless --layout names another)
 
         Re-running the same command resumes: tubes already gated with the same file and template are reused.
         Reviewer corrections are kept in the results store: a re-run without --overrides still applies them.
@@ -135,6 +157,10 @@ def register(app: typer.Typer) -> None:
 
         if tube_timeout is None:
             tube_timeout = DEFAULT_TUBE_TIMEOUT_S
+        try:
+            layout = layout if layout is not None else default_layout(data_dir)
+        except BatError as exc:
+            raise _fail(exc) from None
         opts = RunOptions(data_dir=data_dir, layout=layout, out=out, template=template, workers=workers,
                           scheduler=scheduler, overrides=overrides, gates_from=gates_from, reviewer=reviewer,
                           replace=replace, quiet=quiet, parquet=parquet, reports=not no_reports, strict=strict,
@@ -157,7 +183,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the whole analysis on the bundled sample experiment (3 patients, 48 tubes).
 
-        Example:  bat demo --out demo_results   (then open demo_results/review/index.html)
+        \b
+        Example:
+          bat demo --out demo_results
+          (then open demo_results/review/index.html)
         """
         from ..errors import BatError
         from ..pipeline import RunOptions, run, sample_data
@@ -182,7 +211,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Re-render the per-patient reports and the review gallery from the results store, without re-gating.
 
-        Example:  bat report results/plate1 --patient P01
+        \b
+        Example:
+          bat report results/plate1 --patient P01
         """
         from ..errors import BatError
         from ..pipeline import rerender
@@ -204,7 +235,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Export every tube's gates (as applied, corrections included) for FlowJo or FlowKit.
 
-        Example:  bat export-gates results/plate1 --format flowjo
+        \b
+        Example:
+          bat export-gates results/plate1 --format flowjo
+
         Edit the gates in FlowJo, save, and give the file back with 'bat run ... --gates-from FILE'.
         """
         from ..errors import BatError
@@ -217,4 +251,8 @@ def register(app: typer.Typer) -> None:
             paths = export_gates(out, fmt, dest)
         except BatError as exc:
             raise _fail(exc, "Give the --out folder of a completed 'bat run'.") from None
-        typer.echo(f"Wrote {len(paths)} file(s) under {for_terminal(dest or out / 'gates')}")
+        where = dest or out / "gates"
+        typer.echo(f"Wrote {len(paths)} file(s) under {for_terminal(where)}:")
+        for path in paths:
+            shown = path.relative_to(where) if path.is_relative_to(where) else path
+            typer.echo(f"  {for_terminal(shown)}")

@@ -35,7 +35,17 @@ def register(app: typer.Typer) -> None:
                                             help="Share of patients whose response falls at high doses."),
         force: bool = typer.Option(False, "--force", help="Write into a folder that already holds files."),
     ) -> None:
-        """Simulate a BAT experiment: per patient and arm, controls and an allergen series, with truth."""
+        """Simulate a BAT experiment: per patient and arm, controls and an allergen series, with truth.
+
+        \b
+        Examples:
+          bat simulate sim/ --patients 8 --events 100000 --seed 1
+          bat simulate hard/ --scenario clog --scenario low_basophils --naming beckman
+          bat run sim/ --out sim_results
+
+        The folder receives one FCS file per tube, layout.csv, truth.json (the generating curves and per-tube
+        truth) and per-event labels.
+        """
         import time
 
         from ..errors import BatError

@@ -18,7 +18,9 @@ def register(app: typer.Typer) -> None:
     def list_command() -> None:
         """List the shipped gating templates with their panel and description.
 
-        Example: bat templates list
+        \b
+        Example:
+          bat templates list
         """
         from ..errors import TemplateError
         from ..gating.templates import DEFAULT_TEMPLATE, list_templates, load_template
@@ -39,7 +41,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Print a template's YAML (copy it to start your own).
 
-        Example: bat templates show bat_ccr3_cd63 > my_panel.yaml
+        \b
+        Example:
+          bat templates show bat_ccr3_cd63 > my_panel.yaml
         """
         from ..errors import TemplateError
         from ..gating.templates import load_template
@@ -57,7 +61,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Check a template and list every problem with its place in the file (exit 1 when invalid).
 
-        Example: bat templates validate my_panel.yaml
+        \b
+        Example:
+          bat templates validate my_panel.yaml
         """
         from ..gating.templates import validate_template
 
