@@ -179,6 +179,24 @@ def _discard(tmp: Path) -> None:
 
 
 @contextmanager
+def _committing(tmp: Path, target: Path, durable: bool) -> Iterator[None]:
+    """Run the body (which completes the temporary ``tmp``), then put ``tmp`` in place of ``target`` (and sync
+    the folder when ``durable``). On any failure the temporary is removed; an ``OSError`` becomes a
+    ``WriteError`` naming ``target``."""
+    try:
+        yield
+        os.replace(tmp, target)
+        if durable:
+            _fsync_dir(target.parent)
+    except OSError as exc:
+        _discard(tmp)
+        raise write_error(exc, target) from exc
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+@contextmanager
 def atomic_path(target: Path | str, *, durable: bool = True) -> Iterator[Path]:
     """Yield the path of a new, empty temporary file beside ``target``, for libraries that write by path
     (openpyxl, matplotlib, ElementTree, zipfile, pyarrow); on success it replaces ``target``.
@@ -192,7 +210,7 @@ def atomic_path(target: Path | str, *, durable: bool = True) -> Iterator[Path]:
         os.close(fd)
     except OSError as exc:
         raise write_error(exc, target) from exc
-    try:
+    with _committing(tmp, target, durable):
         yield tmp
         st = os.lstat(tmp)
         if not stat.S_ISREG(st.st_mode):
@@ -205,15 +223,6 @@ def atomic_path(target: Path | str, *, durable: bool = True) -> Iterator[Path]:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, target)
-        if durable:
-            _fsync_dir(target.parent)
-    except OSError as exc:
-        _discard(tmp)
-        raise write_error(exc, target) from exc
-    except BaseException:
-        _discard(tmp)
-        raise
 
 
 @contextmanager
@@ -237,21 +246,11 @@ def atomic_open(target: Path | str, mode: str = "wb", *, encoding: str | None = 
         os.close(fd)
         _discard(tmp)
         raise
-    try:
-        with fh:
-            yield fh
-            fh.flush()
-            if durable:
-                os.fsync(fh.fileno())
-        os.replace(tmp, target)
+    with _committing(tmp, target, durable), fh:
+        yield fh
+        fh.flush()
         if durable:
-            _fsync_dir(target.parent)
-    except OSError as exc:
-        _discard(tmp)
-        raise write_error(exc, target) from exc
-    except BaseException:
-        _discard(tmp)
-        raise
+            os.fsync(fh.fileno())
 
 
 def atomic_write_bytes(target: Path | str, data: bytes, *, durable: bool = True) -> Path:
