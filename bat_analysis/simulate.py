@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .analysis.dose_response import four_pl
 from .errors import BatError
 from .fileio import atomic_open, atomic_path, atomic_write_text, make_dir
 from .records import Tube
@@ -42,7 +43,7 @@ from .records import Tube
 __all__ = [
     "POPULATIONS", "KINDS", "SCENARIOS", "SAMPLE_ARGUMENTS", "NAMING_STYLES", "MARKERS", "TRUTH_FIELDS", "PatientProfile",
     "SimulatedTube", "SimulatedExperiment", "make_patient", "simulate_tube", "simulate_experiment",
-    "four_pl", "response", "load_labels", "spillover_matrix", "channel_names",
+    "response", "load_labels", "spillover_matrix", "channel_names",
 ]
 
 #: population codes of the per-event labels (index = code)
@@ -185,17 +186,14 @@ def spillover_matrix(include_cd107a: bool = False) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------
 # patients
 
-def four_pl(concentration: np.ndarray | float, bottom: float, top: float, ec50: float, hill: float) -> np.ndarray:
-    """BAT_SPEC §4 4PL: bottom + (top - bottom) / (1 + 10**((log10 ec50 - log10 c) * hill))."""
-    x = np.log10(np.asarray(concentration, dtype=float))
-    return bottom + (top - bottom) / (1.0 + 10.0 ** ((math.log10(ec50) - x) * hill))
-
-
 def response(concentration: np.ndarray | float, curve: dict[str, float],
              high_dose: dict[str, float] | None = None) -> np.ndarray:
-    """%CD63+ basophils at ``concentration``: the 4PL ``curve``, its rise above the bottom scaled down at high
-    doses by ``high_dose`` = {"drop", "ic50"} (a bell-shaped curve): × (1 − drop · c² / (ic50² + c²))."""
-    y = four_pl(concentration, **curve)
+    """%CD63+ basophils at ``concentration`` (the layout's unit): the 4PL ``curve`` = {"bottom", "top",
+    "ec50" (same unit), "hill"} — :func:`bat_analysis.analysis.dose_response.four_pl`, the model the
+    analysis fits, on log10 concentration — its rise above the bottom scaled down at high doses by
+    ``high_dose`` = {"drop", "ic50"} (a bell-shaped curve): × (1 − drop · c² / (ic50² + c²))."""
+    y = four_pl(np.log10(np.asarray(concentration, dtype=float)), curve["bottom"], curve["top"],
+                math.log10(curve["ec50"]), curve["hill"])
     if not high_dose:
         return y
     c = np.asarray(concentration, dtype=float)
