@@ -3,8 +3,9 @@
 Patient reports embed their images as base64 PNG and carry their CSS inline: they open from disk,
 offline, and can be mailed as single files. The gallery, which shows every tube of a plate, links its
 plots from ``review/img/`` (loaded lazily) so that it opens at once; its filter script is inline.
-:func:`render_reports` is the entry point: it joins tube results with the scores, draws every plot once
-(in worker processes for large runs) and writes the HTML, the PDFs and the gallery.
+:func:`render_reports` is the entry point: it builds the view models of :mod:`.views` from the tube results
+and the typed ``ExperimentScores``, draws every plot once (in worker processes for large runs) and writes
+the HTML, the PDFs (:mod:`.pdf`) and the gallery.
 Every text from the inputs is HTML-escaped; file names derived from patient IDs and tube files are
 made by ``textsafe.safe_filename`` (valid and distinct whatever the ID).
 """

@@ -17,7 +17,7 @@ import io
 import math
 import textwrap
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import matplotlib
 
@@ -36,6 +36,9 @@ from matplotlib.ticker import (FixedLocator, FuncFormatter, MaxNLocator, NullFor
                                NullLocator)
 
 from ..records import GateRecord, TubeResult  # noqa: E402
+
+if TYPE_CHECKING:
+    from ..analysis.dose_response import FitResult
 from ..textsafe import MULTILINE_UNSAFE, visible  # noqa: E402
 
 GATE_COLOUR = "#d62728"
@@ -765,9 +768,9 @@ def _fmt_conc(value: float) -> str:
     return f"{value:.3g}" if math.isfinite(value) else "–"
 
 
-def fit_summary(fit: Any) -> str:
+def fit_summary(fit: FitResult) -> str:
     """One line on a fit: EC50 with its CI and R², or why EC50 is not estimable."""
-    unit = f" {fit.unit}" if getattr(fit, "unit", None) else ""
+    unit = f" {fit.unit}" if fit.unit else ""
     if fit.status == "ok":
         lo, hi = fit.ec50_ci
         ci = f" (95% CI {_fmt_conc(lo)}–{_fmt_conc(hi)})" if math.isfinite(lo) and math.isfinite(hi) else ""
@@ -777,7 +780,7 @@ def fit_summary(fit: Any) -> str:
 
 
 @draws_literally
-def draw_dose_response(fits: Mapping[str, Any], ax: Axes, *, title: str | None = None) -> None:
+def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | None = None) -> None:
     """%CD63+ against concentration (log axis) for each arm: points, fitted 4PL, EC50 with its CI.
 
     ``fits`` maps the arm (``none``, ``omalizumab``) to its ``FitResult``. Points left out of the fit
@@ -788,7 +791,7 @@ def draw_dose_response(fits: Mapping[str, Any], ax: Axes, *, title: str | None =
     unit = None
     for arm in sorted(fits, key=lambda a: (a != "none", a)):
         fit = fits[arm]
-        unit = unit or getattr(fit, "unit", None)
+        unit = unit or fit.unit
         colour = ARM_COLOURS.get(arm, "0.3")
         conc = np.asarray(fit.concentrations, dtype=float)
         if conc.size == 0:
