@@ -313,6 +313,26 @@ def test_histogram_prints_the_pct_of_tubes_csv_for_every_tube() -> None:
         f"this tube: 12.3% CD63+ (n={table[tube]['n_basophils']})"]
 
 
+def test_tube_views_take_threshold_and_negative_control_from_the_scores() -> None:
+    """The reports show the reference the scoring used (``scores.thresholds``, ``scores.references``); they
+    never choose it again."""
+    from bat_analysis.report.views import RunView, tube_views
+
+    results, scores = make_experiment(1)
+    by_file = {r.tube.file: r for r in results}
+    for v in tube_views(results, scores, RunView({})):
+        t = v.result.tube
+        est = scores.thresholds[(t.patient, t.pretreatment, "CD63")]
+        assert v.negative_files == scores.references[(t.patient, t.pretreatment)] == est.reference_files
+        assert v.threshold == est.value and v.threshold_method == est.method
+        want = np.concatenate([by_file[f].basophil_values["CD63"] for f in v.negative_files])
+        assert np.array_equal(v.negative_values, want)
+    scores.references[("P01", "omalizumab")] = ("P01_none_neg.fcs",)
+    del scores.thresholds[("P01", "omalizumab", "CD63")]
+    oma = [v for v in tube_views(results, scores, RunView({})) if v.result.tube.pretreatment == "omalizumab"]
+    assert all(v.negative_files == ("P01_none_neg.fcs",) and v.threshold is None and v.pct is None for v in oma)
+
+
 def test_activation_histogram_reports_pct_above_threshold() -> None:
     from matplotlib.figure import Figure
 
