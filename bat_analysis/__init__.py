@@ -81,7 +81,7 @@ _EXPORTS: dict[str, str] = {
     "SimulatedExperiment": "bat_analysis.simulate",
     "SimulatedTube": "bat_analysis.simulate",
     "load_labels": "bat_analysis.simulate",
-    "four_pl": "bat_analysis.simulate",
+    "four_pl": "bat_analysis.analysis.dose_response",
     "Dimension": "bat_analysis.gating.gates",
     "Ratio": "bat_analysis.gating.gates",
     "ArrayEvents": "bat_analysis.gating.gates",

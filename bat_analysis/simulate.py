@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .analysis.dose_response import four_pl
 from .errors import BatError
 from .fileio import atomic_open, atomic_path, atomic_write_text, make_dir
 from .records import Tube
@@ -42,7 +43,7 @@ from .records import Tube
 __all__ = [
     "POPULATIONS", "KINDS", "SCENARIOS", "SAMPLE_ARGUMENTS", "NAMING_STYLES", "MARKERS", "TRUTH_FIELDS", "PatientProfile",
     "SimulatedTube", "SimulatedExperiment", "make_patient", "simulate_tube", "simulate_experiment",
-    "four_pl", "response", "load_labels", "spillover_matrix", "channel_names",
+    "response", "load_labels", "spillover_matrix", "channel_names",
 ]
 
 #: population codes of the per-event labels (index = code)
@@ -185,17 +186,14 @@ def spillover_matrix(include_cd107a: bool = False) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------
 # patients
 
-def four_pl(concentration: np.ndarray | float, bottom: float, top: float, ec50: float, hill: float) -> np.ndarray:
-    """BAT_SPEC §4 4PL: bottom + (top - bottom) / (1 + 10**((log10 ec50 - log10 c) * hill))."""
-    x = np.log10(np.asarray(concentration, dtype=float))
-    return bottom + (top - bottom) / (1.0 + 10.0 ** ((math.log10(ec50) - x) * hill))
-
-
 def response(concentration: np.ndarray | float, curve: dict[str, float],
              high_dose: dict[str, float] | None = None) -> np.ndarray:
-    """%CD63+ basophils at ``concentration``: the 4PL ``curve``, its rise above the bottom scaled down at high
-    doses by ``high_dose`` = {"drop", "ic50"} (a bell-shaped curve): × (1 − drop · c² / (ic50² + c²))."""
-    y = four_pl(concentration, **curve)
+    """%CD63+ basophils at ``concentration`` (the layout's unit): the 4PL ``curve`` = {"bottom", "top",
+    "ec50" (same unit), "hill"} — :func:`bat_analysis.analysis.dose_response.four_pl`, the model the
+    analysis fits, on log10 concentration — its rise above the bottom scaled down at high doses by
+    ``high_dose`` = {"drop", "ic50"} (a bell-shaped curve): × (1 − drop · c² / (ic50² + c²))."""
+    y = four_pl(np.log10(np.asarray(concentration, dtype=float)), curve["bottom"], curve["top"],
+                math.log10(curve["ec50"]), curve["hill"])
     if not high_dose:
         return y
     c = np.asarray(concentration, dtype=float)
@@ -794,6 +792,46 @@ def _mixed_assignments(rng: np.random.Generator, n_patients: int) -> dict[int, t
     return out
 
 
+def _tube_truth(sim: SimulatedTube, tube: Tube, baso_comp: np.ndarray, thr: float | None,
+                scenarios: Sequence[str]) -> dict[str, Any]:
+    """truth.json's record of one tube (see ``TRUTH_FIELDS``): ``baso_comp``, its basophils' compensated values;
+    ``thr``, the reference CD63 threshold of its arm."""
+    cd63 = baso_comp[:, list(sim.markers).index("CD63")]
+    n_b = sim.n_basophils
+    counts = np.bincount(sim.population, minlength=len(POPULATIONS))
+    return {
+        "patient": tube.patient, "condition": tube.condition, "pretreatment": tube.pretreatment,
+        "allergen": tube.allergen, "concentration": tube.concentration, "unit": tube.unit,
+        "well": tube.extra_dict["well"],
+        "n_events": int(sim.events.shape[0]), "n_basophils": n_b,
+        "n_activated": int(np.count_nonzero(sim.activated)),
+        "pct_cd63_expected": sim.pct_cd63_expected,
+        "pct_cd63_true": sim.pct_cd63_true if n_b else None,
+        "pct_cd63_ref_threshold": (100.0 * float(np.count_nonzero(cd63 > thr)) / n_b
+                                   if n_b and thr is not None else None),
+        "cd63_threshold_ref": thr,
+        "cd203c_median_true": (float(np.median(baso_comp[:, list(sim.markers).index("CD203c")]))
+                               if n_b else None),
+        "counts": {POPULATIONS[i]: int(c) for i, c in enumerate(counts)},
+        "fractions": {"clog": float(counts[CLOG]) / sim.events.shape[0],
+                      "saturated": float(counts[SATURATED]) / sim.events.shape[0],
+                      "doublet": float(counts[DOUBLET]) / sim.events.shape[0]},
+        "artefacts": list(sim.artefacts) + [s for s in scenarios if s not in ("clog", "saturation")],
+    }
+
+
+def _write_layout(path: Path, tubes: Sequence[Tube]) -> Path:
+    """The simulated experiment's layout.csv (with each tube's well)."""
+    with atomic_open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "patient", "condition", "allergen", "concentration", "unit", "pretreatment", "well"])
+        for t in tubes:
+            writer.writerow([t.file, t.patient, t.condition, t.allergen or "",
+                             "" if t.concentration is None else f"{t.concentration:g}", t.unit or "",
+                             t.pretreatment, t.extra_dict["well"]])
+    return path
+
+
 def simulate_experiment(
     out_dir: str | Path,
     *,
@@ -899,34 +937,9 @@ def simulate_experiment(
             if condition == "negative_control":
                 neg_threshold[arm] = float(np.quantile(cd63, 0.975)) if n_b else None
             thr = neg_threshold.get(arm)
-            counts = np.bincount(sim.population, minlength=len(POPULATIONS))
-            truth_tubes[name] = {
-                "patient": pid, "condition": condition, "pretreatment": arm,
-                "allergen": tube.allergen, "concentration": conc, "unit": tube.unit, "well": row,
-                "n_events": int(sim.events.shape[0]), "n_basophils": n_b,
-                "n_activated": int(np.count_nonzero(sim.activated)),
-                "pct_cd63_expected": sim.pct_cd63_expected,
-                "pct_cd63_true": sim.pct_cd63_true if n_b else None,
-                "pct_cd63_ref_threshold": (100.0 * float(np.count_nonzero(cd63 > thr)) / n_b
-                                           if n_b and thr is not None else None),
-                "cd63_threshold_ref": thr,
-                "cd203c_median_true": (float(np.median(baso_comp[:, list(sim.markers).index("CD203c")]))
-                                       if n_b else None),
-                "counts": {POPULATIONS[i]: int(c) for i, c in enumerate(counts)},
-                "fractions": {"clog": float(counts[CLOG]) / sim.events.shape[0],
-                              "saturated": float(counts[SATURATED]) / sim.events.shape[0],
-                              "doublet": float(counts[DOUBLET]) / sim.events.shape[0]},
-                "artefacts": list(sim.artefacts) + [s for s in p_scen if s not in ("clog", "saturation")],
-            }
+            truth_tubes[name] = _tube_truth(sim, tube, baso_comp, thr, p_scen)
 
-    layout_path = out_dir / "layout.csv"
-    with atomic_open(layout_path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["file", "patient", "condition", "allergen", "concentration", "unit", "pretreatment", "well"])
-        for t in tubes:
-            writer.writerow([t.file, t.patient, t.condition, t.allergen or "",
-                             "" if t.concentration is None else f"{t.concentration:g}", t.unit or "",
-                             t.pretreatment, t.extra_dict["well"]])
+    layout_path = _write_layout(out_dir / "layout.csv", tubes)
     labels_path = out_dir / "labels.npz"
     _write_npz(labels_path, labels)
     pnn, pns = channel_names(naming, include_cd107a)

@@ -124,6 +124,23 @@ def test_missing_arm_negative_uses_other_arm_and_flags():
     assert s.thresholds[("P1", "omalizumab", "CD63")].reference_arm == "none"
 
 
+def test_references_name_each_arms_negative_controls_even_without_a_threshold():
+    """``ExperimentScores.references``: the negative-control files of each patient × arm, the same files its
+    thresholds name, also when no threshold could be set on them (reports show them from here)."""
+    s = score_experiment(_patient(neg_arms=("none",)), CFG)
+    assert s.references == {("P1", "none"): ("P1_none_neg.fcs",), ("P1", "omalizumab"): ("P1_none_neg.fcs",)}
+    for (patient, arm, _), est in s.thresholds.items():
+        assert est.reference_files == s.references[(patient, arm)]
+    results = _patient()
+    nan = {"CD63": np.full(N, np.nan, dtype=np.float32), "CD203c": np.full(N, 100.0, dtype=np.float32)}
+    results = [_result(r.tube.file, "P1", "negative_control", "omalizumab", nan)
+               if r.tube.file == "P1_omalizumab_neg.fcs" else r for r in results]
+    s = score_experiment(results, CFG)
+    assert ("P1", "omalizumab", "CD63") not in s.thresholds
+    assert s.references == {("P1", "none"): ("P1_none_neg.fcs",), ("P1", "omalizumab"): ("P1_omalizumab_neg.fcs",)}
+    assert score_experiment(_patient(neg_arms=()), CFG).references == {("P1", "none"): (), ("P1", "omalizumab"): ()}
+
+
 def test_no_negative_control_at_all_is_not_evaluable():
     s = score_experiment(_patient(neg_arms=()), CFG)
     row = s.patients.iloc[0]

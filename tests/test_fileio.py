@@ -204,7 +204,8 @@ def test_replace_dir_moves_a_link_aside_without_following_it(tmp_path):
 
 
 def test_gallery_images_folder_link_is_replaced(tmp_path):
-    from bat_analysis.report.html import GALLERY_IMAGES, RunView, write_gallery
+    from bat_analysis.report.html import GALLERY_IMAGES, write_gallery
+    from bat_analysis.report.views import RunView
 
     victim = _outside(tmp_path)
     review = tmp_path / "review"

@@ -15,7 +15,7 @@ import pytest
 from bat_analysis.analysis.score import ExperimentScores, score_experiment
 from bat_analysis.records import Flag, GateRecord, Tube, TubeResult
 from bat_analysis.report import render_reports
-from bat_analysis.report.html import report_filename
+from bat_analysis.report.views import report_filename
 from bat_analysis.report.plots import (PngRenderer, draw_activation, draw_dose_response, draw_gate,
                                        draw_tube_panel)
 
@@ -287,6 +287,52 @@ def test_ellipse_drawn_at_the_gate_boundary() -> None:
     assert np.allclose(np.einsum("ij,jk,ik->i", d, inv, d), g.geometry["distance_square"], rtol=1e-6)
 
 
+def test_histogram_prints_the_pct_of_tubes_csv_for_every_tube() -> None:
+    """The % a report's histogram prints is the number in tubes.csv (``pct_cd63``), for every tube of a run,
+    and it is that number, not a second computation: a changed table changes the print."""
+    from bat_analysis.report.html import draw_tubes
+    from bat_analysis.report.views import RunView, tube_views
+
+    results, scores = make_experiment(1)
+    table = {r["file"]: r for r in scores.tubes.to_dict(orient="records")}
+    views = tube_views(results, scores, RunView({}))
+    draw_tubes(views, workers=1)
+    for v in views:
+        histogram = v.images[-1]
+        row = table[v.result.tube.file]
+        assert histogram.kind == "activation"
+        printed = [t for t in histogram.texts if t.startswith("this tube: ")]
+        assert printed == [f"this tube: {row['pct_cd63']:.1f}% CD63+ (n={row['n_basophils']})"], v.result.tube.file
+    assert len(views) == len(table) and all(np.isfinite(r["pct_cd63"]) for r in table.values())
+
+    tube = views[-1].result.tube.file
+    scores.tubes.loc[scores.tubes["file"] == tube, "pct_cd63"] = 12.345
+    again = [v for v in tube_views(results, scores, RunView({})) if v.result.tube.file == tube]
+    draw_tubes(again, workers=1)
+    assert [t for t in again[0].images[-1].texts if t.startswith("this tube: ")] == [
+        f"this tube: 12.3% CD63+ (n={table[tube]['n_basophils']})"]
+
+
+def test_tube_views_take_threshold_and_negative_control_from_the_scores() -> None:
+    """The reports show the reference the scoring used (``scores.thresholds``, ``scores.references``); they
+    never choose it again."""
+    from bat_analysis.report.views import RunView, tube_views
+
+    results, scores = make_experiment(1)
+    by_file = {r.tube.file: r for r in results}
+    for v in tube_views(results, scores, RunView({})):
+        t = v.result.tube
+        est = scores.thresholds[(t.patient, t.pretreatment, "CD63")]
+        assert v.negative_files == scores.references[(t.patient, t.pretreatment)] == est.reference_files
+        assert v.threshold == est.value and v.threshold_method == est.method
+        want = np.concatenate([by_file[f].basophil_values["CD63"] for f in v.negative_files])
+        assert np.array_equal(v.negative_values, want)
+    scores.references[("P01", "omalizumab")] = ("P01_none_neg.fcs",)
+    del scores.thresholds[("P01", "omalizumab", "CD63")]
+    oma = [v for v in tube_views(results, scores, RunView({})) if v.result.tube.pretreatment == "omalizumab"]
+    assert all(v.negative_files == ("P01_none_neg.fcs",) and v.threshold is None and v.pct is None for v in oma)
+
+
 def test_activation_histogram_reports_pct_above_threshold() -> None:
     from matplotlib.figure import Figure
 
@@ -352,7 +398,8 @@ def test_png_renderer_speed_per_tube() -> None:
 
 @pytest.mark.slow
 def test_parallel_drawing_gives_the_same_images(tmp_path: Path) -> None:
-    from bat_analysis.report.html import RunView, draw_tubes, tube_views
+    from bat_analysis.report.html import draw_tubes
+    from bat_analysis.report.views import RunView, tube_views
 
     results, scores = make_experiment(1)
     views = tube_views(results[:3], scores, RunView({}))
@@ -558,7 +605,8 @@ def test_tube_anchors_and_gallery_images_are_distinct_per_file() -> None:
     so one tube's gallery images overwrote the other's."""
     from dataclasses import replace
 
-    from bat_analysis.report.html import TubeView, image_files
+    from bat_analysis.report.html import image_files
+    from bat_analysis.report.views import TubeView
     from bat_analysis.report.plots import Png
 
     base = make_results(1)[0]

@@ -18,9 +18,14 @@ from bat_analysis.io.layout import read_layout
 from bat_analysis.io.markers import DEFAULT_ALIASES
 from bat_analysis.simulate import (
     BASOPHIL, CLOG, DEBRIS, DOUBLET, EOSINOPHIL, KINDS, LYMPHOCYTE, MONOCYTE, NAMING_STYLES, NEUTROPHIL,
-    POPULATIONS, SATURATED, SCENARIOS, TIMESTEP, four_pl, load_labels, make_patient, simulate_experiment,
+    POPULATIONS, SATURATED, SCENARIOS, TIMESTEP, load_labels, make_patient, response, simulate_experiment,
     simulate_tube, spillover_matrix,
 )
+
+
+def four_pl(concentration: float, bottom: float, top: float, ec50: float, hill: float) -> float:
+    """The documented 4PL on concentration, written here independently of the code under test."""
+    return bottom + (top - bottom) / (1.0 + 10.0 ** ((math.log10(ec50) - math.log10(concentration)) * hill))
 
 LEUKOCYTES = (LYMPHOCYTE, MONOCYTE, NEUTROPHIL, EOSINOPHIL, BASOPHIL)
 
@@ -118,14 +123,14 @@ def test_deterministic_for_a_seed(tmp_path: Path) -> None:
     assert np.array_equal(t1.events, t2.events) and np.array_equal(t1.population, t2.population)
 
 
-def test_four_pl() -> None:
+def test_response_is_the_4pl_on_concentration() -> None:
     c = np.logspace(-3, 3, 61)
-    y = four_pl(c, bottom=2.0, top=80.0, ec50=0.5, hill=1.3)
+    y = response(c, dict(bottom=2.0, top=80.0, ec50=0.5, hill=1.3))
     assert np.all(np.diff(y) > 0)
-    assert four_pl(0.5, 2.0, 80.0, 0.5, 1.3) == pytest.approx(41.0)
+    assert response(0.5, dict(bottom=2.0, top=80.0, ec50=0.5, hill=1.3)) == pytest.approx(41.0)
     assert y[0] == pytest.approx(2.0, abs=0.1) and y[-1] == pytest.approx(80.0, abs=0.1)
     # 10 times the EC50 with Hill 1 gives bottom + (top - bottom) * 10/11
-    assert four_pl(10.0, 0.0, 100.0, 1.0, 1.0) == pytest.approx(100.0 * 10.0 / 11.0)
+    assert response(10.0, dict(bottom=0.0, top=100.0, ec50=1.0, hill=1.0)) == pytest.approx(100.0 * 10.0 / 11.0)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -31,7 +31,12 @@ PARAMS = ("bottom", "top", "log_ec50", "hill")
 
 
 def four_pl(x: np.ndarray | float, bottom: float, top: float, log_ec50: float, hill: float) -> np.ndarray:
-    """The 4PL on log10 concentration (vectorised)."""
+    """The four-parameter logistic on log10 concentration (vectorised): the model the dose response is fitted with.
+
+    ``x`` and ``log_ec50`` are log10 of concentrations in the layout's unit; ``bottom`` and ``top`` are in the
+    response's unit (% CD63+ basophils); ``hill`` is the slope per decade. Returns
+    ``bottom + (top - bottom) / (1 + 10**((log_ec50 - x) * hill))`` (the exponent clipped to ±300).
+    """
     expo = np.clip((log_ec50 - np.asarray(x, dtype=np.float64)) * hill, -300.0, 300.0)
     return bottom + (top - bottom) / (1.0 + np.power(10.0, expo))
 

@@ -2,8 +2,13 @@
 
 ``score_experiment(results, config, threshold_overrides)`` returns ``ExperimentScores`` with ``.tubes`` and
 ``.patients`` (DataFrames whose first columns are DESIGN.md's tubes.csv / patients.csv columns), ``.fits``
-((patient, allergen, arm) → FitResult) and ``.thresholds`` ((patient, arm, marker) → ThresholdEstimate).
+((patient, allergen, arm) → FitResult), ``.thresholds`` ((patient, arm, marker) → ThresholdEstimate) and
+``.references`` ((patient, arm) → the negative-control files the arm is measured against).
 Same inputs → same numbers; rows sorted by patient, arm, condition, concentration, file.
+
+Words: an **arm** is the part of a patient's tubes that had one pretreatment (``none`` or ``omalizumab``).
+"arm" is the word for this concept in the analysis code; "pretreatment" is only the name of the layout and
+table column (``pretreatment``, what users see) and of the ``TubeSpec`` field that holds a tube's arm.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ class ExperimentScores:
     thresholds: dict[tuple[str, str, str], ThresholdEstimate] = field(default_factory=dict)
     effects: dict[tuple[str, str], OmalizumabEffect] = field(default_factory=dict)
     config: AnalysisConfig = field(default_factory=AnalysisConfig)
+    # (patient, arm) -> the negative-control files its thresholds are set on (empty when it has none usable);
+    # also for an arm whose threshold could not be set, so reports can still show its negative control
+    references: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
     def thresholds_table(self) -> pd.DataFrame:
         """One row per patient × arm × marker: value, method, reference files and flags."""
@@ -195,8 +203,10 @@ def score_experiment(results: Sequence[TubeResult], config: AnalysisConfig | Non
                 if not series:
                     continue
                 fits[(patient, allergen, arm)] = _fit_series(patient, allergen, arm, series, metrics, qcs, cfg)
-            row = _patient_row(patient, allergen, tubes, fits, metrics, qcs, arm_states, effects, cfg)
+            row, effect = _patient_row(patient, allergen, tubes, fits, metrics, qcs, arm_states, cfg)
             patient_rows.append(row)
+            if effect is not None:
+                effects[(patient, allergen)] = effect
     patients_df = pd.DataFrame(patient_rows)
     if patients_df.empty:
         patients_df = pd.DataFrame(columns=list(PATIENT_COLUMNS))
@@ -204,7 +214,8 @@ def score_experiment(results: Sequence[TubeResult], config: AnalysisConfig | Non
         add_cohort_classes(patients_df, cfg)
         rest = [c for c in patients_df.columns if c not in PATIENT_COLUMNS]
         patients_df = patients_df[list(PATIENT_COLUMNS) + rest].reset_index(drop=True)
-    return ExperimentScores(tubes_df, patients_df, fits, thresholds, effects, cfg)
+    references = {key: state.ref_files for key, state in arm_states.items()}
+    return ExperimentScores(tubes_df, patients_df, fits, thresholds, effects, cfg, references)
 
 
 def _count_only_failure(q: TubeQc) -> bool:
@@ -309,67 +320,108 @@ def _unresponsive(tubes: Sequence[TubeResult], arms: Sequence[str], metrics: Map
     return None
 
 
-def _patient_row(patient: str, allergen: str, tubes: Sequence[TubeResult],
-                 fits: Mapping[tuple[str, str, str], FitResult], metrics: Mapping[str, TubeMetrics],
-                 qcs: Mapping[str, TubeQc], arm_states: Mapping[tuple[str, str], _ArmState],
-                 effects: dict[tuple[str, str], OmalizumabEffect], cfg: AnalysisConfig) -> dict[str, Any]:
-    arms = sorted({r.tube.pretreatment for r in tubes}, key=lambda a: (_arm_order(a), a))
-    row: dict[str, Any] = {"patient": patient, "allergen": allergen}
-    fit_n = fits.get((patient, allergen, "none"))
-    fit_o = fits.get((patient, allergen, "omalizumab"))
+@dataclass
+class _PatientFindings:
+    """What the QC of one patient × allergen found: failures (each one makes the class not evaluable), the
+    non-releaser finding (also a failure) and warnings (they lower the QC status to warn)."""
+
+    fail_reasons: list[str] = field(default_factory=list)
+    warn_flags: list[Flag] = field(default_factory=list)
+    non_releaser: str | None = None
+
+    @property
+    def qc_status(self) -> str:
+        return "fail" if self.fail_reasons or self.non_releaser else status_of(self.warn_flags)
+
+
+def _fit_columns(row: dict[str, Any], fit_n: FitResult | None, fit_o: FitResult | None) -> None:
+    """The headline numbers of both arms' fits (EC50, CD-sens, CD-max, AUC)."""
     for arm, fit in (("none", fit_n), ("omalizumab", fit_o)):
         row[f"ec50_{arm}"] = fit.ec50 if fit else NAN
         row[f"cd_sens_{arm}"] = fit.cd_sens if fit else NAN
         row[f"cd_max_{arm}"] = fit.cd_max if fit else NAN
         row[f"auc_{arm}"] = fit.auc if fit else NAN
-    fail_reasons: list[str] = []
-    warn_flags: list[Flag] = []
+
+
+def _fit_details(row: dict[str, Any], fit_n: FitResult | None, fit_o: FitResult | None) -> None:
+    """The fits' intervals, quality and reasons, after the contract's columns."""
+    for arm, fit in (("none", fit_n), ("omalizumab", fit_o)):
+        row[f"ec50_ci_low_{arm}"] = fit.ec50_ci[0] if fit else NAN
+        row[f"ec50_ci_high_{arm}"] = fit.ec50_ci[1] if fit else NAN
+        row[f"r2_{arm}"] = fit.r2 if fit else NAN
+        row[f"fit_status_{arm}"] = fit.status if fit else "no_series"
+        row[f"ec50_reason_{arm}"] = fit.ec50_reason if fit else "no series"
+        row[f"bell_shaped_{arm}"] = fit.bell_shaped if fit else False
+
+
+def _patient_findings(patient: str, allergen: str, tubes: Sequence[TubeResult], arms: Sequence[str],
+                      fits: Sequence[FitResult | None], metrics: Mapping[str, TubeMetrics],
+                      qcs: Mapping[str, TubeQc], arm_states: Mapping[tuple[str, str], _ArmState],
+                      cfg: AnalysisConfig) -> _PatientFindings:
+    """Failures of the arms' references and negative controls, the tubes' and fits' flags, the controls."""
+    found = _PatientFindings()
     for arm in arms:
         state = arm_states[(patient, arm)]
-        fail_reasons += state.fail_reasons
+        found.fail_reasons += state.fail_reasons
         for f in state.ref_files:
             q = qcs[f]
             if q.status == "fail":
-                fail_reasons.append(f"negative control {f} ({arm}): "
-                                    + "; ".join(x.message for x in q.flags if x.severity == "fail"))
+                found.fail_reasons.append(f"negative control {f} ({arm}): "
+                                          + "; ".join(x.message for x in q.flags if x.severity == "fail"))
     for r in tubes:
         q = qcs[r.tube.file]
         if r.tube.condition == "allergen" and (r.tube.allergen or "") != allergen:
             continue
-        warn_flags += [Flag(f.code, "warn", f"{r.tube.file}: {f.message}") for f in q.flags]
-    for fit in (fit_n, fit_o):
+        found.warn_flags += [Flag(f.code, "warn", f"{r.tube.file}: {f.message}") for f in q.flags]
+    for fit in fits:
         if fit is not None:
-            warn_flags += [Flag(f.code, "warn", f.message) for f in fit.flags]
-    non_rel = _non_releaser(tubes, arms, metrics, cfg)
+            found.warn_flags += [Flag(f.code, "warn", f.message) for f in fit.flags]
+    found.non_releaser = _non_releaser(tubes, arms, metrics, cfg)
     unresponsive = _unresponsive(tubes, arms, metrics, cfg)
     if unresponsive:
-        fail_reasons.append(unresponsive)
-    untreated_positive: bool | None = None
-    untreated_reason = ""
+        found.fail_reasons.append(unresponsive)
+    return found
+
+
+def _untreated_positive(allergen: str, tubes: Sequence[TubeResult], fit_n: FitResult | None,
+                        metrics: Mapping[str, TubeMetrics], qcs: Mapping[str, TubeQc], cfg: AnalysisConfig
+                        ) -> tuple[bool | None, str]:
+    """Whether any untreated allergen tube passing QC is positive (None when there is no untreated series),
+    with the reason shown when it is not."""
     if fit_n is None:
-        untreated_reason = "no allergen tube without pretreatment" if allergen else "no allergen tube"
-    elif fit_n.x.size == 0:
-        untreated_reason = fit_n.ec50_reason
-    else:
-        files = [r.tube.file for r in tubes if r.tube.condition == "allergen"
-                 and (r.tube.allergen or "") == allergen and r.tube.pretreatment == "none"
-                 and qcs[r.tube.file].status != "fail" and r.tube.file in metrics]
-        pos = [metrics[f].get(cfg.markers.activation).positive for f in files
-               if metrics[f].get(cfg.markers.activation) is not None]
-        untreated_positive = any(p is True for p in pos)
-        untreated_reason = f"maximum net {np.max(fit_n.net):.1f}% < {cfg.positivity.net_pct_min:g}%" + (
-            f" or SI < {cfg.positivity.si_min:g}" if cfg.positivity.require_si else "")
-    effect = OmalizumabEffect()
+        return None, "no allergen tube without pretreatment" if allergen else "no allergen tube"
+    if fit_n.x.size == 0:
+        return None, fit_n.ec50_reason
+    act = cfg.markers.activation
+    files = [r.tube.file for r in tubes if r.tube.condition == "allergen"
+             and (r.tube.allergen or "") == allergen and r.tube.pretreatment == "none"
+             and qcs[r.tube.file].status != "fail" and r.tube.file in metrics]
+    pos = [metrics[f].get(act).positive for f in files if metrics[f].get(act) is not None]
+    reason = f"maximum net {np.max(fit_n.net):.1f}% < {cfg.positivity.net_pct_min:g}%" + (
+        f" or SI < {cfg.positivity.si_min:g}" if cfg.positivity.require_si else "")
+    return any(p is True for p in pos), reason
+
+
+def _arms_effect(allergen: str, fit_n: FitResult | None, fit_o: FitResult | None,
+                 cfg: AnalysisConfig) -> OmalizumabEffect:
+    """The omalizumab effect of the two arms' fits; without both arms, an empty effect saying which is missing."""
     if fit_n is not None and fit_o is not None:
-        effect = omalizumab_effect(fit_n, fit_o, clip_negative=cfg.fit.auc_clip_negative)
-        effects[(patient, allergen)] = effect
-        warn_flags += effect.flags
-    else:
-        missing = "none" if fit_n is None else "omalizumab"
-        effect.auc_inhibition_reason = f"no {missing} arm for {allergen or 'any allergen'}"
-        effect.ec50_shift_reason = effect.auc_inhibition_reason
-    decision = classify(qc_failures=fail_reasons, non_releaser=non_rel, untreated_positive=untreated_positive,
-                        untreated_reason=untreated_reason, auc_inhibition_pct=effect.auc_inhibition_pct,
+        return omalizumab_effect(fit_n, fit_o, clip_negative=cfg.fit.auc_clip_negative)
+    effect = OmalizumabEffect()
+    missing = "none" if fit_n is None else "omalizumab"
+    effect.auc_inhibition_reason = f"no {missing} arm for {allergen or 'any allergen'}"
+    effect.ec50_shift_reason = effect.auc_inhibition_reason
+    return effect
+
+
+def _class_columns(row: dict[str, Any], patient: str, allergen: str, tubes: Sequence[TubeResult],
+                   found: _PatientFindings, untreated: tuple[bool | None, str], effect: OmalizumabEffect,
+                   fit_n: FitResult | None, fit_o: FitResult | None,
+                   arm_states: Mapping[tuple[str, str], _ArmState], cfg: AnalysisConfig) -> None:
+    """The class, its reason and, for a class decided on the AUC inhibition, its interval and confidence."""
+    decision = classify(qc_failures=found.fail_reasons, non_releaser=found.non_releaser,
+                        untreated_positive=untreated[0], untreated_reason=untreated[1],
+                        auc_inhibition_pct=effect.auc_inhibition_pct,
                         inhibition_reason=effect.auc_inhibition_reason, config=cfg.classes)
     ci_low, ci_high, confidence, reason = NAN, NAN, "", decision.reason
     if decision.label in CLASS_BANDS and fit_n is not None and fit_o is not None:
@@ -387,27 +439,37 @@ def _patient_row(patient: str, allergen: str, tubes: Sequence[TubeResult],
     row["class_confidence"] = confidence
     row["auc_inhibition_ci_low"] = ci_low
     row["auc_inhibition_ci_high"] = ci_high
-    if fail_reasons or non_rel:
-        row["qc_status"] = "fail"
-    else:
-        row["qc_status"] = status_of(warn_flags)
-    flags = unique_flags(warn_flags)
+
+
+def _patient_row(patient: str, allergen: str, tubes: Sequence[TubeResult],
+                 fits: Mapping[tuple[str, str, str], FitResult], metrics: Mapping[str, TubeMetrics],
+                 qcs: Mapping[str, TubeQc], arm_states: Mapping[tuple[str, str], _ArmState],
+                 cfg: AnalysisConfig) -> tuple[dict[str, Any], OmalizumabEffect | None]:
+    """One row of the patients table, and the omalizumab effect when both arms were fitted (else None)."""
+    arms = sorted({r.tube.pretreatment for r in tubes}, key=lambda a: (_arm_order(a), a))
+    row: dict[str, Any] = {"patient": patient, "allergen": allergen}
+    fit_n = fits.get((patient, allergen, "none"))
+    fit_o = fits.get((patient, allergen, "omalizumab"))
+    _fit_columns(row, fit_n, fit_o)
+    found = _patient_findings(patient, allergen, tubes, arms, (fit_n, fit_o), metrics, qcs, arm_states, cfg)
+    untreated = _untreated_positive(allergen, tubes, fit_n, metrics, qcs, cfg)
+    effect = _arms_effect(allergen, fit_n, fit_o, cfg)
+    both_arms = fit_n is not None and fit_o is not None
+    if both_arms:
+        found.warn_flags += effect.flags
+    _class_columns(row, patient, allergen, tubes, found, untreated, effect, fit_n, fit_o, arm_states, cfg)
+    row["qc_status"] = found.qc_status
+    flags = unique_flags(found.warn_flags)
     row["qc_flags"] = ";".join(dict.fromkeys(f.code for f in flags))
-    row["qc_reasons"] = "; ".join(fail_reasons + [f.message for f in flags])
+    row["qc_reasons"] = "; ".join(found.fail_reasons + [f.message for f in flags])
     row["unit"] = next((r.tube.unit for r in tubes if r.tube.unit and (r.tube.allergen or "") == allergen), "")
-    for arm, fit in (("none", fit_n), ("omalizumab", fit_o)):
-        row[f"ec50_ci_low_{arm}"] = fit.ec50_ci[0] if fit else NAN
-        row[f"ec50_ci_high_{arm}"] = fit.ec50_ci[1] if fit else NAN
-        row[f"r2_{arm}"] = fit.r2 if fit else NAN
-        row[f"fit_status_{arm}"] = fit.status if fit else "no_series"
-        row[f"ec50_reason_{arm}"] = fit.ec50_reason if fit else "no series"
-        row[f"bell_shaped_{arm}"] = fit.bell_shaped if fit else False
+    _fit_details(row, fit_n, fit_o)
     row["auc_inhibition_reason"] = effect.auc_inhibition_reason
     row["ec50_shift_reason"] = effect.ec50_shift_reason
     row["inhibition_by_concentration"] = "; ".join(
         f"{c:g}: {'undefined (no untreated response)' if math.isnan(v) else f'{v:.1f}%'}"
         for c, v in effect.inhibition_by_concentration.items())
-    return row
+    return row, effect if both_arms else None
 
 
 def _arm_sample(patient: str, arm: str, fit: FitResult, tubes: Sequence[TubeResult],

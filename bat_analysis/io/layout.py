@@ -21,6 +21,7 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BatError, DataFileError, LayoutError
@@ -46,7 +47,8 @@ _CONDITION_SYNONYMS = {
     "fmlp": "fmlp", "fmlf": "fmlp",
     "allergen": "allergen",
 }
-_PRETREATMENT_SYNONYMS = {"none": "none", "": "none", "no": "none", "untreated": "none", "omalizumab": "omalizumab",
+# the pretreatment column's spellings: a tube's arm (the word the code uses; the column keeps "pretreatment")
+_ARM_SYNONYMS = {"none": "none", "": "none", "no": "none", "untreated": "none", "omalizumab": "omalizumab",
                           "oma": "omalizumab", "xolair": "omalizumab"}
 
 
@@ -165,6 +167,136 @@ def unlisted_files(data_dir: str | os.PathLike[str], files: Sequence[str]) -> li
     return [p.name for p in _fcs_files(folder) if real(p) not in listed]
 
 
+@dataclass
+class _RowValues:
+    """One layout row's values after their own checks (None where a value was refused)."""
+
+    file: str
+    patient: str
+    condition: str | None
+    arm: str | None  # the tube's pretreatment: the column ``pretreatment``, canonical spelling
+    allergen: str | None = None
+    concentration: float | None = None
+    unit: str | None = None
+    extra: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _row_values(label: str, row: Mapping[str, str], extra_columns: Sequence[str],
+                problems: list[str]) -> _RowValues:
+    """File, patient, condition and arm of a row, its allergen concentration or a control's stray values."""
+    v = _RowValues(row.get("file", "").strip(), row.get("patient", "").strip(), None, None)
+    if not v.file:
+        problems.append(f"{label}, column 'file': empty (expected an FCS file name)")
+    if not v.patient:
+        problems.append(f"{label}, column 'patient': empty (expected a patient identifier)")
+    raw_condition = row.get("condition", "")
+    v.condition = _CONDITION_SYNONYMS.get(_norm_token(raw_condition))
+    if v.condition is None:
+        problems.append(f"{label}, column 'condition': {raw_condition!r} is not a known condition "
+                        f"(expected one of {', '.join(CONDITIONS)})")
+    raw_arm = row.get("pretreatment", "")
+    v.arm = _ARM_SYNONYMS.get(_norm_token(raw_arm))
+    if v.arm is None:
+        problems.append(f"{label}, column 'pretreatment': {raw_arm!r} is not a known pretreatment "
+                        f"(expected one of {', '.join(PRETREATMENTS)}, or empty for none)")
+    v.allergen = row.get("allergen", "").strip() or None
+    v.unit = row.get("unit", "").strip() or None
+    v.extra = [(c, row.get(c, "")) for c in extra_columns]
+    raw_conc = row.get("concentration", "").strip()
+    if v.condition == "allergen":
+        _allergen_values(label, v, raw_conc, problems)
+    else:
+        _control_values(label, v, raw_conc, problems)
+    return v
+
+
+def _allergen_values(label: str, v: _RowValues, raw_conc: str, problems: list[str]) -> None:
+    """An allergen row needs the allergen's name and a concentration > 0."""
+    if v.allergen is None:
+        problems.append(f"{label}, column 'allergen': empty on an allergen row (expected the allergen's name)")
+    if not raw_conc:
+        problems.append(f"{label}, column 'concentration': empty on an allergen row "
+                        "(expected a number > 0)")
+        return
+    v.concentration = _parse_concentration(raw_conc)
+    if v.concentration is None:
+        problems.append(f"{label}, column 'concentration': {raw_conc!r} is not a number "
+                        "(expected a number > 0)")
+    elif v.concentration <= 0:
+        problems.append(f"{label}, column 'concentration': {raw_conc} is not positive "
+                        "(expected a number > 0; concentrations are compared on a log scale)")
+        v.concentration = None
+
+
+def _control_values(label: str, v: _RowValues, raw_conc: str, problems: list[str]) -> None:
+    """A control row's concentration, unit and allergen are kept as extra columns (``control_*``), not used."""
+    if raw_conc:
+        value = _parse_concentration(raw_conc)
+        if value is None or value < 0:
+            problems.append(f"{label}, column 'concentration': {raw_conc!r} (expected empty, or a number "
+                            f">= 0, on a {v.condition or 'control'} row)")
+        v.extra.append(("control_concentration", raw_conc))
+        if v.unit:
+            v.extra.append(("control_unit", v.unit))
+    v.unit = None  # a unit belongs to an allergen concentration
+    if v.allergen:
+        v.extra.append(("control_allergen", v.allergen))
+        v.allergen = None
+
+
+def _file_problems(label: str, file: str, folder: Path | None, seen_files: dict[str, str], *,
+                   skip_missing: bool, allow_outside_data_dir: bool) -> list[str]:
+    """The same file on two rows; a file outside the data folder, not a regular file, or missing."""
+    problems = []
+    key_file = file.casefold() if os.name == "nt" else file
+    if key_file in seen_files:
+        problems.append(f"{label}, column 'file': {file!r} is already listed on {seen_files[key_file]} "
+                        "(expected each file once)")
+    else:
+        seen_files[key_file] = label
+    if folder is None:
+        return problems
+    try:
+        resolve_data_file(folder, file, allow_outside=allow_outside_data_dir)
+    except DataFileError as exc:
+        if exc.kind != "missing":
+            problems.append(f"{label}, column 'file': {file!r} {exc.detail} (expected {exc.expected})")
+        elif not skip_missing:
+            hint = ""
+            if folder.is_dir():
+                near = [p.name for p in _fcs_files(folder) if p.name.casefold() == file.casefold()
+                        or p.stem.casefold() == file.casefold()]
+                if near:
+                    hint = f"; did you mean {near[0]!r}?"
+            problems.append(f"{label}, column 'file': {file!r} not found in {folder}{hint} "
+                            "(expected an existing FCS file; or run with --skip-missing to record "
+                            "its tube as failed)")
+    return problems
+
+
+def _series_problems(series: Mapping[tuple[str, str, str], list[tuple[str, float, str | None]]]) -> list[str]:
+    """Allergen series (patient × allergen × arm) with a single concentration, or mixing units."""
+    problems = []
+    for (patient, allergen, arm), points in series.items():
+        where = ", ".join(p[0] for p in points)
+        if len({p[1] for p in points}) < 2:
+            problems.append(f"{where}: the allergen series of patient {patient}, allergen {allergen}, arm {arm} "
+                            "has a single concentration (expected at least two for a dose-response)")
+        units = sorted({p[2] or "" for p in points})
+        if len(units) > 1:
+            problems.append(f"{where}, column 'unit': the series of patient {patient}, allergen {allergen}, "
+                            f"arm {arm} mixes units {units} (expected one unit per series)")
+    return problems
+
+
+def _unlisted_problems(folder: Path, files: Sequence[str]) -> list[str]:
+    """A missing data folder, or FCS files of it that no row names."""
+    if not folder.is_dir():
+        return [f"data folder {folder} does not exist (expected the folder of the FCS files)"]
+    return [f"file {name!r} is in {folder} but on no row (expected a row for every FCS file of the folder)"
+            for name in unlisted_files(folder, list(files))]
+
+
 def tubes_from_rows(
     rows: Sequence[tuple[str, Mapping[str, str]]],
     *,
@@ -193,112 +325,30 @@ def tubes_from_rows(
 
     for label, row in rows:
         before = len(problems)
-        file = row.get("file", "").strip()
-        patient = row.get("patient", "").strip()
-        if not file:
-            problems.append(f"{label}, column 'file': empty (expected an FCS file name)")
-        if not patient:
-            problems.append(f"{label}, column 'patient': empty (expected a patient identifier)")
-        raw_condition = row.get("condition", "")
-        condition = _CONDITION_SYNONYMS.get(_norm_token(raw_condition))
-        if condition is None:
-            problems.append(f"{label}, column 'condition': {raw_condition!r} is not a known condition "
-                            f"(expected one of {', '.join(CONDITIONS)})")
-        raw_pre = row.get("pretreatment", "")
-        pretreatment = _PRETREATMENT_SYNONYMS.get(_norm_token(raw_pre))
-        if pretreatment is None:
-            problems.append(f"{label}, column 'pretreatment': {raw_pre!r} is not a known pretreatment "
-                            f"(expected one of {', '.join(PRETREATMENTS)}, or empty for none)")
-        allergen = row.get("allergen", "").strip() or None
-        unit = row.get("unit", "").strip() or None
-        raw_conc = row.get("concentration", "").strip()
-        concentration: float | None = None
-        extra = [(c, row.get(c, "")) for c in extra_columns]
-        if condition == "allergen":
-            if allergen is None:
-                problems.append(f"{label}, column 'allergen': empty on an allergen row (expected the allergen's name)")
-            if not raw_conc:
-                problems.append(f"{label}, column 'concentration': empty on an allergen row "
-                                "(expected a number > 0)")
-            else:
-                concentration = _parse_concentration(raw_conc)
-                if concentration is None:
-                    problems.append(f"{label}, column 'concentration': {raw_conc!r} is not a number "
-                                    "(expected a number > 0)")
-                elif concentration <= 0:
-                    problems.append(f"{label}, column 'concentration': {raw_conc} is not positive "
-                                    "(expected a number > 0; concentrations are compared on a log scale)")
-                    concentration = None
-        elif raw_conc:
-            value = _parse_concentration(raw_conc)
-            if value is None or value < 0:
-                problems.append(f"{label}, column 'concentration': {raw_conc!r} (expected empty, or a number "
-                                f">= 0, on a {condition or 'control'} row)")
-            extra.append(("control_concentration", raw_conc))
-            if unit:
-                extra.append(("control_unit", unit))
-        if condition != "allergen":
-            unit = None  # a unit belongs to an allergen concentration
-        if condition != "allergen" and allergen:
-            extra.append(("control_allergen", allergen))
-            allergen = None
-
-        if file:
-            key_file = file.casefold() if os.name == "nt" else file
-            if key_file in seen_files:
-                problems.append(f"{label}, column 'file': {file!r} is already listed on {seen_files[key_file]} "
-                                "(expected each file once)")
-            else:
-                seen_files[key_file] = label
-            if folder is not None:
-                try:
-                    resolve_data_file(folder, file, allow_outside=allow_outside_data_dir)
-                except DataFileError as exc:
-                    if exc.kind != "missing":
-                        problems.append(f"{label}, column 'file': {file!r} {exc.detail} (expected {exc.expected})")
-                    elif not skip_missing:
-                        hint = ""
-                        if folder.is_dir():
-                            near = [p.name for p in _fcs_files(folder) if p.name.casefold() == file.casefold()
-                                    or p.stem.casefold() == file.casefold()]
-                            if near:
-                                hint = f"; did you mean {near[0]!r}?"
-                        problems.append(f"{label}, column 'file': {file!r} not found in {folder}{hint} "
-                                        "(expected an existing FCS file; or run with --skip-missing to record "
-                                        "its tube as failed)")
+        v = _row_values(label, row, extra_columns, problems)
+        if v.file:
+            problems += _file_problems(label, v.file, folder, seen_files, skip_missing=skip_missing,
+                                       allow_outside_data_dir=allow_outside_data_dir)
         if len(problems) > before:
             continue
-        assert condition is not None and pretreatment is not None
-        key = (patient, condition, pretreatment, allergen, concentration)
+        assert v.condition is not None and v.arm is not None
+        key = (v.patient, v.condition, v.arm, v.allergen, v.concentration)
         if key in seen_keys:
-            what = f"{patient} {pretreatment} {condition}" + (f" {allergen} {concentration:g}" if allergen else "")
+            what = f"{v.patient} {v.arm} {v.condition}" + (
+                f" {v.allergen} {v.concentration:g}" if v.allergen else "")
             problems.append(f"{label}: the same tube ({what}) as {seen_keys[key]} "
                             "(expected one file per patient, arm, condition and concentration)")
             continue
         seen_keys[key] = label
-        if condition == "allergen":
-            assert allergen is not None and concentration is not None
-            series[(patient, allergen, pretreatment)].append((label, concentration, unit))
-        tubes.append(Tube(file=file, patient=patient, condition=condition, pretreatment=pretreatment,
-                          allergen=allergen, concentration=concentration, unit=unit, extra=tuple(extra)))
+        if v.condition == "allergen":
+            assert v.allergen is not None and v.concentration is not None
+            series[(v.patient, v.allergen, v.arm)].append((label, v.concentration, v.unit))
+        tubes.append(Tube(file=v.file, patient=v.patient, condition=v.condition, pretreatment=v.arm,
+                          allergen=v.allergen, concentration=v.concentration, unit=v.unit, extra=tuple(v.extra)))
 
-    for (patient, allergen, arm), points in series.items():
-        where = ", ".join(p[0] for p in points)
-        if len({p[1] for p in points}) < 2:
-            problems.append(f"{where}: the allergen series of patient {patient}, allergen {allergen}, arm {arm} "
-                            "has a single concentration (expected at least two for a dose-response)")
-        units = sorted({p[2] or "" for p in points})
-        if len(units) > 1:
-            problems.append(f"{where}, column 'unit': the series of patient {patient}, allergen {allergen}, "
-                            f"arm {arm} mixes units {units} (expected one unit per series)")
-
+    problems += _series_problems(series)
     if folder is not None and check_unlisted:
-        if not folder.is_dir():
-            problems.append(f"data folder {folder} does not exist (expected the folder of the FCS files)")
-        else:
-            for name in unlisted_files(folder, list(seen_files)):
-                problems.append(f"file {name!r} is in {folder} but on no row "
-                                "(expected a row for every FCS file of the folder)")
+        problems += _unlisted_problems(folder, list(seen_files))
     if problems:
         raise LayoutError(f"the layout has {len(problems)} problem(s)", source=source, problems=problems)
     return tubes

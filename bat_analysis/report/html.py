@@ -3,8 +3,9 @@
 Patient reports embed their images as base64 PNG and carry their CSS inline: they open from disk,
 offline, and can be mailed as single files. The gallery, which shows every tube of a plate, links its
 plots from ``review/img/`` (loaded lazily) so that it opens at once; its filter script is inline.
-:func:`render_reports` is the entry point: it joins tube results with the scores, draws every plot once
-(in worker processes for large runs) and writes the HTML, the PDFs and the gallery.
+:func:`render_reports` is the entry point: it builds the view models of :mod:`.views` from the tube results
+and the typed ``ExperimentScores``, draws every plot once (in worker processes for large runs) and writes
+the HTML, the PDFs (:mod:`.pdf`) and the gallery.
 Every text from the inputs is HTML-escaped; file names derived from patient IDs and tube files are
 made by ``textsafe.safe_filename`` (valid and distinct whatever the ID).
 """
@@ -13,20 +14,24 @@ from __future__ import annotations
 
 import base64
 import math
-import re
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import BatError
 from ..fileio import atomic_write_text, create_new_file, make_dir, remove_path, replace_dir, temporary_dir
-from ..records import CONDITIONS, Flag, TubeResult
+from ..records import TubeResult
 from ..textsafe import safe_filename
 from .plots import (ARM_LABELS, Png, PngRenderer, activation_range, draw_dose_response, fit_summary,
-                    is_manual, manual_reason, marker_values, shared_gate_limits)
+                    marker_values, shared_gate_limits)
+from .views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView, fmt_value,
+                    patient_views, present_columns, qc_rows, report_filename, severity_rank, tube_views)
+
+if TYPE_CHECKING:
+    from ..analysis.score import ExperimentScores
 
 THUMBNAIL_SCALE = 0.6  # gallery plots at 60%: a tube's gates fit one row of a screen
 GALLERY_IMAGES = "img"  # folder of the gallery's image files, beside review/index.html
@@ -72,260 +77,6 @@ document.addEventListener('DOMContentLoaded',function(){
   applyFilters();
 });
 """
-
-
-# ----------------------------------------------------------------------------------------------- views
-SEVERITY_ORDER = {"fail": 0, "warn": 1, "pass": 2}
-CONDITION_ORDER = {c: i for i, c in enumerate(CONDITIONS)}
-
-
-def severity_rank(status: str | None) -> int:
-    """fail < warn < pass (unknown statuses sort with fail: they need a look)."""
-    return SEVERITY_ORDER.get(status or "fail", 0)
-
-
-def fmt_value(value: Any) -> str:
-    """A cell as text: empty for missing values, 4 significant digits for floats, 'yes'/'no' for booleans."""
-    if value is None:
-        return ""
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        if math.isnan(v):
-            return ""
-        return f"{v:.4g}" if abs(v) < 1e6 else f"{v:.3e}"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    return str(value)
-
-
-def report_filename(patient: str) -> str:
-    """A valid, unique-per-patient stem for ``reports/<patient>.html`` whatever the patient ID (its length,
-    path separators, odd characters): ``textsafe.safe_filename``."""
-    return safe_filename(patient, fallback="patient")
-
-
-@dataclass
-class TubeView:
-    """One tube as the reports show it: result, table row, threshold and reference, flags, images."""
-
-    result: TubeResult
-    order: int
-    row: dict[str, Any] = field(default_factory=dict)
-    threshold: float | None = None
-    threshold_method: str | None = None
-    negative_values: np.ndarray | None = None
-    negative_files: tuple[str, ...] = ()
-    qc_status: str = "pass"
-    flags: list[Any] = field(default_factory=list)  # Flag or Notice
-    adjusted: dict[str, str] = field(default_factory=dict)  # gate name -> reviewer and reason
-    images: list[Png] = field(default_factory=list)
-    marker: str = "CD63"
-
-    @property
-    def anchor(self) -> str:
-        """The tube's HTML id and the stem of its gallery images: unique per file, a valid file name."""
-        return "tube-" + safe_filename(self.result.tube.file, fallback="tube")
-
-
-@dataclass
-class PatientView:
-    """A patient's tubes, table rows, fits and dose-response drawings."""
-
-    patient: str
-    tubes: list[TubeView]
-    tube_rows: list[dict[str, Any]] = field(default_factory=list)
-    patient_rows: list[dict[str, Any]] = field(default_factory=list)
-    fits: dict[tuple[str, str], Any] = field(default_factory=dict)  # (allergen, arm) -> FitResult
-    curves: list[Png] = field(default_factory=list)
-    fit_notes: list[str] = field(default_factory=list)
-    patient_flags: list[Flag] = field(default_factory=list)
-
-    @property
-    def allergens(self) -> list[str]:
-        return sorted({t.result.tube.allergen for t in self.tubes if t.result.tube.allergen})
-
-
-@dataclass
-class RunView:
-    """The run's identity for reports and the audit trail (from ``run_info``)."""
-
-    info: dict[str, Any]
-
-    def get(self, key: str) -> Any:
-        return self.info.get(key)
-
-    def summary_items(self) -> list[tuple[str, Any]]:
-        keys = ("version", "template", "date", "command", "run_id")
-        return [(f"software {k}" if k == "version" else k, self.info[k]) for k in keys
-                if self.info.get(k) not in (None, "")]
-
-    def one_line(self) -> str:
-        parts = [f"bat_analysis {self.info.get('version') or '?'}"]
-        if self.info.get("template"):
-            parts.append(f"template {self.info['template']}")
-        if self.info.get("date"):
-            parts.append(str(self.info["date"]))
-        return " · ".join(parts)
-
-    def adjustments(self) -> list[Mapping[str, Any]]:
-        items = self.info.get("manual_adjustments") or []
-        return [a for a in items if isinstance(a, Mapping)]
-
-    def audit_items(self, view: PatientView) -> list[tuple[str, Any]]:
-        files = {t.result.tube.file for t in view.tubes}
-        items: list[tuple[str, Any]] = [("software version", self.info.get("version")),
-                                        ("template", self.info.get("template")),
-                                        ("template sha256", self.info.get("template_sha256")),
-                                        ("command", self.info.get("command")),
-                                        ("date", self.info.get("date"))]
-        known = {"version", "template", "template_sha256", "command", "date", "checksums",
-                 "manual_adjustments"}
-        items += [(k, v) for k, v in self.info.items() if k not in known and not isinstance(v, (Mapping, list))]
-        sums = self.info.get("checksums") or {}
-        checks = {t.result.tube.file: (sums.get(t.result.tube.file) if isinstance(sums, Mapping) else None)
-                  or t.result.file_sha256 or "unknown" for t in view.tubes}
-        items.append(("input files (sha256)", checks))
-        if isinstance(sums, Mapping):
-            others = {k: v for k, v in sums.items() if k not in files and not _is_other_tube(k, view)}
-            if others:
-                items.append(("other inputs (sha256)", others))
-        mine = [_adjustment_row(a) for a in self.adjustments()
-                if a.get("file") in files or a.get("patient") == view.patient]
-        gate_marks = [{"file": t.result.tube.file, "gate": g, "note": r} for t in view.tubes
-                      for g, r in t.adjusted.items()]
-        items.append(("manual adjustments", mine or gate_marks or "none"))
-        return [(k, v) for k, v in items if v not in (None, "")]
-
-
-def _is_other_tube(key: str, view: PatientView) -> bool:
-    """Checksums of other patients' tubes are not listed in this patient's audit trail."""
-    return key.lower().endswith((".fcs", ".lmd")) and key not in {t.result.tube.file for t in view.tubes}
-
-
-def _adjustment_row(a: Mapping[str, Any]) -> dict[str, Any]:
-    value = a.get("value")
-    what = a.get("gate") or ("CD63 threshold" if a.get("kind") == "threshold" else a.get("kind"))
-    if a.get("kind") == "threshold" and value is not None:
-        what = f"CD63 threshold = {fmt_value(value if not isinstance(value, Mapping) else value.get('value'))}"
-    return {"tube / arm": a.get("file") or f"{a.get('patient', '')} {a.get('pretreatment', '')}".strip(),
-            "what": what, "reviewer": a.get("reviewer"), "reason": a.get("reason"),
-            "when": a.get("decided_at"), "source": a.get("source")}
-
-
-def _frame_rows(frame: Any) -> list[dict[str, Any]]:
-    """DataFrame rows as dicts (an absent table gives no rows)."""
-    if frame is None or len(frame) == 0:
-        return []
-    return [dict(r) for r in frame.to_dict(orient="records")]
-
-
-@dataclass(frozen=True)
-class Notice:
-    """A finding shown to the reader; ``severity`` is warn, fail, or qc (a QC rule of the tubes table)."""
-
-    code: str
-    severity: str
-    message: str
-
-
-def _parse_reasons(text: str, codes: Sequence[str]) -> dict[str, str]:
-    """``"CODE: message; CODE2: message"`` (the tables' qc_reasons) as {code: message}."""
-    if not text or not codes:
-        return {}
-    pattern = "(?:^|; )(" + "|".join(re.escape(c) for c in sorted(set(codes), key=len, reverse=True)) + "): "
-    parts = re.split(pattern, text)
-    return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
-
-
-def _qc_notes(row: Mapping[str, Any], known: set[str]) -> list[Notice]:
-    """QC findings of the tubes table not already among the gating flags, with their reasons."""
-    codes = [c.strip() for c in str(row.get("qc_flags") or "").split(";") if c.strip()]
-    reasons = _parse_reasons(str(row.get("qc_reasons") or ""), codes)
-    return [Notice(c, "qc", reasons.get(c, c.replace("_", " ").lower())) for c in dict.fromkeys(codes)
-            if c not in known]
-
-
-def tube_views(results: Sequence[TubeResult], scores: Any, run: RunView) -> list[TubeView]:
-    """Join every tube's result with its row of the tubes table, its threshold and negative control."""
-    # imported here, not at module level: drawing workers import this module and need none of scipy
-    from ..analysis.threshold import pooled_values, select_reference
-
-    rows = {str(r.get("file")): r for r in _frame_rows(getattr(scores, "tubes", None))}
-    by_file = {r.tube.file: r for r in results}
-    thresholds = getattr(scores, "thresholds", None) or {}
-    marker = activation_marker(scores)
-    negatives: dict[str, list[TubeResult]] = {}
-    for r in results:
-        if r.tube.condition == "negative_control":
-            negatives.setdefault(r.tube.patient, []).append(r)
-    adjust: dict[str, dict[str, str]] = {}
-    for a in run.adjustments():
-        if a.get("file") and a.get("gate"):
-            note = " — ".join(str(a[k]) for k in ("reviewer", "reason") if a.get(k))
-            adjust.setdefault(str(a["file"]), {})[str(a["gate"])] = note
-    ordered = sorted(results, key=lambda r: (r.tube.patient, r.tube.pretreatment != "none", r.tube.pretreatment,
-                                             CONDITION_ORDER.get(r.tube.condition, 99), r.tube.allergen or "",
-                                             r.tube.concentration if r.tube.concentration is not None else -1.0,
-                                             r.tube.file))
-    views = []
-    for i, res in enumerate(ordered):
-        t = res.tube
-        row = rows.get(t.file, {})
-        est = thresholds.get((t.patient, t.pretreatment, marker))
-        if est is not None:
-            thr_f: float | None = float(est.value)
-            method: str | None = est.method
-            refs = tuple(est.reference_files)
-            ref_tubes = [by_file[f] for f in refs if f in by_file]
-        else:
-            thr = row.get("cd63_threshold")
-            thr_f = float(thr) if thr is not None and not (isinstance(thr, float) and math.isnan(thr)) else None
-            method = str(row.get("threshold_method") or "") or None
-            choice = select_reference(negatives.get(t.patient, []), t.pretreatment)
-            refs, ref_tubes = choice.files, choice.tubes
-        neg = pooled_values(ref_tubes, marker) if ref_tubes else None
-        status = str(row.get("qc_status") or ("fail" if not res.ok else "warn" if res.flags else "pass"))
-        flags: list[Any] = list(res.flags)
-        if not res.ok and not any(f.severity == "fail" for f in flags):
-            flags.append(Flag("NOT_GATED", "fail", res.error or "the tube could not be gated"))
-        flags += _qc_notes(row, {f.code for f in flags})
-        adjusted = dict(adjust.get(t.file, {}))
-        for g in res.gates:
-            if is_manual(g) and g.name not in adjusted:
-                adjusted[g.name] = manual_reason(g) or ""
-        views.append(TubeView(res, i, row, thr_f, method, neg, refs, status, flags, adjusted, marker=marker))
-    return views
-
-
-def activation_marker(scores: Any) -> str:
-    """The degranulation marker the thresholds are set on (the analysis configuration's, else CD63)."""
-    config = getattr(scores, "config", None)
-    markers = getattr(config, "markers", None)
-    return str(getattr(markers, "activation", None) or "CD63")
-
-
-def patient_views(tubes: Sequence[TubeView], scores: Any) -> dict[str, PatientView]:
-    """Group tube views by patient, with the patient's rows of the tables and its fits."""
-    out: dict[str, PatientView] = {}
-    for t in tubes:
-        out.setdefault(t.result.tube.patient, PatientView(t.result.tube.patient, [])).tubes.append(t)
-    prow = _frame_rows(getattr(scores, "patients", None))
-    fits = getattr(scores, "fits", None) or {}
-    for patient, view in out.items():
-        view.tube_rows = [t.row or {"file": t.result.tube.file, "condition": t.result.tube.condition,
-                                    "pretreatment": t.result.tube.pretreatment, "qc_status": t.qc_status}
-                          for t in view.tubes]
-        view.patient_rows = [r for r in prow if str(r.get("patient")) == patient]
-        view.fits = {(k[1], k[2]): f for k, f in fits.items() if k[0] == patient}
-        seen: set[tuple[str, str]] = set()
-        for (allergen, arm), fit in sorted(view.fits.items()):
-            for f in fit.flags:
-                if (f.code, f.message) not in seen:
-                    seen.add((f.code, f.message))
-                    view.patient_flags.append(f)
-    return out
 
 
 def img_tag(png: Png, *, alt: str | None = None, scale: float = 1.0, src: str | None = None) -> str:
@@ -436,32 +187,6 @@ def _tube_section(tube: TubeView, *, link: str | None = None, files: bool = Fals
             f"<h3>{head}</h3>{adj}{thr}{_flag_items(tube)}<div class=\"imgs\">{imgs}</div></div>")
 
 
-QC_HEADERS = ("file", "condition", "arm", "events", "basophils", "acq. QC removed %", "margin %",
-              "doublets %", "spillover", "QC", "flags")
-PATIENT_COLUMNS = ("allergen", "ec50_none", "ec50_omalizumab", "cd_sens_none", "cd_sens_omalizumab",
-                   "cd_max_none", "cd_max_omalizumab", "auc_none", "auc_omalizumab", "auc_inhibition_pct",
-                   "ec50_shift_log10", "class", "qc_status")
-TUBE_COLUMNS = ("file", "condition", "allergen", "concentration", "pretreatment", "n_basophils",
-                "cd63_threshold", "pct_cd63", "net_pct_cd63", "si_cd63", "cd203c_mfi", "si_cd203c",
-                "qc_status")
-
-
-def _qc_rows(tubes: Sequence[TubeView]) -> list[list[Any]]:
-    rows = []
-    for v in tubes:
-        r, fr = v.result, v.result.event_fractions
-        pct = [100.0 * fr[k] if k in fr else None for k in ("acquisition_qc", "margin", "doublets")]
-        rows.append([r.tube.file, r.tube.condition, r.tube.pretreatment, r.n_events, r.n_basophils, *pct,
-                     "present" if r.has_spillover else "absent", v.qc_status,
-                     "; ".join(sorted({f.code for f in v.flags}))])
-    return rows
-
-
-def _columns(frame_rows: Sequence[Mapping[str, Any]], wanted: Sequence[str]) -> list[str]:
-    present = set().union(*(r.keys() for r in frame_rows)) if frame_rows else set(wanted)
-    return [c for c in wanted if c in present]
-
-
 def patient_html(view: PatientView, run: RunView) -> str:
     """The whole per-patient report page."""
     body = [f"<h1>BAT report — patient {escape(view.patient)}</h1>"]
@@ -482,7 +207,7 @@ def patient_html(view: PatientView, run: RunView) -> str:
                 body.append(f'<details class="muted"><summary>QC {badge(str(r.get("qc_status") or ""))} '
                             f"{len(findings)} finding(s)</summary><ul class=\"flags\">"
                             + "".join(f"<li>{escape(x)}</li>" for x in findings) + "</ul></details>")
-        cols = _columns(view.patient_rows, PATIENT_COLUMNS)
+        cols = present_columns(view.patient_rows, PATIENT_COLUMNS)
         body.append(table(cols, [[r.get(c) for c in cols] for r in view.patient_rows],
                           numeric=[c not in ("allergen", "class", "qc_status") for c in cols]))
         body.append('<p class="muted">EC50 in the layout\'s concentration unit; empty when not estimable. '
@@ -497,11 +222,11 @@ def patient_html(view: PatientView, run: RunView) -> str:
     else:
         body.append('<p class="muted">No allergen series with a fit.</p>')
     body.append("<h2>Metrics per tube</h2>")
-    cols = _columns(view.tube_rows, TUBE_COLUMNS)
+    cols = present_columns(view.tube_rows, TUBE_COLUMNS)
     body.append(table(cols, [[r.get(c) for c in cols] for r in view.tube_rows],
                       numeric=[c not in ("file", "condition", "allergen", "pretreatment", "qc_status") for c in cols]))
     body.append("<h2>Quality control</h2>")
-    body.append(table(QC_HEADERS, _qc_rows(view.tubes), numeric=[False, False, False] + [True] * 5 + [False] * 3))
+    body.append(table(QC_HEADERS, qc_rows(view.tubes), numeric=[False, False, False] + [True] * 5 + [False] * 3))
     body.append("<h2>Flags</h2>")
     flagged = [t for t in view.tubes if t.flags]
     if flagged:
@@ -583,7 +308,18 @@ class ReportPaths:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-Job = tuple[TubeResult, "np.ndarray | None", "float | None", dict[str, str], str, "tuple[float, float] | None"]
+@dataclass(frozen=True)
+class Job:
+    """What a drawing worker needs of one tube (a :class:`TubeView` without its table rows)."""
+
+    result: TubeResult
+    negative_values: np.ndarray | None
+    threshold: float | None
+    adjusted: dict[str, str]
+    marker: str
+    xlim: tuple[float, float] | None
+    pct: float | None  # the percentages the histogram prints: tubes.csv's, from the view
+    negative_pct: float | None
 
 
 _RENDERERS: dict[int, PngRenderer] = {}  # one per process and resolution: its cached frames serve every chunk
@@ -592,9 +328,10 @@ _RENDERERS: dict[int, PngRenderer] = {}  # one per process and resolution: its c
 def _draw_chunk(jobs: list[Job], dpi: int, gate_limits: Mapping[Any, Any]) -> list[list[Png]]:
     """Worker task: the PNGs of a chunk of tubes (module-level so that it pickles)."""
     renderer = _RENDERERS.setdefault(dpi, PngRenderer(dpi=dpi))
-    return [renderer.tube(res, negative_values=neg, threshold=thr, adjusted=adj, marker=marker, xlim=xlim,
-                          gate_limits=gate_limits)
-            for res, neg, thr, adj, marker, xlim in jobs]
+    return [renderer.tube(j.result, negative_values=j.negative_values, threshold=j.threshold, adjusted=j.adjusted,
+                          marker=j.marker, xlim=j.xlim, gate_limits=gate_limits, pct=j.pct,
+                          negative_pct=j.negative_pct)
+            for j in jobs]
 
 
 def _marker_values(result: TubeResult, marker: str) -> np.ndarray | None:
@@ -620,8 +357,8 @@ def draw_tubes(tubes: Sequence[TubeView], *, workers: int = 1, pool: Any = None,
     ranges = {m: activation_range([_marker_values(t.result, m) for t in tubes if t.marker == m],
                                   [t.threshold for t in tubes if t.marker == m])
               for m in {t.marker for t in tubes}}
-    jobs: list[Job] = [(t.result, t.negative_values, t.threshold, t.adjusted, t.marker, ranges[t.marker])
-                       for t in tubes]
+    jobs = [Job(t.result, t.negative_values, t.threshold, t.adjusted, t.marker, ranges[t.marker], t.pct,
+                t.negative_pct) for t in tubes]
     limits = shared_gate_limits(t.result for t in tubes)
     if pool is None and (workers <= 1 or len(tubes) < 2):
         for t, pngs in zip(tubes, _draw_chunk(jobs, dpi, limits)):
@@ -653,7 +390,7 @@ def _curves(view: PatientView, renderer: PngRenderer) -> None:
             size=(4.8, 3.4), margins=dict(left=0.12, right=0.97, bottom=0.14, top=0.91)))
 
 
-def render_reports(out_dir: Path, results: list[TubeResult], scores: Any, run_info: dict[str, Any], *,
+def render_reports(out_dir: Path, results: list[TubeResult], scores: ExperimentScores, run_info: dict[str, Any], *,
                    patients: list[str] | None = None, gallery: bool | None = None,
                    pdf: bool = True, workers: int | None = None) -> ReportPaths:
     """Write ``reports/<patient>.html`` and ``.pdf`` and ``review/index.html`` under ``out_dir``.

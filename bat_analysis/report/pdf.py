@@ -25,11 +25,11 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .html import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,  # noqa: E402
-                   _columns, _qc_rows, fmt_value)
 from ..fileio import atomic_path  # noqa: E402
 from ..textsafe import visible  # noqa: E402
 from .plots import draw_dose_response, literal_text  # noqa: E402
+from .views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,  # noqa: E402
+                    fmt_value, present_columns, qc_rows)
 
 A4 = (8.27, 11.69)
 MARGIN = 0.55  # inches
@@ -224,7 +224,7 @@ def _summary(flow: _Flow, view: PatientView, run: RunView) -> None:
             flow.text(f"QC {r.get('qc_status') or ''}: {text}", size=7, indent=0.15, colour="0.35")
     flow.gap()
     if view.patient_rows:
-        cols = [c for c in _columns(view.patient_rows, PATIENT_COLUMNS) if c not in ("allergen",)]
+        cols = [c for c in present_columns(view.patient_rows, PATIENT_COLUMNS) if c not in ("allergen",)]
         allergens = [str(r.get("allergen", "")) for r in view.patient_rows]
         rows = [[c.replace("_", " ")] + [r.get(c) for r in view.patient_rows] for c in cols]
         headers = ["metric"] + allergens
@@ -251,16 +251,16 @@ def _summary(flow: _Flow, view: PatientView, run: RunView) -> None:
 def _tables(flow: _Flow, view: PatientView, run: RunView) -> None:
     flow.new_page()
     flow.text("Metrics per tube", size=11, weight="bold")
-    cols = _columns(view.tube_rows, TUBE_COLUMNS)
+    cols = present_columns(view.tube_rows, TUBE_COLUMNS)
     headers = [SHORT.get(c, c) for c in cols]
     rows = [[r.get(c) for c in cols] for r in view.tube_rows]
     flow.table(headers, rows, col_widths=_widths(headers, rows), size=6.5,
                status_col=cols.index("qc_status") if "qc_status" in cols else None)
     flow.gap()
     flow.text("Quality control", size=11, weight="bold")
-    qc_rows = _qc_rows(view.tubes)
+    qc_table = qc_rows(view.tubes)
     headers = [SHORT.get(h, h) for h in QC_HEADERS]
-    flow.table(headers, qc_rows, col_widths=_widths(headers, qc_rows), size=6.5, status_col=9)
+    flow.table(headers, qc_table, col_widths=_widths(headers, qc_table), size=6.5, status_col=9)
     flow.gap()
     flow.text("Flags", size=11, weight="bold")
     flagged = [t for t in view.tubes if t.flags]

@@ -17,7 +17,7 @@ import io
 import math
 import textwrap
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import matplotlib
 
@@ -36,6 +36,9 @@ from matplotlib.ticker import (FixedLocator, FuncFormatter, MaxNLocator, NullFor
                                NullLocator)
 
 from ..records import GateRecord, TubeResult  # noqa: E402
+
+if TYPE_CHECKING:
+    from ..analysis.dose_response import FitResult
 from ..textsafe import MULTILINE_UNSAFE, visible  # noqa: E402
 
 GATE_COLOUR = "#d62728"
@@ -439,10 +442,14 @@ def _asinh_ticks(lo: float, hi: float, cofactor: float) -> list[float]:
     return sorted(ticks)
 
 
-def pct_above(values: np.ndarray, threshold: float) -> float:
-    """Percentage of values strictly above the threshold (NaN only for an empty array, which callers label)."""
-    values = np.asarray(values)
-    return 100.0 * float(np.count_nonzero(values > threshold)) / values.size if values.size else float("nan")
+def _printed_pct(values: np.ndarray, threshold: float, given: float | None) -> float:
+    """The % above the threshold a histogram prints: ``given`` (the report passes tubes.csv's number), else
+    :func:`bat_analysis.analysis.metrics.pct_above` — the one definition the tables use."""
+    if given is not None:
+        return given
+    from ..analysis.metrics import pct_above  # here: drawing workers are always given the number
+
+    return pct_above(values, threshold)
 
 
 def activation_range(arrays: Iterable[np.ndarray | None], thresholds: Iterable[float | None] = (), *,
@@ -496,22 +503,24 @@ def _place(ax: Axes, artist: Artist, detached: bool) -> Artist:
 
 def _activation_marks(ax: Axes, values: np.ndarray, neg: np.ndarray | None, threshold: float | None,
                       marker: str, xlim: tuple[float, float], cofactor: float, bins: int, *,
-                      detached: bool = False) -> list[Artist]:
-    """The tube's histogram, the negative control's, the threshold and the legend."""
+                      detached: bool = False, pcts: tuple[float | None, float | None] = (None, None)
+                      ) -> list[Artist]:
+    """The tube's histogram, the negative control's, the threshold and the legend (``pcts``: the tube's and
+    the negative control's % above the threshold to print, see :func:`_printed_pct`)."""
     artists: list[Artist] = []
     edges_t = np.linspace(math.asinh(xlim[0] / cofactor), math.asinh(xlim[1] / cofactor), bins + 1)
     edges = np.sinh(edges_t) * cofactor
     has_t = threshold is not None and math.isfinite(threshold)
     lines = []
-    for v, kw in ((values, dict(fill=True, color="#9ecae1", label="this tube")),
-                  (neg, dict(fill=False, color="0.2", linewidth=1.0, label="negative control"))):
+    for v, given, kw in ((values, pcts[0], dict(fill=True, color="#9ecae1", label="this tube")),
+                         (neg, pcts[1], dict(fill=False, color="0.2", linewidth=1.0, label="negative control"))):
         if v is None or not v.size:
             continue
         h, _ = np.histogram(np.arcsinh(v / cofactor), edges_t)
         h = 100.0 * h / h.max() if h.max() > 0 else h.astype(float)
         artist = _place(ax, patches.StepPatch(h, edges, **kw), detached)
         artists.append(artist)
-        lines.append((artist, v))
+        lines.append((artist, v, given))
     if not values.size:
         artists.append(ax.text(0.5, 0.45, "no basophils in this tube", transform=ax.transAxes, ha="center",
                                fontsize=7))
@@ -520,8 +529,9 @@ def _activation_marks(ax: Axes, values: np.ndarray, neg: np.ndarray | None, thre
         artists.append(_place(ax, Line2D([threshold, threshold], [0, 1], color=GATE_COLOUR, linewidth=1.4,
                                          zorder=3, label=f"threshold {threshold:.4g}",
                                          transform=ax.get_xaxis_transform()), detached))
-        for artist, v in lines:
-            artist.set_label(f"{artist.get_label()}: {pct_above(v, threshold):.1f}% {marker}+ (n={v.size})")
+        for artist, v, given in lines:
+            pct = _printed_pct(v, threshold, given)
+            artist.set_label(f"{artist.get_label()}: {pct:.1f}% {marker}+ (n={v.size})")
     else:
         artists.append(ax.text(0.98, 0.5, "no threshold available", transform=ax.transAxes, ha="right",
                                fontsize=7, color=GATE_COLOUR))
@@ -535,12 +545,15 @@ def _activation_marks(ax: Axes, values: np.ndarray, neg: np.ndarray | None, thre
 @draws_literally
 def draw_activation(values: np.ndarray, negative_values: np.ndarray | None, threshold: float | None,
                     ax: Axes, *, marker: str = "CD63", cofactor: float = ASINH_COFACTOR, bins: int = 80,
-                    xlim: tuple[float, float] | None = None) -> list[Artist]:
+                    xlim: tuple[float, float] | None = None, pct: float | None = None,
+                    negative_pct: float | None = None) -> list[Artist]:
     """Histogram of the basophils' activation marker with its threshold and the negative control overlaid.
 
     Values are compensated linear; the x axis uses matplotlib's arcsinh scale (linear near zero,
     logarithmic beyond ``cofactor``), over ``xlim`` (default: the data's range). Each histogram is
-    normalised to its mode; the legend gives each one's % above the threshold.
+    normalised to its mode; the legend gives each one's % above the threshold: ``pct`` and
+    ``negative_pct`` when given (the reports pass tubes.csv's), else computed by
+    :func:`bat_analysis.analysis.metrics.pct_above`.
     """
     values = np.asarray(values, dtype=float)
     neg = None if negative_values is None else np.asarray(negative_values, dtype=float)
@@ -550,7 +563,7 @@ def draw_activation(values: np.ndarray, negative_values: np.ndarray | None, thre
         _message(ax, "no basophils")
         return []
     _activation_frame(ax, marker, xlim, cofactor)
-    return _activation_marks(ax, values, neg, threshold, marker, xlim, cofactor, bins)
+    return _activation_marks(ax, values, neg, threshold, marker, xlim, cofactor, bins, pcts=(pct, negative_pct))
 
 
 def marker_values(result: TubeResult, marker: str) -> np.ndarray:
@@ -603,6 +616,20 @@ class Png:
     data: bytes
     width: int
     height: int
+    texts: tuple[str, ...] = ()  # what its marks print: captions and legend entries (not axes or titles)
+
+
+def _printed(artists: Iterable[Artist]) -> tuple[str, ...]:
+    """The texts of captions and legend entries among ``artists``, in order."""
+    from matplotlib.legend import Legend
+
+    out: list[str] = []
+    for artist in artists:
+        if isinstance(artist, Legend):
+            out += [t.get_text() for t in artist.get_texts()]
+        elif isinstance(artist, Text):
+            out.append(artist.get_text())
+    return tuple(t for t in out if t)
 
 
 class PngRenderer:
@@ -646,7 +673,9 @@ class PngRenderer:
         fig.subplots_adjust(**(margins or self.margins))
         canvas.draw()
         rgba = np.asarray(canvas.buffer_rgba())
-        return Png(kind, title, self._encode(rgba), rgba.shape[1], rgba.shape[0])
+        legend = ax.get_legend()
+        return Png(kind, title, self._encode(rgba), rgba.shape[1], rgba.shape[0],
+                   _printed([*ax.texts, *([legend] if legend is not None else [])]))
 
     @literal_text()
     def _blit(self, kind: str, title: str, key: tuple[Any, ...], frame: Any, marks: Any,
@@ -683,7 +712,7 @@ class PngRenderer:
         finally:
             for artist in added:
                 artist.remove()
-        return Png(kind, title, data, rgba.shape[1], rgba.shape[0])
+        return Png(kind, title, data, rgba.shape[1], rgba.shape[0], _printed(artists))
 
     def gate(self, record: GateRecord, *, adjusted_reason: str | None = None,
              limits: Limits | None = None) -> Png:
@@ -701,31 +730,37 @@ class PngRenderer:
 
     def activation(self, values: np.ndarray, negative_values: np.ndarray | None, threshold: float | None, *,
                    marker: str = "CD63", xlim: tuple[float, float] | None = None,
-                   cofactor: float = ASINH_COFACTOR, bins: int = 80) -> Png:
-        """The activation histogram; with a run-wide ``xlim`` its frame is drawn once for every tube."""
+                   cofactor: float = ASINH_COFACTOR, bins: int = 80, pct: float | None = None,
+                   negative_pct: float | None = None) -> Png:
+        """The activation histogram (see :func:`draw_activation`); with a run-wide ``xlim`` its frame is
+        drawn once for every tube."""
         values = np.asarray(values, dtype=float)
         neg = None if negative_values is None else np.asarray(negative_values, dtype=float)
         if xlim is None:
             return self.render("activation", marker,
                                lambda ax: draw_activation(values, neg, threshold, ax, marker=marker,
-                                                          cofactor=cofactor, bins=bins))
+                                                          cofactor=cofactor, bins=bins, pct=pct,
+                                                          negative_pct=negative_pct))
         key = ("activation", marker, float(xlim[0]), float(xlim[1]), cofactor)
         return self._blit("activation", marker, key, lambda ax: _activation_frame(ax, marker, xlim, cofactor),
                           lambda ax: _activation_marks(ax, values, neg, threshold, marker, xlim, cofactor,
-                                                       bins, detached=True))
+                                                       bins, detached=True, pcts=(pct, negative_pct)))
 
     def tube(self, result: TubeResult, *, negative_values: np.ndarray | None, threshold: float | None,
              marker: str = "CD63", adjusted: Mapping[str, str] | None = None,
              xlim: tuple[float, float] | None = None,
-             gate_limits: Mapping[tuple[str, str, str, int], Limits] | None = None) -> list[Png]:
+             gate_limits: Mapping[tuple[str, str, str, int], Limits] | None = None,
+             pct: float | None = None, negative_pct: float | None = None) -> list[Png]:
         """One PNG per gate of the tube, then the activation histogram; ``xlim`` and ``gate_limits``
-        (from :func:`activation_range` and :func:`shared_gate_limits`) put every tube on the same axes."""
+        (from :func:`activation_range` and :func:`shared_gate_limits`) put every tube on the same axes;
+        ``pct`` and ``negative_pct`` are the percentages the histogram prints (see :func:`draw_activation`)."""
         adjusted = adjusted or {}
         gate_limits = gate_limits or {}
         pngs = [self.gate(rec, adjusted_reason=adjusted.get(rec.name), limits=gate_limits.get(frame_key(rec)))
                 for rec in result.gates]
         values = marker_values(result, marker)
-        pngs.append(self.activation(values, negative_values, threshold, marker=marker, xlim=xlim))
+        pngs.append(self.activation(values, negative_values, threshold, marker=marker, xlim=xlim, pct=pct,
+                                    negative_pct=negative_pct))
         return pngs
 
 
@@ -733,9 +768,9 @@ def _fmt_conc(value: float) -> str:
     return f"{value:.3g}" if math.isfinite(value) else "–"
 
 
-def fit_summary(fit: Any) -> str:
+def fit_summary(fit: FitResult) -> str:
     """One line on a fit: EC50 with its CI and R², or why EC50 is not estimable."""
-    unit = f" {fit.unit}" if getattr(fit, "unit", None) else ""
+    unit = f" {fit.unit}" if fit.unit else ""
     if fit.status == "ok":
         lo, hi = fit.ec50_ci
         ci = f" (95% CI {_fmt_conc(lo)}–{_fmt_conc(hi)})" if math.isfinite(lo) and math.isfinite(hi) else ""
@@ -745,7 +780,7 @@ def fit_summary(fit: Any) -> str:
 
 
 @draws_literally
-def draw_dose_response(fits: Mapping[str, Any], ax: Axes, *, title: str | None = None) -> None:
+def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | None = None) -> None:
     """%CD63+ against concentration (log axis) for each arm: points, fitted 4PL, EC50 with its CI.
 
     ``fits`` maps the arm (``none``, ``omalizumab``) to its ``FitResult``. Points left out of the fit
@@ -756,7 +791,7 @@ def draw_dose_response(fits: Mapping[str, Any], ax: Axes, *, title: str | None =
     unit = None
     for arm in sorted(fits, key=lambda a: (a != "none", a)):
         fit = fits[arm]
-        unit = unit or getattr(fit, "unit", None)
+        unit = unit or fit.unit
         colour = ARM_COLOURS.get(arm, "0.3")
         conc = np.asarray(fit.concentrations, dtype=float)
         if conc.size == 0:
