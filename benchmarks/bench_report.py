@@ -43,7 +43,7 @@ def main() -> None:
     negative = next(r for r in results.values() if r.tube.condition == "negative_control")
     neg_values = marker_values(negative, "CD63")
     renderer = PngRenderer(dpi=args.dpi)
-    print(f"{'tube':<28} {'basophils':>9} {'PNGs':>5} {'median s':>9} {'min s':>7} {'max s':>7}")
+    print(f"{'tube':<34} {'basophils':>9} {'PNGs':>5} {'median s':>9} {'min s':>7} {'max s':>7}")
     worst = 0.0
     for res in results.values():
         if res.tube.condition != "allergen" or res.error is not None:
@@ -55,7 +55,7 @@ def main() -> None:
             n_png = len(renderer.tube(res, negative_values=neg_values, threshold=300.0))
             times.append(time.perf_counter() - t0)
         worst = max(worst, statistics.median(times))
-        print(f"{res.tube.file:<28} {res.n_basophils:>9} {n_png:>5} {statistics.median(times):>9.3f} "
+        print(f"{res.tube.file:<34} {res.n_basophils:>9} {n_png:>5} {statistics.median(times):>9.3f} "
               f"{min(times):>7.3f} {max(times):>7.3f}")
     verdict = "within" if worst < BOUND_S else "ABOVE"
     print(f"\nslowest tube (median) {worst:.3f} s: {verdict} the {BOUND_S:.0f} s bound; load "

@@ -31,7 +31,12 @@ PARAMS = ("bottom", "top", "log_ec50", "hill")
 
 
 def four_pl(x: np.ndarray | float, bottom: float, top: float, log_ec50: float, hill: float) -> np.ndarray:
-    """The 4PL on log10 concentration (vectorised)."""
+    """The 4PL on log10 concentration (vectorised): bottom + (top − bottom) / (1 + 10^((log_ec50 − x)·hill)).
+
+    ``x`` is log10 of the concentration (in the layout's unit), ``log_ec50`` likewise; ``bottom`` and ``top``
+    are in the unit of the response (%CD63+ basophils, 0-100, in the fits); ``hill`` is dimensionless
+    (docs/method.md, Dose response).
+    """
     expo = np.clip((log_ec50 - np.asarray(x, dtype=np.float64)) * hill, -300.0, 300.0)
     return bottom + (top - bottom) / (1.0 + np.power(10.0, expo))
 

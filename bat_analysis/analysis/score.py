@@ -138,7 +138,13 @@ def _num(value: float | None) -> float:
 
 def score_experiment(results: Sequence[TubeResult], config: AnalysisConfig | None = None, *,
                      threshold_overrides: Mapping[tuple[str, str], float] | None = None) -> ExperimentScores:
-    """Score every tube, fit every series, compare arms and classify every patient × allergen."""
+    """Score every tube, fit every series, compare arms and classify every patient × allergen.
+
+    ``results`` are gated tubes (``gate_tube``) whose ``basophil_values`` are compensated, untransformed (linear)
+    marker values; ``config`` defaults to ``AnalysisConfig()`` (docs/method.md). ``threshold_overrides`` maps
+    (patient, pretreatment) to a reviewer's activation threshold in those same linear units. Percentages in the
+    tables are of basophils (0-100); EC50 is in the layout's concentration unit.
+    """
     cfg = config or AnalysisConfig()
     overrides = dict(threshold_overrides or {})
     ordered = sorted(results, key=_sort_key)
