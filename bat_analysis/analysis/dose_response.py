@@ -1,4 +1,4 @@
-"""Dose–response of one patient × allergen × arm (BAT_SPEC §4).
+"""Dose–response of one patient × allergen × arm (docs/method.md, Dose response).
 
 Four-parameter logistic on x = log10(concentration), fitted to %CD63+ with scipy's bounded least squares:
 ``y = bottom + (top − bottom) / (1 + 10^((logEC50 − x)·h))``, ``bottom_min ≤ bottom ≤ bottom_max``,

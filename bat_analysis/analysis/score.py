@@ -266,7 +266,7 @@ def _control_metric(tubes: Sequence[TubeResult], condition: str, arm: str, metri
 def _ige_pathway_control(tubes: Sequence[TubeResult], arm: str, metrics: Mapping[str, TubeMetrics],
                          act: str) -> tuple[str, list[Any]]:
     """The IgE-pathway positive control of an arm: anti-FcεRI, else anti-IgE in the untreated arm only
-    (omalizumab removes IgE, so anti-IgE is not valid there: BAT_SPEC §5)."""
+    (omalizumab removes IgE, so anti-IgE is not valid there: docs/method.md, Omalizumab effect)."""
     fceri = _control_metric(tubes, "anti_fceri", arm, metrics, act)
     if fceri or arm != "none":
         return "anti-FcεRI", fceri

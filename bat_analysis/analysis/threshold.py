@@ -1,4 +1,4 @@
-"""Activation thresholds from the negative control (BAT_SPEC §2.6).
+"""Activation thresholds from the negative control (docs/method.md, Activation threshold).
 
 The default is the empirical 97.5th percentile of the negative control's basophils (compensated linear
 values), so that 2.5% of resting basophils lie above it. When the negative control holds a separate
