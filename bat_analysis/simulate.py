@@ -796,6 +796,50 @@ def _mixed_assignments(rng: np.random.Generator, n_patients: int) -> dict[int, t
     return out
 
 
+def _tube_truth(sim: SimulatedTube, tube: Tube, neg_threshold: dict[str, float | None],
+                p_scen: tuple[str, ...]) -> dict[str, Any]:
+    """truth.json's entry for one tube; a negative control sets ``neg_threshold[arm]`` (its basophils'
+    compensated CD63 97.5th percentile) for the tubes of its arm that follow it."""
+    arm = tube.pretreatment
+    baso_comp = sim.compensated(sim.basophil)
+    cd63 = baso_comp[:, list(sim.markers).index("CD63")]
+    n_b = sim.n_basophils
+    if tube.condition == "negative_control":
+        neg_threshold[arm] = float(np.quantile(cd63, 0.975)) if n_b else None
+    thr = neg_threshold.get(arm)
+    counts = np.bincount(sim.population, minlength=len(POPULATIONS))
+    return {
+        "patient": tube.patient, "condition": tube.condition, "pretreatment": arm,
+        "allergen": tube.allergen, "concentration": tube.concentration, "unit": tube.unit,
+        "well": tube.extra_dict["well"],
+        "n_events": int(sim.events.shape[0]), "n_basophils": n_b,
+        "n_activated": int(np.count_nonzero(sim.activated)),
+        "pct_cd63_expected": sim.pct_cd63_expected,
+        "pct_cd63_true": sim.pct_cd63_true if n_b else None,
+        "pct_cd63_ref_threshold": (100.0 * float(np.count_nonzero(cd63 > thr)) / n_b
+                                   if n_b and thr is not None else None),
+        "cd63_threshold_ref": thr,
+        "cd203c_median_true": (float(np.median(baso_comp[:, list(sim.markers).index("CD203c")]))
+                               if n_b else None),
+        "counts": {POPULATIONS[i]: int(c) for i, c in enumerate(counts)},
+        "fractions": {"clog": float(counts[CLOG]) / sim.events.shape[0],
+                      "saturated": float(counts[SATURATED]) / sim.events.shape[0],
+                      "doublet": float(counts[DOUBLET]) / sim.events.shape[0]},
+        "artefacts": list(sim.artefacts) + [s for s in p_scen if s not in ("clog", "saturation")],
+    }
+
+
+def _write_layout(path: Path, tubes: Sequence[Tube]) -> None:
+    """The simulated experiment's layout sheet (the layout columns plus ``well``)."""
+    with atomic_open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "patient", "condition", "allergen", "concentration", "unit", "pretreatment", "well"])
+        for t in tubes:
+            writer.writerow([t.file, t.patient, t.condition, t.allergen or "",
+                             "" if t.concentration is None else f"{t.concentration:g}", t.unit or "",
+                             t.pretreatment, t.extra_dict["well"]])
+
+
 def simulate_experiment(
     out_dir: str | Path,
     *,
@@ -895,40 +939,10 @@ def simulate_experiment(
                         concentration=conc, unit=UNIT if condition == "allergen" else None,
                         extra=(("well", row),))
             tubes.append(tube)
-            baso_comp = sim.compensated(sim.basophil)
-            cd63 = baso_comp[:, list(sim.markers).index("CD63")]
-            n_b = sim.n_basophils
-            if condition == "negative_control":
-                neg_threshold[arm] = float(np.quantile(cd63, 0.975)) if n_b else None
-            thr = neg_threshold.get(arm)
-            counts = np.bincount(sim.population, minlength=len(POPULATIONS))
-            truth_tubes[name] = {
-                "patient": pid, "condition": condition, "pretreatment": arm,
-                "allergen": tube.allergen, "concentration": conc, "unit": tube.unit, "well": row,
-                "n_events": int(sim.events.shape[0]), "n_basophils": n_b,
-                "n_activated": int(np.count_nonzero(sim.activated)),
-                "pct_cd63_expected": sim.pct_cd63_expected,
-                "pct_cd63_true": sim.pct_cd63_true if n_b else None,
-                "pct_cd63_ref_threshold": (100.0 * float(np.count_nonzero(cd63 > thr)) / n_b
-                                           if n_b and thr is not None else None),
-                "cd63_threshold_ref": thr,
-                "cd203c_median_true": (float(np.median(baso_comp[:, list(sim.markers).index("CD203c")]))
-                                       if n_b else None),
-                "counts": {POPULATIONS[i]: int(c) for i, c in enumerate(counts)},
-                "fractions": {"clog": float(counts[CLOG]) / sim.events.shape[0],
-                              "saturated": float(counts[SATURATED]) / sim.events.shape[0],
-                              "doublet": float(counts[DOUBLET]) / sim.events.shape[0]},
-                "artefacts": list(sim.artefacts) + [s for s in p_scen if s not in ("clog", "saturation")],
-            }
+            truth_tubes[name] = _tube_truth(sim, tube, neg_threshold, p_scen)
 
     layout_path = out_dir / "layout.csv"
-    with atomic_open(layout_path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["file", "patient", "condition", "allergen", "concentration", "unit", "pretreatment", "well"])
-        for t in tubes:
-            writer.writerow([t.file, t.patient, t.condition, t.allergen or "",
-                             "" if t.concentration is None else f"{t.concentration:g}", t.unit or "",
-                             t.pretreatment, t.extra_dict["well"]])
+    _write_layout(layout_path, tubes)
     labels_path = out_dir / "labels.npz"
     _write_npz(labels_path, labels)
     pnn, pns = channel_names(naming, include_cd107a)
