@@ -78,8 +78,9 @@ SAMPLE_ARGUMENTS: dict[str, Any] = {
 TRUTH_FIELDS: dict[str, str] = {
     "populations": "population names; the label code of an event is its index in this list",
     "patients.<id>.kind": "responder | partial | non_responder | non_releaser",
-    "patients.<id>.expected_class": "class the generating curves imply under BAT_SPEC §6 (80/20 % AUC "
-                                    "inhibition; non_releaser -> not_evaluable); QC failures may override it",
+    "patients.<id>.expected_class": "class the generating curves imply under docs/method.md, Responder classes "
+                                    "(80/20 % AUC inhibition; non_releaser -> not_evaluable); QC failures may "
+                                    "override it",
     "patients.<id>.spontaneous_pct": "expected %CD63+ basophils of the negative control (= curve bottom)",
     "patients.<id>.arms.<arm>.curve": "generating 4PL: bottom, top (% CD63+ basophils), ec50 (unit), hill",
     "patients.<id>.high_dose_inhibition": "null, or {drop, ic50}: the rise above bottom is scaled by "

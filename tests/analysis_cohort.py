@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bat_analysis.analysis.dose_response import four_pl, trapezoid_auc
 from bat_analysis.records import Tube, TubeResult
 
 KINDS = ("responder", "partial_responder", "non_responder", "non_releaser")
@@ -35,10 +34,24 @@ def _tube_values(rng: np.random.Generator, n: int, activated_pct: float, shift: 
     return {"CD63": cd63[order], "CD203c": cd203c[order]}
 
 
+def logistic4(x: float, bottom: float, top: float, log_ec50: float, hill: float) -> float:
+    """The generating curve, written out here (not the production ``four_pl``) so that the truth is computed
+    independently of the code under test: % activated at x = log10(concentration)."""
+    return bottom + (top - bottom) / (1.0 + 10.0 ** ((log_ec50 - x) * hill))
+
+
+def _trapezoid_area(xs: list[float], ys: list[float]) -> float:
+    """The trapezoid rule written out: sum of (x[i+1] - x[i]) * (y[i] + y[i+1]) / 2 over sorted, distinct xs."""
+    return sum((x1 - x0) * (y0 + y1) / 2.0 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:], strict=False))
+
+
 def true_auc_inhibition(curves: dict[str, tuple[float, float, float, float]]) -> float:
-    """100 × (1 − AUC_omalizumab / AUC_none) of the generating curves' net activation at the tested points."""
-    x = np.log10(CONCENTRATIONS)
-    aucs = {arm: trapezoid_auc(x, four_pl(x, *p) - curves["none"][0]) for arm, p in curves.items()}
+    """100 × (1 − AUC_omalizumab / AUC_none) of the generating curves' net activation (above the untreated
+    arm's bottom, negative parts counted as 0) at the tested points, by the trapezoid rule on log10
+    concentration (docs/method.md, Omalizumab effect)."""
+    xs = [math.log10(c) for c in CONCENTRATIONS]
+    spont = curves["none"][0]
+    aucs = {arm: _trapezoid_area(xs, [max(logistic4(x, *p) - spont, 0.0) for x in xs]) for arm, p in curves.items()}
     return 100.0 * (1.0 - aucs["omalizumab"] / aucs["none"])
 
 
@@ -79,7 +92,7 @@ def simulate_cohort(n_patients: int = 24, seed: int = 7, *, n_basophils: tuple[i
                      (f"{pid}_{arm}_fceri.fcs", "anti_fceri", None, fceri),
                      (f"{pid}_{arm}_fmlp.fcs", "fmlp", None, fmlp)]
             for j, c in enumerate(CONCENTRATIONS):
-                level = float(four_pl(math.log10(c), *curves[arm])) + rng.normal(0.0, jitter)
+                level = logistic4(math.log10(c), *curves[arm]) + rng.normal(0.0, jitter)
                 tubes.append((f"{pid}_{arm}_a{j}.fcs", "allergen", c, level))
             for file, cond, conc, level in tubes:
                 n = int(rng.integers(n_basophils[0], n_basophils[1]))

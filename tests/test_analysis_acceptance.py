@@ -1,21 +1,16 @@
 """Issue 4 acceptance: a seeded simulated cohort (all four patient kinds, EC50 0.1–10, Hill 0.8–2, noise).
 
-Run ``PYTHONPATH=. python -m pytest tests/test_analysis_acceptance.py -q -s`` to print the table.
+Run ``python -m pytest tests/test_analysis_acceptance.py -q -s`` to print the table.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from analysis_cohort import simulate_cohort  # tests/ is on sys.path (tests/conftest.py)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from analysis_cohort import simulate_cohort  # noqa: E402
-
-from bat_analysis.analysis.score import score_experiment  # noqa: E402
+from bat_analysis.analysis.score import score_experiment
 
 ALLERGEN = "Ara h 2"
 

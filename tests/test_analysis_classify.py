@@ -1,4 +1,5 @@
-"""Responder classes (BAT_SPEC §6): order of the rules, boundaries, reasons, cohort-relative mode; config."""
+"""Responder classes (docs/method.md, Responder classes): order of the rules, boundaries, reasons, cohort-relative
+mode; config."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""4PL fit, acceptance rules, AUC, bell shape, bootstrap CI (BAT_SPEC §4) and the omalizumab effect (§5)."""
+"""4PL fit, acceptance rules, AUC, bell shape, bootstrap CI (docs/method.md, Dose response), the omalizumab effect."""
 
 from __future__ import annotations
 

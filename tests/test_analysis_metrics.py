@@ -1,4 +1,4 @@
-"""Per-tube formulas of BAT_SPEC §3 against hand-computed values."""
+"""Per-tube formulas (docs/method.md, Per-tube metrics) against hand-computed values."""
 
 from __future__ import annotations
 

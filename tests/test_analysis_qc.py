@@ -1,4 +1,4 @@
-"""QC rules of BAT_SPEC §7 at their boundaries, and the combination with gating flags."""
+"""QC rules (docs/method.md, QC rules) at their boundaries, and the combination with gating flags."""
 
 from __future__ import annotations
 

@@ -116,14 +116,9 @@ FLAGGED: dict[str, tuple[Callable[[Path], bytes], str]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory: pytest.TempPathFactory):
-    from bat_analysis.simulate import simulate_experiment
-
-    folder = tmp_path_factory.mktemp("batch_bad_data")
-    # enough basophils (>= 200, the default QC limit) in few events, to keep the batch quick
-    return simulate_experiment(folder, n_patients=1, n_events=N_EVENTS, seed=21, n_concentrations=3,
-                               basophil_pct=(2.5, 3.0))
+# the experiment fixture (tests/conftest.py): enough basophils (>= 200, the default QC limit) in few events, to
+# keep the batch quick
+SIMULATION = {"n_patients": 1, "n_events": N_EVENTS, "seed": 21, "n_concentrations": 3, "basophil_pct": (2.5, 3.0)}
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,7 @@ distributed = pytest.importorskip("distributed", reason="the 'distributed' packa
                                                         "not installed")
 
 
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    from bat_analysis.simulate import simulate_experiment
-
-    return simulate_experiment(tmp_path_factory.mktemp("dask_data"), n_patients=1, n_events=6000, seed=8,
-                               n_concentrations=4)
+SIMULATION = {"n_patients": 1, "n_events": 6000, "seed": 8, "n_concentrations": 4}  # experiment (conftest.py)
 
 
 @pytest.mark.slow

@@ -22,12 +22,9 @@ DT = "http://www.isac-net.org/std/Gating-ML/v2.0/datatypes"
 FORMATS = ("gatingml", "flowjo")
 
 
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    from bat_analysis.simulate import simulate_experiment
-
-    return simulate_experiment(tmp_path_factory.mktemp("export_data"), n_patients=1, n_events=6000, seed=5,
-                               scenario="clog", n_concentrations=2, arms=("none",))
+# the experiment fixture (tests/conftest.py)
+SIMULATION = {"n_patients": 1, "n_events": 6000, "seed": 5, "scenario": "clog", "n_concentrations": 2,
+              "arms": ("none",)}
 
 
 def _run(experiment, out: Path, *extra: str):

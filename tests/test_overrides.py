@@ -26,12 +26,7 @@ def template():
     return load_template("bat_ccr3_cd63")
 
 
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    from bat_analysis.simulate import simulate_experiment
-
-    return simulate_experiment(tmp_path_factory.mktemp("ovr_data"), n_patients=2, n_events=6000, seed=21,
-                               n_concentrations=4)
+SIMULATION = {"n_patients": 2, "n_events": 6000, "seed": 21, "n_concentrations": 4}  # experiment (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -384,16 +383,13 @@ def test_tube_panel_has_a_plot_per_gate_and_histogram() -> None:
     assert len(fig.axes) == len(res.gates) + 1
 
 
-def test_png_renderer_speed_per_tube() -> None:
+def test_png_renderer_draws_each_gate_then_the_activation_histogram() -> None:
+    """(Its speed is measured by benchmarks/bench_report.py, not here.)"""
     results, _ = make_experiment(1)
     renderer = PngRenderer(dpi=150)
-    t0 = time.perf_counter()
     pngs = renderer.tube(results[4], negative_values=results[0].basophil_values["CD63"], threshold=300.0)
-    elapsed = time.perf_counter() - t0
     assert [p.kind for p in pngs] == ["gate"] * 5 + ["activation"]
     assert all(p.data.startswith(b"\x89PNG") for p in pngs)
-    # a regression to drawing every event, or to tight_layout per figure, would blow this generous bound
-    assert elapsed < 5.0, f"{elapsed:.2f} s for one tube's drawings"
 
 
 @pytest.mark.slow

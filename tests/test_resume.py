@@ -39,12 +39,7 @@ _KILLED_RUN = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    from bat_analysis.simulate import simulate_experiment
-
-    out = tmp_path_factory.mktemp("resume_data")
-    return simulate_experiment(out, n_patients=2, n_events=6000, seed=5, n_concentrations=4)
+SIMULATION = {"n_patients": 2, "n_events": 6000, "seed": 5, "n_concentrations": 4}  # experiment (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -167,11 +167,8 @@ def test_patient_kinds_match_their_class(kind: str) -> None:
         assert p.fmlp_pct["none"] - p.spontaneous_pct >= 5
 
 
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    out = tmp_path_factory.mktemp("exp")
-    return simulate_experiment(out, n_patients=4, n_events=8000, seed=21, n_concentrations=5,
-                               basophil_pct=(8.0, 10.0))
+# the experiment fixture (tests/conftest.py)
+SIMULATION = {"n_patients": 4, "n_events": 8000, "seed": 21, "n_concentrations": 5, "basophil_pct": (8.0, 10.0)}
 
 
 def test_experiment_files_layout_truth(experiment) -> None:

@@ -31,12 +31,7 @@ def _payload(marker: Path) -> bytes:
     return pickle.dumps(_Planted(marker))
 
 
-@pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
-    from bat_analysis.simulate import simulate_experiment
-
-    return simulate_experiment(tmp_path_factory.mktemp("hostile_data"), n_patients=1, n_events=3000, seed=3,
-                               n_concentrations=3)
+SIMULATION = {"n_patients": 1, "n_events": 3000, "seed": 3, "n_concentrations": 3}  # experiment (conftest.py)
 
 
 @pytest.fixture(scope="module")

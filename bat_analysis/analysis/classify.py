@@ -1,4 +1,4 @@
-"""Responder classes (BAT_SPEC §6), applied in order, each with the numbers and the rule that decided it.
+"""Responder classes (docs/method.md, Responder classes), in order, each with the numbers and the rule that decided it.
 
 1. ``not_evaluable``: QC failed; basophil non-releaser; untreated allergen series negative at every
    concentration; inhibition undefined.
@@ -33,7 +33,7 @@ def classify(*, qc_failures: Sequence[str] = (), non_releaser: str | None = None
              untreated_positive: bool | None = None, untreated_reason: str = "",
              auc_inhibition_pct: float = math.nan, inhibition_reason: str = "",
              config: ClassConfig | None = None) -> ClassDecision:
-    """The class of one patient × allergen; rules in BAT_SPEC §6 order."""
+    """The class of one patient × allergen; rules in the order of docs/method.md, Responder classes."""
     cfg = config or ClassConfig()
     if qc_failures:
         return ClassDecision("not_evaluable", "QC failed: " + "; ".join(qc_failures))

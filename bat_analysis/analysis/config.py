@@ -1,4 +1,4 @@
-"""Every number the analysis uses (BAT_SPEC §2.6 and §3–§7), with its default and its source.
+"""Every number the analysis uses (docs/method.md), with its default and its source.
 
 ``AnalysisConfig.from_mapping`` reads the ``analysis:`` section of a gating template or a config file::
 
@@ -25,14 +25,15 @@ from bat_analysis.errors import AnalysisError
 class MarkerConfig:
     """Which ``TubeResult.basophil_values`` keys are which marker (matched case-insensitively)."""
 
-    activation: str = "CD63"  # the marker thresholded on the negative control (BAT_SPEC §2.6)
-    mfi: str = "CD203c"  # median fluorescence reported as MFI and SI (BAT_SPEC §3)
-    degranulation: tuple[str, ...] = ("CD107a", "avidin")  # reported like CD63 when present (BAT_SPEC §3)
+    activation: str = "CD63"  # thresholded on the negative control (docs/method.md, Activation threshold)
+    mfi: str = "CD203c"  # median fluorescence reported as MFI and SI (docs/method.md, Per-tube metrics)
+    degranulation: tuple[str, ...] = ("CD107a", "avidin")  # reported like CD63 when present (docs/method.md,
+    #                                                         Per-tube metrics)
 
 
 @dataclass(frozen=True)
 class ThresholdConfig:
-    """The activation threshold on the negative control (BAT_SPEC §2.6)."""
+    """The activation threshold on the negative control (docs/method.md, Activation threshold)."""
 
     percentile: float = 97.5  # EAACI consensus: 2.5% of resting basophils above T
     method: str = "auto"  # auto | percentile | resting_peak
@@ -52,7 +53,7 @@ class ThresholdConfig:
 
 @dataclass(frozen=True)
 class PositivityConfig:
-    """Positivity of a tube (BAT_SPEC §3)."""
+    """Positivity of a tube (docs/method.md, Positivity)."""
 
     net_pct_min: float = 5.0  # EAACI: net %CD63+ >= 5
     require_si: bool = False  # optionally also SI >= si_min
@@ -61,7 +62,7 @@ class PositivityConfig:
 
 @dataclass(frozen=True)
 class QcConfig:
-    """The QC table of BAT_SPEC §7 (PASS / WARN / FAIL limits)."""
+    """The QC table of docs/method.md, QC rules (PASS / WARN / FAIL limits)."""
 
     basophils_pass_min: int = 500  # BAT studies: median 500, range 200-1000
     basophils_fail_below: int = 200
@@ -91,7 +92,7 @@ class QcConfig:
 
 @dataclass(frozen=True)
 class FitConfig:
-    """Constrained four-parameter logistic on log10(concentration) (BAT_SPEC §4)."""
+    """Constrained four-parameter logistic on log10(concentration) (docs/method.md, Dose response)."""
 
     bottom_min: float = 0.0  # AutoBAT (Patil 2018): 0 <= bottom <= 25
     bottom_max: float = 25.0
@@ -114,7 +115,7 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class ClassConfig:
-    """Responder classes (BAT_SPEC §6)."""
+    """Responder classes (docs/method.md, Responder classes)."""
 
     responder_min: float = 80.0  # [suggested] Savage JACI 2012: suppression to < 20% of baseline
     partial_min: float = 20.0  # [suggested]

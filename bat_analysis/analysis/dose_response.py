@@ -1,4 +1,4 @@
-"""Dose–response of one patient × allergen × arm (BAT_SPEC §4).
+"""Dose–response of one patient × allergen × arm (docs/method.md, Dose response).
 
 Four-parameter logistic on x = log10(concentration), fitted to %CD63+ with scipy's bounded least squares:
 ``y = bottom + (top − bottom) / (1 + 10^((logEC50 − x)·h))``, ``bottom_min ≤ bottom ≤ bottom_max``,
@@ -31,11 +31,11 @@ PARAMS = ("bottom", "top", "log_ec50", "hill")
 
 
 def four_pl(x: np.ndarray | float, bottom: float, top: float, log_ec50: float, hill: float) -> np.ndarray:
-    """The four-parameter logistic on log10 concentration (vectorised): the model the dose response is fitted with.
+    """The 4PL on log10 concentration (vectorised): bottom + (top − bottom) / (1 + 10^((log_ec50 − x)·hill)).
 
-    ``x`` and ``log_ec50`` are log10 of concentrations in the layout's unit; ``bottom`` and ``top`` are in the
-    response's unit (% CD63+ basophils); ``hill`` is the slope per decade. Returns
-    ``bottom + (top - bottom) / (1 + 10**((log_ec50 - x) * hill))`` (the exponent clipped to ±300).
+    ``x`` is log10 of the concentration (in the layout's unit), ``log_ec50`` likewise; ``bottom`` and ``top``
+    are in the unit of the response (%CD63+ basophils, 0-100, in the fits); ``hill`` is dimensionless
+    (docs/method.md, Dose response).
     """
     expo = np.clip((log_ec50 - np.asarray(x, dtype=np.float64)) * hill, -300.0, 300.0)
     return bottom + (top - bottom) / (1.0 + np.power(10.0, expo))

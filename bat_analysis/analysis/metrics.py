@@ -1,4 +1,4 @@
-"""Per-tube activation metrics (BAT_SPEC §3).
+"""Per-tube activation metrics (docs/method.md, Per-tube metrics).
 
 ``pct`` = 100 × basophils with value > T / basophils; ``net`` = pct − pct(negative control);
 the Wilson 95% interval of ``pct`` on the basophil count (``uncertainty.proportion_interval``);

@@ -1,4 +1,5 @@
-"""Omalizumab effect: arm ``omalizumab`` against arm ``none`` for one patient and allergen (BAT_SPEC §5).
+"""Omalizumab effect: arm ``omalizumab`` against arm ``none`` for one patient and allergen (docs/method.md,
+Omalizumab effect).
 
 ``auc_inhibition_pct`` = 100 × (1 − AUC(omalizumab) / AUC(none)), both AUCs over the concentrations the two
 arms share; ``ec50_shift_log10`` = log10(EC50(omalizumab) / EC50(none)) when both EC50s are estimable;

@@ -1,4 +1,4 @@
-"""Per-tube QC rules (BAT_SPEC §7) → flags with plain-words reasons → pass | warn | fail.
+"""Per-tube QC rules (docs/method.md, QC rules) → flags with plain-words reasons → pass | warn | fail.
 
 The gating flags already in ``TubeResult.flags`` are combined with these; the worst severity wins.
 ``event_fractions`` are fractions (0–1) of events removed; limits in the config are percentages.
@@ -177,7 +177,8 @@ class TubeQc:
 
 def tube_qc(result: TubeResult, activation: MarkerMetrics | None, config: AnalysisConfig, *,
             extra_flags: Iterable[Flag] = (), fmlp_ok: bool | None = None) -> TubeQc:
-    """All §7 rules for one tube, combined with its gating flags and ``extra_flags`` (metrics, threshold)."""
+    """All QC rules (docs/method.md, QC rules) for one tube, combined with its gating flags and ``extra_flags``
+    (metrics, threshold)."""
     qc = config.qc
     flags: list[Flag] = list(result.flags)
     if result.error is not None and not any(f.severity == "fail" for f in flags):

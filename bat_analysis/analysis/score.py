@@ -146,7 +146,13 @@ def _num(value: float | None) -> float:
 
 def score_experiment(results: Sequence[TubeResult], config: AnalysisConfig | None = None, *,
                      threshold_overrides: Mapping[tuple[str, str], float] | None = None) -> ExperimentScores:
-    """Score every tube, fit every series, compare arms and classify every patient × allergen."""
+    """Score every tube, fit every series, compare arms and classify every patient × allergen.
+
+    ``results`` are gated tubes (``gate_tube``) whose ``basophil_values`` are compensated, untransformed (linear)
+    marker values; ``config`` defaults to ``AnalysisConfig()`` (docs/method.md). ``threshold_overrides`` maps
+    (patient, pretreatment) to a reviewer's activation threshold in those same linear units. Percentages in the
+    tables are of basophils (0-100); EC50 is in the layout's concentration unit.
+    """
     cfg = config or AnalysisConfig()
     overrides = dict(threshold_overrides or {})
     ordered = sorted(results, key=_sort_key)
@@ -271,7 +277,7 @@ def _control_metric(tubes: Sequence[TubeResult], condition: str, arm: str, metri
 def _ige_pathway_control(tubes: Sequence[TubeResult], arm: str, metrics: Mapping[str, TubeMetrics],
                          act: str) -> tuple[str, list[Any]]:
     """The IgE-pathway positive control of an arm: anti-FcεRI, else anti-IgE in the untreated arm only
-    (omalizumab removes IgE, so anti-IgE is not valid there: BAT_SPEC §5)."""
+    (omalizumab removes IgE, so anti-IgE is not valid there: docs/method.md, Omalizumab effect)."""
     fceri = _control_metric(tubes, "anti_fceri", arm, metrics, act)
     if fceri or arm != "none":
         return "anti-FcεRI", fceri

@@ -1,4 +1,4 @@
-"""Activation thresholds from the negative control (BAT_SPEC §2.6).
+"""Activation thresholds from the negative control (docs/method.md, Activation threshold).
 
 The default is the empirical 97.5th percentile of the negative control's basophils (compensated linear
 values), so that 2.5% of resting basophils lie above it. When the negative control holds a separate
@@ -212,6 +212,10 @@ def estimate_threshold(negative_values: Any, *, percentile: float | None = None,
                        config: ThresholdConfig | None = None, marker: str = "CD63") -> ThresholdEstimate:
     """Threshold above which a basophil counts as activated, from the negative control's values.
 
+    ``negative_values`` are the negative control basophils' values of the activation marker, compensated and
+    untransformed (linear; ``TubeResult.basophil_values``); the threshold is returned in the same units.
+    ``percentile`` is in percent (97.5 by default: 2.5% of resting basophils above the threshold; see
+    docs/method.md, Activation threshold).
     ``method``: ``auto`` (percentile unless ``activated_population`` finds a separate activated population
     in the negative control), ``percentile`` or ``resting_peak``. Defaults come from ``config``.
     Raises ``AnalysisError`` when there is no finite value at all.

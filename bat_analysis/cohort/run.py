@@ -30,6 +30,17 @@ DEFAULT_PREDICTORS = ("auc_inhibition_pct", "ec50_shift_log10", "cd_sens_ratio")
 
 @dataclass
 class CohortOptions:
+    """What ``bat cohort`` is asked (its options, one field each).
+
+    ``clinical``: the clinical sheet (CSV/XLSX, one row per patient, matched on ``id_column``); ``outcome`` its
+    column to predict and ``positive`` the value counted as positive; ``out``: the output folder; ``results``:
+    run folders (each with its ``patients.csv``); ``predictors``: in-vitro columns judged by ROC (default
+    ``auc_inhibition_pct`` in %, ``ec50_shift_log10`` in decades of concentration, ``cd_sens_ratio``, unitless);
+    ``covariates``, ``group``, ``stratify``: columns for the associations, Table 1 and strata; ``allergen``:
+    keep one allergen's rows; ``outcomes_over_time``: a long table of follow-up outcomes; ``command``: the
+    command line recorded in the report.
+    """
+
     clinical: Path
     outcome: str
     positive: str

@@ -377,6 +377,11 @@ def gate_tube(path: str | Path, tube: Tube, template: Template, *,
               sha256: str | None = None) -> TubeResult:
     """Gate one FCS file with a template; never raises for bad data.
 
+    ``path`` is read with ``reader`` (default ``read_fcs``: channel units, not compensated); the template's
+    fluorescence channels are compensated with the file's spillover matrix, and each gate's geometry is on its
+    dimensions' scales (the template's transforms: logicle, asinh, ... or linear). ``tube`` is the layout row
+    (concentration in the layout's unit). The result's ``basophil_values`` are compensated and untransformed
+    (linear), the units the analysis thresholds in; gate geometry is recorded on the transformed scales.
     ``overrides`` maps gate names to gates whose geometry replaces the estimate (method ``override``,
     e.g. a reviewer's correction); their dimensions must be the template gate's, in its scales.
     ``sha256`` is the file's checksum when the caller has already computed it (a batch checks every file

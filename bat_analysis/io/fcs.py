@@ -978,6 +978,9 @@ def read_fcs(path: str | os.PathLike[str], *, dataset: int = 0, panel: Panel | N
              fallback: bool = False) -> FcsSample:
     """Read one data set of an FCS file into an ``FcsSample`` with float32 events scaled as the standard says.
 
+    Units: ``events`` are in channel units — log-amplified channels decoded (``$PnE``), linear ones divided by
+    their gain (``$PnG``), the time channel multiplied by ``$TIMESTEP`` (seconds) — and are neither compensated
+    (``spillover`` holds the file's matrix, applied by gating) nor transformed.
     A malformed spillover keyword (unknown channels, singular, truncated) leaves ``spillover`` None, is recorded in
     ``warnings`` and ``spillover_error`` (``require_spillover()`` raises it); ``strict_spillover=True`` refuses the
     file instead;

@@ -360,7 +360,9 @@ def read_layout(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
     """Read and validate a layout sheet (``.csv``, ``.tsv``, ``.txt`` or ``.xlsx``) into Tubes, in row order.
 
     Columns: ``file, patient, condition`` (required), ``allergen, concentration, unit, pretreatment``
-    (optional; an empty pretreatment means none); other columns are carried into ``Tube.extra``.
+    (optional; an empty pretreatment means none; on allergen rows ``concentration`` is a positive number in the
+    row's ``unit``, which the results keep: EC50s are reported in it); other columns are carried into
+    ``Tube.extra``.
     Column names are matched case-insensitively. ``data_dir`` (default: the sheet's folder) is where the
     files are looked for; ``check_files=False`` skips the disk checks. ``check_unlisted=False`` accepts FCS
     files of the folder that no row names (``unlisted_files`` lists them); ``skip_missing`` accepts rows whose

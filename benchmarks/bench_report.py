@@ -1,0 +1,67 @@
+"""How long the review drawings of one tube take: ``PngRenderer.tube`` (one PNG per gate, then the activation
+histogram), the per-tube cost of ``bat run``'s reports and review gallery.
+
+A patient is simulated (``bat_analysis.simulate``) and gated with the shipped template (``gate_tube``); the
+drawings of each allergen tube, against its negative control and a fixed threshold, are then timed
+``--repeats`` times after one warm-up. A regression to drawing every event, or to a ``tight_layout`` per figure,
+shows as several seconds per tube (today well under one second; the bound printed is 5 s).
+
+Run: ``python benchmarks/bench_report.py [--events 20000] [--repeats 5] [--dpi 150]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from bat_analysis.gating.templates import load_template  # noqa: E402
+from bat_analysis.gating.tube import gate_tube  # noqa: E402
+from bat_analysis.report.plots import PngRenderer, marker_values  # noqa: E402
+from bat_analysis.simulate import simulate_experiment  # noqa: E402
+
+BOUND_S = 5.0  # per tube; the former timed test's limit
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000, help="events per simulated tube")
+    parser.add_argument("--repeats", type=int, default=5, help="timed drawings per tube")
+    parser.add_argument("--dpi", type=int, default=150)
+    args = parser.parse_args()
+    template = load_template("bat_ccr3_cd63")
+    with tempfile.TemporaryDirectory() as tmp:
+        exp = simulate_experiment(Path(tmp), n_patients=1, n_events=args.events, seed=3, n_concentrations=3,
+                                  arms=("none",))
+        results = {t.file: gate_tube(exp.out_dir / t.file, t, template) for t in exp.tubes}
+    negative = next(r for r in results.values() if r.tube.condition == "negative_control")
+    neg_values = marker_values(negative, "CD63")
+    renderer = PngRenderer(dpi=args.dpi)
+    print(f"{'tube':<34} {'basophils':>9} {'PNGs':>5} {'median s':>9} {'min s':>7} {'max s':>7}")
+    worst = 0.0
+    for res in results.values():
+        if res.tube.condition != "allergen" or res.error is not None:
+            continue
+        renderer.tube(res, negative_values=neg_values, threshold=300.0)  # warm-up
+        times, n_png = [], 0
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            n_png = len(renderer.tube(res, negative_values=neg_values, threshold=300.0))
+            times.append(time.perf_counter() - t0)
+        worst = max(worst, statistics.median(times))
+        print(f"{res.tube.file:<34} {res.n_basophils:>9} {n_png:>5} {statistics.median(times):>9.3f} "
+              f"{min(times):>7.3f} {max(times):>7.3f}")
+    verdict = "within" if worst < BOUND_S else "ABOVE"
+    print(f"\nslowest tube (median) {worst:.3f} s: {verdict} the {BOUND_S:.0f} s bound; load "
+          f"{os.getloadavg()[0]:.1f}; command: python benchmarks/bench_report.py --events {args.events} "
+          f"--repeats {args.repeats} --dpi {args.dpi}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Shared test fixtures.
+
+- ``tests/`` is on ``sys.path`` so that test modules import their helpers (``analysis_cohort``) by name.
+- ``simulated(**kwargs)``: a simulated experiment (``bat_analysis.simulate.simulate_experiment``) in a temporary
+  folder, written once per test session for each set of parameters. The folder is shared: a test that damages
+  files copies them first.
+- ``experiment``: the simulated experiment of the requesting test module, whose parameters are the module's
+  ``SIMULATION`` mapping (the keyword arguments of ``simulate_experiment``), for example::
+
+      SIMULATION = {"n_patients": 1, "n_events": 6000, "seed": 8, "n_concentrations": 4}
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:  # pytest's default import mode does this too; be explicit for the others
+    sys.path.insert(0, str(TESTS_DIR))
+
+
+def _key(kwargs: dict[str, Any]) -> str:
+    return repr(sorted(kwargs.items()))
+
+
+@pytest.fixture(scope="session")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Any]:
+    """A factory: ``simulated(**simulate_experiment_kwargs)`` → ``SimulatedExperiment``, cached per parameters."""
+    cache: dict[str, Any] = {}
+
+    def make(**kwargs: Any) -> Any:
+        key = _key(kwargs)
+        if key not in cache:
+            from bat_analysis.simulate import simulate_experiment
+
+            cache[key] = simulate_experiment(tmp_path_factory.mktemp("simulated"), **kwargs)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def experiment(request: pytest.FixtureRequest, simulated: Callable[..., Any]) -> Any:
+    """The simulated experiment described by the requesting module's ``SIMULATION`` mapping."""
+    params = getattr(request.module, "SIMULATION", None)
+    if not isinstance(params, dict):
+        raise pytest.UsageError(f"{request.module.__name__} uses the 'experiment' fixture but defines no "
+                                "SIMULATION mapping (the keyword arguments of simulate_experiment)")
+    return simulated(**params)
