@@ -458,7 +458,8 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
                 on_result: Callable[[int, TubeResult], None] | None, t0: float) -> RunSummary:
     from .gating.templates import load_template
     from .io.layout import read_layout, unlisted_files
-    from .overrides import load_corrections, plan_log_entries
+    from .review.load import load_corrections
+    from .review.log import plan_log_entries
 
     tubes = read_layout(Path(options.layout), data_dir, check_unlisted=options.strict,
                         skip_missing=options.skip_missing, allow_outside_data_dir=options.allow_outside_data_dir)
@@ -616,7 +617,7 @@ def set_store_aside(out: Path) -> Path | None:
 
 def mark_stale(results: Sequence[TubeResult], stale: Sequence[tuple[Any, str]]) -> None:
     """Flag the tubes a stale correction concerns (the tube of a gate, every tube of a threshold's arm)."""
-    from .overrides import STALE_FLAG
+    from .review.log import STALE_FLAG
 
     for entry, note in stale:
         kind, a, b = entry["target"]
@@ -630,7 +631,7 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
                 on_result: Callable[[int, TubeResult], None] | None, t0: float, tubes: list[Tube], template: Any,
                 entries: list[dict[str, Any]], inputs: "InputCheck", layout_sha: str, command: str,
                 store: ResultStore, progress: Any, run_id: int) -> RunSummary:
-    from .overrides import from_store
+    from .review.log import from_store
 
     checksums = inputs.checksums
     store.record_inputs(run_id, {**checksums, f"layout:{Path(options.layout).name}": layout_sha,
@@ -1123,7 +1124,7 @@ def rerender(out: Path | str, patients: list[str] | None = None) -> tuple[list[P
 
 def export_gates(out: Path | str, fmt: str, dest: Path | str | None = None) -> list[Path]:
     """Export the gates of a finished run (as applied, corrections included) for FlowJo or Gating-ML."""
-    from .gate_exchange import export_run_gates
+    from .review.exchange import export_run_gates
 
     if fmt not in ("gatingml", "flowjo"):
         raise BatError(f"unknown format {fmt!r}", field="--format", expected="gatingml or flowjo")

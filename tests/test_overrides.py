@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bat_analysis.overrides import OverridesError, parse_overrides
+from bat_analysis.review.corrections import OverridesError, parse_overrides
 from bat_analysis.pipeline import RunOptions, export_gates, load_run, run
 from bat_analysis.store import AUTO, REVIEWED, ResultStore
 
@@ -259,7 +259,7 @@ def test_a_correction_of_a_changed_tube_file_is_stale_not_applied_and_kept(exper
 
 
 def test_a_correction_made_on_another_template_is_stale(experiment, template):
-    from bat_analysis.overrides import from_store
+    from bat_analysis.review.log import from_store
 
     tube = experiment.tubes[0]
     entry = {"id": 1, "target": ("gate", tube.file, "basophils"), "kind": "gate", "file": tube.file,
