@@ -582,6 +582,10 @@ class ReportPaths:
     gallery: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
+    def files(self) -> list[Path]:
+        """Every file written: the patients' HTML reports, their PDF reports, then the gallery."""
+        return [*self.html.values(), *self.pdf.values(), *([self.gallery] if self.gallery is not None else [])]
+
 
 Job = tuple[TubeResult, "np.ndarray | None", "float | None", dict[str, str], str, "tuple[float, float] | None"]
 
