@@ -18,11 +18,12 @@ uninterrupted run score bit-identical inputs. A lock file keeps two runs from wr
 
 Reviewer corrections and the output folder
 ------------------------------------------
-The corrections a run is given (``--overrides``, ``--gates-from``) are appended to the store's corrections
-log; every run applies the log's active corrections (a plain re-run too), except stale ones (made on a tube
-file or template that changed since), which flag their tubes ``CORRECTION_STALE`` and are reported. An
-output folder belongs to one experiment (:func:`check_same_experiment`); ``--replace`` sets another
-experiment's results aside (:func:`set_store_aside`). Reports of patients no longer in the run are removed.
+The corrections a run is given (``--overrides``, ``--gates-from``; read by :mod:`bat_analysis.review`) are
+appended to the store's corrections log; every run applies the log's active corrections (a plain re-run too),
+except stale ones (made on a tube file or template that changed since), which flag their tubes
+``CORRECTION_STALE`` and are reported. An output folder belongs to one experiment
+(:func:`check_same_experiment`); ``--replace`` sets another experiment's results aside
+(:func:`set_store_aside`). Reports of patients no longer in the run are removed.
 
 Writing the output folder
 -------------------------
@@ -472,7 +473,7 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
     from .gating.templates import load_template
     from .io.layout import read_layout, unlisted_files
     from .review.load import load_corrections
-    from .review.log import plan_log_entries
+    from .review.log import geometry_in_force, plan_log_entries
 
     tubes = read_layout(Path(options.layout), data_dir, check_unlisted=options.strict,
                         skip_missing=options.skip_missing, allow_outside_data_dir=options.allow_outside_data_dir)
@@ -490,7 +491,7 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
                          f"moved to {moved}")
     with ResultStore.in_folder(out) as store:
         check_same_experiment(store, out, data_dir, tubes)
-        automated = _geometry_in_force(store)
+        automated = geometry_in_force(store)
         given = load_corrections(template, overrides=options.overrides, gates_from=options.gates_from,
                                  tubes=tubes, data_dir=data_dir, reviewer=options.reviewer, automated=automated)
         with _progress(options.quiet) as progress:
@@ -513,21 +514,6 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
                 raise
             summary.notes = notes + summary.notes + store.warnings
             return summary
-
-
-def _geometry_in_force(store: ResultStore) -> Callable[[str, str], dict[str, Any] | None]:
-    """``automated(file, gate)``: the geometry in force for a stored tube's gate -- the store's active
-    correction, else the automated gate (an edited gate given back equal to it is no new correction)."""
-    in_store = {e["target"]: e["value"] for e in store.active_corrections() if e["kind"] == "gate"}
-
-    def automated(file: str, gate: str) -> dict[str, Any] | None:
-        if ("gate", file, gate) in in_store:
-            return in_store[("gate", file, gate)]
-        res = store.get_tube(file, AUTO)
-        rec = next((g for g in res.gates if g.name == gate), None) if res is not None else None
-        return rec.geometry if rec is not None else None
-
-    return automated
 
 
 def _begin_run(store: ResultStore, options: RunOptions, template: Any, command: str, data_dir: Path, workers: int,
@@ -644,18 +630,6 @@ def set_store_aside(out: Path) -> Path | None:
         if (out / folder).is_dir():
             os.replace(out / folder, dest / folder)
     return dest
-
-
-def mark_stale(results: Sequence[TubeResult], stale: Sequence[tuple[Any, str]]) -> None:
-    """Flag the tubes a stale correction concerns (the tube of a gate, every tube of a threshold's arm)."""
-    from .review.log import STALE_FLAG
-
-    for entry, note in stale:
-        kind, a, b = entry["target"]
-        for r in results:
-            t = r.tube
-            if (kind == "gate" and t.file == a) or (kind == "threshold" and (t.patient, t.pretreatment) == (a, b)):
-                r.flags.append(Flag(STALE_FLAG, "warn", note))
 
 
 @dataclass
@@ -809,6 +783,8 @@ def _current_results(ctx: _RunContext, corrections: Corrections, stale: Sequence
                      plan: _GatePlan) -> list[TubeResult]:
     """Every tube's current result read back from the store (reviewed where a gate is corrected), stale
     corrections flagged; raises NothingAnalysedError (the run recorded as failed) when every tube failed."""
+    from .review.log import mark_stale
+
     store = ctx.store
     results: list[TubeResult] = []
     for tube in ctx.tubes:
@@ -1190,6 +1166,7 @@ class StoredRun:
 def load_run(out: Path | str, *, score: bool = True) -> StoredRun:
     """The last completed run of an output folder, from its results store (nothing is re-gated)."""
     from .gating.templates import load_template, parse_template
+    from .review.log import mark_stale
 
     out = Path(out)
     with ResultStore.in_folder(out, create=False) as store:

@@ -6,7 +6,7 @@
   back as corrections (``read_edited_gates``);
 * :mod:`.load` -- the corrections given to one run (``--overrides``, ``--gates-from``) read together;
 * :mod:`.log` -- the results store's corrections log: what a run adds to it, which of its corrections apply,
-  which are stale.
+  which are stale (and the tubes they flag), the geometry in force for a gate.
 
 Imports go one way: ``corrections`` <- ``exchange`` <- ``load``; ``corrections`` <- ``log``. This package
 imports nothing from it on import (each module is imported by name).

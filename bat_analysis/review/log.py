@@ -6,7 +6,8 @@ the corrections given to a run (:mod:`bat_analysis.review.load`) add entries to 
 is given (:func:`from_store`). A correction given again unchanged is not logged twice; a different geometry or
 threshold for a corrected gate replaces it (logged, with the value before). A correction made on a tube file
 or template that has changed since is *stale*: reported, not applied, kept in the log; its tubes are flagged
-``CORRECTION_STALE``.
+``CORRECTION_STALE`` (:func:`mark_stale`). What a gate is before a new correction -- the active correction,
+else the automated gate -- is :func:`geometry_in_force`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from ..records import Tube
-from ..store import StoreDataError
+from ..records import Flag, Tube, TubeResult
+from ..store import AUTO, ResultStore, StoreDataError
 from .corrections import (Corrections, GateCorrection, OverridesError, ThresholdCorrection, canonical_json,
                           check_geometry, describe_target)
 
@@ -161,3 +162,28 @@ def from_store(active: Sequence[Mapping[str, Any]], template: Any, tubes: Sequen
                                                           e.get("source") or "", e["decided_at"]))
         statuses.append((e["id"], "applied", None))
     return StoredCorrections(out, stale, statuses)
+
+
+def mark_stale(results: Sequence[TubeResult], stale: Sequence[tuple[Any, str]]) -> None:
+    """Flag the tubes a stale correction concerns (the tube of a gate, every tube of a threshold's arm)."""
+    for entry, note in stale:
+        kind, a, b = entry["target"]
+        for r in results:
+            t = r.tube
+            if (kind == "gate" and t.file == a) or (kind == "threshold" and (t.patient, t.pretreatment) == (a, b)):
+                r.flags.append(Flag(STALE_FLAG, "warn", note))
+
+
+def geometry_in_force(store: ResultStore) -> Callable[[str, str], dict[str, Any] | None]:
+    """``automated(file, gate)``: the geometry in force for a stored tube's gate -- the store's active
+    correction, else the automated gate (an edited gate given back equal to it is no new correction)."""
+    in_store = {e["target"]: e["value"] for e in store.active_corrections() if e["kind"] == "gate"}
+
+    def automated(file: str, gate: str) -> dict[str, Any] | None:
+        if ("gate", file, gate) in in_store:
+            return in_store[("gate", file, gate)]
+        res = store.get_tube(file, AUTO)
+        rec = next((g for g in res.gates if g.name == gate), None) if res is not None else None
+        return rec.geometry if rec is not None else None
+
+    return automated
