@@ -26,11 +26,12 @@ uninterrupted run score bit-identical inputs. A lock file keeps two runs from wr
 
 Reviewer corrections and the output folder
 ------------------------------------------
-The corrections a run is given (``--overrides``, ``--gates-from``) are appended to the store's corrections
-log; every run applies the log's active corrections (a plain re-run too), except stale ones (made on a tube
-file or template that changed since), which flag their tubes ``CORRECTION_STALE`` and are reported. An
-output folder belongs to one experiment (:func:`check_same_experiment`); ``--replace`` sets another
-experiment's results aside (:func:`set_store_aside`). Reports of patients no longer in the run are removed.
+The corrections a run is given (``--overrides``, ``--gates-from``; read by :mod:`bat_analysis.review`) are
+appended to the store's corrections log; every run applies the log's active corrections (a plain re-run too),
+except stale ones (made on a tube file or template that changed since), which flag their tubes
+``CORRECTION_STALE`` and are reported. An output folder belongs to one experiment
+(:func:`check_same_experiment`); ``--replace`` sets another experiment's results aside
+(:func:`set_store_aside`). Reports of patients no longer in the run are removed.
 
 Writing the output folder
 -------------------------
@@ -65,13 +66,18 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Literal, Sequence
 
 from . import __version__
 from .checksums import file_sha256
 from .errors import BatError, DataFileError, WriteError
 from .records import Flag, Tube, TubeResult
 from .store import AUTO, REVIEWED, STORE_NAME, ResultStore, to_json
+
+if TYPE_CHECKING:
+    from .analysis.score import ExperimentScores
+    from .review.corrections import Corrections
+    from .review.log import StoredCorrections
 
 LOCK_NAME = ".bat-run.lock"
 TABLE_OUTPUTS = ("tubes.csv", "patients.csv", "results.xlsx", "tubes.parquet", "patients.parquet")
@@ -503,7 +509,12 @@ class RunOptions:
 
 @dataclass
 class RunSummary:
-    """What a run did: counts, failed tubes with reasons, the files written, the scored tables."""
+    """What a run did: counts, failed tubes with reasons, the files written, the scored tables.
+
+    ``reports`` says what became of the reports and review gallery: ``written`` by this run, ``kept`` (those
+    in the folder were drawn from the same results), ``not_written`` (``--no-reports``, or the renderer is not
+    installed; ``report_note`` says which) or ``failed`` (``report_error`` says why; the tables and the store
+    are complete)."""
 
     out: Path
     run_id: int
@@ -525,6 +536,7 @@ class RunSummary:
     stale: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    reports: Literal["written", "kept", "not_written", "failed"] = "not_written"
 
 
 def default_workers() -> int:
@@ -576,9 +588,12 @@ def run(options: RunOptions, *, on_result: Callable[[int, TubeResult], None] | N
 
 def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
                 on_result: Callable[[int, TubeResult], None] | None, t0: float) -> RunSummary:
+    """The run inside the folder's lock: read the layout and template, open the store, read the corrections
+    given, check every input, record the run as begun, then :func:`_run_stored`."""
     from .gating.templates import load_template
     from .io.layout import read_layout, unlisted_files
-    from .overrides import load_corrections, plan_log_entries
+    from .review.load import load_corrections
+    from .review.log import geometry_in_force, plan_log_entries
 
     tubes = read_layout(Path(options.layout), data_dir, check_unlisted=options.strict,
                         skip_missing=options.skip_missing, allow_outside_data_dir=options.allow_outside_data_dir)
@@ -596,18 +611,7 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
                          f"moved to {moved}")
     with ResultStore.in_folder(out) as store:
         check_same_experiment(store, out, data_dir, tubes)
-
-        in_store = {e["target"]: e["value"] for e in store.active_corrections() if e["kind"] == "gate"}
-
-        def automated(file: str, gate: str) -> dict[str, Any] | None:
-            """The geometry in force: the store's active correction, else the automated gate (an edited gate
-            given back equal to it is no new correction)."""
-            if ("gate", file, gate) in in_store:
-                return in_store[("gate", file, gate)]
-            res = store.get_tube(file, AUTO)
-            rec = next((g for g in res.gates if g.name == gate), None) if res is not None else None
-            return rec.geometry if rec is not None else None
-
+        automated = geometry_in_force(store)
         given = load_corrections(template, overrides=options.overrides, gates_from=options.gates_from,
                                  tubes=tubes, data_dir=data_dir, reviewer=options.reviewer, automated=automated)
         with _progress(options.quiet) as progress:
@@ -616,37 +620,51 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
                                        template_sha256=template.sha256, version=__version__, automated=automated,
                                        source=str(options.overrides or options.gates_from or ""))
             layout_sha = file_sha256(options.layout)
-            run_id = store.begin_run(version=__version__, template_name=template.name,
-                                     template_sha256=template.sha256, command=command,
-                                     info={"data_dir": str(data_dir), "layout": str(options.layout),
-                                           "data_dir_resolved": str(data_dir.resolve()),
-                                           "layout_resolved": str(Path(options.layout).resolve()),
-                                           "layout_sha256": layout_sha,
-                                           "workers": workers, "scheduler": options.scheduler,
-                                           "overrides": str(options.overrides) if options.overrides else None,
-                                           "gates_from": str(options.gates_from) if options.gates_from else None,
-                                           "template_source": template.source,
-                                           "template_text": template.source_text,
-                                           "unlisted_files": unlisted, "strict": options.strict,
-                                           "skip_missing": options.skip_missing,
-                                           "allow_outside_data_dir": options.allow_outside_data_dir})
+            run_id = _begin_run(store, options, template, command, data_dir, workers, layout_sha, unlisted)
+            ctx = _RunContext(options=options, data_dir=data_dir, out=out, workers=workers, on_result=on_result,
+                              t0=t0, command=command, tubes=tubes, template=template, store=store,
+                              progress=progress, run_id=run_id, inputs=inputs, layout_sha=layout_sha,
+                              entries=entries)
             try:
-                summary = _run_stored(options, data_dir, out, workers, on_result, t0, tubes, template, entries,
-                                      inputs, layout_sha, command, store, progress, run_id)
+                summary = _run_stored(ctx)
                 if unlisted:
                     summary.warnings.append(unlisted_warning(data_dir, unlisted))
             except BaseException as exc:
-                status = "failed" if isinstance(exc, WriteError) else "stopped"
-                try:
-                    if store.last_run() and store.last_run()["status"] == "running":
-                        store.end_run(run_id, status=status, n_tubes=len(tubes), n_gated=0, n_reused=0,
-                                      n_failed=0)
-                except (BatError, sqlite3.Error) as also:
-                    exc.add_note(f"The run could not be recorded as {status} in the results store either ({also}); "
-                                 "it will show as 'running' until the next run.")
+                _record_stopped(store, run_id, len(tubes), exc)
                 raise
             summary.notes = notes + summary.notes + store.warnings
             return summary
+
+
+def _begin_run(store: ResultStore, options: RunOptions, template: Any, command: str, data_dir: Path, workers: int,
+               layout_sha: str, unlisted: list[str]) -> int:
+    """Record the run as begun in the store, with what it was asked and given; returns its id."""
+    return store.begin_run(version=__version__, template_name=template.name,
+                           template_sha256=template.sha256, command=command,
+                           info={"data_dir": str(data_dir), "layout": str(options.layout),
+                                 "data_dir_resolved": str(data_dir.resolve()),
+                                 "layout_resolved": str(Path(options.layout).resolve()),
+                                 "layout_sha256": layout_sha,
+                                 "workers": workers, "scheduler": options.scheduler,
+                                 "overrides": str(options.overrides) if options.overrides else None,
+                                 "gates_from": str(options.gates_from) if options.gates_from else None,
+                                 "template_source": template.source,
+                                 "template_text": template.source_text,
+                                 "unlisted_files": unlisted, "strict": options.strict,
+                                 "skip_missing": options.skip_missing,
+                                 "allow_outside_data_dir": options.allow_outside_data_dir})
+
+
+def _record_stopped(store: ResultStore, run_id: int, n_tubes: int, exc: BaseException) -> None:
+    """Record a run that ended with ``exc`` as ``failed`` (a write failure) or ``stopped``, unless it was
+    already recorded; when even that fails, say so on ``exc``."""
+    status = "failed" if isinstance(exc, WriteError) else "stopped"
+    try:
+        if store.last_run() and store.last_run()["status"] == "running":
+            store.end_run(run_id, status=status, n_tubes=n_tubes, n_gated=0, n_reused=0, n_failed=0)
+    except (BatError, sqlite3.Error) as also:
+        exc.add_note(f"The run could not be recorded as {status} in the results store either ({also}); "
+                     "it will show as 'running' until the next run.")
 
 
 @dataclass
@@ -734,153 +752,245 @@ def set_store_aside(out: Path) -> Path | None:
     return dest
 
 
-def mark_stale(results: Sequence[TubeResult], stale: Sequence[tuple[Any, str]]) -> None:
-    """Flag the tubes a stale correction concerns (the tube of a gate, every tube of a threshold's arm)."""
-    from .overrides import STALE_FLAG
+@dataclass
+class _RunContext:
+    """One run's working state once it is recorded in the store: what was asked (``options``), where
+    (``data_dir``, ``out``), with what (``template``, ``tubes``, the checked ``inputs``, the layout's sha256),
+    the open ``store`` and ``progress`` display, the run's id, and the corrections log ``entries`` it adds."""
 
-    for entry, note in stale:
-        kind, a, b = entry["target"]
-        for r in results:
-            t = r.tube
-            if (kind == "gate" and t.file == a) or (kind == "threshold" and (t.patient, t.pretreatment) == (a, b)):
-                r.flags.append(Flag(STALE_FLAG, "warn", note))
+    options: RunOptions
+    data_dir: Path
+    out: Path
+    workers: int
+    on_result: Callable[[int, TubeResult], None] | None
+    t0: float
+    command: str
+    tubes: list[Tube]
+    template: Any
+    store: ResultStore
+    progress: Any
+    run_id: int
+    inputs: InputCheck
+    layout_sha: str
+    entries: list[dict[str, Any]]
 
 
-def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
-                on_result: Callable[[int, TubeResult], None] | None, t0: float, tubes: list[Tube], template: Any,
-                entries: list[dict[str, Any]], inputs: "InputCheck", layout_sha: str, command: str,
-                store: ResultStore, progress: Any, run_id: int) -> RunSummary:
-    from .overrides import from_store
+@dataclass
+class _GatePlan:
+    """The tubes to gate now (one task per tube and variant, with the cache key it is stored under) and how
+    many tubes are reused from the store."""
 
-    checksums = inputs.checksums
-    store.record_inputs(run_id, {**checksums, f"layout:{Path(options.layout).name}": layout_sha,
-                                 f"template:{template.name}": template.sha256})
+    tasks: list[GateTask]
+    keys: list[str]
+    n_reused: int
+
+
+@dataclass
+class _Scored:
+    """The scores of a run and its tables as stored (what the tables files and reports are written from)."""
+
+    scores: Any
+    tubes: Any
+    patients: Any
+    recomputed: list[str]
+
+
+def _run_stored(ctx: _RunContext) -> RunSummary:
+    """The run once it is recorded in the store: corrections, gating, scoring, tables, reports."""
+    applied = _apply_corrections(ctx)
+    corrections = applied.corrections
+    plan = _plan_tasks(ctx, corrections)
+    _gate(ctx, plan, corrections)
+    results = _current_results(ctx, corrections, applied.stale, plan)
+    failed = [(r.tube.file, r.error or "") for r in results if not r.ok]
+    scored = _score(ctx, results, corrections)
+    outputs = _write_tables(ctx, scored)
+    summary = RunSummary(out=ctx.out, run_id=ctx.run_id, n_tubes=len(ctx.tubes), n_gated=len(plan.tasks),
+                         n_reused=plan.n_reused, n_failed=len(failed), failed=failed, outputs=outputs,
+                         elapsed_s=0.0, tubes=scored.tubes, patients=scored.patients, scores=scored.scores,
+                         results=results, rescored=scored.recomputed, stale=[note for _, note in applied.stale],
+                         corrections_note=corrections_note(corrections, ctx.entries, ctx.options,
+                                                           len(applied.stale)))
+    summary.notes += [note for _, status, note in applied.statuses if status == "not_in_run" and note]
+    _write_reports(ctx, summary, results, scored.scores, corrections.thresholds())
+    remove_departed_reports(ctx.out, {r.tube.patient for r in results})
+    status = "completed without reports" if summary.reports == "failed" else "completed"
+    ctx.store.end_run(ctx.run_id, status=status, n_tubes=len(ctx.tubes), n_gated=len(plan.tasks),
+                      n_reused=plan.n_reused, n_failed=len(failed))
+    summary.elapsed_s = time.perf_counter() - ctx.t0
+    return summary
+
+
+def _apply_corrections(ctx: _RunContext) -> StoredCorrections:
+    """Record the run's inputs, add the corrections given to the store's log, and sort the log's active
+    corrections into those this run applies and those it does not (stale, or not in this run's layout)."""
+    from .review.log import from_store
+
+    store, template = ctx.store, ctx.template
+    store.record_inputs(ctx.run_id, {**ctx.inputs.checksums,
+                                     f"layout:{Path(ctx.options.layout).name}": ctx.layout_sha,
+                                     f"template:{template.name}": template.sha256})
     # the corrections given now join the store's log; the active ones of the log are what this run applies
-    store.append_corrections(entries, run_id)
-    sorted_corr = from_store(store.active_corrections(), template, tubes, checksums, store_path=str(store.path))
-    store.record_run_corrections(run_id, sorted_corr.statuses)
-    corrections = sorted_corr.corrections
+    store.append_corrections(ctx.entries, ctx.run_id)
+    applied = from_store(store.active_corrections(), template, ctx.tubes, ctx.inputs.checksums,
+                         store_path=str(store.path))
+    store.record_run_corrections(ctx.run_id, applied.statuses)
+    return applied
+
+
+def _plan_tasks(ctx: _RunContext, corrections: Corrections) -> _GatePlan:
+    """The tubes to gate: each tube's automated result, and its reviewed result when a gate of it is
+    corrected, unless the store holds one under the same cache key. A tube whose file is unavailable is
+    stored as failed at once; a reviewed result whose correction was withdrawn or is stale is removed."""
+    template, store, inputs = ctx.template, ctx.store, ctx.inputs
     stored = store.stored_tubes()
     tasks: list[GateTask] = []
     keys: list[str] = []
-    for tube in tubes:
+    for tube in ctx.tubes:
         if tube.file in inputs.unavailable:
-            code, reason = inputs.unavailable[tube.file]
-            reviewed = bool(corrections.gates_for(tube.file))
-            corr_sha = corrections.sha256_for(tube.file) if reviewed else None
-            failed_now = TubeResult(tube=tube, error=reason, flags=[Flag(code, "fail", f"{tube.file}: {reason}")])
-            # keyed by the refusal (no checksum): never taken for the result of a file that is back, or unreadable
-            key = cache_key(code, template.sha256, tube, corr_sha)
-            store.put_tube(failed_now, variant=REVIEWED if reviewed else AUTO, cache_key=key, run_id=run_id,
-                           template_sha256=template.sha256, version=__version__, corrections_sha256=corr_sha)
+            _store_unavailable(ctx, tube, corrections)
             continue
-        path = str(inputs.paths.get(tube.file, data_dir / tube.file))
+        path = str(inputs.paths.get(tube.file, ctx.data_dir / tube.file))
         want = [(AUTO, None, None)]
-        gate_corr = corrections.gates_for(tube.file)
-        if gate_corr:
+        if corrections.gates_for(tube.file):
             want.append((REVIEWED, corrections.gate_overrides(template, tube.file), corrections.sha256_for(tube.file)))
         elif (tube.file, REVIEWED) in stored:
             store.delete_variant(tube.file, REVIEWED)  # the correction was withdrawn or is stale
         for variant, overrides, corr_sha in want:
-            key = cache_key(checksums[tube.file], template.sha256, tube, corr_sha)
+            key = cache_key(inputs.checksums[tube.file], template.sha256, tube, corr_sha)
             have = stored.get((tube.file, variant))
             if have is not None and have.cache_key == key and not stopped_at_time_limit(have.error):
                 continue
             tasks.append(GateTask(path=path, tube=tube, template=template, variant=variant,
-                                  overrides=overrides, sha256=checksums[tube.file]))
+                                  overrides=overrides, sha256=inputs.checksums[tube.file]))
             keys.append(key)
-    n_reused = len(tubes) - len({t.tube.file for t in tasks}) - len(inputs.unavailable)
+    n_reused = len(ctx.tubes) - len({t.tube.file for t in tasks}) - len(inputs.unavailable)
+    return _GatePlan(tasks, keys, n_reused)
+
+
+def _store_unavailable(ctx: _RunContext, tube: Tube, corrections: Corrections) -> None:
+    """Store a tube whose file is missing or refused as failed (flag and reason from the input check)."""
+    code, reason = ctx.inputs.unavailable[tube.file]
+    reviewed = bool(corrections.gates_for(tube.file))
+    corr_sha = corrections.sha256_for(tube.file) if reviewed else None
+    failed_now = TubeResult(tube=tube, error=reason, flags=[Flag(code, "fail", f"{tube.file}: {reason}")])
+    # keyed by the refusal (no checksum): never taken for the result of a file that is back, or unreadable
+    key = cache_key(code, ctx.template.sha256, tube, corr_sha)
+    ctx.store.put_tube(failed_now, variant=REVIEWED if reviewed else AUTO, cache_key=key, run_id=ctx.run_id,
+                       template_sha256=ctx.template.sha256, version=__version__, corrections_sha256=corr_sha)
+
+
+def _gate(ctx: _RunContext, plan: _GatePlan, corrections: Corrections) -> None:
+    """Gate the planned tasks (local processes or a Dask cluster), storing each result as it arrives."""
     from .gating.tube import gate_tube  # noqa: F401  (imported once here; forked workers inherit it)
 
-    gate = progress.add_task("Gating tubes", total=len(tasks), note="")
+    tasks, options = plan.tasks, ctx.options
+    gate = ctx.progress.add_task("Gating tubes", total=len(tasks), note="")
     limit = options.tube_timeout_s or None
     executor = (run_dask(tasks, options.scheduler, limit) if options.scheduler
-                else run_local(tasks, workers, limit))
+                else run_local(tasks, ctx.workers, limit))
     n_fail_now = 0
     for i, result in executor:
         task = tasks[i]
         corr_sha = corrections.sha256_for(task.tube.file) if task.variant == REVIEWED else None
-        store.put_tube(result, variant=task.variant, cache_key=keys[i], run_id=run_id,
-                       template_sha256=template.sha256, version=__version__, corrections_sha256=corr_sha)
+        ctx.store.put_tube(result, variant=task.variant, cache_key=plan.keys[i], run_id=ctx.run_id,
+                           template_sha256=ctx.template.sha256, version=__version__, corrections_sha256=corr_sha)
         n_fail_now += 0 if result.ok else 1
-        progress.update(gate, advance=1, note=f"{n_fail_now} failed" if n_fail_now else "")
-        if on_result is not None:
-            on_result(i, result)
+        ctx.progress.update(gate, advance=1, note=f"{n_fail_now} failed" if n_fail_now else "")
+        if ctx.on_result is not None:
+            ctx.on_result(i, result)
 
-    # reduce: every tube's current result read back from the store
+
+def _current_results(ctx: _RunContext, corrections: Corrections, stale: Sequence[tuple[Any, str]],
+                     plan: _GatePlan) -> list[TubeResult]:
+    """Every tube's current result read back from the store (reviewed where a gate is corrected), stale
+    corrections flagged; raises NothingAnalysedError (the run recorded as failed) when every tube failed."""
+    from .review.log import mark_stale
+
+    store = ctx.store
     results: list[TubeResult] = []
-    for tube in tubes:
+    for tube in ctx.tubes:
         variant = REVIEWED if corrections.gates_for(tube.file) else AUTO
         res = store.get_tube(tube.file, variant)
         if res is None:
             raise BatError("a gated tube is missing from the results store", source=str(store.path),
                            field=tube.file, expected="re-run the same command")
         results.append(res)
-    mark_stale(results, sorted_corr.stale)
+    mark_stale(results, stale)
     failed = [(r.tube.file, r.error or "") for r in results if not r.ok]
     if len(failed) == len(results):
-        store.end_run(run_id, status="failed", n_tubes=len(tubes), n_gated=len(tasks), n_reused=n_reused,
-                      n_failed=len(failed))
+        store.end_run(ctx.run_id, status="failed", n_tubes=len(ctx.tubes), n_gated=len(plan.tasks),
+                      n_reused=plan.n_reused, n_failed=len(failed))
         reasons = "\n".join(f"  - {f}: {why}" for f, why in failed[:10])
         raise NothingAnalysedError(f"no tube could be analysed ({len(failed)} of {len(failed)} failed):\n"
-                                   f"{reasons}", source=str(data_dir),
+                                   f"{reasons}", source=str(ctx.data_dir),
                                    expected="readable FCS files matching the template's panel; "
                                             "try 'bat inspect FILE' on one of them")
-    score_task = progress.add_task("Scoring patients", total=None, note="")
+    return results
+
+
+def _score(ctx: _RunContext, results: list[TubeResult], corrections: Corrections) -> _Scored:
+    """Score every patient (reusing unchanged patients' stored scores) and store the run's tables; the
+    tables are read back from the store, as every later reader sees them."""
+    score_task = ctx.progress.add_task("Scoring patients", total=None, note="")
     recomputed: list[str] = []
-    scores = score_results(results, template, corrections.thresholds(), store, recomputed)
-    tubes_df, patients_df = annotate_reviews(scores.tubes, corrections), scores.patients
-    store.put_tables(run_id, tubes_df, patients_df)
-    tubes_df, patients_df = store.tables()
-    progress.update(score_task, total=1, completed=1)
+    scores = score_results(results, ctx.template, corrections.thresholds(), ctx.store, recomputed)
+    ctx.store.put_tables(ctx.run_id, annotate_reviews(scores.tubes, corrections), scores.patients)
+    tubes_df, patients_df = ctx.store.tables()
+    ctx.progress.update(score_task, total=1, completed=1)
+    return _Scored(scores, tubes_df, patients_df, recomputed)
+
+
+def _write_tables(ctx: _RunContext, scored: _Scored) -> list[Path]:
+    """Write tubes.csv, patients.csv, results.xlsx (and the parquet files); on a write failure the earlier
+    tables and reports, which no longer match the store, are withdrawn and the WriteError says so."""
     from .outputs import write_tables
 
-    about = about_sheet(template, command, checksums, layout_sha, run_id)
+    about = about_sheet(ctx.template, ctx.command, ctx.inputs.checksums, ctx.layout_sha, ctx.run_id)
     try:
-        outputs = write_tables(out, tubes_df, patients_df, about, parquet=options.parquet)
+        return write_tables(ctx.out, scored.tubes, scored.patients, about, parquet=ctx.options.parquet)
     except WriteError as exc:  # the previous tables and reports no longer match the store: withdraw them
-        withdrawn = withdraw_outputs(out, TABLE_OUTPUTS + REPORT_OUTPUTS, store)
+        withdrawn = withdraw_outputs(ctx.out, TABLE_OUTPUTS + REPORT_OUTPUTS, ctx.store)
         exc.add_note(withdrawn[:1].upper() + withdrawn[1:] + ".")
         raise
-    summary = RunSummary(out=out, run_id=run_id, n_tubes=len(tubes), n_gated=len(tasks),
-                         n_reused=n_reused, n_failed=len(failed), failed=failed, outputs=outputs,
-                         elapsed_s=0.0, tubes=tubes_df, patients=patients_df, scores=scores, results=results,
-                         rescored=recomputed, stale=[note for _, note in sorted_corr.stale],
-                         corrections_note=corrections_note(corrections, entries, options,
-                                                                    len(sorted_corr.stale)))
-    summary.notes += [note for _, status, note in sorted_corr.statuses if status == "not_in_run" and note]
-    key = reports_key(store, results, corrections.thresholds(), run_id)
+
+
+def _write_reports(ctx: _RunContext, summary: RunSummary, results: list[TubeResult], scores: Any,
+                   thresholds: dict[tuple[str, str], float]) -> None:
+    """Write the reports and review gallery unless ``--no-reports`` or they are current (drawn from the same
+    results, thresholds and code, and all present); sets ``summary.reports`` and its note or error. Reports
+    that are not current are withdrawn from the folder (never shown beside this run's tables)."""
+    out, store = ctx.out, ctx.store
+    key = reports_key(store, results, thresholds, ctx.run_id)
     current = store.get_meta("reports_key") == key
-    if options.reports:
-        if not current or reports_missing(out, results):
-            rep = progress.add_task("Writing reports", total=None, note="")
-            try:
-                paths, summary.report_note = render(out, store, results, scores, run_id, workers=workers)
-            except Exception as exc:  # the tables and the store are complete: say so, do not lose them
-                paths = []
-                why = str(exc) if isinstance(exc, WriteError) else f"{type(exc).__name__}: {exc}"
-                summary.report_error = (f"the reports could not be written ({why}); the tables and the results "
-                                        f"store are complete; retry with 'bat report {out}'")
-            summary.outputs += paths
-            current = summary.report_note is None and summary.report_error is None
-            if current:
-                store.set_meta("reports_key", key)
-            progress.update(rep, total=1, completed=1)
-        else:
-            summary.report_note = "reports and review gallery kept: nothing changed since they were written"
-    else:
+    if not ctx.options.reports:
+        summary.reports = "not_written"
         summary.report_note = f"reports not written (--no-reports); write them later with 'bat report {out}'"
+    elif current and not reports_missing(out, results):
+        summary.reports = "kept"
+        summary.report_note = "reports and review gallery kept: nothing changed since they were written"
+    else:
+        rep = ctx.progress.add_task("Writing reports", total=None, note="")
+        try:
+            paths, summary.report_note = render(out, store, results, scores, ctx.run_id, workers=ctx.workers)
+            summary.reports = "written" if summary.report_note is None else "not_written"
+        except Exception as exc:  # the tables and the store are complete: say so, do not lose them
+            paths = []
+            why = str(exc) if isinstance(exc, WriteError) else f"{type(exc).__name__}: {exc}"
+            summary.reports = "failed"
+            summary.report_error = (f"the reports could not be written ({why}); the tables and the results "
+                                    f"store are complete; retry with 'bat report {out}'")
+        summary.outputs += paths
+        current = summary.reports == "written"
+        if current:
+            store.set_meta("reports_key", key)
+        ctx.progress.update(rep, total=1, completed=1)
     if not current and any(os.path.lexists(out / name) for name in REPORT_OUTPUTS):
         withdrawn = withdraw_outputs(out, REPORT_OUTPUTS, store)
         if summary.report_error:
             summary.report_error += "; " + withdrawn
         else:
             summary.report_note = f"{summary.report_note}; {withdrawn}"
-    remove_departed_reports(out, {r.tube.patient for r in results})
-    store.end_run(run_id, status="completed" if summary.report_error is None else "completed without reports",
-                  n_tubes=len(tubes), n_gated=len(tasks), n_reused=n_reused, n_failed=len(failed))
-    summary.elapsed_s = time.perf_counter() - t0
-    return summary
 
 
 # ------------------------------------------------------------------------------------------------ reduce
@@ -891,25 +1001,22 @@ def analysis_config(template: Any) -> Any:
     return AnalysisConfig.from_mapping(template.analysis_mapping() or None, source=template.source)
 
 
-def _merge_scores(parts: Sequence[Any]) -> Any:
-    """One scores object from per-patient ones: tables concatenated in order, dicts merged."""
-    import dataclasses
-
+def _merge_scores(parts: Sequence[ExperimentScores]) -> ExperimentScores:
+    """One experiment's scores from per-patient ones: tables concatenated in patient order, fits, thresholds
+    effects and references (keyed by patient) merged; the analysis configuration is the run's, the same in every part."""
     import pandas as pd
 
-    first = parts[0]
-    merged: dict[str, Any] = {}
-    for f in dataclasses.fields(first):
-        values = [getattr(p, f.name) for p in parts]
-        if isinstance(values[0], pd.DataFrame):
-            merged[f.name] = pd.concat(values, ignore_index=True) if len(values) > 1 else values[0]
-        elif isinstance(values[0], dict):
-            merged[f.name] = {k: v for d in values for k, v in d.items()}
-        elif isinstance(values[0], list):
-            merged[f.name] = [x for v in values for x in v]
-        else:
-            merged[f.name] = values[0]
-    return type(first)(**merged)
+    from .analysis.score import ExperimentScores
+
+    def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+    return ExperimentScores(tubes=concat([p.tubes for p in parts]), patients=concat([p.patients for p in parts]),
+                            fits={k: v for p in parts for k, v in p.fits.items()},
+                            thresholds={k: v for p in parts for k, v in p.thresholds.items()},
+                            effects={k: v for p in parts for k, v in p.effects.items()},
+                            config=parts[0].config,
+                            references={k: v for p in parts for k, v in p.references.items()})
 
 
 def _patient_key(results: Sequence[TubeResult], store: ResultStore, config: Any,
@@ -1080,8 +1187,8 @@ def render(out: Path, store: ResultStore, results: Sequence[TubeResult], scores:
         return [], f"reports not written: the report renderer is not available ({exc})"
     if patients:
         make_dir(out / "reports", inside=out)
-        return _found_paths(render_reports(out, list(results), scores, run_info(store, run_id),
-                                           patients=patients, workers=workers)), None
+        return render_reports(out, list(results), scores, run_info(store, run_id), patients=patients,
+                              workers=workers).files(), None
     staging = temporary_dir(out, "reports-staging")
     try:
         paths = render_reports(staging, list(results), scores, run_info(store, run_id), workers=workers)
@@ -1096,19 +1203,7 @@ def render(out: Path, store: ResultStore, results: Sequence[TubeResult], scores:
             remove_path(staging)
         except BatError as exc:
             print(f"warning: {exc}", file=sys.stderr)
-    return [out / p.relative_to(staging) if p.is_relative_to(staging) else p for p in _found_paths(paths)], None
-
-
-def _found_paths(paths: Any) -> list[Path]:
-    found: list[Path] = []
-    for value in (vars(paths).values() if hasattr(paths, "__dict__") else [paths]):
-        if isinstance(value, Path):
-            found.append(value)
-        elif isinstance(value, (list, tuple)):
-            found += [p for p in value if isinstance(p, Path)]
-        elif isinstance(value, dict):
-            found += [p for p in value.values() if isinstance(p, Path)]
-    return found
+    return [out / p.relative_to(staging) if p.is_relative_to(staging) else p for p in paths.files()], None
 
 
 def withdraw_outputs(out: Path, names: Sequence[str], store: ResultStore | None = None) -> str:
@@ -1194,6 +1289,7 @@ class StoredRun:
 def load_run(out: Path | str, *, score: bool = True) -> StoredRun:
     """The last completed run of an output folder, from its results store (nothing is re-gated)."""
     from .gating.templates import load_template, parse_template
+    from .review.log import mark_stale
 
     out = Path(out)
     with ResultStore.in_folder(out, create=False) as store:
@@ -1245,7 +1341,7 @@ def rerender(out: Path | str, patients: list[str] | None = None) -> tuple[list[P
 
 def export_gates(out: Path | str, fmt: str, dest: Path | str | None = None) -> list[Path]:
     """Export the gates of a finished run (as applied, corrections included) for FlowJo or Gating-ML."""
-    from .gate_exchange import export_run_gates
+    from .review.exchange import export_run_gates
 
     if fmt not in ("gatingml", "flowjo"):
         raise BatError(f"unknown format {fmt!r}", field="--format", expected="gatingml or flowjo")

@@ -14,8 +14,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bat_analysis.overrides import OverridesError, parse_overrides
 from bat_analysis.pipeline import RunOptions, export_gates, load_run, run
+from bat_analysis.review.corrections import OverridesError, parse_overrides
 from bat_analysis.store import AUTO, REVIEWED, ResultStore
 
 
@@ -254,7 +254,7 @@ def test_a_correction_of_a_changed_tube_file_is_stale_not_applied_and_kept(exper
 
 
 def test_a_correction_made_on_another_template_is_stale(experiment, template):
-    from bat_analysis.overrides import from_store
+    from bat_analysis.review.log import from_store
 
     tube = experiment.tubes[0]
     entry = {"id": 1, "target": ("gate", tube.file, "basophils"), "kind": "gate", "file": tube.file,
@@ -378,3 +378,45 @@ def test_a_plain_rerun_keeps_the_corrections_and_says_so(experiment, baseline, t
     p01 = tubes[(tubes["patient"] == "P01") & (tubes["pretreatment"] == "none")]
     assert (p01["cd63_threshold"] == 900.0).all() and p01["manually_adjusted"].all()
     assert "1 reviewer correction from the store applied." in again.output
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Every module of bat_analysis -> the modules of bat_analysis it imports (at the top or in a function)."""
+    import ast
+
+    import bat_analysis
+
+    root = Path(bat_analysis.__file__).resolve().parent
+    modules = {}
+    for f in root.rglob("*.py"):
+        parts = ("bat_analysis", *f.relative_to(root).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    graph: dict[str, set[str]] = {}
+    for name, f in modules.items():
+        package = name.split(".") if f.name == "__init__.py" else name.split(".")[:-1]
+        found = set()
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(package[:len(package) - node.level + 1] + [node.module or ""]).strip(".") \
+                    if node.level else node.module or ""
+                found |= {base} | {f"{base}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_review_package_has_no_import_cycle():
+    """The review loop (corrections, their file formats, the store's log) imports one way: no module of
+    bat_analysis.review can reach itself through the package's imports."""
+    graph = _module_imports()
+    review = sorted(m for m in graph if m.startswith("bat_analysis.review"))
+    assert {"bat_analysis.review.corrections", "bat_analysis.review.exchange"} <= set(review)
+    for start in review:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            m = todo.pop()
+            assert m != start, f"{start} imports itself through {sorted(seen)}"
+            if m not in seen:
+                seen.add(m)
+                todo += graph[m]

@@ -229,3 +229,85 @@ def test_a_tube_gated_in_a_child_process_is_stopped_at_its_limit(small_experimen
     assert not late.ok and late.flags[0].code == "TUBE_TIMEOUT" and "longer than 5 s" in late.error
     fine = _gate_in_child(tasks[0], 60)
     assert fine.ok and fine.n_basophils > 0
+
+
+def test_summary_says_what_became_of_the_reports(small_experiment, tmp_path, monkeypatch):
+    """``RunSummary.reports``: written, kept when nothing changed, not_written with --no-reports or without a
+    renderer, failed when the renderer fails (the run then completes without reports); the files a renderer
+    reports writing are the run's outputs."""
+    import shutil
+
+    import bat_analysis.report as report
+    from bat_analysis.pipeline import RunOptions, run
+    from bat_analysis.report.html import ReportPaths, report_filename
+    from bat_analysis.store import ResultStore
+
+    data = tmp_path / "data"
+    shutil.copytree(small_experiment.out_dir, data, ignore=shutil.ignore_patterns("garbage.fcs"))
+    out = tmp_path / "out"
+
+    def fake_render(out_dir, results, scores, run_info, *, patients=None, workers=None, **_):
+        paths = ReportPaths()
+        for p in sorted({r.tube.patient for r in results}):
+            for kind in ("html", "pdf"):
+                target = Path(out_dir) / "reports" / f"{report_filename(p)}.{kind}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(p)
+                getattr(paths, kind)[p] = target
+        paths.gallery = Path(out_dir) / "review" / "index.html"
+        paths.gallery.parent.mkdir(parents=True, exist_ok=True)
+        paths.gallery.write_text("gallery")
+        return paths
+
+    def options(**kw):
+        return RunOptions(data_dir=data, layout=small_experiment.layout_path, out=out, workers=1, quiet=True, **kw)
+
+    monkeypatch.setattr(report, "render_reports", fake_render)
+    first = run(options())
+    assert first.reports == "written" and first.report_note is None and first.report_error is None
+    assert {p.relative_to(out).as_posix() for p in first.outputs} >= {"reports/P01.html", "reports/P01.pdf",
+                                                                     "review/index.html"}
+    again = run(options())
+    assert again.reports == "kept" and "kept" in again.report_note
+    skipped = run(options(reports=False))
+    assert skipped.reports == "not_written" and "--no-reports" in skipped.report_note
+
+    def broken(*args, **kwargs):
+        raise TypeError("'bool' object is not callable")
+
+    (out / "review" / "index.html").unlink()  # reports missing: rendered again
+    monkeypatch.setattr(report, "render_reports", broken)
+    failed = run(options())
+    assert failed.reports == "failed" and "could not be written (TypeError" in failed.report_error
+    with ResultStore.in_folder(out) as store:
+        assert store.last_run()["status"] == "completed without reports"
+    monkeypatch.delattr(report, "render_reports")  # the renderer is not installed
+    missing = run(options())
+    assert missing.reports == "not_written" and "renderer is not available" in missing.report_note
+
+
+def test_merged_patient_scores_keep_every_field():
+    """Scores of patients scored one at a time merge into one experiment's: every field of ExperimentScores
+    is carried (a field added to it and not merged fails here)."""
+    import dataclasses
+
+    import pandas as pd
+
+    from bat_analysis.analysis.config import AnalysisConfig
+    from bat_analysis.analysis.score import ExperimentScores
+    from bat_analysis.pipeline import _merge_scores
+
+    config = AnalysisConfig()
+    parts = [ExperimentScores(tubes=pd.DataFrame({"file": [f"{p}.fcs"]}), patients=pd.DataFrame({"patient": [p]}),
+                              fits={(p, "birch", "none"): f"fit {p}"}, thresholds={(p, "none", "CD63"): f"thr {p}"},
+                              effects={(p, "birch"): f"effect {p}"}, config=config,
+                              references={(p, "none"): (f"{p}_neg.fcs",)})
+             for p in ("P01", "P02")]
+    merged = _merge_scores(parts)
+    assert {f.name for f in dataclasses.fields(ExperimentScores)} == {"tubes", "patients", "fits", "thresholds",
+                                                                       "effects", "config", "references"}
+    assert list(merged.tubes["file"]) == ["P01.fcs", "P02.fcs"] and list(merged.patients["patient"]) == ["P01", "P02"]
+    assert merged.fits == {**parts[0].fits, **parts[1].fits} and merged.effects == {**parts[0].effects,
+                                                                                   **parts[1].effects}
+    assert merged.thresholds == {**parts[0].thresholds, **parts[1].thresholds} and merged.config is config
+    assert merged.references == {**parts[0].references, **parts[1].references}

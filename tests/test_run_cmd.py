@@ -197,6 +197,21 @@ def test_no_analysable_tube_exits_1(tmp_path):
     assert "no tube could be analysed (2 of 2 failed)" in result.output and "neg.fcs" in result.output
 
 
+@pytest.mark.parametrize("status, listed", [("written", True), ("kept", True), ("not_written", False),
+                                            ("failed", False)])
+def test_the_summary_lists_the_reports_by_their_status_not_by_the_note_text(status, listed, tmp_path, capsys):
+    """What the summary says was written follows ``RunSummary.reports``, whatever its note says."""
+    from bat_analysis.commands.run_cmd import _summarise
+    from bat_analysis.pipeline import RunSummary
+
+    summary = RunSummary(out=tmp_path, run_id=1, n_tubes=2, n_gated=2, n_reused=0, n_failed=0, failed=[],
+                         outputs=[], elapsed_s=0.1, reports=status, report_note="reports: see above",
+                         report_error="disk full" if status == "failed" else None)
+    _summarise(summary, quiet=False)
+    printed = capsys.readouterr().out
+    assert ("reports/, review/" in printed) is listed and ("review/index.html to review" in printed) is listed
+
+
 def test_a_failing_report_renderer_keeps_the_tables(tmp_path, monkeypatch):
     import bat_analysis.report as report
     from bat_analysis.simulate import simulate_experiment

@@ -259,7 +259,7 @@ def test_flowkit_failure_is_a_located_error(folder: Path) -> None:
 
 @needs_corpus
 def test_flowjo_workspace_saved_as_xml_is_recognised(tmp_path: Path) -> None:
-    from bat_analysis.gate_exchange import _documents
+    from bat_analysis.review.exchange import _documents
     from bat_analysis.gating.flowjo import read_workspace
 
     saved = tmp_path / "gating.xml"

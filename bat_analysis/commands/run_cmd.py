@@ -57,8 +57,7 @@ def _summarise(summary: Any, quiet: bool) -> None:
     if summary.report_error:
         typer.secho(f"error: {for_terminal(summary.report_error, multiline=True)}", err=True,
                     fg=typer.colors.RED)
-    rendered = not summary.report_error and (not summary.report_note
-                                             or summary.report_note.startswith("reports and review gallery kept"))
+    rendered = summary.reports in ("written", "kept")
     for note in summary.notes:
         typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
     for note in summary.stale:
@@ -172,7 +171,7 @@ def register(app: typer.Typer) -> None:
             raise _fail(exc, "Fix the problem above and run the same command again; finished tubes are kept."
                         ) from None
         _summarise(summary, quiet)
-        if summary.report_error:
+        if summary.reports == "failed":
             raise typer.Exit(code=EXIT_REPORTS_FAILED)
 
     @app.command("demo")
@@ -200,7 +199,7 @@ def register(app: typer.Typer) -> None:
         if not quiet:
             typer.echo(f"Demo data: {for_terminal(data_dir)}")
         _summarise(summary, quiet)
-        if summary.report_error:
+        if summary.reports == "failed":
             raise typer.Exit(code=EXIT_REPORTS_FAILED)
 
     @app.command("report")

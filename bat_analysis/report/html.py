@@ -307,6 +307,10 @@ class ReportPaths:
     gallery: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
+    def files(self) -> list[Path]:
+        """Every file written: the patients' HTML reports, their PDF reports, then the gallery."""
+        return [*self.html.values(), *self.pdf.values(), *([self.gallery] if self.gallery is not None else [])]
+
 
 @dataclass(frozen=True)
 class Job:

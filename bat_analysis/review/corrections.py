@@ -1,4 +1,5 @@
-"""Reviewer corrections: an overrides YAML file, or gates edited in FlowJo and given back.
+"""Reviewer corrections: what a correction is (gate geometry, CD63 threshold, withdrawal), and the overrides
+YAML file that gives them to a run.
 
 An overrides file lists corrections, each with who made it and why::
 
@@ -25,11 +26,11 @@ with ``withdraw: true`` instead of a geometry or threshold, and a reason::
         withdraw: true
         reason: the automated gate was right after all
 
-Corrections live in the results store's corrections log (:meth:`ResultStore.append_corrections`): an
-overrides file (or ``--gates-from``) adds entries to it, and every run applies the active corrections of the
-store, whether or not a file is given. A correction given again unchanged is not logged twice; a different
-geometry or threshold for a corrected gate replaces it (logged, with the value before). A correction made on
-a tube file or template that has changed since is *stale*: reported, not applied, kept in the log.
+Corrections live in the results store's corrections log: an overrides file (or ``--gates-from``, read by
+:mod:`bat_analysis.review.exchange`) adds entries to it, and every run applies the active corrections of the
+store, whether or not a file is given (:mod:`bat_analysis.review.log`). A correction given again unchanged is
+not logged twice; a correction made on a tube file or template that has changed since is *stale*: reported,
+not applied, kept in the log.
 
 A tube with a gate correction is gated again with the corrected geometry (the automated result stays in the
 store beside it); a threshold correction re-scores its patient only. Every problem of the file is reported
@@ -43,10 +44,10 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from .errors import ProblemsError
-from .records import Tube
+from ..errors import ProblemsError
+from ..records import Tube
 
 GEOMETRY_FIELDS = {"polygon": ("vertices",), "range": ("mins", "maxs"),
                    "ellipsoid": ("mean", "covariance", "distance_square")}
@@ -103,7 +104,9 @@ class ThresholdCorrection:
     decided_at: str | None = None
 
 
-def _canon(value: Any) -> str:
+def canonical_json(value: Any) -> str:
+    """The one JSON text of a value (sorted keys, no spaces): what fingerprints and comparisons of
+    corrections are made on."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
@@ -120,10 +123,10 @@ class Corrections:
 
     def sha256_for(self, file: str) -> str | None:
         """Fingerprint of the geometry corrections of one tube (part of its cache key)."""
-        items = sorted((c.gate, _canon(c.geometry)) for c in self.gates if c.file == file)
+        items = sorted((c.gate, canonical_json(c.geometry)) for c in self.gates if c.file == file)
         if not items:
             return None
-        return hashlib.sha256(_canon(items).encode("utf-8")).hexdigest()
+        return hashlib.sha256(canonical_json(items).encode("utf-8")).hexdigest()
 
     def thresholds(self) -> dict[tuple[str, str], float]:
         return {(t.patient, t.pretreatment): t.value for t in self.threshold_list}
@@ -150,7 +153,7 @@ def build_gate(template: Any, gate_name: str, geometry: Mapping[str, Any]) -> An
     The geometry is in the gate's template scales; ``gate_tube`` puts the gate on the template's
     dimensions (with their transforms), so the dimensions here carry only their keys.
     """
-    from .gating.gates import gate_from_dict
+    from ..gating.gates import gate_from_dict
 
     spec = template.gate(gate_name)
     data = {k: v for k, v in geometry.items() if k not in ("dims", "name", "parent", "transforms")}
@@ -282,7 +285,7 @@ def parse_overrides(data: Any, template: Any, tubes: Sequence[Tube], *, source: 
                 continue
             key = withdrawal.target
             if key in seen:
-                problems.append(f"{where}: {_describe(key)} is already named by {seen[key]}")
+                problems.append(f"{where}: {describe_target(key)} is already named by {seen[key]}")
                 continue
             seen[key] = where
             out.withdrawals.append(Withdrawal(withdrawal.kind, withdrawal.file, withdrawal.gate, withdrawal.patient,
@@ -371,7 +374,8 @@ def _withdrawal(item: Mapping[str, Any], where: str, tube: Tube | None, gate_nam
     return Withdrawal("threshold", None, None, patient, arm, "", "", "")
 
 
-def _describe(target: Sequence[str]) -> str:
+def describe_target(target: Sequence[str]) -> str:
+    """A correction's target in words: ``('gate', file, gate)`` or ``('threshold', patient, arm)``."""
     kind, a, b = target
     return f"gate {b} of {a}" if kind == "gate" else f"the threshold of {a}/{b}"
 
@@ -379,8 +383,8 @@ def _describe(target: Sequence[str]) -> str:
 def read_overrides(path: Path | str, template: Any, tubes: Sequence[Tube], *,
                    default_reviewer: str | None = None) -> Corrections:
     """Read and validate an overrides YAML file (parsed behind the limits of :mod:`bat_analysis.safe_parse`)."""
-    from .errors import InputParseError
-    from .safe_parse import load_yaml
+    from ..errors import InputParseError
+    from ..safe_parse import load_yaml
 
     path = Path(path)
     try:
@@ -388,173 +392,3 @@ def read_overrides(path: Path | str, template: Any, tubes: Sequence[Tube], *,
     except InputParseError as exc:
         raise OverridesError(exc.located, source=str(path)) from None  # one line: FILE: line L, column C: ...
     return parse_overrides(data, template, tubes, source=str(path), default_reviewer=default_reviewer)
-
-
-def load_corrections(template: Any, *, overrides: Path | str | None, gates_from: Path | str | None,
-                     tubes: Sequence[Tube], data_dir: Path | str | None = None, reviewer: str | None = None,
-                     automated: Callable[[str, str], dict[str, Any] | None] | None = None) -> Corrections:
-    """The corrections given to a run: the overrides file, plus gates edited in FlowJo / Gating-ML (the run
-    adds them to the store's corrections log with :func:`plan_log_entries`).
-
-    ``automated(file, gate)`` returns the geometry in force for a stored tube (its active correction, else
-    the automated gate); an edited gate equal to it is not a correction.
-    """
-    out = Corrections()
-    if overrides is not None:
-        out = read_overrides(overrides, template, tubes, default_reviewer=reviewer)
-    if gates_from is not None:
-        from .gate_exchange import read_edited_gates
-
-        edited = read_edited_gates(gates_from, template, tubes, data_dir=Path(data_dir or "."), reviewer=reviewer,
-                                   automated=automated)
-        clash = {(c.file, c.gate) for c in out.gates} & {(c.file, c.gate) for c in edited}
-        if clash:
-            raise OverridesError("the same gate is corrected in both --overrides and --gates-from",
-                                 source=str(gates_from),
-                                 problems=[f"{f}: gate {g}" for f, g in sorted(clash)])
-        out.gates += edited
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ the store's log
-STALE_FLAG = "CORRECTION_STALE"
-
-
-def correction_basis(kind: str, target: Sequence[str], tubes: Sequence[Tube],
-                     checksums: Mapping[str, str | None]) -> str | None:
-    """The checksum of what a correction was made on: the tube's FCS file (a gate correction), or the
-    negative controls of the patient and arm (a threshold; every tube of the arm when it has none).
-    None when a file could not be read."""
-    if kind == "gate":
-        return checksums.get(target[1])
-    _, patient, arm = target
-    arm_tubes = [t for t in tubes if t.patient == patient and t.pretreatment == arm]
-    files = sorted(t.file for t in arm_tubes if t.condition == "negative_control") or sorted(t.file for t in arm_tubes)
-    sums = [checksums.get(f) for f in files]
-    if not files or any(s is None for s in sums):
-        return None
-    return hashlib.sha256(_canon([[f, s] for f, s in zip(files, sums)]).encode("utf-8")).hexdigest()
-
-
-def plan_log_entries(given: Corrections, log: Sequence[Mapping[str, Any]], *, tubes: Sequence[Tube],
-                     checksums: Mapping[str, str | None], template_sha256: str, version: str,
-                     automated: Callable[[str, str], dict[str, Any] | None] | None = None,
-                     source: str | None = None) -> list[dict[str, Any]]:
-    """The corrections log entries that the corrections ``given`` to a run add to the store's ``log``.
-
-    A correction already in force with the same value, reviewer, reason and checksums is not logged again
-    (re-running with the same overrides file changes nothing); a withdrawal of a correction already
-    withdrawn is not logged again; a withdrawal of a gate or threshold that was never corrected is a
-    problem (OverridesError naming it).
-    """
-    latest: dict[tuple[str, ...], Mapping[str, Any]] = {}
-    for e in log:
-        latest[tuple(e["target"])] = e
-    entries: list[dict[str, Any]] = []
-    problems: list[str] = []
-
-    def add(action: str, kind: str, target: tuple[str, str, str], value: Any, before: Any, c: Any) -> None:
-        basis = correction_basis(kind, target, tubes, checksums)
-        cur = latest.get(target)
-        if (action == "apply" and cur is not None and cur["action"] == "apply"
-                and _canon(cur["value"]) == _canon(value)
-                and (cur["reviewer"], cur["reason"]) == (c.reviewer, c.reason)
-                and (cur["input_sha256"], cur["template_sha256"]) == (basis, template_sha256)):
-            return  # already in force, unchanged
-        entry = {"action": action, "kind": kind, "value": value, "before": before, "reviewer": c.reviewer,
-                 "reason": c.reason, "decided_at": c.decided_at, "source": c.source, "version": version,
-                 "input_sha256": basis, "template_sha256": template_sha256}
-        if kind == "gate":
-            entry.update(file=target[1], gate=target[2])
-        else:
-            entry.update(patient=target[1], pretreatment=target[2])
-        entries.append(entry)
-
-    for c in given.gates:
-        target = ("gate", c.file, c.gate)
-        cur = latest.get(target)
-        before = cur["value"] if cur is not None and cur["action"] == "apply" else (
-            automated(c.file, c.gate) if automated is not None else None)
-        add("apply", "gate", target, c.geometry, before, c)
-    for t in given.threshold_list:
-        target = ("threshold", t.patient, t.pretreatment)
-        cur = latest.get(target)
-        add("apply", "threshold", target, t.value, cur["value"] if cur is not None and cur["action"] == "apply"
-            else None, t)
-    for w in given.withdrawals:
-        cur = latest.get(w.target)
-        if cur is None:
-            problems.append(f"{_describe(w.target)}: there is no correction in the results store to withdraw")
-        elif cur["action"] == "apply":
-            add("withdraw", w.kind, w.target, None, cur["value"], w)
-    if problems:
-        raise OverridesError("the overrides file withdraws corrections that were never made; nothing was run",
-                             source=source or (given.withdrawals[0].source if given.withdrawals else None),
-                             problems=problems)
-    return entries
-
-
-@dataclass
-class StoredCorrections:
-    """The store's active corrections sorted for one run: those applied (as ``corrections``), and those not
-    applied, with why (``stale``: entry and plain-words note). ``statuses`` is (entry id, status, note)."""
-
-    corrections: Corrections
-    stale: list[tuple[Mapping[str, Any], str]]
-    statuses: list[tuple[int, str, str | None]]
-
-
-def from_store(active: Sequence[Mapping[str, Any]], template: Any, tubes: Sequence[Tube],
-               checksums: Mapping[str, str | None], *, store_path: str = "results.sqlite") -> StoredCorrections:
-    """Which of the store's active corrections apply to this run.
-
-    A correction whose tube (or arm) is not in the layout is not applied (status ``not_in_run``); one whose
-    recorded tube checksum or template sha256 differs from the current one is ``stale``: not applied, kept
-    in the store, reported. A geometry that does not fit the (unchanged) template is a damaged store entry
-    (StoreDataError naming it).
-    """
-    from .store import StoreDataError
-
-    by_file = {t.file for t in tubes}
-    arms = {(t.patient, t.pretreatment) for t in tubes}
-    out = Corrections()
-    stale: list[tuple[Mapping[str, Any], str]] = []
-    statuses: list[tuple[int, str, str | None]] = []
-    for e in active:
-        kind, a, b = e["target"]
-        what = _describe(e["target"])
-        made = f"corrected by {e['reviewer']} on {e['decided_at']}"
-        if (kind == "gate" and a not in by_file) or (kind == "threshold" and (a, b) not in arms):
-            statuses.append((e["id"], "not_in_run", f"{what}: not in this run's layout"))
-            continue
-        why = None
-        if e.get("template_sha256") and e["template_sha256"] != template.sha256:
-            why = "the gating template changed since"
-        elif e.get("input_sha256") and e["input_sha256"] != correction_basis(kind, e["target"], tubes, checksums):
-            why = ("the FCS file changed since" if kind == "gate"
-                   else "the negative-control FCS file(s) changed since")
-        if why is not None:
-            note = (f"{what} ({made}: {e['reason']}) is stale and was not applied: {why}; check it and correct "
-                    "it again, or withdraw it")
-            stale.append((e, note))
-            statuses.append((e["id"], "stale", note))
-            continue
-        if kind == "gate":
-            problems: list[str] = []
-            try:
-                n_dims = len(template.gate(b).dims)
-            except KeyError:
-                n_dims = None
-                problems.append(f"gate {b!r} is not a gate of template {template.name}")
-            geo = check_geometry("value", e["value"], n_dims, problems) if n_dims is not None else None
-            if geo is None:
-                raise StoreDataError(f"damaged or edited by hand: {'; '.join(problems)}", source=store_path,
-                                     field=f"corrections[{e['id']}].value_json",
-                                     expected="a gate geometry that fits the template")
-            out.gates.append(GateCorrection(a, b, geo, e["reviewer"], e["reason"], e.get("source") or "",
-                                            e["decided_at"]))
-        else:
-            out.threshold_list.append(ThresholdCorrection(a, b, float(e["value"]), e["reviewer"], e["reason"],
-                                                          e.get("source") or "", e["decided_at"]))
-        statuses.append((e["id"], "applied", None))
-    return StoredCorrections(out, stale, statuses)

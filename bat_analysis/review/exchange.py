@@ -31,10 +31,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import BatError
-from .gating.gates import UNCOMPENSATED, BooleanGate, RangeGate
-from .overrides import GateCorrection, OverridesError, check_geometry
-from .records import GateRecord, Tube
+from ..errors import BatError
+from ..gating.gates import UNCOMPENSATED, BooleanGate, RangeGate
+from .corrections import GateCorrection, OverridesError, check_geometry
+from ..records import GateRecord, Tube
 
 SCATTER_DIMS = ("FSC-A", "FSC-H", "FSC-W", "SSC-A", "SSC-H", "SSC-W", "Time")
 RELATIVE_TOLERANCE = 1e-6
@@ -42,7 +42,7 @@ RELATIVE_TOLERANCE = 1e-6
 
 def channel_map(sample: Any, template: Any, source: str) -> dict[str, Any]:
     """Template dimension / marker -> the file's channel (same resolution rules as gating)."""
-    from .io.markers import find_scatter, find_time, resolve_marker
+    from ..io.markers import find_scatter, find_time, resolve_marker
 
     needed = {d for g in template.gates for d in g.dims}
     found: dict[str, Any] = {}
@@ -71,7 +71,7 @@ def _file_gates(records: Sequence[GateRecord], template: Any, channels: Mapping[
     the nearest ancestor that was set, so the rest of the hierarchy is still exported; a gate below one
     that could not be gated at all is left out.
     """
-    from .gating.gates import PolygonGate, gate_from_dict
+    from ..gating.gates import PolygonGate, gate_from_dict
 
     def on_file(data: Mapping[str, Any], name: str, parent: str | None, rec_dims: Sequence[str]) -> Any:
         data = {k: v for k, v in data.items() if k not in ("transforms", "transform_specs", "members", "keep")}
@@ -131,7 +131,7 @@ def _reader_safe_limits(gates: Sequence[Any], sample: Any) -> list[Any]:
     """
     import dataclasses
 
-    from .gating.gates import QuadrantGate
+    from ..gating.gates import QuadrantGate
 
     columns: dict[str, np.ndarray] = {}
     out = []
@@ -174,8 +174,8 @@ def _separating_limit(values: np.ndarray, limit: float | None) -> float | None:
 
 def _file_dims(dims: Sequence[str], template: Any, channels: Mapping[str, Any], compensated: bool) -> list[Any]:
     """Template dimensions as the file's channels, with the template's scales (fluorescence compensated)."""
-    from .gating.gates import Dimension
-    from .gating.tube import template_dimension
+    from ..gating.gates import Dimension
+    from ..gating.tube import template_dimension
 
     out = []
     for d in dims:
@@ -229,11 +229,11 @@ def export_run_gates(results: Sequence[Any], template: Any, data_dir: Path, fmt:
     (two ``P01.fcs`` in different folders are two samples), its ``DataSet uri`` is the file and its
     keywords ``BAT_FILE`` / ``BAT_SHA256`` carry the path and checksum. Returns every file written.
     """
-    from .checksums import file_sha256
-    from .fileio import make_dir
-    from .gating.flowjo import WorkspaceTube, export_workspace
-    from .gating.gatingml import export_gatingml
-    from .io.fcs import read_fcs
+    from ..checksums import file_sha256
+    from ..fileio import make_dir
+    from ..gating.flowjo import WorkspaceTube, export_workspace
+    from ..gating.gatingml import export_gatingml
+    from ..io.fcs import read_fcs
 
     make_dir(dest)
     gated = [res for res in results if res.ok and res.gates]
@@ -281,8 +281,8 @@ def _to_template_scale(values: Sequence[float | None], imported: Any, target: An
 
 def gate_geometry_on_template(gate: Any, template: Any, pnn_to_dim: Mapping[str, str]) -> dict[str, Any] | None:
     """An imported gate's geometry on the template's dimensions and scales (None if it does not map)."""
-    from .gating.gates import EllipsoidGate, PolygonGate, RangeGate
-    from .gating.tube import template_dimension
+    from ..gating.gates import EllipsoidGate, PolygonGate, RangeGate
+    from ..gating.tube import template_dimension
 
     try:
         spec = template.gate(gate.name)
@@ -325,7 +325,7 @@ def gate_geometry_on_template(gate: Any, template: Any, pnn_to_dim: Mapping[str,
 
 def _affine(t: Any) -> bool:
     """Whether a scale is an affine map of the data (none, or Gating-ML ``flin``)."""
-    from .gating.transforms import Linear
+    from ..gating.transforms import Linear
 
     return t is None or isinstance(getattr(t, "exact", t), Linear)
 
@@ -387,9 +387,9 @@ def _documents(path: Path) -> list[_Imported]:
     workspace (FlowJo can save one as ``.xml``), a root in the Gating-ML 2.0 namespace a Gating-ML
     document. The file is parsed by the hardened parser first (:mod:`bat_analysis.safe_parse`).
     """
-    from .gating.flowjo import read_workspace
-    from .gating.gatingml import read_gatingml
-    from .safe_parse import read_xml
+    from ..gating.flowjo import read_workspace
+    from ..gating.gatingml import read_gatingml
+    from ..safe_parse import read_xml
 
     def gml(f: Path, rel: str) -> _Imported:
         doc = read_gatingml(f)
@@ -436,7 +436,7 @@ def _match_tubes(docs: Sequence[_Imported], tubes: Sequence[Tube], data_dir: Pat
     matched file's (the gates were drawn on that data). A document that matches no tube, or several, and
     two documents for one tube are refused, all at once, naming each.
     """
-    from .checksums import file_sha256
+    from ..checksums import file_sha256
 
     by_file = {t.file: t for t in tubes}
     by_stem: dict[str, list[Tube]] = {}
@@ -516,8 +516,8 @@ def read_edited_gates(path: Path | str, template: Any, tubes: Sequence[Tube], *,
 
     Each document is matched to its tube by :func:`_match_tubes` before any gate is compared.
     """
-    from .io.fcs import read_fcs
-    from .store import utc_now
+    from ..io.fcs import read_fcs
+    from ..store import utc_now
 
     path = Path(path)
     if not path.exists():
@@ -619,7 +619,7 @@ def _open_limit(top: float | None, template: Any, gate_name: str) -> float | Non
     gate's first dimension's scale)."""
     if top is None:
         return None
-    from .gating.tube import template_dimension
+    from ..gating.tube import template_dimension
 
     spec = template.gate(gate_name)
     t = template_dimension(template, spec.dims[0]).transform

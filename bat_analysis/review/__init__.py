@@ -1,0 +1,13 @@
+"""The review loop: reviewer corrections, where they come from, and how a run applies them.
+
+* :mod:`.corrections` -- what a correction is (``GateCorrection``, ``ThresholdCorrection``, ``Withdrawal``,
+  ``Corrections``), the gate geometry check, and the overrides YAML file (``read_overrides``);
+* :mod:`.exchange` -- a run's gates out to FlowJo / Gating-ML (``export_run_gates``) and gates edited there
+  back as corrections (``read_edited_gates``);
+* :mod:`.load` -- the corrections given to one run (``--overrides``, ``--gates-from``) read together;
+* :mod:`.log` -- the results store's corrections log: what a run adds to it, which of its corrections apply,
+  which are stale (and the tubes they flag), the geometry in force for a gate.
+
+Imports go one way: ``corrections`` <- ``exchange`` <- ``load``; ``corrections`` <- ``log``. This package
+imports nothing from it on import (each module is imported by name).
+"""
