@@ -7,18 +7,18 @@ exits non-zero and says why, file by file."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 import re
 import shutil
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
+
+from guards import no_hang
 
 from bat_analysis.cli import app
 from bat_analysis.io.fcs import read_fcs, read_fcs_keywords
@@ -292,23 +292,6 @@ def test_tolerated_oddities_are_analysed_with_a_flag(experiment, tmp_path: Path,
 
 
 # files that are not files: a FIFO, a device, a /proc file are refused at once by every reader, never waited on
-class _Hung(BaseException):
-    """Raised by ``_no_hang``: a BaseException, so that no handler of the code under test can swallow it."""
-
-
-@contextlib.contextmanager
-def _no_hang(seconds: int = 10):
-    """Fail (instead of hanging the test run) if the block takes longer than ``seconds``."""
-    def expired(signum, frame):
-        raise _Hung(f"still running after {seconds} s: a non-regular file was waited on")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _special_files(tmp_path: Path) -> list[tuple[Path, str]]:
@@ -331,7 +314,7 @@ def test_readers_refuse_special_files_at_once(tmp_path: Path) -> None:
     from bat_analysis.errors import BatError, DataFileError, FcsFormatError
 
     for path, what in _special_files(tmp_path):
-        with _no_hang():
+        with no_hang(10, "reading a non-regular file"):
             with pytest.raises(FcsFormatError, match=re.escape(f"{path}: {what}")):
                 read_fcs(path)
             with pytest.raises(FcsFormatError, match=re.escape(what)):
@@ -352,7 +335,7 @@ def test_a_tube_whose_file_became_a_fifo_fails_alone(experiment, tmp_path: Path)
         pytest.skip("FIFOs are a POSIX feature")
     tube = experiment.tubes[2]
     os.mkfifo(tmp_path / tube.file)
-    with _no_hang():
+    with no_hang(10, "reading a non-regular file"):
         result = gate_one(GateTask(path=str(tmp_path / tube.file), tube=tube, template=load_template("bat_ccr3_cd63")))
     assert not result.ok and "is a FIFO (named pipe), not a regular file" in result.error, result.error
     assert result.file_sha256 is None and any(f.severity == "fail" and tube.file in f.message for f in result.flags)
@@ -384,7 +367,6 @@ def test_a_truncated_tube_says_so_once_in_plain_words(experiment, tmp_path: Path
                     reason="the hang is injected into forked workers by patching the parent")
 def test_a_tube_that_hangs_is_stopped_at_the_time_limit_and_the_batch_completes(
         experiment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import signal
     import time
 
     import bat_analysis.gating.tube as tube_module
@@ -399,18 +381,10 @@ def test_a_tube_that_hangs_is_stopped_at_the_time_limit_and_the_batch_completes(
 
     monkeypatch.setattr(tube_module, "gate_tube", hanging)
 
-    def expired(signum, frame):
-        raise TimeoutError("the batch did not finish within 180 s: the hung tube was not stopped")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(180)
-    try:
-        out = tmp_path / "out"
+    out = tmp_path / "out"
+    with no_hang(180, "the batch (the hung tube was not stopped)"):
         result = runner.invoke(app, ["run", str(experiment.out_dir), "--layout", str(experiment.layout_path),
                                      "--out", str(out), "--workers", "2", "--tube-timeout", "5", "--no-reports"])
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
     assert result.exit_code == 0, result.output
     assert "1 tube(s) could not be gated" in result.output
     assert f"  - {victim}: gating took longer than 5 s and was stopped" in result.output

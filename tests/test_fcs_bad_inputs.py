@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from guards import no_hang
+
 from bat_analysis.errors import BatError, FcsFormatError, MarkerError
 from bat_analysis.io.fcs import HEADER_LENGTH, read_fcs
 from bat_analysis.io.markers import resolve_marker
@@ -472,16 +474,8 @@ def shared_text_chain(n_sets: int = 10_000, n_filler: int = 120_000) -> bytes:
 @pytest.fixture()
 def time_limit():
     """Fail a test that runs longer than 60 s instead of hanging the suite."""
-    import signal
-
-    def expired(signum, frame):
-        raise TimeoutError("the reader did not finish within 60 s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+    with no_hang(60, "the reader"):
+        yield
 
 
 def test_data_sets_sharing_one_text_are_refused_with_work_bounded_by_the_file(

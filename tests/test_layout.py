@@ -3,14 +3,14 @@ sheet is reported at once, naming its row and column."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from guards import no_hang
 
 from bat_analysis.errors import LayoutError
 from bat_analysis.io.fcs_write import write_fcs
@@ -257,23 +257,6 @@ def test_pipe_delimited_latin1_csv_with_lost_epsilon(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- files outside DATA_DIR, and files that are not files
-class _Hung(BaseException):
-    """Raised by ``_no_hang``: a BaseException, so that no handler of the code under test can swallow it."""
-
-
-@contextlib.contextmanager
-def _no_hang(seconds: int = 10):
-    """Fail (instead of hanging the test run) if the block takes longer than ``seconds``."""
-    def expired(signum, frame):
-        raise _Hung(f"still running after {seconds} s: a FIFO or /proc file was waited on")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _hostile_folder(tmp_path: Path) -> tuple[Path, Path]:
@@ -336,7 +319,7 @@ def test_a_fifo_in_the_data_folder_is_refused_not_waited_on(tmp_path: Path) -> N
     data, _ = _hostile_folder(tmp_path)
     os.mkfifo(data / "pipe.fcs")
     os.mkdir(data / "folder.fcs")
-    with _no_hang(), pytest.raises(LayoutError) as info:
+    with no_hang(10, "reading a FIFO or /proc file"), pytest.raises(LayoutError) as info:
         read_layout(_csv(tmp_path / "layout.csv", _rows("pipe.fcs", "folder.fcs")), data,
                     allow_outside_data_dir=True)
     assert info.value.problems == [
@@ -346,7 +329,7 @@ def test_a_fifo_in_the_data_folder_is_refused_not_waited_on(tmp_path: Path) -> N
         "(expected an FCS file, which is a regular file)",
     ]
     os.mkfifo(tmp_path / "layout_pipe.csv")  # the layout sheet itself
-    with _no_hang(), pytest.raises(LayoutError, match="the layout sheet is a FIFO"):
+    with no_hang(10, "reading a FIFO or /proc file"), pytest.raises(LayoutError, match="the layout sheet is a FIFO"):
         read_layout(tmp_path / "layout_pipe.csv", data)
 
 
@@ -354,7 +337,7 @@ def test_a_fifo_in_the_data_folder_is_refused_not_waited_on(tmp_path: Path) -> N
 def test_a_proc_file_is_not_a_regular_file_even_when_outside_files_are_allowed(tmp_path: Path) -> None:
     data, _ = _hostile_folder(tmp_path)
     (data / "pagemap.fcs").symlink_to("/proc/self/pagemap")
-    with _no_hang(), pytest.raises(LayoutError) as info:
+    with no_hang(10, "reading a FIFO or /proc file"), pytest.raises(LayoutError) as info:
         read_layout(_csv(tmp_path / "layout.csv", _rows("/proc/self/pagemap", "pagemap.fcs")), data,
                     allow_outside_data_dir=True)
     assert info.value.problems == [

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from guards import no_hang
+
 from bat_analysis.errors import BatError
 from bat_analysis.records import TubeResult
 from bat_analysis.pipeline import GateTask, RunLock, cache_key, run_local
@@ -155,16 +157,8 @@ def test_missing_distributed_is_explained(monkeypatch):
 @pytest.fixture()
 def time_limit():
     """Fail a test that runs longer than 120 s instead of hanging the suite."""
-    import signal
-
-    def expired(signum, frame):
-        raise TimeoutError("the batch did not finish within 120 s: the hung tube was not stopped")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(120)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+    with no_hang(120, "the batch (the hung tube was not stopped)"):
+        yield
 
 
 def _hang_on(monkeypatch, victim: str) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import re
-import signal
 import warnings
 from html.parser import HTMLParser
 from pathlib import Path
@@ -14,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
+
+from guards import no_hang
 
 from bat_analysis.cli import app
 from bat_analysis.errors import BatError
@@ -305,23 +305,6 @@ def test_bad_input_message_quoting_a_control_sequence_is_printed_escaped(tmp_pat
 
 
 # ---------------------------------------------------------------- which files a run reads (trust issue items 4, 18)
-class _Hung(BaseException):
-    """Raised by ``_no_hang``: a BaseException, so that no handler of the code under test can swallow it."""
-
-
-@contextlib.contextmanager
-def _no_hang(seconds: int = 60):
-    """Fail (instead of hanging the test run) if the block takes longer than ``seconds``."""
-    def expired(signum, frame):
-        raise _Hung(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +324,7 @@ def _copy(plate, tmp_path: Path) -> Path:
 
 
 def _run(data: Path, out: Path, *flags: str, layout: Path | None = None):
-    with _no_hang():
+    with no_hang(60, "the run"):
         return runner.invoke(app, ["run", str(data), "--layout", str(layout or data / "layout.csv"), "--out", str(out),
                                    "--workers", "1", "--no-reports", *flags])
 
