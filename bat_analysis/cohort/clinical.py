@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import BatError, ProblemsError
+from ..io.layout import parse_decimal
 
 __all__ = ["ROW", "Mismatches", "read_sheet", "read_clinical", "read_results", "join", "numeric",
            "derive_columns", "find_column", "columns_text",
@@ -302,14 +303,7 @@ def _to_float(text: object) -> float | None:
     t = str(text).strip()
     if t.casefold() in MISSING_TOKENS:
         return math.nan
-    t = t.replace(" ", "")
-    if re.fullmatch(r"[+-]?\d+,\d+", t):
-        t = t.replace(",", ".")
-    try:
-        value = float(t)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
+    return parse_decimal(t)
 
 
 def numeric(df: pd.DataFrame, column: str, source: str | None = None) -> np.ndarray:

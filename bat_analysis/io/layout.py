@@ -133,8 +133,9 @@ def _read_xlsx(path: Path, fh: io.BufferedIOBase, sheet: str | None) -> tuple[li
     return values[0], values[1:]
 
 
-def _parse_concentration(text: str) -> float | None:
-    """A number, accepting a decimal comma; None when it is not one."""
+def parse_decimal(text: str) -> float | None:
+    """A finite number written in a sheet cell, accepting a decimal comma (``2,5``) and spaces; None when it is
+    not one. Used for layout concentrations and clinical sheets alike."""
     t = text.strip().replace(" ", "")
     if re.fullmatch(r"[+-]?\d+,\d+", t):
         t = t.replace(",", ".")
@@ -218,7 +219,7 @@ def _allergen_values(label: str, v: _RowValues, raw_conc: str, problems: list[st
         problems.append(f"{label}, column 'concentration': empty on an allergen row "
                         "(expected a number > 0)")
         return
-    v.concentration = _parse_concentration(raw_conc)
+    v.concentration = parse_decimal(raw_conc)
     if v.concentration is None:
         problems.append(f"{label}, column 'concentration': {raw_conc!r} is not a number "
                         "(expected a number > 0)")
@@ -231,7 +232,7 @@ def _allergen_values(label: str, v: _RowValues, raw_conc: str, problems: list[st
 def _control_values(label: str, v: _RowValues, raw_conc: str, problems: list[str]) -> None:
     """A control row's concentration, unit and allergen are kept as extra columns (``control_*``), not used."""
     if raw_conc:
-        value = _parse_concentration(raw_conc)
+        value = parse_decimal(raw_conc)
         if value is None or value < 0:
             problems.append(f"{label}, column 'concentration': {raw_conc!r} (expected empty, or a number "
                             f">= 0, on a {v.condition or 'control'} row)")
