@@ -88,3 +88,18 @@ def test_gatingml_export_puts_parents_first_and_names_a_cycle(tmp_path) -> None:
               RangeGate("q", (x,), mins=(0.2,), maxs=(None,), parent="p")]
     with pytest.raises(HierarchyError, match=r"cycle: p -> q -> p"):
         export_gatingml([root, *looped], tmp_path / "c.xml")
+
+
+def test_parent_cycles_lists_each_cycle_once_in_linear_time() -> None:
+    from bat_analysis.gating.hierarchy import cycle_text, parent_cycles
+
+    parents = {"r": None, "a": "b", "b": "c", "c": "a", "d": "a", "s": "s", "u": "unknown"}
+    assert parent_cycles(["r", "d", "s", "u", "a"], parents) == [("a", "b", "c", "a"), ("s", "s")]
+    n = 200_000  # one long cycle and one long chain: each node is walked once
+    ring = {f"n{i}": f"n{(i + 1) % n}" for i in range(n)}
+    chain = {f"m{i}": (f"m{i - 1}" if i else None) for i in range(n)}
+    assert parent_cycles(list(ring), ring) == [(*ring, "n0")]
+    assert parent_cycles(list(chain)[::-1], chain) == []
+    assert ancestors(f"m{n - 1}", chain)[-1] == "m0"
+    long = cycle_text([*ring, "n0"])
+    assert long.startswith("n0 -> n1 -> ") and long.endswith(" -> n0") and "199991 more" in long and len(long) < 120

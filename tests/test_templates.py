@@ -281,3 +281,19 @@ def test_methods_command_lists_the_registry() -> None:
         for key, param in spec.params.items():
             assert f"    {key}: {param.kind if param.kind != 'choice' else 'one of'}" in result.output
     assert "fixed (any number of dimensions)" in result.output
+
+
+def test_deep_parent_cycle_is_reported_briefly() -> None:
+    """A hostile template whose gates form one long parent cycle: each gate on it is reported once, in a
+    short line (the chain of a thousand names is elided), and a gate below the cycle is not blamed."""
+    n = 1500
+    lines = ["schema_version: 1", "name: deep", "panel: {CCR3: [], CD63: []}", "gates:"]
+    lines += [f"  - {{name: g{i}, parent: g{(i - 1) % n}, dims: [CD63], method: fixed, geometry: {{type: range, "
+              f"min: [0]}}}}" for i in range(n)]
+    lines += ["  - {name: below, parent: g7, dims: [CD63], method: fixed, geometry: {type: range, min: [0]}}"]
+    problems = problems_of("\n".join(lines) + "\n")
+    cycles = [p for p in problems if ": cycle: " in p]
+    assert len(cycles) == n and max(len(p) for p in problems) < 200
+    assert cycles[0].startswith("gates[0] (g0).parent: cycle: g0 -> g1499 -> g1498 -> ")
+    assert cycles[0].endswith(" -> ... 1491 more ... -> g4 -> g3 -> g2 -> g1 -> g0")
+    assert not any(p.startswith(f"gates[{n}]") for p in problems)

@@ -35,7 +35,11 @@ A template is data, never code. :func:`load_template` parses it (plain YAML behi
     analysis: {...}               # passed to the analysis configuration
 
 Dimensions are scatter/time names (``FSC-A``, ``FSC-H``, ``FSC-W``, ``SSC-A``, ``SSC-H``, ``SSC-W``,
-``Time``) or markers of the panel.
+``Time``) or markers of the panel. Methods and their parameters come from the estimator registry
+(:data:`bat_analysis.gating.estimators.ESTIMATORS`), geometries are read by
+:mod:`bat_analysis.gating.geometry` (held typed in :class:`GateSpec`), parent cycles are found by
+:mod:`bat_analysis.gating.hierarchy`, and ``qc:``/``analysis:`` are checked by
+:meth:`bat_analysis.analysis.config.AnalysisConfig.checked`.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from ..errors import InputParseError, TemplateError
 from ..safe_parse import MAX_YAML_BYTES, load_yaml, read_limited
 from .estimators import ESTIMATORS, FIXED, Param
 from .geometry import Geometry, is_number, parse_geometry, value_name
-from .hierarchy import HierarchyError, ancestors, cycle_text
+from .hierarchy import cycle_text, parent_cycles
 from .transforms import from_spec
 
 SCHEMA_VERSION = 1
@@ -559,12 +563,15 @@ def _check_hierarchy(ck: _Checker, data: dict[str, Any], gates: list[GateSpec]) 
         if g.parent is not None and g.parent not in by_name:
             ck.add(f"gates[{i}] ({g.name}).parent", f"unknown gate {g.parent!r}; expected one of "
                                                     f"{', '.join(by_name)} or null")
-    parent_of = {name: g.parent for name, (_, g) in by_name.items()}
-    for i, g in enumerate(gates):
-        try:  # unknown parents are reported above
-            ancestors(g.name, parent_of, parent=g.parent, unknown="ignore")
-        except HierarchyError as exc:
-            ck.add(f"gates[{i}] ({g.name}).parent", f"cycle: {cycle_text(exc.cycle)}")
+    # each gate on a cycle names it, from itself round (gates below a cycle have a valid parent)
+    in_cycle: list[tuple[int, str, str]] = []
+    for cycle in parent_cycles([g.name for g in gates], {name: g.parent for name, (_, g) in by_name.items()}):
+        loop = list(cycle[:-1])
+        for k, name in enumerate(loop):
+            i = by_name[name][0]
+            in_cycle.append((i, f"gates[{i}] ({name}).parent", f"cycle: {cycle_text(loop[k:] + loop[:k + 1])}"))
+    for _, where, msg in sorted(in_cycle, key=lambda t: t[0]):
+        ck.add(where, msg)
     if gates and not any(g.parent is None for g in gates):
         ck.add("gates", "no gate starts from all events (parent: null)")
     population = data.get("population", gates[-1].name if gates else "")
