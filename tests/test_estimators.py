@@ -7,16 +7,20 @@ import pytest
 
 from bat_analysis.gating import estimators as est
 from bat_analysis.gating.gates import ArrayEvents, BooleanGate, Dimension, PolygonGate, RangeGate, evaluate
-from bat_analysis.gating.templates import METHODS
 from bat_analysis.gating.transforms import from_spec
 
 LOGICLE = from_spec({"type": "logicle", "T": 262144, "W": 0.5, "M": 4.5, "A": 0})
 
 
 def params(method: str, **over: object) -> dict:
-    p = {k: v.default for k, v in METHODS[method].params.items()}
+    p = est.ESTIMATORS[method].defaults()
     p.update(over)
     return p
+
+
+def gd(name: str, cols, dims, ranges=None) -> est.GateData:
+    """The estimators' input: a gate's name, its parent's columns, dimensions and channel ranges."""
+    return est.GateData(name, tuple(cols), tuple(dims), tuple(ranges or (None,) * len(cols)))
 
 
 def lognormal(rng: np.random.Generator, median: float, sd: float, n: int) -> np.ndarray:
@@ -60,7 +64,7 @@ def test_flow_rate_removes_a_burst_and_keeps_steady_flow() -> None:
     t = steady_times(rng, 30_000)
     burst = rng.uniform(40.0, 40.5, 3000)
     times = np.concatenate([t, burst])
-    e = est.estimate_flow_rate(times, Dimension("Time"), "acq", params("flow_rate"))
+    e = est.estimate_flow_rate(gd("acq", [times], [Dimension("Time")]), params("flow_rate"))
     assert e.ok and e.flags[0].code == "FLOW_RATE_ANOMALY"
     removed = ~e.mask
     assert removed[30_000:].mean() > 0.99  # the burst
@@ -75,17 +79,17 @@ def test_flow_rate_removes_a_burst_and_keeps_steady_flow() -> None:
 def test_flow_rate_gap_removes_its_edges_only_and_a_steady_run_removes_nothing() -> None:
     rng = np.random.default_rng(3)
     t = steady_times(rng, 30_000)
-    e = est.estimate_flow_rate(t, Dimension("Time"), "acq", params("flow_rate"))
+    e = est.estimate_flow_rate(gd("acq", [t], [Dimension("Time")]), params("flow_rate"))
     assert e.ok and e.mask.all() and not e.flags and isinstance(e.gate, RangeGate)
     gap = np.where(t > 50, t + 5.0, t)  # the flow stops for 5 s
-    e = est.estimate_flow_rate(gap, Dimension("Time"), "acq", params("flow_rate"))
+    e = est.estimate_flow_rate(gd("acq", [gap], [Dimension("Time")]), params("flow_rate"))
     assert e.ok and e.mask.mean() > 0.98 and e.diagnostics["gaps"] >= 1
 
 
 def test_flow_rate_with_too_few_events_or_constant_time_fails_with_a_flag() -> None:
-    e = est.estimate_flow_rate(np.arange(500.0), Dimension("Time"), "acq", params("flow_rate"))
+    e = est.estimate_flow_rate(gd("acq", [np.arange(500.0)], [Dimension("Time")]), params("flow_rate"))
     assert not e.ok and e.flags[0].code == "ACQ_QC_SKIPPED" and "time bins" in e.diagnostics["failure"]
-    e = est.estimate_flow_rate(np.zeros(5000), Dimension("Time"), "acq", params("flow_rate"))
+    e = est.estimate_flow_rate(gd("acq", [np.zeros(5000)], [Dimension("Time")]), params("flow_rate"))
     assert not e.ok and "constant" in e.diagnostics["failure"]
 
 
@@ -97,11 +101,11 @@ def test_margin_removes_saturated_events() -> None:
     fsc[:100] = 262143.0
     ssc[100:150] = 262144.0
     dims = (Dimension("FSC-A"), Dimension("SSC-A"))
-    e = est.estimate_margin([fsc, ssc], dims, [262144.0, 262144.0], "margin", params("margin"))
+    e = est.estimate_margin(gd("margin", [fsc, ssc], dims, [262144.0, 262144.0]), params("margin"))
     assert e.ok and (~e.mask).sum() == 150 and not e.mask[:150].any()
     assert e.diagnostics["saturated_FSC-A"] == 100
     assert np.array_equal(est.apply_gate(e.gate, [fsc, ssc]), e.mask)
-    e = est.estimate_margin([fsc, ssc], dims, [None, 262144.0], "margin", params("margin"))
+    e = est.estimate_margin(gd("margin", [fsc, ssc], dims, [None, 262144.0]), params("margin"))
     assert not e.ok and e.flags[0].code == "MARGIN_SKIPPED"
 
 
@@ -121,7 +125,7 @@ def test_cells_exclude_debris_and_keep_every_leukocyte() -> None:
     rng = np.random.default_rng(5)
     fsc, ssc, lab = scatter_sample(rng)
     dims = (Dimension("FSC-A"), Dimension("SSC-A", LOGICLE))
-    e = est.estimate_cells(fsc, ssc, *dims, (262144.0, 262144.0), "cells", params("debris_density"))
+    e = est.estimate_cells(gd("cells", [fsc, ssc], dims, (262144.0, 262144.0)), params("debris_density"))
     assert e.ok and e.diagnostics["debris_valley_x"] is not None
     assert e.mask[lab == 0].mean() < 0.35  # most debris out
     assert e.mask[lab == 4].mean() == 1.0  # every basophil in
@@ -133,13 +137,13 @@ def test_cells_without_debris_keep_the_lowest_population() -> None:
     rng = np.random.default_rng(6)
     fsc, ssc, lab = scatter_sample(rng, n_debris=0)
     dims = (Dimension("FSC-A"), Dimension("SSC-A", LOGICLE))
-    e = est.estimate_cells(fsc, ssc, *dims, (262144.0, 262144.0), "cells", params("debris_density"))
+    e = est.estimate_cells(gd("cells", [fsc, ssc], dims, (262144.0, 262144.0)), params("debris_density"))
     assert e.ok and e.diagnostics["debris_valley_x"] is None and e.mask.mean() > 0.995
 
 
 def test_cells_with_no_events_fail_with_a_flag() -> None:
     dims = (Dimension("FSC-A"), Dimension("SSC-A"))
-    e = est.estimate_cells(np.empty(0), np.empty(0), *dims, (262144.0, 262144.0), "cells",
+    e = est.estimate_cells(gd("cells", [np.empty(0), np.empty(0)], dims, (262144.0, 262144.0)),
                            params("debris_density"))
     assert not e.ok and e.flags[0].code == "CELLS_GATE_FAILED"
 
@@ -153,7 +157,7 @@ def test_singlets_remove_doublets() -> None:
     h2 = np.maximum(h[:1000], h[1000:2000]) * rng.uniform(1.0, 1.25, 1000)
     area, height = np.concatenate([a, a2]), np.concatenate([h, h2])
     dims = (Dimension("FSC-A"), Dimension("FSC-H"))
-    e = est.estimate_singlets(area, height, *dims, (262144.0, 262144.0), "singlets", params("singlet_band"))
+    e = est.estimate_singlets(gd("singlets", [area, height], dims, (262144.0, 262144.0)), params("singlet_band"))
     assert e.ok
     assert e.mask[:20_000].mean() > 0.999
     assert e.mask[20_000:].mean() < 0.02
@@ -162,7 +166,7 @@ def test_singlets_remove_doublets() -> None:
 
 def test_singlets_fail_cleanly_without_signal() -> None:
     dims = (Dimension("FSC-A"), Dimension("FSC-H"))
-    e = est.estimate_singlets(np.zeros(1000), np.zeros(1000), *dims, (None, None), "singlets",
+    e = est.estimate_singlets(gd("singlets", [np.zeros(1000), np.zeros(1000)], dims, (None, None)),
                               params("singlet_band"))
     assert not e.ok and e.flags[0].code == "SINGLETS_GATE_FAILED"
 
@@ -186,7 +190,7 @@ def test_cluster_finds_the_ssc_low_marker_high_population(n_baso: int) -> None:
     rng = np.random.default_rng(8 + n_baso)
     x, y, lab = marker_sample(rng, n_baso)
     dims = (Dimension("CCR3", LOGICLE), Dimension("SSC-A", LOGICLE))
-    e = est.estimate_cluster(x, y, *dims, "basophils", params("cluster_2d"))
+    e = est.estimate_cluster(gd("basophils", [x, y], dims), params("cluster_2d"))
     assert e.ok
     truth = lab == 4
     precision = (e.mask & truth).sum() / e.mask.sum()
@@ -207,7 +211,7 @@ def test_cluster_on_the_low_side() -> None:
     xm = 1.0 - LOGICLE.apply(x)
     ys = LOGICLE.apply(y)
     dims = (Dimension("HLA-DR"), Dimension("SSC-A"))
-    e = est.estimate_cluster(xm, ys, *dims, "basophils", params("cluster_2d", x_side="low"))
+    e = est.estimate_cluster(gd("basophils", [xm, ys], dims), params("cluster_2d", x_side="low"))
     assert e.ok
     truth = lab == 4
     assert (e.mask & truth).sum() / truth.sum() > 0.95 and (e.mask & truth).sum() / e.mask.sum() > 0.95
@@ -218,10 +222,10 @@ def test_cluster_with_one_population_fails_with_a_flag() -> None:
     x = lognormal(rng, 60, 0.35, 10_000)
     y = lognormal(rng, 11000, 0.2, 10_000)
     dims = (Dimension("CCR3", LOGICLE), Dimension("SSC-A", LOGICLE))
-    e = est.estimate_cluster(x, y, *dims, "basophils", params("cluster_2d"))
+    e = est.estimate_cluster(gd("basophils", [x, y], dims), params("cluster_2d"))
     assert not e.ok and e.flags[0].code == "CLUSTER_GATE_FAILED"
     assert e.density is not None  # still drawable for review
-    e = est.estimate_cluster(x[:5], y[:5], *dims, "basophils", params("cluster_2d"))
+    e = est.estimate_cluster(gd("basophils", [x[:5], y[:5]], dims), params("cluster_2d"))
     assert not e.ok and "only 5 events" in e.diagnostics["failure"]
 
 
@@ -233,7 +237,7 @@ def test_cluster_joins_the_activated_mode_of_the_same_population() -> None:
     ya = lognormal(rng, 17000, 0.2, 150)
     x, y, lab = np.concatenate([x, xa]), np.concatenate([y, ya]), np.concatenate([lab, np.full(150, 4)])
     dims = (Dimension("CD203c", LOGICLE), Dimension("SSC-A", LOGICLE))
-    e = est.estimate_cluster(x, y, *dims, "basophils", params("cluster_2d"))
+    e = est.estimate_cluster(gd("basophils", [x, y], dims), params("cluster_2d"))
     truth = lab == 4
     assert e.ok and (e.mask & truth).sum() / truth.sum() > 0.97
 
@@ -282,11 +286,11 @@ def test_estimators_never_raise_on_strange_data(cols: tuple[np.ndarray, np.ndarr
     lin = (Dimension("FSC-A"), Dimension("SSC-A"))
     log = (Dimension("CCR3", LOGICLE), Dimension("SSC-A", LOGICLE))
     outcomes = [
-        est.estimate_flow_rate(x, Dimension("Time"), "acq", params("flow_rate")),
-        est.estimate_margin([x, y], lin, [262144.0, 262144.0], "margin", params("margin")),
-        est.estimate_cells(x, y, *lin, (262144.0, 262144.0), "cells", params("debris_density")),
-        est.estimate_singlets(x, y, *lin, (262144.0, 262144.0), "singlets", params("singlet_band")),
-        est.estimate_cluster(x, y, *log, "basophils", params("cluster_2d")),
+        est.estimate_flow_rate(gd("acq", [x], [Dimension("Time")]), params("flow_rate")),
+        est.estimate_margin(gd("margin", [x, y], lin, [262144.0, 262144.0]), params("margin")),
+        est.estimate_cells(gd("cells", [x, y], lin, (262144.0, 262144.0)), params("debris_density")),
+        est.estimate_singlets(gd("singlets", [x, y], lin, (262144.0, 262144.0)), params("singlet_band")),
+        est.estimate_cluster(gd("basophils", [x, y], log), params("cluster_2d")),
     ]
     for e in outcomes:
         if e.ok:
@@ -431,3 +435,83 @@ def test_bin_index_of_values_where_bins_are_finer_than_the_table(shift: int) -> 
     raw = est.from_scale(dim, edges)
     got = est._bin_index(values, dim, edges, shift=shift)
     assert np.array_equal(got, np.searchsorted(raw, values, side="right") - 1 + shift)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+def _toy_threshold(data: est.GateData, params) -> est.Estimate:
+    """A toy estimator: events at or above ``at`` (on the dimension's scale)."""
+    gate = RangeGate(data.name, data.dims, mins=(params["at"],), maxs=(None,))
+    mask = est.apply_gate(gate, data.cols)
+    return est.Estimate(gate, mask, {"toy_at": params["at"], "n_seen": len(data.cols[0])})
+
+
+def test_one_registry_entry_makes_an_estimator_usable_in_templates(tmp_path) -> None:
+    """Adding an estimator is one function and one entry: the template validates it (method, dimensions,
+    typed parameters with defaults), gating dispatches to it and the documentation lists it."""
+    import yaml
+
+    from bat_analysis.errors import TemplateError
+    from bat_analysis.gating.templates import load_template, parse_template
+    from bat_analysis.gating.tube import gate_tube, template_dimension
+    from bat_analysis.io.fcs_write import write_fcs
+    from bat_analysis.records import Tube
+    from bat_analysis.simulate import simulate_tube
+
+    doc = yaml.safe_load(load_template("bat_ccr3_cd63").source_text)
+    doc["gates"].append({"name": "toy", "parent": "basophils", "dims": ["CD63"], "method": "toy_threshold",
+                         "params": {"at": 0.4}})
+    text = yaml.safe_dump(doc, sort_keys=False)
+    bad = yaml.safe_dump({**doc, "gates": doc["gates"][:-1] + [
+        {**doc["gates"][-1], "dims": ["CD63", "SSC-A"], "params": {"at": "high", "colour": 1}}]}, sort_keys=False)
+    with pytest.raises(TemplateError, match=r"gates\[5\] \(toy\)\.method: unknown method 'toy_threshold'"):
+        parse_template(text)
+    est.register_estimator(est.EstimatorSpec("toy_threshold", _toy_threshold, 1, {
+        "at": est.Param("number", 0.5, 0.0, 1.0, doc="threshold on the dimension's scale"),
+        "unused": est.Param("integer", 7, 1, doc="a parameter left at its default"),
+    }, "a toy threshold"))
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            est.register_estimator(est.EstimatorSpec("toy_threshold", _toy_threshold, 1, {}, "again"))
+        template = parse_template(text)
+        toy = template.gate("toy")
+        assert toy.method == "toy_threshold" and toy.params == {"at": 0.4, "unused": 7}
+        with pytest.raises(TemplateError) as err:
+            parse_template(bad)
+        assert {p.split(":")[0] for p in err.value.problems} == {
+            "gates[5] (toy).dims", "gates[5] (toy).params.at", "gates[5] (toy).params.colour"}, err.value.problems
+        assert "toy_threshold (1 dimension(s)): a toy threshold" in est.describe_estimators()
+        assert "at: number, default 0.5, 0..1: threshold on the dimension's scale" in est.describe_estimators()
+
+        sim = simulate_tube(n_events=20_000, seed=4, pct_activated=40.0)
+        fcs = write_fcs(tmp_path / "t.fcs", sim.events, sim.pnn, sim.pns, spillover=sim.spillover)
+        result = gate_tube(fcs, Tube("t.fcs", "P01", "negative_control"), template)
+        rec = next(g for g in result.gates if g.name == "toy")
+        basophils = next(g for g in result.gates if g.name == "basophils")
+        cd63 = result.basophil_values["CD63"]
+        raw_at = est.from_scale(template_dimension(template, "CD63"), np.array([0.4]))[0]
+        assert rec.method == "toy_threshold" and rec.parent == "basophils"
+        assert rec.diagnostics["toy_at"] == 0.4 and rec.diagnostics["n_seen"] == basophils.count
+        assert rec.count == int(np.sum(cd63 >= raw_at)) and 0 < rec.count < basophils.count
+        assert rec.geometry["type"] == "range" and rec.geometry["mins"] == [0.4]
+    finally:
+        est.unregister_estimator("toy_threshold")
+    assert "toy_threshold" not in est.ESTIMATORS and "toy_threshold" not in est.describe_estimators()
+    with pytest.raises(TemplateError, match="unknown method 'toy_threshold'"):
+        parse_template(text)
+
+
+def test_registry_refuses_bad_entries() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        est.register_estimator(est.EstimatorSpec("fixed", _toy_threshold, 1, {}, "fixed is the template's own"))
+    with pytest.raises(ValueError, match="removes"):
+        est.register_estimator(est.EstimatorSpec("toy2", _toy_threshold, 1, {}, "x", removes="debris"))
+    with pytest.raises(ValueError, match="kind"):
+        est.register_estimator(est.EstimatorSpec("toy3", _toy_threshold, 1, {"a": est.Param("text", "")}, "x"))
+    assert not {"toy2", "toy3"} & set(est.ESTIMATORS)
+
+
+def test_event_fractions_come_from_the_registry() -> None:
+    """The fractions a tube reports (acquisition QC, margin, doublets) are named by the estimators."""
+    assert {s.name: s.removes for s in est.ESTIMATORS.values() if s.removes} == {
+        "flow_rate": "acquisition_qc", "margin": "margin", "singlet_band": "doublets"}
+    assert set(est.EVENT_FRACTIONS) == {"acquisition_qc", "margin", "doublets"}

@@ -196,6 +196,13 @@ def test_export_refusals_and_ellipse(tmp_path: Path) -> None:
     with pytest.raises(GatingError, match="not a gate of this sample"):
         export_workspace([WorkspaceTube(DIAMOND_FCS, [r, BooleanGate("n", (), op="not", operands=(("zz", False),))])],
                          tmp_path / "x.wsp")
+    looped = [RangeGate("p", (a,), mins=(0.1,), maxs=(None,), parent="q"),
+              RangeGate("q", (a,), mins=(0.2,), maxs=(None,), parent="p")]
+    with pytest.raises(GatingError, match=r"\(cycle: p -> q -> p\)"):  # the cycle is named
+        export_workspace([WorkspaceTube(DIAMOND_FCS, [r, *looped])], tmp_path / "x.wsp")
+    with pytest.raises(GatingError, match=r"gate names \['r'\] are used twice"):
+        export_workspace([WorkspaceTube(DIAMOND_FCS, [r, RangeGate("r", (b,), mins=(0.1,), maxs=(None,))])],
+                         tmp_path / "x.wsp")
     with pytest.raises(GatingError, match="no spillover matrix"):
         export_workspace([WorkspaceTube(DIAMOND_FCS, [RangeGate("c", (Dimension("channel_A", None, "FCS"),),
                                                                 mins=(1.0,), maxs=(None,))])], tmp_path / "x.wsp")

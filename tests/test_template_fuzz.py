@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bat_analysis.errors import TemplateError
-from bat_analysis.gating.templates import (METHODS, SCATTER_DIMS, Template, list_templates, load_template,
-                                           parse_template, templates_dir, validate_template)
+from bat_analysis.gating.templates import (SCATTER_DIMS, Template, list_templates, load_template, method_names,
+                                           method_params, parse_template, templates_dir, validate_template)
 from test_layout_fuzz import no_hang
 
 EXAMPLES = int(os.environ.get("BAT_FUZZ_EXAMPLES", "25"))
@@ -62,7 +62,7 @@ def check_text(text: str) -> Template | TemplateError:
     assert template.population in names
     valid_dims = set(SCATTER_DIMS) | set(template.panel)
     for g in template.gates:
-        assert g.method in METHODS and set(g.dims) <= valid_dims, g
+        assert g.method in method_names() and set(g.dims) <= valid_dims, g
         assert g.parent is None or g.parent in names
         seen, cur = {g.name}, g.parent
         while cur is not None:  # acyclic
@@ -70,7 +70,7 @@ def check_text(text: str) -> Template | TemplateError:
             seen.add(cur)
             cur = template.gate(cur).parent
         for k, v in g.params.items():
-            spec = METHODS[g.method].params[k]
+            spec = method_params(g.method)[k]
             if spec.kind in ("number", "integer"):
                 assert isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), (g.name, k, v)
     assert set(template.identification) <= set(template.panel) and set(template.activation) <= set(template.panel)
@@ -249,7 +249,7 @@ def test_damaged_files_load_and_validate_alike(name: str, edits: list[tuple[floa
 @given(name=shipped, i=st.integers(0, 20), method=st.one_of(
     st.sampled_from(["", "Fixed", "flowrate", "kmeans", "cluster-2d", "FLOW_RATE"]), st.text(max_size=10)))
 def test_unknown_method(name: str, i: int, method: str) -> None:
-    if method in METHODS:
+    if method in method_names():
         return
     doc = copy.deepcopy(DOCS[name])
     i %= len(doc["gates"])
@@ -336,11 +336,11 @@ def test_wrong_parameter_type(name: str, i: int, p: int, data: st.DataObject) ->
     doc = copy.deepcopy(DOCS[name])
     gates = doc["gates"]
     i %= len(gates)
-    spec = METHODS[gates[i]["method"]]
-    if not spec.params:
+    specs = method_params(gates[i]["method"])
+    if not specs:
         return
-    key = sorted(spec.params)[p % len(spec.params)]
-    param = spec.params[key]
+    key = sorted(specs)[p % len(specs)]
+    param = specs[key]
     gates[i].setdefault("params", {})[key] = data.draw(_wrong_values(param.kind, param.choices), label="value")
     problems = problems_of(doc)
     assert len(problems) == 1 and problems[0].startswith(f"{loc(doc, i)}.params.{key}: expected "), problems
@@ -353,7 +353,7 @@ def test_parameter_out_of_range(name: str, i: int, p: int, below: bool, by: floa
     doc = copy.deepcopy(DOCS[name])
     gates = doc["gates"]
     i %= len(gates)
-    bounded = {k: s for k, s in METHODS[gates[i]["method"]].params.items()
+    bounded = {k: s for k, s in method_params(gates[i]["method"]).items()
                if s.kind in ("number", "integer") and (s.minimum if below else s.maximum) is not None}
     if not bounded:
         return

@@ -230,3 +230,70 @@ def test_template_commands_print_file_text_escaped(tmp_path: Path) -> None:
         assert result.exit_code != 0, result.output
         assert "\x1b" not in result.output and "\x07" not in result.output, args
         assert "bad\\x1b[31m.yaml" in result.output, args
+
+
+def test_range_geometry_accepts_both_spellings_and_gates_alike() -> None:
+    """A template range may be written min/max (the template form) or mins/maxs (the stored form)."""
+    from bat_analysis.gating.geometry import RangeGeometry
+
+    gate = """  - name: cd63pos
+    parent: basophils
+    dims: [CD63]
+    method: fixed
+    geometry: {type: range, %s: [0.5], %s: [null]}
+"""
+    short = parse_template(MINIMAL + gate % ("min", "max"))
+    long = parse_template(MINIMAL + gate % ("mins", "maxs"))
+    assert short.gate("cd63pos").geometry == long.gate("cd63pos").geometry == RangeGeometry((0.5,), (None,))
+    assert problems_of(MINIMAL + gate % ("min", "mins")) == [
+        "gates[2] (cd63pos).geometry.min: give mins or min, not both"]
+
+
+def test_analysis_problems_are_taken_as_located_not_read_back_from_text() -> None:
+    """The analysis configuration's problems come with their key paths; a value that looks like a path
+    is quoted as written (reading the error text back used to rewrite it)."""
+    from bat_analysis.analysis.config import AnalysisConfig
+
+    text = MINIMAL + ("qc: {margin_warn_pct: 9, margin_fail_pct: 3}\n"
+                      "analysis: {threshold: {method: 'see @.qc. and @.'}, fit: {bootstrap_n: x}}\n")
+    assert sorted(problems_of(text)) == sorted([
+        "qc.margin_warn_pct: 9.0 must not exceed qc.margin_fail_pct (3.0)",
+        "analysis.fit.bootstrap_n: expected a whole number, got 'x'",
+        "analysis.threshold.method: expected auto, percentile or resting_peak, got 'see @.qc. and @.'",
+    ])
+    config, problems = AnalysisConfig.checked({"qc": {"bogus": 1}}, prefix="")
+    assert problems == ["qc.bogus: unknown key (expected one of " + ", ".join(
+        AnalysisConfig().qc.__dataclass_fields__) + ")"] and config == AnalysisConfig()
+    assert AnalysisConfig.checked({"fit": {"bootstrap_n": 7}})[0].fit.bootstrap_n == 7
+
+
+def test_methods_command_lists_the_registry() -> None:
+    """``bat templates methods`` is derived from the estimator registry (every method, every parameter)."""
+    from typer.testing import CliRunner
+
+    from bat_analysis.cli import app
+    from bat_analysis.gating.estimators import ESTIMATORS
+
+    result = CliRunner().invoke(app, ["templates", "methods"])
+    assert result.exit_code == 0, result.output
+    for name, spec in ESTIMATORS.items():
+        assert f"{name} (" in result.output and spec.doc in result.output
+        for key, param in spec.params.items():
+            assert f"    {key}: {param.kind if param.kind != 'choice' else 'one of'}" in result.output
+    assert "fixed (any number of dimensions)" in result.output
+
+
+def test_deep_parent_cycle_is_reported_briefly() -> None:
+    """A hostile template whose gates form one long parent cycle: each gate on it is reported once, in a
+    short line (the chain of a thousand names is elided), and a gate below the cycle is not blamed."""
+    n = 1500
+    lines = ["schema_version: 1", "name: deep", "panel: {CCR3: [], CD63: []}", "gates:"]
+    lines += [f"  - {{name: g{i}, parent: g{(i - 1) % n}, dims: [CD63], method: fixed, geometry: {{type: range, "
+              f"min: [0]}}}}" for i in range(n)]
+    lines += ["  - {name: below, parent: g7, dims: [CD63], method: fixed, geometry: {type: range, min: [0]}}"]
+    problems = problems_of("\n".join(lines) + "\n")
+    cycles = [p for p in problems if ": cycle: " in p]
+    assert len(cycles) == n and max(len(p) for p in problems) < 200
+    assert cycles[0].startswith("gates[0] (g0).parent: cycle: g0 -> g1499 -> g1498 -> ")
+    assert cycles[0].endswith(" -> ... 1491 more ... -> g4 -> g3 -> g2 -> g1 -> g0")
+    assert not any(p.startswith(f"gates[{n}]") for p in problems)

@@ -139,25 +139,39 @@ class AnalysisConfig:
     def from_mapping(cls, data: Mapping[str, Any] | None, *, source: str | None = None,
                      prefix: str = "analysis") -> AnalysisConfig:
         """Build from a nested mapping; every problem names its key, all problems in one error."""
-        if data is None:
-            return cls()
-        if not isinstance(data, Mapping):
+        if data is not None and not isinstance(data, Mapping):
             raise AnalysisError("expected a mapping of sections", source=source, field=prefix)
+        config, problems = cls.checked(data, prefix=prefix)
+        if problems:
+            raise AnalysisError("invalid analysis settings:\n" + "\n".join(f"  - {p}" for p in problems),
+                                source=source, field=prefix)
+        return config
+
+    @classmethod
+    def checked(cls, data: Mapping[str, Any] | None, *, prefix: str = "analysis"
+                ) -> tuple[AnalysisConfig, list[str]]:
+        """The configuration of a nested mapping and every problem found, each located by its key path.
+
+        Problems read ``{prefix}.{section}.{key}: what was expected`` (with an empty ``prefix``:
+        ``{section}.{key}: ...``); the configuration holds the valid settings (defaults for the others).
+        """
+        if data is None:
+            return cls(), []
+        at = _at(prefix)
+        if not isinstance(data, Mapping):
+            return cls(), [f"{prefix or '(top level)'}: expected a mapping of sections, got {type(data).__name__}"]
         problems: list[str] = []
         sections: dict[str, Any] = {}
         hints = get_type_hints(cls)
         for key, value in data.items():
             if key not in hints:
-                problems.append(f"{prefix}.{key}: unknown section (expected one of {', '.join(hints)})")
+                problems.append(f"{at}{key}: unknown section (expected one of {', '.join(hints)})")
                 continue
             section_cls = hints[key]
-            sections[key] = _build_section(section_cls, value, f"{prefix}.{key}", problems)
+            sections[key] = _build_section(section_cls, value, f"{at}{key}", problems)
         config = cls(**{k: v for k, v in sections.items() if v is not None})
         problems.extend(config.problems(prefix))
-        if problems:
-            raise AnalysisError("invalid analysis settings:\n" + "\n".join(f"  - {p}" for p in problems),
-                                source=source, field=prefix)
-        return config
+        return config, problems
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON/YAML-serialisable), the inverse of ``from_mapping``."""
@@ -168,22 +182,23 @@ class AnalysisConfig:
     def problems(self, prefix: str = "analysis") -> list[str]:
         """Cross-field checks (ranges and orderings), each naming its key."""
         p: list[str] = []
+        at = _at(prefix)
         t, q, f, c = self.threshold, self.qc, self.fit, self.classes
         if not 50.0 < t.percentile < 100.0:
-            p.append(f"{prefix}.threshold.percentile: expected a number in (50, 100), got {t.percentile}")
+            p.append(f"{at}threshold.percentile: expected a number in (50, 100), got {t.percentile}")
         if t.method not in ("auto", "percentile", "resting_peak"):
-            p.append(f"{prefix}.threshold.method: expected auto, percentile or resting_peak, got {t.method!r}")
+            p.append(f"{at}threshold.method: expected auto, percentile or resting_peak, got {t.method!r}")
         if t.asinh_cofactor < 0:
-            p.append(f"{prefix}.threshold.asinh_cofactor: expected >= 0 (0 = automatic), got {t.asinh_cofactor}")
+            p.append(f"{at}threshold.asinh_cofactor: expected >= 0 (0 = automatic), got {t.asinh_cofactor}")
         if t.mixture_min_bic_delta < 0:
-            p.append(f"{prefix}.threshold.mixture_min_bic_delta: expected >= 0, got {t.mixture_min_bic_delta}")
+            p.append(f"{at}threshold.mixture_min_bic_delta: expected >= 0, got {t.mixture_min_bic_delta}")
         if t.mixture_min_separation < 0:
-            p.append(f"{prefix}.threshold.mixture_min_separation: expected >= 0, got {t.mixture_min_separation}")
+            p.append(f"{at}threshold.mixture_min_separation: expected >= 0, got {t.mixture_min_separation}")
         if not 0.0 <= t.mixture_min_weight_pct < 50.0:
-            p.append(f"{prefix}.threshold.mixture_min_weight_pct: expected a number in [0, 50), "
+            p.append(f"{at}threshold.mixture_min_weight_pct: expected a number in [0, 50), "
                      f"got {t.mixture_min_weight_pct}")
         if t.mixture_max_events < 200:
-            p.append(f"{prefix}.threshold.mixture_max_events: expected >= 200, got {t.mixture_max_events}")
+            p.append(f"{at}threshold.mixture_max_events: expected >= 200, got {t.mixture_max_events}")
         pairs = [
             ("qc.basophils_fail_below", q.basophils_fail_below, "qc.basophils_pass_min", q.basophils_pass_min),
             ("qc.acquisition_qc_warn_pct", q.acquisition_qc_warn_pct, "qc.acquisition_qc_fail_pct",
@@ -201,27 +216,32 @@ class AnalysisConfig:
         ]
         for low_key, low, high_key, high in pairs:
             if low > high:
-                p.append(f"{prefix}.{low_key}: {low} must not exceed {prefix}.{high_key} ({high})")
+                p.append(f"{at}{low_key}: {low} must not exceed {at}{high_key} ({high})")
         if f.hill_min <= 0:
-            p.append(f"{prefix}.fit.hill_min: expected > 0 (h > 0), got {f.hill_min}")
+            p.append(f"{at}fit.hill_min: expected > 0 (h > 0), got {f.hill_min}")
         if f.min_points < 4:
-            p.append(f"{prefix}.fit.min_points: expected >= 4 (four parameters), got {f.min_points}")
+            p.append(f"{at}fit.min_points: expected >= 4 (four parameters), got {f.min_points}")
         if f.inhibition_bootstrap_n < 0:
-            p.append(f"{prefix}.fit.inhibition_bootstrap_n: expected >= 0, got {f.inhibition_bootstrap_n}")
+            p.append(f"{at}fit.inhibition_bootstrap_n: expected >= 0, got {f.inhibition_bootstrap_n}")
         if c.min_concentrations_confident < 2:
-            p.append(f"{prefix}.classes.min_concentrations_confident: expected >= 2, "
+            p.append(f"{at}classes.min_concentrations_confident: expected >= 2, "
                      f"got {c.min_concentrations_confident}")
         if q.low_count_policy not in ("keep", "exclude"):
-            p.append(f"{prefix}.qc.low_count_policy: expected keep or exclude, got {q.low_count_policy!r}")
+            p.append(f"{at}qc.low_count_policy: expected keep or exclude, got {q.low_count_policy!r}")
         if f.bootstrap_n < 0:
-            p.append(f"{prefix}.fit.bootstrap_n: expected >= 0, got {f.bootstrap_n}")
+            p.append(f"{at}fit.bootstrap_n: expected >= 0, got {f.bootstrap_n}")
         if f.max_ci_width_log10 < 0:
-            p.append(f"{prefix}.fit.max_ci_width_log10: expected >= 0 (0 = no limit), got {f.max_ci_width_log10}")
+            p.append(f"{at}fit.max_ci_width_log10: expected >= 0 (0 = no limit), got {f.max_ci_width_log10}")
         if not 0.0 < f.ci_level < 100.0:
-            p.append(f"{prefix}.fit.ci_level: expected a number in (0, 100), got {f.ci_level}")
+            p.append(f"{at}fit.ci_level: expected a number in (0, 100), got {f.ci_level}")
         if c.cohort_mode not in ("none", "median", "tertiles"):
-            p.append(f"{prefix}.classes.cohort_mode: expected none, median or tertiles, got {c.cohort_mode!r}")
+            p.append(f"{at}classes.cohort_mode: expected none, median or tertiles, got {c.cohort_mode!r}")
         return p
+
+
+def _at(prefix: str) -> str:
+    """The start of a key's path: ``analysis.`` (nothing when the prefix is empty)."""
+    return f"{prefix}." if prefix else ""
 
 
 def _build_section(section_cls: type, value: Any, where: str, problems: list[str]) -> Any:

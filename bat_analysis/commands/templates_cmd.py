@@ -1,4 +1,4 @@
-"""``bat templates list|show NAME|validate PATH``: the gating templates shipped and your own."""
+"""``bat templates list|show NAME|validate PATH|methods``: the gating templates shipped and your own."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ..textsafe import for_terminal
 
 def register(app: typer.Typer) -> None:
     """Add the ``templates`` command group to ``app``."""
-    group = typer.Typer(help="Gating templates: list the shipped ones, show one, validate your own.",
+    group = typer.Typer(help="Gating templates: list the shipped ones, show one, validate your own; the gate methods.",
                         no_args_is_help=True)
 
     @group.command("list")
@@ -74,5 +74,15 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"  - {for_terminal(p, multiline=True)}", err=True)
             raise typer.Exit(code=1)
         typer.echo(f"{for_terminal(path)}: valid")
+
+    @group.command("methods")
+    def methods_command() -> None:
+        """List the gate methods a template may use, with each parameter's type, default, range and meaning.
+
+        Example: bat templates methods
+        """
+        from ..gating.estimators import describe_estimators
+
+        typer.echo(describe_estimators())
 
     app.add_typer(group, name="templates")

@@ -1,10 +1,16 @@
 """Automated gate estimation: each step estimates concrete geometry from a tube's own events.
 
-Every estimator takes the parent's events (raw compensated values, one array per dimension), the
-dimensions (with their scale transforms) and typed parameters from the template, and returns an
-:class:`Estimate`: a gate of :mod:`bat_analysis.gating.gates` (or ``None`` when it failed), the
+Every estimator has one signature, ``estimator(data: GateData, params) -> Estimate``: it takes the
+parent's events (:class:`GateData`: raw compensated values, one array per dimension, the dimensions with
+their scale transforms and the channel ranges) and the typed parameters of the template's gate, and returns
+an :class:`Estimate`: a gate of :mod:`bat_analysis.gating.gates` (or ``None`` when it failed), the
 membership among the parent's events, diagnostics for review (peaks found, separation, fraction of
 parent), flags, and the parent's 2-D density image with its edges in the gate's coordinates.
+
+:data:`ESTIMATORS` is the one registry of estimators (see :class:`EstimatorSpec`): template validation
+(method names, dimensions, parameter types, ranges and defaults), gating dispatch and the documentation
+(``bat templates methods``) are all derived from it. Adding an estimator is one function and one entry
+(:func:`register_estimator` for an estimator defined elsewhere).
 
 Density images are binned on raw values with inverse-transformed bin edges, so no per-event transform
 is needed to build them; polygons are tested only on the events inside their bounding box.
@@ -41,6 +47,21 @@ class Estimate:
     @property
     def ok(self) -> bool:
         return self.gate is not None
+
+
+@dataclass(frozen=True)
+class GateData:
+    """What an estimator is given: the parent's events of one gate of the template.
+
+    ``cols`` holds one array of raw compensated values per dimension (the parent's events only),
+    ``dims`` the dimensions with their scale transforms, ``ranges`` each channel's range ($PnR; None when
+    the file gives none) and ``name`` the gate's name (for flags and the gate object).
+    """
+
+    name: str
+    cols: tuple[np.ndarray, ...]
+    dims: tuple[Dimension, ...]
+    ranges: tuple[float | None, ...]
 
 
 def failed(reason: str, code: str, gate_name: str, **diagnostics: Any) -> Estimate:
@@ -364,12 +385,13 @@ class _Counted:
 
 
 # ---------------------------------------------------------------------------------------------- 1. time
-def estimate_flow_rate(t: np.ndarray, dim: Dimension, name: str, params: Mapping[str, Any]) -> Estimate:
+def estimate_flow_rate(data: GateData, params: Mapping[str, Any]) -> Estimate:
     """Acquisition QC: bins of the time channel whose event rate departs from the robust centre.
 
     The event count per time bin is compared with its median; bins further than ``n_mad`` robust SDs
     (1.4826 x MAD, at least the Poisson SD) above (bursts) or below (gaps, clogs) are removed.
     """
+    t, dim, name = data.cols[0], data.dims[0], data.name
     n = len(t)
     tmin, tmax = (float(t.min()), float(t.max())) if n else (0.0, 0.0)
     if n == 0 or tmax <= tmin:
@@ -440,9 +462,9 @@ def estimate_flow_rate(t: np.ndarray, dim: Dimension, name: str, params: Mapping
 
 
 # ---------------------------------------------------------------------------------------------- 2. margin
-def estimate_margin(cols: Sequence[np.ndarray], dims: Sequence[Dimension], ranges: Sequence[float | None],
-                    name: str, params: Mapping[str, Any]) -> Estimate:
+def estimate_margin(data: GateData, params: Mapping[str, Any]) -> Estimate:
     """Margin events: values at the top of a dimension's range ($PnR) are saturated and removed."""
+    cols, dims, ranges, name = data.cols, data.dims, data.ranges, data.name
     tol = params["tolerance"]
     maxs_raw, diag = [], {}
     for dim, col, top in zip(dims, cols, ranges):
@@ -461,8 +483,7 @@ def estimate_margin(cols: Sequence[np.ndarray], dims: Sequence[Dimension], range
 
 
 # ---------------------------------------------------------------------------------------------- 3. cells
-def estimate_cells(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
-                   tops: tuple[float | None, float | None], name: str, params: Mapping[str, Any]) -> Estimate:
+def estimate_cells(data: GateData, params: Mapping[str, Any]) -> Estimate:
     """Cells on FSC-A/SSC-A: the density's populated region above the debris valley, as a polygon.
 
     The FSC profile of the smoothed density is searched for a debris peak (a peak at less than half the
@@ -475,6 +496,7 @@ def estimate_cells(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
     from scipy.signal import find_peaks
     from scipy.spatial import ConvexHull, QhullError
 
+    (x, y), (dx, dy), tops, name = data.cols, data.dims, data.ranges, data.name
     bins = params["bins"]
     step = thin(len(x))
     xs, ys = np.ascontiguousarray(x[::step]), np.ascontiguousarray(y[::step])
@@ -554,8 +576,7 @@ def estimate_cells(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
 
 
 # ---------------------------------------------------------------------------------------------- 4. singlets
-def estimate_singlets(area: np.ndarray, height: np.ndarray, da: Dimension, dh: Dimension,
-                      tops: tuple[float | None, float | None], name: str, params: Mapping[str, Any]) -> Estimate:
+def estimate_singlets(data: GateData, params: Mapping[str, Any]) -> Estimate:
     """Singlets: the band of height/area ratios around the singlet mode.
 
     The mode of H/A is found on a smoothed histogram; the band's half-width is ``n_sd`` robust SDs
@@ -564,6 +585,7 @@ def estimate_singlets(area: np.ndarray, height: np.ndarray, da: Dimension, dh: D
     """
     from scipy import ndimage
 
+    (area, height), (da, dh), tops, name = data.cols, data.dims, data.ranges, data.name
     step = thin(len(area))
     a_s, h_s = np.ascontiguousarray(area[::step]), np.ascontiguousarray(height[::step])
     ok = a_s > max(params["min_signal"], 0.0)
@@ -711,34 +733,54 @@ def _extend_along_x(region: np.ndarray, basins: np.ndarray, smooth: np.ndarray, 
     return region | extension
 
 
-def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension, name: str,
-                     params: Mapping[str, Any]) -> Estimate:
-    """The cluster that is high/low on x and high/low on y, found on the 2-D density.
+def _failed_with_density(reason: str, code: str, name: str, counts: np.ndarray,
+                         edges: tuple[np.ndarray, ...], **diagnostics: Any) -> Estimate:
+    """A failed estimate that still carries the parent's density image (the reviewer sees why)."""
+    est = failed(reason, code, name, **diagnostics)
+    est.density, est.density_edges = small_counts(counts), edges
+    return est
 
-    The smoothed density image is split into basins by a watershed from its local maxima (however many
-    there are); basins separated by a shallow pass are merged (``merge_ratio``), and basins holding fewer
-    than ``peak_min_events`` events are not populations. Candidates are populations whose peak lies
-    beyond the x split (see :func:`_split_point`); the one most extreme on y (``y_side``) is chosen, ties
-    broken by x, and neighbouring candidates displaced along x rather than y are joined to it
-    (``join_ratio``: e.g. activated basophils brighter in CD203c). The cluster is the density above
-    ``level`` x its peak connected to the peak and outside every other population's basin, opened
-    towards the x side (``extend_x``), padded (``pad`` bins) and traced into a polygon whose vertices at
-    the window's edge are moved beyond the data. Events far beyond the split are never thinned.
+
+@dataclass
+class _ClusterDensity:
+    """The parent's density for the cluster estimator: counts on the window, smoothed, and the x split."""
+
+    counts: np.ndarray
+    smooth: np.ndarray
+    ex: np.ndarray
+    ey: np.ndarray
+    split_x: float
+
+    @property
+    def edges(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.ex, self.ey
+
+
+@dataclass
+class _Populations:
+    """Density populations after watershed and merging: peak bins, basin labels (1..n), mass, centres."""
+
+    peaks: np.ndarray
+    basins: np.ndarray
+    mass: np.ndarray
+    px: np.ndarray
+    py: np.ndarray
+    real: np.ndarray  # basins holding enough events to be a population
+    peak_h: np.ndarray  # smoothed density at each peak
+
+
+def _cluster_density(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
+                     params: Mapping[str, Any]) -> _ClusterDensity:
+    """The x split of the majority population, then the density image with rare events kept whole.
+
+    With many events the majority population is thinned evenly (and weighted back) while every event
+    beyond its split on the x side is kept, so rare populations keep all their events.
     """
     from scipy import ndimage
-    from skimage.feature import peak_local_max
-    from skimage.measure import approximate_polygon, find_contours
-    from skimage.segmentation import watershed
 
-    bins = params["bins"]
-    n = len(x)
-    if n < params["peak_min_events"]:
-        return failed(f"only {n} events in the parent gate", "CLUSTER_GATE_FAILED", name, n_parent=n)
-    # many events: the majority population is thinned evenly (and weighted back), every event beyond
-    # its split on the x side is kept, so rare populations keep all their events
-    step = thin(n)
+    step = thin(len(x))
     xs_all = to_scale(dx, np.ascontiguousarray(x[::step]))
-    mode, sd, split = _split_point(xs_all if params["x_side"] == "high" else -xs_all, params["split_n_sd"])
+    _mode, _sd, split = _split_point(xs_all if params["x_side"] == "high" else -xs_all, params["split_n_sd"])
     split_x = split if params["x_side"] == "high" else -split
     weights: np.ndarray | None = None
     xd, yd = x, y
@@ -752,16 +794,18 @@ def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
         weights = np.where(beyond_raw[idx], 1.0, float(step))
     xlim = scale_limits(dx, xd)
     ylim = scale_limits(dy, yd)
-    counts, ex, ey = density_image(xd, yd, dx, dy, xlim, ylim, bins, weights=weights)
-    wx, wy = ex[1] - ex[0], ey[1] - ey[0]
+    counts, ex, ey = density_image(xd, yd, dx, dy, xlim, ylim, params["bins"], weights=weights)
     smooth = ndimage.gaussian_filter(counts.astype(np.float64), params["smooth"])
-    floor = 0.02 * params["peak_min_events"] / max(1.0, (2 * np.pi * max(params["smooth"], 1.0) ** 2))
-    peaks = peak_local_max(smooth, min_distance=2, threshold_abs=floor, exclude_border=False)
-    diag: dict[str, Any] = {"n_parent": n}
-    if len(peaks) == 0:
-        est = failed("no density peak", "CLUSTER_GATE_FAILED", name, **diag)
-        est.density, est.density_edges = small_counts(counts), (ex, ey)
-        return est
+    return _ClusterDensity(counts, smooth, ex, ey, split_x)
+
+
+def _cluster_populations(dens: _ClusterDensity, peaks: np.ndarray, floor: float,
+                         params: Mapping[str, Any]) -> _Populations:
+    """Basins of a watershed from the density's local maxima, shallow passes merged, one peak per basin."""
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
+    smooth, counts = dens.smooth, dens.counts
     markers = np.zeros(counts.shape, dtype=np.int32)
     for k, (i, j) in enumerate(peaks):
         markers[i, j] = k + 1
@@ -776,29 +820,22 @@ def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
     relabel[roots] = np.arange(1, len(roots) + 1)
     basins = relabel[basins]
     mass = ndimage.sum(counts, basins, index=np.arange(1, len(peaks) + 1))
-    px = ex[0] + (peaks[:, 0] + 0.5) * wx
-    py = ey[0] + (peaks[:, 1] + 0.5) * wy
+    wx, wy = dens.ex[1] - dens.ex[0], dens.ey[1] - dens.ey[0]
+    px = dens.ex[0] + (peaks[:, 0] + 0.5) * wx
+    py = dens.ey[0] + (peaks[:, 1] + 0.5) * wy
     real = mass >= params["peak_min_events"]
-    beyond = px > split_x if params["x_side"] == "high" else px < split_x
-    cand = np.flatnonzero(real & beyond)
-    pops = [{"x": float(a), "y": float(b), "events": int(m), "candidate": bool(c)}
-            for a, b, m, c in zip(px[real], py[real], mass[real], (real & beyond)[real])]
-    diag.update(populations=pops, n_populations=int(real.sum()), x_split=float(split_x))
-    if len(cand) == 0:
-        est = failed(f"no population beyond the {dx.key} split ({int(real.sum())} population(s) found)",
-                     "CLUSTER_GATE_FAILED", name, **diag)
-        est.density, est.density_edges = small_counts(counts), (ex, ey)
-        return est
-    ysign = 1.0 if params["y_side"] == "low" else -1.0
-    xsign = -1.0 if params["x_side"] == "high" else 1.0
-    order = sorted(cand, key=lambda k: (ysign * py[k], xsign * px[k]))
-    best = order[0]
-    peak_val = smooth[tuple(peaks[best])]
-    # join neighbouring candidates displaced along x rather than y (e.g. activated basophils brighter
-    # in CD203c): same population, two modes
-    saddles = basin_saddles(smooth, basins)
+    return _Populations(peaks, basins, mass, px, py, real, smooth[peaks[:, 0], peaks[:, 1]])
+
+
+def _join_candidates(pops: _Populations, cand: np.ndarray, best: int, smooth: np.ndarray,
+                     params: Mapping[str, Any]) -> set[int]:
+    """The chosen population plus neighbouring candidates displaced along x rather than y (e.g. activated
+    basophils brighter in CD203c: same population, two modes) joined by a pass high enough."""
+    px, py = pops.px, pops.py
+    peak_val = smooth[tuple(pops.peaks[best])]
+    saddles = basin_saddles(smooth, pops.basins)
     group = {best}
-    peak_h = smooth[peaks[:, 0], peaks[:, 1]]
+    peak_h = pops.peak_h
     changed = True
     while changed:
         changed = False
@@ -811,33 +848,48 @@ def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
             if h >= params["join_ratio"] * min(peak_h[c], peak_val):
                 group.add(int(c))
                 changed = True
-    # the cluster: density above level x its peak, connected to the peak, never inside another real
-    # population's basin (small basins on its shoulders belong to it)
-    others = [k + 1 for k in np.flatnonzero(real) if k not in group]
+    return group
+
+
+def _cluster_region(dens: _ClusterDensity, pops: _Populations, group: set[int], best: int,
+                    params: Mapping[str, Any]) -> np.ndarray:
+    """The cluster's bins: density above level x its peak, connected to the peak, never inside another real
+    population's basin (small basins on its shoulders belong to it), opened along x and padded."""
+    from scipy import ndimage
+
+    smooth, basins, peak_h = dens.smooth, pops.basins, pops.peak_h
+    others = [k + 1 for k in np.flatnonzero(pops.real) if k not in group]
     top = max(peak_h[g] for g in group)
     region = (smooth >= params["level"] * top) & ~np.isin(basins, others)
     lab, _ = ndimage.label(region)
-    region = lab == lab[tuple(peaks[best])]
+    region = lab == lab[tuple(pops.peaks[best])]
     region = ndimage.binary_fill_holes(region)
     if params["extend_x"]:
-        region = _extend_along_x(region, basins, smooth, group, peak_h, real, params)
+        region = _extend_along_x(region, basins, smooth, group, peak_h, pops.real, params)
     if params["pad"] > 0:
         it = int(round(params["pad"]))
         region = ndimage.binary_dilation(region, iterations=it) if it > 0 else region
+    return region
+
+
+def _outline(region: np.ndarray, ex: np.ndarray, ey: np.ndarray, bins: int) -> np.ndarray | str:
+    """The polygon tracing a region of bins (vertices on scale), or why there is none.
+
+    Vertices where the region reaches the window's edge are moved beyond the data.
+    """
+    from skimage.measure import approximate_polygon, find_contours
+
     padded = np.pad(region.astype(np.float64), 1)
     contours = find_contours(padded, 0.5)
     if not contours:
-        est = failed("the chosen population has no boundary", "CLUSTER_GATE_FAILED", name, **diag)
-        est.density, est.density_edges = small_counts(counts), (ex, ey)
-        return est
+        return "the chosen population has no boundary"
     contour = max(contours, key=len) - 1.0  # back to unpadded pixel indices
     contour = approximate_polygon(contour, tolerance=0.5)
     if len(contour) > 1 and np.allclose(contour[0], contour[-1]):
         contour = contour[:-1]
     if len(contour) < 3:
-        est = failed("the chosen population is too small to outline", "CLUSTER_GATE_FAILED", name, **diag)
-        est.density, est.density_edges = small_counts(counts), (ex, ey)
-        return est
+        return "the chosen population is too small to outline"
+    wx, wy = ex[1] - ex[0], ey[1] - ey[0]
     verts = np.column_stack([ex[0] + (contour[:, 0] + 0.5) * wx, ey[0] + (contour[:, 1] + 0.5) * wy])
     # where the region reaches the window's edge, the gate continues beyond the data
     span_x, span_y = ex[-1] - ex[0], ey[-1] - ey[0]
@@ -845,17 +897,75 @@ def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
     verts[contour[:, 0] <= 0, 0] = ex[0] - 0.25 * span_x
     verts[contour[:, 1] >= bins - 1, 1] = ey[-1] + 0.25 * span_y
     verts[contour[:, 1] <= 0, 1] = ey[0] - 0.25 * span_y
+    return verts
+
+
+def _separation(smooth: np.ndarray, pops: _Populations, group: set[int], best: int) -> float | None:
+    """How deep the density falls between the chosen peak and its nearest other population (None: alone)."""
+    others = [k for k in np.flatnonzero(pops.real) if k not in group]
+    if not others:
+        return None
+    px, py, peaks = pops.px, pops.py, pops.peaks
+    peak_val = smooth[tuple(peaks[best])]
+    near = min(others, key=lambda k: (px[k] - px[best]) ** 2 + (py[k] - py[best]) ** 2)
+    line_i = np.linspace(peaks[best][0], peaks[near][0], 50).round().astype(int)
+    line_j = np.linspace(peaks[best][1], peaks[near][1], 50).round().astype(int)
+    dip = smooth[line_i, line_j].min()
+    return float(1 - dip / min(peak_val, smooth[tuple(peaks[near])]))
+
+
+def estimate_cluster(data: GateData, params: Mapping[str, Any]) -> Estimate:
+    """The cluster that is high/low on x and high/low on y, found on the 2-D density.
+
+    The smoothed density image is split into basins by a watershed from its local maxima (however many
+    there are); basins separated by a shallow pass are merged (``merge_ratio``), and basins holding fewer
+    than ``peak_min_events`` events are not populations. Candidates are populations whose peak lies
+    beyond the x split (see :func:`_split_point`); the one most extreme on y (``y_side``) is chosen, ties
+    broken by x, and neighbouring candidates displaced along x rather than y are joined to it
+    (``join_ratio``: e.g. activated basophils brighter in CD203c). The cluster is the density above
+    ``level`` x its peak connected to the peak and outside every other population's basin, opened
+    towards the x side (``extend_x``), padded (``pad`` bins) and traced into a polygon whose vertices at
+    the window's edge are moved beyond the data. Events far beyond the split are never thinned.
+    """
+    from skimage.feature import peak_local_max
+
+    (x, y), (dx, dy), name = data.cols, data.dims, data.name
+    n = len(x)
+    if n < params["peak_min_events"]:
+        return failed(f"only {n} events in the parent gate", "CLUSTER_GATE_FAILED", name, n_parent=n)
+    # the density, its peaks and populations
+    dens = _cluster_density(x, y, dx, dy, params)
+    smooth = dens.smooth
+    floor = 0.02 * params["peak_min_events"] / max(1.0, (2 * np.pi * max(params["smooth"], 1.0) ** 2))
+    peaks = peak_local_max(smooth, min_distance=2, threshold_abs=floor, exclude_border=False)
+    diag: dict[str, Any] = {"n_parent": n}
+    if len(peaks) == 0:
+        return _failed_with_density("no density peak", "CLUSTER_GATE_FAILED", name, dens.counts, dens.edges,
+                                    **diag)
+    pops = _cluster_populations(dens, peaks, floor, params)
+    px, py, real, mass = pops.px, pops.py, pops.real, pops.mass
+    beyond = px > dens.split_x if params["x_side"] == "high" else px < dens.split_x
+    cand = np.flatnonzero(real & beyond)
+    diag.update(populations=[{"x": float(a), "y": float(b), "events": int(m), "candidate": bool(c)}
+                             for a, b, m, c in zip(px[real], py[real], mass[real], (real & beyond)[real])],
+                n_populations=int(real.sum()), x_split=float(dens.split_x))
+    if len(cand) == 0:
+        return _failed_with_density(f"no population beyond the {dx.key} split ({int(real.sum())} population(s) "
+                                    "found)", "CLUSTER_GATE_FAILED", name, dens.counts, dens.edges, **diag)
+    # the chosen population (most extreme on y, then on x) and the candidates joined to it
+    ysign = 1.0 if params["y_side"] == "low" else -1.0
+    xsign = -1.0 if params["x_side"] == "high" else 1.0
+    best = sorted(cand, key=lambda k: (ysign * py[k], xsign * px[k]))[0]
+    group = _join_candidates(pops, cand, best, smooth, params)
+    # its region, traced into a polygon
+    region = _cluster_region(dens, pops, group, best, params)
+    verts = _outline(region, dens.ex, dens.ey, params["bins"])
+    if isinstance(verts, str):
+        return _failed_with_density(verts, "CLUSTER_GATE_FAILED", name, dens.counts, dens.edges, **diag)
     gate = PolygonGate(name, (dx, dy), vertices=verts)
     mask = polygon_mask(gate, (x, y))
-    # separation: how deep the density falls between the chosen peak and its nearest other population
-    others = [k for k in np.flatnonzero(real) if k not in group]
-    sep = None
-    if others:
-        near = min(others, key=lambda k: (px[k] - px[best]) ** 2 + (py[k] - py[best]) ** 2)
-        line_i = np.linspace(peaks[best][0], peaks[near][0], 50).round().astype(int)
-        line_j = np.linspace(peaks[best][1], peaks[near][1], 50).round().astype(int)
-        dip = smooth[line_i, line_j].min()
-        sep = float(1 - dip / min(peak_val, smooth[tuple(peaks[near])]))
+    # diagnostics for review
+    sep = _separation(smooth, pops, group, best)
     diag.update(chosen={"x": float(px[best]), "y": float(py[best]), "events": int(mass[best])},
                 joined=[{"x": float(px[g]), "y": float(py[g]), "events": int(mass[g])} for g in group if g != best],
                 separation=sep, fraction_of_parent=float(mask.mean()), count=int(mask.sum()))
@@ -864,4 +974,136 @@ def estimate_cluster(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
         flags.append(Flag("CLUSTER_POORLY_SEPARATED", "warn",
                           f"gate {name}: the population is poorly separated from its neighbour "
                           f"(density dips by {100 * sep:.0f}%)"))
-    return Estimate(gate, mask, diag, flags, small_counts(counts), (ex, ey))
+    return Estimate(gate, mask, diag, flags, small_counts(dens.counts), dens.edges)
+
+
+# ---------------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class Param:
+    """A typed estimator parameter: ``kind`` is 'number', 'integer', 'bool' or 'choice'.
+
+    ``minimum``/``maximum`` bound numbers and integers (inclusive), ``choices`` lists a choice's values.
+    """
+
+    kind: str
+    default: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    doc: str = ""
+
+    def describe(self) -> str:
+        """``integer, default 128, 32..1024: density image size per axis``."""
+        kind = f"one of {'/'.join(self.choices)}" if self.kind == "choice" else self.kind
+        default = str(self.default).lower() if self.kind == "bool" else self.default
+        parts = [kind, f"default {default}"]
+        if self.minimum is not None or self.maximum is not None:
+            lo = "" if self.minimum is None else f"{self.minimum:g}"
+            hi = "" if self.maximum is None else f"{self.maximum:g}"
+            parts.append(f">= {lo}" if not hi else f"<= {hi}" if not lo else f"{lo}..{hi}")
+        return ", ".join(parts) + (f": {self.doc}" if self.doc else "")
+
+
+Estimator = Callable[[GateData, Mapping[str, Any]], Estimate]
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """One automated gate estimator: its template name, function, dimensions and typed parameters.
+
+    ``n_dims`` is the number of dimensions the gate must have (-1: any number); ``params`` maps each
+    parameter a template may set to its :class:`Param` (the function receives every one of them, defaults
+    filled); ``doc`` says what the gate estimates; ``removes`` names the event fraction of the tube the gate
+    removes (``acquisition_qc``, ``margin``, ``doublets``: reported in ``TubeResult.event_fractions`` and
+    judged by QC), or None.
+    """
+
+    name: str
+    function: Estimator
+    n_dims: int
+    params: Mapping[str, Param]
+    doc: str
+    removes: str | None = None
+
+    def defaults(self) -> dict[str, Any]:
+        """Every parameter at its default."""
+        return {k: p.default for k, p in self.params.items()}
+
+    def describe(self) -> str:
+        """A few lines for a person: what it estimates, on how many dimensions, each parameter."""
+        dims = "any number of dimensions" if self.n_dims < 0 else f"{self.n_dims} dimension(s)"
+        lines = [f"{self.name} ({dims}): {self.doc}"]
+        lines += [f"    {k}: {p.describe()}" for k, p in self.params.items()]
+        return "\n".join(lines)
+
+
+#: method name of a gate whose geometry is written in the template (``geometry:``); not an estimator
+FIXED = "fixed"
+#: the event fractions an estimator may remove (``EstimatorSpec.removes``)
+EVENT_FRACTIONS = ("acquisition_qc", "margin", "doublets")
+
+ESTIMATORS: dict[str, EstimatorSpec] = {}
+
+
+def register_estimator(spec: EstimatorSpec) -> EstimatorSpec:
+    """Add an estimator to :data:`ESTIMATORS` (templates may then use it); refuses a name already taken."""
+    if spec.name in ESTIMATORS or spec.name == FIXED:
+        raise ValueError(f"estimator {spec.name!r} is already registered")
+    if spec.removes is not None and spec.removes not in EVENT_FRACTIONS:
+        raise ValueError(f"estimator {spec.name!r}: removes {spec.removes!r}, expected one of {EVENT_FRACTIONS}")
+    for key, p in spec.params.items():
+        if p.kind not in ("number", "integer", "bool", "choice"):
+            raise ValueError(f"estimator {spec.name!r}: parameter {key!r} has kind {p.kind!r}")
+    ESTIMATORS[spec.name] = spec
+    return spec
+
+
+def unregister_estimator(name: str) -> None:
+    """Remove an estimator added with :func:`register_estimator`."""
+    del ESTIMATORS[name]
+
+
+def describe_estimators() -> str:
+    """Every registered estimator with its parameters (the text of ``bat templates methods``)."""
+    fixed = f"{FIXED} (any number of dimensions): geometry given in the template ('geometry:')"
+    return "\n".join([spec.describe() for spec in ESTIMATORS.values()] + [fixed])
+
+
+register_estimator(EstimatorSpec("flow_rate", estimate_flow_rate, 1, {
+    "bin_seconds": Param("number", 0.0, 0.0, doc="bin width in time units; 0 = choose from event count"),
+    "target_events_per_bin": Param("integer", 200, 10, doc="events per bin when bin_seconds is 0"),
+    "n_mad": Param("number", 5.0, 1.0, doc="bins further than n_mad robust SDs from the median are removed"),
+    "min_bins": Param("integer", 20, 5, doc="fewer bins than this: no flow-rate check"),
+}, "acquisition QC: remove flow-rate bursts and gaps on the time channel", removes="acquisition_qc"))
+register_estimator(EstimatorSpec("margin", estimate_margin, -1, {
+    "tolerance": Param("number", 0.001, 0.0, 0.2, doc="events within this fraction of $PnR of the top are saturated"),
+}, "remove events saturated at the top of each dimension's range ($PnR)", removes="margin"))
+register_estimator(EstimatorSpec("debris_density", estimate_cells, 2, {
+    "bins": Param("integer", 128, 32, 1024, doc="density image size per axis"),
+    "smooth": Param("number", 1.5, 0.0, 20.0, doc="Gaussian smoothing (bins)"),
+    "level": Param("number", 0.002, 0.0, 0.5, doc="density contour as a fraction of the maximum"),
+    "pad": Param("number", 2.0, 0.0, 20.0, doc="bins added around the cell region"),
+}, "cells: exclude low-FSC debris using the FSC-A/SSC-A density"))
+register_estimator(EstimatorSpec("singlet_band", estimate_singlets, 2, {
+    "n_sd": Param("number", 4.0, 1.0, 20.0, doc="band half-width in robust SDs of H/A around its mode"),
+    "min_signal": Param("number", 0.0, 0.0, doc="ignore events with area below this when fitting"),
+}, "singlets: the FSC-A/FSC-H diagonal band, fitted on the ratio H/A", removes="doublets"))
+register_estimator(EstimatorSpec("cluster_2d", estimate_cluster, 2, {
+    "x_side": Param("choice", "high", choices=("high", "low"), doc="the cluster is high/low on dimension 1"),
+    "y_side": Param("choice", "low", choices=("high", "low"), doc="the cluster is high/low on dimension 2"),
+    "bins": Param("integer", 128, 32, 1024, doc="density image size per axis"),
+    "smooth": Param("number", 1.5, 0.0, 20.0, doc="Gaussian smoothing (bins)"),
+    "peak_min_events": Param("number", 30.0, 1.0, doc="a population needs at least this many events"),
+    "merge_ratio": Param("number", 0.5, 0.0, 1.0,
+                         doc="merge two density peaks when the pass between them is at least this "
+                             "fraction of the lower peak"),
+    "join_ratio": Param("number", 0.1, 0.0, 1.0,
+                        doc="join a neighbouring candidate displaced along x when the pass between "
+                            "them is at least this fraction of the lower peak"),
+    "level": Param("number", 0.05, 0.0, 0.9, doc="cluster boundary as a fraction of the cluster's peak density"),
+    "split_n_sd": Param("number", 4.0, 0.5, 20.0,
+                        doc="x positivity: negative mode + n robust SDs when no valley is found"),
+    "pad": Param("number", 2.0, 0.0, 20.0, doc="bins added around the cluster"),
+    "extend_x": Param("bool", True, doc="open the gate towards the x side (nothing brighter belongs "
+                                         "elsewhere within the cluster's y band)"),
+}, "basophils: the x-high/low, y-high/low cluster of the 2-D density (number of populations found)"))

@@ -51,6 +51,7 @@ from ..fileio import atomic_path
 from ..safe_parse import XmlDocument, guarded, read_xml
 from .compensation import Spillover, as_spillover
 from .gatingml import GatingDocument, export_gatingml, from_flowkit_strategy
+from .hierarchy import HierarchyError, ancestors, topological_order
 from .gates import UNCOMPENSATED, BooleanGate, Dimension, EllipsoidGate, Gate, PolygonGate, RangeGate, evaluate
 from .transforms import Asinh, FlowJoBiex, FlowJoLog, Linear, Logicle, ScaleTransform
 
@@ -603,17 +604,11 @@ def _display_gate(g: Gate, by_name: Mapping[str, Gate]) -> Gate | None:
 def _population_path(name: str, by_name: Mapping[str, Gate]) -> list[str]:
     """A population's path from the sample root, as FlowJo names boolean dependents (``A/B/C``)."""
     chain: list[str] = []
-    seen: set[str] = set()
-    cur: str | None = name
-    while cur is not None:
-        if cur in seen:
-            raise GatingError(f"gate {name}: the gate hierarchy has a cycle", field="parent")
-        seen.add(cur)
-        part = cur.rsplit("/", 1)[-1]
+    for cur in (name, *ancestors(name, {n: g.parent for n, g in by_name.items()})):
+        part = str(cur).rsplit("/", 1)[-1]
         if "/" in part:
             raise GatingError(f"gate {cur}: '/' in a population name", field="name")
         chain.append(part)
-        cur = by_name[cur].parent
     return chain[::-1]
 
 
@@ -718,14 +713,21 @@ def _sample_element(samples: ET.Element, tube: WorkspaceTube, sid: str, matrices
         if g.parent is not None and g.parent not in by_name:
             raise GatingError(f"gate {g.name}: unknown parent {g.parent!r}", field="parent")
         children.setdefault(g.parent, []).append(g)
+    if len(by_name) != len(gates):
+        dups = sorted({g.name for g in gates if sum(h.name == g.name for h in gates) > 1})
+        raise GatingError(f"{tube.sample_name}: gate names {dups} are used twice", field="name",
+                          expected="unique population names")
+    try:  # every gate is then reachable from the sample's root
+        topological_order(gates, lambda g: g.name, lambda g: [g.parent] if g.parent is not None else [])
+    except HierarchyError as exc:
+        raise GatingError(f"{tube.sample_name}: {exc}", field="parent",
+                          expected="a hierarchy rooted at the events") from None
     ids: dict[str, str] = {}
 
-    def add(parent_el: ET.Element, parent: str | None, depth: int) -> None:
+    def add(parent_el: ET.Element, parent: str | None) -> None:
         kids = children.get(parent, [])
         if not kids:
             return
-        if depth > len(gates):
-            raise GatingError(f"{tube.sample_name}: the gate hierarchy has a cycle", field="parent")
         subs = ET.SubElement(parent_el, "Subpopulations")
         for g in kids:
             fj_id = f"ID{sid}{len(ids) + 1:04d}"
@@ -748,14 +750,10 @@ def _sample_element(samples: ET.Element, tube: WorkspaceTube, sid: str, matrices
                 if pid is not None:
                     gate_el.set(_q("gating", "parent_id"), pid)
                 _gate_element(gate_el, shape, fj_id, pid, param_name, display)
-            add(pop, g.name, depth + 1)
+            add(pop, g.name)
             if isinstance(g, BooleanGate):
                 deps = ET.SubElement(pop, "Dependents")
                 for ref, _ in g.operands:
                     ET.SubElement(deps, "Dependent", {"name": "/".join(_population_path(ref, by_name))})
 
-    add(node, None, 0)
-    if len(ids) != len(gates):
-        missing = sorted(set(by_name) - set(ids))
-        raise GatingError(f"{tube.sample_name}: gates {missing} are not reachable from the root (cycle?)",
-                          field="parent", expected="a hierarchy rooted at the events")
+    add(node, None)

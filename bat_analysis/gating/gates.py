@@ -22,6 +22,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 
 from ..errors import GatingError
+from .hierarchy import topological_order
 
 
 class Transform(Protocol):
@@ -367,21 +368,8 @@ def evaluate(gates: Sequence[Gate], events: EventSource) -> dict[str, np.ndarray
             raise GatingError(f"gate name {g.name!r} is used twice", field="name", expected="unique names")
         by_name[g.name] = g
     masks: dict[str, np.ndarray] = {}
-    visiting: set[str] = set()
-
-    def visit(name: str) -> np.ndarray:
-        if name in masks:
-            return masks[name]
-        if name not in by_name:
-            raise GatingError(f"unknown gate {name!r}", field="parent", expected=f"one of {sorted(by_name)}")
-        if name in visiting:
-            raise GatingError(f"gate {name!r} is its own ancestor", field="parent", expected="no cycles")
-        visiting.add(name)
-        g = by_name[name]
-        deps = [ref for ref, _ in g.operands] if isinstance(g, BooleanGate) else []
-        for dep in deps:
-            visit(dep)
-        parent_mask = visit(g.parent) if g.parent is not None else None
+    for g in topological_order(by_name.values(), lambda g: g.name, _depends_on):
+        parent_mask = masks[g.parent] if g.parent is not None else None
         if parent_mask is None:
             mask = g.own_mask(events, masks)
         elif subset_ok:
@@ -391,13 +379,14 @@ def evaluate(gates: Sequence[Gate], events: EventSource) -> dict[str, np.ndarray
                 mask[rows] = g.own_mask(events, masks, rows, g.parent)
         else:
             mask = g.own_mask(events, masks) & parent_mask
-        visiting.discard(name)
-        masks[name] = mask
-        return mask
-
-    for name in by_name:
-        visit(name)
+        masks[g.name] = mask
     return masks
+
+
+def _depends_on(g: Gate) -> list[str]:
+    """What a gate needs evaluated first: a boolean gate's operands, then its parent."""
+    deps = [ref for ref, _ in g.operands] if isinstance(g, BooleanGate) else []
+    return deps + ([g.parent] if g.parent is not None else [])
 
 
 def _ratio_to_dict(r: Ratio | None) -> dict[str, Any] | None:

@@ -31,6 +31,7 @@ from ..errors import GatingError, InputParseError
 from ..fileio import atomic_write_bytes
 from ..safe_parse import guarded, read_xml
 from .compensation import Spillover, as_spillover
+from .hierarchy import ancestors, topological_order
 from .gates import (UNCOMPENSATED, ArrayEvents, BooleanGate, Dimension, EllipsoidGate, Gate, PolygonGate,
                     QuadrantGate, RangeGate, Ratio, evaluate)
 from .transforms import (Asinh, FlowJoBiex, FlowJoLog, Hyperlog, Linear, Log, Logicle, ScaleTransform)
@@ -279,20 +280,18 @@ def _safe_id(text: str) -> str:
 def _ancestors(gate: Gate, by_name: Mapping[str, Gate]) -> tuple[str, ...]:
     """FlowKit gate path ('root', ..., parent) of a gate; a quadrant's parent path skips no level."""
     chain: list[str] = []
-    seen: set[str] = set()
-    p = gate.parent
-    while p is not None:
-        if p in seen:
-            raise GatingError(f"gate {gate.name!r} is its own ancestor", field="parent", expected="no cycles")
-        seen.add(p)
-        pg = by_name.get(p)
-        if pg is None:
-            raise GatingError(f"gate {gate.name!r}: unknown parent {p!r}", field="parent")
-        chain.append(p)
+    for p in ancestors(gate.name, {name: g.parent for name, g in by_name.items()}, parent=gate.parent):
+        chain.append(str(p))
+        pg = by_name[str(p)]
         if isinstance(pg, QuadrantGate):
             chain.append(pg.group)  # FlowKit paths run through the quadrant gate, then the quadrant
-        p = pg.parent
     return ("root", *reversed(chain))
+
+
+def _depends_on(g: Gate) -> list[str]:
+    """What a gate needs added first: its parent, then a boolean gate's operands."""
+    deps = [g.parent] if g.parent else []
+    return deps + ([r for r, _ in g.operands] if isinstance(g, BooleanGate) else [])
 
 
 def to_flowkit_strategy(gates: Iterable[Gate], spillovers: Mapping[str, Any] | None = None) -> Any:
@@ -335,27 +334,8 @@ def to_flowkit_strategy(gates: Iterable[Gate], spillovers: Mapping[str, Any] | N
             return fk.RatioDimension(rid, comp_ref(d), xform_id(d.transform), range_min=lo, range_max=hi)
         return fk.Dimension(d.key, comp_ref(d), xform_id(d.transform), range_min=lo, range_max=hi)
 
-    done: set[str] = set()
-    pending = list(gate_list)
     # parents (and boolean operands) first
-    order: list[Gate] = []
-    while pending:
-        progressed = False
-        for g in list(pending):
-            deps = [g.parent] if g.parent else []
-            if isinstance(g, BooleanGate):
-                deps += [r for r, _ in g.operands]
-            if all(d in done or (d in by_name and isinstance(by_name[d], QuadrantGate)
-                                 and by_name[d].group in done) for d in deps):
-                order.append(g)
-                done.add(g.name)
-                if isinstance(g, QuadrantGate):
-                    done.add(g.group)
-                pending.remove(g)
-                progressed = True
-        if not progressed:
-            raise GatingError(f"gates {[g.name for g in pending]} have unknown parents/operands or a cycle",
-                              field="parent", expected="a hierarchy rooted at the events")
+    order = topological_order(gate_list, lambda g: g.name, _depends_on)
     added_quads: set[str] = set()
     for g in order:
         path = _ancestors(g, by_name)

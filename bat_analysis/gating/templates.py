@@ -23,25 +23,28 @@ A template is data, never code. :func:`load_template` parses it (plain YAML behi
       - name: cells
         parent: margin
         dims: [FSC-A, SSC-A]
-        method: debris_density    # an estimator (see METHODS) or 'fixed'
-        params: {bins: 128}
+        method: debris_density    # a registered estimator (bat templates methods) or 'fixed'
+        params: {bins: 128}       # the estimator's typed parameters
         keep: inside              # inside | outside
         min_events: 200
         on_fail: fallback         # fallback | not_gated
-        fallback: {type: polygon, vertices: [[...], ...]}
+        fallback: {type: polygon, vertices: [[...], ...]}   # range: min/max (or mins/maxs) lists
     reference_gates: [...]        # thresholds estimated on another tube (e.g. CD63 on the negative control)
     metrics: [...]
     qc: {...}                     # passed to the analysis configuration
     analysis: {...}               # passed to the analysis configuration
 
 Dimensions are scatter/time names (``FSC-A``, ``FSC-H``, ``FSC-W``, ``SSC-A``, ``SSC-H``, ``SSC-W``,
-``Time``) or markers of the panel.
+``Time``) or markers of the panel. Methods and their parameters come from the estimator registry
+(:data:`bat_analysis.gating.estimators.ESTIMATORS`), geometries are read by
+:mod:`bat_analysis.gating.geometry` (held typed in :class:`GateSpec`), parent cycles are found by
+:mod:`bat_analysis.gating.hierarchy`, and ``qc:``/``analysis:`` are checked by
+:meth:`bat_analysis.analysis.config.AnalysisConfig.checked`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -49,6 +52,9 @@ from typing import Any, Mapping
 
 from ..errors import InputParseError, TemplateError
 from ..safe_parse import MAX_YAML_BYTES, load_yaml, read_limited
+from .estimators import ESTIMATORS, FIXED, Param
+from .geometry import Geometry, is_number, parse_geometry, value_name
+from .hierarchy import cycle_text, parent_cycles
 from .transforms import from_spec
 
 SCHEMA_VERSION = 1
@@ -56,73 +62,17 @@ SCATTER_DIMS = ("FSC-A", "FSC-H", "FSC-W", "SSC-A", "SSC-H", "SSC-W", "Time")
 DEFAULT_TEMPLATE = "bat_ccr3_cd63"
 
 
-# ---------------------------------------------------------------------------------------------- schema
-@dataclass(frozen=True)
-class Param:
-    """A typed estimator parameter: ``kind`` is 'number', 'integer', 'bool' or 'choice'."""
-
-    kind: str
-    default: Any
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple[str, ...] = ()
-    doc: str = ""
+# ---------------------------------------------------------------------------------------------- methods
+def method_names() -> tuple[str, ...]:
+    """Every method a gate may name: the registered estimators, then ``fixed``."""
+    return (*ESTIMATORS, FIXED)
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """What an estimator needs: how many dimensions, which typed parameters."""
-
-    n_dims: int
-    params: Mapping[str, Param]
-    doc: str = ""
-
-
-METHODS: dict[str, MethodSpec] = {
-    "flow_rate": MethodSpec(1, {
-        "bin_seconds": Param("number", 0.0, 0.0, doc="bin width in time units; 0 = choose from event count"),
-        "target_events_per_bin": Param("integer", 200, 10, doc="events per bin when bin_seconds is 0"),
-        "n_mad": Param("number", 5.0, 1.0, doc="bins further than n_mad robust SDs from the median are removed"),
-        "min_bins": Param("integer", 20, 5, doc="fewer bins than this: no flow-rate check"),
-    }, "acquisition QC: remove flow-rate bursts and gaps on the time channel"),
-    "margin": MethodSpec(-1, {
-        "tolerance": Param("number", 0.001, 0.0, 0.2,
-                           doc="events within this fraction of $PnR of the top are saturated"),
-    }, "remove events saturated at the top of each dimension's range ($PnR)"),
-    "debris_density": MethodSpec(2, {
-        "bins": Param("integer", 128, 32, 1024, doc="density image size per axis"),
-        "smooth": Param("number", 1.5, 0.0, 20.0, doc="Gaussian smoothing (bins)"),
-        "level": Param("number", 0.002, 0.0, 0.5, doc="density contour as a fraction of the maximum"),
-        "pad": Param("number", 2.0, 0.0, 20.0, doc="bins added around the cell region"),
-    }, "cells: exclude low-FSC debris using the FSC-A/SSC-A density"),
-    "singlet_band": MethodSpec(2, {
-        "n_sd": Param("number", 4.0, 1.0, 20.0, doc="band half-width in robust SDs of H/A around its mode"),
-        "min_signal": Param("number", 0.0, 0.0, doc="ignore events with area below this when fitting"),
-    }, "singlets: the FSC-A/FSC-H diagonal band, fitted on the ratio H/A"),
-    "cluster_2d": MethodSpec(2, {
-        "x_side": Param("choice", "high", choices=("high", "low"), doc="the cluster is high/low on dimension 1"),
-        "y_side": Param("choice", "low", choices=("high", "low"), doc="the cluster is high/low on dimension 2"),
-        "bins": Param("integer", 128, 32, 1024),
-        "smooth": Param("number", 1.5, 0.0, 20.0, doc="Gaussian smoothing (bins)"),
-        "peak_min_events": Param("number", 30.0, 1.0, doc="a population needs at least this many events"),
-        "merge_ratio": Param("number", 0.5, 0.0, 1.0,
-                             doc="merge two density peaks when the pass between them is at least this "
-                                 "fraction of the lower peak"),
-        "join_ratio": Param("number", 0.1, 0.0, 1.0,
-                            doc="join a neighbouring candidate displaced along x when the pass between "
-                                "them is at least this fraction of the lower peak"),
-        "level": Param("number", 0.05, 0.0, 0.9,
-                       doc="cluster boundary as a fraction of the cluster's peak density"),
-        "split_n_sd": Param("number", 4.0, 0.5, 20.0,
-                            doc="x positivity: negative mode + n robust SDs when no valley is found"),
-        "pad": Param("number", 2.0, 0.0, 20.0, doc="bins added around the cluster"),
-        "extend_x": Param("bool", True, doc="open the gate towards the x side (nothing brighter belongs "
-                                             "elsewhere within the cluster's y band)"),
-    }, "basophils: the x-high/low, y-high/low cluster of the 2-D density (number of populations found)"),
-    "fixed": MethodSpec(-1, {}, "geometry given in the template ('geometry:')"),
-}
-
-GEOMETRY_TYPES = ("range", "polygon", "ellipsoid")
+def method_params(method: str) -> Mapping[str, Param]:
+    """The typed parameters of a method (none for ``fixed``); KeyError for an unknown method."""
+    if method == FIXED:
+        return {}
+    return ESTIMATORS[method].params
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -145,8 +95,8 @@ class GateSpec:
     keep: str = "inside"
     min_events: int = 0
     on_fail: str = "not_gated"
-    fallback: dict[str, Any] | None = None
-    geometry: dict[str, Any] | None = None
+    fallback: Geometry | None = None
+    geometry: Geometry | None = None
     description: str = ""
 
 
@@ -253,27 +203,8 @@ def validate_template(path: str | Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- parsing
-def _tname(value: Any) -> str:
-    """How a value is named in a problem (texts and numbers quoted, shortened)."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        text = repr(value)
-        return text if len(text) <= 40 else text[:37] + "..."
-    if value is None:
-        return "nothing"
-    if isinstance(value, str):
-        return repr(value) if len(value) <= 60 else repr(value[:57]) + "..."
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
-
-
-def _is_number(v: Any) -> bool:
-    """A finite int or float (not a boolean, not NaN or infinity)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+_tname = value_name  # how a value is named in a problem
+_is_number = is_number  # a finite int or float (not a boolean, not NaN or infinity)
 
 
 def _in(value: Any, container: Any) -> bool:
@@ -315,62 +246,9 @@ class _Checker:
             self.add(where, f"expected a value <= {spec.maximum:g}, got {value:g}")
         return value
 
-
-def _check_geometry(ck: _Checker, where: str, geo: Any, n_dims: int) -> dict[str, Any] | None:
-    if not isinstance(geo, dict):
-        ck.add(where, f"expected a mapping with 'type' ({', '.join(GEOMETRY_TYPES)}), got {_tname(geo)}")
-        return None
-    kind = geo.get("type")
-    if kind not in GEOMETRY_TYPES:
-        ck.add(f"{where}.type", f"expected one of {', '.join(GEOMETRY_TYPES)}, got {_tname(kind)}")
-        return None
-    ok = True
-    if kind == "range":
-        for key in ("min", "max"):
-            vals = geo.get(key, [None] * n_dims)
-            if not isinstance(vals, list) or len(vals) != n_dims:
-                ck.add(f"{where}.{key}", f"expected a list of {n_dims} numbers or nulls, got {_tname(vals)}")
-                ok = False
-                continue
-            for i, v in enumerate(vals):
-                if v is not None and not _is_number(v):
-                    ck.add(f"{where}.{key}[{i}]", f"expected a number or null, got {_tname(v)}")
-                    ok = False
-        if ok:
-            mins, maxs = geo.get("min", [None] * n_dims), geo.get("max", [None] * n_dims)
-            for i, (lo, hi) in enumerate(zip(mins, maxs)):
-                if lo is None and hi is None:
-                    ck.add(f"{where}", f"dimension {i + 1} needs a min or a max")
-                    ok = False
-                elif lo is not None and hi is not None and lo >= hi:
-                    ck.add(f"{where}", f"dimension {i + 1}: min {lo:g} must be below max {hi:g}")
-                    ok = False
-    elif kind == "polygon":
-        verts = geo.get("vertices")
-        if n_dims != 2:
-            ck.add(where, f"a polygon needs 2 dimensions, the gate has {n_dims}")
-            ok = False
-        if not isinstance(verts, list) or len(verts) < 3:
-            ck.add(f"{where}.vertices", f"expected a list of >= 3 [x, y] pairs, got {_tname(verts)}")
-            ok = False
-        else:
-            for i, v in enumerate(verts):
-                if not (isinstance(v, list) and len(v) == 2 and all(_is_number(c) for c in v)):
-                    ck.add(f"{where}.vertices[{i}]", f"expected [x, y] numbers, got {_tname(v)}")
-                    ok = False
-    else:  # ellipsoid
-        mean, cov, d2 = geo.get("mean"), geo.get("covariance"), geo.get("distance_square")
-        if not (isinstance(mean, list) and len(mean) == n_dims and all(_is_number(c) for c in mean)):
-            ck.add(f"{where}.mean", f"expected {n_dims} numbers, got {_tname(mean)}")
-            ok = False
-        if not (isinstance(cov, list) and len(cov) == n_dims and all(
-                isinstance(r, list) and len(r) == n_dims and all(_is_number(c) for c in r) for r in cov)):
-            ck.add(f"{where}.covariance", f"expected a {n_dims}x{n_dims} matrix of numbers")
-            ok = False
-        if not (_is_number(d2) and d2 > 0):
-            ck.add(f"{where}.distance_square", f"expected a positive number, got {_tname(d2)}")
-            ok = False
-    return dict(geo) if ok else None
+    def geometry(self, where: str, geo: Any, n_dims: int) -> Geometry | None:
+        """A gate's typed geometry (see :mod:`bat_analysis.gating.geometry`); problems added, None when bad."""
+        return parse_geometry(geo, n_dims, where, self.problems)
 
 
 def _marker_key(name: str) -> str:
@@ -378,8 +256,8 @@ def _marker_key(name: str) -> str:
 
 
 def _drop_broken_keys(ck: _Checker, mapping: dict[str, Any], where: str) -> dict[str, Any]:
-    """Report (and leave out) keys holding a line break: no setting is named so, and the analysis
-    configuration's problems are read back line by line."""
+    """Report (and leave out) keys holding a line break: no setting is named so, and every problem of a
+    template is one line."""
     out: dict[str, Any] = {}
     for key, value in mapping.items():
         if isinstance(key, str) and key.splitlines() != [key]:
@@ -390,41 +268,31 @@ def _drop_broken_keys(ck: _Checker, mapping: dict[str, Any], where: str) -> dict
 
 
 def _check_analysis(ck: _Checker, qc: dict[str, Any], analysis: dict[str, Any]) -> None:
-    """Check the ``qc:`` and ``analysis:`` sections against the analysis configuration's keys."""
+    """Check the ``qc:`` and ``analysis:`` sections against the analysis configuration's keys.
+
+    The configuration's own checker returns each problem located by its key path; the ``qc:`` section is
+    checked as the configuration's ``qc`` section, so its problems read ``qc.KEY`` as in the template.
+    """
     from ..analysis.config import AnalysisConfig
-    from ..errors import AnalysisError
 
     qc = _drop_broken_keys(ck, qc, "qc")
     analysis = _drop_broken_keys(ck, analysis, "analysis")
-    for section, mapping in (("qc", {"qc": qc} if qc else None), ("analysis", analysis or None)):
+    for prefix, mapping in (("", {"qc": qc} if qc else None), ("analysis", analysis or None)):
         if not mapping:
             continue
-        try:
-            AnalysisConfig.from_mapping(mapping, prefix="@")
-        except AnalysisError as exc:
-            lines = [ln.strip()[2:] for ln in str(exc).splitlines() if ln.strip().startswith("- ")]
-            for ln in lines or [str(exc)]:
-                ln = ln.replace("@.qc.", "qc.") if section == "qc" else ln.replace("@.", "analysis.")
-                ck.problems.append(ln if len(ln) <= 300 else ln[:297] + "...")
+        _config, problems = AnalysisConfig.checked(mapping, prefix=prefix)
+        for p in problems:
+            ck.problems.append(p if len(p) <= 300 else p[:297] + "...")
 
 
-def parse_template(text: str, *, source: str = "<template>") -> Template:
-    """Parse and validate template YAML text; raises TemplateError with every located problem."""
-    try:
-        data = load_yaml(text, source=source, what="template")  # size, depth, alias and number limits
-    except InputParseError as exc:
-        raise TemplateError("template cannot be read", source=source, problems=[exc.located]) from None
-    ck = _Checker()
-    if not isinstance(data, dict):
-        raise TemplateError("template must be a YAML mapping", source=source,
-                            problems=[f"top level: expected a mapping, got {_tname(data)}"])
+def _check_top(ck: _Checker, data: dict[str, Any], source: str) -> tuple[str, str]:
+    """Unknown sections, the schema version, the name and the description."""
     known_top = {"schema_version", "name", "description", "panel", "identification", "activation",
                  "compensation", "transforms", "gates", "population", "reference_gates", "metrics", "qc",
                  "analysis"}
     for key in data:
         if key not in known_top:
             ck.add(str(key), f"unknown section; expected one of {', '.join(sorted(known_top))}")
-
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
         ck.add("schema_version", f"expected {SCHEMA_VERSION}, got {_tname(version)}")
@@ -436,44 +304,54 @@ def parse_template(text: str, *, source: str = "<template>") -> Template:
     if not isinstance(description, str):
         ck.add("description", f"expected text, got {_tname(description)}")
         description = ""
+    return name, description
 
-    # panel
+
+def _parse_marker(ck: _Checker, marker: Any, spec: Any) -> MarkerSpec | None:
+    """One panel entry: a list of aliases, or a mapping with aliases and required."""
+    where = f"panel.{marker}"
+    if not isinstance(marker, str) or not marker.strip():
+        ck.add("panel", f"marker names must be text, got {_tname(marker)}")
+        return None
+    if marker in SCATTER_DIMS:
+        ck.add(where, "scatter/time channels are found automatically; do not list them in the panel")
+        return None
+    aliases: Any = []
+    required = True
+    if spec is None:
+        aliases = []
+    elif isinstance(spec, list):
+        aliases = spec
+    elif isinstance(spec, dict):
+        unknown = set(spec) - {"aliases", "required"}
+        for k in sorted(unknown, key=str):
+            ck.add(f"{where}.{k}", "unknown key; expected aliases or required")
+        aliases = spec.get("aliases", []) or []
+        required = spec.get("required", True)
+        if not isinstance(required, bool):
+            ck.add(f"{where}.required", f"expected true or false, got {_tname(required)}")
+            required = True
+    else:
+        ck.add(where, f"expected a list of aliases or a mapping, got {_tname(spec)}")
+        return None
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
+        ck.add(f"{where}.aliases" if isinstance(spec, dict) else where,
+               f"expected a list of texts, got {_tname(aliases)}")
+        aliases = []
+    return MarkerSpec(marker, tuple(aliases), required)
+
+
+def _parse_panel(ck: _Checker, data: dict[str, Any]) -> dict[str, MarkerSpec]:
+    """The panel: markers with their aliases; an alias used by two markers is a problem."""
     panel: dict[str, MarkerSpec] = {}
     raw_panel = data.get("panel")
     if not isinstance(raw_panel, dict) or not raw_panel:
         ck.add("panel", f"expected a mapping of marker -> aliases, got {_tname(raw_panel)}")
         raw_panel = {}
     for marker, spec in raw_panel.items():
-        where = f"panel.{marker}"
-        if not isinstance(marker, str) or not marker.strip():
-            ck.add("panel", f"marker names must be text, got {_tname(marker)}")
-            continue
-        if marker in SCATTER_DIMS:
-            ck.add(where, "scatter/time channels are found automatically; do not list them in the panel")
-            continue
-        aliases: Any = []
-        required = True
-        if spec is None:
-            aliases = []
-        elif isinstance(spec, list):
-            aliases = spec
-        elif isinstance(spec, dict):
-            unknown = set(spec) - {"aliases", "required"}
-            for k in sorted(unknown, key=str):
-                ck.add(f"{where}.{k}", "unknown key; expected aliases or required")
-            aliases = spec.get("aliases", []) or []
-            required = spec.get("required", True)
-            if not isinstance(required, bool):
-                ck.add(f"{where}.required", f"expected true or false, got {_tname(required)}")
-                required = True
-        else:
-            ck.add(where, f"expected a list of aliases or a mapping, got {_tname(spec)}")
-            continue
-        if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
-            ck.add(f"{where}.aliases" if isinstance(spec, dict) else where,
-                   f"expected a list of texts, got {_tname(aliases)}")
-            aliases = []
-        panel[marker] = MarkerSpec(marker, tuple(aliases), required)
+        parsed = _parse_marker(ck, marker, spec)
+        if parsed is not None:
+            panel[marker] = parsed
     seen_alias: dict[str, str] = {}
     for m in panel.values():
         for a in (m.name, *m.aliases):
@@ -481,24 +359,26 @@ def parse_template(text: str, *, source: str = "<template>") -> Template:
             if k in seen_alias and seen_alias[k] != m.name:
                 ck.add(f"panel.{m.name}", f"alias {a!r} is also used by marker {seen_alias[k]!r}")
             seen_alias[k] = m.name
+    return panel
 
-    def marker_list(key: str) -> tuple[str, ...]:
-        raw = data.get(key, []) or []
-        if not isinstance(raw, list):
-            ck.add(key, f"expected a list of panel markers, got {_tname(raw)}")
-            return ()
-        out = []
-        for i, m in enumerate(raw):
-            if not _in(m, panel):
-                ck.add(f"{key}[{i}]", f"unknown marker {_tname(m)}; the panel has {', '.join(panel) or 'none'}")
-            else:
-                out.append(m)
-        return tuple(out)
 
-    identification = marker_list("identification")
-    activation = marker_list("activation")
+def _marker_list(ck: _Checker, data: dict[str, Any], key: str, panel: Mapping[str, MarkerSpec]) -> tuple[str, ...]:
+    """A list of panel markers (``identification``, ``activation``)."""
+    raw = data.get(key, []) or []
+    if not isinstance(raw, list):
+        ck.add(key, f"expected a list of panel markers, got {_tname(raw)}")
+        return ()
+    out = []
+    for i, m in enumerate(raw):
+        if not _in(m, panel):
+            ck.add(f"{key}[{i}]", f"unknown marker {_tname(m)}; the panel has {', '.join(panel) or 'none'}")
+        else:
+            out.append(m)
+    return tuple(out)
 
-    # compensation
+
+def _parse_compensation(ck: _Checker, data: dict[str, Any]) -> dict[str, Any]:
+    """``compensation:``: file (with on_missing), none, or a matrix over named channels."""
     comp = data.get("compensation", {"source": "file"})
     if comp is None:
         comp = {"source": "none"}
@@ -520,8 +400,12 @@ def parse_template(text: str, *, source: str = "<template>") -> Template:
     for k in comp:
         if k not in ("source", "channels", "values", "on_missing"):
             ck.add(f"compensation.{k}", "unknown key; expected source, channels, values, on_missing")
+    return dict(comp)
 
-    # transforms (parameters checked by the transform library itself)
+
+def _parse_transforms(ck: _Checker, data: dict[str, Any], panel: Mapping[str, MarkerSpec],
+                      source: str) -> dict[str, dict[str, Any]]:
+    """``transforms:`` per dimension (parameters checked by the transform library itself)."""
     transforms: dict[str, dict[str, Any]] = {}
     raw_tf = data.get("transforms", {}) or {}
     if not isinstance(raw_tf, dict):
@@ -546,118 +430,159 @@ def parse_template(text: str, *, source: str = "<template>") -> Template:
             ck.add(where, f"unusable transform parameters ({exc})")
             continue
         transforms[dim] = dict(spec)
+    return transforms
 
-    # gates
+
+_GATE_KEYS = {"name", "parent", "dims", "method", "params", "keep", "min_events", "on_fail", "fallback",
+              "geometry", "description"}
+
+
+def _gate_dims(ck: _Checker, where: str, g: dict[str, Any], panel: Mapping[str, MarkerSpec]) -> list[str]:
+    """A gate's dimensions: scatter/time channels or panel markers."""
+    dims = g.get("dims")
+    if not isinstance(dims, list) or not dims or not all(isinstance(d, str) for d in dims):
+        ck.add(f"{where}.dims", f"expected a list of dimension names, got {_tname(dims)}")
+        dims = []
+    valid_dims = set(SCATTER_DIMS) | set(panel)
+    for j, d in enumerate(dims):
+        if d not in valid_dims:
+            ck.add(f"{where}.dims[{j}]", f"unknown dimension {d!r}; expected a scatter/time channel "
+                                         f"({', '.join(SCATTER_DIMS)}) or a panel marker "
+                                         f"({', '.join(panel) or 'none'})")
+    return dims
+
+
+def _gate_method(ck: _Checker, where: str, g: dict[str, Any], dims: list[str]) -> tuple[Any, dict[str, Any]]:
+    """A gate's method (a registered estimator or ``fixed``) and its typed parameters, defaults filled."""
+    method = g.get("method")
+    names = method_names()
+    known = isinstance(method, str) and method in names
+    if not known:
+        ck.add(f"{where}.method", f"unknown method {_tname(method)}; expected one of {', '.join(names)}")
+    elif method != FIXED and ESTIMATORS[method].n_dims > 0 and dims and len(dims) != ESTIMATORS[method].n_dims:
+        ck.add(f"{where}.dims", f"method {method} needs {ESTIMATORS[method].n_dims} dimension(s), got {len(dims)}")
+    raw_params = g.get("params", {}) or {}
+    params: dict[str, Any] = {}
+    if not isinstance(raw_params, dict):
+        ck.add(f"{where}.params", f"expected a mapping, got {_tname(raw_params)}")
+        raw_params = {}
+    if known:
+        specs = method_params(method)
+        for k, v in raw_params.items():
+            if k not in specs:
+                ck.add(f"{where}.params.{k}", f"unknown parameter for {method}; expected "
+                                              f"{', '.join(specs) or 'none'}")
+            else:
+                params[k] = ck.typed(f"{where}.params.{k}", v, specs[k])
+        for k, p in specs.items():
+            params.setdefault(k, p.default)
+    return method, params
+
+
+def _gate_outcome(ck: _Checker, where: str, g: dict[str, Any], method: Any, n: int
+                  ) -> tuple[str, int, str, Geometry | None, Geometry | None]:
+    """What a gate keeps, its minimum parent size, what happens when estimation fails, its geometries."""
+    keep = g.get("keep", "inside")
+    if keep not in ("inside", "outside"):
+        ck.add(f"{where}.keep", f"expected inside or outside, got {_tname(keep)}")
+        keep = "inside"
+    min_events = g.get("min_events", 0)
+    if not (isinstance(min_events, int) and not isinstance(min_events, bool) and min_events >= 0):
+        ck.add(f"{where}.min_events", f"expected a whole number >= 0, got {_tname(min_events)}")
+        min_events = 0
+    on_fail = g.get("on_fail", "not_gated")
+    if on_fail not in ("fallback", "not_gated"):
+        ck.add(f"{where}.on_fail", f"expected fallback or not_gated, got {_tname(on_fail)}")
+        on_fail = "not_gated"
+    fallback = None
+    if "fallback" in g:
+        fallback = ck.geometry(f"{where}.fallback", g["fallback"], n)
+    if on_fail == "fallback" and "fallback" not in g:
+        ck.add(f"{where}.on_fail", "is 'fallback' but the gate has no 'fallback' geometry")
+    geometry = None
+    if method == FIXED:
+        if "geometry" not in g:
+            ck.add(f"{where}.geometry", "method 'fixed' needs a geometry")
+        else:
+            geometry = ck.geometry(f"{where}.geometry", g["geometry"], n)
+    elif "geometry" in g:
+        ck.add(f"{where}.geometry", f"only method 'fixed' takes a geometry (this gate uses {method})")
+    return keep, min_events, on_fail, fallback, geometry
+
+
+def _parse_gate(ck: _Checker, i: int, g: Any, panel: Mapping[str, MarkerSpec],
+                names_seen: dict[str, int]) -> GateSpec | None:
+    """One entry of ``gates:``."""
+    where = f"gates[{i}]"
+    if not isinstance(g, dict):
+        ck.add(where, f"expected a mapping, got {_tname(g)}")
+        return None
+    gname = g.get("name")
+    if isinstance(gname, str) and gname.strip():
+        where = f"gates[{i}] ({gname})"
+    for k in g:
+        if k not in _GATE_KEYS:
+            ck.add(f"{where}.{k}", f"unknown key; expected one of {', '.join(sorted(_GATE_KEYS))}")
+    if not isinstance(gname, str) or not gname.strip():
+        ck.add(f"{where}.name", f"expected a non-empty text, got {_tname(gname)}")
+        gname = f"gate{i}"
+    elif gname in names_seen:
+        ck.add(f"{where}.name", f"name {gname!r} already used by gates[{names_seen[gname]}]")
+    names_seen.setdefault(gname, i)
+    parent = g.get("parent")
+    if parent is not None and not isinstance(parent, str):
+        ck.add(f"{where}.parent", f"expected a gate name or null, got {_tname(parent)}")
+        parent = None
+    dims = _gate_dims(ck, where, g, panel)
+    method, params = _gate_method(ck, where, g, dims)
+    keep, min_events, on_fail, fallback, geometry = _gate_outcome(ck, where, g, method, len(dims))
+    desc = g.get("description", "") or ""
+    return GateSpec(gname, parent, tuple(dims), str(method), params, keep, min_events, on_fail,
+                    fallback, geometry, str(desc))
+
+
+def _parse_gates(ck: _Checker, data: dict[str, Any], panel: Mapping[str, MarkerSpec]) -> list[GateSpec]:
+    """``gates:``, each gate checked on its own (the hierarchy is checked by :func:`_check_hierarchy`)."""
     gates: list[GateSpec] = []
     raw_gates = data.get("gates")
     if not isinstance(raw_gates, list) or not raw_gates:
         ck.add("gates", f"expected a list of gates, got {_tname(raw_gates)}")
         raw_gates = []
     names_seen: dict[str, int] = {}
-    valid_dims = set(SCATTER_DIMS) | set(panel)
-    gate_keys = {"name", "parent", "dims", "method", "params", "keep", "min_events", "on_fail", "fallback",
-                 "geometry", "description"}
     for i, g in enumerate(raw_gates):
-        where = f"gates[{i}]"
-        if not isinstance(g, dict):
-            ck.add(where, f"expected a mapping, got {_tname(g)}")
-            continue
-        gname = g.get("name")
-        if isinstance(gname, str) and gname.strip():
-            where = f"gates[{i}] ({gname})"
-        for k in g:
-            if k not in gate_keys:
-                ck.add(f"{where}.{k}", f"unknown key; expected one of {', '.join(sorted(gate_keys))}")
-        if not isinstance(gname, str) or not gname.strip():
-            ck.add(f"{where}.name", f"expected a non-empty text, got {_tname(gname)}")
-            gname = f"gate{i}"
-        elif gname in names_seen:
-            ck.add(f"{where}.name", f"name {gname!r} already used by gates[{names_seen[gname]}]")
-        names_seen.setdefault(gname, i)
-        parent = g.get("parent")
-        if parent is not None and not isinstance(parent, str):
-            ck.add(f"{where}.parent", f"expected a gate name or null, got {_tname(parent)}")
-            parent = None
-        dims = g.get("dims")
-        if not isinstance(dims, list) or not dims or not all(isinstance(d, str) for d in dims):
-            ck.add(f"{where}.dims", f"expected a list of dimension names, got {_tname(dims)}")
-            dims = []
-        for j, d in enumerate(dims):
-            if d not in valid_dims:
-                ck.add(f"{where}.dims[{j}]", f"unknown dimension {d!r}; expected a scatter/time channel "
-                                             f"({', '.join(SCATTER_DIMS)}) or a panel marker "
-                                             f"({', '.join(panel) or 'none'})")
-        method = g.get("method")
-        mspec = METHODS.get(method) if isinstance(method, str) else None
-        if mspec is None:
-            ck.add(f"{where}.method", f"unknown method {_tname(method)}; expected one of {', '.join(METHODS)}")
-        elif mspec.n_dims > 0 and dims and len(dims) != mspec.n_dims:
-            ck.add(f"{where}.dims", f"method {method} needs {mspec.n_dims} dimension(s), got {len(dims)}")
-        raw_params = g.get("params", {}) or {}
-        params: dict[str, Any] = {}
-        if not isinstance(raw_params, dict):
-            ck.add(f"{where}.params", f"expected a mapping, got {_tname(raw_params)}")
-            raw_params = {}
-        if mspec is not None:
-            for k, v in raw_params.items():
-                if k not in mspec.params:
-                    ck.add(f"{where}.params.{k}", f"unknown parameter for {method}; expected "
-                                                  f"{', '.join(mspec.params) or 'none'}")
-                else:
-                    params[k] = ck.typed(f"{where}.params.{k}", v, mspec.params[k])
-            for k, p in mspec.params.items():
-                params.setdefault(k, p.default)
-        keep = g.get("keep", "inside")
-        if keep not in ("inside", "outside"):
-            ck.add(f"{where}.keep", f"expected inside or outside, got {_tname(keep)}")
-            keep = "inside"
-        min_events = g.get("min_events", 0)
-        if not (isinstance(min_events, int) and not isinstance(min_events, bool) and min_events >= 0):
-            ck.add(f"{where}.min_events", f"expected a whole number >= 0, got {_tname(min_events)}")
-            min_events = 0
-        on_fail = g.get("on_fail", "not_gated")
-        if on_fail not in ("fallback", "not_gated"):
-            ck.add(f"{where}.on_fail", f"expected fallback or not_gated, got {_tname(on_fail)}")
-            on_fail = "not_gated"
-        n = len(dims)
-        fallback = None
-        if "fallback" in g:
-            fallback = _check_geometry(ck, f"{where}.fallback", g["fallback"], n)
-        if on_fail == "fallback" and "fallback" not in g:
-            ck.add(f"{where}.on_fail", "is 'fallback' but the gate has no 'fallback' geometry")
-        geometry = None
-        if method == "fixed":
-            if "geometry" not in g:
-                ck.add(f"{where}.geometry", "method 'fixed' needs a geometry")
-            else:
-                geometry = _check_geometry(ck, f"{where}.geometry", g["geometry"], n)
-        elif "geometry" in g:
-            ck.add(f"{where}.geometry", f"only method 'fixed' takes a geometry (this gate uses {method})")
-        desc = g.get("description", "") or ""
-        gates.append(GateSpec(gname, parent, tuple(dims), str(method), params, keep, min_events, on_fail,
-                              fallback, geometry, str(desc)))
+        spec = _parse_gate(ck, i, g, panel, names_seen)
+        if spec is not None:
+            gates.append(spec)
+    return gates
 
-    # parents and cycles
+
+def _check_hierarchy(ck: _Checker, data: dict[str, Any], gates: list[GateSpec]) -> tuple[str, dict[str, Any]]:
+    """Parents exist, no cycle, a root gate, and the population; returns the population and the gates by name."""
     by_name = {g.name: (i, g) for i, g in enumerate(gates)}
     for i, g in enumerate(gates):
         if g.parent is not None and g.parent not in by_name:
             ck.add(f"gates[{i}] ({g.name}).parent", f"unknown gate {g.parent!r}; expected one of "
                                                     f"{', '.join(by_name)} or null")
-    for i, g in enumerate(gates):
-        chain, cur = [g.name], g.parent
-        while cur is not None and cur in by_name:
-            if cur in chain:
-                ck.add(f"gates[{i}] ({g.name}).parent", f"cycle: {' -> '.join(chain + [cur])}")
-                break
-            chain.append(cur)
-            cur = by_name[cur][1].parent
+    # each gate on a cycle names it, from itself round (gates below a cycle have a valid parent)
+    in_cycle: list[tuple[int, str, str]] = []
+    for cycle in parent_cycles([g.name for g in gates], {name: g.parent for name, (_, g) in by_name.items()}):
+        loop = list(cycle[:-1])
+        for k, name in enumerate(loop):
+            i = by_name[name][0]
+            in_cycle.append((i, f"gates[{i}] ({name}).parent", f"cycle: {cycle_text(loop[k:] + loop[:k + 1])}"))
+    for _, where, msg in sorted(in_cycle, key=lambda t: t[0]):
+        ck.add(where, msg)
     if gates and not any(g.parent is None for g in gates):
         ck.add("gates", "no gate starts from all events (parent: null)")
     population = data.get("population", gates[-1].name if gates else "")
     if gates and not _in(population, by_name):
         ck.add("population", f"unknown gate {_tname(population)}; expected one of {', '.join(by_name)}")
+    return population, by_name
 
-    # reference gates
+
+def _check_reference_gates(ck: _Checker, data: dict[str, Any], panel: Mapping[str, MarkerSpec],
+                           by_name: Mapping[str, Any]) -> list[Any]:
+    """``reference_gates:``: thresholds estimated on another tube."""
     refs = data.get("reference_gates", []) or []
     if not isinstance(refs, list):
         ck.add("reference_gates", f"expected a list, got {_tname(refs)}")
@@ -679,7 +604,12 @@ def parse_template(text: str, *, source: str = "<template>") -> Template:
         pct = r.get("percentile", 97.5)
         if not (_is_number(pct) and 0 < pct < 100):
             ck.add(f"{where}.percentile", f"expected a number between 0 and 100, got {_tname(pct)}")
+    return refs
 
+
+def _parse_settings(ck: _Checker, data: dict[str, Any], panel: Mapping[str, MarkerSpec]
+                    ) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """``metrics:``, ``qc:`` and ``analysis:`` (the last two checked by the analysis configuration)."""
     metrics = data.get("metrics", []) or []
     if not isinstance(metrics, list):
         ck.add("metrics", f"expected a list, got {_tname(metrics)}")
@@ -695,13 +625,34 @@ def parse_template(text: str, *, source: str = "<template>") -> Template:
     if not isinstance(analysis, dict):
         ck.add("analysis", f"expected a mapping, got {_tname(analysis)}")
         analysis = {}
-
     _check_analysis(ck, qc, analysis)
+    return metrics, qc, analysis
 
+
+def parse_template(text: str, *, source: str = "<template>") -> Template:
+    """Parse and validate template YAML text; raises TemplateError with every located problem."""
+    try:
+        data = load_yaml(text, source=source, what="template")  # size, depth, alias and number limits
+    except InputParseError as exc:
+        raise TemplateError("template cannot be read", source=source, problems=[exc.located]) from None
+    ck = _Checker()
+    if not isinstance(data, dict):
+        raise TemplateError("template must be a YAML mapping", source=source,
+                            problems=[f"top level: expected a mapping, got {_tname(data)}"])
+    name, description = _check_top(ck, data, source)
+    panel = _parse_panel(ck, data)
+    identification = _marker_list(ck, data, "identification", panel)
+    activation = _marker_list(ck, data, "activation", panel)
+    comp = _parse_compensation(ck, data)
+    transforms = _parse_transforms(ck, data, panel, source)
+    gates = _parse_gates(ck, data, panel)
+    population, by_name = _check_hierarchy(ck, data, gates)
+    refs = _check_reference_gates(ck, data, panel, by_name)
+    metrics, qc, analysis = _parse_settings(ck, data, panel)
     if ck.problems:
         raise TemplateError(f"template has {len(ck.problems)} problem(s)", source=source, problems=ck.problems)
     return Template(name=name, description=description.strip(), schema_version=SCHEMA_VERSION, panel=panel,
-                    compensation=dict(comp), transforms=transforms, gates=tuple(gates),
+                    compensation=comp, transforms=transforms, gates=tuple(gates),
                     population=str(population),
                     identification=identification, activation=activation,
                     reference_gates=tuple(dict(r) for r in refs), metrics=tuple(metrics), qc=dict(qc),

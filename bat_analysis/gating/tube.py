@@ -21,14 +21,13 @@ from ..checksums import file_sha256
 from ..errors import BatError, GatingError, MarkerError
 from ..records import Flag, GateRecord, Tube, TubeResult
 from . import estimators as est
-from .gates import Dimension, EllipsoidGate, Gate, PolygonGate, RangeGate, gate_to_dict
+from .gates import Dimension, Gate, gate_to_dict
+from .geometry import from_gate, to_gate
+from .hierarchy import topological_order
 from .templates import SCATTER_DIMS, GateSpec, Template
 
 # the numerical failures an estimator may meet on strange data; they become flags, never a crash
 _NUMERIC_ERRORS = (ValueError, FloatingPointError, ZeroDivisionError, np.linalg.LinAlgError)
-
-_FRACTION_OF = {"flow_rate": "acquisition_qc", "margin": "margin", "singlet_band": "doublets"}
-
 
 # ---------------------------------------------------------------------------------------------- dimensions
 _DIM_CACHE: dict[tuple[str, str], Dimension] = {}
@@ -89,8 +88,10 @@ def _resolve_marker(channels: Any, marker: str, aliases: tuple[str, ...], source
 
 # ---------------------------------------------------------------------------------------------- gating
 @dataclass
-class _Run:
-    """Working state of one tube."""
+class _TubeState:
+    """One tube's working state while its gates are applied in order: the template, the gating columns
+    (raw compensated values) and channel ranges, and what each gate gave so far (member indices, records,
+    flags, the event fractions removed)."""
 
     template: Template
     columns: dict[str, np.ndarray]
@@ -102,36 +103,9 @@ class _Run:
     fractions: dict[str, float] = field(default_factory=dict)
 
 
-def _topological(gates: tuple[GateSpec, ...]) -> list[GateSpec]:
-    by_name = {g.name: g for g in gates}
-    done: list[GateSpec] = []
-    seen: set[str] = set()
-
-    def visit(g: GateSpec) -> None:
-        if g.name in seen:
-            return
-        seen.add(g.name)
-        if g.parent is not None:
-            visit(by_name[g.parent])
-        done.append(g)
-
-    for g in gates:
-        visit(g)
-    return done
-
-
-def _geometry_gate(spec: dict[str, Any], name: str, dims: tuple[Dimension, ...]) -> Gate:
-    """A gate object from a template geometry mapping (fixed or fallback)."""
-    kind = spec["type"]
-    if kind == "range":
-        n = len(dims)
-        return RangeGate(name, dims, mins=tuple(spec.get("min", [None] * n)),
-                         maxs=tuple(spec.get("max", [None] * n)))
-    if kind == "polygon":
-        return PolygonGate(name, dims, vertices=np.asarray(spec["vertices"], dtype=float))
-    return EllipsoidGate(name, dims, mean=np.asarray(spec["mean"], dtype=float),
-                         covariance=np.asarray(spec["covariance"], dtype=float),
-                         distance_square=float(spec["distance_square"]))
+def _parents_first(gates: tuple[GateSpec, ...]) -> list[GateSpec]:
+    """The template's gates with every parent before its children (template order where free)."""
+    return topological_order(gates, lambda g: g.name, lambda g: [g.parent] if g.parent is not None else [])
 
 
 def _remap(gate: Gate, dims: tuple[Dimension, ...], gspec: GateSpec) -> Gate:
@@ -140,15 +114,12 @@ def _remap(gate: Gate, dims: tuple[Dimension, ...], gspec: GateSpec) -> Gate:
     if keys != gspec.dims:
         raise GatingError(f"override for gate {gspec.name} is on {list(keys)}", field=gspec.name,
                           expected=f"dimensions {list(gspec.dims)}")
-    if isinstance(gate, RangeGate):
-        return RangeGate(gspec.name, dims, mins=gate.mins, maxs=gate.maxs)
-    if isinstance(gate, PolygonGate):
-        return PolygonGate(gspec.name, dims, vertices=gate.vertices)
-    if isinstance(gate, EllipsoidGate):
-        return EllipsoidGate(gspec.name, dims, mean=gate.mean, covariance=gate.covariance,
-                             distance_square=gate.distance_square)
-    raise GatingError(f"override for gate {gspec.name}: {type(gate).__name__} cannot replace an estimated gate",
-                      field=gspec.name, expected="a range, polygon or ellipsoid gate")
+    try:
+        geometry = from_gate(gate)
+    except TypeError:
+        raise GatingError(f"override for gate {gspec.name}: {type(gate).__name__} cannot replace an estimated "
+                          "gate", field=gspec.name, expected="a range, polygon or ellipsoid gate") from None
+    return to_gate(geometry, gspec.name, dims)
 
 
 def _density_for(cols: list[np.ndarray], dims: tuple[Dimension, ...], tops: list[float | None]
@@ -165,113 +136,147 @@ def _density_for(cols: list[np.ndarray], dims: tuple[Dimension, ...], tops: list
 
 def _estimate(gspec: GateSpec, cols: list[np.ndarray], dims: tuple[Dimension, ...],
               tops: list[float | None]) -> est.Estimate:
-    p, name = gspec.params, gspec.name
-    m = gspec.method
-    if m == "flow_rate":
-        return est.estimate_flow_rate(cols[0], dims[0], name, p)
-    if m == "margin":
-        return est.estimate_margin(cols, dims, tops, name, p)
-    if m == "debris_density":
-        return est.estimate_cells(cols[0], cols[1], dims[0], dims[1], (tops[0], tops[1]), name, p)
-    if m == "singlet_band":
-        return est.estimate_singlets(cols[0], cols[1], dims[0], dims[1], (tops[0], tops[1]), name, p)
-    if m == "cluster_2d":
-        return est.estimate_cluster(cols[0], cols[1], dims[0], dims[1], name, p)
-    raise GatingError(f"gate {name}: no estimator for method {m!r}", field="method")
+    """The registered estimator of the gate's method on the parent's events."""
+    spec = est.ESTIMATORS.get(gspec.method)
+    if spec is None:
+        raise GatingError(f"gate {gspec.name}: no estimator for method {gspec.method!r}", field="method",
+                          expected=f"one of {', '.join(est.ESTIMATORS)}")
+    return spec.function(est.GateData(gspec.name, tuple(cols), dims, tuple(tops)), gspec.params)
 
 
-def _apply_gate_spec(run: _Run, gspec: GateSpec, overrides: Mapping[str, Gate],
-                     population: str) -> None:
-    template = run.template
-    parent_idx = run.idx.get(gspec.parent) if gspec.parent is not None else None
-    if gspec.parent is not None and parent_idx is None:
-        # the parent could not be gated at all (population failure propagates)
-        run.idx[gspec.name] = None
-        run.records.append(GateRecord(gspec.name, gspec.parent, gspec.dims, {}, 0, 0, "not_gated",
-                                      {"failure": f"parent {gspec.parent} not gated"}))
-        if gspec.name == population:
-            run.flags.append(Flag("BASOPHILS_NOT_GATED", "fail",
-                                  f"gate {gspec.name} could not be set: its parent {gspec.parent} was not gated"))
-        return
-    n_parent = run.n_events if parent_idx is None else len(parent_idx)
-    missing = [d for d in gspec.dims if d not in run.columns]
-    dims = tuple(template_dimension(template, d) for d in gspec.dims)
-    tops = [run.ranges.get(d) for d in gspec.dims]
-    estimate: est.Estimate | None = None
-    method = gspec.method
-    if missing:
-        estimate = est.failed(f"no channel for {', '.join(missing)}", "GATE_SKIPPED", gspec.name)
-        cols: list[np.ndarray] = []
-    else:
+@dataclass
+class _GateInput:
+    """One gate's view of the tube: its parent's member indices (None: all events), their count, the
+    dimensions, channel ranges and the parent's columns (empty when a channel is missing)."""
+
+    parent_idx: np.ndarray | None
+    n_parent: int
+    dims: tuple[Dimension, ...]
+    tops: list[float | None]
+    missing: list[str]
+    cols: list[np.ndarray]
+
+
+def _gate_input(state: _TubeState, gspec: GateSpec, parent_idx: np.ndarray | None) -> _GateInput:
+    n_parent = state.n_events if parent_idx is None else len(parent_idx)
+    missing = [d for d in gspec.dims if d not in state.columns]
+    dims = tuple(template_dimension(state.template, d) for d in gspec.dims)
+    tops = [state.ranges.get(d) for d in gspec.dims]
+    cols: list[np.ndarray] = []
+    if not missing:
         # member indices are sorted subsets of all events: a parent holding every event needs no gather
-        whole = parent_idx is None or len(parent_idx) == run.n_events
-        cols = [run.columns[d] if whole else run.columns[d][parent_idx] for d in gspec.dims]
-        if gspec.name in overrides:
-            gate = _remap(overrides[gspec.name], dims, gspec)
-            mask = est.apply_gate(gate, cols)
-            dens, edges = _density_for(cols, dims, tops)
-            estimate = est.Estimate(gate, mask, {"override": True}, [], dens, edges)
-            method = "override"
-        elif gspec.method == "fixed":
-            gate = _geometry_gate(gspec.geometry or {}, gspec.name, dims)
-            dens, edges = _density_for(cols, dims, tops)
-            estimate = est.Estimate(gate, est.apply_gate(gate, cols), {}, [], dens, edges)
-        elif n_parent < gspec.min_events:
-            estimate = est.failed(f"{n_parent} events in parent {gspec.parent or 'all events'} "
-                                  f"(< min_events {gspec.min_events})", "TOO_FEW_EVENTS", gspec.name,
-                                  n_parent=n_parent)
-        else:
-            try:
-                estimate = _estimate(gspec, cols, dims, tops)
-            except _NUMERIC_ERRORS as exc:
-                estimate = est.failed(f"estimation failed on this tube's data ({exc})", "GATE_ESTIMATE_ERROR",
-                                      gspec.name)
-    diagnostics = dict(estimate.diagnostics)
-    run.flags.extend(estimate.flags)
-    gate, mask = estimate.gate, estimate.mask
-    if gate is None and gspec.on_fail == "fallback" and gspec.fallback is not None and not missing:
-        gate = _geometry_gate(gspec.fallback, gspec.name, dims)
+        whole = parent_idx is None or len(parent_idx) == state.n_events
+        cols = [state.columns[d] if whole else state.columns[d][parent_idx] for d in gspec.dims]
+    return _GateInput(parent_idx, n_parent, dims, tops, missing, cols)
+
+
+def _first_estimate(gspec: GateSpec, inp: _GateInput, overrides: Mapping[str, Gate]) -> tuple[est.Estimate, str]:
+    """The gate's geometry before any fallback, and the method that gave it: a reviewer's override, the
+    template's fixed geometry, or the estimator (refused below ``min_events``; numerical failures are flags)."""
+    method = gspec.method
+    if inp.missing:
+        return est.failed(f"no channel for {', '.join(inp.missing)}", "GATE_SKIPPED", gspec.name), method
+    cols, dims = inp.cols, inp.dims
+    if gspec.name in overrides:
+        gate = _remap(overrides[gspec.name], dims, gspec)
         mask = est.apply_gate(gate, cols)
-        method = "fallback"
-        diagnostics["fallback_used"] = True
-        run.flags.append(Flag("GATE_FALLBACK", "warn",
-                              f"gate {gspec.name}: estimate failed ({diagnostics.get('failure')}); "
-                              f"the template's fallback geometry was used"))
-        if estimate.density is None:
-            estimate.density, estimate.density_edges = _density_for(cols, dims, tops)
-    if gate is None:
-        if gspec.name == population:
-            run.flags.append(Flag("BASOPHILS_NOT_GATED", "fail",
-                                  f"gate {gspec.name} could not be set on this tube: "
-                                  f"{diagnostics.get('failure', 'no estimate')}"))
-            run.idx[gspec.name] = None
-            count = 0
-        else:
-            run.flags.append(Flag("GATE_NOT_APPLIED", "warn",
-                                  f"gate {gspec.name} not applied (all parent events kept): "
-                                  f"{diagnostics.get('failure', 'no estimate')}"))
-            run.idx[gspec.name] = np.arange(n_parent) if parent_idx is None else parent_idx
-            count = n_parent
-        run.records.append(GateRecord(gspec.name, gspec.parent, gspec.dims, {}, count, n_parent, "not_gated",
-                                      diagnostics, estimate.density, estimate.density_edges))
-        return
-    assert mask is not None
+        dens, edges = _density_for(cols, dims, inp.tops)
+        return est.Estimate(gate, mask, {"override": True}, [], dens, edges), "override"
+    if gspec.method == est.FIXED:
+        gate = to_gate(gspec.geometry, gspec.name, dims)
+        dens, edges = _density_for(cols, dims, inp.tops)
+        return est.Estimate(gate, est.apply_gate(gate, cols), {}, [], dens, edges), method
+    if inp.n_parent < gspec.min_events:
+        return est.failed(f"{inp.n_parent} events in parent {gspec.parent or 'all events'} "
+                          f"(< min_events {gspec.min_events})", "TOO_FEW_EVENTS", gspec.name,
+                          n_parent=inp.n_parent), method
+    try:
+        return _estimate(gspec, cols, dims, inp.tops), method
+    except _NUMERIC_ERRORS as exc:
+        return est.failed(f"estimation failed on this tube's data ({exc})", "GATE_ESTIMATE_ERROR",
+                          gspec.name), method
+
+
+def _parent_not_gated(state: _TubeState, gspec: GateSpec, population: str) -> None:
+    """The parent could not be gated at all: neither is this gate (population failure propagates)."""
+    state.idx[gspec.name] = None
+    state.records.append(GateRecord(gspec.name, gspec.parent, gspec.dims, {}, 0, 0, "not_gated",
+                                    {"failure": f"parent {gspec.parent} not gated"}))
+    if gspec.name == population:
+        state.flags.append(Flag("BASOPHILS_NOT_GATED", "fail",
+                                f"gate {gspec.name} could not be set: its parent {gspec.parent} was not gated"))
+
+
+def _not_gated(state: _TubeState, gspec: GateSpec, inp: _GateInput, estimate: est.Estimate,
+               diagnostics: dict[str, Any], population: str) -> None:
+    """No geometry: the population is lost; any other gate keeps all its parent's events."""
+    if gspec.name == population:
+        state.flags.append(Flag("BASOPHILS_NOT_GATED", "fail",
+                                f"gate {gspec.name} could not be set on this tube: "
+                                f"{diagnostics.get('failure', 'no estimate')}"))
+        state.idx[gspec.name] = None
+        count = 0
+    else:
+        state.flags.append(Flag("GATE_NOT_APPLIED", "warn",
+                                f"gate {gspec.name} not applied (all parent events kept): "
+                                f"{diagnostics.get('failure', 'no estimate')}"))
+        state.idx[gspec.name] = np.arange(inp.n_parent) if inp.parent_idx is None else inp.parent_idx
+        count = inp.n_parent
+    state.records.append(GateRecord(gspec.name, gspec.parent, gspec.dims, {}, count, inp.n_parent, "not_gated",
+                                    diagnostics, estimate.density, estimate.density_edges))
+
+
+def _gated(state: _TubeState, gspec: GateSpec, inp: _GateInput, estimate: est.Estimate, gate: Gate,
+           mask: np.ndarray, method: str, diagnostics: dict[str, Any]) -> None:
+    """Record a gate that was set: its members, stored geometry, event fraction removed and diagnostics."""
+    n_parent, parent_idx = inp.n_parent, inp.parent_idx
     if estimate.density is None:  # every gate is drawn for review
-        estimate.density, estimate.density_edges = _density_for(cols, dims, tops)
+        estimate.density, estimate.density_edges = _density_for(inp.cols, inp.dims, inp.tops)
     if gspec.keep == "outside":
         mask = ~mask
     kept = np.flatnonzero(mask) if parent_idx is None else parent_idx[mask]
-    run.idx[gspec.name] = kept
+    state.idx[gspec.name] = kept
     geometry = gate_to_dict(_with_parent(gate, gspec.parent))
     if estimate.members:
         geometry["members"] = [gate_to_dict(m) for m in estimate.members]
     if gspec.keep == "outside":
         geometry["keep"] = "outside"
-    if gspec.method in _FRACTION_OF and method != "not_gated":
-        run.fractions[_FRACTION_OF[gspec.method]] = 1.0 - len(kept) / n_parent if n_parent else 0.0
+    spec = est.ESTIMATORS.get(gspec.method)
+    if spec is not None and spec.removes is not None:
+        state.fractions[spec.removes] = 1.0 - len(kept) / n_parent if n_parent else 0.0
     diagnostics.setdefault("fraction_of_parent", len(kept) / n_parent if n_parent else 0.0)
-    run.records.append(GateRecord(gspec.name, gspec.parent, gspec.dims, geometry, int(len(kept)), int(n_parent),
-                                  method, diagnostics, estimate.density, estimate.density_edges))
+    state.records.append(GateRecord(gspec.name, gspec.parent, gspec.dims, geometry, int(len(kept)),
+                                    int(n_parent), method, diagnostics, estimate.density, estimate.density_edges))
+
+
+def _apply_gate_spec(state: _TubeState, gspec: GateSpec, overrides: Mapping[str, Gate],
+                     population: str) -> None:
+    """Set one gate of the template on the tube (its parent already set) and record the outcome."""
+    parent_idx = state.idx.get(gspec.parent) if gspec.parent is not None else None
+    if gspec.parent is not None and parent_idx is None:
+        _parent_not_gated(state, gspec, population)
+        return
+    inp = _gate_input(state, gspec, parent_idx)
+    estimate, method = _first_estimate(gspec, inp, overrides)
+    diagnostics = dict(estimate.diagnostics)
+    state.flags.extend(estimate.flags)
+    gate, mask = estimate.gate, estimate.mask
+    # the template's fallback geometry when the estimate failed
+    if gate is None and gspec.on_fail == "fallback" and gspec.fallback is not None and not inp.missing:
+        gate = to_gate(gspec.fallback, gspec.name, inp.dims)
+        mask = est.apply_gate(gate, inp.cols)
+        method = "fallback"
+        diagnostics["fallback_used"] = True
+        state.flags.append(Flag("GATE_FALLBACK", "warn",
+                                f"gate {gspec.name}: estimate failed ({diagnostics.get('failure')}); "
+                                f"the template's fallback geometry was used"))
+        if estimate.density is None:
+            estimate.density, estimate.density_edges = _density_for(inp.cols, inp.dims, inp.tops)
+    if gate is None:
+        _not_gated(state, gspec, inp, estimate, diagnostics, population)
+        return
+    assert mask is not None
+    _gated(state, gspec, inp, estimate, gate, mask, method, diagnostics)
 
 
 def _with_parent(gate: Gate, parent: str | None) -> Gate:
@@ -347,17 +352,17 @@ def gate_sample_indices(sample: Any, tube: Tube, template: Template, *,
                         [channels[d].pnn for d in order], copied=[channels[d].pnn for d in scatter])
     columns: dict[str, np.ndarray] = {d: rows[j] for j, d in enumerate(order)}
     ranges = {d: float(channels[d].range) if channels[d].range else None for d in gating_dims}
-    run = _Run(template, columns, ranges, n)
+    state = _TubeState(template, columns, ranges, n)
     population = template.population
-    for gspec in _topological(template.gates):
-        _apply_gate_spec(run, gspec, overrides or {}, population)
-    result.gates = run.records
-    result.flags.extend(run.flags)
-    result.event_fractions = {k: float(run.fractions.get(k, 0.0)) for k in ("acquisition_qc", "margin", "doublets")}
-    idx = run.idx.get(population)
+    for gspec in _parents_first(template.gates):
+        _apply_gate_spec(state, gspec, overrides or {}, population)
+    result.gates = state.records
+    result.flags.extend(state.flags)
+    result.event_fractions = {k: float(state.fractions.get(k, 0.0)) for k in est.EVENT_FRACTIONS}
+    idx = state.idx.get(population)
     if idx is None:
         result.n_basophils = 0
-        return result, run.idx
+        return result, state.idx
     result.n_basophils = int(len(idx))
     values: dict[str, np.ndarray] = {}
     rest = [m for m in markers if m not in columns]
@@ -368,7 +373,7 @@ def gate_sample_indices(sample: Any, tube: Tube, template: Template, *,
         values.update({m: np.asarray(v, dtype=np.float32)
                        for m, v in _compensated(sample, template, channels, rest, idx, source).items()})
     result.basophil_values = {m: values[m] for m in markers}
-    return result, run.idx
+    return result, state.idx
 
 
 def gate_tube(path: str | Path, tube: Tube, template: Template, *,
