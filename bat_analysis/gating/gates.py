@@ -12,6 +12,11 @@ float32; limits and vertices are always compared in float64 (a limit cast to flo
 event's value and move it across the boundary). A dimension may name a compensation reference (a
 spillover matrix known to the event source, ``"FCS"`` for the file's own, ``None``/``"uncompensated"``
 for raw values) and may be a Gating-ML ``fratio`` of two channels (:class:`Ratio`) before its transform.
+
+One implementation decides membership: ranges and polygons are decided by
+:mod:`bat_analysis.gating.membership` both here (values on the scales) and in :func:`apply_gate` (a gate's
+own membership on raw columns, as a tube is gated), and compensated dimensions are computed by
+:func:`bat_analysis.gating.compensation.compensate` (float64).
 """
 
 from __future__ import annotations
