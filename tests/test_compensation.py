@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bat_analysis.errors import FcsFormatError, GatingError
-from bat_analysis.gating.compensation import Spillover, compensate, parse_spillover_keyword
+from bat_analysis.gating.compensation import Spillover, compensate, parse_spillover
 
 CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "fcs_corpus"
 COMP_FILE = CORPUS / "instruments" / "flowkit" / "test_comp_example.fcs"
@@ -51,11 +51,27 @@ def test_errors_name_the_problem() -> None:
 
 
 def test_keyword_parsing() -> None:
-    s = parse_spillover_keyword("2,FL1-A,FL2-A,1,0.25,0.1,1")
-    assert s.channels == ("FL1-A", "FL2-A")
+    s = parse_spillover("2,FL1-A,FL2-A,1,0.25,0.1,1")
+    assert s is not None and s.channels == ("FL1-A", "FL2-A") and s.keyword == "$SPILLOVER"
     np.testing.assert_array_equal(s.matrix, [[1, 0.25], [0.1, 1]])
     with pytest.raises(FcsFormatError, match=r"\$SPILLOVER"):
-        parse_spillover_keyword("3,FL1-A,1,0")
+        parse_spillover("3,FL1-A,1,0")
+    assert parse_spillover("0") is None  # a file declaring no matrix
+
+
+def test_the_file_reader_uses_the_one_spillover_type_and_parser() -> None:
+    """``FcsSample.spillover`` is the compensation's :class:`Spillover` (no second class to convert)."""
+    from types import SimpleNamespace
+
+    from bat_analysis.io import fcs
+
+    assert fcs.Spillover is Spillover and fcs.parse_spillover is parse_spillover
+    channels = [SimpleNamespace(pnn="FL1-A", pns="CD63"), SimpleNamespace(pnn="FL2-A", pns="")]
+    s = parse_spillover("2,CD63,fl2-a,1,0.25,0.1,1", channels, keyword="$SPILL")
+    assert s is not None and s.channels == ("FL1-A", "FL2-A") and s.keyword == "$SPILL"
+    assert parse_spillover("2,2,1,1,0.25,0.1,1", channels).channels == ("FL2-A", "FL1-A")  # by number
+    with pytest.raises(FcsFormatError, match="unknown channels 'FL9'"):
+        parse_spillover("2,FL1-A,FL9,1,0,0,1", channels)
 
 
 @pytest.mark.filterwarnings("ignore:FCS file .* reported incorrect data offset")
@@ -65,7 +81,7 @@ def test_equal_to_flowkit_on_a_real_lsrii_file() -> None:
 
     sample = fk.Sample(str(COMP_FILE), ignore_offset_error=True)
     spill_text = sample.metadata.get("spill") or sample.metadata.get("spillover")
-    matrix = fk.Matrix(spill_text, list(parse_spillover_keyword(spill_text).channels))
+    matrix = fk.Matrix(spill_text, list(parse_spillover(spill_text).channels))
     sample.apply_compensation(matrix)
     expected = sample.get_events(source="comp")
     raw = sample.get_events(source="raw").astype(np.float32)
@@ -95,9 +111,11 @@ def test_single_channel_product_equals_the_gathered_product() -> None:
     np.testing.assert_allclose(got[:, 0], gathered[:, 1], rtol=1e-6, atol=1e-6 * float(np.nanmax(np.abs(raw))))
 
 
-def test_channel_rows_copy_exactly_and_compensate_like_compensate() -> None:
-    from bat_analysis.gating.compensation import channel_rows
+def channel_rows(raw, names, s, wanted, copied=()):  # noqa: ANN001, ANN201 - the channel-major layout
+    return compensate(raw, names, s, wanted, copied=copied, channel_major=True)
 
+
+def test_channel_rows_copy_exactly_and_compensate_like_compensate() -> None:
     rng = np.random.default_rng(8)
     m = np.eye(3) + rng.uniform(0, 0.3, (3, 3)) * (1 - np.eye(3))
     raw = rng.uniform(-200, 2e5, (30000, 6)).astype(np.float32)

@@ -226,7 +226,8 @@ def test_edited_time_segment_is_refused_not_ignored(stored, experiment, baseline
 def test_outside_and_not_gated_gates_are_exported(fmt, stored, experiment, tmp_path):
     """A gate kept on its outside is exported as the NOT of its inside; a gate that was not set is left out
     and its children hang from its parent."""
-    from bat_analysis.review.exchange import channel_map, _file_gates
+    from bat_analysis.gating.channels import resolve_channels
+    from bat_analysis.review.exchange import _file_gates
     from bat_analysis.gating.flowjo import WorkspaceTube, export_workspace
     from bat_analysis.gating.gatingml import export_gatingml
     from bat_analysis.io.fcs import read_fcs
@@ -234,7 +235,7 @@ def test_outside_and_not_gated_gates_are_exported(fmt, stored, experiment, tmp_p
     res = next(r for r in stored.results if r.tube.file == _clogged(stored))
     path = experiment.out_dir / res.tube.file
     fcs = read_fcs(path)
-    channels = channel_map(fcs, stored.template, str(path))
+    channels, _ = resolve_channels(fcs, stored.template, str(path), panel=False)
     acq, margin = res.gates[0], res.gates[1]
     outside = dataclasses.replace(margin, geometry={**margin.geometry, "keep": "outside"})
     not_set = dataclasses.replace(acq, geometry={}, method="not_gated", count=res.n_events,
@@ -260,7 +261,8 @@ def test_outside_and_not_gated_gates_are_exported(fmt, stored, experiment, tmp_p
 def test_gate_kept_outside_given_back(fmt, stored, experiment, tmp_path):
     """With a template gate kept on its outside, the exported NOT of its inside given back unedited is no
     correction, and its inside moved by a reviewer is a correction of that inside."""
-    from bat_analysis.review.exchange import _file_gates, _reader_safe_limits, channel_map, read_edited_gates
+    from bat_analysis.gating.channels import resolve_channels
+    from bat_analysis.review.exchange import _file_gates, _reader_safe_limits, read_edited_gates
     from bat_analysis.gating.flowjo import WorkspaceTube, export_workspace
     from bat_analysis.gating.gatingml import export_gatingml
     from bat_analysis.gating.templates import parse_template
@@ -275,8 +277,8 @@ def test_gate_kept_outside_given_back(fmt, stored, experiment, tmp_path):
     fcs = read_fcs(path)
     acq, margin = res.gates[0], res.gates[1]
     outside = dataclasses.replace(margin, geometry={**margin.geometry, "keep": "outside"})
-    gates = _reader_safe_limits(_file_gates([acq, outside], template, channel_map(fcs, template, str(path)), True),
-                                fcs)  # as bat export-gates writes them
+    channels, _ = resolve_channels(fcs, template, str(path), panel=False)
+    gates = _reader_safe_limits(_file_gates([acq, outside], template, channels, True), fcs)  # as export writes them
     spill = {"FCS": (list(fcs.spillover.channels), np.asarray(fcs.spillover.matrix))}
     if fmt == "flowjo":
         given = export_workspace([WorkspaceTube(path, gates, spill)], tmp_path / "x.wsp")

@@ -1,4 +1,4 @@
-"""Spillover -> compensation, with a precomputed inverse and only the channels asked for.
+"""Spillover -> compensation: the one spillover type, its ``$SPILLOVER`` parser and the one compensation.
 
 Semantics are FlowUtils' ``compensate`` (which FlowKit uses): for the detectors named by the spillover
 matrix ``S`` (rows: the fluorochrome's primary detector, columns: where it spills), the compensated
@@ -6,8 +6,16 @@ values are the solution of ``comp @ S = raw``, i.e. ``comp = raw @ inv(S)``; oth
 Here ``inv(S)`` is computed once per matrix and only the requested columns are produced, in float32 by
 default (the precision of the events), so a template that gates on three fluorescence channels does not
 pay for twelve.
-"""
 
+* :class:`Spillover` is the matrix wherever it comes from: an FCS file (``FcsSample.spillover``, read by
+  :func:`parse_spillover`), a template, a Gating-ML or FlowJo document (:func:`as_spillover`).
+* :func:`parse_spillover` is the one reader of the ``$SPILLOVER`` / ``$SPILL`` keyword text.
+* :func:`compensate` is the one computation, for the per-tube gating (float32, channel-major rows, scatter
+  copied in the same pass), the basophils' marker values and the gate engine's compensated dimensions
+  (float64). Its fast path (one product of the event matrix with a small weight matrix) and its general
+  path (the gathered detector columns times the inverse) stand side by side; they are tested against each
+  other and against FlowUtils and FlowKit in ``tests/test_compensation.py``.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -18,21 +26,25 @@ import numpy as np
 
 from ..errors import FcsFormatError, GatingError
 
-__all__ = ["Spillover", "as_spillover", "compensate", "parse_spillover_keyword"]
+__all__ = ["Spillover", "as_spillover", "compensate", "parse_spillover"]
 
 
 @dataclass(frozen=True, eq=False)
 class Spillover:
     """A square spillover matrix over named detectors (``$PnN`` names, in matrix order).
 
-    ``fluorochromes`` optionally names the compensated outputs (Gating-ML's spectrum matrices name them,
-    e.g. FITC for FL1-H); a compensated column can then be asked for by either name.
+    ``matrix[i, j]`` is the spill of ``channels[i]``'s dye into ``channels[j]``. ``name`` is the
+    compensation reference gates use (``"FCS"``: the file's own). ``fluorochromes`` optionally names the
+    compensated outputs (Gating-ML's spectrum matrices name them, e.g. FITC for FL1-H); a compensated
+    column can then be asked for by either name. ``keyword`` is the FCS keyword the matrix was read from
+    (``$SPILLOVER``, ``$SPILL``, ...), None when it did not come from a file.
     """
 
     channels: tuple[str, ...]
     matrix: np.ndarray
     name: str = field(default="FCS", compare=False)
     fluorochromes: tuple[str, ...] = field(default=(), compare=False)
+    keyword: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         m = np.asarray(self.matrix, dtype=np.float64)
@@ -77,23 +89,67 @@ class Spillover:
                               fluorochromes=list(self.fluorochromes or self.channels))
 
 
-def parse_spillover_keyword(text: str, *, source: str | None = None, keyword: str = "$SPILLOVER") -> Spillover:
-    """Parse a ``$SPILLOVER`` / ``$SPILL`` / ``SPILL`` value: ``n, names..., n*n values`` (row major)."""
+def parse_spillover(text: str, channels: Sequence[Any] | None = None, *, keyword: str = "$SPILLOVER",
+                    source: str | None = None) -> Spillover | None:
+    """Parse a ``$SPILLOVER`` / ``$SPILL`` / ``SPILL`` value: ``n, names..., n*n values`` (row major).
+
+    With ``channels`` (a file's channels: ``pnn``/``pns`` attributes, in column order) every name is
+    resolved to a ``$PnN``: by ``$PnN``, by ``$PnS``, by ``$PnN`` ignoring case, or, when every name is a
+    number 1..p that is no channel's name, by parameter number. Without ``channels`` the names are taken
+    as written. ``n = 0`` (a file declaring no matrix) gives None. A malformed value raises
+    ``FcsFormatError`` naming ``keyword`` and what was expected.
+    """
     parts = [p.strip() for p in str(text).split(",")]
     try:
-        n = int(parts[0])
-    except (ValueError, IndexError):
-        raise FcsFormatError("does not start with the number of channels", source=source, field=keyword,
-                             expected="'n,name_1,...,name_n,v_11,...,v_nn'") from None
-    if n < 1 or len(parts) != 1 + n + n * n:
-        raise FcsFormatError(f"has {len(parts) - 1} items after n={n}", source=source, field=keyword,
-                             expected=f"{n + n * n} items (n names and n*n values)")
-    try:
-        values = np.array([float(v) for v in parts[1 + n:]], dtype=np.float64).reshape(n, n)
+        n = int(float(parts[0]))
     except ValueError:
-        raise FcsFormatError("has a matrix value that is not a number", source=source, field=keyword,
-                             expected="numbers after the channel names") from None
-    return Spillover(tuple(parts[1:1 + n]), values, name="FCS")
+        raise FcsFormatError(f"matrix size {parts[0]!r} is not an integer", source=source, field=keyword,
+                             expected="n,name1,...,namen,value11,...") from None
+    if n == 0:
+        return None
+    if n < 0 or len(parts) != 1 + n + n * n:
+        raise FcsFormatError(f"{len(parts) - 1} fields for a {n}x{n} matrix", source=source, field=keyword,
+                             expected=f"{n} names and {n * n} values")
+    names = parts[1: 1 + n]
+    resolved = names if channels is None else _resolve_detectors(names, list(channels), keyword, source)
+    if len(set(resolved)) != n:
+        raise FcsFormatError("names a channel twice", source=source, field=keyword, expected="distinct channels")
+    try:
+        matrix = np.array([float(v) for v in parts[1 + n:]], dtype=np.float64).reshape(n, n)
+    except ValueError:
+        raise FcsFormatError("non-numeric matrix value", source=source, field=keyword,
+                             expected="numbers") from None
+    if not np.isfinite(matrix).all():
+        raise FcsFormatError("non-finite matrix value", source=source, field=keyword, expected="finite numbers")
+    cond = np.linalg.cond(matrix)
+    if not np.isfinite(cond) or cond > 1e12:
+        raise FcsFormatError(f"matrix is singular (condition number {cond:.3g})", source=source, field=keyword,
+                             expected="an invertible spillover matrix")
+    return Spillover(tuple(resolved), matrix, keyword=keyword)
+
+
+def _resolve_detectors(names: list[str], channels: list[Any], keyword: str, source: str | None) -> list[str]:
+    """The ``$PnN`` of each detector a spillover keyword names (see :func:`parse_spillover`)."""
+    by_pnn = {c.pnn: c.pnn for c in channels}
+    by_pns = {c.pns: c.pnn for c in channels if c.pns}
+    by_fold = {c.pnn.casefold(): c.pnn for c in channels}
+    numeric = all(nm.isascii() and nm.isdigit() and 1 <= int(nm) <= len(channels) for nm in names) and \
+        not any(nm in by_pnn for nm in names)
+    if numeric:
+        return [channels[int(name) - 1].pnn for name in names]
+    resolved: list[str] = []
+    unknown: list[str] = []
+    for name in names:
+        hit = by_pnn.get(name) or by_pns.get(name) or by_fold.get(name.casefold())
+        if hit is None:
+            unknown.append(name)
+        else:
+            resolved.append(hit)
+    if unknown:
+        raise FcsFormatError(f"names unknown channels {', '.join(map(repr, unknown))}; the file has "
+                             f"{', '.join(c.pnn for c in channels)}", source=source, field=keyword,
+                             expected="channel names ($PnN) of this file")
+    return resolved
 
 
 def as_spillover(obj: Any) -> Spillover:
@@ -102,7 +158,11 @@ def as_spillover(obj: Any) -> Spillover:
     if isinstance(obj, Spillover):
         return obj
     if isinstance(obj, str):
-        return parse_spillover_keyword(obj)
+        sp = parse_spillover(obj)
+        if sp is None:
+            raise FcsFormatError("declares an empty matrix (n = 0)", field="$SPILLOVER",
+                                 expected="a spillover matrix of at least one channel")
+        return sp
     if isinstance(obj, tuple) and len(obj) == 2:
         return Spillover(tuple(obj[0]), np.asarray(obj[1]))
     for names_attr in ("channels", "detectors"):
@@ -118,24 +178,65 @@ def as_spillover(obj: Any) -> Spillover:
                       expected="Spillover, (channels, matrix), flowkit.Matrix or a $SPILLOVER string")
 
 
-def compensate(events: np.ndarray, channel_names: Sequence[str], spillover: Any,
-               channels: Sequence[str] | None = None, *, dtype: Any = np.float32) -> np.ndarray:
-    """Compensated values of ``events`` (n x p, columns named ``channel_names``).
+def compensate(events: np.ndarray, channel_names: Sequence[str], spillover: Any | None,
+               channels: Sequence[str] | None = None, *, dtype: Any = np.float32, copied: Sequence[str] = (),
+               channel_major: bool = False) -> np.ndarray:
+    """Compensated values of ``events`` (n x p raw values, columns named ``channel_names``).
 
     Without ``channels``: a new n x p array in which the spillover's detectors are compensated and the
     other columns copied. With ``channels``: an n x len(channels) array of just those channels, in that
-    order (compensated when they are detectors of the spillover matrix, copied otherwise). ``events`` is
-    never modified. ``dtype`` is the arithmetic and output precision (float32 unless asked otherwise).
+    order (compensated when they are detectors of the spillover matrix, copied otherwise). Detectors listed
+    in ``copied`` are copied, not compensated; ``spillover=None`` copies every channel. ``events`` is never
+    modified. ``dtype`` is the arithmetic and output precision (float32 unless asked otherwise).
+
+    ``channel_major=True`` returns the transposed layout, len(channels) x n with each channel a contiguous
+    float32 row (gating reads a channel many times; a row is cache-friendly).
+
+    Every layout has a fast path -- one product of the row-major event matrix with a small weight matrix
+    (:func:`_one_product`: no gather of the detector columns, copies exact as ``x * 1`` plus zeros) -- taken
+    when the events are C-contiguous in the arithmetic type and, for the n x k layout, at most two channels
+    are compensated; and the general path, the product of the gathered detector columns with the inverse's
+    columns (:func:`_gathered`). A fast product that is not finite (a NaN or inf elsewhere in an event,
+    times zero) is redone by the general path, so the result is always the general path's up to rounding
+    (``tests/test_compensation.py`` checks the two against each other).
     """
-    sp = as_spillover(spillover)
+    ev, names, sp, wanted = _checked(events, channel_names, spillover, channels)
+    index = {n: i for i, n in enumerate(names)}
+    det = {} if sp is None else {c: k for k, c in enumerate(sp.channels) if c not in set(copied)}
+    if channel_major:
+        return _channel_major(ev, names, sp, wanted, det)
+    comp_out = [j for j, c in enumerate(wanted) if c in det]
+    out = np.empty((ev.shape[0], len(wanted)), dtype=dtype, order="F")
+    for j, c in enumerate(wanted):
+        if c not in det:
+            out[:, j] = ev[:, index[c]]
+    if comp_out:
+        assert sp is not None
+        comp_names = [wanted[j] for j in comp_out]
+        comp = None
+        if ev.dtype == dtype and ev.flags.c_contiguous and len(comp_out) <= 2:
+            comp = _one_product(ev, np.ascontiguousarray(_weights(sp, names, comp_names, det, dtype).T))
+        if comp is None:
+            comp = _gathered(ev, index, sp, comp_names, dtype)
+        if len(comp_out) == len(wanted) and comp_out == list(range(len(wanted))):
+            return comp
+        out[:, comp_out] = comp
+    return out
+
+
+def _checked(events: np.ndarray, channel_names: Sequence[str], spillover: Any | None,
+             channels: Sequence[str] | None) -> tuple[np.ndarray, list[str], Spillover | None, list[str]]:
+    """The arguments of :func:`compensate` checked: events, names, spillover and the channels wanted."""
+    sp = None if spillover is None else as_spillover(spillover)
     names = [str(c) for c in channel_names]
     ev = np.asarray(events)
     if ev.ndim != 2 or ev.shape[1] != len(names):
         raise GatingError(f"events have shape {ev.shape} but {len(names)} channel names were given",
                           field="channel_names", expected="one name per event column")
-    index = {n: i for i, n in enumerate(names)}
-    missing = [c for c in sp.channels if c not in index]
+    index = set(names)
+    missing = [] if sp is None else [c for c in sp.channels if c not in index]
     if missing:
+        assert sp is not None
         raise GatingError(f"spillover {sp.name!r} names detectors absent from the events: {missing}",
                           field="spillover", expected=f"detectors among {names}")
     wanted = names if channels is None else [str(c) for c in channels]
@@ -143,81 +244,55 @@ def compensate(events: np.ndarray, channel_names: Sequence[str], spillover: Any,
     if unknown:
         raise GatingError(f"unknown channels requested: {unknown}", field="channels",
                           expected=f"names among {names}")
-    det_pos = {c: k for k, c in enumerate(sp.channels)}
-    det_cols = [index[c] for c in sp.channels]
-    comp_out = [j for j, c in enumerate(wanted) if c in det_pos]
-    out = np.empty((ev.shape[0], len(wanted)), dtype=dtype, order="F")
+    return ev, names, sp, wanted
+
+
+def _weights(sp: Spillover | None, names: list[str], wanted: Sequence[str], det: dict[str, int],
+             dtype: Any) -> np.ndarray:
+    """len(wanted) x p weights of the event columns: the inverse's column (spread over the detectors'
+    columns) for a compensated channel, a one in its own column for a copied one."""
+    index = {n: i for i, n in enumerate(names)}
+    weights = np.zeros((len(wanted), len(names)), dtype=dtype)
     for j, c in enumerate(wanted):
-        if c not in det_pos:
-            out[:, j] = ev[:, index[c]]
-    if comp_out:
-        inv = sp.inverse[:, [det_pos[wanted[j]] for j in comp_out]].astype(dtype)
-        comp = _product(ev, det_cols, inv, dtype)
-        if len(comp_out) == len(wanted) and comp_out == list(range(len(wanted))):
-            return comp
-        out[:, comp_out] = comp
-    return out
+        if c in det:
+            assert sp is not None
+            weights[j, [index[d] for d in sp.channels]] = sp.inverse[:, det[c]].astype(dtype)
+        else:
+            weights[j, index[c]] = 1
+    return weights
 
 
-def _product(ev: np.ndarray, det_cols: list[int], inv: np.ndarray, dtype: Any) -> np.ndarray:
-    """``ev[:, det_cols] @ inv`` without gathering the detector columns when that is cheaper.
+def _one_product(ev: np.ndarray, weights: np.ndarray, channel_major: bool = False) -> np.ndarray | None:
+    """The fast path: ``ev @ weights`` (p x k; or ``weights @ ev.T`` for k x p channel-major weights) in one
+    pass over the events; None when the product is not finite (the general path then decides)."""
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite products are redone by the caller
+        out = weights @ ev.T if channel_major else ev @ weights
+    return out if np.isfinite(out).all() else None
 
-    For a few output channels of a row-major event matrix of the arithmetic type, the whole matrix is
-    multiplied by the inverse padded with zero rows (non-detector columns): one pass over the events and
-    no copy. A product that is not finite (a NaN or inf in a non-detector column times zero) is redone on
-    the gathered detector columns, so the result is always that of the plain product.
-    """
-    if ev.dtype == dtype and ev.flags.c_contiguous and inv.shape[1] <= 2:
-        full = np.zeros((ev.shape[1], inv.shape[1]), dtype=dtype)
-        full[det_cols] = inv
-        with np.errstate(invalid="ignore", over="ignore"):  # non-finite products are redone below
-            comp = ev @ full
-        if np.isfinite(comp).all():
-            return comp
-    raw = ev[:, det_cols]
+
+def _gathered(ev: np.ndarray, index: dict[str, int], sp: Spillover, wanted: Sequence[str], dtype: Any
+              ) -> np.ndarray:
+    """The general path: ``ev[:, detectors] @ inv(S)[:, wanted]`` (n x len(wanted), in ``dtype``)."""
+    pos = {c: k for k, c in enumerate(sp.channels)}
+    inv = sp.inverse[:, [pos[c] for c in wanted]].astype(dtype)
+    raw = ev[:, [index[c] for c in sp.channels]]
     if raw.dtype != dtype:
         raw = raw.astype(dtype)
     return raw @ inv
 
 
-def channel_rows(events: np.ndarray, channel_names: Sequence[str], spillover: Any | None,
-                 channels: Sequence[str], *, copied: Sequence[str] = ()) -> np.ndarray:
-    """``channels`` of ``events`` as contiguous float32 rows (len(channels) x n), in one pass.
-
-    Channels that are detectors of ``spillover`` are compensated (unless listed in ``copied``), the
-    others copied. Copying and
-    compensating are one product of the row-major event matrix with a small matrix (a one per copied
-    channel, the precomputed inverse's column per compensated one), so the events are read once and
-    each channel comes out contiguous. Copied values are exact (x * 1 plus zeros); a product that is not
-    finite (a NaN or inf elsewhere in an event, times zero) is redone channel by channel.
-    """
-    names = [str(c) for c in channel_names]
-    ev = np.asarray(events)
-    index = {n: i for i, n in enumerate(names)}
-    unknown = [c for c in channels if c not in index]
-    if unknown or ev.ndim != 2 or ev.shape[1] != len(names):
-        raise GatingError(f"unknown channels requested: {unknown}" if unknown else
-                          f"events have shape {ev.shape} but {len(names)} channel names were given",
-                          field="channels", expected=f"names among {names}")
-    sp = None if spillover is None else as_spillover(spillover)
-    det = {} if sp is None else {c: k for k, c in enumerate(sp.channels) if c not in set(copied)}
-    if sp is not None and any(c not in index for c in sp.channels):
-        compensate(ev[:1], names, sp)  # raises the error naming the detectors absent from the events
-    weights = np.zeros((len(channels), ev.shape[1]), dtype=np.float32)
-    for j, c in enumerate(channels):
-        if c in det:
-            assert sp is not None
-            weights[j, [index[d] for d in sp.channels]] = sp.inverse[:, det[c]]
-        else:
-            weights[j, index[c]] = 1.0
+def _channel_major(ev: np.ndarray, names: list[str], sp: Spillover | None, wanted: list[str],
+                   det: dict[str, int]) -> np.ndarray:
+    """:func:`compensate` with ``channel_major``: float32 rows, copies and compensation in one product."""
     if ev.dtype == np.float32 and ev.flags.c_contiguous:
-        with np.errstate(invalid="ignore", over="ignore"):  # non-finite products are redone below
-            rows = weights @ ev.T
-        if np.isfinite(rows).all():
+        rows = _one_product(ev, _weights(sp, names, wanted, det, np.float32), channel_major=True)
+        if rows is not None:
             return rows
-    out = np.empty((len(channels), ev.shape[0]), dtype=np.float32)
-    for j, c in enumerate(channels):
-        if c in det:
+    index = {n: i for i, n in enumerate(names)}
+    out = np.empty((len(wanted), ev.shape[0]), dtype=np.float32)
+    for j, c in enumerate(wanted):
+        if c in det:  # channel by channel, as the n x 1 layout computes it
+            assert sp is not None
             out[j] = compensate(ev, names, sp, [c])[:, 0]
         else:
             out[j] = ev[:, index[c]]

@@ -19,12 +19,14 @@ is needed to build them; polygons are tested only on the events inside their bou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from ..records import Flag
-from .gates import BooleanGate, Dimension, Gate, PolygonGate, RangeGate
+from .binning import bin_index, from_scale, to_scale
+from .gates import BooleanGate, Dimension, Gate, PolygonGate, RangeGate, apply_gate
+from .membership import polygon_mask
 
 DENSITY_BINS = 128
 #: density images and robust statistics are estimated on at most this many (evenly strided) events;
@@ -71,20 +73,6 @@ def failed(reason: str, code: str, gate_name: str, **diagnostics: Any) -> Estima
 
 
 # ---------------------------------------------------------------------------------------------- scales
-def to_scale(dim: Dimension, values: np.ndarray) -> np.ndarray:
-    """Values on the dimension's scale (transform applied when it has one)."""
-    if dim.transform is None:
-        return np.asarray(values, dtype=np.float64)
-    return np.asarray(dim.transform.apply(np.asarray(values, dtype=np.float64)), dtype=np.float64)
-
-
-def from_scale(dim: Dimension, values: np.ndarray) -> np.ndarray:
-    """Raw values of scale positions (inverse transform when the dimension has one)."""
-    if dim.transform is None:
-        return np.asarray(values, dtype=np.float64)
-    return np.asarray(dim.transform.inverse(np.asarray(values, dtype=np.float64)), dtype=np.float64)
-
-
 def scale_limits(dim: Dimension, values: np.ndarray, top: float | None = None,
                  low_quantile: float = 0.0005) -> tuple[float, float]:
     """A display window on the dimension's scale covering the data (and ``top``, the channel range).
@@ -109,112 +97,6 @@ def scale_limits(dim: Dimension, values: np.ndarray, top: float | None = None,
     return float(lo - 0.02 * span), float(hi + 0.02 * span)
 
 
-_LUT_CELLS = 1 << 16
-#: events per chunk of the polygon grid lookup (its temporaries stay in the cache)
-_CHUNK = 1 << 17
-
-
-def _bin_index(values: np.ndarray, dim: Dimension, edges: np.ndarray, shift: int = 0) -> np.ndarray:
-    """Bin of each raw value among equally spaced scale edges (-1 or len(edges)-1 when outside), plus ``shift``.
-
-    Linear scales are binned arithmetically. On a transformed scale the edges are inverse-transformed
-    once; many values are binned through a lookup table of 65536 (or 16384, or for many bins and values
-    up to 512 per bin) equal raw cells (a cell that holds a bin edge, or touches one, is resolved by binary
-    search for its values only), few values by binary search directly.
-
-    With ``shift`` >= 1 (grid lookups: 0 is "below", bins + 1 "above") float32 values of a linear scale are
-    binned in float32 with the shift folded into the arithmetic, when the grid lies within 2048 bin widths
-    of zero; a value's position is then off by at most 1e-3 of a bin (callers enlarge their cells by that).
-    """
-    return _binner(values.dtype, len(values), dim, edges, shift)(values)
-
-
-def _binner(dtype: np.dtype, n: int, dim: Dimension, edges: np.ndarray, shift: int = 0
-            ) -> Callable[[np.ndarray], np.ndarray]:
-    """The binning of :func:`_bin_index` for ``n`` values of ``dtype``, prepared once (applied per chunk)."""
-    bins = len(edges) - 1
-    if dim.transform is None:
-        width = (edges[-1] - edges[0]) / bins
-        if shift >= 1 and dtype == np.float32 and max(abs(edges[0]), abs(edges[-1])) <= 2048 * width:
-            scale, offset = np.float32(1.0 / width), np.float32(shift - edges[0] / width)
-
-            def linear32(values: np.ndarray) -> np.ndarray:
-                t = np.multiply(values, scale)
-                t += offset
-                np.clip(t, shift - 1, bins + shift, out=t)
-                return t.astype(np.int32)
-            return linear32
-
-        def linear(values: np.ndarray) -> np.ndarray:
-            idx = np.floor((values - edges[0]) * (1.0 / width))
-            out = np.clip(idx, -1, bins).astype(np.int32)
-            if shift:
-                out += shift
-            return out
-        return linear
-    raw = from_scale(dim, edges)
-    # about 512 cells per bin keeps the cells holding an edge (resolved one by one) few
-    n_cells = _LUT_CELLS if n >= _LUT_CELLS else _LUT_CELLS // 4
-    while n_cells < 512 * bins and n >= 8 * n_cells:
-        n_cells *= 2
-    if n < n_cells or not np.all(np.diff(raw) > 0):
-        return lambda values: (np.searchsorted(raw, values, side="right") + (shift - 1)).astype(np.int32)
-    r0, r1 = float(raw[0]), float(raw[-1])
-    w = (r1 - r0) / n_cells
-    starts = r0 + w * np.arange(n_cells)
-    b_lo = np.searchsorted(raw, starts, side="right") - 1
-    b_hi = np.searchsorted(raw, starts + w, side="right") - 1
-    # a cell holding a bin edge, its neighbours (rounding of a value's cell) and the two end cells are
-    # resolved by binary search; every other cell lies within one bin
-    unsure = b_lo != b_hi
-    unsure[1:] |= b_lo[:-1] != b_hi[:-1]
-    unsure[:-1] |= b_lo[1:] != b_hi[1:]
-    unsure[[0, -1]] = True
-    unsure_mark = -2 - 2 * shift
-    cells = np.where(unsure, unsure_mark, b_lo + shift)
-
-    def search(values: np.ndarray) -> np.ndarray:
-        return (np.searchsorted(raw, values, side="right") + (shift - 1)).astype(np.int32)
-
-    def resolve(values: np.ndarray, out: np.ndarray) -> np.ndarray:
-        todo = np.flatnonzero(out == unsure_mark)
-        if len(todo):
-            out[todo] = np.searchsorted(raw, values[todo], side="right") + (shift - 1)
-        return out
-
-    def mostly_unsure(values: np.ndarray, cell_of: Callable[[np.ndarray], np.ndarray]) -> bool:
-        """Whether most values fall in cells holding an edge (bins finer than the table's cells where
-        the data are): a binary search of all values is then cheaper than the table."""
-        sample = values[::64]
-        return len(sample) > 0 and float(np.mean(cell_of(sample) == unsure_mark)) > 0.3
-
-    if shift >= 1 and dtype == np.float32 and abs(r0) <= 4 * n_cells * w:
-        # float32 cell positions, off by far less than the one cell the neighbours' marking allows; a
-        # guard cell on each side (resolved by search) keeps values at the ends from being misplaced
-        lut32 = np.concatenate([[-1 + shift, unsure_mark], cells, [unsure_mark, bins + shift]]).astype(np.int32)
-        scale, offset = np.float32(1.0 / w), np.float32(2.0 - r0 / w)
-
-        def cell32(values: np.ndarray) -> np.ndarray:
-            k = np.multiply(values, scale)
-            k += offset
-            np.clip(k, 0, n_cells + 3, out=k)
-            return lut32[k.astype(np.int32)]
-
-        def table32(values: np.ndarray) -> np.ndarray:
-            return search(values) if mostly_unsure(values, cell32) else resolve(values, cell32(values))
-        return table32
-    lut = np.concatenate([[-1 + shift], cells, [bins + shift]]).astype(np.int32)
-
-    def cell(values: np.ndarray) -> np.ndarray:
-        k = np.floor((values - r0) * (1.0 / w))
-        np.clip(k, -1, n_cells, out=k)
-        return lut[k.astype(np.int32) + 1]
-
-    def table(values: np.ndarray) -> np.ndarray:
-        return search(values) if mostly_unsure(values, cell) else resolve(values, cell(values))
-    return table
-
-
 def density_image(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
                   xlim: tuple[float, float], ylim: tuple[float, float],
                   bins: int = DENSITY_BINS, weights: np.ndarray | float | None = None
@@ -227,8 +109,8 @@ def density_image(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
     """
     ex = np.linspace(xlim[0], xlim[1], bins + 1)
     ey = np.linspace(ylim[0], ylim[1], bins + 1)
-    ix = _bin_index(x, dx, ex)
-    iy = _bin_index(y, dy, ey)
+    ix = bin_index(x, dx, ex)
+    iy = bin_index(y, dy, ey)
     ok = (ix >= 0) & (ix < bins) & (iy >= 0) & (iy < bins)
     w = None
     if weights is not None:
@@ -247,141 +129,6 @@ def thin(n: int, cap: int = DENSITY_MAX_EVENTS) -> int:
 def small_counts(counts: np.ndarray) -> np.ndarray:
     """Counts stored compactly (uint16 when they fit, else uint32)."""
     return counts.astype(np.uint16 if counts.max(initial=0) < 65535 else np.uint32)
-
-
-def _is_convex(v: np.ndarray) -> bool:
-    """Whether a closed polygon (vertices in order) is convex."""
-    d = np.diff(np.vstack([v, v[:2]]), axis=0)
-    cross = d[:-1, 0] * d[1:, 1] - d[:-1, 1] * d[1:, 0]
-    return bool(np.all(cross >= 0) or np.all(cross <= 0))
-
-
-def _cell_classes(v: np.ndarray, ex: np.ndarray, ey: np.ndarray) -> np.ndarray | None:
-    """Class of each grid cell against a convex polygon: 0 outside, 1 inside, 2 boundary (None: degenerate).
-
-    Every cell is enlarged by 1e-3 of its width on each side before it is judged, so an event binned
-    into a neighbouring cell by rounding is still judged correctly. A cell is inside when its enlarged
-    corners all lie strictly inside every edge's half-plane (then the whole cell does: the polygon is
-    convex) and outside when they all lie strictly outside one edge's half-plane; any other cell is a
-    boundary cell whose events are tested exactly.
-    """
-    area2 = float(np.sum(v[:, 0] * np.roll(v[:, 1], -1) - np.roll(v[:, 0], -1) * v[:, 1]))
-    if not np.isfinite(area2) or area2 == 0.0:
-        return None
-    if area2 < 0:  # counter-clockwise: the inside is left of every edge
-        v = v[::-1]
-    eps_x = 1e-3 * (ex[1] - ex[0])
-    eps_y = 1e-3 * (ey[1] - ey[0])
-    x_lo, x_hi = (ex[:-1] - eps_x)[:, None], (ex[1:] + eps_x)[:, None]
-    y_lo, y_hi = (ey[:-1] - eps_y)[None, :], (ey[1:] + eps_y)[None, :]
-    inside = np.ones((len(ex) - 1, len(ey) - 1), dtype=bool)
-    outside = np.zeros_like(inside)
-    for (px, py), (qx, qy) in zip(v, np.roll(v, -1, axis=0)):
-        # f(x, y) = a x + b y + c > 0 left of the edge p -> q
-        a, b = -(qy - py), qx - px
-        if a == 0.0 and b == 0.0:
-            continue  # a repeated vertex is no edge
-        c = -(a * px + b * py)
-        lo = (a * x_lo if a > 0 else a * x_hi) + (b * y_lo if b > 0 else b * y_hi) + c
-        hi = (a * x_hi if a > 0 else a * x_lo) + (b * y_hi if b > 0 else b * y_lo) + c
-        inside &= lo > 0
-        outside |= hi < 0
-    return np.where(inside, 1, np.where(outside, 0, 2)).astype(np.uint8)
-
-
-def _grid_size(n: int) -> int:
-    """Cells per side of the classification grid for ``n`` events (finer for more events)."""
-    return int(np.clip(np.sqrt(n / 4.0), 32, 512))
-
-
-def polygon_mask(gate: PolygonGate, cols: Sequence[np.ndarray], grid: int | None = None) -> np.ndarray:
-    """Membership of raw events in a polygon on the dimensions' scales (same answer as the gate engine).
-
-    For a convex polygon over many events, a grid over its (slightly padded) bounding box is classified
-    once (see :func:`_cell_classes`; binned with inverse-transformed edges): events outside the grid or
-    in outside cells are out, events in inside cells are members, and only the events of boundary cells
-    are transformed and tested exactly. Otherwise only the events inside the bounding box are
-    transformed and tested.
-    """
-    from flowutils.gating import points_in_polygon
-
-    x, y = cols
-    v = np.asarray(gate.vertices, dtype=np.float64)
-    lo, hi = v.min(axis=0), v.max(axis=0)
-    # the grid reaches beyond the polygon by more than a float32 binning error (see _bin_index)
-    pad = 1e-4 * np.maximum(hi - lo, 1e-300)
-    lo, hi = lo - pad, hi + pad
-    # linear dimensions are binned arithmetically and get a fine grid; transformed ones are binned through
-    # a lookup table whose cost grows with the number of bins, and get 64 cells
-    gx, gy = (grid or (_grid_size(len(x)) if d.transform is None else 64) for d in gate.dims)
-    ex = np.linspace(lo[0], hi[0], gx + 1)
-    ey = np.linspace(lo[1], hi[1], gy + 1)
-    classes = _cell_classes(v, ex, ey) if len(x) > 4 * max(gx, gy) and _is_convex(v) else None
-    if classes is not None:
-        # a ring of "outside" around the grid for events beyond it
-        table = np.zeros((gx + 2, gy + 2), dtype=np.uint8)
-        table[1:-1, 1:-1] = classes
-        flat = table.ravel()
-        bin_x = _binner(x.dtype, len(x), gate.dims[0], ex, shift=1)
-        bin_y = _binner(y.dtype, len(y), gate.dims[1], ey, shift=1)
-        mask = np.empty(len(x), dtype=bool)
-        todo = []
-        # in chunks, so that the few passes over each chunk's temporaries stay in the cache
-        for i in range(0, len(x), _CHUNK):
-            j = min(i + _CHUNK, len(x))
-            ix = bin_x(x[i:j])
-            ix *= gy + 2
-            ix += bin_y(y[i:j])
-            cls = flat[ix]
-            np.equal(cls, 1, out=mask[i:j])
-            todo.append(np.flatnonzero(cls == 2) + i)
-        idx = np.concatenate(todo) if todo else np.zeros(0, dtype=np.intp)
-    else:
-        mask = np.zeros(len(x), dtype=bool)
-        rx = from_scale(gate.dims[0], np.array([lo[0], hi[0]]))
-        ry = from_scale(gate.dims[1], np.array([lo[1], hi[1]]))
-        idx = np.flatnonzero((x >= rx[0]) & (x <= rx[1]) & (y >= ry[0]) & (y <= ry[1]))
-    if len(idx):
-        pts = np.column_stack([to_scale(gate.dims[0], x[idx]), to_scale(gate.dims[1], y[idx])])
-        mask[idx] = np.asarray(points_in_polygon(v, pts), dtype=bool)
-    return mask
-
-
-def apply_gate(gate: Gate, cols: Sequence[np.ndarray], members: Sequence[Gate] = ()) -> np.ndarray:
-    """Own membership of a gate for raw event columns (one per dimension), without parents.
-
-    Ranges are compared in raw units (limits inverse-transformed once); polygons are tested on scale
-    within their bounding box; other gates go through the gate engine.
-    """
-    from .gates import ArrayEvents
-
-    if isinstance(gate, RangeGate):
-        mask = np.ones(len(cols[0]), dtype=bool)
-        for dim, col, lo, hi in zip(gate.dims, cols, gate.mins, gate.maxs):
-            # float64 limits, compared as the gate engine compares them (a limit cast to a float32
-            # column's type could round onto an event's value)
-            if lo is not None:
-                mask &= col >= (np.float64(lo) if dim.transform is None else from_scale(dim, np.array([lo]))[0])
-            if hi is not None:
-                mask &= col < (np.float64(hi) if dim.transform is None else from_scale(dim, np.array([hi]))[0])
-        return mask
-    if isinstance(gate, PolygonGate):
-        return polygon_mask(gate, cols)
-    if isinstance(gate, BooleanGate) and members:
-        sub = {m.name: apply_gate(m, cols) for m in members}
-        return gate.own_mask(_Counted(len(cols[0])), sub)
-    events = ArrayEvents({d.key: c for d, c in zip(gate.dims, cols)})
-    return gate.own_mask(events, {})
-
-
-class _Counted:
-    """An event source that only knows how many events there are (for boolean gates)."""
-
-    def __init__(self, n: int) -> None:
-        self.n_events = n
-
-    def values(self, dim: Dimension) -> np.ndarray:  # pragma: no cover - booleans read no values
-        raise KeyError(dim.key)
 
 
 # ---------------------------------------------------------------------------------------------- 1. time

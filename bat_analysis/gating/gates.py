@@ -12,6 +12,11 @@ float32; limits and vertices are always compared in float64 (a limit cast to flo
 event's value and move it across the boundary). A dimension may name a compensation reference (a
 spillover matrix known to the event source, ``"FCS"`` for the file's own, ``None``/``"uncompensated"``
 for raw values) and may be a Gating-ML ``fratio`` of two channels (:class:`Ratio`) before its transform.
+
+One implementation decides membership: ranges and polygons are decided by
+:mod:`bat_analysis.gating.membership` both here (values on the scales) and in :func:`apply_gate` (a gate's
+own membership on raw columns, as a tube is gated), and compensated dimensions are computed by
+:func:`bat_analysis.gating.compensation.compensate` (float64).
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from typing import Any, Mapping, Protocol, Sequence
 import numpy as np
 
 from ..errors import GatingError
+from .compensation import as_spillover, compensate
 from .hierarchy import topological_order
+from .membership import polygon_mask, range_mask
 
 
 class Transform(Protocol):
@@ -95,7 +102,6 @@ class ArrayEvents:
         self.n_events = lengths.pop() if lengths else 0
         self.spillovers: dict[str, Any] = {}
         if spillovers:
-            from .compensation import as_spillover
             self.spillovers = {k: as_spillover(v) for k, v in spillovers.items()}
         self._cache: dict[tuple[Any, ...], np.ndarray] = {}
 
@@ -136,13 +142,12 @@ class ArrayEvents:
         full = self._cache.get(ck)
         if full is not None:
             return full if rows is None else full[rows]
-        inv = sp.inverse
         n = self.n_events if rows is None else len(rows)
-        out = np.zeros(n, dtype=np.float64)
+        detectors = np.empty((n, len(sp.channels)), dtype=np.float64)
         for i, det in enumerate(sp.channels):
-            if inv[i, j] != 0.0:
-                raw = self._raw(det)
-                out += inv[i, j] * np.asarray(raw if rows is None else raw[rows], dtype=np.float64)
+            raw = self._raw(det)
+            detectors[:, i] = raw if rows is None else raw[rows]
+        out = compensate(detectors, sp.channels, sp, [sp.channels[j]], dtype=np.float64)[:, 0]
         if rows is None:
             self._cache[ck] = out
         return out
@@ -229,15 +234,10 @@ class RangeGate(Gate):
 
     def own_mask(self, events: EventSource, masks: Mapping[str, np.ndarray],
                  rows: np.ndarray | None = None, rows_key: Any = None) -> np.ndarray:
-        mask = np.ones(self._n(events, rows), dtype=bool)
-        for col, lo, hi in zip(self._cols(events, rows, rows_key), self.mins, self.maxs):
-            # limits as float64 scalars: a plain Python float would be cast to a float32 column's type
-            # (NEP 50) and a limit rounded onto an event's value would move that event across it
-            if lo is not None:
-                mask &= col >= np.float64(lo)
-            if hi is not None:
-                mask &= col < np.float64(hi)
-        return mask
+        cols = self._cols(events, rows, rows_key)
+        if not cols:
+            return np.ones(self._n(events, rows), dtype=bool)
+        return range_mask(self.dims, self.mins, self.maxs, cols, on_scale=True)
 
 
 @dataclass(eq=False)
@@ -277,16 +277,7 @@ class PolygonGate(Gate):
 
     def own_mask(self, events: EventSource, masks: Mapping[str, np.ndarray],
                  rows: np.ndarray | None = None, rows_key: Any = None) -> np.ndarray:
-        from flowutils.gating import points_in_polygon
-
-        x, y = self._cols(events, rows, rows_key)
-        (x0, y0), (x1, y1) = self.vertices.min(axis=0), self.vertices.max(axis=0)
-        # only events in the (closed) bounding box can be inside: test those exactly
-        cand = np.flatnonzero((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1))
-        inside = np.zeros(len(x), dtype=bool)
-        if len(cand):
-            points = np.column_stack([x[cand], y[cand]]).astype(np.float64, copy=False)
-            inside[cand] = np.asarray(points_in_polygon(self.vertices, points), dtype=bool)
+        inside = polygon_mask(self, self._cols(events, rows, rows_key), on_scale=True)
         return ~inside if self.complement else inside
 
 
@@ -387,6 +378,38 @@ def _depends_on(g: Gate) -> list[str]:
     """What a gate needs evaluated first: a boolean gate's operands, then its parent."""
     deps = [ref for ref, _ in g.operands] if isinstance(g, BooleanGate) else []
     return deps + ([g.parent] if g.parent is not None else [])
+
+
+def apply_gate(gate: Gate, cols: Sequence[np.ndarray], members: Sequence[Gate] = ()) -> np.ndarray:
+    """Own membership of a gate for raw event columns (one per dimension, compensated as the gate's
+    dimensions ask but not transformed), without parents; ``members`` are a boolean gate's operand gates on
+    the same columns.
+
+    The same decision as :func:`evaluate` makes on transformed values, by the same functions of
+    :mod:`bat_analysis.gating.membership`: ranges are compared in raw units (limits inverse-transformed
+    once), polygons are tested on the scale (the grid path for a convex polygon over many events, the
+    exact test within the bounding box otherwise); ellipsoids transform their columns.
+    """
+    if isinstance(gate, RangeGate):
+        return range_mask(gate.dims, gate.mins, gate.maxs, cols)
+    if isinstance(gate, PolygonGate):
+        inside = polygon_mask(gate, cols)
+        return ~inside if gate.complement else inside
+    if isinstance(gate, BooleanGate) and members:
+        sub = {m.name: apply_gate(m, cols) for m in members}
+        return gate.own_mask(_Counted(len(cols[0])), sub)
+    events = ArrayEvents({d.key: c for d, c in zip(gate.dims, cols)})
+    return gate.own_mask(events, {})
+
+
+class _Counted:
+    """An event source that only knows how many events there are (for boolean gates)."""
+
+    def __init__(self, n: int) -> None:
+        self.n_events = n
+
+    def values(self, dim: Dimension) -> np.ndarray:  # pragma: no cover - booleans read no values
+        raise KeyError(dim.key)
 
 
 def _ratio_to_dict(r: Ratio | None) -> dict[str, Any] | None:

@@ -18,9 +18,11 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..checksums import file_sha256
-from ..errors import BatError, GatingError, MarkerError
+from ..errors import BatError, GatingError
 from ..records import Flag, GateRecord, Tube, TubeResult
 from . import estimators as est
+from .channels import resolve_channels
+from .compensation import Spillover, as_spillover
 from .gates import Dimension, Gate, gate_to_dict
 from .geometry import from_gate, to_gate
 from .hierarchy import topological_order
@@ -44,46 +46,6 @@ def template_dimension(template: Template, dim: str) -> Dimension:
                                                                  where=f"transforms.{dim}")
         _DIM_CACHE[key] = Dimension(dim, tf)
     return _DIM_CACHE[key]
-
-
-def _resolve_channels(sample: Any, template: Template, source: str) -> tuple[dict[str, Any], list[Flag]]:
-    """Channel of every gate dimension and panel marker; optional markers that are absent are skipped."""
-    from ..io.markers import find_scatter, find_time
-
-    needed = {d for g in template.gates for d in g.dims}
-    found: dict[str, Any] = {}
-    flags: list[Flag] = []
-    for dim in sorted(needed & set(SCATTER_DIMS)):
-        if dim == "Time":
-            ch = find_time(sample.channels)
-            if ch is None:
-                flags.append(Flag("NO_TIME_CHANNEL", "warn",
-                                  f"{Path(source).name}: no time channel; acquisition QC skipped"))
-                continue
-            found[dim] = ch
-        else:
-            kind, measure = dim.split("-")
-            try:
-                found[dim] = find_scatter(sample.channels, kind, measure, source=source)
-            except MarkerError as exc:
-                if dim in template.gate(template.population).dims:
-                    raise
-                flags.append(Flag("SCATTER_CHANNEL_MISSING", "warn",
-                                  f"{Path(source).name}: no {dim} channel; gates on it are not applied "
-                                  f"({str(exc).splitlines()[0]})"))
-    for marker, spec in template.panel.items():
-        try:
-            found[marker] = _resolve_marker(sample.channels, marker, spec.aliases, source)
-        except MarkerError:
-            if spec.required or marker in needed:
-                raise
-    return found, flags
-
-
-def _resolve_marker(channels: Any, marker: str, aliases: tuple[str, ...], source: str) -> Any:
-    from ..io.markers import resolve_marker
-
-    return resolve_marker(channels, marker, (marker, *aliases), source=source)
 
 
 # ---------------------------------------------------------------------------------------------- gating
@@ -287,32 +249,31 @@ def _with_parent(gate: Gate, parent: str | None) -> Gate:
 def _compensated(sample: Any, template: Template, channels: dict[str, Any], dims: list[str],
                  rows: np.ndarray | None, source: str) -> dict[str, np.ndarray]:
     """Compensated float32 columns of ``dims`` (fluorescence dimensions; optionally only ``rows``)."""
-    from .compensation import Spillover, compensate
+    from .compensation import compensate
 
-    pnn = [c.pnn for c in sample.channels]
     events = sample.events if rows is None else sample.events[rows]
     wanted = [channels[d].pnn for d in dims]
     spill = _spillover(sample, template, channels, source)
     if spill is None or not wanted:
         return {d: np.ascontiguousarray(events[:, channels[d].index], dtype=np.float32) for d in dims}
-    comp = compensate(events, pnn, Spillover(tuple(spill[0]), np.asarray(spill[1])), wanted)
+    comp = compensate(events, [c.pnn for c in sample.channels], spill, wanted)
     return {d: np.ascontiguousarray(comp[:, j]) for j, d in enumerate(dims)}
 
 
-def _spillover(sample: Any, template: Template, channels: dict[str, Any], source: str
-               ) -> tuple[list[str], np.ndarray] | None:
+def _spillover(sample: Any, template: Template, channels: dict[str, Any], source: str) -> Spillover | None:
+    """The spillover matrix the template asks for: the file's, the template's own or none."""
     comp = template.compensation
     if comp.get("source", "file") == "none":
         return None
     if comp["source"] == "matrix":
         names = [channels[c].pnn if c in channels else c for c in comp["channels"]]
-        return names, np.asarray(comp["values"], dtype=float)
+        return Spillover(tuple(names), np.asarray(comp["values"], dtype=float))
     if sample.spillover is None:
         if getattr(sample, "spillover_error", None):
             # a matrix is there but unusable (unknown channels, singular): refuse rather than gate uncompensated
             sample.require_spillover()
         return None
-    return list(sample.spillover.channels), np.asarray(sample.spillover.matrix, dtype=float)
+    return as_spillover(sample.spillover)
 
 
 def gate_sample(sample: Any, tube: Tube, template: Template, *, overrides: Mapping[str, Gate] | None = None,
@@ -327,7 +288,7 @@ def gate_sample_indices(sample: Any, tube: Tube, template: Template, *,
     """As :func:`gate_sample`, also returning each gate's member event indices (None: not gated)."""
     source = source or str(getattr(sample, "path", tube.file))
     result = result or TubeResult(tube=tube)
-    channels, flags = _resolve_channels(sample, template, source)
+    channels, flags = resolve_channels(sample, template, source)
     result.flags.extend(flags)
     n = int(sample.events.shape[0])
     result.n_events = n
@@ -343,13 +304,13 @@ def gate_sample_indices(sample: Any, tube: Tube, template: Template, *,
     fluo = [d for d in gating_dims if d not in SCATTER_DIMS]
     # every gating channel as a contiguous row (later passes over a column are cache-friendly), the
     # fluorescence ones compensated, in one pass over the event matrix
-    from .compensation import Spillover, channel_rows
+    from .compensation import compensate
 
     scatter = [d for d in gating_dims if d in SCATTER_DIMS]
     order = scatter + fluo
-    rows = channel_rows(sample.events, [c.pnn for c in sample.channels],
-                        None if spill is None or not fluo else Spillover(tuple(spill[0]), np.asarray(spill[1])),
-                        [channels[d].pnn for d in order], copied=[channels[d].pnn for d in scatter])
+    rows = compensate(sample.events, [c.pnn for c in sample.channels], None if not fluo else spill,
+                      [channels[d].pnn for d in order], copied=[channels[d].pnn for d in scatter],
+                      channel_major=True)
     columns: dict[str, np.ndarray] = {d: rows[j] for j, d in enumerate(order)}
     ranges = {d: float(channels[d].range) if channels[d].range else None for d in gating_dims}
     state = _TubeState(template, columns, ranges, n)

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataFileError, FcsFormatError
+# the one spillover type and $SPILLOVER parser live with compensation (FcsSample.spillover is one)
+from ..gating.compensation import Spillover, parse_spillover
 from .markers import DEFAULT_PANEL, Panel, find_time
 from .paths import open_regular_file
 
@@ -54,15 +56,6 @@ class Channel:
     def is_log(self) -> bool:
         """Whether the stored values were log-amplified (``$PnE`` f1 > 0)."""
         return self.log_decades > 0
-
-
-@dataclass(frozen=True)
-class Spillover:
-    """A spillover matrix: ``matrix[i, j]`` is the spill of ``channels[i]``'s dye into ``channels[j]``."""
-
-    channels: tuple[str, ...]
-    matrix: np.ndarray
-    keyword: str
 
 
 @dataclass
@@ -843,56 +836,6 @@ def _scale(values: np.ndarray, channels: list[Channel], layout: _Layout, kw: Map
 
 # ---------------------------------------------------------------------------------------------- spillover
 _SPILL_KEYS = ("$SPILLOVER", "$SPILL", "SPILL", "SPILLOVER", "$COMP", "COMP")
-
-
-def parse_spillover(value: str, channels: list[Channel], *, keyword: str, source: str) -> Spillover | None:
-    """Parse ``n,name1..namen,m11,m12..`` into a ``Spillover`` naming channels by their ``$PnN``."""
-    parts = [p.strip() for p in value.split(",")]
-    try:
-        n = int(float(parts[0]))
-    except ValueError:
-        raise FcsFormatError(f"matrix size {parts[0]!r} is not an integer", source=source, field=keyword,
-                             expected="n,name1,...,namen,value11,...") from None
-    if n == 0:
-        return None
-    if n < 0 or len(parts) != 1 + n + n * n:
-        raise FcsFormatError(f"{len(parts) - 1} fields for a {n}x{n} matrix", source=source, field=keyword,
-                             expected=f"{n} names and {n * n} values")
-    names = parts[1: 1 + n]
-    by_pnn = {c.pnn: c.pnn for c in channels}
-    by_pns = {c.pns: c.pnn for c in channels if c.pns}
-    by_fold = {c.pnn.casefold(): c.pnn for c in channels}
-    resolved: list[str] = []
-    unknown: list[str] = []
-    numeric = all(nm.isascii() and nm.isdigit() and 1 <= int(nm) <= len(channels) for nm in names) and \
-        not any(nm in by_pnn for nm in names)
-    for name in names:
-        if numeric:
-            resolved.append(channels[int(name) - 1].pnn)
-            continue
-        hit = by_pnn.get(name) or by_pns.get(name) or by_fold.get(name.casefold())
-        if hit is None:
-            unknown.append(name)
-        else:
-            resolved.append(hit)
-    if unknown:
-        raise FcsFormatError(f"names unknown channels {', '.join(map(repr, unknown))}; the file has "
-                             f"{', '.join(c.pnn for c in channels)}", source=source, field=keyword,
-                             expected="channel names ($PnN) of this file")
-    if len(set(resolved)) != n:
-        raise FcsFormatError("names a channel twice", source=source, field=keyword, expected="distinct channels")
-    try:
-        matrix = np.array([float(v) for v in parts[1 + n:]], dtype=np.float64).reshape(n, n)
-    except ValueError:
-        raise FcsFormatError("non-numeric matrix value", source=source, field=keyword,
-                             expected="numbers") from None
-    if not np.isfinite(matrix).all():
-        raise FcsFormatError("non-finite matrix value", source=source, field=keyword, expected="finite numbers")
-    cond = np.linalg.cond(matrix)
-    if not np.isfinite(cond) or cond > 1e12:
-        raise FcsFormatError(f"matrix is singular (condition number {cond:.3g})", source=source, field=keyword,
-                             expected="an invertible spillover matrix")
-    return Spillover(tuple(resolved), matrix, keyword)
 
 
 def _spillover(kw: Mapping[str, str], channels: list[Channel], source: str, strict: bool,

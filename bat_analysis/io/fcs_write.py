@@ -145,6 +145,24 @@ def write_fcs(
     The file is written to a temporary name beside ``path`` and renamed into place.
     """
     path = Path(path)
+    _check_format(path, version, datatype, byteorder, delimiter)
+    events = np.asarray(events)
+    pnn = _checked_channels(path, events, pnn, pns)
+    bit_list, range_list = _widths_and_ranges(path, events, pnn, datatype, bits, ranges)
+    fixed, channel_pairs, extra = _keyword_pairs(path, events.shape, pnn, pns, version, datatype, byteorder,
+                                                 bit_list, range_list, spillover, keywords)
+    data = _data_bytes(events, datatype, bit_list, byteorder)
+    assert len(data) == events.shape[0] * sum(bit_list) // 8
+    text, offsets = _text_and_offsets(path, version, delimiter, fixed + channel_pairs + extra, len(data))
+    with atomic_open(path, "wb") as fh:
+        fh.write(_header(version, offsets))
+        fh.write(text)
+        fh.write(data)
+    return path
+
+
+def _check_format(path: Path, version: str, datatype: str, byteorder: str, delimiter: str) -> None:
+    """The file format asked for: version, data type, byte order and TEXT delimiter."""
     if version not in VERSIONS:
         raise _fail(path, "version", f"unsupported FCS version {version!r}", " or ".join(VERSIONS))
     if datatype not in DATATYPES:
@@ -155,20 +173,23 @@ def write_fcs(
     if len(delimiter) != 1 or not (0x20 < ord(delimiter) < 0x7F):
         raise _fail(path, "delimiter", f"unusable delimiter {delimiter!r}", "one printable ASCII character")
 
-    events = np.asarray(events)
+
+def _checked_channels(path: Path, events: np.ndarray, pnn: Sequence[str],
+                      pns: Sequence[str | None] | None) -> list[str]:
+    """The events' shape and values and the channel names checked; returns the $PnN names as text."""
     if events.ndim != 2:
         raise _fail(path, "events", f"events of shape {events.shape}", "a 2-D array n_events × n_channels")
-    n_events, n_channels = events.shape
+    n_channels = events.shape[1]
     if n_channels == 0:
         raise _fail(path, "$PAR", "no channels", "at least one channel")
-    pnn = [str(x) for x in pnn]
-    if len(pnn) != n_channels:
-        raise _fail(path, "$PnN", f"{len(pnn)} channel names for {n_channels} data columns",
+    names = [str(x) for x in pnn]
+    if len(names) != n_channels:
+        raise _fail(path, "$PnN", f"{len(names)} channel names for {n_channels} data columns",
                     "one name per column")
-    if any(not x.strip() for x in pnn):
+    if any(not x.strip() for x in names):
         raise _fail(path, "$PnN", "an empty channel name", "non-empty names")
-    if len(set(pnn)) != n_channels:
-        raise _fail(path, "$PnN", f"duplicate channel names {pnn}", "distinct names")
+    if len(set(names)) != n_channels:
+        raise _fail(path, "$PnN", f"duplicate channel names {names}", "distinct names")
     if pns is not None and len(pns) != n_channels:
         raise _fail(path, "$PnS", f"{len(pns)} marker names for {n_channels} data columns",
                     "one (or None) per column")
@@ -176,10 +197,16 @@ def write_fcs(
         raise _fail(path, "events", f"non-numeric events of dtype {events.dtype}", "numbers")
     if not np.all(np.isfinite(events)):
         bad = np.unique(np.nonzero(~np.isfinite(events))[1])
-        raise _fail(path, "events", f"non-finite values (NaN or inf) in channels {[pnn[i] for i in bad]}",
+        raise _fail(path, "events", f"non-finite values (NaN or inf) in channels {[names[i] for i in bad]}",
                     "finite numbers")
+    return names
 
-    # bit widths and ranges
+
+def _widths_and_ranges(path: Path, events: np.ndarray, pnn: list[str], datatype: str,
+                       bits: int | Sequence[int] | None, ranges: float | Sequence[float] | None
+                       ) -> tuple[list[int], list]:
+    """$PnB and $PnR of every channel; integer data must be whole numbers within both."""
+    n_events, n_channels = events.shape
     if datatype == "I":
         bit_list = _per_channel(16 if bits is None else bits, n_channels, "$PnB", path)
         assert bit_list is not None
@@ -201,24 +228,39 @@ def write_fcs(
     for i, r in enumerate(range_list):
         if not np.isfinite(float(r)) or r <= 0:
             raise _fail(path, f"$P{i + 1}R", f"range {r}", "a positive number")
-
     if datatype == "I":
-        if n_events:
-            whole = np.all(events == np.floor(events))
-            if not whole:
-                raise _fail(path, "events", "non-integer values for $DATATYPE I", "whole numbers")
-            col_min = events.min(axis=0)
-            col_max = events.max(axis=0)
-            for i in range(n_channels):
-                limit = min(int(range_list[i]), 2 ** bit_list[i])
-                if col_min[i] < 0 or col_max[i] >= limit:
-                    raise _fail(path, f"$P{i + 1}R",
-                                f"channel {pnn[i]} has values in [{col_min[i]}, {col_max[i]}]",
-                                f"integers in [0, {limit}) for {bit_list[i]}-bit data with $PnR {range_list[i]}")
+        _check_integers(path, events, pnn, bit_list, range_list)
         range_list = [int(r) for r in range_list]
+    return bit_list, range_list
 
-    # keywords
-    pairs: list[tuple[str, str]] = []
+
+def _check_integers(path: Path, events: np.ndarray, pnn: list[str], bit_list: list[int], range_list: list) -> None:
+    """Integer data: whole numbers in [0, min($PnR, 2**$PnB)) in every channel."""
+    if not events.shape[0]:
+        return
+    whole = np.all(events == np.floor(events))
+    if not whole:
+        raise _fail(path, "events", "non-integer values for $DATATYPE I", "whole numbers")
+    col_min = events.min(axis=0)
+    col_max = events.max(axis=0)
+    for i in range(events.shape[1]):
+        limit = min(int(range_list[i]), 2 ** bit_list[i])
+        if col_min[i] < 0 or col_max[i] >= limit:
+            raise _fail(path, f"$P{i + 1}R",
+                        f"channel {pnn[i]} has values in [{col_min[i]}, {col_max[i]}]",
+                        f"integers in [0, {limit}) for {bit_list[i]}-bit data with $PnR {range_list[i]}")
+
+
+def _keyword_pairs(path: Path, shape: tuple[int, ...], pnn: list[str], pns: Sequence[str | None] | None,
+                   version: str, datatype: str, byteorder: str, bit_list: list[int], range_list: list,
+                   spillover: tuple[Sequence[str], np.ndarray] | None, keywords: Mapping[str, object] | None
+                   ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """TEXT keywords but the offsets: the fixed ones, the channels' and the extra ones (spillover, caller's).
+
+    A caller's keyword may replace a channel keyword ($PnE, ...) but not one the writer computes; keywords are
+    case-insensitive and each may be given once.
+    """
+    n_events, n_channels = shape
     byteord = "1,2,3,4" if byteorder == "<" else "4,3,2,1"
     fixed: list[tuple[str, str]] = [("$BYTEORD", byteord), ("$DATATYPE", datatype), ("$MODE", "L"),
                                     ("$NEXTDATA", "0"), ("$PAR", str(n_channels)), ("$TOT", str(n_events))]
@@ -256,12 +298,15 @@ def write_fcs(
         if key.upper() in seen:
             raise _fail(path, key, "keyword given twice (keywords are case-insensitive)", "unique keywords")
         seen.add(key.upper())
+    return fixed, channel_pairs, extra
 
-    data = _data_bytes(events, datatype, bit_list, byteorder)
-    expected_len = n_events * sum(bit_list) // 8
-    assert len(data) == expected_len
 
-    # offsets: TEXT length depends on $BEGINDATA/$ENDDATA digits, so iterate until stable
+def _text_and_offsets(path: Path, version: str, delimiter: str, pairs: list[tuple[str, str]], data_len: int
+                      ) -> tuple[bytes, list[int]]:
+    """The TEXT segment and the HEADER's offsets (TEXT, DATA, ANALYSIS) for ``data_len`` bytes of DATA.
+
+    TEXT's length depends on the digits of $BEGINDATA/$ENDDATA, so it is laid out until they are stable.
+    """
     text_begin = TEXT_START
     begin_data = end_data = 0
     for _ in range(10):
@@ -269,12 +314,11 @@ def write_fcs(
         if version != "2.0":
             offset_pairs = [("$BEGINANALYSIS", "0"), ("$ENDANALYSIS", "0"), ("$BEGINSTEXT", "0"),
                             ("$ENDSTEXT", "0"), ("$BEGINDATA", str(begin_data)), ("$ENDDATA", str(end_data))]
-        pairs = offset_pairs + fixed + channel_pairs + extra
-        text = _text_segment(pairs, delimiter)
+        text = _text_segment(offset_pairs + pairs, delimiter)
         text_end = text_begin + len(text) - 1
         new_begin = text_end + 1
-        new_end = new_begin + len(data) - 1 if data else new_begin
-        if not data:
+        new_end = new_begin + data_len - 1 if data_len else new_begin
+        if not data_len:
             new_begin = new_end = 0
         if (new_begin, new_end) == (begin_data, end_data):
             break
@@ -286,10 +330,4 @@ def write_fcs(
     if version == "2.0" and end_data > _HEADER_MAX:
         raise _fail(path, "DATA", f"data end at byte {end_data} does not fit an FCS 2.0 HEADER",
                     "FCS 3.0 or 3.1 for data beyond byte 99,999,999")
-
-    header = _header(version, [text_begin, text_end, begin_data, end_data, 0, 0])
-    with atomic_open(path, "wb") as fh:
-        fh.write(header)
-        fh.write(text)
-        fh.write(data)
-    return path
+    return text, [text_begin, text_end, begin_data, end_data, 0, 0]

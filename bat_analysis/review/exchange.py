@@ -32,32 +32,13 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import BatError
+from ..gating.channels import resolve_channels
 from ..gating.gates import UNCOMPENSATED, BooleanGate, RangeGate
+from ..gating.templates import SCATTER_DIMS
 from .corrections import GateCorrection, OverridesError, check_geometry
 from ..records import GateRecord, Tube
 
-SCATTER_DIMS = ("FSC-A", "FSC-H", "FSC-W", "SSC-A", "SSC-H", "SSC-W", "Time")
 RELATIVE_TOLERANCE = 1e-6
-
-
-def channel_map(sample: Any, template: Any, source: str) -> dict[str, Any]:
-    """Template dimension / marker -> the file's channel (same resolution rules as gating)."""
-    from ..io.markers import find_scatter, find_time, resolve_marker
-
-    needed = {d for g in template.gates for d in g.dims}
-    found: dict[str, Any] = {}
-    for dim in sorted(needed & set(SCATTER_DIMS)):
-        if dim == "Time":
-            ch = find_time(sample.channels)
-            if ch is not None:
-                found[dim] = ch
-        else:
-            kind, measure = dim.split("-")
-            found[dim] = find_scatter(sample.channels, kind, measure, source=source)
-    for marker, spec in template.panel.items():
-        if marker in needed:
-            found[marker] = resolve_marker(sample.channels, marker, (marker, *spec.aliases), source=source)
-    return found
 
 
 def _file_gates(records: Sequence[GateRecord], template: Any, channels: Mapping[str, Any],
@@ -243,7 +224,7 @@ def export_run_gates(results: Sequence[Any], template: Any, data_dir: Path, fmt:
     for res in gated:
         path = Path(res.tube.file) if Path(res.tube.file).is_absolute() else data_dir / res.tube.file
         sample = read_fcs(path)
-        channels = channel_map(sample, template, str(path))
+        channels, _ = resolve_channels(sample, template, str(path), panel=False)  # as gating found them
         spill = sample.spillover if template.compensation.get("source", "file") == "file" else None
         gates = _reader_safe_limits(_file_gates(res.gates, template, channels, spill is not None), sample)
         spillovers = {"FCS": (list(spill.channels), np.asarray(spill.matrix))} if spill is not None else {}
@@ -531,7 +512,7 @@ def read_edited_gates(path: Path | str, template: Any, tubes: Sequence[Tube], *,
         name, doc = tube.file, imported.document
         fcs = Path(tube.file) if Path(tube.file).is_absolute() else data_dir / tube.file
         sample = read_fcs(fcs)
-        channels = channel_map(sample, template, str(fcs))
+        channels, _ = resolve_channels(sample, template, str(fcs), panel=False)  # as gating found them
         pnn_to_dim = {ch.pnn: dim for dim, ch in channels.items()}
         doc_gates = {g.name: g for g in doc.gates}
         top = max((float(c.range) for c in channels.values() if c.range), default=None)

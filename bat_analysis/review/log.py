@@ -117,7 +117,6 @@ def from_store(active: Sequence[Mapping[str, Any]], template: Any, tubes: Sequen
     in the store, reported. A geometry that does not fit the (unchanged) template is a damaged store entry
     (StoreDataError naming it).
     """
-    from ..store import StoreDataError
 
     by_file = {t.file for t in tubes}
     arms = {(t.patient, t.pretreatment) for t in tubes}

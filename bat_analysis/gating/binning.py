@@ -1,0 +1,165 @@
+"""Binning raw event values on a dimension's scale without transforming every event.
+
+Contract. :func:`bin_index` gives, for raw values (float32 events, compensated but untransformed), the bin
+of each among equally spaced edges on a dimension's scale (its transform applied) -- the same bin as
+``np.searchsorted(from_scale(dim, edges), values, side="right") - 1``, with -1 below the first edge and
+``bins`` at or above the last. :func:`binner` prepares that binning once for many chunks of one column
+(density images, the polygon grid of :mod:`bat_analysis.gating.membership`).
+
+Why: a transform (logicle, asinh) costs far more per event than a comparison, and a gate or a density
+image only needs to know which bin or cell an event falls in. So the edges are inverse-transformed once
+(:func:`from_scale`) and raw values are compared with them.
+
+How, and what is exact:
+
+* Linear scales are binned arithmetically (``floor((x - e0) / width)``) in float64: exact up to the
+  rounding of that division for a value on an edge.
+* Transformed scales: few values are placed by binary search among the raw edges (exact). Many values go
+  through a lookup table of 65,536 (16,384 for fewer values; more when there are many bins and values,
+  about 512 cells per bin) equal cells in raw units: a cell lying within one bin gives that bin; a cell
+  holding an edge, its two neighbours (a value's cell is found by rounding arithmetic) and the two end
+  cells are marked unsure and their values are placed by binary search -- so the table's answer is the
+  binary search's. When most values fall in unsure cells (bins finer than the cells where the data are),
+  every value is searched instead.
+* Grid lookups (``shift >= 1``: 0 is "below the grid", ``bins + shift`` "above") of float32 values do
+  the cell arithmetic in float32: on a linear scale when the grid lies within 2048 bin widths of zero, a
+  value's position is then off by at most 1e-3 of a bin (callers enlarge their cells by that:
+  :func:`bat_analysis.gating.membership.polygon_mask` pads its grid by 1e-4 of the polygon's size and
+  judges cells enlarged by 1e-3); through the lookup table, with one guard cell on each side resolved by
+  search, so values at the table's ends are never misplaced by float32 rounding.
+* :data:`CHUNK`: callers bin a column in chunks of this many events, so that the few passes over each
+  chunk's temporaries stay in the cache.
+
+Equality with the binary search is tested in ``tests/test_binning.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["CHUNK", "LUT_CELLS", "bin_index", "binner", "from_scale", "to_scale"]
+
+
+# ---------------------------------------------------------------------------------------------- scales
+def to_scale(dim: Any, values: np.ndarray) -> np.ndarray:
+    """Values on the dimension's scale (transform applied when it has one)."""
+    if dim.transform is None:
+        return np.asarray(values, dtype=np.float64)
+    return np.asarray(dim.transform.apply(np.asarray(values, dtype=np.float64)), dtype=np.float64)
+
+
+def from_scale(dim: Any, values: np.ndarray) -> np.ndarray:
+    """Raw values of scale positions (inverse transform when the dimension has one)."""
+    if dim.transform is None:
+        return np.asarray(values, dtype=np.float64)
+    return np.asarray(dim.transform.inverse(np.asarray(values, dtype=np.float64)), dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------- bins
+#: cells of the raw-unit lookup table for transformed scales (a quarter of it for fewer values)
+LUT_CELLS = 1 << 16
+#: events per chunk of the polygon grid lookup (its temporaries stay in the cache)
+CHUNK = 1 << 17
+
+
+def bin_index(values: np.ndarray, dim: Any, edges: np.ndarray, shift: int = 0) -> np.ndarray:
+    """Bin of each raw value among equally spaced scale edges (-1 or len(edges)-1 when outside), plus ``shift``.
+
+    Linear scales are binned arithmetically. On a transformed scale the edges are inverse-transformed
+    once; many values are binned through a lookup table of 65536 (or 16384, or for many bins and values
+    up to 512 per bin) equal raw cells (a cell that holds a bin edge, or touches one, is resolved by binary
+    search for its values only), few values by binary search directly.
+
+    With ``shift`` >= 1 (grid lookups: 0 is "below", bins + 1 "above") float32 values of a linear scale are
+    binned in float32 with the shift folded into the arithmetic, when the grid lies within 2048 bin widths
+    of zero; a value's position is then off by at most 1e-3 of a bin (callers enlarge their cells by that).
+    """
+    return binner(values.dtype, len(values), dim, edges, shift)(values)
+
+
+def binner(dtype: np.dtype, n: int, dim: Any, edges: np.ndarray, shift: int = 0
+            ) -> Callable[[np.ndarray], np.ndarray]:
+    """The binning of :func:`bin_index` for ``n`` values of ``dtype``, prepared once (applied per chunk)."""
+    bins = len(edges) - 1
+    if dim.transform is None:
+        width = (edges[-1] - edges[0]) / bins
+        if shift >= 1 and dtype == np.float32 and max(abs(edges[0]), abs(edges[-1])) <= 2048 * width:
+            scale, offset = np.float32(1.0 / width), np.float32(shift - edges[0] / width)
+
+            def linear32(values: np.ndarray) -> np.ndarray:
+                t = np.multiply(values, scale)
+                t += offset
+                np.clip(t, shift - 1, bins + shift, out=t)
+                return t.astype(np.int32)
+            return linear32
+
+        def linear(values: np.ndarray) -> np.ndarray:
+            idx = np.floor((values - edges[0]) * (1.0 / width))
+            out = np.clip(idx, -1, bins).astype(np.int32)
+            if shift:
+                out += shift
+            return out
+        return linear
+    raw = from_scale(dim, edges)
+    # about 512 cells per bin keeps the cells holding an edge (resolved one by one) few
+    n_cells = LUT_CELLS if n >= LUT_CELLS else LUT_CELLS // 4
+    while n_cells < 512 * bins and n >= 8 * n_cells:
+        n_cells *= 2
+    if n < n_cells or not np.all(np.diff(raw) > 0):
+        return lambda values: (np.searchsorted(raw, values, side="right") + (shift - 1)).astype(np.int32)
+    r0, r1 = float(raw[0]), float(raw[-1])
+    w = (r1 - r0) / n_cells
+    starts = r0 + w * np.arange(n_cells)
+    b_lo = np.searchsorted(raw, starts, side="right") - 1
+    b_hi = np.searchsorted(raw, starts + w, side="right") - 1
+    # a cell holding a bin edge, its neighbours (rounding of a value's cell) and the two end cells are
+    # resolved by binary search; every other cell lies within one bin
+    unsure = b_lo != b_hi
+    unsure[1:] |= b_lo[:-1] != b_hi[:-1]
+    unsure[:-1] |= b_lo[1:] != b_hi[1:]
+    unsure[[0, -1]] = True
+    unsure_mark = -2 - 2 * shift
+    cells = np.where(unsure, unsure_mark, b_lo + shift)
+
+    def search(values: np.ndarray) -> np.ndarray:
+        return (np.searchsorted(raw, values, side="right") + (shift - 1)).astype(np.int32)
+
+    def resolve(values: np.ndarray, out: np.ndarray) -> np.ndarray:
+        todo = np.flatnonzero(out == unsure_mark)
+        if len(todo):
+            out[todo] = np.searchsorted(raw, values[todo], side="right") + (shift - 1)
+        return out
+
+    def mostly_unsure(values: np.ndarray, cell_of: Callable[[np.ndarray], np.ndarray]) -> bool:
+        """Whether most values fall in cells holding an edge (bins finer than the table's cells where
+        the data are): a binary search of all values is then cheaper than the table."""
+        sample = values[::64]
+        return len(sample) > 0 and float(np.mean(cell_of(sample) == unsure_mark)) > 0.3
+
+    if shift >= 1 and dtype == np.float32 and abs(r0) <= 4 * n_cells * w:
+        # float32 cell positions, off by far less than the one cell the neighbours' marking allows; a
+        # guard cell on each side (resolved by search) keeps values at the ends from being misplaced
+        lut32 = np.concatenate([[-1 + shift, unsure_mark], cells, [unsure_mark, bins + shift]]).astype(np.int32)
+        scale, offset = np.float32(1.0 / w), np.float32(2.0 - r0 / w)
+
+        def cell32(values: np.ndarray) -> np.ndarray:
+            k = np.multiply(values, scale)
+            k += offset
+            np.clip(k, 0, n_cells + 3, out=k)
+            return lut32[k.astype(np.int32)]
+
+        def table32(values: np.ndarray) -> np.ndarray:
+            return search(values) if mostly_unsure(values, cell32) else resolve(values, cell32(values))
+        return table32
+    lut = np.concatenate([[-1 + shift], cells, [bins + shift]]).astype(np.int32)
+
+    def cell(values: np.ndarray) -> np.ndarray:
+        k = np.floor((values - r0) * (1.0 / w))
+        np.clip(k, -1, n_cells, out=k)
+        return lut[k.astype(np.int32) + 1]
+
+    def table(values: np.ndarray) -> np.ndarray:
+        return search(values) if mostly_unsure(values, cell) else resolve(values, cell(values))
+    return table
