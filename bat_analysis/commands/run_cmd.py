@@ -90,7 +90,14 @@ def _summarise(summary: Any, quiet: bool) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add ``run``, ``demo``, ``report`` and ``export-gates`` to ``app``."""
+    _add_run(app)
+    _add_demo(app)
+    _add_report(app)
+    _add_export_gates(app)
 
+
+def _add_run(app: typer.Typer) -> None:
+    """``bat run``."""
     @app.command("run")
     def run_command(
         data_dir: Path = typer.Argument(..., help="Folder holding the FCS files of the experiment."),
@@ -174,6 +181,9 @@ def register(app: typer.Typer) -> None:
         if summary.reports == "failed":
             raise typer.Exit(code=EXIT_REPORTS_FAILED)
 
+
+def _add_demo(app: typer.Typer) -> None:
+    """``bat demo``."""
     @app.command("demo")
     def demo_command(
         out: Path = typer.Option(Path("bat_demo"), "--out", "-o", help="Output folder for the demo results."),
@@ -202,6 +212,9 @@ def register(app: typer.Typer) -> None:
         if summary.reports == "failed":
             raise typer.Exit(code=EXIT_REPORTS_FAILED)
 
+
+def _add_report(app: typer.Typer) -> None:
+    """``bat report``."""
     @app.command("report")
     def report_command(
         out: Path = typer.Argument(..., help="Output folder of a previous 'bat run'."),
@@ -225,6 +238,9 @@ def register(app: typer.Typer) -> None:
             raise _fail(BatError(note))
         typer.echo(f"Wrote {len(paths)} file(s) under {for_terminal(out)}/reports and {for_terminal(out)}/review.")
 
+
+def _add_export_gates(app: typer.Typer) -> None:
+    """``bat export-gates``."""
     @app.command("export-gates")
     def export_gates_command(
         out: Path = typer.Argument(..., help="Output folder of a previous 'bat run'."),
