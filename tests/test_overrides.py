@@ -70,9 +70,9 @@ def test_every_problem_is_reported_with_its_location(experiment, template):
         "colour: unknown key",
         "corrections[0].tube: 'nope.fcs' is not a file of the layout",
         "corrections[1].gate: 'monocytes' is not a gate of template bat_ccr3_cd63",
-        "corrections[2].geometry.vertices: expected a list of at least 3 [x, y] number pairs",
+        "corrections[2].geometry.vertices: expected a list of >= 3 [x, y] pairs",
         "corrections[3].reason: missing",
-        "corrections[3].geometry: dimension 0 has min 0.7 >= max 0.5",
+        "corrections[3].geometry: dimension 1: min 0.7 must be below max 0.5",
         "corrections[4].threshold: expected a number",
         "corrections[5]: patient 'P07' with pretreatment 'none' is not in the layout",
         "corrections[6]: give either 'geometry' (with 'gate') or 'threshold'",
@@ -98,6 +98,23 @@ def test_a_valid_file_parses(experiment, template):
     assert [d.key for d in gate.dims] == list(template.gate("basophils").dims) and gate.parent == "singlets"
     assert "adjusted by Jane Doe: eosinophils included" in c.note_for(tube.file, tube.patient, tube.pretreatment)
     assert c.sha256_for(tube.file) and c.sha256_for(experiment.tubes[1].file) is None
+
+
+def test_corrections_read_geometry_like_templates_both_range_spellings(experiment, template):
+    """One reader of gate geometry (gating.geometry): min/max as in templates or mins/maxs as stored give the
+    same correction, stored with mins/maxs and float numbers."""
+    tube = experiment.tubes[4]
+
+    def gate_of(geometry):
+        doc = {"reviewer": "J", "corrections": [{"tube": tube.file, "gate": "basophils", "reason": "r",
+                                                 "geometry": geometry}]}
+        return parse_overrides(doc, template, experiment.tubes, source="o.yaml").gates[0]
+
+    short = gate_of({"type": "range", "min": [0, None], "max": [None, 1]})
+    stored = gate_of({"type": "range", "mins": [0.0, None], "maxs": [None, 1.0]})
+    assert short.geometry == stored.geometry == {"type": "range", "mins": [0.0, None], "maxs": [None, 1.0]}
+    with pytest.raises(OverridesError, match="give mins or min, not both"):
+        gate_of({"type": "range", "min": [0, None], "mins": [0, None], "maxs": [None, 1]})
 
 
 def _allergen_tube(experiment, patient: str):

@@ -41,16 +41,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import ProblemsError
+from ..gating.geometry import geometry_to_mapping, is_number, parse_geometry
 from ..records import Tube
 
-GEOMETRY_FIELDS = {"polygon": ("vertices",), "range": ("mins", "maxs"),
-                   "ellipsoid": ("mean", "covariance", "distance_square")}
 
 
 class OverridesError(ProblemsError):
@@ -161,73 +159,21 @@ def build_gate(template: Any, gate_name: str, geometry: Mapping[str, Any]) -> An
     return gate_from_dict(data)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
 def check_geometry(where: str, geo: Any, n_dims: int, problems: list[str]) -> dict[str, Any] | None:
-    """Validate a geometry mapping for a gate of ``n_dims`` dimensions; returns it normalised or None."""
-    if not isinstance(geo, Mapping):
-        problems.append(f"{where}: expected a mapping with 'type' (polygon, range or ellipsoid), got "
-                        f"{type(geo).__name__}")
-        return None
-    kind = geo.get("type")
-    if not isinstance(kind, str) or kind not in GEOMETRY_FIELDS:
-        problems.append(f"{where}.type: expected polygon, range or ellipsoid, got {kind!r}")
-        return None
-    out: dict[str, Any] = {"type": kind}
-    ok = True
-    for key in GEOMETRY_FIELDS[kind]:
-        if key not in geo:
-            problems.append(f"{where}.{key}: missing (a {kind} needs {', '.join(GEOMETRY_FIELDS[kind])})")
-            ok = False
-    if not ok:
-        return None
-    if kind == "polygon":
-        v = geo["vertices"]
-        if n_dims != 2:
-            problems.append(f"{where}.type: a polygon needs a 2-dimensional gate, this gate has {n_dims}")
-            return None
-        if not (isinstance(v, list) and len(v) >= 3 and all(isinstance(p, list) and len(p) == 2
-                                                            and all(_is_number(x) for x in p) for p in v)):
-            problems.append(f"{where}.vertices: expected a list of at least 3 [x, y] number pairs")
-            return None
-        out["vertices"] = [[float(x), float(y)] for x, y in v]
-    elif kind == "range":
-        for key in ("mins", "maxs"):
-            v = geo[key]
-            if not (isinstance(v, list) and len(v) == n_dims and all(x is None or _is_number(x) for x in v)):
-                problems.append(f"{where}.{key}: expected a list of {n_dims} numbers (null for an open side)")
-                ok = False
-            else:
-                out[key] = [None if x is None else float(x) for x in v]
-        if ok:
-            for i, (lo, hi) in enumerate(zip(out["mins"], out["maxs"])):
-                if lo is None and hi is None:
-                    problems.append(f"{where}: dimension {i} has neither a min nor a max")
-                    ok = False
-                elif lo is not None and hi is not None and lo >= hi:
-                    problems.append(f"{where}: dimension {i} has min {lo:g} >= max {hi:g}")
-                    ok = False
-        if not ok:
-            return None
-    else:
-        mean, cov, d2 = geo["mean"], geo["covariance"], geo["distance_square"]
-        if not (isinstance(mean, list) and len(mean) == n_dims and all(_is_number(x) for x in mean)):
-            problems.append(f"{where}.mean: expected {n_dims} numbers")
-            ok = False
-        if not (isinstance(cov, list) and len(cov) == n_dims and all(
-                isinstance(r, list) and len(r) == n_dims and all(_is_number(x) for x in r) for r in cov)):
-            problems.append(f"{where}.covariance: expected a {n_dims}×{n_dims} matrix of numbers")
-            ok = False
-        if not (_is_number(d2) and float(d2) > 0):
-            problems.append(f"{where}.distance_square: expected a positive number")
-            ok = False
-        if not ok:
-            return None
-        out.update(mean=[float(x) for x in mean], covariance=[[float(x) for x in r] for r in cov],
-                   distance_square=float(d2))
-    return out
+    """Validate a correction's geometry for a gate of ``n_dims`` dimensions (the one reader of gate geometry,
+    :func:`bat_analysis.gating.geometry.parse_geometry`: a range's limits spelled ``min``/``max`` or
+    ``mins``/``maxs``); returns its canonical mapping with every number a float, or None (problems appended)."""
+    parsed = parse_geometry(geo, n_dims, where, problems)
+    return None if parsed is None else _as_floats(geometry_to_mapping(parsed))
+
+
+def _as_floats(value: Any) -> Any:
+    """Numbers of a geometry mapping as floats (the stored form), None kept."""
+    if isinstance(value, dict):
+        return {k: (v if k == "type" else _as_floats(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_floats(v) for v in value]
+    return None if value is None else float(value)
 
 
 def parse_overrides(data: Any, template: Any, tubes: Sequence[Tube], *, source: str,
@@ -314,7 +260,7 @@ def parse_overrides(data: Any, template: Any, tubes: Sequence[Tube], *, source: 
             out.gates.append(GateCorrection(tube.file, gate, geo, reviewer.strip(), reason.strip(), source, date))
         else:
             value = item["threshold"]
-            if not _is_number(value):
+            if not is_number(value):
                 problems.append(f"{where}.threshold: expected a number (compensated linear CD63), got {value!r}")
                 continue
             if tube is not None:
