@@ -156,6 +156,8 @@ def test_layout_defaults_to_the_sheet_in_the_data_folder(tmp_path):
     from bat_analysis.commands.run_cmd import default_layout
 
     assert runner.invoke(app, ["run", str(tmp_path), "--out", str(tmp_path / "o")]).exit_code == 2
+    gone = runner.invoke(app, ["run", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert gone.exit_code == 2 and "data folder not found" in gone.output
     bad = runner.invoke(app, ["run", str(tmp_path), "--out", str(tmp_path / "o")])
     assert "no layout sheet given, and the data folder has no layout.csv or layout.xlsx" in bad.output
     (tmp_path / "layout.xlsx").write_bytes(b"")

@@ -39,6 +39,8 @@ def default_layout(data_dir: Path) -> Path:
     """The layout sheet of DATA_DIR when ``--layout`` is not given: ``layout.csv`` or ``layout.xlsx``."""
     from ..errors import BatError
 
+    if not data_dir.is_dir():  # the run says the data folder is missing, before any layout matters
+        return data_dir / LAYOUT_NAMES[0]
     found = [data_dir / name for name in LAYOUT_NAMES if (data_dir / name).is_file()]
     if len(found) == 1:
         return found[0]
