@@ -28,7 +28,7 @@ import io
 import json
 import math
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .analysis.dose_response import four_pl
+from .analysis.units import UnitProblem, convert
 from .errors import BatError
 from .fileio import atomic_open, atomic_path, atomic_write_text, make_dir
 from .records import Tube
@@ -851,6 +852,7 @@ def simulate_experiment(
     basophil_pct: tuple[float, float] = (0.5, 1.0),
     controls: Sequence[str] = CONTROL_CONDITIONS,
     bell_fraction: float = 0.0,
+    arm_units: Mapping[str, str] | None = None,
 ) -> SimulatedExperiment:
     """Write a simulated BAT experiment into ``out_dir``: FCS files, ``layout.csv``, ``truth.json``, ``labels.npz``.
 
@@ -858,7 +860,9 @@ def simulate_experiment(
     patient and arm has the ``controls`` (default negative control, anti-FcεRI, fMLP; ``anti_ige`` may be
     added) and ``n_concentrations`` allergen tubes (0.01–100 ng/mL, log series). ``basophil_pct`` is the
     range of the basophils' share of leukocytes in percent (whole blood 0.5–1). ``bell_fraction``: the
-    probability that a patient's allergen response falls again at high doses (bell shape). ``scenario`` names (``SCENARIOS``) apply to every tube; ``mixed`` gives
+    probability that a patient's allergen response falls again at high doses (bell shape). ``arm_units`` writes
+    an arm's allergen concentrations in another unit of mass per volume (e.g. ``{"omalizumab": "µg/mL"}``:
+    the same doses, 0.01 ng/mL written 1e-05 µg/mL), as a lab mixing units would. ``scenario`` names (``SCENARIOS``) apply to every tube; ``mixed`` gives
     one patient each of high background, eosinophil-rich blood and low basophils, and a clog or saturated
     margin to about one tube in eight. The same arguments and seed give identical files.
     """
@@ -877,6 +881,13 @@ def simulate_experiment(
     scenarios = _scenario_set(scenario)
     if naming not in NAMING_STYLES:
         raise BatError(f"unknown naming style {naming!r}", field="naming", expected=" | ".join(NAMING_STYLES))
+    arm_units = dict(arm_units or {})
+    for arm_name, unit in arm_units.items():
+        try:
+            convert(1.0, UNIT, unit)
+        except UnitProblem as exc:
+            raise BatError(f"arm_units[{arm_name!r}]: {exc}", field="arm_units",
+                           expected=f"a unit of mass per volume (convertible to {UNIT})") from None
     out_dir = make_dir(Path(out_dir))
 
     root = np.random.SeedSequence(seed)
@@ -927,10 +938,11 @@ def simulate_experiment(
             labels[f"{name}:population"] = sim.population
             labels[f"{name}:activated"] = sim.activated
             labels[f"{name}:basophil"] = sim.basophil
+            unit = arm_units.get(arm, UNIT)
             tube = Tube(file=name, patient=pid, condition=condition, pretreatment=arm,
                         allergen=profile.allergen if condition == "allergen" else None,
-                        concentration=conc, unit=UNIT if condition == "allergen" else None,
-                        extra=(("well", row),))
+                        concentration=conc if conc is None else convert(conc, UNIT, unit),
+                        unit=unit if condition == "allergen" else None, extra=(("well", row),))
             tubes.append(tube)
             baso_comp = sim.compensated(sim.basophil)
             cd63 = baso_comp[:, list(sim.markers).index("CD63")]
@@ -952,7 +964,7 @@ def simulate_experiment(
                        "datatype": datatype, "byteorder": byteorder, "n_concentrations": n_concentrations,
                        "arms": list(arms), "include_cd107a": include_cd107a,
                        "basophil_pct": list(basophil_pct), "controls": list(controls),
-                       "bell_fraction": bell_fraction},
+                       "bell_fraction": bell_fraction, **({"arm_units": arm_units} if arm_units else {})},
         "populations": list(POPULATIONS),
         "channels": [{"pnn": n, "pns": s} for n, s in zip(pnn, pns)],
         "markers": dict(zip(_markers(include_cd107a), fluor)),

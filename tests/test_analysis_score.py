@@ -227,3 +227,55 @@ def test_one_patient_row_per_allergen():
     assert list(zip(s.patients.patient, s.patients.allergen)) == [("P1", "Bet v 1"), ("P1", "Phl p 5")]
     assert s.patients.auc_inhibition_pct.iloc[0] == s.patients.auc_inhibition_pct.iloc[1]
     assert set(s.fits) == {("P1", a, arm) for a in ("Bet v 1", "Phl p 5") for arm in ("none", "omalizumab")}
+
+
+def _in_units(results, arm, unit, factor):
+    """``results`` with ``arm``'s allergen tubes written in ``unit`` (concentration × ``factor``)."""
+    import dataclasses
+    out = []
+    for r in results:
+        if r.tube.condition == "allergen" and r.tube.pretreatment == arm:
+            tube = dataclasses.replace(r.tube, concentration=r.tube.concentration * factor, unit=unit)
+            r = dataclasses.replace(r, tube=tube)
+        out.append(r)
+    return out
+
+
+def test_arms_in_different_mass_units_give_the_one_unit_results():
+    """The omalizumab arm written in µg/mL, the untreated one in ng/mL (correct values): the same classes, AUC
+    inhibition and its interval as the experiment written in ng/mL alone (once 42.4% instead of 94.9%, from
+    the two numbers that happened to match)."""
+    cfg = AnalysisConfig(threshold=ThresholdConfig(method="percentile"),
+                         fit=FitConfig(bootstrap_n=0, inhibition_bootstrap_n=200))
+    one = score_experiment(_patient(top_none=70.0, top_oma=4.0), cfg)
+    mixed = score_experiment(_in_units(_patient(top_none=70.0, top_oma=4.0), "omalizumab", "µg/mL", 1e-3), cfg)
+    a, b = one.patients.iloc[0], mixed.patients.iloc[0]
+    assert a["class"] == "responder" and a["auc_inhibition_pct"] > 90
+    for col in ("class", "class_confidence", "auc_inhibition_pct", "auc_inhibition_ci_low",
+                "auc_inhibition_ci_high", "ec50_none", "ec50_omalizumab", "auc_none", "auc_omalizumab", "unit"):
+        assert a[col] == b[col] or (a[col] != a[col] and b[col] != b[col]), col  # equal, or both NaN
+    assert b["unit"] == "ng/mL" and "CONCENTRATIONS_DIFFER" not in b["qc_flags"]
+    # tubes.csv keeps the layout's own concentration and unit, and states them in the reference unit
+    assert "concentration_converted" not in one.tubes.columns
+    t = mixed.tubes[(mixed.tubes["condition"] == "allergen") & (mixed.tubes["pretreatment"] == "omalizumab")]
+    assert set(t["unit"]) == {"µg/mL"} and set(t["unit_converted"]) == {"ng/mL"}
+    assert sorted(t["concentration_converted"]) == list(CONC)
+    assert sorted(t["concentration"]) == [c * 1e-3 for c in CONC]
+    pd_cols = [c for c in one.tubes.columns]
+    assert list(mixed.tubes.drop(columns=["concentration_converted", "unit_converted"]).columns) == pd_cols
+
+
+def test_activity_units_convert_only_among_themselves():
+    from bat_analysis.analysis.units import UnitProblem, convert, convertible, parse_unit
+
+    assert convert(2.0, "kU/L", "U/mL") == 2.0 and convert(1e4, "SQ-U/L", "SQ-U/mL") == 10.0
+    assert convert(0.1, "µg/mL", "ng/mL") == 100.0 and convert(5.0, "mg/L", "µg/mL") == 5.0
+    assert convert(250.0, "pg/mL", "ng/mL") == 0.25 and convert(1.0, "mg/mL", "pg/mL") == 1e9
+    for a, b in (("SQ-U/mL", "BU/mL"), ("BU/mL", "AU/mL"), ("AU/mL", "kU/L"), ("BU/mL", "µg/mL"),
+                 ("SQ-U/mL", "ng/mL"), ("BAU/mL", "BU/mL"), ("nmol/L", "ng/mL"), ("ng/mL", None)):
+        assert not convertible(a, b) and not convertible(b, a), (a, b)
+        with pytest.raises(UnitProblem):
+            convert(1.0, a, b)
+    for bad in ("drops", "mL", "%", "ng", "1:1000", "x" * 200, "ng/mL/s", "__import__('os')"):
+        with pytest.raises(UnitProblem):
+            parse_unit(bad)

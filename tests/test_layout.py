@@ -155,11 +155,44 @@ def test_extra_cells_and_blank_lines(tmp_path: Path) -> None:
 
 
 def test_mixed_units_in_a_series(tmp_path: Path) -> None:
+    """Mass-per-volume units of one series convert into each other (compared after conversion); an activity
+    unit does not convert to a mass: a located problem naming the row, the column and the reference row."""
     rows = [["a.fcs", "P1", "allergen", "cat", "1", "ng/mL", "none", ""],
             ["b.fcs", "P1", "allergen", "cat", "10", "ug/mL", "none", ""]]
+    tubes = read_layout(_csv(tmp_path / "ok.csv", rows), check_files=False)
+    assert [(t.concentration, t.unit) for t in tubes] == [(1.0, "ng/mL"), (10.0, "ug/mL")]  # kept as written
+    rows = [["a.fcs", "P1", "allergen", "cat", "1", "ng/mL", "none", ""],
+            ["b.fcs", "P1", "allergen", "cat", "10", "ng/mL", "none", ""],
+            ["c.fcs", "P1", "allergen", "cat", "1", "µg/mL", "omalizumab", ""],
+            ["d.fcs", "P1", "allergen", "cat", "10", "BU/mL", "omalizumab", ""]]
     with pytest.raises(LayoutError) as info:
         read_layout(_csv(tmp_path / "l.csv", rows), check_files=False)
-    assert len(info.value.problems) == 1 and "mixes units" in info.value.problems[0]
+    assert info.value.problems == [
+        "row 5, column 'unit': 'BU/mL' cannot be converted to 'ng/mL', the unit of allergen cat for patient P1 "
+        "(row 2) (expected a unit of the same kind: mass per volume, or the same allergen activity unit)"]
+
+
+def test_unknown_unit_is_a_located_problem(tmp_path: Path) -> None:
+    rows = [["a.fcs", "P1", "allergen", "cat", "1", "ng/mL", "none", ""],
+            ["b.fcs", "P1", "allergen", "cat", "10", "ng/mL", "none", ""],
+            ["c.fcs", "P1", "allergen", "cat", "1", "drops", "omalizumab", ""],
+            ["d.fcs", "P1", "allergen", "cat", "10", "mL", "omalizumab", ""]]
+    with pytest.raises(LayoutError) as info:
+        read_layout(_csv(tmp_path / "l.csv", rows), check_files=False)
+    problems = info.value.problems
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("row 4, column 'unit': 'drops' is not a unit")
+    assert problems[1].startswith("row 5, column 'unit': 'mL' is not a concentration unit")
+    assert all("expected a mass per volume such as" in p and "SQ-U/mL" in p for p in problems)
+
+
+def test_same_concentration_in_two_units_is_the_same_tube(tmp_path: Path) -> None:
+    rows = [["a.fcs", "P1", "allergen", "cat", "1", "ug/mL", "none", ""],
+            ["b.fcs", "P1", "allergen", "cat", "1000", "ng/mL", "none", ""],
+            ["c.fcs", "P1", "allergen", "cat", "10", "ug/mL", "none", ""]]
+    with pytest.raises(LayoutError) as info:
+        read_layout(_csv(tmp_path / "l.csv", rows), check_files=False)
+    assert len(info.value.problems) == 1 and info.value.problems[0].startswith("row 3: the same tube")
 
 
 def test_unknown_sheet_type_and_missing_sheet(tmp_path: Path) -> None:

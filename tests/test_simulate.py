@@ -433,3 +433,20 @@ def test_bell_shaped_response(tmp_path: Path) -> None:
     plain = simulate_experiment(tmp_path / "plain", n_patients=2, n_events=600, seed=8, n_concentrations=6,
                                 kinds=("non_responder", "responder"))
     assert plain.truth["patients"]["P01"]["high_dose_inhibition"] is None
+
+
+def test_arm_units_write_the_same_doses_in_another_unit(tmp_path: Path) -> None:
+    one = simulate_experiment(tmp_path / "one", n_patients=1, n_events=1500, seed=3, n_concentrations=3)
+    mixed = simulate_experiment(tmp_path / "mixed", n_patients=1, n_events=1500, seed=3, n_concentrations=3,
+                                arm_units={"omalizumab": "µg/mL"})
+    a, b = read_layout(one.layout_path), read_layout(mixed.layout_path)
+    assert [(t.file, t.condition) for t in a] == [(t.file, t.condition) for t in b]
+    for ta, tb in zip(a, b):
+        if tb.condition == "allergen" and tb.pretreatment == "omalizumab":
+            assert tb.unit == "µg/mL" and tb.concentration == pytest.approx(ta.concentration * 1e-3, rel=1e-9)
+        else:
+            assert (tb.concentration, tb.unit) == (ta.concentration, ta.unit)
+    for name in ("P01_omalizumab_negative_control.fcs", "P01_omalizumab_allergen_birch_1.fcs"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "mixed" / name).read_bytes()
+    with pytest.raises(BatError, match="arm_units"):
+        simulate_experiment(tmp_path / "bad", n_patients=1, n_events=1500, arm_units={"omalizumab": "BU/mL"})
