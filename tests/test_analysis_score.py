@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -279,3 +280,45 @@ def test_activity_units_convert_only_among_themselves():
     for bad in ("drops", "mL", "%", "ng", "1:1000", "x" * 200, "ng/mL/s", "__import__('os')"):
         with pytest.raises(UnitProblem):
             parse_unit(bad)
+
+
+def _replicate(r, label, file=None, values=None):
+    import dataclasses
+    tube = dataclasses.replace(r.tube, file=file or r.tube.file, extra=r.tube.extra + (("replicate", label),))
+    return dataclasses.replace(r, tube=tube, **({"basophil_values": values} if values is not None else {}))
+
+
+def test_replicates_kept_combined_and_all_fitted_with_a_cv_flag_on_a_noisy_pair():
+    base = _patient()
+    by_file = {r.tube.file: r for r in base}
+    noisy, quiet = "P1_none_a4.fcs", "P1_none_a3.fcs"  # 10 and 1 ng/mL (≈ 66% and 35% CD63+)
+    extra = [_replicate(by_file[noisy], "2", "P1_none_a4_r2.fcs", _values(30.0)),  # duplicate: 66 vs 30
+             _replicate(by_file[quiet], "2", "P1_none_a3_r2.fcs"),  # triplicate, identical values
+             _replicate(by_file[quiet], "3", "P1_none_a3_r3.fcs")]
+    results = [_replicate(r, "1") if r.tube.file in (noisy, quiet) else r for r in base] + extra
+    s = score_experiment(results, CFG)
+    tubes = s.tubes.set_index("file")
+    assert len(s.tubes) == len(base) + 3  # every replicate keeps its row
+    assert list(tubes.loc[[quiet, "P1_none_a3_r2.fcs", "P1_none_a3_r3.fcs"], "replicate"]) == ["1", "2", "3"]
+    assert set(tubes.loc[[quiet, "P1_none_a3_r2.fcs", "P1_none_a3_r3.fcs"], "replicate_n"]) == {3}
+    assert tubes.loc[quiet, "replicate_cv_pct"] == 0.0
+    assert "REPLICATE_CV_HIGH" not in tubes.loc[quiet, "qc_flags"]
+    pair = tubes.loc[[noisy, "P1_none_a4_r2.fcs"]]
+    a, b = pair["pct_cd63"]
+    assert pair["replicate_mean_pct"].iloc[0] == pytest.approx((a + b) / 2)
+    assert pair["replicate_cv_pct"].iloc[0] == pytest.approx(100 * np.std([a, b], ddof=1) / ((a + b) / 2))
+    assert pair["replicate_cv_pct"].iloc[0] > 20
+    assert all("REPLICATE_CV_HIGH" in f for f in pair["qc_flags"]) and set(pair["qc_status"]) == {"warn"}
+    assert math.isnan(tubes.loc["P1_none_a0.fcs", "replicate_cv_pct"])
+    assert "REPLICATE_CV_HIGH" in s.patients.iloc[0]["qc_flags"]
+    fit = s.fits[("P1", "Bet v 1", "none")]
+    assert len(fit.files) == len(CONC) + 3 and np.unique(fit.x).size == len(CONC)  # all replicates fitted
+    # a limit above the pair's CV leaves it unflagged
+    loose = AnalysisConfig(threshold=CFG.threshold, fit=CFG.fit,
+                           qc=dataclasses.replace(CFG.qc, replicate_cv_max_pct=200.0))
+    assert "REPLICATE_CV_HIGH" not in ";".join(score_experiment(results, loose).tubes["qc_flags"])
+
+
+def test_single_tubes_get_no_replicate_columns():
+    s = score_experiment(_patient(), CFG)
+    assert not {"replicate_n", "replicate_mean_pct", "replicate_cv_pct"} & set(s.tubes.columns)

@@ -415,3 +415,30 @@ def test_a_loop_of_links_is_a_located_problem(tmp_path: Path) -> None:
         read_layout(_csv(tmp_path / "layout.csv", _rows("loop.fcs")), data)
     assert len(info.value.problems) == 1
     assert info.value.problems[0].startswith("row 3, column 'file': 'loop.fcs' cannot be followed to a file")
+
+
+def test_replicate_tubes_need_the_replicate_column(tmp_path: Path) -> None:
+    """Duplicate and triplicate tubes are accepted when a 'replicate' column numbers them apart (each kept as
+    its own tube); without the column, or with the same label twice, a repeated tube is a located problem."""
+    header = HEADER + ["replicate"]
+    rows = [["n1.fcs", "P1", "negative_control", "", "", "", "none", "", "1"],
+            ["n2.fcs", "P1", "negative_control", "", "", "", "none", "", "2"],
+            ["a1.fcs", "P1", "allergen", "cat", "1", "ng/mL", "none", "", "1"],
+            ["a2.fcs", "P1", "allergen", "cat", "1", "ng/mL", "none", "", "2"],
+            ["a3.fcs", "P1", "allergen", "cat", "0.001", "µg/mL", "none", "", "3"],
+            ["b1.fcs", "P1", "allergen", "cat", "10", "ng/mL", "none", "", ""]]
+    tubes = read_layout(_csv(tmp_path / "ok.csv", rows, header), check_files=False)
+    assert [t.replicate for t in tubes] == ["1", "2", "1", "2", "3", ""]
+    assert tubes[0].extra_dict["replicate"] == "1"  # carried into tubes.csv like any extra column
+    dup = rows[:3] + [["a2.fcs", "P1", "allergen", "cat", "1", "ng/mL", "none", "", "1"]] + rows[5:]
+    with pytest.raises(LayoutError) as info:
+        read_layout(_csv(tmp_path / "dup.csv", dup, header), check_files=False)
+    assert info.value.problems == ["row 5, column 'replicate': the same tube (P1 none allergen cat 1, replicate "
+                                   "'1') as row 4 (expected replicate tubes numbered apart)"]
+    without = [r[:-1] for r in rows]
+    with pytest.raises(LayoutError) as info:
+        read_layout(_csv(tmp_path / "no.csv", without), check_files=False)
+    assert len(info.value.problems) == 3
+    assert info.value.problems[0] == (
+        "row 3: the same tube (P1 none negative_control) as row 2 (expected one file per patient, arm, condition "
+        "and concentration; replicate tubes are numbered apart in a 'replicate' column)")

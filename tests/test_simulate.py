@@ -17,7 +17,8 @@ from bat_analysis.io.fcs import read_fcs
 from bat_analysis.io.layout import read_layout
 from bat_analysis.io.markers import DEFAULT_ALIASES
 from bat_analysis.simulate import (
-    BASOPHIL, CLOG, DEBRIS, DOUBLET, EOSINOPHIL, KINDS, LYMPHOCYTE, MONOCYTE, NAMING_STYLES, NEUTROPHIL,
+    BASOPHIL, CLOG, CONTROL_CONDITIONS, DEBRIS, DOUBLET, EOSINOPHIL, KINDS, LYMPHOCYTE, MONOCYTE, NAMING_STYLES,
+    NEUTROPHIL,
     POPULATIONS, SATURATED, SCENARIOS, TIMESTEP, load_labels, make_patient, response, simulate_experiment,
     simulate_tube, spillover_matrix,
 )
@@ -450,3 +451,16 @@ def test_arm_units_write_the_same_doses_in_another_unit(tmp_path: Path) -> None:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "mixed" / name).read_bytes()
     with pytest.raises(BatError, match="arm_units"):
         simulate_experiment(tmp_path / "bad", n_patients=1, n_events=1500, arm_units={"omalizumab": "BU/mL"})
+
+
+def test_replicates_are_independent_tubes_in_a_replicate_column(tmp_path: Path) -> None:
+    exp = simulate_experiment(tmp_path, n_patients=1, n_events=1500, seed=3, n_concentrations=2, replicates=2,
+                              arms=("none",))
+    tubes = read_layout(exp.layout_path)
+    assert len(tubes) == 2 * (len(CONTROL_CONDITIONS) + 2)
+    assert [t.replicate for t in tubes[:2]] == ["1", "2"]
+    a, b = tubes[0], tubes[1]
+    assert (a.condition, a.concentration) == (b.condition, b.concentration) and a.file != b.file
+    assert (tmp_path / a.file).read_bytes() != (tmp_path / b.file).read_bytes()  # independent draws
+    with pytest.raises(BatError, match="replicates"):
+        simulate_experiment(tmp_path / "bad", n_patients=1, n_events=1500, replicates=4)

@@ -201,9 +201,11 @@ def score_experiment(results: Sequence[TubeResult], config: AnalysisConfig | Non
                 qcs[r.tube.file] = tube_qc(r, m.get(act) if m else None, cfg, extra_flags=extra,
                                            fmlp_ok=fmlp_ok)
 
-    tubes_df = _tubes_table(ordered, metrics, qcs, arm_states, cfg)
     ref_units = reference_units(r.tube for r in ordered)
+    replicates = _replicate_groups(ordered, metrics, qcs, ref_units, cfg)
+    tubes_df = _tubes_table(ordered, metrics, qcs, arm_states, cfg)
     _add_converted_columns(tubes_df, ordered, ref_units)
+    _add_replicate_columns(tubes_df, ordered, replicates)
     fits: dict[tuple[str, str, str], FitResult] = {}
     effects: dict[tuple[str, str], OmalizumabEffect] = {}
     patient_rows = []
@@ -513,6 +515,70 @@ def _arm_sample(patient: str, arm: str, fit: FitResult, tubes: Sequence[TubeResu
             return None
         sample.tubes.append((float(c), np.asarray(by_file[f].basophil_values[key])))
     return sample
+
+
+@dataclass
+class _ReplicateGroup:
+    """Replicate tubes of one patient, arm, condition, allergen and concentration (in the reference unit)."""
+
+    files: list[str]
+    n: int = 0  # tubes with an activation %positive
+    mean_pct: float = NAN
+    cv_pct: float = NAN
+
+
+def _replicate_groups(ordered: Sequence[TubeResult], metrics: Mapping[str, TubeMetrics],
+                      qcs: dict[str, TubeQc], ref_units: Mapping[tuple[str, str], str | None],
+                      cfg: AnalysisConfig) -> dict[str, _ReplicateGroup]:
+    """file → its replicate group, for tubes that have replicates. Each group's mean and CV (sample SD / mean)
+    of %positive (activation marker) over its tubes with a value; a CV above ``qc.replicate_cv_max_pct`` where
+    the mean reaches ``qc.replicate_cv_min_mean_pct`` adds the warn flag ``REPLICATE_CV_HIGH`` to each of its
+    tubes. Every replicate stays a tube of its own (its row, its point in the fit)."""
+    act = cfg.markers.activation
+    groups: dict[tuple[Any, ...], _ReplicateGroup] = {}
+    for r in ordered:
+        t = r.tube
+        conc: Any = None
+        if t.condition == "allergen" and t.concentration is not None:
+            try:
+                conc = convert(t.concentration, t.unit, ref_units.get((t.patient, t.allergen or "")))
+            except UnitProblem:
+                conc = (t.concentration, t.unit)
+        key = (t.patient, t.pretreatment, t.condition, t.allergen or "", conc)
+        groups.setdefault(key, _ReplicateGroup([])).files.append(t.file)
+    out: dict[str, _ReplicateGroup] = {}
+    for g in groups.values():
+        if len(g.files) < 2:
+            continue
+        pcts = [m.pct for m in (metrics[f].get(act) if f in metrics else None for f in g.files)
+                if m is not None and not math.isnan(m.pct)]
+        g.n = len(pcts)
+        if pcts:
+            g.mean_pct = float(np.mean(pcts))
+        if len(pcts) >= 2 and g.mean_pct > 0:
+            g.cv_pct = float(100.0 * np.std(pcts, ddof=1) / g.mean_pct)
+        q = cfg.qc
+        if g.cv_pct > q.replicate_cv_max_pct and g.mean_pct >= q.replicate_cv_min_mean_pct:
+            flag = Flag("REPLICATE_CV_HIGH", "warn",
+                        f"replicates {', '.join(g.files)}: %{act}+ mean {g.mean_pct:.1f}, CV {g.cv_pct:.0f}% > "
+                        f"{q.replicate_cv_max_pct:g}%")
+            for f in g.files:
+                qcs[f].flags.append(flag)
+                qcs[f].status = status_of(qcs[f].flags)
+        out.update({f: g for f in g.files})
+    return out
+
+
+def _add_replicate_columns(df: pd.DataFrame, ordered: Sequence[TubeResult],
+                           groups: Mapping[str, _ReplicateGroup]) -> None:
+    """When the experiment has replicate tubes, ``replicate_n``, ``replicate_mean_pct`` and
+    ``replicate_cv_pct`` (activation marker, over the tube's replicate group; 1/NaN for a tube without
+    replicates); a table without replicates is left as it is."""
+    if df.empty or not groups:
+        return
+    df["replicate_n"] = [groups[r.tube.file].n if r.tube.file in groups else 1 for r in ordered]
+    df["replicate_mean_pct"] = [groups[r.tube.file].mean_pct if r.tube.file in groups else NAN for r in ordered]
+    df["replicate_cv_pct"] = [groups[r.tube.file].cv_pct if r.tube.file in groups else NAN for r in ordered]
 
 
 def _add_converted_columns(df: pd.DataFrame, ordered: Sequence[TubeResult],

@@ -30,11 +30,13 @@ from ..records import CONDITIONS, PRETREATMENTS, Tube
 from .paths import open_regular_file, resolve_data_file
 
 __all__ = ["read_layout", "tubes_from_pattern", "tubes_from_rows", "unlisted_files", "LAYOUT_COLUMNS",
-           "REQUIRED_COLUMNS", "FCS_SUFFIXES"]
+           "REQUIRED_COLUMNS", "REPLICATE_COLUMN", "FCS_SUFFIXES"]
 
 LAYOUT_COLUMNS: tuple[str, ...] = ("file", "patient", "condition", "allergen", "concentration", "unit",
                                    "pretreatment")
 REQUIRED_COLUMNS: tuple[str, ...] = ("file", "patient", "condition")
+# optional column kept in Tube.extra (and so in tubes.csv): replicate tubes of one condition differ in it
+REPLICATE_COLUMN = "replicate"
 FCS_SUFFIXES: tuple[str, ...] = (".fcs", ".lmd")
 
 # spellings a technician may use, mapped to the canonical values (after lower-casing and _ for space/-)
@@ -327,7 +329,9 @@ def tubes_from_rows(
     ``data_dir``: folder of the FCS files (None: do not look at the disk). Problems checked: empty file or
     patient, file missing on disk (unless ``skip_missing``), a file outside the data folder (unless
     ``allow_outside_data_dir``) or that is not a regular file, FCS files in the folder without a row
-    (``check_unlisted``), the same file twice, the same tube twice, unknown condition or pretreatment,
+    (``check_unlisted``), the same file twice, the same tube twice (patient, arm, condition, allergen,
+    concentration and ``replicate`` label: replicate tubes need that column, each with its own label),
+    unknown condition or pretreatment,
     missing/non-numeric/non-positive concentration or missing allergen on allergen rows, a unit that is not a
     concentration unit (``analysis.units``), a unit that does not convert to the unit of the patient's
     allergen, and allergen series (patient × allergen × arm) with a single concentration. Concentrations
@@ -349,13 +353,19 @@ def tubes_from_rows(
         if len(problems) > before:
             continue
         assert v.condition is not None and v.arm is not None
+        replicate = dict(v.extra).get(REPLICATE_COLUMN, "").strip()
         key = (v.patient, v.condition, v.arm, v.allergen,
-               canonical(v.concentration, v.unit) if v.concentration is not None else None)
+               canonical(v.concentration, v.unit) if v.concentration is not None else None, replicate)
         if key in seen_keys:
             what = f"{v.patient} {v.arm} {v.condition}" + (
                 f" {v.allergen} {v.concentration:g}" if v.allergen else "")
-            problems.append(f"{label}: the same tube ({what}) as {seen_keys[key]} "
-                            "(expected one file per patient, arm, condition and concentration)")
+            if replicate:
+                problems.append(f"{label}, column '{REPLICATE_COLUMN}': the same tube ({what}, replicate "
+                                f"{replicate!r}) as {seen_keys[key]} (expected replicate tubes numbered apart)")
+            else:
+                problems.append(f"{label}: the same tube ({what}) as {seen_keys[key]} "
+                                "(expected one file per patient, arm, condition and concentration; replicate "
+                                f"tubes are numbered apart in a '{REPLICATE_COLUMN}' column)")
             continue
         seen_keys[key] = label
         if v.condition == "allergen":
@@ -381,8 +391,9 @@ def read_layout(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
     (optional; an empty pretreatment means none; on allergen rows ``concentration`` is a positive number in the
     row's ``unit``, which the tubes keep; the arms of a patient's allergen may use different units of one
     kind, converted by the analysis to the allergen's reference unit, as
-    docs/method.md, "Concentration units" says); other columns are carried into
-    ``Tube.extra``.
+    docs/method.md, "Concentration units" says); ``replicate`` (optional) labels replicate tubes of one
+    condition and concentration (duplicates and triplicates, each its own row and file; without it a repeated
+    tube is refused); other columns, ``replicate`` among them, are carried into ``Tube.extra``.
     Column names are matched case-insensitively. ``data_dir`` (default: the sheet's folder) is where the
     files are looked for; ``check_files=False`` skips the disk checks. ``check_unlisted=False`` accepts FCS
     files of the folder that no row names (``unlisted_files`` lists them); ``skip_missing`` accepts rows whose
