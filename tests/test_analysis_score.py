@@ -322,3 +322,23 @@ def test_replicates_kept_combined_and_all_fitted_with_a_cv_flag_on_a_noisy_pair(
 def test_single_tubes_get_no_replicate_columns():
     s = score_experiment(_patient(), CFG)
     assert not {"replicate_n", "replicate_mean_pct", "replicate_cv_pct"} & set(s.tubes.columns)
+
+
+def test_a_simulated_cohort_in_mixed_units_gives_the_one_unit_classes():
+    """Issue 13's closing check: the same cohort written in one unit and in mixed units (omalizumab arm in
+    µg/mL; or the untreated arm in µg/mL, which then becomes the reference unit) gives equal classes and AUC
+    inhibition for every patient; EC50s follow the reference unit."""
+    from analysis_cohort import simulate_cohort  # tests/ is on sys.path (tests/conftest.py)
+
+    results, _ = simulate_cohort(n_patients=5, seed=5)
+    one = score_experiment(results).patients.set_index("patient")
+    for arm, other in (("omalizumab", "none"), ("none", "omalizumab")):
+        mixed = score_experiment(_in_units(results, arm, "µg/mL", 1e-3)).patients.set_index("patient")
+        assert list(mixed["class"]) == list(one["class"])
+        assert list(mixed["class_confidence"]) == list(one["class_confidence"])
+        for col in ("auc_inhibition_pct", "auc_inhibition_ci_low", "auc_inhibition_ci_high"):
+            assert np.array_equal(mixed[col].to_numpy(float), one[col].to_numpy(float), equal_nan=True), col
+        scale = 1e-3 if arm == "none" else 1.0  # EC50s in the untreated arm's unit
+        assert set(mixed["unit"]) == {"µg/mL" if arm == "none" else "ng/mL"}
+        for col in ("ec50_none", "ec50_omalizumab"):
+            np.testing.assert_allclose(mixed[col].to_numpy(float), one[col].to_numpy(float) * scale, rtol=1e-9)
