@@ -50,6 +50,11 @@ class Tube:
     def extra_dict(self) -> dict[str, str]:
         return dict(self.extra)
 
+    @property
+    def replicate(self) -> str:
+        """The layout's ``replicate`` label ("" without one): replicate tubes of one condition differ in it."""
+        return dict(self.extra).get("replicate", "").strip()
+
 
 @dataclass
 class GateRecord:

@@ -28,7 +28,7 @@ import io
 import json
 import math
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .analysis.dose_response import four_pl
+from .analysis.units import UnitProblem, convert
 from .errors import BatError
 from .fileio import atomic_open, atomic_path, atomic_write_text, make_dir
 from .records import Tube
@@ -822,14 +823,16 @@ def _tube_truth(sim: SimulatedTube, tube: Tube, baso_comp: np.ndarray, thr: floa
 
 
 def _write_layout(path: Path, tubes: Sequence[Tube]) -> Path:
-    """The simulated experiment's layout.csv (with each tube's well)."""
+    """The simulated experiment's layout.csv (with each tube's well, and its replicate label when it has one)."""
+    replicate = any(t.replicate for t in tubes)
     with atomic_open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["file", "patient", "condition", "allergen", "concentration", "unit", "pretreatment", "well"])
+        writer.writerow(["file", "patient", "condition", "allergen", "concentration", "unit", "pretreatment", "well"]
+                        + (["replicate"] if replicate else []))
         for t in tubes:
             writer.writerow([t.file, t.patient, t.condition, t.allergen or "",
                              "" if t.concentration is None else f"{t.concentration:g}", t.unit or "",
-                             t.pretreatment, t.extra_dict["well"]])
+                             t.pretreatment, t.extra_dict["well"]] + ([t.replicate] if replicate else []))
     return path
 
 
@@ -851,6 +854,8 @@ def simulate_experiment(
     basophil_pct: tuple[float, float] = (0.5, 1.0),
     controls: Sequence[str] = CONTROL_CONDITIONS,
     bell_fraction: float = 0.0,
+    arm_units: Mapping[str, str] | None = None,
+    replicates: int = 1,
 ) -> SimulatedExperiment:
     """Write a simulated BAT experiment into ``out_dir``: FCS files, ``layout.csv``, ``truth.json``, ``labels.npz``.
 
@@ -858,7 +863,10 @@ def simulate_experiment(
     patient and arm has the ``controls`` (default negative control, anti-FcεRI, fMLP; ``anti_ige`` may be
     added) and ``n_concentrations`` allergen tubes (0.01–100 ng/mL, log series). ``basophil_pct`` is the
     range of the basophils' share of leukocytes in percent (whole blood 0.5–1). ``bell_fraction``: the
-    probability that a patient's allergen response falls again at high doses (bell shape). ``scenario`` names (``SCENARIOS``) apply to every tube; ``mixed`` gives
+    probability that a patient's allergen response falls again at high doses (bell shape). ``arm_units`` writes
+    an arm's allergen concentrations in another unit of mass per volume (e.g. ``{"omalizumab": "µg/mL"}``:
+    the same doses, 0.01 ng/mL written 1e-05 µg/mL), as a lab mixing units would. ``replicates`` (1–3)
+    draws every tube that many times independently (files ``…_r1.fcs``, ``…_r2.fcs``, a ``replicate`` column). ``scenario`` names (``SCENARIOS``) apply to every tube; ``mixed`` gives
     one patient each of high background, eosinophil-rich blood and low basophils, and a clog or saturated
     margin to about one tube in eight. The same arguments and seed give identical files.
     """
@@ -877,6 +885,15 @@ def simulate_experiment(
     scenarios = _scenario_set(scenario)
     if naming not in NAMING_STYLES:
         raise BatError(f"unknown naming style {naming!r}", field="naming", expected=" | ".join(NAMING_STYLES))
+    if replicates not in (1, 2, 3):
+        raise BatError(f"{replicates} replicates", field="replicates", expected="1, 2 or 3")
+    arm_units = dict(arm_units or {})
+    for arm_name, unit in arm_units.items():
+        try:
+            convert(1.0, UNIT, unit)
+        except UnitProblem as exc:
+            raise BatError(f"arm_units[{arm_name!r}]: {exc}", field="arm_units",
+                           expected=f"a unit of mass per volume (convertible to {UNIT})") from None
     out_dir = make_dir(Path(out_dir))
 
     root = np.random.SeedSequence(seed)
@@ -904,10 +921,11 @@ def simulate_experiment(
                                allergen=ALLERGENS[p % len(ALLERGENS)], n_concentrations=n_concentrations,
                                arms=arms, basophil_pct=basophil_pct, bell=bool(bell_draws[p] < bell_fraction))
         truth_patients[pid] = profile.truth()
-        plan = _tube_plan(profile, arms, controls)
+        plan = [(arm, condition, conc, k) for arm, condition, conc in _tube_plan(profile, arms, controls)
+                for k in range(1, replicates + 1)]
         tube_seeds = p_seeds[1].spawn(len(plan))
         neg_threshold: dict[str, float | None] = {}
-        for (arm, condition, conc), tseed in zip(plan, tube_seeds):
+        for (arm, condition, conc, rep), tseed in zip(plan, tube_seeds):
             trng = np.random.default_rng(tseed)
             extra: tuple[str, ...] = ()
             if mixed:
@@ -917,6 +935,8 @@ def simulate_experiment(
                                 patient=profile, scenario=extra, naming=naming, include_cd107a=include_cd107a,
                                 seed=trng.integers(2**63), datatype=datatype)
             name = _file_name(pid, arm, condition, profile.allergen, conc)
+            if replicates > 1:
+                name = f"{name[:-4]}_r{rep}.fcs"
             row = f"{'ABCDEFGH'[well // 12 % 8]}{well % 12 + 1:02d}"
             well += 1
             keywords = dict(sim.keywords)
@@ -927,15 +947,17 @@ def simulate_experiment(
             labels[f"{name}:population"] = sim.population
             labels[f"{name}:activated"] = sim.activated
             labels[f"{name}:basophil"] = sim.basophil
+            unit = arm_units.get(arm, UNIT)
             tube = Tube(file=name, patient=pid, condition=condition, pretreatment=arm,
                         allergen=profile.allergen if condition == "allergen" else None,
-                        concentration=conc, unit=UNIT if condition == "allergen" else None,
-                        extra=(("well", row),))
+                        concentration=conc if conc is None else convert(conc, UNIT, unit),
+                        unit=unit if condition == "allergen" else None,
+                        extra=(("well", row),) + ((("replicate", str(rep)),) if replicates > 1 else ()))
             tubes.append(tube)
             baso_comp = sim.compensated(sim.basophil)
             cd63 = baso_comp[:, list(sim.markers).index("CD63")]
             n_b = sim.n_basophils
-            if condition == "negative_control":
+            if condition == "negative_control" and arm not in neg_threshold:  # the first replicate's
                 neg_threshold[arm] = float(np.quantile(cd63, 0.975)) if n_b else None
             thr = neg_threshold.get(arm)
             truth_tubes[name] = _tube_truth(sim, tube, baso_comp, thr, p_scen)
@@ -952,7 +974,8 @@ def simulate_experiment(
                        "datatype": datatype, "byteorder": byteorder, "n_concentrations": n_concentrations,
                        "arms": list(arms), "include_cd107a": include_cd107a,
                        "basophil_pct": list(basophil_pct), "controls": list(controls),
-                       "bell_fraction": bell_fraction},
+                       "bell_fraction": bell_fraction, **({"arm_units": arm_units} if arm_units else {}),
+                       **({"replicates": replicates} if replicates > 1 else {})},
         "populations": list(POPULATIONS),
         "channels": [{"pnn": n, "pns": s} for n, s in zip(pnn, pns)],
         "markers": dict(zip(_markers(include_cd107a), fluor)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -227,3 +228,117 @@ def test_one_patient_row_per_allergen():
     assert list(zip(s.patients.patient, s.patients.allergen)) == [("P1", "Bet v 1"), ("P1", "Phl p 5")]
     assert s.patients.auc_inhibition_pct.iloc[0] == s.patients.auc_inhibition_pct.iloc[1]
     assert set(s.fits) == {("P1", a, arm) for a in ("Bet v 1", "Phl p 5") for arm in ("none", "omalizumab")}
+
+
+def _in_units(results, arm, unit, factor):
+    """``results`` with ``arm``'s allergen tubes written in ``unit`` (concentration × ``factor``)."""
+    import dataclasses
+    out = []
+    for r in results:
+        if r.tube.condition == "allergen" and r.tube.pretreatment == arm:
+            tube = dataclasses.replace(r.tube, concentration=r.tube.concentration * factor, unit=unit)
+            r = dataclasses.replace(r, tube=tube)
+        out.append(r)
+    return out
+
+
+def test_arms_in_different_mass_units_give_the_one_unit_results():
+    """The omalizumab arm written in µg/mL, the untreated one in ng/mL (correct values): the same classes, AUC
+    inhibition and its interval as the experiment written in ng/mL alone (once 42.4% instead of 94.9%, from
+    the two numbers that happened to match)."""
+    cfg = AnalysisConfig(threshold=ThresholdConfig(method="percentile"),
+                         fit=FitConfig(bootstrap_n=0, inhibition_bootstrap_n=200))
+    one = score_experiment(_patient(top_none=70.0, top_oma=4.0), cfg)
+    mixed = score_experiment(_in_units(_patient(top_none=70.0, top_oma=4.0), "omalizumab", "µg/mL", 1e-3), cfg)
+    a, b = one.patients.iloc[0], mixed.patients.iloc[0]
+    assert a["class"] == "responder" and a["auc_inhibition_pct"] > 90
+    for col in ("class", "class_confidence", "auc_inhibition_pct", "auc_inhibition_ci_low",
+                "auc_inhibition_ci_high", "ec50_none", "ec50_omalizumab", "auc_none", "auc_omalizumab", "unit"):
+        assert a[col] == b[col] or (a[col] != a[col] and b[col] != b[col]), col  # equal, or both NaN
+    assert b["unit"] == "ng/mL" and "CONCENTRATIONS_DIFFER" not in b["qc_flags"]
+    # tubes.csv keeps the layout's own concentration and unit, and states them in the reference unit
+    assert "concentration_converted" not in one.tubes.columns
+    t = mixed.tubes[(mixed.tubes["condition"] == "allergen") & (mixed.tubes["pretreatment"] == "omalizumab")]
+    assert set(t["unit"]) == {"µg/mL"} and set(t["unit_converted"]) == {"ng/mL"}
+    assert sorted(t["concentration_converted"]) == list(CONC)
+    assert sorted(t["concentration"]) == [c * 1e-3 for c in CONC]
+    pd_cols = [c for c in one.tubes.columns]
+    assert list(mixed.tubes.drop(columns=["concentration_converted", "unit_converted"]).columns) == pd_cols
+
+
+def test_activity_units_convert_only_among_themselves():
+    from bat_analysis.analysis.units import UnitProblem, convert, convertible, parse_unit
+
+    assert convert(2.0, "kU/L", "U/mL") == 2.0 and convert(1e4, "SQ-U/L", "SQ-U/mL") == 10.0
+    assert convert(0.1, "µg/mL", "ng/mL") == 100.0 and convert(5.0, "mg/L", "µg/mL") == 5.0
+    assert convert(250.0, "pg/mL", "ng/mL") == 0.25 and convert(1.0, "mg/mL", "pg/mL") == 1e9
+    for a, b in (("SQ-U/mL", "BU/mL"), ("BU/mL", "AU/mL"), ("AU/mL", "kU/L"), ("BU/mL", "µg/mL"),
+                 ("SQ-U/mL", "ng/mL"), ("BAU/mL", "BU/mL"), ("nmol/L", "ng/mL"), ("ng/mL", None)):
+        assert not convertible(a, b) and not convertible(b, a), (a, b)
+        with pytest.raises(UnitProblem):
+            convert(1.0, a, b)
+    for bad in ("drops", "mL", "%", "ng", "1:1000", "x" * 200, "ng/mL/s", "__import__('os')"):
+        with pytest.raises(UnitProblem):
+            parse_unit(bad)
+
+
+def _replicate(r, label, file=None, values=None):
+    import dataclasses
+    tube = dataclasses.replace(r.tube, file=file or r.tube.file, extra=r.tube.extra + (("replicate", label),))
+    return dataclasses.replace(r, tube=tube, **({"basophil_values": values} if values is not None else {}))
+
+
+def test_replicates_kept_combined_and_all_fitted_with_a_cv_flag_on_a_noisy_pair():
+    base = _patient()
+    by_file = {r.tube.file: r for r in base}
+    noisy, quiet = "P1_none_a4.fcs", "P1_none_a3.fcs"  # 10 and 1 ng/mL (≈ 66% and 35% CD63+)
+    extra = [_replicate(by_file[noisy], "2", "P1_none_a4_r2.fcs", _values(30.0)),  # duplicate: 66 vs 30
+             _replicate(by_file[quiet], "2", "P1_none_a3_r2.fcs"),  # triplicate, identical values
+             _replicate(by_file[quiet], "3", "P1_none_a3_r3.fcs")]
+    results = [_replicate(r, "1") if r.tube.file in (noisy, quiet) else r for r in base] + extra
+    s = score_experiment(results, CFG)
+    tubes = s.tubes.set_index("file")
+    assert len(s.tubes) == len(base) + 3  # every replicate keeps its row
+    assert list(tubes.loc[[quiet, "P1_none_a3_r2.fcs", "P1_none_a3_r3.fcs"], "replicate"]) == ["1", "2", "3"]
+    assert set(tubes.loc[[quiet, "P1_none_a3_r2.fcs", "P1_none_a3_r3.fcs"], "replicate_n"]) == {3}
+    assert tubes.loc[quiet, "replicate_cv_pct"] == 0.0
+    assert "REPLICATE_CV_HIGH" not in tubes.loc[quiet, "qc_flags"]
+    pair = tubes.loc[[noisy, "P1_none_a4_r2.fcs"]]
+    a, b = pair["pct_cd63"]
+    assert pair["replicate_mean_pct"].iloc[0] == pytest.approx((a + b) / 2)
+    assert pair["replicate_cv_pct"].iloc[0] == pytest.approx(100 * np.std([a, b], ddof=1) / ((a + b) / 2))
+    assert pair["replicate_cv_pct"].iloc[0] > 20
+    assert all("REPLICATE_CV_HIGH" in f for f in pair["qc_flags"]) and set(pair["qc_status"]) == {"warn"}
+    assert math.isnan(tubes.loc["P1_none_a0.fcs", "replicate_cv_pct"])
+    assert "REPLICATE_CV_HIGH" in s.patients.iloc[0]["qc_flags"]
+    fit = s.fits[("P1", "Bet v 1", "none")]
+    assert len(fit.files) == len(CONC) + 3 and np.unique(fit.x).size == len(CONC)  # all replicates fitted
+    # a limit above the pair's CV leaves it unflagged
+    loose = AnalysisConfig(threshold=CFG.threshold, fit=CFG.fit,
+                           qc=dataclasses.replace(CFG.qc, replicate_cv_max_pct=200.0))
+    assert "REPLICATE_CV_HIGH" not in ";".join(score_experiment(results, loose).tubes["qc_flags"])
+
+
+def test_single_tubes_get_no_replicate_columns():
+    s = score_experiment(_patient(), CFG)
+    assert not {"replicate_n", "replicate_mean_pct", "replicate_cv_pct"} & set(s.tubes.columns)
+
+
+def test_a_simulated_cohort_in_mixed_units_gives_the_one_unit_classes():
+    """Issue 13's closing check: the same cohort written in one unit and in mixed units (omalizumab arm in
+    µg/mL; or the untreated arm in µg/mL, which then becomes the reference unit) gives equal classes and AUC
+    inhibition for every patient; EC50s follow the reference unit."""
+    from analysis_cohort import simulate_cohort  # tests/ is on sys.path (tests/conftest.py)
+
+    results, _ = simulate_cohort(n_patients=5, seed=5)
+    one = score_experiment(results).patients.set_index("patient")
+    for arm, other in (("omalizumab", "none"), ("none", "omalizumab")):
+        mixed = score_experiment(_in_units(results, arm, "µg/mL", 1e-3)).patients.set_index("patient")
+        assert list(mixed["class"]) == list(one["class"])
+        assert list(mixed["class_confidence"]) == list(one["class_confidence"])
+        for col in ("auc_inhibition_pct", "auc_inhibition_ci_low", "auc_inhibition_ci_high"):
+            assert np.array_equal(mixed[col].to_numpy(float), one[col].to_numpy(float), equal_nan=True), col
+        scale = 1e-3 if arm == "none" else 1.0  # EC50s in the untreated arm's unit
+        assert set(mixed["unit"]) == {"µg/mL" if arm == "none" else "ng/mL"}
+        for col in ("ec50_none", "ec50_omalizumab"):
+            np.testing.assert_allclose(mixed[col].to_numpy(float), one[col].to_numpy(float) * scale, rtol=1e-9)

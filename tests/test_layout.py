@@ -155,11 +155,44 @@ def test_extra_cells_and_blank_lines(tmp_path: Path) -> None:
 
 
 def test_mixed_units_in_a_series(tmp_path: Path) -> None:
+    """Mass-per-volume units of one series convert into each other (compared after conversion); an activity
+    unit does not convert to a mass: a located problem naming the row, the column and the reference row."""
     rows = [["a.fcs", "P1", "allergen", "cat", "1", "ng/mL", "none", ""],
             ["b.fcs", "P1", "allergen", "cat", "10", "ug/mL", "none", ""]]
+    tubes = read_layout(_csv(tmp_path / "ok.csv", rows), check_files=False)
+    assert [(t.concentration, t.unit) for t in tubes] == [(1.0, "ng/mL"), (10.0, "ug/mL")]  # kept as written
+    rows = [["a.fcs", "P1", "allergen", "cat", "1", "ng/mL", "none", ""],
+            ["b.fcs", "P1", "allergen", "cat", "10", "ng/mL", "none", ""],
+            ["c.fcs", "P1", "allergen", "cat", "1", "µg/mL", "omalizumab", ""],
+            ["d.fcs", "P1", "allergen", "cat", "10", "BU/mL", "omalizumab", ""]]
     with pytest.raises(LayoutError) as info:
         read_layout(_csv(tmp_path / "l.csv", rows), check_files=False)
-    assert len(info.value.problems) == 1 and "mixes units" in info.value.problems[0]
+    assert info.value.problems == [
+        "row 5, column 'unit': 'BU/mL' cannot be converted to 'ng/mL', the unit of allergen cat for patient P1 "
+        "(row 2) (expected a unit of the same kind: mass per volume, or the same allergen activity unit)"]
+
+
+def test_unknown_unit_is_a_located_problem(tmp_path: Path) -> None:
+    rows = [["a.fcs", "P1", "allergen", "cat", "1", "ng/mL", "none", ""],
+            ["b.fcs", "P1", "allergen", "cat", "10", "ng/mL", "none", ""],
+            ["c.fcs", "P1", "allergen", "cat", "1", "drops", "omalizumab", ""],
+            ["d.fcs", "P1", "allergen", "cat", "10", "mL", "omalizumab", ""]]
+    with pytest.raises(LayoutError) as info:
+        read_layout(_csv(tmp_path / "l.csv", rows), check_files=False)
+    problems = info.value.problems
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("row 4, column 'unit': 'drops' is not a unit")
+    assert problems[1].startswith("row 5, column 'unit': 'mL' is not a concentration unit")
+    assert all("expected a mass per volume such as" in p and "SQ-U/mL" in p for p in problems)
+
+
+def test_same_concentration_in_two_units_is_the_same_tube(tmp_path: Path) -> None:
+    rows = [["a.fcs", "P1", "allergen", "cat", "1", "ug/mL", "none", ""],
+            ["b.fcs", "P1", "allergen", "cat", "1000", "ng/mL", "none", ""],
+            ["c.fcs", "P1", "allergen", "cat", "10", "ug/mL", "none", ""]]
+    with pytest.raises(LayoutError) as info:
+        read_layout(_csv(tmp_path / "l.csv", rows), check_files=False)
+    assert len(info.value.problems) == 1 and info.value.problems[0].startswith("row 3: the same tube")
 
 
 def test_unknown_sheet_type_and_missing_sheet(tmp_path: Path) -> None:
@@ -382,3 +415,30 @@ def test_a_loop_of_links_is_a_located_problem(tmp_path: Path) -> None:
         read_layout(_csv(tmp_path / "layout.csv", _rows("loop.fcs")), data)
     assert len(info.value.problems) == 1
     assert info.value.problems[0].startswith("row 3, column 'file': 'loop.fcs' cannot be followed to a file")
+
+
+def test_replicate_tubes_need_the_replicate_column(tmp_path: Path) -> None:
+    """Duplicate and triplicate tubes are accepted when a 'replicate' column numbers them apart (each kept as
+    its own tube); without the column, or with the same label twice, a repeated tube is a located problem."""
+    header = HEADER + ["replicate"]
+    rows = [["n1.fcs", "P1", "negative_control", "", "", "", "none", "", "1"],
+            ["n2.fcs", "P1", "negative_control", "", "", "", "none", "", "2"],
+            ["a1.fcs", "P1", "allergen", "cat", "1", "ng/mL", "none", "", "1"],
+            ["a2.fcs", "P1", "allergen", "cat", "1", "ng/mL", "none", "", "2"],
+            ["a3.fcs", "P1", "allergen", "cat", "0.001", "µg/mL", "none", "", "3"],
+            ["b1.fcs", "P1", "allergen", "cat", "10", "ng/mL", "none", "", ""]]
+    tubes = read_layout(_csv(tmp_path / "ok.csv", rows, header), check_files=False)
+    assert [t.replicate for t in tubes] == ["1", "2", "1", "2", "3", ""]
+    assert tubes[0].extra_dict["replicate"] == "1"  # carried into tubes.csv like any extra column
+    dup = rows[:3] + [["a2.fcs", "P1", "allergen", "cat", "1", "ng/mL", "none", "", "1"]] + rows[5:]
+    with pytest.raises(LayoutError) as info:
+        read_layout(_csv(tmp_path / "dup.csv", dup, header), check_files=False)
+    assert info.value.problems == ["row 5, column 'replicate': the same tube (P1 none allergen cat 1, replicate "
+                                   "'1') as row 4 (expected replicate tubes numbered apart)"]
+    without = [r[:-1] for r in rows]
+    with pytest.raises(LayoutError) as info:
+        read_layout(_csv(tmp_path / "no.csv", without), check_files=False)
+    assert len(info.value.problems) == 3
+    assert info.value.problems[0] == (
+        "row 3: the same tube (P1 none negative_control) as row 2 (expected one file per patient, arm, condition "
+        "and concentration; replicate tubes are numbered apart in a 'replicate' column)")

@@ -17,7 +17,8 @@ from bat_analysis.io.fcs import read_fcs
 from bat_analysis.io.layout import read_layout
 from bat_analysis.io.markers import DEFAULT_ALIASES
 from bat_analysis.simulate import (
-    BASOPHIL, CLOG, DEBRIS, DOUBLET, EOSINOPHIL, KINDS, LYMPHOCYTE, MONOCYTE, NAMING_STYLES, NEUTROPHIL,
+    BASOPHIL, CLOG, CONTROL_CONDITIONS, DEBRIS, DOUBLET, EOSINOPHIL, KINDS, LYMPHOCYTE, MONOCYTE, NAMING_STYLES,
+    NEUTROPHIL,
     POPULATIONS, SATURATED, SCENARIOS, TIMESTEP, load_labels, make_patient, response, simulate_experiment,
     simulate_tube, spillover_matrix,
 )
@@ -433,3 +434,33 @@ def test_bell_shaped_response(tmp_path: Path) -> None:
     plain = simulate_experiment(tmp_path / "plain", n_patients=2, n_events=600, seed=8, n_concentrations=6,
                                 kinds=("non_responder", "responder"))
     assert plain.truth["patients"]["P01"]["high_dose_inhibition"] is None
+
+
+def test_arm_units_write_the_same_doses_in_another_unit(tmp_path: Path) -> None:
+    one = simulate_experiment(tmp_path / "one", n_patients=1, n_events=1500, seed=3, n_concentrations=3)
+    mixed = simulate_experiment(tmp_path / "mixed", n_patients=1, n_events=1500, seed=3, n_concentrations=3,
+                                arm_units={"omalizumab": "µg/mL"})
+    a, b = read_layout(one.layout_path), read_layout(mixed.layout_path)
+    assert [(t.file, t.condition) for t in a] == [(t.file, t.condition) for t in b]
+    for ta, tb in zip(a, b):
+        if tb.condition == "allergen" and tb.pretreatment == "omalizumab":
+            assert tb.unit == "µg/mL" and tb.concentration == pytest.approx(ta.concentration * 1e-3, rel=1e-9)
+        else:
+            assert (tb.concentration, tb.unit) == (ta.concentration, ta.unit)
+    for name in ("P01_omalizumab_negative_control.fcs", "P01_omalizumab_allergen_birch_1.fcs"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "mixed" / name).read_bytes()
+    with pytest.raises(BatError, match="arm_units"):
+        simulate_experiment(tmp_path / "bad", n_patients=1, n_events=1500, arm_units={"omalizumab": "BU/mL"})
+
+
+def test_replicates_are_independent_tubes_in_a_replicate_column(tmp_path: Path) -> None:
+    exp = simulate_experiment(tmp_path, n_patients=1, n_events=1500, seed=3, n_concentrations=2, replicates=2,
+                              arms=("none",))
+    tubes = read_layout(exp.layout_path)
+    assert len(tubes) == 2 * (len(CONTROL_CONDITIONS) + 2)
+    assert [t.replicate for t in tubes[:2]] == ["1", "2"]
+    a, b = tubes[0], tubes[1]
+    assert (a.condition, a.concentration) == (b.condition, b.concentration) and a.file != b.file
+    assert (tmp_path / a.file).read_bytes() != (tmp_path / b.file).read_bytes()  # independent draws
+    with pytest.raises(BatError, match="replicates"):
+        simulate_experiment(tmp_path / "bad", n_patients=1, n_events=1500, replicates=4)

@@ -81,6 +81,8 @@ class QcConfig:
     anti_fceri_fail_below: float = 5.0  # [suggested] below this with fMLP positive: non-releaser
     low_count_policy: str = "keep"  # [suggested] keep | exclude: an allergen tube that fails only the basophil
     #                                  count stays in the dose response with its wider interval ("keep")
+    replicate_cv_max_pct: float = 20.0  # [suggested] replicate tubes' CV of %positive above this: flagged
+    replicate_cv_min_mean_pct: float = 10.0  # [suggested] CV judged only where their mean %positive reaches this
     fit_r2_pass_min: float = 0.9  # [suggested]
     fit_r2_warn_min: float = 0.8  # [suggested] below: poor fit, EC50 not accepted
     draw_to_assay_pass_h: float = 4.0  # Santos 2021
@@ -226,6 +228,10 @@ class AnalysisConfig:
         if c.min_concentrations_confident < 2:
             p.append(f"{at}classes.min_concentrations_confident: expected >= 2, "
                      f"got {c.min_concentrations_confident}")
+        if q.replicate_cv_max_pct <= 0:
+            p.append(f"{prefix}.qc.replicate_cv_max_pct: expected > 0, got {q.replicate_cv_max_pct}")
+        if q.replicate_cv_min_mean_pct < 0:
+            p.append(f"{prefix}.qc.replicate_cv_min_mean_pct: expected >= 0, got {q.replicate_cv_min_mean_pct}")
         if q.low_count_policy not in ("keep", "exclude"):
             p.append(f"{at}qc.low_count_policy: expected keep or exclude, got {q.low_count_policy!r}")
         if f.bootstrap_n < 0:

@@ -32,6 +32,7 @@ from bat_analysis.analysis.threshold import (ThresholdEstimate, estimate_thresho
                                              select_reference)
 from bat_analysis.analysis.uncertainty import (CLASS_BANDS, ArmSample, auc_inhibition_interval,
                                                class_confidence)
+from bat_analysis.analysis.units import UnitProblem, canonical, convert, reference_units
 from bat_analysis.errors import AnalysisError
 from bat_analysis.records import CONDITIONS, PRETREATMENTS, Flag, TubeResult
 
@@ -81,6 +82,11 @@ def _cond_order(cond: str) -> int:
 def _sort_key(r: TubeResult) -> tuple[Any, ...]:
     t = r.tube
     conc = t.concentration if t.concentration is not None and not math.isnan(t.concentration) else -math.inf
+    if t.unit and math.isfinite(conc):
+        try:  # mixed units of one allergen sort by the concentration itself (1 µg/mL after 10 ng/mL)
+            conc = canonical(conc, t.unit)[1]
+        except UnitProblem:
+            pass  # not a unit the analysis knows: its own number (the fit reports the tube)
     return (t.patient, _arm_order(t.pretreatment), t.pretreatment, _cond_order(t.condition), t.condition,
             t.allergen or "", conc, t.file)
 
@@ -195,7 +201,11 @@ def score_experiment(results: Sequence[TubeResult], config: AnalysisConfig | Non
                 qcs[r.tube.file] = tube_qc(r, m.get(act) if m else None, cfg, extra_flags=extra,
                                            fmlp_ok=fmlp_ok)
 
+    ref_units = reference_units(r.tube for r in ordered)
+    replicates = _replicate_groups(ordered, metrics, qcs, ref_units, cfg)
     tubes_df = _tubes_table(ordered, metrics, qcs, arm_states, cfg)
+    _add_converted_columns(tubes_df, ordered, ref_units)
+    _add_replicate_columns(tubes_df, ordered, replicates)
     fits: dict[tuple[str, str, str], FitResult] = {}
     effects: dict[tuple[str, str], OmalizumabEffect] = {}
     patient_rows = []
@@ -208,8 +218,10 @@ def score_experiment(results: Sequence[TubeResult], config: AnalysisConfig | Non
                           and r.tube.pretreatment == arm]
                 if not series:
                     continue
-                fits[(patient, allergen, arm)] = _fit_series(patient, allergen, arm, series, metrics, qcs, cfg)
-            row, effect = _patient_row(patient, allergen, tubes, fits, metrics, qcs, arm_states, cfg)
+                fits[(patient, allergen, arm)] = _fit_series(patient, allergen, arm, series, metrics, qcs, cfg,
+                                                             ref_units.get((patient, allergen)))
+            row, effect = _patient_row(patient, allergen, tubes, fits, metrics, qcs, arm_states, cfg,
+                                       ref_units.get((patient, allergen)))
             patient_rows.append(row)
             if effect is not None:
                 effects[(patient, allergen)] = effect
@@ -231,13 +243,18 @@ def _count_only_failure(q: TubeQc) -> bool:
 
 
 def _fit_series(patient: str, allergen: str, arm: str, series: Sequence[TubeResult],
-                metrics: Mapping[str, TubeMetrics], qcs: Mapping[str, TubeQc], cfg: AnalysisConfig
-                ) -> FitResult:
+                metrics: Mapping[str, TubeMetrics], qcs: Mapping[str, TubeQc], cfg: AnalysisConfig,
+                unit: str | None) -> FitResult:
+    """One arm's dose response, its concentrations converted to ``unit`` (the allergen's reference unit)."""
     act = cfg.markers.activation
     conc, pct, net, files, invalid, kept_low = [], [], [], [], [], []
-    unit = next((r.tube.unit for r in series if r.tube.unit), None)
     for r in series:
         c = _num(r.tube.concentration)
+        try:
+            c = convert(c, r.tube.unit, unit)
+        except UnitProblem as exc:  # a layout refuses it; Tubes made by other means may still carry one
+            invalid.append((c, f"{r.tube.file}: {exc}"))
+            continue
         q = qcs[r.tube.file]
         m = metrics.get(r.tube.file)
         mm = m.get(act) if m else None
@@ -450,8 +467,9 @@ def _class_columns(row: dict[str, Any], patient: str, allergen: str, tubes: Sequ
 def _patient_row(patient: str, allergen: str, tubes: Sequence[TubeResult],
                  fits: Mapping[tuple[str, str, str], FitResult], metrics: Mapping[str, TubeMetrics],
                  qcs: Mapping[str, TubeQc], arm_states: Mapping[tuple[str, str], _ArmState],
-                 cfg: AnalysisConfig) -> tuple[dict[str, Any], OmalizumabEffect | None]:
-    """One row of the patients table, and the omalizumab effect when both arms were fitted (else None)."""
+                 cfg: AnalysisConfig, unit: str | None) -> tuple[dict[str, Any], OmalizumabEffect | None]:
+    """One row of the patients table, and the omalizumab effect when both arms were fitted (else None);
+    concentrations and EC50s are in ``unit``, the allergen's reference unit (column ``unit``)."""
     arms = sorted({r.tube.pretreatment for r in tubes}, key=lambda a: (_arm_order(a), a))
     row: dict[str, Any] = {"patient": patient, "allergen": allergen}
     fit_n = fits.get((patient, allergen, "none"))
@@ -468,7 +486,7 @@ def _patient_row(patient: str, allergen: str, tubes: Sequence[TubeResult],
     flags = unique_flags(found.warn_flags)
     row["qc_flags"] = ";".join(dict.fromkeys(f.code for f in flags))
     row["qc_reasons"] = "; ".join(found.fail_reasons + [f.message for f in flags])
-    row["unit"] = next((r.tube.unit for r in tubes if r.tube.unit and (r.tube.allergen or "") == allergen), "")
+    row["unit"] = unit or ""
     _fit_details(row, fit_n, fit_o)
     row["auc_inhibition_reason"] = effect.auc_inhibition_reason
     row["ec50_shift_reason"] = effect.ec50_shift_reason
@@ -497,6 +515,97 @@ def _arm_sample(patient: str, arm: str, fit: FitResult, tubes: Sequence[TubeResu
             return None
         sample.tubes.append((float(c), np.asarray(by_file[f].basophil_values[key])))
     return sample
+
+
+@dataclass
+class _ReplicateGroup:
+    """Replicate tubes of one patient, arm, condition, allergen and concentration (in the reference unit)."""
+
+    files: list[str]
+    n: int = 0  # tubes with an activation %positive
+    mean_pct: float = NAN
+    cv_pct: float = NAN
+
+
+def _replicate_groups(ordered: Sequence[TubeResult], metrics: Mapping[str, TubeMetrics],
+                      qcs: dict[str, TubeQc], ref_units: Mapping[tuple[str, str], str | None],
+                      cfg: AnalysisConfig) -> dict[str, _ReplicateGroup]:
+    """file → its replicate group, for tubes that have replicates. Each group's mean and CV (sample SD / mean)
+    of %positive (activation marker) over its tubes with a value; a CV above ``qc.replicate_cv_max_pct`` where
+    the mean reaches ``qc.replicate_cv_min_mean_pct`` adds the warn flag ``REPLICATE_CV_HIGH`` to each of its
+    tubes. Every replicate stays a tube of its own (its row, its point in the fit)."""
+    act = cfg.markers.activation
+    groups: dict[tuple[Any, ...], _ReplicateGroup] = {}
+    for r in ordered:
+        t = r.tube
+        conc: Any = None
+        if t.condition == "allergen" and t.concentration is not None:
+            try:
+                conc = convert(t.concentration, t.unit, ref_units.get((t.patient, t.allergen or "")))
+            except UnitProblem:
+                conc = (t.concentration, t.unit)
+        key = (t.patient, t.pretreatment, t.condition, t.allergen or "", conc)
+        groups.setdefault(key, _ReplicateGroup([])).files.append(t.file)
+    out: dict[str, _ReplicateGroup] = {}
+    for g in groups.values():
+        if len(g.files) < 2:
+            continue
+        pcts = [m.pct for m in (metrics[f].get(act) if f in metrics else None for f in g.files)
+                if m is not None and not math.isnan(m.pct)]
+        g.n = len(pcts)
+        if pcts:
+            g.mean_pct = float(np.mean(pcts))
+        if len(pcts) >= 2 and g.mean_pct > 0:
+            g.cv_pct = float(100.0 * np.std(pcts, ddof=1) / g.mean_pct)
+        q = cfg.qc
+        if g.cv_pct > q.replicate_cv_max_pct and g.mean_pct >= q.replicate_cv_min_mean_pct:
+            flag = Flag("REPLICATE_CV_HIGH", "warn",
+                        f"replicates {', '.join(g.files)}: %{act}+ mean {g.mean_pct:.1f}, CV {g.cv_pct:.0f}% > "
+                        f"{q.replicate_cv_max_pct:g}%")
+            for f in g.files:
+                qcs[f].flags.append(flag)
+                qcs[f].status = status_of(qcs[f].flags)
+        out.update({f: g for f in g.files})
+    return out
+
+
+def _add_replicate_columns(df: pd.DataFrame, ordered: Sequence[TubeResult],
+                           groups: Mapping[str, _ReplicateGroup]) -> None:
+    """When the experiment has replicate tubes, ``replicate_n``, ``replicate_mean_pct`` and
+    ``replicate_cv_pct`` (activation marker, over the tube's replicate group; 1/NaN for a tube without
+    replicates); a table without replicates is left as it is."""
+    if df.empty or not groups:
+        return
+    df["replicate_n"] = [groups[r.tube.file].n if r.tube.file in groups else 1 for r in ordered]
+    df["replicate_mean_pct"] = [groups[r.tube.file].mean_pct if r.tube.file in groups else NAN for r in ordered]
+    df["replicate_cv_pct"] = [groups[r.tube.file].cv_pct if r.tube.file in groups else NAN for r in ordered]
+
+
+def _add_converted_columns(df: pd.DataFrame, ordered: Sequence[TubeResult],
+                           ref_units: Mapping[tuple[str, str], str | None]) -> None:
+    """When a tube's unit differs from its allergen's reference unit, add ``concentration_converted`` and
+    ``unit_converted`` (every allergen tube's concentration in the reference unit) beside the layout's own
+    ``concentration`` and ``unit``; a single-unit experiment's table is left as it is."""
+    if df.empty:
+        return
+    converted, units, differ = [], [], False
+    for r in ordered:
+        t = r.tube
+        ref = ref_units.get((t.patient, t.allergen or ""))
+        if t.condition != "allergen" or t.concentration is None:
+            converted.append(NAN)
+            units.append("")
+            continue
+        differ = differ or (t.unit or "").strip() != (ref or "")
+        try:
+            converted.append(convert(t.concentration, t.unit, ref))
+        except UnitProblem:
+            converted.append(NAN)
+        units.append(ref or "")
+    if differ:
+        at = list(df.columns).index("unit") + 1 if "unit" in df.columns else len(df.columns)
+        df.insert(at, "concentration_converted", converted)
+        df.insert(at + 1, "unit_converted", units)
 
 
 def add_cohort_classes(df: pd.DataFrame, cfg: AnalysisConfig) -> None:

@@ -24,16 +24,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..analysis.units import EXPECTED_UNITS, UnitProblem, canonical, convertible, reference_unit
 from ..errors import BatError, DataFileError, LayoutError
 from ..records import CONDITIONS, PRETREATMENTS, Tube
 from .paths import open_regular_file, resolve_data_file
 
 __all__ = ["read_layout", "tubes_from_pattern", "tubes_from_rows", "unlisted_files", "LAYOUT_COLUMNS",
-           "REQUIRED_COLUMNS", "FCS_SUFFIXES"]
+           "REQUIRED_COLUMNS", "REPLICATE_COLUMN", "FCS_SUFFIXES"]
 
 LAYOUT_COLUMNS: tuple[str, ...] = ("file", "patient", "condition", "allergen", "concentration", "unit",
                                    "pretreatment")
 REQUIRED_COLUMNS: tuple[str, ...] = ("file", "patient", "condition")
+# optional column kept in Tube.extra (and so in tubes.csv): replicate tubes of one condition differ in it
+REPLICATE_COLUMN = "replicate"
 FCS_SUFFIXES: tuple[str, ...] = (".fcs", ".lmd")
 
 # spellings a technician may use, mapped to the canonical values (after lower-casing and _ for space/-)
@@ -227,6 +230,10 @@ def _allergen_values(label: str, v: _RowValues, raw_conc: str, problems: list[st
         problems.append(f"{label}, column 'concentration': {raw_conc} is not positive "
                         "(expected a number > 0; concentrations are compared on a log scale)")
         v.concentration = None
+    try:
+        canonical(1.0, v.unit)
+    except UnitProblem as exc:
+        problems.append(f"{label}, column 'unit': {exc} (expected {EXPECTED_UNITS})")
 
 
 def _control_values(label: str, v: _RowValues, raw_conc: str, problems: list[str]) -> None:
@@ -276,17 +283,26 @@ def _file_problems(label: str, file: str, folder: Path | None, seen_files: dict[
 
 
 def _series_problems(series: Mapping[tuple[str, str, str], list[tuple[str, float, str | None]]]) -> list[str]:
-    """Allergen series (patient × allergen × arm) with a single concentration, or mixing units."""
+    """Allergen series (patient × allergen × arm) with a single concentration (compared in one unit), and
+    tubes of a patient's allergen whose unit does not convert to the allergen's reference unit
+    (``analysis.units.reference_unit``: the untreated arm's most common unit)."""
     problems = []
+    by_allergen: dict[tuple[str, str], list[tuple[str, str, float, str | None]]] = defaultdict(list)
     for (patient, allergen, arm), points in series.items():
         where = ", ".join(p[0] for p in points)
-        if len({p[1] for p in points}) < 2:
+        if len({canonical(p[1], p[2]) for p in points}) < 2:
             problems.append(f"{where}: the allergen series of patient {patient}, allergen {allergen}, arm {arm} "
                             "has a single concentration (expected at least two for a dose-response)")
-        units = sorted({p[2] or "" for p in points})
-        if len(units) > 1:
-            problems.append(f"{where}, column 'unit': the series of patient {patient}, allergen {allergen}, "
-                            f"arm {arm} mixes units {units} (expected one unit per series)")
+        by_allergen[(patient, allergen)] += [(p[0], arm, p[1], p[2]) for p in points]
+    for (patient, allergen), points in by_allergen.items():
+        ref = reference_unit([(p[3], p[1] == "none", p[2]) for p in points])
+        ref_row = next(p[0] for p in points if (p[3] or None) == ref)
+        for label, _arm, _conc, unit in points:
+            if not convertible(unit, ref):
+                problems.append(f"{label}, column 'unit': {unit or 'no unit'!r} cannot be converted to "
+                                f"{ref or 'no unit'!r}, the unit of allergen {allergen} for patient {patient} "
+                                f"({ref_row}) (expected a unit of the same kind: mass per volume, or the same "
+                                "allergen activity unit)")
     return problems
 
 
@@ -313,9 +329,13 @@ def tubes_from_rows(
     ``data_dir``: folder of the FCS files (None: do not look at the disk). Problems checked: empty file or
     patient, file missing on disk (unless ``skip_missing``), a file outside the data folder (unless
     ``allow_outside_data_dir``) or that is not a regular file, FCS files in the folder without a row
-    (``check_unlisted``), the same file twice, the same tube twice, unknown condition or pretreatment,
-    missing/non-numeric/non-positive concentration or missing allergen on allergen rows, mixed units in a
-    series, and allergen series (patient × allergen × arm) with a single concentration.
+    (``check_unlisted``), the same file twice, the same tube twice (patient, arm, condition, allergen,
+    concentration and ``replicate`` label: replicate tubes need that column, each with its own label),
+    unknown condition or pretreatment,
+    missing/non-numeric/non-positive concentration or missing allergen on allergen rows, a unit that is not a
+    concentration unit (``analysis.units``), a unit that does not convert to the unit of the patient's
+    allergen, and allergen series (patient × allergen × arm) with a single concentration. Concentrations
+    are compared after conversion (1 µg/mL is 1000 ng/mL).
     """
     problems: list[str] = []
     tubes: list[Tube] = []
@@ -333,12 +353,19 @@ def tubes_from_rows(
         if len(problems) > before:
             continue
         assert v.condition is not None and v.arm is not None
-        key = (v.patient, v.condition, v.arm, v.allergen, v.concentration)
+        replicate = dict(v.extra).get(REPLICATE_COLUMN, "").strip()
+        key = (v.patient, v.condition, v.arm, v.allergen,
+               canonical(v.concentration, v.unit) if v.concentration is not None else None, replicate)
         if key in seen_keys:
             what = f"{v.patient} {v.arm} {v.condition}" + (
                 f" {v.allergen} {v.concentration:g}" if v.allergen else "")
-            problems.append(f"{label}: the same tube ({what}) as {seen_keys[key]} "
-                            "(expected one file per patient, arm, condition and concentration)")
+            if replicate:
+                problems.append(f"{label}, column '{REPLICATE_COLUMN}': the same tube ({what}, replicate "
+                                f"{replicate!r}) as {seen_keys[key]} (expected replicate tubes numbered apart)")
+            else:
+                problems.append(f"{label}: the same tube ({what}) as {seen_keys[key]} "
+                                "(expected one file per patient, arm, condition and concentration; replicate "
+                                f"tubes are numbered apart in a '{REPLICATE_COLUMN}' column)")
             continue
         seen_keys[key] = label
         if v.condition == "allergen":
@@ -362,8 +389,11 @@ def read_layout(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] |
 
     Columns: ``file, patient, condition`` (required), ``allergen, concentration, unit, pretreatment``
     (optional; an empty pretreatment means none; on allergen rows ``concentration`` is a positive number in the
-    row's ``unit``, which the results keep: EC50s are reported in it); other columns are carried into
-    ``Tube.extra``.
+    row's ``unit``, which the tubes keep; the arms of a patient's allergen may use different units of one
+    kind, converted by the analysis to the allergen's reference unit, as
+    docs/method.md, "Concentration units" says); ``replicate`` (optional) labels replicate tubes of one
+    condition and concentration (duplicates and triplicates, each its own row and file; without it a repeated
+    tube is refused); other columns, ``replicate`` among them, are carried into ``Tube.extra``.
     Column names are matched case-insensitively. ``data_dir`` (default: the sheet's folder) is where the
     files are looked for; ``check_files=False`` skips the disk checks. ``check_unlisted=False`` accepts FCS
     files of the folder that no row names (``unlisted_files`` lists them); ``skip_missing`` accepts rows whose
