@@ -80,7 +80,8 @@ if TYPE_CHECKING:
     from .review.log import StoredCorrections
 
 LOCK_NAME = ".bat-run.lock"
-TABLE_OUTPUTS = ("tubes.csv", "patients.csv", "results.xlsx", "tubes.parquet", "patients.parquet")
+TABLE_OUTPUTS = ("tubes.csv", "patients.csv", "results.xlsx", "tubes.parquet", "patients.parquet",
+                 "tube_markers.csv")
 REPORT_OUTPUTS = ("reports", "review")
 DASK_CONNECT_TIMEOUT = "15s"
 DEFAULT_TUBE_TIMEOUT_S = 300.0
@@ -948,7 +949,8 @@ def _write_tables(ctx: _RunContext, scored: _Scored) -> list[Path]:
 
     about = about_sheet(ctx.template, ctx.command, ctx.inputs.checksums, ctx.layout_sha, ctx.run_id)
     try:
-        return write_tables(ctx.out, scored.tubes, scored.patients, about, parquet=ctx.options.parquet)
+        return write_tables(ctx.out, scored.tubes, scored.patients, about, parquet=ctx.options.parquet,
+                            tube_markers=scored.scores.tube_markers)
     except WriteError as exc:  # the previous tables and reports no longer match the store: withdraw them
         withdrawn = withdraw_outputs(ctx.out, TABLE_OUTPUTS + REPORT_OUTPUTS, ctx.store)
         exc.add_note(withdrawn[:1].upper() + withdrawn[1:] + ".")
@@ -1016,7 +1018,8 @@ def _merge_scores(parts: Sequence[ExperimentScores]) -> ExperimentScores:
                             thresholds={k: v for p in parts for k, v in p.thresholds.items()},
                             effects={k: v for p in parts for k, v in p.effects.items()},
                             config=parts[0].config,
-                            references={k: v for p in parts for k, v in p.references.items()})
+                            references={k: v for p in parts for k, v in p.references.items()},
+                            tube_markers=concat([p.tube_markers for p in parts]))
 
 
 def _patient_key(results: Sequence[TubeResult], store: ResultStore, config: Any,

@@ -190,11 +190,30 @@ class Template:
         return tuple(self.panel)
 
     def analysis_mapping(self) -> dict[str, Any]:
-        """The ``analysis:`` section with ``qc:`` merged in under ``qc`` (for AnalysisConfig)."""
-        out = dict(self.analysis)
+        """The ``analysis:`` section with ``qc:`` merged in under ``qc`` and the ``activation:`` list as
+        ``markers.activation`` (for AnalysisConfig)."""
+        out = with_activation(self.analysis, self.activation)
         if self.qc:
             out.setdefault("qc", dict(self.qc))
         return out
+
+
+def with_activation(analysis: Mapping[str, Any], activation: tuple[str, ...],
+                    ck: _Checker | None = None) -> dict[str, Any]:
+    """A copy of an ``analysis:`` section whose ``markers.activation`` is the template's ``activation:`` list
+    (unchanged when the list is empty). The list is the one place activation markers are named: the same key
+    written under ``analysis.markers`` is reported to ``ck`` (and left out)."""
+    out = dict(analysis)
+    markers = out.get("markers")
+    if isinstance(markers, Mapping) and "activation" in markers:
+        if ck is not None:
+            ck.add("analysis.markers.activation", "the activation markers are the template's activation: list; "
+                   "list them there (e.g. activation: [CD69]) and remove this key")
+        markers = {k: v for k, v in markers.items() if k != "activation"}
+        out["markers"] = markers
+    if activation and (markers is None or isinstance(markers, Mapping)):  # else the checker reports it
+        out["markers"] = {**(markers or {}), "activation": list(activation)}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- location
@@ -696,7 +715,7 @@ def parse_template(text: str, *, source: str = "<template>") -> Template:
         ck.add("analysis", f"expected a mapping, got {_tname(analysis)}")
         analysis = {}
 
-    _check_analysis(ck, qc, analysis)
+    _check_analysis(ck, qc, with_activation(analysis, activation, ck))
 
     if ck.problems:
         raise TemplateError(f"template has {len(ck.problems)} problem(s)", source=source, problems=ck.problems)

@@ -275,8 +275,9 @@ def tube_views(results: Sequence[TubeResult], scores: ExperimentScores, run: Run
 
 
 def activation_marker(scores: ExperimentScores) -> str:
-    """The degranulation marker the thresholds are set on (the analysis configuration's)."""
-    return scores.config.markers.activation
+    """The primary activation marker: the one whose threshold, dose response and class the report shows
+    (the template's first ``activation:`` marker unless ``analysis.markers.primary`` names another)."""
+    return scores.config.markers.primary_marker
 
 
 def patient_views(tubes: Sequence[TubeView], scores: ExperimentScores) -> dict[str, PatientView]:
