@@ -230,3 +230,28 @@ def test_template_commands_print_file_text_escaped(tmp_path: Path) -> None:
         assert result.exit_code != 0, result.output
         assert "\x1b" not in result.output and "\x07" not in result.output, args
         assert "bad\\x1b[31m.yaml" in result.output, args
+
+
+def test_the_activation_list_is_the_analysis_activation_markers() -> None:
+    """`activation: [CD69]` alone makes CD69 the scored marker: no second key under `analysis:`."""
+    from bat_analysis.pipeline import analysis_config
+
+    text = MINIMAL.replace("  CD63: []", "  CD69: []\n  CD63: {aliases: [], required: false}")
+    template = parse_template(text + "activation: [CD69, CD63]\n", source="t.yaml")
+    config = analysis_config(template)
+    assert config.markers.activation == ("CD69", "CD63")
+    assert config.markers.primary_marker == "CD69"
+    chosen = parse_template(text + "activation: [CD69, CD63]\nanalysis: {markers: {primary: CD63}}\n")
+    assert analysis_config(chosen).markers.primary_marker == "CD63"
+    assert analysis_config(parse_template(MINIMAL)).markers.activation == ("CD63",)  # no list: CD63
+
+
+def test_a_second_activation_key_or_a_foreign_primary_marker_is_refused() -> None:
+    text = MINIMAL.replace("  CD63: []", "  CD69: []") + "activation: [CD69]\n"
+    problems = problems_of(text + "analysis: {markers: {activation: CD69}}\n")
+    assert len(problems) == 1 and problems[0].startswith("analysis.markers.activation: ")
+    assert "activation: list" in problems[0]
+    problems = problems_of(text + "analysis: {markers: {primary: CD63}}\n")
+    assert problems == ["analysis.markers.primary: expected one of the activation markers (CD69), got 'CD63'"]
+    problems = problems_of(text + "analysis: {markers: CD69}\n")
+    assert problems == ["analysis.markers: expected a mapping, got str"]

@@ -521,7 +521,9 @@ def add_cohort_classes(df: pd.DataFrame, cfg: AnalysisConfig) -> None:
 def _tubes_table(ordered: Sequence[TubeResult], metrics: Mapping[str, TubeMetrics], qcs: Mapping[str, TubeQc],
                  arm_states: Mapping[tuple[str, str], _ArmState], cfg: AnalysisConfig) -> pd.DataFrame:
     act = cfg.markers.primary_marker
-    extra_markers = cfg.markers.scored[1:]
+    # the other scored markers get their own columns; CD63, when it is not the primary marker, has none (the
+    # cd63_* columns hold the primary marker's numbers): its numbers are in tube_markers.csv
+    extra_markers = [m for m in cfg.markers.scored[1:] if m.casefold() != "cd63"]
     rows = []
     for r in ordered:
         t = r.tube
