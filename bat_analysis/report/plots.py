@@ -779,13 +779,32 @@ def fit_summary(fit: FitResult) -> str:
     return f"EC50 not estimable: {fit.ec50_reason or fit.status}"
 
 
+def _error_bars(ax: Axes, conc: np.ndarray, y: np.ndarray, files: Sequence[str],
+                intervals: Mapping[str, tuple[float, float]], colour: str) -> None:
+    """Each point's interval (``intervals`` by file) as a vertical error bar; points without one have none."""
+    if len(files) != conc.size:
+        return
+    rows = [(c, v, intervals.get(f, (math.nan, math.nan))) for c, v, f in zip(conc, y, files)]
+    rows = [(c, v, lo, hi) for c, v, (lo, hi) in rows if math.isfinite(lo) and math.isfinite(hi)]
+    if not rows:
+        return
+    c, v, lo, hi = (np.asarray(col, dtype=float) for col in zip(*rows))
+    ax.errorbar(c, v, yerr=np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)]), fmt="none",
+                ecolor=colour, elinewidth=0.8, capsize=2, zorder=2.5)
+
+
 @draws_literally
-def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | None = None) -> None:
-    """%CD63+ against concentration (log axis) for each arm: points, fitted 4PL, EC50 with its CI.
+def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | None = None,
+                       intervals: Mapping[str, tuple[float, float]] | None = None, marker: str = "CD63",
+                       population: str = "basophils") -> None:
+    """% marker-positive cells against concentration (log axis) for each arm: points, fitted 4PL, EC50 with
+    its CI.
 
     ``fits`` maps the arm (``none``, ``omalizumab``) to its ``FitResult``. Points left out of the fit
-    (after the maximum of a bell-shaped series) are drawn hollow; the EC50 is a dotted vertical line with
-    its bootstrap confidence interval shaded.
+    (after the maximum of a bell-shaped series) are drawn hollow; ``intervals`` (file -> the tube's 95%
+    interval of its %, tubes.csv's ``pct_cd63_ci_low``/``_high``) are drawn as error bars; the EC50 is a
+    dotted vertical line with its bootstrap confidence interval shaded. ``marker`` and ``population`` name
+    the axis as the gating template does.
     """
     drawn = False
     unit = None
@@ -804,6 +823,7 @@ def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | 
         if (~used).any():
             ax.plot(conc[~used], y[~used], "o", markerfacecolor="none", markeredgecolor=colour,
                     markersize=4, zorder=3)
+        _error_bars(ax, conc, y, fit.files, intervals or {}, colour)
         if fit.fitted:
             lo_x, hi_x = math.log10(conc.min()), math.log10(conc.max())
             pad = 0.1 * ((hi_x - lo_x) or 1.0)
@@ -824,7 +844,7 @@ def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | 
     ax.set_ylim(0, 135)  # headroom for the legend above 100%
     ax.set_yticks(range(0, 101, 20))
     ax.set_xlabel(f"concentration ({unit})" if unit else "concentration", fontsize=7)
-    ax.set_ylabel("% CD63+ basophils", fontsize=7)
+    ax.set_ylabel(f"% {marker}+ {population}", fontsize=7)
     ax.tick_params(labelsize=6)
     ax.grid(True, which="major", color="0.9", linewidth=0.6)
     ax.legend(fontsize=6, loc="upper left", frameon=True, framealpha=0.85, edgecolor="none",
