@@ -686,3 +686,17 @@ def test_the_class_is_stated_with_its_auc_inhibition_interval(tmp_path: Path) ->
     expected = (f"AUC inhibition {row.auc_inhibition_pct:.1f}% (95% CI {row.auc_inhibition_ci_low:.1f}–"
                 f"{row.auc_inhibition_ci_high:.1f}%), confidence {row.class_confidence}")
     assert expected in html
+
+
+def test_activation_histogram_is_titled_with_the_templates_population() -> None:
+    from matplotlib.figure import Figure
+
+    results, _ = make_experiment(1)
+    values = results[0].basophil_values["CD63"]
+    ax = Figure().add_subplot()
+    draw_activation(values, values, 500.0, ax, marker="CD69", population="T cells")
+    assert ax.get_title(loc="left") == "CD69 on T cells"
+    empty = Figure().add_subplot()
+    draw_activation(np.empty(0), None, None, empty, marker="CD69", population="T cells")
+    assert empty.get_title(loc="left") == "CD69 on T cells"
+    assert "no T cells" in " ".join(t.get_text() for t in empty.texts)

@@ -326,6 +326,7 @@ class Job:
     xlim: tuple[float, float] | None
     pct: float | None  # the percentages the histogram prints: tubes.csv's, from the view
     negative_pct: float | None
+    population: str = "basophils"  # the gated population's name (the template's), in the histogram's title
 
 
 _RENDERERS: dict[int, PngRenderer] = {}  # one per process and resolution: its cached frames serve every chunk
@@ -336,7 +337,7 @@ def _draw_chunk(jobs: list[Job], dpi: int, gate_limits: Mapping[Any, Any]) -> li
     renderer = _RENDERERS.setdefault(dpi, PngRenderer(dpi=dpi))
     return [renderer.tube(j.result, negative_values=j.negative_values, threshold=j.threshold, adjusted=j.adjusted,
                           marker=j.marker, xlim=j.xlim, gate_limits=gate_limits, pct=j.pct,
-                          negative_pct=j.negative_pct)
+                          negative_pct=j.negative_pct, population=j.population)
             for j in jobs]
 
 
@@ -355,7 +356,7 @@ def _pool(workers: int) -> Any:
 
 
 def draw_tubes(tubes: Sequence[TubeView], *, workers: int = 1, pool: Any = None,
-               dpi: int = IMAGE_DPI) -> None:
+               dpi: int = IMAGE_DPI, population: str = "basophils") -> None:
     """Fill ``images`` of every tube view: in this process, or in ``workers`` processes (or ``pool``).
 
     All tubes share one activation axis per marker (their histograms compare at a glance).
@@ -364,7 +365,7 @@ def draw_tubes(tubes: Sequence[TubeView], *, workers: int = 1, pool: Any = None,
                                   [t.threshold for t in tubes if t.marker == m])
               for m in {t.marker for t in tubes}}
     jobs = [Job(t.result, t.negative_values, t.threshold, t.adjusted, t.marker, ranges[t.marker], t.pct,
-                t.negative_pct) for t in tubes]
+                t.negative_pct, population) for t in tubes]
     limits = shared_gate_limits(t.result for t in tubes)
     if pool is None and (workers <= 1 or len(tubes) < 2):
         for t, pngs in zip(tubes, _draw_chunk(jobs, dpi, limits)):
@@ -434,7 +435,7 @@ def render_reports(out_dir: Path, results: list[TubeResult], scores: ExperimentS
     pool = _pool(workers) if workers > 1 and len(to_draw) > 1 else None
     try:
         t1 = time.perf_counter()
-        draw_tubes(to_draw, pool=pool, workers=workers)
+        draw_tubes(to_draw, pool=pool, workers=workers, population=run.population)
         for p in chosen:
             _curves(by_patient[p], renderer, run)
         t2 = time.perf_counter()
