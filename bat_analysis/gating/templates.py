@@ -12,7 +12,8 @@ A template is data, never code. :func:`load_template` parses it (plain YAML behi
       CCR3: [CD193]
       CD203c: {aliases: [ENPP3], required: false}
     identification: [CCR3]        # markers that find the basophils (optional)
-    activation: [CD63]            # markers whose threshold comes from the negative control (optional)
+    activation: [CD63]            # markers scored against a negative-control threshold; the first drives
+                                  # the dose response (optional; the analysis reads only this list)
     compensation: {source: file}  # file ($SPILLOVER/$SPILL) | none | matrix (+ channels, values)
     transforms:                   # per dimension; 'scatter' and 'fluorescence' are the defaults
       scatter: {type: linear}
