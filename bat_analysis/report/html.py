@@ -228,7 +228,8 @@ def patient_html(view: PatientView, run: RunView) -> str:
     body.append(table([run.label(c) for c in cols], [[r.get(c) for c in cols] for r in view.tube_rows],
                       numeric=[c not in ("file", "condition", "allergen", "pretreatment", "qc_status") for c in cols]))
     body.append("<h2>Quality control</h2>")
-    body.append(table([run.label(h) for h in QC_HEADERS], qc_rows(view.tubes), numeric=[False, False, False] + [True] * 5 + [False] * 3))
+    body.append(table([run.label(h) for h in QC_HEADERS], qc_rows(view.tubes),
+                      numeric=[False, False, False] + [True] * 5 + [False] * 3))
     body.append("<h2>Flags</h2>")
     flagged = [t for t in view.tubes if t.flags]
     if flagged:
