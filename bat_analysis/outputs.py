@@ -1,4 +1,5 @@
-"""Table exports of a run: ``tubes.csv``, ``patients.csv``, ``results.xlsx`` (with an "about" sheet), Parquet.
+"""Table exports of a run: ``tubes.csv``, ``patients.csv``, ``tube_markers.csv`` (tube × scored marker),
+``results.xlsx`` (with an "about" sheet), Parquet.
 
 Every file is written by :mod:`bat_analysis.fileio` (a temporary file in the same folder, then renamed over the
 target; mode 0666 & ~umask; a write failure is a ``WriteError`` naming the path, the cause and what to do), so
@@ -143,9 +144,10 @@ def write_parquet(df: Any, target: Path | str) -> Path:
 
 
 def write_tables(out_dir: Path | str, tubes: Any, patients: Any, about: Mapping[str, Any], *,
-                 parquet: bool = False) -> list[Path]:
-    """Write tubes.csv, patients.csv, results.xlsx (and Parquet files when asked) into ``out_dir``, as a set:
-    the targets are replaced only once every file is complete (on a failure none of them is)."""
+                 parquet: bool = False, tube_markers: Any = None) -> list[Path]:
+    """Write tubes.csv, patients.csv, results.xlsx (and Parquet files when asked) and, when given,
+    tube_markers.csv (one row per tube × scored marker) into ``out_dir``, as a set: the targets are replaced
+    only once every file is complete (on a failure none of them is)."""
     out = Path(out_dir)
     if parquet:
         _need_pyarrow()
@@ -157,6 +159,9 @@ def write_tables(out_dir: Path | str, tubes: Any, patients: Any, about: Mapping[
              lambda tmp: _fill_xlsx(tmp, {"tubes": tubes, "patients": patients}, about)]
     if parquet:
         fills += [lambda tmp: tubes.to_parquet(tmp, index=False), lambda tmp: patients.to_parquet(tmp, index=False)]
+    if tube_markers is not None:
+        paths.append(out / "tube_markers.csv")
+        fills.append(lambda tmp: tmp.write_bytes(table_to_csv(tube_markers).encode("utf-8")))
     with ExitStack() as stack:  # on leaving, each temporary replaces its target (last one first)
         for path, fill in zip(paths, fills):
             tmp = stack.enter_context(atomic_path(path))

@@ -80,7 +80,8 @@ if TYPE_CHECKING:
     from .review.log import StoredCorrections
 
 LOCK_NAME = ".bat-run.lock"
-TABLE_OUTPUTS = ("tubes.csv", "patients.csv", "results.xlsx", "tubes.parquet", "patients.parquet")
+TABLE_OUTPUTS = ("tubes.csv", "patients.csv", "results.xlsx", "tubes.parquet", "patients.parquet",
+                 "tube_markers.csv")
 REPORT_OUTPUTS = ("reports", "review")
 DASK_CONNECT_TIMEOUT = "15s"
 DEFAULT_TUBE_TIMEOUT_S = 300.0
@@ -948,7 +949,8 @@ def _write_tables(ctx: _RunContext, scored: _Scored) -> list[Path]:
 
     about = about_sheet(ctx.template, ctx.command, ctx.inputs.checksums, ctx.layout_sha, ctx.run_id)
     try:
-        return write_tables(ctx.out, scored.tubes, scored.patients, about, parquet=ctx.options.parquet)
+        return write_tables(ctx.out, scored.tubes, scored.patients, about, parquet=ctx.options.parquet,
+                            tube_markers=scored.scores.tube_markers)
     except WriteError as exc:  # the previous tables and reports no longer match the store: withdraw them
         withdrawn = withdraw_outputs(ctx.out, TABLE_OUTPUTS + REPORT_OUTPUTS, ctx.store)
         exc.add_note(withdrawn[:1].upper() + withdrawn[1:] + ".")
@@ -972,7 +974,8 @@ def _write_reports(ctx: _RunContext, summary: RunSummary, results: list[TubeResu
     else:
         rep = ctx.progress.add_task("Writing reports", total=None, note="")
         try:
-            paths, summary.report_note = render(out, store, results, scores, ctx.run_id, workers=ctx.workers)
+            paths, summary.report_note = render(out, store, results, scores, ctx.run_id, workers=ctx.workers,
+                                                population=ctx.template.population)
             summary.reports = "written" if summary.report_note is None else "not_written"
         except Exception as exc:  # the tables and the store are complete: say so, do not lose them
             paths = []
@@ -1016,7 +1019,8 @@ def _merge_scores(parts: Sequence[ExperimentScores]) -> ExperimentScores:
                             thresholds={k: v for p in parts for k, v in p.thresholds.items()},
                             effects={k: v for p in parts for k, v in p.effects.items()},
                             config=parts[0].config,
-                            references={k: v for p in parts for k, v in p.references.items()})
+                            references={k: v for p in parts for k, v in p.references.items()},
+                            tube_markers=concat([p.tube_markers for p in parts]))
 
 
 def _patient_key(results: Sequence[TubeResult], store: ResultStore, config: Any,
@@ -1172,8 +1176,10 @@ def corrections_note(corrections: Any, entries: Sequence[dict[str, Any]], option
 
 
 def render(out: Path, store: ResultStore, results: Sequence[TubeResult], scores: Any, run_id: int | None,
-           patients: list[str] | None = None, workers: int | None = None) -> tuple[list[Path], str | None]:
-    """Per-patient reports and the review gallery, when the report renderer is installed.
+           patients: list[str] | None = None, workers: int | None = None,
+           population: str = "") -> tuple[list[Path], str | None]:
+    """Per-patient reports and the review gallery, when the report renderer is installed; ``population``
+    (the gating template's) names the gated cells in them.
 
     A full rendering is built in a staging folder inside ``out`` and swapped in (``reports/``, then
     ``review/``): a failure (a full disk) leaves the previous reports whole, never a mix of old and new.
@@ -1185,13 +1191,13 @@ def render(out: Path, store: ResultStore, results: Sequence[TubeResult], scores:
         from .report import render_reports
     except ImportError as exc:
         return [], f"reports not written: the report renderer is not available ({exc})"
+    info = {**run_info(store, run_id), "population": population}
     if patients:
         make_dir(out / "reports", inside=out)
-        return render_reports(out, list(results), scores, run_info(store, run_id), patients=patients,
-                              workers=workers).files(), None
+        return render_reports(out, list(results), scores, info, patients=patients, workers=workers).files(), None
     staging = temporary_dir(out, "reports-staging")
     try:
-        paths = render_reports(staging, list(results), scores, run_info(store, run_id), workers=workers)
+        paths = render_reports(staging, list(results), scores, info, workers=workers)
         for name in REPORT_OUTPUTS:
             if os.path.lexists(staging / name):
                 replace_dir(staging / name, out / name)
@@ -1336,7 +1342,8 @@ def rerender(out: Path | str, patients: list[str] | None = None) -> tuple[list[P
     for note in stored.notes:
         print(f"warning: {note}", file=sys.stderr)
     with RunLock(out), ResultStore.in_folder(out, create=False) as store:
-        return render(Path(out), store, stored.results, stored.scores, stored.run_id, patients=patients)
+        return render(Path(out), store, stored.results, stored.scores, stored.run_id, patients=patients,
+                      population=stored.template.population)
 
 
 def export_gates(out: Path | str, fmt: str, dest: Path | str | None = None) -> list[Path]:

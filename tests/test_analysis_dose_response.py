@@ -159,3 +159,13 @@ def test_arms_with_different_concentrations_compare_shared_ones():
     assert eff.concentrations == pytest.approx((1.0, 10.0))
     assert eff.auc_inhibition_pct == pytest.approx(100 * (1 - 5.0 / 20.0))
     assert [f.code for f in eff.flags] == ["CONCENTRATIONS_DIFFER"]
+
+
+def test_series_messages_name_the_primary_marker():
+    cfg = AnalysisConfig.from_mapping({"markers": {"activation": ["CD69"]}})
+    conc = [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0]
+    pct = [2.0, 10.0, 60.0, 30.0, 10.0, float("nan")]
+    res = analyse_series("P1", "birch", "none", conc, pct, pct, config=cfg)
+    assert (1000.0, "no %CD69+ value") in res.excluded
+    bell = next(f for f in res.flags if f.code == "BELL_SHAPED")
+    assert "%CD69+ falls by 50.0 points" in bell.message and "CD63" not in bell.message

@@ -342,3 +342,64 @@ def test_a_simulated_cohort_in_mixed_units_gives_the_one_unit_classes():
         assert set(mixed["unit"]) == {"µg/mL" if arm == "none" else "ng/mL"}
         for col in ("ec50_none", "ec50_omalizumab"):
             np.testing.assert_allclose(mixed[col].to_numpy(float), one[col].to_numpy(float) * scale, rtol=1e-9)
+
+
+def _renamed(results, rename):
+    """The same tubes with their marker values under other names (``rename``: old -> new)."""
+    for r in results:
+        r.basophil_values = {rename.get(k, k): v for k, v in r.basophil_values.items()}
+    return results
+
+
+def test_a_cd69_experiment_is_scored_on_cd69_without_a_hidden_key():
+    cfg = AnalysisConfig.from_mapping({"markers": {"activation": ["CD69"]}, "threshold": {"method": "percentile"},
+                                       "fit": {"bootstrap_n": 0}})
+    s = score_experiment(_renamed(_patient(), {"CD63": "CD69"}), cfg)
+    reference = score_experiment(_patient(), CFG)
+    columns = [c for c in reference.tubes.columns if c != "threshold_method"]
+    assert s.tubes[columns].equals(reference.tubes[columns])  # the same numbers, now CD69's
+    assert set(s.tubes.activation_marker) == {"CD69"} and "activation_marker" not in reference.tubes
+    assert s.patients.loc[0, "class"] == reference.patients.loc[0, "class"] == "responder"
+    assert set(s.tube_markers.marker) == {"CD69"} and s.tube_markers.primary.all()
+
+
+def test_each_activation_marker_has_its_own_threshold_in_tube_markers():
+    results = _patient()
+    for r in results:  # CD69 is CD63 scaled 3-fold: its own threshold is 3 times CD63's, the same percentages
+        r.basophil_values = {**r.basophil_values, "CD69": r.basophil_values["CD63"] * 3}
+    cfg = AnalysisConfig.from_mapping({"markers": {"activation": ["CD69", "CD63"]},
+                                       "threshold": {"method": "percentile"}, "fit": {"bootstrap_n": 0}})
+    s = score_experiment(results, cfg)
+    tm = s.tube_markers
+    assert len(tm) == 2 * len(s.tubes) and list(tm.columns[:7]) == ["file", "patient", "condition", "allergen",
+                                                                      "concentration", "pretreatment", "marker"]
+    neg = tm[tm.file == "P1_none_neg.fcs"].set_index("marker")
+    assert neg.loc["CD63", "threshold"] == pytest.approx(584.025)
+    assert neg.loc["CD69", "threshold"] == pytest.approx(3 * 584.025)
+    assert (neg.loc["CD69", "primary"], neg.loc["CD63", "primary"]) == (True, False)
+    fceri = tm[tm.file == "P1_none_fceri.fcs"].set_index("marker")
+    assert fceri.loc["CD69", "pct_positive"] == fceri.loc["CD63", "pct_positive"] == pytest.approx(60.0)
+    assert fceri.loc["CD69", "pct_positive_ci_low"] < 60.0 < fceri.loc["CD69", "pct_positive_ci_high"]
+    assert fceri.loc["CD63", "mfi"] == pytest.approx(5000.0) and fceri.loc["CD69", "mfi"] == pytest.approx(15000.0)
+    assert fceri.loc["CD63", "si_mfi"] == pytest.approx(5000.0 / 299.5)
+    t = s.tubes.set_index("file")
+    # the primary marker fills the cd63_* columns (and says so); the other one has its own columns
+    assert t.loc["P1_none_neg.fcs", "cd63_threshold"] == pytest.approx(3 * 584.025)
+    assert t.loc["P1_none_neg.fcs", "activation_marker"] == "CD69"
+    primary = AnalysisConfig.from_mapping({"markers": {"activation": ["CD69", "CD63"], "primary": "CD63"},
+                                           "threshold": {"method": "percentile"}, "fit": {"bootstrap_n": 0}})
+    t2 = score_experiment(results, primary).tubes.set_index("file")
+    assert t2.loc["P1_none_neg.fcs", "cd63_threshold"] == pytest.approx(584.025)
+    assert "activation_marker" not in t2.columns
+    assert t2.loc["P1_none_neg.fcs", "cd69_threshold"] == pytest.approx(3 * 584.025)
+
+
+def test_default_tube_markers_repeat_the_cd63_columns():
+    s = score_experiment(_patient(), CFG)
+    tm = s.tube_markers.set_index("file")
+    t = s.tubes.set_index("file")
+    assert list(tm.marker.unique()) == ["CD63"] and len(tm) == len(t)
+    for col, mine in (("cd63_threshold", "threshold"), ("pct_cd63", "pct_positive"),
+                      ("pct_cd63_ci_low", "pct_positive_ci_low"), ("net_pct_cd63", "net_pct_positive"),
+                      ("si_cd63", "si")):
+        assert np.allclose(t.loc[tm.index, col].astype(float), tm[mine].astype(float), equal_nan=True), col

@@ -126,3 +126,21 @@ def test_text_in_string_and_category_columns_is_made_safe_too(tmp_path):
     write_tables(tmp_path, tubes, pd.DataFrame({"p": ["P1"]}), {})
     rows = [[(c.value, c.data_type) for c in r] for r in openpyxl.load_workbook(tmp_path / "results.xlsx")["tubes"]]
     assert rows[1:] == [[("x\\x07", "s"), ("c\\x01", "s"), (True, "b")], [("=1", "s"), ("=2", "s"), (False, "b")]]
+
+
+def test_tube_markers_csv_is_written_with_the_set(tmp_path):
+    tubes = pd.DataFrame({"file": ["a.fcs"], "pct_cd63": [10.25]})
+    patients = pd.DataFrame({"patient": ["P1"], "class": ["responder"]})
+    markers = pd.DataFrame({"file": ["a.fcs", "a.fcs"], "marker": ["CD69", "CD63"], "threshold": [812.5, 20.0]})
+    paths = write_tables(tmp_path, tubes, patients, {}, tube_markers=markers)
+    assert [p.name for p in paths] == ["tubes.csv", "patients.csv", "results.xlsx", "tube_markers.csv"]
+    assert (tmp_path / "tube_markers.csv").read_text() == "file,marker,threshold\na.fcs,CD69,812.5\na.fcs,CD63,20\n"
+    # the set is replaced as a whole: a tube_markers.csv that cannot be written leaves every previous file
+    (tmp_path / "tube_markers.csv").unlink()
+    (tmp_path / "tube_markers.csv").mkdir()
+    before = (tmp_path / "tubes.csv").read_text()
+    from bat_analysis.errors import WriteError
+
+    with pytest.raises(WriteError, match="tube_markers.csv"):
+        write_tables(tmp_path, tubes.assign(pct_cd63=[99.0]), patients, {}, tube_markers=markers)
+    assert (tmp_path / "tubes.csv").read_text() == before

@@ -295,12 +295,15 @@ def test_merged_patient_scores_keep_every_field():
     parts = [ExperimentScores(tubes=pd.DataFrame({"file": [f"{p}.fcs"]}), patients=pd.DataFrame({"patient": [p]}),
                               fits={(p, "birch", "none"): f"fit {p}"}, thresholds={(p, "none", "CD63"): f"thr {p}"},
                               effects={(p, "birch"): f"effect {p}"}, config=config,
-                              references={(p, "none"): (f"{p}_neg.fcs",)})
+                              references={(p, "none"): (f"{p}_neg.fcs",)},
+                              tube_markers=pd.DataFrame({"file": [f"{p}.fcs"], "marker": ["CD63"]}))
              for p in ("P01", "P02")]
     merged = _merge_scores(parts)
     assert {f.name for f in dataclasses.fields(ExperimentScores)} == {"tubes", "patients", "fits", "thresholds",
-                                                                       "effects", "config", "references"}
+                                                                       "effects", "config", "references",
+                                                                       "tube_markers"}
     assert list(merged.tubes["file"]) == ["P01.fcs", "P02.fcs"] and list(merged.patients["patient"]) == ["P01", "P02"]
+    assert list(merged.tube_markers["file"]) == ["P01.fcs", "P02.fcs"]
     assert merged.fits == {**parts[0].fits, **parts[1].fits} and merged.effects == {**parts[0].effects,
                                                                                    **parts[1].effects}
     assert merged.thresholds == {**parts[0].thresholds, **parts[1].thresholds} and merged.config is config

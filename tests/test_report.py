@@ -613,3 +613,90 @@ def test_tube_anchors_and_gallery_images_are_distinct_per_file() -> None:
     names = [image_files(v)[0] for v in views]
     assert len({v.anchor for v in views}) == len(files) and len(set(names)) == len(files)
     assert all(len(n.split("/", 1)[1].encode()) <= 200 and n.count("/") == 1 for n in names)
+
+
+def test_dose_response_points_have_their_tubes_intervals_as_error_bars() -> None:
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+
+    from bat_analysis.report.views import point_intervals
+
+    results, scores = make_experiment(1)
+    fits = {arm: scores.fits[("P01", "birch", arm)] for arm in ("none", "omalizumab")}
+    rows = scores.tubes.to_dict(orient="records")
+    intervals = point_intervals(rows)
+    ax = Figure().add_subplot()
+    draw_dose_response(fits, ax, title="birch", intervals=intervals, marker="CD69", population="T cells")
+    bars = [c for c in ax.collections if isinstance(c, LineCollection)]
+    segments = [seg for c in bars for seg in c.get_segments()]
+    assert len(segments) == sum(len(f.files) for f in fits.values()) >= 8
+    by_file = {r["file"]: r for r in rows}
+    fit = fits["none"]
+    for c, f in zip(fit.concentrations, fit.files):  # each bar spans the tube's interval at its concentration
+        low, high = by_file[f]["pct_cd63_ci_low"], by_file[f]["pct_cd63_ci_high"]
+        assert any(np.allclose(seg, [[c, low], [c, high]]) for seg in segments), f
+    assert ax.get_ylabel() == "% CD69+ T cells"
+
+
+def _cd69_experiment() -> tuple[list[TubeResult], ExperimentScores]:
+    from bat_analysis.analysis.config import AnalysisConfig
+
+    results = make_results(1)
+    for r in results:
+        r.basophil_values = {("CD69" if k == "CD63" else k): v for k, v in r.basophil_values.items()}
+    return results, score_experiment(results, AnalysisConfig.from_mapping({"markers": {"activation": ["CD69"]}}))
+
+
+def test_reports_name_the_templates_marker_and_population(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CD69 experiment on T cells is reported as CD69 on T cells: no CD63 anywhere, headers included."""
+    from bat_analysis.report import pdf as pdf_module
+
+    results, scores = _cd69_experiment()
+    assert scores.patients.loc[0, "class"] != "not_evaluable"
+    written: list[str] = []
+    text, table = pdf_module._Flow.text, pdf_module._Flow.table
+
+    def record_text(self: Any, value: str, *args: Any, **kw: Any) -> Any:
+        written.append(value)
+        return text(self, value, *args, **kw)
+
+    def record_table(self: Any, headers: Any, rows: Any, *args: Any, **kw: Any) -> Any:
+        written.extend(str(h) for h in headers)
+        written.extend(str(row[0]) for row in rows)
+        return table(self, headers, rows, *args, **kw)
+
+    monkeypatch.setattr(pdf_module._Flow, "text", record_text)
+    monkeypatch.setattr(pdf_module._Flow, "table", record_table)
+    info = {**RUN_INFO, "template": "lab_tcell_cd69", "population": "T cells"}
+    paths = render_reports(tmp_path, results, scores, info, gallery=False)
+    html = paths.html["P01"].read_text(encoding="utf-8")
+    assert "cd63" not in html.lower() and "cd63" not in " ".join(written).lower()
+    assert "%CD69+" in html and "cd69_threshold" in html and "pct_cd69" in html
+    assert "CD69 thr." in written and "%CD69+" in written and "T cells" in written
+    assert any("CD69+ of T cells" in w for w in written)
+    assert "<th>basophils</th>" not in html and "<th>T cells</th>" in html
+
+
+def test_the_class_is_stated_with_its_auc_inhibition_interval(tmp_path: Path) -> None:
+    results, scores = make_experiment(1)
+    row = scores.patients.iloc[0]
+    assert np.isfinite(row.auc_inhibition_ci_low) and row.class_confidence
+    paths = render_reports(tmp_path, results, scores, RUN_INFO, gallery=False, pdf=False)
+    html = paths.html["P01"].read_text(encoding="utf-8")
+    expected = (f"AUC inhibition {row.auc_inhibition_pct:.1f}% (95% CI {row.auc_inhibition_ci_low:.1f}–"
+                f"{row.auc_inhibition_ci_high:.1f}%), confidence {row.class_confidence}")
+    assert expected in html
+
+
+def test_activation_histogram_is_titled_with_the_templates_population() -> None:
+    from matplotlib.figure import Figure
+
+    results, _ = make_experiment(1)
+    values = results[0].basophil_values["CD63"]
+    ax = Figure().add_subplot()
+    draw_activation(values, values, 500.0, ax, marker="CD69", population="T cells")
+    assert ax.get_title(loc="left") == "CD69 on T cells"
+    empty = Figure().add_subplot()
+    draw_activation(np.empty(0), None, None, empty, marker="CD69", population="T cells")
+    assert empty.get_title(loc="left") == "CD69 on T cells"
+    assert "no T cells" in " ".join(t.get_text() for t in empty.texts)

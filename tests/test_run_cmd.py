@@ -415,3 +415,31 @@ def test_files_outside_the_data_folder_need_the_flag_and_only_regular_files_are_
         proc = _run(data, tmp_path / "proc", "--allow-outside-data-dir")
         assert proc.exit_code == 2, proc.output
         assert "'/proc/self/pagemap' is a file of the kernel (/proc, /sys), not a regular file" in proc.output
+
+
+def test_a_run_writes_tube_markers_beside_tubes_for_every_activation_marker(plate, tmp_path):
+    """The template's activation: list alone decides what is scored; the first marker fills the cd63_* columns."""
+    from bat_analysis.gating.templates import load_template
+
+    data = _copy(plate, tmp_path)
+    default = tmp_path / "default"
+    assert _run(data, default).exit_code == 0
+    tubes = pd.read_csv(default / "tubes.csv")
+    markers = pd.read_csv(default / "tube_markers.csv")
+    assert set(markers.marker) == {"CD63"} and "activation_marker" not in tubes.columns
+    assert list(markers.file) == list(tubes.file)
+    assert markers.threshold.tolist() == tubes.cd63_threshold.tolist()
+
+    text = load_template("bat_ccr3_cd63").source_text.replace("activation: [CD63]", "activation: [CD203c, CD63]")
+    (tmp_path / "two.yaml").write_text(text.replace("name: bat_ccr3_cd63", "name: two_markers"), encoding="utf-8")
+    two = tmp_path / "two"
+    result = _run(data, two, "--template", str(tmp_path / "two.yaml"))
+    assert result.exit_code == 0, result.output
+    tubes2 = pd.read_csv(two / "tubes.csv").set_index("file")
+    markers2 = pd.read_csv(two / "tube_markers.csv")
+    by_marker = {m: rows.set_index("file") for m, rows in markers2.groupby("marker")}
+    assert set(by_marker) == {"CD203c", "CD63"} and set(tubes2.activation_marker) == {"CD203c"}
+    assert (by_marker["CD203c"].threshold.loc[tubes2.index] == tubes2.cd63_threshold).all()
+    assert (by_marker["CD63"].threshold.values == markers.set_index("file").threshold.loc[
+        by_marker["CD63"].index].values).all()  # CD63 keeps its own threshold, now beside CD203c's
+    assert not (by_marker["CD203c"].threshold == by_marker["CD63"].threshold.loc[by_marker["CD203c"].index]).any()

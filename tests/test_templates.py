@@ -297,3 +297,28 @@ def test_deep_parent_cycle_is_reported_briefly() -> None:
     assert cycles[0].startswith("gates[0] (g0).parent: cycle: g0 -> g1499 -> g1498 -> ")
     assert cycles[0].endswith(" -> ... 1491 more ... -> g4 -> g3 -> g2 -> g1 -> g0")
     assert not any(p.startswith(f"gates[{n}]") for p in problems)
+
+
+def test_the_activation_list_is_the_analysis_activation_markers() -> None:
+    """`activation: [CD69]` alone makes CD69 the scored marker: no second key under `analysis:`."""
+    from bat_analysis.pipeline import analysis_config
+
+    text = MINIMAL.replace("  CD63: []", "  CD69: []\n  CD63: {aliases: [], required: false}")
+    template = parse_template(text + "activation: [CD69, CD63]\n", source="t.yaml")
+    config = analysis_config(template)
+    assert config.markers.activation == ("CD69", "CD63")
+    assert config.markers.primary_marker == "CD69"
+    chosen = parse_template(text + "activation: [CD69, CD63]\nanalysis: {markers: {primary: CD63}}\n")
+    assert analysis_config(chosen).markers.primary_marker == "CD63"
+    assert analysis_config(parse_template(MINIMAL)).markers.activation == ("CD63",)  # no list: CD63
+
+
+def test_a_second_activation_key_or_a_foreign_primary_marker_is_refused() -> None:
+    text = MINIMAL.replace("  CD63: []", "  CD69: []") + "activation: [CD69]\n"
+    problems = problems_of(text + "analysis: {markers: {activation: CD69}}\n")
+    assert len(problems) == 1 and problems[0].startswith("analysis.markers.activation: ")
+    assert "activation: list" in problems[0]
+    problems = problems_of(text + "analysis: {markers: {primary: CD63}}\n")
+    assert problems == ["analysis.markers.primary: expected one of the activation markers (CD69), got 'CD63'"]
+    problems = problems_of(text + "analysis: {markers: CD69}\n")
+    assert problems == ["analysis.markers: expected a mapping, got str"]

@@ -23,12 +23,34 @@ from bat_analysis.errors import AnalysisError
 
 @dataclass(frozen=True)
 class MarkerConfig:
-    """Which ``TubeResult.basophil_values`` keys are which marker (matched case-insensitively)."""
+    """Which ``TubeResult.basophil_values`` keys are which marker (matched case-insensitively).
 
-    activation: str = "CD63"  # thresholded on the negative control (docs/method.md, Activation threshold)
+    ``activation`` is the gating template's ``activation:`` list (set by ``Template.analysis_mapping``; a
+    template does not write it under ``analysis:``). Every activation marker, and every ``degranulation``
+    marker present in the data, is scored against its own negative-control threshold; the primary marker
+    (``primary``, else the first activation marker) drives the dose response, the controls and the class.
+    """
+
+    activation: tuple[str, ...] = ("CD63",)  # the template's activation: list, each thresholded on the negative
+    #                                           control (docs/method.md, Per-tube metrics)
+    primary: str = ""  # the marker of the dose response and the class; empty = the first activation marker
     mfi: str = "CD203c"  # median fluorescence reported as MFI and SI (docs/method.md, Per-tube metrics)
-    degranulation: tuple[str, ...] = ("CD107a", "avidin")  # reported like CD63 when present (docs/method.md,
+    degranulation: tuple[str, ...] = ("CD107a", "avidin")  # also scored when present (docs/method.md,
     #                                                         Per-tube metrics)
+
+    @property
+    def primary_marker(self) -> str:
+        """The marker the dose response, the positive controls and the class rest on."""
+        return self.primary or (self.activation[0] if self.activation else "CD63")
+
+    @property
+    def scored(self) -> tuple[str, ...]:
+        """Every marker scored against a threshold: the primary first, then the other activation markers,
+        then the degranulation markers (each name once, compared case-insensitively)."""
+        out: dict[str, str] = {}
+        for m in (self.primary_marker, *self.activation, *self.degranulation):
+            out.setdefault(m.casefold(), m)
+        return tuple(out.values())
 
 
 @dataclass(frozen=True)
@@ -179,6 +201,7 @@ class AnalysisConfig:
         """Plain nested dict (JSON/YAML-serialisable), the inverse of ``from_mapping``."""
         out = dataclasses.asdict(self)
         out["markers"]["degranulation"] = list(self.markers.degranulation)
+        out["markers"]["activation"] = list(self.markers.activation)
         return out
 
     def problems(self, prefix: str = "analysis") -> list[str]:
@@ -186,6 +209,12 @@ class AnalysisConfig:
         p: list[str] = []
         at = _at(prefix)
         t, q, f, c = self.threshold, self.qc, self.fit, self.classes
+        m = self.markers
+        if not m.activation:
+            p.append(f"{prefix}.markers.activation: expected at least one activation marker")
+        elif m.primary and m.primary.casefold() not in {a.casefold() for a in m.activation}:
+            p.append(f"{prefix}.markers.primary: expected one of the activation markers "
+                     f"({', '.join(m.activation)}), got {m.primary!r}")
         if not 50.0 < t.percentile < 100.0:
             p.append(f"{at}threshold.percentile: expected a number in (50, 100), got {t.percentile}")
         if t.method not in ("auto", "percentile", "resting_peak"):
@@ -262,6 +291,9 @@ def _build_section(section_cls: type, value: Any, where: str, problems: list[str
         if key not in hints:
             problems.append(f"{where}.{key}: unknown key (expected one of {', '.join(hints)})")
             continue
+        if raw == "" and _field_default(section_cls, key) == "":  # an optional name left empty: its default
+            kwargs[key] = ""
+            continue
         converted = _convert(raw, hints[key], f"{where}.{key}", problems)
         if converted is not _INVALID:
             kwargs[key] = converted
@@ -269,6 +301,10 @@ def _build_section(section_cls: type, value: Any, where: str, problems: list[str
 
 
 _INVALID = object()
+
+
+def _field_default(section_cls: type, key: str) -> Any:
+    return next((f.default for f in dataclasses.fields(section_cls) if f.name == key), _INVALID)
 
 
 def _convert(raw: Any, hint: Any, where: str, problems: list[str]) -> Any:

@@ -187,6 +187,7 @@ def analyse_series(patient: str, allergen: str, arm: str, concentrations: Sequen
     (optional, aligned with ``concentrations``) names each point's tube; kept in ``FitResult.files``."""
     cfg = config or AnalysisConfig()
     fc = cfg.fit
+    marker = cfg.markers.primary_marker  # messages name the marker as the template does
     res = FitResult(patient, allergen, arm, unit)
     res.excluded = [(float(c), r) for c, r in invalid]
     conc = np.asarray(concentrations, dtype=np.float64)
@@ -198,7 +199,7 @@ def analyse_series(patient: str, allergen: str, arm: str, concentrations: Sequen
             res.excluded.append((float(conc[i]), "concentration not a positive number: no log10"))
             keep[i] = False
         elif not (np.isfinite(yv[i]) and np.isfinite(nv[i])):
-            res.excluded.append((float(conc[i]), "no %CD63+ value"))
+            res.excluded.append((float(conc[i]), f"no %{marker}+ value"))
             keep[i] = False
     order = np.argsort(conc[keep], kind="stable")
     res.concentrations = conc[keep][order]
@@ -227,7 +228,7 @@ def analyse_series(patient: str, allergen: str, arm: str, concentrations: Sequen
             for c in res.concentrations[i_max + 1:]:
                 res.excluded.append((float(c), "after the maximum of a bell-shaped series"))
             res.flags.append(Flag("BELL_SHAPED", "warn",
-                                  f"{allergen} ({arm}): %CD63+ falls by {drop:.1f} points after its maximum at "
+                                  f"{allergen} ({arm}): %{marker}+ falls by {drop:.1f} points after its maximum at "
                                   f"{res.concentrations[i_max]:g}; fitted up to the maximum"))
     xs, ys = res.x[res.used], res.y[res.used]
     n_unique = np.unique(xs).size

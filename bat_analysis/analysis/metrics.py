@@ -66,7 +66,7 @@ def is_positive(net: float, si: float, pct: float, config: PositivityConfig) -> 
 
 @dataclass
 class MarkerMetrics:
-    """Threshold-based metrics of one degranulation marker (CD63, CD107a, avidin) in one tube."""
+    """Threshold-based metrics of one scored marker (CD63, CD69, CD107a, avidin ...) in one tube."""
 
     marker: str
     threshold: float
@@ -76,14 +76,17 @@ class MarkerMetrics:
     positive: bool | None
     ci_low: float = NAN  # Wilson 95% interval of ``pct`` on the tube's basophil count
     ci_high: float = NAN
+    mfi: float = NAN  # median of the marker's compensated linear values
+    si_mfi: float = NAN  # mfi / the negative control's median
 
 
 @dataclass
 class ArmReference:
     """What one patient × arm is measured against: thresholds, negative %, MFI reference."""
 
-    thresholds: dict[str, ThresholdEstimate] = field(default_factory=dict)  # degranulation marker -> estimate
+    thresholds: dict[str, ThresholdEstimate] = field(default_factory=dict)  # scored marker -> estimate
     negative_pct: dict[str, float] = field(default_factory=dict)  # marker -> % of the negative control above T
+    negative_mfi: dict[str, float] = field(default_factory=dict)  # marker -> median of the negative control
     mfi: ThresholdEstimate | None = None
     flags: list[Flag] = field(default_factory=list)
 
@@ -106,7 +109,7 @@ def tube_metrics(values: Mapping[str, np.ndarray], n_basophils: int, reference: 
                  config: AnalysisConfig) -> TubeMetrics:
     """Metrics of one tube against its arm's reference (thresholds, negative-control %, MFI reference)."""
     out = TubeMetrics(n_basophils=n_basophils)
-    act = config.markers.activation
+    act = config.markers.primary_marker
     for marker, est in reference.thresholds.items():
         key = find_marker(dict(values), marker)
         if key is None:
@@ -127,8 +130,10 @@ def tube_metrics(values: Mapping[str, np.ndarray], n_basophils: int, reference: 
             out.flags.append(Flag(f"SI_UNDEFINED_{marker.upper()}", "warn",
                                   f"negative control has 0% {marker}+ basophils: SI ({pct:.1f}% / 0%) undefined"))
         low, high = proportion_interval(count_above(arr, est.value), arr.size)
+        mfi = float(np.median(arr))
         out.markers[marker] = MarkerMetrics(marker, est.value, pct, net, si,
-                                            is_positive(net, si, pct, config.positivity), low, high)
+                                            is_positive(net, si, pct, config.positivity), low, high,
+                                            mfi, ratio(mfi, reference.negative_mfi.get(marker, NAN)))
     mfi_marker = config.markers.mfi
     key = find_marker(dict(values), mfi_marker)
     if key is not None:

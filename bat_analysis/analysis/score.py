@@ -41,6 +41,9 @@ NAN = float("nan")
 TUBE_COLUMNS = ("file", "patient", "condition", "allergen", "concentration", "pretreatment", "n_events",
                 "n_basophils", "cd63_threshold", "pct_cd63", "net_pct_cd63", "si_cd63", "cd203c_mfi",
                 "si_cd203c", "qc_status", "qc_flags")
+TUBE_MARKER_COLUMNS = ("file", "patient", "condition", "allergen", "concentration", "pretreatment", "marker",
+                       "primary", "threshold", "threshold_method", "pct_positive", "pct_positive_ci_low",
+                       "pct_positive_ci_high", "net_pct_positive", "si", "positive", "mfi", "si_mfi")
 PATIENT_COLUMNS = ("patient", "allergen", "ec50_none", "ec50_omalizumab", "cd_sens_none", "cd_sens_omalizumab",
                    "cd_max_none", "cd_max_omalizumab", "auc_none", "auc_omalizumab", "auc_inhibition_pct",
                    "ec50_shift_log10", "class", "class_reason", "qc_status")
@@ -59,6 +62,8 @@ class ExperimentScores:
     # (patient, arm) -> the negative-control files its thresholds are set on (empty when it has none usable);
     # also for an arm whose threshold could not be set, so reports can still show its negative control
     references: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    # one row per tube × scored marker (tube_markers.csv): each marker against its own threshold
+    tube_markers: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(TUBE_MARKER_COLUMNS)))
 
     def thresholds_table(self) -> pd.DataFrame:
         """One row per patient × arm × marker: value, method, reference files and flags."""
@@ -107,12 +112,11 @@ def _arm_reference(patient: str, arm: str, negatives: Sequence[TubeResult], conf
     if not choice.tubes:
         state.fail_reasons.append(f"arm {arm}: no usable negative control")
         return state
-    markers = [config.markers.activation] + [m for m in config.markers.degranulation
-                                             if m.casefold() != config.markers.activation.casefold()]
-    for marker in markers:
+    primary = config.markers.primary_marker
+    for marker in config.markers.scored:
         values = pooled_values(choice.tubes, marker)
         if values is None:
-            if marker == config.markers.activation:
+            if marker == primary:
                 ref.flags.append(Flag("MARKER_MISSING", "fail", f"negative control has no {marker} values"))
                 state.fail_reasons.append(f"arm {arm}: negative control has no {marker} values")
             continue
@@ -122,7 +126,7 @@ def _arm_reference(patient: str, arm: str, negatives: Sequence[TubeResult], conf
             ref.flags.append(Flag("NO_THRESHOLD", "fail", f"{marker} threshold: {exc}"))
             state.fail_reasons.append(f"arm {arm}: no {marker} threshold ({exc})")
             continue
-        if marker == config.markers.activation and override is not None:
+        if marker == primary and override is not None:
             est = manual_threshold(override, marker=marker, previous=est)
             ref.flags.append(Flag("MANUAL_THRESHOLD", "warn",
                                   f"{marker} threshold set by a reviewer to {override:.4g} "
@@ -132,6 +136,7 @@ def _arm_reference(patient: str, arm: str, negatives: Sequence[TubeResult], conf
         ref.flags.extend(est.flags)
         ref.thresholds[marker] = est
         ref.negative_pct[marker] = pct_above(values, est.value)
+        ref.negative_mfi[marker] = float(np.median(values)) if values.size else NAN
         thresholds[(patient, arm, marker)] = est
     mfi_values = pooled_values(choice.tubes, config.markers.mfi)
     if mfi_values is not None:
@@ -162,7 +167,7 @@ def score_experiment(results: Sequence[TubeResult], config: AnalysisConfig | Non
     cfg = config or AnalysisConfig()
     overrides = dict(threshold_overrides or {})
     ordered = sorted(results, key=_sort_key)
-    act = cfg.markers.activation
+    act = cfg.markers.primary_marker
     by_patient: dict[str, list[TubeResult]] = {}
     for r in ordered:
         by_patient.setdefault(r.tube.patient, []).append(r)
@@ -233,7 +238,8 @@ def score_experiment(results: Sequence[TubeResult], config: AnalysisConfig | Non
         rest = [c for c in patients_df.columns if c not in PATIENT_COLUMNS]
         patients_df = patients_df[list(PATIENT_COLUMNS) + rest].reset_index(drop=True)
     references = {key: state.ref_files for key, state in arm_states.items()}
-    return ExperimentScores(tubes_df, patients_df, fits, thresholds, effects, cfg, references)
+    return ExperimentScores(tubes_df, patients_df, fits, thresholds, effects, cfg, references,
+                            _tube_markers_table(ordered, metrics, arm_states, cfg))
 
 
 def _count_only_failure(q: TubeQc) -> bool:
@@ -246,7 +252,7 @@ def _fit_series(patient: str, allergen: str, arm: str, series: Sequence[TubeResu
                 metrics: Mapping[str, TubeMetrics], qcs: Mapping[str, TubeQc], cfg: AnalysisConfig,
                 unit: str | None) -> FitResult:
     """One arm's dose response, its concentrations converted to ``unit`` (the allergen's reference unit)."""
-    act = cfg.markers.activation
+    act = cfg.markers.primary_marker
     conc, pct, net, files, invalid, kept_low = [], [], [], [], [], []
     for r in series:
         c = _num(r.tube.concentration)
@@ -317,7 +323,7 @@ def _non_releaser(tubes: Sequence[TubeResult], arms: Sequence[str], metrics: Map
                   cfg: AnalysisConfig) -> str | None:
     """fMLP positive but anti-FcεRI negative, judged on the untreated arm (other arms when it lacks controls)."""
     qc = cfg.qc
-    judged = _judged_controls(tubes, arms, metrics, cfg.markers.activation)
+    judged = _judged_controls(tubes, arms, metrics, cfg.markers.primary_marker)
     if judged is None:
         return None
     arm, fmlp, name, fceri = judged
@@ -332,7 +338,7 @@ def _unresponsive(tubes: Sequence[TubeResult], arms: Sequence[str], metrics: Map
                   cfg: AnalysisConfig) -> str | None:
     """Both positive controls negative (fMLP and anti-FcεRI), judged like ``_non_releaser``."""
     qc = cfg.qc
-    judged = _judged_controls(tubes, arms, metrics, cfg.markers.activation)
+    judged = _judged_controls(tubes, arms, metrics, cfg.markers.primary_marker)
     if judged is None:
         return None
     arm, fmlp, name, fceri = judged
@@ -415,7 +421,7 @@ def _untreated_positive(allergen: str, tubes: Sequence[TubeResult], fit_n: FitRe
         return None, "no allergen tube without pretreatment" if allergen else "no allergen tube"
     if fit_n.x.size == 0:
         return None, fit_n.ec50_reason
-    act = cfg.markers.activation
+    act = cfg.markers.primary_marker
     files = [r.tube.file for r in tubes if r.tube.condition == "allergen"
              and (r.tube.allergen or "") == allergen and r.tube.pretreatment == "none"
              and qcs[r.tube.file].status != "fail" and r.tube.file in metrics]
@@ -499,7 +505,7 @@ def _patient_row(patient: str, allergen: str, tubes: Sequence[TubeResult],
 def _arm_sample(patient: str, arm: str, fit: FitResult, tubes: Sequence[TubeResult],
                 arm_states: Mapping[tuple[str, str], _ArmState], cfg: AnalysisConfig) -> ArmSample | None:
     """The values one arm's AUC rests on, for the AUC-inhibition bootstrap (None when incomplete)."""
-    act = cfg.markers.activation
+    act = cfg.markers.primary_marker
     state = arm_states.get((patient, arm))
     est = state.reference.thresholds.get(act) if state else None
     if est is None or not fit.files:
@@ -534,7 +540,7 @@ def _replicate_groups(ordered: Sequence[TubeResult], metrics: Mapping[str, TubeM
     of %positive (activation marker) over its tubes with a value; a CV above ``qc.replicate_cv_max_pct`` where
     the mean reaches ``qc.replicate_cv_min_mean_pct`` adds the warn flag ``REPLICATE_CV_HIGH`` to each of its
     tubes. Every replicate stays a tube of its own (its row, its point in the fit)."""
-    act = cfg.markers.activation
+    act = cfg.markers.primary_marker
     groups: dict[tuple[Any, ...], _ReplicateGroup] = {}
     for r in ordered:
         t = r.tube
@@ -623,8 +629,10 @@ def add_cohort_classes(df: pd.DataFrame, cfg: AnalysisConfig) -> None:
 
 def _tubes_table(ordered: Sequence[TubeResult], metrics: Mapping[str, TubeMetrics], qcs: Mapping[str, TubeQc],
                  arm_states: Mapping[tuple[str, str], _ArmState], cfg: AnalysisConfig) -> pd.DataFrame:
-    act = cfg.markers.activation
-    extra_markers = [m for m in cfg.markers.degranulation if m.casefold() != act.casefold()]
+    act = cfg.markers.primary_marker
+    # the other scored markers get their own columns; CD63, when it is not the primary marker, has none (the
+    # cd63_* columns hold the primary marker's numbers): its numbers are in tube_markers.csv
+    extra_markers = [m for m in cfg.markers.scored[1:] if m.casefold() != "cd63"]
     rows = []
     for r in ordered:
         t = r.tube
@@ -647,6 +655,8 @@ def _tubes_table(ordered: Sequence[TubeResult], metrics: Mapping[str, TubeMetric
             "threshold_reference": ";".join(est.reference_files) if est else "",
             "error": r.error or "",
         }
+        if act.casefold() != "cd63":  # the cd63_* columns hold another marker's numbers: say which
+            row["activation_marker"] = act
         for marker in extra_markers:
             em = m.get(marker) if m else None
             if em is None and not any(marker in s.reference.thresholds for s in arm_states.values()):
@@ -664,3 +674,32 @@ def _tubes_table(ordered: Sequence[TubeResult], metrics: Mapping[str, TubeMetric
         return pd.DataFrame(columns=list(TUBE_COLUMNS))
     rest = [c for c in df.columns if c not in TUBE_COLUMNS]
     return df[list(TUBE_COLUMNS) + rest].reset_index(drop=True)
+
+
+def _tube_markers_table(ordered: Sequence[TubeResult], metrics: Mapping[str, TubeMetrics],
+                        arm_states: Mapping[tuple[str, str], _ArmState], cfg: AnalysisConfig) -> pd.DataFrame:
+    """tube_markers.csv: one row per tube × marker with a threshold in the tube's arm (primary first)."""
+    primary = cfg.markers.primary_marker
+    rows = []
+    for r in ordered:
+        t = r.tube
+        state = arm_states.get((t.patient, t.pretreatment))
+        if state is None:
+            continue
+        m = metrics.get(t.file)
+        for marker in cfg.markers.scored:
+            est = state.reference.thresholds.get(marker)
+            if est is None:
+                continue
+            mm = m.get(marker) if m else None
+            rows.append({
+                "file": t.file, "patient": t.patient, "condition": t.condition, "allergen": t.allergen or "",
+                "concentration": _num(t.concentration), "pretreatment": t.pretreatment, "marker": marker,
+                "primary": marker == primary, "threshold": est.value, "threshold_method": est.method,
+                "pct_positive": mm.pct if mm else NAN,
+                "pct_positive_ci_low": mm.ci_low if mm else NAN, "pct_positive_ci_high": mm.ci_high if mm else NAN,
+                "net_pct_positive": mm.net_pct if mm else NAN, "si": mm.si if mm else NAN,
+                "positive": mm.positive if mm and mm.positive is not None else pd.NA,
+                "mfi": mm.mfi if mm else NAN, "si_mfi": mm.si_mfi if mm else NAN,
+            })
+    return pd.DataFrame(rows, columns=list(TUBE_MARKER_COLUMNS))

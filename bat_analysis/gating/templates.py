@@ -12,7 +12,8 @@ A template is data, never code. :func:`load_template` parses it (plain YAML behi
       CCR3: [CD193]
       CD203c: {aliases: [ENPP3], required: false}
     identification: [CCR3]        # markers that find the basophils (optional)
-    activation: [CD63]            # markers whose threshold comes from the negative control (optional)
+    activation: [CD63]            # markers scored against a negative-control threshold; the first drives
+                                  # the dose response (optional; the analysis reads only this list)
     compensation: {source: file}  # file ($SPILLOVER/$SPILL) | none | matrix (+ channels, values)
     transforms:                   # per dimension; 'scatter' and 'fluorescence' are the defaults
       scatter: {type: linear}
@@ -140,11 +141,30 @@ class Template:
         return tuple(self.panel)
 
     def analysis_mapping(self) -> dict[str, Any]:
-        """The ``analysis:`` section with ``qc:`` merged in under ``qc`` (for AnalysisConfig)."""
-        out = dict(self.analysis)
+        """The ``analysis:`` section with ``qc:`` merged in under ``qc`` and the ``activation:`` list as
+        ``markers.activation`` (for AnalysisConfig)."""
+        out = with_activation(self.analysis, self.activation)
         if self.qc:
             out.setdefault("qc", dict(self.qc))
         return out
+
+
+def with_activation(analysis: Mapping[str, Any], activation: tuple[str, ...],
+                    ck: _Checker | None = None) -> dict[str, Any]:
+    """A copy of an ``analysis:`` section whose ``markers.activation`` is the template's ``activation:`` list
+    (unchanged when the list is empty). The list is the one place activation markers are named: the same key
+    written under ``analysis.markers`` is reported to ``ck`` (and left out)."""
+    out = dict(analysis)
+    markers = out.get("markers")
+    if isinstance(markers, Mapping) and "activation" in markers:
+        if ck is not None:
+            ck.add("analysis.markers.activation", "the activation markers are the template's activation: list; "
+                   "list them there (e.g. activation: [CD69]) and remove this key")
+        markers = {k: v for k, v in markers.items() if k != "activation"}
+        out["markers"] = markers
+    if activation and (markers is None or isinstance(markers, Mapping)):  # else the checker reports it
+        out["markers"] = {**(markers or {}), "activation": list(activation)}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- location
@@ -607,9 +627,10 @@ def _check_reference_gates(ck: _Checker, data: dict[str, Any], panel: Mapping[st
     return refs
 
 
-def _parse_settings(ck: _Checker, data: dict[str, Any], panel: Mapping[str, MarkerSpec]
-                    ) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
-    """``metrics:``, ``qc:`` and ``analysis:`` (the last two checked by the analysis configuration)."""
+def _parse_settings(ck: _Checker, data: dict[str, Any], panel: Mapping[str, MarkerSpec],
+                    activation: tuple[str, ...]) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """``metrics:``, ``qc:`` and ``analysis:`` (the last two checked by the analysis configuration, with the
+    template's ``activation:`` list as its activation markers)."""
     metrics = data.get("metrics", []) or []
     if not isinstance(metrics, list):
         ck.add("metrics", f"expected a list, got {_tname(metrics)}")
@@ -625,7 +646,7 @@ def _parse_settings(ck: _Checker, data: dict[str, Any], panel: Mapping[str, Mark
     if not isinstance(analysis, dict):
         ck.add("analysis", f"expected a mapping, got {_tname(analysis)}")
         analysis = {}
-    _check_analysis(ck, qc, analysis)
+    _check_analysis(ck, qc, with_activation(analysis, activation, ck))
     return metrics, qc, analysis
 
 
@@ -648,7 +669,7 @@ def parse_template(text: str, *, source: str = "<template>") -> Template:
     gates = _parse_gates(ck, data, panel)
     population, by_name = _check_hierarchy(ck, data, gates)
     refs = _check_reference_gates(ck, data, panel, by_name)
-    metrics, qc, analysis = _parse_settings(ck, data, panel)
+    metrics, qc, analysis = _parse_settings(ck, data, panel, activation)
     if ck.problems:
         raise TemplateError(f"template has {len(ck.problems)} problem(s)", source=source, problems=ck.problems)
     return Template(name=name, description=description.strip(), schema_version=SCHEMA_VERSION, panel=panel,

@@ -27,8 +27,9 @@ from ..records import TubeResult
 from ..textsafe import safe_filename
 from .plots import (ARM_LABELS, Png, PngRenderer, activation_range, draw_dose_response, fit_summary,
                     marker_values, shared_gate_limits)
-from .views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView, fmt_value,
-                    patient_views, present_columns, qc_rows, report_filename, severity_rank, tube_views)
+from .views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView, activation_marker,
+                    fmt_value, patient_views, point_intervals, present_columns, qc_rows, report_filename,
+                    severity_rank, tube_views)
 
 if TYPE_CHECKING:
     from ..analysis.score import ExperimentScores
@@ -200,7 +201,8 @@ def patient_html(view: PatientView, run: RunView) -> str:
     if view.patient_rows:
         for r in view.patient_rows:
             body.append(f"<p><b>{escape(str(r.get('allergen', '')))}</b>: "
-                        f"{badge(str(r.get('class') or 'not_evaluable'), prefix='class-')} — "
+                        f"{badge(str(r.get('class') or 'not_evaluable'), prefix='class-')}"
+                        f"{escape(run.inhibition_text(r))} — "
                         f"{escape(fmt_value(r.get('class_reason')))}</p>")
             if r.get("qc_reasons"):
                 findings = [x for x in str(r["qc_reasons"]).split("; ") if x]
@@ -208,10 +210,10 @@ def patient_html(view: PatientView, run: RunView) -> str:
                             f"{len(findings)} finding(s)</summary><ul class=\"flags\">"
                             + "".join(f"<li>{escape(x)}</li>" for x in findings) + "</ul></details>")
         cols = present_columns(view.patient_rows, PATIENT_COLUMNS)
-        body.append(table(cols, [[r.get(c) for c in cols] for r in view.patient_rows],
+        body.append(table([run.label(c) for c in cols], [[r.get(c) for c in cols] for r in view.patient_rows],
                           numeric=[c not in ("allergen", "class", "qc_status") for c in cols]))
         body.append('<p class="muted">EC50 in the layout\'s concentration unit; empty when not estimable. '
-                    "CD-sens = 100/EC50; AUC of net %CD63+ over log10 concentration.</p>")
+                    f"CD-sens = 100/EC50; AUC of net %{escape(run.marker)}+ over log10 concentration.</p>")
     else:
         body.append('<p class="muted">No allergen series scored for this patient.</p>')
     body.append("<h2>Dose–response</h2>")
@@ -223,10 +225,11 @@ def patient_html(view: PatientView, run: RunView) -> str:
         body.append('<p class="muted">No allergen series with a fit.</p>')
     body.append("<h2>Metrics per tube</h2>")
     cols = present_columns(view.tube_rows, TUBE_COLUMNS)
-    body.append(table(cols, [[r.get(c) for c in cols] for r in view.tube_rows],
+    body.append(table([run.label(c) for c in cols], [[r.get(c) for c in cols] for r in view.tube_rows],
                       numeric=[c not in ("file", "condition", "allergen", "pretreatment", "qc_status") for c in cols]))
     body.append("<h2>Quality control</h2>")
-    body.append(table(QC_HEADERS, qc_rows(view.tubes), numeric=[False, False, False] + [True] * 5 + [False] * 3))
+    body.append(table([run.label(h) for h in QC_HEADERS], qc_rows(view.tubes),
+                      numeric=[False, False, False] + [True] * 5 + [False] * 3))
     body.append("<h2>Flags</h2>")
     flagged = [t for t in view.tubes if t.flags]
     if flagged:
@@ -238,7 +241,7 @@ def patient_html(view: PatientView, run: RunView) -> str:
     body.append("<h2>Gating, tube by tube</h2>")
     body.append('<p class="muted">Each plot is the parent population\'s density with the gate drawn on it; '
                 "orange dashed outlines were manually adjusted by a reviewer. The last plot of a tube is its "
-                "CD63 histogram with the threshold and the negative control overlaid.</p>")
+                f"{escape(run.marker)} histogram with the threshold and the negative control overlaid.</p>")
     body.extend(_tube_section(t) for t in view.tubes)
     body.append("<h2>Audit trail</h2>")
     body.append(_kv_table(run.audit_items(view)))
@@ -324,6 +327,7 @@ class Job:
     xlim: tuple[float, float] | None
     pct: float | None  # the percentages the histogram prints: tubes.csv's, from the view
     negative_pct: float | None
+    population: str = "basophils"  # the gated population's name (the template's), in the histogram's title
 
 
 _RENDERERS: dict[int, PngRenderer] = {}  # one per process and resolution: its cached frames serve every chunk
@@ -334,7 +338,7 @@ def _draw_chunk(jobs: list[Job], dpi: int, gate_limits: Mapping[Any, Any]) -> li
     renderer = _RENDERERS.setdefault(dpi, PngRenderer(dpi=dpi))
     return [renderer.tube(j.result, negative_values=j.negative_values, threshold=j.threshold, adjusted=j.adjusted,
                           marker=j.marker, xlim=j.xlim, gate_limits=gate_limits, pct=j.pct,
-                          negative_pct=j.negative_pct)
+                          negative_pct=j.negative_pct, population=j.population)
             for j in jobs]
 
 
@@ -353,7 +357,7 @@ def _pool(workers: int) -> Any:
 
 
 def draw_tubes(tubes: Sequence[TubeView], *, workers: int = 1, pool: Any = None,
-               dpi: int = IMAGE_DPI) -> None:
+               dpi: int = IMAGE_DPI, population: str = "basophils") -> None:
     """Fill ``images`` of every tube view: in this process, or in ``workers`` processes (or ``pool``).
 
     All tubes share one activation axis per marker (their histograms compare at a glance).
@@ -362,7 +366,7 @@ def draw_tubes(tubes: Sequence[TubeView], *, workers: int = 1, pool: Any = None,
                                   [t.threshold for t in tubes if t.marker == m])
               for m in {t.marker for t in tubes}}
     jobs = [Job(t.result, t.negative_values, t.threshold, t.adjusted, t.marker, ranges[t.marker], t.pct,
-                t.negative_pct) for t in tubes]
+                t.negative_pct, population) for t in tubes]
     limits = shared_gate_limits(t.result for t in tubes)
     if pool is None and (workers <= 1 or len(tubes) < 2):
         for t, pngs in zip(tubes, _draw_chunk(jobs, dpi, limits)):
@@ -383,14 +387,17 @@ def draw_tubes(tubes: Sequence[TubeView], *, workers: int = 1, pool: Any = None,
         t.images = pngs
 
 
-def _curves(view: PatientView, renderer: PngRenderer) -> None:
+def _curves(view: PatientView, renderer: PngRenderer, run: RunView) -> None:
     by_allergen: dict[str, dict[str, Any]] = {}
+    intervals = point_intervals(view.tube_rows)
     for (allergen, arm), fit in sorted(view.fits.items()):
         by_allergen.setdefault(allergen, {})[arm] = fit
         view.fit_notes.append(f"{allergen}, {ARM_LABELS.get(arm, arm)}: {fit_summary(fit)}")
     for allergen, fits in by_allergen.items():
         view.curves.append(renderer.render(
-            "dose_response", allergen, lambda ax, fits=fits, a=allergen: draw_dose_response(fits, ax, title=a),
+            "dose_response", allergen,
+            lambda ax, fits=fits, a=allergen: draw_dose_response(fits, ax, title=a, intervals=intervals,
+                                                                marker=run.marker, population=run.population),
             size=(4.8, 3.4), margins=dict(left=0.12, right=0.97, bottom=0.14, top=0.91)))
 
 
@@ -411,7 +418,8 @@ def render_reports(out_dir: Path, results: list[TubeResult], scores: ExperimentS
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
-    run = RunView(dict(run_info or {}))
+    run = RunView({"marker": activation_marker(scores), "ci_level": scores.config.fit.ci_level,
+                   **(run_info or {})})
     all_views = tube_views(results, scores, run)
     by_patient = patient_views(all_views, scores)
     if patients is not None:
@@ -428,9 +436,9 @@ def render_reports(out_dir: Path, results: list[TubeResult], scores: ExperimentS
     pool = _pool(workers) if workers > 1 and len(to_draw) > 1 else None
     try:
         t1 = time.perf_counter()
-        draw_tubes(to_draw, pool=pool, workers=workers)
+        draw_tubes(to_draw, pool=pool, workers=workers, population=run.population)
         for p in chosen:
-            _curves(by_patient[p], renderer)
+            _curves(by_patient[p], renderer, run)
         t2 = time.perf_counter()
         links = {p: f"{report_filename(p)}.html" for p in by_patient}
         targets = {p: out_dir / "reports" / f"{report_filename(p)}.pdf" for p in chosen}

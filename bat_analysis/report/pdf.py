@@ -2,7 +2,7 @@
 
 Page 1 is the summary (identity, run, class with its reason, metrics, dose-response curves drawn as
 vectors), then the tables of tubes and QC, the flags in plain words and the audit trail, then the gating
-pages: every tube's gates and CD63 histogram (the report's PNGs, embedded at their full resolution).
+pages: every tube's gates and activation-marker histogram (the report's PNGs, embedded at their full resolution).
 All text (patient, allergen and file names, reasons) is drawn literally, never as mathtext
 (:func:`~bat_analysis.report.plots.literal_text`), with control characters shown as escapes
 (``textsafe.visible``; a line feed in a table cell would otherwise shift every row below it).
@@ -29,7 +29,7 @@ from ..fileio import atomic_path  # noqa: E402
 from ..textsafe import visible  # noqa: E402
 from .plots import draw_dose_response, literal_text  # noqa: E402
 from .views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,  # noqa: E402
-                    fmt_value, present_columns, qc_rows)
+                    fmt_value, point_intervals, present_columns, qc_rows)
 
 A4 = (8.27, 11.69)
 MARGIN = 0.55  # inches
@@ -216,6 +216,8 @@ def _summary(flow: _Flow, view: PatientView, run: RunView) -> None:
         flow.text(f"{r.get('allergen', '')}: {cls.replace('_', ' ').upper()}", size=10, weight="bold",
                   colour={"responder": "#2e7d32", "partial_responder": "#b26a00",
                           "non_responder": "#c62828"}.get(cls, "0.3"))
+        if run.inhibition_text(r):
+            flow.text(run.inhibition_text(r).lstrip(" ·"), size=8, indent=0.15)
         flow.text(f"reason: {fmt_value(r.get('class_reason'))}", size=8, indent=0.15)
         if r.get("qc_reasons"):
             text = str(r["qc_reasons"])
@@ -226,23 +228,25 @@ def _summary(flow: _Flow, view: PatientView, run: RunView) -> None:
     if view.patient_rows:
         cols = [c for c in present_columns(view.patient_rows, PATIENT_COLUMNS) if c not in ("allergen",)]
         allergens = [str(r.get("allergen", "")) for r in view.patient_rows]
-        rows = [[c.replace("_", " ")] + [r.get(c) for r in view.patient_rows] for c in cols]
+        rows = [[run.label(c).replace("_", " ")] + [r.get(c) for r in view.patient_rows] for c in cols]
         headers = ["metric"] + allergens
         flow.table(headers, rows, size=7.5, col_widths=_widths(headers, rows))
         flow.text("EC50 in the layout's concentration unit; empty when not estimable. CD-sens = 100/EC50; "
-                  "AUC of net %CD63+ over log10 concentration.", size=6.5, colour="0.35")
+                  f"AUC of net %{run.marker}+ over log10 concentration.", size=6.5, colour="0.35")
     by_allergen: dict[str, dict[str, Any]] = {}
+    intervals = point_intervals(view.tube_rows)
     for (allergen, arm), fit in sorted(view.fits.items()):
         by_allergen.setdefault(allergen, {})[arm] = fit
     if by_allergen:
         flow.gap()
         flow.ensure(0.3 + 3.7)  # keep the heading with its first plot
-        flow.text("Dose–response (%CD63+ of basophils; both arms)", size=11, weight="bold")
+        flow.text(f"Dose–response (%{run.marker}+ of {run.population}; both arms)", size=11, weight="bold")
     for allergen, fits in by_allergen.items():
         flow.ensure(3.4)
         flow.gap(0.3)  # the axes title sits above the axes
         ax = flow.axes(2.9, width=6.0, left=0.6)
-        draw_dose_response(fits, ax, title=allergen)
+        draw_dose_response(fits, ax, title=allergen, intervals=intervals, marker=run.marker,
+                           population=run.population)
         flow.y += 2.9 + 0.5  # tick labels and axis label below
     for note in view.fit_notes:
         flow.text(note, size=7)
@@ -252,14 +256,14 @@ def _tables(flow: _Flow, view: PatientView, run: RunView) -> None:
     flow.new_page()
     flow.text("Metrics per tube", size=11, weight="bold")
     cols = present_columns(view.tube_rows, TUBE_COLUMNS)
-    headers = [SHORT.get(c, c) for c in cols]
+    headers = [run.label(SHORT.get(c, c)) for c in cols]
     rows = [[r.get(c) for c in cols] for r in view.tube_rows]
     flow.table(headers, rows, col_widths=_widths(headers, rows), size=6.5,
                status_col=cols.index("qc_status") if "qc_status" in cols else None)
     flow.gap()
     flow.text("Quality control", size=11, weight="bold")
     qc_table = qc_rows(view.tubes)
-    headers = [SHORT.get(h, h) for h in QC_HEADERS]
+    headers = [run.label(SHORT.get(h, h)) for h in QC_HEADERS]
     flow.table(headers, qc_table, col_widths=_widths(headers, qc_table), size=6.5, status_col=9)
     flow.gap()
     flow.text("Flags", size=11, weight="bold")
@@ -350,8 +354,8 @@ def write_patient_pdf(path: Path, view: PatientView, run: RunView) -> Path:
         flow.new_page()
         flow.text("Gating, tube by tube", size=11, weight="bold")
         flow.text("Each plot is the parent population's density with the gate drawn on it (orange dashed: "
-                  "manually adjusted); the last plot of a tube is its CD63 histogram with the threshold and "
-                  "the negative control overlaid.", size=7, colour="0.3", width=130)
+                  f"manually adjusted); the last plot of a tube is its {run.marker} histogram with the threshold "
+                  "and the negative control overlaid.", size=7, colour="0.3", width=130)
         flow.gap(0.1)
         for tube in view.tubes:
             if tube.images:

@@ -1,4 +1,4 @@
-"""Figures for review and reports: gates on their parent's density, CD63 histograms, dose-response curves.
+"""Figures for review and reports: gates on their parent's density, activation-marker histograms, dose-response curves.
 
 Everything is drawn from the small records the pipeline keeps (gate geometry, 2-D histograms, the
 basophils' marker values, fit results), never from all the events: a gate is an image of its parent's
@@ -475,9 +475,10 @@ def activation_range(arrays: Iterable[np.ndarray | None], thresholds: Iterable[f
     return float(np.sinh(lo - pad) * cofactor), float(np.sinh(hi + pad) * cofactor)
 
 
-def _activation_frame(ax: Axes, marker: str, xlim: tuple[float, float], cofactor: float) -> None:
+def _activation_frame(ax: Axes, marker: str, xlim: tuple[float, float], cofactor: float,
+                      population: str = "basophils") -> None:
     """Axis, ticks, labels and title of an activation histogram (shared by every tube of a run)."""
-    ax.set_title(f"{marker} on basophils", fontsize=9, loc="left", fontweight="bold", y=1.0, pad=3)
+    ax.set_title(f"{marker} on {population}", fontsize=9, loc="left", fontweight="bold", y=1.0, pad=3)
     ax.set_xscale("asinh", linear_width=cofactor)
     ax.set_xlim(*xlim)
     ax.xaxis.set_major_locator(FixedLocator(_asinh_ticks(xlim[0], xlim[1], cofactor)))
@@ -503,8 +504,8 @@ def _place(ax: Axes, artist: Artist, detached: bool) -> Artist:
 
 def _activation_marks(ax: Axes, values: np.ndarray, neg: np.ndarray | None, threshold: float | None,
                       marker: str, xlim: tuple[float, float], cofactor: float, bins: int, *,
-                      detached: bool = False, pcts: tuple[float | None, float | None] = (None, None)
-                      ) -> list[Artist]:
+                      detached: bool = False, pcts: tuple[float | None, float | None] = (None, None),
+                      population: str = "basophils") -> list[Artist]:
     """The tube's histogram, the negative control's, the threshold and the legend (``pcts``: the tube's and
     the negative control's % above the threshold to print, see :func:`_printed_pct`)."""
     artists: list[Artist] = []
@@ -522,7 +523,7 @@ def _activation_marks(ax: Axes, values: np.ndarray, neg: np.ndarray | None, thre
         artists.append(artist)
         lines.append((artist, v, given))
     if not values.size:
-        artists.append(ax.text(0.5, 0.45, "no basophils in this tube", transform=ax.transAxes, ha="center",
+        artists.append(ax.text(0.5, 0.45, f"no {population} in this tube", transform=ax.transAxes, ha="center",
                                fontsize=7))
     if has_t:
         assert threshold is not None
@@ -546,8 +547,9 @@ def _activation_marks(ax: Axes, values: np.ndarray, neg: np.ndarray | None, thre
 def draw_activation(values: np.ndarray, negative_values: np.ndarray | None, threshold: float | None,
                     ax: Axes, *, marker: str = "CD63", cofactor: float = ASINH_COFACTOR, bins: int = 80,
                     xlim: tuple[float, float] | None = None, pct: float | None = None,
-                    negative_pct: float | None = None) -> list[Artist]:
-    """Histogram of the basophils' activation marker with its threshold and the negative control overlaid.
+                    negative_pct: float | None = None, population: str = "basophils") -> list[Artist]:
+    """Histogram of the basophils' activation marker with its threshold and the negative control overlaid
+    (titled "``marker`` on ``population``", the gating template's names).
 
     Values are compensated linear; the x axis uses matplotlib's arcsinh scale (linear near zero,
     logarithmic beyond ``cofactor``), over ``xlim`` (default: the data's range). Each histogram is
@@ -559,11 +561,12 @@ def draw_activation(values: np.ndarray, negative_values: np.ndarray | None, thre
     neg = None if negative_values is None else np.asarray(negative_values, dtype=float)
     xlim = xlim or activation_range([values, neg], [threshold], cofactor=cofactor)
     if xlim is None:
-        ax.set_title(f"{marker} on basophils", fontsize=9, loc="left", fontweight="bold", y=1.0, pad=3)
-        _message(ax, "no basophils")
+        ax.set_title(f"{marker} on {population}", fontsize=9, loc="left", fontweight="bold", y=1.0, pad=3)
+        _message(ax, f"no {population}")
         return []
-    _activation_frame(ax, marker, xlim, cofactor)
-    return _activation_marks(ax, values, neg, threshold, marker, xlim, cofactor, bins, pcts=(pct, negative_pct))
+    _activation_frame(ax, marker, xlim, cofactor, population)
+    return _activation_marks(ax, values, neg, threshold, marker, xlim, cofactor, bins, pcts=(pct, negative_pct),
+                             population=population)
 
 
 def marker_values(result: TubeResult, marker: str) -> np.ndarray:
@@ -731,7 +734,7 @@ class PngRenderer:
     def activation(self, values: np.ndarray, negative_values: np.ndarray | None, threshold: float | None, *,
                    marker: str = "CD63", xlim: tuple[float, float] | None = None,
                    cofactor: float = ASINH_COFACTOR, bins: int = 80, pct: float | None = None,
-                   negative_pct: float | None = None) -> Png:
+                   negative_pct: float | None = None, population: str = "basophils") -> Png:
         """The activation histogram (see :func:`draw_activation`); with a run-wide ``xlim`` its frame is
         drawn once for every tube."""
         values = np.asarray(values, dtype=float)
@@ -740,17 +743,20 @@ class PngRenderer:
             return self.render("activation", marker,
                                lambda ax: draw_activation(values, neg, threshold, ax, marker=marker,
                                                           cofactor=cofactor, bins=bins, pct=pct,
-                                                          negative_pct=negative_pct))
-        key = ("activation", marker, float(xlim[0]), float(xlim[1]), cofactor)
-        return self._blit("activation", marker, key, lambda ax: _activation_frame(ax, marker, xlim, cofactor),
+                                                          negative_pct=negative_pct, population=population))
+        key = ("activation", marker, float(xlim[0]), float(xlim[1]), cofactor, population)
+        return self._blit("activation", marker, key,
+                          lambda ax: _activation_frame(ax, marker, xlim, cofactor, population),
                           lambda ax: _activation_marks(ax, values, neg, threshold, marker, xlim, cofactor,
-                                                       bins, detached=True, pcts=(pct, negative_pct)))
+                                                       bins, detached=True, pcts=(pct, negative_pct),
+                                                       population=population))
 
     def tube(self, result: TubeResult, *, negative_values: np.ndarray | None, threshold: float | None,
              marker: str = "CD63", adjusted: Mapping[str, str] | None = None,
              xlim: tuple[float, float] | None = None,
              gate_limits: Mapping[tuple[str, str, str, int], Limits] | None = None,
-             pct: float | None = None, negative_pct: float | None = None) -> list[Png]:
+             pct: float | None = None, negative_pct: float | None = None,
+             population: str = "basophils") -> list[Png]:
         """One PNG per gate of the tube, then the activation histogram; ``xlim`` and ``gate_limits``
         (from :func:`activation_range` and :func:`shared_gate_limits`) put every tube on the same axes;
         ``pct`` and ``negative_pct`` are the percentages the histogram prints (see :func:`draw_activation`)."""
@@ -760,7 +766,7 @@ class PngRenderer:
                 for rec in result.gates]
         values = marker_values(result, marker)
         pngs.append(self.activation(values, negative_values, threshold, marker=marker, xlim=xlim, pct=pct,
-                                    negative_pct=negative_pct))
+                                    negative_pct=negative_pct, population=population))
         return pngs
 
 
@@ -779,13 +785,32 @@ def fit_summary(fit: FitResult) -> str:
     return f"EC50 not estimable: {fit.ec50_reason or fit.status}"
 
 
+def _error_bars(ax: Axes, conc: np.ndarray, y: np.ndarray, files: Sequence[str],
+                intervals: Mapping[str, tuple[float, float]], colour: str) -> None:
+    """Each point's interval (``intervals`` by file) as a vertical error bar; points without one have none."""
+    if len(files) != conc.size:
+        return
+    rows = [(c, v, intervals.get(f, (math.nan, math.nan))) for c, v, f in zip(conc, y, files)]
+    rows = [(c, v, lo, hi) for c, v, (lo, hi) in rows if math.isfinite(lo) and math.isfinite(hi)]
+    if not rows:
+        return
+    c, v, lo, hi = (np.asarray(col, dtype=float) for col in zip(*rows))
+    ax.errorbar(c, v, yerr=np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)]), fmt="none",
+                ecolor=colour, elinewidth=0.8, capsize=2, zorder=2.5)
+
+
 @draws_literally
-def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | None = None) -> None:
-    """%CD63+ against concentration (log axis) for each arm: points, fitted 4PL, EC50 with its CI.
+def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | None = None,
+                       intervals: Mapping[str, tuple[float, float]] | None = None, marker: str = "CD63",
+                       population: str = "basophils") -> None:
+    """% marker-positive cells against concentration (log axis) for each arm: points, fitted 4PL, EC50 with
+    its CI.
 
     ``fits`` maps the arm (``none``, ``omalizumab``) to its ``FitResult``. Points left out of the fit
-    (after the maximum of a bell-shaped series) are drawn hollow; the EC50 is a dotted vertical line with
-    its bootstrap confidence interval shaded.
+    (after the maximum of a bell-shaped series) are drawn hollow; ``intervals`` (file -> the tube's 95%
+    interval of its %, tubes.csv's ``pct_cd63_ci_low``/``_high``) are drawn as error bars; the EC50 is a
+    dotted vertical line with its bootstrap confidence interval shaded. ``marker`` and ``population`` name
+    the axis as the gating template does.
     """
     drawn = False
     unit = None
@@ -804,6 +829,7 @@ def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | 
         if (~used).any():
             ax.plot(conc[~used], y[~used], "o", markerfacecolor="none", markeredgecolor=colour,
                     markersize=4, zorder=3)
+        _error_bars(ax, conc, y, fit.files, intervals or {}, colour)
         if fit.fitted:
             lo_x, hi_x = math.log10(conc.min()), math.log10(conc.max())
             pad = 0.1 * ((hi_x - lo_x) or 1.0)
@@ -824,7 +850,7 @@ def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | 
     ax.set_ylim(0, 135)  # headroom for the legend above 100%
     ax.set_yticks(range(0, 101, 20))
     ax.set_xlabel(f"concentration ({unit})" if unit else "concentration", fontsize=7)
-    ax.set_ylabel("% CD63+ basophils", fontsize=7)
+    ax.set_ylabel(f"% {marker}+ {population}", fontsize=7)
     ax.tick_params(labelsize=6)
     ax.grid(True, which="major", color="0.9", linewidth=0.6)
     ax.legend(fontsize=6, loc="upper left", frameon=True, framealpha=0.85, edgecolor="none",

@@ -125,6 +125,35 @@ class RunView:
             parts.append(str(self.info["date"]))
         return " · ".join(parts)
 
+    @property
+    def marker(self) -> str:
+        """The primary activation marker, as the gating template names it (``run_info["marker"]``)."""
+        return str(self.info.get("marker") or "CD63")
+
+    @property
+    def population(self) -> str:
+        """The gated population, as the gating template names it (``run_info["population"]``)."""
+        return str(self.info.get("population") or "basophils")
+
+    def label(self, column: str) -> str:
+        """A table column's header in the template's words (see :func:`column_label`)."""
+        return column_label(column, self.marker, self.population)
+
+    def inhibition_text(self, row: Mapping[str, Any]) -> str:
+        """The AUC inhibition of a patients-table row with its interval and the class's confidence, for
+        beside the class (``" · AUC inhibition 94.9% (95% CI 90.1–97.3%), confidence high"``); empty without
+        an AUC inhibition."""
+        value = _finite(row.get("auc_inhibition_pct"))
+        if value is None:
+            return ""
+        text = f" · AUC inhibition {value:.1f}%"
+        low, high = _finite(row.get("auc_inhibition_ci_low")), _finite(row.get("auc_inhibition_ci_high"))
+        if low is not None and high is not None:
+            text += f" ({fmt_value(self.info.get('ci_level') or 95.0)}% CI {low:.1f}–{high:.1f}%)"
+        if row.get("class_confidence"):
+            text += f", confidence {row['class_confidence']}"
+        return text
+
     def adjustments(self) -> list[Mapping[str, Any]]:
         items = self.info.get("manual_adjustments") or []
         return [a for a in items if isinstance(a, Mapping)]
@@ -147,7 +176,7 @@ class RunView:
             others = {k: v for k, v in sums.items() if k not in files and not _is_other_tube(k, view)}
             if others:
                 items.append(("other inputs (sha256)", others))
-        mine = [_adjustment_row(a) for a in self.adjustments()
+        mine = [_adjustment_row(a, self.marker) for a in self.adjustments()
                 if a.get("file") in files or a.get("patient") == view.patient]
         gate_marks = [{"file": t.result.tube.file, "gate": g, "note": r} for t in view.tubes
                       for g, r in t.adjusted.items()]
@@ -160,11 +189,11 @@ def _is_other_tube(key: str, view: PatientView) -> bool:
     return key.lower().endswith((".fcs", ".lmd")) and key not in {t.result.tube.file for t in view.tubes}
 
 
-def _adjustment_row(a: Mapping[str, Any]) -> dict[str, Any]:
+def _adjustment_row(a: Mapping[str, Any], marker: str = "CD63") -> dict[str, Any]:
     value = a.get("value")
-    what = a.get("gate") or ("CD63 threshold" if a.get("kind") == "threshold" else a.get("kind"))
+    what = a.get("gate") or (f"{marker} threshold" if a.get("kind") == "threshold" else a.get("kind"))
     if a.get("kind") == "threshold" and value is not None:
-        what = f"CD63 threshold = {fmt_value(value if not isinstance(value, Mapping) else value.get('value'))}"
+        what = f"{marker} threshold = {fmt_value(value if not isinstance(value, Mapping) else value.get('value'))}"
     return {"tube / arm": a.get("file") or f"{a.get('patient', '')} {a.get('pretreatment', '')}".strip(),
             "what": what, "reviewer": a.get("reviewer"), "reason": a.get("reason"),
             "when": a.get("decided_at"), "source": a.get("source")}
@@ -275,8 +304,9 @@ def tube_views(results: Sequence[TubeResult], scores: ExperimentScores, run: Run
 
 
 def activation_marker(scores: ExperimentScores) -> str:
-    """The degranulation marker the thresholds are set on (the analysis configuration's)."""
-    return scores.config.markers.activation
+    """The primary activation marker: the one whose threshold, dose response and class the report shows
+    (the template's first ``activation:`` marker unless ``analysis.markers.primary`` names another)."""
+    return scores.config.markers.primary_marker
 
 
 def patient_views(tubes: Sequence[TubeView], scores: ExperimentScores) -> dict[str, PatientView]:
@@ -309,6 +339,28 @@ PATIENT_COLUMNS = ("allergen", "ec50_none", "ec50_omalizumab", "cd_sens_none", "
 TUBE_COLUMNS = ("file", "condition", "allergen", "concentration", "pretreatment", "n_basophils",
                 "cd63_threshold", "pct_cd63", "net_pct_cd63", "si_cd63", "cd203c_mfi", "si_cd203c",
                 "qc_status")
+
+
+def column_label(column: str, marker: str = "CD63", population: str = "basophils") -> str:
+    """A table column or header in the gating template's words: the ``cd63`` of tubes.csv's column names (which
+    hold the primary marker's numbers) becomes the primary marker, ``basophils`` the template's population."""
+    label = column
+    if marker.casefold() != "cd63":
+        label = label.replace("cd63", marker.lower()).replace("CD63", marker)
+    if population != "basophils":
+        label = label.replace("basophils", population)
+    return label
+
+
+def point_intervals(tube_rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Each tube's 95% interval of its % positive (tubes.csv ``pct_cd63_ci_low``/``_high``), by file, for
+    the dose-response error bars; tubes without one are left out."""
+    out = {}
+    for r in tube_rows:
+        low, high = _finite(r.get("pct_cd63_ci_low")), _finite(r.get("pct_cd63_ci_high"))
+        if low is not None and high is not None:
+            out[str(r.get("file"))] = (low, high)
+    return out
 
 
 def qc_rows(tubes: Sequence[TubeView]) -> list[list[Any]]:
