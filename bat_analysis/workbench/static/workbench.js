@@ -164,6 +164,7 @@ async function openTube(id) {
   state.editedGate = null;
   for (const li of document.querySelectorAll("#queue li")) li.classList.toggle("current", li.dataset.id === String(id));
   const t = await api(`/api/tubes/${id}`);
+  if (state.current !== id) return;  // another tube was chosen meanwhile
   state.tube = t;
   document.getElementById("tube-title").textContent = t.file;
   const meta = `${t.patient} · ${t.pretreatment} · ${t.condition}` + (t.allergen ? ` · ${t.allergen}` : "") +
@@ -182,7 +183,7 @@ async function openTube(id) {
 async function loadHistory() {
   const h = await api(`/api/tubes/${state.tube.id}/history`);
   document.getElementById("history").replaceChildren(...h.map((e) => el("li", {
-    text: `${e.decided_at} · ${e.reviewer} · ${e.action}${e.gate ? " " + e.gate : ""} · ${e.reason}` }))));
+    text: `${e.decided_at} · ${e.reviewer} · ${e.action}${e.gate ? " " + e.gate : ""} · ${e.reason}` })));
 }
 
 async function decide(action) {
