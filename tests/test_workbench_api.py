@@ -252,3 +252,21 @@ def test_bat_review_refuses_a_folder_without_a_run(tmp_path):
 
     r = CliRunner().invoke(app, ["review", str(tmp_path), "--no-browser"])
     assert r.exit_code == 2 and r.output.startswith("error: ") and "Traceback" not in r.output
+
+
+def test_edits_regate_from_the_cached_sample_not_the_file(out, monkeypatch):
+    import bat_analysis.io.fcs as fcs
+
+    reads = []
+    real = fcs.read_fcs
+    monkeypatch.setattr(fcs, "read_fcs", lambda path, *a, **kw: reads.append(path) or real(path, *a, **kw))
+    session = ReviewSession(out)
+    session.samples.size = 2
+    t = session.tube(0)
+    g = next(g for g in t["gates"] if g["editable"])
+    for _ in range(3):
+        session.regate(0, g["name"], shrunk(g))
+    assert len(reads) == 1  # read once, then from memory
+    for tube_id in (1, 2, 0):  # two other tubes push tube 0 out of a cache of two
+        session.regate(tube_id, g["name"], shrunk(g))
+    assert len(reads) == 4 and len(session.samples) == 2
