@@ -270,3 +270,33 @@ def test_edits_regate_from_the_cached_sample_not_the_file(out, monkeypatch):
     for tube_id in (1, 2, 0):  # two other tubes push tube 0 out of a cache of two
         session.regate(tube_id, g["name"], shrunk(g))
     assert len(reads) == 4 and len(session.samples) == 2
+
+
+def test_export_writes_the_corrections_in_force_as_an_overrides_file(experiment, out, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from bat_analysis.cli import app
+
+    c = client(out, reviewer="Jane Doe")
+    g = basophil_gate(c)
+    geo = shrunk(g)
+    c.post("/api/tubes/0/decision", json={"action": "correct", "reason": "too wide", "gate": g["name"],
+                                          "geometry": geo}, headers=SAME)
+    c.post("/api/tubes/1/decision", json={"action": "exclude", "reason": "clogged"}, headers=SAME)
+    dest = tmp_path / "review.yaml"
+    r = CliRunner().invoke(app, ["review", str(out), "--export", str(dest)])
+    assert r.exit_code == 0 and "1 correction written" in r.output, r.output
+    doc = yaml.safe_load(dest.read_text(encoding="utf-8"))
+    file = c.get("/api/tubes/0").json()["file"]
+    assert doc == {"corrections": [{"tube": file, "gate": g["name"], "geometry": geo, "reviewer": "Jane Doe",
+                                    "reason": "too wide"}]}
+    with ResultStore.in_folder(out, create=False) as store:
+        n_before = len(store.correction_log())
+    again = CliRunner().invoke(app, ["run", str(experiment.out_dir), "--layout", str(experiment.layout_path),
+                                     "--out", str(out), "--workers", "1", "--no-reports", "--overrides", str(dest)])
+    assert again.exit_code == 0, again.output
+    with ResultStore.in_folder(out, create=False) as store:
+        assert len(store.correction_log()) == n_before  # already in force: nothing logged twice
+    missing = CliRunner().invoke(app, ["review", str(tmp_path / "nothing"), "--export", str(dest)])
+    assert missing.exit_code == 2 and missing.output.startswith("error: ")

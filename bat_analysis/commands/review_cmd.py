@@ -17,6 +17,8 @@ def register(app: typer.Typer) -> None:
         no_browser: bool = typer.Option(False, "--no-browser", help="Only print the address; do not open it."),
         reviewer: str = typer.Option("", "--reviewer", help="Your name, recorded with every decision "
                                                             "(default: asked once in the page)."),
+        export: Path = typer.Option(None, "--export", help="Write the corrections in force as an overrides "
+                                                           "file (for 'bat run --overrides') and exit."),
     ) -> None:
         """Review the gates of a run in the browser: a queue of tubes (failed, flagged, unreviewed first),
         each gate on its density, the basophil gate's corners draggable with the counts and %CD63+ updated
@@ -27,6 +29,7 @@ def register(app: typer.Typer) -> None:
         Examples:
           bat review results/plate1
           bat review results/plate1 --reviewer "Jane Doe" --no-browser --port 8765
+          bat review results/plate1 --export review.yaml
 
         Only this computer can reach it (127.0.0.1), and only with the address printed (it carries a key).
         Stop it with Ctrl+C. Exit 2, with one line saying why, when the folder holds no finished run.
@@ -35,6 +38,16 @@ def register(app: typer.Typer) -> None:
         from ..textsafe import for_terminal
         from ..workbench.server import make_workbench
 
+        if export is not None:
+            from ..workbench.export import export_overrides
+
+            try:
+                n = export_overrides(out, export)
+            except BatError as exc:
+                typer.echo(f"error: {for_terminal(str(exc).splitlines()[0])}", err=True)
+                raise typer.Exit(code=2) from None
+            typer.echo(f"{n} correction{'' if n == 1 else 's'} written to {for_terminal(str(export))}")
+            return
         if not 0 <= port <= 65535:
             typer.echo("error: --port: expected a port number from 1 to 65535", err=True)
             raise typer.Exit(code=2)
