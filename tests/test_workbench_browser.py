@@ -1,6 +1,6 @@
 """bat review in a real headless Chromium (playwright driving Debian's chromium; no browser is downloaded):
-drag a vertex of the basophil gate with the mouse, see the count change, save with a reason, restart the
-server and see the decision; no console errors, no request to another host."""
+drag the basophil gate's corners with the mouse, see the count change, add and remove a corner, save with a
+reason, restart the server and see the decision; no console errors, no request to another host."""
 
 from __future__ import annotations
 
@@ -117,6 +117,19 @@ def test_drag_a_vertex_save_and_find_the_decision_after_a_restart(results, brows
             page.evaluate("document.getElementById('message').textContent = ''")
         after = int(page.text_content("#n-basophils"))
         assert after < before
+        # a corner added on an edge (double-click), then removed (right-click): same gate, same count
+        a, b = (page.locator("circle.vertex").nth(i).bounding_box() for i in (0, 1))
+        mx = (a["x"] + b["x"] + a["width"]) / 2
+        my = (a["y"] + b["y"] + a["height"]) / 2
+        page.mouse.dblclick(mx, my)
+        until(page, f"document.querySelectorAll('circle.vertex').length === {n + 1}")
+        until(page, "document.getElementById('message').textContent.startsWith('re-gated')")
+        page.evaluate("document.getElementById('message').textContent = ''")
+        added = page.locator('circle.vertex[data-index="1"]').bounding_box()
+        page.mouse.click(added["x"] + added["width"] / 2, added["y"] + added["height"] / 2, button="right")
+        until(page, f"document.querySelectorAll('circle.vertex').length === {n}")
+        until(page, "document.getElementById('message').textContent.startsWith('re-gated')")
+        assert int(page.text_content("#n-basophils")) == after
         page.fill("#reason", "eosinophils were included")
         page.click("#save")
         until(page, "document.getElementById('message').textContent === 'correct saved'")

@@ -1,5 +1,6 @@
 // bat review: the queue and the tube view. Data is inserted as text (textContent), never as markup.
-// The basophil gate's vertices are SVG circles over the density image; dragging one re-gates the tube.
+// The basophil gate's corners are SVG circles over the density image: dragging one, adding one (double-click
+// on an edge) or removing one (right-click) re-gates the tube.
 "use strict";
 
 const TOKEN = document.querySelector('meta[name="bat-token"]').content;
@@ -113,34 +114,67 @@ function gateFigure(g) {
   overlay.append(poly);
   if (!g.editable) return fig;
   const redraw = () => poly.setAttribute("points", verts.map((v) => v.join(",")).join(" "));
-  verts.forEach((v, i) => {
-    const handle = svg("circle", { class: "vertex", cx: v[0], cy: v[1], r: 6, "data-index": String(i) });
-    let dragging = false;
-    handle.addEventListener("pointerdown", (ev) => {
-      dragging = true;
-      handle.setPointerCapture(ev.pointerId);
-      ev.preventDefault();
+  const send = () => regate(g.name, { type: "polygon", vertices: verts.map((p) => [dx(p[0]), dy(p[1])]) });
+  const local = (ev) => {
+    const box = overlay.getBoundingClientRect();
+    return [Math.max(-SIZE, Math.min(2 * SIZE, ((ev.clientX - box.left) / box.width) * SIZE)),
+            Math.max(-SIZE, Math.min(2 * SIZE, ((ev.clientY - box.top) / box.height) * SIZE))];
+  };
+  const layer = svg("g", { class: "handles" });
+  overlay.append(layer);
+  // handles: an invisible wide line on each edge (double-click adds a corner there) and a circle on each
+  // corner (drag moves it; right-click removes it, keeping at least three)
+  const build = () => {
+    layer.replaceChildren();
+    verts.forEach((v, i) => {
+      const w = verts[(i + 1) % verts.length];
+      const edge = svg("line", { class: "edge", x1: v[0], y1: v[1], x2: w[0], y2: w[1], "data-index": String(i) });
+      edge.addEventListener("dblclick", (ev) => {
+        ev.preventDefault();
+        verts.splice(i + 1, 0, local(ev));
+        redraw();
+        build();
+        send();
+      });
+      layer.append(edge);
     });
-    handle.addEventListener("pointermove", (ev) => {
-      if (!dragging) return;
-      const box = overlay.getBoundingClientRect();
-      v[0] = Math.max(-SIZE, Math.min(2 * SIZE, ((ev.clientX - box.left) / box.width) * SIZE));
-      v[1] = Math.max(-SIZE, Math.min(2 * SIZE, ((ev.clientY - box.top) / box.height) * SIZE));
-      handle.setAttribute("cx", v[0]);
-      handle.setAttribute("cy", v[1]);
-      redraw();
+    verts.forEach((v, i) => {
+      const handle = svg("circle", { class: "vertex", cx: v[0], cy: v[1], r: 6, "data-index": String(i) });
+      let dragging = false;
+      handle.addEventListener("pointerdown", (ev) => {
+        if (ev.button !== 0) return;
+        dragging = true;
+        handle.setPointerCapture(ev.pointerId);
+        ev.preventDefault();
+      });
+      handle.addEventListener("pointermove", (ev) => {
+        if (!dragging) return;
+        [v[0], v[1]] = local(ev);
+        handle.setAttribute("cx", v[0]);
+        handle.setAttribute("cy", v[1]);
+        redraw();
+      });
+      const end = async (ev) => {
+        if (!dragging) return;
+        dragging = false;
+        handle.releasePointerCapture(ev.pointerId);
+        build();
+        await send();
+      };
+      handle.addEventListener("pointerup", end);
+      handle.addEventListener("pointercancel", end);
+      handle.addEventListener("contextmenu", (ev) => {
+        ev.preventDefault();
+        if (verts.length <= 3) { say("A gate keeps at least three corners.", true); return; }
+        verts.splice(i, 1);
+        redraw();
+        build();
+        send();
+      });
+      layer.append(handle);
     });
-    const end = async (ev) => {
-      if (!dragging) return;
-      dragging = false;
-      handle.releasePointerCapture(ev.pointerId);
-      const geometry = { type: "polygon", vertices: verts.map((p) => [dx(p[0]), dy(p[1])]) };
-      await regate(g.name, geometry);
-    };
-    handle.addEventListener("pointerup", end);
-    handle.addEventListener("pointercancel", end);
-    overlay.append(handle);
-  });
+  };
+  build();
   return fig;
 }
 
