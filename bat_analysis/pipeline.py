@@ -746,6 +746,16 @@ def mark_stale(results: Sequence[TubeResult], stale: Sequence[tuple[Any, str]]) 
                 r.flags.append(Flag(STALE_FLAG, "warn", note))
 
 
+def mark_implausible(results: Sequence[TubeResult], store: ResultStore, population: str) -> None:
+    """Flag each corrected tube whose population does not look like the automated one's
+    (:mod:`bat_analysis.gating.plausibility`)."""
+    from .gating.plausibility import implausible_gate_flags
+
+    for r in results:
+        if store.current_variant(r.tube.file) == REVIEWED:
+            r.flags.extend(implausible_gate_flags(store.get_tube(r.tube.file, AUTO), r, population))
+
+
 def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
                 on_result: Callable[[int, TubeResult], None] | None, t0: float, tubes: list[Tube], template: Any,
                 entries: list[dict[str, Any]], inputs: "InputCheck", layout_sha: str, command: str,
@@ -816,6 +826,7 @@ def _run_stored(options: RunOptions, data_dir: Path, out: Path, workers: int,
             raise BatError("a gated tube is missing from the results store", source=str(store.path),
                            field=tube.file, expected="re-run the same command")
         results.append(res)
+    mark_implausible(results, store, template.population)
     mark_stale(results, sorted_corr.stale)
     failed = [(r.tube.file, r.error or "") for r in results if not r.ok]
     if len(failed) == len(results):
@@ -1219,6 +1230,7 @@ def load_run(out: Path | str, *, score: bool = True) -> StoredRun:
         considered = store.run_corrections(run["id"])
         thresholds = {(e["patient"], e["pretreatment"]): float(e["value"])
                       for e in considered if e["kind"] == "threshold" and e["status"] == "applied"}
+        mark_implausible(results, store, template.population)
         mark_stale(results, [(e, e["note"] or "stale correction") for e in considered if e["status"] == "stale"])
         scores = score_results(results, template, thresholds, store) if score else None
         return StoredRun(results=results, scores=scores, info=run_info(store, run["id"]), template=template,

@@ -135,6 +135,7 @@ class ReviewSession:
         self.data_dir = Path(run["info"].get("data_dir") or ".")
         self.allow_outside = bool(run["info"].get("allow_outside_data_dir"))
         self.samples = SampleCache(cache_size)
+        self._automated: dict[str, TubeResult | None] = {}
         self.lock = threading.Lock()
         self.config = self.stored.scores.config if self.stored.scores is not None else None
         tubes_df = self.stored.scores.tubes if self.stored.scores is not None else None
@@ -246,7 +247,8 @@ class ReviewSession:
         t = r.tube
         row = self._rows.get(t.file) or {}
         # a correction made since the last run: show the tube as the next run will gate it
-        numbers = self.numbers(self._regated(r)) if st.gates and r.error is None else self.numbers(r)
+        numbers = (self._checked_numbers(r, self._regated(r), set(st.gates)) if st.gates and r.error is None
+                   else self.numbers(r))
         return {"id": tube_id, "file": t.file, "patient": t.patient, "pretreatment": t.pretreatment,
                 "condition": t.condition, "allergen": t.allergen, "concentration": _finite(t.concentration),
                 "unit": t.unit, "error": r.error, "population": self.template.population, "gates": gates,
@@ -319,11 +321,29 @@ class ReviewSession:
         sample = self.samples.get(path, read_fcs)
         return gate_sample(sample, r.tube, self.template, overrides=overrides, source=path)
 
+    def automated(self, file: str) -> TubeResult | None:
+        """The automated result of a tube (the store keeps it beside a corrected one)."""
+        from ..store import AUTO
+
+        if file not in self._automated:
+            with self._store() as store:
+                self._automated[file] = store.get_tube(file, AUTO)
+        return self._automated[file]
+
+    def _checked_numbers(self, r: TubeResult, new: TubeResult, gates: set[str]) -> dict[str, Any]:
+        """:meth:`numbers` of a re-gated result, with the plausibility check against the automated one."""
+        from ..gating.plausibility import implausible_gate_flags
+
+        new.flags.extend(implausible_gate_flags(self.automated(r.tube.file), new, self.template.population, gates))
+        return self.numbers(new)
+
     def regate(self, tube_id: int, gate: str, geometry: Mapping[str, Any]) -> dict[str, Any]:
-        """Re-gate a tube from its FCS file with ``gate`` set to ``geometry``: new counts, %CD63+, QC."""
+        """Re-gate a tube from its FCS file with ``gate`` set to ``geometry``: new counts, %CD63+, QC (with
+        ``MANUAL_GATE_IMPLAUSIBLE`` when the population does not look like the automated one's)."""
         r = self.result(tube_id)
         _, checked = self.overrides_for(r, gate, geometry)
-        out = self.numbers(self._regated(r, gate, checked))
+        corrected = set(self.state().get(r.tube.file, TubeState()).gates) | {gate}
+        out = self._checked_numbers(r, self._regated(r, gate, checked), corrected)
         out["geometry"] = checked
         return out
 
