@@ -300,3 +300,31 @@ def test_export_writes_the_corrections_in_force_as_an_overrides_file(experiment,
         assert len(store.correction_log()) == n_before  # already in force: nothing logged twice
     missing = CliRunner().invoke(app, ["review", str(tmp_path / "nothing"), "--export", str(dest)])
     assert missing.exit_code == 2 and missing.output.startswith("error: ")
+
+
+def test_a_patient_is_signed_off_once_every_tube_is_reviewed(out):
+    c = client(out, reviewer="Jane Doe")
+    tubes = c.get("/api/queue").json()["tubes"]
+    early = c.post("/api/patients/signoff", json={"patient": EVIL}, headers=SAME)
+    assert early.status_code == 400 and "not reviewed yet" in early.json()["error"]
+    assert c.post("/api/patients/signoff", json={"patient": "nobody"}, headers=SAME).status_code == 400
+    for t in tubes:
+        assert c.post(f"/api/tubes/{t['id']}/decision", json={"action": "accept"}, headers=SAME).status_code == 200
+    assert c.post("/api/patients/signoff", json={"patient": EVIL}, headers=SAME).status_code == 200
+    assert c.get("/api/tubes/0").json()["signoff"].startswith("signed off by Jane Doe on ")
+    no_reason = c.post("/api/patients/signoff", json={"patient": EVIL, "action": "withdraw"}, headers=SAME)
+    assert no_reason.status_code == 400
+    assert c.post("/api/patients/signoff", json={"patient": EVIL, "action": "withdraw", "reason": "re-check P01"},
+                  headers=SAME).status_code == 200
+    assert c.get("/api/tubes/0").json()["signoff"] is None
+    with ResultStore.in_folder(out, create=False) as store:
+        log = store.correction_log()
+        assert store.active_corrections() == []  # decisions, not corrections: no run applies them
+    assert [(e["kind"], e["action"]) for e in log[-2:]] == [("patient", "signoff"), ("patient", "withdraw")]
+    assert log[-2]["reason"] == "reviewed and approved" and log[-2]["patient"] == EVIL
+
+
+def test_a_reason_longer_than_the_limit_is_refused(out):
+    c = client(out, reviewer="Jane Doe")
+    r = c.post("/api/tubes/0/decision", json={"action": "exclude", "reason": "x" * 5000}, headers=SAME)
+    assert r.status_code == 400 and r.json()["field"] == "reason"

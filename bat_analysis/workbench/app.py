@@ -18,6 +18,7 @@ Routes: ``GET /`` the page; ``GET /static/workbench.js|workbench.css``; ``GET /a
 ``flag``, ``status`` filters); ``GET /api/tubes/{id}``; ``GET /api/tubes/{id}/gates/{k}/density.png``;
 ``GET /api/tubes/{id}/history``; ``POST /api/tubes/{id}/regate`` (``{gate, geometry}``);
 ``POST /api/tubes/{id}/decision`` (``{action: accept|correct|exclude|revert, reason, gate, geometry}``);
+``POST /api/patients/signoff`` (``{patient, action: signoff|withdraw, reason}``);
 ``GET``/``POST /api/reviewer`` (the reviewer's name, kept in a cookie unless fixed by ``--reviewer``).
 """
 
@@ -168,6 +169,7 @@ def _page(session: ReviewSession, token: str) -> str:
 <label>Reason <input id="reason" size="50" placeholder="why (needed to correct, exclude or revert)"></label>
 <button id="save">Save correction</button> <button id="accept">Accept</button>
 <button id="exclude">Exclude</button> <button id="revert">Revert to automated</button>
+<button id="signoff">Sign off patient</button>
 <p id="message" role="status"></p>
 <h3>History</h3><ol id="history"></ol>
 </div>
@@ -250,6 +252,12 @@ def create_app(session: ReviewSession, *, token: str, port: int, reviewer: str |
             geometry=data.get("geometry"))
         return {"logged": ids, "tube": await run_in_threadpool(session.tube, request.path_params["tube"])}
 
+    async def signoff(request: Request) -> Any:
+        data = await body(request)
+        ids = await run_in_threadpool(session.sign_off, str(data.get("patient")), reviewer=reviewer_of(request),
+                                      reason=str(data.get("reason") or ""), withdraw=data.get("action") == "withdraw")
+        return {"logged": ids}
+
     async def who(request: Request) -> Any:
         if request.method == "POST":
             if reviewer:
@@ -273,5 +281,6 @@ def create_app(session: ReviewSession, *, token: str, port: int, reviewer: str |
         Route("/api/tubes/{tube:int}/gates/{gate:int}/density.png", answer(density)),
         Route("/api/tubes/{tube:int}/regate", answer(regate), methods=["POST"]),
         Route("/api/tubes/{tube:int}/decision", answer(decision), methods=["POST"]),
+        Route("/api/patients/signoff", answer(signoff), methods=["POST"]),
     ]
     return Guard(Starlette(routes=routes), token=token, port=port)

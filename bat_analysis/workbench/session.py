@@ -84,7 +84,7 @@ def review_state(log: list[dict[str, Any]]) -> dict[str, TubeState]:
         latest[e["target"]] = e
     out: dict[str, TubeState] = {}
     for (kind, a, b), e in latest.items():
-        if kind == "threshold":
+        if kind in ("threshold", "patient"):
             continue
         st = out.setdefault(a, TubeState())
         if kind == "tube" and e["action"] in ("accept", "exclude"):
@@ -92,6 +92,14 @@ def review_state(log: list[dict[str, Any]]) -> dict[str, TubeState]:
         elif kind == "gate" and e["action"] == "apply":
             st.gates[b] = e
     return out
+
+
+MAX_REASON = 2000
+
+
+def check_reason(reason: str) -> None:
+    if len(reason) > MAX_REASON:
+        raise ReviewError("the reason is too long", field="reason", expected=f"at most {MAX_REASON} characters")
 
 
 def _finite(x: Any) -> float | None:
@@ -116,6 +124,10 @@ def view_extent(g: Any) -> list[float]:
         return [x0, x1, y0, y1]
     dx, dy = (x1 - x0) * 0.03, (y1 - y0) * 0.03
     return [x0 - dx, x1 + dx, y0 - dy, y1 + dy]
+
+
+def _signoff_text(entry: Mapping[str, Any] | None) -> str | None:
+    return None if entry is None else f"signed off by {entry['reviewer']} on {entry['decided_at']}"
 
 
 class ReviewSession:
@@ -253,7 +265,7 @@ class ReviewSession:
                 "condition": t.condition, "allergen": t.allergen, "concentration": _finite(t.concentration),
                 "unit": t.unit, "error": r.error, "population": self.template.population, "gates": gates,
                 "qc_status": self.qc_status(r), "review": st.status, "decision": st.decision,
-                "corrected_gates": sorted(st.gates), "stored_pct_cd63": _finite(row.get("pct_cd63")),
+                "corrected_gates": sorted(st.gates), "signoff": _signoff_text(self.signoffs().get(t.patient)), "stored_pct_cd63": _finite(row.get("pct_cd63")),
                 **numbers}
 
     def density_png(self, tube_id: int, gate_index: int) -> bytes:
@@ -359,6 +371,7 @@ class ReviewSession:
         reason = (reason or "").strip()
         if not reviewer:
             raise ReviewError("say who you are first", field="reviewer", expected="the reviewer's name")
+        check_reason(reason)
         if action in ("correct", "exclude", "revert") and not reason:
             raise ReviewError(f"{action}: give a reason", field="reason", expected="why, in a few words")
         r = self.result(tube_id)
@@ -397,6 +410,49 @@ class ReviewSession:
                               expected="accept, correct, exclude or revert")
         with self.lock, self._store() as store:
             return store.append_corrections(entries)
+
+    def signoffs(self) -> dict[str, dict[str, Any]]:
+        """Per patient signed off (and not withdrawn since), its sign-off entry."""
+        with self._store() as store:
+            log = store.correction_log()
+        latest: dict[str, dict[str, Any]] = {}
+        for e in log:
+            if e["kind"] == "patient":
+                latest[e["patient"]] = e
+        return {p: e for p, e in latest.items() if e["action"] == "signoff"}
+
+    def sign_off(self, patient: str, *, reviewer: str, reason: str = "", withdraw: bool = False) -> list[int]:
+        """Sign a patient off ("reviewed and approved": every tube of it reviewed), or withdraw the sign-off
+        (with a reason). Appended to the corrections log."""
+        from .. import __version__
+
+        reviewer, reason = (reviewer or "").strip(), (reason or "").strip()
+        if not reviewer:
+            raise ReviewError("say who you are first", field="reviewer", expected="the reviewer's name")
+        check_reason(reason)
+        files = [r.tube.file for r in self.results if r.tube.patient == patient]
+        if not files:
+            raise ReviewError("no such patient in this run", field="patient",
+                              expected="a patient of the run's layout")
+        signed = patient in self.signoffs()
+        if withdraw:
+            if not signed:
+                raise ReviewError("this patient is not signed off", field="action", expected="a signed-off patient")
+            if not reason:
+                raise ReviewError("withdrawing a sign-off: give a reason", field="reason",
+                                  expected="why, in a few words")
+        else:
+            states = self.state()
+            left = [f for f in files if states.get(f, TubeState()).status == "unreviewed"]
+            if left:
+                raise ReviewError(f"{len(left)} tube(s) of this patient are not reviewed yet (first: {left[0]})",
+                                  field="patient", expected="every tube accepted, corrected or excluded first")
+        entry = {"action": "withdraw" if withdraw else "signoff", "kind": "patient", "patient": patient,
+                 "value": None, "before": None, "reviewer": reviewer, "reason": reason or "reviewed and approved",
+                 "source": SOURCE, "version": __version__, "template_sha256": self.template.sha256,
+                 "input_sha256": None}
+        with self.lock, self._store() as store:
+            return store.append_corrections([entry])
 
     def history(self, tube_id: int) -> list[dict[str, Any]]:
         """The log entries about one tube, oldest first."""

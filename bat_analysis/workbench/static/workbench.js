@@ -204,7 +204,7 @@ async function openTube(id) {
   const meta = `${t.patient} · ${t.pretreatment} · ${t.condition}` + (t.allergen ? ` · ${t.allergen}` : "") +
     (t.concentration !== null ? ` ${t.concentration} ${t.unit || ""}` : "") +
     ` · review: ${t.review}` + (t.corrected_gates.length ? ` (corrected: ${t.corrected_gates.join(", ")})` : "") +
-    (t.error ? ` · not gated: ${t.error}` : "");
+    (t.error ? ` · not gated: ${t.error}` : "") + (t.signoff ? ` · patient ${t.signoff}` : "");
   document.getElementById("tube-meta").textContent = meta;
   showNumbers(t, "As stored");
   document.getElementById("gates").replaceChildren(...t.gates.filter((g) => g.has_density).map(gateFigure));
@@ -240,6 +240,18 @@ async function decide(action) {
   }
 }
 
+async function signOff() {
+  if (!state.tube) return;
+  if (!state.reviewer) { say("Enter your name (top right) first.", true); return; }
+  try {
+    await api("/api/patients/signoff", { patient: state.tube.patient, reason: document.getElementById("reason").value });
+    await openTube(state.tube.id);
+    say(`patient ${state.tube.patient} signed off`);
+  } catch (err) {
+    say(err.message, true);
+  }
+}
+
 // ------------------------------------------------------------------ reviewer
 async function loadReviewer() {
   const r = await api("/api/reviewer");
@@ -268,6 +280,7 @@ document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("accept").addEventListener("click", () => decide("accept"));
   document.getElementById("exclude").addEventListener("click", () => decide("exclude"));
   document.getElementById("revert").addEventListener("click", () => decide("revert"));
+  document.getElementById("signoff").addEventListener("click", signOff);
   document.getElementById("reviewer-set").addEventListener("click", setReviewer);
   document.addEventListener("keydown", (ev) => {
     if (ev.target instanceof HTMLInputElement || ev.target instanceof HTMLSelectElement || ev.ctrlKey || ev.metaKey || ev.altKey) return;
