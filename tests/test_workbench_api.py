@@ -328,3 +328,17 @@ def test_a_reason_longer_than_the_limit_is_refused(out):
     c = client(out, reviewer="Jane Doe")
     r = c.post("/api/tubes/0/decision", json={"action": "exclude", "reason": "x" * 5000}, headers=SAME)
     assert r.status_code == 400 and r.json()["field"] == "reason"
+
+
+def test_the_patient_preview_scores_the_patient_again_with_the_edit(out):
+    c = client(out)
+    as_is = c.post("/api/tubes/0/patient", json={}, headers=SAME).json()
+    assert as_is["patient"] == EVIL and as_is["now"]
+    assert [(r["allergen"], r["class"]) for r in as_is["now"]] == [(r["allergen"], r["class"]) for r in as_is["stored"]]
+    allergen = next(t["id"] for t in c.get("/api/queue").json()["tubes"] if t["condition"] == "allergen")
+    g = basophil_gate(c, allergen)
+    empty = {"type": "polygon", "vertices": [[0.0, 0.0], [0.001, 0.0], [0.001, 0.001]]}  # no basophils
+    edited = c.post(f"/api/tubes/{allergen}/patient", json={"gate": g["name"], "geometry": empty},
+                    headers=SAME).json()
+    assert [r["allergen"] for r in edited["now"]] == [r["allergen"] for r in as_is["now"]]
+    assert edited["now"] != as_is["now"]  # a tube without basophils changes the patient's result

@@ -69,7 +69,8 @@ def until(page, expression: str, timeout_s: float = 30.0) -> None:
     end = time.monotonic() + timeout_s
     while not page.evaluate(expression):
         if time.monotonic() > end:
-            raise AssertionError(f"still false after {timeout_s:g} s: {expression}")
+            shown = page.evaluate("(document.getElementById('message') || {}).textContent")
+            raise AssertionError(f"still false after {timeout_s:g} s: {expression} (message shown: {shown!r})")
         page.wait_for_timeout(50)
 
 
@@ -104,11 +105,12 @@ def test_drag_a_vertex_save_and_find_the_decision_after_a_restart(results, brows
         page.locator("figure.gate.editable").scroll_into_view_if_needed()
         # drag every vertex of the gate halfway towards its centre, with the mouse
         n = page.locator("circle.vertex").count()
-        boxes = [page.locator("circle.vertex").nth(i).bounding_box() for i in range(n)]
-        cx = sum(b["x"] + b["width"] / 2 for b in boxes) / n
-        cy = sum(b["y"] + b["height"] / 2 for b in boxes) / n
-        for i, b in enumerate(boxes):
-            x, y = b["x"] + b["width"] / 2, b["y"] + b["height"] / 2
+        for i in range(n):  # positions read anew each time: the patient's box above may have grown
+            until(page, "!document.getElementById('patient').textContent.includes('scoring')")
+            boxes = [page.locator("circle.vertex").nth(k).bounding_box() for k in range(n)]
+            cx = sum(b["x"] + b["width"] / 2 for b in boxes) / n
+            cy = sum(b["y"] + b["height"] / 2 for b in boxes) / n
+            x, y = boxes[i]["x"] + boxes[i]["width"] / 2, boxes[i]["y"] + boxes[i]["height"] / 2
             page.mouse.move(x, y)
             page.mouse.down()
             page.mouse.move((x + cx) / 2, (y + cy) / 2, steps=5)
@@ -130,6 +132,10 @@ def test_drag_a_vertex_save_and_find_the_decision_after_a_restart(results, brows
         until(page, f"document.querySelectorAll('circle.vertex').length === {n}")
         until(page, "document.getElementById('message').textContent.startsWith('re-gated')")
         assert int(page.text_content("#n-basophils")) == after
+        # the patient is scored again with the edit: its class per allergen
+        until(page, "(document.querySelector('#patient .label') || {}).textContent"
+                    " === `Patient ${state.tube.patient}, with your edit`")
+        assert page.locator("#patient-classes li").count() >= 1
         page.fill("#reason", "eosinophils were included")
         page.click("#save")
         until(page, "document.getElementById('message').textContent === 'correct saved'")

@@ -18,6 +18,7 @@ Routes: ``GET /`` the page; ``GET /static/workbench.js|workbench.css``; ``GET /a
 ``flag``, ``status`` filters); ``GET /api/tubes/{id}``; ``GET /api/tubes/{id}/gates/{k}/density.png``;
 ``GET /api/tubes/{id}/history``; ``POST /api/tubes/{id}/regate`` (``{gate, geometry}``);
 ``POST /api/tubes/{id}/decision`` (``{action: accept|correct|exclude|revert, reason, gate, geometry}``);
+``POST /api/tubes/{id}/patient`` (``{gate, geometry}``: the patient's classes stored and with the edit);
 ``POST /api/patients/signoff`` (``{patient, action: signoff|withdraw, reason}``);
 ``GET``/``POST /api/reviewer`` (the reviewer's name, kept in a cookie unless fixed by ``--reviewer``).
 """
@@ -164,6 +165,7 @@ def _page(session: ReviewSession, token: str) -> str:
 <h2 id="tube-title">Choose a tube in the queue</h2>
 <div id="tube-meta"></div>
 <div id="numbers"></div>
+<div id="patient"></div>
 <div id="gates"></div>
 <div id="decide" hidden>
 <label>Reason <input id="reason" size="50" placeholder="why (needed to correct, exclude or revert)"></label>
@@ -243,6 +245,12 @@ def create_app(session: ReviewSession, *, token: str, port: int, reviewer: str |
         return await run_in_threadpool(session.regate, request.path_params["tube"], str(data.get("gate")),
                                        data.get("geometry"))
 
+    async def patient(request: Request) -> Any:
+        data = await body(request)
+        gate = data.get("gate")
+        return await run_in_threadpool(session.patient_preview, request.path_params["tube"],
+                                       None if gate is None else str(gate), data.get("geometry"))
+
     async def decision(request: Request) -> Any:
         data = await body(request)
         gate = data.get("gate")
@@ -282,5 +290,6 @@ def create_app(session: ReviewSession, *, token: str, port: int, reviewer: str |
         Route("/api/tubes/{tube:int}/regate", answer(regate), methods=["POST"]),
         Route("/api/tubes/{tube:int}/decision", answer(decision), methods=["POST"]),
         Route("/api/patients/signoff", answer(signoff), methods=["POST"]),
+        Route("/api/tubes/{tube:int}/patient", answer(patient), methods=["POST"]),
     ]
     return Guard(Starlette(routes=routes), token=token, port=port)

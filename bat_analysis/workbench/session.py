@@ -126,6 +126,20 @@ def view_extent(g: Any) -> list[float]:
     return [x0 - dx, x1 + dx, y0 - dy, y1 + dy]
 
 
+def _class_rows(patients: Any, patient: str) -> list[dict[str, Any]]:
+    """Per allergen of one patient: class, confidence, reason and AUC inhibition (a patients table's rows)."""
+    rows = []
+    for row in patients.to_dict(orient="records"):
+        if str(row.get("patient")) != patient:
+            continue
+        rows.append({"allergen": str(row.get("allergen")), "class": str(row.get("class") or ""),
+                     "confidence": str(row.get("class_confidence") or ""),
+                     "reason": str(row.get("class_reason") or ""),
+                     "auc_inhibition_pct": _finite(row.get("auc_inhibition_pct")),
+                     "cd_max_none": _finite(row.get("cd_max_none"))})
+    return rows
+
+
 def _signoff_text(entry: Mapping[str, Any] | None) -> str | None:
     return None if entry is None else f"signed off by {entry['reviewer']} on {entry['decided_at']}"
 
@@ -358,6 +372,40 @@ class ReviewSession:
         out = self._checked_numbers(r, self._regated(r, gate, checked), corrected)
         out["geometry"] = checked
         return out
+
+    # ------------------------------------------------------------------ the patient
+    def _thresholds(self) -> dict[tuple[str, str], float]:
+        """The threshold corrections the run applied (patient, arm) -> value."""
+        with self._store() as store:
+            considered = store.run_corrections(self.stored.run_id)
+        return {(e["patient"], e["pretreatment"]): float(e["value"])
+                for e in considered if e["kind"] == "threshold" and e["status"] == "applied"}
+
+    def patient_preview(self, tube_id: int, gate: str | None = None,
+                        geometry: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The patient's classification per allergen as stored, and with the tube's edited gate (and every
+        gate correction of the patient's tubes made since the run): the patient's tubes scored again."""
+        from ..analysis.score import score_experiment
+
+        r = self.result(tube_id)
+        patient = r.tube.patient
+        states = self.state()
+        group = []
+        for other in self.results:
+            if other.tube.patient != patient:
+                continue
+            if other is r and gate is not None:
+                _, checked = self.overrides_for(r, gate, geometry)
+                group.append(self._regated(r, gate, checked))
+            elif states.get(other.tube.file, TubeState()).gates and other.error is None:
+                group.append(self._regated(other))
+            else:
+                group.append(other)
+        thresholds = {k: v for k, v in self._thresholds().items() if k[0] == patient}
+        scores = score_experiment(group, self.config, threshold_overrides=thresholds or None)
+        stored = self.stored.scores.patients if self.stored.scores is not None else None
+        return {"patient": patient, "now": _class_rows(scores.patients, patient),
+                "stored": _class_rows(stored, patient) if stored is not None else []}
 
     # ------------------------------------------------------------------ decisions
     def decide(self, tube_id: int, action: str, *, reviewer: str, reason: str = "",

@@ -178,6 +178,31 @@ function gateFigure(g) {
   return fig;
 }
 
+function classText(row) {
+  const inh = row.auc_inhibition_pct === null ? "" : ` · AUC inhibition ${fmt(row.auc_inhibition_pct, 0)}%`;
+  return `${row.allergen}: ${row.class}${row.confidence ? " (" + row.confidence + ")" : ""}${inh}`;
+}
+
+async function loadPatient(body, label) {
+  const id = state.tube.id;
+  const seq = (state.patientSeq = (state.patientSeq || 0) + 1);
+  const box = document.getElementById("patient");
+  box.replaceChildren(el("p", { class: "label", text: "Patient: scoring…" }));
+  try {
+    const p = await api(`/api/tubes/${id}/patient`, body);
+    if (!state.tube || state.tube.id !== id || seq !== state.patientSeq) return;  // a newer edit is on its way
+    const stored = new Map(p.stored.map((r) => [r.allergen, r]));
+    box.replaceChildren(el("p", { class: "label", text: `Patient ${p.patient}, ${label}` }),
+      el("ul", { id: "patient-classes" }, ...p.now.map((r) => {
+        const was = stored.get(r.allergen);
+        const changed = was && was.class !== r.class ? ` (was ${was.class})` : "";
+        return el("li", { title: r.reason, class: changed ? "changed" : "", text: classText(r) + changed });
+      })));
+  } catch (err) {
+    box.replaceChildren(el("p", { class: "bad", text: `Patient: ${err.message}` }));
+  }
+}
+
 async function regate(gate, geometry) {
   say("re-gating…");
   const t0 = performance.now();
@@ -187,6 +212,7 @@ async function regate(gate, geometry) {
     state.editedGate = gate;
     showNumbers(n, "With your edit (not saved yet)");
     say(`re-gated in ${Math.round(performance.now() - t0)} ms; give a reason and Save to keep it`);
+    loadPatient({ gate, geometry: n.geometry }, "with your edit");
   } catch (err) {
     say(err.message, true);
   }
@@ -209,6 +235,7 @@ async function openTube(id) {
   showNumbers(t, "As stored");
   document.getElementById("gates").replaceChildren(...t.gates.filter((g) => g.has_density).map(gateFigure));
   document.getElementById("decide").hidden = false;
+  loadPatient({}, "as it stands");
   document.getElementById("reason").value = "";
   say("");
   await loadHistory();
