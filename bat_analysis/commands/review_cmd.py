@@ -22,8 +22,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Review the gates of a run in the browser: a queue of tubes (failed, flagged, unreviewed first),
         each gate on its density, the basophil gate's corners draggable with the counts and %CD63+ updated
-        after each drag, and accept / correct / exclude / revert, each recorded with who, when and why in
-        the results store (the next 'bat run' applies the corrections).
+        after each drag (and the patient's class), accept / correct / exclude / revert a tube and sign off a
+        patient, each recorded with who, when and why in the results store (the next 'bat run' applies the
+        corrections).
 
         \b
         Examples:

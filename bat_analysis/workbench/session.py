@@ -9,10 +9,14 @@ Re-gating keeps the last few tubes' read FCS samples in memory (:class:`SampleCa
 out), so that an edit re-gates from the events in memory (compensation of the gating channels and the gates
 after the edited one) instead of reading and decoding the file again.
 
-Decisions (accept, correct, exclude, revert) are appended to the corrections log
+A re-gated tube is checked against its automated result (:mod:`bat_analysis.gating.plausibility`), and
+the patient can be scored again with the edit (:meth:`ReviewSession.patient_preview`: its class per
+allergen; nothing is stored).
+
+Decisions (accept, correct, exclude, revert; sign off a patient) are appended to the corrections log
 (:meth:`ResultStore.append_corrections`); the state shown is derived from the log each time
-(:func:`review_state`). A gate correction is applied by every later ``bat run``; accept and exclude are
-kept as the reviewer's record (kind ``tube``).
+(:func:`review_state`). A gate correction is applied by every later ``bat run``; accept, exclude and
+sign-off are kept as the reviewer's record (kinds ``tube`` and ``patient``).
 """
 
 from __future__ import annotations
