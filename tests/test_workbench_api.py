@@ -342,3 +342,38 @@ def test_the_patient_preview_scores_the_patient_again_with_the_edit(out):
                     headers=SAME).json()
     assert [r["allergen"] for r in edited["now"]] == [r["allergen"] for r in as_is["now"]]
     assert edited["now"] != as_is["now"]  # a tube without basophils changes the patient's result
+
+
+def test_the_threshold_dragged_on_a_negative_control_is_logged_and_applied_by_bat_run(experiment, out):
+    from typer.testing import CliRunner
+
+    from bat_analysis.cli import app
+
+    c = client(out, reviewer="Jane Doe")
+    tubes = c.get("/api/queue").json()["tubes"]
+    neg = next(t for t in tubes if t["condition"] == "negative_control")
+    other = next(t for t in tubes if t["condition"] == "allergen")
+    assert c.get(f"/api/tubes/{other['id']}/histogram").json()["editable"] is False
+    h = c.get(f"/api/tubes/{neg['id']}/histogram").json()
+    assert h["editable"] and len(h["counts"]) == len(h["edges"]) - 1 and h["threshold"] > 0
+    lower = h["edges"][0] + 0.5 * (h["threshold_scale"] - h["edges"][0])
+    preview = c.post(f"/api/tubes/{neg['id']}/threshold", json={"threshold": lower}, headers=SAME).json()
+    assert preview["threshold"] < h["threshold"] and preview["before"] == h["threshold"]
+    assert preview["pct_cd63"] > c.get(f"/api/tubes/{neg['id']}").json()["pct_cd63"]
+    refused = c.post(f"/api/tubes/{other['id']}/decision", json={"action": "threshold", "threshold": lower,
+                                                                  "reason": "x"}, headers=SAME)
+    assert refused.status_code == 400
+    saved = c.post(f"/api/tubes/{neg['id']}/decision", json={"action": "threshold", "threshold": lower,
+                                                              "reason": "bimodal negative control"}, headers=SAME)
+    assert saved.status_code == 200 and saved.json()["tube"]["threshold"] == preview["threshold"]
+    with ResultStore.in_folder(out, create=False) as store:
+        (entry,) = store.active_corrections()
+    assert (entry["kind"], entry["patient"], entry["pretreatment"]) == ("threshold", EVIL, neg["pretreatment"])
+    assert entry["value"] == preview["threshold"] and entry["before"] == h["threshold"]
+    args = ["run", str(experiment.out_dir), "--layout", str(experiment.layout_path), "--out", str(out),
+            "--workers", "1", "--no-reports"]
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    arm = pd.read_csv(out / "tubes.csv")
+    arm = arm[arm["pretreatment"] == neg["pretreatment"]]
+    assert list(arm["cd63_threshold"]) == pytest.approx([preview["threshold"]] * len(arm), rel=1e-6)

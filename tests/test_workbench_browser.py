@@ -1,6 +1,7 @@
 """bat review in a real headless Chromium (playwright driving Debian's chromium; no browser is downloaded):
 drag the basophil gate's corners with the mouse, see the count change, add and remove a corner, save with a
-reason, restart the server and see the decision; no console errors, no request to another host."""
+reason, restart the server and see the decision, drag the CD63 threshold on a negative control; no console
+errors, no request to another host."""
 
 from __future__ import annotations
 
@@ -173,6 +174,24 @@ def test_drag_a_vertex_save_and_find_the_decision_after_a_restart(results, brows
         page.locator("body").press("a")
         until(page, "document.getElementById('message').textContent === 'accept saved'")
         assert "review: reviewed" in page.text_content("#tube-meta")
+        # the CD63 threshold dragged on a negative control's histogram, then saved with a reason
+        neg = page.evaluate("state.queue.find((t) => t.condition === 'negative_control').id")
+        page.click(f'#queue li[data-id="{neg}"]')
+        until(page, f"state.tube && state.tube.id === {neg} && document.querySelector('line.threshold.draggable')")
+        until(page, "!document.getElementById('patient').textContent.includes('scoring')")
+        pct_before = page.text_content("#pct-cd63")
+        page.locator("#histogram").scroll_into_view_if_needed()
+        line = page.locator("line.threshold").bounding_box()
+        x, y = line["x"] + line["width"] / 2, line["y"] + line["height"] / 2
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x - 60, y, steps=5)
+        page.mouse.up()
+        until(page, "document.getElementById('message').textContent.startsWith('threshold moved')")
+        assert float(page.text_content("#pct-cd63")) > float(pct_before)
+        page.fill("#reason", "bimodal negative control")
+        page.click("#save-threshold")
+        until(page, "document.getElementById('message').textContent === 'threshold saved'")
         assert w.errors == [] and w.foreign == []
         w.close()
     finally:
@@ -182,5 +201,7 @@ def test_drag_a_vertex_save_and_find_the_decision_after_a_restart(results, brows
     with ResultStore.in_folder(out, create=False) as store:
         log = store.correction_log()
     assert [(e["kind"], e["action"], e["reviewer"]) for e in log] == [
-        ("gate", "apply", "Jane Doe"), ("tube", "accept", "Jane Doe"), ("tube", "accept", "Jane Doe")]
+        ("gate", "apply", "Jane Doe"), ("tube", "accept", "Jane Doe"), ("tube", "accept", "Jane Doe"),
+        ("threshold", "apply", "Jane Doe")]
+    assert log[-1]["value"] < log[-1]["before"] and log[-1]["reason"] == "bimodal negative control"
     assert log[-1]["file"] != log[0]["file"] and nxt != tube_id

@@ -17,8 +17,11 @@ Safety (every request goes through :class:`Guard` before any route):
 Routes: ``GET /`` the page; ``GET /static/workbench.js|workbench.css``; ``GET /api/queue`` (``patient``,
 ``flag``, ``status`` filters); ``GET /api/tubes/{id}``; ``GET /api/tubes/{id}/gates/{k}/density.png``;
 ``GET /api/tubes/{id}/history``; ``POST /api/tubes/{id}/regate`` (``{gate, geometry}``);
-``POST /api/tubes/{id}/decision`` (``{action: accept|correct|exclude|revert, reason, gate, geometry}``);
-``POST /api/tubes/{id}/patient`` (``{gate, geometry}``: the patient's classes stored and with the edit);
+``POST /api/tubes/{id}/decision`` (``{action: accept|correct|exclude|revert|threshold, reason, gate,
+geometry, threshold}``);
+``POST /api/tubes/{id}/patient`` (``{gate, geometry}`` or ``{threshold}``: the patient's classes stored and
+with the edit); ``GET /api/tubes/{id}/histogram`` (the activation marker, display scale, with the
+threshold); ``POST /api/tubes/{id}/threshold`` (``{threshold}`` on the display scale: this tube's %CD63+);
 ``POST /api/patients/signoff`` (``{patient, action: signoff|withdraw, reason}``);
 ``GET``/``POST /api/reviewer`` (the reviewer's name, kept in a cookie unless fixed by ``--reviewer``).
 """
@@ -167,11 +170,12 @@ def _page(session: ReviewSession, token: str) -> str:
 <div id="numbers"></div>
 <div id="patient"></div>
 <div id="gates"></div>
+<div id="histogram"></div>
 <div id="decide" hidden>
 <label>Reason <input id="reason" size="50" placeholder="why (needed to correct, exclude or revert)"></label>
 <button id="save">Save correction</button> <button id="accept">Accept</button>
 <button id="exclude">Exclude</button> <button id="revert">Revert to automated</button>
-<button id="signoff">Sign off patient</button>
+<button id="signoff">Sign off patient</button> <button id="save-threshold" hidden>Save threshold</button>
 <p id="message" role="status"></p>
 <h3>History</h3><ol id="history"></ol>
 </div>
@@ -249,7 +253,16 @@ def create_app(session: ReviewSession, *, token: str, port: int, reviewer: str |
         data = await body(request)
         gate = data.get("gate")
         return await run_in_threadpool(session.patient_preview, request.path_params["tube"],
-                                       None if gate is None else str(gate), data.get("geometry"))
+                                       None if gate is None else str(gate), data.get("geometry"),
+                                       data.get("threshold"))
+
+    async def histogram(request: Request) -> Any:
+        return await run_in_threadpool(session.histogram, request.path_params["tube"])
+
+    async def threshold(request: Request) -> Any:
+        data = await body(request)
+        return await run_in_threadpool(session.threshold_preview, request.path_params["tube"],
+                                       data.get("threshold"))
 
     async def decision(request: Request) -> Any:
         data = await body(request)
@@ -257,7 +270,7 @@ def create_app(session: ReviewSession, *, token: str, port: int, reviewer: str |
         ids = await run_in_threadpool(
             session.decide, request.path_params["tube"], str(data.get("action")), reviewer=reviewer_of(request),
             reason=str(data.get("reason") or ""), gate=None if gate is None else str(gate),
-            geometry=data.get("geometry"))
+            geometry=data.get("geometry"), threshold=data.get("threshold"))
         return {"logged": ids, "tube": await run_in_threadpool(session.tube, request.path_params["tube"])}
 
     async def signoff(request: Request) -> Any:
@@ -291,5 +304,7 @@ def create_app(session: ReviewSession, *, token: str, port: int, reviewer: str |
         Route("/api/tubes/{tube:int}/decision", answer(decision), methods=["POST"]),
         Route("/api/patients/signoff", answer(signoff), methods=["POST"]),
         Route("/api/tubes/{tube:int}/patient", answer(patient), methods=["POST"]),
+        Route("/api/tubes/{tube:int}/histogram", answer(histogram)),
+        Route("/api/tubes/{tube:int}/threshold", answer(threshold), methods=["POST"]),
     ]
     return Guard(Starlette(routes=routes), token=token, port=port)

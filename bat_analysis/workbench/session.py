@@ -224,7 +224,17 @@ class ReviewSession:
                 "flags": sorted({c for it in items for c in it["flags"]})}
 
     # ------------------------------------------------------------------ one tube
+    def _thresholds(self) -> dict[tuple[str, str], float]:
+        """The threshold corrections in force in the log: (patient, arm) -> value."""
+        with self._store() as store:
+            active = store.active_corrections()
+        return {(e["patient"], e["pretreatment"]): float(e["value"]) for e in active if e["kind"] == "threshold"}
+
     def threshold(self, r: TubeResult) -> float | None:
+        """The activation threshold of the tube's patient and arm: a correction in force, else the run's."""
+        corrected = self._thresholds().get((r.tube.patient, r.tube.pretreatment))
+        if corrected is not None:
+            return corrected
         scores = self.stored.scores
         if scores is None or self.config is None:
             return None
@@ -377,18 +387,67 @@ class ReviewSession:
         out["geometry"] = checked
         return out
 
-    # ------------------------------------------------------------------ the patient
-    def _thresholds(self) -> dict[tuple[str, str], float]:
-        """The threshold corrections the run applied (patient, arm) -> value."""
-        with self._store() as store:
-            considered = store.run_corrections(self.stored.run_id)
-        return {(e["patient"], e["pretreatment"]): float(e["value"])
-                for e in considered if e["kind"] == "threshold" and e["status"] == "applied"}
+    # ------------------------------------------------------------------ the activation threshold
+    def _activation(self, r: TubeResult) -> tuple[Any, np.ndarray] | None:
+        """The activation marker's dimension (with the template's display transform) and this tube's
+        basophil values of it; None when the tube has none."""
+        from ..gating.tube import template_dimension
 
+        if self.config is None:
+            return None
+        marker = self.config.markers.activation.lower()
+        key = next((k for k in (r.basophil_values or {}) if k.lower() == marker), None)
+        if key is None:
+            return None
+        return template_dimension(self.template, key), np.asarray(r.basophil_values[key], dtype=np.float64)
+
+    def histogram(self, tube_id: int) -> dict[str, Any] | None:
+        """The tube's basophils on the activation marker (display scale, 80 bins) with the threshold; the
+        threshold is editable on a negative control (it applies to the patient and arm)."""
+        from ..gating import estimators as est
+
+        r = self.result(tube_id)
+        got = self._activation(r)
+        if got is None or len(got[1]) == 0:
+            return None
+        dim, values = got
+        thr = self.threshold(r)
+        lo, hi = est.scale_limits(dim, values)
+        scaled = est.to_scale(dim, values)
+        t_scale = float(est.to_scale(dim, np.array([thr]))[0]) if thr is not None else None
+        if t_scale is not None:
+            lo, hi = min(lo, t_scale), max(hi, t_scale)
+        counts, edges = np.histogram(scaled, bins=80, range=(lo, hi))
+        return {"marker": dim.key, "edges": edges.tolist(), "counts": counts.tolist(), "threshold": thr,
+                "threshold_scale": t_scale, "editable": r.tube.condition == "negative_control"}
+
+    def threshold_from_scale(self, tube_id: int, scale_value: Any) -> float:
+        """A threshold dragged on the histogram (display scale) in compensated linear units."""
+        from ..gating import estimators as est
+
+        r = self.result(tube_id)
+        got = self._activation(r)
+        x = _finite(scale_value)
+        if got is None or x is None:
+            raise ReviewError("no threshold to move here", field="threshold",
+                              expected="a finite position on a tube with activation-marker values")
+        value = float(est.from_scale(got[0], np.array([x]))[0])
+        if not math.isfinite(value):
+            raise ReviewError("the threshold is off the scale", field="threshold", expected="a finite value")
+        return value
+
+    def threshold_preview(self, tube_id: int, scale_value: Any) -> dict[str, Any]:
+        """This tube's %CD63+ with a threshold dragged to ``scale_value``."""
+        r = self.result(tube_id)
+        value = self.threshold_from_scale(tube_id, scale_value)
+        return {"threshold": value, "pct_cd63": self.pct_cd63(r, value), "before": self.threshold(r)}
+
+    # ------------------------------------------------------------------ the patient
     def patient_preview(self, tube_id: int, gate: str | None = None,
-                        geometry: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The patient's classification per allergen as stored, and with the tube's edited gate (and every
-        gate correction of the patient's tubes made since the run): the patient's tubes scored again."""
+                        geometry: Mapping[str, Any] | None = None, threshold: Any = None) -> dict[str, Any]:
+        """The patient's classification per allergen as stored, and with the tube's edited gate or a
+        threshold dragged on its histogram (``threshold``, display scale; and every gate correction of the
+        patient's tubes made since the run): the patient's tubes scored again."""
         from ..analysis.score import score_experiment
 
         r = self.result(tube_id)
@@ -406,6 +465,8 @@ class ReviewSession:
             else:
                 group.append(other)
         thresholds = {k: v for k, v in self._thresholds().items() if k[0] == patient}
+        if threshold is not None:  # dragged on the histogram (display scale): for this tube's arm
+            thresholds[(patient, r.tube.pretreatment)] = self.threshold_from_scale(tube_id, threshold)
         scores = score_experiment(group, self.config, threshold_overrides=thresholds or None)
         stored = self.stored.scores.patients if self.stored.scores is not None else None
         return {"patient": patient, "now": _class_rows(scores.patients, patient),
@@ -413,9 +474,12 @@ class ReviewSession:
 
     # ------------------------------------------------------------------ decisions
     def decide(self, tube_id: int, action: str, *, reviewer: str, reason: str = "",
-               gate: str | None = None, geometry: Mapping[str, Any] | None = None) -> list[int]:
-        """Append a decision to the corrections log: ``accept``, ``correct`` (gate + geometry), ``exclude``
-        or ``revert`` (withdraw the tube's corrections and decision). Returns the log entry ids."""
+               gate: str | None = None, geometry: Mapping[str, Any] | None = None,
+               threshold: Any = None) -> list[int]:
+        """Append a decision to the corrections log: ``accept``, ``correct`` (gate + geometry), ``exclude``,
+        ``revert`` (withdraw the tube's corrections and decision) or ``threshold`` (on a negative control: the
+        CD63 threshold of its patient and arm, dragged to ``threshold`` on the display scale). Returns the log
+        entry ids."""
         from .. import __version__
         from ..overrides import correction_basis
 
@@ -424,7 +488,7 @@ class ReviewSession:
         if not reviewer:
             raise ReviewError("say who you are first", field="reviewer", expected="the reviewer's name")
         check_reason(reason)
-        if action in ("correct", "exclude", "revert") and not reason:
+        if action in ("correct", "exclude", "revert", "threshold") and not reason:
             raise ReviewError(f"{action}: give a reason", field="reason", expected="why, in a few words")
         r = self.result(tube_id)
         file = r.tube.file
@@ -444,6 +508,18 @@ class ReviewSession:
                             "value": checked, "before": before, "input_sha256": basis})
             entries.append({**common, "action": "accept", "kind": "tube", "file": file, "value": None,
                             "before": None, "input_sha256": basis})
+        elif action == "threshold":
+            if not reason:
+                raise ReviewError("threshold: give a reason", field="reason", expected="why, in a few words")
+            if r.tube.condition != "negative_control":
+                raise ReviewError("the threshold is set on the negative control", field="action",
+                                  expected="a negative-control tube of the patient and arm")
+            value = self.threshold_from_scale(tube_id, threshold)
+            target = ("threshold", r.tube.patient, r.tube.pretreatment)
+            entries.append({**common, "action": "apply", "kind": "threshold", "patient": r.tube.patient,
+                            "pretreatment": r.tube.pretreatment, "value": value, "before": self.threshold(r),
+                            "input_sha256": correction_basis("threshold", target,
+                                                             [x.tube for x in self.results], self.checksums)})
         elif action in ("accept", "exclude"):
             entries.append({**common, "action": action, "kind": "tube", "file": file, "value": None,
                             "before": None, "input_sha256": basis})

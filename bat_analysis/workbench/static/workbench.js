@@ -7,7 +7,8 @@ const TOKEN = document.querySelector('meta[name="bat-token"]').content;
 const SVG_NS = "http://www.w3.org/2000/svg";
 const SIZE = 420;  // the density image's size in pixels (the server draws it so)
 
-const state = { queue: [], current: null, tube: null, edited: null, editedGate: null, reviewer: "" };
+const state = { queue: [], current: null, tube: null, edited: null, editedGate: null, editedThreshold: null,
+                reviewer: "" };
 
 function el(tag, props, ...children) {
   const node = document.createElement(tag);
@@ -88,7 +89,7 @@ function showNumbers(n, label) {
     el("table", {},
       el("tr", {}, el("th", { text: "Basophils" }), el("td", { id: "n-basophils", text: String(n.n_basophils) })),
       el("tr", {}, el("th", { text: "%CD63+" }), el("td", { id: "pct-cd63", text: fmt(n.pct_cd63, 1) })),
-      el("tr", {}, el("th", { text: "CD63 threshold" }), el("td", { text: fmt(n.threshold, 0) })),
+      el("tr", {}, el("th", { text: "CD63 threshold" }), el("td", { id: "threshold", text: fmt(n.threshold, 0) })),
       el("tr", {}, el("th", { text: "QC" }), el("td", { id: "qc", class: `qc-${n.qc}`, text: n.qc })),
       el("tr", {}, el("th", { text: "Flags" }), el("td", { text: flags }))));
 }
@@ -203,6 +204,62 @@ async function loadPatient(body, label) {
   }
 }
 
+// the activation marker's histogram of this tube, the threshold a vertical line (draggable on a negative
+// control: it sets the threshold of the patient and arm)
+async function loadHistogram() {
+  const id = state.tube.id;
+  const box = document.getElementById("histogram");
+  const h = await api(`/api/tubes/${id}/histogram`);
+  if (!state.tube || state.tube.id !== id) return;
+  document.getElementById("save-threshold").hidden = !(h && h.editable);
+  if (!h) { box.replaceChildren(); return; }
+  const W = 600, H = 160;
+  const lo = h.edges[0], hi = h.edges[h.edges.length - 1];
+  const top = Math.max(1, ...h.counts);
+  const px = (x) => ((x - lo) / (hi - lo)) * W;
+  const overlay = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: String(W), height: String(H), class: "histogram" });
+  h.counts.forEach((c, i) => {
+    const x0 = px(h.edges[i]), x1 = px(h.edges[i + 1]), y = H - (c / top) * (H - 10);
+    overlay.append(svg("rect", { class: "bar", x: x0, y, width: Math.max(0.5, x1 - x0), height: H - y }));
+  });
+  const fig = el("figure", { class: "gate" + (h.editable ? " editable" : "") }, overlay,
+    el("figcaption", { text: `${h.marker} of the basophils · threshold ${fmt(h.threshold, 0)}` +
+                             (h.editable ? " · drag the line to set it for this patient and arm" : "") }));
+  box.replaceChildren(fig);
+  if (h.threshold_scale === null) return;
+  let x = px(h.threshold_scale);
+  const line = svg("line", { class: "threshold" + (h.editable ? " draggable" : ""), x1: x, x2: x, y1: 0, y2: H });
+  overlay.append(line);
+  if (!h.editable) return;
+  let dragging = false;
+  line.addEventListener("pointerdown", (ev) => { dragging = true; line.setPointerCapture(ev.pointerId); ev.preventDefault(); });
+  line.addEventListener("pointermove", (ev) => {
+    if (!dragging) return;
+    const b = overlay.getBoundingClientRect();
+    x = Math.max(0, Math.min(W, ((ev.clientX - b.left) / b.width) * W));
+    line.setAttribute("x1", x);
+    line.setAttribute("x2", x);
+  });
+  const end = async (ev) => {
+    if (!dragging) return;
+    dragging = false;
+    line.releasePointerCapture(ev.pointerId);
+    const scale = lo + (x / W) * (hi - lo);
+    try {
+      const t = await api(`/api/tubes/${id}/threshold`, { threshold: scale });
+      state.editedThreshold = scale;
+      document.getElementById("pct-cd63").textContent = fmt(t.pct_cd63, 1);
+      document.getElementById("threshold").textContent = `${fmt(t.threshold, 0)} (was ${fmt(t.before, 0)})`;
+      say("threshold moved; give a reason and Save threshold to keep it");
+      loadPatient({ threshold: scale }, "with your threshold");
+    } catch (err) {
+      say(err.message, true);
+    }
+  };
+  line.addEventListener("pointerup", end);
+  line.addEventListener("pointercancel", end);
+}
+
 async function regate(gate, geometry) {
   say("re-gating…");
   const t0 = performance.now();
@@ -235,7 +292,9 @@ async function openTube(id) {
   showNumbers(t, "As stored");
   document.getElementById("gates").replaceChildren(...t.gates.filter((g) => g.has_density).map(gateFigure));
   document.getElementById("decide").hidden = false;
+  state.editedThreshold = null;
   loadPatient({}, "as it stands");
+  loadHistogram().catch((err) => say(err.message, true));
   document.getElementById("reason").value = "";
   say("");
   await loadHistory();
@@ -251,6 +310,10 @@ async function decide(action) {
   if (!state.tube) return;
   if (!state.reviewer) { say("Enter your name (top right) first.", true); return; }
   const body = { action, reason: document.getElementById("reason").value };
+  if (action === "threshold") {
+    if (state.editedThreshold === null) { say("Drag the threshold line first.", true); return; }
+    body.threshold = state.editedThreshold;
+  }
   if (action === "correct") {
     if (!state.edited) { say("Nothing edited: drag a corner of the basophil gate first (or Accept).", true); return; }
     body.gate = state.editedGate;
@@ -308,6 +371,7 @@ document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("exclude").addEventListener("click", () => decide("exclude"));
   document.getElementById("revert").addEventListener("click", () => decide("revert"));
   document.getElementById("signoff").addEventListener("click", signOff);
+  document.getElementById("save-threshold").addEventListener("click", () => decide("threshold"));
   document.getElementById("reviewer-set").addEventListener("click", setReviewer);
   document.addEventListener("keydown", (ev) => {
     if (ev.target instanceof HTMLInputElement || ev.target instanceof HTMLSelectElement || ev.ctrlKey || ev.metaKey || ev.altKey) return;
