@@ -293,7 +293,8 @@ class ReviewSession:
                 "condition": t.condition, "allergen": t.allergen, "concentration": _finite(t.concentration),
                 "unit": t.unit, "error": r.error, "population": self.template.population, "gates": gates,
                 "qc_status": self.qc_status(r), "review": st.status, "decision": st.decision,
-                "corrected_gates": sorted(st.gates), "signoff": _signoff_text(self.signoffs().get(t.patient)), "stored_pct_cd63": _finite(row.get("pct_cd63")),
+                "corrected_gates": sorted(st.gates), "signoff": _signoff_text(self.signoffs().get(t.patient)),
+                "stored_pct_cd63": _finite(row.get("pct_cd63")),
                 **numbers}
 
     def density_png(self, tube_id: int, gate_index: int) -> bytes:
