@@ -377,3 +377,25 @@ def test_the_threshold_dragged_on_a_negative_control_is_logged_and_applied_by_ba
     arm = pd.read_csv(out / "tubes.csv")
     arm = arm[arm["pretreatment"] == neg["pretreatment"]]
     assert list(arm["cd63_threshold"]) == pytest.approx([preview["threshold"]] * len(arm), rel=1e-6)
+
+
+def test_a_websocket_never_reaches_the_application():
+    import asyncio
+
+    from bat_analysis.workbench.app import TOKEN_COOKIE, Guard
+
+    reached, sent = [], []
+
+    async def inner(scope, receive, send):
+        reached.append(scope["type"])
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    scope = {"type": "websocket", "path": "/api/queue", "query_string": b"",
+             "headers": [(b"host", f"127.0.0.1:{PORT}".encode()), (b"cookie", f"{TOKEN_COOKIE}={TOKEN}".encode())]}
+    asyncio.run(Guard(inner, token=TOKEN, port=PORT)(scope, receive, send))
+    assert reached == [] and sent == [{"type": "websocket.close", "code": 1008}]
