@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from .commands import cohort_cmd, inspect_cmd, run_cmd, simulate_cmd, templates_cmd
+from .commands import cohort_cmd, inspect_cmd, review_cmd, run_cmd, simulate_cmd, templates_cmd
 
 app = typer.Typer(
     name="bat",
@@ -41,6 +41,7 @@ inspect_cmd.register(app)
 simulate_cmd.register(app)
 templates_cmd.register(app)
 cohort_cmd.register(app)
+review_cmd.register(app)
 
 
 def main() -> None:

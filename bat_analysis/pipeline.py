@@ -776,6 +776,16 @@ class _RunContext:
     entries: list[dict[str, Any]]
 
 
+def mark_implausible(results: Sequence[TubeResult], store: ResultStore, population: str) -> None:
+    """Flag each corrected tube whose population does not look like the automated one's
+    (:mod:`bat_analysis.gating.plausibility`)."""
+    from .gating.plausibility import implausible_gate_flags
+
+    for r in results:
+        if store.current_variant(r.tube.file) == REVIEWED:
+            r.flags.extend(implausible_gate_flags(store.get_tube(r.tube.file, AUTO), r, population))
+
+
 @dataclass
 class _GatePlan:
     """The tubes to gate now (one task per tube and variant, with the cache key it is stored under) and how
@@ -917,6 +927,7 @@ def _current_results(ctx: _RunContext, corrections: Corrections, stale: Sequence
             raise BatError("a gated tube is missing from the results store", source=str(store.path),
                            field=tube.file, expected="re-run the same command")
         results.append(res)
+    mark_implausible(results, ctx.store, ctx.template.population)
     mark_stale(results, stale)
     failed = [(r.tube.file, r.error or "") for r in results if not r.ok]
     if len(failed) == len(results):
@@ -1321,6 +1332,7 @@ def load_run(out: Path | str, *, score: bool = True) -> StoredRun:
         considered = store.run_corrections(run["id"])
         thresholds = {(e["patient"], e["pretreatment"]): float(e["value"])
                       for e in considered if e["kind"] == "threshold" and e["status"] == "applied"}
+        mark_implausible(results, store, template.population)
         mark_stale(results, [(e, e["note"] or "stale correction") for e in considered if e["status"] == "stale"])
         scores = score_results(results, template, thresholds, store) if score else None
         return StoredRun(results=results, scores=scores, info=run_info(store, run["id"]), template=template,

@@ -19,7 +19,10 @@ Tables
                     applies or withdraws one correction (a gate of a tube, or the CD63 threshold of a patient
                     and arm) with who, when, why, the value before and after, the source file, the software
                     version, and the checksums of the tube file(s) and template it was made on. The active
-                    corrections are derived from it (:meth:`ResultStore.active_corrections`)
+                    corrections are derived from it (:meth:`ResultStore.active_corrections`). It also keeps
+                    the review decisions on whole tubes (kind ``tube``, action ``accept`` or ``exclude``)
+                    and patients (kind ``patient``, action ``signoff``), ``withdraw`` reverting each; no run
+                    applies them (``bat review``)
 ``run_corrections`` per run, each active correction and whether it was ``applied``, ``stale`` (made on a
                     tube file or template that has changed since; kept, not applied) or ``not_in_run`` (its
                     tube or arm is not in that run's layout)
@@ -113,8 +116,11 @@ CREATE TABLE IF NOT EXISTS run_corrections (
 );
 """
 
-CORRECTION_ACTIONS = ("apply", "withdraw")
-CORRECTION_KINDS = ("gate", "threshold")
+CORRECTION_ACTIONS = ("apply", "withdraw", "accept", "exclude", "signoff")
+CORRECTION_KINDS = ("gate", "threshold", "tube", "patient")
+# review decisions, by kind: a whole tube accepted as it stands or excluded; a patient signed off ("reviewed
+# and approved"); each withdrawn by a ``withdraw`` entry. Corrections (gate, threshold) are applied instead.
+DECISIONS = {"tube": ("accept", "exclude"), "patient": ("signoff",)}
 
 
 class StoreDataError(BatError):
@@ -689,22 +695,31 @@ class ResultStore:
 
 
 def correction_target(entry: Mapping[str, Any]) -> tuple[str, str, str]:
-    """What a correction is about: ``("gate", file, gate)`` or ``("threshold", patient, pretreatment)``."""
+    """What a correction is about: ``("gate", file, gate)``, ``("threshold", patient, pretreatment)`` or
+    ``("tube", file, "")`` / ``("patient", patient, "")`` (a review decision on a whole tube or patient)."""
     if entry["kind"] == "gate":
         return ("gate", entry["file"], entry["gate"])
+    if entry["kind"] == "tube":
+        return ("tube", entry["file"], "")
+    if entry["kind"] == "patient":
+        return ("patient", entry["patient"], "")
     return ("threshold", entry["patient"], entry["pretreatment"])
 
 
 def _entry_problems(e: Mapping[str, Any]) -> list[str]:
     problems = []
     if e.get("action") not in CORRECTION_ACTIONS:
-        problems.append(f"action: expected apply or withdraw, got {e.get('action')!r:.40}")
+        problems.append(f"action: expected apply, withdraw, accept or exclude, got {e.get('action')!r:.40}")
     kind = e.get("kind")
-    needs = {"gate": ("file", "gate"), "threshold": ("patient", "pretreatment")}.get(kind)
+    needs = {"gate": ("file", "gate"), "threshold": ("patient", "pretreatment"), "tube": ("file",),
+             "patient": ("patient",)}.get(kind)
     if needs is None:
-        problems.append(f"kind: expected gate or threshold, got {kind!r:.40}")
+        problems.append(f"kind: expected gate, threshold or tube, got {kind!r:.40}")
     else:
         problems += [f"{k}: missing" for k in needs if not isinstance(e.get(k), str) or not e.get(k)]
+        allowed = DECISIONS.get(kind, ("apply",)) + ("withdraw",)
+        if e.get("action") in CORRECTION_ACTIONS and e.get("action") not in allowed:
+            problems.append(f"action: {e.get('action')!r:.40} is not a decision on a {kind}")
     for k in ("reviewer", "reason", "version"):
         if not isinstance(e.get(k), str) or not e[k].strip():
             problems.append(f"{k}: missing")
@@ -714,8 +729,8 @@ def _entry_problems(e: Mapping[str, Any]) -> list[str]:
             problems.append("value: expected a gate geometry (a mapping with 'type')")
         if kind == "threshold" and not (_number(value) and math.isfinite(float(value))):
             problems.append("value: expected a finite threshold")
-    elif e.get("action") == "withdraw" and value is not None:
-        problems.append("value: a withdrawal has no value")
+    elif value is not None:
+        problems.append(f"value: {e.get('action')} has no value")
     return problems
 
 

@@ -129,7 +129,7 @@ def test_demo_rerun_reuses_and_report_rerenders(demo):
     assert bad.exit_code == 2 and "unknown patient(s): P99" in bad.output
 
 
-ALL_COMMANDS = (["run"], ["demo"], ["report"], ["export-gates"], ["inspect"], ["simulate"], ["cohort"],
+ALL_COMMANDS = (["run"], ["demo"], ["report"], ["export-gates"], ["inspect"], ["simulate"], ["cohort"], ["review"],
                 ["templates", "list"], ["templates", "show"], ["templates", "validate"])
 
 

@@ -1,0 +1,384 @@
+// bat review: the queue and the tube view. Data is inserted as text (textContent), never as markup.
+// The basophil gate's corners are SVG circles over the density image: dragging one, adding one (double-click
+// on an edge) or removing one (right-click) re-gates the tube.
+"use strict";
+
+const TOKEN = document.querySelector('meta[name="bat-token"]').content;
+const SVG_NS = "http://www.w3.org/2000/svg";
+const SIZE = 420;  // the density image's size in pixels (the server draws it so)
+
+const state = { queue: [], current: null, tube: null, edited: null, editedGate: null, editedThreshold: null,
+                reviewer: "" };
+
+function el(tag, props, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (k === "class") node.className = v; else if (k === "text") node.textContent = v; else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function svg(tag, attrs) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  return node;
+}
+
+async function api(path, body) {
+  const opts = { credentials: "same-origin", headers: {} };
+  if (body !== undefined) {
+    opts.method = "POST";
+    opts.headers["Content-Type"] = "application/json";
+    opts.headers["X-Bat-Token"] = TOKEN;
+    opts.body = JSON.stringify(body);
+  }
+  const resp = await fetch(path, opts);
+  const data = await resp.json().catch(() => ({ error: resp.statusText }));
+  if (!resp.ok) throw new Error(data.error || resp.statusText);
+  return data;
+}
+
+function say(text, bad) {
+  const m = document.getElementById("message");
+  m.textContent = text;
+  m.className = bad ? "bad" : "";
+}
+
+function fmt(x, digits) {
+  return x === null || x === undefined ? "–" : Number(x).toFixed(digits);
+}
+
+// ------------------------------------------------------------------ queue
+async function loadQueue() {
+  const params = new URLSearchParams();
+  for (const [id, key] of [["f-patient", "patient"], ["f-flag", "flag"], ["f-status", "status"]]) {
+    const v = document.getElementById(id).value;
+    if (v) params.set(key, v);
+  }
+  const q = await api("/api/queue?" + params.toString());
+  state.queue = q.tubes;
+  const c = q.counts;
+  document.getElementById("counts").textContent =
+    `${c.total} tubes · ${c.failed} failed · ${c.flagged} flagged · ${c.unreviewed} unreviewed · ` +
+    `${c.reviewed} reviewed · ${c.left} left to review`;
+  const list = document.getElementById("queue");
+  list.replaceChildren(...q.tubes.map((t) => {
+    const li = el("li", { class: `tube g-${t.group}` + (t.id === state.current ? " current" : ""), "data-id": String(t.id) },
+      el("span", { class: "file", text: t.file }), " ",
+      el("span", { class: "who", text: `${t.patient} · ${t.pretreatment} · ${t.condition}` }), " ",
+      el("span", { class: "state", text: t.review === "unreviewed" ? t.group : t.review }));
+    li.addEventListener("click", () => openTube(t.id));
+    return li;
+  }));
+}
+
+function step(delta) {
+  if (!state.queue.length) return;
+  const i = state.queue.findIndex((t) => t.id === state.current);
+  const j = i < 0 ? 0 : Math.min(state.queue.length - 1, Math.max(0, i + delta));
+  openTube(state.queue[j].id);
+}
+
+// ------------------------------------------------------------------ one tube
+function showNumbers(n, label) {
+  const box = document.getElementById("numbers");
+  const flags = (n.flags || []).map((f) => `${f.code} (${f.severity})`).join(", ") || "none";
+  box.replaceChildren(
+    el("p", { class: "label", text: label }),
+    el("table", {},
+      el("tr", {}, el("th", { text: "Basophils" }), el("td", { id: "n-basophils", text: String(n.n_basophils) })),
+      el("tr", {}, el("th", { text: "%CD63+" }), el("td", { id: "pct-cd63", text: fmt(n.pct_cd63, 1) })),
+      el("tr", {}, el("th", { text: "CD63 threshold" }), el("td", { id: "threshold", text: fmt(n.threshold, 0) })),
+      el("tr", {}, el("th", { text: "QC" }), el("td", { id: "qc", class: `qc-${n.qc}`, text: n.qc })),
+      el("tr", {}, el("th", { text: "Flags" }), el("td", { text: flags }))));
+}
+
+function gateFigure(g) {
+  const [x0, x1, y0, y1] = g.extent;
+  const px = (x) => ((x - x0) / (x1 - x0)) * SIZE;
+  const py = (y) => SIZE - ((y - y0) / (y1 - y0)) * SIZE;
+  const dx = (p) => x0 + (p / SIZE) * (x1 - x0);
+  const dy = (p) => y0 + ((SIZE - p) / SIZE) * (y1 - y0);
+  const fig = el("figure", { class: "gate" + (g.editable ? " editable" : "") });
+  const stage = el("div", { class: "stage" });
+  const img = el("img", { src: `/api/tubes/${state.tube.id}/gates/${g.index}/density.png`, width: String(SIZE),
+                          height: String(SIZE), alt: `density of ${g.parent || "all events"}` });
+  const overlay = svg("svg", { viewBox: `0 0 ${SIZE} ${SIZE}`, width: String(SIZE), height: String(SIZE) });
+  stage.append(img, overlay);
+  fig.append(stage, el("figcaption", { text: `${g.name}: ${g.dims.join(" × ")} · ${g.count} of ${g.parent_count}` +
+                                               ` · ${g.method}` }));
+  const geo = g.geometry;
+  if (geo.type !== "polygon") return fig;
+  const verts = geo.vertices.map((v) => [px(v[0]), py(v[1])]);
+  const poly = svg("polygon", { class: "outline", points: verts.map((v) => v.join(",")).join(" ") });
+  overlay.append(poly);
+  if (!g.editable) return fig;
+  const redraw = () => poly.setAttribute("points", verts.map((v) => v.join(",")).join(" "));
+  const send = () => regate(g.name, { type: "polygon", vertices: verts.map((p) => [dx(p[0]), dy(p[1])]) });
+  const local = (ev) => {
+    const box = overlay.getBoundingClientRect();
+    return [Math.max(-SIZE, Math.min(2 * SIZE, ((ev.clientX - box.left) / box.width) * SIZE)),
+            Math.max(-SIZE, Math.min(2 * SIZE, ((ev.clientY - box.top) / box.height) * SIZE))];
+  };
+  const layer = svg("g", { class: "handles" });
+  overlay.append(layer);
+  // handles: an invisible wide line on each edge (double-click adds a corner there) and a circle on each
+  // corner (drag moves it; right-click removes it, keeping at least three)
+  const build = () => {
+    layer.replaceChildren();
+    verts.forEach((v, i) => {
+      const w = verts[(i + 1) % verts.length];
+      const edge = svg("line", { class: "edge", x1: v[0], y1: v[1], x2: w[0], y2: w[1], "data-index": String(i) });
+      edge.addEventListener("dblclick", (ev) => {
+        ev.preventDefault();
+        verts.splice(i + 1, 0, local(ev));
+        redraw();
+        build();
+        send();
+      });
+      layer.append(edge);
+    });
+    verts.forEach((v, i) => {
+      const handle = svg("circle", { class: "vertex", cx: v[0], cy: v[1], r: 6, "data-index": String(i) });
+      let dragging = false;
+      handle.addEventListener("pointerdown", (ev) => {
+        if (ev.button !== 0) return;
+        dragging = true;
+        handle.setPointerCapture(ev.pointerId);
+        ev.preventDefault();
+      });
+      handle.addEventListener("pointermove", (ev) => {
+        if (!dragging) return;
+        [v[0], v[1]] = local(ev);
+        handle.setAttribute("cx", v[0]);
+        handle.setAttribute("cy", v[1]);
+        redraw();
+      });
+      const end = async (ev) => {
+        if (!dragging) return;
+        dragging = false;
+        handle.releasePointerCapture(ev.pointerId);
+        build();
+        await send();
+      };
+      handle.addEventListener("pointerup", end);
+      handle.addEventListener("pointercancel", end);
+      handle.addEventListener("contextmenu", (ev) => {
+        ev.preventDefault();
+        if (verts.length <= 3) { say("A gate keeps at least three corners.", true); return; }
+        verts.splice(i, 1);
+        redraw();
+        build();
+        send();
+      });
+      layer.append(handle);
+    });
+  };
+  build();
+  return fig;
+}
+
+function classText(row) {
+  const inh = row.auc_inhibition_pct === null ? "" : ` · AUC inhibition ${fmt(row.auc_inhibition_pct, 0)}%`;
+  return `${row.allergen}: ${row.class}${row.confidence ? " (" + row.confidence + ")" : ""}${inh}`;
+}
+
+async function loadPatient(body, label) {
+  const id = state.tube.id;
+  const seq = (state.patientSeq = (state.patientSeq || 0) + 1);
+  const box = document.getElementById("patient");
+  box.replaceChildren(el("p", { class: "label", text: "Patient: scoring…" }));
+  try {
+    const p = await api(`/api/tubes/${id}/patient`, body);
+    if (!state.tube || state.tube.id !== id || seq !== state.patientSeq) return;  // a newer edit is on its way
+    const stored = new Map(p.stored.map((r) => [r.allergen, r]));
+    box.replaceChildren(el("p", { class: "label", text: `Patient ${p.patient}, ${label}` }),
+      el("ul", { id: "patient-classes" }, ...p.now.map((r) => {
+        const was = stored.get(r.allergen);
+        const changed = was && was.class !== r.class ? ` (was ${was.class})` : "";
+        return el("li", { title: r.reason, class: changed ? "changed" : "", text: classText(r) + changed });
+      })));
+  } catch (err) {
+    box.replaceChildren(el("p", { class: "bad", text: `Patient: ${err.message}` }));
+  }
+}
+
+// the activation marker's histogram of this tube, the threshold a vertical line (draggable on a negative
+// control: it sets the threshold of the patient and arm)
+async function loadHistogram() {
+  const id = state.tube.id;
+  const box = document.getElementById("histogram");
+  const h = await api(`/api/tubes/${id}/histogram`);
+  if (!state.tube || state.tube.id !== id) return;
+  document.getElementById("save-threshold").hidden = !(h && h.editable);
+  if (!h) { box.replaceChildren(); return; }
+  const W = 600, H = 160;
+  const lo = h.edges[0], hi = h.edges[h.edges.length - 1];
+  const top = Math.max(1, ...h.counts);
+  const px = (x) => ((x - lo) / (hi - lo)) * W;
+  const overlay = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: String(W), height: String(H), class: "histogram" });
+  h.counts.forEach((c, i) => {
+    const x0 = px(h.edges[i]), x1 = px(h.edges[i + 1]), y = H - (c / top) * (H - 10);
+    overlay.append(svg("rect", { class: "bar", x: x0, y, width: Math.max(0.5, x1 - x0), height: H - y }));
+  });
+  const fig = el("figure", { class: "gate" + (h.editable ? " editable" : "") }, overlay,
+    el("figcaption", { text: `${h.marker} of the basophils · threshold ${fmt(h.threshold, 0)}` +
+                             (h.editable ? " · drag the line to set it for this patient and arm" : "") }));
+  box.replaceChildren(fig);
+  if (h.threshold_scale === null) return;
+  let x = px(h.threshold_scale);
+  const line = svg("line", { class: "threshold" + (h.editable ? " draggable" : ""), x1: x, x2: x, y1: 0, y2: H });
+  overlay.append(line);
+  if (!h.editable) return;
+  let dragging = false;
+  line.addEventListener("pointerdown", (ev) => { dragging = true; line.setPointerCapture(ev.pointerId); ev.preventDefault(); });
+  line.addEventListener("pointermove", (ev) => {
+    if (!dragging) return;
+    const b = overlay.getBoundingClientRect();
+    x = Math.max(0, Math.min(W, ((ev.clientX - b.left) / b.width) * W));
+    line.setAttribute("x1", x);
+    line.setAttribute("x2", x);
+  });
+  const end = async (ev) => {
+    if (!dragging) return;
+    dragging = false;
+    line.releasePointerCapture(ev.pointerId);
+    const scale = lo + (x / W) * (hi - lo);
+    try {
+      const t = await api(`/api/tubes/${id}/threshold`, { threshold: scale });
+      state.editedThreshold = scale;
+      document.getElementById("pct-cd63").textContent = fmt(t.pct_cd63, 1);
+      document.getElementById("threshold").textContent = `${fmt(t.threshold, 0)} (was ${fmt(t.before, 0)})`;
+      say("threshold moved; give a reason and Save threshold to keep it");
+      loadPatient({ threshold: scale }, "with your threshold");
+    } catch (err) {
+      say(err.message, true);
+    }
+  };
+  line.addEventListener("pointerup", end);
+  line.addEventListener("pointercancel", end);
+}
+
+async function regate(gate, geometry) {
+  say("re-gating…");
+  const t0 = performance.now();
+  try {
+    const n = await api(`/api/tubes/${state.tube.id}/regate`, { gate, geometry });
+    state.edited = n.geometry;
+    state.editedGate = gate;
+    showNumbers(n, "With your edit (not saved yet)");
+    say(`re-gated in ${Math.round(performance.now() - t0)} ms; give a reason and Save to keep it`);
+    loadPatient({ gate, geometry: n.geometry }, "with your edit");
+  } catch (err) {
+    say(err.message, true);
+  }
+}
+
+async function openTube(id) {
+  state.current = id;
+  state.edited = null;
+  state.editedGate = null;
+  for (const li of document.querySelectorAll("#queue li")) li.classList.toggle("current", li.dataset.id === String(id));
+  const t = await api(`/api/tubes/${id}`);
+  if (state.current !== id) return;  // another tube was chosen meanwhile
+  state.tube = t;
+  document.getElementById("tube-title").textContent = t.file;
+  const meta = `${t.patient} · ${t.pretreatment} · ${t.condition}` + (t.allergen ? ` · ${t.allergen}` : "") +
+    (t.concentration !== null ? ` ${t.concentration} ${t.unit || ""}` : "") +
+    ` · review: ${t.review}` + (t.corrected_gates.length ? ` (corrected: ${t.corrected_gates.join(", ")})` : "") +
+    (t.error ? ` · not gated: ${t.error}` : "") + (t.signoff ? ` · patient ${t.signoff}` : "");
+  document.getElementById("tube-meta").textContent = meta;
+  showNumbers(t, "As stored");
+  document.getElementById("gates").replaceChildren(...t.gates.filter((g) => g.has_density).map(gateFigure));
+  document.getElementById("decide").hidden = false;
+  state.editedThreshold = null;
+  loadPatient({}, "as it stands");
+  loadHistogram().catch((err) => say(err.message, true));
+  document.getElementById("reason").value = "";
+  say("");
+  await loadHistory();
+}
+
+async function loadHistory() {
+  const h = await api(`/api/tubes/${state.tube.id}/history`);
+  document.getElementById("history").replaceChildren(...h.map((e) => el("li", {
+    text: `${e.decided_at} · ${e.reviewer} · ${e.action}${e.gate ? " " + e.gate : ""} · ${e.reason}` })));
+}
+
+async function decide(action) {
+  if (!state.tube) return;
+  if (!state.reviewer) { say("Enter your name (top right) first.", true); return; }
+  const body = { action, reason: document.getElementById("reason").value };
+  if (action === "threshold") {
+    if (state.editedThreshold === null) { say("Drag the threshold line first.", true); return; }
+    body.threshold = state.editedThreshold;
+  }
+  if (action === "correct") {
+    if (!state.edited) { say("Nothing edited: drag a corner of the basophil gate first (or Accept).", true); return; }
+    body.gate = state.editedGate;
+    body.geometry = state.edited;
+  }
+  try {
+    await api(`/api/tubes/${state.tube.id}/decision`, body);
+    const id = state.tube.id;
+    await loadQueue();
+    await openTube(id);
+    say(`${action} saved`);
+  } catch (err) {
+    say(err.message, true);
+  }
+}
+
+async function signOff() {
+  if (!state.tube) return;
+  if (!state.reviewer) { say("Enter your name (top right) first.", true); return; }
+  try {
+    await api("/api/patients/signoff", { patient: state.tube.patient, reason: document.getElementById("reason").value });
+    await openTube(state.tube.id);
+    say(`patient ${state.tube.patient} signed off`);
+  } catch (err) {
+    say(err.message, true);
+  }
+}
+
+// ------------------------------------------------------------------ reviewer
+async function loadReviewer() {
+  const r = await api("/api/reviewer");
+  showReviewer(r);
+}
+
+function showReviewer(r) {
+  state.reviewer = r.reviewer;
+  document.getElementById("reviewer").textContent = r.reviewer || "(not set)";
+  document.getElementById("reviewer-name").hidden = r.fixed;
+  document.getElementById("reviewer-set").hidden = r.fixed;
+}
+
+async function setReviewer() {
+  try {
+    showReviewer(await api("/api/reviewer", { name: document.getElementById("reviewer-name").value }));
+  } catch (err) {
+    say(err.message, true);
+  }
+}
+
+// ------------------------------------------------------------------ start
+document.addEventListener("DOMContentLoaded", () => {
+  for (const id of ["f-patient", "f-flag", "f-status"]) document.getElementById(id).addEventListener("change", loadQueue);
+  document.getElementById("save").addEventListener("click", () => decide("correct"));
+  document.getElementById("accept").addEventListener("click", () => decide("accept"));
+  document.getElementById("exclude").addEventListener("click", () => decide("exclude"));
+  document.getElementById("revert").addEventListener("click", () => decide("revert"));
+  document.getElementById("signoff").addEventListener("click", signOff);
+  document.getElementById("save-threshold").addEventListener("click", () => decide("threshold"));
+  document.getElementById("reviewer-set").addEventListener("click", setReviewer);
+  document.addEventListener("keydown", (ev) => {
+    if (ev.target instanceof HTMLInputElement || ev.target instanceof HTMLSelectElement || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    if (ev.key === "n") step(1);
+    else if (ev.key === "p") step(-1);
+    else if (ev.key === "a") decide("accept");
+  });
+  loadReviewer();
+  loadQueue().then(() => { if (state.queue.length) openTube(state.queue[0].id); });
+});

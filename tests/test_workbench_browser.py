@@ -1,0 +1,207 @@
+"""bat review in a real headless Chromium (playwright driving Debian's chromium; no browser is downloaded):
+drag the basophil gate's corners with the mouse, see the count change, add and remove a corner, save with a
+reason, restart the server and see the decision, drag the CD63 threshold on a negative control; no console
+errors, no request to another host."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                                     "(apt-get install chromium)"),
+]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    from bat_analysis.pipeline import RunOptions, run
+    from bat_analysis.simulate import simulate_experiment
+
+    exp = simulate_experiment(tmp_path_factory.mktemp("wbb_data"), n_patients=1, n_events=4000, seed=8,
+                              n_concentrations=2)
+    out = tmp_path_factory.mktemp("wbb_out")
+    run(RunOptions(data_dir=exp.out_dir, layout=exp.layout_path, out=out, workers=1, quiet=True, reports=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+class Watched:
+    """A page with its console errors, failed requests and requests to other hosts collected."""
+
+    def __init__(self, browser, bench):
+        self.context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.foreign: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("requestfailed", lambda r: self.errors.append(f"failed: {r.url}"))
+        own = f"127.0.0.1:{bench.port}"
+        self.page.on("request", lambda r: self.foreign.append(r.url)
+                     if urlsplit(r.url).netloc != own and not r.url.startswith("data:") else None)
+        self.page.goto(bench.url)
+
+    def close(self):
+        self.context.close()
+
+
+def until(page, expression: str, timeout_s: float = 30.0) -> None:
+    """Wait until a JavaScript expression is true (page.wait_for_function evaluates strings in the page,
+    which the workbench's Content-Security-Policy forbids; page.evaluate goes through the debugger)."""
+    import time
+
+    end = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        if time.monotonic() > end:
+            shown = page.evaluate("(document.getElementById('message') || {}).textContent")
+            raise AssertionError(f"still false after {timeout_s:g} s: {expression} (message shown: {shown!r})")
+        page.wait_for_timeout(50)
+
+
+def start(out, reviewer=None):
+    from bat_analysis.workbench.server import make_workbench
+
+    bench = make_workbench(out, reviewer=reviewer)
+    bench.serve_in_thread()
+    return bench
+
+
+def test_drag_a_vertex_save_and_find_the_decision_after_a_restart(results, browser, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(results, out)
+    bench = start(out)
+    try:
+        w = Watched(browser, bench)
+        page = w.page
+        page.wait_for_selector("circle.vertex")
+        # the reviewer's name, asked once
+        page.fill("#reviewer-name", "Jane Doe")
+        page.click("#reviewer-set")
+        until(page, "document.getElementById('reviewer').textContent === 'Jane Doe'")
+        # open a tube with basophils enough to see a change
+        until(page, "state.tube !== null")  # the first tube of the queue is open
+        tube_id = page.evaluate("state.queue.find((t) => t.n_basophils > 30).id")
+        if page.evaluate("state.tube.id") != tube_id:
+            page.click(f'#queue li[data-id="{tube_id}"]')
+            until(page, f"state.tube && state.tube.id === {tube_id}")
+        page.wait_for_selector("circle.vertex")
+        before = int(page.text_content("#n-basophils"))
+        page.locator("figure.gate.editable").scroll_into_view_if_needed()
+        # drag every vertex of the gate halfway towards its centre, with the mouse
+        n = page.locator("circle.vertex").count()
+        for i in range(n):  # positions read anew each time: the patient's box above may have grown
+            until(page, "!document.getElementById('patient').textContent.includes('scoring')")
+            boxes = [page.locator("circle.vertex").nth(k).bounding_box() for k in range(n)]
+            cx = sum(b["x"] + b["width"] / 2 for b in boxes) / n
+            cy = sum(b["y"] + b["height"] / 2 for b in boxes) / n
+            x, y = boxes[i]["x"] + boxes[i]["width"] / 2, boxes[i]["y"] + boxes[i]["height"] / 2
+            page.mouse.move(x, y)
+            page.mouse.down()
+            page.mouse.move((x + cx) / 2, (y + cy) / 2, steps=5)
+            page.mouse.up()
+            until(page, "document.getElementById('message').textContent.startsWith('re-gated')")
+            page.evaluate("document.getElementById('message').textContent = ''")
+        after = int(page.text_content("#n-basophils"))
+        assert after < before
+        # a corner added on an edge (double-click), then removed (right-click): same gate, same count
+        a, b = (page.locator("circle.vertex").nth(i).bounding_box() for i in (0, 1))
+        mx = (a["x"] + b["x"] + a["width"]) / 2
+        my = (a["y"] + b["y"] + a["height"]) / 2
+        page.mouse.dblclick(mx, my)
+        until(page, f"document.querySelectorAll('circle.vertex').length === {n + 1}")
+        until(page, "document.getElementById('message').textContent.startsWith('re-gated')")
+        page.evaluate("document.getElementById('message').textContent = ''")
+        added = page.locator('circle.vertex[data-index="1"]').bounding_box()
+        page.mouse.click(added["x"] + added["width"] / 2, added["y"] + added["height"] / 2, button="right")
+        until(page, f"document.querySelectorAll('circle.vertex').length === {n}")
+        until(page, "document.getElementById('message').textContent.startsWith('re-gated')")
+        assert int(page.text_content("#n-basophils")) == after
+        # the patient is scored again with the edit: its class per allergen
+        until(page, "(document.querySelector('#patient .label') || {}).textContent"
+                    " === `Patient ${state.tube.patient}, with your edit`")
+        assert page.locator("#patient-classes li").count() >= 1
+        page.fill("#reason", "eosinophils were included")
+        page.click("#save")
+        until(page, "document.getElementById('message').textContent === 'correct saved'")
+        assert "eosinophils were included" in page.text_content("#history")
+        assert "Jane Doe" in page.text_content("#history")
+        assert w.errors == [] and w.foreign == []
+        w.close()
+    finally:
+        bench.stop()
+
+    # a new launch (new port and token; the reviewer given as with --reviewer): the decision comes from the log
+    bench = start(out, reviewer="Jane Doe")
+    try:
+        w = Watched(browser, bench)
+        page = w.page
+        page.wait_for_selector("#queue li")
+        page.click(f'#queue li[data-id="{tube_id}"]')
+        until(page, f"state.tube && state.tube.id === {tube_id}")
+        page.wait_for_selector("#history li")
+        assert "review: reviewed (corrected: basophils)" in page.text_content("#tube-meta")
+        assert int(page.text_content("#n-basophils")) == after
+        assert "eosinophils were included" in page.text_content("#history")
+        # keyboard: the corrected tube is now last in the queue (reviewed): p moves to the one before it,
+        # n back, p again, a accepts it
+        assert page.evaluate("state.queue[state.queue.length - 1].id") == tube_id
+        seen = []
+        for key in "pnp":
+            page.locator("body").press(key)
+            until(page, f"state.tube && state.tube.id !== {seen[-1] if seen else tube_id}"
+                        " && document.getElementById('tube-title').textContent === state.tube.file")
+            seen.append(page.evaluate("state.tube.id"))
+        assert seen[1] == tube_id and seen[0] == seen[2] != tube_id
+        until(page, f"state.tube && state.tube.id !== {tube_id}")
+        nxt = page.evaluate("state.tube.id")
+        page.locator("body").press("a")
+        until(page, "document.getElementById('message').textContent === 'accept saved'")
+        assert "review: reviewed" in page.text_content("#tube-meta")
+        # the CD63 threshold dragged on a negative control's histogram, then saved with a reason
+        neg = page.evaluate("state.queue.find((t) => t.condition === 'negative_control').id")
+        page.click(f'#queue li[data-id="{neg}"]')
+        until(page, f"state.tube && state.tube.id === {neg} && document.querySelector('line.threshold.draggable')")
+        until(page, "!document.getElementById('patient').textContent.includes('scoring')")
+        pct_before = page.text_content("#pct-cd63")
+        page.locator("#histogram").scroll_into_view_if_needed()
+        line = page.locator("line.threshold").bounding_box()
+        x, y = line["x"] + line["width"] / 2, line["y"] + line["height"] / 2
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x - 60, y, steps=5)
+        page.mouse.up()
+        until(page, "document.getElementById('message').textContent.startsWith('threshold moved')")
+        assert float(page.text_content("#pct-cd63")) > float(pct_before)
+        page.fill("#reason", "bimodal negative control")
+        page.click("#save-threshold")
+        until(page, "document.getElementById('message').textContent === 'threshold saved'")
+        assert w.errors == [] and w.foreign == []
+        w.close()
+    finally:
+        bench.stop()
+    from bat_analysis.store import ResultStore
+
+    with ResultStore.in_folder(out, create=False) as store:
+        log = store.correction_log()
+    assert [(e["kind"], e["action"], e["reviewer"]) for e in log] == [
+        ("gate", "apply", "Jane Doe"), ("tube", "accept", "Jane Doe"), ("tube", "accept", "Jane Doe"),
+        ("threshold", "apply", "Jane Doe")]
+    assert log[-1]["value"] < log[-1]["before"] and log[-1]["reason"] == "bimodal negative control"
+    assert log[-1]["file"] != log[0]["file"] and nxt != tube_id
