@@ -836,6 +836,37 @@ def _write_layout(path: Path, tubes: Sequence[Tube]) -> Path:
     return path
 
 
+def _checked_experiment_options(n_patients: int, controls: Sequence[str], kinds: Sequence[str] | None,
+                                scenario: str | Sequence[str], naming: str, replicates: int,
+                                arm_units: Mapping[str, str] | None
+                                ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], dict[str, str]]:
+    """``simulate_experiment``'s options checked (a ``BatError`` naming the first wrong one): the controls,
+    patient kinds, scenarios and units per arm to use."""
+    if n_patients < 1:
+        raise BatError(f"{n_patients} patients", field="n_patients", expected="at least 1")
+    controls = tuple(dict.fromkeys(controls))
+    if "negative_control" not in controls or any(c not in ALL_CONTROLS for c in controls):
+        raise BatError(f"controls {list(controls)}", field="controls",
+                       expected=f"negative_control plus any of {', '.join(ALL_CONTROLS[1:])}")
+    kinds = tuple(kinds) if kinds else KINDS
+    for k in kinds:
+        if k not in KINDS:
+            raise BatError(f"unknown patient kind {k!r}", field="kinds", expected=" | ".join(KINDS))
+    scenarios = _scenario_set(scenario)
+    if naming not in NAMING_STYLES:
+        raise BatError(f"unknown naming style {naming!r}", field="naming", expected=" | ".join(NAMING_STYLES))
+    if replicates not in (1, 2, 3):
+        raise BatError(f"{replicates} replicates", field="replicates", expected="1, 2 or 3")
+    units = dict(arm_units or {})
+    for arm_name, unit in units.items():
+        try:
+            convert(1.0, UNIT, unit)
+        except UnitProblem as exc:
+            raise BatError(f"arm_units[{arm_name!r}]: {exc}", field="arm_units",
+                           expected=f"a unit of mass per volume (convertible to {UNIT})") from None
+    return controls, kinds, scenarios, units
+
+
 def simulate_experiment(
     out_dir: str | Path,
     *,
@@ -872,28 +903,8 @@ def simulate_experiment(
     """
     from . import __version__
 
-    if n_patients < 1:
-        raise BatError(f"{n_patients} patients", field="n_patients", expected="at least 1")
-    controls = tuple(dict.fromkeys(controls))
-    if "negative_control" not in controls or any(c not in ALL_CONTROLS for c in controls):
-        raise BatError(f"controls {list(controls)}", field="controls",
-                       expected=f"negative_control plus any of {', '.join(ALL_CONTROLS[1:])}")
-    kinds = tuple(kinds) if kinds else KINDS
-    for k in kinds:
-        if k not in KINDS:
-            raise BatError(f"unknown patient kind {k!r}", field="kinds", expected=" | ".join(KINDS))
-    scenarios = _scenario_set(scenario)
-    if naming not in NAMING_STYLES:
-        raise BatError(f"unknown naming style {naming!r}", field="naming", expected=" | ".join(NAMING_STYLES))
-    if replicates not in (1, 2, 3):
-        raise BatError(f"{replicates} replicates", field="replicates", expected="1, 2 or 3")
-    arm_units = dict(arm_units or {})
-    for arm_name, unit in arm_units.items():
-        try:
-            convert(1.0, UNIT, unit)
-        except UnitProblem as exc:
-            raise BatError(f"arm_units[{arm_name!r}]: {exc}", field="arm_units",
-                           expected=f"a unit of mass per volume (convertible to {UNIT})") from None
+    controls, kinds, scenarios, arm_units = _checked_experiment_options(n_patients, controls, kinds, scenario,
+                                                                        naming, replicates, arm_units)
     out_dir = make_dir(Path(out_dir))
 
     root = np.random.SeedSequence(seed)

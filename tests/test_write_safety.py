@@ -179,11 +179,13 @@ def test_a_full_disk_while_writing_the_tables_fails_the_run_cleanly(experiment, 
         assert store.last_run()["status"] == "failed"
         assert store.runs()[0]["status"] == "completed"
     # last run's tables, workbook, PDFs and gallery are not left beside the store as if they were current
-    for name in ("tubes.csv", "patients.csv", "results.xlsx", "reports", "review"):
+    for name in ("tubes.csv", "tube_markers.csv", "patients.csv", "results.xlsx", "reports", "review"):
         assert not (out / name).exists(), name
     (outdated,) = out.glob("outdated-*")
-    assert {p.name for p in outdated.iterdir()} == {"tubes.csv", "patients.csv", "results.xlsx", "reports", "review"}
-    assert ("The earlier tubes.csv, patients.csv, results.xlsx, reports, review no longer match the results and "
+    assert {p.name for p in outdated.iterdir()} == {"tubes.csv", "tube_markers.csv", "patients.csv", "results.xlsx",
+                                                    "reports", "review"}
+    assert ("The earlier tubes.csv, patients.csv, results.xlsx, tube_markers.csv, reports, review no longer match "
+            "the results and "
             f"were moved to {outdated}.") in result.output
     assert _leftovers(out) == []
     monkeypatch.undo()
