@@ -384,6 +384,7 @@ def valid_layouts(draw: st.DrawFn) -> tuple[list[str], list[list[str]], list[Tub
     patients = draw(st.lists(ident, min_size=1, max_size=3, unique=True))
     rows: list[dict[str, str]] = []
     tubes: list[Tube] = []
+    units: dict[tuple[str, str], str] = {}  # one unit per patient and allergen (both arms): units must convert
     for patient in patients:
         for arm in draw(st.lists(st.sampled_from(PRETREATMENTS), min_size=1, max_size=2, unique=True)):
             for cond in draw(st.lists(st.sampled_from(CONDITIONS[:4]), max_size=4, unique=True)):
@@ -391,7 +392,9 @@ def valid_layouts(draw: st.DrawFn) -> tuple[list[str], list[list[str]], list[Tub
                              "pretreatment": draw(st.sampled_from(PRETREATMENT_SPELLINGS[arm]))})
                 tubes.append(Tube(file="", patient=patient, condition=cond, pretreatment=arm))
             for allergen in draw(st.lists(ident, max_size=2, unique=True)):
-                unit = draw(st.sampled_from(["ng/mL", "µg/L", "SQ-U/mL", ""]))
+                if (patient, allergen) not in units:
+                    units[(patient, allergen)] = draw(st.sampled_from(["ng/mL", "µg/L", "SQ-U/mL", ""]))
+                unit = units[(patient, allergen)]
                 concs = draw(st.lists(st.floats(1e-4, 1e4), min_size=2, max_size=4, unique_by=lambda x: f"{x:.6g}"))
                 for c in concs:
                     text = draw(st.sampled_from([f"{c:.6g}", f"{c:.6e}", f"{c:.4f}".replace(".", ",")]))
