@@ -1,0 +1,115 @@
+"""The 1-D marker split (``split_1d``): synthetic unimodal, bimodal and skewed data, and a real FCS file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bat_analysis.gating import estimators as est
+from bat_analysis.gating.gates import Dimension, RangeGate
+from bat_analysis.gating.transforms import from_spec
+
+LOGICLE = from_spec({"type": "logicle", "T": 262144, "W": 0.5, "M": 4.5, "A": 0})
+MARKER = Dimension("CD4", LOGICLE)
+CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "fcs_corpus"
+FLOWSOM = CORPUS / "flowjo" / "flowsom"
+
+
+def split(values: np.ndarray, dim: Dimension = MARKER, **over: object) -> est.Estimate:
+    params = est.ESTIMATORS["split_1d"].defaults()
+    params.update(over)
+    return est.ESTIMATORS["split_1d"].function(est.GateData("pos", (values,), (dim,), (None,)), params)
+
+
+def negatives(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Unstained events: autofluorescence, spread by compensation."""
+    return np.exp(np.log(300.0) + 0.5 * rng.standard_normal(n)) + rng.normal(0.0, 100.0, n)
+
+
+def positives(rng: np.random.Generator, n: int, median: float = 15_000.0) -> np.ndarray:
+    return np.exp(np.log(median) + 0.35 * rng.standard_normal(n))
+
+
+def precision_recall(mask: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    tp = float((mask & truth).sum())
+    return tp / max(mask.sum(), 1), tp / max(truth.sum(), 1)
+
+
+@pytest.mark.parametrize("n_pos", [3000, 12_000])  # a minor (20%) and a heavy (~45%) positive population
+def test_bimodal_split_is_the_valley_between_the_modes(n_pos: int) -> None:
+    rng = np.random.default_rng(11)
+    values = np.concatenate([negatives(rng, 15_000), positives(rng, n_pos)])
+    truth = np.arange(len(values)) >= 15_000
+    e = split(values)
+    assert e.ok and e.flags == [] and e.diagnostics["fallback"] is None
+    assert isinstance(e.gate, RangeGate) and e.gate.maxs == (None,)
+    modes = sorted(e.diagnostics["modes"][:2])
+    assert modes[0] < e.diagnostics["split"] < modes[1]
+    assert e.diagnostics["depth"] > 0.9
+    precision, recall = precision_recall(e.mask, truth)
+    assert precision >= 0.98 and recall >= 0.98
+    # the other side keeps the complement; the density is there to draw
+    low = split(values, side="low")
+    assert np.array_equal(low.mask, ~e.mask)
+    assert e.density is not None and len(e.density_edges) == 1 and len(e.density) == len(e.density_edges[0]) - 1
+
+
+def test_a_dim_positive_shoulder_still_gives_a_valley() -> None:
+    """Positives closer to the negatives (a heavy minor population, partly overlapping) are still split."""
+    rng = np.random.default_rng(12)
+    values = np.concatenate([negatives(rng, 20_000), positives(rng, 8000, median=3000.0)])
+    truth = np.arange(len(values)) >= 20_000
+    e = split(values)
+    assert e.ok and e.diagnostics["fallback"] is None
+    precision, recall = precision_recall(e.mask, truth)
+    assert precision >= 0.95 and recall >= 0.95
+
+
+@pytest.mark.parametrize("side", ["high", "low"])
+def test_unimodal_data_fall_back_with_a_flag(side: str) -> None:
+    rng = np.random.default_rng(13)
+    values = negatives(rng, 20_000)
+    e = split(values, side=side)
+    assert e.ok and [f.code for f in e.flags] == ["SPLIT_FALLBACK"] and e.flags[0].severity == "warn"
+    assert "one density mode" in e.flags[0].message
+    assert e.diagnostics["fallback"] == "tail" and e.diagnostics["valley"] is None
+    # the split lies in the tail on the chosen side: a few percent of the events or fewer are kept
+    assert e.diagnostics["fraction_of_parent"] < 0.05
+    mode = e.diagnostics["modes"][0]
+    assert (e.diagnostics["split"] > mode) if side == "high" else (e.diagnostics["split"] < mode)
+    # without a fallback: no gate, a clear flag
+    none = split(values, side=side, fallback="none")
+    assert not none.ok and none.flags[0].code == "SPLIT_FAILED" and "one density mode" in none.flags[0].message
+
+
+def test_skewed_unimodal_data_have_no_spurious_valley() -> None:
+    rng = np.random.default_rng(14)
+    for values, dim in ((rng.gamma(1.5, 2000.0, 30_000), Dimension("lin")),
+                        (np.exp(7.0 + 1.0 * rng.standard_normal(30_000)), MARKER),
+                        (rng.exponential(3000.0, 30_000), MARKER)):
+        e = split(values, dim)
+        assert e.ok and [f.code for f in e.flags] == ["SPLIT_FALLBACK"], (dim, e.diagnostics)
+
+
+@pytest.mark.parametrize("values", [np.empty(0), np.full(1000, 512.0), np.full(10, np.nan),
+                                    np.array([np.inf, -np.inf, 1.0] * 30), np.array([1.0, 2.0, 3.0])],
+                         ids=["empty", "constant", "nan", "inf", "three"])
+def test_empty_or_constant_data_fail_with_a_clear_flag(values: np.ndarray) -> None:
+    e = split(values)
+    assert e.flags and e.flags[0].code in ("SPLIT_FAILED", "SPLIT_FALLBACK")
+    if not e.ok:
+        assert e.flags[0].code == "SPLIT_FAILED" and "gate pos" in e.flags[0].message
+        assert e.diagnostics["failure"]
+    else:
+        assert len(e.mask) == len(values)
+
+
+def test_templates_accept_the_split_and_check_its_parameters() -> None:
+    from bat_analysis.gating.templates import method_names, method_params
+
+    assert "split_1d" in method_names()
+    assert set(method_params("split_1d")) == {"side", "bandwidth", "min_depth", "min_peak", "fallback", "tail",
+                                              "min_events"}
+
