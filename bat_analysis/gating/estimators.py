@@ -728,8 +728,9 @@ def estimate_cluster(data: GateData, params: Mapping[str, Any]) -> Estimate:
 def _smoothed_histogram(v: np.ndarray, bins: int, bandwidth: float
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Histogram of scale values over their 0.1-99.9% span (widened by 5% each side) and its Gaussian
-    smoothing; returns (counts, edges, smoothed density, bin width). ``bandwidth`` is the kernel SD as a
-    fraction of that span."""
+    smoothing; returns (counts, edges, smoothed density, bin width). The kernel SD is ``bandwidth`` x
+    Silverman's rule (0.9 x min(SD, IQR/1.34) x n^-1/5, R's ``bw.nrd0``; ``bandwidth`` is R's ``adjust``),
+    at least half a bin."""
     from scipy import ndimage
 
     lo, hi = np.quantile(v, [0.001, 0.999])
@@ -739,15 +740,20 @@ def _smoothed_histogram(v: np.ndarray, bins: int, bandwidth: float
     edges = np.linspace(lo - 0.05 * span, hi + 0.05 * span, bins + 1)
     counts, _ = np.histogram(v, bins=edges)
     width = float(edges[1] - edges[0])
-    sm = ndimage.gaussian_filter1d(counts.astype(np.float64), max(bandwidth * span / width, 0.5), mode="constant")
+    q1, q3 = np.quantile(v, [0.25, 0.75])
+    spread = min(float(np.std(v)), float(q3 - q1) / 1.34) or float(np.std(v))
+    sd = bandwidth * 0.9 * spread * len(v) ** -0.2
+    sm = ndimage.gaussian_filter1d(counts.astype(np.float64), max(sd / width, 0.5), mode="constant")
     return counts, edges, sm, width
 
 
-def _two_modes(sm: np.ndarray, min_depth: float, min_peak: float) -> tuple[list[int], int | None, float]:
+def _two_modes(sm: np.ndarray, counts: np.ndarray, min_depth: float, min_peak: float, min_mode_events: int
+               ) -> tuple[list[int], int | None, float]:
     """The highest mode and the highest other mode separated from it by a valley at least ``min_depth`` deep
     (relative to the smaller peak); returns (local maxima high enough to count, valley bin or None, depth).
 
-    Local maxima lower than ``min_peak`` x the highest are noise in the tails. The valley is the middle of
+    Local maxima lower than ``min_peak`` x the highest, and modes with fewer than ``min_mode_events``
+    events (histogram ``counts``) beyond the valley, are noise in the tails. The valley is the middle of
     the bins within 0.1% of the smaller peak of the density's minimum between the two modes (a gap of empty
     bins between well-separated populations is split in its middle).
     """
@@ -768,9 +774,13 @@ def _two_modes(sm: np.ndarray, min_depth: float, min_peak: float) -> tuple[list[
         smaller = float(min(sm[main], sm[other]))
         depth = 1.0 - low / smaller
         best_depth = max(best_depth, depth)
-        if depth >= min_depth:
-            near = np.flatnonzero(sm[a:b + 1] <= low + 1e-3 * smaller) + a
-            return order, int(round((near[0] + near[-1]) / 2)), depth
+        if depth < min_depth:
+            continue
+        near = np.flatnonzero(sm[a:b + 1] <= low + 1e-3 * smaller) + a
+        valley = int(round((near[0] + near[-1]) / 2))
+        beyond = counts[valley + 1:].sum() if other > main else counts[:valley].sum()
+        if beyond >= min_mode_events:
+            return order, valley, depth
     return order, None, best_depth
 
 
@@ -778,9 +788,9 @@ def estimate_split_1d(data: GateData, params: Mapping[str, Any]) -> Estimate:
     """A marker-positive (or -negative) gate: the valley between two density modes on one dimension.
 
     As flowDensity's ``deGate``: on the dimension's scale, a histogram of 256 bins smoothed with a Gaussian
-    of SD ``bandwidth`` x the data's span; the highest mode and the highest other mode separated from it by
+    of SD ``bandwidth`` x Silverman's rule; the highest mode and the highest other mode separated from it by
     a valley at least ``min_depth`` deep (relative to the smaller peak; modes lower than ``min_peak`` x the
-    highest are ignored) give the split at the valley's minimum. With a single mode, the ``fallback`` is
+    highest, or with fewer than ``min_mode_events`` events beyond the valley, are ignored) give the split at the valley's minimum. With a single mode, the ``fallback`` is
     ``tail``: the split is where the density falls to ``tail`` x its peak on the ``side`` of the mode
     (flag ``SPLIT_FALLBACK``); ``none``: no gate (``SPLIT_FAILED``). The gate keeps the events at or above
     the split (``side`` = high) or below it (low), whatever their number.
@@ -798,7 +808,8 @@ def estimate_split_1d(data: GateData, params: Mapping[str, Any]) -> Estimate:
                       n_parent=n)
     counts, edges, sm, width = _smoothed_histogram(v, 256, params["bandwidth"])
     centre = lambda i: float(edges[0] + (i + 0.5) * width)  # noqa: E731
-    modes, valley, depth = _two_modes(sm, params["min_depth"], params["min_peak"])
+    modes, valley, depth = _two_modes(sm, counts * step, params["min_depth"], params["min_peak"],
+                                      params["min_mode_events"])
     diag: dict[str, Any] = {"n_parent": n, "modes": [centre(p) for p in modes[:5]],
                             "mode_heights": [float(sm[p] / sm.max()) for p in modes[:5]], "depth": depth}
     flags: list[Flag] = []
@@ -965,15 +976,17 @@ register_estimator(EstimatorSpec("cluster_2d", estimate_cluster, 2, {
 register_estimator(EstimatorSpec("split_1d", estimate_split_1d, 1, {
     "side": Param("choice", "high", choices=("high", "low"), doc="keep the events above (high) or below (low) "
                                                                   "the split"),
-    "bandwidth": Param("number", 0.02, 0.001, 0.5,
-                       doc="density smoothing: Gaussian SD as a fraction of the data's 0.1-99.9% span"),
+    "bandwidth": Param("number", 1.0, 0.05, 10.0,
+                       doc="density smoothing: Gaussian SD as a multiple of Silverman's rule (R's adjust)"),
     "min_depth": Param("number", 0.3, 0.0, 1.0,
                        doc="a valley must fall at least this fraction below the smaller of its two modes"),
-    "min_peak": Param("number", 0.02, 0.0, 1.0, doc="modes lower than this fraction of the highest are ignored"),
+    "min_peak": Param("number", 0.01, 0.0, 1.0, doc="modes lower than this fraction of the highest are ignored"),
     "fallback": Param("choice", "tail", choices=("tail", "none"),
                       doc="one mode: split where the density falls to tail x its peak on the side (tail), "
                           "or no gate (none)"),
     "tail": Param("number", 0.05, 0.0001, 0.9, doc="the fallback split's density, as a fraction of the mode's peak"),
+    "min_mode_events": Param("integer", 20, 1, doc="a second mode needs at least this many events beyond "
+                                                    "the valley"),
     "min_events": Param("integer", 50, 2, doc="fewer events with a value than this: no split"),
 }, "a marker-positive (side high) or -negative gate on one dimension: the valley between two density modes "
    "(flowDensity deGate), with a flagged fallback for a single mode"))
