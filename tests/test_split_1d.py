@@ -128,6 +128,32 @@ def test_templates_accept_the_split_and_check_its_parameters() -> None:
 
 
 
+
+def test_a_template_gates_a_tube_with_the_split(tmp_path: Path) -> None:
+    """A user template names split_1d for a marker-positive gate (CCR3+ singlets: basophils and eosinophils)."""
+    from bat_analysis.gating.templates import load_template
+    from bat_analysis.gating.tube import gate_tube
+    from bat_analysis.io.fcs_write import write_fcs
+    from bat_analysis.records import Tube
+    from bat_analysis.simulate import BASOPHIL, EOSINOPHIL, simulate_tube
+
+    text = load_template("bat_ccr3_cd63").source_text
+    at = text.index("  - name: basophils")
+    gate = ("  - name: ccr3_pos\n    parent: singlets\n    dims: [CCR3]\n    method: split_1d\n"
+            "    params: {side: high}\n\n")
+    path = tmp_path / "ccr3_split.yaml"
+    path.write_text(text[:at] + gate + text[at:], encoding="utf-8")
+    sim = simulate_tube(n_events=20_000, seed=3)
+    fcs = write_fcs(tmp_path / "t.fcs", sim.events, sim.pnn, sim.pns, spillover=sim.spillover)
+    result = gate_tube(fcs, Tube("t.fcs", "P1", "allergen"), load_template(path))
+    assert result.error is None
+    record = next(g for g in result.gates if g.name == "ccr3_pos")
+    assert record.method == "split_1d" and record.diagnostics["fallback"] is None
+    assert record.density is not None and len(record.density_edges) == 1
+    expected = int(np.isin(sim.population, [BASOPHIL, EOSINOPHIL]).sum())
+    assert abs(record.count - expected) <= 0.05 * expected
+
+
 # ---------------------------------------------------------------------------------------------- real data
 FLOWSOM_FCS = FLOWSOM / "68983.fcs"
 #: (FlowJo's parent population, the marker's channel, side, FlowJo's populations on that side of the marker)

@@ -790,10 +790,11 @@ def estimate_split_1d(data: GateData, params: Mapping[str, Any]) -> Estimate:
     As flowDensity's ``deGate``: on the dimension's scale, a histogram of 256 bins smoothed with a Gaussian
     of SD ``bandwidth`` x Silverman's rule; the highest mode and the highest other mode separated from it by
     a valley at least ``min_depth`` deep (relative to the smaller peak; modes lower than ``min_peak`` x the
-    highest, or with fewer than ``min_mode_events`` events beyond the valley, are ignored) give the split at the valley's minimum. With a single mode, the ``fallback`` is
-    ``tail``: the split is where the density falls to ``tail`` x its peak on the ``side`` of the mode
-    (flag ``SPLIT_FALLBACK``); ``none``: no gate (``SPLIT_FAILED``). The gate keeps the events at or above
-    the split (``side`` = high) or below it (low), whatever their number.
+    highest, or with fewer than ``min_mode_events`` events beyond the valley, are ignored) give the split at the
+    valley's minimum. With a single mode, the ``fallback`` is ``tail``: the split is where the density falls to
+    ``tail`` x its peak on the ``side`` of the mode (flag ``SPLIT_FALLBACK``); ``none``: no gate
+    (``SPLIT_FAILED``). The gate keeps the events at or above the split (``side`` = high) or below it (low),
+    whatever their number.
     """
     col, dim, name = data.cols[0], data.dims[0], data.name
     n = len(col)
