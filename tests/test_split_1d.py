@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from bat_analysis.gating import estimators as est
 from bat_analysis.gating.gates import Dimension, RangeGate
@@ -186,3 +189,14 @@ def test_split_agrees_with_flowjo_on_the_flowsom_file(parent: str, channel: str,
     truth = np.logical_or.reduce([masks[p][in_parent] for p in populations])
     precision, recall = precision_recall(e.mask, truth)
     assert precision >= 0.9 and recall >= 0.9, (precision, recall, e.diagnostics)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hnp.arrays(np.float64, st.integers(0, 400), elements=st.floats(allow_nan=True, allow_infinity=True)),
+       st.sampled_from([Dimension("lin"), MARKER]), st.sampled_from(["high", "low"]))
+def test_split_never_raises_on_strange_data(values: np.ndarray, dim: Dimension, side: str) -> None:
+    e = split(values, dim, side=side)
+    if e.ok:
+        assert e.mask is not None and e.mask.shape == values.shape and np.isfinite(e.diagnostics["split"])
+    else:
+        assert e.flags[0].code == "SPLIT_FAILED" and e.diagnostics["failure"]

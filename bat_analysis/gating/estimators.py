@@ -730,7 +730,7 @@ def _smoothed_histogram(v: np.ndarray, bins: int, bandwidth: float
     """Histogram of scale values over their 0.1-99.9% span (widened by 5% each side) and its Gaussian
     smoothing; returns (counts, edges, smoothed density, bin width). The kernel SD is ``bandwidth`` x
     Silverman's rule (0.9 x min(SD, IQR/1.34) x n^-1/5, R's ``bw.nrd0``; ``bandwidth`` is R's ``adjust``),
-    at least half a bin."""
+    between half a bin and a quarter of the bins."""
     from scipy import ndimage
 
     lo, hi = np.quantile(v, [0.001, 0.999])
@@ -741,9 +741,12 @@ def _smoothed_histogram(v: np.ndarray, bins: int, bandwidth: float
     counts, _ = np.histogram(v, bins=edges)
     width = float(edges[1] - edges[0])
     q1, q3 = np.quantile(v, [0.25, 0.75])
-    spread = min(float(np.std(v)), float(q3 - q1) / 1.34) or float(np.std(v))
-    sd = bandwidth * 0.9 * spread * len(v) ** -0.2
-    sm = ndimage.gaussian_filter1d(counts.astype(np.float64), max(sd / width, 0.5), mode="constant")
+    with np.errstate(over="ignore", invalid="ignore"):  # a non-finite SD falls back below
+        sd = float(np.std(v))
+    spread = min(sd, float(q3 - q1) / 1.34) or sd
+    sd_bins = bandwidth * 0.9 * spread * len(v) ** -0.2 / width
+    sd_bins = float(np.clip(sd_bins, 0.5, bins / 4)) if np.isfinite(sd_bins) else bins / 16
+    sm = ndimage.gaussian_filter1d(counts.astype(np.float64), sd_bins, mode="constant")
     return counts, edges, sm, width
 
 
@@ -807,6 +810,11 @@ def estimate_split_1d(data: GateData, params: Mapping[str, Any]) -> Estimate:
     if not float(v.max()) > float(v.min()):
         return failed(f"{dim.key} does not vary (every event at {float(v[0]):g})", "SPLIT_FAILED", name,
                       n_parent=n)
+    with np.errstate(over="ignore"):
+        span = float(v.max()) - float(v.min())
+    if not np.isfinite(span):
+        return failed(f"{dim.key} values span beyond the numeric range ({float(v.min()):g} to {float(v.max()):g})",
+                      "SPLIT_FAILED", name, n_parent=n)
     counts, edges, sm, width = _smoothed_histogram(v, 256, params["bandwidth"])
     centre = lambda i: float(edges[0] + (i + 0.5) * width)  # noqa: E731
     modes, valley, depth = _two_modes(sm, counts * step, params["min_depth"], params["min_peak"],
