@@ -184,7 +184,7 @@ def test_load_by_path_and_unknown_name(tmp_path: Path) -> None:
     bad.write_text(MINIMAL.replace("method: cluster_2d", "method: magic"), encoding="utf-8")
     assert validate_template(bad) == [
         "gates[1] (basophils).method: unknown method 'magic'; expected one of "
-        "flow_rate, margin, debris_density, singlet_band, cluster_2d, fixed"]
+        "flow_rate, margin, debris_density, singlet_band, cluster_2d, split_1d, fixed"]
 
 
 def test_user_template_for_another_activation_marker(tmp_path: Path) -> None:

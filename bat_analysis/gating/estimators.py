@@ -724,6 +724,134 @@ def estimate_cluster(data: GateData, params: Mapping[str, Any]) -> Estimate:
     return Estimate(gate, mask, diag, flags, small_counts(dens.counts), dens.edges)
 
 
+# ---------------------------------------------------------------------------------------------- 6. 1-D split
+def _smoothed_histogram(v: np.ndarray, bins: int, bandwidth: float
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Histogram of scale values over their 0.1-99.9% span (widened by 5% each side) and its Gaussian
+    smoothing; returns (counts, edges, smoothed density, bin width). The kernel SD is ``bandwidth`` x
+    Silverman's rule (0.9 x min(SD, IQR/1.34) x n^-1/5, R's ``bw.nrd0``; ``bandwidth`` is R's ``adjust``),
+    between half a bin and a quarter of the bins."""
+    from scipy import ndimage
+
+    lo, hi = np.quantile(v, [0.001, 0.999])
+    if not hi > lo:
+        lo, hi = float(v.min()), float(v.max())
+    span = hi - lo
+    edges = np.linspace(lo - 0.05 * span, hi + 0.05 * span, bins + 1)
+    counts, _ = np.histogram(v, bins=edges)
+    width = float(edges[1] - edges[0])
+    q1, q3 = np.quantile(v, [0.25, 0.75])
+    with np.errstate(over="ignore", invalid="ignore"):  # a non-finite SD falls back below
+        sd = float(np.std(v))
+    spread = min(sd, float(q3 - q1) / 1.34) or sd
+    sd_bins = bandwidth * 0.9 * spread * len(v) ** -0.2 / width
+    sd_bins = float(np.clip(sd_bins, 0.5, bins / 4)) if np.isfinite(sd_bins) else bins / 16
+    sm = ndimage.gaussian_filter1d(counts.astype(np.float64), sd_bins, mode="constant")
+    return counts, edges, sm, width
+
+
+def _two_modes(sm: np.ndarray, counts: np.ndarray, min_depth: float, min_peak: float, min_mode_events: int
+               ) -> tuple[list[int], int | None, float]:
+    """The highest mode and the highest other mode separated from it by a valley at least ``min_depth`` deep
+    (relative to the smaller peak); returns (local maxima high enough to count, valley bin or None, depth).
+
+    Local maxima lower than ``min_peak`` x the highest, and modes with fewer than ``min_mode_events``
+    events (histogram ``counts``) beyond the valley, are noise in the tails. The valley is the middle of
+    the bins within 0.1% of the smaller peak of the density's minimum between the two modes (a gap of empty
+    bins between well-separated populations is split in its middle).
+    """
+    from scipy.signal import find_peaks
+
+    peaks, _ = find_peaks(np.concatenate([[0.0], sm, [0.0]]))
+    peaks = peaks - 1
+    top = float(sm.max())
+    peaks = [int(p) for p in peaks if sm[p] >= min_peak * top]
+    order = sorted(peaks, key=lambda p: -sm[p])
+    if len(order) < 2:
+        return order, None, 0.0
+    main = order[0]
+    best_depth = 0.0
+    for other in order[1:]:
+        a, b = min(main, other), max(main, other)
+        low = float(sm[a:b + 1].min())
+        smaller = float(min(sm[main], sm[other]))
+        depth = 1.0 - low / smaller
+        best_depth = max(best_depth, depth)
+        if depth < min_depth:
+            continue
+        near = np.flatnonzero(sm[a:b + 1] <= low + 1e-3 * smaller) + a
+        valley = int(round((near[0] + near[-1]) / 2))
+        beyond = counts[valley + 1:].sum() if other > main else counts[:valley].sum()
+        if beyond >= min_mode_events:
+            return order, valley, depth
+    return order, None, best_depth
+
+
+def estimate_split_1d(data: GateData, params: Mapping[str, Any]) -> Estimate:
+    """A marker-positive (or -negative) gate: the valley between two density modes on one dimension.
+
+    As flowDensity's ``deGate``: on the dimension's scale, a histogram of 256 bins smoothed with a Gaussian
+    of SD ``bandwidth`` x Silverman's rule; the highest mode and the highest other mode separated from it by
+    a valley at least ``min_depth`` deep (relative to the smaller peak; modes lower than ``min_peak`` x the
+    highest, or with fewer than ``min_mode_events`` events beyond the valley, are ignored) give the split at the
+    valley's minimum. With a single mode, the ``fallback`` is ``tail``: the split is where the density falls to
+    ``tail`` x its peak on the ``side`` of the mode (flag ``SPLIT_FALLBACK``); ``none``: no gate
+    (``SPLIT_FAILED``). The gate keeps the events at or above the split (``side`` = high) or below it (low),
+    whatever their number.
+    """
+    col, dim, name = data.cols[0], data.dims[0], data.name
+    n = len(col)
+    step = thin(n)
+    v = to_scale(dim, np.ascontiguousarray(col[::step]))
+    v = v[np.isfinite(v)]
+    if len(v) < params["min_events"]:
+        return failed(f"only {len(v)} events with a finite {dim.key} value (< {params['min_events']})",
+                      "SPLIT_FAILED", name, n_parent=n)
+    if not float(v.max()) > float(v.min()):
+        return failed(f"{dim.key} does not vary (every event at {float(v[0]):g})", "SPLIT_FAILED", name,
+                      n_parent=n)
+    with np.errstate(over="ignore"):
+        span = float(v.max()) - float(v.min())
+    if not np.isfinite(span):
+        return failed(f"{dim.key} values span beyond the numeric range ({float(v.min()):g} to {float(v.max()):g})",
+                      "SPLIT_FAILED", name, n_parent=n)
+    counts, edges, sm, width = _smoothed_histogram(v, 256, params["bandwidth"])
+    centre = lambda i: float(edges[0] + (i + 0.5) * width)  # noqa: E731
+    modes, valley, depth = _two_modes(sm, counts * step, params["min_depth"], params["min_peak"],
+                                      params["min_mode_events"])
+    diag: dict[str, Any] = {"n_parent": n, "modes": [centre(p) for p in modes[:5]],
+                            "mode_heights": [float(sm[p] / sm.max()) for p in modes[:5]], "depth": depth}
+    flags: list[Flag] = []
+    high = params["side"] == "high"
+    if valley is not None:
+        split = centre(valley)
+        diag.update(valley=split, fallback=None)
+    else:
+        reason = ("one density mode" if len(modes) < 2 else
+                  f"no valley at least {params['min_depth']:g} deep between the modes (deepest {depth:.2f})")
+        if params["fallback"] == "none":
+            est = failed(f"{dim.key}: {reason}", "SPLIT_FAILED", name, **diag)
+            est.density, est.density_edges = small_counts(counts), (edges,)
+            return est
+        k = modes[0]
+        below_tail = sm < params["tail"] * sm[k]
+        beyond = np.flatnonzero(below_tail[k:]) + k if high else np.flatnonzero(below_tail[:k + 1])
+        if len(beyond):
+            i = int(beyond[0] if high else beyond[-1])
+            split = float(edges[i] if high else edges[i + 1])
+        else:
+            split = float(edges[-1] if high else edges[0])
+        diag.update(valley=None, fallback="tail")
+        flags.append(Flag("SPLIT_FALLBACK", "warn",
+                          f"gate {name}: {reason} on {dim.key}; split where the density falls to "
+                          f"{params['tail']:g} of its peak {'above' if high else 'below'} the mode"))
+    gate = RangeGate(name, (dim,), mins=(split,) if high else (None,), maxs=(None,) if high else (split,))
+    mask = apply_gate(gate, [col])
+    diag.update(split=split, split_raw=float(from_scale(dim, np.array([split]))[0]),
+                fraction_of_parent=float(mask.mean()) if n else 0.0, count=int(mask.sum()))
+    return Estimate(gate, mask, diag, flags, small_counts(counts), (edges,))
+
+
 # ---------------------------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Param:
@@ -854,3 +982,20 @@ register_estimator(EstimatorSpec("cluster_2d", estimate_cluster, 2, {
     "extend_x": Param("bool", True, doc="open the gate towards the x side (nothing brighter belongs "
                                          "elsewhere within the cluster's y band)"),
 }, "basophils: the x-high/low, y-high/low cluster of the 2-D density (number of populations found)"))
+register_estimator(EstimatorSpec("split_1d", estimate_split_1d, 1, {
+    "side": Param("choice", "high", choices=("high", "low"), doc="keep the events above (high) or below (low) "
+                                                                  "the split"),
+    "bandwidth": Param("number", 1.0, 0.05, 10.0,
+                       doc="density smoothing: Gaussian SD as a multiple of Silverman's rule (R's adjust)"),
+    "min_depth": Param("number", 0.3, 0.0, 1.0,
+                       doc="a valley must fall at least this fraction below the smaller of its two modes"),
+    "min_peak": Param("number", 0.01, 0.0, 1.0, doc="modes lower than this fraction of the highest are ignored"),
+    "fallback": Param("choice", "tail", choices=("tail", "none"),
+                      doc="one mode: split where the density falls to tail x its peak on the side (tail), "
+                          "or no gate (none)"),
+    "tail": Param("number", 0.05, 0.0001, 0.9, doc="the fallback split's density, as a fraction of the mode's peak"),
+    "min_mode_events": Param("integer", 20, 1, doc="a second mode needs at least this many events beyond "
+                                                    "the valley"),
+    "min_events": Param("integer", 50, 2, doc="fewer events with a value than this: no split"),
+}, "a marker-positive (side high) or -negative gate on one dimension: the valley between two density modes "
+   "(flowDensity deGate), with a flagged fallback for a single mode"))
