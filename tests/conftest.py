@@ -1,5 +1,6 @@
 """Shared test fixtures.
 
+- Under ``CI`` (the CI machine sets CI=true) hypothesis runs derandomized, so a CI run is reproducible.
 - ``tests/`` is on ``sys.path`` so that test modules import their helpers (``analysis_cohort``) by name.
 - ``simulated(**kwargs)``: a simulated experiment (``bat_analysis.simulate.simulate_experiment``) in a temporary
   folder, written once per test session for each set of parameters. The folder is shared: a test that damages
@@ -12,12 +13,21 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# CI runs the property tests with a fixed seed (a CI verdict must not depend on the draw); elsewhere hypothesis
+# draws new examples every run, and a failure it finds is reported with the example to reproduce it.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:  # pytest's default import mode does this too; be explicit for the others
