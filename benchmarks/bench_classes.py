@@ -71,6 +71,7 @@ class Tally:
     widths: list[float] = field(default_factory=list)
     seconds: float = 0.0
     wrong_high: list[str] = field(default_factory=list)
+    lost_reasons: list[str] = field(default_factory=list)
     worst_tubes: list[tuple[float, str]] = field(default_factory=list)
 
     def add(self, other: "Tally") -> None:
@@ -81,6 +82,7 @@ class Tally:
         self.failed_runs += other.failed_runs
         self.widths += other.widths
         self.wrong_high += other.wrong_high
+        self.lost_reasons += other.lost_reasons
         self.worst_tubes += other.worst_tubes
 
 
@@ -139,7 +141,11 @@ def score_run(out: Path, truth: dict, label: str, config: ClassConfig) -> Tally:
         got = row.get("class", "")
         if got == "not_evaluable" or not got:
             t.ne_right += expected == "not_evaluable"
-            t.lost += expected != "not_evaluable"
+            if expected != "not_evaluable":
+                t.lost += 1
+                reason = row.get("class_reason", "")
+                t.lost_reasons.append(f"{label} {row['patient']} {row['allergen']}: truth {expected}, "
+                                      f"{reason[:150]}{'…' if len(reason) > 150 else ''}")
             continue
         t.evaluable += 1
         low, high = _float(row.get("auc_inhibition_ci_low")), _float(row.get("auc_inhibition_ci_high"))
@@ -257,6 +263,10 @@ def main() -> None:
     if overall.wrong_high:
         print("\nhigh-confidence classes that are wrong:")
         for line in overall.wrong_high:
+            print("  " + line)
+    if overall.lost_reasons:
+        print(f"\nclasses reported not_evaluable although the truth has one ({len(overall.lost_reasons)}), first 12:")
+        for line in overall.lost_reasons[:12]:
             print("  " + line)
     if overall.failed_runs:
         print("\nfailures:")
