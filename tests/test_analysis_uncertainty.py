@@ -118,3 +118,22 @@ def test_a_reduced_series_is_never_a_confident_class():
     assert row["class"] == "responder"
     assert row["class_confidence"] == "borderline"
     assert "fewer than 4" in row["class_reason"]
+
+
+def test_an_untreated_series_kept_below_the_count_minimum_is_judged_on_the_tubes_it_was_fitted_on():
+    """Every untreated allergen tube at ~190 basophils (failing only the count, kept in the fit): positivity is
+    judged on those same tubes, so a responder is classed, never 'negative at every concentration' beside a
+    maximum net far above 5%."""
+    results, _ = simulate_cohort(n_patients=1, seed=5, n_basophils=(3000, 3001))
+    rng = np.random.default_rng(0)
+    for r in results:
+        if r.tube.condition == "allergen" and r.tube.pretreatment == "none":
+            keep = rng.choice(r.n_basophils, size=190, replace=False)
+            r.basophil_values = {k: v[keep] for k, v in r.basophil_values.items()}
+            r.n_basophils = 190
+    scores = score_experiment(results)
+    row = scores.patients.iloc[0]
+    low = scores.tubes[(scores.tubes.condition == "allergen") & (scores.tubes.pretreatment == "none")]
+    assert (low.qc_status == "fail").all() and low.qc_flags.str.contains("LOW_BASOPHILS").all()
+    assert row["class"] == "responder", row["class_reason"]
+    assert "negative at every concentration" not in row["class_reason"]

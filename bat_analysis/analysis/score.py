@@ -412,20 +412,18 @@ def _patient_findings(patient: str, allergen: str, tubes: Sequence[TubeResult], 
     return found
 
 
-def _untreated_positive(allergen: str, tubes: Sequence[TubeResult], fit_n: FitResult | None,
-                        metrics: Mapping[str, TubeMetrics], qcs: Mapping[str, TubeQc], cfg: AnalysisConfig
-                        ) -> tuple[bool | None, str]:
-    """Whether any untreated allergen tube passing QC is positive (None when there is no untreated series),
-    with the reason shown when it is not."""
+def _untreated_positive(allergen: str, fit_n: FitResult | None, metrics: Mapping[str, TubeMetrics],
+                        cfg: AnalysisConfig) -> tuple[bool | None, str]:
+    """Whether any tube of the untreated dose response is positive (None when there is no untreated series),
+    with the reason shown when it is not. The tubes are those the fit rests on (``fit_n.files``: tubes failing
+    only the basophil count included under ``qc.low_count_policy: keep``), so the decision and the maximum net
+    %positive its reason quotes come from the same tubes."""
     if fit_n is None:
         return None, "no allergen tube without pretreatment" if allergen else "no allergen tube"
     if fit_n.x.size == 0:
         return None, fit_n.ec50_reason
     act = cfg.markers.primary_marker
-    files = [r.tube.file for r in tubes if r.tube.condition == "allergen"
-             and (r.tube.allergen or "") == allergen and r.tube.pretreatment == "none"
-             and qcs[r.tube.file].status != "fail" and r.tube.file in metrics]
-    pos = [metrics[f].get(act).positive for f in files if metrics[f].get(act) is not None]
+    pos = [metrics[f].get(act).positive for f in fit_n.files if f in metrics and metrics[f].get(act) is not None]
     reason = f"maximum net {np.max(fit_n.net):.1f}% < {cfg.positivity.net_pct_min:g}%" + (
         f" or SI < {cfg.positivity.si_min:g}" if cfg.positivity.require_si else "")
     return any(p is True for p in pos), reason
@@ -482,7 +480,7 @@ def _patient_row(patient: str, allergen: str, tubes: Sequence[TubeResult],
     fit_o = fits.get((patient, allergen, "omalizumab"))
     _fit_columns(row, fit_n, fit_o)
     found = _patient_findings(patient, allergen, tubes, arms, (fit_n, fit_o), metrics, qcs, arm_states, cfg)
-    untreated = _untreated_positive(allergen, tubes, fit_n, metrics, qcs, cfg)
+    untreated = _untreated_positive(allergen, fit_n, metrics, cfg)
     effect = _arms_effect(allergen, fit_n, fit_o, cfg)
     both_arms = fit_n is not None and fit_o is not None
     if both_arms:
