@@ -351,3 +351,25 @@ def test_boolean_gates_round_trip_as_flowjo_nodes(tmp_path: Path) -> None:
         assert np.array_equal(mask, back[name]), f"{name} changed on re-import"
     assert 0 < counts["tri"] < counts["sides"] < dm.n_events and 0 < counts["right_low"] < counts["right"]
     assert flowjo_counts(out)[DIAMOND_FCS.name][("sides", "tri")] == counts["tri"]
+
+
+def test_gate_resolutions_and_counts_are_found_below_boolean_nodes():
+    """Every population walk of a workspace (counts, polygon display resolutions, ellipses) descends into
+    And/Or/Not nodes: a polygon below an OR node keeps its gateResolution for FlowJo's binning emulation."""
+    from bat_analysis.gating.flowjo import _counts, _gate_resolutions
+
+    g = "http://www.isac-net.org/std/Gating-ML/v2.0/gating"
+    root = ET.fromstring(f"""<Workspace xmlns:gating="{g}"><SampleList><Sample><SampleNode name="s.fcs">
+      <Subpopulations>
+        <OrNode name="qc" count="90"><Subpopulations>
+          <Population name="cells" count="80"><Gate><gating:PolygonGate gating:id="c" gateResolution="256"/></Gate>
+            <Subpopulations><Population name="deep" count="5"><Gate>
+              <gating:PolygonGate gating:id="d" gateResolution="128"/></Gate></Population></Subpopulations>
+          </Population>
+        </Subpopulations></OrNode>
+        <Population name="top" count="10"><Gate><gating:PolygonGate gating:id="t" gateResolution="64"/></Gate>
+        </Population>
+      </Subpopulations></SampleNode></Sample></SampleList></Workspace>""")
+    assert _gate_resolutions(root) == {"s.fcs": {("qc", "cells"): 256, ("qc", "cells", "deep"): 128, ("top",): 64}}
+    assert _counts(root, "w.wsp") == {"s.fcs": {("qc",): 90, ("qc", "cells"): 80, ("qc", "cells", "deep"): 5,
+                                                ("top",): 10}}

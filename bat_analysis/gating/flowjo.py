@@ -41,7 +41,7 @@ import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 from xml.etree import ElementTree as ET
 
 import numpy as np
@@ -141,6 +141,24 @@ def flowjo_counts(path: str | Path) -> dict[str, dict[tuple[str, ...], int]]:
     return _counts(_read(path).root, str(path))
 
 
+_POPULATION_NODES = ("Population", "AndNode", "OrNode", "NotNode")
+
+
+def _populations(node: ET.Element) -> Iterator[tuple[tuple[str, ...], ET.Element]]:
+    """(population path, element) of every population node below a ``SampleNode``, boolean nodes included,
+    parents before children (an explicit stack: no recursion limit on deep hierarchies)."""
+    def children(el: ET.Element) -> list[ET.Element]:
+        subs = el.find("Subpopulations")
+        return [] if subs is None else [p for p in subs if p.tag in _POPULATION_NODES]
+
+    stack: list[tuple[tuple[str, ...], ET.Element]] = [((pop.attrib.get("name", ""),), pop)
+                                                        for pop in reversed(children(node))]
+    while stack:
+        key, pop = stack.pop()
+        yield key, pop
+        stack.extend(((*key, c.attrib.get("name", "")), c) for c in reversed(children(pop)))
+
+
 def _counts(root: ET.Element, source: str) -> dict[str, dict[tuple[str, ...], int]]:
     out: dict[str, dict[tuple[str, ...], int]] = {}
     for sample in root.iter("Sample"):
@@ -148,26 +166,15 @@ def _counts(root: ET.Element, source: str) -> dict[str, dict[tuple[str, ...], in
         if node is None:
             continue
         counts: dict[tuple[str, ...], int] = {}
-
-        def walk(el: ET.Element, prefix: tuple[str, ...]) -> None:
-            subs = el.find("Subpopulations")
-            if subs is None:
-                return
-            for pop in subs:
-                if pop.tag not in ("Population", "AndNode", "OrNode", "NotNode"):
-                    continue
-                key = (*prefix, pop.attrib.get("name", ""))
-                text = pop.attrib.get("count", "-1")
-                try:
-                    c = int(float(text))
-                except (ValueError, OverflowError):
-                    raise GatingError(f"population {'/'.join(key)}: count {text[:40]!r} is not a number",
-                                      source=source, field="count", expected="an event count") from None
-                if c >= 0:
-                    counts[key] = c
-                walk(pop, key)
-
-        walk(node, ())
+        for key, pop in _populations(node):
+            text = pop.attrib.get("count", "-1")
+            try:
+                c = int(float(text))
+            except (ValueError, OverflowError):
+                raise GatingError(f"population {'/'.join(key)}: count {text[:40]!r} is not a number",
+                                  source=source, field="count", expected="an event count") from None
+            if c >= 0:
+                counts[key] = c
         out[node.attrib.get("name", "")] = counts
     return out
 
@@ -180,22 +187,12 @@ def _gate_resolutions(root: ET.Element) -> dict[str, dict[tuple[str, ...], int]]
         if node is None:
             continue
         res: dict[tuple[str, ...], int] = {}
-
-        def walk(el: ET.Element, prefix: tuple[str, ...]) -> None:
-            subs = el.find("Subpopulations")
-            if subs is None:
-                return
-            for pop in subs.findall("Population"):
-                key = (*prefix, pop.attrib.get("name", ""))
-                gate = pop.find("Gate")
-                if gate is not None:
-                    for shape in gate:
-                        value = shape.attrib.get("gateResolution")
-                        if shape.tag == _q("gating", "PolygonGate") and value and value.isdigit():
-                            res[key] = int(value)
-                walk(pop, key)
-
-        walk(node, ())
+        for key, pop in _populations(node):
+            gate = pop.find("Gate") if pop.tag == "Population" else None  # a boolean node's is for display
+            for shape in gate if gate is not None else ():
+                value = shape.attrib.get("gateResolution")
+                if shape.tag == _q("gating", "PolygonGate") and value and value.isdigit():
+                    res[key] = int(value)
         out[node.attrib.get("name", "")] = res
     return out
 
@@ -222,24 +219,13 @@ def _ellipses(root: ET.Element) -> dict[str, dict[tuple[str, ...], tuple[np.ndar
         if node is None:
             continue
         found: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
-
-        def walk(el: ET.Element, prefix: tuple[str, ...]) -> None:
-            subs = el.find("Subpopulations")
-            if subs is None:
-                return
-            for pop in subs:
-                if pop.tag not in ("Population", "AndNode", "OrNode", "NotNode"):
-                    continue
-                key = (*prefix, pop.attrib.get("name", ""))
-                gate = pop.find("Gate") if pop.tag == "Population" else None  # a boolean node's is for display
-                shape = gate.find(_q("gating", "EllipsoidGate")) if gate is not None else None
-                if shape is not None:
-                    foci, edges = points(shape.find(_q("gating", "foci"))), points(shape.find(_q("gating", "edge")))
-                    if foci is not None and edges is not None and len(foci) == 2 and len(edges) == 4:
-                        found[key] = (foci, edges)
-                walk(pop, key)
-
-        walk(node, ())
+        for key, pop in _populations(node):
+            gate = pop.find("Gate") if pop.tag == "Population" else None  # a boolean node's is for display
+            shape = gate.find(_q("gating", "EllipsoidGate")) if gate is not None else None
+            if shape is not None:
+                foci, edges = points(shape.find(_q("gating", "foci"))), points(shape.find(_q("gating", "edge")))
+                if foci is not None and edges is not None and len(foci) == 2 and len(edges) == 4:
+                    found[key] = (foci, edges)
         out[node.attrib.get("name", "")] = found
     return out
 
