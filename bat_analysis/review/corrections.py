@@ -1,4 +1,4 @@
-"""Reviewer corrections: what a correction is (gate geometry, CD63 threshold, withdrawal), and the overrides
+"""Reviewer corrections: what a correction is (gate geometry, activation threshold, withdrawal), and the overrides
 YAML file that gives them to a run.
 
 An overrides file lists corrections, each with who made it and why::
@@ -12,9 +12,10 @@ An overrides file lists corrections, each with who made it and why::
           type: polygon                 # polygon (vertices) | range (mins, maxs) | ellipsoid (mean, covariance,
           vertices: [[0.1, 0.5], [0.3, 0.5], [0.3, 0.9], [0.1, 0.9]]   #  distance_square)
         reason: eosinophils were included
-      - patient: P01                    # a CD63 threshold for one patient and arm (or: tube: <its negative control>)
+      - patient: P01                    # an activation threshold for one patient and arm
+                                        # (or: tube: <its negative control>)
         pretreatment: none
-        threshold: 1500                 # compensated linear CD63 value
+        threshold: 1500                 # compensated linear value of the primary activation marker (CD63)
         reviewer: John Roe
         reason: bimodal negative control
 
@@ -91,7 +92,8 @@ class Withdrawal:
 
 @dataclass(frozen=True)
 class ThresholdCorrection:
-    """A reviewer's CD63 threshold for one patient and arm."""
+    """A reviewer's threshold of the primary activation marker (the template's first, CD63 by default) for one
+    patient and arm."""
 
     patient: str
     pretreatment: str
@@ -136,7 +138,7 @@ class Corrections:
     def note_for(self, file: str, patient: str, pretreatment: str) -> str:
         """Plain-words note of the corrections affecting a tube ('' when none)."""
         notes = [f"gate {c.gate} adjusted by {c.reviewer}: {c.reason}" for c in self.gates if c.file == file]
-        notes += [f"CD63 threshold set to {t.value:g} by {t.reviewer}: {t.reason}" for t in self.threshold_list
+        notes += [f"activation threshold set to {t.value:g} by {t.reviewer}: {t.reason}" for t in self.threshold_list
                   if t.patient == patient and t.pretreatment == pretreatment]
         return "; ".join(notes)
 
@@ -261,7 +263,8 @@ def parse_overrides(data: Any, template: Any, tubes: Sequence[Tube], *, source: 
         else:
             value = item["threshold"]
             if not is_number(value):
-                problems.append(f"{where}.threshold: expected a number (compensated linear CD63), got {value!r}")
+                problems.append(f"{where}.threshold: expected a number (compensated linear value of the "
+                                f"activation marker), got {value!r}")
                 continue
             if tube is not None:
                 patient, arm = tube.patient, tube.pretreatment
