@@ -700,3 +700,32 @@ def test_activation_histogram_is_titled_with_the_templates_population() -> None:
     draw_activation(np.empty(0), None, None, empty, marker="CD69", population="T cells")
     assert empty.get_title(loc="left") == "CD69 on T cells"
     assert "no T cells" in " ".join(t.get_text() for t in empty.texts)
+
+
+def test_a_not_evaluable_class_does_not_show_its_auc_inhibition_as_counting() -> None:
+    from bat_analysis.report.views import RunView
+
+    run = RunView({})
+    row = {"class": "not_evaluable", "auc_inhibition_pct": 12.5, "auc_inhibition_ci_low": float("nan"),
+           "class_confidence": ""}
+    assert run.inhibition_text(row) == " · AUC inhibition 12.5%, not used: the patient is not evaluable"
+    counted = run.inhibition_text({**row, "class": "non_responder", "class_confidence": "high"})
+    assert counted == " · AUC inhibition 12.5%, confidence high"
+
+
+def test_no_flags_is_not_said_above_a_patient_level_flag(tmp_path: Path) -> None:
+    from bat_analysis.report.html import patient_html
+    from bat_analysis.report.views import Notice, RunView, patient_views, tube_views
+
+    results, scores = make_experiment(1)
+    run = RunView(dict(RUN_INFO))
+    (view,) = patient_views(tube_views(results, scores, run), scores).values()
+    for t in view.tubes:
+        t.flags.clear()
+    view.patient_flags[:] = [Notice("EC50_NOT_ESTIMABLE", "warn", "Ara h 2 (none): EC50 not estimable")]
+    html = patient_html(view, run)
+    flags = html[html.index("<h2>Flags</h2>"):html.index("<h2>Gating, tube by tube</h2>")]
+    assert "No flags." not in flags and "EC50_NOT_ESTIMABLE" in flags
+    view.patient_flags.clear()
+    html = patient_html(view, run)
+    assert "No flags." in html[html.index("<h2>Flags</h2>"):]

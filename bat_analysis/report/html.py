@@ -234,7 +234,7 @@ def patient_html(view: PatientView, run: RunView) -> str:
     flagged = [t for t in view.tubes if t.flags]
     if flagged:
         body.append("".join(f"<h3>{_tube_heading(t)}</h3>{_flag_items(t)}" for t in flagged))
-    else:
+    elif not view.patient_flags:
         body.append('<p class="muted">No flags.</p>')
     for note in view.patient_flags:
         body.append(f"<p>{badge(note.severity)} <b>{escape(note.code)}</b>: {escape(note.message)}</p>")

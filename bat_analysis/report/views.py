@@ -141,11 +141,13 @@ class RunView:
 
     def inhibition_text(self, row: Mapping[str, Any]) -> str:
         """The AUC inhibition of a patients-table row with its interval and the class's confidence, for
-        beside the class (``" · AUC inhibition 94.9% (95% CI 90.1–97.3%), confidence high"``); empty without
-        an AUC inhibition."""
+        beside the class (``" · AUC inhibition 94.9% (95% CI 90.1–97.3%), confidence high"``); for a patient
+        who is not evaluable the value is marked as not used; empty without an AUC inhibition."""
         value = _finite(row.get("auc_inhibition_pct"))
         if value is None:
             return ""
+        if (row.get("class") or "not_evaluable") == "not_evaluable":  # a number that decided nothing
+            return f" · AUC inhibition {value:.1f}%, not used: the patient is not evaluable"
         text = f" · AUC inhibition {value:.1f}%"
         low, high = _finite(row.get("auc_inhibition_ci_low")), _finite(row.get("auc_inhibition_ci_high"))
         if low is not None and high is not None:
