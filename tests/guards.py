@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
 
 class Hung(BaseException):
@@ -25,3 +27,19 @@ def no_hang(seconds: int, what: str = "the block") -> Iterator[None]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def inject_hang(folder: Path, victim: str) -> None:
+    """Write ``folder/sitecustomize.py`` making ``gate_tube`` sleep for an hour on the tube file ``victim``: child
+    interpreters started with ``folder`` on their PYTHONPATH (Dask workers' children, the per-tube child
+    process) hang on that tube, for the time-limit tests."""
+    (folder / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import time
+        import bat_analysis.gating.tube as tube_module
+        real = tube_module.gate_tube
+        def hanging(path, tube, template, **options):
+            if tube.file == {victim!r}:
+                time.sleep(3600)
+            return real(path, tube, template, **options)
+        tube_module.gate_tube = hanging
+    """))

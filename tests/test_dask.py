@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from guards import inject_hang
+
 from bat_analysis.errors import BatError
 from bat_analysis.pipeline import RunOptions, run
 
@@ -51,21 +53,11 @@ def test_a_tube_past_its_time_limit_on_the_cluster_fails_alone(experiment, tmp_p
     """On Dask each tube is gated in a child process of its worker, killed at the limit."""
     import csv
     import os
-    import textwrap
     from pathlib import Path
 
     victim = next(t.file for t in experiment.tubes if t.condition == "allergen")
     # the hang is injected into the child interpreters by a sitecustomize module on their PYTHONPATH
-    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(f"""
-        import time
-        import bat_analysis.gating.tube as tube_module
-        real = tube_module.gate_tube
-        def hanging(path, tube, template, **options):
-            if tube.file == {victim!r}:
-                time.sleep(3600)
-            return real(path, tube, template, **options)
-        tube_module.gate_tube = hanging
-    """))
+    inject_hang(tmp_path, victim)
     root = Path(__file__).resolve().parents[1]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(root)]))
     cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from guards import no_hang
+from guards import inject_hang, no_hang
 
 from bat_analysis.errors import BatError
 from bat_analysis.records import TubeResult
@@ -208,16 +208,7 @@ def test_a_tube_gated_in_a_child_process_is_stopped_at_its_limit(small_experimen
     tasks = _tasks(small_experiment, extra_bad=False)
     victim = tasks[1].tube.file
     # the hang is injected into the child interpreter (a fresh process) by a sitecustomize module
-    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(f"""
-        import time
-        import bat_analysis.gating.tube as tube_module
-        real = tube_module.gate_tube
-        def hanging(path, tube, template, **options):
-            if tube.file == {victim!r}:
-                time.sleep(3600)
-            return real(path, tube, template, **options)
-        tube_module.gate_tube = hanging
-    """))
+    inject_hang(tmp_path, victim)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(ROOT)]))
     late = _gate_in_child(tasks[1], 5)
     assert not late.ok and late.flags[0].code == "TUBE_TIMEOUT" and "longer than 5 s" in late.error
