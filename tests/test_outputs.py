@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bat_analysis.fileio import atomic_path
 from bat_analysis.outputs import format_cell, table_to_csv, write_tables
 
 
@@ -26,20 +25,6 @@ def test_csv_is_stable_and_quoted():
     text = table_to_csv(df)
     assert text == 'file,pct,n,flags\n"a,1.fcs",0.33333333,1,X;Y\nb.fcs,,2,\n'
     assert table_to_csv(df.copy()) == text
-
-
-def test_atomic_path_keeps_old_file_on_failure(tmp_path):
-    target = tmp_path / "tubes.csv"
-    target.write_text("old\n")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half of the new fi")
-            raise RuntimeError("killed while writing")
-    assert target.read_text() == "old\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tubes.csv"]  # no temporary left behind
-    with atomic_path(target) as tmp:
-        tmp.write_text("new\n")
-    assert target.read_text() == "new\n"
 
 
 def test_write_tables_with_about_sheet(tmp_path):
