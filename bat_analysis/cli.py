@@ -1,11 +1,11 @@
-"""The ``bat`` command. Each sub-command lives in ``bat_analysis.commands`` and imports its heavy
+"""The ``bat`` command. Each sub-command lives in ``bat_analysis._commands`` and imports its heavy
 dependencies lazily, so that ``bat --help`` starts fast."""
 
 from __future__ import annotations
 
 import typer
 
-from .commands import cohort_cmd, inspect_cmd, review_cmd, run_cmd, simulate_cmd, templates_cmd
+from ._commands import cohort_cmd, inspect_cmd, review_cmd, run_cmd, simulate_cmd, templates_cmd
 
 app = typer.Typer(
     name="bat",

@@ -78,7 +78,7 @@ class WriteError(BatError):
     """A file or folder that could not be written (disk full, permission denied, a link in the way...).
 
     ``source`` is the path, ``cause`` the reason in plain words, ``todo`` what to do about it and ``detail``
-    the operating system's own message. Raised by :mod:`bat_analysis.fileio`.
+    the operating system's own message. Raised by :mod:`bat_analysis._fileio`.
     """
 
     def __init__(self, path: str, cause: str, todo: str, *, action: str = "write", detail: str | None = None
@@ -92,7 +92,7 @@ class WriteError(BatError):
 
 
 class InputParseError(BatError):
-    """A YAML or XML input that cannot be parsed safely (:mod:`bat_analysis.safe_parse`).
+    """A YAML or XML input that cannot be parsed safely (:mod:`bat_analysis._safe_parse`).
 
     ``where`` is the place in the file (``line L, column C``) when the parser gives it, ``problem`` the
     message without the file and place; :attr:`located` is ``where: problem (expected ...)``, the form of

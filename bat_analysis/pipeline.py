@@ -35,7 +35,7 @@ except stale ones (made on a tube file or template that changed since), which fl
 
 Writing the output folder
 -------------------------
-Every file goes through :mod:`bat_analysis.fileio` (atomic, never through a symbolic link, mode 0666 & ~umask).
+Every file goes through :mod:`bat_analysis._fileio` (atomic, never through a symbolic link, mode 0666 & ~umask).
 The tables are replaced as a set; a full rendering of the reports is built in a staging folder inside OUT and
 swapped in. A write failure is a ``WriteError`` (path, cause, what to do): the run is recorded as ``failed``
 (or ``completed without reports`` when only the reports failed), and once the store holds this run's tables,
@@ -69,7 +69,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Literal, Sequence
 
 from . import __version__
-from .checksums import file_sha256
+from ._checksums import file_sha256
 from .errors import BatError, DataFileError, WriteError
 from .records import Flag, Tube, TubeResult
 from .store import AUTO, REVIEWED, STORE_NAME, ResultStore, to_json
@@ -77,7 +77,7 @@ from .store import AUTO, REVIEWED, STORE_NAME, ResultStore, to_json
 if TYPE_CHECKING:
     from .analysis.score import ExperimentScores
     from .review.corrections import Corrections
-    from .review.log import StoredCorrections
+    from .review._log import StoredCorrections
 
 LOCK_NAME = ".bat-run.lock"
 TABLE_OUTPUTS = ("tubes.csv", "patients.csv", "results.xlsx", "tubes.parquet", "patients.parquet",
@@ -115,7 +115,7 @@ class RunLock:
         import fcntl
         import stat
 
-        from .fileio import make_dir, write_error
+        from ._fileio import make_dir, write_error
 
         make_dir(self.path.parent)
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -469,7 +469,7 @@ def cache_key(file_sha: str | None, template_sha: str, tube: Tube, corrections_s
 
 def resolve_file(data_dir: Path, tube: Tube, *, allow_outside: bool = False) -> Path:
     """The checked real path of a tube's file (``io.paths.resolve_data_file``; raises ``DataFileError``)."""
-    from .io.paths import resolve_data_file
+    from .io._paths import resolve_data_file
 
     return resolve_data_file(data_dir, tube.file, allow_outside=allow_outside)
 
@@ -562,7 +562,7 @@ def run(options: RunOptions, *, on_result: Callable[[int, TubeResult], None] | N
     could be analysed, WriteError when an output cannot be written (the run is then recorded as failed and
     the earlier outputs are withdrawn). ``on_result`` is called after each tube is stored (used by tests to
     interrupt)."""
-    from .fileio import make_dir, remove_leftovers
+    from ._fileio import make_dir, remove_leftovers
 
     t0 = time.perf_counter()
     data_dir, out = Path(options.data_dir), Path(options.out)
@@ -593,8 +593,8 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
     given, check every input, record the run as begun, then :func:`_run_stored`."""
     from .gating.templates import load_template
     from .io.layout import read_layout, unlisted_files
-    from .review.load import load_corrections
-    from .review.log import geometry_in_force, plan_log_entries
+    from .review._load import load_corrections
+    from .review._log import geometry_in_force, plan_log_entries
 
     tubes = read_layout(Path(options.layout), data_dir, check_unlisted=options.strict,
                         skip_missing=options.skip_missing, allow_outside_data_dir=options.allow_outside_data_dir)
@@ -778,8 +778,8 @@ class _RunContext:
 
 def mark_implausible(results: Sequence[TubeResult], store: ResultStore, population: str) -> None:
     """Flag each corrected tube whose population does not look like the automated one's
-    (:mod:`bat_analysis.gating.plausibility`)."""
-    from .gating.plausibility import implausible_gate_flags
+    (:mod:`bat_analysis.gating._plausibility`)."""
+    from .gating._plausibility import implausible_gate_flags
 
     for r in results:
         if store.current_variant(r.tube.file) == REVIEWED:
@@ -835,7 +835,7 @@ def _run_stored(ctx: _RunContext) -> RunSummary:
 def _apply_corrections(ctx: _RunContext) -> StoredCorrections:
     """Record the run's inputs, add the corrections given to the store's log, and sort the log's active
     corrections into those this run applies and those it does not (stale, or not in this run's layout)."""
-    from .review.log import from_store
+    from .review._log import from_store
 
     store, template = ctx.store, ctx.template
     store.record_inputs(ctx.run_id, {**ctx.inputs.checksums,
@@ -916,7 +916,7 @@ def _current_results(ctx: _RunContext, corrections: Corrections, stale: Sequence
                      plan: _GatePlan) -> list[TubeResult]:
     """Every tube's current result read back from the store (reviewed where a gate is corrected), stale
     corrections flagged; raises NothingAnalysedError (the run recorded as failed) when every tube failed."""
-    from .review.log import mark_stale
+    from .review._log import mark_stale
 
     store = ctx.store
     results: list[TubeResult] = []
@@ -956,7 +956,7 @@ def _score(ctx: _RunContext, results: list[TubeResult], corrections: Corrections
 def _write_tables(ctx: _RunContext, scored: _Scored) -> list[Path]:
     """Write tubes.csv, patients.csv, results.xlsx (and the parquet files); on a write failure the earlier
     tables and reports, which no longer match the store, are withdrawn and the WriteError says so."""
-    from .outputs import write_tables
+    from ._outputs import write_tables
 
     about = about_sheet(ctx.template, ctx.command, ctx.inputs.checksums, ctx.layout_sha, ctx.run_id)
     try:
@@ -1137,7 +1137,7 @@ def reports_key(store: ResultStore, results: Sequence[TubeResult], thresholds: d
 def reports_missing(out: Path, results: Sequence[TubeResult]) -> bool:
     """Whether the review gallery or any patient's HTML/PDF report is absent from ``out``."""
     try:
-        from .report.html import report_filename
+        from .report._html import report_filename
     except ImportError:
         return True
     if not (out / "review" / "index.html").is_file():
@@ -1156,7 +1156,7 @@ def remove_departed_reports(out: Path, patients: set[str]) -> list[Path]:
     if not folder.is_dir():
         return []
     try:
-        from .report.html import report_filename
+        from .report._html import report_filename
     except ImportError:  # reports cannot have been written by this installation
         return []
     keep = {report_filename(p) for p in patients}
@@ -1196,7 +1196,7 @@ def render(out: Path, store: ResultStore, results: Sequence[TubeResult], scores:
     ``review/``): a failure (a full disk) leaves the previous reports whole, never a mix of old and new.
     Reports of chosen patients are written in place, each file atomically, into real folders (a symbolic
     link in place of ``reports/`` is refused)."""
-    from .fileio import make_dir, remove_path, replace_dir, temporary_dir
+    from ._fileio import make_dir, remove_path, replace_dir, temporary_dir
 
     try:
         from .report import render_reports
@@ -1227,7 +1227,7 @@ def withdraw_outputs(out: Path, names: Sequence[str], store: ResultStore | None 
     """Move outputs that no longer match the results store (``names`` in ``out``) into
     ``out/outdated-<UTC time>/``, so that they are never taken for the current run's (a rename: it works on a
     full disk); if even that fails, remove them. Returns a sentence saying what was done."""
-    from .fileio import make_dir, remove_path
+    from ._fileio import make_dir, remove_path
 
     present = [name for name in names if os.path.lexists(out / name)]
     if store is not None:
@@ -1306,7 +1306,7 @@ class StoredRun:
 def load_run(out: Path | str, *, score: bool = True) -> StoredRun:
     """The last completed run of an output folder, from its results store (nothing is re-gated)."""
     from .gating.templates import load_template, parse_template
-    from .review.log import mark_stale
+    from .review._log import mark_stale
 
     out = Path(out)
     with ResultStore.in_folder(out, create=False) as store:
@@ -1360,7 +1360,7 @@ def rerender(out: Path | str, patients: list[str] | None = None) -> tuple[list[P
 
 def export_gates(out: Path | str, fmt: str, dest: Path | str | None = None) -> list[Path]:
     """Export the gates of a finished run (as applied, corrections included) for FlowJo or Gating-ML."""
-    from .review.exchange import export_run_gates
+    from .review._exchange import export_run_gates
 
     if fmt not in ("gatingml", "flowjo"):
         raise BatError(f"unknown format {fmt!r}", field="--format", expected="gatingml or flowjo")
@@ -1373,7 +1373,7 @@ def export_gates(out: Path | str, fmt: str, dest: Path | str | None = None) -> l
             run = next(r for r in store.runs() if r["id"] == stored.run_id)
         data_dir = Path(run["info"].get("data_dir") or ".")
         if dest is None:
-            from .fileio import make_dir
+            from ._fileio import make_dir
 
             dest = make_dir(Path(out) / "gates", inside=out)  # a link in place of OUT/gates is refused
         return export_run_gates(stored.results, stored.template, data_dir, fmt, Path(dest))

@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 
 from .analysis.dose_response import four_pl
-from .analysis.units import UnitProblem, convert
+from .analysis._units import UnitProblem, convert
 from .errors import BatError
-from .fileio import atomic_open, atomic_path, atomic_write_text, make_dir
+from ._fileio import atomic_open, atomic_path, atomic_write_text, make_dir
 from .records import Tube
 
 __all__ = [

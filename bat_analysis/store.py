@@ -14,7 +14,7 @@ Tables
 ``metrics``         the scored per-tube table (``tubes.csv`` is an export of it)
 ``patients``        the scored per-patient × allergen table (``patients.csv`` is an export of it)
 ``patient_scores``  per patient, the cached scoring objects (fits, thresholds) as typed JSON
-                    (:mod:`bat_analysis.typed_json`) and the key they are valid for
+                    (:mod:`bat_analysis._typed_json`) and the key they are valid for
 ``corrections``     the reviewer corrections log, append-only (triggers refuse UPDATE and DELETE): each entry
                     applies or withdraws one correction (a gate of a tube, or the CD63 threshold of a patient
                     and arm) with who, when, why, the value before and after, the source file, the software
@@ -52,9 +52,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import typed_json
+from . import _typed_json as typed_json
 from .errors import BatError
-from .fileio import is_write_failure, make_dir, refuse_link, write_error
+from ._fileio import is_write_failure, make_dir, refuse_link, write_error
 from .records import Flag, GateRecord, Tube, TubeResult
 
 SCHEMA_VERSION = 2

@@ -54,7 +54,7 @@ def main() -> None:
 def _picture(tables, target: Path) -> None:
     from PIL import Image
 
-    from bat_analysis.cohort import report
+    from bat_analysis.cohort import _report as report
 
     figs = [report.roc_figure(tables["roc"], tables["roc_points"]), report.forest_figure(tables["associations"]),
             report.strata_figure(tables["strata"]), report.trajectory_figure(tables["longitudinal"])]

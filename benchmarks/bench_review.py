@@ -1,7 +1,7 @@
 """Edit-to-update latency of ``bat review``: re-gating a tube with an edited basophil gate.
 
 Simulates one patient (``--events`` per tube), runs ``bat run`` on it, opens the results as the workbench
-does (:class:`bat_analysis.workbench.session.ReviewSession`), re-gates the first allergen tube once (this
+does (:class:`bat_analysis.workbench._session.ReviewSession`), re-gates the first allergen tube once (this
 reads the FCS file into the cache), then times ``--edits`` edits, each moving one vertex of the basophil
 polygon a little (seeded), and prints the median, the 95th percentile and the maximum. Timed in-process
 (no HTTP), the server-side part of what the page waits for after a drag.
@@ -26,7 +26,7 @@ def main() -> None:
     args = ap.parse_args()
     from bat_analysis.pipeline import RunOptions, run
     from bat_analysis.simulate import simulate_experiment
-    from bat_analysis.workbench.session import ReviewSession
+    from bat_analysis.workbench._session import ReviewSession
 
     with tempfile.TemporaryDirectory() as tmp:
         exp = simulate_experiment(f"{tmp}/data", n_patients=1, n_events=args.events, seed=3, n_concentrations=2)

@@ -267,7 +267,7 @@ def test_arms_in_different_mass_units_give_the_one_unit_results():
 
 
 def test_activity_units_convert_only_among_themselves():
-    from bat_analysis.analysis.units import UnitProblem, convert, convertible, parse_unit
+    from bat_analysis.analysis._units import UnitProblem, convert, convertible, parse_unit
 
     assert convert(2.0, "kU/L", "U/mL") == 2.0 and convert(1e4, "SQ-U/L", "SQ-U/mL") == 10.0
     assert convert(0.1, "µg/mL", "ng/mL") == 100.0 and convert(5.0, "mg/L", "µg/mL") == 5.0

@@ -11,7 +11,7 @@ import pytest
 from analysis_cohort import simulate_cohort
 from bat_analysis.analysis.config import AnalysisConfig, ClassConfig, FitConfig, QcConfig
 from bat_analysis.analysis.score import score_experiment
-from bat_analysis.analysis.uncertainty import class_confidence, proportion_interval
+from bat_analysis.analysis._uncertainty import class_confidence, proportion_interval
 
 
 def _wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

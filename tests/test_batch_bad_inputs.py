@@ -310,7 +310,7 @@ def _special_files(tmp_path: Path) -> list[tuple[Path, str]]:
 
 
 def test_readers_refuse_special_files_at_once(tmp_path: Path) -> None:
-    from bat_analysis.checksums import file_sha256
+    from bat_analysis._checksums import file_sha256
     from bat_analysis.errors import BatError, DataFileError, FcsFormatError
 
     for path, what in _special_files(tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bat_analysis.gating.binning import LUT_CELLS, bin_index, from_scale
+from bat_analysis.gating._binning import LUT_CELLS, bin_index, from_scale
 from bat_analysis.gating.gates import Dimension
 from bat_analysis.gating.transforms import from_spec
 

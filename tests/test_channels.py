@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from bat_analysis.errors import MarkerError
-from bat_analysis.gating.channels import resolve_channels
+from bat_analysis.gating._channels import resolve_channels
 from bat_analysis.gating.templates import load_template
 from bat_analysis.io.fcs import Channel
 

@@ -10,9 +10,9 @@ import pytest
 import statsmodels.api as sm
 from scipy import stats
 
-from bat_analysis.cohort import analyses
-from bat_analysis.cohort.clinical import derive_columns
-from bat_analysis.cohort.simulate_clinical import TRUTH, simulate_cohort
+from bat_analysis.cohort import _analyses as analyses
+from bat_analysis.cohort._clinical import derive_columns
+from bat_analysis.cohort._simulate_clinical import TRUTH, simulate_cohort
 from bat_analysis.errors import AnalysisError, BatError
 
 

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bat_analysis.cli import app
-from bat_analysis.cohort import clinical
+from bat_analysis.cohort import _clinical as clinical
 from bat_analysis.cohort.run import demo_inputs, run_cohort
 from bat_analysis.errors import BatError, ProblemsError
 

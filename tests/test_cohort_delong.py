@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from bat_analysis.cohort.analyses import roc, roc_tests
-from bat_analysis.cohort.delong import delong_auc, delong_paired
+from bat_analysis.cohort._analyses import roc, roc_tests
+from bat_analysis.cohort._delong import delong_auc, delong_paired
 from bat_analysis.errors import AnalysisError
 
 REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "cohort_reference"

@@ -1,4 +1,4 @@
-"""Writing files (bat_analysis.fileio): atomic, never through a link, ordinary permissions, clear failures."""
+"""Writing files (bat_analysis._fileio): atomic, never through a link, ordinary permissions, clear failures."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bat_analysis import fileio
+from bat_analysis import _fileio as fileio
 from bat_analysis.errors import BatError, WriteError
-from bat_analysis.fileio import (atomic_open, atomic_path, atomic_write_bytes, atomic_write_text, make_dir,
+from bat_analysis._fileio import (atomic_open, atomic_path, atomic_write_bytes, atomic_write_text, make_dir,
                                  replace_dir, write_error)
 
 
@@ -55,7 +55,7 @@ def test_a_link_at_the_target_is_replaced_not_written_through(tmp_path, write):
 
 def test_old_fixed_temporary_names_planted_as_links_are_not_followed(tmp_path):
     from bat_analysis.gating.gatingml import export_gatingml  # noqa: F401  (its writer is the helper too)
-    from bat_analysis.report.html import write_text
+    from bat_analysis.report._html import write_text
 
     victim = _outside(tmp_path)
     reports = tmp_path / "out" / "reports"
@@ -148,7 +148,7 @@ def test_files_get_ordinary_permissions(tmp_path, umask, mask, mode):
 
 @pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o002, 0o664)])
 def test_table_exports_are_readable_by_colleagues(tmp_path, umask, mask, mode):
-    from bat_analysis.outputs import write_tables
+    from bat_analysis._outputs import write_tables
 
     umask(mask)
     df = pd.DataFrame({"file": ["a.fcs"], "pct": [1.5]})
@@ -160,7 +160,7 @@ def test_table_exports_are_readable_by_colleagues(tmp_path, umask, mask, mode):
 
 
 def test_table_set_is_replaced_as_a_whole(tmp_path, monkeypatch):
-    from bat_analysis.outputs import write_tables
+    from bat_analysis._outputs import write_tables
 
     for name in ("tubes.csv", "patients.csv", "results.xlsx"):
         (tmp_path / name).write_text(f"old {name}")
@@ -204,8 +204,8 @@ def test_replace_dir_moves_a_link_aside_without_following_it(tmp_path):
 
 
 def test_gallery_images_folder_link_is_replaced(tmp_path):
-    from bat_analysis.report.html import GALLERY_IMAGES, write_gallery
-    from bat_analysis.report.views import RunView
+    from bat_analysis.report._html import GALLERY_IMAGES, write_gallery
+    from bat_analysis.report._views import RunView
 
     victim = _outside(tmp_path)
     review = tmp_path / "review"

@@ -252,7 +252,7 @@ def test_large_tube_with_rare_basophils(tmp_path: Path, template) -> None:
 def test_file_sha256_of_empty_and_small_files(tmp_path: Path) -> None:
     import hashlib
 
-    from bat_analysis.checksums import file_sha256
+    from bat_analysis._checksums import file_sha256
 
     empty = tmp_path / "empty.fcs"
     empty.write_bytes(b"")

@@ -7,7 +7,7 @@ import pytest
 
 from bat_analysis.gating.gates import (Dimension, EllipsoidGate, PolygonGate, QuadrantGate, RangeGate,
                                        gate_from_dict, gate_to_dict)
-from bat_analysis.gating.geometry import (EllipsoidGeometry, PolygonGeometry, RangeGeometry, from_gate,
+from bat_analysis.gating._geometry import (EllipsoidGeometry, PolygonGeometry, RangeGeometry, from_gate,
                                           geometry_to_mapping, parse_geometry, to_gate)
 
 X, Y = Dimension("X"), Dimension("Y")

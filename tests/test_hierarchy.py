@@ -7,7 +7,7 @@ import pytest
 
 from bat_analysis.errors import GatingError
 from bat_analysis.gating.gates import ArrayEvents, BooleanGate, Dimension, RangeGate, evaluate
-from bat_analysis.gating.hierarchy import HierarchyError, ancestors, topological_order
+from bat_analysis.gating._hierarchy import HierarchyError, ancestors, topological_order
 
 PARENTS = {"all": None, "cells": "all", "singlets": "cells", "basophils": "singlets", "eos": "singlets"}
 
@@ -91,7 +91,7 @@ def test_gatingml_export_puts_parents_first_and_names_a_cycle(tmp_path) -> None:
 
 
 def test_parent_cycles_lists_each_cycle_once_in_linear_time() -> None:
-    from bat_analysis.gating.hierarchy import cycle_text, parent_cycles
+    from bat_analysis.gating._hierarchy import cycle_text, parent_cycles
 
     parents = {"r": None, "a": "b", "b": "c", "c": "a", "d": "a", "s": "s", "u": "unknown"}
     assert parent_cycles(["r", "d", "s", "u", "a"], parents) == [("a", "b", "c", "a"), ("s", "s")]

@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from bat_analysis.commands.inspect_cmd import register
+from bat_analysis._commands.inspect_cmd import register
 from bat_analysis.io.fcs_write import write_fcs
 from bat_analysis.io.inspect import describe_fcs
 

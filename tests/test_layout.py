@@ -15,8 +15,8 @@ from guards import no_hang
 from bat_analysis.errors import LayoutError
 from bat_analysis.io.fcs_write import write_fcs
 from bat_analysis.io.layout import read_layout, tubes_from_pattern, unlisted_files
-from bat_analysis.io.paths import OUTSIDE_HINT as OUTSIDE
-from bat_analysis.io.paths import resolve_data_file
+from bat_analysis.io._paths import OUTSIDE_HINT as OUTSIDE
+from bat_analysis.io._paths import resolve_data_file
 
 HEADER = ["file", "patient", "condition", "allergen", "concentration", "unit", "pretreatment", "well"]
 GOOD = [
@@ -377,6 +377,18 @@ def test_a_proc_file_is_not_a_regular_file_even_when_outside_files_are_allowed(t
         f"row {row}, column 'file': {name!r} is a file of the kernel (/proc, /sys), not a regular file "
         "(expected an FCS file, which is a regular file)" for row, name in ((3, "/proc/self/pagemap"),
                                                                            (4, "pagemap.fcs"))]
+
+
+def test_a_nul_character_in_a_file_name_is_a_located_problem(tmp_path: Path) -> None:
+    """A NUL in the 'file' cell (a damaged sheet) is reported like any other bad entry, with or without
+    --allow-outside-data-dir, instead of escaping as Python's ValueError("embedded null byte")."""
+    data, _ = _hostile_folder(tmp_path)
+    for allow in (False, True):
+        with pytest.raises(LayoutError) as info:
+            read_layout(_csv(tmp_path / "layout.csv", _rows("a\x00b.fcs")), data, allow_outside_data_dir=allow)
+        assert info.value.problems == [
+            "row 3, column 'file': 'a\\x00b.fcs' contains a NUL character, which no file name can hold "
+            "(expected the name of an FCS file in the data folder)"]
 
 
 def test_unlisted_files_can_be_accepted_and_missing_files_skipped(tmp_path: Path) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bat_analysis.gating.binning import from_scale, to_scale
+from bat_analysis.gating._binning import from_scale, to_scale
 from bat_analysis.gating.gates import ArrayEvents, Dimension, PolygonGate, RangeGate, apply_gate, evaluate
-from bat_analysis.gating.membership import cell_classes, grid_size, is_convex, polygon_mask
+from bat_analysis.gating._membership import cell_classes, grid_size, is_convex, polygon_mask
 from bat_analysis.gating.transforms import from_spec
 
 LOGICLE = from_spec({"type": "logicle", "T": 262144, "W": 0.5, "M": 4.5, "A": 0})

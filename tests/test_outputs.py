@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bat_analysis.outputs import format_cell, table_to_csv, write_tables
+from bat_analysis._outputs import format_cell, table_to_csv, write_tables
 
 
 @pytest.mark.parametrize("value, text", [

@@ -224,7 +224,7 @@ def test_summary_says_what_became_of_the_reports(small_experiment, tmp_path, mon
 
     import bat_analysis.report as report
     from bat_analysis.pipeline import RunOptions, run
-    from bat_analysis.report.html import ReportPaths, report_filename
+    from bat_analysis.report._html import ReportPaths, report_filename
     from bat_analysis.store import ResultStore
 
     data = tmp_path / "data"

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from bat_analysis.gating.plausibility import FLAG
+from bat_analysis.gating._plausibility import FLAG
 from bat_analysis.pipeline import RunOptions, load_run, run
 
 README_POLYGON = [[0.1, 0.5], [0.3, 0.5], [0.3, 0.9], [0.1, 0.9]]  # README's example, used verbatim
@@ -51,7 +51,7 @@ def test_the_readme_example_polygon_is_flagged_a_trimmed_gate_is_not(corrected):
 
 
 def test_the_workbench_warns_while_editing(corrected):
-    from bat_analysis.workbench.session import ReviewSession
+    from bat_analysis.workbench._session import ReviewSession
 
     out, wrong, modest = corrected
     session = ReviewSession(out)

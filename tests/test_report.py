@@ -14,7 +14,7 @@ import pytest
 from bat_analysis.analysis.score import ExperimentScores, score_experiment
 from bat_analysis.records import Flag, GateRecord, Tube, TubeResult
 from bat_analysis.report import render_reports
-from bat_analysis.report.views import report_filename
+from bat_analysis.report._views import report_filename
 from bat_analysis.report.plots import (PngRenderer, draw_activation, draw_dose_response, draw_gate,
                                        draw_tube_panel)
 
@@ -289,8 +289,8 @@ def test_ellipse_drawn_at_the_gate_boundary() -> None:
 def test_histogram_prints_the_pct_of_tubes_csv_for_every_tube() -> None:
     """The % a report's histogram prints is the number in tubes.csv (``pct_cd63``), for every tube of a run,
     and it is that number, not a second computation: a changed table changes the print."""
-    from bat_analysis.report.html import draw_tubes
-    from bat_analysis.report.views import RunView, tube_views
+    from bat_analysis.report._html import draw_tubes
+    from bat_analysis.report._views import RunView, tube_views
 
     results, scores = make_experiment(1)
     table = {r["file"]: r for r in scores.tubes.to_dict(orient="records")}
@@ -315,7 +315,7 @@ def test_histogram_prints_the_pct_of_tubes_csv_for_every_tube() -> None:
 def test_tube_views_take_threshold_and_negative_control_from_the_scores() -> None:
     """The reports show the reference the scoring used (``scores.thresholds``, ``scores.references``); they
     never choose it again."""
-    from bat_analysis.report.views import RunView, tube_views
+    from bat_analysis.report._views import RunView, tube_views
 
     results, scores = make_experiment(1)
     by_file = {r.tube.file: r for r in results}
@@ -394,8 +394,8 @@ def test_png_renderer_draws_each_gate_then_the_activation_histogram() -> None:
 
 @pytest.mark.slow
 def test_parallel_drawing_gives_the_same_images(tmp_path: Path) -> None:
-    from bat_analysis.report.html import draw_tubes
-    from bat_analysis.report.views import RunView, tube_views
+    from bat_analysis.report._html import draw_tubes
+    from bat_analysis.report._views import RunView, tube_views
 
     results, scores = make_experiment(1)
     views = tube_views(results[:3], scores, RunView({}))
@@ -601,8 +601,8 @@ def test_tube_anchors_and_gallery_images_are_distinct_per_file() -> None:
     so one tube's gallery images overwrote the other's."""
     from dataclasses import replace
 
-    from bat_analysis.report.html import image_files
-    from bat_analysis.report.views import TubeView
+    from bat_analysis.report._html import image_files
+    from bat_analysis.report._views import TubeView
     from bat_analysis.report.plots import Png
 
     base = make_results(1)[0]
@@ -619,7 +619,7 @@ def test_dose_response_points_have_their_tubes_intervals_as_error_bars() -> None
     from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure
 
-    from bat_analysis.report.views import point_intervals
+    from bat_analysis.report._views import point_intervals
 
     results, scores = make_experiment(1)
     fits = {arm: scores.fits[("P01", "birch", arm)] for arm in ("none", "omalizumab")}
@@ -649,7 +649,7 @@ def _cd69_experiment() -> tuple[list[TubeResult], ExperimentScores]:
 
 def test_reports_name_the_templates_marker_and_population(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A CD69 experiment on T cells is reported as CD69 on T cells: no CD63 anywhere, headers included."""
-    from bat_analysis.report import pdf as pdf_module
+    from bat_analysis.report import _pdf as pdf_module
 
     results, scores = _cd69_experiment()
     assert scores.patients.loc[0, "class"] != "not_evaluable"
@@ -703,7 +703,7 @@ def test_activation_histogram_is_titled_with_the_templates_population() -> None:
 
 
 def test_a_not_evaluable_class_does_not_show_its_auc_inhibition_as_counting() -> None:
-    from bat_analysis.report.views import RunView
+    from bat_analysis.report._views import RunView
 
     run = RunView({})
     row = {"class": "not_evaluable", "auc_inhibition_pct": 12.5, "auc_inhibition_ci_low": float("nan"),
@@ -714,8 +714,8 @@ def test_a_not_evaluable_class_does_not_show_its_auc_inhibition_as_counting() ->
 
 
 def test_no_flags_is_not_said_above_a_patient_level_flag(tmp_path: Path) -> None:
-    from bat_analysis.report.html import patient_html
-    from bat_analysis.report.views import Notice, RunView, patient_views, tube_views
+    from bat_analysis.report._html import patient_html
+    from bat_analysis.report._views import Notice, RunView, patient_views, tube_views
 
     results, scores = make_experiment(1)
     run = RunView(dict(RUN_INFO))

@@ -132,7 +132,7 @@ def test_changed_file_is_regated(experiment, reference, tmp_path):
 
 def test_scoring_patient_by_patient_equals_scoring_all_at_once(reference):
     from bat_analysis.analysis.score import score_experiment
-    from bat_analysis.outputs import table_to_csv
+    from bat_analysis._outputs import table_to_csv
     from bat_analysis.pipeline import analysis_config, load_run, score_results
 
     stored = load_run(reference, score=False)

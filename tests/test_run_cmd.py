@@ -153,7 +153,7 @@ def test_version():
 
 
 def test_layout_defaults_to_the_sheet_in_the_data_folder(tmp_path):
-    from bat_analysis.commands.run_cmd import default_layout
+    from bat_analysis._commands.run_cmd import default_layout
 
     assert runner.invoke(app, ["run", str(tmp_path), "--out", str(tmp_path / "o")]).exit_code == 2
     gone = runner.invoke(app, ["run", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
@@ -203,7 +203,7 @@ def test_no_analysable_tube_exits_1(tmp_path):
                                             ("failed", False)])
 def test_the_summary_lists_the_reports_by_their_status_not_by_the_note_text(status, listed, tmp_path, capsys):
     """What the summary says was written follows ``RunSummary.reports``, whatever its note says."""
-    from bat_analysis.commands.run_cmd import _summarise
+    from bat_analysis._commands.run_cmd import _summarise
     from bat_analysis.pipeline import RunSummary
 
     summary = RunSummary(out=tmp_path, run_id=1, n_tubes=2, n_gated=2, n_reused=0, n_failed=0, failed=[],
@@ -245,7 +245,7 @@ def test_hostile_layout_and_keyword_text_still_give_every_output(tmp_path):
 
     from bat_analysis.io.fcs_write import write_fcs
     from bat_analysis.simulate import simulate_experiment
-    from bat_analysis.textsafe import safe_filename
+    from bat_analysis._textsafe import safe_filename
 
     exp = simulate_experiment(tmp_path / "data", n_patients=1, n_events=4000, seed=3, n_concentrations=4)
     patient = "<script>alert(1)</script>$x^2$ " + "P" * 300

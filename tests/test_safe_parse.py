@@ -3,7 +3,7 @@ is a located error -- exit 2 with one message and no traceback on the command li
 
 Each hostile input is given where a technician or reviewer gives it: a template (``--template``), an
 overrides file (``--overrides``), edited gates (``--gates-from``, as ``.wsp`` and as ``.xml``), an XLSX
-layout; the guards themselves are tested on :mod:`bat_analysis.safe_parse`.
+layout; the guards themselves are tested on :mod:`bat_analysis._safe_parse`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from bat_analysis.cli import app
 from bat_analysis.errors import BatError, GatingError, InputParseError, LayoutError, TemplateError
-from bat_analysis.safe_parse import MAX_NUMBER_CHARS, MAX_YAML_DEPTH, load_yaml, read_xml
+from bat_analysis._safe_parse import MAX_NUMBER_CHARS, MAX_YAML_DEPTH, load_yaml, read_xml
 
 CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "fcs_corpus"
 FLOWJO = CORPUS / "flowjo"
@@ -101,7 +101,7 @@ def test_xml_nesting_and_garbage_are_located(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(InputParseError, match="not well-formed") as err:
         read_xml(b"<Workspace>\n  <x></y>\n</Workspace>", source="w.wsp")
     assert err.value.where == "line 2, column 8"
-    import bat_analysis.safe_parse as safe_parse
+    import bat_analysis._safe_parse as safe_parse
 
     assert safe_parse.MAX_XML_ELEMENTS == 2_000_000
     monkeypatch.setattr(safe_parse, "MAX_XML_ELEMENTS", 1000)  # the limit is read at each call
@@ -259,7 +259,7 @@ def test_flowkit_failure_is_a_located_error(folder: Path) -> None:
 
 @needs_corpus
 def test_flowjo_workspace_saved_as_xml_is_recognised(tmp_path: Path) -> None:
-    from bat_analysis.review.exchange import _documents
+    from bat_analysis.review._exchange import _documents
     from bat_analysis.gating.flowjo import read_workspace
 
     saved = tmp_path / "gating.xml"

@@ -367,7 +367,7 @@ def test_simulate_command(tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from bat_analysis.commands import simulate_cmd
+    from bat_analysis._commands import simulate_cmd
 
     app = typer.Typer()
 

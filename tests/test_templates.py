@@ -234,7 +234,7 @@ def test_template_commands_print_file_text_escaped(tmp_path: Path) -> None:
 
 def test_range_geometry_accepts_both_spellings_and_gates_alike() -> None:
     """A template range may be written min/max (the template form) or mins/maxs (the stored form)."""
-    from bat_analysis.gating.geometry import RangeGeometry
+    from bat_analysis.gating._geometry import RangeGeometry
 
     gate = """  - name: cd63pos
     parent: basophils

@@ -1,4 +1,4 @@
-"""Text from the inputs made safe for a workbook, a terminal, rich and a file name (bat_analysis.textsafe)."""
+"""Text from the inputs made safe for a workbook, a terminal, rich and a file name (bat_analysis._textsafe)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import pytest
 from rich.console import Console
 
-from bat_analysis.textsafe import for_terminal, for_xlsx, json_for_terminal, rich_text, safe_filename
+from bat_analysis._textsafe import for_terminal, for_xlsx, json_for_terminal, rich_text, safe_filename
 
 
 def test_terminal_text_escapes_controls_and_keeps_unicode() -> None:

@@ -17,8 +17,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # newer Starlette prefers httpx2; httpx works
     from starlette.testclient import TestClient
 
-from bat_analysis.workbench.app import create_app
-from bat_analysis.workbench.session import ReviewSession
+from bat_analysis.workbench._app import create_app
+from bat_analysis.workbench._session import ReviewSession
 
 PORT = 5813
 TOKEN = "s3cret-token"
@@ -382,7 +382,7 @@ def test_the_threshold_dragged_on_a_negative_control_is_logged_and_applied_by_ba
 def test_a_websocket_never_reaches_the_application():
     import asyncio
 
-    from bat_analysis.workbench.app import TOKEN_COOKIE, Guard
+    from bat_analysis.workbench._app import TOKEN_COOKIE, Guard
 
     reached, sent = [], []
 

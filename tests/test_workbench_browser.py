@@ -76,7 +76,7 @@ def until(page, expression: str, timeout_s: float = 30.0) -> None:
 
 
 def start(out, reviewer=None):
-    from bat_analysis.workbench.server import make_workbench
+    from bat_analysis.workbench._server import make_workbench
 
     bench = make_workbench(out, reviewer=reviewer)
     bench.serve_in_thread()

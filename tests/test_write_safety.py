@@ -196,7 +196,7 @@ def test_a_full_disk_while_writing_the_tables_fails_the_run_cleanly(experiment, 
 
 def test_a_full_disk_while_writing_the_reports_keeps_the_tables_and_withdraws_old_reports(experiment, tmp_path,
                                                                                          monkeypatch):
-    import bat_analysis.report.pdf as pdf
+    import bat_analysis.report._pdf as pdf
 
     out = tmp_path / "out"
     assert _run(experiment, out).exit_code == 0

@@ -16,7 +16,7 @@ import numpy as np
 
 from bat_analysis.analysis.config import AnalysisConfig, PositivityConfig
 from bat_analysis.analysis.threshold import ThresholdEstimate, find_marker
-from bat_analysis.analysis.uncertainty import proportion_interval
+from bat_analysis.analysis._uncertainty import proportion_interval
 from bat_analysis.records import Flag
 
 NAN = float("nan")

@@ -30,9 +30,9 @@ from bat_analysis.analysis.qc import TubeQc, fmlp_positive, status_of, tube_qc, 
 from bat_analysis.analysis.threshold import (ThresholdEstimate, estimate_threshold, find_marker,
                                              manual_threshold, mfi_reference, pooled_values,
                                              select_reference)
-from bat_analysis.analysis.uncertainty import (CLASS_BANDS, ArmSample, auc_inhibition_interval,
+from bat_analysis.analysis._uncertainty import (CLASS_BANDS, ArmSample, auc_inhibition_interval,
                                                class_confidence)
-from bat_analysis.analysis.units import UnitProblem, canonical, convert, reference_units
+from bat_analysis.analysis._units import UnitProblem, canonical, convert, reference_units
 from bat_analysis.errors import AnalysisError
 from bat_analysis.records import CONDITIONS, PRETREATMENTS, Flag, TubeResult
 

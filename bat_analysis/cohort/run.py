@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import BatError
-from ..outputs import write_csv
-from . import analyses, clinical
-from .report import write_report
+from .._outputs import write_csv
+from . import _analyses as analyses, _clinical as clinical
+from ._report import write_report
 
 DEFAULT_PREDICTORS = ("auc_inhibition_pct", "ec50_shift_log10", "cd_sens_ratio")
 
@@ -150,7 +150,7 @@ def run_cohort(opts: CohortOptions) -> CohortSummary:
 
 def demo_inputs(folder: str | Path, n_patients: int = 200, seed: int = 0) -> CohortOptions:
     """Write a simulated cohort's inputs into ``folder`` and return the options analysing it into ``folder``."""
-    from .simulate_clinical import simulate_cohort
+    from ._simulate_clinical import simulate_cohort
 
     folder = Path(folder)
     sim = simulate_cohort(n_patients, seed)

@@ -24,9 +24,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..records import Flag
-from .binning import bin_index, from_scale, to_scale
+from ._binning import bin_index, from_scale, to_scale
 from .gates import BooleanGate, Dimension, Gate, PolygonGate, RangeGate, apply_gate
-from .membership import polygon_mask
+from ._membership import polygon_mask
 
 DENSITY_BINS = 128
 #: density images and robust statistics are estimated on at most this many (evenly strided) events;

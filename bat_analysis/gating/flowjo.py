@@ -3,7 +3,7 @@
 Import parses the workspace with FlowKit's ``Workspace`` and converts each sample's gating strategy to
 our gates (:func:`bat_analysis.gating.gatingml.from_flowkit_strategy`); FlowJo's own population counts
 are read from the XML (``Population@count``) so that our evaluation can be checked against them.
-The file is first read by the hardened parser (:func:`bat_analysis.safe_parse.read_xml`: no DTD or
+The file is first read by the hardened parser (:func:`bat_analysis._safe_parse.read_xml`: no DTD or
 entities, size and depth limits) and FlowKit is given those checked bytes, never the path; anything FlowKit
 raises becomes a :class:`GatingError` naming the file. A ``transforms:linear`` without ``minRange`` /
 ``maxRange`` (FlowKit cannot read it) gets FlowJo's defaults (0, 262144) with a :class:`WorkspaceWarning`.
@@ -47,11 +47,11 @@ from xml.etree import ElementTree as ET
 import numpy as np
 
 from ..errors import GatingError, InputParseError
-from ..fileio import atomic_path
-from ..safe_parse import XmlDocument, guarded, read_xml
+from .._fileio import atomic_path
+from .._safe_parse import XmlDocument, guarded, read_xml
 from .compensation import Spillover, as_spillover
 from .gatingml import GatingDocument, export_gatingml, from_flowkit_strategy
-from .hierarchy import HierarchyError, ancestors, topological_order
+from ._hierarchy import HierarchyError, ancestors, topological_order
 from .gates import UNCOMPENSATED, BooleanGate, Dimension, EllipsoidGate, Gate, PolygonGate, RangeGate, evaluate
 from .transforms import Asinh, FlowJoBiex, FlowJoLog, Linear, Logicle, ScaleTransform
 

@@ -14,7 +14,7 @@ spillover matrix known to the event source, ``"FCS"`` for the file's own, ``None
 for raw values) and may be a Gating-ML ``fratio`` of two channels (:class:`Ratio`) before its transform.
 
 One implementation decides membership: ranges and polygons are decided by
-:mod:`bat_analysis.gating.membership` both here (values on the scales) and in :func:`apply_gate` (a gate's
+:mod:`bat_analysis.gating._membership` both here (values on the scales) and in :func:`apply_gate` (a gate's
 own membership on raw columns, as a tube is gated), and compensated dimensions are computed by
 :func:`bat_analysis.gating.compensation.compensate` (float64).
 """
@@ -28,8 +28,8 @@ import numpy as np
 
 from ..errors import GatingError
 from .compensation import as_spillover, compensate
-from .hierarchy import topological_order
-from .membership import polygon_mask, range_mask
+from ._hierarchy import topological_order
+from ._membership import polygon_mask, range_mask
 
 
 class Transform(Protocol):
@@ -386,7 +386,7 @@ def apply_gate(gate: Gate, cols: Sequence[np.ndarray], members: Sequence[Gate] =
     the same columns.
 
     The same decision as :func:`evaluate` makes on transformed values, by the same functions of
-    :mod:`bat_analysis.gating.membership`: ranges are compared in raw units (limits inverse-transformed
+    :mod:`bat_analysis.gating._membership`: ranges are compared in raw units (limits inverse-transformed
     once), polygons are tested on the scale (the grid path for a convex polygon over many events, the
     exact test within the bounding box otherwise); ellipsoids transform their columns.
     """

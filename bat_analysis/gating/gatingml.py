@@ -1,6 +1,6 @@
 """Gating-ML 2.0 import and export.
 
-Import checks the XML with the hardened parser (:func:`bat_analysis.safe_parse.read_xml`: no DTD or entities,
+Import checks the XML with the hardened parser (:func:`bat_analysis._safe_parse.read_xml`: no DTD or entities,
 size and depth limits), parses those checked bytes with FlowKit (``flowkit.parse_gating_xml``; anything it
 raises becomes a :class:`GatingError` naming the file) and converts its gating strategy into
 this package's gates, transforms and spillover matrices, which are then evaluated with our own engine
@@ -28,10 +28,10 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import GatingError, InputParseError
-from ..fileio import atomic_write_bytes
-from ..safe_parse import guarded, read_xml
+from .._fileio import atomic_write_bytes
+from .._safe_parse import guarded, read_xml
 from .compensation import Spillover, as_spillover
-from .hierarchy import ancestors, topological_order
+from ._hierarchy import ancestors, topological_order
 from .gates import (UNCOMPENSATED, ArrayEvents, BooleanGate, Dimension, EllipsoidGate, Gate, PolygonGate,
                     QuadrantGate, RangeGate, Ratio, evaluate)
 from .transforms import (Asinh, FlowJoBiex, FlowJoLog, Hyperlog, Linear, Log, Logicle, ScaleTransform)

@@ -1,7 +1,7 @@
 """Gating templates: declarative YAML describing a panel, its compensation, transforms and gate hierarchy.
 
 A template is data, never code. :func:`load_template` parses it (plain YAML behind the limits of
-:mod:`bat_analysis.safe_parse`: size, nesting, alias expansion, number length) and validates it and returns a
+:mod:`bat_analysis._safe_parse`: size, nesting, alias expansion, number length) and validates it and returns a
 :class:`Template`; :func:`validate_template` returns every problem found, each with its location
 (``gates[3].params.bandwidth: expected a number, got 'x'``). The schema (version 1)::
 
@@ -38,8 +38,8 @@ A template is data, never code. :func:`load_template` parses it (plain YAML behi
 Dimensions are scatter/time names (``FSC-A``, ``FSC-H``, ``FSC-W``, ``SSC-A``, ``SSC-H``, ``SSC-W``,
 ``Time``) or markers of the panel. Methods and their parameters come from the estimator registry
 (:data:`bat_analysis.gating.estimators.ESTIMATORS`), geometries are read by
-:mod:`bat_analysis.gating.geometry` (held typed in :class:`GateSpec`), parent cycles are found by
-:mod:`bat_analysis.gating.hierarchy`, and ``qc:``/``analysis:`` are checked by
+:mod:`bat_analysis.gating._geometry` (held typed in :class:`GateSpec`), parent cycles are found by
+:mod:`bat_analysis.gating._hierarchy`, and ``qc:``/``analysis:`` are checked by
 :meth:`bat_analysis.analysis.config.AnalysisConfig.checked`.
 """
 
@@ -52,10 +52,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import InputParseError, TemplateError
-from ..safe_parse import MAX_YAML_BYTES, load_yaml, read_limited
+from .._safe_parse import MAX_YAML_BYTES, load_yaml, read_limited
 from .estimators import ESTIMATORS, FIXED, Param
-from .geometry import Geometry, is_number, parse_geometry, value_name
-from .hierarchy import cycle_text, parent_cycles
+from ._geometry import Geometry, is_number, parse_geometry, value_name
+from ._hierarchy import cycle_text, parent_cycles
 from .transforms import from_spec
 
 SCHEMA_VERSION = 1
@@ -267,7 +267,7 @@ class _Checker:
         return value
 
     def geometry(self, where: str, geo: Any, n_dims: int) -> Geometry | None:
-        """A gate's typed geometry (see :mod:`bat_analysis.gating.geometry`); problems added, None when bad."""
+        """A gate's typed geometry (see :mod:`bat_analysis.gating._geometry`); problems added, None when bad."""
         return parse_geometry(geo, n_dims, where, self.problems)
 
 

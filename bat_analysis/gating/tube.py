@@ -17,15 +17,15 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ..checksums import file_sha256
+from .._checksums import file_sha256
 from ..errors import BatError, GatingError
 from ..records import Flag, GateRecord, Tube, TubeResult
 from . import estimators as est
-from .channels import resolve_channels
+from ._channels import resolve_channels
 from .compensation import Spillover, as_spillover
 from .gates import Dimension, Gate, gate_to_dict
-from .geometry import from_gate, to_gate
-from .hierarchy import topological_order
+from ._geometry import from_gate, to_gate
+from ._hierarchy import topological_order
 from .templates import SCATTER_DIMS, GateSpec, Template
 
 # the numerical failures an estimator may meet on strange data; they become flags, never a crash

@@ -25,7 +25,7 @@ from ..errors import DataFileError, FcsFormatError
 # the one spillover type and $SPILLOVER parser live with compensation (FcsSample.spillover is one)
 from ..gating.compensation import Spillover, parse_spillover
 from .markers import DEFAULT_PANEL, Panel, find_time
-from .paths import open_regular_file
+from ._paths import open_regular_file
 
 HEADER_LENGTH = 58
 _VERSIONS = ("FCS2.0", "FCS3.0", "FCS3.1", "FCS3.2")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FcsFormatError
-from ..fileio import atomic_open
+from .._fileio import atomic_open
 
 __all__ = ["write_fcs", "VERSIONS", "DATATYPES", "TEXT_START"]
 

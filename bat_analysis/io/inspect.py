@@ -81,7 +81,7 @@ def render_description(info: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from ..textsafe import rich_text as text
+    from .._textsafe import rich_text as text
 
     console = Console()
     summary = Table(show_header=False, box=None, pad_edge=False)

@@ -24,10 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..analysis.units import EXPECTED_UNITS, UnitProblem, canonical, convertible, reference_unit
+from ..analysis._units import EXPECTED_UNITS, UnitProblem, canonical, convertible, reference_unit
 from ..errors import BatError, DataFileError, LayoutError
 from ..records import CONDITIONS, PRETREATMENTS, Tube
-from .paths import open_regular_file, resolve_data_file
+from ._paths import open_regular_file, resolve_data_file
 
 __all__ = ["read_layout", "tubes_from_pattern", "tubes_from_rows", "unlisted_files", "LAYOUT_COLUMNS",
            "REQUIRED_COLUMNS", "REPLICATE_COLUMN", "FCS_SUFFIXES"]
@@ -164,7 +164,8 @@ def unlisted_files(data_dir: str | os.PathLike[str], files: Sequence[str]) -> li
     def real(path: Path) -> Path:
         try:
             return path.resolve()
-        except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13): the name stands for itself
+        except (OSError, RuntimeError, ValueError):  # a link loop (RuntimeError before Python 3.13) or a NUL in
+            # the name (ValueError; reported by the row's own check): the name stands for itself
             return path.absolute()
 
     listed = {real(folder / f) for f in files}
@@ -333,7 +334,7 @@ def tubes_from_rows(
     concentration and ``replicate`` label: replicate tubes need that column, each with its own label),
     unknown condition or pretreatment,
     missing/non-numeric/non-positive concentration or missing allergen on allergen rows, a unit that is not a
-    concentration unit (``analysis.units``), a unit that does not convert to the unit of the patient's
+    concentration unit (``analysis._units``), a unit that does not convert to the unit of the patient's
     allergen, and allergen series (patient × allergen × arm) with a single concentration. Concentrations
     are compared after conversion (1 µg/mL is 1000 ng/mL).
     """

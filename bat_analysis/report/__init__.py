@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .html import ReportPaths, render_reports
+from ._html import ReportPaths, render_reports
 
 __all__ = ["ReportPaths", "render_reports"]

@@ -39,7 +39,7 @@ from ..records import GateRecord, TubeResult  # noqa: E402
 
 if TYPE_CHECKING:
     from ..analysis.dose_response import FitResult
-from ..textsafe import MULTILINE_UNSAFE, visible  # noqa: E402
+from .._textsafe import MULTILINE_UNSAFE, visible  # noqa: E402
 
 GATE_COLOUR = "#d62728"
 ADJUSTED_COLOUR = "#ff7f0e"

@@ -28,8 +28,8 @@ with ``withdraw: true`` instead of a geometry or threshold, and a reason::
         reason: the automated gate was right after all
 
 Corrections live in the results store's corrections log: an overrides file (or ``--gates-from``, read by
-:mod:`bat_analysis.review.exchange`) adds entries to it, and every run applies the active corrections of the
-store, whether or not a file is given (:mod:`bat_analysis.review.log`). A correction given again unchanged is
+:mod:`bat_analysis.review._exchange`) adds entries to it, and every run applies the active corrections of the
+store, whether or not a file is given (:mod:`bat_analysis.review._log`). A correction given again unchanged is
 not logged twice; a correction made on a tube file or template that has changed since is *stale*: reported,
 not applied, kept in the log.
 
@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import ProblemsError
-from ..gating.geometry import geometry_to_mapping, is_number, parse_geometry
+from ..gating._geometry import geometry_to_mapping, is_number, parse_geometry
 from ..records import Tube
 
 
@@ -163,7 +163,7 @@ def build_gate(template: Any, gate_name: str, geometry: Mapping[str, Any]) -> An
 
 def check_geometry(where: str, geo: Any, n_dims: int, problems: list[str]) -> dict[str, Any] | None:
     """Validate a correction's geometry for a gate of ``n_dims`` dimensions (the one reader of gate geometry,
-    :func:`bat_analysis.gating.geometry.parse_geometry`: a range's limits spelled ``min``/``max`` or
+    :func:`bat_analysis.gating._geometry.parse_geometry`: a range's limits spelled ``min``/``max`` or
     ``mins``/``maxs``); returns its canonical mapping with every number a float, or None (problems appended)."""
     parsed = parse_geometry(geo, n_dims, where, problems)
     return None if parsed is None else _as_floats(geometry_to_mapping(parsed))
@@ -331,9 +331,9 @@ def describe_target(target: Sequence[str]) -> str:
 
 def read_overrides(path: Path | str, template: Any, tubes: Sequence[Tube], *,
                    default_reviewer: str | None = None) -> Corrections:
-    """Read and validate an overrides YAML file (parsed behind the limits of :mod:`bat_analysis.safe_parse`)."""
+    """Read and validate an overrides YAML file (parsed behind the limits of :mod:`bat_analysis._safe_parse`)."""
     from ..errors import InputParseError
-    from ..safe_parse import load_yaml
+    from .._safe_parse import load_yaml
 
     path = Path(path)
     try:

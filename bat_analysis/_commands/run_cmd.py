@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..textsafe import for_terminal
+from .._textsafe import for_terminal
 
 EXIT_BAD_INPUT = 2
 EXIT_NOTHING_ANALYSED = 1

@@ -11,7 +11,7 @@ dimension's transform is then applied, or inverted once, here).
   inclusive) on the scale, applied to the events inside the polygon's bounding box
   (:func:`_polygon_exact`). The fast path, for a convex polygon over many events, classifies a grid over
   the (slightly padded) bounding box once (:func:`cell_classes`: each cell enlarged by 1e-3 of its width,
-  judged inside, outside or boundary), bins the raw events into it (:mod:`bat_analysis.gating.binning`,
+  judged inside, outside or boundary), bins the raw events into it (:mod:`bat_analysis.gating._binning`,
   in chunks) and sends only the events of boundary cells to the exact test (:func:`_polygon_grid`). The
   two give the same membership (``tests/test_membership.py``).
 """
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .binning import CHUNK, binner, from_scale, to_scale
+from ._binning import CHUNK, binner, from_scale, to_scale
 
 __all__ = ["cell_classes", "grid_size", "is_convex", "polygon_mask", "range_mask"]
 

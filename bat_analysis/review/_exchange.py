@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import BatError
-from ..gating.channels import resolve_channels
+from ..gating._channels import resolve_channels
 from ..gating.gates import UNCOMPENSATED, BooleanGate, RangeGate
 from ..gating.templates import SCATTER_DIMS
 from .corrections import GateCorrection, OverridesError, check_geometry
@@ -210,8 +210,8 @@ def export_run_gates(results: Sequence[Any], template: Any, data_dir: Path, fmt:
     (two ``P01.fcs`` in different folders are two samples), its ``DataSet uri`` is the file and its
     keywords ``BAT_FILE`` / ``BAT_SHA256`` carry the path and checksum. Returns every file written.
     """
-    from ..checksums import file_sha256
-    from ..fileio import make_dir
+    from .._checksums import file_sha256
+    from .._fileio import make_dir
     from ..gating.flowjo import WorkspaceTube, export_workspace
     from ..gating.gatingml import export_gatingml
     from ..io.fcs import read_fcs
@@ -366,11 +366,11 @@ def _documents(path: Path) -> list[_Imported]:
 
     A file is recognised by its content, not its extension: a root element ``Workspace`` is a FlowJo
     workspace (FlowJo can save one as ``.xml``), a root in the Gating-ML 2.0 namespace a Gating-ML
-    document. The file is parsed by the hardened parser first (:mod:`bat_analysis.safe_parse`).
+    document. The file is parsed by the hardened parser first (:mod:`bat_analysis._safe_parse`).
     """
     from ..gating.flowjo import read_workspace
     from ..gating.gatingml import read_gatingml
-    from ..safe_parse import read_xml
+    from .._safe_parse import read_xml
 
     def gml(f: Path, rel: str) -> _Imported:
         doc = read_gatingml(f)
@@ -417,7 +417,7 @@ def _match_tubes(docs: Sequence[_Imported], tubes: Sequence[Tube], data_dir: Pat
     matched file's (the gates were drawn on that data). A document that matches no tube, or several, and
     two documents for one tube are refused, all at once, naming each.
     """
-    from ..checksums import file_sha256
+    from .._checksums import file_sha256
 
     by_file = {t.file: t for t in tubes}
     by_stem: dict[str, list[Tube]] = {}

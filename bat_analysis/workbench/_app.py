@@ -42,7 +42,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from ..errors import BatError
-from .session import ReviewSession
+from ._session import ReviewSession
 
 TOKEN_COOKIE = "bat_review_token"
 REVIEWER_COOKIE = "bat_reviewer"

@@ -106,7 +106,7 @@ def test_export_reimports_with_identical_counts(fmt, experiment, baseline, store
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_unedited_export_is_no_correction(fmt, stored, experiment, baseline, tmp_path):
     from bat_analysis.io.layout import read_layout
-    from bat_analysis.review.load import load_corrections
+    from bat_analysis.review._load import load_corrections
 
     paths = _export(baseline, fmt, tmp_path / fmt)
     given = paths[0] if fmt == "flowjo" else tmp_path / fmt
@@ -183,7 +183,7 @@ def test_unedited_then_edited_workspace_through_bat_run(stored, experiment, base
 
 def test_edited_gatingml_gate_is_one_correction(stored, experiment, baseline, tmp_path):
     from bat_analysis.io.layout import read_layout
-    from bat_analysis.review.load import load_corrections
+    from bat_analysis.review._load import load_corrections
 
     _export(baseline, "gatingml", tmp_path / "gml")
     victim = _clogged(stored)
@@ -205,7 +205,7 @@ def test_edited_time_segment_is_refused_not_ignored(stored, experiment, baseline
     """A clog segment moved in FlowJo cannot be applied as one range correction: said, not silently dropped."""
     from bat_analysis.io.layout import read_layout
     from bat_analysis.review.corrections import OverridesError
-    from bat_analysis.review.load import load_corrections
+    from bat_analysis.review._load import load_corrections
 
     (wsp,) = _export(baseline, "flowjo", tmp_path / "fj")
     victim = _clogged(stored)
@@ -226,8 +226,8 @@ def test_edited_time_segment_is_refused_not_ignored(stored, experiment, baseline
 def test_outside_and_not_gated_gates_are_exported(fmt, stored, experiment, tmp_path):
     """A gate kept on its outside is exported as the NOT of its inside; a gate that was not set is left out
     and its children hang from its parent."""
-    from bat_analysis.gating.channels import resolve_channels
-    from bat_analysis.review.exchange import _file_gates
+    from bat_analysis.gating._channels import resolve_channels
+    from bat_analysis.review._exchange import _file_gates
     from bat_analysis.gating.flowjo import WorkspaceTube, export_workspace
     from bat_analysis.gating.gatingml import export_gatingml
     from bat_analysis.io.fcs import read_fcs
@@ -261,8 +261,8 @@ def test_outside_and_not_gated_gates_are_exported(fmt, stored, experiment, tmp_p
 def test_gate_kept_outside_given_back(fmt, stored, experiment, tmp_path):
     """With a template gate kept on its outside, the exported NOT of its inside given back unedited is no
     correction, and its inside moved by a reviewer is a correction of that inside."""
-    from bat_analysis.gating.channels import resolve_channels
-    from bat_analysis.review.exchange import _file_gates, _reader_safe_limits, read_edited_gates
+    from bat_analysis.gating._channels import resolve_channels
+    from bat_analysis.review._exchange import _file_gates, _reader_safe_limits, read_edited_gates
     from bat_analysis.gating.flowjo import WorkspaceTube, export_workspace
     from bat_analysis.gating.gatingml import export_gatingml
     from bat_analysis.gating.templates import parse_template
@@ -370,7 +370,7 @@ def test_exported_time_limits_keep_float64_neighbours_on_their_side():
     """A range limit one float64 step above the last float32 event (the last time segment's end) is moved
     half a float32 step clear, so that the event's float64 value (up to half a float32 step above) stays
     inside; limits already clear of every event are not moved."""
-    from bat_analysis.review.exchange import _separating_limit
+    from bat_analysis.review._exchange import _separating_limit
 
     t32 = np.array([1.0, 2.5, 98.76543], dtype=np.float32)
     last = float(t32[-1])
@@ -416,7 +416,7 @@ def twins(tmp_path_factory):
 
 def _twin_corrections(twins, given):
     from bat_analysis.io.layout import read_layout
-    from bat_analysis.review.load import load_corrections
+    from bat_analysis.review._load import load_corrections
 
     geometry = {(r.tube.file, g.name): g.geometry for r in twins.stored.results for g in r.gates}
     return load_corrections(twins.stored.template, overrides=None, gates_from=given,
@@ -562,7 +562,7 @@ def test_ellipse_is_exported_as_an_ellipse_and_given_back_unedited_is_no_correct
                                                                                     tmp_path):
     from bat_analysis.io.fcs import read_fcs
     from bat_analysis.io.layout import read_layout
-    from bat_analysis.review.load import load_corrections
+    from bat_analysis.review._load import load_corrections
 
     paths = _export(ellipse_run.out, fmt, tmp_path / fmt)
     for p in paths:
@@ -586,7 +586,7 @@ def test_ellipse_is_exported_as_an_ellipse_and_given_back_unedited_is_no_correct
 
 def test_moved_ellipse_in_workspace_is_one_correction(ellipse_run, experiment, tmp_path):
     from bat_analysis.io.layout import read_layout
-    from bat_analysis.review.load import load_corrections
+    from bat_analysis.review._load import load_corrections
 
     (wsp,) = _export(ellipse_run.out, "flowjo", tmp_path / "fj")
     victim = ellipse_run.stored.results[2].tube.file
@@ -656,7 +656,7 @@ def test_workspace_samples_renamed_in_flowjo_are_matched_by_their_file(twins, tm
 def test_gatingml_names_keep_every_tube_apart():
     """Mirrored paths where they are safe and distinct; a name and a hash of the path otherwise (one file
     system's case-insensitive match, another suffix of the same stem, a path leaving the folder)."""
-    from bat_analysis.review.exchange import gatingml_names
+    from bat_analysis.review._exchange import gatingml_names
 
     files = ["a/P01.fcs", "b/P01.fcs", "P02.fcs", "P02.lmd", "c/X.fcs", "C/x.fcs", "../up.fcs", "/abs/P03.fcs",
              "C:/win/P04.fcs"]

@@ -34,7 +34,7 @@ def export_overrides(out: Path | str, dest: Path | str) -> int:
     """Write the active corrections of a results folder to ``dest`` (YAML); returns how many."""
     import yaml
 
-    from ..fileio import atomic_write_text
+    from .._fileio import atomic_write_text
 
     with ResultStore.in_folder(out, create=False) as store:
         doc = overrides_document(store.active_corrections())

@@ -31,7 +31,7 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from ..outputs import atomic_path, atomic_write_text, format_cell  # noqa: E402
+from .._outputs import atomic_path, atomic_write_text, format_cell  # noqa: E402
 
 A4 = (8.27, 11.69)
 RC = {"text.parse_math": False, "font.size": 8, "svg.fonttype": "none"}

@@ -58,8 +58,8 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import AnalysisError, BatError
-from .clinical import MISSING_TOKENS, ROW, check_text_or_numbers, columns_text, is_numeric, numeric
-from .delong import Z975, delong_auc, delong_paired
+from ._clinical import MISSING_TOKENS, ROW, check_text_or_numbers, columns_text, is_numeric, numeric
+from ._delong import Z975, delong_auc, delong_paired
 
 ROC_COLUMNS = ["predictor", "outcome", "n_positive", "n_negative", "auroc", "auroc_ci_low", "auroc_ci_high",
                "direction", "cutoff", "sensitivity", "specificity"]

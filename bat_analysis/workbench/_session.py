@@ -9,7 +9,7 @@ Re-gating keeps the last few tubes' read FCS samples in memory (:class:`SampleCa
 out), so that an edit re-gates from the events in memory (compensation of the gating channels and the gates
 after the edited one) instead of reading and decoding the file again.
 
-A re-gated tube is checked against its automated result (:mod:`bat_analysis.gating.plausibility`), and
+A re-gated tube is checked against its automated result (:mod:`bat_analysis.gating._plausibility`), and
 the patient can be scored again with the edit (:meth:`ReviewSession.patient_preview`: its class per
 allergen; nothing is stored).
 
@@ -373,7 +373,7 @@ class ReviewSession:
 
     def _checked_numbers(self, r: TubeResult, new: TubeResult, gates: set[str]) -> dict[str, Any]:
         """:meth:`numbers` of a re-gated result, with the plausibility check against the automated one."""
-        from ..gating.plausibility import implausible_gate_flags
+        from ..gating._plausibility import implausible_gate_flags
 
         new.flags.extend(implausible_gate_flags(self.automated(r.tube.file), new, self.template.population, gates))
         return self.numbers(new)
@@ -482,7 +482,7 @@ class ReviewSession:
         CD63 threshold of its patient and arm, dragged to ``threshold`` on the display scale). Returns the log
         entry ids."""
         from .. import __version__
-        from ..review.log import correction_basis
+        from ..review._log import correction_basis
 
         reviewer = (reviewer or "").strip()
         reason = (reason or "").strip()

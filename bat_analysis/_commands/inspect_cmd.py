@@ -1,6 +1,6 @@
 """``bat inspect FILE [--json]``: describe an FCS file (version, cytometer, events, channels, markers, spillover).
 
-Text read from the file is printed as data (``bat_analysis.textsafe``): never as rich markup, control
+Text read from the file is printed as data (``bat_analysis._textsafe``): never as rich markup, control
 characters and escape sequences escaped; the JSON keeps the exact values (as JSON escapes)."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         """
         from ..errors import BatError
         from ..io.inspect import describe_fcs, render_description
-        from ..textsafe import for_terminal, json_for_terminal
+        from .._textsafe import for_terminal, json_for_terminal
 
         try:
             info = describe_fcs(file, dataset=dataset)

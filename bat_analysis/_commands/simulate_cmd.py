@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
 
         from ..errors import BatError
         from ..simulate import EXPECTED_CLASS, simulate_experiment
-        from ..textsafe import for_terminal
+        from .._textsafe import for_terminal
 
         orders = {"little": "<", "big": ">", "<": "<", ">": ">"}
         if byteorder not in orders:

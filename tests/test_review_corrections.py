@@ -271,7 +271,7 @@ def test_a_correction_of_a_changed_tube_file_is_stale_not_applied_and_kept(exper
 
 
 def test_a_correction_made_on_another_template_is_stale(experiment, template):
-    from bat_analysis.review.log import from_store
+    from bat_analysis.review._log import from_store
 
     tube = experiment.tubes[0]
     entry = {"id": 1, "target": ("gate", tube.file, "basophils"), "kind": "gate", "file": tube.file,
@@ -428,7 +428,7 @@ def test_review_package_has_no_import_cycle():
     bat_analysis.review can reach itself through the package's imports."""
     graph = _module_imports()
     review = sorted(m for m in graph if m.startswith("bat_analysis.review"))
-    assert {"bat_analysis.review.corrections", "bat_analysis.review.exchange"} <= set(review)
+    assert {"bat_analysis.review.corrections", "bat_analysis.review._exchange"} <= set(review)
     for start in review:
         seen, todo = set(), list(graph[start])
         while todo:

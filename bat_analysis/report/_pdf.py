@@ -25,10 +25,10 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..fileio import atomic_path  # noqa: E402
-from ..textsafe import visible  # noqa: E402
+from .._fileio import atomic_path  # noqa: E402
+from .._textsafe import visible  # noqa: E402
 from .plots import draw_dose_response, literal_text  # noqa: E402
-from .views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,  # noqa: E402
+from ._views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,  # noqa: E402
                     fmt_value, point_intervals, present_columns, qc_rows)
 
 A4 = (8.27, 11.69)

@@ -36,11 +36,11 @@ def register(app: typer.Typer) -> None:
         Stop it with Ctrl+C. Exit 2, with one line saying why, when the folder holds no finished run.
         """
         from ..errors import BatError
-        from ..textsafe import for_terminal
-        from ..workbench.server import make_workbench
+        from .._textsafe import for_terminal
+        from ..workbench._server import make_workbench
 
         if export is not None:
-            from ..workbench.export import export_overrides
+            from ..workbench._export import export_overrides
 
             try:
                 n = export_overrides(out, export)

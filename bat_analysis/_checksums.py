@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .io.paths import open_regular_file
+from .io._paths import open_regular_file
 
 
 def file_sha256(path: str | Path, *, follow_symlinks: bool = True) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from ..records import CONDITIONS, Flag, TubeResult
-from ..textsafe import safe_filename
+from .._textsafe import safe_filename
 from .plots import Png, is_manual, manual_reason
 
 if TYPE_CHECKING:

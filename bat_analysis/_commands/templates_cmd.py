@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..textsafe import for_terminal
+from .._textsafe import for_terminal
 
 
 def register(app: typer.Typer) -> None:

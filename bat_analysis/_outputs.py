@@ -1,7 +1,7 @@
 """Table exports of a run: ``tubes.csv``, ``patients.csv``, ``tube_markers.csv`` (tube × scored marker),
 ``results.xlsx`` (with an "about" sheet), Parquet.
 
-Every file is written by :mod:`bat_analysis.fileio` (a temporary file in the same folder, then renamed over the
+Every file is written by :mod:`bat_analysis._fileio` (a temporary file in the same folder, then renamed over the
 target; mode 0666 & ~umask; a write failure is a ``WriteError`` naming the path, the cause and what to do), so
 a run killed while writing leaves either the previous file or the new one, never half of one. :func:`write_tables`
 replaces the set as a whole: every file is written to its temporary first, and the targets are only replaced
@@ -24,8 +24,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import BatError
-from .fileio import atomic_path, atomic_write_text, write_error
-from .textsafe import for_xlsx
+from ._fileio import atomic_path, atomic_write_text, write_error
+from ._textsafe import for_xlsx
 
 FLOAT_FORMAT = "{:.8g}"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BatError
-from .app import create_app
-from .session import ReviewSession
+from ._app import create_app
+from ._session import ReviewSession
 
 HOST = "127.0.0.1"
 

@@ -4,7 +4,7 @@ Contract. :func:`bin_index` gives, for raw values (float32 events, compensated b
 of each among equally spaced edges on a dimension's scale (its transform applied) -- the same bin as
 ``np.searchsorted(from_scale(dim, edges), values, side="right") - 1``, with -1 below the first edge and
 ``bins`` at or above the last. :func:`binner` prepares that binning once for many chunks of one column
-(density images, the polygon grid of :mod:`bat_analysis.gating.membership`).
+(density images, the polygon grid of :mod:`bat_analysis.gating._membership`).
 
 Why: a transform (logicle, asinh) costs far more per event than a comparison, and a gate or a density
 image only needs to know which bin or cell an event falls in. So the edges are inverse-transformed once
@@ -24,7 +24,7 @@ How, and what is exact:
 * Grid lookups (``shift >= 1``: 0 is "below the grid", ``bins + shift`` "above") of float32 values do
   the cell arithmetic in float32: on a linear scale when the grid lies within 2048 bin widths of zero, a
   value's position is then off by at most 1e-3 of a bin (callers enlarge their cells by that:
-  :func:`bat_analysis.gating.membership.polygon_mask` pads its grid by 1e-4 of the polygon's size and
+  :func:`bat_analysis.gating._membership.polygon_mask` pads its grid by 1e-4 of the polygon's size and
   judges cells enlarged by 1e-3); through the lookup table, with one guard cell on each side resolved by
   search, so values at the table's ends are never misplaced by float32 rounding.
 * :data:`CHUNK`: callers bin a column in chunks of this many events, so that the few passes over each

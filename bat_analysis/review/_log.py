@@ -1,7 +1,7 @@
 """The results store's corrections log, as a run reads and extends it.
 
 Corrections live in the results store's corrections log (:meth:`bat_analysis.store.ResultStore.append_corrections`):
-the corrections given to a run (:mod:`bat_analysis.review.load`) add entries to it
+the corrections given to a run (:mod:`bat_analysis.review._load`) add entries to it
 (:func:`plan_log_entries`), and every run applies the active corrections of the store, whether or not a file
 is given (:func:`from_store`). A correction given again unchanged is not logged twice; a different geometry or
 threshold for a corrected gate replaces it (logged, with the value before). A correction made on a tube file

@@ -105,12 +105,15 @@ def resolve_data_file(data_dir: str | os.PathLike[str], entry: str | os.PathLike
     Refused with ``DataFileError`` (``detail`` and ``expected`` in a technician's words): an absolute path, an
     entry whose ``..`` climbs out of the data folder, or a link whose target is outside it (kind ``outside``;
     all three allowed with ``allow_outside``), a file that does not exist (kind ``missing``), and anything
-    that is not a regular file (kind ``not_regular``, see ``open_regular_file``). A link inside the data folder
-    to another file inside it is followed.
+    that is not a regular file or whose name holds a NUL character (kind ``not_regular``, see
+    ``open_regular_file``). A link inside the data folder to another file inside it is followed.
     """
     folder = Path(data_dir)
-    raw = Path(entry)
     source = str(entry)
+    if "\x00" in source:  # no operating system's file name holds one; os.stat would raise ValueError
+        raise DataFileError("contains a NUL character, which no file name can hold", kind="not_regular",
+                            source=source, expected="the name of an FCS file in the data folder")
+    raw = Path(entry)
     if not allow_outside:
         if raw.is_absolute() or raw.anchor:
             raise DataFileError(f"is an absolute path, outside the data folder {folder}", kind="outside",

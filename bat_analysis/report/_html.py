@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import BatError
-from ..fileio import atomic_write_text, create_new_file, make_dir, remove_path, replace_dir, temporary_dir
+from .._fileio import atomic_write_text, create_new_file, make_dir, remove_path, replace_dir, temporary_dir
 from ..records import TubeResult
-from ..textsafe import safe_filename
+from .._textsafe import safe_filename
 from .plots import (ARM_LABELS, Png, PngRenderer, activation_range, draw_dose_response, fit_summary,
                     marker_values, shared_gate_limits)
-from .views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView, activation_marker,
+from ._views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView, activation_marker,
                     fmt_value, patient_views, point_intervals, present_columns, qc_rows, report_filename,
                     severity_rank, tube_views)
 
@@ -296,7 +296,7 @@ def write_gallery(review_dir: Path, tubes: Sequence[TubeView], run: RunView,
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write atomically (see :mod:`bat_analysis.fileio`) so a reader never sees half a page."""
+    """Write atomically (see :mod:`bat_analysis._fileio`) so a reader never sees half a page."""
     return atomic_write_text(path, text)
 
 
@@ -444,7 +444,7 @@ def render_reports(out_dir: Path, results: list[TubeResult], scores: ExperimentS
         targets = {p: out_dir / "reports" / f"{report_filename(p)}.pdf" for p in chosen}
         futures: dict[str, Any] = {}
         if pdf and pool is not None:  # the workers write the PDFs while this process writes the HTML
-            from .pdf import write_patient_pdf
+            from ._pdf import write_patient_pdf
 
             futures = {p: pool.submit(write_patient_pdf, targets[p], by_patient[p], run) for p in chosen}
         for p in chosen:
@@ -456,7 +456,7 @@ def render_reports(out_dir: Path, results: list[TubeResult], scores: ExperimentS
         if pdf and pool is not None:
             paths.pdf = {p: f.result() for p, f in futures.items()}
         elif pdf:
-            from .pdf import write_patient_pdf
+            from ._pdf import write_patient_pdf
 
             paths.pdf = {p: write_patient_pdf(targets[p], by_patient[p], run) for p in chosen}
         t4 = time.perf_counter()
