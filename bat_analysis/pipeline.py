@@ -486,7 +486,18 @@ def unlisted_warning(data_dir: Path, names: Sequence[str], shown: int = 20) -> s
 # ------------------------------------------------------------------------------------------------ run
 @dataclass
 class RunOptions:
-    """What ``bat run`` was asked to do."""
+    """What ``bat run`` was asked to do (one field per option of the command).
+
+    ``data_dir``: the folder of FCS files; ``layout``: the layout sheet naming each file's patient, condition,
+    arm, allergen and concentration (in the sheet's unit); ``out``: the results folder (created; a second run
+    into it resumes from its store); ``template``: a shipped template name or a YAML path; ``workers``: gating
+    processes (None: one per available core); ``scheduler``: a Dask scheduler address instead;
+    ``overrides`` / ``gates_from``: reviewer corrections as an overrides YAML or an edited FlowJo workspace /
+    Gating-ML file, added to the store's corrections log under ``reviewer``; ``replace``: set the existing
+    store aside and start afresh; ``reports``: write the HTML/PDF reports and the review gallery;
+    ``parquet``: also write the tables as Parquet; ``tube_timeout_s``: seconds one tube may take before it is
+    stopped and recorded as failed (None or 0: no limit).
+    """
 
     data_dir: Path
     layout: Path

@@ -51,7 +51,15 @@ PATIENT_COLUMNS = ("patient", "allergen", "ec50_none", "ec50_omalizumab", "cd_se
 
 @dataclass
 class ExperimentScores:
-    """Everything the reduce step computed for one experiment."""
+    """Everything the reduce step computed for one experiment.
+
+    ``tubes``: one row per tube (``tubes.csv``: counts, %CD63+ of basophils 0-100 with its Wilson interval,
+    the threshold in compensated linear units, QC); ``patients``: one row per patient × allergen
+    (``patients.csv``: EC50 in the row's concentration ``unit``, AUC over log10 concentration, the
+    omalizumab effect, class and reason); ``fits``: the 4PL fit per (patient, arm, allergen); ``thresholds``:
+    per (patient, arm, marker); ``effects``: the omalizumab effect per (patient, allergen); ``config``: the
+    settings used (see ``docs/method.md``).
+    """
 
     tubes: pd.DataFrame
     patients: pd.DataFrame
