@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from ..errors import BatError
 from ..records import Flag, TubeResult
+from ..review.status import TubeState, review_state, signoffs
 from ..store import ResultStore
 
 QUEUE_ORDER = ("failed", "flagged", "unreviewed", "reviewed")
@@ -64,38 +64,6 @@ class SampleCache:
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-@dataclass
-class TubeState:
-    """The review state of one tube derived from the corrections log."""
-
-    decision: str | None = None  # accept | exclude | None
-    decision_entry: dict[str, Any] | None = None
-    gates: dict[str, dict[str, Any]] = field(default_factory=dict)  # gate -> the active correction entry
-
-    @property
-    def status(self) -> str:
-        if self.decision == "exclude":
-            return "excluded"
-        return "reviewed" if self.decision or self.gates else "unreviewed"
-
-
-def review_state(log: list[dict[str, Any]]) -> dict[str, TubeState]:
-    """Per tube file, its state after every entry of the log (the latest entry per target wins)."""
-    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for e in log:
-        latest[e["target"]] = e
-    out: dict[str, TubeState] = {}
-    for (kind, a, b), e in latest.items():
-        if kind in ("threshold", "patient"):
-            continue
-        st = out.setdefault(a, TubeState())
-        if kind == "tube" and e["action"] in ("accept", "exclude"):
-            st.decision, st.decision_entry = e["action"], e
-        elif kind == "gate" and e["action"] == "apply":
-            st.gates[b] = e
-    return out
 
 
 MAX_REASON = 2000
@@ -142,6 +110,44 @@ def _class_rows(patients: Any, patient: str) -> list[dict[str, Any]]:
                      "auc_inhibition_pct": _finite(row.get("auc_inhibition_pct")),
                      "cd_max_none": _finite(row.get("cd_max_none"))})
     return rows
+
+
+CURVE_POINTS = 60
+
+
+def curve_data(fit: Any) -> dict[str, Any]:
+    """One arm's dose response as numbers to draw: the measured points (concentration, %, used in the
+    fit or not, the tube), the fitted 4PL at ``CURVE_POINTS`` concentrations over the points' range (a
+    tenth of it beyond each end; empty when not fitted) and the EC50 (None unless accepted)."""
+    conc = np.asarray(fit.concentrations, dtype=float)
+    y = np.asarray(fit.y, dtype=float)
+    used = np.asarray(fit.used, dtype=bool) if np.size(fit.used) == conc.size else np.ones(conc.size, bool)
+    files = list(fit.files) if len(fit.files) == conc.size else [""] * conc.size
+    points = [{"conc": float(c), "pct": _finite(v), "used": bool(u), "file": str(f)}
+              for c, v, u, f in zip(conc, y, used, files) if _finite(c) is not None and c > 0]
+    curve: list[list[float]] = []
+    if fit.fitted and points:
+        lx = np.log10([p["conc"] for p in points])
+        pad = 0.1 * ((lx.max() - lx.min()) or 1.0)
+        xs = np.linspace(lx.min() - pad, lx.max() + pad, CURVE_POINTS)
+        curve = [[float(10.0 ** x), float(v)] for x, v in zip(xs, fit.curve(xs)) if math.isfinite(v)]
+    return {"arm": fit.arm, "unit": fit.unit or "", "status": fit.status, "points": points, "curve": curve,
+            "ec50": _finite(fit.ec50) if fit.status == "ok" else None}
+
+
+def _curves(fits: Mapping[tuple[str, str, str], Any], patient: str,
+            stored: Mapping[tuple[str, str, str], Any]) -> list[dict[str, Any]]:
+    """Per allergen of one patient (sorted), its arms' dose responses now and as stored."""
+    allergens = sorted({a for p, a, _ in list(fits) + list(stored) if p == patient})
+    out = []
+    for allergen in allergens:
+        arms = sorted({arm for p, a, arm in list(fits) + list(stored) if p == patient and a == allergen},
+                      key=lambda a: (a != "none", a))
+        out.append({"allergen": allergen, "arms": [
+            {"arm": arm, "now": curve_data(fits[(patient, allergen, arm)]) if (patient, allergen, arm) in fits else None,
+             "stored": (curve_data(stored[(patient, allergen, arm)])
+                        if (patient, allergen, arm) in stored else None)} for arm in arms]})
+    return out
 
 
 def _signoff_text(entry: Mapping[str, Any] | None) -> str | None:
@@ -444,11 +450,27 @@ class ReviewSession:
         return {"threshold": value, "pct_cd63": self.pct_cd63(r, value), "before": self.threshold(r)}
 
     # ------------------------------------------------------------------ the patient
+    def _as_decided(self, r: TubeResult, st: TubeState) -> TubeResult:
+        """The result as scoring sees it now: flagged ``EXCLUDED_BY_REVIEWER`` when its latest decision is an
+        exclusion, without that flag when the exclusion was reverted since the run."""
+        from dataclasses import replace
+
+        from ..analysis.score import EXCLUDED_FLAG, excluded_by_reviewer
+        from ..review.status import exclusion_message
+
+        if st.decision == "exclude" and not excluded_by_reviewer(r):
+            return replace(r, flags=[*r.flags, Flag(EXCLUDED_FLAG, "fail", exclusion_message(st.decision_entry or {}))])
+        if st.decision != "exclude" and excluded_by_reviewer(r):
+            return replace(r, flags=[f for f in r.flags if f.code != EXCLUDED_FLAG])
+        return r
+
     def patient_preview(self, tube_id: int, gate: str | None = None,
                         geometry: Mapping[str, Any] | None = None, threshold: Any = None) -> dict[str, Any]:
-        """The patient's classification per allergen as stored, and with the tube's edited gate or a
-        threshold dragged on its histogram (``threshold``, display scale; and every gate correction of the
-        patient's tubes made since the run): the patient's tubes scored again."""
+        """The patient's classification and dose-response curves per allergen as stored, and with the
+        tube's edited gate or a threshold dragged on its histogram (``threshold``, display scale; and every
+        gate correction and exclusion of the patient's tubes made since the run): the patient's tubes
+        scored again. ``curves``: per allergen, per arm, the measured points and the fitted 4PL curve
+        (:func:`curve_data`), now and as stored."""
         from ..analysis.score import score_experiment
 
         r = self.result(tube_id)
@@ -458,20 +480,23 @@ class ReviewSession:
         for other in self.results:
             if other.tube.patient != patient:
                 continue
+            st = states.get(other.tube.file, TubeState())
             if other is r and gate is not None:
                 _, checked = self.overrides_for(r, gate, geometry)
-                group.append(self._regated(r, gate, checked))
-            elif states.get(other.tube.file, TubeState()).gates and other.error is None:
-                group.append(self._regated(other))
+                now = self._regated(r, gate, checked)
+            elif st.gates and other.error is None:
+                now = self._regated(other)
             else:
-                group.append(other)
+                now = other
+            group.append(self._as_decided(now, st))
         thresholds = {k: v for k, v in self._thresholds().items() if k[0] == patient}
         if threshold is not None:  # dragged on the histogram (display scale): for this tube's arm
             thresholds[(patient, r.tube.pretreatment)] = self.threshold_from_scale(tube_id, threshold)
         scores = score_experiment(group, self.config, threshold_overrides=thresholds or None)
-        stored = self.stored.scores.patients if self.stored.scores is not None else None
+        stored = self.stored.scores
         return {"patient": patient, "now": _class_rows(scores.patients, patient),
-                "stored": _class_rows(stored, patient) if stored is not None else []}
+                "stored": _class_rows(stored.patients, patient) if stored is not None else [],
+                "curves": _curves(scores.fits, patient, stored.fits if stored is not None else {})}
 
     # ------------------------------------------------------------------ decisions
     def decide(self, tube_id: int, action: str, *, reviewer: str, reason: str = "",
@@ -543,12 +568,7 @@ class ReviewSession:
     def signoffs(self) -> dict[str, dict[str, Any]]:
         """Per patient signed off (and not withdrawn since), its sign-off entry."""
         with self._store() as store:
-            log = store.correction_log()
-        latest: dict[str, dict[str, Any]] = {}
-        for e in log:
-            if e["kind"] == "patient":
-                latest[e["patient"]] = e
-        return {p: e for p, e in latest.items() if e["action"] == "signoff"}
+            return signoffs(store.correction_log())
 
     def sign_off(self, patient: str, *, reviewer: str, reason: str = "", withdraw: bool = False) -> list[int]:
         """Sign a patient off ("reviewed and approved": every tube of it reviewed), or withdraw the sign-off
