@@ -1365,7 +1365,10 @@ def rerender(out: Path | str, patients: list[str] | None = None) -> tuple[list[P
     from .review.status import write_review_tables
 
     with RunLock(out), ResultStore.in_folder(out, create=False) as store:
-        write_review_tables(out, store, stored)  # the review-status columns as the log has them now
+        sums = stored.info.get("checksums") or {}
+        about = about_sheet(stored.template, stored.info.get("command") or "", {f: v for f, v in sums.items() if ":" not in f},
+                            next((v for f, v in sums.items() if f.startswith("layout:")), "") or "", stored.run_id)
+        write_review_tables(out, store, stored, about)  # the review-status columns as the log has them now
         return render(Path(out), store, stored.results, stored.scores, stored.run_id, patients=patients,
                       population=stored.template.population)
 

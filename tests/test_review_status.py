@@ -102,7 +102,7 @@ def test_the_patient_preview_returns_both_arms_dose_responses_as_numbers(out):
     assert [q[1] for q in none["curve"]] == pytest.approx(list(expected))
     assert curves["arms"][0]["stored"] == none  # nothing edited: now is as stored
     # an edit that empties one tube's basophil gate changes the curve now, not the stored one
-    g = next(g for g in c.get(f"/api/tubes/{allergen['id']}").json()["gates"] if g["editable"])
+    g = next(g for g in c.get(f"/api/tubes/{allergen['id']}").json()["gates"] if g["name"] == "basophils")
     empty = {"type": "polygon", "vertices": [[0.0, 0.0], [0.001, 0.0], [0.001, 0.001]]}
     edited = c.post(f"/api/tubes/{allergen['id']}/patient", json={"gate": g["name"], "geometry": empty},
                     headers=SAME).json()
@@ -132,7 +132,7 @@ def decide_some(c):
     tubes = queue(c)
     allergens = [t for t in tubes if t["condition"] == "allergen" and t["pretreatment"] == "none"]
     corrected, excluded = allergens[1], allergens[2]
-    g = next(g for g in c.get(f"/api/tubes/{corrected['id']}").json()["gates"] if g["editable"])
+    g = next(g for g in c.get(f"/api/tubes/{corrected['id']}").json()["gates"] if g["name"] == "basophils")
     assert c.post(f"/api/tubes/{corrected['id']}/decision",
                   json={"action": "correct", "reason": "too wide", "gate": g["name"],
                         "geometry": shrunk(g["geometry"])}, headers=SAME).status_code == 200

@@ -90,7 +90,7 @@ def test_drag_a_vertex_save_and_find_the_decision_after_a_restart(results, brows
     try:
         w = Watched(browser, bench)
         page = w.page
-        page.wait_for_selector("circle.vertex")
+        page.wait_for_selector("figure[data-gate=basophils] circle.vertex")
         # the reviewer's name, asked once
         page.fill("#reviewer-name", "Jane Doe")
         page.click("#reviewer-set")
@@ -101,14 +101,14 @@ def test_drag_a_vertex_save_and_find_the_decision_after_a_restart(results, brows
         if page.evaluate("state.tube.id") != tube_id:
             page.click(f'#queue li[data-id="{tube_id}"]')
             until(page, f"state.tube && state.tube.id === {tube_id}")
-        page.wait_for_selector("circle.vertex")
+        page.wait_for_selector("figure[data-gate=basophils] circle.vertex")
         before = int(page.text_content("#n-basophils"))
-        page.locator("figure.gate.editable").scroll_into_view_if_needed()
+        page.locator("figure[data-gate=basophils]").scroll_into_view_if_needed()
         # drag every vertex of the gate halfway towards its centre, with the mouse
-        n = page.locator("circle.vertex").count()
+        n = page.locator("figure[data-gate=basophils] circle.vertex").count()
         for i in range(n):  # positions read anew each time: the patient's box above may have grown
             until(page, "!document.getElementById('patient').textContent.includes('scoring')")
-            boxes = [page.locator("circle.vertex").nth(k).bounding_box() for k in range(n)]
+            boxes = [page.locator("figure[data-gate=basophils] circle.vertex").nth(k).bounding_box() for k in range(n)]
             cx = sum(b["x"] + b["width"] / 2 for b in boxes) / n
             cy = sum(b["y"] + b["height"] / 2 for b in boxes) / n
             x, y = boxes[i]["x"] + boxes[i]["width"] / 2, boxes[i]["y"] + boxes[i]["height"] / 2
@@ -121,16 +121,16 @@ def test_drag_a_vertex_save_and_find_the_decision_after_a_restart(results, brows
         after = int(page.text_content("#n-basophils"))
         assert after < before
         # a corner added on an edge (double-click), then removed (right-click): same gate, same count
-        a, b = (page.locator("circle.vertex").nth(i).bounding_box() for i in (0, 1))
+        a, b = (page.locator("figure[data-gate=basophils] circle.vertex").nth(i).bounding_box() for i in (0, 1))
         mx = (a["x"] + b["x"] + a["width"]) / 2
         my = (a["y"] + b["y"] + a["height"]) / 2
         page.mouse.dblclick(mx, my)
-        until(page, f"document.querySelectorAll('circle.vertex').length === {n + 1}")
+        until(page, f"document.querySelectorAll('figure[data-gate=basophils] circle.vertex').length === {n + 1}")
         until(page, "document.getElementById('message').textContent.startsWith('re-gated')")
         page.evaluate("document.getElementById('message').textContent = ''")
-        added = page.locator('circle.vertex[data-index="1"]').bounding_box()
+        added = page.locator('figure[data-gate=basophils] circle.vertex[data-index="1"]').bounding_box()
         page.mouse.click(added["x"] + added["width"] / 2, added["y"] + added["height"] / 2, button="right")
-        until(page, f"document.querySelectorAll('circle.vertex').length === {n}")
+        until(page, f"document.querySelectorAll('figure[data-gate=basophils] circle.vertex').length === {n}")
         until(page, "document.getElementById('message').textContent.startsWith('re-gated')")
         assert int(page.text_content("#n-basophils")) == after
         # the patient is scored again with the edit: its class per allergen

@@ -144,15 +144,15 @@ def review_tables(store: Any, run_id: int, tubes: Any, patients: Any) -> tuple[A
     return add_review_columns(tubes, patients, store.correction_log(), applied_ids(store, run_id))
 
 
-def write_review_tables(out: Any, store: Any, stored: Any) -> list[Any]:
+def write_review_tables(out: Any, store: Any, stored: Any, about: Mapping[str, Any]) -> list[Any]:
     """Write a finished run's tables again (``bat report``) from its scores read back by
     :func:`bat_analysis.pipeline.load_run` (exclusions applied), with the run's ``manually_adjusted`` and
     ``review_note`` columns and the review-status columns as the log has them now; the store's tables are
-    replaced with them. Parquet files are written when the folder has them."""
+    replaced with them; ``about`` is results.xlsx's about sheet. Parquet files are written when the folder
+    has them."""
     from pathlib import Path
 
     from ..outputs import write_tables
-    from ..pipeline import about_sheet
 
     out = Path(out)
     tubes, patients = stored.scores.tubes.copy(), stored.scores.patients
@@ -164,9 +164,5 @@ def write_review_tables(out: Any, store: Any, stored: Any) -> list[Any]:
     tubes, patients = review_tables(store, stored.run_id, tubes, patients)
     store.put_tables(stored.run_id, tubes, patients)
     stored.scores.tubes = with_review_status(stored.scores.tubes, tubes)  # for the review gallery
-    info = stored.info
-    sums = info.get("checksums") or {}
-    about = about_sheet(stored.template, info.get("command") or "", {f: s for f, s in sums.items() if ":" not in f},
-                        next((s for f, s in sums.items() if f.startswith("layout:")), "") or "", stored.run_id)
     return write_tables(out, tubes, patients, about, parquet=(out / "tubes.parquet").is_file(),
                         tube_markers=stored.scores.tube_markers)

@@ -35,6 +35,7 @@ from ..review.status import TubeState, review_state, signoffs
 from ..store import ResultStore
 
 QUEUE_ORDER = ("failed", "flagged", "unreviewed", "reviewed")
+EDITABLE_TYPES = ("polygon", "range")  # drawn over a 2-D density: corners or sides draggable
 SOURCE = "bat review"
 
 
@@ -91,6 +92,12 @@ def view_extent(g: Any) -> list[float]:
         if len(v) == 2 and all(_finite(c) is not None for c in v):
             xs.append(float(v[0]))
             ys.append(float(v[1]))
+    if g.geometry.get("type") == "range":  # a range's finite sides
+        for side in ("mins", "maxs"):
+            limits = list(g.geometry.get(side) or ())
+            if len(limits) == 2:
+                xs += [float(limits[0])] if _finite(limits[0]) is not None else []
+                ys += [float(limits[1])] if _finite(limits[1]) is not None else []
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     if (x0, y0) == (float(ex[0]), float(ey[0])) and (x1, y1) == (float(ex[-1]), float(ey[-1])):
         return [x0, x1, y0, y1]
@@ -282,8 +289,8 @@ class ReviewSession:
         gates = []
         for k, g in enumerate(r.gates):
             edges = [np.asarray(e, dtype=float).tolist() for e in (g.density_edges or ())]
-            editable = (g.name == self.template.population and g.geometry.get("type") == "polygon"
-                        and len(g.dims) == 2 and len(edges) == 2)
+            editable = (g.geometry.get("type") in EDITABLE_TYPES and len(g.dims) == 2 and len(edges) == 2
+                        and g.density is not None)
             geometry = st.gates[g.name]["value"] if g.name in st.gates else g.geometry
             gates.append({"index": k, "name": g.name, "parent": g.parent, "dims": list(g.dims),
                           "geometry": geometry, "count": g.count, "parent_count": g.parent_count,

@@ -100,7 +100,7 @@ function gateFigure(g) {
   const py = (y) => SIZE - ((y - y0) / (y1 - y0)) * SIZE;
   const dx = (p) => x0 + (p / SIZE) * (x1 - x0);
   const dy = (p) => y0 + ((SIZE - p) / SIZE) * (y1 - y0);
-  const fig = el("figure", { class: "gate" + (g.editable ? " editable" : "") });
+  const fig = el("figure", { class: "gate" + (g.editable ? " editable" : ""), "data-gate": g.name });
   const stage = el("div", { class: "stage" });
   const img = el("img", { src: `/api/tubes/${state.tube.id}/gates/${g.index}/density.png`, width: String(SIZE),
                           height: String(SIZE), alt: `density of ${g.parent || "all events"}` });
@@ -109,6 +109,10 @@ function gateFigure(g) {
   fig.append(stage, el("figcaption", { text: `${g.name}: ${g.dims.join(" × ")} · ${g.count} of ${g.parent_count}` +
                                                ` · ${g.method}` }));
   const geo = g.geometry;
+  if (geo.type === "range" && geo.mins.length === 2) {
+    rangeOverlay(g, overlay, { px, py, dx, dy });
+    return fig;
+  }
   if (geo.type !== "polygon") return fig;
   const verts = geo.vertices.map((v) => [px(v[0]), py(v[1])]);
   const poly = svg("polygon", { class: "outline", points: verts.map((v) => v.join(",")).join(" ") });
@@ -177,6 +181,63 @@ function gateFigure(g) {
   };
   build();
   return fig;
+}
+
+// a rectangle (a 2-D range gate): its finite sides are lines that can be dragged across (an open side is
+// drawn at the plot's edge and stays open); the end of a drag re-gates the tube
+function rangeOverlay(g, overlay, { px, py, dx, dy }) {
+  const mins = g.geometry.mins.slice(), maxs = g.geometry.maxs.slice();
+  const pos = { xmin: mins[0] === null ? -2 : px(mins[0]), xmax: maxs[0] === null ? SIZE + 2 : px(maxs[0]),
+                ymin: mins[1] === null ? SIZE + 2 : py(mins[1]), ymax: maxs[1] === null ? -2 : py(maxs[1]) };
+  const rect = svg("rect", { class: "outline" });
+  overlay.append(rect);
+  const redraw = () => {
+    rect.setAttribute("x", Math.min(pos.xmin, pos.xmax));
+    rect.setAttribute("y", Math.min(pos.ymin, pos.ymax));
+    rect.setAttribute("width", Math.abs(pos.xmax - pos.xmin));
+    rect.setAttribute("height", Math.abs(pos.ymin - pos.ymax));
+  };
+  redraw();
+  if (!g.editable) return;
+  const sides = [["xmin", mins, 0], ["xmax", maxs, 0], ["ymin", mins, 1], ["ymax", maxs, 1]];
+  for (const [side, limits, axis] of sides) {
+    if (limits[axis] === null) continue;
+    const line = svg("line", { class: `side ${axis === 0 ? "vertical" : "horizontal"}`, "data-side": side });
+    const place = () => {
+      const at = pos[side];
+      const [a0, a1] = axis === 0 ? [pos.ymax, pos.ymin] : [pos.xmin, pos.xmax];
+      if (axis === 0) { line.setAttribute("x1", at); line.setAttribute("x2", at); line.setAttribute("y1", a0); line.setAttribute("y2", a1); }
+      else { line.setAttribute("y1", at); line.setAttribute("y2", at); line.setAttribute("x1", a0); line.setAttribute("x2", a1); }
+    };
+    place();
+    let dragging = false;
+    line.addEventListener("pointerdown", (ev) => {
+      if (ev.button !== 0) return;
+      dragging = true;
+      line.setPointerCapture(ev.pointerId);
+      ev.preventDefault();
+    });
+    line.addEventListener("pointermove", (ev) => {
+      if (!dragging) return;
+      const box = overlay.getBoundingClientRect();
+      pos[side] = axis === 0 ? Math.max(0, Math.min(SIZE, ((ev.clientX - box.left) / box.width) * SIZE))
+                             : Math.max(0, Math.min(SIZE, ((ev.clientY - box.top) / box.height) * SIZE));
+      place();
+      redraw();
+    });
+    const end = async (ev) => {
+      if (!dragging) return;
+      dragging = false;
+      line.releasePointerCapture(ev.pointerId);
+      limits[axis] = axis === 0 ? dx(pos[side]) : dy(pos[side]);
+      for (const l of overlay.querySelectorAll("line.side")) l.dispatchEvent(new Event("replace"));
+      await regate(g.name, { type: "range", mins: mins.slice(), maxs: maxs.slice() });
+    };
+    line.addEventListener("replace", place);
+    line.addEventListener("pointerup", end);
+    line.addEventListener("pointercancel", end);
+    overlay.append(line);
+  }
 }
 
 function classText(row) {
