@@ -29,7 +29,8 @@ Reviewer corrections and the output folder
 The corrections a run is given (``--overrides``, ``--gates-from``; read by :mod:`bat_analysis.review`) are
 appended to the store's corrections log; every run applies the log's active corrections (a plain re-run too),
 except stale ones (made on a tube file or template that changed since), which flag their tubes
-``CORRECTION_STALE`` and are reported. An output folder belongs to one experiment
+``CORRECTION_STALE`` and are reported. A tube a reviewer excluded is dropped from scoring, and the tables
+carry the log's review status (:mod:`bat_analysis.review.status`). An output folder belongs to one experiment
 (:func:`check_same_experiment`); ``--replace`` sets another experiment's results aside
 (:func:`set_store_aside`). Reports of patients no longer in the run are removed.
 

@@ -1,6 +1,6 @@
 """Make the README's screenshots of `bat review`: the queue (docs/review_queue.png) and a tube with its
-basophil gate being edited (docs/review_workbench.png), from a simulated plate, in Debian's chromium driven
-by playwright (no browser is downloaded).
+basophil gate being edited (docs/review_workbench.png), from a simulated patient (a few tubes already
+reviewed), in Debian's chromium driven by playwright (no browser is downloaded).
 
     PYTHONPATH=. python docs/review_screenshots.py [--chromium /usr/bin/chromium]
 """
@@ -19,7 +19,8 @@ def until(page, expression: str, timeout_s: float = 60.0) -> None:
     end = time.monotonic() + timeout_s
     while not page.evaluate(expression):
         if time.monotonic() > end:
-            raise SystemExit(f"still false after {timeout_s:g} s: {expression}")
+            shown = page.evaluate("document.getElementById('message').textContent")
+            raise SystemExit(f"still false after {timeout_s:g} s: {expression} (message: {shown!r})")
         page.wait_for_timeout(50)
 
 
@@ -34,9 +35,15 @@ def main() -> None:
     from bat_analysis.workbench.server import make_workbench
 
     with tempfile.TemporaryDirectory() as tmp:
-        exp = simulate_experiment(f"{tmp}/data", n_patients=2, n_events=20000, seed=4, n_concentrations=5)
+        exp = simulate_experiment(f"{tmp}/data", n_patients=1, n_events=60000, seed=4, n_concentrations=5)
         run(RunOptions(data_dir=exp.out_dir, layout=exp.layout_path, out=f"{tmp}/out", workers=1, quiet=True,
                        reports=False))
+        from bat_analysis.workbench.session import ReviewSession
+
+        session = ReviewSession(f"{tmp}/out")
+        tubes = session.queue()["tubes"]
+        for t, action in zip(tubes[-3:], ("accept", "accept", "exclude")):
+            session.decide(t["id"], action, reviewer="Jane Doe", reason="sample clotted" if action == "exclude" else "")
         bench = make_workbench(f"{tmp}/out", reviewer="Jane Doe")
         bench.serve_in_thread()
         try:
@@ -45,12 +52,15 @@ def main() -> None:
                 page = browser.new_page(viewport={"width": 1500, "height": 1000})
                 page.goto(bench.url)
                 page.wait_for_selector("#queue li")
-                until(page, "state.tube !== null")
+                until(page, "state.tube !== null && document.querySelector('#curves svg') !== null"
+                            " && [...document.images].every((i) => i.complete && i.naturalWidth > 0)")
                 page.screenshot(path=str(HERE / "review_queue.png"), clip={"x": 0, "y": 0, "width": 1500,
                                                                              "height": 1000})
                 tube = page.evaluate("state.queue.find((t) => t.condition === 'allergen' && t.n_basophils > 100).id")
-                page.click(f'#queue li[data-id="{tube}"]')
-                until(page, f"state.tube && state.tube.id === {tube} && document.querySelector('#curves svg')")
+                if page.evaluate("state.current") != tube:  # clicking the open tube would open it again
+                    page.click(f'#queue li[data-id="{tube}"]')
+                until(page, f"state.tube && state.tube.id === {tube} && document.querySelector('#curves svg')"
+                            " && !document.getElementById('patient').textContent.includes('scoring')")
                 fig = page.locator("figure[data-gate=basophils]")
                 fig.scroll_into_view_if_needed()
                 handle = page.locator("figure[data-gate=basophils] circle.vertex").nth(0).bounding_box()

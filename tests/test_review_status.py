@@ -243,3 +243,27 @@ def test_review_status_of_each_kind_of_decision():
     assert list(t["reviewed_by"]) == ["A", "B", "A", "A", "", ""]
     assert list(t.columns) == ["file"] + REVIEW_TUBE_COLUMNS
     assert list(p["signed_off_by"]) == ["A", ""] and list(p["signed_off_at"]) == ["2026-01-08T00:00:00Z", ""]
+
+
+def test_a_reviewer_name_is_text_in_the_tables_and_the_gallery(out):
+    from typer.testing import CliRunner
+
+    from bat_analysis.cli import app
+
+    evil = '<img src=x onerror="alert(1)">,=HYPERLINK("x")'
+    c = client(out, reviewer=evil)
+    tube = queue(c)[0]
+    assert c.post(f"/api/tubes/{tube['id']}/decision", json={"action": "accept"}, headers=SAME).status_code == 200
+    r = CliRunner().invoke(app, ["report", str(out)])
+    assert r.exit_code == 0, r.output
+    tubes = pd.read_csv(out / "tubes.csv", keep_default_na=False).set_index("file")
+    assert tubes.loc[tube["file"], "reviewed_by"] == evil  # the CSV keeps the value exactly
+    gallery = (out / "review" / "index.html").read_text(encoding="utf-8")
+    assert "<img src=x" not in gallery and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in gallery
+    from openpyxl import load_workbook
+
+    sheet = load_workbook(out / "results.xlsx")["tubes"]
+    head = [cell.value for cell in sheet[1]]
+    col = head.index("reviewed_by")
+    cells = [row[col] for row in sheet.iter_rows(min_row=2)]
+    assert {cell.data_type for cell in cells if cell.value} == {"s"}  # text, never a formula

@@ -228,7 +228,8 @@ def message(page) -> str:
 def open_tube(page, file: str) -> int:
     until(page, "state.queue.length > 0")  # the queue's rows are in the page before the script has read it
     tube = page.evaluate(f"state.queue.find((t) => t.file === {file!r}).id")
-    page.click(f'#queue li[data-id="{tube}"]')
+    if page.evaluate("state.current") != tube:  # a click on the open tube would open it again
+        page.click(f'#queue li[data-id="{tube}"]')
     until(page, f"state.tube && state.tube.id === {tube} && document.getElementById('tube-title').textContent"
                 f" === {file!r}")
     until(page, "!document.getElementById('patient').textContent.includes('scoring')")

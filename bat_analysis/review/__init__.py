@@ -6,8 +6,11 @@
   back as corrections (``read_edited_gates``);
 * :mod:`.load` -- the corrections given to one run (``--overrides``, ``--gates-from``) read together;
 * :mod:`.log` -- the results store's corrections log: what a run adds to it, which of its corrections apply,
-  which are stale (and the tubes they flag), the geometry in force for a gate.
+  which are stale (and the tubes they flag), the geometry in force for a gate;
+* :mod:`.status` -- the review state derived from the log (``bat review``'s decisions): excluded tubes
+  flagged for scoring, the review-status columns of the tables.
 
-Imports go one way: ``corrections`` <- ``exchange`` <- ``load``; ``corrections`` <- ``log``. This package
+Imports go one way: ``corrections`` <- ``exchange`` <- ``load``; ``corrections`` <- ``log``; ``status``
+imports none of them. This package
 imports nothing from it on import (each module is imported by name).
 """

@@ -1,5 +1,6 @@
 """What the review workbench knows of one results folder: its last completed run, the review state derived
-from the store's corrections log, and re-gating a tube with an edited gate.
+from the store's corrections log, and re-gating a tube with an edited gate (any 2-D polygon or range gate
+drawn over its density: :data:`EDITABLE_TYPES`; the geometry is checked as a correction's is).
 
 A tube is addressed by its number in the run (``tube_id``: its position in the run's sorted input files),
 never by a path: the only files read are the results store and the run's own input FCS files (resolved
@@ -10,13 +11,15 @@ out), so that an edit re-gates from the events in memory (compensation of the ga
 after the edited one) instead of reading and decoding the file again.
 
 A re-gated tube is checked against its automated result (:mod:`bat_analysis.gating.plausibility`), and
-the patient can be scored again with the edit (:meth:`ReviewSession.patient_preview`: its class per
-allergen; nothing is stored).
+the patient can be scored again with the edit (:meth:`ReviewSession.patient_preview`: its class and its
+arms' dose-response points and fitted curves per allergen, :func:`curve_data`; nothing is stored).
 
 Decisions (accept, correct, exclude, revert; sign off a patient) are appended to the corrections log
 (:meth:`ResultStore.append_corrections`); the state shown is derived from the log each time
-(:func:`review_state`). A gate correction is applied by every later ``bat run``; accept, exclude and
-sign-off are kept as the reviewer's record (kinds ``tube`` and ``patient``).
+(:func:`bat_analysis.review.status.review_state`). A gate or threshold correction is applied by every later
+``bat run``; an exclusion drops the tube from scoring (here at once, in the patient preview; in ``bat report``
+and ``bat run``); accept, exclude and sign-off reach the tables' review-status columns
+(:mod:`bat_analysis.review.status`).
 """
 
 from __future__ import annotations
