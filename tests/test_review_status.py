@@ -267,3 +267,20 @@ def test_a_reviewer_name_is_text_in_the_tables_and_the_gallery(out):
     col = head.index("reviewed_by")
     cells = [row[col] for row in sheet.iter_rows(min_row=2)]
     assert {cell.data_type for cell in cells if cell.value} == {"s"}  # text, never a formula
+
+
+def test_the_tube_page_shows_an_exclusion_at_once_and_its_revert(experiment, out):
+    c = client(out)
+    t = next(t for t in queue(c) if t["condition"] == "allergen")
+    assert "EXCLUDED_BY_REVIEWER" not in {f["code"] for f in c.get(f"/api/tubes/{t['id']}").json()["flags"]}
+    c.post(f"/api/tubes/{t['id']}/decision", json={"action": "exclude", "reason": "clogged"}, headers=SAME)
+    shown = c.get(f"/api/tubes/{t['id']}").json()
+    (flag,) = [f for f in shown["flags"] if f["code"] == "EXCLUDED_BY_REVIEWER"]
+    assert shown["qc"] == "fail" and flag["severity"] == "fail" and "excluded by Jane Doe" in flag["message"]
+    assert "clogged" in flag["message"]
+    # after a run the flag comes from the store; reverted in the page, it goes at once
+    rerun(experiment, out, "--no-reports")
+    c2 = client(out)
+    assert "EXCLUDED_BY_REVIEWER" in {f["code"] for f in c2.get(f"/api/tubes/{t['id']}").json()["flags"]}
+    c2.post(f"/api/tubes/{t['id']}/decision", json={"action": "revert", "reason": "was fine"}, headers=SAME)
+    assert "EXCLUDED_BY_REVIEWER" not in {f["code"] for f in c2.get(f"/api/tubes/{t['id']}").json()["flags"]}

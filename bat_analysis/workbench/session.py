@@ -302,9 +302,9 @@ class ReviewSession:
                           "automated": g.geometry if g.name not in st.gates else st.gates[g.name]["before"]})
         t = r.tube
         row = self._rows.get(t.file) or {}
-        # a correction made since the last run: show the tube as the next run will gate it
-        numbers = (self._checked_numbers(r, self._regated(r), set(st.gates)) if st.gates and r.error is None
-                   else self.numbers(r))
+        # a correction or exclusion made since the last run: show the tube as the next run will score it
+        numbers = (self._checked_numbers(r, self._as_decided(self._regated(r), st), set(st.gates))
+                   if st.gates and r.error is None else self.numbers(self._as_decided(r, st)))
         return {"id": tube_id, "file": t.file, "patient": t.patient, "pretreatment": t.pretreatment,
                 "condition": t.condition, "allergen": t.allergen, "concentration": _finite(t.concentration),
                 "unit": t.unit, "error": r.error, "population": self.template.population, "gates": gates,
