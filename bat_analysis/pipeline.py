@@ -1367,7 +1367,8 @@ def rerender(out: Path | str, patients: list[str] | None = None) -> tuple[list[P
 
     with RunLock(out), ResultStore.in_folder(out, create=False) as store:
         sums = stored.info.get("checksums") or {}
-        about = about_sheet(stored.template, stored.info.get("command") or "", {f: v for f, v in sums.items() if ":" not in f},
+        about = about_sheet(stored.template, stored.info.get("command") or "",
+                            {f: v for f, v in sums.items() if ":" not in f},
                             next((v for f, v in sums.items() if f.startswith("layout:")), "") or "", stored.run_id)
         write_review_tables(out, store, stored, about)  # the review-status columns as the log has them now
         return render(Path(out), store, stored.results, stored.scores, stored.run_id, patients=patients,

@@ -232,7 +232,8 @@ def test_review_status_of_each_kind_of_decision():
                 "reviewer": who, "decided_at": f"2026-01-0{i}T00:00:00Z", "reason": "r", "target": target}
 
     log = [e(1, "tube", "accept", "a.fcs"), e(2, "gate", "apply", "b.fcs", "basophils", who="B"),
-           e(3, "tube", "accept", "b.fcs"), e(4, "tube", "exclude", "c.fcs"), e(5, "gate", "apply", "d.fcs", "basophils"),
+           e(3, "tube", "accept", "b.fcs"), e(4, "tube", "exclude", "c.fcs"),
+           e(5, "gate", "apply", "d.fcs", "basophils"),
            e(6, "tube", "accept", "e.fcs"), e(7, "tube", "withdraw", "e.fcs"), e(8, "patient", "signoff", patient="P"),
            e(9, "patient", "signoff", patient="Q"), e(10, "patient", "withdraw", patient="Q")]
     tubes = pd.DataFrame({"file": ["a.fcs", "b.fcs", "c.fcs", "d.fcs", "e.fcs", "f.fcs"], "review_status": "old"})

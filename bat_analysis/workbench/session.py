@@ -147,16 +147,14 @@ def curve_data(fit: Any) -> dict[str, Any]:
 
 def _curves(fits: Mapping[tuple[str, str, str], Any], patient: str,
             stored: Mapping[tuple[str, str, str], Any]) -> list[dict[str, Any]]:
-    """Per allergen of one patient (sorted), its arms' dose responses now and as stored."""
-    allergens = sorted({a for p, a, _ in list(fits) + list(stored) if p == patient})
+    """Per allergen of one patient (sorted), its arms' dose responses now and as stored (None: no such fit)."""
+    keys = [k for k in list(fits) + list(stored) if k[0] == patient]
     out = []
-    for allergen in allergens:
-        arms = sorted({arm for p, a, arm in list(fits) + list(stored) if p == patient and a == allergen},
-                      key=lambda a: (a != "none", a))
+    for allergen in sorted({a for _, a, _ in keys}):
+        arms = sorted({arm for _, a, arm in keys if a == allergen}, key=lambda a: (a != "none", a))
         out.append({"allergen": allergen, "arms": [
-            {"arm": arm, "now": curve_data(fits[(patient, allergen, arm)]) if (patient, allergen, arm) in fits else None,
-             "stored": (curve_data(stored[(patient, allergen, arm)])
-                        if (patient, allergen, arm) in stored else None)} for arm in arms]})
+            {"arm": arm, **{name: curve_data(src[(patient, allergen, arm)]) if (patient, allergen, arm) in src else None
+                            for name, src in (("now", fits), ("stored", stored))}} for arm in arms]})
     return out
 
 
