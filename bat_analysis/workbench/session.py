@@ -87,8 +87,8 @@ def _finite(x: Any) -> float | None:
 
 
 def view_extent(g: Any) -> list[float]:
-    """The plotting window of a 2-D gate: its density's bin edges, widened to hold the polygon's vertices
-    (with a 3 % margin), as [x0, x1, y0, y1] in the gate's plotting coordinates."""
+    """The plotting window of a 2-D gate: its density's bin edges, widened to hold the polygon's vertices or
+    the range's finite limits (with a 3 % margin), as [x0, x1, y0, y1] in the gate's plotting coordinates."""
     ex, ey = (np.asarray(e, dtype=float) for e in g.density_edges)
     xs, ys = [float(ex[0]), float(ex[-1])], [float(ey[0]), float(ey[-1])]
     for v in g.geometry.get("vertices") or ():
@@ -360,7 +360,8 @@ class ReviewSession:
             checked = check_geometry("geometry", geometry, n_dims, problems)
             if checked is None:
                 raise ReviewError("the edited gate is not a valid geometry: " + "; ".join(problems)[:400],
-                                  field="geometry", expected="a polygon in the gate's plotting coordinates")
+                                  field="geometry",
+                                  expected="the gate's polygon vertices or range limits in its plotting coordinates")
             geos[gate] = checked
         return {name: build_gate(self.template, name, geo) for name, geo in geos.items()}, checked
 

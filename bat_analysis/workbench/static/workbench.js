@@ -220,8 +220,11 @@ function rangeOverlay(g, overlay, { px, py, dx, dy }) {
     line.addEventListener("pointermove", (ev) => {
       if (!dragging) return;
       const box = overlay.getBoundingClientRect();
-      pos[side] = axis === 0 ? Math.max(0, Math.min(SIZE, ((ev.clientX - box.left) / box.width) * SIZE))
-                             : Math.max(0, Math.min(SIZE, ((ev.clientY - box.top) / box.height) * SIZE));
+      const at = axis === 0 ? ((ev.clientX - box.left) / box.width) * SIZE : ((ev.clientY - box.top) / box.height) * SIZE;
+      // a side stays within the plot and on its own side of the opposite one (the pixel y axis points down)
+      const [lo, hi] = { xmin: [0, pos.xmax - 2], xmax: [pos.xmin + 2, SIZE], ymin: [pos.ymax + 2, SIZE],
+                         ymax: [0, pos.ymin - 2] }[side];
+      pos[side] = Math.max(Math.max(0, lo), Math.min(Math.min(SIZE, hi), at));
       place();
       redraw();
     });
