@@ -153,6 +153,7 @@ def test_drag_a_vertex_save_and_find_the_decision_after_a_restart(results, brows
         w = Watched(browser, bench)
         page = w.page
         page.wait_for_selector("#queue li")
+        until(page, "state.queue.length > 0")  # the page's script is running
         page.click(f'#queue li[data-id="{tube_id}"]')
         until(page, f"state.tube && state.tube.id === {tube_id}")
         page.wait_for_selector("#history li")
@@ -388,3 +389,39 @@ def test_a_session_of_ten_decisions_survives_a_restart_and_a_rerun(small_plate, 
     patients = pd.read_csv(out / "patients.csv", keep_default_na=False)
     assert set(patients["signed_off_by"]) == {"Jane Doe"}
     check_page(high_count)  # and after the re-run, the same
+
+
+def test_a_row_clicked_before_the_queue_is_read_opens_and_stays_open(small_plate, browser, tmp_path, monkeypatch):
+    """The queue's rows are in the page before the script has read the queue: a click on one then opens
+    that tube, and the first tube of the queue does not replace it when the queue arrives (slowed here)."""
+    import time
+
+    from bat_analysis.workbench.session import ReviewSession
+
+    real = ReviewSession.queue
+
+    def slow(self, **filters):
+        if filters:  # the API's call (the page itself is built with an unfiltered one)
+            time.sleep(2.0)
+        return real(self, **filters)
+
+    monkeypatch.setattr(ReviewSession, "queue", slow)
+    _, results = small_plate
+    bench = start(results)
+    try:
+        w = Watched(browser, bench)
+        page = w.page
+        page.wait_for_selector("body[data-ready]")
+        assert page.evaluate("state.queue.length") == 0  # not read yet
+        rows = page.locator("#queue li")
+        last = rows.nth(rows.count() - 1).get_attribute("data-id")
+        assert last != rows.nth(0).get_attribute("data-id")
+        rows.nth(rows.count() - 1).click()
+        until(page, "state.queue.length > 0")
+        until(page, f"state.tube && state.tube.id === {int(last)}")
+        page.wait_for_timeout(300)
+        assert page.evaluate("state.tube.id") == int(last) and page.evaluate("state.current") == int(last)
+        assert w.errors == [] and w.foreign == []
+        w.close()
+    finally:
+        bench.stop()

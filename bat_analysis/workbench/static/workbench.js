@@ -68,7 +68,6 @@ async function loadQueue() {
       el("span", { class: "file", text: t.file }), " ",
       el("span", { class: "who", text: `${t.patient} · ${t.pretreatment} · ${t.condition}` }), " ",
       el("span", { class: "state", text: t.review === "unreviewed" ? t.group : t.review }));
-    li.addEventListener("click", () => openTube(t.id));
     return li;
   }));
 }
@@ -519,5 +518,12 @@ document.addEventListener("DOMContentLoaded", () => {
     else if (ev.key === "a") decide("accept");
   });
   loadReviewer();
-  loadQueue().then(() => { if (state.queue.length) openTube(state.queue[0].id); });
+  // one listener for the queue's rows, those the server wrote into the page included: a row clicked before
+  // the queue is read opens, and the first tube is opened only when none was chosen meanwhile
+  document.getElementById("queue").addEventListener("click", (ev) => {
+    const li = ev.target.closest("li[data-id]");
+    if (li) openTube(Number(li.dataset.id));
+  });
+  loadQueue().then(() => { if (state.queue.length && state.current === null) openTube(state.queue[0].id); });
+  document.body.dataset.ready = "1";  // the page answers clicks and keys from here on
 });
