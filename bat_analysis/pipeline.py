@@ -29,7 +29,8 @@ Reviewer corrections and the output folder
 The corrections a run is given (``--overrides``, ``--gates-from``; read by :mod:`bat_analysis.review`) are
 appended to the store's corrections log; every run applies the log's active corrections (a plain re-run too),
 except stale ones (made on a tube file or template that changed since), which flag their tubes
-``CORRECTION_STALE`` and are reported. An output folder belongs to one experiment
+``CORRECTION_STALE`` and are reported. A tube a reviewer excluded is dropped from scoring, and the tables
+carry the log's review status (:mod:`bat_analysis.review._status`). An output folder belongs to one experiment
 (:func:`check_same_experiment`); ``--replace`` sets another experiment's results aside
 (:func:`set_store_aside`). Reports of patients no longer in the run are removed.
 
@@ -928,6 +929,7 @@ def _current_results(ctx: _RunContext, corrections: Corrections, stale: Sequence
     """Every tube's current result read back from the store (reviewed where a gate is corrected), stale
     corrections flagged; raises NothingAnalysedError (the run recorded as failed) when every tube failed."""
     from .review._log import mark_stale
+    from .review._status import mark_excluded
 
     store = ctx.store
     results: list[TubeResult] = []
@@ -940,6 +942,7 @@ def _current_results(ctx: _RunContext, corrections: Corrections, stale: Sequence
         results.append(res)
     mark_implausible(results, ctx.store, ctx.template.population)
     mark_stale(results, stale)
+    mark_excluded(results, store.correction_log())
     failed = [(r.tube.file, r.error or "") for r in results if not r.ok]
     if len(failed) == len(results):
         store.end_run(ctx.run_id, status="failed", n_tubes=len(ctx.tubes), n_gated=len(plan.tasks),
@@ -958,8 +961,12 @@ def _score(ctx: _RunContext, results: list[TubeResult], corrections: Corrections
     score_task = ctx.progress.add_task("Scoring patients", total=None, note="")
     recomputed: list[str] = []
     scores = score_results(results, ctx.template, corrections.thresholds(), ctx.store, recomputed)
-    ctx.store.put_tables(ctx.run_id, annotate_reviews(scores.tubes, corrections), scores.patients)
+    from .review._status import review_tables, with_review_status
+
+    ctx.store.put_tables(ctx.run_id, *review_tables(ctx.store, ctx.run_id, annotate_reviews(scores.tubes, corrections),
+                                                    scores.patients))
     tubes_df, patients_df = ctx.store.tables()
+    scores.tubes = with_review_status(scores.tubes, tubes_df)  # for the review gallery
     ctx.progress.update(score_task, total=1, completed=1)
     return _Scored(scores, tubes_df, patients_df, recomputed)
 
@@ -1141,6 +1148,7 @@ def reports_key(store: ResultStore, results: Sequence[TubeResult], thresholds: d
     payload = to_json([code_fingerprint("analysis", "report", "records.py"), keys,
                        sorted([list(k), v] for k, v in thresholds.items()),
                        [[e["id"], e["status"]] for e in store.run_corrections(run_id)],
+                       max((e["id"] for e in store.correction_log()), default=0),  # decisions since (review status)
                        [[r.tube.file, f.code, f.message] for r in results for f in r.flags]])
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
@@ -1318,6 +1326,7 @@ def load_run(out: Path | str, *, score: bool = True) -> StoredRun:
     """The last completed run of an output folder, from its results store (nothing is re-gated)."""
     from .gating.templates import load_template, parse_template
     from .review._log import mark_stale
+    from .review._status import mark_excluded
 
     out = Path(out)
     with ResultStore.in_folder(out, create=False) as store:
@@ -1345,6 +1354,7 @@ def load_run(out: Path | str, *, score: bool = True) -> StoredRun:
                       for e in considered if e["kind"] == "threshold" and e["status"] == "applied"}
         mark_implausible(results, store, template.population)
         mark_stale(results, [(e, e["note"] or "stale correction") for e in considered if e["status"] == "stale"])
+        mark_excluded(results, store.correction_log())
         scores = score_results(results, template, thresholds, store) if score else None
         return StoredRun(results=results, scores=scores, info=run_info(store, run["id"]), template=template,
                          run_id=int(run["id"]), notes=list(store.warnings))
@@ -1364,7 +1374,14 @@ def rerender(out: Path | str, patients: list[str] | None = None) -> tuple[list[P
                            expected=f"one of {', '.join(sorted(known))}")
     for note in stored.notes:
         print(f"warning: {note}", file=sys.stderr)
+    from .review._status import write_review_tables
+
     with RunLock(out), ResultStore.in_folder(out, create=False) as store:
+        sums = stored.info.get("checksums") or {}
+        about = about_sheet(stored.template, stored.info.get("command") or "",
+                            {f: v for f, v in sums.items() if ":" not in f},
+                            next((v for f, v in sums.items() if f.startswith("layout:")), "") or "", stored.run_id)
+        write_review_tables(out, store, stored, about)  # the review-status columns as the log has them now
         return render(Path(out), store, stored.results, stored.scores, stored.run_id, patients=patients,
                       population=stored.template.population)
 

@@ -34,7 +34,7 @@ def main() -> None:
                        reports=False))
         session = ReviewSession(f"{tmp}/out")
         tube = next(t for t in session.queue()["tubes"] if t["condition"] == "allergen")["id"]
-        gate = next(g for g in session.tube(tube)["gates"] if g["editable"])
+        gate = next(g for g in session.tube(tube)["gates"] if g["name"] == session.template.population)
         verts = np.asarray(gate["geometry"]["vertices"], dtype=float)
         session.regate(tube, gate["name"], {"type": "polygon", "vertices": verts.tolist()})
         rng = np.random.default_rng(0)

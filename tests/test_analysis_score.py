@@ -403,3 +403,36 @@ def test_default_tube_markers_repeat_the_cd63_columns():
                       ("pct_cd63_ci_low", "pct_positive_ci_low"), ("net_pct_cd63", "net_pct_positive"),
                       ("si_cd63", "si")):
         assert np.allclose(t.loc[tm.index, col].astype(float), tm[mine].astype(float), equal_nan=True), col
+
+
+def _excluded(r):
+    from bat_analysis.analysis.score import EXCLUDED_FLAG
+    from bat_analysis.records import Flag
+
+    return dataclasses.replace(r, flags=[*r.flags, Flag(EXCLUDED_FLAG, "fail", "excluded by A on 2026-01-01: x")])
+
+
+def test_a_tube_a_reviewer_excluded_keeps_its_row_and_is_used_for_nothing():
+    # a positive control: a non-releaser's anti-FcεRI tubes excluded leave no IgE-pathway control to judge
+    releaser = [r if r.tube.condition != "anti_fceri" else _excluded(_result(
+        r.tube.file, "P1", "anti_fceri", r.tube.pretreatment, _values(3.0))) for r in _patient()]
+    s = score_experiment(releaser, CFG)
+    assert not s.patients.iloc[0]["class_reason"].startswith("basophil non-releaser")
+    tubes = s.tubes.set_index("file")
+    assert tubes.loc["P1_none_fceri.fcs", "qc_status"] == "fail"
+    assert not math.isnan(tubes.loc["P1_none_fceri.fcs", "pct_cd63"])  # its numbers stay in its row
+    # the negative control: no reference (the arm takes the other arm's, flagged)
+    base = [_excluded(r) if r.tube.file == "P1_none_neg.fcs" else r for r in _patient()]
+    s = score_experiment(base, CFG)
+    assert s.references[("P1", "none")] == ("P1_omalizumab_neg.fcs",)
+    assert "THRESHOLD_FROM_OTHER_ARM" in s.tubes.set_index("file").loc["P1_none_a3.fcs", "qc_flags"]
+    # a replicate: not one of its group (the other keeps no replicate columns); an allergen tube: no fit point
+    by_file = {r.tube.file: r for r in _patient()}
+    noisy = "P1_none_a4.fcs"
+    results = [_replicate(r, "1") if r.tube.file == noisy else r for r in _patient()]
+    results.append(_excluded(_replicate(by_file[noisy], "2", "P1_none_a4_r2.fcs", _values(30.0))))
+    s = score_experiment(results, CFG)
+    tubes = s.tubes.set_index("file")
+    assert "replicate_cv_pct" not in tubes.columns  # no group left: no replicate columns
+    assert "REPLICATE_CV_HIGH" not in tubes.loc[noisy, "qc_flags"]
+    assert "P1_none_a4_r2.fcs" not in s.fits[("P1", "Bet v 1", "none")].files

@@ -62,7 +62,7 @@ def client(out: Path, reviewer: str | None = None) -> TestClient:
 
 def basophil_gate(c: TestClient, tube: int = 0) -> dict:
     t = c.get(f"/api/tubes/{tube}").json()
-    return next(g for g in t["gates"] if g["editable"])
+    return next(g for g in t["gates"] if g["name"] == t["population"])
 
 
 def shrunk(gate: dict) -> dict:
@@ -263,7 +263,7 @@ def test_edits_regate_from_the_cached_sample_not_the_file(out, monkeypatch):
     session = ReviewSession(out)
     session.samples.size = 2
     t = session.tube(0)
-    g = next(g for g in t["gates"] if g["editable"])
+    g = next(g for g in t["gates"] if g["name"] == t["population"])
     for _ in range(3):
         session.regate(0, g["name"], shrunk(g))
     assert len(reads) == 1  # read once, then from memory
@@ -399,3 +399,38 @@ def test_a_websocket_never_reaches_the_application():
              "headers": [(b"host", f"127.0.0.1:{PORT}".encode()), (b"cookie", f"{TOKEN_COOKIE}={TOKEN}".encode())]}
     asyncio.run(Guard(inner, token=TOKEN, port=PORT)(scope, receive, send))
     assert reached == [] and sent == [{"type": "websocket.close", "code": 1008}]
+
+
+def test_every_2d_polygon_and_range_gate_is_editable_and_a_range_side_regates(experiment, out):
+    from typer.testing import CliRunner
+
+    from bat_analysis.cli import app
+
+    c = client(out, reviewer="Jane Doe")
+    t = c.get("/api/tubes/0").json()
+    kinds = {g["name"]: (g["geometry"]["type"], g["editable"]) for g in t["gates"]}
+    assert all(editable for kind, editable in kinds.values() if kind == "polygon")
+    ranges = [g for g in t["gates"] if g["geometry"]["type"] == "range" and len(g["dims"]) == 2]
+    assert ranges and all(g["editable"] for g in ranges)
+    g = ranges[0]
+    i = next(k for k, v in enumerate(g["geometry"]["maxs"]) if v is not None)
+    lo = g["geometry"]["mins"][i] if g["geometry"]["mins"][i] is not None else g["extent"][2 * i]
+    maxs = list(g["geometry"]["maxs"])
+    maxs[i] = lo + 0.5 * (maxs[i] - lo)  # the side dragged halfway in
+    geo = {"type": "range", "mins": g["geometry"]["mins"], "maxs": maxs}
+    n = c.post("/api/tubes/0/regate", json={"gate": g["name"], "geometry": geo}, headers=SAME).json()
+    count = {x["name"]: x["count"] for x in n["gate_counts"]}
+    assert count[g["name"]] < g["count"]
+    assert n["geometry"] == {"type": "range", "mins": geo["mins"], "maxs": maxs}
+    bad = c.post("/api/tubes/0/regate", json={"gate": g["name"], "geometry": {"type": "range", "mins": [None],
+                                                                                "maxs": [1.0]}}, headers=SAME)
+    assert bad.status_code == 400 and bad.json()["field"] == "geometry"
+    assert c.post("/api/tubes/0/decision", json={"action": "correct", "reason": "debris edge", "gate": g["name"],
+                                                 "geometry": geo}, headers=SAME).status_code == 200
+    file = c.get("/api/tubes/0").json()["file"]
+    args = ["run", str(experiment.out_dir), "--layout", str(experiment.layout_path), "--out", str(out),
+            "--workers", "1", "--no-reports"]
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    tubes = pd.read_csv(out / "tubes.csv", keep_default_na=False).set_index("file")
+    assert tubes.loc[file, "review_status"] == "corrected" and tubes.loc[file, "n_basophils"] == n["n_basophils"]

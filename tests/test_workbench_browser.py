@@ -90,7 +90,7 @@ def test_drag_a_vertex_save_and_find_the_decision_after_a_restart(results, brows
     try:
         w = Watched(browser, bench)
         page = w.page
-        page.wait_for_selector("circle.vertex")
+        page.wait_for_selector("figure[data-gate=basophils] circle.vertex")
         # the reviewer's name, asked once
         page.fill("#reviewer-name", "Jane Doe")
         page.click("#reviewer-set")
@@ -101,14 +101,14 @@ def test_drag_a_vertex_save_and_find_the_decision_after_a_restart(results, brows
         if page.evaluate("state.tube.id") != tube_id:
             page.click(f'#queue li[data-id="{tube_id}"]')
             until(page, f"state.tube && state.tube.id === {tube_id}")
-        page.wait_for_selector("circle.vertex")
+        page.wait_for_selector("figure[data-gate=basophils] circle.vertex")
         before = int(page.text_content("#n-basophils"))
-        page.locator("figure.gate.editable").scroll_into_view_if_needed()
+        page.locator("figure[data-gate=basophils]").scroll_into_view_if_needed()
         # drag every vertex of the gate halfway towards its centre, with the mouse
-        n = page.locator("circle.vertex").count()
+        n = page.locator("figure[data-gate=basophils] circle.vertex").count()
         for i in range(n):  # positions read anew each time: the patient's box above may have grown
             until(page, "!document.getElementById('patient').textContent.includes('scoring')")
-            boxes = [page.locator("circle.vertex").nth(k).bounding_box() for k in range(n)]
+            boxes = [page.locator("figure[data-gate=basophils] circle.vertex").nth(k).bounding_box() for k in range(n)]
             cx = sum(b["x"] + b["width"] / 2 for b in boxes) / n
             cy = sum(b["y"] + b["height"] / 2 for b in boxes) / n
             x, y = boxes[i]["x"] + boxes[i]["width"] / 2, boxes[i]["y"] + boxes[i]["height"] / 2
@@ -121,16 +121,16 @@ def test_drag_a_vertex_save_and_find_the_decision_after_a_restart(results, brows
         after = int(page.text_content("#n-basophils"))
         assert after < before
         # a corner added on an edge (double-click), then removed (right-click): same gate, same count
-        a, b = (page.locator("circle.vertex").nth(i).bounding_box() for i in (0, 1))
+        a, b = (page.locator("figure[data-gate=basophils] circle.vertex").nth(i).bounding_box() for i in (0, 1))
         mx = (a["x"] + b["x"] + a["width"]) / 2
         my = (a["y"] + b["y"] + a["height"]) / 2
         page.mouse.dblclick(mx, my)
-        until(page, f"document.querySelectorAll('circle.vertex').length === {n + 1}")
+        until(page, f"document.querySelectorAll('figure[data-gate=basophils] circle.vertex').length === {n + 1}")
         until(page, "document.getElementById('message').textContent.startsWith('re-gated')")
         page.evaluate("document.getElementById('message').textContent = ''")
-        added = page.locator('circle.vertex[data-index="1"]').bounding_box()
+        added = page.locator('figure[data-gate=basophils] circle.vertex[data-index="1"]').bounding_box()
         page.mouse.click(added["x"] + added["width"] / 2, added["y"] + added["height"] / 2, button="right")
-        until(page, f"document.querySelectorAll('circle.vertex').length === {n}")
+        until(page, f"document.querySelectorAll('figure[data-gate=basophils] circle.vertex').length === {n}")
         until(page, "document.getElementById('message').textContent.startsWith('re-gated')")
         assert int(page.text_content("#n-basophils")) == after
         # the patient is scored again with the edit: its class per allergen
@@ -153,6 +153,7 @@ def test_drag_a_vertex_save_and_find_the_decision_after_a_restart(results, brows
         w = Watched(browser, bench)
         page = w.page
         page.wait_for_selector("#queue li")
+        until(page, "state.queue.length > 0")  # the page's script is running
         page.click(f'#queue li[data-id="{tube_id}"]')
         until(page, f"state.tube && state.tube.id === {tube_id}")
         page.wait_for_selector("#history li")
@@ -205,3 +206,222 @@ def test_drag_a_vertex_save_and_find_the_decision_after_a_restart(results, brows
         ("threshold", "apply", "Jane Doe")]
     assert log[-1]["value"] < log[-1]["before"] and log[-1]["reason"] == "bimodal negative control"
     assert log[-1]["file"] != log[0]["file"] and nxt != tube_id
+
+
+# ------------------------------------------------------------------------------------------------ a session
+@pytest.fixture(scope="module")
+def small_plate(tmp_path_factory):
+    """One patient, one arm, five tubes (negative control, anti-FcεRI, fMLP, two allergen concentrations)."""
+    from bat_analysis.pipeline import RunOptions, run
+    from bat_analysis.simulate import simulate_experiment
+
+    exp = simulate_experiment(tmp_path_factory.mktemp("wbs_data"), n_patients=1, n_events=4000, seed=8,
+                              n_concentrations=2, arms=("none",))
+    out = tmp_path_factory.mktemp("wbs_out")
+    run(RunOptions(data_dir=exp.out_dir, layout=exp.layout_path, out=out, workers=1, quiet=True, reports=False))
+    return exp, out
+
+
+def message(page) -> str:
+    return page.evaluate("document.getElementById('message').textContent")
+
+
+def open_tube(page, file: str) -> int:
+    until(page, "state.queue.length > 0")  # the queue's rows are in the page before the script has read it
+    tube = page.evaluate(f"state.queue.find((t) => t.file === {file!r}).id")
+    if page.evaluate("state.current") != tube:  # a click on the open tube would open it again
+        page.click(f'#queue li[data-id="{tube}"]')
+    until(page, f"state.tube && state.tube.id === {tube} && document.getElementById('tube-title').textContent"
+                f" === {file!r}")
+    until(page, "!document.getElementById('patient').textContent.includes('scoring')")
+    return tube
+
+
+def drag(page, selector: str, dx: float, dy: float, expect: str = "re-gated") -> None:
+    """Drag the element with the mouse by (dx, dy) pixels and wait for the page to say ``expect``."""
+    page.evaluate("document.getElementById('message').textContent = ''")
+    page.locator(selector).scroll_into_view_if_needed()
+    box = page.locator(selector).bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + dx, y + dy, steps=6)
+    page.mouse.up()
+    until(page, f"document.getElementById('message').textContent.startsWith({expect!r})")
+
+
+def decide(page, button: str, reason: str, expect: str) -> None:
+    page.fill("#reason", reason)
+    page.click(button)
+    until(page, f"document.getElementById('message').textContent === {expect!r}")
+
+
+def inward(page, gate: str, i: int) -> tuple[float, float]:
+    """Pixels that move corner ``i`` of a gate a third of the way to the gate's centre."""
+    n = page.locator(f"figure[data-gate={gate}] circle.vertex").count()
+    boxes = [page.locator(f"figure[data-gate={gate}] circle.vertex").nth(k).bounding_box() for k in range(n)]
+    cx, cy = sum(b["x"] for b in boxes) / n, sum(b["y"] for b in boxes) / n
+    return (cx - boxes[i]["x"]) / 3, (cy - boxes[i]["y"]) / 3
+
+
+def test_a_session_of_ten_decisions_survives_a_restart_and_a_rerun(small_plate, browser, tmp_path):
+    """Ten decisions made with the mouse and keyboard, each with its reason: two basophil-gate corrections of
+    one tube (the second replaces the first), a range gate's side dragged, a cells-gate corner dragged, the
+    CD63 threshold dragged, an exclusion, two accepts, a revert, the patient's sign-off. A new launch shows
+    them all; a plain ``bat run`` on the folder applies them (counts, threshold, review columns)."""
+    from typer.testing import CliRunner
+
+    import pandas as pd
+    from bat_analysis.cli import app
+    from bat_analysis.store import ResultStore
+
+    exp, results = small_plate
+    out = tmp_path / "out"
+    shutil.copytree(results, out)
+    low, high = "P01_none_allergen_birch_0.01.fcs", "P01_none_allergen_birch_100.fcs"
+    neg, fmlp, fceri = "P01_none_negative_control.fcs", "P01_none_fmlp.fcs", "P01_none_anti_fceri.fcs"
+    reasons = {}
+    bench = start(out, reviewer="Jane Doe")
+    try:
+        w = Watched(browser, bench)
+        page = w.page
+        page.wait_for_selector("#queue li")
+        until(page, "state.tube !== null")
+        # 1, 2: the basophil gate of the high-concentration tube, corrected twice
+        open_tube(page, high)
+        for k, why in ((0, "eosinophils were included"), (1, "still too wide at the top")):
+            dx, dy = inward(page, "basophils", k)
+            drag(page, f"figure[data-gate=basophils] circle.vertex[data-index=\"{k}\"]", dx, dy)
+            shown = int(page.text_content("#n-basophils"))
+            decide(page, "#save", why, "correct saved")
+            reasons.setdefault(high, []).append(why)
+        high_count = int(page.text_content("#n-basophils"))
+        assert high_count == shown
+        # 3: the margin gate's (a range) right side dragged to the left
+        open_tube(page, low)
+        margin_before = page.evaluate("state.tube.gate_counts.find((g) => g.name === 'margin').count")
+        drag(page, "figure[data-gate=margin] line.side[data-side=xmax]", -60, 0)
+        assert page.evaluate("state.edited.type") == "range"
+        decide(page, "#save", "debris at the high FSC edge", "correct saved")
+        reasons[low] = ["debris at the high FSC edge"]
+        assert page.evaluate("state.tube.gate_counts.find((g) => g.name === 'margin').count") < margin_before
+        # 4: the CD63 threshold dragged on the negative control; 5: its cells gate corrected
+        open_tube(page, neg)
+        drag(page, "line.threshold.draggable", -50, 0, expect="threshold moved")
+        decide(page, "#save-threshold", "bimodal negative control", "threshold saved")
+        dx, dy = inward(page, "cells", 0)
+        drag(page, "figure[data-gate=cells] circle.vertex[data-index=\"0\"]", dx, dy)
+        decide(page, "#save", "cells gate cut into the lymphocytes", "correct saved")
+        reasons[neg] = ["bimodal negative control", "cells gate cut into the lymphocytes"]
+        # 6: fMLP excluded; 7: anti-FcεRI accepted
+        open_tube(page, fmlp)
+        decide(page, "#exclude", "sample clotted", "exclude saved")
+        reasons[fmlp] = ["sample clotted"]
+        open_tube(page, fceri)
+        decide(page, "#accept", "checked against the plate map", "accept saved")
+        reasons[fceri] = ["checked against the plate map"]
+        # 8: the margin correction reverted; 9: the tube accepted with the keyboard
+        open_tube(page, low)
+        decide(page, "#revert", "the automated margin was right", "revert saved")
+        page.fill("#reason", "automated gates fine")
+        page.evaluate("document.activeElement.blur()")  # keys act when no field has the focus
+        page.keyboard.press("a")
+        until(page, "document.getElementById('message').textContent === 'accept saved'")
+        reasons[low] += ["the automated margin was right", "automated gates fine"]
+        # 10: the patient signed off
+        decide(page, "#signoff", "reviewed and approved by JD", "patient P01 signed off")
+        assert "0 left to review" in page.text_content("#counts")
+        assert w.errors == [] and w.foreign == []
+        w.close()
+    finally:
+        bench.stop()
+    with ResultStore.in_folder(out, create=False) as store:
+        log = store.correction_log()
+    # the 10 decisions (a saved gate correction is logged with the tube's acceptance; a revert withdraws both)
+    assert [(e["kind"], e["action"]) for e in log] == [
+        ("gate", "apply"), ("tube", "accept"), ("gate", "apply"), ("tube", "accept"),
+        ("gate", "apply"), ("tube", "accept"),
+        ("threshold", "apply"), ("gate", "apply"), ("tube", "accept"),
+        ("tube", "exclude"), ("tube", "accept"),
+        ("gate", "withdraw"), ("tube", "withdraw"), ("tube", "accept"),
+        ("patient", "signoff")]
+    assert {e["reviewer"] for e in log} == {"Jane Doe"}
+
+    def check_page(expect_count: int) -> None:
+        bench = start(out)
+        try:
+            w = Watched(browser, bench)
+            page = w.page
+            page.wait_for_selector("#queue li")
+            assert "0 left to review" in page.text_content("#counts")
+            for file, whys in reasons.items():
+                open_tube(page, file)
+                page.wait_for_selector("#history li")
+                history = page.text_content("#history")
+                for why in whys:
+                    if why != "bimodal negative control":  # a threshold is the patient's, not the tube's
+                        assert why in history, (file, why)
+                assert "patient signed off by Jane Doe" in page.text_content("#tube-meta")
+            open_tube(page, high)
+            assert int(page.text_content("#n-basophils")) == expect_count
+            assert "corrected: basophils" in page.text_content("#tube-meta")
+            open_tube(page, fmlp)
+            assert "review: excluded" in page.text_content("#tube-meta")
+            assert w.errors == [] and w.foreign == []
+            w.close()
+        finally:
+            bench.stop()
+
+    check_page(high_count)  # a restart: everything is read back from the log
+    args = ["run", str(exp.out_dir), "--layout", str(exp.layout_path), "--out", str(out), "--workers", "1",
+            "--no-reports"]
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "3 reviewer corrections from the store applied." in again.output
+    tubes = pd.read_csv(out / "tubes.csv", keep_default_na=False).set_index("file")
+    assert tubes.loc[high, "n_basophils"] == high_count
+    assert dict(tubes["review_status"]) == {high: "corrected", low: "accepted", neg: "corrected",
+                                            fmlp: "excluded", fceri: "accepted"}
+    assert set(tubes["reviewed_by"]) == {"Jane Doe"}
+    assert tubes.loc[fmlp, "qc_status"] == "fail" and "EXCLUDED_BY_REVIEWER" in tubes.loc[fmlp, "qc_flags"]
+    threshold = next(e for e in log if e["kind"] == "threshold")["value"]
+    assert list(tubes["cd63_threshold"]) == pytest.approx([threshold] * 5, rel=1e-6)
+    patients = pd.read_csv(out / "patients.csv", keep_default_na=False)
+    assert set(patients["signed_off_by"]) == {"Jane Doe"}
+    check_page(high_count)  # and after the re-run, the same
+
+
+def test_a_row_clicked_before_the_queue_is_read_opens_and_stays_open(small_plate, browser, tmp_path, monkeypatch):
+    """The queue's rows are in the page before the script has read the queue: a click on one then opens
+    that tube, and the first tube of the queue does not replace it when the queue arrives (slowed here)."""
+    import time
+
+    from bat_analysis.workbench._session import ReviewSession
+
+    real = ReviewSession.queue
+
+    def slow(self, **filters):
+        if filters:  # the API's call (the page itself is built with an unfiltered one)
+            time.sleep(2.0)
+        return real(self, **filters)
+
+    monkeypatch.setattr(ReviewSession, "queue", slow)
+    _, results = small_plate
+    bench = start(results)
+    try:
+        w = Watched(browser, bench)
+        page = w.page
+        page.wait_for_selector("body[data-ready]")
+        assert page.evaluate("state.queue.length") == 0  # not read yet
+        rows = page.locator("#queue li")
+        last = rows.nth(rows.count() - 1).get_attribute("data-id")
+        assert last != rows.nth(0).get_attribute("data-id")
+        rows.nth(rows.count() - 1).click()
+        until(page, "state.queue.length > 0")
+        until(page, f"state.tube && state.tube.id === {int(last)}")
+        page.wait_for_timeout(300)
+        assert page.evaluate("state.tube.id") == int(last) and page.evaluate("state.current") == int(last)
+        assert w.errors == [] and w.foreign == []
+        w.close()
+    finally:
+        bench.stop()

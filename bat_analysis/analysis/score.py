@@ -9,6 +9,11 @@ Same inputs → same numbers; rows sorted by patient, arm, condition, concentrat
 Words: an **arm** is the part of a patient's tubes that had one pretreatment (``none`` or ``omalizumab``).
 "arm" is the word for this concept in the analysis code; "pretreatment" is only the name of the layout and
 table column (``pretreatment``, what users see) and of the ``TubeSpec`` field that holds a tube's arm.
+
+A tube a reviewer excluded carries the fail flag ``EXCLUDED_BY_REVIEWER`` (:data:`EXCLUDED_FLAG`, set by
+:func:`bat_analysis.review._status.mark_excluded`): it keeps its row and numbers in the tubes table (QC status
+fail) but is used for nothing else -- not as a negative-control reference, not in a dose response, not as a
+positive control.
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ from bat_analysis.errors import AnalysisError
 from bat_analysis.records import CONDITIONS, PRETREATMENTS, Flag, TubeResult
 
 NAN = float("nan")
+EXCLUDED_FLAG = "EXCLUDED_BY_REVIEWER"
+
+
+def excluded_by_reviewer(r: TubeResult) -> bool:
+    """Whether a reviewer excluded the tube from scoring (it carries :data:`EXCLUDED_FLAG`)."""
+    return any(f.code == EXCLUDED_FLAG for f in r.flags)
 
 TUBE_COLUMNS = ("file", "patient", "condition", "allergen", "concentration", "pretreatment", "n_events",
                 "n_basophils", "cd63_threshold", "pct_cd63", "net_pct_cd63", "si_cd63", "cd203c_mfi",
@@ -190,7 +201,7 @@ def score_experiment(results: Sequence[TubeResult], config: AnalysisConfig | Non
     qcs: dict[str, TubeQc] = {}
     arm_states: dict[tuple[str, str], _ArmState] = {}
     for patient, tubes in by_patient.items():
-        negatives = [r for r in tubes if r.tube.condition == "negative_control"]
+        negatives = [r for r in tubes if r.tube.condition == "negative_control" and not excluded_by_reviewer(r)]
         for arm in sorted({r.tube.pretreatment for r in tubes}, key=lambda a: (_arm_order(a), a)):
             state = _arm_reference(patient, arm, negatives, cfg, overrides.get((patient, arm)), thresholds)
             arm_states[(patient, arm)] = state
@@ -199,7 +210,7 @@ def score_experiment(results: Sequence[TubeResult], config: AnalysisConfig | Non
                 if r.ok and state.reference.thresholds:
                     metrics[r.tube.file] = tube_metrics(r.basophil_values, r.n_basophils, state.reference, cfg)
             fmlp = [metrics[r.tube.file].get(act) for r in arm_tubes
-                    if r.tube.condition == "fmlp" and r.tube.file in metrics]
+                    if r.tube.condition == "fmlp" and r.tube.file in metrics and not excluded_by_reviewer(r)]
             fmlp = [m for m in fmlp if m is not None and not math.isnan(m.pct)]
             fmlp_ok = any(fmlp_positive(m, cfg.qc) for m in fmlp) if fmlp else None
             for r in arm_tubes:
@@ -298,7 +309,8 @@ def _control_metric(tubes: Sequence[TubeResult], condition: str, arm: str, metri
                     act: str) -> list[Any]:
     out = []
     for r in tubes:
-        if r.tube.condition == condition and r.tube.pretreatment == arm and r.tube.file in metrics:
+        if (r.tube.condition == condition and r.tube.pretreatment == arm and r.tube.file in metrics
+                and not excluded_by_reviewer(r)):
             m = metrics[r.tube.file].get(act)
             if m is not None and not math.isnan(m.pct):
                 out.append(m)
@@ -549,6 +561,8 @@ def _replicate_groups(ordered: Sequence[TubeResult], metrics: Mapping[str, TubeM
     act = cfg.markers.primary_marker
     groups: dict[tuple[Any, ...], _ReplicateGroup] = {}
     for r in ordered:
+        if excluded_by_reviewer(r):  # a reviewer's exclusion is no replicate of the others
+            continue
         t = r.tube
         conc: Any = None
         if t.condition == "allergen" and t.concentration is not None:

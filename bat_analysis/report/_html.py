@@ -176,6 +176,11 @@ def _tube_section(tube: TubeView, *, link: str | None = None, files: bool = Fals
         refs = ", ".join(tube.negative_files) or "none"
         thr = (f'<div class="muted">threshold {escape(fmt_value(tube.threshold))} ({escape(tube.threshold_method or "")}), '
                f"negative control: {escape(refs)}</div>")
+    review = str(tube.row.get("review_status") or "")  # tubes.csv's review columns (bat review's decisions)
+    if files and review:
+        by, at = str(tube.row.get("reviewed_by") or ""), str(tube.row.get("reviewed_at") or "")
+        adj += (f'<div class="review">review: {escape(review.replace("_", " "))}'
+                f'{" by " + escape(by) if by else ""}{" on " + escape(at) if at else ""}</div>')
     if files:  # gallery: thumbnails, each opening the full-size image
         imgs = "".join(f'<a href="{escape(src)}" target="_blank">'
                        + img_tag(p, alt=f"{tube.result.tube.file}: {p.kind} {p.title}", src=src,
@@ -184,7 +189,7 @@ def _tube_section(tube: TubeView, *, link: str | None = None, files: bool = Fals
     else:
         imgs = "".join(img_tag(p, alt=f"{tube.result.tube.file}: {p.kind} {p.title}") for p in tube.images)
     return (f'<div class="tube{adjusted}" id="{escape(tube.anchor)}" data-patient="{escape(tube.result.tube.patient)}" '
-            f'data-flags="{escape(flags)}" data-status="{escape(tube.qc_status)}">'
+            f'data-flags="{escape(flags)}" data-status="{escape(tube.qc_status)}" data-review="{escape(review)}">'
             f"<h3>{head}</h3>{adj}{thr}{_flag_items(tube)}<div class=\"imgs\">{imgs}</div></div>")
 
 

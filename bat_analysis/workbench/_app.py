@@ -19,7 +19,8 @@ Routes: ``GET /`` the page; ``GET /static/workbench.js|workbench.css``; ``GET /a
 ``GET /api/tubes/{id}/history``; ``POST /api/tubes/{id}/regate`` (``{gate, geometry}``);
 ``POST /api/tubes/{id}/decision`` (``{action: accept|correct|exclude|revert|threshold, reason, gate,
 geometry, threshold}``);
-``POST /api/tubes/{id}/patient`` (``{gate, geometry}`` or ``{threshold}``: the patient's classes stored and
+``POST /api/tubes/{id}/patient`` (``{gate, geometry}`` or ``{threshold}``: the patient's classes and
+dose-response curves -- measured points and fitted 4PL per arm, as numbers the page draws -- stored and
 with the edit); ``GET /api/tubes/{id}/histogram`` (the activation marker, display scale, with the
 threshold); ``POST /api/tubes/{id}/threshold`` (``{threshold}`` on the display scale: this tube's %CD63+);
 ``POST /api/patients/signoff`` (``{patient, action: signoff|withdraw, reason}``);

@@ -1,5 +1,6 @@
 """What the review workbench knows of one results folder: its last completed run, the review state derived
-from the store's corrections log, and re-gating a tube with an edited gate.
+from the store's corrections log, and re-gating a tube with an edited gate (any 2-D polygon or range gate
+drawn over its density: :data:`EDITABLE_TYPES`; the geometry is checked as a correction's is).
 
 A tube is addressed by its number in the run (``tube_id``: its position in the run's sorted input files),
 never by a path: the only files read are the results store and the run's own input FCS files (resolved
@@ -10,13 +11,15 @@ out), so that an edit re-gates from the events in memory (compensation of the ga
 after the edited one) instead of reading and decoding the file again.
 
 A re-gated tube is checked against its automated result (:mod:`bat_analysis.gating._plausibility`), and
-the patient can be scored again with the edit (:meth:`ReviewSession.patient_preview`: its class per
-allergen; nothing is stored).
+the patient can be scored again with the edit (:meth:`ReviewSession.patient_preview`: its class and its
+arms' dose-response points and fitted curves per allergen, :func:`curve_data`; nothing is stored).
 
 Decisions (accept, correct, exclude, revert; sign off a patient) are appended to the corrections log
 (:meth:`ResultStore.append_corrections`); the state shown is derived from the log each time
-(:func:`review_state`). A gate correction is applied by every later ``bat run``; accept, exclude and
-sign-off are kept as the reviewer's record (kinds ``tube`` and ``patient``).
+(:func:`bat_analysis.review._status.review_state`). A gate or threshold correction is applied by every later
+``bat run``; an exclusion drops the tube from scoring (here at once, in the patient preview; in ``bat report``
+and ``bat run``); accept, exclude and sign-off reach the tables' review-status columns
+(:mod:`bat_analysis.review._status`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,9 +34,11 @@ import numpy as np
 
 from ..errors import BatError
 from ..records import Flag, TubeResult
+from ..review._status import TubeState, review_state, signoffs
 from ..store import ResultStore
 
 QUEUE_ORDER = ("failed", "flagged", "unreviewed", "reviewed")
+EDITABLE_TYPES = ("polygon", "range")  # drawn over a 2-D density: corners or sides draggable
 SOURCE = "bat review"
 
 
@@ -66,38 +70,6 @@ class SampleCache:
         return len(self._items)
 
 
-@dataclass
-class TubeState:
-    """The review state of one tube derived from the corrections log."""
-
-    decision: str | None = None  # accept | exclude | None
-    decision_entry: dict[str, Any] | None = None
-    gates: dict[str, dict[str, Any]] = field(default_factory=dict)  # gate -> the active correction entry
-
-    @property
-    def status(self) -> str:
-        if self.decision == "exclude":
-            return "excluded"
-        return "reviewed" if self.decision or self.gates else "unreviewed"
-
-
-def review_state(log: list[dict[str, Any]]) -> dict[str, TubeState]:
-    """Per tube file, its state after every entry of the log (the latest entry per target wins)."""
-    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for e in log:
-        latest[e["target"]] = e
-    out: dict[str, TubeState] = {}
-    for (kind, a, b), e in latest.items():
-        if kind in ("threshold", "patient"):
-            continue
-        st = out.setdefault(a, TubeState())
-        if kind == "tube" and e["action"] in ("accept", "exclude"):
-            st.decision, st.decision_entry = e["action"], e
-        elif kind == "gate" and e["action"] == "apply":
-            st.gates[b] = e
-    return out
-
-
 MAX_REASON = 2000
 
 
@@ -115,14 +87,20 @@ def _finite(x: Any) -> float | None:
 
 
 def view_extent(g: Any) -> list[float]:
-    """The plotting window of a 2-D gate: its density's bin edges, widened to hold the polygon's vertices
-    (with a 3 % margin), as [x0, x1, y0, y1] in the gate's plotting coordinates."""
+    """The plotting window of a 2-D gate: its density's bin edges, widened to hold the polygon's vertices or
+    the range's finite limits (with a 3 % margin), as [x0, x1, y0, y1] in the gate's plotting coordinates."""
     ex, ey = (np.asarray(e, dtype=float) for e in g.density_edges)
     xs, ys = [float(ex[0]), float(ex[-1])], [float(ey[0]), float(ey[-1])]
     for v in g.geometry.get("vertices") or ():
         if len(v) == 2 and all(_finite(c) is not None for c in v):
             xs.append(float(v[0]))
             ys.append(float(v[1]))
+    if g.geometry.get("type") == "range":  # a range's finite sides
+        for side in ("mins", "maxs"):
+            limits = list(g.geometry.get(side) or ())
+            if len(limits) == 2:
+                xs += [float(limits[0])] if _finite(limits[0]) is not None else []
+                ys += [float(limits[1])] if _finite(limits[1]) is not None else []
     x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
     if (x0, y0) == (float(ex[0]), float(ey[0])) and (x1, y1) == (float(ex[-1]), float(ey[-1])):
         return [x0, x1, y0, y1]
@@ -142,6 +120,42 @@ def _class_rows(patients: Any, patient: str) -> list[dict[str, Any]]:
                      "auc_inhibition_pct": _finite(row.get("auc_inhibition_pct")),
                      "cd_max_none": _finite(row.get("cd_max_none"))})
     return rows
+
+
+CURVE_POINTS = 60
+
+
+def curve_data(fit: Any) -> dict[str, Any]:
+    """One arm's dose response as numbers to draw: the measured points (concentration, %, used in the
+    fit or not, the tube), the fitted 4PL at ``CURVE_POINTS`` concentrations over the points' range (a
+    tenth of it beyond each end; empty when not fitted) and the EC50 (None unless accepted)."""
+    conc = np.asarray(fit.concentrations, dtype=float)
+    y = np.asarray(fit.y, dtype=float)
+    used = np.asarray(fit.used, dtype=bool) if np.size(fit.used) == conc.size else np.ones(conc.size, bool)
+    files = list(fit.files) if len(fit.files) == conc.size else [""] * conc.size
+    points = [{"conc": float(c), "pct": _finite(v), "used": bool(u), "file": str(f)}
+              for c, v, u, f in zip(conc, y, used, files) if _finite(c) is not None and c > 0]
+    curve: list[list[float]] = []
+    if fit.fitted and points:
+        lx = np.log10([p["conc"] for p in points])
+        pad = 0.1 * ((lx.max() - lx.min()) or 1.0)
+        xs = np.linspace(lx.min() - pad, lx.max() + pad, CURVE_POINTS)
+        curve = [[float(10.0 ** x), float(v)] for x, v in zip(xs, fit.curve(xs)) if math.isfinite(v)]
+    return {"arm": fit.arm, "unit": fit.unit or "", "status": fit.status, "points": points, "curve": curve,
+            "ec50": _finite(fit.ec50) if fit.status == "ok" else None}
+
+
+def _curves(fits: Mapping[tuple[str, str, str], Any], patient: str,
+            stored: Mapping[tuple[str, str, str], Any]) -> list[dict[str, Any]]:
+    """Per allergen of one patient (sorted), its arms' dose responses now and as stored (None: no such fit)."""
+    keys = [k for k in list(fits) + list(stored) if k[0] == patient]
+    out = []
+    for allergen in sorted({a for _, a, _ in keys}):
+        arms = sorted({arm for _, a, arm in keys if a == allergen}, key=lambda a: (a != "none", a))
+        out.append({"allergen": allergen, "arms": [
+            {"arm": arm, **{name: curve_data(src[(patient, allergen, arm)]) if (patient, allergen, arm) in src else None
+                            for name, src in (("now", fits), ("stored", stored))}} for arm in arms]})
+    return out
 
 
 def _signoff_text(entry: Mapping[str, Any] | None) -> str | None:
@@ -276,8 +290,8 @@ class ReviewSession:
         gates = []
         for k, g in enumerate(r.gates):
             edges = [np.asarray(e, dtype=float).tolist() for e in (g.density_edges or ())]
-            editable = (g.name == self.template.population and g.geometry.get("type") == "polygon"
-                        and len(g.dims) == 2 and len(edges) == 2)
+            editable = (g.geometry.get("type") in EDITABLE_TYPES and len(g.dims) == 2 and len(edges) == 2
+                        and g.density is not None)
             geometry = st.gates[g.name]["value"] if g.name in st.gates else g.geometry
             gates.append({"index": k, "name": g.name, "parent": g.parent, "dims": list(g.dims),
                           "geometry": geometry, "count": g.count, "parent_count": g.parent_count,
@@ -286,9 +300,9 @@ class ReviewSession:
                           "automated": g.geometry if g.name not in st.gates else st.gates[g.name]["before"]})
         t = r.tube
         row = self._rows.get(t.file) or {}
-        # a correction made since the last run: show the tube as the next run will gate it
-        numbers = (self._checked_numbers(r, self._regated(r), set(st.gates)) if st.gates and r.error is None
-                   else self.numbers(r))
+        # a correction or exclusion made since the last run: show the tube as the next run will score it
+        numbers = (self._checked_numbers(r, self._as_decided(self._regated(r), st), set(st.gates))
+                   if st.gates and r.error is None else self.numbers(self._as_decided(r, st)))
         return {"id": tube_id, "file": t.file, "patient": t.patient, "pretreatment": t.pretreatment,
                 "condition": t.condition, "allergen": t.allergen, "concentration": _finite(t.concentration),
                 "unit": t.unit, "error": r.error, "population": self.template.population, "gates": gates,
@@ -346,7 +360,8 @@ class ReviewSession:
             checked = check_geometry("geometry", geometry, n_dims, problems)
             if checked is None:
                 raise ReviewError("the edited gate is not a valid geometry: " + "; ".join(problems)[:400],
-                                  field="geometry", expected="a polygon in the gate's plotting coordinates")
+                                  field="geometry",
+                                  expected="the gate's polygon vertices or range limits in its plotting coordinates")
             geos[gate] = checked
         return {name: build_gate(self.template, name, geo) for name, geo in geos.items()}, checked
 
@@ -444,11 +459,27 @@ class ReviewSession:
         return {"threshold": value, "pct_cd63": self.pct_cd63(r, value), "before": self.threshold(r)}
 
     # ------------------------------------------------------------------ the patient
+    def _as_decided(self, r: TubeResult, st: TubeState) -> TubeResult:
+        """The result as scoring sees it now: flagged ``EXCLUDED_BY_REVIEWER`` when its latest decision is an
+        exclusion, without that flag when the exclusion was reverted since the run."""
+        from dataclasses import replace
+
+        from ..analysis.score import EXCLUDED_FLAG, excluded_by_reviewer
+        from ..review._status import exclusion_message
+
+        if st.decision == "exclude" and not excluded_by_reviewer(r):
+            return replace(r, flags=[*r.flags, Flag(EXCLUDED_FLAG, "fail", exclusion_message(st.decision_entry or {}))])
+        if st.decision != "exclude" and excluded_by_reviewer(r):
+            return replace(r, flags=[f for f in r.flags if f.code != EXCLUDED_FLAG])
+        return r
+
     def patient_preview(self, tube_id: int, gate: str | None = None,
                         geometry: Mapping[str, Any] | None = None, threshold: Any = None) -> dict[str, Any]:
-        """The patient's classification per allergen as stored, and with the tube's edited gate or a
-        threshold dragged on its histogram (``threshold``, display scale; and every gate correction of the
-        patient's tubes made since the run): the patient's tubes scored again."""
+        """The patient's classification and dose-response curves per allergen as stored, and with the
+        tube's edited gate or a threshold dragged on its histogram (``threshold``, display scale; and every
+        gate correction and exclusion of the patient's tubes made since the run): the patient's tubes
+        scored again. ``curves``: per allergen, per arm, the measured points and the fitted 4PL curve
+        (:func:`curve_data`), now and as stored."""
         from ..analysis.score import score_experiment
 
         r = self.result(tube_id)
@@ -458,20 +489,23 @@ class ReviewSession:
         for other in self.results:
             if other.tube.patient != patient:
                 continue
+            st = states.get(other.tube.file, TubeState())
             if other is r and gate is not None:
                 _, checked = self.overrides_for(r, gate, geometry)
-                group.append(self._regated(r, gate, checked))
-            elif states.get(other.tube.file, TubeState()).gates and other.error is None:
-                group.append(self._regated(other))
+                now = self._regated(r, gate, checked)
+            elif st.gates and other.error is None:
+                now = self._regated(other)
             else:
-                group.append(other)
+                now = other
+            group.append(self._as_decided(now, st))
         thresholds = {k: v for k, v in self._thresholds().items() if k[0] == patient}
         if threshold is not None:  # dragged on the histogram (display scale): for this tube's arm
             thresholds[(patient, r.tube.pretreatment)] = self.threshold_from_scale(tube_id, threshold)
         scores = score_experiment(group, self.config, threshold_overrides=thresholds or None)
-        stored = self.stored.scores.patients if self.stored.scores is not None else None
+        stored = self.stored.scores
         return {"patient": patient, "now": _class_rows(scores.patients, patient),
-                "stored": _class_rows(stored, patient) if stored is not None else []}
+                "stored": _class_rows(stored.patients, patient) if stored is not None else [],
+                "curves": _curves(scores.fits, patient, stored.fits if stored is not None else {})}
 
     # ------------------------------------------------------------------ decisions
     def decide(self, tube_id: int, action: str, *, reviewer: str, reason: str = "",
@@ -543,12 +577,7 @@ class ReviewSession:
     def signoffs(self) -> dict[str, dict[str, Any]]:
         """Per patient signed off (and not withdrawn since), its sign-off entry."""
         with self._store() as store:
-            log = store.correction_log()
-        latest: dict[str, dict[str, Any]] = {}
-        for e in log:
-            if e["kind"] == "patient":
-                latest[e["patient"]] = e
-        return {p: e for p, e in latest.items() if e["action"] == "signoff"}
+            return signoffs(store.correction_log())
 
     def sign_off(self, patient: str, *, reviewer: str, reason: str = "", withdraw: bool = False) -> list[int]:
         """Sign a patient off ("reviewed and approved": every tube of it reviewed), or withdraw the sign-off

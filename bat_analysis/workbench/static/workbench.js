@@ -68,7 +68,6 @@ async function loadQueue() {
       el("span", { class: "file", text: t.file }), " ",
       el("span", { class: "who", text: `${t.patient} · ${t.pretreatment} · ${t.condition}` }), " ",
       el("span", { class: "state", text: t.review === "unreviewed" ? t.group : t.review }));
-    li.addEventListener("click", () => openTube(t.id));
     return li;
   }));
 }
@@ -100,7 +99,7 @@ function gateFigure(g) {
   const py = (y) => SIZE - ((y - y0) / (y1 - y0)) * SIZE;
   const dx = (p) => x0 + (p / SIZE) * (x1 - x0);
   const dy = (p) => y0 + ((SIZE - p) / SIZE) * (y1 - y0);
-  const fig = el("figure", { class: "gate" + (g.editable ? " editable" : "") });
+  const fig = el("figure", { class: "gate" + (g.editable ? " editable" : ""), "data-gate": g.name });
   const stage = el("div", { class: "stage" });
   const img = el("img", { src: `/api/tubes/${state.tube.id}/gates/${g.index}/density.png`, width: String(SIZE),
                           height: String(SIZE), alt: `density of ${g.parent || "all events"}` });
@@ -109,6 +108,10 @@ function gateFigure(g) {
   fig.append(stage, el("figcaption", { text: `${g.name}: ${g.dims.join(" × ")} · ${g.count} of ${g.parent_count}` +
                                                ` · ${g.method}` }));
   const geo = g.geometry;
+  if (geo.type === "range" && geo.mins.length === 2) {
+    rangeOverlay(g, overlay, { px, py, dx, dy });
+    return fig;
+  }
   if (geo.type !== "polygon") return fig;
   const verts = geo.vertices.map((v) => [px(v[0]), py(v[1])]);
   const poly = svg("polygon", { class: "outline", points: verts.map((v) => v.join(",")).join(" ") });
@@ -179,26 +182,161 @@ function gateFigure(g) {
   return fig;
 }
 
+// a rectangle (a 2-D range gate): its finite sides are lines that can be dragged across (an open side is
+// drawn at the plot's edge and stays open); the end of a drag re-gates the tube
+function rangeOverlay(g, overlay, { px, py, dx, dy }) {
+  const mins = g.geometry.mins.slice(), maxs = g.geometry.maxs.slice();
+  const pos = { xmin: mins[0] === null ? -2 : px(mins[0]), xmax: maxs[0] === null ? SIZE + 2 : px(maxs[0]),
+                ymin: mins[1] === null ? SIZE + 2 : py(mins[1]), ymax: maxs[1] === null ? -2 : py(maxs[1]) };
+  const rect = svg("rect", { class: "outline" });
+  overlay.append(rect);
+  const redraw = () => {
+    rect.setAttribute("x", Math.min(pos.xmin, pos.xmax));
+    rect.setAttribute("y", Math.min(pos.ymin, pos.ymax));
+    rect.setAttribute("width", Math.abs(pos.xmax - pos.xmin));
+    rect.setAttribute("height", Math.abs(pos.ymin - pos.ymax));
+  };
+  redraw();
+  if (!g.editable) return;
+  const sides = [["xmin", mins, 0], ["xmax", maxs, 0], ["ymin", mins, 1], ["ymax", maxs, 1]];
+  for (const [side, limits, axis] of sides) {
+    if (limits[axis] === null) continue;
+    const line = svg("line", { class: `side ${axis === 0 ? "vertical" : "horizontal"}`, "data-side": side });
+    const place = () => {
+      const at = pos[side];
+      const [a0, a1] = axis === 0 ? [pos.ymax, pos.ymin] : [pos.xmin, pos.xmax];
+      if (axis === 0) { line.setAttribute("x1", at); line.setAttribute("x2", at); line.setAttribute("y1", a0); line.setAttribute("y2", a1); }
+      else { line.setAttribute("y1", at); line.setAttribute("y2", at); line.setAttribute("x1", a0); line.setAttribute("x2", a1); }
+    };
+    place();
+    let dragging = false;
+    line.addEventListener("pointerdown", (ev) => {
+      if (ev.button !== 0) return;
+      dragging = true;
+      line.setPointerCapture(ev.pointerId);
+      ev.preventDefault();
+    });
+    line.addEventListener("pointermove", (ev) => {
+      if (!dragging) return;
+      const box = overlay.getBoundingClientRect();
+      const at = axis === 0 ? ((ev.clientX - box.left) / box.width) * SIZE : ((ev.clientY - box.top) / box.height) * SIZE;
+      // a side stays within the plot and on its own side of the opposite one (the pixel y axis points down)
+      const [lo, hi] = { xmin: [0, pos.xmax - 2], xmax: [pos.xmin + 2, SIZE], ymin: [pos.ymax + 2, SIZE],
+                         ymax: [0, pos.ymin - 2] }[side];
+      pos[side] = Math.max(Math.max(0, lo), Math.min(Math.min(SIZE, hi), at));
+      place();
+      redraw();
+    });
+    const end = async (ev) => {
+      if (!dragging) return;
+      dragging = false;
+      line.releasePointerCapture(ev.pointerId);
+      limits[axis] = axis === 0 ? dx(pos[side]) : dy(pos[side]);
+      for (const l of overlay.querySelectorAll("line.side")) l.dispatchEvent(new Event("replace"));
+      await regate(g.name, { type: "range", mins: mins.slice(), maxs: maxs.slice() });
+    };
+    line.addEventListener("replace", place);
+    line.addEventListener("pointerup", end);
+    line.addEventListener("pointercancel", end);
+    overlay.append(line);
+  }
+}
+
 function classText(row) {
   const inh = row.auc_inhibition_pct === null ? "" : ` · AUC inhibition ${fmt(row.auc_inhibition_pct, 0)}%`;
   return `${row.allergen}: ${row.class}${row.confidence ? " (" + row.confidence + ")" : ""}${inh}`;
+}
+
+// the patient's dose responses, one plot per allergen: % activated basophils against the concentration
+// (log axis), the measured points (hollow: left out of the fit) and the fitted 4PL, per arm; the curve as
+// stored drawn dashed beneath. Drawn from the numbers the server returns; every text is set as text.
+const ARM_CLASS = { none: "arm-none", omalizumab: "arm-oma" };
+const ARM_NAME = { none: "no pretreatment", omalizumab: "omalizumab" };
+
+function curvePlot(c, row, was) {
+  const W = 380, H = 230, L = 44, R = 10, T = 10, B = 34;
+  const all = [];
+  for (const a of c.arms) for (const k of ["now", "stored"]) if (a[k]) {
+    for (const p of a[k].points) if (p.pct !== null) all.push([p.conc, p.pct]);
+    for (const q of a[k].curve) all.push(q);
+  }
+  const fig = el("figure", { class: "curves", "data-allergen": c.allergen });
+  const cls = row ? `${row.class}${row.confidence ? " (" + row.confidence + ")" : ""}` : "–";
+  const changed = was && row && was.class !== row.class ? ` (was ${was.class})` : "";
+  const inh = row && row.auc_inhibition_pct !== null ? ` · AUC inhibition ${fmt(row.auc_inhibition_pct, 0)}%` : "";
+  const caption = el("figcaption", { class: "class-line" + (changed ? " changed" : ""),
+                                     text: `${c.allergen}: ${cls}${inh}${changed}` });
+  if (row && row.reason) caption.setAttribute("title", row.reason);
+  if (!all.length) { fig.append(el("p", { class: "muted", text: "no dose-response points" }), caption); return fig; }
+  const lx = all.map((q) => Math.log10(q[0]));
+  let x0 = Math.min(...lx), x1 = Math.max(...lx);
+  if (x1 - x0 < 1e-9) { x0 -= 0.5; x1 += 0.5; }
+  const y1 = Math.max(10, ...all.map((q) => q[1])) * 1.08, y0 = Math.min(0, ...all.map((q) => q[1]));
+  const px = (c0) => L + ((Math.log10(c0) - x0) / (x1 - x0)) * (W - L - R);
+  const py = (v) => T + (1 - (v - y0) / (y1 - y0)) * (H - T - B);
+  const plot = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: String(W), height: String(H), class: "dose-response" });
+  plot.append(svg("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }),
+              svg("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }));
+  const label = (x, y, text, anchor) => {
+    const t = svg("text", { x, y, "text-anchor": anchor, class: "tick" });
+    t.textContent = text;
+    return t;
+  };
+  for (let d = Math.ceil(x0); d <= Math.floor(x1); d++) {
+    plot.append(svg("line", { class: "tickmark", x1: px(10 ** d), x2: px(10 ** d), y1: H - B, y2: H - B + 4 }),
+                label(px(10 ** d), H - B + 15, String(Number((10 ** d).toPrecision(3))), "middle"));
+  }
+  const step = y1 > 60 ? 20 : y1 > 25 ? 10 : 5;
+  for (let v = Math.ceil(y0 / step) * step; v <= y1; v += step) {
+    plot.append(svg("line", { class: "grid", x1: L, x2: W - R, y1: py(v), y2: py(v) }), label(L - 4, py(v) + 4, String(v), "end"));
+  }
+  const unit = (c.arms.find((a) => a.now) || c.arms[0]).now?.unit || "";
+  plot.append(label((L + W - R) / 2, H - 4, `concentration${unit ? " (" + unit + ")" : ""}`, "middle"));
+  const yl = label(12, (T + H - B) / 2, "% activated", "middle");
+  yl.setAttribute("transform", `rotate(-90 12 ${(T + H - B) / 2})`);
+  plot.append(yl);
+  const legend = el("ul", { class: "legend" });
+  for (const a of c.arms) {
+    const k = ARM_CLASS[a.arm] || "arm-other";
+    const line = (d, cls) => d.curve.length &&
+      plot.append(svg("polyline", { class: `fit ${k} ${cls}`, points: d.curve.map((q) => `${px(q[0])},${py(q[1])}`).join(" ") }));
+    if (a.stored) line(a.stored, "stored");
+    if (!a.now) continue;
+    line(a.now, "now");
+    for (const p of a.now.points) {
+      if (p.pct === null) continue;
+      const dot = svg("circle", { class: `point ${k}` + (p.used ? "" : " unused"), cx: px(p.conc), cy: py(p.pct), r: 3.5 });
+      const tip = svg("title", {});
+      tip.textContent = `${p.file}: ${fmt(p.pct, 1)}% at ${p.conc} ${a.now.unit}`;
+      dot.append(tip);
+      plot.append(dot);
+    }
+    const ec = a.now.ec50 !== null ? ` · EC50 ${Number(a.now.ec50).toPrecision(3)} ${a.now.unit}` : ` · ${a.now.status.replace("_", " ")}`;
+    legend.append(el("li", { class: k, text: `${ARM_NAME[a.arm] || a.arm}: ${a.now.points.length} points${ec}` }));
+  }
+  fig.append(caption, plot, legend);
+  return fig;
 }
 
 async function loadPatient(body, label) {
   const id = state.tube.id;
   const seq = (state.patientSeq = (state.patientSeq || 0) + 1);
   const box = document.getElementById("patient");
-  box.replaceChildren(el("p", { class: "label", text: "Patient: scoring…" }));
+  let head = box.querySelector(".label");
+  if (!head) { head = el("p", { class: "label" }); box.replaceChildren(head); }
+  head.textContent = "Patient: scoring…";  // the curves shown stay until the new ones come
   try {
     const p = await api(`/api/tubes/${id}/patient`, body);
     if (!state.tube || state.tube.id !== id || seq !== state.patientSeq) return;  // a newer edit is on its way
     const stored = new Map(p.stored.map((r) => [r.allergen, r]));
+    const now = new Map(p.now.map((r) => [r.allergen, r]));
     box.replaceChildren(el("p", { class: "label", text: `Patient ${p.patient}, ${label}` }),
       el("ul", { id: "patient-classes" }, ...p.now.map((r) => {
         const was = stored.get(r.allergen);
         const changed = was && was.class !== r.class ? ` (was ${was.class})` : "";
         return el("li", { title: r.reason, class: changed ? "changed" : "", text: classText(r) + changed });
-      })));
+      })),
+      el("div", { id: "curves" }, ...p.curves.map((c) => curvePlot(c, now.get(c.allergen), stored.get(c.allergen)))));
   } catch (err) {
     box.replaceChildren(el("p", { class: "bad", text: `Patient: ${err.message}` }));
   }
@@ -380,5 +518,12 @@ document.addEventListener("DOMContentLoaded", () => {
     else if (ev.key === "a") decide("accept");
   });
   loadReviewer();
-  loadQueue().then(() => { if (state.queue.length) openTube(state.queue[0].id); });
+  // one listener for the queue's rows, those the server wrote into the page included: a row clicked before
+  // the queue is read opens, and the first tube is opened only when none was chosen meanwhile
+  document.getElementById("queue").addEventListener("click", (ev) => {
+    const li = ev.target.closest("li[data-id]");
+    if (li) openTube(Number(li.dataset.id));
+  });
+  loadQueue().then(() => { if (state.queue.length && state.current === null) openTube(state.queue[0].id); });
+  document.body.dataset.ready = "1";  // the page answers clicks and keys from here on
 });
