@@ -1566,7 +1566,7 @@ def rerender(out: Path | str, patients: list[str] | None = None) -> tuple[list[P
                            expected=f"one of {', '.join(sorted(known))}")
     for note in stored.notes:
         print(f"warning: {note}", file=sys.stderr)
-    with RunLock(out), ResultStore.in_folder(out, create=False) as store:
+    with stopping_on_ctrl_c(), RunLock(out), ResultStore.in_folder(out, create=False) as store:
         return render(Path(out), store, stored.results, stored.scores, stored.run_id, patients=patients,
                       population=stored.template.population)
 

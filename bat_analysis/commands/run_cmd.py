@@ -255,8 +255,10 @@ def _add_report(app: typer.Typer) -> None:
             paths, note = rerender(out, patients=list(patient) if patient else None)
         except BatError as exc:
             raise _fail(exc, "Give the --out folder of a completed 'bat run'.") from None
-        if note:
-            raise _fail(BatError(note))
+        except KeyboardInterrupt:
+            typer.secho("\nStopped (Ctrl-C) before the reports were finished; no file is left half-written. "
+                        "Run the same command again to write them.", err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(code=EXIT_INTERRUPTED) from None
         typer.echo(f"Wrote {len(paths)} file(s) under {for_terminal(out)}/reports and {for_terminal(out)}/review.")
 
 
