@@ -855,8 +855,8 @@ class _RunContext:
     layout_sha: str
     entries: list[dict[str, Any]]
     phase: str = "checking the inputs"  # what the run is doing, in words (said when Ctrl-C stops it)
-    pending: set[str] | None = None  # files of the tubes still to gate (None until the gating is planned)
-    n_gated_now: int = 0  # tubes gated and stored by this run
+    pending: dict[str, int] | None = None  # tube file -> results still to gate (None until the gating is planned)
+    n_gated_now: int = 0  # tubes whose every result this run gated and stored
     tables_written: bool = False
 
 
@@ -1061,13 +1061,12 @@ def _gate(ctx: _RunContext, plan: _GatePlan, corrections: Corrections, early: _E
         ctx.store.put_tube(result, variant=task.variant, cache_key=plan.keys[i], run_id=ctx.run_id,
                            template_sha256=ctx.template.sha256, version=__version__, corrections_sha256=corr_sha)
         n_fail_now += 0 if result.ok else 1
-        ctx.n_gated_now += 1
         if ctx.pending is not None:
             left = ctx.pending.get(task.tube.file, 1) - 1
             if left > 0:
                 ctx.pending[task.tube.file] = left
-            else:
-                ctx.pending.pop(task.tube.file, None)
+            elif ctx.pending.pop(task.tube.file, None) is not None:
+                ctx.n_gated_now += 1
         ctx.progress.update(gate, advance=1, note=f"{n_fail_now} failed" if n_fail_now else "")
         if ctx.on_result is not None:
             ctx.on_result(i, result)
