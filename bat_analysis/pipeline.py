@@ -1072,6 +1072,17 @@ def _gate(ctx: _RunContext, plan: _GatePlan, corrections: Corrections, early: _E
             ctx.on_result(i, result)
         if early is not None:
             early.tube_stored(task.tube)
+        if ctx.n_gated_now == 1 and options.reports:
+            _preload_renderer()
+
+
+def _preload_renderer() -> None:
+    """Import the report renderer (matplotlib, ~0.7 s) while the workers gate, rather than after the gating
+    while they wait (a run that gated a tube re-renders its reports)."""
+    try:
+        import bat_analysis.report  # noqa: F401
+    except ImportError:  # not installed: render() says so in the run's report note
+        pass
 
 
 def _current_results(ctx: _RunContext, corrections: Corrections, stale: Sequence[tuple[Any, str]],
