@@ -299,3 +299,51 @@ def test_merged_patient_scores_keep_every_field():
                                                                                    **parts[1].effects}
     assert merged.thresholds == {**parts[0].thresholds, **parts[1].thresholds} and merged.config is config
     assert merged.references == {**parts[0].references, **parts[1].references}
+
+
+# ---------------------------------------------------------------- progress (issue 14, "Progress")
+def _recorded_progress(monkeypatch):
+    """Make runs display their progress on a recorded console; returns the list of Progress objects made."""
+    import io
+
+    import bat_analysis.pipeline as pipeline
+    from rich.console import Console
+
+    made = []
+    real = pipeline._progress
+
+    def recorded(quiet):
+        progress = real(False)
+        progress.live.console = Console(file=io.StringIO(), width=160, force_terminal=False, record=True)
+        made.append(progress)
+        return progress
+
+    monkeypatch.setattr(pipeline, "_progress", recorded)
+    return made
+
+
+def test_progress_counts_patients_and_report_files_with_an_eta(simulated, tmp_path, monkeypatch):
+    """Scoring shows n of N patients, each scored as soon as its tubes are stored (during the gating), and
+    report writing n of N files (each patient's HTML and PDF, the gallery) with an ETA column, never "0/?"."""
+    from bat_analysis.pipeline import RunOptions, run
+
+    exp = simulated(n_patients=2, n_events=3000, seed=21, n_concentrations=2)
+    made = _recorded_progress(monkeypatch)
+    seen = []  # (tube's patient, patients scored) as each tube is stored
+
+    def on_result(i, result):
+        scoring = next(t for t in made[0].tasks if t.description == "Scoring patients")
+        seen.append((result.tube.patient, scoring.completed, scoring.total))
+
+    summary = run(RunOptions(data_dir=exp.out_dir, layout=exp.layout_path, out=tmp_path / "out", workers=1),
+                  on_result=on_result)
+    assert summary.reports == "written"
+    tasks = {t.description: t for t in made[0].tasks}
+    assert (tasks["Scoring patients"].completed, tasks["Scoring patients"].total) == (2, 2)
+    assert (tasks["Writing reports"].completed, tasks["Writing reports"].total) == (5, 5)  # 2 x (HTML, PDF) + gallery
+    # one worker gates in layout order: P01 is scored before P02's first tube is stored
+    first_p02 = next(scored for patient, scored, _ in seen if patient == "P02")
+    assert first_p02 == 1 and all(total == 2 for *_, total in seen)
+    text = made[0].live.console.export_text()
+    assert "Scoring patients" in text and "2/2" in text and "5/5" in text and "ETA" in text
+    assert "0/?" not in text and "1/1" not in text

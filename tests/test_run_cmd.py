@@ -443,3 +443,86 @@ def test_a_run_writes_tube_markers_beside_tubes_for_every_activation_marker(plat
     assert (by_marker["CD63"].threshold.values == markers.set_index("file").threshold.loc[
         by_marker["CD63"].index].values).all()  # CD63 keeps its own threshold, now beside CD203c's
     assert not (by_marker["CD203c"].threshold == by_marker["CD63"].threshold.loc[by_marker["CD203c"].index]).any()
+
+
+# ---------------------------------------------------------------- Ctrl-C (issue 14, "Progress")
+def _stored_tubes(out: Path) -> int:
+    import sqlite3
+
+    if not (out / "results.sqlite").is_file():
+        return 0
+    con = sqlite3.connect(out / "results.sqlite", timeout=5)
+    try:
+        return con.execute("SELECT COUNT(*) FROM tubes").fetchone()[0]
+    except sqlite3.OperationalError:  # the store's tables are not created yet
+        return 0
+    finally:
+        con.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    import os
+
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_ctrl_c_stops_promptly_says_what_was_saved_and_the_same_command_resumes(plate, tmp_path):
+    """SIGINT to a `bat run` whose worker hangs on one tube (no time limit): the run stops at once (exit 130),
+    its worker processes are ended, it says how many tubes are saved in the store and how to resume, leaves
+    no lock file; the same command then gates only the missing tube."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from guards import inject_hang
+
+    from bat_analysis.pipeline import RunOptions, run
+
+    data, out, hang = _copy(plate, tmp_path), tmp_path / "out", tmp_path / "hang"
+    hang.mkdir()
+    n = len(plate.tubes)
+    inject_hang(hang, plate.tubes[1].file)  # the worker that takes this tube sleeps for an hour
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hang), str(ROOT)])}
+    cmd = [sys.executable, "-m", "bat_analysis", "run", str(data), "--out", str(out), "--workers", "2",
+           "--tube-timeout", "0", "--no-reports"]
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _stored_tubes(out) < n - 1 and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.2)
+        assert _stored_tubes(out) == n - 1, "the other tubes were not gated"
+        time.sleep(0.5)  # the run is now waiting on the hanging tube
+        stopped_at = time.monotonic()
+        child.send_signal(signal.SIGINT)  # to the run alone (a terminal's Ctrl-C also reaches the workers)
+        try:
+            stdout, stderr = child.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail("bat run was still running 20 s after Ctrl-C")
+        took = time.monotonic() - stopped_at
+        deadline = time.monotonic() + 5
+        while _group_alive(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _group_alive(child.pid), "worker processes outlived the stopped run"
+    finally:
+        if _group_alive(child.pid):
+            os.killpg(child.pid, signal.SIGKILL)
+    assert child.returncode == 130, stderr
+    assert took < 10, f"{took:.1f} s to stop"
+    assert "Traceback" not in stderr, stderr
+    text = " ".join(stderr.split())
+    assert (f"Stopped (Ctrl-C) while gating. {n - 1} of {n} tubes are gated and saved in the results store "
+            f"{out / 'results.sqlite'}") in text, stderr
+    assert "1 still to gate" in text and "No table or report was written by this run." in text, stderr
+    assert "To resume, run the same command again: bat run " in text, stderr
+    assert not (out / ".bat-run.lock").exists() and not (out / "tubes.csv").exists()
+
+    resumed = run(RunOptions(data_dir=data, layout=data / "layout.csv", out=out, workers=1, quiet=True,
+                             reports=False))
+    assert (resumed.n_gated, resumed.n_reused, resumed.n_failed) == (1, n - 1, 0)

@@ -16,6 +16,20 @@ EXIT_BAD_INPUT = 2
 EXIT_NOTHING_ANALYSED = 1
 EXIT_REPORTS_FAILED = 3
 EXIT_WRITE_FAILED = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
+
+
+def _interrupted(exc: KeyboardInterrupt) -> typer.Exit:
+    """Ctrl-C: say what was saved and how to resume (the same command), exit 130."""
+    import shlex
+    import sys
+
+    typer.secho(f"\n{for_terminal(exc, multiline=True) or 'Stopped (Ctrl-C).'}", err=True, fg=typer.colors.YELLOW)
+    argv = sys.argv[1:] if Path(sys.argv[0]).name in ("bat", "__main__.py") else []
+    again = f": bat {shlex.join(argv)}" if argv else ""
+    typer.echo(f"To resume, run the same command again{for_terminal(again)} — tubes already saved in the results "
+               "store are reused, only the others are gated.", err=True)
+    return typer.Exit(code=EXIT_INTERRUPTED)
 
 
 def _fail(exc: Exception, hint: str | None = None) -> typer.Exit:
@@ -158,7 +172,8 @@ def _add_run(app: typer.Typer) -> None:
 
         Exit 0 when the run completed (even if tubes failed QC); 2 on a bad invocation; 1 if no tube was analysed;
         3 if the tables were written but the reports could not be; 4 if an output could not be written (disk
-        full, no permission): the run is recorded as failed and earlier outputs are moved to OUT/outdated-*.
+        full, no permission): the run is recorded as failed and earlier outputs are moved to OUT/outdated-*;
+        130 when stopped with Ctrl-C (it says what was saved; the same command resumes).
         """
         from ..errors import BatError
         from ..pipeline import DEFAULT_TUBE_TIMEOUT_S, RunOptions, run
@@ -179,6 +194,8 @@ def _add_run(app: typer.Typer) -> None:
         except BatError as exc:
             raise _fail(exc, "Fix the problem above and run the same command again; finished tubes are kept."
                         ) from None
+        except KeyboardInterrupt as exc:
+            raise _interrupted(exc) from None
         _summarise(summary, quiet)
         if summary.reports == "failed":
             raise typer.Exit(code=EXIT_REPORTS_FAILED)
@@ -208,6 +225,8 @@ def _add_demo(app: typer.Typer) -> None:
                                      workers=workers, quiet=quiet))
         except BatError as exc:
             raise _fail(exc) from None
+        except KeyboardInterrupt as exc:
+            raise _interrupted(exc) from None
         if not quiet:
             typer.echo(f"Demo data: {for_terminal(data_dir)}")
         _summarise(summary, quiet)
@@ -236,8 +255,10 @@ def _add_report(app: typer.Typer) -> None:
             paths, note = rerender(out, patients=list(patient) if patient else None)
         except BatError as exc:
             raise _fail(exc, "Give the --out folder of a completed 'bat run'.") from None
-        if note:
-            raise _fail(BatError(note))
+        except KeyboardInterrupt:
+            typer.secho("\nStopped (Ctrl-C) before the reports were finished; no file is left half-written. "
+                        "Run the same command again to write them.", err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(code=EXIT_INTERRUPTED) from None
         typer.echo(f"Wrote {len(paths)} file(s) under {for_terminal(out)}/reports and {for_terminal(out)}/review.")
 
 
