@@ -297,3 +297,12 @@ def test_estimators_never_raise_on_strange_data(cols: tuple[np.ndarray, np.ndarr
             assert e.mask is not None and e.mask.shape == x.shape
         else:
             assert e.flags and e.diagnostics["failure"]
+
+
+def test_fraction_is_the_mask_mean_exactly() -> None:
+    """``fraction`` (a count and one division) gives ``mask.mean()`` to the last bit."""
+    rng = np.random.default_rng(21)
+    for n in (1, 7, 50_000, 1_234_567):
+        for p in (0.0, 0.001, 0.37, 0.999, 1.0):
+            mask = rng.random(n) < p
+            assert est.fraction(mask) == float(mask.mean())

@@ -126,6 +126,12 @@ def thin(n: int, cap: int = DENSITY_MAX_EVENTS) -> int:
     return max(1, -(-n // cap))
 
 
+def fraction(mask: np.ndarray) -> float:
+    """The fraction of True in a non-empty boolean mask: ``mask.mean()`` exactly (a count, then one
+    division), without converting every element to float."""
+    return np.count_nonzero(mask) / len(mask)
+
+
 def small_counts(counts: np.ndarray) -> np.ndarray:
     """Counts stored compactly (uint16 when they fit, else uint32)."""
     return counts.astype(np.uint16 if counts.max(initial=0) < 65535 else np.uint32)
@@ -199,7 +205,7 @@ def estimate_flow_rate(data: GateData, params: Mapping[str, Any]) -> Estimate:
     else:
         gate = BooleanGate(name, (dim,), op="or", operands=tuple((m.name, False) for m in members))
     mask = apply_gate(gate, [t], members)
-    diag["fraction_removed"] = float(1 - mask.mean())
+    diag["fraction_removed"] = 1 - fraction(mask)
     flags = []
     if bad.any():
         flags.append(Flag("FLOW_RATE_ANOMALY", "warn",
@@ -225,7 +231,7 @@ def estimate_margin(data: GateData, params: Mapping[str, Any]) -> Estimate:
         mask &= ~sat
     maxs = tuple(float(to_scale(d, np.array([m]))[0]) for d, m in zip(dims, maxs_raw))
     gate = RangeGate(name, tuple(dims), mins=(None,) * len(dims), maxs=maxs)
-    diag["fraction_removed"] = float(1 - mask.mean()) if len(mask) else 0.0
+    diag["fraction_removed"] = 1 - fraction(mask) if len(mask) else 0.0
     return Estimate(gate, mask, diag)
 
 
@@ -318,7 +324,7 @@ def estimate_cells(data: GateData, params: Mapping[str, Any]) -> Estimate:
     diag = {"debris_peak_x": None if debris_peak is None else float(ex[debris_peak] + wx / 2),
             "debris_valley_x": float(ex[valley]) if valley > 0 else None,
             "fsc_peaks": [float(ex[p] + wx / 2) for p in peaks], "regions_kept": int(len(keep_labels)),
-            "fraction_of_parent": float(mask.mean()) if len(mask) else 0.0}
+            "fraction_of_parent": fraction(mask) if len(mask) else 0.0}
     return Estimate(gate, mask, diag, [], small_counts(counts), (ex, ey))
 
 
@@ -365,9 +371,9 @@ def estimate_singlets(data: GateData, params: Mapping[str, Any]) -> Estimate:
     xlim = scale_limits(da, a_s, tops[0])
     ylim = scale_limits(dh, h_s, tops[1])
     counts, ex, ey = density_image(a_s, h_s, da, dh, xlim, ylim, weights=step if step > 1 else None)
-    doublet_side = float(((r < lo)).mean())
+    doublet_side = fraction(r < lo)
     diag = {"ratio_mode": mode, "ratio_sd": sd, "ratio_low": lo, "ratio_high": hi,
-            "below_band": doublet_side, "fraction_of_parent": float(mask.mean())}
+            "below_band": doublet_side, "fraction_of_parent": fraction(mask)}
     return Estimate(gate, mask, diag, [], small_counts(counts), (ex, ey))
 
 
@@ -715,7 +721,7 @@ def estimate_cluster(data: GateData, params: Mapping[str, Any]) -> Estimate:
     sep = _separation(smooth, pops, group, best)
     diag.update(chosen={"x": float(px[best]), "y": float(py[best]), "events": int(mass[best])},
                 joined=[{"x": float(px[g]), "y": float(py[g]), "events": int(mass[g])} for g in group if g != best],
-                separation=sep, fraction_of_parent=float(mask.mean()), count=int(mask.sum()))
+                separation=sep, fraction_of_parent=fraction(mask), count=int(np.count_nonzero(mask)))
     flags = []
     if sep is not None and sep < 0.5:
         flags.append(Flag("CLUSTER_POORLY_SEPARATED", "warn",
@@ -848,7 +854,7 @@ def estimate_split_1d(data: GateData, params: Mapping[str, Any]) -> Estimate:
     gate = RangeGate(name, (dim,), mins=(split,) if high else (None,), maxs=(None,) if high else (split,))
     mask = apply_gate(gate, [col])
     diag.update(split=split, split_raw=float(from_scale(dim, np.array([split]))[0]),
-                fraction_of_parent=float(mask.mean()) if n else 0.0, count=int(mask.sum()))
+                fraction_of_parent=fraction(mask) if n else 0.0, count=int(np.count_nonzero(mask)))
     return Estimate(gate, mask, diag, flags, small_counts(counts), (edges,))
 
 
