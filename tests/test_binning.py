@@ -133,3 +133,19 @@ def test_lookup_table_edge_in_the_rounding_gap_between_cells() -> None:
                              np.nextafter(raw, np.inf)]).astype(np.float32)
     assert len(values) >= LUT_CELLS
     assert np.array_equal(bin_index(values, dim, edges), np.searchsorted(raw, values, side="right") - 1)
+
+
+def test_table_cells_counted_from_the_edges_equal_the_search_of_every_cell() -> None:
+    """The lookup table's cells are placed by counting edges (one search per edge): the same as searching
+    every cell start among the edges, with starts on the edges, repeated starts and edges beyond the cells."""
+    from bat_analysis.gating.binning import _count_at_or_below
+
+    rng = np.random.default_rng(20)
+    edges = np.sort(rng.uniform(-100, 100, 129))
+    for points in (np.linspace(-120, 120, 16_384), np.linspace(-50, 50, 1000),
+                   np.sort(np.concatenate([edges, rng.uniform(-90, 90, 500), edges[::3]])),
+                   np.full(10, edges[5]), np.linspace(200, 300, 7)):
+        assert np.array_equal(_count_at_or_below(edges, points), np.searchsorted(edges, points, side="right"))
+    raw = from_scale(Dimension("x", LOGICLE), np.linspace(-0.05, 1.05, 129))
+    starts = raw[0] + (raw[-1] - raw[0]) / 16_384 * np.arange(16_384)
+    assert np.array_equal(_count_at_or_below(raw, starts), np.searchsorted(raw, starts, side="right"))

@@ -69,6 +69,15 @@ LUT_CELLS = 1 << 16
 CHUNK = 1 << 17
 
 
+def _count_at_or_below(edges: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(edges, points, side="right")`` for increasing ``edges`` and non-decreasing ``points``:
+    each edge is placed among the points instead (the first point at or above it) and the edges counted up
+    to each point -- a search per edge (a few hundred) rather than per point (tens of thousands)."""
+    first = np.searchsorted(points, edges, side="left")  # non-decreasing: the edges are increasing
+    runs = np.diff(np.concatenate([[0], first, [len(points)]]))
+    return np.repeat(np.arange(len(edges) + 1, dtype=np.int32), runs)
+
+
 #: fewer values than this are binned by the binary search itself (the guess costs a few array passes)
 _GUESS_MIN = 256
 
@@ -146,7 +155,7 @@ def binner(dtype: np.dtype, n: int, dim: Any, edges: np.ndarray, shift: int = 0
     increasing = bool(np.all(np.diff(raw) > 0))
 
     def search(values: np.ndarray) -> np.ndarray:
-        if increasing and dim.transform.cheap_apply and len(values) >= _GUESS_MIN:
+        if increasing and getattr(dim.transform, "cheap_apply", False) and len(values) >= _GUESS_MIN:
             return _guessed(values, raw, dim, edges, shift)
         return (np.searchsorted(raw, values, side="right") + (shift - 1)).astype(np.int32)
 
@@ -158,9 +167,11 @@ def binner(dtype: np.dtype, n: int, dim: Any, edges: np.ndarray, shift: int = 0
         return search
     r0, r1 = float(raw[0]), float(raw[-1])
     w = (r1 - r0) / n_cells
-    starts = r0 + w * np.arange(n_cells)
-    b_lo = np.searchsorted(raw, starts, side="right") - 1
-    b_hi = np.searchsorted(raw, starts + w, side="right") - 1
+    starts = np.arange(n_cells, dtype=np.float64)  # r0 + w k, computed in place
+    starts *= w
+    starts += r0
+    b_lo = _count_at_or_below(raw, starts) - 1
+    b_hi = _count_at_or_below(raw, starts + w) - 1
     # a cell holding a bin edge, its neighbours (rounding of a value's cell) and the two end cells are
     # resolved by binary search; every other cell lies within one bin. An edge can also fall in the
     # rounding gap between one cell's end (start + w) and the next cell's start (r0 + w (k + 1)): the
