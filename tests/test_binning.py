@@ -149,3 +149,17 @@ def test_table_cells_counted_from_the_edges_equal_the_search_of_every_cell() -> 
     raw = from_scale(Dimension("x", LOGICLE), np.linspace(-0.05, 1.05, 129))
     starts = raw[0] + (raw[-1] - raw[0]) / 16_384 * np.arange(16_384)
     assert np.array_equal(_count_at_or_below(raw, starts), np.searchsorted(raw, starts, side="right"))
+
+
+def test_bin_index_from_values_already_on_the_scale() -> None:
+    """Positions the caller already has (right, or wrong) only guide the binning: same bins as the search."""
+    rng = np.random.default_rng(22)
+    dim = Dimension("x", LOGICLE)
+    edges = np.linspace(-0.05, 1.05, 129)
+    raw = from_scale(dim, edges)
+    values = np.concatenate([rng.normal(0, 30, 30_000), rng.lognormal(8, 2.5, 20_000) - 500, raw]).astype(np.float32)
+    expected = np.searchsorted(raw, values, side="right") - 1
+    scaled = LOGICLE.apply(values)
+    assert np.array_equal(bin_index(values, dim, edges, scaled=scaled), expected)
+    assert np.array_equal(bin_index(values, dim, edges, scaled=scaled + 0.02), expected)
+    assert np.array_equal(bin_index(values, dim, edges, shift=1, scaled=np.full(len(values), np.nan)), expected + 1)

@@ -306,3 +306,14 @@ def test_fraction_is_the_mask_mean_exactly() -> None:
         for p in (0.0, 0.001, 0.37, 0.999, 1.0):
             mask = rng.random(n) < p
             assert est.fraction(mask) == float(mask.mean())
+
+
+def test_density_image_from_values_already_on_the_scale_is_the_same() -> None:
+    rng = np.random.default_rng(23)
+    dx, dy = Dimension("CCR3", LOGICLE), Dimension("SSC-A", LOGICLE)
+    x = np.concatenate([rng.normal(0, 40, 40_000), lognormal(rng, 5000, 0.4, 3000)]).astype(np.float32)
+    y = lognormal(rng, 20000, 0.5, len(x)).astype(np.float32)
+    xlim, ylim = est.scale_limits(dx, x), est.scale_limits(dy, y)
+    plain = est.density_image(x, y, dx, dy, xlim, ylim)
+    guided = est.density_image(x, y, dx, dy, xlim, ylim, x_scaled=est.to_scale(dx, x))
+    assert all(np.array_equal(a, b) for a, b in zip(plain, guided))

@@ -82,14 +82,18 @@ def _count_at_or_below(edges: np.ndarray, points: np.ndarray) -> np.ndarray:
 _GUESS_MIN = 256
 
 
-def _guessed(values: np.ndarray, raw: np.ndarray, dim: Any, edges: np.ndarray, shift: int) -> np.ndarray:
+def _guessed(values: np.ndarray, raw: np.ndarray, dim: Any, edges: np.ndarray, shift: int,
+             scaled: np.ndarray | None = None) -> np.ndarray:
     """The binary search's bins, found from a guess: each value's bin on the scale (``dim.transform.apply``,
     a closed form or table, right up to its rounding), checked against the raw edges and moved by one bin
     where the value lies below or above it; a moved value whose new bin does not hold it either (a guess off
     by more than one bin) and a value without a place on the scale (NaN) are searched. The answer is
-    ``searchsorted(raw, values, side="right") - 1 + shift`` for every value, whatever the guess."""
+    ``searchsorted(raw, values, side="right") - 1 + shift`` for every value, whatever the guess.
+    ``scaled``: the values on the scale when the caller has them (the transform is then not applied)."""
     bins = len(raw) - 1
-    pos = np.asarray(dim.transform.apply(values), dtype=np.float64) - edges[0]
+    if scaled is None:
+        scaled = dim.transform.apply(values)
+    pos = np.asarray(scaled, dtype=np.float64) - edges[0]
     pos *= bins / (edges[-1] - edges[0])
     nan = np.isnan(pos)
     np.fmax(pos, -1, out=pos)
@@ -113,7 +117,8 @@ def _guessed(values: np.ndarray, raw: np.ndarray, dim: Any, edges: np.ndarray, s
     return b.astype(np.int32)
 
 
-def bin_index(values: np.ndarray, dim: Any, edges: np.ndarray, shift: int = 0) -> np.ndarray:
+def bin_index(values: np.ndarray, dim: Any, edges: np.ndarray, shift: int = 0,
+              scaled: np.ndarray | None = None) -> np.ndarray:
     """Bin of each raw value among equally spaced scale edges (-1 or len(edges)-1 when outside), plus ``shift``.
 
     Linear scales are binned arithmetically. On a transformed scale the edges are inverse-transformed
@@ -124,7 +129,15 @@ def bin_index(values: np.ndarray, dim: Any, edges: np.ndarray, shift: int = 0) -
     With ``shift`` >= 1 (grid lookups: 0 is "below", bins + 1 "above") float32 values of a linear scale are
     binned in float32 with the shift folded into the arithmetic, when the grid lies within 2048 bin widths
     of zero; a value's position is then off by at most 1e-3 of a bin (callers enlarge their cells by that).
+
+    ``scaled``: the values already on the dimension's scale (``to_scale(dim, values)``), when the caller has
+    computed them: a transformed scale's bins are then placed from them (:func:`_guessed`: confirmed by the
+    raw edges, so the answer is the binary search's whatever they hold) without a table or a transform.
     """
+    if scaled is not None and dim.transform is not None and len(scaled) == len(values):
+        raw = from_scale(dim, edges)
+        if np.all(np.diff(raw) > 0):
+            return _guessed(values, raw, dim, edges, shift, scaled)
     return binner(values.dtype, len(values), dim, edges, shift)(values)
 
 

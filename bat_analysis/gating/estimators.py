@@ -99,17 +99,18 @@ def scale_limits(dim: Dimension, values: np.ndarray, top: float | None = None,
 
 def density_image(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
                   xlim: tuple[float, float], ylim: tuple[float, float],
-                  bins: int = DENSITY_BINS, weights: np.ndarray | float | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  bins: int = DENSITY_BINS, weights: np.ndarray | float | None = None,
+                  x_scaled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """2-D histogram of raw events on the dimensions' scales; returns (counts, x edges, y edges) on scale.
 
     Binning compares raw values with inverse-transformed edges (equivalent to transforming every event;
     linear dimensions are binned arithmetically). ``weights`` (per event or one number) stand for thinned
-    events (see :func:`thin`).
+    events (see :func:`thin`). ``x_scaled``: ``x`` on its scale when the caller has it (used as the guess
+    of each event's bin, confirmed by the raw edges: same counts).
     """
     ex = np.linspace(xlim[0], xlim[1], bins + 1)
     ey = np.linspace(ylim[0], ylim[1], bins + 1)
-    ix = bin_index(x, dx, ex)
+    ix = bin_index(x, dx, ex, scaled=x_scaled)
     iy = bin_index(y, dy, ey)
     ok = (ix >= 0) & (ix < bins) & (iy >= 0) & (iy < bins)
     w = None
@@ -547,7 +548,8 @@ def _cluster_density(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
         weights = np.where(beyond_raw[idx], 1.0, float(step))
     xlim = scale_limits(dx, xd)
     ylim = scale_limits(dy, yd)
-    counts, ex, ey = density_image(xd, yd, dx, dy, xlim, ylim, params["bins"], weights=weights)
+    counts, ex, ey = density_image(xd, yd, dx, dy, xlim, ylim, params["bins"], weights=weights,
+                                   x_scaled=xs_all if step == 1 else None)  # every event: already on scale
     smooth = ndimage.gaussian_filter(counts.astype(np.float64), params["smooth"])
     return _ClusterDensity(counts, smooth, ex, ey, split_x)
 
