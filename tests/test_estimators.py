@@ -317,3 +317,44 @@ def test_density_image_from_values_already_on_the_scale_is_the_same() -> None:
     plain = est.density_image(x, y, dx, dy, xlim, ylim)
     guided = est.density_image(x, y, dx, dy, xlim, ylim, x_scaled=est.to_scale(dx, x))
     assert all(np.array_equal(a, b) for a, b in zip(plain, guided))
+
+
+@pytest.mark.parametrize("sort_first", [False, True])
+def test_order_statistics_of_sorted_values_are_the_same(sort_first: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quantiles and medians taken of the sorted values (where sorting is the faster way) and the values
+    strictly below / above a pivot are numpy's own of the unsorted values, to the last bit; ties, repeated
+    values, float32 and float64, a NaN left out of the slices."""
+    monkeypatch.setattr(est, "_sorting_is_faster", lambda: sort_first)
+    rng = np.random.default_rng(24)
+    for dtype in (np.float32, np.float64):
+        for v in (rng.lognormal(5, 2, 50_000) - 100, np.round(rng.normal(0, 3, 20_001)), rng.random(1000)):
+            v = v.astype(dtype)
+            ordered, is_sorted = est.for_order_statistics(v)
+            assert is_sorted == sort_first
+            for q in (0.0001, 0.0005, [0.001, 0.999], [0.01, 0.99], [0.25, 0.75]):
+                assert np.array_equal(np.quantile(ordered, q), np.quantile(v, q))
+            pivot = float(np.quantile(v, 0.4))
+            below, above = est.strictly_below(ordered, pivot, is_sorted), est.strictly_above(ordered, pivot, is_sorted)
+            assert np.median(pivot - below) == np.median(pivot - v[v < pivot])
+            assert np.median(above - pivot) == np.median(v[v > pivot] - pivot)
+            assert sorted(below.tolist()) == sorted(v[v < pivot].tolist())
+            assert sorted(above.tolist()) == sorted(v[v > pivot].tolist())
+    with_nan = np.sort(np.concatenate([rng.random(2000), [np.nan, np.nan]]))
+    assert np.array_equal(est.strictly_above(with_nan, 0.5, True), with_nan[with_nan > 0.5])
+    assert np.array_equal(est.strictly_below(with_nan, 0.5, True), with_nan[with_nan < 0.5])
+
+
+def test_split_point_and_singlets_do_not_depend_on_sorting_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(25)
+    v = np.concatenate([rng.normal(0.2, 0.03, 40_000), rng.normal(0.7, 0.05, 2000)])
+    area = lognormal(rng, 80_000, 0.3, 30_000)
+    height = area * rng.normal(0.85, 0.03, len(area))
+    dims = (Dimension("FSC-A", None), Dimension("FSC-H", None))
+    results = []
+    for sort_first in (False, True):
+        monkeypatch.setattr(est, "_sorting_is_faster", lambda s=sort_first: s)
+        single = est.estimate_singlets(gd("singlets", [area.astype(np.float32), height.astype(np.float32)], dims,
+                                          [262144.0, 262144.0]), params("singlet_band"))
+        results.append((est._split_point(v, 2.5), single.diagnostics, single.mask))
+    assert results[0][0] == results[1][0] and results[0][1] == results[1][1]
+    assert np.array_equal(results[0][2], results[1][2])

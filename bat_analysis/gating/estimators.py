@@ -13,12 +13,16 @@ parent), flags, and the parent's 2-D density image with its edges in the gate's 
 (:func:`register_estimator` for an estimator defined elsewhere).
 
 Density images are binned on raw values with inverse-transformed bin edges, so no per-event transform
-is needed to build them; polygons are tested only on the events inside their bounding box.
+is needed to build them; polygons are tested only on the events inside their bounding box. Quantiles and
+medians of a density sample are taken of its sorted values where numpy's vectorised sort makes that faster
+than its partition (:func:`for_order_statistics`): the same numbers either way.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -88,7 +92,7 @@ def scale_limits(dim: Dimension, values: np.ndarray, top: float | None = None,
         hi_raw = min(max(float(values.max()), float(top)), 1.5 * float(top))
     else:
         step = thin(len(values))
-        lo_raw = float(np.quantile(values[::step], low_quantile))
+        lo_raw = float(np.quantile(for_order_statistics(values[::step])[0], low_quantile))
         hi_raw = float(values.max())
     lo, hi = to_scale(dim, np.array([lo_raw, hi_raw], dtype=np.float64))
     if not np.isfinite(lo) or not np.isfinite(hi):
@@ -125,6 +129,47 @@ def density_image(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
 def thin(n: int, cap: int = DENSITY_MAX_EVENTS) -> int:
     """Stride that keeps at most ``cap`` of ``n`` events for density estimates (1: keep all)."""
     return max(1, -(-n // cap))
+
+
+@lru_cache(maxsize=None)
+def _sorting_is_faster() -> bool:
+    """Whether sorting first (numpy's vectorised sort, where the CPU has one) makes ``np.quantile`` and
+    ``np.median`` of a density sample faster than their partition of the unsorted values; measured once
+    per process. Either way they give the same numbers: they depend only on the sorted values."""
+    v = np.random.default_rng(0).standard_normal(DENSITY_MAX_EVENTS)
+
+    def best(fn: Callable[[], Any]) -> float:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    return best(lambda: np.quantile(np.sort(v), [0.001, 0.999])) < best(lambda: np.quantile(v, [0.001, 0.999]))
+
+
+def for_order_statistics(values: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``values`` sorted when that makes quantiles and medians of them faster here (see
+    :func:`_sorting_is_faster`), else as they are, and whether they were sorted: ``np.quantile`` and
+    ``np.median`` of the result are those of ``values``."""
+    if len(values) >= 1000 and _sorting_is_faster():
+        return np.sort(values), True
+    return values, False
+
+
+def strictly_below(values: np.ndarray, pivot: float, is_sorted: bool) -> np.ndarray:
+    """``values[values < pivot]`` (ascending, a slice, when ``values`` is sorted)."""
+    if is_sorted and np.isfinite(pivot):
+        return values[: np.searchsorted(values, pivot, side="left")]
+    return values[values < pivot]
+
+
+def strictly_above(values: np.ndarray, pivot: float, is_sorted: bool) -> np.ndarray:
+    """``values[values > pivot]`` (ascending, a slice, when ``values`` is sorted; NaN, sorted last, left out)."""
+    if is_sorted and np.isfinite(pivot):
+        return values[np.searchsorted(values, pivot, side="right"): np.searchsorted(values, np.inf, side="right")]
+    return values[values > pivot]
 
 
 def fraction(mask: np.ndarray) -> float:
@@ -347,14 +392,15 @@ def estimate_singlets(data: GateData, params: Mapping[str, Any]) -> Estimate:
     if n_ok < 50:
         return failed(f"only {n_ok} events with positive area", "SINGLETS_GATE_FAILED", name)
     r = (h_s[ok] / a_s[ok]).astype(np.float64)
-    lo_q, hi_q = np.quantile(r, [0.01, 0.99])
+    r_ordered, r_sorted = for_order_statistics(r)
+    lo_q, hi_q = np.quantile(r_ordered, [0.01, 0.99])
     if not hi_q > lo_q:
         return failed("the height/area ratio does not vary", "SINGLETS_GATE_FAILED", name)
     hist, edges = np.histogram(r, bins=256, range=(lo_q - 0.1 * (hi_q - lo_q), hi_q + 0.1 * (hi_q - lo_q)))
     sm = ndimage.gaussian_filter1d(hist.astype(np.float64), 2.0)
     k = int(np.argmax(sm))
     mode = float((edges[k] + edges[k + 1]) / 2)
-    upper = r[r > mode] - mode
+    upper = strictly_above(r_ordered, mode, r_sorted) - mode
     if len(upper) < 20:
         return failed("too few events above the ratio mode", "SINGLETS_GATE_FAILED", name)
     sd = 1.4826 * float(np.median(upper))
@@ -362,7 +408,7 @@ def estimate_singlets(data: GateData, params: Mapping[str, Any]) -> Estimate:
     if lo <= 0:
         lo = mode / 2
     a_top = float(tops[0]) if tops[0] else float(area.max())
-    a_lo, a_hi = max(float(np.quantile(a_s[ok], 0.0001)) * 0.5, 1e-3), 2.0 * a_top
+    a_lo, a_hi = max(float(np.quantile(for_order_statistics(a_s[ok])[0], 0.0001)) * 0.5, 1e-3), 2.0 * a_top
     # straight lines on linear scales need only their ends; curved ones are traced
     aa = np.array([a_lo, a_hi]) if da.transform is None and dh.transform is None else np.geomspace(a_lo, a_hi, 12)
     lower = np.column_stack([to_scale(da, aa), to_scale(dh, lo * aa)])
@@ -390,13 +436,14 @@ def _split_point(v: np.ndarray, n_sd: float) -> tuple[float, float, float]:
     from scipy import ndimage
     from scipy.signal import find_peaks
 
-    lo, hi = np.quantile(v, [0.001, 0.999])
+    ordered, is_sorted = for_order_statistics(v)
+    lo, hi = np.quantile(ordered, [0.001, 0.999])
     hist, edges = np.histogram(v, bins=256, range=(lo, hi if hi > lo else lo + 1))
     sm = ndimage.gaussian_filter1d(hist.astype(np.float64), 2.0)
     width = edges[1] - edges[0]
     k = int(np.argmax(sm))
     mode = float((edges[k] + edges[k + 1]) / 2)
-    below = mode - v[v < mode]
+    below = mode - strictly_below(ordered, mode, is_sorted)
     sd = 1.4826 * float(np.median(below)) if len(below) >= 10 else float(np.std(v))
     low_side = np.flatnonzero(sm[:k] < sm[k] / 2)
     if len(low_side):
@@ -741,14 +788,15 @@ def _smoothed_histogram(v: np.ndarray, bins: int, bandwidth: float
     between half a bin and a quarter of the bins."""
     from scipy import ndimage
 
-    lo, hi = np.quantile(v, [0.001, 0.999])
+    ordered = for_order_statistics(v)[0]
+    lo, hi = np.quantile(ordered, [0.001, 0.999])
     if not hi > lo:
         lo, hi = float(v.min()), float(v.max())
     span = hi - lo
     edges = np.linspace(lo - 0.05 * span, hi + 0.05 * span, bins + 1)
     counts, _ = np.histogram(v, bins=edges)
     width = float(edges[1] - edges[0])
-    q1, q3 = np.quantile(v, [0.25, 0.75])
+    q1, q3 = np.quantile(ordered, [0.25, 0.75])
     with np.errstate(over="ignore", invalid="ignore"):  # a non-finite SD falls back below
         sd = float(np.std(v))
     spread = min(sd, float(q3 - q1) / 1.34) or sd
