@@ -358,3 +358,22 @@ def test_split_point_and_singlets_do_not_depend_on_sorting_first(monkeypatch: py
         results.append((est._split_point(v, 2.5), single.diagnostics, single.mask))
     assert results[0][0] == results[1][0] and results[0][1] == results[1][1]
     assert np.array_equal(results[0][2], results[1][2])
+
+
+def test_histogram_of_sorted_values_is_numpys() -> None:
+    """Counting equal bins by placing the edges among sorted values gives np.histogram's counts and edges:
+    values on every edge, ties, out-of-range values, float32 and float64, many bin counts."""
+    rng = np.random.default_rng(26)
+    for trial in range(400):
+        n = int(rng.integers(1, 3000))
+        v = [rng.normal(0, 1, n), np.round(rng.normal(0, 5, n)) / 4, rng.lognormal(0, 2, n)][trial % 3]
+        v = v.astype(np.float64 if trial % 2 else np.float32)
+        lo, hi = (float(np.quantile(v, 0.01)), float(np.quantile(v, 0.99))) if trial % 5 else (float(v.min()),
+                                                                                              float(v.max()))
+        hi = hi if hi > lo else lo + 1
+        bins = int(rng.choice([7, 64, 256, 1000]))
+        edges = np.histogram_bin_edges(v[:0], bins=bins, range=(lo, hi))
+        v = np.concatenate([v, edges[rng.integers(0, len(edges), 20)].astype(v.dtype)])
+        expected = np.histogram(v, bins=bins, range=(lo, hi))
+        got = est.histogram(np.sort(v), True, bins, (lo, hi))
+        assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])

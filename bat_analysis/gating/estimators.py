@@ -172,6 +172,19 @@ def strictly_above(values: np.ndarray, pivot: float, is_sorted: bool) -> np.ndar
     return values[values > pivot]
 
 
+def histogram(ordered: np.ndarray, is_sorted: bool, bins: int, value_range: tuple[float, float]
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """``np.histogram(ordered, bins=bins, range=value_range)``; of sorted values, counted by placing the
+    edges among them (numpy's equal bins are ``edges[i] <= x < edges[i + 1]``, the last one closed, on the
+    edges numpy computes: the same counts) instead of a pass over every value."""
+    if not is_sorted:
+        return np.histogram(ordered, bins=bins, range=value_range)
+    edges = np.histogram_bin_edges(ordered[:0], bins=bins, range=value_range)
+    below = np.searchsorted(ordered, edges, side="left")
+    below[-1] = np.searchsorted(ordered, edges[-1], side="right")
+    return np.diff(below), edges
+
+
 def fraction(mask: np.ndarray) -> float:
     """The fraction of True in a non-empty boolean mask: ``mask.mean()`` exactly (a count, then one
     division), without converting every element to float."""
@@ -396,7 +409,7 @@ def estimate_singlets(data: GateData, params: Mapping[str, Any]) -> Estimate:
     lo_q, hi_q = np.quantile(r_ordered, [0.01, 0.99])
     if not hi_q > lo_q:
         return failed("the height/area ratio does not vary", "SINGLETS_GATE_FAILED", name)
-    hist, edges = np.histogram(r, bins=256, range=(lo_q - 0.1 * (hi_q - lo_q), hi_q + 0.1 * (hi_q - lo_q)))
+    hist, edges = histogram(r_ordered, r_sorted, 256, (lo_q - 0.1 * (hi_q - lo_q), hi_q + 0.1 * (hi_q - lo_q)))
     sm = ndimage.gaussian_filter1d(hist.astype(np.float64), 2.0)
     k = int(np.argmax(sm))
     mode = float((edges[k] + edges[k + 1]) / 2)
@@ -438,7 +451,7 @@ def _split_point(v: np.ndarray, n_sd: float) -> tuple[float, float, float]:
 
     ordered, is_sorted = for_order_statistics(v)
     lo, hi = np.quantile(ordered, [0.001, 0.999])
-    hist, edges = np.histogram(v, bins=256, range=(lo, hi if hi > lo else lo + 1))
+    hist, edges = histogram(ordered, is_sorted, 256, (lo, hi if hi > lo else lo + 1))
     sm = ndimage.gaussian_filter1d(hist.astype(np.float64), 2.0)
     width = edges[1] - edges[0]
     k = int(np.argmax(sm))
