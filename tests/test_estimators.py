@@ -377,3 +377,18 @@ def test_histogram_of_sorted_values_is_numpys() -> None:
         expected = np.histogram(v, bins=bins, range=(lo, hi))
         got = est.histogram(np.sort(v), True, bins, (lo, hi))
         assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+
+
+def test_time_bin_counts_of_events_in_acquisition_order_are_bincounts() -> None:
+    """Counting non-decreasing time bins by placing the bin starts among them gives np.bincount's counts;
+    events out of order are counted by np.bincount itself."""
+    rng = np.random.default_rng(27)
+    for n_bins in (1, 20, 2000):
+        ordered = np.sort(rng.integers(0, n_bins, 100_000)).astype(np.int32)
+        ordered[-50:] = n_bins - 1  # an empty bin or two before a crowded last one
+        shuffled = rng.permutation(ordered)
+        for which in (ordered, shuffled, ordered[:1], ordered[:0]):
+            got = est._bin_counts(which, n_bins)
+            assert np.array_equal(got, np.bincount(which, minlength=n_bins)) and len(got) == n_bins
+    gappy = np.repeat(np.array([0, 3, 3, 9], dtype=np.int32), 1000)
+    assert np.array_equal(est._bin_counts(gappy, 12), np.bincount(gappy, minlength=12))

@@ -197,6 +197,15 @@ def small_counts(counts: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- 1. time
+def _bin_counts(which: np.ndarray, n_bins: int) -> np.ndarray:
+    """``np.bincount(which, minlength=n_bins)`` of bin numbers in [0, n_bins). Events usually come in
+    acquisition order, so their time bins do not decrease: the counts are then found by placing each bin's
+    start among them (no pass incrementing one counter after another)."""
+    if len(which) > 1 and bool(np.all(which[1:] >= which[:-1])):
+        return np.diff(np.searchsorted(which, np.arange(n_bins + 1, dtype=which.dtype), side="left"))
+    return np.bincount(which, minlength=n_bins)
+
+
 def estimate_flow_rate(data: GateData, params: Mapping[str, Any]) -> Estimate:
     """Acquisition QC: bins of the time channel whose event rate departs from the robust centre.
 
@@ -223,7 +232,7 @@ def estimate_flow_rate(data: GateData, params: Mapping[str, Any]) -> Estimate:
     which = pos.astype(np.int32)
     del pos
     np.clip(which, 0, n_bins - 1, out=which)
-    counts = np.bincount(which, minlength=n_bins).astype(np.float64)
+    counts = _bin_counts(which, n_bins).astype(np.float64)
     centre = float(np.median(counts))
     mad = float(np.median(np.abs(counts - centre)))
     sd = max(1.4826 * mad, np.sqrt(max(centre, 1.0)))
