@@ -2,8 +2,9 @@
 
 Prints, first, direct CPU timings (no profiler) of the whole call and of its fixed costs (reading the
 file, hashing it), and the inclusive CPU time of each stage (estimators, density images, binning,
-compensation, reading, hashing: ``--stages``) measured by wrapping those functions; then cProfile's top functions by own and cumulative time, and the time of each project
-function including the library code it calls, per function and per source file. cProfile adds a cost per
+compensation, reading, hashing: ``--stages``) measured by wrapping those functions; then cProfile's top
+functions by own and cumulative time, and the time of each project function including the library code it
+calls, per function and per source file. cProfile adds a cost per
 Python call, so functions making many small calls look dearer than they are: trust the direct timings and,
 when pyinstrument is installed, its statistical profile (``--pyinstrument``), which does not have that bias.
 
