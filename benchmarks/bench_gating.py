@@ -1,4 +1,4 @@
-"""Per-tube gating and plate-run benchmark (issue 6), in one invocation.
+"""Per-tube gating and plate-run benchmark (issues 6 and 14), in one invocation.
 
 Builds its inputs with the project's simulator in a temporary folder (FCS 3.1, float32, 10 channels:
 single files of 50k / 500k / 2M events, a 20M-event file for memory, and a 96-tube plate of 8 patients x
@@ -19,10 +19,14 @@ RSS, and time ``--repeats`` calls; the peak RSS above that baseline is ``VmHWM -
 is limited to one BLAS/OpenMP thread (one core). Ratios, not absolute times, are the targets: the machine
 is shared and noisy.
 
+Targets: issue 14's per tube (gate_tube >= 3x FlowKit fixed's events/s at 50k events, >= 10x at 2M; CPU
+time, one core: ``--sizes 50k,2M --no-huge --no-plate`` measures just those) and issue 6's older ones.
+
 Run from the repository root:
     PYTHONPATH=. python benchmarks/bench_gating.py            # everything (about 20 minutes on 2 cores)
     PYTHONPATH=. python benchmarks/bench_gating.py --quick    # 50k/500k, 3 repeats, no 20M file
     PYTHONPATH=. python benchmarks/bench_gating.py --sizes 500k,2M --no-plate --no-huge
+    nice env PYTHONPATH=. python benchmarks/bench_gating.py --sizes 50k,500k,2M --no-huge --no-plate  # per tube
 """
 
 from __future__ import annotations
@@ -388,12 +392,34 @@ def plate_table(plate: dict[str, Measurement], repeats: int, n_patients: int) ->
     return out
 
 
+#: issue 14, per tube on one core: gate_tube's events/s at least this many times FlowKit's fixed strategy's
+#: (CPU-time medians, measured in the same invocation)
+TUBE_TARGETS = {50_000: 3.0, 2_000_000: 10.0}
+
+
+def mark(ok: bool) -> str:
+    return "MET " if ok else "MISS"
+
+
+def tube_targets(rows: dict[int, dict[str, Measurement]]) -> list[str]:
+    """Issue 14's per-tube targets: gate_tube >= 3x FlowKit's events/s at 50k events, >= 10x at 2M."""
+    out = ["Per-tube targets (issue 14), one core: gate_tube's events/s over FlowKit fixed's (CPU-time medians)"]
+    for n, target in TUBE_TARGETS.items():
+        ms = rows.get(n, {})
+        fk, ours = ms.get("flowkit"), ms.get("ours")
+        if fk is None or ours is None or not fk.cpu_median or not ours.cpu_median:
+            out.append(f"  {size_label(n):>5}: not measured (needs --sizes with {size_label(n)} and FlowKit)")
+            continue
+        ratio = fk.cpu_median / ours.cpu_median
+        out.append(f"  {size_label(n):>5}: {ratio:5.1f}x (>= {target:g})  [{mark(ratio >= target)}]   "
+                   f"gate_tube {1000 * ours.cpu_median:7.1f} ms, FlowKit fixed {1000 * fk.cpu_median:7.1f} ms CPU "
+                   f"(wall: {fk.median / ours.median:.1f}x)")
+    return out
+
+
 def targets(rows: dict[int, dict[str, Measurement]], huge: Measurement | None,
             plate: dict[str, Measurement]) -> list[str]:
     out = ["Targets (issue 6)"]
-
-    def mark(ok: bool) -> str:
-        return "MET " if ok else "MISS"
 
     for n in sorted(rows):
         ms = rows[n]
@@ -760,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
         if tmp is not None:
             tmp.cleanup()
 
-    lines = ["bat_analysis benchmark (issue 6)", *machine_lines(),
+    lines = ["bat_analysis benchmark (issues 6 and 14)", *machine_lines(),
              f"inputs: simulator (seed {args.seed}), FCS 3.1 float32, {N_CHANNELS} channels; "
              f"benchmark wall time {time.time() - started:.0f} s", ""]
     lines += tube_table(rows, args.repeats)
@@ -770,7 +796,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{fmt_mb(huge.peak_rss_above_baseline):>8} {huge.memory_ratio:7.1f}")
     if plate:
         lines += ["", *plate_table(plate, args.plate_repeats, args.plate_patients)]
-    lines += ["", *notes, "", *targets(rows, huge, plate), "", f"command: {reproduce_command()}"]
+    lines += ["", *notes, "", *tube_targets(rows), "", *targets(rows, huge, plate), "",
+              f"command: {reproduce_command()}"]
     print("\n".join(lines))
     if args.json is not None:
         payload = {"tube": {str(n): {k: asdict(m) for k, m in ms.items()} for n, ms in rows.items()},

@@ -1,8 +1,10 @@
 """Profile the per-tube path (``gate_tube``) on one simulated 500k-event file.
 
 Prints, first, direct CPU timings (no profiler) of the whole call and of its fixed costs (reading the
-file, hashing it); then cProfile's top functions by own and cumulative time, and the time of each project
-function including the library code it calls, per function and per source file. cProfile adds a cost per
+file, hashing it), and the inclusive CPU time of each stage (estimators, density images, binning,
+compensation, reading, hashing: ``--stages``) measured by wrapping those functions; then cProfile's top
+functions by own and cumulative time, and the time of each project function including the library code it
+calls, per function and per source file. cProfile adds a cost per
 Python call, so functions making many small calls look dearer than they are: trust the direct timings and,
 when pyinstrument is installed, its statistical profile (``--pyinstrument``), which does not have that bias.
 
@@ -10,6 +12,7 @@ Run from the repository root:
     PYTHONPATH=. python benchmarks/profile_tube.py                 # simulated 500k events, 3 calls
     PYTHONPATH=. python benchmarks/profile_tube.py --events 2M --calls 1 --top 40
     PYTHONPATH=. python benchmarks/profile_tube.py --file my.fcs   # profile an existing file
+    PYTHONPATH=. python benchmarks/profile_tube.py --events 50k --calls 20   # the usual BAT acquisition
 """
 
 from __future__ import annotations
@@ -118,6 +121,76 @@ def direct_timings(path: Path, tube: Any, template: Any, repeats: int = 7) -> di
             "file_sha256 (inside gate_tube)": cpu_ms(lambda: file_sha256(path))}
 
 
+#: (module, function) timed by ``--stages``: the estimators, the density and binning helpers they share,
+#: compensation, reading and hashing; inclusive times (a stage contains the stages it calls)
+STAGES = (
+    ("bat_analysis.gating.tube", "file_sha256"), ("bat_analysis.gating.tube", "resolve_channels"),
+    ("bat_analysis.gating.tube", "_gate_input"), ("bat_analysis.gating.tube", "_gated"),
+    ("bat_analysis.gating.tube", "_density_for"), ("bat_analysis.gating.compensation", "compensate"),
+    ("bat_analysis.gating.estimators", "estimate_flow_rate"), ("bat_analysis.gating.estimators", "estimate_margin"),
+    ("bat_analysis.gating.estimators", "estimate_cells"), ("bat_analysis.gating.estimators", "estimate_singlets"),
+    ("bat_analysis.gating.estimators", "estimate_cluster"), ("bat_analysis.gating.estimators", "_cluster_density"),
+    ("bat_analysis.gating.estimators", "_split_point"), ("bat_analysis.gating.estimators", "_cluster_populations"),
+    ("bat_analysis.gating.estimators", "_cluster_region"), ("bat_analysis.gating.estimators", "_outline"),
+    ("bat_analysis.gating.estimators", "density_image"), ("bat_analysis.gating.estimators", "scale_limits"),
+    ("bat_analysis.gating.estimators", "bin_index"), ("bat_analysis.gating.estimators", "to_scale"),
+    ("bat_analysis.gating.estimators", "polygon_mask"),
+)
+
+
+def stage_timings(path: Path, tube: Any, template: Any, repeats: int) -> tuple[float, list[tuple[str, float]]]:
+    """CPU ms per gate_tube call (mean of ``repeats``) and, per stage of :data:`STAGES`, its inclusive CPU ms
+    per call, measured by wrapping each function (a few dozen wrapped calls per tube: no profiler bias).
+
+    Estimators are wrapped in the registry (``ESTIMATORS``) as well as in their module; ``read_fcs`` is
+    timed as the reader passed to gate_tube.
+    """
+    import dataclasses
+    import importlib
+
+    from bat_analysis.gating import estimators as est
+    from bat_analysis.gating.tube import gate_tube
+    from bat_analysis.io.fcs import read_fcs
+
+    spent: dict[str, float] = defaultdict(float)
+    restore: list[tuple[Any, str, Any]] = []
+
+    def timed(label: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            c0 = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[label] += time.process_time() - c0
+        return wrapper
+
+    for module_name, name in STAGES:
+        module = importlib.import_module(module_name)
+        original = getattr(module, name)
+        restore.append((module, name, original))
+        setattr(module, name, timed(f"{module_name.rsplit('.', 1)[1]}.{name}", original))
+    saved_registry = dict(est.ESTIMATORS)
+    for key, spec in saved_registry.items():
+        fn = getattr(est, spec.function.__name__, None)
+        if fn is not None and fn is not spec.function:
+            est.ESTIMATORS[key] = dataclasses.replace(spec, function=fn)
+    reader = timed("fcs.read_fcs", read_fcs)
+    try:
+        gate_tube(path, tube, template, reader=reader)
+        spent.clear()
+        c0 = time.process_time()
+        for _ in range(repeats):
+            gate_tube(path, tube, template, reader=reader)
+        total = (time.process_time() - c0) / repeats
+    finally:
+        for module, name, original in restore:
+            setattr(module, name, original)
+        est.ESTIMATORS.clear()
+        est.ESTIMATORS.update(saved_registry)
+    rows = sorted(((label, t / repeats) for label, t in spent.items()), key=lambda r: -r[1])
+    return 1000 * total, [(label, 1000 * t) for label, t in rows]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--file", type=Path, help="profile this FCS file instead of a simulated one")
@@ -125,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=3, help="profiled gate_tube calls (default 3)")
     p.add_argument("--top", type=int, default=25, help="rows per table (default 25)")
     p.add_argument("--seed", type=int, default=2026)
+    p.add_argument("--stages", type=int, default=20, metavar="N",
+                   help="calls timed stage by stage, without a profiler (default 20; 0: skip)")
     p.add_argument("--pyinstrument", action="store_true",
                    help="also print pyinstrument's statistical call tree (needs pyinstrument installed)")
     args = p.parse_args(argv)
@@ -142,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         tube = Tube(file=path.name, patient="P01", condition="negative_control")
 
         direct = direct_timings(path, tube, template)
+        stages = stage_timings(path, tube, template, args.stages) if args.stages > 0 else None
         result = gate_tube(path, tube, template)
         profiler = cProfile.Profile(time.process_time)  # CPU time: least disturbed by a shared machine
         profiler.enable()
@@ -164,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     print("== direct CPU timings, no profiler (median of 7 calls) ==")
     for name, ms in direct.items():
         print(f"{ms:9.2f} ms  {name}")
+    if stages is not None:
+        total_ms, rows = stages
+        print(f"\n== stages, no profiler: inclusive CPU ms per call (mean of {args.stages} calls; "
+              f"gate_tube {total_ms:.2f} ms) ==")
+        for label, ms in rows:
+            print(f"{ms:9.2f} ms {100 * ms / total_ms:5.1f}%  {label}")
     print(f"\n{args.calls} profiled calls follow (CPU seconds, totals over the calls)\n")
     stats = pstats.Stats(profiler)
     for order, title in (("tottime", "own time"), ("cumulative", "cumulative time")):

@@ -68,3 +68,98 @@ def test_bin_index_of_values_where_bins_are_finer_than_the_table(shift: int) -> 
     raw = from_scale(dim, edges)
     got = bin_index(values, dim, edges, shift=shift)
     assert np.array_equal(got, np.searchsorted(raw, values, side="right") - 1 + shift)
+
+
+@pytest.mark.parametrize("spec", [
+    {"type": "logicle", "T": 262144, "W": 0.5, "M": 4.5, "A": 0},
+    {"type": "asinh", "T": 262144, "M": 4.5},
+    {"type": "linear", "T": 262144},
+    {"type": "hyperlog", "T": 262144, "W": 0.5, "M": 4.5, "A": 0},
+])
+@pytest.mark.parametrize("shift", [0, 1])
+def test_guessed_bins_equal_the_binary_search(spec: dict, shift: int) -> None:
+    """The bins placed from the transformed value (checked against the raw edges either side) are the binary
+    search's for every value: on and beside every edge, below and above the window, +-inf, NaN, float32
+    extremes, crowded near zero where the bins are narrow."""
+    from bat_analysis.gating.binning import _guessed
+
+    rng = np.random.default_rng(17)
+    dim = Dimension("x", from_spec(spec))
+    assert dim.transform.cheap_apply
+    edges = np.linspace(-0.05, 1.05, 129)
+    raw = from_scale(dim, edges)
+    special = [np.nan, np.inf, -np.inf, 0.0, -0.0, 3.4e38, -3.4e38, 1e-30, -1e-30]
+    for dtype in (np.float32, np.float64):
+        values = np.concatenate([rng.normal(0, 30, 40_000), rng.lognormal(8, 2.5, 40_000) - 500,
+                                 raw, np.nextafter(raw, -np.inf), np.nextafter(raw, np.inf), special]).astype(dtype)
+        expected = np.searchsorted(raw, values, side="right") - 1 + shift
+        assert np.array_equal(_guessed(values, raw, dim, edges, shift), expected)
+        finite = np.isfinite(values)  # bin_index is given the events read_fcs accepts: finite ones
+        assert np.array_equal(bin_index(values[finite], dim, edges, shift), expected[finite])
+
+
+def test_guessed_bins_survive_a_wrong_guess() -> None:
+    """Whatever the transform answers (here a scale off by many bins, or NaN), the bins are the search's."""
+    from bat_analysis.gating.binning import _guessed
+
+    class Off:
+        cheap_apply = True
+
+        def __init__(self, exact, offset):
+            self.exact, self.offset = exact, offset
+
+        def apply(self, values):
+            return self.exact.apply(values) + self.offset
+
+    rng = np.random.default_rng(18)
+    edges = np.linspace(-0.05, 1.05, 129)
+    values = (rng.lognormal(8, 2.5, 20_000) - 500).astype(np.float32)
+    for offset in (0.05, -0.3, np.nan):
+        dim = Dimension("x", LOGICLE)
+        raw = from_scale(dim, edges)
+        dim_off = Dimension("x", Off(LOGICLE, offset))
+        assert np.array_equal(_guessed(values, raw, dim_off, edges, 1),
+                              np.searchsorted(raw, values, side="right"))
+
+
+def test_lookup_table_edge_in_the_rounding_gap_between_cells() -> None:
+    """An edge lying between one cell's computed end and the next cell's computed start (a rounding gap)
+    still makes its cells unsure: values on and beside every edge of a linear transform get the search's bins."""
+    dim = Dimension("x", from_spec({"type": "linear", "T": 262144}))
+    edges = np.linspace(-0.05, 1.05, 129)
+    raw = from_scale(dim, edges)
+    rng = np.random.default_rng(19)
+    values = np.concatenate([rng.uniform(raw[0], raw[-1], 80_000), raw, np.nextafter(raw, -np.inf),
+                             np.nextafter(raw, np.inf)]).astype(np.float32)
+    assert len(values) >= LUT_CELLS
+    assert np.array_equal(bin_index(values, dim, edges), np.searchsorted(raw, values, side="right") - 1)
+
+
+def test_table_cells_counted_from_the_edges_equal_the_search_of_every_cell() -> None:
+    """The lookup table's cells are placed by counting edges (one search per edge): the same as searching
+    every cell start among the edges, with starts on the edges, repeated starts and edges beyond the cells."""
+    from bat_analysis.gating.binning import _count_at_or_below
+
+    rng = np.random.default_rng(20)
+    edges = np.sort(rng.uniform(-100, 100, 129))
+    for points in (np.linspace(-120, 120, 16_384), np.linspace(-50, 50, 1000),
+                   np.sort(np.concatenate([edges, rng.uniform(-90, 90, 500), edges[::3]])),
+                   np.full(10, edges[5]), np.linspace(200, 300, 7)):
+        assert np.array_equal(_count_at_or_below(edges, points), np.searchsorted(edges, points, side="right"))
+    raw = from_scale(Dimension("x", LOGICLE), np.linspace(-0.05, 1.05, 129))
+    starts = raw[0] + (raw[-1] - raw[0]) / 16_384 * np.arange(16_384)
+    assert np.array_equal(_count_at_or_below(raw, starts), np.searchsorted(raw, starts, side="right"))
+
+
+def test_bin_index_from_values_already_on_the_scale() -> None:
+    """Positions the caller already has (right, or wrong) only guide the binning: same bins as the search."""
+    rng = np.random.default_rng(22)
+    dim = Dimension("x", LOGICLE)
+    edges = np.linspace(-0.05, 1.05, 129)
+    raw = from_scale(dim, edges)
+    values = np.concatenate([rng.normal(0, 30, 30_000), rng.lognormal(8, 2.5, 20_000) - 500, raw]).astype(np.float32)
+    expected = np.searchsorted(raw, values, side="right") - 1
+    scaled = LOGICLE.apply(values)
+    assert np.array_equal(bin_index(values, dim, edges, scaled=scaled), expected)
+    assert np.array_equal(bin_index(values, dim, edges, scaled=scaled + 0.02), expected)
+    assert np.array_equal(bin_index(values, dim, edges, shift=1, scaled=np.full(len(values), np.nan)), expected + 1)

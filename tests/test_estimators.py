@@ -297,3 +297,98 @@ def test_estimators_never_raise_on_strange_data(cols: tuple[np.ndarray, np.ndarr
             assert e.mask is not None and e.mask.shape == x.shape
         else:
             assert e.flags and e.diagnostics["failure"]
+
+
+def test_fraction_is_the_mask_mean_exactly() -> None:
+    """``fraction`` (a count and one division) gives ``mask.mean()`` to the last bit."""
+    rng = np.random.default_rng(21)
+    for n in (1, 7, 50_000, 1_234_567):
+        for p in (0.0, 0.001, 0.37, 0.999, 1.0):
+            mask = rng.random(n) < p
+            assert est.fraction(mask) == float(mask.mean())
+
+
+def test_density_image_from_values_already_on_the_scale_is_the_same() -> None:
+    rng = np.random.default_rng(23)
+    dx, dy = Dimension("CCR3", LOGICLE), Dimension("SSC-A", LOGICLE)
+    x = np.concatenate([rng.normal(0, 40, 40_000), lognormal(rng, 5000, 0.4, 3000)]).astype(np.float32)
+    y = lognormal(rng, 20000, 0.5, len(x)).astype(np.float32)
+    xlim, ylim = est.scale_limits(dx, x), est.scale_limits(dy, y)
+    plain = est.density_image(x, y, dx, dy, xlim, ylim)
+    guided = est.density_image(x, y, dx, dy, xlim, ylim, x_scaled=est.to_scale(dx, x))
+    assert all(np.array_equal(a, b) for a, b in zip(plain, guided))
+
+
+@pytest.mark.parametrize("sort_first", [False, True])
+def test_order_statistics_of_sorted_values_are_the_same(sort_first: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quantiles and medians taken of the sorted values (where sorting is the faster way) and the values
+    strictly below / above a pivot are numpy's own of the unsorted values, to the last bit; ties, repeated
+    values, float32 and float64, a NaN left out of the slices."""
+    monkeypatch.setattr(est, "_sorting_is_faster", lambda: sort_first)
+    rng = np.random.default_rng(24)
+    for dtype in (np.float32, np.float64):
+        for v in (rng.lognormal(5, 2, 50_000) - 100, np.round(rng.normal(0, 3, 20_001)), rng.random(1000)):
+            v = v.astype(dtype)
+            ordered, is_sorted = est.for_order_statistics(v)
+            assert is_sorted == sort_first
+            for q in (0.0001, 0.0005, [0.001, 0.999], [0.01, 0.99], [0.25, 0.75]):
+                assert np.array_equal(np.quantile(ordered, q), np.quantile(v, q))
+            pivot = float(np.quantile(v, 0.4))
+            below, above = est.strictly_below(ordered, pivot, is_sorted), est.strictly_above(ordered, pivot, is_sorted)
+            assert np.median(pivot - below) == np.median(pivot - v[v < pivot])
+            assert np.median(above - pivot) == np.median(v[v > pivot] - pivot)
+            assert sorted(below.tolist()) == sorted(v[v < pivot].tolist())
+            assert sorted(above.tolist()) == sorted(v[v > pivot].tolist())
+    with_nan = np.sort(np.concatenate([rng.random(2000), [np.nan, np.nan]]))
+    assert np.array_equal(est.strictly_above(with_nan, 0.5, True), with_nan[with_nan > 0.5])
+    assert np.array_equal(est.strictly_below(with_nan, 0.5, True), with_nan[with_nan < 0.5])
+
+
+def test_split_point_and_singlets_do_not_depend_on_sorting_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(25)
+    v = np.concatenate([rng.normal(0.2, 0.03, 40_000), rng.normal(0.7, 0.05, 2000)])
+    area = lognormal(rng, 80_000, 0.3, 30_000)
+    height = area * rng.normal(0.85, 0.03, len(area))
+    dims = (Dimension("FSC-A", None), Dimension("FSC-H", None))
+    results = []
+    for sort_first in (False, True):
+        monkeypatch.setattr(est, "_sorting_is_faster", lambda s=sort_first: s)
+        single = est.estimate_singlets(gd("singlets", [area.astype(np.float32), height.astype(np.float32)], dims,
+                                          [262144.0, 262144.0]), params("singlet_band"))
+        results.append((est._split_point(v, 2.5), single.diagnostics, single.mask))
+    assert results[0][0] == results[1][0] and results[0][1] == results[1][1]
+    assert np.array_equal(results[0][2], results[1][2])
+
+
+def test_histogram_of_sorted_values_is_numpys() -> None:
+    """Counting equal bins by placing the edges among sorted values gives np.histogram's counts and edges:
+    values on every edge, ties, out-of-range values, float32 and float64, many bin counts."""
+    rng = np.random.default_rng(26)
+    for trial in range(400):
+        n = int(rng.integers(1, 3000))
+        v = [rng.normal(0, 1, n), np.round(rng.normal(0, 5, n)) / 4, rng.lognormal(0, 2, n)][trial % 3]
+        v = v.astype(np.float64 if trial % 2 else np.float32)
+        lo, hi = (float(np.quantile(v, 0.01)), float(np.quantile(v, 0.99))) if trial % 5 else (float(v.min()),
+                                                                                              float(v.max()))
+        hi = hi if hi > lo else lo + 1
+        bins = int(rng.choice([7, 64, 256, 1000]))
+        edges = np.histogram_bin_edges(v[:0], bins=bins, range=(lo, hi))
+        v = np.concatenate([v, edges[rng.integers(0, len(edges), 20)].astype(v.dtype)])
+        expected = np.histogram(v, bins=bins, range=(lo, hi))
+        got = est.histogram(np.sort(v), True, bins, (lo, hi))
+        assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+
+
+def test_time_bin_counts_of_events_in_acquisition_order_are_bincounts() -> None:
+    """Counting non-decreasing time bins by placing the bin starts among them gives np.bincount's counts;
+    events out of order are counted by np.bincount itself."""
+    rng = np.random.default_rng(27)
+    for n_bins in (1, 20, 2000):
+        ordered = np.sort(rng.integers(0, n_bins, 100_000)).astype(np.int32)
+        ordered[-50:] = n_bins - 1  # an empty bin or two before a crowded last one
+        shuffled = rng.permutation(ordered)
+        for which in (ordered, shuffled, ordered[:1], ordered[:0]):
+            got = est._bin_counts(which, n_bins)
+            assert np.array_equal(got, np.bincount(which, minlength=n_bins)) and len(got) == n_bins
+    gappy = np.repeat(np.array([0, 3, 3, 9], dtype=np.int32), 1000)
+    assert np.array_equal(est._bin_counts(gappy, 12), np.bincount(gappy, minlength=12))

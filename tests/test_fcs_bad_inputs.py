@@ -652,3 +652,14 @@ def test_a_file_that_is_not_fcs_says_so_first(tmp_path: Path) -> None:
     err = refused(path, "HEADER")
     assert str(err).startswith(f"{path}: this is not an FCS file — check that the layout names the tube's FCS "
                                f"export — HEADER at byte 0: does not start with 'FCS'"), str(err)
+
+
+@pytest.mark.parametrize("row", [0, 16_383, 16_384, 40_000])
+def test_non_finite_event_value_in_any_block_of_events(tmp_path: Path, row: int) -> None:
+    """The finiteness check runs over blocks of events: a NaN in any block, the last one included, is found."""
+    from bat_analysis.io.fcs import _all_finite
+
+    events = np.tile(EVENTS, (40_001 // len(EVENTS) + 1, 1))[:40_001]
+    events[row, 1] = np.nan
+    assert not _all_finite(events) and _all_finite(np.delete(events, row, axis=0))
+    refused(write(tmp_path, float_file(events, NAMES)), "DATA", message_part="non-finite")

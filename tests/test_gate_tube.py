@@ -292,3 +292,33 @@ def test_a_known_checksum_is_recorded_without_hashing_again(tmp_path: Path, monk
     hashed = tube_module.gate_tube(sample, Tube(sample.name, "P01", "fmlp"), template)
     assert hashed.file_sha256 == "hashed-here" and len(calls) == 1
     assert given.n_basophils == hashed.n_basophils > 0
+
+
+
+def test_members_of_a_gate_whose_parent_kept_every_event_are_indices_of_all_events(tmp_path) -> None:
+    """Under a parent that kept every event (acquisition QC of a clean tube) a gate's members are the
+    indices, among all events, of the events it keeps: here the margin's, recomputed from its rule."""
+    import numpy as np
+
+    from bat_analysis.gating.templates import load_template
+    from bat_analysis.gating.tube import gate_sample_indices
+    from bat_analysis.io.fcs import read_fcs
+    from bat_analysis.io.fcs_write import write_fcs
+    from bat_analysis.records import Tube
+    from bat_analysis.simulate import simulate_tube
+
+    sim = simulate_tube(n_events=20_000, condition="anti_fceri", kind="responder", seed=5)
+    path = write_fcs(tmp_path / "t.fcs", sim.events, sim.pnn, sim.pns, version="3.1", datatype="F",
+                     spillover=sim.spillover)
+    sample = read_fcs(path)
+    template = load_template("bat_ccr3_cd63")
+    _result, idx = gate_sample_indices(sample, Tube(file="t.fcs", patient="P", condition="negative_control"),
+                                       template)
+    n = sample.events.shape[0]
+    assert len(idx["acquisition_qc"]) == n  # a clean tube: every event kept
+    tol = next(g for g in template.gates if g.name == "margin").params["tolerance"]
+    keep = np.ones(n, dtype=bool)
+    for name in ("FSC-A", "SSC-A"):
+        channel = next(c for c in sample.channels if c.pnn == name)
+        keep &= ~(sample.events[:, channel.index] >= float(channel.range) * (1.0 - tol))
+    assert np.array_equal(idx["margin"], np.flatnonzero(keep))

@@ -45,6 +45,9 @@ class ScaleTransform:
     """Base of all transforms; subclasses define ``kind``, ``params()``, ``apply`` and ``inverse``."""
 
     kind: ClassVar[str] = ""
+    #: whether ``apply`` is a closed form or a table (a few ns per value), cheaper per value than a binary
+    #: search among a few hundred edges; False for the transforms found by root finding
+    cheap_apply: ClassVar[bool] = False
 
     def params(self) -> dict[str, float]:
         raise NotImplementedError
@@ -77,6 +80,7 @@ class Linear(ScaleTransform):
     T: float = 262144.0
     A: float = 0.0
     kind: ClassVar[str] = "linear"
+    cheap_apply: ClassVar[bool] = True
 
     def params(self) -> dict[str, float]:
         return {"T": self.T, "A": self.A}
@@ -125,6 +129,7 @@ class Asinh(ScaleTransform):
     M: float = 4.5
     A: float = 0.0
     kind: ClassVar[str] = "asinh"
+    cheap_apply: ClassVar[bool] = True
 
     def params(self) -> dict[str, float]:
         return {"T": self.T, "M": self.M, "A": self.A}
@@ -259,6 +264,7 @@ class _TableTransform(ScaleTransform):
     n_knots: int = 1 << 14
     x_span: float = 1e7
     _exact_class: ClassVar[type[_FlowUtilsTWMA]] = _FlowUtilsTWMA
+    cheap_apply: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exact", self._exact_class(self.T, self.W, self.M, self.A))

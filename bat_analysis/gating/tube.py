@@ -196,7 +196,9 @@ def _gated(state: _TubeState, gspec: GateSpec, inp: _GateInput, estimate: est.Es
         estimate.density, estimate.density_edges = _density_for(inp.cols, inp.dims, inp.tops)
     if gspec.keep == "outside":
         mask = ~mask
-    kept = np.flatnonzero(mask) if parent_idx is None else parent_idx[mask]
+    # a parent holding every event has the indices 0..n-1 (sorted subsets): its members are the mask's
+    whole = parent_idx is None or len(parent_idx) == state.n_events
+    kept = np.flatnonzero(mask) if whole else parent_idx[mask]
     state.idx[gspec.name] = kept
     geometry = gate_to_dict(_with_parent(gate, gspec.parent))
     if estimate.members:
