@@ -81,7 +81,7 @@ def test_guessed_bins_equal_the_binary_search(spec: dict, shift: int) -> None:
     """The bins placed from the transformed value (checked against the raw edges either side) are the binary
     search's for every value: on and beside every edge, below and above the window, +-inf, NaN, float32
     extremes, crowded near zero where the bins are narrow."""
-    from bat_analysis.gating.binning import _guessed
+    from bat_analysis.gating._binning import _guessed
 
     rng = np.random.default_rng(17)
     dim = Dimension("x", from_spec(spec))
@@ -100,7 +100,7 @@ def test_guessed_bins_equal_the_binary_search(spec: dict, shift: int) -> None:
 
 def test_guessed_bins_survive_a_wrong_guess() -> None:
     """Whatever the transform answers (here a scale off by many bins, or NaN), the bins are the search's."""
-    from bat_analysis.gating.binning import _guessed
+    from bat_analysis.gating._binning import _guessed
 
     class Off:
         cheap_apply = True
@@ -138,7 +138,7 @@ def test_lookup_table_edge_in_the_rounding_gap_between_cells() -> None:
 def test_table_cells_counted_from_the_edges_equal_the_search_of_every_cell() -> None:
     """The lookup table's cells are placed by counting edges (one search per edge): the same as searching
     every cell start among the edges, with starts on the edges, repeated starts and edges beyond the cells."""
-    from bat_analysis.gating.binning import _count_at_or_below
+    from bat_analysis.gating._binning import _count_at_or_below
 
     rng = np.random.default_rng(20)
     edges = np.sort(rng.uniform(-100, 100, 129))
