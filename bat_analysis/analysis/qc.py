@@ -52,6 +52,19 @@ def basophil_count_flags(n: int, qc: QcConfig) -> list[Flag]:
     return []
 
 
+def basophil_count_words(n: int, qc: QcConfig) -> str:
+    """The basophil count against the limits of ``qc``, in a reader's words (the reports show this beside a
+    LOW_BASOPHILS flag; the tables keep the flag's short message): "499 basophils: fewer than the 500
+    recommended, above the minimum of 200"."""
+    low, recommended = qc.basophils_fail_below, qc.basophils_pass_min
+    if n < low:
+        return f"{n} basophils: fewer than the minimum of {low} (and the {recommended} recommended)"
+    if n < recommended:
+        where = "at" if n == low else "above"
+        return f"{n} basophils: fewer than the {recommended} recommended, {where} the minimum of {low}"
+    return f"{n} basophils: at least the {recommended} recommended"
+
+
 def fraction_flags(fractions: Mapping[str, float], qc: QcConfig) -> list[Flag]:
     """Acquisition QC, margin and doublet fractions against their limits."""
     rules = (("acquisition_qc", "ACQUISITION_QC", "events removed by acquisition QC",

@@ -11,8 +11,11 @@ All text (patient, allergen and file names, reasons) is drawn literally, never a
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import math
+import re
+import struct
 import textwrap
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,17 +32,15 @@ from ..fileio import atomic_path  # noqa: E402
 from ..textsafe import visible  # noqa: E402
 from .plots import draw_dose_response, literal_text  # noqa: E402
 from .views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,  # noqa: E402
-                    fmt_value, point_intervals, present_columns, qc_rows)
+                    concentration_unit, flag_groups, fmt_value, point_intervals, present_columns, qc_rows)
 
 A4 = (8.27, 11.69)
 MARGIN = 0.55  # inches
 LINE = 0.18  # inches per line of 8-pt text
 SUMMARY_CHARS = 600  # QC reasons on the summary page are cut here; the Flags section lists them all
 STATUS_COLOURS = {"pass": "#2e7d32", "warn": "#ef8f00", "fail": "#c62828"}
-SHORT = {"concentration": "conc.", "pretreatment": "arm", "n_basophils": "basophils",
-         "cd63_threshold": "CD63 thr.", "pct_cd63": "%CD63+", "net_pct_cd63": "net %", "si_cd63": "SI",
-         "cd203c_mfi": "CD203c MFI", "si_cd203c": "SI CD203c", "qc_status": "QC",
-         "acq. QC removed %": "acq. QC %", "spillover": "spill."}
+CELL_PAD = 0.04  # inches between a cell's rules and its text
+IMAGES_PER_ROW = 2  # gating plots per row of a page: 3.6 in wide, their type at its size (tick labels 8 pt)
 
 
 class _Flow:
@@ -47,6 +48,7 @@ class _Flow:
 
     def __init__(self, pdf: PdfPages, footer: str) -> None:
         self.pdf = pdf
+        self.embedded = _EmbeddedPngs(pdf)
         self.footer = visible(footer)
         self.fig: Figure | None = None
         self._canvas: Any = None
@@ -96,63 +98,73 @@ class _Flow:
 
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], *, size: float = 6.5,
               col_widths: Sequence[float] | None = None, status_col: int | None = None) -> None:
-        """A table split over pages as needed; the header row repeats on each page.
+        """A table split over pages as needed; the header row repeats on each page. A cell longer than its
+        column wraps onto more lines (at spaces, underscores, dots, hyphens, slashes; inside a word only when
+        one word is wider than the column): nothing is cut.
 
-        Drawn as one multi-line text per column (rows on the font's line pitch, see
-        :func:`_line_metrics_em`) plus
-        one collection of rules: a few text objects per table instead of one per cell, which is what
-        made matplotlib's own ``Axes.table`` slow to lay out and write."""
+        Drawn as one multi-line text per column (lines on the font's line pitch, see :func:`_line_metrics_em`,
+        a row as tall as its tallest cell) plus one collection of rules: a few text objects per table instead
+        of one per cell, which is what made matplotlib's own ``Axes.table`` slow to lay out and write."""
         ascent, descent, gap = _line_metrics_em()
-        row_h = (ascent + descent + gap) * size / 72.0
-        rows = [[visible(fmt_value(c)) for c in r] for r in rows]
-        headers = [visible(str(h)) for h in headers]
+        line_h = (ascent + descent + gap) * size / 72.0
         width = A4[0] - 2 * MARGIN
         fracs = list(col_widths) if col_widths else [1.0 / len(headers)] * len(headers)
         lefts = np.concatenate([[0.0], np.cumsum(fracs)]) * width
+        room = [(lefts[c + 1] - lefts[c] - 2 * CELL_PAD) * 72.0 for c in range(len(headers))]  # points
+        head = [_wrap(visible(str(h)), room[c], size, bold=True) for c, h in enumerate(headers)]
+        body = [[_wrap(visible(fmt_value(v)), room[c], size) for c, v in enumerate(r)] for r in rows]
+        head_h = max(len(cell) for cell in head) * line_h
         i = 0
-        while i < len(rows) or (i == 0 and not rows):
-            self.ensure(2 * row_h)
-            n = max(1, min(len(rows) - i, int(self.room / row_h) - 1))
-            chunk = rows[i:i + n]
-            self._table_chunk(headers, chunk, lefts, row_h, size, status_col)
-            self.y += row_h * (len(chunk) + 1) + 0.1
-            i += n
-            if not rows:
+        while i < len(body) or (i == 0 and not body):
+            self.ensure(head_h + line_h * (max(len(c) for c in body[i]) if body else 1))
+            n, used = 0, head_h
+            while i + n < len(body):
+                h = max(len(c) for c in body[i + n]) * line_h
+                if n and used + h > self.room:
+                    break
+                used += h
+                n += 1
+            chunk = body[i:i + n]
+            self._table_chunk(head, chunk, lefts, line_h, size, status_col)
+            self.y += used + 0.1
+            i += max(n, 1)
+            if not body:
                 break
 
-    def _table_chunk(self, headers: Sequence[str], chunk: Sequence[Sequence[str]], lefts: np.ndarray,
-                     row_h: float, size: float, status_col: int | None) -> None:
+    def _table_chunk(self, head: Sequence[list[str]], chunk: Sequence[Sequence[list[str]]], lefts: np.ndarray,
+                     line_h: float, size: float, status_col: int | None) -> None:
         from matplotlib.collections import LineCollection
         from matplotlib.patches import Rectangle
-        from matplotlib.transforms import Bbox, TransformedBbox
 
         assert self.fig is not None
         fig, top = self.fig, self.y
-        n_rows = len(chunk) + 1
+        heights = [max(len(cell) for cell in head)] + [max(len(cell) for cell in row) for row in chunk]  # lines
+        starts = np.concatenate([[0], np.cumsum(heights)])  # first line of each row, then the end
         fx = [(MARGIN + x) / A4[0] for x in lefts]
-        fy = [self._fy(top + k * row_h) for k in range(n_rows + 1)]
+        fy = [self._fy(top + k * line_h) for k in starts]
         fig.add_artist(Rectangle((fx[0], fy[1]), fx[-1] - fx[0], fy[0] - fy[1], transform=fig.transFigure,
                                  facecolor="0.93", edgecolor="none", zorder=0))
         rules = [[(fx[0], y), (fx[-1], y)] for y in fy] + [[(x, fy[0]), (x, fy[-1])] for x in fx]
         fig.add_artist(LineCollection(rules, colors="0.7", linewidths=0.3, transform=fig.transFigure,
                                       zorder=1))
-        ascent, _, gap = _line_metrics_em()
-        pad = 0.04  # inches between a cell's left rule and its text
-        baseline = [self._fy(top + k * row_h + (ascent + gap / 2) * size / 72.0) for k in range(n_rows)]
-        for c, header in enumerate(headers):
-            x = (MARGIN + lefts[c] + pad) / A4[0]
-            clip = TransformedBbox(Bbox([[fx[c], fy[-1]], [fx[c + 1], fy[0]]]), fig.transFigure)
-            texts = [fig.text(x, baseline[0], str(header), fontsize=size, fontweight="bold", va="baseline")]
+        for c, header in enumerate(head):
+            x = (MARGIN + lefts[c] + CELL_PAD) / A4[0]
+            fig.text(x, fy[0], "\n".join(header), fontsize=size, fontweight="bold", va="top", ha="left",
+                     multialignment="left")
             if c == status_col:
-                texts += [fig.text(x, baseline[k], row[c], fontsize=size, va="baseline",
-                                   color=STATUS_COLOURS.get(row[c], "black")) for k, row in enumerate(chunk, 1)]
+                for k, row in enumerate(chunk, 1):
+                    fig.text(x, fy[k], "\n".join(row[c]), fontsize=size, va="top",
+                             color=STATUS_COLOURS.get(row[c][0] if row[c] else "", "black"))
             elif chunk:
-                column = "\n".join(row[c] for row in chunk)
-                if column.strip():
-                    texts.append(fig.text(x, fy[1], column, fontsize=size, va="top", ha="left",
-                                          multialignment="left"))
-            for text in texts:  # a long cell is cut at its column's edge, not written over the next one
-                text.set_clip_box(clip)
+                lines: list[str] = []
+                for k, row in enumerate(chunk, 1):
+                    lines += row[c] + [""] * (heights[k] - len(row[c]))
+                if any(line.strip() for line in lines):
+                    fig.text(x, fy[1], "\n".join(lines), fontsize=size, va="top", ha="left", multialignment="left")
+
+    def embed(self, png: Any) -> np.ndarray:
+        """The pixels of a report PNG (``Png``) to draw on a page; the PDF stores its own PNG data for them."""
+        return self.embedded.add(png.data)
 
     def canvas(self) -> Any:
         """One invisible axes over the whole page in inches from the top-left corner (for images)."""
@@ -175,6 +187,50 @@ class _Flow:
 
 
 @functools.cache
+def _font(bold: bool) -> Any:
+    from matplotlib.font_manager import FontProperties, findfont, get_font
+
+    return get_font(findfont(FontProperties(weight="bold" if bold else "normal")))
+
+
+@functools.lru_cache(maxsize=8192)
+def _text_width_pt(text: str, size: float, bold: bool = False) -> float:
+    """Width of one line of text in points, from the font's advances (as matplotlib lays it out)."""
+    font = _font(bold)
+    font.set_size(size, 72)
+    font.set_text(text, 0.0)
+    return font.get_width_height()[0] / 64.0
+
+
+_BREAK = re.compile(r"[^\s_./\-]*(?:[\s_./\-]+|$)")
+
+
+def _wrap(text: str, room_pt: float, size: float, bold: bool = False) -> list[str]:
+    """``text`` as lines no wider than ``room_pt`` points: broken after spaces, ``_ . / -`` where possible,
+    inside a word only when the word alone is wider than the room. Line feeds in ``text`` are kept."""
+    out: list[str] = []
+    for para in text.split("\n"):
+        if _text_width_pt(para, size, bold) <= room_pt:
+            out.append(para)
+            continue
+        line = ""
+        for token in (t for t in _BREAK.findall(para) if t):
+            if _text_width_pt((line + token).rstrip(), size, bold) <= room_pt:
+                line += token
+                continue
+            if line.strip():
+                out.append(line.rstrip())
+            line = token.lstrip() if line.strip() else token
+            while len(line) > 1 and _text_width_pt(line.rstrip(), size, bold) > room_pt:  # one long word
+                cut = next(k for k in range(len(line) - 1, 0, -1)
+                           if _text_width_pt(line[:k], size, bold) <= room_pt or k == 1)
+                out.append(line[:cut])
+                line = line[cut:]
+        out.append(line.rstrip())
+    return out or [""]
+
+
+@functools.cache
 def _line_metrics_em() -> tuple[float, float, float]:
     """Ascender, descender and line gap of the text font, in font sizes (its OS/2 typographic metrics).
 
@@ -192,8 +248,12 @@ def _line_metrics_em() -> tuple[float, float, float]:
 
 
 def _widths(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[float]:
-    """Column widths proportional to their longest cell (header included), within limits."""
-    lens = [max([len(str(h))] + [len(fmt_value(r[i])) for r in rows]) for i, h in enumerate(headers)]
+    """Column widths proportional to their longest cell, or to the header's longest word or half the header
+    (headers wrap more readily than values), within limits; longer cells wrap (:meth:`_Flow.table`)."""
+    def head(h: str) -> int:
+        return max([len(w) for w in str(h).split()] + [len(str(h)) // 2])
+
+    lens = [max([head(h)] + [len(fmt_value(r[i])) for r in rows]) for i, h in enumerate(headers)]
     lens = [min(max(n, 3), 40) + 2 for n in lens]  # + cell padding
     total = float(sum(lens))
     return [n / total for n in lens]
@@ -228,7 +288,8 @@ def _summary(flow: _Flow, view: PatientView, run: RunView) -> None:
     if view.patient_rows:
         cols = [c for c in present_columns(view.patient_rows, PATIENT_COLUMNS) if c not in ("allergen",)]
         allergens = [str(r.get("allergen", "")) for r in view.patient_rows]
-        rows = [[run.label(c).replace("_", " ")] + [r.get(c) for r in view.patient_rows] for c in cols]
+        unit = concentration_unit(view.tubes)
+        rows = [[run.label(c, unit)] + [r.get(c) for r in view.patient_rows] for c in cols]
         headers = ["metric"] + allergens
         flow.table(headers, rows, size=7.5, col_widths=_widths(headers, rows))
         flow.text("EC50 in the layout's concentration unit; empty when not estimable. CD-sens = 100/EC50; "
@@ -256,32 +317,28 @@ def _tables(flow: _Flow, view: PatientView, run: RunView) -> None:
     flow.new_page()
     flow.text("Metrics per tube", size=11, weight="bold")
     cols = present_columns(view.tube_rows, TUBE_COLUMNS)
-    headers = [run.label(SHORT.get(c, c)) for c in cols]
+    headers = [run.label(c, concentration_unit(view.tubes)) for c in cols]
     rows = [[r.get(c) for c in cols] for r in view.tube_rows]
     flow.table(headers, rows, col_widths=_widths(headers, rows), size=6.5,
                status_col=cols.index("qc_status") if "qc_status" in cols else None)
     flow.gap()
     flow.text("Quality control", size=11, weight="bold")
     qc_table = qc_rows(view.tubes)
-    headers = [run.label(SHORT.get(h, h)) for h in QC_HEADERS]
+    headers = [run.label(h) for h in QC_HEADERS]
     flow.table(headers, qc_table, col_widths=_widths(headers, qc_table), size=6.5, status_col=9)
     flow.gap()
     flow.text("Flags", size=11, weight="bold")
-    flagged = [t for t in view.tubes if t.flags]
-    if not flagged and not view.patient_flags:
+    groups = flag_groups(view.tubes, view.patient_flags)
+    if not groups:
         flow.text("No flags.")
-    for t in flagged:
-        flow.text(f"{t.result.tube.file} — QC {t.qc_status}", size=8, weight="bold",
-                  colour=STATUS_COLOURS.get(t.qc_status, "black"))
-        for f in t.flags:
-            label = "QC rule" if f.severity == "qc" else f.severity
-            flow.text(f"[{label}] {f.code}: {f.message}", size=7.5, indent=0.15,
-                      colour=STATUS_COLOURS.get(f.severity, "black"), width=120)
-    if view.patient_flags:
-        flow.text("dose–response", size=8, weight="bold")
-        for f in view.patient_flags:
-            flow.text(f"[{f.severity}] {f.code}: {f.message}", size=7.5, indent=0.15,
-                      colour=STATUS_COLOURS.get(f.severity, "black"), width=120)
+    else:
+        flow.text("Failures first, then warnings; the same finding on several tubes is listed once with its tubes.",
+                  size=7, colour="0.35")
+    for g in groups:  # failures, then warnings, then information
+        flow.text(f"[{g.severity}] {g.heading()}", size=8, weight="bold",
+                  colour=STATUS_COLOURS.get(g.severity, "black"), width=120)
+        for where, what in g.lines():
+            flow.text(f"{where}: {what}", size=7, indent=0.15, width=130)
     flow.gap()
     flow.text("Audit trail", size=11, weight="bold")
     for key, value in run.audit_items(view):
@@ -298,7 +355,7 @@ def _tables(flow: _Flow, view: PatientView, run: RunView) -> None:
             flow.text(f"{key}: {fmt_value(value)}", size=7.5, width=140)
 
 
-def _tube_block(flow: _Flow, tube: TubeView, ncols: int = 3) -> None:
+def _tube_block(flow: _Flow, tube: TubeView, ncols: int = IMAGES_PER_ROW) -> None:
     t = tube.result.tube
     desc = [t.condition.replace("_", " ")]
     if t.allergen:
@@ -320,16 +377,13 @@ def _tube_block(flow: _Flow, tube: TubeView, ncols: int = 3) -> None:
     for row in range(nrows):
         flow.ensure(img_h)
         canvas = flow.canvas()
-        pixels = [_rgb(png.data) for png in images[row * ncols:(row + 1) * ncols]]
         y0 = MARGIN + flow.y
-        if len({p.shape for p in pixels}) == 1:  # one image per row of plots: a third of the PDF objects
-            x0 = MARGIN
-            canvas.imshow(np.concatenate(pixels, axis=1), interpolation="none",
-                          extent=(x0, x0 + img_w * len(pixels), y0 + img_h, y0), aspect="auto")
-        else:
-            for col, rgb in enumerate(pixels):
-                x0 = MARGIN + col * img_w
-                canvas.imshow(rgb, interpolation="none", extent=(x0, x0 + img_w, y0 + img_h, y0), aspect="auto")
+        for col, png in enumerate(images[row * ncols:(row + 1) * ncols]):
+            x0 = MARGIN + col * img_w
+            # rows reversed and drawn from the bottom: matplotlib then stores the rows in the PNG's order (its PDF
+            # writer flips what it is given), so the PNG's own data can be embedded (see _EmbeddedPngs)
+            canvas.imshow(flow.embed(png)[::-1], origin="lower", interpolation="none",
+                          extent=(x0, x0 + img_w, y0 + img_h, y0), aspect="auto")
         flow.y += img_h
     flow.gap(0.15)
 
@@ -340,6 +394,61 @@ def _rgb(png: bytes) -> np.ndarray:
 
     with Image.open(io.BytesIO(png)) as img:
         return np.asarray(img.convert("RGB"))
+
+
+def _idat(png: bytes) -> bytes | None:
+    """The compressed pixel stream (IDAT chunks) of an 8-bit RGB, non-interlaced PNG; None for any other PNG."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    pos, out = 8, []
+    while pos + 8 <= len(png):
+        length, kind = struct.unpack(">L4s", png[pos:pos + 8])
+        data = png[pos + 8:pos + 8 + length]
+        if kind == b"IHDR" and (data[8], data[9], data[12]) != (8, 2, 0):  # bit depth, RGB, no interlace
+            return None
+        if kind == b"IDAT":
+            out.append(data)
+        pos += 12 + length
+    return b"".join(out) or None
+
+
+def _pixel_key(size: tuple[int, int], pixels: bytes) -> tuple[tuple[int, int], bytes]:
+    return size, hashlib.sha1(pixels, usedforsecurity=False).digest()  # a fingerprint, not a security measure
+
+
+class _EmbeddedPngs:
+    """The plots' own PNG data written into the PDF as they are, not encoded a second time.
+
+    matplotlib's PDF writer stores an RGB image as a PNG's IDAT stream (Flate with PNG predictors), which it
+    makes by encoding the pixels to PNG (``PdfFile._writePng``). For pixels that are those of one of the
+    report's PNGs (known by a hash of the pixels), that stream is the PNG's own IDAT data: this hands it over.
+    Any other image, or a matplotlib whose writer lacks that method, is written as before."""
+
+    def __init__(self, pdf: PdfPages) -> None:
+        self.known: dict[tuple[tuple[int, int], bytes], bytes] = {}
+        self.reused = 0
+        ensure = getattr(pdf, "_ensure_file", None)  # matplotlib opens the PdfFile on the first page
+        file = ensure() if callable(ensure) else getattr(pdf, "_file", None)
+        self._original = getattr(file, "_writePng", None)
+        if file is not None and self._original is not None:
+            file._writePng = self._write_png
+
+    def add(self, png: bytes) -> np.ndarray:
+        """The PNG's pixels (8-bit RGB), remembered with its IDAT stream."""
+        rgb = _rgb(png)
+        if self._original is not None:
+            idat = _idat(png)
+            if idat is not None:
+                self.known[_pixel_key((rgb.shape[1], rgb.shape[0]), rgb.tobytes())] = idat
+        return rgb
+
+    def _write_png(self, img: Any) -> Any:
+        if img.mode == "RGB":
+            idat = self.known.get(_pixel_key(img.size, img.tobytes()))
+            if idat is not None:
+                self.reused += 1
+                return idat, 8, None
+        return self._original(img)
 
 
 @literal_text()
