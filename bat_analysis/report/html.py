@@ -47,7 +47,7 @@ padding:1em 1.5em;color:#222;line-height:1.4}
 h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}
 h3{font-size:1em;margin:.8em 0 .3em}
 table{border-collapse:collapse;font-size:.85em;margin:.4em 0;max-width:100%}
-th,td{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th,td{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top;overflow-wrap:break-word}
 th{background:#f3f3f3;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .tablewrap{max-width:100%;overflow-x:auto}img{max-width:100%;height:auto}
 .badge{display:inline-block;padding:1px 7px;border-radius:8px;font-size:.8em;font-weight:600;color:#fff}
@@ -98,6 +98,12 @@ def img_tag(png: Png, *, alt: str | None = None, scale: float = 1.0, src: str | 
             f'data-kind="{escape(png.kind)}">')
 
 
+def breakable(text: str) -> str:
+    """Escaped text with line-break opportunities after ``_`` and ``/`` (``<wbr>``): a long file name wraps
+    at its parts in a narrow column instead of widening the table or breaking inside a word."""
+    return text.replace("_", "_<wbr>").replace("/", "/<wbr>")
+
+
 def badge(status: str | None, *, prefix: str = "") -> str:
     s = status or "none"
     css = f"{prefix}{s}" if prefix else s
@@ -113,7 +119,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric: Seq
     for row in rows:
         out.append("<tr>")
         for i, cell in enumerate(row):
-            text = str(cell) if raw else escape(fmt_value(cell))
+            text = str(cell) if raw else breakable(escape(fmt_value(cell)))
             cls = ' class="num"' if i < len(numeric) and numeric[i] else ""
             out.append(f"<td{cls}>{text}</td>")
         out.append("</tr>")

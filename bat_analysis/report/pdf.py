@@ -196,10 +196,13 @@ def _font(bold: bool) -> Any:
 @functools.lru_cache(maxsize=8192)
 def _text_width_pt(text: str, size: float, bold: bool = False) -> float:
     """Width of one line of text in points, from the font's advances (as matplotlib lays it out)."""
+    from matplotlib import ft2font
+
+    no_hinting = ft2font.LoadFlags.NO_HINTING if hasattr(ft2font, "LoadFlags") else ft2font.LOAD_NO_HINTING
     font = _font(bold)
     font.set_size(size, 72)
-    font.set_text(text, 0.0)
-    return font.get_width_height()[0] / 64.0
+    font.set_text(text, 0.0, flags=no_hinting)  # unhinted: the advances the PDF's text is laid out with
+    return font.get_width_height()[0] / 64.0 * 1.02  # + 2% for rounding and the bold weight's variants
 
 
 _BREAK = re.compile(r"[^\s_./\-]*(?:[\s_./\-]+|$)")
@@ -247,16 +250,29 @@ def _line_metrics_em() -> tuple[float, float, float]:
     return hhea["ascent"] / em, -hhea["descent"] / em, hhea["lineGap"] / em
 
 
-def _widths(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[float]:
-    """Column widths proportional to their longest cell, or to the header's longest word or half the header
-    (headers wrap more readily than values), within limits; longer cells wrap (:meth:`_Flow.table`)."""
-    def head(h: str) -> int:
-        return max([len(w) for w in str(h).split()] + [len(str(h)) // 2])
-
-    lens = [max([head(h)] + [len(fmt_value(r[i])) for r in rows]) for i, h in enumerate(headers)]
-    lens = [min(max(n, 3), 40) + 2 for n in lens]  # + cell padding
-    total = float(sum(lens))
-    return [n / total for n in lens]
+def _widths(headers: Sequence[str], rows: Sequence[Sequence[Any]], size: float) -> list[float]:
+    """Column widths (fractions of the text width): each column at least as wide as its widest unbreakable part
+    (a header's longest word, a cell's longest part between ``_ . / -`` and spaces), the rest of the page shared
+    in proportion to what each column would need to show its cells on one line. Longer cells wrap."""
+    room = (A4[0] - 2 * MARGIN - 2 * CELL_PAD * len(headers)) * 72.0
+    least, full = [], []
+    for i, h in enumerate(headers):
+        cells = [visible(fmt_value(r[i])) for r in rows]
+        parts = [p for c in cells for p in _BREAK.findall(c) if p.strip()]
+        least.append(max([_text_width_pt(w, size, True) for w in str(h).split()]
+                         + [_text_width_pt(p.rstrip(), size) for p in parts] + [6.0]) + 0.5)  # + rounding
+        full.append(max([_text_width_pt(c, size) for c in cells] + [least[-1]]))
+    spare = room - sum(least)
+    extra = [f - m for f, m in zip(full, least)]
+    if spare <= 0 or not sum(extra):
+        widths = [m * room / sum(least) for m in least] if spare <= 0 else [m + spare / len(least) for m in least]
+    elif sum(extra) <= spare:  # everything fits on one line: share what is left evenly
+        widths = [f + (spare - sum(extra)) / len(full) for f in full]
+    else:
+        widths = [m + spare * e / sum(extra) for m, e in zip(least, extra)]
+    pads = 2 * CELL_PAD * 72.0
+    total = sum(widths) + pads * len(widths)
+    return [(w + pads) / total for w in widths]
 
 
 def _summary(flow: _Flow, view: PatientView, run: RunView) -> None:
@@ -291,7 +307,7 @@ def _summary(flow: _Flow, view: PatientView, run: RunView) -> None:
         unit = concentration_unit(view.tubes)
         rows = [[run.label(c, unit)] + [r.get(c) for r in view.patient_rows] for c in cols]
         headers = ["metric"] + allergens
-        flow.table(headers, rows, size=7.5, col_widths=_widths(headers, rows))
+        flow.table(headers, rows, size=7.5, col_widths=_widths(headers, rows, 7.5))
         flow.text("EC50 in the layout's concentration unit; empty when not estimable. CD-sens = 100/EC50; "
                   f"AUC of net %{run.marker}+ over log10 concentration.", size=6.5, colour="0.35")
     by_allergen: dict[str, dict[str, Any]] = {}
@@ -319,13 +335,13 @@ def _tables(flow: _Flow, view: PatientView, run: RunView) -> None:
     cols = present_columns(view.tube_rows, TUBE_COLUMNS)
     headers = [run.label(c, concentration_unit(view.tubes)) for c in cols]
     rows = [[r.get(c) for c in cols] for r in view.tube_rows]
-    flow.table(headers, rows, col_widths=_widths(headers, rows), size=6.5,
+    flow.table(headers, rows, col_widths=_widths(headers, rows, 6.5), size=6.5,
                status_col=cols.index("qc_status") if "qc_status" in cols else None)
     flow.gap()
     flow.text("Quality control", size=11, weight="bold")
     qc_table = qc_rows(view.tubes)
     headers = [run.label(h) for h in QC_HEADERS]
-    flow.table(headers, qc_table, col_widths=_widths(headers, qc_table), size=6.5, status_col=9)
+    flow.table(headers, qc_table, col_widths=_widths(headers, qc_table, 6.5), size=6.5, status_col=9)
     flow.gap()
     flow.text("Flags", size=11, weight="bold")
     groups = flag_groups(view.tubes, view.patient_flags)

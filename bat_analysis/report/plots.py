@@ -655,7 +655,7 @@ class PngRenderer:
                  max_frames: int = 64) -> None:
         self.size = size
         self.dpi = dpi
-        self.margins = dict(left=0.17, right=0.97, bottom=0.16, top=0.9)
+        self.margins = dict(left=0.2, right=0.97, bottom=0.15, top=0.91)
         self.max_frames = max_frames
         self._frames: dict[tuple[Any, ...], tuple[Figure, Any, Axes, Any, dict[str, Any]]] = {}
 
