@@ -89,14 +89,15 @@ def bench_patient(args: argparse.Namespace) -> None:
         render_reports(Path(tmp) / "warm", results, scores, info, workers=1)  # warm-up: imports, fonts
         runs = []
         for k in range(args.repeats):
+            cpu = time.process_time()
             paths = render_reports(Path(tmp) / f"out{k}", results, scores, info, workers=1)
-            runs.append(paths.seconds)
+            runs.append({**paths.seconds, "cpu": time.process_time() - cpu})
         if args.profile:
             import cProfile
 
             cProfile.runctx("render_reports(Path(tmp) / 'prof', results, scores, info, workers=1)", globals(),
                             {**locals(), "Path": Path}, args.profile)
-    phases = ("draw", "html", "pdf", "total")
+    phases = ("draw", "html", "pdf", "total", "cpu")  # cpu: this process's CPU seconds (steadier under load)
     print(f"1 patient, {len(results)} tubes x {args.events} events; median of {args.repeats} (s):")
     print("  ".join(f"{p} {statistics.median(r[p] for r in runs):.2f}" for p in phases))
     print(f"load {os.getloadavg()[0]:.1f}; command: python benchmarks/bench_report.py --patient --events "

@@ -263,3 +263,43 @@ def test_flags_are_grouped_by_severity_failures_first(tmp_path: Path) -> None:
     flags = html[html.index("<h2>Flags</h2>"):html.index("<h2>Gating, tube by tube</h2>")]
     assert flags.index("NOT_GATED") < flags.index("LOW_BASOPHILS</b> on 3 tubes: fewer than the")
     assert flags.count("LOW_BASOPHILS") == 1  # one group, not one line per tube
+
+
+# ------------------------------------------------------------------------------- rendering cost (PDF images)
+@pytest.mark.slow
+def test_pdf_embeds_the_gallery_pngs_own_data_upright(run_out: Path) -> None:
+    """The PDF's plots are the gallery's PNG data as it is (no second encoding), and show the right way up."""
+    pdfplumber = pytest.importorskip("pdfplumber")
+    pdfium = pytest.importorskip("pypdfium2")
+    import numpy as np
+    from PIL import Image
+
+    from bat_analysis.report.pdf import _idat
+
+    pngs = {_idat(p.read_bytes()): p for p in (run_out / "review" / "img").glob("*.png")}
+    pdf_path = next((run_out / "reports").glob("*.pdf"))
+    with pdfplumber.open(pdf_path) as pdf:
+        images = [(page.page_number, im) for page in pdf.pages for im in page.images]
+        assert len(images) >= len(pngs) > 0
+        assert all(im["stream"].get_rawdata() in pngs for _, im in images)
+        number, first = images[0]
+    scale = first["srcsize"][0] / first["width"]
+    page = np.asarray(pdfium.PdfDocument(pdf_path)[number - 1].render(scale=scale).to_pil().convert("RGB"))
+    x, y = round(first["x0"] * scale), round(first["top"] * scale)
+    shown = page[y:y + first["srcsize"][1], x:x + first["srcsize"][0]].astype(int)
+    with Image.open(pngs[first["stream"].get_rawdata()]) as img:
+        source = np.asarray(img.convert("RGB")).astype(int)[:shown.shape[0], :shown.shape[1]]
+    assert np.abs(shown - source).mean() < 8 < np.abs(shown - source[::-1]).mean()
+
+
+def test_encoded_png_reads_back_as_the_same_pixels() -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from bat_analysis.report.plots import encode_png
+
+    rgba = np.random.default_rng(3).integers(0, 256, size=(37, 53, 4), dtype=np.uint8)
+    with Image.open(io.BytesIO(encode_png(rgba))) as img:
+        assert img.mode == "RGB" and np.array_equal(np.asarray(img), rgba[..., :3])

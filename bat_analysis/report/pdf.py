@@ -11,7 +11,6 @@ All text (patient, allergen and file names, reasons) is drawn literally, never a
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import math
 import re
@@ -24,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
@@ -162,9 +162,17 @@ class _Flow:
                 if any(line.strip() for line in lines):
                     fig.text(x, fy[1], "\n".join(lines), fontsize=size, va="top", ha="left", multialignment="left")
 
-    def embed(self, png: Any) -> np.ndarray:
-        """The pixels of a report PNG (``Png``) to draw on a page; the PDF stores its own PNG data for them."""
-        return self.embedded.add(png.data)
+    def image(self, png: Any, left: float, top: float, width: float, height: float) -> None:
+        """A report PNG (``Png``) over a box in inches from the page's top-left corner: its own data embedded
+        when the PDF writer allows (:class:`_EmbeddedPngs`), else its decoded pixels."""
+        assert self.fig is not None
+        idat = _idat(png.data) if self.embedded.hooked else None
+        if idat is not None:
+            box = (left / A4[0], 1.0 - (top + height) / A4[1], width / A4[0], height / A4[1])
+            self.fig.add_artist(_PngImage(_PngData(png.width, png.height, idat), box))
+        else:
+            self.canvas().imshow(_rgb(png.data), interpolation="none", extent=(left, left + width, top + height, top),
+                                 aspect="auto")
 
     def canvas(self) -> Any:
         """One invisible axes over the whole page in inches from the top-left corner (for images)."""
@@ -392,14 +400,10 @@ def _tube_block(flow: _Flow, tube: TubeView, ncols: int = IMAGES_PER_ROW) -> Non
         flow.text(note, size=6.5, colour="0.3", indent=0.1, width=140)
     for row in range(nrows):
         flow.ensure(img_h)
-        canvas = flow.canvas()
         y0 = MARGIN + flow.y
         for col, png in enumerate(images[row * ncols:(row + 1) * ncols]):
             x0 = MARGIN + col * img_w
-            # rows reversed and drawn from the bottom: matplotlib then stores the rows in the PNG's order (its PDF
-            # writer flips what it is given), so the PNG's own data can be embedded (see _EmbeddedPngs)
-            canvas.imshow(flow.embed(png)[::-1], origin="lower", interpolation="none",
-                          extent=(x0, x0 + img_w, y0 + img_h, y0), aspect="auto")
+            flow.image(png, x0, y0, img_w, img_h)
         flow.y += img_h
     flow.gap(0.15)
 
@@ -428,43 +432,72 @@ def _idat(png: bytes) -> bytes | None:
     return b"".join(out) or None
 
 
-def _pixel_key(size: tuple[int, int], pixels: bytes) -> tuple[tuple[int, int], bytes]:
-    return size, hashlib.sha1(pixels, usedforsecurity=False).digest()  # a fingerprint, not a security measure
+class _PngData:
+    """Stands for a report PNG among matplotlib's images of a PDF: its size (``shape``, as matplotlib reads an
+    image's) and its compressed rows (the PNG's IDAT data)."""
+
+    def __init__(self, width: int, height: int, idat: bytes) -> None:
+        self.shape = (height, width, 3)
+        self.idat = idat
 
 
 class _EmbeddedPngs:
-    """The plots' own PNG data written into the PDF as they are, not encoded a second time.
+    """The plots' own PNG data written into the PDF as they are: no decoding, no second encoding.
 
-    matplotlib's PDF writer stores an RGB image as a PNG's IDAT stream (Flate with PNG predictors), which it
-    makes by encoding the pixels to PNG (``PdfFile._writePng``). For pixels that are those of one of the
-    report's PNGs (known by a hash of the pixels), that stream is the PNG's own IDAT data: this hands it over.
-    Any other image, or a matplotlib whose writer lacks that method, is written as before."""
+    matplotlib's PDF writer stores an RGB image as a PNG's IDAT stream (Flate with PNG predictors), which it makes
+    by encoding the pixels it was given. A report PNG already is that stream: :class:`_PngImage` hands matplotlib
+    a :class:`_PngData` in place of pixels, and the writer's ``_unpack``/``_writeImg`` (wrapped here) write its
+    IDAT data as the image's stream. ``hooked`` is False when this matplotlib's PDF writer lacks those methods;
+    the pages then draw decoded pixels (``imshow``) as before."""
 
     def __init__(self, pdf: PdfPages) -> None:
-        self.known: dict[tuple[tuple[int, int], bytes], bytes] = {}
-        self.reused = 0
         ensure = getattr(pdf, "_ensure_file", None)  # matplotlib opens the PdfFile on the first page
         file = ensure() if callable(ensure) else getattr(pdf, "_file", None)
-        self._original = getattr(file, "_writePng", None)
-        if file is not None and self._original is not None:
-            file._writePng = self._write_png
+        self.written = 0
+        self.hooked = all(callable(getattr(file, m, None)) for m in ("_unpack", "_writeImg", "beginStream",
+                                                                      "endStream", "reserveObject"))
+        if self.hooked:
+            self._file = file
+            self._unpack, self._write_img = file._unpack, file._writeImg
+            file._unpack = self.unpack
+            file._writeImg = self.write_img
 
-    def add(self, png: bytes) -> np.ndarray:
-        """The PNG's pixels (8-bit RGB), remembered with its IDAT stream."""
-        rgb = _rgb(png)
-        if self._original is not None:
-            idat = _idat(png)
-            if idat is not None:
-                self.known[_pixel_key((rgb.shape[1], rgb.shape[0]), rgb.tobytes())] = idat
-        return rgb
+    def unpack(self, image: Any) -> Any:
+        return (image, None) if isinstance(image, _PngData) else self._unpack(image)
 
-    def _write_png(self, img: Any) -> Any:
-        if img.mode == "RGB":
-            idat = self.known.get(_pixel_key(img.size, img.tobytes()))
-            if idat is not None:
-                self.reused += 1
-                return idat, 8, None
-        return self._original(img)
+    def write_img(self, data: Any, id: Any, smask: Any = None) -> None:
+        if not isinstance(data, _PngData):
+            self._write_img(data, id, smask)
+            return
+        from matplotlib.backends.backend_pdf import Name
+
+        height, width, _ = data.shape
+        obj = {"Type": Name("XObject"), "Subtype": Name("Image"), "Width": width, "Height": height,
+               "ColorSpace": Name("DeviceRGB"), "BitsPerComponent": 8}
+        file = self._file
+        file.beginStream(id, file.reserveObject("length of image stream"), obj,
+                         png={"Predictor": 10, "Colors": 3, "Columns": width})
+        file.currentstream.write(data.idat)
+        file.endStream()
+        self.written += 1
+
+
+class _PngImage(Artist):
+    """A report PNG on a PDF page, over ``box`` (left, bottom, width, height in figure fractions), written from
+    the PNG's own data (see :class:`_EmbeddedPngs`)."""
+
+    def __init__(self, data: _PngData, box: tuple[float, float, float, float]) -> None:
+        super().__init__()
+        self.data, self.box = data, box
+
+    def draw(self, renderer: Any) -> None:
+        from matplotlib.transforms import Affine2D
+
+        x0, y0, w, h = self.box
+        (px, py), (qx, qy) = self.figure.transFigure.transform([(x0, y0), (x0 + w, y0 + h)])
+        gc = renderer.new_gc()
+        renderer.draw_image(gc, px, py, self.data, Affine2D().scale(qx - px, qy - py))
+        gc.restore()
 
 
 @literal_text()

@@ -13,9 +13,10 @@ matplotlib never reads ``$...$`` as mathtext nor hands text to TeX (our own tick
 from __future__ import annotations
 
 import functools
-import io
 import math
+import struct
 import textwrap
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
@@ -49,7 +50,7 @@ DENSITY_CMAP = "viridis"
 HISTOGRAM_GREY = "0.55"
 ASINH_COFACTOR = 150.0  # linear width of the arcsinh display scale (compensated linear units)
 MANUAL_METHODS = ("override", "manual")
-PNG_COMPRESSION = 4  # zlib level: 6 (the default) costs ~40% more time for ~5% smaller files
+PNG_COMPRESSION = 1  # zlib level of the plots' PNGs (see encode_png)
 LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
 # Type sizes (points) of every plot, for a plot of PLOT_SIZE inches shown at about 400 px wide on screen (tick
 # labels ~12 px) or 3.6 in wide in print (8 pt): readable both ways; PLOT_DPI gives the enlarged image ~800 px.
@@ -640,6 +641,25 @@ def _printed(artists: Iterable[Artist]) -> tuple[str, ...]:
     return tuple(t for t in out if t)
 
 
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">L", len(data)) + kind + data + struct.pack(">L", zlib.crc32(kind + data))
+
+
+def encode_png(rgba: np.ndarray, level: int = PNG_COMPRESSION) -> bytes:
+    """An Agg buffer (``H x W x 4``, 8-bit) as an 8-bit RGB PNG: rows unfiltered (filter type 0), zlib ``level``.
+
+    A standard PNG that any reader opens. Measured on the report's 810 x 675 plots: 3.0 ms and 47 KiB each, where
+    Pillow (adaptive row filters, level 4) took 10.4 ms for 39 KiB; the plots are flat colours on white, which
+    zlib compresses well without the filters. The PDF embeds these bytes as they are (``pdf._EmbeddedPngs``)."""
+    h, w = rgba.shape[:2]
+    rows = np.empty((h, w * 3 + 1), dtype=np.uint8)
+    rows[:, 0] = 0  # filter type None on every row
+    rows[:, 1:].reshape(h, w, 3)[...] = rgba[..., :3]
+    header = struct.pack(">LLBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, deflate, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows, level))
+            + _chunk(b"IEND", b""))
+
+
 class PngRenderer:
     """Draws small figures and returns them as PNG bytes (Agg, fixed layout, no tight_layout).
 
@@ -660,12 +680,7 @@ class PngRenderer:
         self._frames: dict[tuple[Any, ...], tuple[Figure, Any, Axes, Any, dict[str, Any]]] = {}
 
     def _encode(self, rgba: np.ndarray) -> bytes:
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(rgba[..., :3])).save(buf, format="png",
-                                                                  compress_level=PNG_COMPRESSION)
-        return buf.getvalue()
+        return encode_png(rgba)
 
     @literal_text()
     def render(self, kind: str, title: str, draw: Any, *, size: tuple[float, float] | None = None,
