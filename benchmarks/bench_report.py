@@ -11,7 +11,7 @@ scored, then ``render_reports`` writes its HTML report, its PDF and the review g
 (``--repeats`` times after a warm-up); the median seconds per phase (draw, html + gallery, pdf) are printed.
 ``--profile FILE`` writes a cProfile of one more rendering (``python -m pstats FILE``).
 
-Run: ``python benchmarks/bench_report.py [--events 20000] [--repeats 5] [--dpi 150]``
+Run: ``python benchmarks/bench_report.py [--events 20000] [--repeats 5] [--dpi 225]``
      ``python benchmarks/bench_report.py --patient [--events 50000] [--repeats 3] [--profile /tmp/report.prof]``
 """
 
@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from bat_analysis.gating.templates import load_template  # noqa: E402
 from bat_analysis.gating.tube import gate_tube  # noqa: E402
-from bat_analysis.report.plots import PngRenderer, marker_values  # noqa: E402
+from bat_analysis.report.plots import PLOT_DPI, PngRenderer, marker_values  # noqa: E402
 from bat_analysis.simulate import simulate_experiment  # noqa: E402
 
 BOUND_S = 5.0  # per tube; the former timed test's limit
@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000, help="events per simulated tube")
     parser.add_argument("--repeats", type=int, default=5, help="timed drawings per tube")
-    parser.add_argument("--dpi", type=int, default=150)
+    parser.add_argument("--dpi", type=int, default=PLOT_DPI, help=f"default {PLOT_DPI}, the reports' resolution")
     parser.add_argument("--patient", action="store_true",
                         help="time render_reports for one patient (HTML, PDF and gallery) instead")
     parser.add_argument("--profile", metavar="FILE", help="with --patient: cProfile one more rendering into FILE")

@@ -303,3 +303,13 @@ def test_encoded_png_reads_back_as_the_same_pixels() -> None:
     rgba = np.random.default_rng(3).integers(0, 256, size=(37, 53, 4), dtype=np.uint8)
     with Image.open(io.BytesIO(encode_png(rgba))) as img:
         assert img.mode == "RGB" and np.array_equal(np.asarray(img), rgba[..., :3])
+
+
+def test_a_patients_fit_flags_are_counted_as_series_not_tubes() -> None:
+    from bat_analysis.report.views import Notice, flag_groups
+
+    groups = flag_groups([], [Notice("EC50_NOT_ESTIMABLE", "warn", "birch (none): EC50 not estimable: above 100"),
+                              Notice("EC50_NOT_ESTIMABLE", "warn", "grass (none): EC50 not estimable: above 100"),
+                              Notice("FIT_FAILED", "fail", "birch (omalizumab): no convergence")])
+    assert [g.code for g in groups] == ["FIT_FAILED", "EC50_NOT_ESTIMABLE"]
+    assert groups[1].heading() == "EC50_NOT_ESTIMABLE on 2 series: EC50 not estimable: above 100"

@@ -2,7 +2,9 @@
 
 Patient reports embed their images as base64 PNG and carry their CSS inline: they open from disk,
 offline, and can be mailed as single files. The gallery, which shows every tube of a plate, links its
-plots from ``review/img/`` (loaded lazily) so that it opens at once; its filter script is inline.
+plots from ``review/img/`` (loaded lazily) so that it opens at once, a tube's plots on one row sharing the width
+(each opens at its full 810 px on a click); its filter script is inline. Tables wrap their cells to fit the window
+(1400 px and narrower); flags are grouped by severity and code, failures first (``views.flag_groups``).
 :func:`render_reports` is the entry point: it builds the view models of :mod:`.views` from the tube results
 and the typed ``ExperimentScores``, draws every plot once (in worker processes for large runs) and writes
 the HTML, the PDFs (:mod:`.pdf`) and the gallery.
@@ -156,7 +158,7 @@ def _flag_items(tube: TubeView) -> str:
     return f'<ul class="flags">{items}</ul>'
 
 
-def flag_group_html(group: FlagGroup, *, links: Mapping[str, str] | None = None, noun: str = "tube") -> str:
+def flag_group_html(group: FlagGroup, *, links: Mapping[str, str] | None = None) -> str:
     """One group of identical findings: severity, code, on how many tubes, the shared reason, then each tube
     (linked to its section when ``links`` maps its file to an anchor). Failures and small groups are unfolded."""
     links = links or {}
@@ -168,7 +170,7 @@ def flag_group_html(group: FlagGroup, *, links: Mapping[str, str] | None = None,
         items.append(f"<li>{place}: {escape(what)}</li>")
     unfold = " open" if group.severity == "fail" or len(items) <= OPEN_GROUP_MAX else ""
     return (f'<details class="flags"{unfold} data-severity="{escape(group.severity)}"><summary>'
-            f"{badge(group.severity)} <b>{escape(group.code)}</b>{escape(group.heading(noun)[len(group.code):])}"
+            f"{badge(group.severity)} <b>{escape(group.code)}</b>{escape(group.heading()[len(group.code):])}"
             f'</summary><ul class="flags">{"".join(items)}</ul></details>')
 
 

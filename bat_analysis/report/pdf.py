@@ -2,7 +2,9 @@
 
 Page 1 is the summary (identity, run, class with its reason, metrics, dose-response curves drawn as
 vectors), then the tables of tubes and QC, the flags in plain words and the audit trail, then the gating
-pages: every tube's gates and activation-marker histogram (the report's PNGs, embedded at their full resolution).
+pages: every tube's gates and activation-marker histogram, two plots across (the report's PNGs, embedded as they
+are: their own compressed data is the PDF's image stream). Table cells wrap, measured with the font's advances;
+flags are grouped by severity and code (``views.flag_groups``).
 All text (patient, allergen and file names, reasons) is drawn literally, never as mathtext
 (:func:`~bat_analysis.report.plots.literal_text`), with control characters shown as escapes
 (``textsafe.visible``; a line feed in a table cell would otherwise shift every row below it).

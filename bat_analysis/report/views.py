@@ -7,7 +7,10 @@ never re-derive analysis) and the percentages above the threshold that its histo
 :class:`RunView` holds the run's identity and audit trail. The tables' columns (:data:`TUBE_COLUMNS`,
 :data:`PATIENT_COLUMNS`, :data:`QC_HEADERS`), their headers for people (:func:`column_label`) and the cell
 formatting (:func:`fmt_value`) are defined here,
-for both writers (``html.py``, ``pdf.py``), which import this module and never each other.
+for both writers (``html.py``, ``pdf.py``), which import this module and never each other; so are the flag
+groups both show (:func:`flag_groups`: failures, then warnings, then information; a finding shared by many tubes
+once, with what its numbers mean: a LOW_BASOPHILS flag's severity and words come from ``analysis.qc``'s own
+rule and the configured limits).
 This module draws nothing; it imports no scipy at load (drawing workers import it).
 """
 
@@ -227,10 +230,12 @@ class FlagGroup:
     severity: str
     code: str
     entries: list[tuple[str, str]] = field(default_factory=list)
+    noun: str = "tube"  # what an entry is: a tube, or a dose-response "series" (the patient's fit flags)
 
     @property
     def places(self) -> int:
-        return len({where for where, _ in self.entries})
+        """Tubes flagged (a tube counts once), or series flagged."""
+        return len({where for where, _ in self.entries}) if self.noun == "tube" else len(self.entries)
 
     @property
     def shared_reason(self) -> str | None:
@@ -239,10 +244,10 @@ class FlagGroup:
         reasons = {what.partition(": ")[2] for _, what in self.entries}
         return reasons.pop() if len(reasons) == 1 and "" not in reasons else None
 
-    def heading(self, noun: str = "tube") -> str:
+    def heading(self) -> str:
         """"LOW_BASOPHILS on 43 tubes: fewer than the 500 recommended, above the minimum of 200"."""
         n = self.places
-        text = f"{self.code} on {n} {noun}{'s' if n != 1 else ''}"
+        text = f"{self.code} on {n} {self.noun}{'s' if n != 1 and self.noun == 'tube' else ''}"
         reason = self.shared_reason
         return f"{text}: {reason}" if reason else text
 
@@ -264,7 +269,7 @@ def flag_groups(tubes: Sequence[TubeView], patient_flags: Sequence[Any] = (), *,
             groups.setdefault((f.severity, f.code), FlagGroup(f.severity, f.code)).entries.append(
                 (t.result.tube.file, f.message))
     for f in patient_flags:
-        groups.setdefault((f.severity, f.code), FlagGroup(f.severity, f.code)).entries.append(
+        groups.setdefault((f.severity, f.code + " "), FlagGroup(f.severity, f.code, noun="series")).entries.append(
             (patient_place, f.message))
     return sorted(groups.values(), key=lambda g: (severity_rank(g.severity), g.code))
 
