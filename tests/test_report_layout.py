@@ -138,6 +138,9 @@ def test_wrap_breaks_at_parts_and_inside_a_word_only_when_it_must() -> None:
     lines = _wrap(word, 40.0, 6.5)
     assert "".join(lines) == word and len(lines) > 1 and all(_text_width_pt(x, 6.5) <= 40.0 for x in lines)
     assert _wrap("short", 100.0, 6.5) == ["short"]
+    hostile = "x" * 20000  # a 20,000-character patient ID: lines found by bisection over a bounded prefix
+    lines = _wrap(hostile, 80.0, 6.5)
+    assert "".join(lines) == hostile and all(_text_width_pt(x, 6.5) <= 80.0 for x in lines)
 
 
 # ------------------------------------------------------------------------------------- plot size (item 4)

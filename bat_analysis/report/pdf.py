@@ -222,6 +222,7 @@ def _wrap(text: str, room_pt: float, size: float, bold: bool = False) -> list[st
     """``text`` as lines no wider than ``room_pt`` points: broken after spaces, ``_ . / -`` where possible,
     inside a word only when the word alone is wider than the room. Line feeds in ``text`` are kept."""
     out: list[str] = []
+    cap = max(1, int(room_pt / (0.2 * size)) + 1)  # most characters a line can hold (no glyph is below 0.2 em)
     for para in text.split("\n"):
         if _text_width_pt(para, size, bold) <= room_pt:
             out.append(para)
@@ -234,11 +235,14 @@ def _wrap(text: str, room_pt: float, size: float, bold: bool = False) -> list[st
             if line.strip():
                 out.append(line.rstrip())
             line = token.lstrip() if line.strip() else token
-            while len(line) > 1 and _text_width_pt(line.rstrip(), size, bold) > room_pt:  # one long word
-                cut = next(k for k in range(len(line) - 1, 0, -1)
-                           if _text_width_pt(line[:k], size, bold) <= room_pt or k == 1)
-                out.append(line[:cut])
-                line = line[cut:]
+            while len(line) > 1 and (len(line) > cap or _text_width_pt(line.rstrip(), size, bold) > room_pt):
+                # one long word: its longest prefix that fits (at least one character), by bisection
+                lo, hi = 1, min(len(line) - 1, cap)
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    lo, hi = (mid, hi) if _text_width_pt(line[:mid], size, bold) <= room_pt else (lo, mid - 1)
+                out.append(line[:lo])
+                line = line[lo:]
         out.append(line.rstrip())
     return out or [""]
 
