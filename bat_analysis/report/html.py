@@ -31,7 +31,7 @@ from .plots import (ARM_LABELS, PLOT_DPI, Png, PngRenderer, activation_range, dr
                     marker_values, shared_gate_limits)
 from .views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, FlagGroup, PatientView, RunView, TubeView,
                     activation_marker, concentration_unit, flag_groups, fmt_value, patient_views, point_intervals,
-                    present_columns, qc_rows, report_filename, severity_rank, tube_views)
+                    present_columns, qc_rows, report_filename, severity_rank, tube_table_note, tube_views)
 
 if TYPE_CHECKING:
     from ..analysis.score import ExperimentScores
@@ -261,6 +261,7 @@ def patient_html(view: PatientView, run: RunView) -> str:
     cols = present_columns(view.tube_rows, TUBE_COLUMNS)
     body.append(table([run.label(c, unit) for c in cols], [[r.get(c) for c in cols] for r in view.tube_rows],
                       numeric=[c not in ("file", "condition", "allergen", "pretreatment", "qc_status") for c in cols]))
+    body.append(f'<p class="muted">{escape(tube_table_note(run.marker))}</p>')
     body.append("<h2>Quality control</h2>")
     body.append(table([run.label(h) for h in QC_HEADERS], qc_rows(view.tubes),
                       numeric=[False, False, False] + [True] * 5 + [False] * 3))

@@ -34,14 +34,15 @@ from ..fileio import atomic_path  # noqa: E402
 from ..textsafe import visible  # noqa: E402
 from .plots import draw_dose_response, literal_text  # noqa: E402
 from .views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,  # noqa: E402
-                    concentration_unit, flag_groups, fmt_value, point_intervals, present_columns, qc_rows)
+                    concentration_unit, flag_groups, fmt_value, point_intervals, present_columns, qc_rows,
+                    tube_table_note)
 
 A4 = (8.27, 11.69)
 MARGIN = 0.55  # inches
 LINE = 0.18  # inches per line of 8-pt text
 SUMMARY_CHARS = 600  # QC reasons on the summary page are cut here; the Flags section lists them all
 STATUS_COLOURS = {"pass": "#2e7d32", "warn": "#ef8f00", "fail": "#c62828"}
-CELL_PAD = 0.04  # inches between a cell's rules and its text
+CELL_PAD = 0.03  # inches between a cell's rules and its text
 IMAGES_PER_ROW = 2  # gating plots per row of a page: 3.6 in wide, their type at its size (tick labels 8 pt)
 
 
@@ -351,6 +352,7 @@ def _tables(flow: _Flow, view: PatientView, run: RunView) -> None:
     rows = [[r.get(c) for c in cols] for r in view.tube_rows]
     flow.table(headers, rows, col_widths=_widths(headers, rows, 6.5), size=6.5,
                status_col=cols.index("qc_status") if "qc_status" in cols else None)
+    flow.text(tube_table_note(run.marker), size=6.5, colour="0.35")
     flow.gap()
     flow.text("Quality control", size=11, weight="bold")
     qc_table = qc_rows(view.tubes)

@@ -433,7 +433,7 @@ COLUMN_LABELS = {
     "n_events": "Events (n)", "events": "Events (n)", "n_basophils": "{Population} (n)",
     "basophils": "{Population} (n)",
     "cd63_threshold": "{marker} threshold", "pct_cd63": "{marker}+ (% of {population})",
-    "net_pct_cd63": "Net {marker}+ (% points above negative control)", "si_cd63": "{marker} SI",
+    "net_pct_cd63": "Net {marker}+ (% points)", "si_cd63": "{marker} SI",
     "cd203c_mfi": "CD203c MFI", "si_cd203c": "CD203c SI", "qc_status": "QC", "qc": "QC", "flags": "Flags",
     "acq. QC removed %": "Removed by acquisition QC (%)", "margin %": "Margin events (%)",
     "doublets %": "Doublets (%)", "spillover": "Spillover matrix",
@@ -442,6 +442,12 @@ COLUMN_LABELS = {
     "ec50_shift_log10": "EC50 shift (log10)", "class": "Class",
 }
 ARM_WORDS = {"none": "no pretreatment"}
+
+
+def tube_table_note(marker: str) -> str:
+    """What the tube table's derived columns mean (shown under it in both reports)."""
+    return (f"Net {marker}+: the tube's % above the threshold minus its negative control's, in percentage points; "
+            "concentrations in the layout's unit.")
 
 
 def column_label(column: str, marker: str = "CD63", population: str = "basophils", unit: str | None = None) -> str:
