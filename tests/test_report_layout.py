@@ -316,3 +316,17 @@ def test_a_patients_fit_flags_are_counted_as_series_not_tubes() -> None:
                               Notice("FIT_FAILED", "fail", "birch (omalizumab): no convergence")])
     assert [g.code for g in groups] == ["FIT_FAILED", "EC50_NOT_ESTIMABLE"]
     assert groups[1].heading() == "EC50_NOT_ESTIMABLE on 2 series: EC50 not estimable: above 100"
+
+
+def test_event_fraction_flags_in_words_with_their_own_severity() -> None:
+    """A fraction in the warning band is a warning in the reports even on a tube that fails for another reason,
+    and says what its range means; the tables keep fraction_flags' short messages."""
+    from bat_analysis.analysis.config import QcConfig
+    from bat_analysis.analysis.qc import fraction_flags, fraction_words
+
+    qc = replace(QcConfig(), acquisition_qc_warn_pct=8.0, acquisition_qc_fail_pct=30.0)
+    fractions = {"acquisition_qc": 0.112, "margin": 0.0, "doublets": 0.0}
+    assert fraction_words(fractions, qc) == {"ACQUISITION_QC": (
+        "warn", "11.2% events removed by acquisition QC: at or above the warning limit of 8%, within the failure "
+                "limit of 30%")}
+    assert [f.message for f in fraction_flags(fractions, qc)] == ["events removed by acquisition QC 11.2% (8–30%)"]

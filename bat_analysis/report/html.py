@@ -40,7 +40,7 @@ GALLERY_IMAGES = "img"  # folder of the gallery's image files, beside review/ind
 IMAGE_NAME_BYTES = 40  # the plot's part of a gallery image's name, after the tube's anchor
 IMAGE_DPI = PLOT_DPI  # 810 × 675 px per plot: the enlarged image; ~225 dpi when printed two across A4
 REPORT_SCALE = 0.5  # a report shows each plot at half its pixels (405 px wide; sharp on high-density screens)
-OPEN_GROUP_MAX = 6  # a group of warnings with more entries than this starts folded
+OPEN_GROUP_MAX = 6  # a group of flags with more entries than this starts folded
 
 
 CSS = """
@@ -160,7 +160,7 @@ def _flag_items(tube: TubeView) -> str:
 
 def flag_group_html(group: FlagGroup, *, links: Mapping[str, str] | None = None) -> str:
     """One group of identical findings: severity, code, on how many tubes, the shared reason, then each tube
-    (linked to its section when ``links`` maps its file to an anchor). Failures and small groups are unfolded."""
+    (linked to its section when ``links`` maps its file to an anchor). Groups of up to OPEN_GROUP_MAX are unfolded."""
     links = links or {}
     items = []
     for where, what in group.lines():
@@ -168,7 +168,7 @@ def flag_group_html(group: FlagGroup, *, links: Mapping[str, str] | None = None)
         if where in links:
             place = f'<a href="#{escape(links[where])}">{place}</a>'
         items.append(f"<li>{place}: {escape(what)}</li>")
-    unfold = " open" if group.severity == "fail" or len(items) <= OPEN_GROUP_MAX else ""
+    unfold = " open" if len(items) <= OPEN_GROUP_MAX else ""  # a long list folds: its heading says enough
     return (f'<details class="flags"{unfold} data-severity="{escape(group.severity)}"><summary>'
             f"{badge(group.severity)} <b>{escape(group.code)}</b>{escape(group.heading()[len(group.code):])}"
             f'</summary><ul class="flags">{"".join(items)}</ul></details>')

@@ -300,11 +300,18 @@ def _qc_notes(row: Mapping[str, Any], known: set[str], status: str) -> list[Noti
 
 
 def _for_reader(flag: Any, result: TubeResult, qc: Any) -> Any:
-    """A flag as the reports show it: a LOW_BASOPHILS flag says what its count means against the
-    configured limits (``analysis.qc.basophil_count_words``) with the severity those limits give."""
-    if flag.code != "LOW_BASOPHILS" or qc is None:
+    """A flag as the reports show it: a LOW_BASOPHILS flag, or one of an event fraction (ACQUISITION_QC,
+    MARGIN_EVENTS, DOUBLETS), says what its number means against the configured limits
+    (``analysis.qc.basophil_count_words``, ``fraction_words``) with the severity those limits give."""
+    if qc is None:
         return flag
-    from ..analysis.qc import basophil_count_flags, basophil_count_words
+    from ..analysis.qc import basophil_count_flags, basophil_count_words, fraction_words
+
+    if flag.code != "LOW_BASOPHILS":
+        rated_fraction = fraction_words(result.event_fractions, qc).get(flag.code)
+        if rated_fraction is None:
+            return flag
+        return Notice(flag.code, rated_fraction[0], rated_fraction[1], rule=getattr(flag, "rule", False))
 
     rated = basophil_count_flags(int(result.n_basophils), qc)
     if not rated:  # the count meets the limits here: keep the flag as it was raised
