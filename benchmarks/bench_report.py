@@ -6,7 +6,13 @@ drawings of each allergen tube, against its negative control and a fixed thresho
 ``--repeats`` times after one warm-up. A regression to drawing every event, or to a ``tight_layout`` per figure,
 shows as several seconds per tube (today well under one second; the bound printed is 5 s).
 
-Run: ``python benchmarks/bench_report.py [--events 20000] [--repeats 5] [--dpi 150]``
+With ``--patient``, the whole per-patient output instead: a simulated patient with both arms (14 tubes) is gated and
+scored, then ``render_reports`` writes its HTML report, its PDF and the review gallery in one process
+(``--repeats`` times after a warm-up); the median seconds per phase (draw, html + gallery, pdf) are printed.
+``--profile FILE`` writes a cProfile of one more rendering (``python -m pstats FILE``).
+
+Run: ``python benchmarks/bench_report.py [--events 20000] [--repeats 5] [--dpi 225]``
+     ``python benchmarks/bench_report.py --patient [--events 50000] [--repeats 3] [--profile /tmp/report.prof]``
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from bat_analysis.gating.templates import load_template  # noqa: E402
 from bat_analysis.gating.tube import gate_tube  # noqa: E402
-from bat_analysis.report.plots import PngRenderer, marker_values  # noqa: E402
+from bat_analysis.report.plots import PLOT_DPI, PngRenderer, marker_values  # noqa: E402
 from bat_analysis.simulate import simulate_experiment  # noqa: E402
 
 BOUND_S = 5.0  # per tube; the former timed test's limit
@@ -33,8 +39,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000, help="events per simulated tube")
     parser.add_argument("--repeats", type=int, default=5, help="timed drawings per tube")
-    parser.add_argument("--dpi", type=int, default=150)
+    parser.add_argument("--dpi", type=int, default=PLOT_DPI, help=f"default {PLOT_DPI}, the reports' resolution")
+    parser.add_argument("--patient", action="store_true",
+                        help="time render_reports for one patient (HTML, PDF and gallery) instead")
+    parser.add_argument("--profile", metavar="FILE", help="with --patient: cProfile one more rendering into FILE")
     args = parser.parse_args()
+    if args.patient:
+        bench_patient(args)
+        return
     template = load_template("bat_ccr3_cd63")
     with tempfile.TemporaryDirectory() as tmp:
         exp = simulate_experiment(Path(tmp), n_patients=1, n_events=args.events, seed=3, n_concentrations=3,
@@ -61,6 +73,35 @@ def main() -> None:
     print(f"\nslowest tube (median) {worst:.3f} s: {verdict} the {BOUND_S:.0f} s bound; load "
           f"{os.getloadavg()[0]:.1f}; command: python benchmarks/bench_report.py --events {args.events} "
           f"--repeats {args.repeats} --dpi {args.dpi}")
+
+
+def bench_patient(args: argparse.Namespace) -> None:
+    """``render_reports`` for one simulated patient (both arms), per phase, in one process."""
+    from bat_analysis.analysis.score import score_experiment
+    from bat_analysis.report import render_reports
+
+    template = load_template("bat_ccr3_cd63")
+    with tempfile.TemporaryDirectory() as tmp:
+        exp = simulate_experiment(Path(tmp) / "data", n_patients=1, n_events=args.events, seed=3)
+        results = [gate_tube(exp.out_dir / t.file, t, template) for t in exp.tubes]
+        scores = score_experiment(results)
+        info = {"version": "bench", "template": "bat_ccr3_cd63", "command": "bench_report.py --patient"}
+        render_reports(Path(tmp) / "warm", results, scores, info, workers=1)  # warm-up: imports, fonts
+        runs = []
+        for k in range(args.repeats):
+            cpu = time.process_time()
+            paths = render_reports(Path(tmp) / f"out{k}", results, scores, info, workers=1)
+            runs.append({**paths.seconds, "cpu": time.process_time() - cpu})
+        if args.profile:
+            import cProfile
+
+            cProfile.runctx("render_reports(Path(tmp) / 'prof', results, scores, info, workers=1)", globals(),
+                            {**locals(), "Path": Path}, args.profile)
+    phases = ("draw", "html", "pdf", "total", "cpu")  # cpu: this process's CPU seconds (steadier under load)
+    print(f"1 patient, {len(results)} tubes x {args.events} events; median of {args.repeats} (s):")
+    print("  ".join(f"{p} {statistics.median(r[p] for r in runs):.2f}" for p in phases))
+    print(f"load {os.getloadavg()[0]:.1f}; command: python benchmarks/bench_report.py --patient --events "
+          f"{args.events} --repeats {args.repeats}")
 
 
 if __name__ == "__main__":

@@ -52,14 +52,47 @@ def basophil_count_flags(n: int, qc: QcConfig) -> list[Flag]:
     return []
 
 
+def basophil_count_words(n: int, qc: QcConfig) -> str:
+    """The basophil count against the limits of ``qc``, in a reader's words (the reports show this beside a
+    LOW_BASOPHILS flag; the tables keep the flag's short message): "499 basophils: fewer than the 500
+    recommended, above the minimum of 200"."""
+    low, recommended = qc.basophils_fail_below, qc.basophils_pass_min
+    if n < low:
+        return f"{n} basophils: fewer than the minimum of {low} (and the {recommended} recommended)"
+    if n < recommended:
+        where = "at" if n == low else "above"
+        return f"{n} basophils: fewer than the {recommended} recommended, {where} the minimum of {low}"
+    return f"{n} basophils: at least the {recommended} recommended"
+
+
+def _fraction_rules(qc: QcConfig) -> tuple[tuple[str, str, str, float, float], ...]:
+    """(fraction key, flag code, what is counted, warn at %, fail above %) of each event-fraction rule."""
+    return (("acquisition_qc", "ACQUISITION_QC", "events removed by acquisition QC",
+             qc.acquisition_qc_warn_pct, qc.acquisition_qc_fail_pct),
+            ("margin", "MARGIN_EVENTS", "margin events", qc.margin_warn_pct, qc.margin_fail_pct),
+            ("doublets", "DOUBLETS", "doublets", qc.doublets_warn_pct, qc.doublets_fail_pct))
+
+
+def fraction_words(fractions: Mapping[str, float], qc: QcConfig) -> dict[str, tuple[str, str]]:
+    """Flag code -> (severity, the fraction against its limits in a reader's words) for the fractions that
+    :func:`fraction_flags` flags: "11.2% events removed by acquisition QC: at or above the warning limit of 10%,
+    within the failure limit of 25%" (the reports show this; the tables keep the flag's short message)."""
+    out = {}
+    for key, code, words, warn_at, fail_above in _fraction_rules(qc):
+        pct = 100.0 * float(fractions.get(key, math.nan))
+        level = band(pct, warn_at, fail_above) if not math.isnan(pct) else "pass"
+        if level == "fail":
+            out[code] = ("fail", f"{pct:.1f}% {words}: above the failure limit of {fail_above:g}%")
+        elif level == "warn":
+            out[code] = ("warn", f"{pct:.1f}% {words}: at or above the warning limit of {warn_at:g}%, within the "
+                                 f"failure limit of {fail_above:g}%")
+    return out
+
+
 def fraction_flags(fractions: Mapping[str, float], qc: QcConfig) -> list[Flag]:
     """Acquisition QC, margin and doublet fractions against their limits."""
-    rules = (("acquisition_qc", "ACQUISITION_QC", "events removed by acquisition QC",
-              qc.acquisition_qc_warn_pct, qc.acquisition_qc_fail_pct),
-             ("margin", "MARGIN_EVENTS", "margin events", qc.margin_warn_pct, qc.margin_fail_pct),
-             ("doublets", "DOUBLETS", "doublets", qc.doublets_warn_pct, qc.doublets_fail_pct))
     out = []
-    for key, code, words, warn_at, fail_above in rules:
+    for key, code, words, warn_at, fail_above in _fraction_rules(qc):
         if key not in fractions:
             continue
         pct = 100.0 * float(fractions[key])

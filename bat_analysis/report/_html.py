@@ -2,7 +2,9 @@
 
 Patient reports embed their images as base64 PNG and carry their CSS inline: they open from disk,
 offline, and can be mailed as single files. The gallery, which shows every tube of a plate, links its
-plots from ``review/img/`` (loaded lazily) so that it opens at once; its filter script is inline.
+plots from ``review/img/`` (loaded lazily) so that it opens at once, a tube's plots on one row sharing the width
+(each opens at its full 810 px on a click); its filter script is inline. Tables wrap their cells to fit the window
+(1400 px and narrower); flags are grouped by severity and code, failures first (``views.flag_groups``).
 :func:`render_reports` is the entry point: it builds the view models of :mod:`.views` from the tube results
 and the typed ``ExperimentScores``, draws every plot once (in worker processes for large runs) and writes
 the HTML, the PDFs (:mod:`.pdf`) and the gallery.
@@ -25,19 +27,20 @@ from ..errors import BatError
 from .._fileio import atomic_write_text, create_new_file, make_dir, remove_path, replace_dir, temporary_dir
 from ..records import TubeResult
 from .._textsafe import safe_filename
-from .plots import (ARM_LABELS, Png, PngRenderer, activation_range, draw_dose_response, fit_summary,
+from .plots import (ARM_LABELS, PLOT_DPI, Png, PngRenderer, activation_range, draw_dose_response, fit_summary,
                     marker_values, shared_gate_limits)
-from ._views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView, activation_marker,
-                    fmt_value, patient_views, point_intervals, present_columns, qc_rows, report_filename,
-                    severity_rank, tube_views)
+from ._views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, FlagGroup, PatientView, RunView, TubeView,
+                    activation_marker, concentration_unit, flag_groups, fmt_value, patient_views, point_intervals,
+                    present_columns, qc_rows, report_filename, severity_rank, tube_table_note, tube_views)
 
 if TYPE_CHECKING:
     from ..analysis.score import ExperimentScores
 
-THUMBNAIL_SCALE = 0.6  # gallery plots at 60%: a tube's gates fit one row of a screen
 GALLERY_IMAGES = "img"  # folder of the gallery's image files, beside review/index.html
 IMAGE_NAME_BYTES = 40  # the plot's part of a gallery image's name, after the tube's anchor
-IMAGE_DPI = 120  # 384 × 324 px per plot: sharp on screen, ~160 dpi when printed three across A4
+IMAGE_DPI = PLOT_DPI  # 810 × 675 px per plot: the enlarged image; ~225 dpi when printed two across A4
+REPORT_SCALE = 0.5  # a report shows each plot at half its pixels (405 px wide; sharp on high-density screens)
+OPEN_GROUP_MAX = 6  # a group of flags with more entries than this starts folded
 
 
 CSS = """
@@ -45,14 +48,18 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;marg
 padding:1em 1.5em;color:#222;line-height:1.4}
 h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}
 h3{font-size:1em;margin:.8em 0 .3em}
-table{border-collapse:collapse;font-size:.85em;margin:.4em 0}
-th,td{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
-th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+table{border-collapse:collapse;font-size:.85em;margin:.4em 0;max-width:100%}
+th,td{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top;overflow-wrap:break-word}
+th{background:#f3f3f3;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.tablewrap{max-width:100%;overflow-x:auto}img{max-width:100%;height:auto}
 .badge{display:inline-block;padding:1px 7px;border-radius:8px;font-size:.8em;font-weight:600;color:#fff}
 .qc{background:#5c6bc0}.pass{background:#2e7d32}.warn{background:#ef8f00}.fail{background:#c62828}.none{background:#777}
 .class-responder{background:#2e7d32}.class-partial_responder{background:#ef8f00}
 .class-non_responder{background:#c62828}.class-not_evaluable{background:#777}
 .imgs{display:flex;flex-wrap:wrap;gap:4px}.imgs img{border:1px solid #eee}
+.imgs.row{display:grid;grid-template-columns:repeat(var(--n),minmax(0,1fr))}.imgs.row a{display:block}
+.imgs.row img{width:100%;height:auto;display:block}h3{overflow-wrap:anywhere}
+details.flags summary{cursor:pointer}details.flags{margin:.3em 0}
 .tube{border:1px solid #ddd;border-radius:4px;padding:.4em .6em;margin:.6em 0}
 .tube.adjusted{border-color:#ff7f0e}.muted{color:#666}.adj{color:#c25e00;font-weight:600}
 ul.flags{margin:.2em 0 .2em 1.2em;padding:0}.mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em}
@@ -93,6 +100,12 @@ def img_tag(png: Png, *, alt: str | None = None, scale: float = 1.0, src: str | 
             f'data-kind="{escape(png.kind)}">')
 
 
+def breakable(text: str) -> str:
+    """Escaped text with line-break opportunities after ``_`` and ``/`` (``<wbr>``): a long file name wraps
+    at its parts in a narrow column instead of widening the table or breaking inside a word."""
+    return text.replace("_", "_<wbr>").replace("/", "/<wbr>")
+
+
 def badge(status: str | None, *, prefix: str = "") -> str:
     s = status or "none"
     css = f"{prefix}{s}" if prefix else s
@@ -103,15 +116,16 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric: Seq
           raw: bool = False) -> str:
     """An HTML table; cells are escaped unless ``raw`` (then they are trusted HTML built here)."""
     numeric = list(numeric or [False] * len(headers))
-    out = ["<table><thead><tr>", *(f"<th>{escape(h)}</th>" for h in headers), "</tr></thead><tbody>"]
+    out = ['<div class="tablewrap"><table><thead><tr>', *(f"<th>{escape(h)}</th>" for h in headers),
+           "</tr></thead><tbody>"]
     for row in rows:
         out.append("<tr>")
         for i, cell in enumerate(row):
-            text = str(cell) if raw else escape(fmt_value(cell))
+            text = str(cell) if raw else breakable(escape(fmt_value(cell)))
             cls = ' class="num"' if i < len(numeric) and numeric[i] else ""
             out.append(f"<td{cls}>{text}</td>")
         out.append("</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
 
 
@@ -140,8 +154,24 @@ def _flag_items(tube: TubeView) -> str:
     if not tube.flags:
         return '<span class="muted">no flags</span>'
     items = "".join(f"<li>{badge(f.severity)} <b>{escape(f.code)}</b>: {escape(f.message)}</li>"
-                    for f in tube.flags)  # severity "qc": a QC rule of the tubes table (tube status above)
+                    for f in tube.flags)  # tube_views ordered them: failures, warnings, information
     return f'<ul class="flags">{items}</ul>'
+
+
+def flag_group_html(group: FlagGroup, *, links: Mapping[str, str] | None = None) -> str:
+    """One group of identical findings: severity, code, on how many tubes, the shared reason, then each tube
+    (linked to its section when ``links`` maps its file to an anchor). Groups of up to OPEN_GROUP_MAX are unfolded."""
+    links = links or {}
+    items = []
+    for where, what in group.lines():
+        place = escape(where)
+        if where in links:
+            place = f'<a href="#{escape(links[where])}">{place}</a>'
+        items.append(f"<li>{place}: {escape(what)}</li>")
+    unfold = " open" if len(items) <= OPEN_GROUP_MAX else ""  # a long list folds: its heading says enough
+    return (f'<details class="flags"{unfold} data-severity="{escape(group.severity)}"><summary>'
+            f"{badge(group.severity)} <b>{escape(group.code)}</b>{escape(group.heading()[len(group.code):])}"
+            f'</summary><ul class="flags">{"".join(items)}</ul></details>')
 
 
 def _tube_heading(tube: TubeView) -> str:
@@ -181,21 +211,25 @@ def _tube_section(tube: TubeView, *, link: str | None = None, files: bool = Fals
         by, at = str(tube.row.get("reviewed_by") or ""), str(tube.row.get("reviewed_at") or "")
         adj += (f'<div class="review">review: {escape(review.replace("_", " "))}'
                 f'{" by " + escape(by) if by else ""}{" on " + escape(at) if at else ""}</div>')
-    if files:  # gallery: thumbnails, each opening the full-size image
+    if files:  # gallery: one row of thumbnails sharing the width, each opening the full-size image
         imgs = "".join(f'<a href="{escape(src)}" target="_blank">'
                        + img_tag(p, alt=f"{tube.result.tube.file}: {p.kind} {p.title}", src=src,
-                                 scale=THUMBNAIL_SCALE) + "</a>"
+                                 scale=REPORT_SCALE) + "</a>"
                        for p, src in zip(tube.images, image_files(tube)))
+        row = f'<div class="imgs row" style="--n:{max(1, len(tube.images))}">{imgs}</div>'
     else:
-        imgs = "".join(img_tag(p, alt=f"{tube.result.tube.file}: {p.kind} {p.title}") for p in tube.images)
+        imgs = "".join(img_tag(p, alt=f"{tube.result.tube.file}: {p.kind} {p.title}", scale=REPORT_SCALE)
+                       for p in tube.images)
+        row = f'<div class="imgs">{imgs}</div>'
     return (f'<div class="tube{adjusted}" id="{escape(tube.anchor)}" data-patient="{escape(tube.result.tube.patient)}" '
             f'data-flags="{escape(flags)}" data-status="{escape(tube.qc_status)}" data-review="{escape(review)}">'
-            f"<h3>{head}</h3>{adj}{thr}{_flag_items(tube)}<div class=\"imgs\">{imgs}</div></div>")
+            f"<h3>{head}</h3>{adj}{thr}{_flag_items(tube)}{row}</div>")
 
 
 def patient_html(view: PatientView, run: RunView) -> str:
     """The whole per-patient report page."""
     body = [f"<h1>BAT report — patient {escape(view.patient)}</h1>"]
+    unit = concentration_unit(view.tubes)
     classes = " ".join(f"{escape(str(r.get('allergen', '')))}: {badge(str(r.get('class') or 'not_evaluable'), prefix='class-')}"
                        for r in view.patient_rows)
     body.append(f"<p>{classes}</p>")
@@ -215,7 +249,7 @@ def patient_html(view: PatientView, run: RunView) -> str:
                             f"{len(findings)} finding(s)</summary><ul class=\"flags\">"
                             + "".join(f"<li>{escape(x)}</li>" for x in findings) + "</ul></details>")
         cols = present_columns(view.patient_rows, PATIENT_COLUMNS)
-        body.append(table([run.label(c) for c in cols], [[r.get(c) for c in cols] for r in view.patient_rows],
+        body.append(table([run.label(c, unit) for c in cols], [[r.get(c) for c in cols] for r in view.patient_rows],
                           numeric=[c not in ("allergen", "class", "qc_status") for c in cols]))
         body.append('<p class="muted">EC50 in the layout\'s concentration unit; empty when not estimable. '
                     f"CD-sens = 100/EC50; AUC of net %{escape(run.marker)}+ over log10 concentration.</p>")
@@ -223,26 +257,28 @@ def patient_html(view: PatientView, run: RunView) -> str:
         body.append('<p class="muted">No allergen series scored for this patient.</p>')
     body.append("<h2>Dose–response</h2>")
     if view.curves:
-        body.append('<div class="imgs">' + "".join(img_tag(p) for p in view.curves) + "</div>")
+        body.append('<div class="imgs">' + "".join(img_tag(p, scale=REPORT_SCALE) for p in view.curves) + "</div>")
         for note in view.fit_notes:
             body.append(f'<p class="muted">{escape(note)}</p>')
     else:
         body.append('<p class="muted">No allergen series with a fit.</p>')
     body.append("<h2>Metrics per tube</h2>")
     cols = present_columns(view.tube_rows, TUBE_COLUMNS)
-    body.append(table([run.label(c) for c in cols], [[r.get(c) for c in cols] for r in view.tube_rows],
+    body.append(table([run.label(c, unit) for c in cols], [[r.get(c) for c in cols] for r in view.tube_rows],
                       numeric=[c not in ("file", "condition", "allergen", "pretreatment", "qc_status") for c in cols]))
+    body.append(f'<p class="muted">{escape(tube_table_note(run.marker))}</p>')
     body.append("<h2>Quality control</h2>")
     body.append(table([run.label(h) for h in QC_HEADERS], qc_rows(view.tubes),
                       numeric=[False, False, False] + [True] * 5 + [False] * 3))
     body.append("<h2>Flags</h2>")
-    flagged = [t for t in view.tubes if t.flags]
-    if flagged:
-        body.append("".join(f"<h3>{_tube_heading(t)}</h3>{_flag_items(t)}" for t in flagged))
-    elif not view.patient_flags:
+    groups = flag_groups(view.tubes, view.patient_flags)
+    if groups:
+        body.append('<p class="muted">Failures first, then warnings; the same finding on several tubes is '
+                    "listed once with its tubes.</p>")
+        anchors = {t.result.tube.file: t.anchor for t in view.tubes}
+        body.extend(flag_group_html(g, links=anchors) for g in groups)
+    else:
         body.append('<p class="muted">No flags.</p>')
-    for note in view.patient_flags:
-        body.append(f"<p>{badge(note.severity)} <b>{escape(note.code)}</b>: {escape(note.message)}</p>")
     body.append("<h2>Gating, tube by tube</h2>")
     body.append('<p class="muted">Each plot is the parent population\'s density with the gate drawn on it; '
                 "orange dashed outlines were manually adjusted by a reviewer. The last plot of a tube is its "
@@ -273,7 +309,12 @@ def gallery_html(tubes: Sequence[TubeView], run: RunView, report_links: Mapping[
             '<label><input type="checkbox" id="f-flagged"> flagged only</label>'
             '<span id="f-count" class="muted"></span></div>',
             '<p class="muted">Flagged tubes (fail, then warn) come first. Orange dashed gates were manually '
-            "adjusted. Each tube links to its patient report.</p>"]
+            "adjusted. Each tube links to its patient report; a plot opens full size on a click.</p>"]
+    groups = flag_groups(tubes)
+    if groups:
+        anchors = {t.result.tube.file: t.anchor for t in tubes}
+        body.append("<h2>Flags by severity</h2>" + "".join(flag_group_html(g, links=anchors) for g in groups))
+        body.append("<h2>Tubes</h2>")
     for t in ordered:
         link = report_links.get(t.result.tube.patient)
         body.append(_tube_section(t, link=f"{link}#{t.anchor}" if link else None, files=True))

@@ -2,7 +2,9 @@
 
 Page 1 is the summary (identity, run, class with its reason, metrics, dose-response curves drawn as
 vectors), then the tables of tubes and QC, the flags in plain words and the audit trail, then the gating
-pages: every tube's gates and activation-marker histogram (the report's PNGs, embedded at their full resolution).
+pages: every tube's gates and activation-marker histogram, two plots across (the report's PNGs, embedded as they
+are: their own compressed data is the PDF's image stream). Table cells wrap, measured with the font's advances;
+flags are grouped by severity and code (``views.flag_groups``).
 All text (patient, allergen and file names, reasons) is drawn literally, never as mathtext
 (:func:`~bat_analysis.report.plots.literal_text`), with control characters shown as escapes
 (``textsafe.visible``; a line feed in a table cell would otherwise shift every row below it).
@@ -13,6 +15,8 @@ from __future__ import annotations
 import functools
 import io
 import math
+import re
+import struct
 import textwrap
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +25,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
@@ -29,17 +34,16 @@ from .._fileio import atomic_path  # noqa: E402
 from .._textsafe import visible  # noqa: E402
 from .plots import draw_dose_response, literal_text  # noqa: E402
 from ._views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,  # noqa: E402
-                    fmt_value, point_intervals, present_columns, qc_rows)
+                    concentration_unit, flag_groups, fmt_value, point_intervals, present_columns, qc_rows,
+                    tube_table_note)
 
 A4 = (8.27, 11.69)
 MARGIN = 0.55  # inches
 LINE = 0.18  # inches per line of 8-pt text
 SUMMARY_CHARS = 600  # QC reasons on the summary page are cut here; the Flags section lists them all
 STATUS_COLOURS = {"pass": "#2e7d32", "warn": "#ef8f00", "fail": "#c62828"}
-SHORT = {"concentration": "conc.", "pretreatment": "arm", "n_basophils": "basophils",
-         "cd63_threshold": "CD63 thr.", "pct_cd63": "%CD63+", "net_pct_cd63": "net %", "si_cd63": "SI",
-         "cd203c_mfi": "CD203c MFI", "si_cd203c": "SI CD203c", "qc_status": "QC",
-         "acq. QC removed %": "acq. QC %", "spillover": "spill."}
+CELL_PAD = 0.03  # inches between a cell's rules and its text
+IMAGES_PER_ROW = 2  # gating plots per row of a page: 3.6 in wide, their type at its size (tick labels 8 pt)
 
 
 class _Flow:
@@ -47,6 +51,7 @@ class _Flow:
 
     def __init__(self, pdf: PdfPages, footer: str) -> None:
         self.pdf = pdf
+        self.embedded = _EmbeddedPngs(pdf)
         self.footer = visible(footer)
         self.fig: Figure | None = None
         self._canvas: Any = None
@@ -96,63 +101,81 @@ class _Flow:
 
     def table(self, headers: Sequence[str], rows: Sequence[Sequence[Any]], *, size: float = 6.5,
               col_widths: Sequence[float] | None = None, status_col: int | None = None) -> None:
-        """A table split over pages as needed; the header row repeats on each page.
+        """A table split over pages as needed; the header row repeats on each page. A cell longer than its
+        column wraps onto more lines (at spaces, underscores, dots, hyphens, slashes; inside a word only when
+        one word is wider than the column): nothing is cut.
 
-        Drawn as one multi-line text per column (rows on the font's line pitch, see
-        :func:`_line_metrics_em`) plus
-        one collection of rules: a few text objects per table instead of one per cell, which is what
-        made matplotlib's own ``Axes.table`` slow to lay out and write."""
+        Drawn as one multi-line text per column (lines on the font's line pitch, see :func:`_line_metrics_em`,
+        a row as tall as its tallest cell) plus one collection of rules: a few text objects per table instead
+        of one per cell, which is what made matplotlib's own ``Axes.table`` slow to lay out and write."""
         ascent, descent, gap = _line_metrics_em()
-        row_h = (ascent + descent + gap) * size / 72.0
-        rows = [[visible(fmt_value(c)) for c in r] for r in rows]
-        headers = [visible(str(h)) for h in headers]
+        line_h = (ascent + descent + gap) * size / 72.0
         width = A4[0] - 2 * MARGIN
         fracs = list(col_widths) if col_widths else [1.0 / len(headers)] * len(headers)
         lefts = np.concatenate([[0.0], np.cumsum(fracs)]) * width
+        room = [(lefts[c + 1] - lefts[c] - 2 * CELL_PAD) * 72.0 for c in range(len(headers))]  # points
+        head = [_wrap(visible(str(h)), room[c], size, bold=True) for c, h in enumerate(headers)]
+        body = [[_wrap(visible(fmt_value(v)), room[c], size) for c, v in enumerate(r)] for r in rows]
+        head_h = max(len(cell) for cell in head) * line_h
         i = 0
-        while i < len(rows) or (i == 0 and not rows):
-            self.ensure(2 * row_h)
-            n = max(1, min(len(rows) - i, int(self.room / row_h) - 1))
-            chunk = rows[i:i + n]
-            self._table_chunk(headers, chunk, lefts, row_h, size, status_col)
-            self.y += row_h * (len(chunk) + 1) + 0.1
-            i += n
-            if not rows:
+        while i < len(body) or (i == 0 and not body):
+            self.ensure(head_h + line_h * (max(len(c) for c in body[i]) if body else 1))
+            n, used = 0, head_h
+            while i + n < len(body):
+                h = max(len(c) for c in body[i + n]) * line_h
+                if n and used + h > self.room:
+                    break
+                used += h
+                n += 1
+            chunk = body[i:i + n]
+            self._table_chunk(head, chunk, lefts, line_h, size, status_col)
+            self.y += used + 0.1
+            i += max(n, 1)
+            if not body:
                 break
 
-    def _table_chunk(self, headers: Sequence[str], chunk: Sequence[Sequence[str]], lefts: np.ndarray,
-                     row_h: float, size: float, status_col: int | None) -> None:
+    def _table_chunk(self, head: Sequence[list[str]], chunk: Sequence[Sequence[list[str]]], lefts: np.ndarray,
+                     line_h: float, size: float, status_col: int | None) -> None:
         from matplotlib.collections import LineCollection
         from matplotlib.patches import Rectangle
-        from matplotlib.transforms import Bbox, TransformedBbox
 
         assert self.fig is not None
         fig, top = self.fig, self.y
-        n_rows = len(chunk) + 1
+        heights = [max(len(cell) for cell in head)] + [max(len(cell) for cell in row) for row in chunk]  # lines
+        starts = np.concatenate([[0], np.cumsum(heights)])  # first line of each row, then the end
         fx = [(MARGIN + x) / A4[0] for x in lefts]
-        fy = [self._fy(top + k * row_h) for k in range(n_rows + 1)]
+        fy = [self._fy(top + k * line_h) for k in starts]
         fig.add_artist(Rectangle((fx[0], fy[1]), fx[-1] - fx[0], fy[0] - fy[1], transform=fig.transFigure,
                                  facecolor="0.93", edgecolor="none", zorder=0))
         rules = [[(fx[0], y), (fx[-1], y)] for y in fy] + [[(x, fy[0]), (x, fy[-1])] for x in fx]
         fig.add_artist(LineCollection(rules, colors="0.7", linewidths=0.3, transform=fig.transFigure,
                                       zorder=1))
-        ascent, _, gap = _line_metrics_em()
-        pad = 0.04  # inches between a cell's left rule and its text
-        baseline = [self._fy(top + k * row_h + (ascent + gap / 2) * size / 72.0) for k in range(n_rows)]
-        for c, header in enumerate(headers):
-            x = (MARGIN + lefts[c] + pad) / A4[0]
-            clip = TransformedBbox(Bbox([[fx[c], fy[-1]], [fx[c + 1], fy[0]]]), fig.transFigure)
-            texts = [fig.text(x, baseline[0], str(header), fontsize=size, fontweight="bold", va="baseline")]
+        for c, header in enumerate(head):
+            x = (MARGIN + lefts[c] + CELL_PAD) / A4[0]
+            fig.text(x, fy[0], "\n".join(header), fontsize=size, fontweight="bold", va="top", ha="left",
+                     multialignment="left")
             if c == status_col:
-                texts += [fig.text(x, baseline[k], row[c], fontsize=size, va="baseline",
-                                   color=STATUS_COLOURS.get(row[c], "black")) for k, row in enumerate(chunk, 1)]
+                for k, row in enumerate(chunk, 1):
+                    fig.text(x, fy[k], "\n".join(row[c]), fontsize=size, va="top",
+                             color=STATUS_COLOURS.get(row[c][0] if row[c] else "", "black"))
             elif chunk:
-                column = "\n".join(row[c] for row in chunk)
-                if column.strip():
-                    texts.append(fig.text(x, fy[1], column, fontsize=size, va="top", ha="left",
-                                          multialignment="left"))
-            for text in texts:  # a long cell is cut at its column's edge, not written over the next one
-                text.set_clip_box(clip)
+                lines: list[str] = []
+                for k, row in enumerate(chunk, 1):
+                    lines += row[c] + [""] * (heights[k] - len(row[c]))
+                if any(line.strip() for line in lines):
+                    fig.text(x, fy[1], "\n".join(lines), fontsize=size, va="top", ha="left", multialignment="left")
+
+    def image(self, png: Any, left: float, top: float, width: float, height: float) -> None:
+        """A report PNG (``Png``) over a box in inches from the page's top-left corner: its own data embedded
+        when the PDF writer allows (:class:`_EmbeddedPngs`), else its decoded pixels."""
+        assert self.fig is not None
+        idat = _idat(png.data) if self.embedded.hooked else None
+        if idat is not None:
+            box = (left / A4[0], 1.0 - (top + height) / A4[1], width / A4[0], height / A4[1])
+            self.fig.add_artist(_PngImage(_PngData(png.width, png.height, idat), box))
+        else:
+            self.canvas().imshow(_rgb(png.data), interpolation="none", extent=(left, left + width, top + height, top),
+                                 aspect="auto")
 
     def canvas(self) -> Any:
         """One invisible axes over the whole page in inches from the top-left corner (for images)."""
@@ -175,6 +198,57 @@ class _Flow:
 
 
 @functools.cache
+def _font(bold: bool) -> Any:
+    from matplotlib.font_manager import FontProperties, findfont, get_font
+
+    return get_font(findfont(FontProperties(weight="bold" if bold else "normal")))
+
+
+@functools.lru_cache(maxsize=8192)
+def _text_width_pt(text: str, size: float, bold: bool = False) -> float:
+    """Width of one line of text in points, from the font's advances (as matplotlib lays it out)."""
+    from matplotlib import ft2font
+
+    no_hinting = ft2font.LoadFlags.NO_HINTING if hasattr(ft2font, "LoadFlags") else ft2font.LOAD_NO_HINTING
+    font = _font(bold)
+    font.set_size(size, 72)
+    font.set_text(text, 0.0, flags=no_hinting)  # unhinted: the advances the PDF's text is laid out with
+    return font.get_width_height()[0] / 64.0 * 1.02  # + 2% for rounding and the bold weight's variants
+
+
+_BREAK = re.compile(r"[^\s_./\-]*(?:[\s_./\-]+|$)")
+
+
+def _wrap(text: str, room_pt: float, size: float, bold: bool = False) -> list[str]:
+    """``text`` as lines no wider than ``room_pt`` points: broken after spaces, ``_ . / -`` where possible,
+    inside a word only when the word alone is wider than the room. Line feeds in ``text`` are kept."""
+    out: list[str] = []
+    cap = max(1, int(room_pt / (0.2 * size)) + 1)  # most characters a line can hold (no glyph is below 0.2 em)
+    for para in text.split("\n"):
+        if _text_width_pt(para, size, bold) <= room_pt:
+            out.append(para)
+            continue
+        line = ""
+        for token in (t for t in _BREAK.findall(para) if t):
+            if _text_width_pt((line + token).rstrip(), size, bold) <= room_pt:
+                line += token
+                continue
+            if line.strip():
+                out.append(line.rstrip())
+            line = token.lstrip() if line.strip() else token
+            while len(line) > 1 and (len(line) > cap or _text_width_pt(line.rstrip(), size, bold) > room_pt):
+                # one long word: its longest prefix that fits (at least one character), by bisection
+                lo, hi = 1, min(len(line) - 1, cap)
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    lo, hi = (mid, hi) if _text_width_pt(line[:mid], size, bold) <= room_pt else (lo, mid - 1)
+                out.append(line[:lo])
+                line = line[lo:]
+        out.append(line.rstrip())
+    return out or [""]
+
+
+@functools.cache
 def _line_metrics_em() -> tuple[float, float, float]:
     """Ascender, descender and line gap of the text font, in font sizes (its OS/2 typographic metrics).
 
@@ -191,12 +265,29 @@ def _line_metrics_em() -> tuple[float, float, float]:
     return hhea["ascent"] / em, -hhea["descent"] / em, hhea["lineGap"] / em
 
 
-def _widths(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[float]:
-    """Column widths proportional to their longest cell (header included), within limits."""
-    lens = [max([len(str(h))] + [len(fmt_value(r[i])) for r in rows]) for i, h in enumerate(headers)]
-    lens = [min(max(n, 3), 40) + 2 for n in lens]  # + cell padding
-    total = float(sum(lens))
-    return [n / total for n in lens]
+def _widths(headers: Sequence[str], rows: Sequence[Sequence[Any]], size: float) -> list[float]:
+    """Column widths (fractions of the text width): each column at least as wide as its widest unbreakable part
+    (a header's longest word, a cell's longest part between ``_ . / -`` and spaces), the rest of the page shared
+    in proportion to what each column would need to show its cells on one line. Longer cells wrap."""
+    room = (A4[0] - 2 * MARGIN - 2 * CELL_PAD * len(headers)) * 72.0
+    least, full = [], []
+    for i, h in enumerate(headers):
+        cells = [visible(fmt_value(r[i])) for r in rows]
+        parts = [p for c in cells for p in _BREAK.findall(c) if p.strip()]
+        least.append(max([_text_width_pt(w, size, True) for w in str(h).split()]
+                         + [_text_width_pt(p.rstrip(), size) for p in parts] + [6.0]) + 0.5)  # + rounding
+        full.append(max([_text_width_pt(c, size) for c in cells] + [least[-1]]))
+    spare = room - sum(least)
+    extra = [f - m for f, m in zip(full, least)]
+    if spare <= 0 or not sum(extra):
+        widths = [m * room / sum(least) for m in least] if spare <= 0 else [m + spare / len(least) for m in least]
+    elif sum(extra) <= spare:  # everything fits on one line: share what is left evenly
+        widths = [f + (spare - sum(extra)) / len(full) for f in full]
+    else:
+        widths = [m + spare * e / sum(extra) for m, e in zip(least, extra)]
+    pads = 2 * CELL_PAD * 72.0
+    total = sum(widths) + pads * len(widths)
+    return [(w + pads) / total for w in widths]
 
 
 def _summary(flow: _Flow, view: PatientView, run: RunView) -> None:
@@ -228,9 +319,10 @@ def _summary(flow: _Flow, view: PatientView, run: RunView) -> None:
     if view.patient_rows:
         cols = [c for c in present_columns(view.patient_rows, PATIENT_COLUMNS) if c not in ("allergen",)]
         allergens = [str(r.get("allergen", "")) for r in view.patient_rows]
-        rows = [[run.label(c).replace("_", " ")] + [r.get(c) for r in view.patient_rows] for c in cols]
+        unit = concentration_unit(view.tubes)
+        rows = [[run.label(c, unit)] + [r.get(c) for r in view.patient_rows] for c in cols]
         headers = ["metric"] + allergens
-        flow.table(headers, rows, size=7.5, col_widths=_widths(headers, rows))
+        flow.table(headers, rows, size=7.5, col_widths=_widths(headers, rows, 7.5))
         flow.text("EC50 in the layout's concentration unit; empty when not estimable. CD-sens = 100/EC50; "
                   f"AUC of net %{run.marker}+ over log10 concentration.", size=6.5, colour="0.35")
     by_allergen: dict[str, dict[str, Any]] = {}
@@ -256,32 +348,29 @@ def _tables(flow: _Flow, view: PatientView, run: RunView) -> None:
     flow.new_page()
     flow.text("Metrics per tube", size=11, weight="bold")
     cols = present_columns(view.tube_rows, TUBE_COLUMNS)
-    headers = [run.label(SHORT.get(c, c)) for c in cols]
+    headers = [run.label(c, concentration_unit(view.tubes)) for c in cols]
     rows = [[r.get(c) for c in cols] for r in view.tube_rows]
-    flow.table(headers, rows, col_widths=_widths(headers, rows), size=6.5,
+    flow.table(headers, rows, col_widths=_widths(headers, rows, 6.5), size=6.5,
                status_col=cols.index("qc_status") if "qc_status" in cols else None)
+    flow.text(tube_table_note(run.marker), size=6.5, colour="0.35")
     flow.gap()
     flow.text("Quality control", size=11, weight="bold")
     qc_table = qc_rows(view.tubes)
-    headers = [run.label(SHORT.get(h, h)) for h in QC_HEADERS]
-    flow.table(headers, qc_table, col_widths=_widths(headers, qc_table), size=6.5, status_col=9)
+    headers = [run.label(h) for h in QC_HEADERS]
+    flow.table(headers, qc_table, col_widths=_widths(headers, qc_table, 6.5), size=6.5, status_col=9)
     flow.gap()
     flow.text("Flags", size=11, weight="bold")
-    flagged = [t for t in view.tubes if t.flags]
-    if not flagged and not view.patient_flags:
+    groups = flag_groups(view.tubes, view.patient_flags)
+    if not groups:
         flow.text("No flags.")
-    for t in flagged:
-        flow.text(f"{t.result.tube.file} — QC {t.qc_status}", size=8, weight="bold",
-                  colour=STATUS_COLOURS.get(t.qc_status, "black"))
-        for f in t.flags:
-            label = "QC rule" if f.severity == "qc" else f.severity
-            flow.text(f"[{label}] {f.code}: {f.message}", size=7.5, indent=0.15,
-                      colour=STATUS_COLOURS.get(f.severity, "black"), width=120)
-    if view.patient_flags:
-        flow.text("dose–response", size=8, weight="bold")
-        for f in view.patient_flags:
-            flow.text(f"[{f.severity}] {f.code}: {f.message}", size=7.5, indent=0.15,
-                      colour=STATUS_COLOURS.get(f.severity, "black"), width=120)
+    else:
+        flow.text("Failures first, then warnings; the same finding on several tubes is listed once with its tubes.",
+                  size=7, colour="0.35")
+    for g in groups:  # failures, then warnings, then information
+        flow.text(f"[{g.severity}] {g.heading()}", size=8, weight="bold",
+                  colour=STATUS_COLOURS.get(g.severity, "black"), width=120)
+        for where, what in g.lines():
+            flow.text(f"{where}: {what}", size=7, indent=0.15, width=130)
     flow.gap()
     flow.text("Audit trail", size=11, weight="bold")
     for key, value in run.audit_items(view):
@@ -298,7 +387,7 @@ def _tables(flow: _Flow, view: PatientView, run: RunView) -> None:
             flow.text(f"{key}: {fmt_value(value)}", size=7.5, width=140)
 
 
-def _tube_block(flow: _Flow, tube: TubeView, ncols: int = 3) -> None:
+def _tube_block(flow: _Flow, tube: TubeView, ncols: int = IMAGES_PER_ROW) -> None:
     t = tube.result.tube
     desc = [t.condition.replace("_", " ")]
     if t.allergen:
@@ -319,17 +408,10 @@ def _tube_block(flow: _Flow, tube: TubeView, ncols: int = 3) -> None:
         flow.text(note, size=6.5, colour="0.3", indent=0.1, width=140)
     for row in range(nrows):
         flow.ensure(img_h)
-        canvas = flow.canvas()
-        pixels = [_rgb(png.data) for png in images[row * ncols:(row + 1) * ncols]]
         y0 = MARGIN + flow.y
-        if len({p.shape for p in pixels}) == 1:  # one image per row of plots: a third of the PDF objects
-            x0 = MARGIN
-            canvas.imshow(np.concatenate(pixels, axis=1), interpolation="none",
-                          extent=(x0, x0 + img_w * len(pixels), y0 + img_h, y0), aspect="auto")
-        else:
-            for col, rgb in enumerate(pixels):
-                x0 = MARGIN + col * img_w
-                canvas.imshow(rgb, interpolation="none", extent=(x0, x0 + img_w, y0 + img_h, y0), aspect="auto")
+        for col, png in enumerate(images[row * ncols:(row + 1) * ncols]):
+            x0 = MARGIN + col * img_w
+            flow.image(png, x0, y0, img_w, img_h)
         flow.y += img_h
     flow.gap(0.15)
 
@@ -340,6 +422,90 @@ def _rgb(png: bytes) -> np.ndarray:
 
     with Image.open(io.BytesIO(png)) as img:
         return np.asarray(img.convert("RGB"))
+
+
+def _idat(png: bytes) -> bytes | None:
+    """The compressed pixel stream (IDAT chunks) of an 8-bit RGB, non-interlaced PNG; None for any other PNG."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    pos, out = 8, []
+    while pos + 8 <= len(png):
+        length, kind = struct.unpack(">L4s", png[pos:pos + 8])
+        data = png[pos + 8:pos + 8 + length]
+        if kind == b"IHDR" and (data[8], data[9], data[12]) != (8, 2, 0):  # bit depth, RGB, no interlace
+            return None
+        if kind == b"IDAT":
+            out.append(data)
+        pos += 12 + length
+    return b"".join(out) or None
+
+
+class _PngData:
+    """Stands for a report PNG among matplotlib's images of a PDF: its size (``shape``, as matplotlib reads an
+    image's) and its compressed rows (the PNG's IDAT data)."""
+
+    def __init__(self, width: int, height: int, idat: bytes) -> None:
+        self.shape = (height, width, 3)
+        self.idat = idat
+
+
+class _EmbeddedPngs:
+    """The plots' own PNG data written into the PDF as they are: no decoding, no second encoding.
+
+    matplotlib's PDF writer stores an RGB image as a PNG's IDAT stream (Flate with PNG predictors), which it makes
+    by encoding the pixels it was given. A report PNG already is that stream: :class:`_PngImage` hands matplotlib
+    a :class:`_PngData` in place of pixels, and the writer's ``_unpack``/``_writeImg`` (wrapped here) write its
+    IDAT data as the image's stream. ``hooked`` is False when this matplotlib's PDF writer lacks those methods;
+    the pages then draw decoded pixels (``imshow``) as before."""
+
+    def __init__(self, pdf: PdfPages) -> None:
+        ensure = getattr(pdf, "_ensure_file", None)  # matplotlib opens the PdfFile on the first page
+        file = ensure() if callable(ensure) else getattr(pdf, "_file", None)
+        self.written = 0
+        self.hooked = all(callable(getattr(file, m, None)) for m in ("_unpack", "_writeImg", "beginStream",
+                                                                      "endStream", "reserveObject"))
+        if self.hooked:
+            self._file = file
+            self._unpack, self._write_img = file._unpack, file._writeImg
+            file._unpack = self.unpack
+            file._writeImg = self.write_img
+
+    def unpack(self, image: Any) -> Any:
+        return (image, None) if isinstance(image, _PngData) else self._unpack(image)
+
+    def write_img(self, data: Any, id: Any, smask: Any = None) -> None:
+        if not isinstance(data, _PngData):
+            self._write_img(data, id, smask)
+            return
+        from matplotlib.backends.backend_pdf import Name
+
+        height, width, _ = data.shape
+        obj = {"Type": Name("XObject"), "Subtype": Name("Image"), "Width": width, "Height": height,
+               "ColorSpace": Name("DeviceRGB"), "BitsPerComponent": 8}
+        file = self._file
+        file.beginStream(id, file.reserveObject("length of image stream"), obj,
+                         png={"Predictor": 10, "Colors": 3, "Columns": width})
+        file.currentstream.write(data.idat)
+        file.endStream()
+        self.written += 1
+
+
+class _PngImage(Artist):
+    """A report PNG on a PDF page, over ``box`` (left, bottom, width, height in figure fractions), written from
+    the PNG's own data (see :class:`_EmbeddedPngs`)."""
+
+    def __init__(self, data: _PngData, box: tuple[float, float, float, float]) -> None:
+        super().__init__()
+        self.data, self.box = data, box
+
+    def draw(self, renderer: Any) -> None:
+        from matplotlib.transforms import Affine2D
+
+        x0, y0, w, h = self.box
+        (px, py), (qx, qy) = self.figure.transFigure.transform([(x0, y0), (x0 + w, y0 + h)])
+        gc = renderer.new_gc()
+        renderer.draw_image(gc, px, py, self.data, Affine2D().scale(qx - px, qy - py))
+        gc.restore()
 
 
 @literal_text()

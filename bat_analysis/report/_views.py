@@ -5,8 +5,12 @@ the negative-control files of its arm (``ExperimentScores.thresholds`` and ``.re
 never re-derive analysis) and the percentages above the threshold that its histogram prints (the stored
 ``pct_cd63`` of tubes.csv). :func:`patient_views` groups them per patient with the patient's rows and fits.
 :class:`RunView` holds the run's identity and audit trail. The tables' columns (:data:`TUBE_COLUMNS`,
-:data:`PATIENT_COLUMNS`, :data:`QC_HEADERS`) and the cell formatting (:func:`fmt_value`) are defined here,
-for both writers (``html.py``, ``pdf.py``), which import this module and never each other.
+:data:`PATIENT_COLUMNS`, :data:`QC_HEADERS`), their headers for people (:func:`column_label`) and the cell
+formatting (:func:`fmt_value`) are defined here,
+for both writers (``html.py``, ``pdf.py``), which import this module and never each other; so are the flag
+groups both show (:func:`flag_groups`: failures, then warnings, then information; a finding shared by many tubes
+once, with what its numbers mean: a LOW_BASOPHILS flag's severity and words come from ``analysis.qc``'s own
+rule and the configured limits).
 This module draws nothing; it imports no scipy at load (drawing workers import it).
 """
 
@@ -29,12 +33,12 @@ if TYPE_CHECKING:
 
 
 # ----------------------------------------------------------------------------------------------- views
-SEVERITY_ORDER = {"fail": 0, "warn": 1, "pass": 2}
+SEVERITY_ORDER = {"fail": 0, "warn": 1, "info": 2, "pass": 3}
 CONDITION_ORDER = {c: i for i, c in enumerate(CONDITIONS)}
 
 
 def severity_rank(status: str | None) -> int:
-    """fail < warn < pass (unknown statuses sort with fail: they need a look)."""
+    """fail < warn < info < pass (unknown statuses sort with fail: they need a look)."""
     return SEVERITY_ORDER.get(status or "fail", 0)
 
 
@@ -135,9 +139,9 @@ class RunView:
         """The gated population, as the gating template names it (``run_info["population"]``)."""
         return str(self.info.get("population") or "basophils")
 
-    def label(self, column: str) -> str:
-        """A table column's header in the template's words (see :func:`column_label`)."""
-        return column_label(column, self.marker, self.population)
+    def label(self, column: str, unit: str | None = None) -> str:
+        """A table column's header for people, in the template's words (see :func:`column_label`)."""
+        return column_label(column, self.marker, self.population, unit)
 
     def inhibition_text(self, row: Mapping[str, Any]) -> str:
         """The AUC inhibition of a patients-table row with its interval and the class's confidence, for
@@ -210,11 +214,69 @@ def _frame_rows(frame: Any) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Notice:
-    """A finding shown to the reader; ``severity`` is warn, fail, or qc (a QC rule of the tubes table)."""
+    """A finding shown to the reader; ``severity`` is fail, warn or info; ``rule`` marks a QC rule of the
+    tubes table (qc_flags) rather than a gating flag."""
 
     code: str
     severity: str
     message: str
+    rule: bool = False
+
+
+@dataclass
+class FlagGroup:
+    """The same finding (severity and code) on several tubes or series: ``entries`` are (where, what)."""
+
+    severity: str
+    code: str
+    entries: list[tuple[str, str]] = field(default_factory=list)
+    noun: str = "tube"  # what an entry is: a tube, or a dose-response "series" (the patient's fit flags)
+
+    @property
+    def places(self) -> int:
+        """Tubes flagged (a tube counts once), or series flagged."""
+        return len({where for where, _ in self.entries}) if self.noun == "tube" else len(self.entries)
+
+    @property
+    def shared_reason(self) -> str | None:
+        """The part after "subject: " that every entry's message shares ("fewer than the 500 recommended,
+        above the minimum of 200"), or None when they differ."""
+        reasons = {what.partition(": ")[2] for _, what in self.entries}
+        return reasons.pop() if len(reasons) == 1 and "" not in reasons else None
+
+    def heading(self) -> str:
+        """"LOW_BASOPHILS on 43 tubes: fewer than the 500 recommended, above the minimum of 200"."""
+        n = self.places
+        text = f"{self.code} on {n} {self.noun}{'s' if n != 1 and self.noun == 'tube' else ''}"
+        reason = self.shared_reason
+        return f"{text}: {reason}" if reason else text
+
+    def lines(self) -> list[tuple[str, str]]:
+        """(where, what) with what shortened to its subject ("499 basophils") when the heading holds the
+        shared reason."""
+        if self.shared_reason is None:
+            return list(self.entries)
+        return [(where, what.partition(": ")[0]) for where, what in self.entries]
+
+
+def flag_groups(tubes: Sequence[TubeView], patient_flags: Sequence[Any] = (), *,
+                patient_place: str = "dose–response") -> list[FlagGroup]:
+    """Every flag of ``tubes`` (and the patient's fit flags) grouped by severity and code: failures first,
+    then warnings, then information; within a severity by code. Identical findings on 43 tubes make one group."""
+    groups: dict[tuple[str, str], FlagGroup] = {}
+    for t in tubes:
+        for f in t.flags:
+            groups.setdefault((f.severity, f.code), FlagGroup(f.severity, f.code)).entries.append(
+                (t.result.tube.file, f.message))
+    for f in patient_flags:
+        groups.setdefault((f.severity, f.code + " "), FlagGroup(f.severity, f.code, noun="series")).entries.append(
+            (patient_place, f.message))
+    return sorted(groups.values(), key=lambda g: (severity_rank(g.severity), g.code))
+
+
+def by_severity(flags: Sequence[Any]) -> list[Any]:
+    """A tube's flags, failures first, then warnings, then information (stable within a severity)."""
+    return sorted(flags, key=lambda f: severity_rank(f.severity))
 
 
 def _parse_reasons(text: str, codes: Sequence[str]) -> dict[str, str]:
@@ -226,12 +288,36 @@ def _parse_reasons(text: str, codes: Sequence[str]) -> dict[str, str]:
     return {parts[i]: parts[i + 1].strip() for i in range(1, len(parts) - 1, 2)}
 
 
-def _qc_notes(row: Mapping[str, Any], known: set[str]) -> list[Notice]:
-    """QC findings of the tubes table not already among the gating flags, with their reasons."""
+def _qc_notes(row: Mapping[str, Any], known: set[str], status: str) -> list[Notice]:
+    """QC findings of the tubes table not already among the gating flags, with their reasons. The table keeps no
+    severity per finding: each takes the tube's QC status (fail or warn); :func:`_for_reader` refines the
+    basophil count's."""
     codes = [c.strip() for c in str(row.get("qc_flags") or "").split(";") if c.strip()]
     reasons = _parse_reasons(str(row.get("qc_reasons") or ""), codes)
-    return [Notice(c, "qc", reasons.get(c, c.replace("_", " ").lower())) for c in dict.fromkeys(codes)
-            if c not in known]
+    severity = status if status in ("fail", "warn") else "warn"
+    return [Notice(c, severity, reasons.get(c, c.replace("_", " ").lower()), rule=True)
+            for c in dict.fromkeys(codes) if c not in known]
+
+
+def _for_reader(flag: Any, result: TubeResult, qc: Any) -> Any:
+    """A flag as the reports show it: a LOW_BASOPHILS flag, or one of an event fraction (ACQUISITION_QC,
+    MARGIN_EVENTS, DOUBLETS), says what its number means against the configured limits
+    (``analysis.qc.basophil_count_words``, ``fraction_words``) with the severity those limits give."""
+    if qc is None:
+        return flag
+    from ..analysis.qc import basophil_count_flags, basophil_count_words, fraction_words
+
+    if flag.code != "LOW_BASOPHILS":
+        rated_fraction = fraction_words(result.event_fractions, qc).get(flag.code)
+        if rated_fraction is None:
+            return flag
+        return Notice(flag.code, rated_fraction[0], rated_fraction[1], rule=getattr(flag, "rule", False))
+
+    rated = basophil_count_flags(int(result.n_basophils), qc)
+    if not rated:  # the count meets the limits here: keep the flag as it was raised
+        return flag
+    return Notice(flag.code, rated[0].severity, basophil_count_words(int(result.n_basophils), qc),
+                  rule=getattr(flag, "rule", False))
 
 
 def _manual_gates(run: RunView) -> dict[str, dict[str, str]]:
@@ -295,7 +381,9 @@ def tube_views(results: Sequence[TubeResult], scores: ExperimentScores, run: Run
         flags: list[Any] = list(res.flags)
         if not res.ok and not any(f.severity == "fail" for f in flags):
             flags.append(Flag("NOT_GATED", "fail", res.error or "the tube could not be gated"))
-        flags += _qc_notes(row, {f.code for f in flags})
+        flags += _qc_notes(row, {f.code for f in flags}, status)
+        qc_config = getattr(getattr(scores, "config", None), "qc", None)
+        flags = by_severity([_for_reader(f, res, qc_config) for f in flags])
         adjusted = dict(adjust.get(t.file, {}))
         for g in res.gates:
             if is_manual(g) and g.name not in adjusted:
@@ -343,15 +431,56 @@ TUBE_COLUMNS = ("file", "condition", "allergen", "concentration", "pretreatment"
                 "qc_status")
 
 
-def column_label(column: str, marker: str = "CD63", population: str = "basophils") -> str:
-    """A table column or header in the gating template's words: the ``cd63`` of tubes.csv's column names (which
-    hold the primary marker's numbers) becomes the primary marker, ``basophils`` the template's population."""
-    label = column
-    if marker.casefold() != "cd63":
-        label = label.replace("cd63", marker.lower()).replace("CD63", marker)
-    if population != "basophils":
-        label = label.replace("basophils", population)
+# Headers of the report tables, for people: what the number is and its unit. {marker} and {population} are the
+# gating template's names, {unit} the layout's concentration unit; an ``_<arm>`` suffix (``ec50_omalizumab``) adds
+# the arm. The CSV tables keep their column names; only the reports show these.
+COLUMN_LABELS = {
+    "file": "File", "patient": "Patient", "condition": "Condition", "allergen": "Allergen",
+    "concentration": "Concentration ({unit})", "pretreatment": "Arm", "arm": "Arm",
+    "n_events": "Events (n)", "events": "Events (n)", "n_basophils": "{Population} (n)",
+    "basophils": "{Population} (n)",
+    "cd63_threshold": "{marker} threshold", "pct_cd63": "{marker}+ (% of {population})",
+    "net_pct_cd63": "Net {marker}+ (% points)", "si_cd63": "{marker} SI",
+    "cd203c_mfi": "CD203c MFI", "si_cd203c": "CD203c SI", "qc_status": "QC", "qc": "QC", "flags": "Flags",
+    "acq. QC removed %": "Removed by acquisition QC (%)", "margin %": "Margin events (%)",
+    "doublets %": "Doublets (%)", "spillover": "Spillover matrix",
+    "ec50": "EC50 ({unit})", "cd_sens": "CD-sens (100/EC50)", "cd_max": "CD-max (% {marker}+)",
+    "auc": "AUC (net % × log10 {unit})", "auc_inhibition_pct": "AUC inhibition by omalizumab (%)",
+    "ec50_shift_log10": "EC50 shift (log10)", "class": "Class",
+}
+ARM_WORDS = {"none": "no pretreatment"}
+
+
+def tube_table_note(marker: str) -> str:
+    """What the tube table's derived columns mean (shown under it in both reports)."""
+    return (f"Net {marker}+: the tube's % above the threshold minus its negative control's, in percentage points; "
+            "concentrations in the layout's unit.")
+
+
+def column_label(column: str, marker: str = "CD63", population: str = "basophils", unit: str | None = None) -> str:
+    """A table column or header for people, with its unit (:data:`COLUMN_LABELS`): ``pct_cd63`` becomes
+    "CD63+ (% of basophils)" in the gating template's marker and population, ``ec50_omalizumab`` "EC50, omalizumab
+    (ng/mL)" in the layout's ``unit``. A column not listed is shown as written."""
+    base, arm = column, None
+    if column not in COLUMN_LABELS and "_" in column:
+        head, tail = column.rsplit("_", 1)
+        if head in COLUMN_LABELS:
+            base, arm = head, tail
+    template = COLUMN_LABELS.get(base)
+    if template is None:
+        return column
+    label = template.format(marker=marker, population=population, Population=population[:1].upper()
+                            + population[1:], unit=unit or "layout's unit")
+    if arm is not None:
+        name, _, rest = label.partition(" (")
+        label = f"{name}, {ARM_WORDS.get(arm, arm)}" + (f" ({rest}" if rest else "")
     return label
+
+
+def concentration_unit(tubes: Sequence[TubeView]) -> str | None:
+    """The layout's concentration unit of these tubes (None when none or several are given)."""
+    units = {t.result.tube.unit for t in tubes if t.result.tube.unit}
+    return units.pop() if len(units) == 1 else None
 
 
 def point_intervals(tube_rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[float, float]]:

@@ -13,9 +13,10 @@ matplotlib never reads ``$...$`` as mathtext nor hands text to TeX (our own tick
 from __future__ import annotations
 
 import functools
-import io
 import math
+import struct
 import textwrap
+import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
@@ -49,8 +50,13 @@ DENSITY_CMAP = "viridis"
 HISTOGRAM_GREY = "0.55"
 ASINH_COFACTOR = 150.0  # linear width of the arcsinh display scale (compensated linear units)
 MANUAL_METHODS = ("override", "manual")
-PNG_COMPRESSION = 4  # zlib level: 6 (the default) costs ~40% more time for ~5% smaller files
+PNG_COMPRESSION = 1  # zlib level of the plots' PNGs (see encode_png)
 LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
+# Type sizes (points) of every plot, for a plot of PLOT_SIZE inches shown at about 400 px wide on screen (tick
+# labels ~12 px) or 3.6 in wide in print (8 pt): readable both ways; PLOT_DPI gives the enlarged image ~800 px.
+TITLE_PT, LABEL_PT, TICK_PT, NOTE_PT, LEGEND_PT = 10.0, 8.5, 8.0, 7.5, 7.0
+PLOT_SIZE = (3.6, 3.0)  # inches, one gate or histogram
+PLOT_DPI = 225  # 810 x 675 px per plot
 
 
 def literal_text() -> Any:
@@ -203,13 +209,13 @@ def _outline_artists(ax: Axes, geometry: Mapping[str, Any], ndim_drawn: int, col
         ops = [f"{words[bool(c)]}{r}" for r, c in geometry.get("operands", [])]
         op = geometry.get("op", "and")
         text = f"NOT {ops[0]}" if op == "not" and ops else f" {op.upper()} ".join(ops)
-        return [Text(0.03, 0.03, text, transform=ax.transAxes, fontsize=7, color=colour, zorder=4,
+        return [Text(0.03, 0.03, text, transform=ax.transAxes, fontsize=NOTE_PT, color=colour, zorder=4,
                      bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1.5))]
     return []
 
 
 def _message(ax: Axes, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.35",
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=LABEL_PT, color="0.35",
             wrap=True)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -267,15 +273,15 @@ def shared_gate_limits(results: Iterable[TubeResult]) -> dict[tuple[str, str, st
 def _gate_frame(record: GateRecord, ax: Axes, limits: Limits | None = None) -> int:
     """The parts of a gate plot that do not depend on the tube's data: limits (the gate's own, or
     ``limits`` shared by a run), labels, ticks, name. Returns the number of dimensions drawn."""
-    ax.set_title(record.name, fontsize=9, loc="left", fontweight="bold", y=1.0, pad=3)
+    ax.set_title(record.name, fontsize=TITLE_PT, loc="left", fontweight="bold", y=1.0, pad=3)
     ndim = _ndim(record)
     if not ndim:
         _message(ax, "no density recorded")
         return 0
     (x0, x1), (y0, y1) = limits or _own_limits(record)
-    ax.set_xlabel(_axis_label(record, 0), fontsize=7)
-    ax.set_ylabel("events" if ndim == 1 else _axis_label(record, 1), fontsize=7)
-    ax.tick_params(labelsize=6)
+    ax.set_xlabel(_axis_label(record, 0), fontsize=LABEL_PT)
+    ax.set_ylabel("events" if ndim == 1 else _axis_label(record, 1), fontsize=LABEL_PT)
+    ax.tick_params(labelsize=TICK_PT)
     ax.xaxis.set_major_locator(MaxNLocator(5))
     ax.yaxis.set_major_locator(MaxNLocator(5))
     ax.set_xlim(x0, x1)
@@ -307,10 +313,10 @@ def _gate_marks(record: GateRecord, ax: Axes, ndim_drawn: int, adjusted_reason: 
             artists += _draw_outline(ax, shape, ndim_drawn, colour, style)
     above = ax.transAxes + ScaledTranslation(0, 3 / 72, ax.figure.dpi_scale_trans)  # 3 pt above the frame
     artists.append(ax.text(1.0, 1.0, gate_caption(record), transform=above, ha="right", va="bottom",
-                           fontsize=6.5))
+                           fontsize=NOTE_PT))
     note, note_colour = method_note(record, adjusted_reason)
     artists.append(ax.text(0.98, 0.03, textwrap.fill(note, 42), transform=ax.transAxes, ha="right",
-                           va="bottom", fontsize=6.5, color=note_colour, zorder=5,
+                           va="bottom", fontsize=NOTE_PT, color=note_colour, zorder=5,
                            bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1.2)))
     return artists
 
@@ -478,7 +484,7 @@ def activation_range(arrays: Iterable[np.ndarray | None], thresholds: Iterable[f
 def _activation_frame(ax: Axes, marker: str, xlim: tuple[float, float], cofactor: float,
                       population: str = "basophils") -> None:
     """Axis, ticks, labels and title of an activation histogram (shared by every tube of a run)."""
-    ax.set_title(f"{marker} on {population}", fontsize=9, loc="left", fontweight="bold", y=1.0, pad=3)
+    ax.set_title(f"{marker} on {population}", fontsize=TITLE_PT, loc="left", fontweight="bold", y=1.0, pad=3)
     ax.set_xscale("asinh", linear_width=cofactor)
     ax.set_xlim(*xlim)
     ax.xaxis.set_major_locator(FixedLocator(_asinh_ticks(xlim[0], xlim[1], cofactor)))
@@ -486,9 +492,9 @@ def _activation_frame(ax: Axes, marker: str, xlim: tuple[float, float], cofactor
     ax.xaxis.set_major_formatter(FuncFormatter(_power_label))
     ax.set_ylim(0, 140)  # room for the legend above the modes
     ax.set_yticks(range(0, 101, 25))
-    ax.set_xlabel(f"{marker} (compensated, arcsinh scale)", fontsize=7)
-    ax.set_ylabel("% of mode", fontsize=7)
-    ax.tick_params(labelsize=6)
+    ax.set_xlabel(f"{marker} (compensated, arcsinh scale)", fontsize=LABEL_PT)
+    ax.set_ylabel("% of mode", fontsize=LABEL_PT)
+    ax.tick_params(labelsize=TICK_PT)
 
 
 def _place(ax: Axes, artist: Artist, detached: bool) -> Artist:
@@ -524,7 +530,7 @@ def _activation_marks(ax: Axes, values: np.ndarray, neg: np.ndarray | None, thre
         lines.append((artist, v, given))
     if not values.size:
         artists.append(ax.text(0.5, 0.45, f"no {population} in this tube", transform=ax.transAxes, ha="center",
-                               fontsize=7))
+                               fontsize=NOTE_PT))
     if has_t:
         assert threshold is not None
         artists.append(_place(ax, Line2D([threshold, threshold], [0, 1], color=GATE_COLOUR, linewidth=1.4,
@@ -535,10 +541,10 @@ def _activation_marks(ax: Axes, values: np.ndarray, neg: np.ndarray | None, thre
             artist.set_label(f"{artist.get_label()}: {pct:.1f}% {marker}+ (n={v.size})")
     else:
         artists.append(ax.text(0.98, 0.5, "no threshold available", transform=ax.transAxes, ha="right",
-                               fontsize=7, color=GATE_COLOUR))
+                               fontsize=NOTE_PT, color=GATE_COLOUR))
     if lines or has_t:
         handles = [a for a in artists if isinstance(a, (patches.StepPatch, Line2D))]
-        artists.append(ax.legend(handles=handles, fontsize=6, loc="upper right", frameon=True,
+        artists.append(ax.legend(handles=handles, fontsize=LEGEND_PT, loc="upper right", frameon=True,
                                  framealpha=0.85, edgecolor="none", handlelength=1.2))
     return artists
 
@@ -561,7 +567,7 @@ def draw_activation(values: np.ndarray, negative_values: np.ndarray | None, thre
     neg = None if negative_values is None else np.asarray(negative_values, dtype=float)
     xlim = xlim or activation_range([values, neg], [threshold], cofactor=cofactor)
     if xlim is None:
-        ax.set_title(f"{marker} on {population}", fontsize=9, loc="left", fontweight="bold", y=1.0, pad=3)
+        ax.set_title(f"{marker} on {population}", fontsize=TITLE_PT, loc="left", fontweight="bold", y=1.0, pad=3)
         _message(ax, f"no {population}")
         return []
     _activation_frame(ax, marker, xlim, cofactor, population)
@@ -635,6 +641,25 @@ def _printed(artists: Iterable[Artist]) -> tuple[str, ...]:
     return tuple(t for t in out if t)
 
 
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">L", len(data)) + kind + data + struct.pack(">L", zlib.crc32(kind + data))
+
+
+def encode_png(rgba: np.ndarray, level: int = PNG_COMPRESSION) -> bytes:
+    """An Agg buffer (``H x W x 4``, 8-bit) as an 8-bit RGB PNG: rows unfiltered (filter type 0), zlib ``level``.
+
+    A standard PNG that any reader opens. Measured on the report's 810 x 675 plots: 3.0 ms and 47 KiB each, where
+    Pillow (adaptive row filters, level 4) took 10.4 ms for 39 KiB; the plots are flat colours on white, which
+    zlib compresses well without the filters. The PDF embeds these bytes as they are (``pdf._EmbeddedPngs``)."""
+    h, w = rgba.shape[:2]
+    rows = np.empty((h, w * 3 + 1), dtype=np.uint8)
+    rows[:, 0] = 0  # filter type None on every row
+    rows[:, 1:].reshape(h, w, 3)[...] = rgba[..., :3]
+    header = struct.pack(">LLBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, deflate, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows, level))
+            + _chunk(b"IEND", b""))
+
+
 class PngRenderer:
     """Draws small figures and returns them as PNG bytes (Agg, fixed layout, no tight_layout).
 
@@ -646,21 +671,16 @@ class PngRenderer:
     whole.
     """
 
-    def __init__(self, *, size: tuple[float, float] = (3.2, 2.7), dpi: int = 120,
+    def __init__(self, *, size: tuple[float, float] = PLOT_SIZE, dpi: int = PLOT_DPI,
                  max_frames: int = 64) -> None:
         self.size = size
         self.dpi = dpi
-        self.margins = dict(left=0.17, right=0.97, bottom=0.16, top=0.9)
+        self.margins = dict(left=0.2, right=0.97, bottom=0.15, top=0.91)
         self.max_frames = max_frames
         self._frames: dict[tuple[Any, ...], tuple[Figure, Any, Axes, Any, dict[str, Any]]] = {}
 
     def _encode(self, rgba: np.ndarray) -> bytes:
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(rgba[..., :3])).save(buf, format="png",
-                                                                  compress_level=PNG_COMPRESSION)
-        return buf.getvalue()
+        return encode_png(rgba)
 
     @literal_text()
     def render(self, kind: str, title: str, draw: Any, *, size: tuple[float, float] | None = None,
@@ -840,7 +860,7 @@ def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | 
             lo, hi = fit.ec50_ci
             if math.isfinite(lo) and math.isfinite(hi):
                 ax.axvspan(lo, hi, color=colour, alpha=0.12, linewidth=0, zorder=1)
-    ax.set_title(title or "dose–response", fontsize=9, loc="left", fontweight="bold", y=1.0, pad=3)
+    ax.set_title(title or "dose–response", fontsize=TITLE_PT, loc="left", fontweight="bold", y=1.0, pad=3)
     if not drawn:
         _message(ax, "no valid allergen tube")
         return
@@ -849,9 +869,9 @@ def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | 
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylim(0, 135)  # headroom for the legend above 100%
     ax.set_yticks(range(0, 101, 20))
-    ax.set_xlabel(f"concentration ({unit})" if unit else "concentration", fontsize=7)
-    ax.set_ylabel(f"% {marker}+ {population}", fontsize=7)
-    ax.tick_params(labelsize=6)
+    ax.set_xlabel(f"concentration ({unit})" if unit else "concentration", fontsize=LABEL_PT)
+    ax.set_ylabel(f"% {marker}+ {population}", fontsize=LABEL_PT)
+    ax.tick_params(labelsize=TICK_PT)
     ax.grid(True, which="major", color="0.9", linewidth=0.6)
-    ax.legend(fontsize=6, loc="upper left", frameon=True, framealpha=0.85, edgecolor="none",
+    ax.legend(fontsize=LEGEND_PT, loc="upper left", frameon=True, framealpha=0.85, edgecolor="none",
               handlelength=1.0)
