@@ -63,6 +63,7 @@ def truth():
 def test_demo_tables_match_the_sample_truth(demo, truth):
     out, output = demo
     assert "Analysed 48 tubes" in output and "review/index.html" in output
+    assert "or run 'bat review " in output  # the browser workbench is where a reviewer corrects gates
     tubes = pd.read_csv(out / "tubes.csv")
     patients = pd.read_csv(out / "patients.csv")
     assert list(tubes.columns[:len(TUBE_COLUMNS)]) == TUBE_COLUMNS
@@ -211,7 +212,7 @@ def test_the_summary_lists_the_reports_by_their_status_not_by_the_note_text(stat
                          report_error="disk full" if status == "failed" else None)
     _summarise(summary, quiet=False)
     printed = capsys.readouterr().out
-    assert ("reports/, review/" in printed) is listed and ("review/index.html to review" in printed) is listed
+    assert ("reports/, review/" in printed) is listed and ("review/index.html to see every gate" in printed) is listed
 
 
 def test_a_failing_report_renderer_keeps_the_tables(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ Messages quote file names, layout cells and FCS keywords: they are printed throu
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,7 +22,6 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ct
 
 def _interrupted(exc: KeyboardInterrupt) -> typer.Exit:
     """Ctrl-C: say what was saved and how to resume (the same command), exit 130."""
-    import shlex
     import sys
 
     typer.secho(f"\n{for_terminal(exc, multiline=True) or 'Stopped (Ctrl-C).'}", err=True, fg=typer.colors.YELLOW)
@@ -99,9 +99,10 @@ def _summarise(summary: Any, quiet: bool) -> None:
                + (", reports/, review/" if rendered else ""))
     if rendered:
         gallery = for_terminal(summary.out / "review" / "index.html")
-        typer.echo(f"Next: open {gallery} to review every gate (flagged tubes first). "
-                   "To correct a gate or a threshold, write an overrides file and re-run the same command with "
-                   "--overrides FILE (see 'bat run --help').")
+        review = for_terminal(shlex.quote(str(summary.out)))
+        typer.echo(f"Next: open {gallery} to see every gate (flagged tubes first), or run 'bat review {review}' "
+                   "to correct, accept and sign off gates in the browser (or write an overrides file and re-run "
+                   "with --overrides FILE; see 'bat run --help').")
 
 
 def register(app: typer.Typer) -> None:
