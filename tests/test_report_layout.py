@@ -330,3 +330,34 @@ def test_event_fraction_flags_in_words_with_their_own_severity() -> None:
         "warn", "11.2% events removed by acquisition QC: at or above the warning limit of 8%, within the failure "
                 "limit of 30%")}
     assert [f.message for f in fraction_flags(fractions, qc)] == ["events removed by acquisition QC 11.2% (8–30%)"]
+
+
+def test_pdf_without_the_writer_hooks_draws_the_decoded_plots(run_out: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """When matplotlib's PDF writer lacks the methods the embedding wraps, the pages draw the plots' decoded
+    pixels instead: every plot is still in the PDF, as an image matplotlib encoded itself."""
+    import shutil
+
+    pdfplumber = pytest.importorskip("pdfplumber")
+    from bat_analysis.pipeline import rerender
+    from bat_analysis.report import _pdf
+    from bat_analysis.report._pdf import _idat
+
+    real_init = _pdf._EmbeddedPngs.__init__
+
+    def unhooked(self: Any, pdf: Any) -> None:
+        real_init(self, pdf)
+        if self.hooked:  # undo the wrapping, as if the writer had no such methods
+            self._file._unpack, self._file._writeImg = self._unpack, self._write_img
+        self.hooked = False
+
+    monkeypatch.setattr(_pdf._EmbeddedPngs, "__init__", unhooked)
+    out = tmp_path / "out"
+    shutil.copytree(run_out, out)
+    rerender(out)
+    pngs = {_idat(p.read_bytes()) for p in (out / "review" / "img").glob("*.png")}
+    pdf_path = next((out / "reports").glob("*.pdf"))
+    with pdfplumber.open(pdf_path) as pdf:
+        images = [im for page in pdf.pages for im in page.images]
+    assert len(images) >= len(pngs) > 0
+    assert not any(im["stream"].get_rawdata() in pngs for im in images)  # encoded again, not embedded
