@@ -51,6 +51,7 @@ import numpy as np
 
 # FlowKit's fixed 4-gate strategy, shared with bench_plate.py (benchmarks/, the script's folder, is on sys.path)
 from flowkit_fixed import flowkit_runner
+from machine import cpu_name, source_commit
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_TAG = "BENCH_RESULT "
@@ -472,18 +473,8 @@ def targets(rows: dict[int, dict[str, Measurement]], huge: Measurement | None,
 
 
 def machine_lines() -> list[str]:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu, commit = cpu_name(), source_commit(REPO)
     from importlib.metadata import version
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "not a git checkout"
     return [f"source: {REPO} ({commit})",
             f"date (UTC): {time.strftime('%Y-%m-%d %H:%M', time.gmtime())}",
             f"machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, "

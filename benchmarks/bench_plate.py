@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flowkit_fixed import flowkit_runner  # benchmarks/ (the script's folder) is on sys.path
+from machine import cpu_name, source_commit
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_TAG = "BENCH_RESULT "
@@ -155,17 +156,7 @@ def build_plate(work: Path, n_patients: int, n_concentrations: int, n_events: in
 
 
 def machine_lines() -> list[str]:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "not a git checkout"
+    cpu, commit = cpu_name(), source_commit(REPO)
     from importlib.metadata import version
 
     return [f"source: {REPO} ({commit})", f"date (UTC): {time.strftime('%Y-%m-%d %H:%M', time.gmtime())}",

@@ -9,11 +9,15 @@
   ``SIMULATION`` mapping (the keyword arguments of ``simulate_experiment``), for example::
 
       SIMULATION = {"n_patients": 1, "n_events": 6000, "seed": 8, "n_concentrations": 4}
+
+- ``stored_run``: a ``bat run`` of the module's ``experiment`` without reports (one worker), made once per module;
+  ``run_copy``: a fresh copy of it for a test that changes the folder.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -62,3 +66,22 @@ def experiment(request: pytest.FixtureRequest, simulated: Callable[..., Any]) ->
         raise pytest.UsageError(f"{request.module.__name__} uses the 'experiment' fixture but defines no "
                                 "SIMULATION mapping (the keyword arguments of simulate_experiment)")
     return simulated(**params)
+
+
+@pytest.fixture(scope="module")
+def stored_run(experiment: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The results folder of a run of the module's experiment (no reports), shared by the module's tests."""
+    from bat_analysis.pipeline import RunOptions, run
+
+    out = tmp_path_factory.mktemp("stored_run")
+    run(RunOptions(data_dir=experiment.out_dir, layout=experiment.layout_path, out=out, workers=1, quiet=True,
+                   reports=False))
+    return out
+
+
+@pytest.fixture
+def run_copy(stored_run: Path, tmp_path: Path) -> Path:
+    """A copy of ``stored_run`` that the test may change."""
+    dest = tmp_path / "out"
+    shutil.copytree(stored_run, dest)
+    return dest

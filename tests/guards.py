@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import textwrap
 from collections.abc import Iterator
@@ -43,3 +44,12 @@ def inject_hang(folder: Path, victim: str) -> None:
             return real(path, tube, template, **options)
         tube_module.gate_tube = hanging
     """))
+
+
+def process_group_alive(pgid: int) -> bool:
+    """Whether any process of the process group ``pgid`` is still running (a run's workers outliving it)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -361,3 +361,27 @@ def test_pdf_without_the_writer_hooks_draws_the_decoded_plots(run_out: Path, tmp
         images = [im for page in pdf.pages for im in page.images]
     assert len(images) >= len(pngs) > 0
     assert not any(im["stream"].get_rawdata() in pngs for im in images)  # encoded again, not embedded
+
+
+def test_dose_response_legend_stays_inside_its_figure() -> None:
+    """A long legend entry (an EC50 that is not estimable, with its reason) is wrapped to the plot's width
+    instead of running past the figure's edge."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from bat_analysis.analysis.dose_response import analyse_series
+    from bat_analysis.report.plots import draw_dose_response
+
+    conc = [0.01, 0.1, 1.0, 10.0, 100.0]
+    rising = analyse_series("P1", "birch", "none", conc, [5, 20, 50, 57, 56], [2, 17, 47, 54, 53], unit="ng/mL")
+    flat = analyse_series("P1", "birch", "omalizumab", conc, [3, 3, 4, 5, 9], [0, 0, 1, 2, 6], unit="ng/mL")
+    assert flat.status != "ok" and len(flat.ec50_reason or flat.status) > 30  # the long entry under test
+    fig = Figure(figsize=(4.8, 3.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.12, 0.15, 0.85, 0.75))
+    draw_dose_response({"none": rising, "omalizumab": flat}, ax, title="birch")
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_legend().get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.x1 + 0.5, (box, fig.bbox)
+    texts = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("\n" in t for t in texts) and all("not estimable" in t or "EC50" in t for t in texts)

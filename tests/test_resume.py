@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bat_analysis.pipeline import RunOptions, run
+from guards import process_group_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,13 +53,6 @@ def reference(experiment, tmp_path_factory):
     return out
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
 
 def _stored_count(out: Path) -> int:
     con = sqlite3.connect(out / "results.sqlite")
@@ -80,9 +74,9 @@ def test_sigkill_mid_batch_then_rerun_gives_identical_outputs(experiment, refere
         child.wait(timeout=300)
     # the workers the killed run left behind notice it and exit by themselves
     deadline = time.monotonic() + 10
-    while _group_alive(child.pid) and time.monotonic() < deadline:
+    while process_group_alive(child.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    orphans = _group_alive(child.pid)
+    orphans = process_group_alive(child.pid)
     if orphans:
         os.killpg(child.pid, signal.SIGKILL)
     assert not orphans, "worker processes outlived the killed run"

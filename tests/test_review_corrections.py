@@ -30,11 +30,9 @@ SIMULATION = {"n_patients": 2, "n_events": 6000, "seed": 21, "n_concentrations":
 
 
 @pytest.fixture(scope="module")
-def baseline(experiment, tmp_path_factory):
-    out = tmp_path_factory.mktemp("baseline")
-    run(RunOptions(data_dir=experiment.out_dir, layout=experiment.layout_path, out=out, workers=1, quiet=True,
-                   reports=False))
-    return out
+def baseline(stored_run):
+    """The module's stored run (conftest.py), never changed: tests copy it (``_fresh_copy``)."""
+    return stored_run
 
 
 def _fresh_copy(baseline: Path, tmp_path: Path) -> Path:

@@ -4,15 +4,12 @@ dose-response curves as the workbench returns them."""
 
 from __future__ import annotations
 
-import shutil
 import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from bat_analysis.pipeline import RunOptions, run
-from bat_analysis.store import ResultStore
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -35,19 +32,10 @@ def experiment(tmp_path_factory):
                                n_concentrations=5)
 
 
-@pytest.fixture(scope="module")
-def baseline(experiment, tmp_path_factory):
-    out = tmp_path_factory.mktemp("rs_out")
-    run(RunOptions(data_dir=experiment.out_dir, layout=experiment.layout_path, out=out, workers=1, quiet=True,
-                   reports=False))
-    return out
-
-
 @pytest.fixture
-def out(baseline, tmp_path):
-    dest = tmp_path / "out"
-    shutil.copytree(baseline, dest)
-    return dest
+def out(run_copy):
+    """A copy of the module's stored run (conftest.py) that the test may change."""
+    return run_copy
 
 
 def client(out, reviewer="Jane Doe"):
@@ -118,9 +106,9 @@ def test_the_page_draws_the_curves_with_its_own_script_only(out):
 
 
 # ---------------------------------------------------------------------------------------------- items 2, 3
-def test_a_plain_run_writes_review_columns_after_every_other_column(baseline):
-    tubes = pd.read_csv(baseline / "tubes.csv", keep_default_na=False)
-    patients = pd.read_csv(baseline / "patients.csv", keep_default_na=False)
+def test_a_plain_run_writes_review_columns_after_every_other_column(stored_run):
+    tubes = pd.read_csv(stored_run / "tubes.csv", keep_default_na=False)
+    patients = pd.read_csv(stored_run / "patients.csv", keep_default_na=False)
     assert list(tubes.columns[-3:]) == REVIEW_TUBE_COLUMNS
     assert list(patients.columns[-2:]) == ["signed_off_by", "signed_off_at"]
     assert set(tubes["review_status"]) == {"automated"} and set(tubes["reviewed_by"]) == {""}

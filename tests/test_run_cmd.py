@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from guards import no_hang
+from guards import no_hang, process_group_alive
 
 from bat_analysis.cli import app
 from bat_analysis.errors import BatError
@@ -461,15 +461,6 @@ def _stored_tubes(out: Path) -> int:
         con.close()
 
 
-def _group_alive(pgid: int) -> bool:
-    import os
-
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
 
 def test_ctrl_c_stops_promptly_says_what_was_saved_and_the_same_command_resumes(plate, tmp_path):
     """SIGINT to a `bat run` whose worker hangs on one tube (no time limit): the run stops at once (exit 130),
@@ -508,11 +499,11 @@ def test_ctrl_c_stops_promptly_says_what_was_saved_and_the_same_command_resumes(
             pytest.fail("bat run was still running 20 s after Ctrl-C")
         took = time.monotonic() - stopped_at
         deadline = time.monotonic() + 5
-        while _group_alive(child.pid) and time.monotonic() < deadline:
+        while process_group_alive(child.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _group_alive(child.pid), "worker processes outlived the stopped run"
+        assert not process_group_alive(child.pid), "worker processes outlived the stopped run"
     finally:
-        if _group_alive(child.pid):
+        if process_group_alive(child.pid):
             os.killpg(child.pid, signal.SIGKILL)
     assert child.returncode == 130, stderr
     assert took < 10, f"{took:.1f} s to stop"

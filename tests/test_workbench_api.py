@@ -3,14 +3,12 @@ decisions appended to the store's corrections log (and applied by the next plain
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from bat_analysis.pipeline import RunOptions, run
 from bat_analysis.store import ResultStore
 
 with warnings.catch_warnings():
@@ -38,19 +36,10 @@ def experiment(tmp_path_factory):
     return exp
 
 
-@pytest.fixture(scope="module")
-def baseline(experiment, tmp_path_factory):
-    out = tmp_path_factory.mktemp("wb_out")
-    run(RunOptions(data_dir=experiment.out_dir, layout=experiment.layout_path, out=out, workers=1, quiet=True,
-                   reports=False))
-    return out
-
-
 @pytest.fixture
-def out(baseline, tmp_path):
-    dest = tmp_path / "out"
-    shutil.copytree(baseline, dest)
-    return dest
+def out(run_copy):
+    """A copy of the module's stored run (conftest.py) that the test may change."""
+    return run_copy
 
 
 def client(out: Path, reviewer: str | None = None) -> TestClient:

@@ -834,6 +834,9 @@ def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | 
     """
     drawn = False
     unit = None
+    # legend lines wrapped to the axes' width (a "not estimable" reason is long); ~0.55 em per character
+    width_pt = ax.get_position().width * ax.figure.get_figwidth() * 72
+    wrap = max(30, int(width_pt / (LEGEND_PT * 0.55)) - 6)
     for arm in sorted(fits, key=lambda a: (a != "none", a)):
         fit = fits[arm]
         unit = unit or fit.unit
@@ -844,7 +847,8 @@ def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | 
         drawn = True
         used = np.asarray(fit.used, dtype=bool) if np.size(fit.used) == conc.size else np.ones(conc.size, bool)
         y = np.asarray(fit.y, dtype=float)
-        label = f"{ARM_LABELS.get(arm, arm)}: {fit_summary(fit)}"
+        summary = fit_summary(fit).replace("R² ", "R²\u00a0")  # R² stays with its value
+        label = textwrap.fill(f"{ARM_LABELS.get(arm, arm)}: {summary}", wrap, subsequent_indent="  ")
         ax.plot(conc[used], y[used], "o", color=colour, markersize=4, label=label, zorder=3)
         if (~used).any():
             ax.plot(conc[~used], y[~used], "o", markerfacecolor="none", markeredgecolor=colour,

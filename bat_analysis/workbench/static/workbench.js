@@ -25,6 +25,27 @@ function svg(tag, attrs) {
   return node;
 }
 
+// A drag of `node` with the primary button: onMove(event) while it moves, then onEnd(event) once when released
+// (or cancelled). The pointer is captured so the drag follows it outside the node.
+function draggable(node, onMove, onEnd) {
+  let dragging = false;
+  node.addEventListener("pointerdown", (ev) => {
+    if (ev.button !== 0) return;
+    dragging = true;
+    node.setPointerCapture(ev.pointerId);
+    ev.preventDefault();
+  });
+  node.addEventListener("pointermove", (ev) => { if (dragging) onMove(ev); });
+  const end = async (ev) => {
+    if (!dragging) return;
+    dragging = false;
+    node.releasePointerCapture(ev.pointerId);
+    await onEnd(ev);
+  };
+  node.addEventListener("pointerup", end);
+  node.addEventListener("pointercancel", end);
+}
+
 async function api(path, body) {
   const opts = { credentials: "same-origin", headers: {} };
   if (body !== undefined) {
@@ -144,29 +165,15 @@ function gateFigure(g) {
     });
     verts.forEach((v, i) => {
       const handle = svg("circle", { class: "vertex", cx: v[0], cy: v[1], r: 6, "data-index": String(i) });
-      let dragging = false;
-      handle.addEventListener("pointerdown", (ev) => {
-        if (ev.button !== 0) return;
-        dragging = true;
-        handle.setPointerCapture(ev.pointerId);
-        ev.preventDefault();
-      });
-      handle.addEventListener("pointermove", (ev) => {
-        if (!dragging) return;
+      draggable(handle, (ev) => {
         [v[0], v[1]] = local(ev);
         handle.setAttribute("cx", v[0]);
         handle.setAttribute("cy", v[1]);
         redraw();
-      });
-      const end = async (ev) => {
-        if (!dragging) return;
-        dragging = false;
-        handle.releasePointerCapture(ev.pointerId);
+      }, async () => {
         build();
         await send();
-      };
-      handle.addEventListener("pointerup", end);
-      handle.addEventListener("pointercancel", end);
+      });
       handle.addEventListener("contextmenu", (ev) => {
         ev.preventDefault();
         if (verts.length <= 3) { say("A gate keeps at least three corners.", true); return; }
@@ -209,15 +216,7 @@ function rangeOverlay(g, overlay, { px, py, dx, dy }) {
       else { line.setAttribute("y1", at); line.setAttribute("y2", at); line.setAttribute("x1", a0); line.setAttribute("x2", a1); }
     };
     place();
-    let dragging = false;
-    line.addEventListener("pointerdown", (ev) => {
-      if (ev.button !== 0) return;
-      dragging = true;
-      line.setPointerCapture(ev.pointerId);
-      ev.preventDefault();
-    });
-    line.addEventListener("pointermove", (ev) => {
-      if (!dragging) return;
+    draggable(line, (ev) => {
       const box = overlay.getBoundingClientRect();
       const at = axis === 0 ? ((ev.clientX - box.left) / box.width) * SIZE : ((ev.clientY - box.top) / box.height) * SIZE;
       // a side stays within the plot and on its own side of the opposite one (the pixel y axis points down)
@@ -226,18 +225,12 @@ function rangeOverlay(g, overlay, { px, py, dx, dy }) {
       pos[side] = Math.max(Math.max(0, lo), Math.min(Math.min(SIZE, hi), at));
       place();
       redraw();
-    });
-    const end = async (ev) => {
-      if (!dragging) return;
-      dragging = false;
-      line.releasePointerCapture(ev.pointerId);
+    }, async () => {
       limits[axis] = axis === 0 ? dx(pos[side]) : dy(pos[side]);
       for (const l of overlay.querySelectorAll("line.side")) l.dispatchEvent(new Event("replace"));
       await regate(g.name, { type: "range", mins: mins.slice(), maxs: maxs.slice() });
-    };
+    });
     line.addEventListener("replace", place);
-    line.addEventListener("pointerup", end);
-    line.addEventListener("pointercancel", end);
     overlay.append(line);
   }
 }
@@ -369,19 +362,12 @@ async function loadHistogram() {
   const line = svg("line", { class: "threshold" + (h.editable ? " draggable" : ""), x1: x, x2: x, y1: 0, y2: H });
   overlay.append(line);
   if (!h.editable) return;
-  let dragging = false;
-  line.addEventListener("pointerdown", (ev) => { dragging = true; line.setPointerCapture(ev.pointerId); ev.preventDefault(); });
-  line.addEventListener("pointermove", (ev) => {
-    if (!dragging) return;
+  draggable(line, (ev) => {
     const b = overlay.getBoundingClientRect();
     x = Math.max(0, Math.min(W, ((ev.clientX - b.left) / b.width) * W));
     line.setAttribute("x1", x);
     line.setAttribute("x2", x);
-  });
-  const end = async (ev) => {
-    if (!dragging) return;
-    dragging = false;
-    line.releasePointerCapture(ev.pointerId);
+  }, async () => {
     const scale = lo + (x / W) * (hi - lo);
     try {
       const t = await api(`/api/tubes/${id}/threshold`, { threshold: scale });
@@ -393,9 +379,7 @@ async function loadHistogram() {
     } catch (err) {
       say(err.message, true);
     }
-  };
-  line.addEventListener("pointerup", end);
-  line.addEventListener("pointercancel", end);
+  });
 }
 
 async function regate(gate, geometry) {
