@@ -273,3 +273,42 @@ def test_the_tube_page_shows_an_exclusion_at_once_and_its_revert(experiment, out
     assert "EXCLUDED_BY_REVIEWER" in {f["code"] for f in c2.get(f"/api/tubes/{t['id']}").json()["flags"]}
     c2.post(f"/api/tubes/{t['id']}/decision", json={"action": "revert", "reason": "was fine"}, headers=SAME)
     assert "EXCLUDED_BY_REVIEWER" not in {f["code"] for f in c2.get(f"/api/tubes/{t['id']}").json()["flags"]}
+
+
+def test_a_later_decision_on_a_patients_tubes_voids_its_sign_off():
+    """A sign-off approves the results as they were: a later decision on one of the patient's tubes, gates or
+    thresholds needs a new sign-off; decisions on another patient's tubes do not touch it."""
+    from bat_analysis.review._status import signoffs
+
+    def entry(i, kind, a, b="", action="apply"):
+        return {"id": i, "target": (kind, a, b), "action": action, "reviewer": "JD", "decided_at": f"t{i}"}
+
+    patient_of = {"P1_a.fcs": "P1", "P1_b.fcs": "P1", "P2_a.fcs": "P2"}
+    log = [entry(1, "tube", "P1_a.fcs", action="accept"), entry(2, "patient", "P1", action="signoff"),
+           entry(3, "patient", "P2", action="signoff"), entry(4, "tube", "P2_a.fcs", action="accept")]
+    assert set(signoffs(log, patient_of)) == {"P1"}  # P2's tube was decided after its sign-off
+    assert set(signoffs(log)) == {"P1", "P2"}  # without the tubes' patients, only withdrawals count
+    later = [*log, entry(5, "gate", "P1_b.fcs", "basophils")]
+    assert signoffs(later, patient_of) == {}
+    threshold = [*log, entry(5, "threshold", "P1", "none")]
+    assert signoffs(threshold, patient_of) == {}
+    again = [*later, entry(6, "patient", "P1", action="signoff")]
+    assert signoffs(again, patient_of)["P1"]["id"] == 6
+
+
+def test_a_tube_excluded_after_the_sign_off_clears_it_in_the_tables(out):
+    from typer.testing import CliRunner
+
+    from bat_analysis.cli import app
+
+    c = client(out)
+    corrected, excluded = decide_some(c)  # ... and the patient signed off
+    tube = next(t for t in queue(c) if t["patient"] == corrected["patient"] and t["id"] != excluded["id"]
+                and t["id"] != corrected["id"])
+    assert c.get(f"/api/tubes/{tube['id']}").json()["signoff"]
+    assert c.post(f"/api/tubes/{tube['id']}/decision", json={"action": "exclude", "reason": "bubble"},
+                  headers=SAME).status_code == 200
+    assert not c.get(f"/api/tubes/{tube['id']}").json()["signoff"]
+    assert CliRunner().invoke(app, ["report", str(out)]).exit_code == 0
+    patients = pd.read_csv(out / "patients.csv", keep_default_na=False)
+    assert set(patients.loc[patients["patient"] == corrected["patient"], "signed_off_by"]) == {""}

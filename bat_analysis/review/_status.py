@@ -5,7 +5,8 @@ from it, the latest entry per target winning:
 
 * :func:`review_state` -- per tube file, its decision (accept | exclude) and its gate corrections in force
   (:class:`TubeState`; what ``bat review`` shows);
-* :func:`signoffs` -- per patient signed off (and not withdrawn since), its sign-off entry;
+* :func:`signoffs` -- per patient signed off (not withdrawn, and no decision on its tubes since), its sign-off
+  entry;
 * :func:`mark_excluded` -- an excluded tube carries the fail flag ``EXCLUDED_BY_REVIEWER``
   (:data:`bat_analysis.analysis.score.EXCLUDED_FLAG`), which drops it from scoring;
 * :func:`add_review_columns` -- the review-status columns of ``tubes.csv`` (``review_status``,
@@ -67,9 +68,22 @@ def review_state(log: Iterable[Mapping[str, Any]]) -> dict[str, TubeState]:
     return out
 
 
-def signoffs(log: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per patient signed off (and not withdrawn since), its sign-off entry."""
-    return {a: dict(e) for (kind, a, _), e in _latest(log).items() if kind == "patient" and e["action"] == "signoff"}
+def signoffs(log: Iterable[Mapping[str, Any]], patient_of: Mapping[str, str] | None = None
+             ) -> dict[str, dict[str, Any]]:
+    """Per patient signed off, its sign-off entry: not withdrawn since, and -- with ``patient_of`` (tube file ->
+    patient) -- no decision on one of its tubes, gates or thresholds logged after it. A sign-off approves the
+    results as they were; a later change to them needs a new sign-off."""
+    log = list(log)
+    signed = {a: dict(e) for (kind, a, _), e in _latest(log).items()
+              if kind == "patient" and e["action"] == "signoff"}
+    if patient_of is None or not signed:
+        return signed
+    for e in log:
+        kind, a, _ = e["target"]
+        patient = a if kind == "threshold" else patient_of.get(a) if kind in ("tube", "gate") else None
+        if patient in signed and e["id"] > signed[patient]["id"]:
+            del signed[patient]
+    return signed
 
 
 def exclusion_message(entry: Mapping[str, Any]) -> str:
@@ -109,7 +123,9 @@ def add_review_columns(tubes: Any, patients: Any, log: Sequence[Mapping[str, Any
     """Copies of the tubes and patients tables with the review-status columns (replaced when present),
     after every other column."""
     states = review_state(log)
-    signed = signoffs(log)
+    patient_of = dict(zip(tubes["file"].astype(str), tubes["patient"].astype(str))) \
+        if {"file", "patient"} <= set(tubes.columns) else None
+    signed = signoffs(log, patient_of)
     t = tubes.drop(columns=[c for c in TUBE_COLUMNS if c in tubes.columns])
     status, by, at = [], [], []
     for file in t["file"] if "file" in t.columns else []:

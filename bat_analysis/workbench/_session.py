@@ -575,9 +575,9 @@ class ReviewSession:
             return store.append_corrections(entries)
 
     def signoffs(self) -> dict[str, dict[str, Any]]:
-        """Per patient signed off (and not withdrawn since), its sign-off entry."""
+        """Per patient signed off (not withdrawn, and no decision on its tubes since), its sign-off entry."""
         with self._store() as store:
-            return signoffs(store.correction_log())
+            return signoffs(store.correction_log(), {r.tube.file: r.tube.patient for r in self.results})
 
     def sign_off(self, patient: str, *, reviewer: str, reason: str = "", withdraw: bool = False) -> list[int]:
         """Sign a patient off ("reviewed and approved": every tube of it reviewed), or withdraw the sign-off
