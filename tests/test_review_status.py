@@ -89,6 +89,11 @@ def test_the_patient_preview_returns_both_arms_dose_responses_as_numbers(out):
     expected = four_pl(xs, fit.params["bottom"], fit.params["top"], fit.params["log_ec50"], fit.params["hill"])
     assert [q[1] for q in none["curve"]] == pytest.approx(list(expected))
     assert curves["arms"][0]["stored"] == none  # nothing edited: now is as stored
+    for arm in curves["arms"]:  # an EC50 that is not accepted comes with the fit's reason, as in the reports
+        (f,) = [ft for (pt, al, a), ft in session.stored.scores.fits.items()
+                if (pt, al, a) == (allergen["patient"], allergen["allergen"], arm["arm"])]
+        assert arm["now"]["reason"] == ("" if f.status == "ok" else f.ec50_reason) and (f.status == "ok"
+                                                                                      or arm["now"]["reason"])
     # an edit that empties one tube's basophil gate changes the curve now, not the stored one
     g = next(g for g in c.get(f"/api/tubes/{allergen['id']}").json()["gates"] if g["name"] == "basophils")
     empty = {"type": "polygon", "vertices": [[0.0, 0.0], [0.001, 0.0], [0.001, 0.001]]}

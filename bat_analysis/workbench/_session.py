@@ -142,7 +142,8 @@ def curve_data(fit: Any) -> dict[str, Any]:
         xs = np.linspace(lx.min() - pad, lx.max() + pad, CURVE_POINTS)
         curve = [[float(10.0 ** x), float(v)] for x, v in zip(xs, fit.curve(xs)) if math.isfinite(v)]
     return {"arm": fit.arm, "unit": fit.unit or "", "status": fit.status, "points": points, "curve": curve,
-            "ec50": _finite(fit.ec50) if fit.status == "ok" else None}
+            "ec50": _finite(fit.ec50) if fit.status == "ok" else None,
+            "reason": "" if fit.status == "ok" else (fit.ec50_reason or "")}
 
 
 def _curves(fits: Mapping[tuple[str, str, str], Any], patient: str,

@@ -304,7 +304,9 @@ function curvePlot(c, row, was) {
       dot.append(tip);
       plot.append(dot);
     }
-    const ec = a.now.ec50 !== null ? ` · EC50 ${Number(a.now.ec50).toPrecision(3)} ${a.now.unit}` : ` · ${a.now.status.replace("_", " ")}`;
+    const why = a.now.reason ? ` (${a.now.reason})` : "";
+    const ec = a.now.ec50 !== null ? ` · EC50 ${Number(a.now.ec50).toPrecision(3)} ${a.now.unit}`
+      : ` · EC50 ${a.now.status.replace("_", " ")}${why}`;
     legend.append(el("li", { class: k, text: `${ARM_NAME[a.arm] || a.arm}: ${a.now.points.length} points${ec}` }));
   }
   fig.append(caption, plot, legend);
