@@ -729,3 +729,17 @@ def test_no_flags_is_not_said_above_a_patient_level_flag(tmp_path: Path) -> None
     view.patient_flags.clear()
     html = patient_html(view, run)
     assert "No flags." in html[html.index("<h2>Flags</h2>"):]
+
+
+def test_drawing_processes_leave_ctrl_c_to_the_run() -> None:
+    """The report's drawing processes ignore Ctrl-C (the run stops them), so a Ctrl-C in the terminal prints
+    no traceback from each of them."""
+    import signal
+
+    from bat_analysis.report._html import _pool
+
+    pool = _pool(1)
+    try:
+        assert pool.submit(signal.getsignal, signal.SIGINT).result(timeout=60) == signal.SIG_IGN
+    finally:
+        pool.shutdown()

@@ -393,13 +393,22 @@ def _marker_values(result: TubeResult, marker: str) -> np.ndarray | None:
     return values if values.size else None
 
 
+def _ignore_ctrl_c() -> None:
+    """A drawing process leaves Ctrl-C to the run, which ends it (no traceback of its own on the terminal)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _pool(workers: int) -> Any:
     """Worker processes for drawing. Spawned, not forked: the caller may run threads (a progress display,
-    a Dask client) that a fork would copy in an unknown state."""
+    a Dask client) that a fork would copy in an unknown state. They ignore Ctrl-C: the run that started them
+    stops them (:func:`bat_analysis.pipeline.stopping_on_ctrl_c`)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_ignore_ctrl_c)
 
 
 def draw_tubes(tubes: Sequence[TubeView], *, workers: int = 1, pool: Any = None,
