@@ -912,6 +912,17 @@ def _run_stored(ctx: _RunContext) -> RunSummary:
         ctx.pending[task.tube.file] = ctx.pending.get(task.tube.file, 0) + 1
     ctx.phase = "gating"
     early = _EarlyScoring(ctx, corrections, applied.stale)
+    try:
+        return _gate_score_write(ctx, applied, plan, early)
+    finally:
+        if early.reports is not None:
+            early.reports.close()
+
+
+def _gate_score_write(ctx: _RunContext, applied: StoredCorrections, plan: _GatePlan,
+                      early: _EarlyScoring) -> RunSummary:
+    """Gating (patients scored, and their reports rendered, as they complete), scoring, tables, reports."""
+    corrections = applied.corrections
     _gate(ctx, plan, corrections, early)
     results = _current_results(ctx, corrections, applied.stale, plan)
     failed = [(r.tube.file, r.error or "") for r in results if not r.ok]
@@ -928,7 +939,7 @@ def _run_stored(ctx: _RunContext) -> RunSummary:
                          corrections_note=corrections_note(corrections, ctx.entries, ctx.options,
                                                            len(applied.stale)))
     summary.notes += [note for _, status, note in applied.statuses if status == "not_in_run" and note]
-    _write_reports(ctx, summary, results, scored.scores, corrections.thresholds())
+    _write_reports(ctx, summary, results, scored.scores, corrections.thresholds(), early.reports)
     remove_departed_reports(ctx.out, {r.tube.patient for r in results})
     status = "completed without reports" if summary.reports == "failed" else "completed"
     ctx.store.end_run(ctx.run_id, status=status, n_tubes=len(ctx.tubes), n_gated=len(plan.tasks),
@@ -1012,6 +1023,9 @@ class _EarlyScoring:
         for tube in ctx.tubes:
             self.by_patient.setdefault(tube.patient, []).append(tube)
         self.enabled = analysis_config(ctx.template).classes.cohort_mode == "none"
+        # reports drawn during the gating need spare processes: not with --workers 1, --no-reports or Dask
+        self.reports = (_EarlyReports(ctx) if self.enabled and ctx.options.reports and ctx.workers > 1
+                        and not ctx.options.scheduler else None)
         self.recomputed: list[str] = []
         self.counted: set[str] = set()
         self.task: Any = None
@@ -1043,6 +1057,59 @@ class _EarlyScoring:
         _mark_results(results, self.ctx.store, self.ctx.template.population, self.stale)
         score_results(results, self.ctx.template, self.thresholds, self.ctx.store, self.recomputed,
                       on_patient=self.count)
+        if self.reports is not None:  # the stored scores, as the run's scoring reads them back
+            scores = score_results(results, self.ctx.template, self.thresholds, self.ctx.store)
+            with_reviews(self.ctx, scores, self.corrections)
+            self.reports.submit(tube.patient, results, scores)
+
+
+class _EarlyReports:
+    """Each patient's reports rendered in worker processes as soon as the patient is scored, while the
+    workers gate the others (:class:`bat_analysis.report._html.PatientRendering`), into the staging folder in
+    which :func:`render` then completes the run's reports. A patient's reports depend only on its tubes, its
+    scores and the run's details, all final once it is scored. They are discarded (rendered again at the end)
+    when the reviewers' log changed in the meantime, or when the run does not write reports after all."""
+
+    def __init__(self, ctx: _RunContext) -> None:
+        self.ctx = ctx
+        self.rendering: Any = None
+        self.staging: Path | None = None
+        self.log_mark: int | None = None
+
+    def submit(self, patient: str, results: Sequence[TubeResult], scores: Any) -> None:
+        if self.rendering is None:
+            try:
+                from .report._html import PatientRendering
+            except ImportError:  # no renderer: render() says so at the end
+                return
+            from ._fileio import temporary_dir
+
+            ctx = self.ctx
+            self.log_mark = log_mark(ctx.store)
+            self.staging = temporary_dir(ctx.out, "reports-staging")
+            info = {**run_info(ctx.store, ctx.run_id), "population": ctx.template.population}
+            self.rendering = PatientRendering(self.staging, info, workers=ctx.workers)
+        self.rendering.submit(patient, results, scores)
+
+    def usable(self) -> bool:
+        """Whether what was rendered still holds (the reviewers' log is as it was at the first rendering)."""
+        return self.rendering is not None and self.log_mark == log_mark(self.ctx.store)
+
+    def close(self) -> None:
+        """End the rendering processes and remove the staging folder if :func:`render` did not take it."""
+        from ._fileio import remove_path
+
+        if self.rendering is not None:
+            self.rendering.close()
+            self.rendering = None
+        if self.staging is not None and os.path.lexists(self.staging):
+            remove_path(self.staging)
+        self.staging = None
+
+
+def log_mark(store: ResultStore) -> int:
+    """The id of the reviewers' log's latest entry (0 when empty): it changes with every decision."""
+    return max((int(e["id"]) for e in store.correction_log()), default=0)
 
 
 def _mark_results(results: Sequence[TubeResult], store: ResultStore, population: str,
@@ -1130,16 +1197,22 @@ def _score(ctx: _RunContext, results: list[TubeResult], corrections: Corrections
     """Score every patient (reusing unchanged patients' stored scores, those ``early`` stored during the
     gating included) and store the run's tables with their review-status columns; the tables are read back
     from the store, as every later reader sees them."""
-    from .review._status import review_tables, with_review_status
-
     recomputed = list(early.recomputed)
     scores = score_results(results, ctx.template, corrections.thresholds(), ctx.store, recomputed,
                            on_patient=early.count)
-    ctx.store.put_tables(ctx.run_id, *review_tables(ctx.store, ctx.run_id, annotate_reviews(scores.tubes, corrections),
-                                                    scores.patients))
+    ctx.store.put_tables(ctx.run_id, *with_reviews(ctx, scores, corrections))
     tubes_df, patients_df = ctx.store.tables()
-    scores.tubes = with_review_status(scores.tubes, tubes_df)  # for the review gallery
     return _Scored(scores, tubes_df, patients_df, recomputed)
+
+
+def with_reviews(ctx: _RunContext, scores: Any, corrections: Corrections) -> tuple[Any, Any]:
+    """The run's tables with the review-status columns as the store's log has them now; ``scores.tubes`` gains
+    those columns too (the reports and the gallery show each tube's review status)."""
+    from .review._status import review_tables, with_review_status
+
+    tables = review_tables(ctx.store, ctx.run_id, annotate_reviews(scores.tubes, corrections), scores.patients)
+    scores.tubes = with_review_status(scores.tubes, tables[0])
+    return tables
 
 
 def _write_tables(ctx: _RunContext, scored: _Scored) -> list[Path]:
@@ -1158,7 +1231,7 @@ def _write_tables(ctx: _RunContext, scored: _Scored) -> list[Path]:
 
 
 def _write_reports(ctx: _RunContext, summary: RunSummary, results: list[TubeResult], scores: Any,
-                   thresholds: dict[tuple[str, str], float]) -> None:
+                   thresholds: dict[tuple[str, str], float], early: _EarlyReports | None = None) -> None:
     """Write the reports and review gallery unless ``--no-reports`` or they are current (drawn from the same
     results, thresholds and code, and all present); sets ``summary.reports`` and its note or error. Reports
     that are not current are withdrawn from the folder (never shown beside this run's tables)."""
@@ -1175,7 +1248,7 @@ def _write_reports(ctx: _RunContext, summary: RunSummary, results: list[TubeResu
         rep = ctx.progress.add_task("Writing reports", total=None, note="files")
         try:
             paths, summary.report_note = render(out, store, results, scores, ctx.run_id, workers=ctx.workers,
-                                                population=ctx.template.population,
+                                                population=ctx.template.population, early=early,
                                                 on_progress=lambda n, total: ctx.progress.update(
                                                     rep, completed=n, total=total))
             summary.reports = "written" if summary.report_note is None else "not_written"
@@ -1442,8 +1515,8 @@ def report_files(out: Path, patients: Sequence[str]) -> list[Path]:
 
 def render(out: Path, store: ResultStore, results: Sequence[TubeResult], scores: Any, run_id: int | None,
            patients: list[str] | None = None, workers: int | None = None,
-           population: str = "", on_progress: Callable[[int, int], None] | None = None
-           ) -> tuple[list[Path], str | None]:
+           population: str = "", on_progress: Callable[[int, int], None] | None = None,
+           early: _EarlyReports | None = None) -> tuple[list[Path], str | None]:
     """Per-patient reports and the review gallery, when the report renderer is installed; ``population``
     (the gating template's) names the gated cells in them.
 
@@ -1451,7 +1524,8 @@ def render(out: Path, store: ResultStore, results: Sequence[TubeResult], scores:
     ``review/``): a failure (a full disk) leaves the previous reports whole, never a mix of old and new;
     ``on_progress(n, N)`` is told, as they appear, how many of its N files (:func:`report_files`) are
     written. Reports of chosen patients are written in place, each file atomically, into real folders (a
-    symbolic link in place of ``reports/`` is refused)."""
+    symbolic link in place of ``reports/`` is refused). ``early`` holds the patients a run rendered during its
+    gating, into its own staging folder: a full rendering completes that folder instead of starting anew."""
     from ._fileio import make_dir, remove_path, replace_dir, temporary_dir
 
     try:
@@ -1462,11 +1536,17 @@ def render(out: Path, store: ResultStore, results: Sequence[TubeResult], scores:
     if patients:
         make_dir(out / "reports", inside=out)
         return render_reports(out, list(results), scores, info, patients=patients, workers=workers).files(), None
-    staging = temporary_dir(out, "reports-staging")
+    rendering = None
+    if early is not None and early.usable():
+        staging, rendering = early.staging, early.rendering
+    else:
+        if early is not None:
+            early.close()
+        staging = temporary_dir(out, "reports-staging")
     expected = report_files(staging, [r.tube.patient for r in results])
     try:
         with counting_files(expected, on_progress and (lambda n: on_progress(n, len(expected)))):
-            paths = render_reports(staging, list(results), scores, info, workers=workers)
+            paths = render_reports(staging, list(results), scores, info, workers=workers, rendering=rendering)
         for name in REPORT_OUTPUTS:
             if os.path.lexists(staging / name):
                 replace_dir(staging / name, out / name)
@@ -1474,6 +1554,8 @@ def render(out: Path, store: ResultStore, results: Sequence[TubeResult], scores:
         raise WriteError(str(exc.source).replace(str(staging), str(out)), exc.cause, exc.todo,
                          detail=exc.detail) from exc
     finally:
+        if rendering is not None:
+            rendering.close()  # its processes write into the staging folder: ended before it is removed
         try:
             remove_path(staging)
         except BatError as exc:

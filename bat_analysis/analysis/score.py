@@ -84,6 +84,22 @@ class ExperimentScores:
     # one row per tube × scored marker (tube_markers.csv): each marker against its own threshold
     tube_markers: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(TUBE_MARKER_COLUMNS)))
 
+    def for_patient(self, patient: str) -> "ExperimentScores":
+        """The scores of one patient: its rows of the tables and its fits, thresholds, effects and references
+        (patients are scored independently, so these are what scoring that patient alone gives)."""
+        def rows(df: pd.DataFrame) -> pd.DataFrame:
+            if "patient" not in df.columns:
+                return df.iloc[0:0]
+            return df[df["patient"].astype(str) == str(patient)].reset_index(drop=True)
+
+        return ExperimentScores(tubes=rows(self.tubes), patients=rows(self.patients),
+                                fits={k: v for k, v in self.fits.items() if k[0] == patient},
+                                thresholds={k: v for k, v in self.thresholds.items() if k[0] == patient},
+                                effects={k: v for k, v in self.effects.items() if k[0] == patient},
+                                config=self.config,
+                                references={k: v for k, v in self.references.items() if k[0] == patient},
+                                tube_markers=rows(self.tube_markers))
+
     def thresholds_table(self) -> pd.DataFrame:
         """One row per patient × arm × marker: value, method, reference files and flags."""
         rows = [{"patient": p, "arm": a, "marker": m, "value": t.value, "method": t.method,

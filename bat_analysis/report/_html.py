@@ -5,9 +5,12 @@ offline, and can be mailed as single files. The gallery, which shows every tube 
 plots from ``review/img/`` (loaded lazily) so that it opens at once, a tube's plots on one row sharing the width
 (each opens at its full 810 px on a click); its filter script is inline. Tables wrap their cells to fit the window
 (1400 px and narrower); flags are grouped by severity and code, failures first (``views.flag_groups``).
-:func:`render_reports` is the entry point: it builds the view models of :mod:`.views` from the tube results
-and the typed ``ExperimentScores``, draws every plot once (in worker processes for large runs) and writes
-the HTML, the PDFs (:mod:`.pdf`) and the gallery.
+:func:`render_reports` is the entry point: it builds the view models of :mod:`._views` from the tube results
+and the typed ``ExperimentScores`` and renders patient by patient (:func:`render_patient`: the patient's plots,
+drawn once on axes shared by its tubes, its HTML and its PDF (:mod:`._pdf`), in worker processes for large runs),
+then writes the gallery from every patient's plots. A patient's pages depend only on its own tubes and scores and
+the run's details, so a run renders each patient as soon as it is scored, while it gates the others
+(:class:`PatientRendering`).
 Every text from the inputs is HTML-escaped; file names derived from patient IDs and tube files are
 made by ``textsafe.safe_filename`` (valid and distinct whatever the ID).
 """
@@ -374,16 +377,21 @@ class Job:
     pct: float | None  # the percentages the histogram prints: tubes.csv's, from the view
     negative_pct: float | None
     population: str = "basophils"  # the gated population's name (the template's), in the histogram's title
+    gate_limits: Mapping[Any, Any] = field(default_factory=dict)  # frame key -> axis limits (the patient's)
 
 
 _RENDERERS: dict[int, PngRenderer] = {}  # one per process and resolution: its cached frames serve every chunk
 
 
-def _draw_chunk(jobs: list[Job], dpi: int, gate_limits: Mapping[Any, Any]) -> list[list[Png]]:
+def _renderer(dpi: int = IMAGE_DPI) -> PngRenderer:
+    return _RENDERERS.setdefault(dpi, PngRenderer(dpi=dpi))
+
+
+def _draw_chunk(jobs: list[Job], dpi: int) -> list[list[Png]]:
     """Worker task: the PNGs of a chunk of tubes (module-level so that it pickles)."""
-    renderer = _RENDERERS.setdefault(dpi, PngRenderer(dpi=dpi))
+    renderer = _renderer(dpi)
     return [renderer.tube(j.result, negative_values=j.negative_values, threshold=j.threshold, adjusted=j.adjusted,
-                          marker=j.marker, xlim=j.xlim, gate_limits=gate_limits, pct=j.pct,
+                          marker=j.marker, xlim=j.xlim, gate_limits=j.gate_limits, pct=j.pct,
                           negative_pct=j.negative_pct, population=j.population)
             for j in jobs]
 
@@ -411,20 +419,34 @@ def _pool(workers: int) -> Any:
                                initializer=_ignore_ctrl_c)
 
 
+def drawing_jobs(tubes: Sequence[TubeView], population: str = "basophils") -> list[Job]:
+    """One drawing job per tube. The tubes of a patient share their axes: one activation axis per marker
+    (:func:`activation_range` of the patient's tubes) and one frame per gate (:func:`shared_gate_limits`),
+    so that a patient's histograms and gates compare at a glance. The axes come from the patient's own tubes
+    only: a patient's plots are the same whether drawn alone (``bat report --patient``, or while a run still
+    gates other patients) or with the whole run."""
+    groups: dict[str, list[TubeView]] = {}
+    for t in tubes:
+        groups.setdefault(t.result.tube.patient, []).append(t)
+    jobs: dict[int, Job] = {}
+    for group in groups.values():
+        ranges = {m: activation_range([_marker_values(t.result, m) for t in group if t.marker == m],
+                                      [t.threshold for t in group if t.marker == m])
+                  for m in {t.marker for t in group}}
+        limits = shared_gate_limits(t.result for t in group)
+        for t in group:
+            jobs[id(t)] = Job(t.result, t.negative_values, t.threshold, t.adjusted, t.marker, ranges[t.marker],
+                              t.pct, t.negative_pct, population, limits)
+    return [jobs[id(t)] for t in tubes]
+
+
 def draw_tubes(tubes: Sequence[TubeView], *, workers: int = 1, pool: Any = None,
                dpi: int = IMAGE_DPI, population: str = "basophils") -> None:
-    """Fill ``images`` of every tube view: in this process, or in ``workers`` processes (or ``pool``).
-
-    All tubes share one activation axis per marker (their histograms compare at a glance).
-    """
-    ranges = {m: activation_range([_marker_values(t.result, m) for t in tubes if t.marker == m],
-                                  [t.threshold for t in tubes if t.marker == m])
-              for m in {t.marker for t in tubes}}
-    jobs = [Job(t.result, t.negative_values, t.threshold, t.adjusted, t.marker, ranges[t.marker], t.pct,
-                t.negative_pct, population) for t in tubes]
-    limits = shared_gate_limits(t.result for t in tubes)
+    """Fill ``images`` of every tube view: in this process, or in ``workers`` processes (or ``pool``); the
+    tubes of a patient share their axes (:func:`drawing_jobs`)."""
+    jobs = drawing_jobs(tubes, population)
     if pool is None and (workers <= 1 or len(tubes) < 2):
-        for t, pngs in zip(tubes, _draw_chunk(jobs, dpi, limits)):
+        for t, pngs in zip(tubes, _draw_chunk(jobs, dpi)):
             t.images = pngs
         return
     own = pool is None
@@ -433,8 +455,7 @@ def draw_tubes(tubes: Sequence[TubeView], *, workers: int = 1, pool: Any = None,
         n = getattr(pool, "_max_workers", workers)
         size = max(1, math.ceil(len(jobs) / (n * 2)))  # two chunks per worker balance the load
         chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-        done = [png for part in pool.map(_draw_chunk, chunks, [dpi] * len(chunks), [limits] * len(chunks))
-                for png in part]
+        done = [png for part in pool.map(_draw_chunk, chunks, [dpi] * len(chunks)) for png in part]
     finally:
         if own:
             pool.shutdown()
@@ -456,25 +477,112 @@ def _curves(view: PatientView, renderer: PngRenderer, run: RunView) -> None:
             size=(4.8, 3.4), margins=dict(left=0.12, right=0.97, bottom=0.14, top=0.91)))
 
 
+def _run_view(scores: ExperimentScores, run_info: Mapping[str, Any] | None) -> RunView:
+    return RunView({"marker": activation_marker(scores), "ci_level": scores.config.fit.ci_level,
+                    **(run_info or {})})
+
+
+@dataclass
+class PatientFiles:
+    """What rendering one patient made: its HTML and PDF report (None when not written), its tubes' plots
+    (file -> PNGs, for the gallery) and the seconds spent drawing and writing."""
+
+    patient: str
+    html: Path | None
+    pdf: Path | None
+    images: dict[str, list[Png]]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def render_patient(out_dir: Path, results: Sequence[TubeResult], scores: ExperimentScores,
+                   run_info: Mapping[str, Any] | None, *, pdf: bool = True, write: bool = True) -> PatientFiles:
+    """One patient's plots, and (``write``) its ``reports/<patient>.html`` and ``.pdf`` (``pdf``) under
+    ``out_dir``, in this process.
+
+    ``results`` are the patient's tubes, all of them and no other patient's; ``scores`` holds the patient's
+    scores (other patients' rows and fits are ignored). The pages depend on nothing else, so a patient
+    rendered on its own (in a worker, while a run gates the others) gets the report a whole-run rendering
+    writes. Module-level, so that it runs in worker processes."""
+    import time
+
+    t0 = time.perf_counter()
+    run = _run_view(scores, run_info)
+    views = tube_views(results, scores, run)
+    by_patient = patient_views(views, scores)
+    if len(by_patient) != 1:
+        raise ValueError(f"render_patient takes one patient's tubes, got {len(by_patient)} patients")
+    patient, view = next(iter(by_patient.items()))
+    for t, pngs in zip(views, _draw_chunk(drawing_jobs(views, run.population), IMAGE_DPI)):
+        t.images = pngs
+    images = {t.result.tube.file: t.images for t in views}
+    t1 = time.perf_counter()
+    if not write:
+        return PatientFiles(patient, None, None, images, {"draw": t1 - t0})
+    _curves(view, _renderer(), run)
+    t2 = time.perf_counter()
+    stem = report_filename(patient)
+    html = write_text(out_dir / "reports" / f"{stem}.html", patient_html(view, run))
+    t3 = time.perf_counter()
+    written_pdf = None
+    if pdf:
+        from ._pdf import write_patient_pdf
+
+        written_pdf = write_patient_pdf(out_dir / "reports" / f"{stem}.pdf", view, run)
+    t4 = time.perf_counter()
+    return PatientFiles(patient, html, written_pdf, images, {"draw": t2 - t0, "html": t3 - t2, "pdf": t4 - t3})
+
+
+class PatientRendering:
+    """Patients' reports rendered in worker processes as soon as each patient is ready, while a run still gates
+    the others; :func:`render_reports` given this object takes the patients rendered here and renders the rest.
+
+    ``submit`` one patient at a time (its tubes and scores, as :func:`render_patient` takes them) into
+    ``out_dir``, the folder :func:`render_reports` will write into. Up to ``workers`` spawned processes are
+    started, on demand. A rendering that failed raises its error from :meth:`finished` (where a rendering of
+    the whole run would have raised it). :meth:`close` ends the processes (queued patients are dropped)."""
+
+    def __init__(self, out_dir: Path, run_info: Mapping[str, Any] | None, *, workers: int = 2,
+                 pdf: bool = True) -> None:
+        self.out_dir, self.run_info, self.workers, self.pdf = Path(out_dir), dict(run_info or {}), workers, pdf
+        self.pool: Any = None
+        self.futures: dict[str, Any] = {}
+
+    def submit(self, patient: str, results: Sequence[TubeResult], scores: ExperimentScores) -> None:
+        if self.pool is None:
+            make_dir(self.out_dir / "reports")
+            self.pool = _pool(self.workers)
+        self.futures[patient] = self.pool.submit(render_patient, self.out_dir, list(results),
+                                                 scores.for_patient(patient), self.run_info, pdf=self.pdf)
+
+    def finished(self) -> dict[str, PatientFiles]:
+        """Wait for every patient submitted; their files by patient."""
+        return {p: f.result() for p, f in self.futures.items()}
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+
+
 def render_reports(out_dir: Path, results: list[TubeResult], scores: ExperimentScores, run_info: dict[str, Any], *,
                    patients: list[str] | None = None, gallery: bool | None = None,
-                   pdf: bool = True, workers: int | None = None) -> ReportPaths:
+                   pdf: bool = True, workers: int | None = None,
+                   rendering: PatientRendering | None = None) -> ReportPaths:
     """Write ``reports/<patient>.html`` and ``.pdf`` and ``review/index.html`` under ``out_dir``.
 
     ``scores`` is the experiment's ``ExperimentScores`` (tables, fits); ``run_info`` holds version,
     template, command, date, checksums and manual adjustments. ``patients`` limits the patient reports
-    (the gallery, which shows every tube, is then only rewritten when ``gallery=True``). With
-    ``workers`` > 1, spawned processes draw the plots and write the PDFs. One process is the default (None):
-    rendering costs ~0.3 s of CPU per tube (plots and PDF), and the workers' start-up and data transfer
-    add ~40% CPU, which on a busy 2-core machine cancelled their gain (108 tubes: 1 process 34 s,
-    2 workers 45 s).
+    (the gallery, which shows every tube, is then only rewritten when ``gallery=True``). Each patient is
+    rendered by :func:`render_patient`; with ``workers`` > 1, by that many spawned processes, one patient at a
+    time each. One process is the default (None). ``rendering`` holds patients already rendered into
+    ``out_dir`` from the same results and scores (or still rendering, in its processes, which then render the
+    rest): they are not drawn again.
     """
     import time
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
-    run = RunView({"marker": activation_marker(scores), "ci_level": scores.config.fit.ci_level,
-                   **(run_info or {})})
+    run = _run_view(scores, run_info)
     all_views = tube_views(results, scores, run)
     by_patient = patient_views(all_views, scores)
     if patients is not None:
@@ -484,39 +592,43 @@ def render_reports(out_dir: Path, results: list[TubeResult], scores: ExperimentS
                            expected=f"one of {', '.join(sorted(by_patient))}")
     chosen = [p for p in sorted(by_patient) if patients is None or p in patients]
     with_gallery = gallery if gallery is not None else patients is None
-    to_draw = [t for t in all_views if with_gallery or t.result.tube.patient in chosen]
-    renderer = PngRenderer(dpi=IMAGE_DPI)
-    paths = ReportPaths()
+    early = set(rendering.futures) if rendering is not None else set()
+    todo = [p for p in sorted(by_patient) if p not in early and (p in chosen or with_gallery)]
+    own_pool = rendering is None or rendering.pool is None
     workers = 1 if workers is None else workers
-    pool = _pool(workers) if workers > 1 and len(to_draw) > 1 else None
+    pool = (_pool(workers) if own_pool and workers > 1 and len(todo) > 1
+            else None if own_pool else rendering.pool)  # type: ignore[union-attr]
+    tubes_of: dict[str, list[TubeResult]] = {}
+    for r in results:
+        tubes_of.setdefault(r.tube.patient, []).append(r)
+    paths = ReportPaths()
+    t1 = time.perf_counter()
     try:
-        t1 = time.perf_counter()
-        draw_tubes(to_draw, pool=pool, workers=workers, population=run.population)
-        for p in chosen:
-            _curves(by_patient[p], renderer, run)
-        t2 = time.perf_counter()
-        links = {p: f"{report_filename(p)}.html" for p in by_patient}
-        targets = {p: out_dir / "reports" / f"{report_filename(p)}.pdf" for p in chosen}
-        futures: dict[str, Any] = {}
-        if pdf and pool is not None:  # the workers write the PDFs while this process writes the HTML
-            from ._pdf import write_patient_pdf
-
-            futures = {p: pool.submit(write_patient_pdf, targets[p], by_patient[p], run) for p in chosen}
-        for p in chosen:
-            paths.html[p] = write_text(out_dir / "reports" / links[p], patient_html(by_patient[p], run))
-        if with_gallery:
-            rel = {p: f"../reports/{name}" for p, name in links.items()}
-            paths.gallery = write_gallery(out_dir / "review", all_views, run, rel)
-        t3 = time.perf_counter()
-        if pdf and pool is not None:
-            paths.pdf = {p: f.result() for p, f in futures.items()}
-        elif pdf:
-            from ._pdf import write_patient_pdf
-
-            paths.pdf = {p: write_patient_pdf(targets[p], by_patient[p], run) for p in chosen}
-        t4 = time.perf_counter()
+        args = {p: (out_dir, tubes_of[p], scores if pool is None else scores.for_patient(p), run_info)
+                for p in todo}
+        kw = {p: dict(pdf=pdf, write=p in chosen) for p in todo}
+        if pool is None:
+            made = {p: render_patient(*args[p], **kw[p]) for p in todo}
+        else:
+            futures = {p: pool.submit(render_patient, *args[p], **kw[p]) for p in todo}
+            made = {p: f.result() for p, f in futures.items()}
+        if rendering is not None:
+            made.update(rendering.finished())
     finally:
-        if pool is not None:
+        if pool is not None and own_pool:
             pool.shutdown()
-    paths.seconds = {"prepare": t1 - t0, "draw": t2 - t1, "html": t3 - t2, "pdf": t4 - t3, "total": t4 - t0}
+    t2 = time.perf_counter()
+    for p in chosen:
+        if made[p].html is not None:
+            paths.html[p] = made[p].html  # type: ignore[assignment]
+        if made[p].pdf is not None:
+            paths.pdf[p] = made[p].pdf  # type: ignore[assignment]
+    if with_gallery:
+        for t in all_views:
+            t.images = made[t.result.tube.patient].images.get(t.result.tube.file, [])
+        links = {p: f"../reports/{report_filename(p)}.html" for p in by_patient}
+        paths.gallery = write_gallery(out_dir / "review", all_views, run, links)
+    t3 = time.perf_counter()
+    phases = {k: sum(f.seconds.get(k, 0.0) for f in made.values()) for k in ("draw", "html", "pdf")}
+    paths.seconds = {"prepare": t1 - t0, **phases, "patients": t2 - t1, "gallery": t3 - t2, "total": t3 - t0}
     return paths
