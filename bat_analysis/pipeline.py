@@ -1088,7 +1088,9 @@ class _EarlyReports:
             self.log_mark = log_mark(ctx.store)
             self.staging = temporary_dir(ctx.out, "reports-staging")
             info = {**run_info(ctx.store, ctx.run_id), "population": ctx.template.population}
-            self.rendering = PatientRendering(self.staging, info, workers=ctx.workers)
+            # forked, like the gating workers (a local run: no Dask client's threads), from this process, which
+            # holds the renderer and the analysis already imported
+            self.rendering = PatientRendering(self.staging, info, workers=ctx.workers, fork=True)
         self.rendering.submit(patient, results, scores)
 
     def usable(self) -> bool:
@@ -1129,6 +1131,9 @@ def _gate(ctx: _RunContext, plan: _GatePlan, corrections: Corrections, early: _E
     scoring each patient whose tubes are all stored, with ``early``)."""
     from .gating.tube import gate_tube  # noqa: F401  (imported once here; forked workers inherit it)
 
+    if not ctx.options.scheduler and ctx.workers > 1:
+        preload_gating()
+
     tasks, options = plan.tasks, ctx.options
     gate = ctx.progress.add_task("Gating tubes", total=len(tasks), note="")
     if early is not None:
@@ -1156,6 +1161,24 @@ def _gate(ctx: _RunContext, plan: _GatePlan, corrections: Corrections, early: _E
             early.tube_stored(task.tube)
         if ctx.n_gated_now == 1 and options.reports:
             _preload_renderer()
+
+
+# What gate_tube imports on its first call (the estimators' image and signal libraries, ~0.6 s), as (module, name)
+# (scikit-image loads a submodule when one of its names is first taken): imported by the run before its workers
+# start, which then inherit them (forked) instead of each importing them again.
+GATING_LIBRARIES = (("scipy.ndimage", "label"), ("scipy.signal", "find_peaks"), ("scipy.spatial", "ConvexHull"),
+                    ("skimage.feature", "peak_local_max"), ("skimage.measure", "find_contours"),
+                    ("skimage.measure", "approximate_polygon"), ("skimage.segmentation", "watershed"),
+                    ("flowutils.gating", "points_in_polygon"), ("flowutils.transforms", "logicle"),
+                    ("flowutils.compensate", "compensate"))
+
+
+def preload_gating() -> None:
+    """Import :data:`GATING_LIBRARIES` in this process (each is imported only once)."""
+    import importlib
+
+    for module, name in GATING_LIBRARIES:
+        getattr(importlib.import_module(module), name)
 
 
 def _preload_renderer() -> None:

@@ -347,3 +347,30 @@ def test_progress_counts_patients_and_report_files_with_an_eta(simulated, tmp_pa
     text = made[0].live.console.export_text()
     assert "Scoring patients" in text and "2/2" in text and "5/5" in text and "ETA" in text
     assert "0/?" not in text and "1/1" not in text
+
+
+def test_preloaded_gating_libraries_are_all_that_gating_a_tube_imports(small_experiment):
+    """Gating a tube in a process that ran ``preload_gating`` imports no further scipy, scikit-image or
+    flowutils module: the run's forked workers inherit every library gating uses (a library added to the
+    estimators and not to GATING_LIBRARIES fails here)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from pathlib import Path
+from bat_analysis.gating.templates import load_template
+from bat_analysis.gating.tube import gate_tube
+from bat_analysis.io.layout import read_layout
+from bat_analysis.pipeline import preload_gating
+preload_gating()
+before = set(sys.modules)
+tubes = read_layout(Path({str(small_experiment.layout_path)!r}), Path({str(small_experiment.out_dir)!r}),
+                    check_unlisted=False)
+for tube in tubes[:3]:
+    gate_tube(Path({str(small_experiment.out_dir)!r}) / tube.file, tube, load_template("bat_ccr3_cd63"))
+print(sorted(m for m in set(sys.modules) - before if m.split(".")[0] in ("scipy", "skimage", "flowutils")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

@@ -408,14 +408,17 @@ def _ignore_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _pool(workers: int) -> Any:
-    """Worker processes for drawing. Spawned, not forked: the caller may run threads (a progress display,
-    a Dask client) that a fork would copy in an unknown state. They ignore Ctrl-C: the run that started them
-    stops them (:func:`bat_analysis.pipeline.stopping_on_ctrl_c`)."""
+def _pool(workers: int, *, fork: bool = False) -> Any:
+    """Worker processes for drawing. Spawned unless ``fork``: a caller may run threads (a Dask client) that a
+    fork would copy in an unknown state; a caller that runs none that matter (a local run, whose gating workers
+    are forked too) passes ``fork`` and its workers start at once with what it imported (no second ~1 s of
+    imports each). They ignore Ctrl-C: the run that started them stops them
+    (:func:`bat_analysis.pipeline.stopping_on_ctrl_c`)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+    method = "fork" if fork and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
                                initializer=_ignore_ctrl_c)
 
 
@@ -539,18 +542,20 @@ class PatientRendering:
     ``submit`` one patient at a time (its tubes and scores, as :func:`render_patient` takes them) into
     ``out_dir``, the folder :func:`render_reports` will write into. Up to ``workers`` spawned processes are
     started, on demand. A rendering that failed raises its error from :meth:`finished` (where a rendering of
-    the whole run would have raised it). :meth:`close` ends the processes (queued patients are dropped)."""
+    the whole run would have raised it). :meth:`close` ends the processes (queued patients are dropped).
+    ``fork``: the processes are forked from the caller (see :func:`_pool`)."""
 
     def __init__(self, out_dir: Path, run_info: Mapping[str, Any] | None, *, workers: int = 2,
-                 pdf: bool = True) -> None:
+                 pdf: bool = True, fork: bool = False) -> None:
         self.out_dir, self.run_info, self.workers, self.pdf = Path(out_dir), dict(run_info or {}), workers, pdf
+        self.fork = fork
         self.pool: Any = None
         self.futures: dict[str, Any] = {}
 
     def submit(self, patient: str, results: Sequence[TubeResult], scores: ExperimentScores) -> None:
         if self.pool is None:
             make_dir(self.out_dir / "reports")
-            self.pool = _pool(self.workers)
+            self.pool = _pool(self.workers, fork=self.fork)
         self.futures[patient] = self.pool.submit(render_patient, self.out_dir, list(results),
                                                  scores.for_patient(patient), self.run_info, pdf=self.pdf)
 
