@@ -74,9 +74,9 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Literal, Mapping, Sequence
 
 from . import __version__
 from ._checksums import file_sha256
@@ -924,7 +924,7 @@ def _gate_score_write(ctx: _RunContext, applied: StoredCorrections, plan: _GateP
     """Gating (patients scored, and their reports rendered, as they complete), scoring, tables, reports."""
     corrections = applied.corrections
     _gate(ctx, plan, corrections, early)
-    results = _current_results(ctx, corrections, applied.stale, plan)
+    results = _current_results(ctx, corrections, applied.stale, plan, early.read)
     failed = [(r.tube.file, r.error or "") for r in results if not r.ok]
     ctx.phase = "scoring"
     scored = _score(ctx, results, corrections, early)
@@ -1027,6 +1027,7 @@ class _EarlyScoring:
         self.reports = (_EarlyReports(ctx) if self.enabled and ctx.options.reports and ctx.workers > 1
                         and not ctx.options.scheduler else None)
         self.recomputed: list[str] = []
+        self.read: dict[str, tuple[TubeResult, tuple[Flag, ...]]] = {}  # file -> (result as read, its flags then)
         self.counted: set[str] = set()
         self.task: Any = None
 
@@ -1054,6 +1055,8 @@ class _EarlyScoring:
             if res is None:  # _current_results says so
                 return
             results.append(res)
+        for r in results:  # as read, before the marks below (see _current_results)
+            self.read[r.tube.file] = (r, tuple(r.flags))
         _mark_results(results, self.ctx.store, self.ctx.template.population, self.stale)
         score_results(results, self.ctx.template, self.thresholds, self.ctx.store, self.recomputed,
                       on_patient=self.count)
@@ -1191,13 +1194,22 @@ def _preload_renderer() -> None:
 
 
 def _current_results(ctx: _RunContext, corrections: Corrections, stale: Sequence[tuple[Any, str]],
-                     plan: _GatePlan) -> list[TubeResult]:
+                     plan: _GatePlan, read: Mapping[str, tuple[TubeResult, tuple[Flag, ...]]] | None = None
+                     ) -> list[TubeResult]:
     """Every tube's current result read back from the store (reviewed where a gate is corrected), stale
-    corrections flagged; raises NothingAnalysedError (the run recorded as failed) when every tube failed."""
+    corrections flagged; raises NothingAnalysedError (the run recorded as failed) when every tube failed.
+    ``read`` holds results this run already read back after their last storing (``_EarlyScoring``), with their
+    flags as read: copies of those are taken instead of reading the store again (the originals may still be on
+    their way to a drawing process)."""
     store = ctx.store
+    read = read or {}
     results: list[TubeResult] = []
     for tube in ctx.tubes:
         variant = REVIEWED if corrections.gates_for(tube.file) else AUTO
+        if tube.file in read:
+            before, flags = read[tube.file]
+            results.append(replace(before, flags=list(flags)))
+            continue
         res = store.get_tube(tube.file, variant)
         if res is None:
             raise BatError("a gated tube is missing from the results store", source=str(store.path),
