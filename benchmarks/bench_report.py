@@ -2,8 +2,9 @@
 histogram), the per-tube cost of ``bat run``'s reports and review gallery.
 
 A patient is simulated (``bat_analysis.simulate``) and gated with the shipped template (``gate_tube``); the
-drawings of each allergen tube, against its negative control and a fixed threshold, are then timed
-``--repeats`` times after one warm-up. A regression to drawing every event, or to a ``tight_layout`` per figure,
+drawings of each allergen tube, against its negative control and a fixed threshold, on the run-wide axes the reports
+use (``shared_gate_limits``, ``activation_range``, as ``draw_tubes`` passes them), are then timed ``--repeats`` times
+after one warm-up; the CPU milliseconds per plot (this process's) are printed beside the wall-clock seconds. A regression to drawing every event, or to a ``tight_layout`` per figure,
 shows as several seconds per tube (today well under one second; the bound printed is 5 s).
 
 With ``--patient``, the whole per-patient output instead: a simulated patient with both arms (14 tubes) is gated and
@@ -29,7 +30,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from bat_analysis.gating.templates import load_template  # noqa: E402
 from bat_analysis.gating.tube import gate_tube  # noqa: E402
-from bat_analysis.report.plots import PLOT_DPI, PngRenderer, marker_values  # noqa: E402
+from bat_analysis.report.plots import (PLOT_DPI, PngRenderer, activation_range, marker_values,  # noqa: E402
+                                       shared_gate_limits)
 from bat_analysis.simulate import simulate_experiment  # noqa: E402
 
 BOUND_S = 5.0  # per tube; the former timed test's limit
@@ -55,20 +57,24 @@ def main() -> None:
     negative = next(r for r in results.values() if r.tube.condition == "negative_control")
     neg_values = marker_values(negative, "CD63")
     renderer = PngRenderer(dpi=args.dpi)
-    print(f"{'tube':<34} {'basophils':>9} {'PNGs':>5} {'median s':>9} {'min s':>7} {'max s':>7}")
+    limits = shared_gate_limits(results.values())  # the run-wide axes draw_tubes gives every tube
+    xlim = activation_range([marker_values(r, "CD63") for r in results.values()], [300.0])
+    kw = dict(negative_values=neg_values, threshold=300.0, gate_limits=limits, xlim=xlim)
+    print(f"{'tube':<34} {'basophils':>9} {'PNGs':>5} {'median s':>9} {'min s':>7} {'max s':>7} {'CPU ms/PNG':>10}")
     worst = 0.0
     for res in results.values():
         if res.tube.condition != "allergen" or res.error is not None:
             continue
-        renderer.tube(res, negative_values=neg_values, threshold=300.0)  # warm-up
-        times, n_png = [], 0
+        renderer.tube(res, **kw)  # warm-up
+        times, cpus, n_png = [], [], 0
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            n_png = len(renderer.tube(res, negative_values=neg_values, threshold=300.0))
+            t0, c0 = time.perf_counter(), time.process_time()
+            n_png = len(renderer.tube(res, **kw))
             times.append(time.perf_counter() - t0)
+            cpus.append((time.process_time() - c0) / n_png)
         worst = max(worst, statistics.median(times))
         print(f"{res.tube.file:<34} {res.n_basophils:>9} {n_png:>5} {statistics.median(times):>9.3f} "
-              f"{min(times):>7.3f} {max(times):>7.3f}")
+              f"{min(times):>7.3f} {max(times):>7.3f} {1000 * statistics.median(cpus):>10.1f}")
     verdict = "within" if worst < BOUND_S else "ABOVE"
     print(f"\nslowest tube (median) {worst:.3f} s: {verdict} the {BOUND_S:.0f} s bound; load "
           f"{os.getloadavg()[0]:.1f}; command: python benchmarks/bench_report.py --events {args.events} "
