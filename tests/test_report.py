@@ -423,25 +423,54 @@ def test_shared_gate_limits_hold_every_tube_and_ignore_one_burst() -> None:
     assert t1 >= float(np.median([r.gates[0].density.max() for r in results if r.gates]))
 
 
-def test_blitted_gate_matches_a_whole_drawing() -> None:
+def _uncaptioned(record: GateRecord, limits: Any = None) -> Any:
+    """A whole matplotlib drawing of a gate without its captions (the painted plots carry them as texts)."""
+    from matplotlib.text import Text
+
+    from bat_analysis.report.plots import _gate_frame, _gate_marks
+
+    def draw(ax: Any) -> None:
+        for artist in _gate_marks(record, ax, _gate_frame(record, ax, limits), None):
+            if isinstance(artist, Text):
+                artist.remove()
+    return draw
+
+
+def _decoded(png: Any) -> np.ndarray:
     import io
 
     from PIL import Image
 
+    with Image.open(io.BytesIO(png.data)) as img:
+        return np.asarray(img.convert("RGB"), dtype=int)
+
+
+def _off_outlines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pixels farther than 4 px from a red or orange (outline) pixel of either image: there painted and
+    matplotlib's pictures are comparable (outlines are compared in test_report_paint.py)."""
+    from scipy.ndimage import binary_dilation
+
+    def hue(im: np.ndarray) -> np.ndarray:
+        return (im[..., 0] - im[..., 1] > 50) & (im[..., 0] - im[..., 2] > 50)
+
+    return ~binary_dilation(hue(a) | hue(b), iterations=4)
+
+
+def test_blitted_gate_matches_a_whole_drawing() -> None:
+    """The painted density over a cached frame is matplotlib's picture of it (its captions, now texts beside
+    the image, left out of the reference), but for the outline's anti-aliasing."""
     results = make_results(1)
     record = results[3].gates[2]
     renderer = PngRenderer()
     renderer.gate(results[2].gates[2])  # the frame is drawn for another tube first
     fast = renderer.gate(record)
-    whole = renderer.render("gate", record.name, lambda ax: draw_gate(record, ax))
-    a = np.asarray(Image.open(io.BytesIO(fast.data)).convert("RGB"), dtype=int)
-    b = np.asarray(Image.open(io.BytesIO(whole.data)).convert("RGB"), dtype=int)
+    a, b = _decoded(fast), _decoded(renderer.render("gate", record.name, _uncaptioned(record)))
     assert a.shape == b.shape
-    # the same picture: the density painted into the pixels matches matplotlib's image up to colour rounding
-    # (±2 levels), and only a few anti-aliased pixels differ more
-    assert np.mean(np.any(np.abs(a - b) > 2, axis=-1)) < 0.002
-    other = np.asarray(Image.open(io.BytesIO(renderer.gate(results[5].gates[2]).data)).convert("RGB"),
-                       dtype=int)
+    # the same picture: the density painted into the pixels matches matplotlib's image up to the palette's
+    # colour steps (±4 levels), and only a few anti-aliased pixels differ more
+    off = _off_outlines(a, b)
+    assert np.mean(np.any(np.abs(a - b) > 4, axis=-1)[off]) < 0.002
+    other = _decoded(renderer.gate(results[5].gates[2]))
     assert np.mean(np.any(other != a, axis=-1)) > 0.01  # another tube's density really is drawn
 
 
@@ -473,12 +502,9 @@ def test_empty_experiment_renders_an_empty_gallery(tmp_path: Path) -> None:
 
 
 def test_painted_gates_match_whole_drawings_for_every_kind() -> None:
-    """1-D histograms (time), ranges, polygons, ellipses and a manually adjusted gate, on run-wide axes."""
-    import io
-
-    from PIL import Image
-
-    from bat_analysis.report.plots import _gate_frame, _gate_marks, frame_key, shared_gate_limits
+    """1-D histograms (time), ranges, polygons, ellipses and a manually adjusted gate, on run-wide axes
+    (matplotlib's reference drawn without the captions, which the painted plots carry as texts)."""
+    from bat_analysis.report.plots import frame_key, shared_gate_limits
 
     rng = np.random.default_rng(7)
     records = _gates(rng, 5000, 400, override=True)
@@ -487,12 +513,10 @@ def test_painted_gates_match_whole_drawings_for_every_kind() -> None:
     renderer = PngRenderer()
     for record in records:
         lims = limits[frame_key(record)]
-        fast = renderer.gate(record, limits=lims)
-        whole = renderer.render("gate", record.name,
-                                lambda ax, r=record, lim=lims: _gate_marks(r, ax, _gate_frame(r, ax, lim), None))
-        a = np.asarray(Image.open(io.BytesIO(fast.data)).convert("RGB"), dtype=int)
-        b = np.asarray(Image.open(io.BytesIO(whole.data)).convert("RGB"), dtype=int)
-        assert np.mean(np.any(np.abs(a - b) > 2, axis=-1)) < 0.01, record.name  # anti-aliased bar edges
+        a = _decoded(renderer.gate(record, limits=lims))
+        b = _decoded(renderer.render("gate", record.name, _uncaptioned(record, lims)))
+        off = _off_outlines(a, b)
+        assert np.mean(np.any(np.abs(a - b) > 4, axis=-1)[off]) < 0.01, record.name  # anti-aliased bar edges
         painted = np.all(a == np.array([140, 140, 140]), axis=-1) if record.name == "acquisition_qc" else (
             np.abs(a[..., 1] - a[..., 0]) > 60)  # grey bars, or viridis greens
         assert painted.mean() > 0.01, record.name

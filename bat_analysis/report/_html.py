@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
@@ -62,6 +63,9 @@ th{background:#f3f3f3;font-weight:600}td.num{text-align:right;font-variant-numer
 .imgs{display:flex;flex-wrap:wrap;gap:4px}.imgs img{border:1px solid #eee}
 .imgs.row{display:grid;grid-template-columns:repeat(var(--n),minmax(0,1fr))}.imgs.row a{display:block}
 .imgs.row img{width:100%;height:auto;display:block}h3{overflow-wrap:anywhere}
+figure.plot{margin:0;max-width:100%;min-width:0}figure.plot img{display:block}
+figure.plot figcaption{font-size:.75em;line-height:1.3;color:#333;padding:1px 3px 3px;overflow-wrap:anywhere;
+white-space:pre-line}figure.plot .cap{display:block}figure.plot .note{font-weight:600}
 details.flags summary{cursor:pointer}details.flags{margin:.3em 0}
 .tube{border:1px solid #ddd;border-radius:4px;padding:.4em .6em;margin:.6em 0}
 .tube.adjusted{border-color:#ff7f0e}.muted{color:#666}.adj{color:#c25e00;font-weight:600}
@@ -101,6 +105,24 @@ def img_tag(png: Png, *, alt: str | None = None, scale: float = 1.0, src: str | 
         src, lazy = escape(src), ' loading="lazy"'
     return (f'<img src="{src}" width="{w}" height="{h}" alt="{label}" title="{label}"{lazy} '
             f'data-kind="{escape(png.kind)}">')
+
+
+_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+def plot_figure(png: Png, img: str, *, width: int | None = None) -> str:
+    """A plot (``img``: its ``<img>``, possibly in a link) with the words it carries beside its pixels
+    (``Png.texts``: counts, how the gate was set, percentages) as its caption, one line each, escaped; a text
+    with a colour (the manual-adjustment note) is shown in it. ``width`` (px) holds the caption to the image's
+    width in a wrapping row."""
+    lines = []
+    for text, colour in png.captions():
+        style = f' style="color:{colour}"' if _COLOUR.fullmatch(colour or "") else ""
+        cls = "cap note" if style else "cap"
+        lines.append(f'<span class="{cls}"{style}>{escape(text)}</span>')
+    caption = f"<figcaption>{''.join(lines)}</figcaption>" if lines else ""
+    size = f' style="width:{int(width)}px"' if width else ""
+    return f'<figure class="plot"{size}>{img}{caption}</figure>'
 
 
 def breakable(text: str) -> str:
@@ -215,13 +237,14 @@ def _tube_section(tube: TubeView, *, link: str | None = None, files: bool = Fals
         adj += (f'<div class="review">review: {escape(review.replace("_", " "))}'
                 f'{" by " + escape(by) if by else ""}{" on " + escape(at) if at else ""}</div>')
     if files:  # gallery: one row of thumbnails sharing the width, each opening the full-size image
-        imgs = "".join(f'<a href="{escape(src)}" target="_blank">'
-                       + img_tag(p, alt=f"{tube.result.tube.file}: {p.kind} {p.title}", src=src,
-                                 scale=REPORT_SCALE) + "</a>"
+        imgs = "".join(plot_figure(p, f'<a href="{escape(src)}" target="_blank">'
+                                   + img_tag(p, alt=f"{tube.result.tube.file}: {p.kind} {p.title}", src=src,
+                                             scale=REPORT_SCALE) + "</a>")
                        for p, src in zip(tube.images, image_files(tube)))
         row = f'<div class="imgs row" style="--n:{max(1, len(tube.images))}">{imgs}</div>'
     else:
-        imgs = "".join(img_tag(p, alt=f"{tube.result.tube.file}: {p.kind} {p.title}", scale=REPORT_SCALE)
+        imgs = "".join(plot_figure(p, img_tag(p, alt=f"{tube.result.tube.file}: {p.kind} {p.title}",
+                                              scale=REPORT_SCALE), width=int(p.width * REPORT_SCALE))
                        for p in tube.images)
         row = f'<div class="imgs">{imgs}</div>'
     return (f'<div class="tube{adjusted}" id="{escape(tube.anchor)}" data-patient="{escape(tube.result.tube.patient)}" '

@@ -37,6 +37,7 @@ from matplotlib.ticker import (FixedLocator, FuncFormatter, MaxNLocator, NullFor
                                NullLocator)
 
 from ..records import GateRecord, TubeResult  # noqa: E402
+from ._paint import PNG_COMPRESSION, Box, Palette, encode_palette_png, fill_below, png_chunk, stroke  # noqa: E402
 
 if TYPE_CHECKING:
     from ..analysis.dose_response import FitResult
@@ -49,8 +50,12 @@ ARM_LABELS = {"none": "no pretreatment", "omalizumab": "omalizumab"}
 DENSITY_CMAP = "viridis"
 HISTOGRAM_GREY = "0.55"
 ASINH_COFACTOR = 150.0  # linear width of the arcsinh display scale (compensated linear units)
+ACTIVATION_FILL = "#9ecae1"  # the tube's activation histogram
+NEGATIVE_TRACE = "0.2"  # the negative control's histogram, an outline over it
+ADJUSTED_TEXT_COLOUR = "#c25e00"  # a manual adjustment's note as text: darker than its outline, to read on white
+GATE_LINE_PT, THRESHOLD_LINE_PT, TRACE_LINE_PT = 1.6, 1.4, 1.0  # line widths (points)
+DASHES = (3.7, 1.6)  # matplotlib's "--": dash and gap per point of line width
 MANUAL_METHODS = ("override", "manual")
-PNG_COMPRESSION = 1  # zlib level of the plots' PNGs (see encode_png)
 LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
 # Type sizes (points) of every plot, for a plot of PLOT_SIZE inches shown at about 400 px wide on screen (tick
 # labels ~12 px) or 3.6 in wide in print (8 pt): readable both ways; PLOT_DPI gives the enlarged image ~800 px.
@@ -77,11 +82,16 @@ def draws_literally(func: Any) -> Any:
         for obj in (*args, *kwargs.values(), result):
             for target in (obj if isinstance(obj, (list, tuple)) else [obj]):
                 if isinstance(target, (Axes, Figure)):
-                    for text in target.findobj(Text):
-                        text.set_parse_math(False)
-                        text.set_text(visible(text.get_text(), MULTILINE_UNSAFE))
+                    _literal_texts(target)
         return result
     return wrapper
+
+
+def _literal_texts(target: Axes | Figure) -> None:
+    """Every Text of ``target`` shown as written, control characters as escapes (see :func:`draws_literally`)."""
+    for text in target.findobj(Text):
+        text.set_parse_math(False)
+        text.set_text(visible(text.get_text(), MULTILINE_UNSAFE))
 
 
 def is_manual(record: GateRecord) -> bool:
@@ -136,9 +146,10 @@ def _orient(density: np.ndarray, ex: np.ndarray, ey: np.ndarray) -> np.ndarray:
 
 def _density_image(ax: Axes, density: np.ndarray, ex: np.ndarray, ey: np.ndarray) -> Artist:
     """Image of a 2-D histogram (log colour scale, empty bins blank); axis limits are left alone."""
-    img = np.ma.masked_less_equal(_orient(density, ex, ey).T, 0)
-    vmax = float(img.max()) if img.count() else 1.0
-    norm = LogNorm(vmin=1.0 if vmax > 1 else 0.5, vmax=max(vmax, 1.0))
+    h = _orient(density, ex, ey)
+    img = np.ma.masked_less_equal(h.T, 0)
+    vmin, vmax = _log_limits(h)
+    norm = LogNorm(vmin=vmin, vmax=vmax)
     dx, dy = np.diff(ex), np.diff(ey)
     if np.allclose(dx, dx[0]) and np.allclose(dy, dy[0]):
         return ax.imshow(img, origin="lower", extent=(ex[0], ex[-1], ey[0], ey[-1]), aspect="auto",
@@ -166,52 +177,75 @@ def _draw_outline(ax: Axes, geometry: Mapping[str, Any], ndim_drawn: int, colour
     return artists
 
 
-def _attach(ax: Axes, artist: Artist) -> Artist:
-    """Make a detached artist drawable on ``ax`` without adding it (no data-limit bookkeeping, which
-    costs more than the drawing itself for patches)."""
-    artist.set_figure(ax.figure)
-    artist.axes = ax
-    if not artist.is_transform_set():
-        artist.set_transform(ax.transData)
-    artist.set_clip_path(ax.patch)
-    return artist
+def boolean_expression(geometry: Mapping[str, Any]) -> str:
+    """A boolean gate's expression in words: ``cells AND NOT debris``."""
+    words = {True: "NOT ", False: ""}
+    ops = [f"{words[bool(c)]}{r}" for r, c in geometry.get("operands", [])]
+    op = geometry.get("op", "and")
+    return f"NOT {ops[0]}" if op == "not" and ops else f" {op.upper()} ".join(ops)
 
 
-def _outline_artists(ax: Axes, geometry: Mapping[str, Any], ndim_drawn: int, colour: str,
-                     style: str) -> list[Artist]:
-    """The gate's outline as artists not yet added to the axes."""
+def _outline_parts(geometry: Mapping[str, Any], ndim_drawn: int, xlim: tuple[float, float],
+                   ylim: tuple[float, float]) -> list[tuple[str, Any]]:
+    """What a gate's outline is made of, in data units, for the matplotlib drawing and the painted one alike:
+    ``("vline", x)`` (a line across the axes' height), ``("polygon", N x 2 vertices)`` (closed; a range's
+    rectangle, its open sides past the limits), ``("ellipse", (centre, width, height, angle in degrees))`` and
+    ``("text", expression)`` for a boolean gate."""
     kind = geometry.get("type")
-    kw = dict(fill=False, edgecolor=colour, linewidth=1.6, linestyle=style, zorder=3)
-    line_kw = dict(color=colour, linewidth=1.6, linestyle=style, zorder=3, transform=ax.get_xaxis_transform())
     if kind == "range":
         mins, maxs = list(geometry.get("mins", [])), list(geometry.get("maxs", []))
         if ndim_drawn == 1 or len(mins) == 1:
-            return [Line2D([float(v), float(v)], [0, 1], **line_kw) for v in (mins[0], maxs[0]) if v is not None]
-        x0, x1 = _span(mins[0], maxs[0], ax.get_xlim())
-        y0, y1 = _span(mins[1], maxs[1], ax.get_ylim())
-        return [patches.Rectangle((x0, y0), x1 - x0, y1 - y0, **kw)]
+            return [("vline", float(v)) for v in (mins[0], maxs[0]) if v is not None]
+        x0, x1 = _span(mins[0], maxs[0], xlim)
+        y0, y1 = _span(mins[1], maxs[1], ylim)
+        return [("polygon", np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))]
     if kind == "polygon":
-        return [patches.Polygon(np.asarray(geometry["vertices"], dtype=float)[:, :2], closed=True, **kw)]
+        return [("polygon", np.asarray(geometry["vertices"], dtype=float)[:, :2])]
     if kind == "ellipsoid":
         mean = np.asarray(geometry["mean"], dtype=float)
         cov = np.asarray(geometry["covariance"], dtype=float)
         if ndim_drawn == 1 or mean.size == 1:
             half = math.sqrt(float(geometry["distance_square"]) * cov.reshape(-1)[0])
-            return [Line2D([v, v], [0, 1], **line_kw) for v in (mean[0] - half, mean[0] + half)]
+            return [("vline", float(v)) for v in (mean[0] - half, mean[0] + half)]
         # the marginal ellipse in the two drawn dimensions
         vals, vecs = np.linalg.eigh(cov[:2, :2] * float(geometry["distance_square"]))
         vals = np.clip(vals, 0.0, None)
         angle = math.degrees(math.atan2(vecs[1, 1], vecs[0, 1]))
-        return [patches.Ellipse(tuple(mean[:2]), 2 * math.sqrt(vals[1]), 2 * math.sqrt(vals[0]),
-                                angle=angle, **kw)]
+        return [("ellipse", (tuple(mean[:2]), 2 * math.sqrt(vals[1]), 2 * math.sqrt(vals[0]), angle))]
     if kind == "boolean":
-        words = {True: "NOT ", False: ""}
-        ops = [f"{words[bool(c)]}{r}" for r, c in geometry.get("operands", [])]
-        op = geometry.get("op", "and")
-        text = f"NOT {ops[0]}" if op == "not" and ops else f" {op.upper()} ".join(ops)
-        return [Text(0.03, 0.03, text, transform=ax.transAxes, fontsize=NOTE_PT, color=colour, zorder=4,
-                     bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1.5))]
+        return [("text", boolean_expression(geometry))]
     return []
+
+
+def _ellipse_points(centre: Sequence[float], width: float, height: float, angle: float,
+                    n: int = 256) -> np.ndarray:
+    """``n`` points on an ellipse (as ``patches.Ellipse`` draws it: axes ``width`` x ``height`` rotated by
+    ``angle`` degrees about ``centre``)."""
+    t = np.linspace(0.0, 2 * math.pi, n, endpoint=False)
+    a = math.radians(angle)
+    x, y = 0.5 * width * np.cos(t), 0.5 * height * np.sin(t)
+    return np.column_stack([centre[0] + x * math.cos(a) - y * math.sin(a),
+                            centre[1] + x * math.sin(a) + y * math.cos(a)])
+
+
+def _outline_artists(ax: Axes, geometry: Mapping[str, Any], ndim_drawn: int, colour: str,
+                     style: str) -> list[Artist]:
+    """The gate's outline as artists not yet added to the axes."""
+    kw = dict(fill=False, edgecolor=colour, linewidth=GATE_LINE_PT, linestyle=style, zorder=3)
+    out: list[Artist] = []
+    for part, value in _outline_parts(geometry, ndim_drawn, ax.get_xlim(), ax.get_ylim()):
+        if part == "vline":
+            out.append(Line2D([value, value], [0, 1], color=colour, linewidth=GATE_LINE_PT, linestyle=style,
+                              zorder=3, transform=ax.get_xaxis_transform()))
+        elif part == "polygon":
+            out.append(patches.Polygon(value, closed=True, **kw))
+        elif part == "ellipse":
+            centre, width, height, angle = value
+            out.append(patches.Ellipse(centre, width, height, angle=angle, **kw))
+        else:
+            out.append(Text(0.03, 0.03, value, transform=ax.transAxes, fontsize=NOTE_PT, color=colour, zorder=4,
+                            bbox=dict(facecolor="white", alpha=0.8, edgecolor="none", pad=1.5)))
+    return out
 
 
 def _message(ax: Axes, text: str) -> None:
@@ -289,28 +323,19 @@ def _gate_frame(record: GateRecord, ax: Axes, limits: Limits | None = None) -> i
     return ndim
 
 
-def _gate_marks(record: GateRecord, ax: Axes, ndim_drawn: int, adjusted_reason: str | None, *,
-                painted: bool = False) -> list[Artist]:
-    """The parts that change from tube to tube: density, outline, counts and how the gate was set.
-
-    With ``painted`` the density is left out (the caller paints it into the pixels, see
-    :func:`paint_density`) and the outline is drawn from detached artists (none added to the axes)."""
-    manual = is_manual(record) or adjusted_reason is not None
-    colour, style = (ADJUSTED_COLOUR, "--") if manual else (GATE_COLOUR, "-")
+def _gate_marks(record: GateRecord, ax: Axes, ndim_drawn: int, adjusted_reason: str | None) -> list[Artist]:
+    """The parts that change from tube to tube, drawn with matplotlib: density, outline, counts and how the
+    gate was set (the painted plots of :class:`PngRenderer` paint the same, see :func:`_paint_gate`)."""
+    colour, style = _outline_style(record, adjusted_reason)
     edges = _edges(record)
     artists: list[Artist] = []
-    if not painted and ndim_drawn == 1:
+    if ndim_drawn == 1:
         artists.append(ax.stairs(np.asarray(record.density, dtype=float).reshape(-1), edges[0], fill=True,
                                  color=HISTOGRAM_GREY))
-    elif not painted and ndim_drawn == 2:
+    elif ndim_drawn == 2:
         artists.append(_density_image(ax, np.asarray(record.density), edges[0], edges[1]))
-    shapes = [record.geometry, *record.geometry.get("members", [])] if ndim_drawn else (
-        [record.geometry] if record.geometry.get("type") == "boolean" else [])
-    for shape in shapes:
-        if painted:
-            artists += [_attach(ax, a) for a in _outline_artists(ax, shape, ndim_drawn, colour, style)]
-        else:
-            artists += _draw_outline(ax, shape, ndim_drawn, colour, style)
+    for shape in _outlined_shapes(record, ndim_drawn):
+        artists += _draw_outline(ax, shape, ndim_drawn, colour, style)
     above = ax.transAxes + ScaledTranslation(0, 3 / 72, ax.figure.dpi_scale_trans)  # 3 pt above the frame
     artists.append(ax.text(1.0, 1.0, gate_caption(record), transform=above, ha="right", va="bottom",
                            fontsize=NOTE_PT))
@@ -321,28 +346,23 @@ def _gate_marks(record: GateRecord, ax: Axes, ndim_drawn: int, adjusted_reason: 
     return artists
 
 
-_LUTS: dict[str, np.ndarray] = {}
+def _outline_style(record: GateRecord, adjusted_reason: str | None) -> tuple[str, str]:
+    """Colour and line style of a gate's outline: orange dashed when a reviewer adjusted it, else red solid."""
+    return (ADJUSTED_COLOUR, "--") if is_manual(record) or adjusted_reason is not None else (GATE_COLOUR, "-")
 
 
-def _lut(name: str) -> np.ndarray:
-    """A colour map as 256 RGB rows (uint8), as matplotlib maps normalised values to colours."""
-    if name not in _LUTS:
-        from matplotlib import colormaps
+def _outlined_shapes(record: GateRecord, ndim_drawn: int) -> list[Mapping[str, Any]]:
+    """The geometries outlined: the gate's and a composite gate's members (over a density); a boolean gate's
+    expression is written even without one."""
+    if ndim_drawn:
+        return [record.geometry, *record.geometry.get("members", [])]
+    return [record.geometry] if record.geometry.get("type") == "boolean" else []
 
-        _LUTS[name] = (colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
-    return _LUTS[name]
 
-
-def _pixel_centres(lo: float, hi: float, lim: tuple[float, float], flip_height: int | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Buffer indices strictly inside the display span [lo, hi] and the data values at their centres
-    (rows count from the top of the buffer when ``flip_height`` is the buffer's height)."""
-    idx = np.arange(math.ceil(lo), math.floor(hi))
-    centre = idx + 0.5
-    values = lim[0] + (centre - lo) / (hi - lo) * (lim[1] - lim[0])
-    if flip_height is not None:
-        idx = flip_height - 1 - idx  # display y grows upwards, buffer rows downwards
-    return idx, values
+def _log_limits(h: np.ndarray) -> tuple[float, float]:
+    """The log colour scale's (vmin, vmax) of a density: counts from 1 (0.5 when every bin holds at most 1)."""
+    vmax = float(h.max(initial=0))
+    return (1.0 if vmax > 1 else 0.5), max(vmax, 1.0)
 
 
 def _bins(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -351,52 +371,6 @@ def _bins(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
     i[values == edges[-1]] = len(edges) - 2
     i[(i < 0) | (i >= len(edges) - 1)] = -1
     return i
-
-
-def paint_density(rgba: np.ndarray, ax: Axes, record: GateRecord, ndim_drawn: int,
-                  frame_state: dict[str, Any] | None = None) -> None:
-    """Paint the gate's stored histogram into an Agg buffer (``H × W × 4``) inside ``ax``'s frame.
-
-    The 2-D density is colour-mapped on a log scale (empty bins left blank), the 1-D histogram filled in
-    grey, as :func:`draw_gate` draws them with matplotlib, but straight into the pixels: no image
-    resampling, no path. Only white pixels are painted, so the frame's spines and ticks stay on top.
-    ``frame_state`` (a dict kept with a cached frame, whose pixels ``rgba`` then holds) keeps the pixel
-    grid and the frame's blank pixels from one tube to the next."""
-    state = frame_state if frame_state is not None else {}
-    if "grid" not in state:
-        box = ax.bbox
-        cols, xs = _pixel_centres(box.x0, box.x1, ax.get_xlim())
-        rows, ys = _pixel_centres(box.y0, box.y1, ax.get_ylim(), flip_height=rgba.shape[0])
-        blank = None
-        if cols.size and rows.size:
-            region = rgba[rows[-1]:rows[0] + 1, cols[0]:cols[-1] + 1]  # rows[] runs bottom-up
-            blank = np.all(region[..., :3] == 255, axis=-1)[::-1]  # bottom-up, as ys
-        state["grid"] = (cols, xs, rows, ys, blank)
-    cols, xs, rows, ys, blank = state["grid"]
-    if blank is None:
-        return
-    edges = _edges(record)
-    region = rgba[rows[-1]:rows[0] + 1, cols[0]:cols[-1] + 1]
-    if ndim_drawn == 1:
-        h = np.asarray(record.density, dtype=float).reshape(-1)
-        ix = _bins(edges[0], xs)
-        tops = np.where(ix >= 0, h[ix], -np.inf)
-        fill = (ys[:, None] <= tops[None, :]) & blank
-        colour = np.array([int(255 * float(HISTOGRAM_GREY) + 0.5)] * 3, dtype=np.uint8)
-    else:
-        h = _orient(record.density, edges[0], edges[1])
-        ix, iy = _bins(edges[0], xs), _bins(edges[1], ys)
-        values = h[ix[None, :], iy[:, None]]
-        values[(iy < 0)[:, None] | (ix < 0)[None, :]] = 0
-        fill = (values > 0) & blank
-        vmax = float(h.max(initial=0))
-        vmin = 1.0 if vmax > 1 else 0.5
-        vmax = max(vmax, 1.0)
-        span = math.log(vmax / vmin) or 1.0
-        t = np.log(np.maximum(values[fill], vmin) / vmin) / span
-        colour = _lut(DENSITY_CMAP)[np.clip((t * 256).astype(int), 0, 255)]
-    view = region[::-1]  # bottom-up, as ys and fill
-    view[..., :3][fill] = colour
 
 
 @draws_literally
@@ -497,52 +471,59 @@ def _activation_frame(ax: Axes, marker: str, xlim: tuple[float, float], cofactor
     ax.tick_params(labelsize=TICK_PT)
 
 
-def _place(ax: Axes, artist: Artist, detached: bool) -> Artist:
-    """Add ``artist`` to ``ax``, or only make it drawable there (``detached``: nothing to remove later)."""
-    if detached:
-        return _attach(ax, artist)
-    if isinstance(artist, patches.Patch):
-        return ax.add_patch(artist)
-    if isinstance(artist, Line2D):
-        return ax.add_line(artist)
-    return ax.add_artist(artist)
+def _has_threshold(threshold: float | None) -> bool:
+    return threshold is not None and math.isfinite(threshold)
+
+
+def _activation_histograms(values: np.ndarray, neg: np.ndarray | None, xlim: tuple[float, float],
+                           cofactor: float, bins: int, pcts: tuple[float | None, float | None]
+                           ) -> tuple[np.ndarray, list[tuple[str, np.ndarray, np.ndarray, float | None]]]:
+    """The bin edges (compensated linear, even on the arcsinh scale) and, for the tube and the negative control
+    when they have values, ``(name, values, % of mode per bin, % to print or None)``."""
+    edges_t = np.linspace(math.asinh(xlim[0] / cofactor), math.asinh(xlim[1] / cofactor), bins + 1)
+    out = []
+    for name, v, given in (("this tube", values, pcts[0]), ("negative control", neg, pcts[1])):
+        if v is None or not v.size:
+            continue
+        h, _ = np.histogram(np.arcsinh(v / cofactor), edges_t)
+        out.append((name, v, 100.0 * h / h.max() if h.max() > 0 else h.astype(float), given))
+    return np.sinh(edges_t) * cofactor, out
+
+
+def _activation_labels(hists: Sequence[tuple[str, np.ndarray, np.ndarray, float | None]], threshold: float | None,
+                       marker: str) -> tuple[list[str], str | None]:
+    """The legend's words: each histogram's name with its % above the threshold and n, and the threshold's."""
+    if not _has_threshold(threshold):
+        return [name for name, *_ in hists], None
+    assert threshold is not None
+    return ([f"{name}: {_printed_pct(v, threshold, given):.1f}% {marker}+ (n={v.size})" for name, v, _, given in hists],
+            f"threshold {threshold:.4g}")
 
 
 def _activation_marks(ax: Axes, values: np.ndarray, neg: np.ndarray | None, threshold: float | None,
                       marker: str, xlim: tuple[float, float], cofactor: float, bins: int, *,
-                      detached: bool = False, pcts: tuple[float | None, float | None] = (None, None),
+                      pcts: tuple[float | None, float | None] = (None, None),
                       population: str = "basophils") -> list[Artist]:
     """The tube's histogram, the negative control's, the threshold and the legend (``pcts``: the tube's and
     the negative control's % above the threshold to print, see :func:`_printed_pct`)."""
     artists: list[Artist] = []
-    edges_t = np.linspace(math.asinh(xlim[0] / cofactor), math.asinh(xlim[1] / cofactor), bins + 1)
-    edges = np.sinh(edges_t) * cofactor
-    has_t = threshold is not None and math.isfinite(threshold)
-    lines = []
-    for v, given, kw in ((values, pcts[0], dict(fill=True, color="#9ecae1", label="this tube")),
-                         (neg, pcts[1], dict(fill=False, color="0.2", linewidth=1.0, label="negative control"))):
-        if v is None or not v.size:
-            continue
-        h, _ = np.histogram(np.arcsinh(v / cofactor), edges_t)
-        h = 100.0 * h / h.max() if h.max() > 0 else h.astype(float)
-        artist = _place(ax, patches.StepPatch(h, edges, **kw), detached)
-        artists.append(artist)
-        lines.append((artist, v, given))
+    edges, hists = _activation_histograms(values, neg, xlim, cofactor, bins, pcts)
+    labels, threshold_label = _activation_labels(hists, threshold, marker)
+    for (name, _, h, _), label in zip(hists, labels):
+        kw = (dict(fill=True, color=ACTIVATION_FILL) if name == "this tube" else
+              dict(fill=False, color=NEGATIVE_TRACE, linewidth=TRACE_LINE_PT))
+        artists.append(ax.add_patch(patches.StepPatch(h, edges, label=label, **kw)))
     if not values.size:
         artists.append(ax.text(0.5, 0.45, f"no {population} in this tube", transform=ax.transAxes, ha="center",
                                fontsize=NOTE_PT))
-    if has_t:
-        assert threshold is not None
-        artists.append(_place(ax, Line2D([threshold, threshold], [0, 1], color=GATE_COLOUR, linewidth=1.4,
-                                         zorder=3, label=f"threshold {threshold:.4g}",
-                                         transform=ax.get_xaxis_transform()), detached))
-        for artist, v, given in lines:
-            pct = _printed_pct(v, threshold, given)
-            artist.set_label(f"{artist.get_label()}: {pct:.1f}% {marker}+ (n={v.size})")
+    if threshold_label is not None:
+        artists.append(ax.add_line(Line2D([threshold, threshold], [0, 1], color=GATE_COLOUR,
+                                          linewidth=THRESHOLD_LINE_PT, zorder=3, label=threshold_label,
+                                          transform=ax.get_xaxis_transform())))
     else:
         artists.append(ax.text(0.98, 0.5, "no threshold available", transform=ax.transAxes, ha="right",
                                fontsize=NOTE_PT, color=GATE_COLOUR))
-    if lines or has_t:
+    if hists or threshold_label is not None:
         handles = [a for a in artists if isinstance(a, (patches.StepPatch, Line2D))]
         artists.append(ax.legend(handles=handles, fontsize=LEGEND_PT, loc="upper right", frameon=True,
                                  framealpha=0.85, edgecolor="none", handlelength=1.2))
@@ -618,31 +599,27 @@ def draw_tube_panel(result: TubeResult, *, negative_values: np.ndarray | None, t
 
 @dataclass(frozen=True)
 class Png:
-    """One rendered drawing: what it shows (``kind`` gate / activation / dose_response, ``title``) and bytes."""
+    """One rendered drawing: what it shows (``kind`` gate / activation / dose_response, ``title``) and bytes.
+
+    ``texts`` belong with the image but are not in its pixels: the per-tube plots of :meth:`PngRenderer.gate`
+    and :meth:`PngRenderer.activation` carry their words here (count caption, how the gate was set, the
+    activation plot's percentages and threshold, a boolean gate's expression; control characters shown as
+    escapes, line feeds kept), for the HTML and the PDF to print under the image (escaped for HTML). Drawings
+    made whole with matplotlib (:meth:`PngRenderer.render`) have none. ``text_colours`` gives each text's
+    colour (``#rrggbb``; ``""``: the default): the manual-adjustment note is ADJUSTED_TEXT_COLOUR."""
 
     kind: str
     title: str
     data: bytes
     width: int
     height: int
-    texts: tuple[str, ...] = ()  # what its marks print: captions and legend entries (not axes or titles)
+    texts: tuple[str, ...] = ()
+    text_colours: tuple[str, ...] = ()
 
-
-def _printed(artists: Iterable[Artist]) -> tuple[str, ...]:
-    """The texts of captions and legend entries among ``artists``, in order."""
-    from matplotlib.legend import Legend
-
-    out: list[str] = []
-    for artist in artists:
-        if isinstance(artist, Legend):
-            out += [t.get_text() for t in artist.get_texts()]
-        elif isinstance(artist, Text):
-            out.append(artist.get_text())
-    return tuple(t for t in out if t)
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">L", len(data)) + kind + data + struct.pack(">L", zlib.crc32(kind + data))
+    def captions(self) -> list[tuple[str, str]]:
+        """``(text, colour)`` for each of ``texts`` (colour ``""``: the default)."""
+        colours = list(self.text_colours) + [""] * (len(self.texts) - len(self.text_colours))
+        return list(zip(self.texts, colours))
 
 
 def encode_png(rgba: np.ndarray, level: int = PNG_COMPRESSION) -> bytes:
@@ -650,25 +627,225 @@ def encode_png(rgba: np.ndarray, level: int = PNG_COMPRESSION) -> bytes:
 
     A standard PNG that any reader opens. Measured on the report's 810 x 675 plots: 3.0 ms and 47 KiB each, where
     Pillow (adaptive row filters, level 4) took 10.4 ms for 39 KiB; the plots are flat colours on white, which
-    zlib compresses well without the filters. The PDF embeds these bytes as they are (``pdf._EmbeddedPngs``)."""
+    zlib compresses well without the filters. Used for the drawings made whole (dose-response curves); the per-tube
+    plots are palette PNGs (:func:`._paint.encode_palette_png`)."""
     h, w = rgba.shape[:2]
     rows = np.empty((h, w * 3 + 1), dtype=np.uint8)
     rows[:, 0] = 0  # filter type None on every row
     rows[:, 1:].reshape(h, w, 3)[...] = rgba[..., :3]
     header = struct.pack(">LLBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, deflate, no interlace
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows, level))
-            + _chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows, level))
+            + png_chunk(b"IEND", b""))
+
+
+# ------------------------------------------------------------------------------ painted per-tube plots
+@functools.lru_cache(maxsize=1)
+def palette() -> Palette:
+    """The per-tube plots' 256 colours (see :class:`._paint.Palette`)."""
+    return Palette((GATE_COLOUR, ADJUSTED_COLOUR, HISTOGRAM_GREY, ACTIVATION_FILL, NEGATIVE_TRACE), DENSITY_CMAP)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A cached frame in palette pixels and what painting over it needs: the axes' interior (``box``, whose
+    ``keep`` mask protects a legend), its white pixels (``blank``: densities and bars paint only there, under
+    the spines), matplotlib's data-to-display transform (``transform``, frozen), the data value at each of the
+    box's column and row centres (``xs``; ``ys`` top-down) and pixels per point."""
+
+    pixels: np.ndarray
+    box: Box
+    blank: np.ndarray
+    transform: Any
+    xs: np.ndarray
+    ys: np.ndarray
+    px_per_pt: float
+
+    def to_pixels(self, xy: Any) -> np.ndarray:
+        """Data points (``N x 2``) as continuous buffer coordinates (column, row from the top)."""
+        display = self.transform.transform(np.asarray(xy, dtype=float).reshape(-1, 2))
+        return np.column_stack([display[:, 0], self.pixels.shape[0] - display[:, 1]])
+
+    def row_of(self, y: np.ndarray) -> np.ndarray:
+        """Continuous buffer rows of data heights ``y`` (the plot's y axis is linear)."""
+        x = np.full(np.shape(y), self.xs[len(self.xs) // 2] if len(self.xs) else 0.0)
+        return self.to_pixels(np.column_stack([x, y]))[:, 1]
+
+    def vline(self, pixels: np.ndarray, x: float, colour: int, width_pt: float,
+              dashes: tuple[float, float] | None = None) -> None:
+        """A line across the box's height at data ``x``."""
+        col = self.to_pixels([[x, self.ys[0] if len(self.ys) else 0.0]])[0, 0]
+        pad = width_pt * self.px_per_pt
+        stroke(pixels, self.box, np.array([[col, self.box.r0 - pad], [col, self.box.r1 + pad]]), colour,
+               width_pt * self.px_per_pt, dashes=dashes)
+
+
+def _draw_frame(draw: Any, size: tuple[float, float], dpi: int, margins: Mapping[str, float]) -> Frame:
+    """Draw ``draw(ax)`` once with matplotlib (text literal, see :func:`literal_text`) and keep it as a
+    :class:`Frame` in palette pixels (a legend it drew is kept clear of every mark)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    with literal_text():
+        fig = Figure(figsize=size, dpi=dpi)
+        canvas = FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        draw(ax)
+        _literal_texts(fig)
+        fig.subplots_adjust(**margins)
+        canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    height = rgba.shape[0]
+    pixels = palette().quantise(rgba[..., :3])
+    bb = ax.bbox  # display coordinates, from the bottom: the box holds the pixels wholly inside the axes
+    r0, r1 = height - math.floor(bb.y1), height - math.ceil(bb.y0)
+    c0, c1 = math.ceil(bb.x0), math.floor(bb.x1)
+    r1, c1 = max(r0, r1), max(c0, c1)
+    keep = None
+    legend = ax.get_legend()
+    if legend is not None:
+        lb = legend.get_window_extent(canvas.get_renderer())
+        keep = np.zeros((r1 - r0, c1 - c0), dtype=bool)
+        keep[max(0, height - math.ceil(lb.y1) - r0):max(0, height - math.floor(lb.y0) - r0),
+             max(0, math.floor(lb.x0) - c0):max(0, math.ceil(lb.x1) - c0)] = True
+    box = Box(r0, r1, c0, c1, keep)
+    inverse = ax.transData.inverted()
+    mid_x, mid_y = (bb.x0 + bb.x1) / 2, (bb.y0 + bb.y1) / 2
+    cols = np.arange(c0, c1) + 0.5
+    rows = np.arange(r0, r1) + 0.5
+    xs = inverse.transform(np.column_stack([cols, np.full(cols.size, mid_y)]))[:, 0]
+    ys = inverse.transform(np.column_stack([np.full(rows.size, mid_x), height - rows]))[:, 1]
+    return Frame(pixels, box, box.view(pixels) == palette().white, ax.transData.frozen(), xs, ys,
+                 fig.dpi / 72.0)
+
+
+def _dashes(style: str, width_pt: float) -> tuple[float, float] | None:
+    return None if style == "-" else (DASHES[0] * width_pt, DASHES[1] * width_pt)
+
+
+def _paint_bars(frame: Frame, pixels: np.ndarray, heights: np.ndarray, edges: np.ndarray, colour: int) -> None:
+    """A histogram's filled bars from the x axis (``heights`` per bin between ``edges``), on the frame's blank
+    pixels."""
+    ix = _bins(edges, frame.xs)
+    tops = np.where(ix >= 0, np.asarray(heights, dtype=float)[ix], np.nan)
+    rows = np.where(np.isfinite(tops), frame.row_of(np.nan_to_num(tops)), np.inf)
+    fill_below(pixels, frame.box, rows, colour, frame.blank)
+
+
+def _paint_density(frame: Frame, pixels: np.ndarray, record: GateRecord) -> None:
+    """The 2-D density, bin by bin on the log colour scale (empty bins blank), on the frame's blank pixels:
+    each pixel takes the colour of the bin its centre falls in."""
+    ex, ey = _edges(record)[:2]
+    h = _orient(record.density, ex, ey)
+    vmin, vmax = _log_limits(h)
+    codes = np.full((h.shape[1] + 1, h.shape[0] + 1), palette().white, dtype=np.uint8)  # (y, x); last: outside
+    filled = h.T > 0
+    codes[:-1, :-1][filled] = palette().density(
+        np.log(np.maximum(h.T[filled], vmin) / vmin) / (math.log(vmax / vmin) or 1.0))
+    image = codes[_bins(ey, frame.ys)][:, _bins(ex, frame.xs)]  # -1 (outside the bins) picks the last: blank
+    np.copyto(frame.box.view(pixels), image, where=frame.blank)
+
+
+def _paint_outline(frame: Frame, pixels: np.ndarray, geometry: Mapping[str, Any], ndim_drawn: int, colour: str,
+                   style: str, xlim: tuple[float, float], ylim: tuple[float, float]) -> list[str]:
+    """A gate's outline (see :func:`_outline_parts`) painted in ``colour``/``style``; returns its texts."""
+    index, width = palette().index(colour), GATE_LINE_PT * frame.px_per_pt
+    dashes = _dashes(style, width)
+    texts = []
+    for part, value in _outline_parts(geometry, ndim_drawn, xlim, ylim):
+        if part == "vline":
+            frame.vline(pixels, value, index, GATE_LINE_PT, dashes)
+        elif part in ("polygon", "ellipse"):
+            points = value if part == "polygon" else _ellipse_points(*value)
+            stroke(pixels, frame.box, frame.to_pixels(points), index, width, closed=True, dashes=dashes)
+        else:
+            texts.append(value)
+    return texts
+
+
+def _paint_gate(frame: Frame, record: GateRecord, ndim: int, limits: Limits | None,
+                adjusted_reason: str | None) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """A gate's marks painted over a copy of its frame's pixels, and its texts with their colours: the caption
+    (count of parent), how the gate was set, a boolean gate's expression."""
+    pixels = frame.pixels.copy()
+    if ndim == 1:
+        _paint_bars(frame, pixels, np.asarray(record.density, dtype=float).reshape(-1), _edges(record)[0],
+                    palette().index(HISTOGRAM_GREY))
+    elif ndim == 2:
+        _paint_density(frame, pixels, record)
+    colour, style = _outline_style(record, adjusted_reason)
+    xlim, ylim = limits or ((0.0, 1.0), (0.0, 1.0))
+    expressions = []
+    for shape in _outlined_shapes(record, ndim):
+        expressions += _paint_outline(frame, pixels, shape, ndim, colour, style, xlim, ylim)
+    note, note_colour = method_note(record, adjusted_reason)
+    text_colour = ADJUSTED_TEXT_COLOUR if colour == ADJUSTED_COLOUR else colour
+    texts = [(gate_caption(record), ""), (note, _text_colour(note_colour)),
+             *((e, text_colour) for e in expressions)]
+    return pixels, texts
+
+
+def _text_colour(colour: str) -> str:
+    """A caption's colour as ``#rrggbb`` (ADJUSTED_COLOUR, too faint as text, as ADJUSTED_TEXT_COLOUR)."""
+    from matplotlib.colors import to_hex
+
+    return ADJUSTED_TEXT_COLOUR if colour == ADJUSTED_COLOUR else to_hex(colour)
+
+
+def _activation_key(ax: Axes, marker: str, xlim: tuple[float, float] | None, cofactor: float, population: str,
+                    parts: tuple[bool, bool, bool]) -> None:
+    """The frame of a painted activation histogram: axes, and a legend naming what ``parts`` says is drawn
+    (this tube, the negative control, the threshold); their numbers are the plot's texts."""
+    if xlim is None:
+        ax.set_title(f"{marker} on {population}", fontsize=TITLE_PT, loc="left", fontweight="bold", y=1.0, pad=3)
+        _message(ax, f"no {population}")
+        return
+    _activation_frame(ax, marker, xlim, cofactor, population)
+    proxies = [patches.Patch(color=ACTIVATION_FILL, label="this tube"),
+               patches.Patch(fill=False, edgecolor=NEGATIVE_TRACE, linewidth=TRACE_LINE_PT, label="negative control"),
+               Line2D([], [], color=GATE_COLOUR, linewidth=THRESHOLD_LINE_PT, label="threshold")]
+    handles = [p for p, shown in zip(proxies, parts) if shown]
+    if handles:
+        ax.legend(handles=handles, fontsize=LEGEND_PT, loc="upper right", frameon=True, framealpha=0.85,
+                  edgecolor="none", handlelength=1.2)
+
+
+def _paint_activation(frame: Frame, values: np.ndarray, neg: np.ndarray | None, threshold: float | None,
+                      marker: str, xlim: tuple[float, float], cofactor: float, bins: int,
+                      pcts: tuple[float | None, float | None], population: str
+                      ) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """The tube's histogram (filled), the negative control's (outline) and the threshold painted over a copy of
+    the frame's pixels, and the texts: each histogram's % above the threshold, the threshold, what is missing."""
+    pixels = frame.pixels.copy()
+    edges, hists = _activation_histograms(values, neg, xlim, cofactor, bins, pcts)
+    for name, _, h, _ in hists:
+        if name == "this tube":
+            _paint_bars(frame, pixels, h, edges, palette().index(ACTIVATION_FILL))
+        else:
+            outline = np.column_stack([np.repeat(edges, 2), np.concatenate([[0.0], np.repeat(h, 2), [0.0]])])
+            stroke(pixels, frame.box, frame.to_pixels(outline), palette().index(NEGATIVE_TRACE),
+                   TRACE_LINE_PT * frame.px_per_pt)
+    labels, threshold_label = _activation_labels(hists, threshold, marker)
+    texts = [(label, "") for label in labels]
+    if threshold_label is not None:
+        assert threshold is not None
+        frame.vline(pixels, threshold, palette().index(GATE_COLOUR), THRESHOLD_LINE_PT)
+        texts.append((threshold_label, ""))
+    if not values.size:
+        texts.append((f"no {population} in this tube", ""))
+    if threshold_label is None:
+        texts.append(("no threshold available", GATE_COLOUR))
+    return pixels, texts
 
 
 class PngRenderer:
     """Draws small figures and returns them as PNG bytes (Agg, fixed layout, no tight_layout).
 
-    At plate scale the cost is axes, ticks and text, not pixels. Gate plots of the same gate with the
-    same bins and labels share everything but their density, outline and captions, so the shared part
-    (frame, ticks, labels, name) is drawn once and kept as a background; each tube then paints its
-    density straight into a copy of those pixels (:func:`paint_density`) and draws only its outline and
-    captions over it (matplotlib's blitting, with artists not added to the axes). Other plots are drawn
-    whole.
+    At plate scale the cost is axes, ticks and text, not pixels. The per-tube plots (:meth:`gate`,
+    :meth:`activation`) are therefore painted: what they share across tubes (axes, ticks, labels, name, the
+    activation plot's legend) is drawn once per frame by matplotlib and kept in palette pixels
+    (:class:`Frame`); each tube's density, bars and outlines are painted with numpy into a copy of those pixels
+    (:mod:`._paint`) and written as a palette PNG, ~3 ms each. Their per-tube words (counts, method,
+    percentages) are the Png's ``texts``, shown beside the image by the HTML and the PDF. Other plots
+    (:meth:`render`: dose-response curves) are drawn whole with matplotlib.
     """
 
     def __init__(self, *, size: tuple[float, float] = PLOT_SIZE, dpi: int = PLOT_DPI,
@@ -677,7 +854,7 @@ class PngRenderer:
         self.dpi = dpi
         self.margins = dict(left=0.2, right=0.97, bottom=0.15, top=0.91)
         self.max_frames = max_frames
-        self._frames: dict[tuple[Any, ...], tuple[Figure, Any, Axes, Any, dict[str, Any]]] = {}
+        self._frames: dict[tuple[Any, ...], Frame] = {}
 
     def _encode(self, rgba: np.ndarray) -> bytes:
         return encode_png(rgba)
@@ -696,80 +873,53 @@ class PngRenderer:
         fig.subplots_adjust(**(margins or self.margins))
         canvas.draw()
         rgba = np.asarray(canvas.buffer_rgba())
-        legend = ax.get_legend()
-        return Png(kind, title, self._encode(rgba), rgba.shape[1], rgba.shape[0],
-                   _printed([*ax.texts, *([legend] if legend is not None else [])]))
+        return Png(kind, title, self._encode(rgba), rgba.shape[1], rgba.shape[0])
 
-    @literal_text()
-    def _blit(self, kind: str, title: str, key: tuple[Any, ...], frame: Any, marks: Any,
-              paint: Any = None) -> Png:
-        """Draw ``marks(ax) -> artists`` over the cached background drawn by ``frame(ax)`` for ``key``,
-        after ``paint(rgba, ax, frame_state)`` (if given) has written into the restored pixels."""
+    def frame(self, key: tuple[Any, ...], draw: Any) -> Frame:
+        """The frame drawn by ``draw(ax)`` for ``key``, drawn on first use and kept (the oldest of more than
+        ``max_frames`` is dropped)."""
         cached = self._frames.get(key)
         if cached is None:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-            fig = Figure(figsize=self.size, dpi=self.dpi)
-            canvas = FigureCanvasAgg(fig)
-            ax = fig.add_subplot()
-            frame(ax)
-            fig.subplots_adjust(**self.margins)
-            canvas.draw()
-            cached = (fig, canvas, ax, canvas.copy_from_bbox(fig.bbox), {})
+            cached = _draw_frame(draw, self.size, self.dpi, self.margins)
             if len(self._frames) >= self.max_frames:
                 self._frames.pop(next(iter(self._frames)))
             self._frames[key] = cached
-        fig, canvas, ax, background, state = cached
-        canvas.restore_region(background)
-        if paint is not None:
-            paint(np.asarray(canvas.buffer_rgba()), ax, state)
-        before = set(ax.get_children())
-        artists = marks(ax)
-        added = [a for a in ax.get_children() if a not in before]  # detached artists need no removal
-        try:
-            renderer = canvas.get_renderer()
-            for artist in sorted(artists, key=lambda a: a.get_zorder()):
-                artist.draw(renderer)
-            rgba = np.asarray(canvas.buffer_rgba())
-            data = self._encode(rgba)
-        finally:
-            for artist in added:
-                artist.remove()
-        return Png(kind, title, data, rgba.shape[1], rgba.shape[0], _printed(artists))
+        return cached
+
+    @staticmethod
+    def _png(kind: str, title: str, pixels: np.ndarray, texts: Sequence[tuple[str, str]]) -> Png:
+        shown = [(visible(t, MULTILINE_UNSAFE), c) for t, c in texts if t]
+        return Png(kind, title, encode_palette_png(pixels, palette().rgb), pixels.shape[1], pixels.shape[0],
+                   tuple(t for t, _ in shown), tuple(c for _, c in shown))
 
     def gate(self, record: GateRecord, *, adjusted_reason: str | None = None,
              limits: Limits | None = None) -> Png:
-        """One gate plot. Over ``limits`` shared by the run (or its own bins, for a 2-D gate), the frame
-        is drawn once and reused by every tube with the same frame; otherwise the plot is drawn whole."""
+        """One gate plot, painted over its frame: ``limits`` shared by the run (or the gate's own), with the
+        same frame for every tube of the run."""
         ndim = _ndim(record)
-        if ndim == 0 or (limits is None and ndim == 1):
-            return self.render("gate", record.name,
-                               lambda ax: draw_gate(record, ax, adjusted_reason=adjusted_reason))
-        lims = limits or _own_limits(record)
-        key = ("gate", *frame_key(record), lims)
-        return self._blit("gate", record.name, key, lambda ax: _gate_frame(record, ax, lims),
-                          lambda ax: _gate_marks(record, ax, ndim, adjusted_reason, painted=True),
-                          lambda rgba, ax, state: paint_density(rgba, ax, record, ndim, state))
+        lims = (limits or _own_limits(record)) if ndim else None
+        frame = self.frame(("gate", *frame_key(record), lims), lambda ax: _gate_frame(record, ax, lims))
+        pixels, texts = _paint_gate(frame, record, ndim, lims, adjusted_reason)
+        return self._png("gate", record.name, pixels, texts)
 
     def activation(self, values: np.ndarray, negative_values: np.ndarray | None, threshold: float | None, *,
                    marker: str = "CD63", xlim: tuple[float, float] | None = None,
                    cofactor: float = ASINH_COFACTOR, bins: int = 80, pct: float | None = None,
                    negative_pct: float | None = None, population: str = "basophils") -> Png:
-        """The activation histogram (see :func:`draw_activation`); with a run-wide ``xlim`` its frame is
-        drawn once for every tube."""
+        """The activation histogram (as :func:`draw_activation` draws it), painted over its frame; the legend
+        names its parts and the texts give their numbers. With a run-wide ``xlim`` every tube shares the frame."""
         values = np.asarray(values, dtype=float)
         neg = None if negative_values is None else np.asarray(negative_values, dtype=float)
-        if xlim is None:
-            return self.render("activation", marker,
-                               lambda ax: draw_activation(values, neg, threshold, ax, marker=marker,
-                                                          cofactor=cofactor, bins=bins, pct=pct,
-                                                          negative_pct=negative_pct, population=population))
-        key = ("activation", marker, float(xlim[0]), float(xlim[1]), cofactor, population)
-        return self._blit("activation", marker, key,
-                          lambda ax: _activation_frame(ax, marker, xlim, cofactor, population),
-                          lambda ax: _activation_marks(ax, values, neg, threshold, marker, xlim, cofactor,
-                                                       bins, detached=True, pcts=(pct, negative_pct),
-                                                       population=population))
+        xlim = xlim or activation_range([values, neg], [threshold], cofactor=cofactor)
+        parts = (bool(values.size), neg is not None and bool(neg.size), _has_threshold(threshold))
+        lims = None if xlim is None else (float(xlim[0]), float(xlim[1]))
+        frame = self.frame(("activation", marker, lims, cofactor, population, parts),
+                           lambda ax: _activation_key(ax, marker, lims, cofactor, population, parts))
+        if lims is None:
+            return self._png("activation", marker, frame.pixels.copy(), [])
+        pixels, texts = _paint_activation(frame, values, neg, threshold, marker, lims, cofactor, bins,
+                                          (pct, negative_pct), population)
+        return self._png("activation", marker, pixels, texts)
 
     def tube(self, result: TubeResult, *, negative_values: np.ndarray | None, threshold: float | None,
              marker: str = "CD63", adjusted: Mapping[str, str] | None = None,

@@ -1,0 +1,362 @@
+"""Per-tube plots painted into palette pixels (bat_analysis.report._paint, PngRenderer.gate / .activation).
+
+The painted pixels are checked against matplotlib itself: a reference axes drawn as the renderer draws its frame
+gives the data transform, and each bin centre, outline vertex or threshold must land where that transform puts it.
+The PNGs are decoded with Pillow; the words that left the pixels (Png.texts) are checked in the HTML."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bat_analysis.records import GateRecord, Tube, TubeResult
+from bat_analysis.report._paint import Box, encode_palette_png, stroke
+from bat_analysis.report.plots import (ACTIVATION_FILL, ADJUSTED_COLOUR, ADJUSTED_TEXT_COLOUR, GATE_COLOUR,
+                                       NEGATIVE_TRACE, PngRenderer, _activation_frame, _gate_frame, palette)
+
+XE = np.linspace(0.0, 2.0, 21)  # 20 x 16 bins
+YE = np.linspace(-1.0, 1.0, 17)
+LIMITS = ((-0.4, 2.3), (-1.3, 1.1))  # run-wide limits wider than this tube's bins
+SQUARE = [[0.3, -0.6], [1.6, -0.5], [1.5, 0.7], [0.4, 0.6]]
+
+
+def _record(geometry: dict[str, Any], *, method: str = "estimator", density: np.ndarray | None = None,
+            diagnostics: dict[str, Any] | None = None) -> GateRecord:
+    if density is None:
+        rng = np.random.default_rng(5)
+        density = rng.permutation(np.arange(1, 20 * 16 + 1)).reshape(20, 16).astype(float) * 3
+        density[rng.random(density.shape) < 0.2] = 0  # empty bins stay blank
+    geometry = {"dims": ["FSC-A", "SSC-A"], "transforms": [None, None], **geometry}
+    return GateRecord("cells", None, ("FSC-A", "SSC-A"), geometry, 900, 1000, method, diagnostics or {},
+                      density, (XE, YE))
+
+
+def _reference_axes(renderer: PngRenderer, draw: Any) -> Any:
+    """Axes drawn as the renderer draws a frame (same size, dpi, margins): its transData is matplotlib's word
+    on where each data point goes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=renderer.size, dpi=renderer.dpi)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    draw(ax)
+    fig.subplots_adjust(**renderer.margins)
+    canvas.draw()
+    return ax
+
+
+def _pixel(ax: Any, points: Any) -> np.ndarray:
+    """Buffer (row, column) of data points by matplotlib's transform (rows from the top)."""
+    display = ax.transData.transform(np.asarray(points, dtype=float).reshape(-1, 2))
+    height = ax.figure.bbox.height
+    return np.column_stack([np.floor(height - display[:, 1]), np.floor(display[:, 0])]).astype(int)
+
+
+def _indices(png: Any) -> np.ndarray:
+    with Image.open(io.BytesIO(png.data)) as img:
+        assert img.mode == "P"
+        return np.asarray(img)
+
+
+def _rgb(png: Any) -> np.ndarray:
+    with Image.open(io.BytesIO(png.data)) as img:
+        return np.asarray(img.convert("RGB"), dtype=int)
+
+
+def _colour(name: str) -> np.ndarray:
+    return palette().rgb[palette().index(name)].astype(int)
+
+
+# ------------------------------------------------------------------------------------------------ density
+def test_each_bin_is_painted_where_matplotlib_puts_it_in_its_log_colour() -> None:
+    record = _record({})  # no outline: every bin centre is visible
+    renderer = PngRenderer()
+    png = renderer.gate(record, limits=LIMITS)
+    ax = _reference_axes(renderer, lambda a: _gate_frame(record, a, LIMITS))
+    centres = np.array([[(XE[i] + XE[i + 1]) / 2, (YE[j] + YE[j + 1]) / 2] for i in range(20) for j in range(16)])
+    rows, cols = _pixel(ax, centres).T
+    h = record.density.reshape(-1)
+    t = np.log(np.maximum(h, 1.0)) / np.log(h.max())
+    expected = np.where(h > 0, palette().density(t), palette().white)
+    assert np.array_equal(_indices(png)[rows, cols], expected)
+
+    # and the colours are matplotlib's own image of the density (up to the palette's steps)
+    from bat_analysis.report.plots import _density_image
+
+    reference = renderer.render("gate", "cells", lambda a: (_gate_frame(record, a, LIMITS),
+                                                            _density_image(a, record.density, XE, YE)))
+    assert np.abs(_rgb(png)[rows, cols] - _rgb(reference)[rows, cols]).max() <= 4
+
+
+def test_a_1d_histogram_is_grey_bars_up_to_each_bins_height() -> None:
+    density = np.array([5.0, 20.0, 0.0, 35.0, 10.0])
+    edges = (np.linspace(0.0, 100.0, 6),)
+    record = GateRecord("acquisition_qc", None, ("Time",), {"type": "range", "dims": ["Time"], "mins": [None],
+                                                              "maxs": [None]}, 70, 70, "fixed", {}, density, edges)
+    limits = ((0.0, 100.0), (0.0, 40.0))
+    renderer = PngRenderer()
+    png = _rgb(renderer.gate(record, limits=limits))
+    ax = _reference_axes(renderer, lambda a: _gate_frame(record, a, limits))
+    grey = _colour("0.55")
+    for i, top in enumerate(density):
+        x = (edges[0][i] + edges[0][i + 1]) / 2
+        (r_top, c), (r_base, _) = _pixel(ax, [[x, top], [x, 0.0]])
+        below = png[r_top + 2:r_base - 1, c]  # a pixel off either end: the bar's edge and the spine
+        assert np.all(below == grey), i
+        assert not np.any(np.all(png[:r_top - 1, c] == grey, axis=-1)), i  # nothing above the bar's top
+
+
+# ----------------------------------------------------------------------------------------------- outlines
+def _on_outline(png: np.ndarray, rc: np.ndarray, colour: np.ndarray, radius: int = 1) -> bool:
+    r, c = rc
+    window = png[r - radius:r + radius + 1, c - radius:c + radius + 1]
+    return bool(np.any(np.all(window == colour, axis=-1)))
+
+
+def test_polygon_vertices_and_edges_land_where_matplotlib_maps_them() -> None:
+    record = _record({"type": "polygon", "vertices": SQUARE}, density=np.zeros((20, 16)))
+    renderer = PngRenderer()
+    png = _rgb(renderer.gate(record, limits=LIMITS))
+    ax = _reference_axes(renderer, lambda a: _gate_frame(record, a, LIMITS))
+    red = _colour(GATE_COLOUR)
+    vertices = np.asarray(SQUARE)
+    for rc in _pixel(ax, vertices):
+        assert _on_outline(png, rc, red), rc
+    midpoints = (vertices + np.roll(vertices, -1, axis=0)) / 2
+    for rc in _pixel(ax, midpoints):  # the stroke is centred on the edge: its red pixels' centroid is there
+        r, c = rc
+        window = np.all(png[r - 6:r + 7, c - 6:c + 7] == red, axis=-1)
+        centroid = np.argwhere(window).mean(axis=0) - 6
+        assert np.hypot(*centroid) <= 1.0, (rc, centroid)
+    r, c = _pixel(ax, midpoints[1:2])[0]  # a near-vertical edge: its width along a row
+    width = np.all(png[r, c - 10:c + 11] == red, axis=-1).sum()
+    assert 4 <= width <= 6  # 1.6 pt at 225 dpi: 5 px
+
+
+def test_ellipse_and_1d_lines_land_where_matplotlib_maps_them() -> None:
+    mean, cov, d2 = np.array([1.0, 0.0]), np.array([[0.04, 0.01], [0.01, 0.06]]), 4.0
+    record = _record({"type": "ellipsoid", "mean": mean.tolist(), "covariance": cov.tolist(), "distance_square": d2},
+                     density=np.zeros((20, 16)))
+    renderer = PngRenderer()
+    png = _rgb(renderer.gate(record, limits=LIMITS))
+    ax = _reference_axes(renderer, lambda a: _gate_frame(record, a, LIMITS))
+    angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    circle = np.column_stack([np.cos(angles), np.sin(angles)])
+    boundary = mean + circle @ np.linalg.cholesky(cov * d2).T  # Mahalanobis distance² == d2
+    assert all(_on_outline(png, rc, _colour(GATE_COLOUR)) for rc in _pixel(ax, boundary))
+
+    density = np.full(10, 3.0)
+    time = GateRecord("acquisition_qc", None, ("Time",), {"type": "range", "dims": ["Time"], "mins": [12.5],
+                                                          "maxs": [80.0]}, 70, 70, "fixed", {}, density,
+                      (np.linspace(0.0, 100.0, 11),))
+    limits = ((0.0, 100.0), (0.0, 5.0))
+    png = _rgb(renderer.gate(time, limits=limits))
+    ax = _reference_axes(renderer, lambda a: _gate_frame(time, a, limits))
+    for x in (12.5, 80.0):
+        for y in (0.5, 2.5, 4.5):  # the whole height
+            assert _on_outline(png, _pixel(ax, [[x, y]])[0], _colour(GATE_COLOUR)), (x, y)
+
+
+def _edge_colours(png: np.ndarray, ax: Any, a: Any, b: Any) -> np.ndarray:
+    """The colour at each pixel along the line from data point ``a`` to ``b``."""
+    ends = _pixel(ax, [a, b]).astype(float)
+    n = int(np.abs(ends[1] - ends[0]).max())
+    t = np.linspace(0.1, 0.9, int(n * 0.8))
+    rc = np.round(ends[0] + t[:, None] * (ends[1] - ends[0])).astype(int)
+    return png[rc[:, 0], rc[:, 1]]
+
+
+def test_manual_outlines_are_orange_dashed_and_automated_red_solid() -> None:
+    renderer = PngRenderer()
+    auto = _record({"type": "polygon", "vertices": SQUARE}, density=np.zeros((20, 16)))
+    manual = _record({"type": "polygon", "vertices": SQUARE}, method="override", density=np.zeros((20, 16)))
+    ax = _reference_axes(renderer, lambda a: _gate_frame(auto, a, LIMITS))
+    red, orange = _colour(GATE_COLOUR), _colour(ADJUSTED_COLOUR)
+    along = _edge_colours(_rgb(renderer.gate(auto, limits=LIMITS)), ax, SQUARE[0], SQUARE[1])
+    assert np.all(np.all(along == red, axis=-1))
+    for png in (renderer.gate(manual, limits=LIMITS), renderer.gate(auto, limits=LIMITS, adjusted_reason="moved")):
+        along = np.all(_edge_colours(_rgb(png), ax, SQUARE[0], SQUARE[1]) == orange, axis=-1)
+        assert 0.5 < along.mean() < 0.85  # dashes: 3.7 on, 1.6 off per point of width
+        assert np.count_nonzero(np.diff(along.astype(int)) == 1) >= 3  # several dashes
+        assert not np.any(np.all(_rgb(png) == red, axis=-1))
+
+
+def test_outlines_are_clipped_to_the_axes_and_survive_hostile_geometry() -> None:
+    renderer = PngRenderer()
+    frame_only = _indices(renderer.gate(_record({}, density=np.zeros((20, 16))), limits=LIMITS))
+    for vertices in ([[-1e300, -1e300], [1e300, 0.0], [0.5, 1e300]],
+                     [[0.2, 0.2], [np.inf, 0.5], [np.nan, 0.1], [1.0, -0.5]],
+                     [[0.5, 0.5]], [[-5.0, -5.0], [5.0, -5.0], [5.0, 5.0], [-5.0, 5.0]]):
+        png = renderer.gate(_record({"type": "polygon", "vertices": vertices}, density=np.zeros((20, 16))),
+                            limits=LIMITS)
+        changed = np.argwhere(_indices(png) != frame_only)
+        box = next(f for k, f in renderer._frames.items() if k[0] == "gate").box
+        assert np.all((changed[:, 0] >= box.r0) & (changed[:, 0] < box.r1)
+                      & (changed[:, 1] >= box.c0) & (changed[:, 1] < box.c1)), vertices
+
+
+def test_stroke_paints_only_inside_its_box_and_spares_kept_pixels() -> None:
+    pixels = np.zeros((60, 80), dtype=np.uint8)
+    keep = np.zeros((40, 60), dtype=bool)
+    keep[:10, :10] = True
+    box = Box(10, 50, 10, 70, keep)
+    stroke(pixels, box, np.array([[0.0, 0.0], [80.0, 60.0], [0.0, 60.0]]), 7, 5.0, closed=True)
+    painted = pixels == 7
+    assert painted.any() and not painted[:10].any() and not painted[50:].any()
+    assert not painted[:, :10].any() and not painted[:, 70:].any() and not painted[10:20, 10:20].any()
+
+
+# ------------------------------------------------------------------------------------------ activation plot
+def test_activation_bars_trace_and_threshold_land_where_matplotlib_maps_them() -> None:
+    rng = np.random.default_rng(2)
+    values = np.concatenate([rng.lognormal(5, 0.5, 700), rng.lognormal(8, 0.4, 300)])
+    neg = rng.lognormal(5, 0.5, 900)
+    xlim, threshold = (-200.0, 20000.0), 600.0
+    renderer = PngRenderer()
+    png = renderer.activation(values, neg, threshold, xlim=xlim, pct=31.0, negative_pct=1.5)
+    ax = _reference_axes(renderer, lambda a: _activation_frame(a, "CD63", xlim, 150.0))
+    rgb = _rgb(png)
+    for y in (10.0, 60.0, 125.0):
+        assert _on_outline(rgb, _pixel(ax, [[threshold, y]])[0], _colour(GATE_COLOUR), radius=2), y
+    edges_t = np.linspace(np.arcsinh(xlim[0] / 150), np.arcsinh(xlim[1] / 150), 81)
+    h, _ = np.histogram(np.arcsinh(values / 150), edges_t)
+    h = 100.0 * h / h.max()
+    mode = int(h.argmax())
+    x = float(np.sinh((edges_t[mode] + edges_t[mode + 1]) / 2) * 150)
+    (top, c), = _pixel(ax, [[x, 100.0]])
+    column = np.all(rgb[:, c] == _colour(ACTIVATION_FILL), axis=-1)
+    assert abs(int(np.argmax(column)) - top) <= 1  # the mode's bar reaches 100% of mode
+    assert np.any(np.all(rgb == _colour(NEGATIVE_TRACE), axis=-1))
+    assert png.texts == ("this tube: 31.0% CD63+ (n=1000)", "negative control: 1.5% CD63+ (n=900)",
+                         "threshold 600")
+
+
+def test_activation_without_threshold_or_cells_says_so_in_its_texts() -> None:
+    renderer = PngRenderer()
+    png = renderer.activation(np.array([1.0, 2.0, 300.0]), None, float("nan"), xlim=(-10.0, 1000.0))
+    assert png.texts == ("this tube", "no threshold available")
+    assert png.text_colours == ("", GATE_COLOUR)
+    empty = renderer.activation(np.empty(0), None, 100.0, xlim=(-10.0, 1000.0), population="T cells")
+    assert empty.texts == ("threshold 100", "no T cells in this tube")
+    nothing = renderer.activation(np.empty(0), None, None, population="T cells")
+    assert nothing.texts == () and _indices(nothing).shape == (675, 810)
+
+
+# ------------------------------------------------------------------------------------- PNG and the texts
+def test_palette_png_decodes_with_pillow_to_the_painted_pixels() -> None:
+    rng = np.random.default_rng(1)
+    indices = rng.integers(0, 256, size=(37, 53), dtype=np.uint8)
+    indices[5:20] = indices[4]  # repeated rows (the Up filter's zeros)
+    colours = rng.integers(0, 256, size=(256, 3), dtype=np.uint8)
+    data = encode_palette_png(indices, colours)
+    with Image.open(io.BytesIO(data)) as img:
+        img.verify()  # chunk CRCs
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.mode == "P" and img.size == (53, 37)
+        assert np.array_equal(np.asarray(img), indices)
+        assert np.array_equal(np.asarray(img.getpalette(), dtype=np.uint8).reshape(-1, 3)[:256], colours)
+        assert np.array_equal(np.asarray(img.convert("RGB")), colours[indices])
+
+    record = _record({"type": "polygon", "vertices": SQUARE})
+    png = PngRenderer().gate(record, limits=LIMITS)
+    assert (png.width, png.height) == (810, 675) and _indices(png).max() < len(palette().rgb)
+
+
+def test_gate_words_are_texts_not_pixels() -> None:
+    """Two tubes with different counts and methods: identical pixels outside the axes (the caption is not
+    drawn), their words in Png.texts, the manual note in its colour."""
+    renderer = PngRenderer()
+    auto = _record({"type": "polygon", "vertices": SQUARE})
+    manual = _record({"type": "polygon", "vertices": SQUARE}, method="override",
+                     diagnostics={"reviewer": "A. Reviewer", "reason": "eosinophils inside"})
+    manual.count, manual.parent_count = 123, 4567
+    a, b = renderer.gate(auto, limits=LIMITS), renderer.gate(manual, limits=LIMITS)
+    frame = next(f for k, f in renderer._frames.items() if k[0] == "gate")
+    outside = np.ones(_indices(a).shape, dtype=bool)
+    outside[frame.box.r0:frame.box.r1, frame.box.c0:frame.box.c1] = False
+    assert np.array_equal(_indices(a)[outside], _indices(b)[outside])
+    assert a.texts == ("900 of 1\u2009000 (90.0%)", "estimator") and a.text_colours == ("", "#404040")
+    assert b.texts == ("123 of 4\u2009567 (2.7%)", "manually adjusted: A. Reviewer — eosinophils inside")
+    assert b.text_colours == ("", ADJUSTED_TEXT_COLOUR)
+    boolean = GateRecord("not_debris", None, (), {"type": "boolean", "op": "and",
+                                                  "operands": [["cells", False], ["debris", True]]},
+                         5, 10, "fixed", {}, None, None)
+    png = renderer.gate(boolean)
+    assert png.texts[-1] == "cells AND NOT debris" and png.text_colours[-1] == GATE_COLOUR
+
+
+HOSTILE = "<script>alert(1)</script> \x1b[31m $\\frac{a}{b}$ \u202eevil & co"
+
+
+def test_hostile_caption_text_is_escaped_in_the_html() -> None:
+    from bat_analysis.report._html import _tube_section, img_tag, plot_figure
+    from bat_analysis.report._views import TubeView
+    from bat_analysis.report.plots import Png
+
+    record = _record({"type": "polygon", "vertices": SQUARE}, method="override",
+                     diagnostics={"reviewer": "$R$", "reason": HOSTILE})
+    png = PngRenderer().gate(record, limits=LIMITS)
+    assert "\x1b" not in "".join(png.texts) and "\u202e" not in "".join(png.texts)  # shown as escapes
+    html = plot_figure(png, img_tag(png))
+    assert "<script>" not in html and "\x1b" not in html and "\u202e" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "\\x1b[31m" in html and "\\u202eevil &amp; co" in html
+    assert "$\\frac{a}{b}$" in html and f'style="color:{ADJUSTED_TEXT_COLOUR}"' in html
+
+    forged = Png("gate", "x", png.data, 10, 10, ("a", "b"), ('red;background:url(javascript:x)', '"><b>'))
+    html = plot_figure(forged, "")
+    assert "url(" not in html and "<b>" not in html and html.count("<span") == 2
+
+    tube = TubeResult(Tube("t<1>.fcs", "P", "allergen", "none"), 10, 5, {}, {}, [record], [])
+    view = TubeView(tube, 0)
+    view.images = [png]
+    section = _tube_section(view) + _tube_section(view, files=True)
+    assert "<script>" not in section and section.count("<figcaption>") == 2
+    assert section.count("manually adjusted: $R$ — &lt;script&gt;") == 2
+
+
+@pytest.mark.parametrize("files", [False, True])
+def test_each_plot_is_a_figure_with_its_words_under_it(files: bool) -> None:
+    from html.parser import HTMLParser
+
+    from bat_analysis.report._html import _tube_section
+    from bat_analysis.report._views import TubeView
+
+    import test_report
+
+    result = test_report.make_results(1)[4]
+    view = TubeView(result, 0)
+    view.images = PngRenderer().tube(result, negative_values=None, threshold=300.0)
+
+    class Figures(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.figures: list[list[str]] = []
+            self.imgs = 0
+            self._in = False
+
+        def handle_starttag(self, tag: str, attrs: Any) -> None:
+            if tag == "figure":
+                self.figures.append([])
+            elif tag == "img":
+                self.imgs += 1
+            elif tag == "span" and self.figures:
+                self._in = True
+                self.figures[-1].append("")
+
+        def handle_endtag(self, tag: str) -> None:
+            self._in = self._in and tag != "span"
+
+        def handle_data(self, data: str) -> None:
+            if self._in:
+                self.figures[-1][-1] += data
+
+    parser = Figures()
+    parser.feed(_tube_section(view, files=files))
+    assert parser.imgs == len(view.images) == len(parser.figures)
+    assert parser.figures == [list(p.texts) for p in view.images]
+    assert parser.figures[2][0].endswith("%)") and parser.figures[-1][0].startswith("this tube: ")
