@@ -280,7 +280,7 @@ def test_gate_words_are_texts_not_pixels() -> None:
     outside = np.ones(_indices(a).shape, dtype=bool)
     outside[frame.box.r0:frame.box.r1, frame.box.c0:frame.box.c1] = False
     assert np.array_equal(_indices(a)[outside], _indices(b)[outside])
-    assert a.texts == ("900 of 1\u2009000 (90.0%)", "estimator") and a.text_colours == ("", "#404040")
+    assert a.texts == ("900 of 1\u2009000 (90.0%)", "estimator") and a.text_colours == ("", "")
     assert b.texts == ("123 of 4\u2009567 (2.7%)", "manually adjusted: A. Reviewer — eosinophils inside")
     assert b.text_colours == ("", ADJUSTED_TEXT_COLOUR)
     boolean = GateRecord("not_debris", None, (), {"type": "boolean", "op": "and",
@@ -306,6 +306,11 @@ def test_hostile_caption_text_is_escaped_in_the_html() -> None:
     assert "<script>" not in html and "\x1b" not in html and "\u202e" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "\\x1b[31m" in html and "\\u202eevil &amp; co" in html
     assert "$\\frac{a}{b}$" in html and f'style="color:{ADJUSTED_TEXT_COLOUR}"' in html
+
+    from dataclasses import replace
+
+    named = replace(record, name="$\\notacommand{a}$ \x1b[2J", geometry=dict(record.geometry, dims=["$\\frac{$", "y"]))
+    assert PngRenderer().gate(named).data.startswith(b"\x89PNG")  # the frame's title and label drawn literally
 
     forged = Png("gate", "x", png.data, 10, 10, ("a", "b"), ('red;background:url(javascript:x)', '"><b>'))
     html = plot_figure(forged, "")

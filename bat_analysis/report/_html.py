@@ -11,6 +11,8 @@ drawn once on axes shared by its tubes, its HTML and its PDF (:mod:`._pdf`), in 
 then writes the gallery from every patient's plots. A patient's pages depend only on its own tubes and scores and
 the run's details, so a run renders each patient as soon as it is scored, while it gates the others
 (:class:`PatientRendering`).
+Each per-tube plot is a ``<figure>`` whose caption holds the words the plot carries beside its pixels
+(``Png.texts``: counts, how the gate was set, percentages; the manual-adjustment note in its colour).
 Every text from the inputs is HTML-escaped; file names derived from patient IDs and tube files are
 made by ``textsafe.safe_filename`` (valid and distinct whatever the ID).
 """

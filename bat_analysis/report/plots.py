@@ -2,12 +2,16 @@
 
 Everything is drawn from the small records the pipeline keeps (gate geometry, 2-D histograms, the
 basophils' marker values, fit results), never from all the events: a gate is an image of its parent's
-density (``GateRecord.density``) with the gate's outline on top. Drawing functions take a matplotlib
-``Axes``; :class:`PngRenderer` turns one tube's drawings into small PNGs quickly at plate scale.
+density (``GateRecord.density``) with the gate's outline on top. Drawing functions (``draw_*``) take a
+matplotlib ``Axes``. :class:`PngRenderer` makes the reports' PNGs: the per-tube plots (gates, activation
+histogram) are painted with numpy into palette pixels over a frame matplotlib draws once per frame key
+(:mod:`._paint`, ~2-3 ms a plot), and their per-tube words are ``Png.texts``, printed under the image by the
+HTML and the PDF; other plots (dose-response curves) are drawn whole by matplotlib.
 
 Text in the figures (gate, marker, allergen and file names, reviewers' reasons, units) comes from the inputs
 and is drawn literally: every drawing function here and the PDF writer run under :func:`literal_text`, so
 matplotlib never reads ``$...$`` as mathtext nor hands text to TeX (our own tick labels are plain text).
+Control characters in drawn text and in ``Png.texts`` are shown as escapes (``textsafe.visible``).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ ARM_COLOURS = {"none": "#1f77b4", "omalizumab": "#d62728"}
 ARM_LABELS = {"none": "no pretreatment", "omalizumab": "omalizumab"}
 DENSITY_CMAP = "viridis"
 HISTOGRAM_GREY = "0.55"
+NOTE_GREY = "0.25"  # how an automated gate was set, written in the plots drawn whole (plain text in captions)
 ASINH_COFACTOR = 150.0  # linear width of the arcsinh display scale (compensated linear units)
 ACTIVATION_FILL = "#9ecae1"  # the tube's activation histogram
 NEGATIVE_TRACE = "0.2"  # the negative control's histogram, an outline over it
@@ -395,7 +400,7 @@ def method_note(record: GateRecord, adjusted_reason: str | None = None) -> tuple
     text = "fallback geometry (estimate failed)" if record.method == "fallback" else record.method
     if record.geometry.get("keep") == "outside":
         text += ", keeps events outside"
-    return text, "0.25"
+    return text, NOTE_GREY
 
 
 _SUPERSCRIPT = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
@@ -778,7 +783,7 @@ def _paint_gate(frame: Frame, record: GateRecord, ndim: int, limits: Limits | No
         expressions += _paint_outline(frame, pixels, shape, ndim, colour, style, xlim, ylim)
     note, note_colour = method_note(record, adjusted_reason)
     text_colour = ADJUSTED_TEXT_COLOUR if colour == ADJUSTED_COLOUR else colour
-    texts = [(gate_caption(record), ""), (note, _text_colour(note_colour)),
+    texts = [(gate_caption(record), ""), (note, "" if note_colour == NOTE_GREY else _text_colour(note_colour)),
              *((e, text_colour) for e in expressions)]
     return pixels, texts
 
