@@ -2,9 +2,10 @@
 histogram), the per-tube cost of ``bat run``'s reports and review gallery.
 
 A patient is simulated (``bat_analysis.simulate``) and gated with the shipped template (``gate_tube``); the
-drawings of each allergen tube, against its negative control and a fixed threshold, on the run-wide axes the reports
-use (``shared_gate_limits``, ``activation_range``, as ``draw_tubes`` passes them), are then timed ``--repeats`` times
-after one warm-up; the CPU milliseconds per plot (this process's) are printed beside the wall-clock seconds. A
+drawings of each allergen tube, against its negative control and a fixed threshold, on the axes the reports give a
+patient's tubes (``shared_gate_limits``, ``activation_range``, as ``drawing_jobs`` passes them), are then timed
+``--repeats`` times after one warm-up; the CPU milliseconds per plot (this process's) are printed beside the
+wall-clock seconds. A
 regression to drawing every event, or to matplotlib per tube, shows as tens of milliseconds per plot (painted
 plots take ~2-3 ms; the bound printed is 5 s per tube).
 
@@ -58,7 +59,7 @@ def main() -> None:
     negative = next(r for r in results.values() if r.tube.condition == "negative_control")
     neg_values = marker_values(negative, "CD63")
     renderer = PngRenderer(dpi=args.dpi)
-    limits = shared_gate_limits(results.values())  # the run-wide axes draw_tubes gives every tube
+    limits = shared_gate_limits(results.values())  # the axes drawing_jobs gives the patient's tubes
     xlim = activation_range([marker_values(r, "CD63") for r in results.values()], [300.0])
     kw = dict(negative_values=neg_values, threshold=300.0, gate_limits=limits, xlim=xlim)
     print(f"{'tube':<34} {'basophils':>9} {'PNGs':>5} {'median s':>9} {'min s':>7} {'max s':>7} {'CPU ms/PNG':>10}")
