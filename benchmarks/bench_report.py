@@ -5,9 +5,8 @@ A patient is simulated (``bat_analysis.simulate``) and gated with the shipped te
 drawings of each allergen tube, against its negative control and a fixed threshold, on the axes the reports give a
 patient's tubes (``shared_gate_limits``, ``activation_range``, as ``drawing_jobs`` passes them), are then timed
 ``--repeats`` times after one warm-up; the CPU milliseconds per plot (this process's) are printed beside the
-wall-clock seconds. A
-regression to drawing every event, or to matplotlib per tube, shows as tens of milliseconds per plot (painted
-plots take ~2-3 ms; the bound printed is 5 s per tube).
+wall-clock seconds. A regression to drawing every event, or to matplotlib per tube, shows as tens of milliseconds
+per plot (painted plots take ~2-3 ms; the bound printed is 5 s per tube).
 
 With ``--patient``, the whole per-patient output instead: a simulated patient with both arms (14 tubes) is gated and
 scored, then ``render_reports`` writes its HTML report, its PDF and the review gallery in one process
