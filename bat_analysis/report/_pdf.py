@@ -81,7 +81,8 @@ class _Flow:
 
     def __init__(self, pdf: Any, footer: str) -> None:
         self.pdf = pdf
-        self.footer = visible(footer)
+        self.footer = _first_line(visible(footer), (A4[0] - 2 * MARGIN) * 72.0 - _text_width_pt(" — page 9999", 7.0),
+                                  7.0)
         self.open = False
         self.y = 0.0
         self.page = 0
@@ -125,10 +126,10 @@ class _Flow:
 
     def text(self, text: str, *, size: float = 8.0, weight: str = "normal", colour: str = "black",
              indent: float = 0.0) -> None:
-        """Text wrapped to the page's width (at spaces, ``_ . / -``, inside a word only when it must)."""
+        """Text wrapped to the page's width (at spaces; inside a word only when it alone is wider)."""
         bold = weight == "bold"
         room = (A4[0] - 2 * MARGIN - indent) * 72.0
-        lines = [line for para in str(text).split("\n") for line in _wrap(visible(para), room, size, bold)]
+        lines = [line for para in str(text).split("\n") for line in _wrap(visible(para), room, size, bold, _WORDS)]
         step = LINE * size / 8.0
         for line in lines:
             self.ensure(step)
@@ -232,12 +233,15 @@ def _text_width_pt(text: str, size: float, bold: bool = False) -> float:
     return float(pdf.get_string_width(text))
 
 
-_BREAK = re.compile(r"[^\s_./\-]*(?:[\s_./\-]+|$)")
+_BREAK = re.compile(r"[^\s_./\-]*(?:[\s_./\-]+|$)")  # table cells: a part and the separators after it
+_WORDS = re.compile(r"\S*(?:\s+|$)")  # running text: a word and the spaces after it
 
 
-def _wrap(text: str, room_pt: float, size: float, bold: bool = False) -> list[str]:
-    """``text`` as lines no wider than ``room_pt`` points: broken after spaces, ``_ . / -`` where possible,
-    inside a word only when the word alone is wider than the room. Line feeds in ``text`` are kept."""
+def _wrap(text: str, room_pt: float, size: float, bold: bool = False,
+          breaks: re.Pattern[str] = _BREAK) -> list[str]:
+    """``text`` as lines no wider than ``room_pt`` points: broken after the parts ``breaks`` finds (spaces,
+    ``_ . / -``) where possible, inside a part only when it alone is wider than the room. Line feeds in
+    ``text`` are kept."""
     out: list[str] = []
     cap = max(1, int(room_pt / (0.2 * size)) + 1)  # most characters a line can hold (no glyph is below 0.2 em)
     for para in text.split("\n"):
@@ -245,7 +249,7 @@ def _wrap(text: str, room_pt: float, size: float, bold: bool = False) -> list[st
             out.append(para)
             continue
         line = ""
-        for token in (t for t in _BREAK.findall(para) if t):
+        for token in (t for t in breaks.findall(para) if t):
             if _text_width_pt((line + token).rstrip(), size, bold) <= room_pt:
                 line += token
                 continue
@@ -262,6 +266,13 @@ def _wrap(text: str, room_pt: float, size: float, bold: bool = False) -> list[st
                 line = line[lo:]
         out.append(line.rstrip())
     return out or [""]
+
+
+def _first_line(text: str, room_pt: float, size: float) -> str:
+    """``text`` on one line: as it is when it fits, else its first wrapped line and "…" (a page footer)."""
+    if _text_width_pt(text, size) <= room_pt:
+        return text
+    return _wrap(text, room_pt - _text_width_pt("…", size), size)[0] + "…"
 
 
 @functools.cache
