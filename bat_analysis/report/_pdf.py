@@ -16,7 +16,7 @@ PLTE as an ``/Indexed /DeviceRGB`` lookup) PNG without transparency or colour pr
 IDAT data as the image stream (Flate with PNG predictors), never decoded nor compressed again
 (:func:`_png_image`, handed to fpdf2 through its image cache, ``FPDF.image_cache``). Any other PNG is given to
 fpdf2 as bytes, which decodes it with Pillow and encodes it again.
-The document is built in memory and written atomically (``atomic_write_bytes``).
+The document is built in memory and written atomically (``atomic_open``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import struct
 from pathlib import Path
 from typing import Any, Sequence
 
-from .._fileio import atomic_write_bytes
+from .._fileio import atomic_open
 from .._textsafe import visible
 from ._views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,
                      concentration_unit, flag_groups, fmt_value, present_columns, qc_rows, tube_table_note)
@@ -503,24 +503,28 @@ def _idat(png: bytes) -> bytes | None:
 
 
 def write_patient_pdf(path: Path, view: PatientView, run: RunView) -> Path:
-    """Write the patient's PDF (summary, tables, flags, audit trail, gating pages) atomically."""
+    """Write the patient's PDF (summary, tables, flags, audit trail, gating pages) atomically: laid out in
+    memory while the temporary file waits beside ``path`` (a failure of either is reported as one to write
+    ``path``, and leaves the previous file)."""
     title = visible(f"BAT report — patient {view.patient}")
-    pdf = _document(title)
-    flow = _Flow(pdf, title)
-    _summary(flow, view, run)
-    _tables(flow, view, run)
-    flow.new_page()
-    flow.text("Gating, tube by tube", size=11, weight="bold")
-    flow.text("Each plot is the parent population's density with the gate drawn on it (orange dashed: "
-              f"manually adjusted); the last plot of a tube is its {run.marker} histogram with the threshold "
-              "and the negative control overlaid. Under each plot, what its marks say (counts, methods, "
-              "percentages, legend).", size=7, colour="0.3")
-    flow.gap(0.1)
-    for tube in view.tubes:
-        if tube.images:
-            _tube_block(flow, tube)
-    flow.finish_page()
-    return atomic_write_bytes(path, bytes(pdf.output()))
+    with atomic_open(path, "wb") as fh:
+        pdf = _document(title)
+        flow = _Flow(pdf, title)
+        _summary(flow, view, run)
+        _tables(flow, view, run)
+        flow.new_page()
+        flow.text("Gating, tube by tube", size=11, weight="bold")
+        flow.text("Each plot is the parent population's density with the gate drawn on it (orange dashed: "
+                  f"manually adjusted); the last plot of a tube is its {run.marker} histogram with the threshold "
+                  "and the negative control overlaid. Under each plot, what its marks say (counts, methods, "
+                  "percentages, legend).", size=7, colour="0.3")
+        flow.gap(0.1)
+        for tube in view.tubes:
+            if tube.images:
+                _tube_block(flow, tube)
+        flow.finish_page()
+        fh.write(pdf.output())
+    return Path(path)
 
 
 __all__ = ["write_patient_pdf"]
