@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bat_analysis.analysis.score import score_experiment
 from test_report import RUN_INFO, make_experiment
 
 pdfplumber = pytest.importorskip("pdfplumber")
@@ -24,8 +25,6 @@ def _view(patient: str = "P01") -> tuple[Any, Any]:
     results, scores = make_experiment(1)
     if patient != "P01":
         results = [replace(r, tube=replace(r.tube, patient=patient)) for r in results]
-        from bat_analysis.analysis.score import score_experiment
-
         scores = score_experiment(results)
     run = RunView(dict(RUN_INFO))
     (view,) = patient_views(tube_views(results, scores, run), scores).values()
@@ -162,7 +161,7 @@ def test_only_8_bit_non_interlaced_rgb_or_palette_pngs_are_taken_as_they_are() -
     assert _idat(_with_header(rgb, interlace=1)) is None and _idat(_with_header(palette, depth=4)) is None
     assert _idat(_with_header(rgb, colour=6)) is None
     assert _idat(rgb[:40]) is None and _idat(b"GIF89a") is None  # truncated, not a PNG
-    no_palette = re.sub(rb"\x00\x00..PLTE.*?(?=\x00\x00..IDAT)", b"", palette, flags=re.S)
+    no_palette = re.sub(rb"\x00\x00..PLTE.*?(?=\x00\x00..IDAT)", b"", palette, flags=re.DOTALL)
     assert b"PLTE" not in no_palette and _idat(no_palette) is None
 
 
@@ -237,26 +236,22 @@ def test_text_is_written_as_it_is(tmp_path: Path) -> None:
                for n, lines in enumerate(pages, 1))
 
 
-def test_the_dose_response_curves_are_the_html_reports_images(tmp_path: Path) -> None:
-    from bat_analysis.report import render_reports
+def test_the_dose_response_curves_are_the_html_reports_images(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The summary page shows each allergen's curves as the PNG the HTML report shows (its own data)."""
+    from bat_analysis.report import _pdf, render_reports
     from bat_analysis.report._pdf import _idat
 
     results, scores = make_experiment(1)
     captured: list[Any] = []
-    from bat_analysis.report import _pdf
-
     real = _pdf.write_patient_pdf
 
     def keep(path: Path, view: Any, run: Any) -> Path:
         captured.append(view)
         return real(path, view, run)
 
-    mp = pytest.MonkeyPatch()
-    mp.setattr(_pdf, "write_patient_pdf", keep)
-    try:
-        paths = render_reports(tmp_path, results, scores, RUN_INFO, gallery=False, workers=1)
-    finally:
-        mp.undo()
+    monkeypatch.setattr(_pdf, "write_patient_pdf", keep)
+    paths = render_reports(tmp_path, results, scores, RUN_INFO, gallery=False, workers=1)
     (view,) = captured
     assert view.curves
     with pdfplumber.open(paths.pdf["P01"]) as pdf:

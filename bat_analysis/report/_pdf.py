@@ -81,13 +81,11 @@ class _Flow:
 
     def __init__(self, pdf: Any, footer: str) -> None:
         self.pdf = pdf
-        self.footer = _first_line(visible(footer), (A4[0] - 2 * MARGIN) * 72.0 - _text_width_pt(" — page 9999", 7.0),
-                                  7.0)
+        room = (A4[0] - 2 * MARGIN) * 72.0 - _text_width_pt(" — page 9999", 7.0)
+        self.footer = _first_line(visible(footer), room, 7.0)  # a long patient ID is cut here, not off the page
         self.open = False
         self.y = 0.0
         self.page = 0
-        self.embedded = 0  # PNGs written with their own data
-        self.decoded = 0  # PNGs fpdf2 decoded and encoded again
         self._style: tuple[bool, float] | None = None
         self._colour: str | None = None
 
@@ -209,13 +207,11 @@ class _Flow:
         info = _png_image(png.data)
         if info is None:
             source: Any = png.data
-            self.decoded += 1
         else:
             cache = self.pdf.image_cache.images
             source = f"\0bat-png-{len(cache) + 1}"  # a key no file can have: never read from disk
             info.update(i=len(cache) + 1, usages=0, iccp_i=None)
             cache[source] = info
-            self.embedded += 1
         self.pdf.image(source, x=left * 72.0, y=top * 72.0, w=width * 72.0, h=height * 72.0)
 
 
