@@ -217,8 +217,19 @@ class _Flow:
 
 @functools.cache
 def _measure() -> Any:
-    """A document used only to measure text with the fonts the reports embed."""
-    return _document("")
+    """A document used only to measure text with the fonts the reports embed (their advances are read when
+    the fonts are added: the font files are closed then)."""
+    pdf = _document("")
+    _close_fonts(pdf)
+    return pdf
+
+
+def _close_fonts(pdf: Any) -> None:
+    """Close the font files a document holds open (fpdf2 closes them itself once the document is output)."""
+    for font in pdf.fonts.values():
+        close = getattr(font, "close", None)
+        if callable(close):
+            close()
 
 
 @functools.lru_cache(maxsize=8192)
@@ -505,22 +516,31 @@ def write_patient_pdf(path: Path, view: PatientView, run: RunView) -> Path:
     title = visible(f"BAT report — patient {view.patient}")
     with atomic_open(path, "wb") as fh:
         pdf = _document(title)
-        flow = _Flow(pdf, title)
-        _summary(flow, view, run)
-        _tables(flow, view, run)
-        flow.new_page()
-        flow.text("Gating, tube by tube", size=11, weight="bold")
-        flow.text("Each plot is the parent population's density with the gate drawn on it (orange dashed: "
-                  f"manually adjusted); the last plot of a tube is its {run.marker} histogram with the threshold "
-                  "and the negative control overlaid. Under each plot, what its marks say (counts, methods, "
-                  "percentages, legend).", size=7, colour="0.3")
-        flow.gap(0.1)
-        for tube in view.tubes:
-            if tube.images:
-                _tube_block(flow, tube)
-        flow.finish_page()
+        try:
+            _layout(pdf, title, view, run)
+        except BaseException:
+            _close_fonts(pdf)
+            raise
         fh.write(pdf.output())
     return Path(path)
+
+
+def _layout(pdf: Any, title: str, view: PatientView, run: RunView) -> None:
+    """The patient's pages, in order, into ``pdf``."""
+    flow = _Flow(pdf, title)
+    _summary(flow, view, run)
+    _tables(flow, view, run)
+    flow.new_page()
+    flow.text("Gating, tube by tube", size=11, weight="bold")
+    flow.text("Each plot is the parent population's density with the gate drawn on it (orange dashed: "
+              f"manually adjusted); the last plot of a tube is its {run.marker} histogram with the threshold "
+              "and the negative control overlaid. Under each plot, what its marks say (counts, methods, "
+              "percentages, legend).", size=7, colour="0.3")
+    flow.gap(0.1)
+    for tube in view.tubes:
+        if tube.images:
+            _tube_block(flow, tube)
+    flow.finish_page()
 
 
 __all__ = ["write_patient_pdf"]
