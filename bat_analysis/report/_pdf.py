@@ -28,6 +28,9 @@ import struct
 from pathlib import Path
 from typing import Any, Sequence
 
+from fpdf import FPDF
+from fpdf.image_datastructures import RasterImageInfo
+
 from .._fileio import atomic_open
 from .._textsafe import visible
 from ._views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,
@@ -52,10 +55,8 @@ def _font_file(bold: bool) -> str:
     return str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / _FONT_FILES[bold])
 
 
-def _document(title: str) -> Any:
+def _document(title: str) -> FPDF:
     """An empty A4 document in points with the text font (regular and bold), literal text, absolute layout."""
-    from fpdf import FPDF
-
     pdf = FPDF(unit="pt", format=(A4[0] * 72.0, A4[1] * 72.0))
     pdf.set_auto_page_break(False)
     pdf.alias_nb_pages(None)  # "{nb}" in a patient ID is text, not the page count
@@ -216,7 +217,7 @@ class _Flow:
 
 
 @functools.cache
-def _measure() -> Any:
+def _measure() -> FPDF:
     """A document used only to measure text with the fonts the reports embed (their advances are read when
     the fonts are added: the font files are closed then)."""
     pdf = _document("")
@@ -464,8 +465,6 @@ def _png_image(png: bytes) -> dict[str, Any] | None:
     """fpdf2's description of an image (its ``RasterImageInfo``) whose stream is the PNG's own IDAT data, for
     an 8-bit, non-interlaced RGB or palette PNG with neither transparency (tRNS) nor colour profile (iCCP,
     sRGB, gAMA, cHRM); None for any other PNG (or not a well-formed one), which fpdf2 then decodes itself."""
-    from fpdf.image_datastructures import RasterImageInfo
-
     if png[:8] != _PNG_SIGNATURE:
         return None
     pos, idat, plte, header = 8, [], None, None
