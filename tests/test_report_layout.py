@@ -271,7 +271,10 @@ def test_flags_are_grouped_by_severity_failures_first(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- rendering cost (PDF images)
 @pytest.mark.slow
 def test_pdf_embeds_the_gallery_pngs_own_data_upright(run_out: Path) -> None:
-    """The PDF's plots are the gallery's PNG data as it is (no second encoding), and show the right way up."""
+    """The PDF's plots are the gallery's PNG data as it is (no second encoding), its dose-response curves the HTML
+    report's, and they show the right way up."""
+    import base64
+
     pdfplumber = pytest.importorskip("pdfplumber")
     pdfium = pytest.importorskip("pypdfium2")
     import numpy as np
@@ -280,10 +283,14 @@ def test_pdf_embeds_the_gallery_pngs_own_data_upright(run_out: Path) -> None:
     from bat_analysis.report._pdf import _idat
 
     pngs = {_idat(p.read_bytes()): p for p in (run_out / "review" / "img").glob("*.png")}
+    html = _report(run_out).read_text(encoding="utf-8")
+    curves = {_idat(base64.b64decode(b64))
+              for b64 in re.findall(r'src="data:image/png;base64,([^"]+)"[^>]*data-kind="dose_response"', html)}
     pdf_path = next((run_out / "reports").glob("*.pdf"))
     with pdfplumber.open(pdf_path) as pdf:
-        images = [(page.page_number, im) for page in pdf.pages for im in page.images]
-        assert len(images) >= len(pngs) > 0
+        images = [(page.page_number, im) for page in pdf.pages for im in page.images
+                  if im["stream"].get_rawdata() not in curves]
+        assert curves and len(images) >= len(pngs) > 0
         assert all(im["stream"].get_rawdata() in pngs for _, im in images)
         number, first = images[0]
     scale = first["srcsize"][0] / first["width"]
@@ -330,37 +337,6 @@ def test_event_fraction_flags_in_words_with_their_own_severity() -> None:
         "warn", "11.2% events removed by acquisition QC: at or above the warning limit of 8%, within the failure "
                 "limit of 30%")}
     assert [f.message for f in fraction_flags(fractions, qc)] == ["events removed by acquisition QC 11.2% (8–30%)"]
-
-
-def test_pdf_without_the_writer_hooks_draws_the_decoded_plots(run_out: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """When matplotlib's PDF writer lacks the methods the embedding wraps, the pages draw the plots' decoded
-    pixels instead: every plot is still in the PDF, as an image matplotlib encoded itself."""
-    import shutil
-
-    pdfplumber = pytest.importorskip("pdfplumber")
-    from bat_analysis.pipeline import rerender
-    from bat_analysis.report import _pdf
-    from bat_analysis.report._pdf import _idat
-
-    real_init = _pdf._EmbeddedPngs.__init__
-
-    def unhooked(self: Any, pdf: Any) -> None:
-        real_init(self, pdf)
-        if self.hooked:  # undo the wrapping, as if the writer had no such methods
-            self._file._unpack, self._file._writeImg = self._unpack, self._write_img
-        self.hooked = False
-
-    monkeypatch.setattr(_pdf._EmbeddedPngs, "__init__", unhooked)
-    out = tmp_path / "out"
-    shutil.copytree(run_out, out)
-    rerender(out)
-    pngs = {_idat(p.read_bytes()) for p in (out / "review" / "img").glob("*.png")}
-    pdf_path = next((out / "reports").glob("*.pdf"))
-    with pdfplumber.open(pdf_path) as pdf:
-        images = [im for page in pdf.pages for im in page.images]
-    assert len(images) >= len(pngs) > 0
-    assert not any(im["stream"].get_rawdata() in pngs for im in images)  # encoded again, not embedded
 
 
 def test_dose_response_legend_stays_inside_its_figure() -> None:

@@ -1,41 +1,40 @@
-"""Per-patient PDF report (``reports/<patient>.pdf``), laid out for A4 print with matplotlib's PdfPages.
+"""Per-patient PDF report (``reports/<patient>.pdf``), laid out for A4 print with fpdf2.
 
-Page 1 is the summary (identity, run, class with its reason, metrics, dose-response curves drawn as
-vectors), then the tables of tubes and QC, the flags in plain words and the audit trail, then the gating
-pages: every tube's gates and activation-marker histogram, two plots across (the report's PNGs, embedded as they
-are: their own compressed data is the PDF's image stream). Table cells wrap, measured with the font's advances;
-flags are grouped by severity and code (``views.flag_groups``).
-All text (patient, allergen and file names, reasons) is drawn literally, never as mathtext
-(:func:`~bat_analysis.report.plots.literal_text`), with control characters shown as escapes
-(``textsafe.visible``; a line feed in a table cell would otherwise shift every row below it).
+Page 1 is the summary (identity, run, class with its reason, metrics, the dose-response curves: the HTML report's
+images, ``PatientView.curves``), then the tables of tubes and QC, the flags in plain words and the audit trail,
+then the gating pages: every tube's gates and activation-marker histogram, two plots across, each with the texts
+its marks print (``Png.texts``: counts, method notes, percentages, legend entries) as small text under it.
+Table cells and lines wrap, measured with the embedded font's own advances (DejaVu Sans, matplotlib's); nothing
+is cut. Flags are grouped by severity and code (``views.flag_groups``).
+
+All text (patient, allergen and file names, reasons) is written literally: fpdf2 places strings as they are
+(no mathtext, no markup; its page-count alias ``{nb}`` is switched off), with control characters shown as
+escapes (``textsafe.visible``; a line feed in a table cell would otherwise shift every row below it).
+
+The plots are embedded as they are: an 8-bit, non-interlaced RGB (PNG colour type 2) or palette (type 3, its
+PLTE as an ``/Indexed /DeviceRGB`` lookup) PNG without transparency or colour profile is written with its own
+IDAT data as the image stream (Flate with PNG predictors), never decoded nor compressed again
+(:func:`_png_image`, handed to fpdf2 through its image cache, ``FPDF.image_cache``). Any other PNG is given to
+fpdf2 as bytes, which decodes it with Pillow and encodes it again.
+The document is built in memory and written atomically (``atomic_open``).
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import math
 import re
 import struct
-import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
+from fpdf import FPDF
+from fpdf.image_datastructures import RasterImageInfo
 
-matplotlib.use("Agg")
-
-from matplotlib.artist import Artist  # noqa: E402
-from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .._fileio import atomic_path  # noqa: E402
-from .._textsafe import visible  # noqa: E402
-from .plots import draw_dose_response, literal_text  # noqa: E402
-from ._views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,  # noqa: E402
-                    concentration_unit, flag_groups, fmt_value, point_intervals, present_columns, qc_rows,
-                    tube_table_note)
+from .._fileio import atomic_open
+from .._textsafe import visible
+from ._views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,
+                     concentration_unit, flag_groups, fmt_value, present_columns, qc_rows, tube_table_note)
 
 A4 = (8.27, 11.69)
 MARGIN = 0.55  # inches
@@ -44,19 +43,52 @@ SUMMARY_CHARS = 600  # QC reasons on the summary page are cut here; the Flags se
 STATUS_COLOURS = {"pass": "#2e7d32", "warn": "#ef8f00", "fail": "#c62828"}
 CELL_PAD = 0.03  # inches between a cell's rules and its text
 IMAGES_PER_ROW = 2  # gating plots per row of a page: 3.6 in wide, their type at its size (tick labels 8 pt)
+PLOT_TEXT_SIZE = 6.0  # points: the texts of a plot's marks, under it
+CURVE_WIDTH = 5.2  # inches: a dose-response curve on the summary page
+FONT = "DejaVu"
+_FONT_FILES = {False: "DejaVuSans.ttf", True: "DejaVuSans-Bold.ttf"}  # matplotlib's, as the plots use
+
+
+def _font_file(bold: bool) -> str:
+    import matplotlib
+
+    return str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / _FONT_FILES[bold])
+
+
+def _document(title: str) -> FPDF:
+    """An empty A4 document in points with the text font (regular and bold), literal text, absolute layout."""
+    pdf = FPDF(unit="pt", format=(A4[0] * 72.0, A4[1] * 72.0))
+    pdf.set_auto_page_break(False)
+    pdf.alias_nb_pages(None)  # "{nb}" in a patient ID is text, not the page count
+    for bold in (False, True):
+        pdf.add_font(FONT, "B" if bold else "", _font_file(bold))
+    pdf.set_title(title)
+    pdf.set_creator("bat_analysis")
+    pdf.set_subject("Basophil activation test")
+    return pdf
+
+
+@functools.cache
+def _rgb255(colour: str) -> tuple[int, int, int]:
+    """A matplotlib colour ("0.3", "#2e7d32", "black") as 0-255 RGB."""
+    from matplotlib.colors import to_rgb
+
+    r, g, b = to_rgb(colour)
+    return round(r * 255), round(g * 255), round(b * 255)
 
 
 class _Flow:
     """Top-to-bottom layout of text, tables and plots over A4 pages (inches from the top margin)."""
 
-    def __init__(self, pdf: PdfPages, footer: str) -> None:
+    def __init__(self, pdf: Any, footer: str) -> None:
         self.pdf = pdf
-        self.embedded = _EmbeddedPngs(pdf)
-        self.footer = visible(footer)
-        self.fig: Figure | None = None
-        self._canvas: Any = None
+        room = (A4[0] - 2 * MARGIN) * 72.0 - _text_width_pt(" — page 9999", 7.0)
+        self.footer = _first_line(visible(footer), room, 7.0)  # a long patient ID is cut here, not off the page
+        self.open = False
         self.y = 0.0
         self.page = 0
+        self._style: tuple[bool, float] | None = None
+        self._colour: str | None = None
 
     @property
     def room(self) -> float:
@@ -64,36 +96,44 @@ class _Flow:
 
     def new_page(self) -> None:
         self.finish_page()
-        self.fig = Figure(figsize=A4)
-        self._canvas = None
+        self.pdf.add_page()
+        self.open = True
         self.y = 0.0
         self.page += 1
 
     def finish_page(self) -> None:
-        if self.fig is not None:
-            self.fig.text(0.5, 0.25 / A4[1], f"{self.footer} — page {self.page}", ha="center", fontsize=7,
-                          color="0.4")
-            self.pdf.savefig(self.fig)
-            self.fig = None
+        if self.open:
+            footer = f"{self.footer} — page {self.page}"
+            x = (A4[0] * 72.0 - _text_width_pt(footer, 7.0)) / 2
+            self.put(x / 72.0, A4[1] - 0.25, footer, 7.0, colour="0.4")
+            self.open = False
 
     def ensure(self, height: float) -> None:
-        if self.fig is None or height > self.room:
+        if not self.open or height > self.room:
             self.new_page()
 
-    def _fy(self, inches_from_top: float) -> float:
-        return 1.0 - (MARGIN + inches_from_top) / A4[1]
+    def put(self, x: float, baseline: float, line: str, size: float, *, bold: bool = False,
+            colour: str = "black") -> None:
+        """One line of text at ``x``, ``baseline`` (inches from the page's top-left corner), as it is."""
+        if self._style != (bold, size):
+            self.pdf.set_font(FONT, "B" if bold else "", size)
+            self._style = (bold, size)
+        if self._colour != colour:
+            self.pdf.set_text_color(*_rgb255(colour))
+            self._colour = colour
+        self.pdf.text(x * 72.0, baseline * 72.0, line)
 
     def text(self, text: str, *, size: float = 8.0, weight: str = "normal", colour: str = "black",
-             width: int = 110, indent: float = 0.0) -> None:
-        lines = []
-        for para in str(text).split("\n"):
-            lines += textwrap.wrap(visible(para), width) or [""]
+             indent: float = 0.0) -> None:
+        """Text wrapped to the page's width (at spaces; inside a word only when it alone is wider)."""
+        bold = weight == "bold"
+        room = (A4[0] - 2 * MARGIN - indent) * 72.0
+        lines = [line for para in str(text).split("\n") for line in _wrap(visible(para), room, size, bold, _WORDS)]
         step = LINE * size / 8.0
         for line in lines:
             self.ensure(step)
-            assert self.fig is not None
-            self.fig.text((MARGIN + indent) / A4[0], self._fy(self.y + step * 0.8), line, fontsize=size,
-                          fontweight=weight, color=colour, va="baseline")
+            if line:
+                self.put(MARGIN + indent, MARGIN + self.y + step * 0.8, line, size, bold=bold, colour=colour)
             self.y += step
 
     def gap(self, inches: float = 0.12) -> None:
@@ -103,16 +143,15 @@ class _Flow:
               col_widths: Sequence[float] | None = None, status_col: int | None = None) -> None:
         """A table split over pages as needed; the header row repeats on each page. A cell longer than its
         column wraps onto more lines (at spaces, underscores, dots, hyphens, slashes; inside a word only when
-        one word is wider than the column): nothing is cut.
-
-        Drawn as one multi-line text per column (lines on the font's line pitch, see :func:`_line_metrics_em`,
-        a row as tall as its tallest cell) plus one collection of rules: a few text objects per table instead
-        of one per cell, which is what made matplotlib's own ``Axes.table`` slow to lay out and write."""
+        one word is wider than the column): nothing is cut. Lines fall on the font's line pitch
+        (:func:`_line_metrics_em`), a row as tall as its tallest cell."""
         ascent, descent, gap = _line_metrics_em()
         line_h = (ascent + descent + gap) * size / 72.0
         width = A4[0] - 2 * MARGIN
         fracs = list(col_widths) if col_widths else [1.0 / len(headers)] * len(headers)
-        lefts = np.concatenate([[0.0], np.cumsum(fracs)]) * width
+        lefts = [0.0]
+        for f in fracs:
+            lefts.append(lefts[-1] + f * width)
         room = [(lefts[c + 1] - lefts[c] - 2 * CELL_PAD) * 72.0 for c in range(len(headers))]  # points
         head = [_wrap(visible(str(h)), room[c], size, bold=True) for c, h in enumerate(headers)]
         body = [[_wrap(visible(fmt_value(v)), room[c], size) for c, v in enumerate(r)] for r in rows]
@@ -127,101 +166,90 @@ class _Flow:
                     break
                 used += h
                 n += 1
-            chunk = body[i:i + n]
-            self._table_chunk(head, chunk, lefts, line_h, size, status_col)
+            self._table_chunk(head, body[i:i + n], lefts, line_h, size, status_col)
             self.y += used + 0.1
             i += max(n, 1)
             if not body:
                 break
 
-    def _table_chunk(self, head: Sequence[list[str]], chunk: Sequence[Sequence[list[str]]], lefts: np.ndarray,
+    def _table_chunk(self, head: Sequence[list[str]], chunk: Sequence[Sequence[list[str]]], lefts: Sequence[float],
                      line_h: float, size: float, status_col: int | None) -> None:
-        from matplotlib.collections import LineCollection
-        from matplotlib.patches import Rectangle
-
-        assert self.fig is not None
-        fig, top = self.fig, self.y
+        """The header row (shaded) and ``chunk``'s rows at the flow's position, with their rules."""
+        ascent, _, gap = _line_metrics_em()
+        pdf, top = self.pdf, MARGIN + self.y
         heights = [max(len(cell) for cell in head)] + [max(len(cell) for cell in row) for row in chunk]  # lines
-        starts = np.concatenate([[0], np.cumsum(heights)])  # first line of each row, then the end
-        fx = [(MARGIN + x) / A4[0] for x in lefts]
-        fy = [self._fy(top + k * line_h) for k in starts]
-        fig.add_artist(Rectangle((fx[0], fy[1]), fx[-1] - fx[0], fy[0] - fy[1], transform=fig.transFigure,
-                                 facecolor="0.93", edgecolor="none", zorder=0))
-        rules = [[(fx[0], y), (fx[-1], y)] for y in fy] + [[(x, fy[0]), (x, fy[-1])] for x in fx]
-        fig.add_artist(LineCollection(rules, colors="0.7", linewidths=0.3, transform=fig.transFigure,
-                                      zorder=1))
+        tops = [top]
+        for h in heights:
+            tops.append(tops[-1] + h * line_h)
+        xs = [MARGIN + x for x in lefts]
+        pdf.set_fill_color(237)
+        pdf.rect(xs[0] * 72.0, tops[0] * 72.0, (xs[-1] - xs[0]) * 72.0, (tops[1] - tops[0]) * 72.0, style="F")
+        pdf.set_draw_color(179)
+        pdf.set_line_width(0.3)
+        for y in tops:
+            pdf.line(xs[0] * 72.0, y * 72.0, xs[-1] * 72.0, y * 72.0)
+        for x in xs:
+            pdf.line(x * 72.0, tops[0] * 72.0, x * 72.0, tops[-1] * 72.0)
+        first = (ascent + gap / 2) * size / 72.0  # the first baseline below a row's top rule
         for c, header in enumerate(head):
-            x = (MARGIN + lefts[c] + CELL_PAD) / A4[0]
-            fig.text(x, fy[0], "\n".join(header), fontsize=size, fontweight="bold", va="top", ha="left",
-                     multialignment="left")
-            if c == status_col:
-                for k, row in enumerate(chunk, 1):
-                    fig.text(x, fy[k], "\n".join(row[c]), fontsize=size, va="top",
-                             color=STATUS_COLOURS.get(row[c][0] if row[c] else "", "black"))
-            elif chunk:
-                lines: list[str] = []
-                for k, row in enumerate(chunk, 1):
-                    lines += row[c] + [""] * (heights[k] - len(row[c]))
-                if any(line.strip() for line in lines):
-                    fig.text(x, fy[1], "\n".join(lines), fontsize=size, va="top", ha="left", multialignment="left")
+            x = xs[c] + CELL_PAD
+            for k, line in enumerate(header):
+                self.put(x, tops[0] + first + k * line_h, line, size, bold=True)
+            for r, row in enumerate(chunk, 1):
+                colour = (STATUS_COLOURS.get(row[c][0] if row[c] else "", "black") if c == status_col
+                          else "black")
+                for k, line in enumerate(row[c]):
+                    if line:
+                        self.put(x, tops[r] + first + k * line_h, line, size, colour=colour)
 
     def image(self, png: Any, left: float, top: float, width: float, height: float) -> None:
         """A report PNG (``Png``) over a box in inches from the page's top-left corner: its own data embedded
-        when the PDF writer allows (:class:`_EmbeddedPngs`), else its decoded pixels."""
-        assert self.fig is not None
-        idat = _idat(png.data) if self.embedded.hooked else None
-        if idat is not None:
-            box = (left / A4[0], 1.0 - (top + height) / A4[1], width / A4[0], height / A4[1])
-            self.fig.add_artist(_PngImage(_PngData(png.width, png.height, idat), box))
+        when it is an 8-bit RGB or palette PNG (:func:`_png_image`), else decoded and encoded by fpdf2."""
+        info = _png_image(png.data)
+        if info is None:
+            source: Any = png.data
         else:
-            self.canvas().imshow(_rgb(png.data), interpolation="none", extent=(left, left + width, top + height, top),
-                                 aspect="auto")
-
-    def canvas(self) -> Any:
-        """One invisible axes over the whole page in inches from the top-left corner (for images)."""
-        assert self.fig is not None
-        if self._canvas is None:
-            ax = self.fig.add_axes([0, 0, 1, 1])
-            ax.set_xlim(0, A4[0])
-            ax.set_ylim(A4[1], 0)
-            ax.set_axis_off()
-            self._canvas = ax
-        return self._canvas
-
-    def axes(self, height: float, width: float | None = None, left: float = 0.0) -> Any:
-        self.ensure(height)
-        assert self.fig is not None
-        w = width or (A4[0] - 2 * MARGIN)
-        ax = self.fig.add_axes([(MARGIN + left) / A4[0], self._fy(self.y + height), w / A4[0],
-                                height / A4[1]])
-        return ax
+            cache = self.pdf.image_cache.images
+            source = f"\0bat-png-{len(cache) + 1}"  # a key no file can have: never read from disk
+            info.update(i=len(cache) + 1, usages=0, iccp_i=None)
+            cache[source] = info
+        self.pdf.image(source, x=left * 72.0, y=top * 72.0, w=width * 72.0, h=height * 72.0)
 
 
 @functools.cache
-def _font(bold: bool) -> Any:
-    from matplotlib.font_manager import FontProperties, findfont, get_font
+def _measure() -> FPDF:
+    """A document used only to measure text with the fonts the reports embed (their advances are read when
+    the fonts are added: the font files are closed then)."""
+    pdf = _document("")
+    _close_fonts(pdf)
+    return pdf
 
-    return get_font(findfont(FontProperties(weight="bold" if bold else "normal")))
+
+def _close_fonts(pdf: Any) -> None:
+    """Close the font files a document holds open (fpdf2 closes them itself once the document is output)."""
+    for font in pdf.fonts.values():
+        close = getattr(font, "close", None)
+        if callable(close):
+            close()
 
 
 @functools.lru_cache(maxsize=8192)
 def _text_width_pt(text: str, size: float, bold: bool = False) -> float:
-    """Width of one line of text in points, from the font's advances (as matplotlib lays it out)."""
-    from matplotlib import ft2font
-
-    no_hinting = ft2font.LoadFlags.NO_HINTING if hasattr(ft2font, "LoadFlags") else ft2font.LOAD_NO_HINTING
-    font = _font(bold)
-    font.set_size(size, 72)
-    font.set_text(text, 0.0, flags=no_hinting)  # unhinted: the advances the PDF's text is laid out with
-    return font.get_width_height()[0] / 64.0 * 1.02  # + 2% for rounding and the bold weight's variants
+    """Width of one line of text in points: the embedded font's advances, as the PDF lays the line out."""
+    pdf = _measure()
+    pdf.set_font(FONT, "B" if bold else "", size)
+    return float(pdf.get_string_width(text))
 
 
-_BREAK = re.compile(r"[^\s_./\-]*(?:[\s_./\-]+|$)")
+_BREAK = re.compile(r"[^\s_./\-]*(?:[\s_./\-]+|$)")  # table cells: a part and the separators after it
+_WORDS = re.compile(r"\S*(?:\s+|$)")  # running text: a word and the spaces after it
 
 
-def _wrap(text: str, room_pt: float, size: float, bold: bool = False) -> list[str]:
-    """``text`` as lines no wider than ``room_pt`` points: broken after spaces, ``_ . / -`` where possible,
-    inside a word only when the word alone is wider than the room. Line feeds in ``text`` are kept."""
+def _wrap(text: str, room_pt: float, size: float, bold: bool = False,
+          breaks: re.Pattern[str] = _BREAK) -> list[str]:
+    """``text`` as lines no wider than ``room_pt`` points: broken after the parts ``breaks`` finds (spaces,
+    ``_ . / -``) where possible, inside a part only when it alone is wider than the room. Line feeds in
+    ``text`` are kept."""
     out: list[str] = []
     cap = max(1, int(room_pt / (0.2 * size)) + 1)  # most characters a line can hold (no glyph is below 0.2 em)
     for para in text.split("\n"):
@@ -229,7 +257,7 @@ def _wrap(text: str, room_pt: float, size: float, bold: bool = False) -> list[st
             out.append(para)
             continue
         line = ""
-        for token in (t for t in _BREAK.findall(para) if t):
+        for token in (t for t in breaks.findall(para) if t):
             if _text_width_pt((line + token).rstrip(), size, bold) <= room_pt:
                 line += token
                 continue
@@ -248,15 +276,20 @@ def _wrap(text: str, room_pt: float, size: float, bold: bool = False) -> list[st
     return out or [""]
 
 
+def _first_line(text: str, room_pt: float, size: float) -> str:
+    """``text`` on one line: as it is when it fits, else its first wrapped line and "…" (a page footer)."""
+    if _text_width_pt(text, size) <= room_pt:
+        return text
+    return _wrap(text, room_pt - _text_width_pt("…", size), size)[0] + "…"
+
+
 @functools.cache
 def _line_metrics_em() -> tuple[float, float, float]:
-    """Ascender, descender and line gap of the text font, in font sizes (its OS/2 typographic metrics).
+    """Ascender, descender and line gap of the text font, in font sizes (its OS/2 typographic metrics): a
+    table's lines are stepped by their sum, the first baseline ascender + gap/2 below the row's top."""
+    from matplotlib.ft2font import FT2Font
 
-    matplotlib steps multi-line text (line spacing "normal") by exactly their sum, and puts the first
-    baseline ascender + gap/2 below the top: a table column drawn as one text falls on a row pitch."""
-    from matplotlib.font_manager import FontProperties, findfont, get_font
-
-    font = get_font(findfont(FontProperties()))
+    font = FT2Font(_font_file(False))
     os2 = font.get_sfnt_table("OS/2")
     em = float(font.get_sfnt_table("head")["unitsPerEm"])
     if os2 is not None:
@@ -325,21 +358,16 @@ def _summary(flow: _Flow, view: PatientView, run: RunView) -> None:
         flow.table(headers, rows, size=7.5, col_widths=_widths(headers, rows, 7.5))
         flow.text("EC50 in the layout's concentration unit; empty when not estimable. CD-sens = 100/EC50; "
                   f"AUC of net %{run.marker}+ over log10 concentration.", size=6.5, colour="0.35")
-    by_allergen: dict[str, dict[str, Any]] = {}
-    intervals = point_intervals(view.tube_rows)
-    for (allergen, arm), fit in sorted(view.fits.items()):
-        by_allergen.setdefault(allergen, {})[arm] = fit
-    if by_allergen:
+    if view.curves:  # the HTML report's images of the fits, one per allergen (both arms)
         flow.gap()
-        flow.ensure(0.3 + 3.7)  # keep the heading with its first plot
+        h = CURVE_WIDTH * view.curves[0].height / view.curves[0].width
+        flow.ensure(0.3 + h)  # keep the heading with its first plot
         flow.text(f"Dose–response (%{run.marker}+ of {run.population}; both arms)", size=11, weight="bold")
-    for allergen, fits in by_allergen.items():
-        flow.ensure(3.4)
-        flow.gap(0.3)  # the axes title sits above the axes
-        ax = flow.axes(2.9, width=6.0, left=0.6)
-        draw_dose_response(fits, ax, title=allergen, intervals=intervals, marker=run.marker,
-                           population=run.population)
-        flow.y += 2.9 + 0.5  # tick labels and axis label below
+    for png in view.curves:
+        h = CURVE_WIDTH * png.height / png.width
+        flow.ensure(h)
+        flow.image(png, MARGIN + (A4[0] - 2 * MARGIN - CURVE_WIDTH) / 2, MARGIN + flow.y, CURVE_WIDTH, h)
+        flow.y += h + 0.1
     for note in view.fit_notes:
         flow.text(note, size=7)
 
@@ -368,26 +396,35 @@ def _tables(flow: _Flow, view: PatientView, run: RunView) -> None:
                   size=7, colour="0.35")
     for g in groups:  # failures, then warnings, then information
         flow.text(f"[{g.severity}] {g.heading()}", size=8, weight="bold",
-                  colour=STATUS_COLOURS.get(g.severity, "black"), width=120)
+                  colour=STATUS_COLOURS.get(g.severity, "black"))
         for where, what in g.lines():
-            flow.text(f"{where}: {what}", size=7, indent=0.15, width=130)
+            flow.text(f"{where}: {what}", size=7, indent=0.15)
     flow.gap()
     flow.text("Audit trail", size=11, weight="bold")
     for key, value in run.audit_items(view):
         if isinstance(value, dict):
             flow.text(f"{key}:", size=7.5, weight="bold")
             for k, v in value.items():
-                flow.text(f"{k}  {fmt_value(v)}", size=6.5, indent=0.15, width=140)
+                flow.text(f"{k}  {fmt_value(v)}", size=6.5, indent=0.15)
         elif isinstance(value, list):
             flow.text(f"{key}:", size=7.5, weight="bold")
             for item in value:
                 text = "; ".join(f"{k}: {fmt_value(v)}" for k, v in item.items() if v not in (None, ""))
-                flow.text(text, size=6.5, indent=0.15, width=140)
+                flow.text(text, size=6.5, indent=0.15)
         else:
-            flow.text(f"{key}: {fmt_value(value)}", size=7.5, width=140)
+            flow.text(f"{key}: {fmt_value(value)}", size=7.5)
+
+
+def _plot_texts(png: Any, width: float) -> list[str]:
+    """The texts a plot's marks print (``Png.texts``), as lines no wider than ``width`` inches."""
+    room = (width - 2 * CELL_PAD) * 72.0
+    return [line for text in png.texts for para in str(text).split("\n")
+            for line in _wrap(visible(para), room, PLOT_TEXT_SIZE)]
 
 
 def _tube_block(flow: _Flow, tube: TubeView, ncols: int = IMAGES_PER_ROW) -> None:
+    """A tube's heading (file, condition, QC), its first flags and manual adjustments, then its plots in rows
+    of ``ncols``, each plot's texts under it."""
     t = tube.result.tube
     desc = [t.condition.replace("_", " ")]
     if t.allergen:
@@ -398,136 +435,111 @@ def _tube_block(flow: _Flow, tube: TubeView, ncols: int = IMAGES_PER_ROW) -> Non
     images = tube.images
     img_w = (A4[0] - 2 * MARGIN) / ncols
     img_h = img_w * (images[0].height / images[0].width) if images else 0.0
-    nrows = math.ceil(len(images) / ncols)
+    step = LINE * PLOT_TEXT_SIZE / 8.0
+    rows = [[(png, _plot_texts(png, img_w)) for png in images[i:i + ncols]] for i in range(0, len(images), ncols)]
+    heights = [img_h + max(len(lines) for _, lines in row) * step + 0.05 for row in rows]
     notes = [f"{f.code}: {f.message}" for f in tube.flags][:3]
     notes += [f"gate {g} manually adjusted{': ' + r if r else ''}" for g, r in tube.adjusted.items()]
-    flow.ensure(0.3 + LINE * len(notes) + nrows * img_h)
+    flow.ensure(0.3 + LINE * len(notes) + sum(heights))
     flow.text(f"{t.file} — {', '.join(desc)} — QC {tube.qc_status}", size=8.5, weight="bold",
               colour=STATUS_COLOURS.get(tube.qc_status, "black"))
     for note in notes:
-        flow.text(note, size=6.5, colour="0.3", indent=0.1, width=140)
-    for row in range(nrows):
-        flow.ensure(img_h)
+        flow.text(note, size=6.5, colour="0.3", indent=0.1)
+    for row, height in zip(rows, heights):
+        flow.ensure(height)
         y0 = MARGIN + flow.y
-        for col, png in enumerate(images[row * ncols:(row + 1) * ncols]):
+        for col, (png, lines) in enumerate(row):
             x0 = MARGIN + col * img_w
             flow.image(png, x0, y0, img_w, img_h)
-        flow.y += img_h
-    flow.gap(0.15)
+            for k, line in enumerate(lines):
+                if line:
+                    flow.put(x0 + CELL_PAD, y0 + img_h + (k + 0.8) * step, line, PLOT_TEXT_SIZE, colour="0.25")
+        flow.y += height
+    flow.gap(0.1)
 
 
-def _rgb(png: bytes) -> np.ndarray:
-    """A PNG as 8-bit RGB (no alpha: the PDF then needs no soft mask, no rescaling)."""
-    from PIL import Image
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-    with Image.open(io.BytesIO(png)) as img:
-        return np.asarray(img.convert("RGB"))
+
+def _png_image(png: bytes) -> dict[str, Any] | None:
+    """fpdf2's description of an image (its ``RasterImageInfo``) whose stream is the PNG's own IDAT data, for
+    an 8-bit, non-interlaced RGB or palette PNG with neither transparency (tRNS) nor colour profile (iCCP,
+    sRGB, gAMA, cHRM); None for any other PNG (or not a well-formed one), which fpdf2 then decodes itself."""
+    if png[:8] != _PNG_SIGNATURE:
+        return None
+    pos, idat, plte, header = 8, [], None, None
+    while pos + 12 <= len(png):
+        length, kind = struct.unpack(">L4s", png[pos:pos + 8])
+        data = png[pos + 8:pos + 8 + length]
+        if len(data) != length:
+            return None
+        if kind == b"IHDR":
+            if length != 13:
+                return None
+            header = struct.unpack(">LLBBBBB", data)
+        elif kind == b"PLTE":
+            plte = data
+        elif kind == b"IDAT":
+            idat.append(data)
+        elif kind in (b"tRNS", b"iCCP", b"sRGB", b"gAMA", b"cHRM"):
+            return None
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    if header is None or not idat:
+        return None
+    width, height, depth, colour_type, compression, filtering, interlace = header
+    if depth != 8 or compression or filtering or interlace or colour_type not in (2, 3):
+        return None
+    info = RasterImageInfo(data=b"".join(idat), w=width, h=height, bpc=8, f="FlateDecode", iccp=None,
+                           inverted=False)
+    if colour_type == 2:
+        info.update(cs="DeviceRGB", dpn=3, dp=f"/Predictor 10 /Colors 3 /Columns {width}")
+    elif plte is not None and 3 <= len(plte) <= 768 and len(plte) % 3 == 0:
+        info.update(cs="Indexed", dpn=1, pal=plte, dp=f"/Predictor 10 /Colors 1 /Columns {width}")
+    else:
+        return None
+    return info
 
 
 def _idat(png: bytes) -> bytes | None:
-    """The compressed pixel stream (IDAT chunks) of an 8-bit RGB, non-interlaced PNG; None for any other PNG."""
-    if png[:8] != b"\x89PNG\r\n\x1a\n":
-        return None
-    pos, out = 8, []
-    while pos + 8 <= len(png):
-        length, kind = struct.unpack(">L4s", png[pos:pos + 8])
-        data = png[pos + 8:pos + 8 + length]
-        if kind == b"IHDR" and (data[8], data[9], data[12]) != (8, 2, 0):  # bit depth, RGB, no interlace
-            return None
-        if kind == b"IDAT":
-            out.append(data)
-        pos += 12 + length
-    return b"".join(out) or None
+    """The compressed pixel stream (IDAT chunks) a PNG is embedded with, None when it is decoded instead."""
+    info = _png_image(png)
+    return None if info is None else info["data"]
 
 
-class _PngData:
-    """Stands for a report PNG among matplotlib's images of a PDF: its size (``shape``, as matplotlib reads an
-    image's) and its compressed rows (the PNG's IDAT data)."""
-
-    def __init__(self, width: int, height: int, idat: bytes) -> None:
-        self.shape = (height, width, 3)
-        self.idat = idat
-
-
-class _EmbeddedPngs:
-    """The plots' own PNG data written into the PDF as they are: no decoding, no second encoding.
-
-    matplotlib's PDF writer stores an RGB image as a PNG's IDAT stream (Flate with PNG predictors), which it makes
-    by encoding the pixels it was given. A report PNG already is that stream: :class:`_PngImage` hands matplotlib
-    a :class:`_PngData` in place of pixels, and the writer's ``_unpack``/``_writeImg`` (wrapped here) write its
-    IDAT data as the image's stream. ``hooked`` is False when this matplotlib's PDF writer lacks those methods;
-    the pages then draw decoded pixels (``imshow``) as before."""
-
-    def __init__(self, pdf: PdfPages) -> None:
-        ensure = getattr(pdf, "_ensure_file", None)  # matplotlib opens the PdfFile on the first page
-        file = ensure() if callable(ensure) else getattr(pdf, "_file", None)
-        self.written = 0
-        self.hooked = all(callable(getattr(file, m, None)) for m in ("_unpack", "_writeImg", "beginStream",
-                                                                      "endStream", "reserveObject"))
-        if self.hooked:
-            self._file = file
-            self._unpack, self._write_img = file._unpack, file._writeImg
-            file._unpack = self.unpack
-            file._writeImg = self.write_img
-
-    def unpack(self, image: Any) -> Any:
-        return (image, None) if isinstance(image, _PngData) else self._unpack(image)
-
-    def write_img(self, data: Any, id: Any, smask: Any = None) -> None:
-        if not isinstance(data, _PngData):
-            self._write_img(data, id, smask)
-            return
-        from matplotlib.backends.backend_pdf import Name
-
-        height, width, _ = data.shape
-        obj = {"Type": Name("XObject"), "Subtype": Name("Image"), "Width": width, "Height": height,
-               "ColorSpace": Name("DeviceRGB"), "BitsPerComponent": 8}
-        file = self._file
-        file.beginStream(id, file.reserveObject("length of image stream"), obj,
-                         png={"Predictor": 10, "Colors": 3, "Columns": width})
-        file.currentstream.write(data.idat)
-        file.endStream()
-        self.written += 1
-
-
-class _PngImage(Artist):
-    """A report PNG on a PDF page, over ``box`` (left, bottom, width, height in figure fractions), written from
-    the PNG's own data (see :class:`_EmbeddedPngs`)."""
-
-    def __init__(self, data: _PngData, box: tuple[float, float, float, float]) -> None:
-        super().__init__()
-        self.data, self.box = data, box
-
-    def draw(self, renderer: Any) -> None:
-        from matplotlib.transforms import Affine2D
-
-        x0, y0, w, h = self.box
-        (px, py), (qx, qy) = self.figure.transFigure.transform([(x0, y0), (x0 + w, y0 + h)])
-        gc = renderer.new_gc()
-        renderer.draw_image(gc, px, py, self.data, Affine2D().scale(qx - px, qy - py))
-        gc.restore()
-
-
-@literal_text()
 def write_patient_pdf(path: Path, view: PatientView, run: RunView) -> Path:
-    """Write the patient's PDF (summary, tables, flags, audit trail, gating pages) atomically."""
-    meta = {"Title": visible(f"BAT report — patient {view.patient}"), "Creator": "bat_analysis",
-            "Subject": "Basophil activation test"}
-    with atomic_path(path) as tmp, PdfPages(tmp, metadata=meta) as pdf:
-        flow = _Flow(pdf, f"BAT report — patient {view.patient}")
-        _summary(flow, view, run)
-        _tables(flow, view, run)
-        flow.new_page()
-        flow.text("Gating, tube by tube", size=11, weight="bold")
-        flow.text("Each plot is the parent population's density with the gate drawn on it (orange dashed: "
-                  f"manually adjusted); the last plot of a tube is its {run.marker} histogram with the threshold "
-                  "and the negative control overlaid.", size=7, colour="0.3", width=130)
-        flow.gap(0.1)
-        for tube in view.tubes:
-            if tube.images:
-                _tube_block(flow, tube)
-        flow.finish_page()
-    return path
+    """Write the patient's PDF (summary, tables, flags, audit trail, gating pages) atomically: laid out in
+    memory while the temporary file waits beside ``path`` (a failure of either is reported as one to write
+    ``path``, and leaves the previous file)."""
+    title = visible(f"BAT report — patient {view.patient}")
+    with atomic_open(path, "wb") as fh:
+        pdf = _document(title)
+        try:
+            _layout(pdf, title, view, run)
+        except BaseException:
+            _close_fonts(pdf)
+            raise
+        fh.write(pdf.output())
+    return Path(path)
+
+
+def _layout(pdf: Any, title: str, view: PatientView, run: RunView) -> None:
+    """The patient's pages, in order, into ``pdf``."""
+    flow = _Flow(pdf, title)
+    _summary(flow, view, run)
+    _tables(flow, view, run)
+    flow.new_page()
+    flow.text("Gating, tube by tube", size=11, weight="bold")
+    flow.text("Each plot is the parent population's density with the gate drawn on it (orange dashed: "
+              f"manually adjusted); the last plot of a tube is its {run.marker} histogram with the threshold "
+              "and the negative control overlaid. Under each plot, what its marks say (counts, methods, "
+              "percentages, legend).", size=7, colour="0.3")
+    flow.gap(0.1)
+    for tube in view.tubes:
+        if tube.images:
+            _tube_block(flow, tube)
+    flow.finish_page()
 
 
 __all__ = ["write_patient_pdf"]
