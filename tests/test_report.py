@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from html import escape
 from html.parser import HTMLParser
@@ -405,6 +406,18 @@ def test_parallel_drawing_gives_the_same_images(tmp_path: Path) -> None:
     assert [[p.data for p in v.images] for v in views] == [[p.data for p in v.images] for v in twins]
 
 
+def test_axis_limits_are_rounded_out_to_round_numbers() -> None:
+    """Limits widen to multiples of 1, 2 or 5 × 10^k (about a twentieth of the span), exactly (0.95, not
+    0.9500000000000001), so that nearly equal ranges give the same limits (and share a frame)."""
+    from bat_analysis.report.plots import round_out
+
+    assert round_out(0.0157, 0.9018) == (0.0, 0.95) and round_out(0.0209, 0.9236) == (0.0, 0.95)
+    assert round_out(-5242.88, 267386.88) == (-20000.0, 280000.0)
+    assert round_out(0.0002, 89.49) == (0.0, 90.0) and round_out(0.0, 146.3) == (0.0, 150.0)
+    assert round_out(-0.25, 1.0) == (-0.3, 1.0)
+    assert round_out(1.0, 1.0) == (1.0, 1.0) and round_out(0.0, math.inf) == (0.0, math.inf)
+
+
 def test_shared_gate_limits_hold_every_tube_and_ignore_one_burst() -> None:
     from bat_analysis.report.plots import frame_key, shared_gate_limits
 
@@ -417,7 +430,7 @@ def test_shared_gate_limits_hold_every_tube_and_ignore_one_burst() -> None:
     burst.density[10] = 10_000  # a clog in one tube
     limits = shared_gate_limits(results)
     (x0, x1), (y0, y1) = limits[frame_key(shifted)]
-    assert (x0, x1, y0, y1) == (0.0, 1.5, -0.25, 1.0)
+    assert (x0, x1, y0, y1) == (0.0, 1.5, -0.3, 1.0)  # every tube's range, (0, 1.5) x (-0.25, 1.0), rounded out
     _, (t0, t1) = limits[frame_key(burst)]
     assert t0 == 0.0 and t1 < 10_000
     assert t1 >= float(np.median([r.gates[0].density.max() for r in results if r.gates]))

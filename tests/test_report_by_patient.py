@@ -27,6 +27,7 @@ def test_a_patients_plots_are_the_same_drawn_alone_or_with_the_run():
 
     from bat_analysis.report._html import draw_tubes, drawing_jobs
     from bat_analysis.report._views import RunView, tube_views
+    from bat_analysis.report.plots import activation_range, marker_values
 
     results, scores = make_experiment(2)
     together = tube_views(results, scores, RunView({}))
@@ -36,8 +37,10 @@ def test_a_patients_plots_are_the_same_drawn_alone_or_with_the_run():
     of_p02 = [v for v in together if v.result.tube.patient == "P02"]
     assert [v.result.tube.file for v in of_p02] == [v.result.tube.file for v in alone] and alone
     assert [[p.data for p in v.images] for v in of_p02] == [[p.data for p in v.images] for v in alone]
-    jobs = {j.result.tube.patient: j for j in drawing_jobs(together)}
-    assert jobs["P01"].xlim != jobs["P02"].xlim  # each patient's own activation axis
+    for patient in ("P01", "P02"):  # each patient's activation axis is its own tubes' range
+        own = [v for v in together if v.result.tube.patient == patient]
+        expected = activation_range([marker_values(v.result, v.marker) for v in own], [v.threshold for v in own])
+        assert {j.xlim for j in drawing_jobs(together) if j.result.tube.patient == patient} == {expected}
 
 
 

@@ -286,7 +286,9 @@ def frame_key(record: GateRecord) -> tuple[str, str, str, int]:
 
 def shared_gate_limits(results: Iterable[TubeResult]) -> dict[tuple[str, str, str, int], Limits]:
     """Axis limits holding every tube's histogram of each gate: the same gate is then drawn on the same
-    axes in every tube (comparable at a glance, and its frame is drawn only once).
+    axes in every tube (comparable at a glance, and its frame is drawn only once). Each limit is widened to
+    a round number (:func:`round_out`), so that other tubes with nearly the same range (another patient's)
+    share the frame too.
 
     For 1-D histograms the height is the 90th percentile of the tubes' peaks, so that one tube's burst
     (a clog) does not flatten every other tube's trace; its own bars run off the top.
@@ -305,8 +307,23 @@ def shared_gate_limits(results: Iterable[TubeResult]) -> dict[tuple[str, str, st
             ylim = (0.0, float(np.percentile([y[1] for y in ys], 90)))
         else:
             ylim = (min(y[0] for y in ys), max(y[1] for y in ys))
-        out[key] = (xlim, ylim)
+        out[key] = (round_out(*xlim), round_out(*ylim))
     return out
+
+
+def round_out(lo: float, hi: float, parts: int = 20) -> tuple[float, float]:
+    """``(lo, hi)`` widened to multiples of a round step (1, 2 or 5 × 10^k, about ``1/parts`` of the span);
+    unchanged when not finite or empty."""
+    span = hi - lo
+    if not (math.isfinite(lo) and math.isfinite(hi) and span > 0):
+        return lo, hi
+    raw = span / parts
+    unit = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * unit for m in (1, 2, 5, 10) if m * unit >= raw)
+    if step >= 1:
+        return math.floor(lo / step) * step, math.ceil(hi / step) * step
+    per = round(1.0 / step)  # a step below 1 is 1/per exactly: n/per is the nearest float (0.95, not 19 × 0.05)
+    return math.floor(lo * per) / per, math.ceil(hi * per) / per
 
 
 def _gate_frame(record: GateRecord, ax: Axes, limits: Limits | None = None) -> int:
@@ -439,9 +456,11 @@ def _printed_pct(values: np.ndarray, threshold: float, given: float | None) -> f
 
 def activation_range(arrays: Iterable[np.ndarray | None], thresholds: Iterable[float | None] = (), *,
                      cofactor: float = ASINH_COFACTOR) -> tuple[float, float] | None:
-    """A display range (compensated linear) that holds 99% of every array's values and every threshold.
+    """A display range (compensated linear) that holds 99% of every array's values and every threshold, its
+    ends on the display scale (arcsinh) widened to multiples of 0.5 (so that other tubes with nearly the same
+    range share the axis's frame).
 
-    Used to give all tubes of a run the same activation axis, so that their histograms compare at a glance.
+    Used to give all tubes of a patient the same activation axis, so that their histograms compare at a glance.
     """
     lows, highs = [], []
     for a in arrays:
@@ -457,7 +476,8 @@ def activation_range(arrays: Iterable[np.ndarray | None], thresholds: Iterable[f
         return None
     lo, hi = min(lows), max(highs)
     pad = 0.05 * ((hi - lo) or 1.0)
-    return float(np.sinh(lo - pad) * cofactor), float(np.sinh(hi + pad) * cofactor)
+    lo, hi = math.floor((lo - pad) * 2.0) / 2.0, math.ceil((hi + pad) * 2.0) / 2.0
+    return float(np.sinh(lo) * cofactor), float(np.sinh(hi) * cofactor)
 
 
 def _activation_frame(ax: Axes, marker: str, xlim: tuple[float, float], cofactor: float,
