@@ -281,6 +281,7 @@ def test_a_known_checksum_is_recorded_without_hashing_again(tmp_path: Path, monk
     """A batch hashes every file once when it checks them; gate_tube records that checksum as given."""
     import bat_analysis.gating.tube as tube_module
     from bat_analysis.gating.templates import load_template
+    from bat_analysis.io.fcs import read_fcs
     from bat_analysis.records import Tube
 
     sample = Path(__file__).resolve().parents[1] / "sample_fcs" / "P01_none_fmlp.fcs"
@@ -289,9 +290,34 @@ def test_a_known_checksum_is_recorded_without_hashing_again(tmp_path: Path, monk
     template = load_template("bat_ccr3_cd63")
     given = tube_module.gate_tube(sample, Tube(sample.name, "P01", "fmlp"), template, sha256="known")
     assert given.file_sha256 == "known" and calls == []
-    hashed = tube_module.gate_tube(sample, Tube(sample.name, "P01", "fmlp"), template)
+    hashed = tube_module.gate_tube(sample, Tube(sample.name, "P01", "fmlp"), template, reader=read_fcs)
     assert hashed.file_sha256 == "hashed-here" and len(calls) == 1
     assert given.n_basophils == hashed.n_basophils > 0
+    # without a checksum and with the default reader, the file is hashed in the pass that reads it
+    one_pass = tube_module.gate_tube(sample, Tube(sample.name, "P01", "fmlp"), template)
+    assert one_pass.file_sha256 == hashlib.sha256(sample.read_bytes()).hexdigest() and len(calls) == 1
+    assert one_pass.n_basophils == given.n_basophils
+
+
+def test_one_pass_read_and_hash_gates_as_the_separate_ones(fcs: Path, template) -> None:
+    """gate_tube without a checksum (the file read once, hashed as it is read, events decoded in place)
+    gives, value for value, the result of hashing the file and reading it separately."""
+    from bat_analysis._checksums import file_sha256
+    from bat_analysis.io.fcs import read_fcs
+
+    one = gate_tube(fcs, TUBE, template)
+    two = gate_tube(fcs, TUBE, template, reader=read_fcs, sha256=file_sha256(fcs))
+    assert one.file_sha256 == two.file_sha256 and one.error is None
+    assert (one.n_events, one.n_basophils, one.flags, one.event_fractions) == \
+        (two.n_events, two.n_basophils, two.flags, two.event_fractions)
+    assert [(g.name, g.count, g.geometry, g.diagnostics) for g in one.gates] == \
+        [(g.name, g.count, g.geometry, g.diagnostics) for g in two.gates]
+    for a, b in zip(one.gates, two.gates):
+        assert (a.density is None) == (b.density is None)
+        if a.density is not None:
+            np.testing.assert_array_equal(a.density, b.density)
+    for m, v in one.basophil_values.items():
+        np.testing.assert_array_equal(v.view(np.uint32), two.basophil_values[m].view(np.uint32))
 
 
 

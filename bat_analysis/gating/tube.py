@@ -353,17 +353,24 @@ def gate_tube(path: str | Path, tube: Tube, template: Template, *,
     ``overrides`` maps gate names to gates whose geometry replaces the estimate (method ``override``,
     e.g. a reviewer's correction); their dimensions must be the template gate's, in its scales.
     ``sha256`` is the file's checksum when the caller has already computed it (a batch checks every file
-    first); otherwise the file is hashed here.
+    first); otherwise the file is hashed here, with the default reader in the same pass that reads it
+    (``read_fcs_sha256``: the checksum is that of the bytes gated).
     A file or template problem (any ``BatError``) gives a result with ``error`` set and a fail flag
     ``TUBE_NOT_GATED`` whose message is that error; a warning that the error repeats (an unusable spillover
     matrix, then refused) is dropped, so that the reason is given once.
     """
     result = TubeResult(tube=tube)
     try:
-        result.file_sha256 = sha256 or file_sha256(path)
-        if reader is None:
-            from ..io.fcs import read_fcs as reader  # noqa: N813
-        sample = reader(path)
+        if reader is None and sha256 is None:
+            from ..io.fcs import read_fcs_sha256
+
+            # one pass over the file's bytes: read, hashed as they are read, events decoded from them
+            sample, result.file_sha256 = read_fcs_sha256(path)
+        else:
+            result.file_sha256 = sha256 or file_sha256(path)
+            if reader is None:
+                from ..io.fcs import read_fcs as reader  # noqa: N813
+            sample = reader(path)
         for w in getattr(sample, "warnings", []) or []:
             result.flags.append(Flag("FCS_WARNING", "warn", f"{Path(path).name}: {w}"))
         gate_sample(sample, tube, template, overrides=overrides, result=result, source=str(path))

@@ -8,6 +8,8 @@ ignored). Vendors' quirks that can be resolved unambiguously are read and record
 ``FcsSample.warnings``: HEADER/TEXT offset discrepancies, blank HEADER offsets of large files, an
 off-by-one ``$ENDDATA``, several data sets, keywords spilled into the ANALYSIS segment, a junk
 ``$TIMESTEP``. Anything else raises ``FcsFormatError`` naming the file, the field and what was expected.
+``read_fcs_sha256`` reads a file once into memory, hashing its bytes as they are read (the checksum
+``file_sha256`` gives), and decodes the same sample from those bytes.
 """
 
 from __future__ import annotations
@@ -643,7 +645,8 @@ def _ascii_to_float(text: np.ndarray, source: str) -> np.ndarray:
                              expected="numbers") from None
 
 
-def _ascii_chunks(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, step: int) -> Iterator[np.ndarray]:
+def _ascii_chunks(p: Path, buf: bytes | mmap.mmap | _InMemory, offset: int, length: int, step: int
+                  ) -> Iterator[np.ndarray]:
     """The bytes ``offset .. offset + length`` of the file as uint8 arrays of at most ``step`` bytes: read from
     the file piece by piece (a memory-mapped DATA segment would stay resident), else viewed in the buffer."""
     for at in range(offset, offset + length, step):
@@ -652,8 +655,8 @@ def _ascii_chunks(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, ste
         yield chunk
 
 
-def _decode_ascii(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, layout: _Layout, n_events: int,
-                  source: str) -> np.ndarray:
+def _decode_ascii(p: Path, buf: bytes | mmap.mmap | _InMemory, offset: int, length: int, layout: _Layout,
+                  n_events: int, source: str) -> np.ndarray:
     """ASCII DATA (``$DATATYPE A``) -> (n_events, n_par) float64, converted by numpy a chunk at a time.
 
     Fixed widths (``$PnB`` characters) are viewed as a record of byte strings per event; delimited values
@@ -680,8 +683,8 @@ def _decode_ascii(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, lay
     return out
 
 
-def _decode_delimited(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, n_events: int, npar: int,
-                      source: str) -> np.ndarray:
+def _decode_delimited(p: Path, buf: bytes | mmap.mmap | _InMemory, offset: int, length: int, n_events: int,
+                      npar: int, source: str) -> np.ndarray:
     """The first ``n_events`` x ``npar`` delimited ASCII values of the DATA segment as float64 (more are ignored)."""
     need = n_events * npar
     out = np.empty(need, dtype=np.float64)
@@ -796,9 +799,18 @@ def _timestep(kw: Mapping[str, str], warnings: list[str]) -> float | None:
     return timestep
 
 
+#: events scaled and checked at a time (:func:`_scale`): a block's rows stay in the cache between its passes
+_SCALE_ROWS = 1 << 14
+
+
 def _scale(values: np.ndarray, channels: list[Channel], layout: _Layout, kw: Mapping[str, str],
-           warnings: list[str], scale: bool = True) -> np.ndarray:
-    """Bit masks, $TIMESTEP, $PnE and $PnG as FlowIO's preprocessing applies them -> float32 events."""
+           warnings: list[str], scale: bool = True) -> tuple[np.ndarray, bool]:
+    """Bit masks, $TIMESTEP, $PnE and $PnG as FlowIO's preprocessing applies them -> (float32 events, whether
+    every value is finite).
+
+    The channels to scale are scaled a block of ``_SCALE_ROWS`` events at a time and each block is checked
+    for non-finite values right after (one pass over the event matrix for both, where a column of it costs
+    a pass over every row); the arithmetic is per value, so the values are those of whole columns."""
     if layout.datatype == "I":
         masks = []
         for c in channels:
@@ -811,27 +823,42 @@ def _scale(values: np.ndarray, channels: list[Channel], layout: _Layout, kw: Map
             values = values & np.array(masks, dtype=values.dtype.newbyteorder("="))
     with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf: refused by name
         events = values.astype(np.float32, copy=not values.flags.writeable)  # byte order, integer -> float
-    if not scale:
-        return events
+    steps = _scale_steps(channels, kw, warnings) if scale else []
+    finite = True
+    for i in range(0, len(events), _SCALE_ROWS):
+        rows = slice(i, i + _SCALE_ROWS)
+        for index, timestep, decades, log_zero, rng, gain in steps:
+            # float64 arithmetic as FlowIO's; a step alone is one multiplication (no float64 copy first)
+            x = (np.multiply(values[rows, index], timestep, dtype=np.float64) if timestep is not None
+                 else values[rows, index].astype(np.float64))
+            if decades > 0:
+                with np.errstate(over="ignore"):  # overflow gives inf, which read_fcs refuses by name
+                    x = 10 ** (decades * x / rng) * log_zero
+            if gain is not None:
+                x = x / gain
+            with np.errstate(over="ignore", invalid="ignore"):
+                events[rows, index] = x
+        finite = finite and bool(np.isfinite(events[rows]).all())
+    return events, finite
+
+
+def _scale_steps(channels: list[Channel], kw: Mapping[str, str], warnings: list[str]
+                 ) -> list[tuple[int, float | None, float, float, float, float | None]]:
+    """The channels :func:`_scale` changes: (column, $TIMESTEP or None, $PnE decades, $PnE zero, $PnR, $PnG or
+    None) for the time channel with a step, log-amplified channels and linear ones with a gain (the time
+    channel's gain is ignored)."""
     time_ch = find_time(channels)
     timestep = _timestep(kw, warnings) if time_ch is not None else None
+    steps = []
     for c in channels:
         is_time = time_ch is not None and c.index == time_ch.index
         gain = 1.0 if is_time else c.gain
         stepped = is_time and timestep is not None
         if not (stepped or c.log_decades > 0 or (gain != 1.0 and gain != 0)):
             continue
-        # float64 arithmetic as FlowIO's; a step alone is one multiplication (no float64 copy first)
-        x = (np.multiply(values[:, c.index], timestep, dtype=np.float64) if stepped
-             else values[:, c.index].astype(np.float64))
-        if c.log_decades > 0:
-            with np.errstate(over="ignore"):  # overflow gives inf, which read_fcs refuses by name
-                x = 10 ** (c.log_decades * x / c.range) * c.log_zero
-        if gain != 1.0 and gain != 0:
-            x = x / gain
-        with np.errstate(over="ignore", invalid="ignore"):
-            events[:, c.index] = x
-    return events
+        steps.append((c.index, timestep if stepped else None, c.log_decades, c.log_zero, c.range,
+                      gain if gain != 1.0 and gain != 0 else None))
+    return steps
 
 
 # ---------------------------------------------------------------------------------------------- spillover
@@ -880,6 +907,55 @@ def _load(path: str | os.PathLike[str]) -> tuple[Path, bytes | mmap.mmap, str]:
         raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file",
                              summary=f"the file is empty — {_EXPORT_AGAIN}")
     return p, buf, source
+
+
+class _InMemory:
+    """A file's bytes read into memory (a uint8 array): sliced as an mmap is (slices are ``bytes``), and its
+    DATA segment decoded in place (:func:`_data_array`)."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, key: slice) -> bytes:
+        return self.array[key].tobytes()
+
+
+#: bytes the DATA segment of a file read into memory is aligned to (that of numpy's own large allocations)
+_DATA_ALIGN = 64
+
+
+def _data_start_guess(head: bytes) -> int:
+    """Where a file's DATA segment probably begins: HEADER bytes 26-33 (0 when blank or not a number)."""
+    text = head[26:34].decode("latin-1").strip()
+    return int(text) if text.isascii() and text.isdigit() else 0
+
+
+def _load_hashed(p: Path, source: str) -> tuple[_InMemory, str]:
+    """The file's bytes in memory and their SHA-256, in one pass (``read_into_sha256``): the digest
+    ``file_sha256`` gives for the same file. Opening fails as ``file_sha256`` does (``OSError``, or
+    ``DataFileError`` for a FIFO, device or /proc file). The bytes are placed so that the DATA segment the
+    HEADER announces starts on a ``_DATA_ALIGN``-byte boundary (its events are then decoded in place)."""
+    import hashlib
+
+    from .._checksums import read_into_sha256
+
+    with open_regular_file(p) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        head = fh.read(HEADER_LENGTH)
+        digest = hashlib.sha256(head)
+        raw = np.empty(max(size, len(head)) + _DATA_ALIGN, dtype=np.uint8)
+        shift = -(raw.ctypes.data + _data_start_guess(head)) % _DATA_ALIGN
+        array = raw[shift: shift + max(size, len(head))]
+        array[:len(head)] = np.frombuffer(head, dtype=np.uint8)
+        stored, sha = read_into_sha256(fh, memoryview(array)[len(head):], digest)
+    array = array[: len(head) + stored]
+    if not len(array):
+        raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file",
+                             summary=f"the file is empty — {_EXPORT_AGAIN}")
+    return _InMemory(array), sha
 
 
 def _select(buf: bytes, source: str, dataset: int, warnings: list[str]) -> tuple[_DataSet, int]:
@@ -942,6 +1018,21 @@ def read_fcs(path: str | os.PathLike[str], *, dataset: int = 0, panel: Panel | N
         return _read_with_fcsparser(p, dataset, panel, exc, allow_nonfinite, scale)
 
 
+def read_fcs_sha256(path: str | os.PathLike[str], *, dataset: int = 0, panel: Panel | None = None
+                    ) -> tuple[FcsSample, str]:
+    """``read_fcs(path)`` and the SHA-256 of the file's bytes (as ``file_sha256`` gives it), in one pass.
+
+    The file is read once into memory and hashed as it is read; its events are decoded from those bytes
+    (native float32 in place), so the checksum names exactly the bytes gated. Opening fails as
+    ``file_sha256`` does (``OSError``; ``DataFileError`` for a file that is not regular); every other
+    problem raises ``FcsFormatError`` as :func:`read_fcs` does.
+    """
+    p = Path(path)
+    source = str(p)
+    buf, sha = _load_hashed(p, source)
+    return _read(p, buf, source, dataset, panel or DEFAULT_PANEL, False, False, True), sha
+
+
 def _read_with_fcsparser(p: Path, dataset: int, panel: Panel, refusal: FcsFormatError, allow_nonfinite: bool,
                          scale: bool) -> FcsSample:
     """Read a file this module refused with fcsparser (optional), or raise the refusal if that is not possible."""
@@ -966,8 +1057,8 @@ def _read_with_fcsparser(p: Path, dataset: int, panel: Panel, refusal: FcsFormat
     channels = _channels(kw, npar, layout, source, panel, warnings)
     if layout.datatype == "I":
         values = values.astype(np.uint64)
-    events = _scale(values, channels, layout, kw, warnings, scale)
-    if not allow_nonfinite and not _all_finite(events):
+    events, finite = _scale(values, channels, layout, kw, warnings, scale)
+    if not allow_nonfinite and not finite:
         raise refusal
     spill, spill_error = _spillover(kw, channels, source, False, warnings)
     return FcsSample(path=p, version=str(meta.get("__header__", {}).get("FCS format", "")).removeprefix("FCS"),
@@ -975,16 +1066,13 @@ def _read_with_fcsparser(p: Path, dataset: int, panel: Panel, refusal: FcsFormat
                      n_datasets=1, dataset=dataset, warnings=warnings, spillover_error=spill_error)
 
 
-_FINITE_ROWS = 1 << 14  # events checked at a time: the boolean temporary stays in the cache
-
-
-def _all_finite(events: np.ndarray) -> bool:
-    """``np.isfinite(events).all()``, checked a block of events at a time (no n x p boolean array)."""
-    return all(bool(np.isfinite(events[i:i + _FINITE_ROWS]).all()) for i in range(0, len(events), _FINITE_ROWS))
-
-
-def _data_array(p: Path, buf: bytes | mmap.mmap, dtype: np.dtype, count: int, offset: int) -> np.ndarray:
-    """``count`` items of the DATA segment: read straight from the file (fastest), else from the buffer."""
+def _data_array(p: Path, buf: bytes | mmap.mmap | _InMemory, dtype: np.dtype, count: int, offset: int
+                ) -> np.ndarray:
+    """``count`` items of the DATA segment: read straight from the file (fastest), else from the buffer (a
+    file already in memory: in place, copied only when its items are not aligned)."""
+    if isinstance(buf, _InMemory):
+        values = np.frombuffer(buf.array, dtype=dtype, count=count, offset=offset)
+        return values if values.flags.aligned else values.copy()
     if isinstance(buf, mmap.mmap):
         try:
             values = np.fromfile(p, dtype=dtype, count=count, offset=offset)
@@ -995,7 +1083,7 @@ def _data_array(p: Path, buf: bytes | mmap.mmap, dtype: np.dtype, count: int, of
     return np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
 
 
-def _read(p: Path, buf: bytes | mmap.mmap, source: str, dataset: int, panel: Panel, strict_spillover: bool,
+def _read(p: Path, buf: bytes | mmap.mmap | _InMemory, source: str, dataset: int, panel: Panel, strict_spillover: bool,
           allow_nonfinite: bool, scale: bool) -> FcsSample:
     ds, n_datasets = _select(buf, source, dataset, [])
     kw = ds.keywords
@@ -1040,8 +1128,8 @@ def _read(p: Path, buf: bytes | mmap.mmap, source: str, dataset: int, panel: Pan
     else:
         dt = np.dtype(f"{layout.order}f{4 if layout.datatype == 'F' else 8}")
         values = _data_array(p, buf, dt, tot * npar, abs_start).reshape(tot, npar)
-    events = _scale(values, channels, layout, kw, warnings, scale)
-    if not _all_finite(events):
+    events, finite = _scale(values, channels, layout, kw, warnings, scale)
+    if not finite:
         bad = (~np.isfinite(events)).sum(axis=0)
         which = ", ".join(f"{channels[i].pnn} ({int(bad[i])})" for i in np.flatnonzero(bad))
         if not allow_nonfinite:
