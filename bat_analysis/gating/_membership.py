@@ -95,17 +95,27 @@ def cell_classes(v: np.ndarray, ex: np.ndarray, ey: np.ndarray) -> np.ndarray | 
     y_lo, y_hi = (ey[:-1] - eps_y)[None, :], (ey[1:] + eps_y)[None, :]
     inside = np.ones((len(ex) - 1, len(ey) - 1), dtype=bool)
     outside = np.zeros_like(inside)
+    # the grid-sized temporaries are made once and reused for every edge (same arithmetic, in place)
+    value = np.empty(inside.shape, dtype=np.float64)
+    test = np.empty(inside.shape, dtype=bool)
     for (px, py), (qx, qy) in zip(v, np.roll(v, -1, axis=0)):
         # f(x, y) = a x + b y + c > 0 left of the edge p -> q
         a, b = -(qy - py), qx - px
         if a == 0.0 and b == 0.0:
             continue  # a repeated vertex is no edge
         c = -(a * px + b * py)
-        lo = (a * x_lo if a > 0 else a * x_hi) + (b * y_lo if b > 0 else b * y_hi) + c
-        hi = (a * x_hi if a > 0 else a * x_lo) + (b * y_hi if b > 0 else b * y_lo) + c
-        inside &= lo > 0
-        outside |= hi < 0
-    return np.where(inside, 1, np.where(outside, 0, 2)).astype(np.uint8)
+        # lowest value over the cell: (a x + b y) + c at the corner minimising each term
+        np.add(a * x_lo if a > 0 else a * x_hi, b * y_lo if b > 0 else b * y_hi, out=value)
+        value += c
+        inside &= np.greater(value, 0, out=test)
+        # highest value over the cell
+        np.add(a * x_hi if a > 0 else a * x_lo, b * y_hi if b > 0 else b * y_lo, out=value)
+        value += c
+        outside |= np.less(value, 0, out=test)
+    classes = np.full(inside.shape, 2, dtype=np.uint8)
+    classes[outside] = 0
+    classes[inside] = 1
+    return classes
 
 
 def grid_size(n: int) -> int:
