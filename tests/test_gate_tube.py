@@ -348,3 +348,36 @@ def test_members_of_a_gate_whose_parent_kept_every_event_are_indices_of_all_even
         channel = next(c for c in sample.channels if c.pnn == name)
         keep &= ~(sample.events[:, channel.index] >= float(channel.range) * (1.0 - tol))
     assert np.array_equal(idx["margin"], np.flatnonzero(keep))
+
+
+def test_gates_keeping_every_event_give_every_index_and_every_value(tmp_path: Path, template) -> None:
+    """A gate that kept every event (acquisition QC of a clean tube; a gate not applied under the root) is
+    recorded without building its indices: gate_sample_indices still gives 0..n-1 for it, its children are
+    gated on every event, and as the population it gives every event's compensated marker values."""
+    from bat_analysis.gating.compensation import compensate
+    from bat_analysis.gating.tube import gate_sample_indices
+    from bat_analysis.io.fcs import read_fcs
+
+    s = simulate_tube(n_events=12_000, seed=3)
+    path = write_fcs(tmp_path / "clean.fcs", s.events, s.pnn, s.pns, spillover=s.spillover)
+    sample = read_fcs(path)
+    n = sample.n_events
+    as_population = parse_template(template.source_text.replace("population: basophils",
+                                                                "population: acquisition_qc"))
+    result, idx = gate_sample_indices(sample, TUBE, as_population)
+    assert result.gates[0].count == n and result.n_basophils == n
+    assert np.array_equal(idx["acquisition_qc"], np.arange(n)) and len(idx["margin"]) < n
+    pnn = [c.pnn for c in sample.channels]
+    for marker, values in result.basophil_values.items():
+        channel = next(c for c in sample.channels if c.marker == marker)
+        expected = compensate(sample.events, pnn, sample.spillover, [channel.pnn])[:, 0]
+        assert values.shape == (n,) and values.dtype == np.float32
+        np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-3)
+    # acquisition QC not applied (too few bins asked): every event kept, the margin gated on all of them
+    skipped = parse_template(template.source_text.replace("min_bins: 20", "min_bins: 100000"))
+    result, idx = gate_sample_indices(sample, TUBE, skipped)
+    assert any(f.code == "GATE_NOT_APPLIED" for f in result.flags)
+    assert np.array_equal(idx["acquisition_qc"], np.arange(n))
+    margin = next(g for g in result.gates if g.name == "margin")
+    assert margin.parent_count == n and len(idx["margin"]) == margin.count
+    assert result.n_basophils == len(idx["basophils"]) > 0
