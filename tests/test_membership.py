@@ -190,3 +190,20 @@ def test_cell_classes_in_place_equal_the_reference(seed: int) -> None:
     got = cell_classes(v, ex, ey)
     assert got is not None and got.dtype == np.uint8
     np.testing.assert_array_equal(got, _cell_classes_reference(v, ex, ey))
+
+
+@pytest.mark.parametrize("width", [0.001, 0.01, 0.2, 0.9, 1.5])
+def test_in_box_equals_the_four_comparisons(width: float) -> None:
+    """in_box (the x range first, the y range on its events when they are few) finds the events of the
+    plain four comparisons, boxes narrow and wide, values on the box's edges and NaN included."""
+    from bat_analysis.gating._membership import in_box
+
+    rng = np.random.default_rng(int(width * 1000))
+    x = rng.random(50_000).astype(np.float32)
+    y = rng.random(50_000).astype(np.float32)
+    rx = np.array([0.3, 0.3 + width])
+    ry = np.array([0.1, 0.1 + width])
+    x[:4] = np.float32(rx[0]), np.float32(rx[1]), np.nan, np.float32(0.3 + width / 2)
+    y[:4] = np.float32(ry[0]), np.nan, np.float32(0.2), np.float32(ry[1])
+    expected = np.flatnonzero((x >= rx[0]) & (x <= rx[1]) & (y >= ry[0]) & (y <= ry[1]))
+    np.testing.assert_array_equal(in_box(x, y, rx, ry), expected)

@@ -24,7 +24,7 @@ import numpy as np
 
 from ._binning import CHUNK, binner, from_scale, to_scale
 
-__all__ = ["cell_classes", "grid_size", "is_convex", "polygon_mask", "range_mask"]
+__all__ = ["cell_classes", "grid_size", "in_box", "is_convex", "polygon_mask", "range_mask"]
 
 
 class _OnScale:
@@ -151,11 +151,24 @@ def polygon_mask(gate: Any, cols: Sequence[np.ndarray], grid: int | None = None,
         mask = np.zeros(len(x), dtype=bool)
         rx = from_scale(dims[0], np.array([lo[0], hi[0]]))
         ry = from_scale(dims[1], np.array([lo[1], hi[1]]))
-        idx = np.flatnonzero((x >= rx[0]) & (x <= rx[1]) & (y >= ry[0]) & (y <= ry[1]))
+        idx = in_box(x, y, rx, ry)
     if len(idx):
         mask[idx] = _polygon_exact(v, dims, x[idx], y[idx])
     return mask
 
+
+def in_box(x: np.ndarray, y: np.ndarray, rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero((x >= rx[0]) & (x <= rx[1]) & (y >= ry[0]) & (y <= ry[1]))``: when few events lie in the
+    x range (a gate on a rare population), the y range is tested on those events only."""
+    in_x = x >= rx[0]
+    in_x &= x <= rx[1]
+    if np.count_nonzero(in_x) * 8 < len(x):
+        idx = np.flatnonzero(in_x)
+        yi = y[idx]
+        return idx[(yi >= ry[0]) & (yi <= ry[1])]
+    in_x &= y >= ry[0]
+    in_x &= y <= ry[1]
+    return np.flatnonzero(in_x)
 
 def _polygon_grid(classes: np.ndarray, dims: Sequence[Any], x: np.ndarray, y: np.ndarray, ex: np.ndarray,
                   ey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
