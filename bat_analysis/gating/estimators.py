@@ -919,7 +919,9 @@ def estimate_split_1d(data: GateData, params: Mapping[str, Any]) -> Estimate:
                       n_parent=n)
     with np.errstate(over="ignore"):
         span = float(v.max()) - float(v.min())
-    if not np.isfinite(span):
+        # the histogram's window reaches 5% of the span beyond the values: it must be a number too
+        window = (float(v.min()) - 0.05 * span, float(v.max()) + 0.05 * span)
+    if not (np.isfinite(span) and np.isfinite(window).all()):
         return failed(f"{dim.key} values span beyond the numeric range ({float(v.min()):g} to {float(v.max()):g})",
                       "SPLIT_FAILED", name, n_parent=n)
     counts, edges, sm, width = _smoothed_histogram(v, 256, params["bandwidth"])
