@@ -8,7 +8,7 @@ from typing import BinaryIO
 
 from .io._paths import open_regular_file
 
-#: bytes read and hashed at a time by :func:`read_into_sha256`: each piece is hashed while it is in the cache
+#: bytes read and hashed at a time by :func:`sha256_reading`: each piece is hashed while it is in the cache
 _PIECE = 1 << 16
 
 
@@ -25,24 +25,33 @@ def file_sha256(path: str | Path, *, follow_symlinks: bool = True) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def read_into_sha256(fh: BinaryIO, into: memoryview, digest: "hashlib._Hash | None" = None) -> tuple[int, str]:
-    """Read ``fh`` to its end into ``into`` and return (bytes stored, SHA-256 of every byte read, hex).
+def sha256_reading(fh: BinaryIO, start: int, into: memoryview) -> tuple[int, str]:
+    """SHA-256 of every byte of ``fh`` (read from its beginning, as lowercase hex), storing its bytes
+    ``start .. start + len(into)`` in ``into`` on the way; returns (bytes stored, digest).
 
-    The bytes are hashed piece by piece as they are read (one pass over them, each piece still in the
-    cache), so a caller that keeps the file's bytes gets the digest :func:`file_sha256` gives for the same
-    file without reading it twice. ``digest``: a SHA-256 already fed with the bytes before ``fh``'s position.
-    Bytes beyond ``into``'s length (a file that grew since its size was taken) are hashed, not stored.
+    One pass: each piece is hashed as it is read, while it is in the cache, so a reader that needs a
+    segment of the file gets it and the digest :func:`file_sha256` gives without reading the file twice.
+    Fewer bytes are stored when the file ends before ``start + len(into)``.
     """
-    h = digest if digest is not None else hashlib.sha256()
-    at, size = 0, len(into)
-    while at < size:
-        n = fh.readinto(into[at: min(at + _PIECE, size)])  # type: ignore[attr-defined]
+    h = hashlib.sha256()
+    fh.seek(0)
+    scratch = memoryview(bytearray(_PIECE))
+    left = start
+    while left > 0:  # before the segment: hashed only
+        n = fh.readinto(scratch[: min(_PIECE, left)])  # type: ignore[attr-defined]
         if not n:
-            return at, h.hexdigest()
-        h.update(into[at: at + n])
-        at += n
-    while True:  # the file grew: its digest is still that of every byte
-        rest = fh.read(_PIECE)
-        if not rest:
-            return at, h.hexdigest()
-        h.update(rest)
+            return 0, h.hexdigest()
+        h.update(scratch[:n])
+        left -= n
+    stored = 0
+    while stored < len(into):
+        n = fh.readinto(into[stored: min(stored + _PIECE, len(into))])  # type: ignore[attr-defined]
+        if not n:
+            return stored, h.hexdigest()
+        h.update(into[stored: stored + n])
+        stored += n
+    while True:  # after it: hashed only
+        n = fh.readinto(scratch)  # type: ignore[attr-defined]
+        if not n:
+            return stored, h.hexdigest()
+        h.update(scratch[:n])

@@ -123,10 +123,10 @@ def direct_timings(path: Path, tube: Any, template: Any, repeats: int = 7) -> di
 
 
 #: (module, function) timed by ``--stages``: the estimators, the density and binning helpers they share,
-#: compensation, reading and hashing (``_load_hashed``: the file read into memory and hashed as it is read;
+#: compensation, reading and hashing (``sha256_reading``: the DATA segment read while the file is hashed;
 #: ``_scale``: channel scaling with the finiteness check); inclusive times (a stage contains those it calls)
 STAGES = (
-    ("bat_analysis.io.fcs", "read_fcs_sha256"), ("bat_analysis.io.fcs", "_load_hashed"),
+    ("bat_analysis.io.fcs", "read_fcs_sha256"), ("bat_analysis._checksums", "sha256_reading"),
     ("bat_analysis.io.fcs", "_scale"), ("bat_analysis.gating.tube", "resolve_channels"),
     ("bat_analysis.gating.tube", "_gate_input"), ("bat_analysis.gating.tube", "_gated"),
     ("bat_analysis.gating.tube", "_density_for"), ("bat_analysis.gating.compensation", "compensate"),

@@ -100,8 +100,8 @@ def test_roundtrip_with_unusual_delimiter_values(tmp_path: Path) -> None:
 @pytest.mark.parametrize("pad", [0, 1, 2, 3])
 def test_read_once_and_hashed_as_read_fcs(tmp_path: Path, datatype: str, byteorder: str, pad: int) -> None:
     """read_fcs_sha256 decodes the events from the bytes it hashed: the same sample as read_fcs and the
-    file's SHA-256, with the DATA segment at any byte offset (TEXT padded by a keyword's length) and the
-    events aligned (in place, or copied when the HEADER's offset is blank and the guess misses)."""
+    file's SHA-256, with the DATA segment at any byte offset (TEXT padded by a keyword's length; HEADER
+    DATA offsets blank) and the events aligned."""
     import hashlib
 
     from bat_analysis.io.fcs import read_fcs_sha256
@@ -116,6 +116,8 @@ def test_read_once_and_hashed_as_read_fcs(tmp_path: Path, datatype: str, byteord
     blank[26:42] = b" " * 16
     variants.append(tmp_path / "blank.fcs")
     variants[-1].write_bytes(bytes(blank))
+    variants.append(tmp_path / "trailing.fcs")  # bytes after the data set: hashed, not read as events
+    variants[-1].write_bytes(path.read_bytes() + b"\0junk" * 1000)
     for p in variants:
         expected = read_fcs(p)
         sample, sha = read_fcs_sha256(p)

@@ -262,6 +262,26 @@ def test_file_sha256_of_empty_and_small_files(tmp_path: Path) -> None:
     assert file_sha256(small) == hashlib.sha256(small.read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize("start,length", [(0, 0), (0, 100), (58, 5000), (70_000, 65_536), (199_990, 10),
+                                          (199_990, 50), (250_000, 10)])
+def test_sha256_reading_stores_a_segment_and_hashes_every_byte(tmp_path: Path, start: int, length: int) -> None:
+    """sha256_reading gives file_sha256's digest while storing the segment asked for (bytes short when the
+    file ends first: a segment past its end, or one crossing it)."""
+    from bat_analysis._checksums import file_sha256, sha256_reading
+    from bat_analysis.io._paths import open_regular_file
+
+    data = np.random.default_rng(start).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    into = bytearray(length)
+    with open_regular_file(path) as fh:
+        fh.read(10)  # wherever the file stands, it is hashed from its beginning
+        stored, digest = sha256_reading(fh, start, memoryview(into))
+    assert digest == file_sha256(path) == hashlib.sha256(data).hexdigest()
+    expected = data[start: start + length]
+    assert stored == len(expected) and bytes(into[:stored]) == expected
+
+
 def test_marker_identification_is_remembered_per_panel(tmp_path: Path) -> None:
     """Files read with different panels keep their own identification of the same labels."""
     from bat_analysis.io.fcs import read_fcs

@@ -8,8 +8,8 @@ ignored). Vendors' quirks that can be resolved unambiguously are read and record
 ``FcsSample.warnings``: HEADER/TEXT offset discrepancies, blank HEADER offsets of large files, an
 off-by-one ``$ENDDATA``, several data sets, keywords spilled into the ANALYSIS segment, a junk
 ``$TIMESTEP``. Anything else raises ``FcsFormatError`` naming the file, the field and what was expected.
-``read_fcs_sha256`` reads a file once into memory, hashing its bytes as they are read (the checksum
-``file_sha256`` gives), and decodes the same sample from those bytes.
+``read_fcs_sha256`` gives the same sample and the file's SHA-256 (``file_sha256``'s), hashing the bytes in
+the pass that reads the DATA segment.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -645,7 +646,7 @@ def _ascii_to_float(text: np.ndarray, source: str) -> np.ndarray:
                              expected="numbers") from None
 
 
-def _ascii_chunks(p: Path, buf: bytes | mmap.mmap | _InMemory, offset: int, length: int, step: int
+def _ascii_chunks(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, step: int
                   ) -> Iterator[np.ndarray]:
     """The bytes ``offset .. offset + length`` of the file as uint8 arrays of at most ``step`` bytes: read from
     the file piece by piece (a memory-mapped DATA segment would stay resident), else viewed in the buffer."""
@@ -655,7 +656,7 @@ def _ascii_chunks(p: Path, buf: bytes | mmap.mmap | _InMemory, offset: int, leng
         yield chunk
 
 
-def _decode_ascii(p: Path, buf: bytes | mmap.mmap | _InMemory, offset: int, length: int, layout: _Layout,
+def _decode_ascii(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, layout: _Layout,
                   n_events: int, source: str) -> np.ndarray:
     """ASCII DATA (``$DATATYPE A``) -> (n_events, n_par) float64, converted by numpy a chunk at a time.
 
@@ -683,7 +684,7 @@ def _decode_ascii(p: Path, buf: bytes | mmap.mmap | _InMemory, offset: int, leng
     return out
 
 
-def _decode_delimited(p: Path, buf: bytes | mmap.mmap | _InMemory, offset: int, length: int, n_events: int,
+def _decode_delimited(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, n_events: int,
                       npar: int, source: str) -> np.ndarray:
     """The first ``n_events`` x ``npar`` delimited ASCII values of the DATA segment as float64 (more are ignored)."""
     need = n_events * npar
@@ -887,14 +888,7 @@ def _load(path: str | os.PathLike[str]) -> tuple[Path, bytes | mmap.mmap, str]:
     source = str(p)
     try:
         with open_regular_file(p) as fh:  # a FIFO, device or /proc file is refused, never waited on
-            size = os.fstat(fh.fileno()).st_size
-            if size == 0:
-                raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file",
-                                     summary=f"the file is empty — {_EXPORT_AGAIN}")
-            try:
-                buf: bytes | mmap.mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError):  # not mappable (a pipe, a special file): read it instead
-                buf = fh.read()
+            buf = _mapped(fh, source)
     except DataFileError as exc:
         raise FcsFormatError(exc.detail, source=source, expected=exc.expected) from None
     except FileNotFoundError:
@@ -903,59 +897,48 @@ def _load(path: str | os.PathLike[str]) -> tuple[Path, bytes | mmap.mmap, str]:
         raise FcsFormatError("is a directory", source=source, expected="an FCS file") from None
     except OSError as exc:
         raise FcsFormatError(f"cannot be read: {exc.strerror}", source=source, expected="a readable file") from None
-    if not buf:
-        raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file",
-                             summary=f"the file is empty — {_EXPORT_AGAIN}")
     return p, buf, source
 
 
-class _InMemory:
-    """A file's bytes read into memory (a uint8 array): sliced as an mmap is (slices are ``bytes``), and its
-    DATA segment decoded in place (:func:`_data_array`)."""
+def _mapped(fh: BinaryIO, source: str) -> bytes | mmap.mmap:
+    """The open file's bytes, memory-mapped when possible (read otherwise); an empty file is refused."""
+    size = os.fstat(fh.fileno()).st_size
+    buf: bytes | mmap.mmap = b""
+    if size:
+        try:
+            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # not mappable (a pipe, a special file): read it instead
+            buf = fh.read()
+    if not buf:
+        raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file",
+                             summary=f"the file is empty — {_EXPORT_AGAIN}")
+    return buf
 
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
 
-    def __len__(self) -> int:
-        return len(self.array)
-
-    def __getitem__(self, key: slice) -> bytes:
-        return self.array[key].tobytes()
-
-
-#: bytes the DATA segment of a file read into memory is aligned to (that of numpy's own large allocations)
+#: bytes the DATA segment read by :class:`_OnePass` is aligned to
 _DATA_ALIGN = 64
 
 
-def _data_start_guess(head: bytes) -> int:
-    """Where a file's DATA segment probably begins: HEADER bytes 26-33 (0 when blank or not a number)."""
-    text = head[26:34].decode("latin-1").strip()
-    return int(text) if text.isascii() and text.isdigit() else 0
+class _OnePass:
+    """Reads a file's DATA segment and hashes the whole file in the same pass (``sha256_reading``), when
+    :func:`_read` asks for the segment; ``sha256`` is then the file's digest (None until then)."""
 
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.sha256: str | None = None
 
-def _load_hashed(p: Path, source: str) -> tuple[_InMemory, str]:
-    """The file's bytes in memory and their SHA-256, in one pass (``read_into_sha256``): the digest
-    ``file_sha256`` gives for the same file. Opening fails as ``file_sha256`` does (``OSError``, or
-    ``DataFileError`` for a FIFO, device or /proc file). The bytes are placed so that the DATA segment the
-    HEADER announces starts on a ``_DATA_ALIGN``-byte boundary (its events are then decoded in place)."""
-    import hashlib
+    def data(self, dtype: np.dtype, count: int, offset: int) -> np.ndarray | None:
+        """``count`` items at byte ``offset`` (aligned, writeable), or None when the file holds fewer."""
+        from .._checksums import sha256_reading
 
-    from .._checksums import read_into_sha256
-
-    with open_regular_file(p) as fh:
-        size = os.fstat(fh.fileno()).st_size
-        head = fh.read(HEADER_LENGTH)
-        digest = hashlib.sha256(head)
-        raw = np.empty(max(size, len(head)) + _DATA_ALIGN, dtype=np.uint8)
-        shift = -(raw.ctypes.data + _data_start_guess(head)) % _DATA_ALIGN
-        array = raw[shift: shift + max(size, len(head))]
-        array[:len(head)] = np.frombuffer(head, dtype=np.uint8)
-        stored, sha = read_into_sha256(fh, memoryview(array)[len(head):], digest)
-    array = array[: len(head) + stored]
-    if not len(array):
-        raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file",
-                             summary=f"the file is empty — {_EXPORT_AGAIN}")
-    return _InMemory(array), sha
+        if self.sha256 is not None:
+            return None
+        nbytes = count * dtype.itemsize
+        raw = np.empty(nbytes + _DATA_ALIGN, dtype=np.uint8)
+        shift = -raw.ctypes.data % _DATA_ALIGN
+        segment = raw[shift: shift + nbytes]
+        stored, self.sha256 = sha256_reading(self.fh, offset, memoryview(segment))
+        return segment.view(dtype) if stored == nbytes else None
 
 
 def _select(buf: bytes, source: str, dataset: int, warnings: list[str]) -> tuple[_DataSet, int]:
@@ -1022,15 +1005,25 @@ def read_fcs_sha256(path: str | os.PathLike[str], *, dataset: int = 0, panel: Pa
                     ) -> tuple[FcsSample, str]:
     """``read_fcs(path)`` and the SHA-256 of the file's bytes (as ``file_sha256`` gives it), in one pass.
 
-    The file is read once into memory and hashed as it is read; its events are decoded from those bytes
-    (native float32 in place), so the checksum names exactly the bytes gated. Opening fails as
-    ``file_sha256`` does (``OSError``; ``DataFileError`` for a file that is not regular); every other
-    problem raises ``FcsFormatError`` as :func:`read_fcs` does.
+    HEADER and TEXT are parsed from the memory-mapped file as :func:`read_fcs` does; a binary DATA segment
+    is then read while every byte of the file is hashed, in one pass (the events decoded from the bytes
+    hashed, native float32 in place; no more memory than :func:`read_fcs`). ASCII data are read as
+    :func:`read_fcs` reads them and the file hashed after. Opening fails as ``file_sha256`` does
+    (``OSError``; ``DataFileError`` for a file that is not regular); every other problem raises
+    ``FcsFormatError`` as :func:`read_fcs` does.
     """
+    import hashlib
+
     p = Path(path)
     source = str(p)
-    buf, sha = _load_hashed(p, source)
-    return _read(p, buf, source, dataset, panel or DEFAULT_PANEL, False, False, True), sha
+    with open_regular_file(p) as fh:
+        one_pass = _OnePass(fh)
+        sample = _read(p, _mapped(fh, source), source, dataset, panel or DEFAULT_PANEL, False, False, True,
+                       one_pass)
+        if one_pass.sha256 is None:  # not read in the pass (ASCII data): hashed now
+            fh.seek(0)
+            one_pass.sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
+    return sample, one_pass.sha256
 
 
 def _read_with_fcsparser(p: Path, dataset: int, panel: Panel, refusal: FcsFormatError, allow_nonfinite: bool,
@@ -1066,13 +1059,14 @@ def _read_with_fcsparser(p: Path, dataset: int, panel: Panel, refusal: FcsFormat
                      n_datasets=1, dataset=dataset, warnings=warnings, spillover_error=spill_error)
 
 
-def _data_array(p: Path, buf: bytes | mmap.mmap | _InMemory, dtype: np.dtype, count: int, offset: int
-                ) -> np.ndarray:
-    """``count`` items of the DATA segment: read straight from the file (fastest), else from the buffer (a
-    file already in memory: in place, copied only when its items are not aligned)."""
-    if isinstance(buf, _InMemory):
-        values = np.frombuffer(buf.array, dtype=dtype, count=count, offset=offset)
-        return values if values.flags.aligned else values.copy()
+def _data_array(p: Path, buf: bytes | mmap.mmap, dtype: np.dtype, count: int, offset: int,
+                one_pass: _OnePass | None = None) -> np.ndarray:
+    """``count`` items of the DATA segment: read in the pass that hashes the file (``one_pass``), else
+    straight from the file (fastest), else from the buffer."""
+    if one_pass is not None:
+        values = one_pass.data(dtype, count, offset)
+        if values is not None:
+            return values
     if isinstance(buf, mmap.mmap):
         try:
             values = np.fromfile(p, dtype=dtype, count=count, offset=offset)
@@ -1083,8 +1077,8 @@ def _data_array(p: Path, buf: bytes | mmap.mmap | _InMemory, dtype: np.dtype, co
     return np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
 
 
-def _read(p: Path, buf: bytes | mmap.mmap | _InMemory, source: str, dataset: int, panel: Panel, strict_spillover: bool,
-          allow_nonfinite: bool, scale: bool) -> FcsSample:
+def _read(p: Path, buf: bytes | mmap.mmap, source: str, dataset: int, panel: Panel, strict_spillover: bool,
+          allow_nonfinite: bool, scale: bool, one_pass: _OnePass | None = None) -> FcsSample:
     ds, n_datasets = _select(buf, source, dataset, [])
     kw = ds.keywords
     warnings = ds.warnings
@@ -1123,11 +1117,11 @@ def _read(p: Path, buf: bytes | mmap.mmap | _InMemory, source: str, dataset: int
     if layout.datatype == "A":
         values: np.ndarray = _decode_ascii(p, buf, abs_start, length, layout, tot, source)
     elif layout.datatype == "I":
-        raw = _data_array(p, buf, np.dtype(np.uint8), length, abs_start)
+        raw = _data_array(p, buf, np.dtype(np.uint8), length, abs_start, one_pass)
         values = _decode_int(raw, layout, tot)
     else:
         dt = np.dtype(f"{layout.order}f{4 if layout.datatype == 'F' else 8}")
-        values = _data_array(p, buf, dt, tot * npar, abs_start).reshape(tot, npar)
+        values = _data_array(p, buf, dt, tot * npar, abs_start, one_pass).reshape(tot, npar)
     events, finite = _scale(values, channels, layout, kw, warnings, scale)
     if not finite:
         bad = (~np.isfinite(events)).sum(axis=0)
