@@ -132,7 +132,7 @@ def _gate_input(state: _TubeState, gspec: GateSpec, parent_idx: np.ndarray | Non
     if not missing:
         # member indices are sorted subsets of all events: a parent holding every event needs no gather
         whole = parent_idx is None or len(parent_idx) == state.n_events
-        cols = [state.columns[d] if whole else state.columns[d][parent_idx] for d in gspec.dims]
+        cols = [state.columns[d] if whole else np.take(state.columns[d], parent_idx) for d in gspec.dims]
     return _GateInput(parent_idx, n_parent, dims, tops, missing, cols)
 
 
