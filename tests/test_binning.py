@@ -163,3 +163,25 @@ def test_bin_index_from_values_already_on_the_scale() -> None:
     assert np.array_equal(bin_index(values, dim, edges, scaled=scaled), expected)
     assert np.array_equal(bin_index(values, dim, edges, scaled=scaled + 0.02), expected)
     assert np.array_equal(bin_index(values, dim, edges, shift=1, scaled=np.full(len(values), np.nan)), expected + 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("transformed", [False, True])
+def test_bins_computed_in_one_temporary_equal_the_expression(dtype, transformed: bool) -> None:
+    """The linear binning and the lookup table's cell arithmetic, computed in place in one temporary, give
+    the bins of the plain expressions (same promotions: float64 edges, Python-float table origin)."""
+    from bat_analysis.gating._binning import binner
+
+    rng = np.random.default_rng(21)
+    values = np.concatenate([rng.lognormal(8, 2.5, 70_000) - 500, rng.normal(0, 50, 10_000)]).astype(dtype)
+    dim = Dimension("x", LOGICLE if transformed else None)
+    edges = np.linspace(-0.05, 1.05, 129) if transformed else np.linspace(-1000.0, 270000.0, 129)
+    bins = len(edges) - 1
+    got = binner(values.dtype, len(values), dim, edges)(values)
+    if not transformed:
+        width = (edges[-1] - edges[0]) / bins
+        expected = np.clip(np.floor((values - edges[0]) * (1.0 / width)), -1, bins).astype(np.int32)
+    else:  # the binary search the table answers as
+        expected = (np.searchsorted(from_scale(dim, edges), values, side="right") - 1).astype(np.int32)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, expected)

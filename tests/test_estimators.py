@@ -392,3 +392,54 @@ def test_time_bin_counts_of_events_in_acquisition_order_are_bincounts() -> None:
             assert np.array_equal(got, np.bincount(which, minlength=n_bins)) and len(got) == n_bins
     gappy = np.repeat(np.array([0, 3, 3, 9], dtype=np.int32), 1000)
     assert np.array_equal(est._bin_counts(gappy, 12), np.bincount(gappy, minlength=12))
+
+
+def _density_by_selection(ix: np.ndarray, iy: np.ndarray, bins: int, weights) -> np.ndarray:
+    """The density image as it was counted before: the events inside the window selected, then counted."""
+    ok = (ix >= 0) & (ix < bins) & (iy >= 0) & (iy < bins)
+    w = None if weights is None else np.broadcast_to(np.asarray(weights, dtype=np.float64), ix.shape)[ok]
+    counts = np.bincount(ix[ok] * bins + iy[ok], weights=w, minlength=bins * bins).reshape(bins, bins)
+    return counts if w is None else np.rint(counts).astype(np.int64)
+
+
+@pytest.mark.parametrize("weights", [None, 3, 40, "per_event", 2.5])
+def test_density_counted_with_a_border_equals_counting_the_selected_events(weights) -> None:
+    """_binned_counts (events outside the window counted on a border, cropped; a stride multiplied) gives
+    the counts of selecting the events inside the window first, weighted sums included."""
+    from bat_analysis.gating.estimators import _binned_counts
+
+    rng = np.random.default_rng(7)
+    bins = 64
+    ix = rng.integers(-1, bins + 1, 30_000).astype(np.int32)
+    iy = rng.integers(-1, bins + 1, 30_000).astype(np.int32)
+    if weights == "per_event":
+        weights = np.where(rng.random(30_000) < 0.1, 1.0, 37.0)
+    got = _binned_counts(ix, iy, bins, weights)
+    expected = _density_by_selection(ix, iy, bins, weights)
+    assert got.dtype == np.int64 and got.shape == (bins, bins)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fill_holes_is_scipys(seed: int) -> None:
+    """fill_holes (background components labelled once) fills what scipy's binary_fill_holes fills: smooth
+    blobs with holes, noise, regions touching the border, an empty and a full image, thin shapes."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 90)), int(rng.integers(1, 90))) if seed % 4 == 3 else (128, 128)
+    kind = seed % 5
+    if kind == 0:
+        region = ndimage.gaussian_filter(rng.random(shape), 1 + seed % 4) > 0.5
+    elif kind == 1:
+        region = rng.random(shape) < 0.6
+    elif kind == 2:
+        region = np.zeros(shape, dtype=bool) if seed % 2 else np.ones(shape, dtype=bool)
+    elif kind == 3:
+        region = np.zeros(shape, dtype=bool)
+        region[::7, :] = True
+        region[:, ::5] = True
+    else:
+        region = ndimage.gaussian_filter(rng.random(shape), 3) > 0.48
+        region[0, :] = True
+    np.testing.assert_array_equal(est.fill_holes(region), ndimage.binary_fill_holes(region))

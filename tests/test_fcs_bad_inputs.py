@@ -11,7 +11,7 @@ import pytest
 from guards import no_hang
 
 from bat_analysis.errors import BatError, FcsFormatError, MarkerError
-from bat_analysis.io.fcs import HEADER_LENGTH, read_fcs
+from bat_analysis.io.fcs import HEADER_LENGTH, read_fcs, read_fcs_sha256
 from bat_analysis.io.markers import resolve_marker
 
 PLACEHOLDER = "0" * 10
@@ -61,10 +61,15 @@ def write(tmp_path: Path, content: bytes, name: str = "tube.fcs") -> Path:
 
 
 def refused(path: Path, field_part: str, *, message_part: str | None = None, **kwargs) -> FcsFormatError:
-    """Assert read_fcs refuses ``path`` with an FcsFormatError naming the file and the field."""
+    """Assert read_fcs refuses ``path`` with an FcsFormatError naming the file and the field, and that
+    read_fcs_sha256 (the file read once, in memory, and hashed) refuses it with the same error."""
     with pytest.raises(FcsFormatError) as info:
         read_fcs(path, **kwargs)
     err = info.value
+    if set(kwargs) <= {"dataset", "panel"}:
+        with pytest.raises(FcsFormatError) as hashed:
+            read_fcs_sha256(path, **kwargs)
+        assert (str(hashed.value), hashed.value.field) == (str(err), err.field)
     assert err.source == str(path)
     assert err.field is not None and field_part in err.field, (err.field, str(err))
     assert str(path) in str(err)
@@ -656,10 +661,13 @@ def test_a_file_that_is_not_fcs_says_so_first(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("row", [0, 16_383, 16_384, 40_000])
 def test_non_finite_event_value_in_any_block_of_events(tmp_path: Path, row: int) -> None:
-    """The finiteness check runs over blocks of events: a NaN in any block, the last one included, is found."""
-    from bat_analysis.io.fcs import _all_finite
+    """The finiteness check runs over blocks of events (as they are scaled): a NaN in any block, the last one
+    included, is found."""
+    from bat_analysis.io.fcs import _SCALE_ROWS
 
+    assert _SCALE_ROWS == 16_384  # the rows above sit on both sides of a block's end
     events = np.tile(EVENTS, (40_001 // len(EVENTS) + 1, 1))[:40_001]
     events[row, 1] = np.nan
-    assert not _all_finite(events) and _all_finite(np.delete(events, row, axis=0))
+    (tmp_path / "ok").mkdir()
+    assert read_fcs(write(tmp_path / "ok", float_file(np.delete(events, row, axis=0), NAMES))).n_events == 40_000
     refused(write(tmp_path, float_file(events, NAMES)), "DATA", message_part="non-finite")

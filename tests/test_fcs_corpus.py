@@ -117,6 +117,32 @@ def test_file_read_or_refused(rel: str) -> None:
         np.testing.assert_array_equal(other.events, expected.astype(np.float32))
 
 
+@pytest.mark.parametrize("rel", FILES)
+def test_read_once_and_hashed_as_read_fcs(rel: str) -> None:
+    """read_fcs_sha256 (the file read once into memory, hashed as it is read, events decoded from those
+    bytes) gives read_fcs's sample, or its refusal, and file_sha256's checksum."""
+    from bat_analysis._checksums import file_sha256
+    from bat_analysis.io.fcs import read_fcs_sha256
+
+    path = CORPUS / rel
+    try:
+        expected = read_fcs(path)
+    except FcsFormatError as exc:
+        with pytest.raises(FcsFormatError) as info:
+            read_fcs_sha256(path)
+        assert (str(info.value), info.value.field) == (str(exc), exc.field)
+        return
+    sample, sha = read_fcs_sha256(path)
+    assert sha == file_sha256(path)
+    assert sample.events.dtype == expected.events.dtype and sample.events.flags.aligned
+    np.testing.assert_array_equal(sample.events.view(np.uint32), expected.events.view(np.uint32))
+    assert (sample.channels, sample.keywords, sample.warnings, sample.n_datasets, sample.version) == \
+        (expected.channels, expected.keywords, expected.warnings, expected.n_datasets, expected.version)
+    assert (sample.spillover is None) == (expected.spillover is None)
+    if sample.spillover is not None:
+        np.testing.assert_array_equal(sample.spillover.matrix, expected.spillover.matrix)
+
+
 def _independent_ints(path: Path, sample, n: int = 200) -> np.ndarray:
     """Decode the first n events' integers with int.from_bytes, independently of the reader's numpy path."""
     buf = path.read_bytes()

@@ -94,3 +94,35 @@ def test_roundtrip_with_unusual_delimiter_values(tmp_path: Path) -> None:
     for key, value in kw.items():
         assert sample.keywords[key] == value
     assert sample.warnings == []
+
+
+@pytest.mark.parametrize("datatype,byteorder", [("F", "<"), ("F", ">"), ("D", "<"), ("I", ">"), ("I", "<")])
+@pytest.mark.parametrize("pad", [0, 1, 2, 3])
+def test_read_once_and_hashed_as_read_fcs(tmp_path: Path, datatype: str, byteorder: str, pad: int) -> None:
+    """read_fcs_sha256 decodes the events from the bytes it hashed: the same sample as read_fcs and the
+    file's SHA-256, with the DATA segment at any byte offset (TEXT padded by a keyword's length; HEADER
+    DATA offsets blank) and the events aligned."""
+    import hashlib
+
+    from bat_analysis.io.fcs import read_fcs_sha256
+
+    rng = np.random.default_rng(pad)
+    events = rng.integers(0, 1000, size=(3000, 5)).astype(np.float64)
+    path = write_fcs(tmp_path / "t.fcs", events, ["FSC-A", "SSC-A", "FL1-A", "FL2-A", "Time"],
+                     datatype=datatype, byteorder=byteorder, bits=16 if datatype == "I" else None,
+                     keywords={"X_PAD": "x" * (pad + 1), "$TIMESTEP": "0.01"})
+    variants = [path]
+    blank = bytearray(path.read_bytes())  # the same file with blank HEADER DATA offsets (TEXT ones used)
+    blank[26:42] = b" " * 16
+    variants.append(tmp_path / "blank.fcs")
+    variants[-1].write_bytes(bytes(blank))
+    variants.append(tmp_path / "trailing.fcs")  # bytes after the data set: hashed, not read as events
+    variants[-1].write_bytes(path.read_bytes() + b"\0junk" * 1000)
+    for p in variants:
+        expected = read_fcs(p)
+        sample, sha = read_fcs_sha256(p)
+        assert sha == hashlib.sha256(p.read_bytes()).hexdigest()
+        assert sample.events.flags.aligned and sample.events.flags.c_contiguous
+        np.testing.assert_array_equal(sample.events.view(np.uint32), expected.events.view(np.uint32))
+        assert (sample.keywords, sample.warnings, sample.channels) == \
+            (expected.keywords, expected.warnings, expected.channels)

@@ -262,6 +262,26 @@ def test_file_sha256_of_empty_and_small_files(tmp_path: Path) -> None:
     assert file_sha256(small) == hashlib.sha256(small.read_bytes()).hexdigest()
 
 
+@pytest.mark.parametrize("start,length", [(0, 0), (0, 100), (58, 5000), (70_000, 65_536), (199_990, 10),
+                                          (199_990, 50), (250_000, 10)])
+def test_sha256_reading_stores_a_segment_and_hashes_every_byte(tmp_path: Path, start: int, length: int) -> None:
+    """sha256_reading gives file_sha256's digest while storing the segment asked for (bytes short when the
+    file ends first: a segment past its end, or one crossing it)."""
+    from bat_analysis._checksums import file_sha256, sha256_reading
+    from bat_analysis.io._paths import open_regular_file
+
+    data = np.random.default_rng(start).integers(0, 256, 200_000, dtype=np.uint8).tobytes()
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    into = bytearray(length)
+    with open_regular_file(path) as fh:
+        fh.read(10)  # wherever the file stands, it is hashed from its beginning
+        stored, digest = sha256_reading(fh, start, memoryview(into))
+    assert digest == file_sha256(path) == hashlib.sha256(data).hexdigest()
+    expected = data[start: start + length]
+    assert stored == len(expected) and bytes(into[:stored]) == expected
+
+
 def test_marker_identification_is_remembered_per_panel(tmp_path: Path) -> None:
     """Files read with different panels keep their own identification of the same labels."""
     from bat_analysis.io.fcs import read_fcs
@@ -281,6 +301,7 @@ def test_a_known_checksum_is_recorded_without_hashing_again(tmp_path: Path, monk
     """A batch hashes every file once when it checks them; gate_tube records that checksum as given."""
     import bat_analysis.gating.tube as tube_module
     from bat_analysis.gating.templates import load_template
+    from bat_analysis.io.fcs import read_fcs
     from bat_analysis.records import Tube
 
     sample = Path(__file__).resolve().parents[1] / "sample_fcs" / "P01_none_fmlp.fcs"
@@ -289,9 +310,34 @@ def test_a_known_checksum_is_recorded_without_hashing_again(tmp_path: Path, monk
     template = load_template("bat_ccr3_cd63")
     given = tube_module.gate_tube(sample, Tube(sample.name, "P01", "fmlp"), template, sha256="known")
     assert given.file_sha256 == "known" and calls == []
-    hashed = tube_module.gate_tube(sample, Tube(sample.name, "P01", "fmlp"), template)
+    hashed = tube_module.gate_tube(sample, Tube(sample.name, "P01", "fmlp"), template, reader=read_fcs)
     assert hashed.file_sha256 == "hashed-here" and len(calls) == 1
     assert given.n_basophils == hashed.n_basophils > 0
+    # without a checksum and with the default reader, the file is hashed in the pass that reads it
+    one_pass = tube_module.gate_tube(sample, Tube(sample.name, "P01", "fmlp"), template)
+    assert one_pass.file_sha256 == hashlib.sha256(sample.read_bytes()).hexdigest() and len(calls) == 1
+    assert one_pass.n_basophils == given.n_basophils
+
+
+def test_one_pass_read_and_hash_gates_as_the_separate_ones(fcs: Path, template) -> None:
+    """gate_tube without a checksum (the file read once, hashed as it is read, events decoded in place)
+    gives, value for value, the result of hashing the file and reading it separately."""
+    from bat_analysis._checksums import file_sha256
+    from bat_analysis.io.fcs import read_fcs
+
+    one = gate_tube(fcs, TUBE, template)
+    two = gate_tube(fcs, TUBE, template, reader=read_fcs, sha256=file_sha256(fcs))
+    assert one.file_sha256 == two.file_sha256 and one.error is None
+    assert (one.n_events, one.n_basophils, one.flags, one.event_fractions) == \
+        (two.n_events, two.n_basophils, two.flags, two.event_fractions)
+    assert [(g.name, g.count, g.geometry, g.diagnostics) for g in one.gates] == \
+        [(g.name, g.count, g.geometry, g.diagnostics) for g in two.gates]
+    for a, b in zip(one.gates, two.gates):
+        assert (a.density is None) == (b.density is None)
+        if a.density is not None:
+            np.testing.assert_array_equal(a.density, b.density)
+    for m, v in one.basophil_values.items():
+        np.testing.assert_array_equal(v.view(np.uint32), two.basophil_values[m].view(np.uint32))
 
 
 
@@ -322,3 +368,36 @@ def test_members_of_a_gate_whose_parent_kept_every_event_are_indices_of_all_even
         channel = next(c for c in sample.channels if c.pnn == name)
         keep &= ~(sample.events[:, channel.index] >= float(channel.range) * (1.0 - tol))
     assert np.array_equal(idx["margin"], np.flatnonzero(keep))
+
+
+def test_gates_keeping_every_event_give_every_index_and_every_value(tmp_path: Path, template) -> None:
+    """A gate that kept every event (acquisition QC of a clean tube; a gate not applied under the root) is
+    recorded without building its indices: gate_sample_indices still gives 0..n-1 for it, its children are
+    gated on every event, and as the population it gives every event's compensated marker values."""
+    from bat_analysis.gating.compensation import compensate
+    from bat_analysis.gating.tube import gate_sample_indices
+    from bat_analysis.io.fcs import read_fcs
+
+    s = simulate_tube(n_events=12_000, seed=3)
+    path = write_fcs(tmp_path / "clean.fcs", s.events, s.pnn, s.pns, spillover=s.spillover)
+    sample = read_fcs(path)
+    n = sample.n_events
+    as_population = parse_template(template.source_text.replace("population: basophils",
+                                                                "population: acquisition_qc"))
+    result, idx = gate_sample_indices(sample, TUBE, as_population)
+    assert result.gates[0].count == n and result.n_basophils == n
+    assert np.array_equal(idx["acquisition_qc"], np.arange(n)) and len(idx["margin"]) < n
+    pnn = [c.pnn for c in sample.channels]
+    for marker, values in result.basophil_values.items():
+        channel = next(c for c in sample.channels if c.marker == marker)
+        expected = compensate(sample.events, pnn, sample.spillover, [channel.pnn])[:, 0]
+        assert values.shape == (n,) and values.dtype == np.float32
+        np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-3)
+    # acquisition QC not applied (too few bins asked): every event kept, the margin gated on all of them
+    skipped = parse_template(template.source_text.replace("min_bins: 20", "min_bins: 100000"))
+    result, idx = gate_sample_indices(sample, TUBE, skipped)
+    assert any(f.code == "GATE_NOT_APPLIED" for f in result.flags)
+    assert np.array_equal(idx["acquisition_qc"], np.arange(n))
+    margin = next(g for g in result.gates if g.name == "margin")
+    assert margin.parent_count == n and len(idx["margin"]) == margin.count
+    assert result.n_basophils == len(idx["basophils"]) > 0

@@ -146,3 +146,64 @@ def test_a_pentagram_is_not_convex_and_its_centre_is_outside() -> None:
     exact = np.asarray(points_in_polygon(star, xy), dtype=bool)
     assert not exact[np.hypot(xy[:, 0], xy[:, 1]) < 0.2].any()
     assert np.array_equal(polygon_mask(gate, (xy[:, 0], xy[:, 1])), exact)
+
+
+def _cell_classes_reference(v: np.ndarray, ex: np.ndarray, ey: np.ndarray) -> np.ndarray:
+    """cell_classes as it was written first: new grid-sized arrays for every edge, classes by np.where."""
+    area2 = float(np.sum(v[:, 0] * np.roll(v[:, 1], -1) - np.roll(v[:, 0], -1) * v[:, 1]))
+    if area2 < 0:
+        v = v[::-1]
+    eps_x, eps_y = 1e-3 * (ex[1] - ex[0]), 1e-3 * (ey[1] - ey[0])
+    x_lo, x_hi = (ex[:-1] - eps_x)[:, None], (ex[1:] + eps_x)[:, None]
+    y_lo, y_hi = (ey[:-1] - eps_y)[None, :], (ey[1:] + eps_y)[None, :]
+    inside = np.ones((len(ex) - 1, len(ey) - 1), dtype=bool)
+    outside = np.zeros_like(inside)
+    for (px, py), (qx, qy) in zip(v, np.roll(v, -1, axis=0)):
+        a, b = -(qy - py), qx - px
+        if a == 0.0 and b == 0.0:
+            continue
+        c = -(a * px + b * py)
+        lo = (a * x_lo if a > 0 else a * x_hi) + (b * y_lo if b > 0 else b * y_hi) + c
+        hi = (a * x_hi if a > 0 else a * x_lo) + (b * y_hi if b > 0 else b * y_lo) + c
+        inside &= lo > 0
+        outside |= hi < 0
+    return np.where(inside, 1, np.where(outside, 0, 2)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_cell_classes_in_place_equal_the_reference(seed: int) -> None:
+    """The grid classification computed in reused buffers is the original formulation's, cell for cell,
+    for convex polygons of either orientation (a repeated vertex included) on grids of several sizes."""
+    from scipy.spatial import ConvexHull
+
+    rng = np.random.default_rng(seed)
+    pts = rng.normal(size=(30, 2)) * rng.uniform(0.1, 5.0, 2) + rng.uniform(-3, 3, 2)
+    v = pts[ConvexHull(pts).vertices]
+    if seed % 2:
+        v = v[::-1]
+    if seed % 3 == 0:
+        v = np.vstack([v[:2], v[1:]])  # a repeated vertex
+    lo, hi = v.min(axis=0), v.max(axis=0)
+    n = (17, 64, 300)[seed % 3]
+    ex = np.linspace(lo[0] - 0.1, hi[0] + 0.1, n + 1)
+    ey = np.linspace(lo[1] - 0.2, hi[1] + 0.05, n // 2 + 2)
+    got = cell_classes(v, ex, ey)
+    assert got is not None and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, _cell_classes_reference(v, ex, ey))
+
+
+@pytest.mark.parametrize("width", [0.001, 0.01, 0.2, 0.9, 1.5])
+def test_in_box_equals_the_four_comparisons(width: float) -> None:
+    """in_box (the x range first, the y range on its events when they are few) finds the events of the
+    plain four comparisons, boxes narrow and wide, values on the box's edges and NaN included."""
+    from bat_analysis.gating._membership import in_box
+
+    rng = np.random.default_rng(int(width * 1000))
+    x = rng.random(50_000).astype(np.float32)
+    y = rng.random(50_000).astype(np.float32)
+    rx = np.array([0.3, 0.3 + width])
+    ry = np.array([0.1, 0.1 + width])
+    x[:4] = np.float32(rx[0]), np.float32(rx[1]), np.nan, np.float32(0.3 + width / 2)
+    y[:4] = np.float32(ry[0]), np.nan, np.float32(0.2), np.float32(ry[1])
+    expected = np.flatnonzero((x >= rx[0]) & (x <= rx[1]) & (y >= ry[0]) & (y <= ry[1]))
+    np.testing.assert_array_equal(in_box(x, y, rx, ry), expected)

@@ -200,3 +200,11 @@ def test_split_never_raises_on_strange_data(values: np.ndarray, dim: Dimension, 
         assert e.mask is not None and e.mask.shape == values.shape and np.isfinite(e.diagnostics["split"])
     else:
         assert e.flags[0].code == "SPLIT_FAILED" and e.diagnostics["failure"]
+
+
+@pytest.mark.parametrize("values", [np.r_[1.71847159e308, np.zeros(49)], np.r_[0.0, np.full(49, 1.71609292e308)]])
+def test_values_whose_histogram_window_would_overflow_are_refused(values: np.ndarray) -> None:
+    """Values near the float64 maximum whose span is a number but whose histogram window (5% wider on each
+    side) is not: SPLIT_FAILED, not an exception."""
+    e = split(values, Dimension("lin"), side="high")
+    assert not e.ok and e.flags[0].code == "SPLIT_FAILED" and "numeric range" in e.diagnostics["failure"]

@@ -158,8 +158,11 @@ def binner(dtype: np.dtype, n: int, dim: Any, edges: np.ndarray, shift: int = 0
             return linear32
 
         def linear(values: np.ndarray) -> np.ndarray:
-            idx = np.floor((values - edges[0]) * (1.0 / width))
-            out = np.clip(idx, -1, bins).astype(np.int32)
+            # floor((values - edges[0]) * (1 / width)), in one temporary (the same types: float64 edges)
+            idx = np.subtract(values, edges[0])
+            idx *= 1.0 / width
+            np.floor(idx, out=idx)
+            out = np.clip(idx, -1, bins, out=idx).astype(np.int32)
             if shift:
                 out += shift
             return out
@@ -228,7 +231,10 @@ def binner(dtype: np.dtype, n: int, dim: Any, edges: np.ndarray, shift: int = 0
     lut = np.concatenate([[-1 + shift], cells, [bins + shift]]).astype(np.int32)
 
     def cell(values: np.ndarray) -> np.ndarray:
-        k = np.floor((values - r0) * (1.0 / w))
+        # floor((values - r0) * (1 / w)), in one temporary (the same types: r0 and w are Python floats)
+        k = np.subtract(values, r0)
+        k *= 1.0 / w
+        np.floor(k, out=k)
         np.clip(k, -1, n_cells, out=k)
         return lut[k.astype(np.int32) + 1]
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ._binning import CHUNK, binner, from_scale, to_scale
 
-__all__ = ["cell_classes", "grid_size", "is_convex", "polygon_mask", "range_mask"]
+__all__ = ["cell_classes", "grid_size", "in_box", "is_convex", "polygon_mask", "range_mask"]
 
 
 class _OnScale:
@@ -95,17 +95,27 @@ def cell_classes(v: np.ndarray, ex: np.ndarray, ey: np.ndarray) -> np.ndarray | 
     y_lo, y_hi = (ey[:-1] - eps_y)[None, :], (ey[1:] + eps_y)[None, :]
     inside = np.ones((len(ex) - 1, len(ey) - 1), dtype=bool)
     outside = np.zeros_like(inside)
+    # the grid-sized temporaries are made once and reused for every edge (same arithmetic, in place)
+    value = np.empty(inside.shape, dtype=np.float64)
+    test = np.empty(inside.shape, dtype=bool)
     for (px, py), (qx, qy) in zip(v, np.roll(v, -1, axis=0)):
         # f(x, y) = a x + b y + c > 0 left of the edge p -> q
         a, b = -(qy - py), qx - px
         if a == 0.0 and b == 0.0:
             continue  # a repeated vertex is no edge
         c = -(a * px + b * py)
-        lo = (a * x_lo if a > 0 else a * x_hi) + (b * y_lo if b > 0 else b * y_hi) + c
-        hi = (a * x_hi if a > 0 else a * x_lo) + (b * y_hi if b > 0 else b * y_lo) + c
-        inside &= lo > 0
-        outside |= hi < 0
-    return np.where(inside, 1, np.where(outside, 0, 2)).astype(np.uint8)
+        # lowest value over the cell: (a x + b y) + c at the corner minimising each term
+        np.add(a * x_lo if a > 0 else a * x_hi, b * y_lo if b > 0 else b * y_hi, out=value)
+        value += c
+        inside &= np.greater(value, 0, out=test)
+        # highest value over the cell
+        np.add(a * x_hi if a > 0 else a * x_lo, b * y_hi if b > 0 else b * y_lo, out=value)
+        value += c
+        outside |= np.less(value, 0, out=test)
+    classes = np.full(inside.shape, 2, dtype=np.uint8)
+    classes[outside] = 0
+    classes[inside] = 1
+    return classes
 
 
 def grid_size(n: int) -> int:
@@ -141,11 +151,24 @@ def polygon_mask(gate: Any, cols: Sequence[np.ndarray], grid: int | None = None,
         mask = np.zeros(len(x), dtype=bool)
         rx = from_scale(dims[0], np.array([lo[0], hi[0]]))
         ry = from_scale(dims[1], np.array([lo[1], hi[1]]))
-        idx = np.flatnonzero((x >= rx[0]) & (x <= rx[1]) & (y >= ry[0]) & (y <= ry[1]))
+        idx = in_box(x, y, rx, ry)
     if len(idx):
         mask[idx] = _polygon_exact(v, dims, x[idx], y[idx])
     return mask
 
+
+def in_box(x: np.ndarray, y: np.ndarray, rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero((x >= rx[0]) & (x <= rx[1]) & (y >= ry[0]) & (y <= ry[1]))``: when few events lie in the
+    x range (a gate on a rare population), the y range is tested on those events only."""
+    in_x = x >= rx[0]
+    in_x &= x <= rx[1]
+    if np.count_nonzero(in_x) * 8 < len(x):
+        idx = np.flatnonzero(in_x)
+        yi = y[idx]
+        return idx[(yi >= ry[0]) & (yi <= ry[1])]
+    in_x &= y >= ry[0]
+    in_x &= y <= ry[1]
+    return np.flatnonzero(in_x)
 
 def _polygon_grid(classes: np.ndarray, dims: Sequence[Any], x: np.ndarray, y: np.ndarray, ex: np.ndarray,
                   ey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -114,16 +114,30 @@ def density_image(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
     """
     ex = np.linspace(xlim[0], xlim[1], bins + 1)
     ey = np.linspace(ylim[0], ylim[1], bins + 1)
-    ix = bin_index(x, dx, ex, scaled=x_scaled)
-    iy = bin_index(y, dy, ey)
-    ok = (ix >= 0) & (ix < bins) & (iy >= 0) & (iy < bins)
-    w = None
+    return _binned_counts(bin_index(x, dx, ex, scaled=x_scaled), bin_index(y, dy, ey), bins, weights), ex, ey
+
+
+def _binned_counts(ix: np.ndarray, iy: np.ndarray, bins: int, weights: np.ndarray | float | None) -> np.ndarray:
+    """The bins x bins image of the events' bins (-1 below, ``bins`` above the window: left out), weighted.
+
+    Counted on an image one bin wider on every side, whose border holds the events outside the window (no
+    pass selecting the events inside, nor a copy of them), then cropped: the same counts, and the same
+    weighted sums (each bin's weights added in event order). A whole-number weight for every event (a
+    thinning stride) multiplies the counts: the sum of c equal whole numbers, exactly."""
+    side = bins + 2
+    flat = ix.astype(np.intp)
+    flat += 1
+    flat *= side
+    flat += iy
+    flat += 1
+    if weights is not None and (np.ndim(weights) > 0 or float(weights) != int(weights)):  # type: ignore[arg-type]
+        w = np.broadcast_to(np.asarray(weights, dtype=np.float64), flat.shape)
+        summed = np.bincount(flat, weights=w, minlength=side * side).reshape(side, side)[1:-1, 1:-1]
+        return np.rint(summed).astype(np.int64)
+    counts = np.bincount(flat, minlength=side * side).reshape(side, side)[1:-1, 1:-1].astype(np.int64)
     if weights is not None:
-        w = np.broadcast_to(np.asarray(weights, dtype=np.float64), x.shape)[ok]
-    counts = np.bincount(ix[ok] * bins + iy[ok], weights=w, minlength=bins * bins).reshape(bins, bins)
-    if w is not None:
-        counts = np.rint(counts).astype(np.int64)
-    return counts, ex, ey
+        counts *= int(weights)  # type: ignore[arg-type]
+    return counts
 
 
 def thin(n: int, cap: int = DENSITY_MAX_EVENTS) -> int:
@@ -687,7 +701,7 @@ def _cluster_region(dens: _ClusterDensity, pops: _Populations, group: set[int], 
     region = (smooth >= params["level"] * top) & ~np.isin(basins, others)
     lab, _ = ndimage.label(region)
     region = lab == lab[tuple(pops.peaks[best])]
-    region = ndimage.binary_fill_holes(region)
+    region = fill_holes(region)
     if params["extend_x"]:
         region = _extend_along_x(region, basins, smooth, group, peak_h, pops.real, params)
     if params["pad"] > 0:
@@ -695,6 +709,21 @@ def _cluster_region(dens: _ClusterDensity, pops: _Populations, group: set[int], 
         region = ndimage.binary_dilation(region, iterations=it) if it > 0 else region
     return region
 
+
+def fill_holes(region: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes(region)`` of a 2-D mask: the region and every part of the
+    background not connected (4-connectivity, scipy's default structure) to the image's border.
+
+    scipy finds them by dilating the border into the background until nothing changes, a pass per step;
+    here the background's components are labelled once and those holding a border pixel stay background."""
+    from scipy import ndimage
+
+    labels, _n = ndimage.label(~region)
+    filled = np.ones(_n + 1, dtype=bool)
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        filled[edge] = False
+    filled[0] = True  # the region itself
+    return filled[labels]
 
 def _outline(region: np.ndarray, ex: np.ndarray, ey: np.ndarray, bins: int) -> np.ndarray | str:
     """The polygon tracing a region of bins (vertices on scale), or why there is none.
@@ -890,7 +919,9 @@ def estimate_split_1d(data: GateData, params: Mapping[str, Any]) -> Estimate:
                       n_parent=n)
     with np.errstate(over="ignore"):
         span = float(v.max()) - float(v.min())
-    if not np.isfinite(span):
+        # the histogram's window reaches 5% of the span beyond the values: it must be a number too
+        window = (float(v.min()) - 0.05 * span, float(v.max()) + 0.05 * span)
+    if not (np.isfinite(span) and np.isfinite(window).all()):
         return failed(f"{dim.key} values span beyond the numeric range ({float(v.min()):g} to {float(v.max()):g})",
                       "SPLIT_FAILED", name, n_parent=n)
     counts, edges, sm, width = _smoothed_histogram(v, 256, params["bandwidth"])

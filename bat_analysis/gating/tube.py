@@ -49,17 +49,21 @@ def template_dimension(template: Template, dim: str) -> Dimension:
 
 
 # ---------------------------------------------------------------------------------------------- gating
+#: a gate's members when it kept every event of the tube (its indices, 0..n-1, are made only if asked for)
+EVERY_EVENT = "every event"
+
+
 @dataclass
 class _TubeState:
     """One tube's working state while its gates are applied in order: the template, the gating columns
-    (raw compensated values) and channel ranges, and what each gate gave so far (member indices, records,
-    flags, the event fractions removed)."""
+    (raw compensated values) and channel ranges, and what each gate gave so far (member indices, or
+    :data:`EVERY_EVENT`, or None when not gated; records, flags, the event fractions removed)."""
 
     template: Template
     columns: dict[str, np.ndarray]
     ranges: dict[str, float | None]
     n_events: int
-    idx: dict[str, np.ndarray | None] = field(default_factory=dict)
+    idx: dict[str, np.ndarray | str | None] = field(default_factory=dict)
     records: list[GateRecord] = field(default_factory=list)
     flags: list[Flag] = field(default_factory=list)
     fractions: dict[str, float] = field(default_factory=dict)
@@ -128,7 +132,7 @@ def _gate_input(state: _TubeState, gspec: GateSpec, parent_idx: np.ndarray | Non
     if not missing:
         # member indices are sorted subsets of all events: a parent holding every event needs no gather
         whole = parent_idx is None or len(parent_idx) == state.n_events
-        cols = [state.columns[d] if whole else state.columns[d][parent_idx] for d in gspec.dims]
+        cols = [state.columns[d] if whole else np.take(state.columns[d], parent_idx) for d in gspec.dims]
     return _GateInput(parent_idx, n_parent, dims, tops, missing, cols)
 
 
@@ -182,7 +186,7 @@ def _not_gated(state: _TubeState, gspec: GateSpec, inp: _GateInput, estimate: es
         state.flags.append(Flag("GATE_NOT_APPLIED", "warn",
                                 f"gate {gspec.name} not applied (all parent events kept): "
                                 f"{diagnostics.get('failure', 'no estimate')}"))
-        state.idx[gspec.name] = np.arange(inp.n_parent) if inp.parent_idx is None else inp.parent_idx
+        state.idx[gspec.name] = EVERY_EVENT if inp.parent_idx is None else inp.parent_idx
         count = inp.n_parent
     state.records.append(GateRecord(gspec.name, gspec.parent, gspec.dims, {}, count, inp.n_parent, "not_gated",
                                     diagnostics, estimate.density, estimate.density_edges))
@@ -198,8 +202,11 @@ def _gated(state: _TubeState, gspec: GateSpec, inp: _GateInput, estimate: est.Es
         mask = ~mask
     # a parent holding every event has the indices 0..n-1 (sorted subsets): its members are the mask's
     whole = parent_idx is None or len(parent_idx) == state.n_events
-    kept = np.flatnonzero(mask) if whole else parent_idx[mask]
-    state.idx[gspec.name] = kept
+    n_kept = int(np.count_nonzero(mask))
+    if whole and n_kept == state.n_events:
+        state.idx[gspec.name] = EVERY_EVENT
+    else:
+        state.idx[gspec.name] = np.flatnonzero(mask) if whole else parent_idx[mask]
     geometry = gate_to_dict(_with_parent(gate, gspec.parent))
     if estimate.members:
         geometry["members"] = [gate_to_dict(m) for m in estimate.members]
@@ -207,9 +214,9 @@ def _gated(state: _TubeState, gspec: GateSpec, inp: _GateInput, estimate: est.Es
         geometry["keep"] = "outside"
     spec = est.ESTIMATORS.get(gspec.method)
     if spec is not None and spec.removes is not None:
-        state.fractions[spec.removes] = 1.0 - len(kept) / n_parent if n_parent else 0.0
-    diagnostics.setdefault("fraction_of_parent", len(kept) / n_parent if n_parent else 0.0)
-    state.records.append(GateRecord(gspec.name, gspec.parent, gspec.dims, geometry, int(len(kept)),
+        state.fractions[spec.removes] = 1.0 - n_kept / n_parent if n_parent else 0.0
+    diagnostics.setdefault("fraction_of_parent", n_kept / n_parent if n_parent else 0.0)
+    state.records.append(GateRecord(gspec.name, gspec.parent, gspec.dims, geometry, n_kept,
                                     int(n_parent), method, diagnostics, estimate.density, estimate.density_edges))
 
 
@@ -220,7 +227,7 @@ def _apply_gate_spec(state: _TubeState, gspec: GateSpec, overrides: Mapping[str,
     if gspec.parent is not None and parent_idx is None:
         _parent_not_gated(state, gspec, population)
         return
-    inp = _gate_input(state, gspec, parent_idx)
+    inp = _gate_input(state, gspec, None if isinstance(parent_idx, str) else parent_idx)
     estimate, method = _first_estimate(gspec, inp, overrides)
     diagnostics = dict(estimate.diagnostics)
     state.flags.extend(estimate.flags)
@@ -281,13 +288,21 @@ def _spillover(sample: Any, template: Template, channels: dict[str, Any], source
 def gate_sample(sample: Any, tube: Tube, template: Template, *, overrides: Mapping[str, Gate] | None = None,
                 result: TubeResult | None = None, source: str | None = None) -> TubeResult:
     """Gate an already-read :class:`FcsSample` (see :func:`gate_tube`); raises BatError on bad input."""
-    return gate_sample_indices(sample, tube, template, overrides=overrides, result=result, source=source)[0]
+    return _gate_sample(sample, tube, template, overrides, result, source)[0]
 
 
 def gate_sample_indices(sample: Any, tube: Tube, template: Template, *,
                         overrides: Mapping[str, Gate] | None = None, result: TubeResult | None = None,
                         source: str | None = None) -> tuple[TubeResult, dict[str, np.ndarray | None]]:
     """As :func:`gate_sample`, also returning each gate's member event indices (None: not gated)."""
+    result, state = _gate_sample(sample, tube, template, overrides, result, source)
+    every = np.arange(state.n_events) if any(isinstance(v, str) for v in state.idx.values()) else None
+    return result, {k: every if isinstance(v, str) else v for k, v in state.idx.items()}
+
+
+def _gate_sample(sample: Any, tube: Tube, template: Template, overrides: Mapping[str, Gate] | None,
+                 result: TubeResult | None, source: str | None) -> tuple[TubeResult, _TubeState]:
+    """:func:`gate_sample`, returning the tube's final state too (each gate's members)."""
     source = source or str(getattr(sample, "path", tube.file))
     result = result or TubeResult(tube=tube)
     channels, flags = resolve_channels(sample, template, source)
@@ -322,21 +337,23 @@ def gate_sample_indices(sample: Any, tube: Tube, template: Template, *,
     result.gates = state.records
     result.flags.extend(state.flags)
     result.event_fractions = {k: float(state.fractions.get(k, 0.0)) for k in est.EVENT_FRACTIONS}
-    idx = state.idx.get(population)
-    if idx is None:
+    members = state.idx.get(population)
+    if members is None:
         result.n_basophils = 0
-        return result, state.idx
-    result.n_basophils = int(len(idx))
+        return result, state
+    idx = None if isinstance(members, str) else members  # None: every event
+    result.n_basophils = n if idx is None else int(len(idx))
     values: dict[str, np.ndarray] = {}
     rest = [m for m in markers if m not in columns]
     for m in markers:
         if m in columns:
-            values[m] = np.asarray(columns[m][idx], dtype=np.float32)
+            values[m] = np.array(columns[m], dtype=np.float32) if idx is None else \
+                np.asarray(columns[m][idx], dtype=np.float32)
     if rest:
         values.update({m: np.asarray(v, dtype=np.float32)
                        for m, v in _compensated(sample, template, channels, rest, idx, source).items()})
     result.basophil_values = {m: values[m] for m in markers}
-    return result, state.idx
+    return result, state
 
 
 def gate_tube(path: str | Path, tube: Tube, template: Template, *,
@@ -353,17 +370,24 @@ def gate_tube(path: str | Path, tube: Tube, template: Template, *,
     ``overrides`` maps gate names to gates whose geometry replaces the estimate (method ``override``,
     e.g. a reviewer's correction); their dimensions must be the template gate's, in its scales.
     ``sha256`` is the file's checksum when the caller has already computed it (a batch checks every file
-    first); otherwise the file is hashed here.
+    first); otherwise the file is hashed here, with the default reader in the same pass that reads it
+    (``read_fcs_sha256``: the checksum is that of the bytes gated).
     A file or template problem (any ``BatError``) gives a result with ``error`` set and a fail flag
     ``TUBE_NOT_GATED`` whose message is that error; a warning that the error repeats (an unusable spillover
     matrix, then refused) is dropped, so that the reason is given once.
     """
     result = TubeResult(tube=tube)
     try:
-        result.file_sha256 = sha256 or file_sha256(path)
-        if reader is None:
-            from ..io.fcs import read_fcs as reader  # noqa: N813
-        sample = reader(path)
+        if reader is None and sha256 is None:
+            from ..io.fcs import read_fcs_sha256
+
+            # one pass over the file's bytes: read, hashed as they are read, events decoded from them
+            sample, result.file_sha256 = read_fcs_sha256(path)
+        else:
+            result.file_sha256 = sha256 or file_sha256(path)
+            if reader is None:
+                from ..io.fcs import read_fcs as reader  # noqa: N813
+            sample = reader(path)
         for w in getattr(sample, "warnings", []) or []:
             result.flags.append(Flag("FCS_WARNING", "warn", f"{Path(path).name}: {w}"))
         gate_sample(sample, tube, template, overrides=overrides, result=result, source=str(path))

@@ -8,6 +8,8 @@ ignored). Vendors' quirks that can be resolved unambiguously are read and record
 ``FcsSample.warnings``: HEADER/TEXT offset discrepancies, blank HEADER offsets of large files, an
 off-by-one ``$ENDDATA``, several data sets, keywords spilled into the ANALYSIS segment, a junk
 ``$TIMESTEP``. Anything else raises ``FcsFormatError`` naming the file, the field and what was expected.
+``read_fcs_sha256`` gives the same sample and the file's SHA-256 (``file_sha256``'s), hashing the bytes in
+the pass that reads the DATA segment.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -643,7 +646,8 @@ def _ascii_to_float(text: np.ndarray, source: str) -> np.ndarray:
                              expected="numbers") from None
 
 
-def _ascii_chunks(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, step: int) -> Iterator[np.ndarray]:
+def _ascii_chunks(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, step: int
+                  ) -> Iterator[np.ndarray]:
     """The bytes ``offset .. offset + length`` of the file as uint8 arrays of at most ``step`` bytes: read from
     the file piece by piece (a memory-mapped DATA segment would stay resident), else viewed in the buffer."""
     for at in range(offset, offset + length, step):
@@ -652,8 +656,8 @@ def _ascii_chunks(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, ste
         yield chunk
 
 
-def _decode_ascii(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, layout: _Layout, n_events: int,
-                  source: str) -> np.ndarray:
+def _decode_ascii(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, layout: _Layout,
+                  n_events: int, source: str) -> np.ndarray:
     """ASCII DATA (``$DATATYPE A``) -> (n_events, n_par) float64, converted by numpy a chunk at a time.
 
     Fixed widths (``$PnB`` characters) are viewed as a record of byte strings per event; delimited values
@@ -680,8 +684,8 @@ def _decode_ascii(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, lay
     return out
 
 
-def _decode_delimited(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, n_events: int, npar: int,
-                      source: str) -> np.ndarray:
+def _decode_delimited(p: Path, buf: bytes | mmap.mmap, offset: int, length: int, n_events: int,
+                      npar: int, source: str) -> np.ndarray:
     """The first ``n_events`` x ``npar`` delimited ASCII values of the DATA segment as float64 (more are ignored)."""
     need = n_events * npar
     out = np.empty(need, dtype=np.float64)
@@ -796,9 +800,18 @@ def _timestep(kw: Mapping[str, str], warnings: list[str]) -> float | None:
     return timestep
 
 
+#: events scaled and checked at a time (:func:`_scale`): a block's rows stay in the cache between its passes
+_SCALE_ROWS = 1 << 14
+
+
 def _scale(values: np.ndarray, channels: list[Channel], layout: _Layout, kw: Mapping[str, str],
-           warnings: list[str], scale: bool = True) -> np.ndarray:
-    """Bit masks, $TIMESTEP, $PnE and $PnG as FlowIO's preprocessing applies them -> float32 events."""
+           warnings: list[str], scale: bool = True) -> tuple[np.ndarray, bool]:
+    """Bit masks, $TIMESTEP, $PnE and $PnG as FlowIO's preprocessing applies them -> (float32 events, whether
+    every value is finite).
+
+    The channels to scale are scaled a block of ``_SCALE_ROWS`` events at a time and each block is checked
+    for non-finite values right after (one pass over the event matrix for both, where a column of it costs
+    a pass over every row); the arithmetic is per value, so the values are those of whole columns."""
     if layout.datatype == "I":
         masks = []
         for c in channels:
@@ -811,27 +824,42 @@ def _scale(values: np.ndarray, channels: list[Channel], layout: _Layout, kw: Map
             values = values & np.array(masks, dtype=values.dtype.newbyteorder("="))
     with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf: refused by name
         events = values.astype(np.float32, copy=not values.flags.writeable)  # byte order, integer -> float
-    if not scale:
-        return events
+    steps = _scale_steps(channels, kw, warnings) if scale else []
+    finite = True
+    for i in range(0, len(events), _SCALE_ROWS):
+        rows = slice(i, i + _SCALE_ROWS)
+        for index, timestep, decades, log_zero, rng, gain in steps:
+            # float64 arithmetic as FlowIO's; a step alone is one multiplication (no float64 copy first)
+            x = (np.multiply(values[rows, index], timestep, dtype=np.float64) if timestep is not None
+                 else values[rows, index].astype(np.float64))
+            if decades > 0:
+                with np.errstate(over="ignore"):  # overflow gives inf, which read_fcs refuses by name
+                    x = 10 ** (decades * x / rng) * log_zero
+            if gain is not None:
+                x = x / gain
+            with np.errstate(over="ignore", invalid="ignore"):
+                events[rows, index] = x
+        finite = finite and bool(np.isfinite(events[rows]).all())
+    return events, finite
+
+
+def _scale_steps(channels: list[Channel], kw: Mapping[str, str], warnings: list[str]
+                 ) -> list[tuple[int, float | None, float, float, float, float | None]]:
+    """The channels :func:`_scale` changes: (column, $TIMESTEP or None, $PnE decades, $PnE zero, $PnR, $PnG or
+    None) for the time channel with a step, log-amplified channels and linear ones with a gain (the time
+    channel's gain is ignored)."""
     time_ch = find_time(channels)
     timestep = _timestep(kw, warnings) if time_ch is not None else None
+    steps = []
     for c in channels:
         is_time = time_ch is not None and c.index == time_ch.index
         gain = 1.0 if is_time else c.gain
         stepped = is_time and timestep is not None
         if not (stepped or c.log_decades > 0 or (gain != 1.0 and gain != 0)):
             continue
-        # float64 arithmetic as FlowIO's; a step alone is one multiplication (no float64 copy first)
-        x = (np.multiply(values[:, c.index], timestep, dtype=np.float64) if stepped
-             else values[:, c.index].astype(np.float64))
-        if c.log_decades > 0:
-            with np.errstate(over="ignore"):  # overflow gives inf, which read_fcs refuses by name
-                x = 10 ** (c.log_decades * x / c.range) * c.log_zero
-        if gain != 1.0 and gain != 0:
-            x = x / gain
-        with np.errstate(over="ignore", invalid="ignore"):
-            events[:, c.index] = x
-    return events
+        steps.append((c.index, timestep if stepped else None, c.log_decades, c.log_zero, c.range,
+                      gain if gain != 1.0 and gain != 0 else None))
+    return steps
 
 
 # ---------------------------------------------------------------------------------------------- spillover
@@ -860,14 +888,7 @@ def _load(path: str | os.PathLike[str]) -> tuple[Path, bytes | mmap.mmap, str]:
     source = str(p)
     try:
         with open_regular_file(p) as fh:  # a FIFO, device or /proc file is refused, never waited on
-            size = os.fstat(fh.fileno()).st_size
-            if size == 0:
-                raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file",
-                                     summary=f"the file is empty — {_EXPORT_AGAIN}")
-            try:
-                buf: bytes | mmap.mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError):  # not mappable (a pipe, a special file): read it instead
-                buf = fh.read()
+            buf = _mapped(fh, source)
     except DataFileError as exc:
         raise FcsFormatError(exc.detail, source=source, expected=exc.expected) from None
     except FileNotFoundError:
@@ -876,10 +897,48 @@ def _load(path: str | os.PathLike[str]) -> tuple[Path, bytes | mmap.mmap, str]:
         raise FcsFormatError("is a directory", source=source, expected="an FCS file") from None
     except OSError as exc:
         raise FcsFormatError(f"cannot be read: {exc.strerror}", source=source, expected="a readable file") from None
+    return p, buf, source
+
+
+def _mapped(fh: BinaryIO, source: str) -> bytes | mmap.mmap:
+    """The open file's bytes, memory-mapped when possible (read otherwise); an empty file is refused."""
+    size = os.fstat(fh.fileno()).st_size
+    buf: bytes | mmap.mmap = b""
+    if size:
+        try:
+            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # not mappable (a pipe, a special file): read it instead
+            buf = fh.read()
     if not buf:
         raise FcsFormatError("file is empty", source=source, field="HEADER", expected="an FCS file",
                              summary=f"the file is empty — {_EXPORT_AGAIN}")
-    return p, buf, source
+    return buf
+
+
+#: bytes the DATA segment read by :class:`_OnePass` is aligned to
+_DATA_ALIGN = 64
+
+
+class _OnePass:
+    """Reads a file's DATA segment and hashes the whole file in the same pass (``sha256_reading``), when
+    :func:`_read` asks for the segment; ``sha256`` is then the file's digest (None until then)."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.sha256: str | None = None
+
+    def data(self, dtype: np.dtype, count: int, offset: int) -> np.ndarray | None:
+        """``count`` items at byte ``offset`` (aligned, writeable), or None when the file holds fewer."""
+        from .._checksums import sha256_reading
+
+        if self.sha256 is not None:
+            return None
+        nbytes = count * dtype.itemsize
+        raw = np.empty(nbytes + _DATA_ALIGN, dtype=np.uint8)
+        shift = -raw.ctypes.data % _DATA_ALIGN
+        segment = raw[shift: shift + nbytes]
+        stored, self.sha256 = sha256_reading(self.fh, offset, memoryview(segment))
+        return segment.view(dtype) if stored == nbytes else None
 
 
 def _select(buf: bytes, source: str, dataset: int, warnings: list[str]) -> tuple[_DataSet, int]:
@@ -942,6 +1001,31 @@ def read_fcs(path: str | os.PathLike[str], *, dataset: int = 0, panel: Panel | N
         return _read_with_fcsparser(p, dataset, panel, exc, allow_nonfinite, scale)
 
 
+def read_fcs_sha256(path: str | os.PathLike[str], *, dataset: int = 0, panel: Panel | None = None
+                    ) -> tuple[FcsSample, str]:
+    """``read_fcs(path)`` and the SHA-256 of the file's bytes (as ``file_sha256`` gives it), in one pass.
+
+    HEADER and TEXT are parsed from the memory-mapped file as :func:`read_fcs` does; a binary DATA segment
+    is then read while every byte of the file is hashed, in one pass (the events decoded from the bytes
+    hashed, native float32 in place; no more memory than :func:`read_fcs`). ASCII data are read as
+    :func:`read_fcs` reads them and the file hashed after. Opening fails as ``file_sha256`` does
+    (``OSError``; ``DataFileError`` for a file that is not regular); every other problem raises
+    ``FcsFormatError`` as :func:`read_fcs` does.
+    """
+    import hashlib
+
+    p = Path(path)
+    source = str(p)
+    with open_regular_file(p) as fh:
+        one_pass = _OnePass(fh)
+        sample = _read(p, _mapped(fh, source), source, dataset, panel or DEFAULT_PANEL, False, False, True,
+                       one_pass)
+        if one_pass.sha256 is None:  # not read in the pass (ASCII data): hashed now
+            fh.seek(0)
+            one_pass.sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
+    return sample, one_pass.sha256
+
+
 def _read_with_fcsparser(p: Path, dataset: int, panel: Panel, refusal: FcsFormatError, allow_nonfinite: bool,
                          scale: bool) -> FcsSample:
     """Read a file this module refused with fcsparser (optional), or raise the refusal if that is not possible."""
@@ -966,8 +1050,8 @@ def _read_with_fcsparser(p: Path, dataset: int, panel: Panel, refusal: FcsFormat
     channels = _channels(kw, npar, layout, source, panel, warnings)
     if layout.datatype == "I":
         values = values.astype(np.uint64)
-    events = _scale(values, channels, layout, kw, warnings, scale)
-    if not allow_nonfinite and not _all_finite(events):
+    events, finite = _scale(values, channels, layout, kw, warnings, scale)
+    if not allow_nonfinite and not finite:
         raise refusal
     spill, spill_error = _spillover(kw, channels, source, False, warnings)
     return FcsSample(path=p, version=str(meta.get("__header__", {}).get("FCS format", "")).removeprefix("FCS"),
@@ -975,16 +1059,14 @@ def _read_with_fcsparser(p: Path, dataset: int, panel: Panel, refusal: FcsFormat
                      n_datasets=1, dataset=dataset, warnings=warnings, spillover_error=spill_error)
 
 
-_FINITE_ROWS = 1 << 14  # events checked at a time: the boolean temporary stays in the cache
-
-
-def _all_finite(events: np.ndarray) -> bool:
-    """``np.isfinite(events).all()``, checked a block of events at a time (no n x p boolean array)."""
-    return all(bool(np.isfinite(events[i:i + _FINITE_ROWS]).all()) for i in range(0, len(events), _FINITE_ROWS))
-
-
-def _data_array(p: Path, buf: bytes | mmap.mmap, dtype: np.dtype, count: int, offset: int) -> np.ndarray:
-    """``count`` items of the DATA segment: read straight from the file (fastest), else from the buffer."""
+def _data_array(p: Path, buf: bytes | mmap.mmap, dtype: np.dtype, count: int, offset: int,
+                one_pass: _OnePass | None = None) -> np.ndarray:
+    """``count`` items of the DATA segment: read in the pass that hashes the file (``one_pass``), else
+    straight from the file (fastest), else from the buffer."""
+    if one_pass is not None:
+        values = one_pass.data(dtype, count, offset)
+        if values is not None:
+            return values
     if isinstance(buf, mmap.mmap):
         try:
             values = np.fromfile(p, dtype=dtype, count=count, offset=offset)
@@ -996,7 +1078,7 @@ def _data_array(p: Path, buf: bytes | mmap.mmap, dtype: np.dtype, count: int, of
 
 
 def _read(p: Path, buf: bytes | mmap.mmap, source: str, dataset: int, panel: Panel, strict_spillover: bool,
-          allow_nonfinite: bool, scale: bool) -> FcsSample:
+          allow_nonfinite: bool, scale: bool, one_pass: _OnePass | None = None) -> FcsSample:
     ds, n_datasets = _select(buf, source, dataset, [])
     kw = ds.keywords
     warnings = ds.warnings
@@ -1035,13 +1117,13 @@ def _read(p: Path, buf: bytes | mmap.mmap, source: str, dataset: int, panel: Pan
     if layout.datatype == "A":
         values: np.ndarray = _decode_ascii(p, buf, abs_start, length, layout, tot, source)
     elif layout.datatype == "I":
-        raw = _data_array(p, buf, np.dtype(np.uint8), length, abs_start)
+        raw = _data_array(p, buf, np.dtype(np.uint8), length, abs_start, one_pass)
         values = _decode_int(raw, layout, tot)
     else:
         dt = np.dtype(f"{layout.order}f{4 if layout.datatype == 'F' else 8}")
-        values = _data_array(p, buf, dt, tot * npar, abs_start).reshape(tot, npar)
-    events = _scale(values, channels, layout, kw, warnings, scale)
-    if not _all_finite(events):
+        values = _data_array(p, buf, dt, tot * npar, abs_start, one_pass).reshape(tot, npar)
+    events, finite = _scale(values, channels, layout, kw, warnings, scale)
+    if not finite:
         bad = (~np.isfinite(events)).sum(axis=0)
         which = ", ".join(f"{channels[i].pnn} ({int(bad[i])})" for i in np.flatnonzero(bad))
         if not allow_nonfinite:
