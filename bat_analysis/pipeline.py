@@ -1185,10 +1185,12 @@ def preload_gating() -> None:
 
 
 def _preload_renderer() -> None:
-    """Import the report renderer (matplotlib, ~0.7 s) while the workers gate, rather than after the gating
-    while they wait (a run that gated a tube re-renders its reports)."""
+    """Import the report renderer (matplotlib and the PDF writer, ~0.7 s) while the workers gate, rather than
+    after the gating while they wait (a run that gated a tube re-renders its reports); the processes that draw
+    reports during the gating are forked from this one later, holding it."""
     try:
         import bat_analysis.report  # noqa: F401
+        import bat_analysis.report._pdf  # noqa: F401
     except ImportError:  # not installed: render() says so in the run's report note
         pass
 
