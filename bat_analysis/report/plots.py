@@ -919,8 +919,8 @@ class PngRenderer:
 
     def gate(self, record: GateRecord, *, adjusted_reason: str | None = None,
              limits: Limits | None = None) -> Png:
-        """One gate plot, painted over its frame: ``limits`` shared by the run (or the gate's own), with the
-        same frame for every tube of the run."""
+        """One gate plot, painted over its frame: ``limits`` shared by the patient's tubes (or the gate's own),
+        with the same frame for every tube with the same limits."""
         ndim = _ndim(record)
         lims = (limits or _own_limits(record)) if ndim else None
         frame = self.frame(("gate", *frame_key(record), lims), lambda ax: _gate_frame(record, ax, lims))
@@ -932,7 +932,8 @@ class PngRenderer:
                    cofactor: float = ASINH_COFACTOR, bins: int = 80, pct: float | None = None,
                    negative_pct: float | None = None, population: str = "basophils") -> Png:
         """The activation histogram (as :func:`draw_activation` draws it), painted over its frame; the legend
-        names its parts and the texts give their numbers. With a run-wide ``xlim`` every tube shares the frame."""
+        names its parts and the texts give their numbers. Every tube drawn with the same ``xlim`` (a patient's: see
+        :func:`activation_range`) shares the frame."""
         values = np.asarray(values, dtype=float)
         neg = None if negative_values is None else np.asarray(negative_values, dtype=float)
         xlim = xlim or activation_range([values, neg], [threshold], cofactor=cofactor)
@@ -953,7 +954,7 @@ class PngRenderer:
              pct: float | None = None, negative_pct: float | None = None,
              population: str = "basophils") -> list[Png]:
         """One PNG per gate of the tube, then the activation histogram; ``xlim`` and ``gate_limits``
-        (from :func:`activation_range` and :func:`shared_gate_limits`) put every tube on the same axes;
+        (from :func:`activation_range` and :func:`shared_gate_limits` of a patient's tubes) put them on the same axes;
         ``pct`` and ``negative_pct`` are the percentages the histogram prints (see :func:`draw_activation`)."""
         adjusted = adjusted or {}
         gate_limits = gate_limits or {}
