@@ -131,3 +131,41 @@ def test_a_decision_logged_during_the_run_makes_the_early_reports_render_again(e
     assert row["review_status"] == "excluded" and "EXCLUDED_BY_REVIEWER" in row["qc_flags"]
     html = (out / "reports" / "P01.html").read_text(encoding="utf-8")
     assert "EXCLUDED_BY_REVIEWER" in html and "clogged tube" in html
+
+
+@pytest.mark.slow
+def test_a_resumed_run_renders_reused_patients_beside_those_rendered_during_the_gating(experiment, tmp_path,
+                                                                                      monkeypatch):
+    """A run stopped after P01's tubes were stored, then resumed: P01's tubes are reused from the store (not
+    scored during the gating), P02's gated and rendered during the gating; the reports are those of a run that
+    renders everything at the end."""
+    import bat_analysis.pipeline as pipeline
+
+    submitted = _counting_submissions(monkeypatch)
+    out = tmp_path / "resumed"
+    n_first = sum(1 for t in experiment.tubes if t.patient == "P01")
+    stored: list[int] = []
+
+    def stop_after_p01(i, result):
+        stored.append(i)
+        if len(stored) == n_first + 1:
+            raise KeyboardInterrupt
+
+    def stopped_then_resumed(folder: Path):
+        stored.clear()
+        with pytest.raises(KeyboardInterrupt):
+            run(_options(experiment, folder), on_result=stop_after_p01)
+        assert not [p.name for p in folder.iterdir() if "staging" in p.name]  # the stopped run left none
+        submitted.clear()
+        return run(_options(experiment, folder))
+
+    resumed = stopped_then_resumed(out)
+    assert resumed.reports == "written" and 0 < resumed.n_reused < resumed.n_tubes
+    assert submitted.count("P02") == 1 and "P01" not in submitted  # P01 was rendered at the end, beside P02
+
+    monkeypatch.setattr(pipeline._EarlyReports, "usable", lambda self: False)  # the same, all rendered at the end
+    stopped_then_resumed(tmp_path / "late")
+    a, b = _outputs(out), _outputs(tmp_path / "late")
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert a[name] == b[name], name
