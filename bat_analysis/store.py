@@ -164,10 +164,14 @@ def to_json(value: Any) -> str:
     return json.dumps(value, default=_json_default, sort_keys=False)
 
 
+ARRAY_COMPRESSION = 1  # zlib level of stored arrays: a plate's 16 MB of arrays in 0.10 s of CPU to 2.3 MB (level 6:
+#                       0.20 s to 2.1 MB), in the run's own process, which stores every tube as it is gated
+
+
 def _pack_array(arr: np.ndarray) -> tuple[bytes, dict[str, Any]]:
     arr = np.ascontiguousarray(arr)
     meta = {"dtype": arr.dtype.newbyteorder("<").str, "shape": list(arr.shape)}
-    return zlib.compress(arr.astype(meta["dtype"], copy=False).tobytes(), 6), meta
+    return zlib.compress(arr.astype(meta["dtype"], copy=False).tobytes(), ARRAY_COMPRESSION), meta
 
 
 _REMEDY = ("a results store as bat_analysis writes it; it was damaged or edited by hand: restore the folder "
