@@ -436,13 +436,14 @@ def _ignore_ctrl_c() -> None:
 def _pool(workers: int, *, fork: bool = False) -> Any:
     """Worker processes for drawing. Spawned unless ``fork``: a caller may run threads (a Dask client) that a
     fork would copy in an unknown state; a caller that runs none that matter (a local run, whose gating workers
-    are forked too) passes ``fork`` and its workers start at once with what it imported (no second ~1 s of
+    are forked too) passes ``fork`` and, where the platform forks by default (Linux; not macOS or Windows, whose
+    libraries do not survive a fork), its workers start at once with what it imported (no second ~1 s of
     imports each). They ignore Ctrl-C: the run that started them stops them
     (:func:`bat_analysis.pipeline.stopping_on_ctrl_c`)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    method = "fork" if fork and "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    method = "fork" if fork and multiprocessing.get_start_method() == "fork" else "spawn"
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
                                initializer=_ignore_ctrl_c)
 
