@@ -69,3 +69,18 @@ def test_quadrant_is_a_range_and_booleans_have_no_geometry() -> None:
     assert isinstance(parsed({"type": "polygon", "vertices": [[0, 0], [1, 0], [1, 1]]})[0], PolygonGeometry)
     assert isinstance(parsed({"type": "ellipsoid", "mean": [0], "covariance": [[1]], "distance_square": 1}, 1)[0],
                       EllipsoidGeometry)
+
+
+def test_a_polygon_with_more_vertices_than_a_gate_has_is_a_located_problem() -> None:
+    """A polygon of MAX_POLYGON_VERTICES is accepted; one more vertex is refused, located, before any event is
+    tested against it or it is drawn (an overrides file or a workspace could hold hundreds of thousands)."""
+    from bat_analysis.gating._geometry import MAX_POLYGON_VERTICES, parse_geometry
+
+    angles = np.linspace(0.0, 2 * np.pi, MAX_POLYGON_VERTICES + 1, endpoint=False)
+    ring = [[float(np.cos(a)), float(np.sin(a))] for a in angles]
+    problems: list[str] = []
+    assert isinstance(parse_geometry({"type": "polygon", "vertices": ring[:-1]}, 2, "gates[2].geometry", problems),
+                      PolygonGeometry) and problems == []
+    assert parse_geometry({"type": "polygon", "vertices": ring}, 2, "gates[2].geometry", problems) is None
+    assert problems == [f"gates[2].geometry.vertices: a polygon of {MAX_POLYGON_VERTICES + 1} vertices is too many "
+                        f"to be a gate; expected at most {MAX_POLYGON_VERTICES} [x, y] pairs"]

@@ -27,6 +27,9 @@ import numpy as np
 from .gates import Dimension, EllipsoidGate, Gate, PolygonGate, RangeGate
 
 GEOMETRY_TYPES = ("range", "polygon", "ellipsoid")
+#: the most vertices a polygon given as input may have: a gate drawn by hand has tens, an estimated or traced
+#: outline a few hundred; the work of testing events against a polygon and of drawing it grows with its vertices
+MAX_POLYGON_VERTICES = 10_000
 #: the spellings of a range's limits accepted on input (canonical first)
 RANGE_KEYS = {"mins": ("mins", "min"), "maxs": ("maxs", "max")}
 
@@ -128,6 +131,10 @@ def _polygon_vertices(where: str, geo: Mapping[str, Any], n_dims: int, problems:
         ok = False
     if not isinstance(verts, list) or len(verts) < 3:
         problems.append(f"{where}.vertices: expected a list of >= 3 [x, y] pairs, got {value_name(verts)}")
+        return None
+    if len(verts) > MAX_POLYGON_VERTICES:
+        problems.append(f"{where}.vertices: a polygon of {len(verts)} vertices is too many to be a gate; expected at "
+                        f"most {MAX_POLYGON_VERTICES} [x, y] pairs")
         return None
     for i, v in enumerate(verts):
         if not (isinstance(v, list) and len(v) == 2 and all(is_number(c) for c in v)):
