@@ -78,7 +78,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator, Literal, Mapping, Sequence
 
-from . import __version__
+from . import __version__, _pools
 from ._checksums import file_sha256
 from .errors import BatError, DataFileError, WriteError
 from .records import Flag, Tube, TubeResult
@@ -300,8 +300,9 @@ def _worker_init(started: Any = None) -> None:
 def stopping_on_ctrl_c() -> Iterator[None]:
     """While the block runs (in the main thread), Ctrl-C first terminates the worker processes the block
     started (gating, drawing reports), then raises ``KeyboardInterrupt`` where the run is: no pool waits for
-    work in flight or queued, and each ``finally`` of the run (store, lock, temporaries) runs as usual.
-    Processes that were running before the block are left alone."""
+    work in flight or queued (nor for a result a worker was sending when it was ended: :mod:`._pools`), and
+    each ``finally`` of the run (store, lock, temporaries) runs as usual. Processes that were running before
+    the block are left alone."""
     import multiprocessing
     import signal
     import threading
@@ -314,6 +315,7 @@ def stopping_on_ctrl_c() -> Iterator[None]:
 
     def stop(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGINT, previous)  # a second Ctrl-C is handled as before the run
+        _pools.workers_stopped()  # their pools are then shut down without waiting on a half-sent result
         for child in set(multiprocessing.active_children()) - before:
             try:
                 child.terminate()
@@ -321,6 +323,7 @@ def stopping_on_ctrl_c() -> Iterator[None]:
                 pass
         raise KeyboardInterrupt
 
+    _pools.stop_cleared()
     signal.signal(signal.SIGINT, stop)
     try:
         yield
@@ -419,7 +422,7 @@ def _pool_pass(tasks: Sequence[GateTask], indices: list[int], workers: int, time
                     pass
                 yield i, timed_out(tasks[i], timeout_s)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        _pools.shutdown(pool)
     return sorted(broken)
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .. import _pools
 from ..errors import BatError
 from .._fileio import atomic_write_text, create_new_file, make_dir, remove_path, replace_dir, temporary_dir
 from ..records import TubeResult
@@ -487,7 +488,7 @@ def draw_tubes(tubes: Sequence[TubeView], *, workers: int = 1, pool: Any = None,
         done = [png for part in pool.map(_draw_chunk, chunks, [dpi] * len(chunks)) for png in part]
     finally:
         if own:
-            pool.shutdown()
+            _pools.shutdown(pool)
     for t, pngs in zip(tubes, done):
         t.images = pngs
 
@@ -591,7 +592,7 @@ class PatientRendering:
 
     def close(self) -> None:
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            _pools.shutdown(self.pool)
             self.pool = None
 
 
@@ -647,7 +648,7 @@ def render_reports(out_dir: Path, results: list[TubeResult], scores: ExperimentS
             made.update(rendering.finished())
     finally:
         if pool is not None and own_pool:
-            pool.shutdown()
+            _pools.shutdown(pool)
     t2 = time.perf_counter()
     for p in chosen:
         if made[p].html is not None:
