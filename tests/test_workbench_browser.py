@@ -156,7 +156,7 @@ def test_drag_a_vertex_save_and_find_the_decision_after_a_restart(results, brows
         until(page, "state.queue.length > 0")  # the page's script is running
         page.click(f'#queue li[data-id="{tube_id}"]')
         until(page, f"state.tube && state.tube.id === {tube_id}")
-        page.wait_for_selector("#history li")
+        page.wait_for_selector(f'#history[data-tube="{tube_id}"] li')
         assert "review: reviewed (corrected: basophils)" in page.text_content("#tube-meta")
         assert int(page.text_content("#n-basophils")) == after
         assert "eosinophils were included" in page.text_content("#history")
@@ -355,8 +355,8 @@ def test_a_session_of_ten_decisions_survives_a_restart_and_a_rerun(small_plate, 
             page.wait_for_selector("#queue li")
             assert "0 left to review" in page.text_content("#counts")
             for file, whys in reasons.items():
-                open_tube(page, file)
-                page.wait_for_selector("#history li")
+                tube = open_tube(page, file)
+                page.wait_for_selector(f'#history[data-tube="{tube}"] li')  # this tube's, not the last one's
                 history = page.text_content("#history")
                 for why in whys:
                     if why != "bimodal negative control":  # a threshold is the patient's, not the tube's

@@ -407,6 +407,9 @@ async function openTube(id) {
   const t = await api(`/api/tubes/${id}`);
   if (state.current !== id) return;  // another tube was chosen meanwhile
   state.tube = t;
+  const history = document.getElementById("history");
+  history.replaceChildren();  // the previous tube's decisions are never shown under this tube's name
+  delete history.dataset.tube;
   document.getElementById("tube-title").textContent = t.file;
   const meta = `${t.patient} · ${t.pretreatment} · ${t.condition}` + (t.allergen ? ` · ${t.allergen}` : "") +
     (t.concentration !== null ? ` ${t.concentration} ${t.unit || ""}` : "") +
@@ -425,9 +428,13 @@ async function openTube(id) {
 }
 
 async function loadHistory() {
-  const h = await api(`/api/tubes/${state.tube.id}/history`);
-  document.getElementById("history").replaceChildren(...h.map((e) => el("li", {
+  const id = state.tube.id;
+  const h = await api(`/api/tubes/${id}/history`);
+  if (!state.tube || state.tube.id !== id) return;  // another tube was opened meanwhile
+  const history = document.getElementById("history");
+  history.replaceChildren(...h.map((e) => el("li", {
     text: `${e.decided_at} · ${e.reviewer} · ${e.action}${e.gate ? " " + e.gate : ""} · ${e.reason}` })));
+  history.dataset.tube = String(id);  // whose decisions the list shows
 }
 
 async function decide(action) {
