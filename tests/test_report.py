@@ -296,7 +296,7 @@ def test_histogram_prints_the_pct_of_tubes_csv_for_every_tube() -> None:
     results, scores = make_experiment(1)
     table = {r["file"]: r for r in scores.tubes.to_dict(orient="records")}
     views = tube_views(results, scores, RunView({}))
-    draw_tubes(views, workers=1)
+    draw_tubes(views)
     for v in views:
         histogram = v.images[-1]
         row = table[v.result.tube.file]
@@ -308,7 +308,7 @@ def test_histogram_prints_the_pct_of_tubes_csv_for_every_tube() -> None:
     tube = views[-1].result.tube.file
     scores.tubes.loc[scores.tubes["file"] == tube, "pct_cd63"] = 12.345
     again = [v for v in tube_views(results, scores, RunView({})) if v.result.tube.file == tube]
-    draw_tubes(again, workers=1)
+    draw_tubes(again)
     assert [t for t in again[0].images[-1].texts if t.startswith("this tube: ")] == [
         f"this tube: 12.3% CD63+ (n={table[tube]['n_basophils']})"]
 
@@ -395,15 +395,21 @@ def test_png_renderer_draws_each_gate_then_the_activation_histogram() -> None:
 
 @pytest.mark.slow
 def test_parallel_drawing_gives_the_same_images(tmp_path: Path) -> None:
-    from bat_analysis.report._html import draw_tubes
+    """A patient's plots drawn in a worker process (as runs draw them, patient by patient) are the images drawn
+    in this process."""
+    from bat_analysis.report._html import _pool, draw_tubes, render_patient
     from bat_analysis.report._views import RunView, tube_views
 
     results, scores = make_experiment(1)
-    views = tube_views(results[:3], scores, RunView({}))
-    twins = tube_views(results[:3], scores, RunView({}))
-    draw_tubes(views, workers=1)
-    draw_tubes(twins, workers=2)
-    assert [[p.data for p in v.images] for v in views] == [[p.data for p in v.images] for v in twins]
+    views = tube_views(results, scores, RunView({}))
+    draw_tubes(views)
+    pool = _pool(2)
+    try:
+        twins = pool.submit(render_patient, tmp_path, results, scores, {}, write=False).result().images
+    finally:
+        pool.shutdown()
+    assert [[p.data for p in v.images] for v in views] == [[p.data for p in twins[v.result.tube.file]]
+                                                           for v in views]
 
 
 def test_axis_limits_are_rounded_out_to_round_numbers() -> None:

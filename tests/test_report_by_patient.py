@@ -32,8 +32,8 @@ def test_a_patients_plots_are_the_same_drawn_alone_or_with_the_run():
     results, scores = make_experiment(2)
     together = tube_views(results, scores, RunView({}))
     alone = tube_views([r for r in results if r.tube.patient == "P02"], scores, RunView({}))
-    draw_tubes(together, workers=1)
-    draw_tubes(alone, workers=1)
+    draw_tubes(together)
+    draw_tubes(alone)
     of_p02 = [v for v in together if v.result.tube.patient == "P02"]
     assert [v.result.tube.file for v in of_p02] == [v.result.tube.file for v in alone] and alone
     assert [[p.data for p in v.images] for v in of_p02] == [[p.data for p in v.images] for v in alone]

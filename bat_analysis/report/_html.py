@@ -470,26 +470,11 @@ def drawing_jobs(tubes: Sequence[TubeView], population: str = "basophils") -> li
     return [jobs[id(t)] for t in tubes]
 
 
-def draw_tubes(tubes: Sequence[TubeView], *, workers: int = 1, pool: Any = None,
-               dpi: int = IMAGE_DPI, population: str = "basophils") -> None:
-    """Fill ``images`` of every tube view: in this process, or in ``workers`` processes (or ``pool``); the
-    tubes of a patient share their axes (:func:`drawing_jobs`)."""
-    jobs = drawing_jobs(tubes, population)
-    if pool is None and (workers <= 1 or len(tubes) < 2):
-        for t, pngs in zip(tubes, _draw_chunk(jobs, dpi)):
-            t.images = pngs
-        return
-    own = pool is None
-    pool = pool or _pool(workers)
-    try:
-        n = getattr(pool, "_max_workers", workers)
-        size = max(1, math.ceil(len(jobs) / (n * 2)))  # two chunks per worker balance the load
-        chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-        done = [png for part in pool.map(_draw_chunk, chunks, [dpi] * len(chunks)) for png in part]
-    finally:
-        if own:
-            _pools.shutdown(pool)
-    for t, pngs in zip(tubes, done):
+def draw_tubes(tubes: Sequence[TubeView], *, dpi: int = IMAGE_DPI, population: str = "basophils") -> None:
+    """Fill ``images`` of every tube view, in this process; the tubes of a patient share their axes
+    (:func:`drawing_jobs`). Runs draw in parallel patient by patient (:func:`render_patient` in worker
+    processes), not tube by tube."""
+    for t, pngs in zip(tubes, _draw_chunk(drawing_jobs(tubes, population), dpi)):
         t.images = pngs
 
 
@@ -542,8 +527,7 @@ def render_patient(out_dir: Path, results: Sequence[TubeResult], scores: Experim
     if len(by_patient) != 1:
         raise ValueError(f"render_patient takes one patient's tubes, got {len(by_patient)} patients")
     patient, view = next(iter(by_patient.items()))
-    for t, pngs in zip(views, _draw_chunk(drawing_jobs(views, run.population), IMAGE_DPI)):
-        t.images = pngs
+    draw_tubes(views, population=run.population)
     images = {t.result.tube.file: t.images for t in views}
     t1 = time.perf_counter()
     if not write:
