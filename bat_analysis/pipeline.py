@@ -72,7 +72,7 @@ import socket
 import sqlite3
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -95,6 +95,7 @@ TABLE_OUTPUTS = ("tubes.csv", "patients.csv", "results.xlsx", "tubes.parquet", "
 REPORT_OUTPUTS = ("reports", "review")
 DASK_CONNECT_TIMEOUT = "15s"
 DEFAULT_TUBE_TIMEOUT_S = 300.0
+CHECK_THREADS = 2  # threads hashing the input files before the run (hashing is bound by one core per thread)
 
 
 class NothingAnalysedError(BatError):
@@ -686,7 +687,9 @@ def _run_locked(options: RunOptions, data_dir: Path, out: Path, workers: int,
         given = load_corrections(template, overrides=options.overrides, gates_from=options.gates_from,
                                  tubes=tubes, data_dir=data_dir, reviewer=options.reviewer, automated=automated)
         with _progress(options.quiet) as progress:
-            inputs = check_inputs(tubes, data_dir, progress, allow_outside=options.allow_outside_data_dir)
+            early_imports = preload_gating if workers > 1 and not options.scheduler else None
+            inputs = check_inputs(tubes, data_dir, progress, allow_outside=options.allow_outside_data_dir,
+                                  meanwhile=early_imports)
             entries = plan_log_entries(given, store.correction_log(), tubes=tubes, checksums=inputs.checksums,
                                        template_sha256=template.sha256, version=__version__, automated=automated,
                                        source=str(options.overrides or options.gates_from or ""))
@@ -772,24 +775,40 @@ class InputCheck:
     unavailable: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
-def check_inputs(tubes: Sequence[Tube], data_dir: Path, progress: Any, *, allow_outside: bool = False
-                 ) -> InputCheck:
+def check_inputs(tubes: Sequence[Tube], data_dir: Path, progress: Any, *, allow_outside: bool = False,
+                 meanwhile: Callable[[], None] | None = None) -> InputCheck:
     """Resolve (``io.paths.resolve_data_file``) and hash every tube's file, without following a link put in
     place of the checked file. A file missing (``--skip-missing``, or deleted since the layout was read) or
-    refused fails its tube alone (flags ``FILE_NOT_FOUND`` / ``FILE_REFUSED``)."""
+    refused fails its tube alone (flags ``FILE_NOT_FOUND`` / ``FILE_REFUSED``).
+
+    The files are resolved and hashed in :data:`CHECK_THREADS` threads (hashlib lets go of the interpreter while
+    it hashes), and ``meanwhile`` (the run's imports before its workers start: :func:`preload_gating`) runs in
+    this thread at the same time, on the other core."""
     check = progress.add_task("Checking files", total=len(tubes), note="")
     out = InputCheck()
-    for tube in tubes:
-        out.checksums[tube.file] = None
+
+    def one(tube: Tube) -> tuple[Path | None, str | None, DataFileError | None]:
+        path = None
         try:
-            out.paths[tube.file] = resolve_file(data_dir, tube, allow_outside=allow_outside)
-            out.checksums[tube.file] = file_sha256(out.paths[tube.file], follow_symlinks=False)
+            path = resolve_file(data_dir, tube, allow_outside=allow_outside)
+            return path, file_sha256(path, follow_symlinks=False), None
         except DataFileError as exc:
-            out.unavailable[tube.file] = (("FILE_NOT_FOUND", f"file not found: {data_dir / tube.file}")
-                                          if exc.kind == "missing" else ("FILE_REFUSED", str(exc)))
+            return None, None, exc
         except OSError:
-            pass  # unreadable (permissions): gating records why on the tube
-        progress.advance(check)
+            return path, None, None  # unreadable (permissions): gating records why on the tube
+
+    with ThreadPoolExecutor(max_workers=CHECK_THREADS) as threads:
+        checked = threads.map(one, tubes)
+        if meanwhile is not None:
+            meanwhile()
+        for tube, (path, sha, problem) in zip(tubes, checked):
+            out.checksums[tube.file] = sha
+            if path is not None:
+                out.paths[tube.file] = path
+            if problem is not None:
+                out.unavailable[tube.file] = (("FILE_NOT_FOUND", f"file not found: {data_dir / tube.file}")
+                                              if problem.kind == "missing" else ("FILE_REFUSED", str(problem)))
+            progress.advance(check)
     return out
 
 
