@@ -194,6 +194,16 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+_NUMBER_TYPES = frozenset({int, float})
+
+
+def _all_numbers(values: list[Any]) -> bool:
+    """Whether every item of a decoded JSON list is a number (an int or float, not a boolean): as
+    ``all(_number(v) for v in values)``, by the items' types in one pass (a plate's density edges hold ~180,000
+    numbers)."""
+    return set(map(type, values)) <= _NUMBER_TYPES
+
+
 @dataclass(frozen=True)
 class StoredTube:
     """What the store knows about one gated tube without loading it: its key, run and when."""
@@ -524,7 +534,7 @@ class ResultStore:
         self._check(isinstance(shape, list) and 0 < len(shape) <= 3
                     and all(isinstance(n, int) and 0 <= n <= 4096 for n in shape), "bad density shape", field)
         self._check(isinstance(edges, list) and len(edges) == len(shape)
-                    and all(isinstance(e, list) and len(e) == n + 1 and all(_number(x) for x in e)
+                    and all(isinstance(e, list) and len(e) == n + 1 and _all_numbers(e)
                             for e, n in zip(edges, shape)), "bad density bin edges", field)
         raw = _inflate(blob, int(np.prod(shape)) * dtype.itemsize)
         self._check(raw is not None, "the density image does not match its shape and dtype", field)

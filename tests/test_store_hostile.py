@@ -128,6 +128,10 @@ def _first_file(out: Path) -> str:
     ("UPDATE gates SET density_json='{\"dtype\": \"O\", \"shape\": [2], \"edges\": [[0, 1, 2]]}' "
      "WHERE file=:f AND density IS NOT NULL", "density"),
     ("UPDATE gates SET density=:bomb WHERE file=:f AND density IS NOT NULL", "density"),
+    ("UPDATE gates SET density_json=json_set(density_json, '$.edges[0][1]', json('true')) "
+     "WHERE file=:f AND density IS NOT NULL", "density"),
+    ("UPDATE gates SET density_json=json_set(density_json, '$.edges[1][0]', '12') "
+     "WHERE file=:f AND density IS NOT NULL", "density"),
     ("UPDATE flags SET severity='boom' WHERE file=:f", "flags"),
     ("UPDATE runs SET info_json='\"not a mapping\"'", "info_json"),
 ])
