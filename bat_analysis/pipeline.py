@@ -1188,14 +1188,14 @@ def _gate(ctx: _RunContext, plan: _GatePlan, corrections: Corrections, early: _E
             _preload_renderer()
 
 
-# What gate_tube imports on its first call (the estimators' image and signal libraries, ~0.6 s), as (module, name)
+# What gate_tube imports on its first call (the estimators' image libraries, ~0.25 s), as (module, name)
 # (scikit-image loads a submodule when one of its names is first taken): imported by the run before its workers
-# start, which then inherit them (forked) instead of each importing them again.
-GATING_LIBRARIES = (("scipy.ndimage", "label"), ("scipy.signal", "find_peaks"), ("scipy.spatial", "ConvexHull"),
+# start, which then inherit them (forked) instead of each importing them again. The gating does not import
+# scipy.signal (~0.4 s more; see gating/_peaks.py and gating/_simplify.py).
+GATING_LIBRARIES = (("scipy.ndimage", "label"), ("scipy.spatial", "ConvexHull"),
                     ("skimage.feature", "peak_local_max"), ("skimage.measure", "find_contours"),
-                    ("skimage.measure", "approximate_polygon"), ("skimage.segmentation", "watershed"),
-                    ("flowutils.gating", "points_in_polygon"), ("flowutils.transforms", "logicle"),
-                    ("flowutils.compensate", "compensate"))
+                    ("skimage.segmentation", "watershed"), ("flowutils.gating", "points_in_polygon"),
+                    ("flowutils.transforms", "logicle"), ("flowutils.compensate", "compensate"))
 
 
 def preload_gating() -> None:

@@ -31,6 +31,8 @@ from ..records import Flag
 from ._binning import bin_index, from_scale, to_scale
 from .gates import BooleanGate, Dimension, Gate, PolygonGate, RangeGate, apply_gate
 from ._membership import polygon_mask
+from ._peaks import local_maxima, prominent_peaks
+from ._simplify import simplify_chain
 
 DENSITY_BINS = 128
 #: density images and robust statistics are estimated on at most this many (evenly strided) events;
@@ -328,7 +330,6 @@ def estimate_cells(data: GateData, params: Mapping[str, Any]) -> Estimate:
     window are moved beyond the data range so saturated-edge events are included consistently.
     """
     from scipy import ndimage
-    from scipy.signal import find_peaks
     from scipy.spatial import ConvexHull, QhullError
 
     (x, y), (dx, dy), tops, name = data.cols, data.dims, data.ranges, data.name
@@ -345,7 +346,7 @@ def estimate_cells(data: GateData, params: Mapping[str, Any]) -> Estimate:
         return est
     smooth = ndimage.gaussian_filter(counts.astype(np.float64), params["smooth"])
     profile = ndimage.gaussian_filter1d(counts.sum(axis=1).astype(np.float64), 2.0)
-    peaks, props = find_peaks(profile, prominence=0.02 * profile.max())
+    peaks = prominent_peaks(profile, 0.02 * profile.max())
     valley = 0
     debris_peak = None
     if len(peaks) >= 2:
@@ -386,11 +387,9 @@ def estimate_cells(data: GateData, params: Mapping[str, Any]) -> Estimate:
         return est
     verts = pts[hull.vertices].copy()
     if len(verts) > 16:  # fewer edges to test per event; the hull moves inwards by at most half a bin
-        from skimage.measure import approximate_polygon
-
         scale = np.array([wx, wy])
         closed = np.vstack([verts, verts[:1]]) / scale
-        verts = approximate_polygon(closed, tolerance=0.5)[:-1] * scale
+        verts = simplify_chain(closed, tolerance=0.5)[:-1] * scale
     # beyond the data range where the region reaches the top of the window
     top_x = ex[-1] - (pad + 1) * wx
     top_y = ey[-1] - (pad + 1) * wy
@@ -470,7 +469,6 @@ def _split_point(v: np.ndarray, n_sd: float) -> tuple[float, float, float]:
     comes first.
     """
     from scipy import ndimage
-    from scipy.signal import find_peaks
 
     ordered, is_sorted = for_order_statistics(v)
     lo, hi = np.quantile(ordered, [0.001, 0.999])
@@ -485,7 +483,7 @@ def _split_point(v: np.ndarray, n_sd: float) -> tuple[float, float, float]:
     if len(low_side):
         sd = min(sd, (k - low_side[-1]) * width / 1.1774)
     split = mode + n_sd * sd
-    peaks, _ = find_peaks(sm, prominence=0.01 * sm[k])
+    peaks = prominent_peaks(sm, 0.01 * sm[k])
     after = peaks[peaks > k]
     if len(after):
         p = int(after[0])
@@ -730,14 +728,14 @@ def _outline(region: np.ndarray, ex: np.ndarray, ey: np.ndarray, bins: int) -> n
 
     Vertices where the region reaches the window's edge are moved beyond the data.
     """
-    from skimage.measure import approximate_polygon, find_contours
+    from skimage.measure import find_contours
 
     padded = np.pad(region.astype(np.float64), 1)
     contours = find_contours(padded, 0.5)
     if not contours:
         return "the chosen population has no boundary"
     contour = max(contours, key=len) - 1.0  # back to unpadded pixel indices
-    contour = approximate_polygon(contour, tolerance=0.5)
+    contour = simplify_chain(contour, tolerance=0.5)
     if len(contour) > 1 and np.allclose(contour[0], contour[-1]):
         contour = contour[:-1]
     if len(contour) < 3:
@@ -867,9 +865,7 @@ def _two_modes(sm: np.ndarray, counts: np.ndarray, min_depth: float, min_peak: f
     the bins within 0.1% of the smaller peak of the density's minimum between the two modes (a gap of empty
     bins between well-separated populations is split in its middle).
     """
-    from scipy.signal import find_peaks
-
-    peaks, _ = find_peaks(np.concatenate([[0.0], sm, [0.0]]))
+    peaks = local_maxima(np.concatenate([[0.0], sm, [0.0]]))
     peaks = peaks - 1
     top = float(sm.max())
     peaks = [int(p) for p in peaks if sm[p] >= min_peak * top]
