@@ -138,3 +138,14 @@ def test_reference_none_at_all_fails_and_pools_duplicates():
     assert none.tubes == [] and [(f.code, f.severity) for f in none.flags] == [("NO_NEGATIVE_CONTROL", "fail")]
     pooled = select_reference([_neg("b.fcs", "none"), _neg("a.fcs", "none")], "none")
     assert pooled.files == ("a.fcs", "b.fcs") and pooled.flags[0].code == "POOLED_NEGATIVE_CONTROLS"
+def test_the_normal_quantiles_and_tail_are_scipy_stats_own():
+    """threshold.py takes the normal distribution's quantiles and 3-SD tail from scipy.special (no per-call
+    argument checks in the bootstrap): the same numbers as scipy.stats.norm, bit for bit."""
+    from scipy import special, stats
+
+    from bat_analysis.analysis import threshold
+
+    levels = np.concatenate([np.linspace(0.02, 0.45, 24) / (1.0 - f) for f in np.linspace(0.0, 0.5, 51)]
+                            + [np.array([0.5, 0.9, 0.95, 0.975, 0.99, 0.999])])
+    assert np.array_equal(special.ndtri(levels), stats.norm.ppf(levels))
+    assert threshold._NORMAL_TAIL_3SD == stats.norm.sf(3.0)
