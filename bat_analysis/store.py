@@ -40,6 +40,7 @@ copied into the corrections log.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sqlite3
@@ -228,6 +229,7 @@ class ResultStore:
         for suffix in ("", "-wal", "-shm", "-journal"):  # SQLite opens these by name: never through a link
             refuse_link(f"{self.path}{suffix}")
         self.warnings: list[str] = []  # damaged caches found while reading (recomputed), in plain words
+        self._decoded_scores: dict[str, tuple[str, Any]] = {}  # patient -> (stored text, its decoded scores)
         try:
             self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         except sqlite3.DatabaseError as exc:
@@ -607,21 +609,31 @@ class ResultStore:
 
     def get_patient_scores(self, patient: str, cache_key: str) -> Any | None:
         """The cached scoring objects of a patient for this key, else None. A damaged or hand-edited cache
-        is never trusted: it is a miss (recomputed by the caller) and the reason goes to ``warnings``."""
+        is never trusted: it is a miss (recomputed by the caller) and the reason goes to ``warnings``.
+
+        Each call returns new objects (the caller may change them). A run reads a patient's scores back
+        several times (as each patient is scored during the gating, then for the run's tables): the text
+        decoded last is kept beside its decoded objects, and while the stored text is that text, a copy of
+        them is returned (``copy.deepcopy``, ~0.2 ms) instead of decoding it again (~8 ms)."""
         row = self.conn.execute("SELECT cache_key, data_json FROM patient_scores WHERE patient=?",
                                 (patient,)).fetchone()
         if row is None or row[0] != cache_key:
             return None
+        kept = self._decoded_scores.get(patient)
+        if kept is not None and kept[0] == row[1]:
+            return copy.deepcopy(kept[1])
         classes = _scores_classes()
         try:
             if not isinstance(row[1], str):
                 raise typed_json.TypedJsonError(f"expected JSON text, found {type(row[1]).__name__}")
-            return typed_json.decode(row[1], classes, classes["ExperimentScores"])
+            decoded = typed_json.decode(row[1], classes, classes["ExperimentScores"])
         except typed_json.TypedJsonError as exc:
             self.warnings.append(f"{self.path}: patient_scores[{patient}].data_json: the cached scores are damaged "
                                  f"or were edited by hand ({str(exc)[:200]}); they were not used and are "
                                  "recomputed")
             return None
+        self._decoded_scores[patient] = (row[1], decoded)
+        return copy.deepcopy(decoded)
 
     # ------------------------------------------------------------------ corrections
     def append_corrections(self, entries: Sequence[Mapping[str, Any]], run_id: int | None = None) -> list[int]:

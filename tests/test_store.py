@@ -213,6 +213,32 @@ def test_patient_scores_are_cached_as_json_exactly_and_keyed(tmp_path):
     assert back.config == scores.config
 
 
+def test_patient_scores_read_again_are_new_equal_objects_of_the_stored_text(tmp_path):
+    """A run reads a patient's scores back several times: each read gives its own objects, equal to those
+    decoded from the stored text (a caller changing one does not change the next), and a text stored since is
+    decoded, not the one kept."""
+    from bat_analysis import _typed_json as typed_json
+
+    with ResultStore.in_folder(tmp_path) as store:
+        store.put_patient_scores("P1", "key1", _scores())
+        text = store.conn.execute("SELECT data_json FROM patient_scores").fetchone()[0]
+        first = store.get_patient_scores("P1", "key1")
+        first.tubes.loc[0, "pct_cd63"] = 99.0  # what a caller may do (the review columns are added in place)
+        first.fits.clear()
+        again = store.get_patient_scores("P1", "key1")
+        assert again is not first and typed_json.encode(again) == text
+        assert again.tubes.loc[0, "pct_cd63"] == 12.5 and again.fits
+        again.tubes.loc[0, "pct_cd63"] = 77.0
+        third = store.get_patient_scores("P1", "key1")
+        assert third is not again and third.tubes.loc[0, "pct_cd63"] == 12.5
+        changed = _scores()
+        changed.patients.loc[0, "class"] = "non_responder"
+        store.put_patient_scores("P1", "key1", changed)
+        assert store.get_patient_scores("P1", "key1").patients.loc[0, "class"] == "non_responder"
+        store.conn.execute("UPDATE patient_scores SET data_json='[1'")  # damaged since it was read: a miss
+        assert store.get_patient_scores("P1", "key1") is None and store.warnings
+
+
 def test_refuses_what_is_not_a_store(tmp_path):
     with pytest.raises(BatError, match="no results store"):
         ResultStore.in_folder(tmp_path / "empty", create=False)
