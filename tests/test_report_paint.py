@@ -365,3 +365,30 @@ def test_each_plot_is_a_figure_with_its_words_under_it(files: bool) -> None:
     assert parser.imgs == len(view.images) == len(parser.figures)
     assert parser.figures == [list(p.texts) for p in view.images]
     assert parser.figures[2][0].endswith("%)") and parser.figures[-1][0].startswith("this tube: ")
+
+
+# ------------------------------------------------------------------------------------------ frames' pixels
+def test_quantise_gives_each_pixel_its_nearest_palette_colour() -> None:
+    """The quantised frame is the brute-force nearest colour of every pixel (the first of equals), for the
+    greys of matplotlib's text and for any other colour, from RGB or RGBA (alpha ignored)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    fig = Figure(figsize=(2.0, 1.5), dpi=60)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    _activation_frame(ax, "CD63", (-10.0, 9000.0), 150.0)
+    ax.legend(handles=[Patch(color=ACTIVATION_FILL, label="this tube")])
+    canvas.draw()
+    rgba = np.array(canvas.buffer_rgba())
+    rng = np.random.default_rng(3)
+    rgba[:20, :30, :3] = rng.integers(0, 256, size=(20, 30, 3))  # any colour, and ties between two greys
+    rgba[20:22, :, :3] = np.array([[0, 0, 0], [255, 255, 255], [3, 3, 3], [128, 127, 128]])[
+        rng.integers(0, 4, size=(2, rgba.shape[1]))]
+    rgb = rgba[..., :3].astype(int).reshape(-1, 3)
+    table = palette().rgb.astype(int)
+    brute = np.array([int(np.argmin(((table - p) ** 2).sum(axis=1))) for p in rgb]).reshape(rgba.shape[:2])
+    assert np.array_equal(palette().quantise(rgba), brute)
+    assert np.array_equal(palette().quantise(rgba[..., :3]), brute)
+    assert (brute == palette().white).sum() > rgba.shape[0] * rgba.shape[1] // 2  # a frame: mostly white

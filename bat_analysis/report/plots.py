@@ -719,7 +719,7 @@ def _draw_frame(draw: Any, size: tuple[float, float], dpi: int, margins: Mapping
         canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
     height = rgba.shape[0]
-    pixels = palette().quantise(rgba[..., :3])
+    pixels = palette().quantise(rgba)
     bb = ax.bbox  # display coordinates, from the bottom: the box holds the pixels wholly inside the axes
     r0, r1 = height - math.floor(bb.y1), height - math.ceil(bb.y0)
     c0, c1 = math.ceil(bb.x0), math.floor(bb.x1)
