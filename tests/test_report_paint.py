@@ -392,3 +392,85 @@ def test_quantise_gives_each_pixel_its_nearest_palette_colour() -> None:
     assert np.array_equal(palette().quantise(rgba), brute)
     assert np.array_equal(palette().quantise(rgba[..., :3]), brute)
     assert (brute == palette().white).sum() > rgba.shape[0] * rgba.shape[1] // 2  # a frame: mostly white
+
+
+def _gate_plots() -> list[tuple[GateRecord, Any]]:
+    """Gates of different names, axes, kinds and ranges (a range whose ticks need an offset, a histogram,
+    a name with a control character, a gate without a density), each with the limits it is drawn on."""
+    square = {"type": "polygon", "vertices": SQUARE}
+    big = GateRecord("singlets\x07", None, ("FSC-A", "FSC-H"), {"type": "polygon", "dims": ["FSC-A", "FSC-H"],
+                     "vertices": [[2e6, 2e6], [3e6, 2e6], [3e6, 3e6]], "transforms": [None, None]}, 5, 9,
+                     "estimator", {}, np.ones((4, 4)), (np.linspace(1e6, 4e6, 5), np.linspace(1e6, 4e6, 5)))
+    hist = GateRecord("acquisition_qc", None, ("Time",), {"type": "range", "dims": ["Time"], "mins": [None],
+                      "maxs": [None]}, 70, 70, "fixed", {}, np.array([5.0, 20.0, 0.0, 35.0]),
+                      (np.linspace(0.0, 80.0, 5),))
+    empty = GateRecord("lymphocytes", None, ("FSC-A", "SSC-A"), square, 0, 0, "not_gated", {}, None, None)
+    return [(_record(square), LIMITS), (big, None), (hist, ((0.0, 90.0), (0.0, 40.0))), (empty, None),
+            (_record(square), ((-1.0, 3.0), (-2.0, 2.0))), (hist, None)]
+
+
+def _activation_plots() -> list[dict[str, Any]]:
+    """Activation histograms with and without each part of the legend, on several axes."""
+    rng = np.random.default_rng(4)
+    values, neg = rng.lognormal(6, 0.8, 500), rng.lognormal(5, 0.5, 400)
+    return [dict(values=values, negative_values=neg, threshold=600.0, xlim=(0.0, 82247.4)),
+            dict(values=values, negative_values=None, threshold=None, xlim=(78.2, 30257.0), marker="CD203c"),
+            dict(values=np.empty(0), negative_values=None, threshold=None, xlim=(-10.0, 1000.0)),
+            dict(values=values, negative_values=neg, threshold=300.0, xlim=(-200.0, 2e5), population="T\x1bcells"),
+            dict(values=values, negative_values=neg, threshold=600.0, xlim=(0.0, 30257.0)),
+            dict(values=np.empty(0), negative_values=None, threshold=None, xlim=None)]
+
+
+def _plot(renderer: PngRenderer, item: Any) -> Any:
+    if isinstance(item, dict):
+        kw = dict(item)
+        return renderer.activation(kw.pop("values"), kw.pop("negative_values"), kw.pop("threshold"), **kw)
+    record, limits = item
+    return renderer.gate(record, limits=limits)
+
+
+@pytest.mark.parametrize("order", ["forward", "backward", "shuffled"])
+def test_frames_drawn_over_earlier_ones_equal_frames_on_a_new_figure(order: str) -> None:
+    """A renderer draws the frames of one layout on one axes, each over the one before: every plot is byte for
+    byte the plot a new renderer draws on a new figure, in whatever order the frames come."""
+    plots: list[Any] = [*_gate_plots(), *_activation_plots()]
+    rng = np.random.default_rng(0)
+    sequence = {"forward": plots, "backward": plots[::-1],
+                "shuffled": [plots[i] for i in rng.permutation(len(plots))]}[order]
+    renderer = PngRenderer()
+    drawn = [_plot(renderer, item) for item in sequence]
+    for item, png in zip(sequence, drawn):
+        alone = _plot(PngRenderer(), item)
+        assert (png.data, png.texts) == (alone.data, alone.texts), item
+    assert len(renderer._axes) >= 3  # frames were drawn over others: gates, and activations with a legend
+
+
+def test_a_frame_is_the_matplotlib_figure_quantised() -> None:
+    """A frame drawn on a new figure (placed first, drawn after) is the figure matplotlib draws when the frame
+    is drawn first and placed after, each pixel in its nearest palette colour."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from bat_analysis.report.plots import _activation_key, _literal_texts, literal_text
+
+    record, limits = _gate_plots()[1]
+    draws = [lambda ax: _gate_frame(record, ax, limits),
+             lambda ax: _activation_key(ax, "CD63", (-10.0, 9000.0), 150.0, "basophils", (True, True, True))]
+    renderer = PngRenderer()
+    for i, draw in enumerate(draws):
+        frame = renderer.frame(("test", i), draw, ("test", i))
+        with literal_text():
+            fig = Figure(figsize=renderer.size, dpi=renderer.dpi)
+            canvas = FigureCanvasAgg(fig)
+            ax = fig.add_subplot()
+            draw(ax)
+            _literal_texts(fig)
+            fig.subplots_adjust(**renderer.margins)
+            canvas.draw()
+        rgb = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+        table = palette().rgb.astype(int)
+        colours, inverse = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
+        nearest = np.array([int(np.argmin(((table - c) ** 2).sum(axis=1))) for c in colours])
+        assert np.array_equal(frame.pixels, nearest[inverse.reshape(-1)].reshape(rgb.shape[:2])), i
+        assert np.allclose(frame.to_pixels([[1e3, 50.0]])[0],
+                           [ax.transData.transform([1e3, 50.0])[0], 675 - ax.transData.transform([1e3, 50.0])[1]])

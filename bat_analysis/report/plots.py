@@ -704,18 +704,31 @@ class Frame:
                width_pt * self.px_per_pt, dashes=dashes)
 
 
-def _draw_frame(draw: Any, size: tuple[float, float], dpi: int, margins: Mapping[str, float]) -> Frame:
-    """Draw ``draw(ax)`` once with matplotlib (text literal, see :func:`literal_text`) and keep it as a
-    :class:`Frame` in palette pixels (a legend it drew is kept clear of every mark)."""
+def _frame_axes(size: tuple[float, float], dpi: int, margins: Mapping[str, float]) -> Axes:
+    """A new figure's axes, placed by ``margins``, to draw frames on (see :func:`_draw_frame`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     with literal_text():
         fig = Figure(figsize=size, dpi=dpi)
-        canvas = FigureCanvasAgg(fig)
+        FigureCanvasAgg(fig)
         ax = fig.add_subplot()
+        fig.subplots_adjust(**margins)
+    return ax
+
+
+def _draw_frame(draw: Any, size: tuple[float, float], dpi: int, margins: Mapping[str, float],
+                ax: Axes | None = None) -> Frame:
+    """Draw ``draw(ax)`` once with matplotlib (text literal, see :func:`literal_text`) and keep it as a
+    :class:`Frame` in palette pixels (a legend it drew is kept clear of every mark). ``ax``: axes of
+    :func:`_frame_axes` (same size, dpi and margins) on which earlier frames were drawn, drawn over again:
+    ``draw`` then sets all that it shows (see :meth:`PngRenderer.frame`); by default a new figure's."""
+    if ax is None:
+        ax = _frame_axes(size, dpi, margins)
+    fig = ax.figure
+    canvas = fig.canvas
+    with literal_text():
         draw(ax)
         _literal_texts(fig)
-        fig.subplots_adjust(**margins)
         canvas.draw()
     rgba = np.asarray(canvas.buffer_rgba())
     height = rgba.shape[0]
@@ -880,6 +893,7 @@ class PngRenderer:
         self.margins = dict(left=0.2, right=0.97, bottom=0.15, top=0.91)
         self.max_frames = max_frames
         self._frames: dict[tuple[Any, ...], Frame] = {}
+        self._axes: dict[tuple[Any, ...], Axes] = {}  # layout -> the axes its frames are drawn on (see frame)
 
     def _encode(self, rgba: np.ndarray) -> bytes:
         return encode_png(rgba)
@@ -900,12 +914,23 @@ class PngRenderer:
         rgba = np.asarray(canvas.buffer_rgba())
         return Png(kind, title, self._encode(rgba), rgba.shape[1], rgba.shape[0])
 
-    def frame(self, key: tuple[Any, ...], draw: Any) -> Frame:
+    def frame(self, key: tuple[Any, ...], draw: Any, layout: tuple[Any, ...] | None = None) -> Frame:
         """The frame drawn by ``draw(ax)`` for ``key``, drawn on first use and kept (the oldest of more than
-        ``max_frames`` is dropped)."""
+        ``max_frames`` is dropped).
+
+        ``layout``: the frames of one layout are drawn on one matplotlib axes, each over the one before (a new
+        figure and its ticks cost about a third of a frame). Their ``draw`` must set everything the frame shows
+        (title, labels, scales, locators, formatters, limits, the legend or its absence), and add no artist
+        (a message: then no layout), so that a frame's pixels are those of a new figure's, whatever was drawn
+        before (tests/test_report_paint.py). None: a new figure."""
         cached = self._frames.get(key)
         if cached is None:
-            cached = _draw_frame(draw, self.size, self.dpi, self.margins)
+            ax = None
+            if layout is not None:  # taken out while drawing: put back only when drawn without error
+                ax = self._axes.pop(layout, None) or _frame_axes(self.size, self.dpi, self.margins)
+            cached = _draw_frame(draw, self.size, self.dpi, self.margins, ax)
+            if ax is not None:
+                self._axes[layout] = ax
             if len(self._frames) >= self.max_frames:
                 self._frames.pop(next(iter(self._frames)))
             self._frames[key] = cached
@@ -923,7 +948,8 @@ class PngRenderer:
         with the same frame for every tube with the same limits."""
         ndim = _ndim(record)
         lims = (limits or _own_limits(record)) if ndim else None
-        frame = self.frame(("gate", *frame_key(record), lims), lambda ax: _gate_frame(record, ax, lims))
+        frame = self.frame(("gate", *frame_key(record), lims), lambda ax: _gate_frame(record, ax, lims),
+                           ("gate",) if ndim else None)
         pixels, texts = _paint_gate(frame, record, ndim, lims, adjusted_reason)
         return self._png("gate", record.name, pixels, texts)
 
@@ -940,7 +966,8 @@ class PngRenderer:
         parts = (bool(values.size), neg is not None and bool(neg.size), _has_threshold(threshold))
         lims = None if xlim is None else (float(xlim[0]), float(xlim[1]))
         frame = self.frame(("activation", marker, lims, cofactor, population, parts),
-                           lambda ax: _activation_key(ax, marker, lims, cofactor, population, parts))
+                           lambda ax: _activation_key(ax, marker, lims, cofactor, population, parts),
+                           None if lims is None else ("activation", parts))
         if lims is None:
             return self._png("activation", marker, frame.pixels.copy(), [])
         pixels, texts = _paint_activation(frame, values, neg, threshold, marker, lims, cofactor, bins,
