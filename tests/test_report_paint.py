@@ -474,3 +474,103 @@ def test_a_frame_is_the_matplotlib_figure_quantised() -> None:
         assert np.array_equal(frame.pixels, nearest[inverse.reshape(-1)].reshape(rgb.shape[:2])), i
         assert np.allclose(frame.to_pixels([[1e3, 50.0]])[0],
                            [ax.transData.transform([1e3, 50.0])[0], 675 - ax.transData.transform([1e3, 50.0])[1]])
+
+
+# ----------------------------------------------------------------------------- frames shared between processes
+def _counting_draws(monkeypatch: Any) -> list[int]:
+    """Counts matplotlib's drawings of a figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    drawn: list[int] = []
+    real = FigureCanvasAgg.draw
+
+    def draw(self: Any) -> Any:
+        drawn.append(1)
+        return real(self)
+
+    monkeypatch.setattr(FigureCanvasAgg, "draw", draw)
+    return drawn
+
+
+def test_a_frame_drawn_by_one_process_is_read_back_by_another(tmp_path: Any, monkeypatch: Any) -> None:
+    """Renderers sharing a folder (the run's drawing processes) draw each frame once between them: the second
+    reads the frames back, draws none, and its plots are byte for byte those of a renderer that shares none."""
+    from bat_analysis.report.plots import SharedFrames
+
+    plots: list[Any] = [*_gate_plots(), *_activation_plots()]
+    alone = [_plot(PngRenderer(), item) for item in plots]
+    first = [_plot(PngRenderer(shared=SharedFrames(tmp_path)), item) for item in plots[::-1]][::-1]
+    stored = sorted(p.name for p in tmp_path.iterdir())
+    assert len(stored) == len(plots) and all(n.endswith(SharedFrames.SUFFIX) for n in stored)
+    drawn = _counting_draws(monkeypatch)
+    second = PngRenderer(shared=SharedFrames(tmp_path))
+    again = [_plot(second, item) for item in plots]
+    assert not drawn
+    for a, b, c in zip(alone, first, again):
+        assert (a.data, a.texts) == (b.data, b.texts) == (c.data, c.texts)
+    frame = next(iter(second._frames.values()))
+    assert not frame.pixels.flags.writeable  # read back: used, never painted over
+
+
+def _bad_frames(folder: Any, name: str) -> dict[str, Any]:
+    """Ways a stored frame can be wrong: each makes the file ``name`` in ``folder`` so."""
+    import os
+    import zlib
+
+    size = 675 * 810
+
+    def write(data: bytes) -> Any:
+        return lambda: (folder / name).write_bytes(data)
+
+    def link() -> None:
+        (folder / "elsewhere").write_bytes(zlib.compress(bytes(size)))
+        os.symlink(folder / "elsewhere", folder / name)
+
+    return {"not zlib": write(b"\x93NUMPY garbage"),
+            "too few pixels": write(zlib.compress(bytes(size - 1))),
+            "too many pixels": write(zlib.compress(bytes(size + 1))),
+            "a bomb": write(zlib.compress(bytes(50 * size))),
+            "too big": write(bytes(2 * size)),
+            "trailing data": write(zlib.compress(bytes(size)) + b"x"),
+            "outside the palette": write(zlib.compress(b"\xff" * size)),
+            "truncated": write(zlib.compress(bytes(size))[:100]),
+            "a link": link,
+            "a fifo": lambda: os.mkfifo(folder / name),
+            "a folder": lambda: (folder / name).mkdir()}
+
+
+@pytest.mark.parametrize("damage", list(_bad_frames(None, "").keys()))
+def test_a_damaged_stored_frame_is_ignored_and_drawn_again(tmp_path: Any, monkeypatch: Any, damage: str) -> None:
+    """A stored frame that is not exactly a frame's pixels in the palette (or not a regular file) is ignored with
+    a warning naming it, never trusted: the frame is drawn, the plot is the plot drawn alone, and the file is
+    replaced by the frame drawn (where a file can replace it)."""
+    import os
+    import warnings
+
+    from bat_analysis.report.plots import SharedFrames
+
+    if damage == "a fifo" and not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes on this platform")
+    record, limits = _gate_plots()[0]
+    alone = PngRenderer().gate(record, limits=limits)
+    PngRenderer(shared=SharedFrames(tmp_path)).gate(record, limits=limits)
+    (name,) = [p.name for p in tmp_path.iterdir()]
+    (tmp_path / name).unlink()
+    _bad_frames(tmp_path, name)[damage]()
+    drawn = _counting_draws(monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        png = PngRenderer(shared=SharedFrames(tmp_path)).gate(record, limits=limits)
+    assert (png.data, png.texts) == (alone.data, alone.texts)
+    assert drawn == [1]
+    messages = [str(w.message) for w in caught]
+    assert any(name in m and "ignored" in m for m in messages), messages
+    if damage != "a folder":  # the frame drawn replaced it: read back by the next renderer
+        assert (tmp_path / name).is_file() and not (tmp_path / name).is_symlink()
+        drawn.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert PngRenderer(shared=SharedFrames(tmp_path)).gate(record, limits=limits).data == alone.data
+        assert not drawn
+    else:  # a folder in its place: the frame is not shared, and the warning says so
+        assert any("not shared" in m for m in messages), messages
