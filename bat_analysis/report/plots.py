@@ -5,8 +5,10 @@ basophils' marker values, fit results), never from all the events: a gate is an 
 density (``GateRecord.density``) with the gate's outline on top. Drawing functions (``draw_*``) take a
 matplotlib ``Axes``. :class:`PngRenderer` makes the reports' PNGs: the per-tube plots (gates, activation
 histogram) are painted with numpy into palette pixels over a frame matplotlib draws once per frame key
-(:mod:`._paint`, ~2-3 ms a plot), and their per-tube words are ``Png.texts``, printed under the image by the
-HTML and the PDF; other plots (dose-response curves) are drawn whole by matplotlib.
+(:mod:`._paint`, ~2-3 ms a plot; a frame ~20 ms, drawn over the previous one of its layout), and their per-tube
+words are ``Png.texts``, printed under the image by the HTML and the PDF; other plots (dose-response curves) are
+drawn whole by matplotlib. The processes drawing a run share their frames through a folder (:class:`SharedFrames`):
+a frame read back is the frame drawn, byte for byte.
 
 Text in the figures (gate, marker, allergen and file names, reviewers' reasons, units) comes from the inputs
 and is drawn literally: every drawing function here and the PDF writer run under :func:`literal_text`, so
