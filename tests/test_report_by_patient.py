@@ -44,6 +44,36 @@ def test_a_patients_plots_are_the_same_drawn_alone_or_with_the_run():
 
 
 
+def test_the_processes_rendering_a_run_share_their_frames_and_remove_them(tmp_path):
+    """The processes rendering patients during a run share the frames they draw through a folder in the output
+    folder: its files are frames, the plots are those a process drawing alone makes, and closing the rendering
+    removes the folder."""
+    from test_report import make_experiment
+
+    from bat_analysis.report._html import PatientRendering, render_patient
+    from bat_analysis.report.plots import SharedFrames
+
+    results, scores = make_experiment(2)
+    of = {p: [r for r in results if r.tube.patient == p] for p in ("P01", "P02")}
+    rendering = PatientRendering(tmp_path / "early", {}, workers=2, pdf=False, fork=True)
+    try:
+        for patient, tubes in of.items():
+            rendering.submit(patient, tubes, scores)
+        made = rendering.finished()
+        frames = rendering.frames
+        assert frames is not None and frames.parent == tmp_path / "early"
+        stored = [p.name for p in frames.iterdir()]
+    finally:
+        rendering.close()
+    assert stored and all(name.endswith(SharedFrames.SUFFIX) for name in stored)
+    assert not frames.exists() and rendering.frames is None
+    for patient, tubes in of.items():
+        alone = render_patient(tmp_path / "alone", tubes, scores, {}, pdf=False)
+        assert {f: [p.data for p in pngs] for f, pngs in made[patient].images.items()} == \
+            {f: [p.data for p in pngs] for f, pngs in alone.images.items()}
+
+
+
 
 def _options(experiment, out: Path) -> RunOptions:
     return RunOptions(data_dir=experiment.out_dir, layout=experiment.layout_path, out=out, workers=2, quiet=True,

@@ -365,3 +365,212 @@ def test_each_plot_is_a_figure_with_its_words_under_it(files: bool) -> None:
     assert parser.imgs == len(view.images) == len(parser.figures)
     assert parser.figures == [list(p.texts) for p in view.images]
     assert parser.figures[2][0].endswith("%)") and parser.figures[-1][0].startswith("this tube: ")
+
+
+# ------------------------------------------------------------------------------------------ frames' pixels
+def test_quantise_gives_each_pixel_its_nearest_palette_colour() -> None:
+    """The quantised frame is the brute-force nearest colour of every pixel (the first of equals), for the
+    greys of matplotlib's text and for any other colour, from RGB or RGBA (alpha ignored)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    fig = Figure(figsize=(2.0, 1.5), dpi=60)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    _activation_frame(ax, "CD63", (-10.0, 9000.0), 150.0)
+    ax.legend(handles=[Patch(color=ACTIVATION_FILL, label="this tube")])
+    canvas.draw()
+    rgba = np.array(canvas.buffer_rgba())
+    rng = np.random.default_rng(3)
+    rgba[:20, :30, :3] = rng.integers(0, 256, size=(20, 30, 3))  # any colour, and ties between two greys
+    rgba[20:22, :, :3] = np.array([[0, 0, 0], [255, 255, 255], [3, 3, 3], [128, 127, 128]])[
+        rng.integers(0, 4, size=(2, rgba.shape[1]))]
+    rgb = rgba[..., :3].astype(int).reshape(-1, 3)
+    table = palette().rgb.astype(int)
+    brute = np.array([int(np.argmin(((table - p) ** 2).sum(axis=1))) for p in rgb]).reshape(rgba.shape[:2])
+    assert np.array_equal(palette().quantise(rgba), brute)
+    assert np.array_equal(palette().quantise(rgba[..., :3]), brute)
+    assert (brute == palette().white).sum() > rgba.shape[0] * rgba.shape[1] // 2  # a frame: mostly white
+
+
+def _gate_plots() -> list[tuple[GateRecord, Any]]:
+    """Gates of different names, axes, kinds and ranges (a range whose ticks need an offset, a histogram,
+    a name with a control character, a gate without a density), each with the limits it is drawn on."""
+    square = {"type": "polygon", "vertices": SQUARE}
+    big = GateRecord("singlets\x07", None, ("FSC-A", "FSC-H"), {"type": "polygon", "dims": ["FSC-A", "FSC-H"],
+                     "vertices": [[2e6, 2e6], [3e6, 2e6], [3e6, 3e6]], "transforms": [None, None]}, 5, 9,
+                     "estimator", {}, np.ones((4, 4)), (np.linspace(1e6, 4e6, 5), np.linspace(1e6, 4e6, 5)))
+    hist = GateRecord("acquisition_qc", None, ("Time",), {"type": "range", "dims": ["Time"], "mins": [None],
+                      "maxs": [None]}, 70, 70, "fixed", {}, np.array([5.0, 20.0, 0.0, 35.0]),
+                      (np.linspace(0.0, 80.0, 5),))
+    empty = GateRecord("lymphocytes", None, ("FSC-A", "SSC-A"), square, 0, 0, "not_gated", {}, None, None)
+    return [(_record(square), LIMITS), (big, None), (hist, ((0.0, 90.0), (0.0, 40.0))), (empty, None),
+            (_record(square), ((-1.0, 3.0), (-2.0, 2.0))), (hist, None)]
+
+
+def _activation_plots() -> list[dict[str, Any]]:
+    """Activation histograms with and without each part of the legend, on several axes."""
+    rng = np.random.default_rng(4)
+    values, neg = rng.lognormal(6, 0.8, 500), rng.lognormal(5, 0.5, 400)
+    return [dict(values=values, negative_values=neg, threshold=600.0, xlim=(0.0, 82247.4)),
+            dict(values=values, negative_values=None, threshold=None, xlim=(78.2, 30257.0), marker="CD203c"),
+            dict(values=np.empty(0), negative_values=None, threshold=None, xlim=(-10.0, 1000.0)),
+            dict(values=values, negative_values=neg, threshold=300.0, xlim=(-200.0, 2e5), population="T\x1bcells"),
+            dict(values=values, negative_values=neg, threshold=600.0, xlim=(0.0, 30257.0)),
+            dict(values=np.empty(0), negative_values=None, threshold=None, xlim=None)]
+
+
+def _plot(renderer: PngRenderer, item: Any) -> Any:
+    if isinstance(item, dict):
+        kw = dict(item)
+        return renderer.activation(kw.pop("values"), kw.pop("negative_values"), kw.pop("threshold"), **kw)
+    record, limits = item
+    return renderer.gate(record, limits=limits)
+
+
+@pytest.mark.parametrize("order", ["forward", "backward", "shuffled"])
+def test_frames_drawn_over_earlier_ones_equal_frames_on_a_new_figure(order: str) -> None:
+    """A renderer draws the frames of one layout on one axes, each over the one before: every plot is byte for
+    byte the plot a new renderer draws on a new figure, in whatever order the frames come."""
+    plots: list[Any] = [*_gate_plots(), *_activation_plots()]
+    rng = np.random.default_rng(0)
+    sequence = {"forward": plots, "backward": plots[::-1],
+                "shuffled": [plots[i] for i in rng.permutation(len(plots))]}[order]
+    renderer = PngRenderer()
+    drawn = [_plot(renderer, item) for item in sequence]
+    for item, png in zip(sequence, drawn):
+        alone = _plot(PngRenderer(), item)
+        assert (png.data, png.texts) == (alone.data, alone.texts), item
+    assert len(renderer._axes) >= 3  # frames were drawn over others: gates, and activations with a legend
+
+
+def test_a_frame_is_the_matplotlib_figure_quantised() -> None:
+    """A frame drawn on a new figure (placed first, drawn after) is the figure matplotlib draws when the frame
+    is drawn first and placed after, each pixel in its nearest palette colour."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from bat_analysis.report.plots import _activation_key, _literal_texts, literal_text
+
+    record, limits = _gate_plots()[1]
+    draws = [lambda ax: _gate_frame(record, ax, limits),
+             lambda ax: _activation_key(ax, "CD63", (-10.0, 9000.0), 150.0, "basophils", (True, True, True))]
+    renderer = PngRenderer()
+    for i, draw in enumerate(draws):
+        frame = renderer.frame(("test", i), draw, ("test", i))
+        with literal_text():
+            fig = Figure(figsize=renderer.size, dpi=renderer.dpi)
+            canvas = FigureCanvasAgg(fig)
+            ax = fig.add_subplot()
+            draw(ax)
+            _literal_texts(fig)
+            fig.subplots_adjust(**renderer.margins)
+            canvas.draw()
+        rgb = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)
+        table = palette().rgb.astype(int)
+        colours, inverse = np.unique(rgb.reshape(-1, 3), axis=0, return_inverse=True)
+        nearest = np.array([int(np.argmin(((table - c) ** 2).sum(axis=1))) for c in colours])
+        assert np.array_equal(frame.pixels, nearest[inverse.reshape(-1)].reshape(rgb.shape[:2])), i
+        assert np.allclose(frame.to_pixels([[1e3, 50.0]])[0],
+                           [ax.transData.transform([1e3, 50.0])[0], 675 - ax.transData.transform([1e3, 50.0])[1]])
+
+
+# ----------------------------------------------------------------------------- frames shared between processes
+def _counting_draws(monkeypatch: Any) -> list[int]:
+    """Counts matplotlib's drawings of a figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    drawn: list[int] = []
+    real = FigureCanvasAgg.draw
+
+    def draw(self: Any) -> Any:
+        drawn.append(1)
+        return real(self)
+
+    monkeypatch.setattr(FigureCanvasAgg, "draw", draw)
+    return drawn
+
+
+def test_a_frame_drawn_by_one_process_is_read_back_by_another(tmp_path: Any, monkeypatch: Any) -> None:
+    """Renderers sharing a folder (the run's drawing processes) draw each frame once between them: the second
+    reads the frames back, draws none, and its plots are byte for byte those of a renderer that shares none."""
+    from bat_analysis.report.plots import SharedFrames
+
+    plots: list[Any] = [*_gate_plots(), *_activation_plots()]
+    alone = [_plot(PngRenderer(), item) for item in plots]
+    first = [_plot(PngRenderer(shared=SharedFrames(tmp_path)), item) for item in plots[::-1]][::-1]
+    stored = sorted(p.name for p in tmp_path.iterdir())
+    assert len(stored) == len(plots) and all(n.endswith(SharedFrames.SUFFIX) for n in stored)
+    drawn = _counting_draws(monkeypatch)
+    second = PngRenderer(shared=SharedFrames(tmp_path))
+    again = [_plot(second, item) for item in plots]
+    assert not drawn
+    for a, b, c in zip(alone, first, again):
+        assert (a.data, a.texts) == (b.data, b.texts) == (c.data, c.texts)
+    frame = next(iter(second._frames.values()))
+    assert not frame.pixels.flags.writeable  # read back: used, never painted over
+
+
+def _bad_frames(folder: Any, name: str) -> dict[str, Any]:
+    """Ways a stored frame can be wrong: each makes the file ``name`` in ``folder`` so."""
+    import os
+    import zlib
+
+    size = 675 * 810
+
+    def write(data: bytes) -> Any:
+        return lambda: (folder / name).write_bytes(data)
+
+    def link() -> None:
+        (folder / "elsewhere").write_bytes(zlib.compress(bytes(size)))
+        os.symlink(folder / "elsewhere", folder / name)
+
+    return {"not zlib": write(b"\x93NUMPY garbage"),
+            "too few pixels": write(zlib.compress(bytes(size - 1))),
+            "too many pixels": write(zlib.compress(bytes(size + 1))),
+            "a bomb": write(zlib.compress(bytes(50 * size))),
+            "too big": write(bytes(2 * size)),
+            "trailing data": write(zlib.compress(bytes(size)) + b"x"),
+            "outside the palette": write(zlib.compress(b"\xff" * size)),
+            "truncated": write(zlib.compress(bytes(size))[:100]),
+            "a link": link,
+            "a fifo": lambda: os.mkfifo(folder / name),
+            "a folder": lambda: (folder / name).mkdir()}
+
+
+@pytest.mark.parametrize("damage", list(_bad_frames(None, "").keys()))
+def test_a_damaged_stored_frame_is_ignored_and_drawn_again(tmp_path: Any, monkeypatch: Any, damage: str) -> None:
+    """A stored frame that is not exactly a frame's pixels in the palette (or not a regular file) is ignored with
+    a warning naming it, never trusted: the frame is drawn, the plot is the plot drawn alone, and the file is
+    replaced by the frame drawn (where a file can replace it)."""
+    import os
+    import warnings
+
+    from bat_analysis.report.plots import SharedFrames
+
+    if damage == "a fifo" and not hasattr(os, "mkfifo") or damage == "a link" and os.name == "nt":
+        pytest.skip(f"{damage}: not made on this platform")
+    record, limits = _gate_plots()[0]
+    alone = PngRenderer().gate(record, limits=limits)
+    PngRenderer(shared=SharedFrames(tmp_path)).gate(record, limits=limits)
+    (name,) = [p.name for p in tmp_path.iterdir()]
+    (tmp_path / name).unlink()
+    _bad_frames(tmp_path, name)[damage]()
+    drawn = _counting_draws(monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        png = PngRenderer(shared=SharedFrames(tmp_path)).gate(record, limits=limits)
+    assert (png.data, png.texts) == (alone.data, alone.texts)
+    assert drawn == [1]
+    messages = [str(w.message) for w in caught]
+    assert any(name in m and "ignored" in m for m in messages), messages
+    if damage != "a folder":  # the frame drawn replaced it: read back by the next renderer
+        assert (tmp_path / name).is_file() and not (tmp_path / name).is_symlink()
+        drawn.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert PngRenderer(shared=SharedFrames(tmp_path)).gate(record, limits=limits).data == alone.data
+        assert not drawn
+    else:  # a folder in its place: the frame is not shared, and the warning says so
+        assert any("not shared" in m for m in messages), messages

@@ -34,8 +34,8 @@ from ..errors import BatError
 from .._fileio import atomic_write_text, create_new_file, make_dir, remove_path, replace_dir, temporary_dir
 from ..records import TubeResult
 from .._textsafe import safe_filename
-from .plots import (ARM_LABELS, PLOT_DPI, Png, PngRenderer, activation_range, draw_dose_response, fit_summary,
-                    marker_values, shared_gate_limits)
+from .plots import (ARM_LABELS, PLOT_DPI, Png, PngRenderer, SharedFrames, activation_range, draw_dose_response,
+                    fit_summary, marker_values, shared_gate_limits)
 from ._views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, FlagGroup, PatientView, RunView, TubeView,
                     activation_marker, concentration_unit, flag_groups, fmt_value, patient_views, point_intervals,
                     present_columns, qc_rows, report_filename, severity_rank, tube_table_note, tube_views)
@@ -406,16 +406,23 @@ class Job:
     gate_limits: Mapping[Any, Any] = field(default_factory=dict)  # frame key -> axis limits (the patient's)
 
 
-_RENDERERS: dict[int, PngRenderer] = {}  # one per process and resolution: its cached frames serve every chunk
+# one per process, resolution and folder of shared frames: its cached frames serve every chunk
+_RENDERERS: dict[tuple[int, Path | None], PngRenderer] = {}
 
 
-def _renderer(dpi: int = IMAGE_DPI) -> PngRenderer:
-    return _RENDERERS.setdefault(dpi, PngRenderer(dpi=dpi))
+def _renderer(dpi: int = IMAGE_DPI, frames: Path | None = None) -> PngRenderer:
+    """This process's renderer; ``frames``: a folder of frames shared with the run's other drawing processes
+    (:class:`SharedFrames`)."""
+    renderer = _RENDERERS.get((dpi, frames))
+    if renderer is None:
+        shared = None if frames is None else SharedFrames(frames)
+        renderer = _RENDERERS[dpi, frames] = PngRenderer(dpi=dpi, shared=shared)
+    return renderer
 
 
-def _draw_chunk(jobs: list[Job], dpi: int) -> list[list[Png]]:
+def _draw_chunk(jobs: list[Job], dpi: int, frames: Path | None = None) -> list[list[Png]]:
     """Worker task: the PNGs of a chunk of tubes (module-level so that it pickles)."""
-    renderer = _renderer(dpi)
+    renderer = _renderer(dpi, frames)
     return [renderer.tube(j.result, negative_values=j.negative_values, threshold=j.threshold, adjusted=j.adjusted,
                           marker=j.marker, xlim=j.xlim, gate_limits=j.gate_limits, pct=j.pct,
                           negative_pct=j.negative_pct, population=j.population)
@@ -470,11 +477,12 @@ def drawing_jobs(tubes: Sequence[TubeView], population: str = "basophils") -> li
     return [jobs[id(t)] for t in tubes]
 
 
-def draw_tubes(tubes: Sequence[TubeView], *, dpi: int = IMAGE_DPI, population: str = "basophils") -> None:
+def draw_tubes(tubes: Sequence[TubeView], *, dpi: int = IMAGE_DPI, population: str = "basophils",
+               frames: Path | None = None) -> None:
     """Fill ``images`` of every tube view, in this process; the tubes of a patient share their axes
     (:func:`drawing_jobs`). Runs draw in parallel patient by patient (:func:`render_patient` in worker
-    processes), not tube by tube."""
-    for t, pngs in zip(tubes, _draw_chunk(drawing_jobs(tubes, population), dpi)):
+    processes), not tube by tube; ``frames``: see :func:`render_patient`."""
+    for t, pngs in zip(tubes, _draw_chunk(drawing_jobs(tubes, population), dpi, frames)):
         t.images = pngs
 
 
@@ -510,9 +518,11 @@ class PatientFiles:
 
 
 def render_patient(out_dir: Path, results: Sequence[TubeResult], scores: ExperimentScores,
-                   run_info: Mapping[str, Any] | None, *, pdf: bool = True, write: bool = True) -> PatientFiles:
+                   run_info: Mapping[str, Any] | None, *, pdf: bool = True, write: bool = True,
+                   frames: Path | None = None) -> PatientFiles:
     """One patient's plots, and (``write``) its ``reports/<patient>.html`` and ``.pdf`` (``pdf``) under
-    ``out_dir``, in this process.
+    ``out_dir``, in this process. ``frames``: a folder where the processes drawing a run share their plots'
+    frames (:class:`SharedFrames`; the plots are the same without).
 
     ``results`` are the patient's tubes, all of them and no other patient's; ``scores`` holds the patient's
     scores (other patients' rows and fits are ignored). The pages depend on nothing else, so a patient
@@ -527,7 +537,7 @@ def render_patient(out_dir: Path, results: Sequence[TubeResult], scores: Experim
     if len(by_patient) != 1:
         raise ValueError(f"render_patient takes one patient's tubes, got {len(by_patient)} patients")
     patient, view = next(iter(by_patient.items()))
-    draw_tubes(views, population=run.population)
+    draw_tubes(views, population=run.population, frames=frames)
     images = {t.result.tube.file: t.images for t in views}
     t1 = time.perf_counter()
     if not write:
@@ -554,21 +564,26 @@ class PatientRendering:
     ``out_dir``, the folder :func:`render_reports` will write into. Up to ``workers`` spawned processes are
     started, on demand. A rendering that failed raises its error from :meth:`finished` (where a rendering of
     the whole run would have raised it). :meth:`close` ends the processes (queued patients are dropped).
-    ``fork``: the processes are forked from the caller (see :func:`_pool`)."""
+    ``fork``: the processes are forked from the caller (see :func:`_pool`). The processes share the plots'
+    frames they draw through a temporary folder in ``out_dir`` (``frames``, see :class:`SharedFrames`),
+    removed by :meth:`close`."""
 
     def __init__(self, out_dir: Path, run_info: Mapping[str, Any] | None, *, workers: int = 2,
                  pdf: bool = True, fork: bool = False) -> None:
         self.out_dir, self.run_info, self.workers, self.pdf = Path(out_dir), dict(run_info or {}), workers, pdf
         self.fork = fork
         self.pool: Any = None
+        self.frames: Path | None = None
         self.futures: dict[str, Any] = {}
 
     def submit(self, patient: str, results: Sequence[TubeResult], scores: ExperimentScores) -> None:
         if self.pool is None:
             make_dir(self.out_dir / "reports")
+            self.frames = temporary_dir(self.out_dir, "frames")
             self.pool = _pool(self.workers, fork=self.fork)
         self.futures[patient] = self.pool.submit(render_patient, self.out_dir, list(results),
-                                                 scores.for_patient(patient), self.run_info, pdf=self.pdf)
+                                                 scores.for_patient(patient), self.run_info, pdf=self.pdf,
+                                                 frames=self.frames)
 
     def finished(self) -> dict[str, PatientFiles]:
         """Wait for every patient submitted; their files by patient."""
@@ -578,6 +593,9 @@ class PatientRendering:
         if self.pool is not None:
             _pools.shutdown(self.pool)
             self.pool = None
+        if self.frames is not None:
+            remove_path(self.frames)
+            self.frames = None
 
 
 def render_reports(out_dir: Path, results: list[TubeResult], scores: ExperimentScores, run_info: dict[str, Any], *,
@@ -622,7 +640,9 @@ def render_reports(out_dir: Path, results: list[TubeResult], scores: ExperimentS
     try:
         args = {p: (out_dir, tubes_of[p], scores if pool is None else scores.for_patient(p), run_info)
                 for p in todo}
-        kw = {p: dict(pdf=pdf, write=p in chosen) for p in todo}
+        kw: dict[str, dict[str, Any]] = {p: dict(pdf=pdf, write=p in chosen) for p in todo}
+        if not own_pool and rendering is not None:  # drawn by the early rendering's processes: with their frames
+            kw = {p: dict(k, frames=rendering.frames) for p, k in kw.items()}
         if pool is None:
             made = {p: render_patient(*args[p], **kw[p]) for p in todo}
         else:

@@ -64,15 +64,30 @@ class Palette:
         level = np.clip((np.asarray(t, dtype=float) * DENSITY_LEVELS).astype(int), 0, DENSITY_LEVELS - 1)
         return (self.density_start + level).astype(np.uint8)
 
-    def quantise(self, rgb: np.ndarray) -> np.ndarray:
-        """Each pixel of an ``H x W x 3`` image as the index of its nearest palette colour (white stays white).
-        For a cached frame: nearest colours are found per distinct colour, not per pixel."""
-        rgb = np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)
-        packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
-        colours, inverse = np.unique(packed.reshape(-1), return_inverse=True)
-        values = np.stack([(colours >> 16) & 255, (colours >> 8) & 255, colours & 255], axis=1).astype(int)
+    def nearest(self, values: np.ndarray) -> np.ndarray:
+        """The index of the nearest palette colour (least squared RGB distance, the first of equals) of each
+        colour of ``values`` (``N x 3``)."""
+        values = np.asarray(values, dtype=int).reshape(-1, 3)
         distance = ((values[:, None, :] - self.rgb[None, :, :].astype(int)) ** 2).sum(axis=-1)
-        return distance.argmin(axis=1).astype(np.uint8)[inverse].reshape(rgb.shape[:2])
+        return distance.argmin(axis=1).astype(np.uint8)
+
+    @functools.cached_property
+    def _greys(self) -> np.ndarray:
+        """:meth:`nearest` of each grey ``(v, v, v)``, by ``v``."""
+        return self.nearest(np.repeat(np.arange(256)[:, None], 3, axis=1))
+
+    def quantise(self, rgb: np.ndarray) -> np.ndarray:
+        """Each pixel of an ``H x W x 3`` image (or ``x 4``: alpha ignored) as the index of its nearest palette
+        colour (:meth:`nearest`; white stays white). For a cached frame, whose pixels are nearly all greys (its
+        text, lines and white): greys are looked up in a table, other colours found per distinct colour."""
+        rgb = np.asarray(rgb)
+        r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+        out = self._greys[g]
+        other = (r != g) | (g != b)
+        if other.any():
+            colours, inverse = np.unique(rgb[other][:, :3], axis=0, return_inverse=True)
+            out[other] = self.nearest(colours)[inverse.reshape(-1)]
+        return out
 
     def colours(self, indices: np.ndarray) -> np.ndarray:
         """The RGB image of palette indices (what a PNG reader shows)."""

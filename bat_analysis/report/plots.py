@@ -5,8 +5,10 @@ basophils' marker values, fit results), never from all the events: a gate is an 
 density (``GateRecord.density``) with the gate's outline on top. Drawing functions (``draw_*``) take a
 matplotlib ``Axes``. :class:`PngRenderer` makes the reports' PNGs: the per-tube plots (gates, activation
 histogram) are painted with numpy into palette pixels over a frame matplotlib draws once per frame key
-(:mod:`._paint`, ~2-3 ms a plot), and their per-tube words are ``Png.texts``, printed under the image by the
-HTML and the PDF; other plots (dose-response curves) are drawn whole by matplotlib.
+(:mod:`._paint`, ~2-3 ms a plot; a frame ~20 ms, drawn over the previous one of its layout), and their per-tube
+words are ``Png.texts``, printed under the image by the HTML and the PDF; other plots (dose-response curves) are
+drawn whole by matplotlib. The processes drawing a run share their frames through a folder (:class:`SharedFrames`):
+a frame read back is the frame drawn, byte for byte.
 
 Text in the figures (gate, marker, allergen and file names, reviewers' reasons, units) comes from the inputs
 and is drawn literally: every drawing function here and the PDF writer run under :func:`literal_text`, so
@@ -17,11 +19,16 @@ Control characters in drawn text and in ``Png.texts`` are shown as escapes (``te
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import os
+import stat
 import struct
 import textwrap
+import warnings
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import matplotlib
@@ -704,22 +711,38 @@ class Frame:
                width_pt * self.px_per_pt, dashes=dashes)
 
 
-def _draw_frame(draw: Any, size: tuple[float, float], dpi: int, margins: Mapping[str, float]) -> Frame:
-    """Draw ``draw(ax)`` once with matplotlib (text literal, see :func:`literal_text`) and keep it as a
-    :class:`Frame` in palette pixels (a legend it drew is kept clear of every mark)."""
+def _frame_axes(size: tuple[float, float], dpi: int, margins: Mapping[str, float]) -> Axes:
+    """A new figure's axes, placed by ``margins``, to draw frames on (see :func:`_draw_frame`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     with literal_text():
         fig = Figure(figsize=size, dpi=dpi)
-        canvas = FigureCanvasAgg(fig)
+        FigureCanvasAgg(fig)
         ax = fig.add_subplot()
+        fig.subplots_adjust(**margins)
+    return ax
+
+
+def _draw_frame(draw: Any, size: tuple[float, float], dpi: int, margins: Mapping[str, float],
+                ax: Axes | None = None, pixels: np.ndarray | None = None) -> Frame:
+    """Draw ``draw(ax)`` once with matplotlib (text literal, see :func:`literal_text`) and keep it as a
+    :class:`Frame` in palette pixels (a legend it drew is kept clear of every mark). ``ax``: axes of
+    :func:`_frame_axes` (same size, dpi and margins) on which earlier frames were drawn, drawn over again:
+    ``draw`` then sets all that it shows (see :meth:`PngRenderer.frame`); by default a new figure's.
+    ``pixels``: the frame's pixels as drawn before (by another process, see :class:`SharedFrames`; the
+    figure's size): the axes are set up for their transform and legend, not drawn."""
+    if ax is None:
+        ax = _frame_axes(size, dpi, margins)
+    fig = ax.figure
+    canvas = fig.canvas
+    with literal_text():
         draw(ax)
         _literal_texts(fig)
-        fig.subplots_adjust(**margins)
-        canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    height = rgba.shape[0]
-    pixels = palette().quantise(rgba[..., :3])
+        if pixels is None:
+            canvas.draw()
+    if pixels is None:
+        pixels = palette().quantise(np.asarray(canvas.buffer_rgba()))
+    height = pixels.shape[0]
     bb = ax.bbox  # display coordinates, from the bottom: the box holds the pixels wholly inside the axes
     r0, r1 = height - math.floor(bb.y1), height - math.ceil(bb.y0)
     c0, c1 = math.ceil(bb.x0), math.floor(bb.x1)
@@ -861,6 +884,82 @@ def _paint_activation(frame: Frame, values: np.ndarray, neg: np.ndarray | None, 
     return pixels, texts
 
 
+class SharedFrames:
+    """A folder of frames' pixels shared by the processes that draw one run's plots (in the run's staging
+    folder): a frame that one process drew is read back by the others instead of drawn again by matplotlib.
+
+    A file holds one frame's palette indices, zlib-compressed, named by a digest of the frame's key and the
+    renderer's size, dpi and margins, and is written atomically (a reader sees a whole file or none). What is
+    read back is untrusted: a file that is not a regular file, is too big, does not decompress to exactly the
+    frame's number of pixels or holds indices outside the palette is ignored with a warning (the frame is drawn
+    and the file replaced). Nothing in it is executed or unpickled; the pixels are used read-only."""
+
+    SUFFIX = ".frame"
+
+    def __init__(self, folder: Path | str) -> None:
+        self.folder = Path(folder)
+
+    def name(self, key: tuple[Any, ...], size: tuple[float, float], dpi: int, margins: Mapping[str, float]) -> str:
+        """The file name of a frame: a digest of everything its pixels depend on."""
+        recipe = repr((key, tuple(size), dpi, sorted(margins.items()), matplotlib.__version__))
+        return hashlib.sha256(recipe.encode("utf-8", "backslashreplace")).hexdigest() + self.SUFFIX
+
+    def load(self, name: str, shape: tuple[int, int]) -> np.ndarray | None:
+        """The pixels (``shape``, uint8, read-only) stored as ``name``; None when there are none or they are not
+        valid (with a warning)."""
+        path = self.folder / name
+        size = shape[0] * shape[1]
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+                         | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return self._ignored(path, f"it cannot be read ({exc.strerror or exc})")
+        limit = size + size // 100 + 1024  # zlib's worst case is a few bytes more than the data
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, a named pipe, a device
+                return self._ignored(path, "it is not a regular file")
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                data = fh.read(limit + 1)
+        except OSError as exc:
+            return self._ignored(path, f"it cannot be read ({exc.strerror or exc})")
+        finally:
+            os.close(fd)
+        if len(data) > limit:
+            return self._ignored(path, f"it holds more than {limit} bytes")
+        inflate = zlib.decompressobj()
+        try:
+            raw = inflate.decompress(data, size + 1)
+        except zlib.error as exc:
+            return self._ignored(path, f"it is not zlib data ({exc})")
+        if len(raw) != size or not inflate.eof or inflate.unconsumed_tail or inflate.unused_data:
+            return self._ignored(path, f"it does not hold exactly {shape[0]} x {shape[1]} pixels")
+        pixels = np.frombuffer(raw, dtype=np.uint8).reshape(shape)
+        if int(pixels.max(initial=0)) >= len(palette().rgb):
+            return self._ignored(path, f"it holds colours outside the palette's {len(palette().rgb)}")
+        return pixels
+
+    def save(self, name: str, pixels: np.ndarray) -> None:
+        """Store ``pixels`` as ``name`` for the other processes (a failure to write is a warning: the frame
+        was drawn all the same)."""
+        from .._fileio import atomic_write_bytes
+        from ..errors import BatError
+
+        try:
+            atomic_write_bytes(self.folder / name, zlib.compress(np.ascontiguousarray(pixels, np.uint8), 1),
+                               durable=False)
+        except BatError as exc:
+            warnings.warn(f"a plot frame is not shared with the other drawing processes: {exc}", RuntimeWarning,
+                          stacklevel=2)
+
+    @staticmethod
+    def _ignored(path: Path, why: str) -> None:
+        warnings.warn(f"{path}: stored plot frame ignored, {why}; the frame is drawn again", RuntimeWarning,
+                      stacklevel=3)
+        return None
+
+
 class PngRenderer:
     """Draws small figures and returns them as PNG bytes (Agg, fixed layout, no tight_layout).
 
@@ -874,12 +973,14 @@ class PngRenderer:
     """
 
     def __init__(self, *, size: tuple[float, float] = PLOT_SIZE, dpi: int = PLOT_DPI,
-                 max_frames: int = 64) -> None:
+                 max_frames: int = 64, shared: SharedFrames | None = None) -> None:
         self.size = size
         self.dpi = dpi
+        self.shared = shared  # frames drawn by other processes of the run, and this one's for them
         self.margins = dict(left=0.2, right=0.97, bottom=0.15, top=0.91)
         self.max_frames = max_frames
         self._frames: dict[tuple[Any, ...], Frame] = {}
+        self._axes: dict[tuple[Any, ...], Axes] = {}  # layout -> the axes its frames are drawn on (see frame)
 
     def _encode(self, rgba: np.ndarray) -> bytes:
         return encode_png(rgba)
@@ -900,12 +1001,35 @@ class PngRenderer:
         rgba = np.asarray(canvas.buffer_rgba())
         return Png(kind, title, self._encode(rgba), rgba.shape[1], rgba.shape[0])
 
-    def frame(self, key: tuple[Any, ...], draw: Any) -> Frame:
+    def frame(self, key: tuple[Any, ...], draw: Any, layout: tuple[Any, ...] | None = None) -> Frame:
         """The frame drawn by ``draw(ax)`` for ``key``, drawn on first use and kept (the oldest of more than
-        ``max_frames`` is dropped)."""
+        ``max_frames`` is dropped).
+
+        ``layout``: the frames of one layout are drawn on one matplotlib axes, each over the one before (a new
+        figure and its ticks cost about a third of a frame). Their ``draw`` must set everything the frame shows
+        (title, labels, scales, locators, formatters, limits, the legend or its absence), and add no artist
+        (a message: then no layout), so that a frame's pixels are those of a new figure's, whatever was drawn
+        before (tests/test_report_paint.py). None: a new figure.
+
+        With :attr:`shared`, a frame another process drew is read back instead of drawn (only its axes are set
+        up), and a frame drawn here is stored for the others."""
         cached = self._frames.get(key)
         if cached is None:
-            cached = _draw_frame(draw, self.size, self.dpi, self.margins)
+            ax = None
+            if layout is not None:  # taken out while drawing: put back only when drawn without error
+                ax = self._axes.pop(layout, None)
+            if ax is None:
+                ax = _frame_axes(self.size, self.dpi, self.margins)
+            shared, name, stored = self.shared, "", None
+            if shared is not None:
+                width, height = ax.figure.canvas.get_width_height()
+                name = shared.name(key, self.size, self.dpi, self.margins)
+                stored = shared.load(name, (height, width))
+            cached = _draw_frame(draw, self.size, self.dpi, self.margins, ax, stored)
+            if layout is not None:
+                self._axes[layout] = ax
+            if shared is not None and stored is None:
+                shared.save(name, cached.pixels)
             if len(self._frames) >= self.max_frames:
                 self._frames.pop(next(iter(self._frames)))
             self._frames[key] = cached
@@ -923,7 +1047,8 @@ class PngRenderer:
         with the same frame for every tube with the same limits."""
         ndim = _ndim(record)
         lims = (limits or _own_limits(record)) if ndim else None
-        frame = self.frame(("gate", *frame_key(record), lims), lambda ax: _gate_frame(record, ax, lims))
+        frame = self.frame(("gate", *frame_key(record), lims), lambda ax: _gate_frame(record, ax, lims),
+                           ("gate",) if ndim else None)
         pixels, texts = _paint_gate(frame, record, ndim, lims, adjusted_reason)
         return self._png("gate", record.name, pixels, texts)
 
@@ -940,7 +1065,8 @@ class PngRenderer:
         parts = (bool(values.size), neg is not None and bool(neg.size), _has_threshold(threshold))
         lims = None if xlim is None else (float(xlim[0]), float(xlim[1]))
         frame = self.frame(("activation", marker, lims, cofactor, population, parts),
-                           lambda ax: _activation_key(ax, marker, lims, cofactor, population, parts))
+                           lambda ax: _activation_key(ax, marker, lims, cofactor, population, parts),
+                           None if lims is None else ("activation", parts))
         if lims is None:
             return self._png("activation", marker, frame.pixels.copy(), [])
         pixels, texts = _paint_activation(frame, values, neg, threshold, marker, lims, cofactor, bins,
