@@ -92,7 +92,7 @@ def draws_literally(func: Any) -> Any:
     return wrapper
 
 
-def _literal_texts(target: Axes | Figure) -> None:
+def _literal_texts(target: Artist) -> None:
     """Every Text of ``target`` shown as written, control characters as escapes (see :func:`draws_literally`)."""
     for text in target.findobj(Text):
         text.set_parse_math(False)
@@ -880,6 +880,7 @@ class PngRenderer:
         self.margins = dict(left=0.2, right=0.97, bottom=0.15, top=0.91)
         self.max_frames = max_frames
         self._frames: dict[tuple[Any, ...], Frame] = {}
+        self._curve_frames: dict[tuple[Any, ...], CurveFrame] = {}
 
     def _encode(self, rgba: np.ndarray) -> bytes:
         return encode_png(rgba)
@@ -899,6 +900,38 @@ class PngRenderer:
         canvas.draw()
         rgba = np.asarray(canvas.buffer_rgba())
         return Png(kind, title, self._encode(rgba), rgba.shape[1], rgba.shape[0])
+
+    @literal_text()
+    def dose_response(self, fits: Mapping[str, FitResult], *, title: str,
+                      intervals: Mapping[str, tuple[float, float]] | None = None, marker: str = "CD63",
+                      population: str = "basophils") -> Png:
+        """One allergen's curves as :func:`draw_dose_response` draws them on a CURVE_SIZE figure (CURVE_MARGINS),
+        pixel for pixel: the frame (axes, ticks, labels) is drawn once per :func:`curve_frame_key` (the same axis
+        limits and labels) and kept; each figure's marks, title and legend are drawn over a copy of it."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        fig = Figure(figsize=CURVE_SIZE, dpi=self.dpi)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        _dose_response(fits, ax, title=title, intervals=intervals, marker=marker, population=population)
+        fig.subplots_adjust(**CURVE_MARGINS)
+        key = curve_frame_key(ax, CURVE_SIZE, self.dpi, CURVE_MARGINS)
+        if key is None:
+            _literal_texts(fig)
+            fig.canvas.draw()
+            rgba = np.asarray(fig.canvas.buffer_rgba())
+        else:
+            marks = _marks(ax)
+            frame = self._curve_frames.get(key)
+            for target in (marks if frame else [fig]):
+                _literal_texts(target)  # once: control characters become escapes
+            if frame is None:
+                frame = draw_curve_frame(fig, ax, marks)
+                if len(self._curve_frames) >= self.max_frames:
+                    self._curve_frames.pop(next(iter(self._curve_frames)))
+                self._curve_frames[key] = frame
+            rgba = draw_over_frame(frame, marks, self.dpi)
+        return Png("dose_response", title, self._encode(rgba), rgba.shape[1], rgba.shape[0])
 
     def frame(self, key: tuple[Any, ...], draw: Any) -> Frame:
         """The frame drawn by ``draw(ax)`` for ``key``, drawn on first use and kept (the oldest of more than
@@ -1006,8 +1039,14 @@ def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | 
     (after the maximum of a bell-shaped series) are drawn hollow; ``intervals`` (file -> the tube's 95%
     interval of its %, tubes.csv's ``pct_cd63_ci_low``/``_high``) are drawn as error bars; the EC50 is a
     dotted vertical line with its bootstrap confidence interval shaded. ``marker`` and ``population`` name
-    the axis as the gating template does.
+    the axis as the gating template does. The reports draw the same through :meth:`PngRenderer.dose_response`.
     """
+    _dose_response(fits, ax, title=title, intervals=intervals, marker=marker, population=population)
+
+
+def _dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | None,
+                   intervals: Mapping[str, tuple[float, float]] | None, marker: str, population: str) -> None:
+    """:func:`draw_dose_response` without making its Text literal afterwards (the caller does)."""
     drawn = False
     unit = None
     # legend lines wrapped to the axes' width (a "not estimable" reason is long); ~0.55 em per character
@@ -1048,10 +1087,94 @@ def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | 
     ax.xaxis.set_major_formatter(FuncFormatter(_power_label))  # plain text: mathtext is slow to lay out
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylim(0, 135)  # headroom for the legend above 100%
-    ax.set_yticks(range(0, 101, 20))
+    ax.yaxis.set_major_locator(FixedLocator(range(0, 101, 20)))  # as set_yticks, without making the ticks now
     ax.set_xlabel(f"concentration ({unit})" if unit else "concentration", fontsize=LABEL_PT)
     ax.set_ylabel(f"% {marker}+ {population}", fontsize=LABEL_PT)
     ax.tick_params(labelsize=TICK_PT)
     ax.grid(True, which="major", color="0.9", linewidth=0.6)
     ax.legend(fontsize=LEGEND_PT, loc="upper left", frameon=True, framealpha=0.85, edgecolor="none",
               handlelength=1.0)
+
+
+# ------------------------------------------------------------------------------ dose-response figures
+CURVE_SIZE = (4.8, 3.4)  # inches, one allergen's curves: 1080 x 765 px at PLOT_DPI
+CURVE_MARGINS = {"left": 0.12, "right": 0.97, "bottom": 0.14, "top": 0.91}
+
+
+@dataclass(frozen=True)
+class CurveFrame:
+    """What a dose-response figure shares with every other of the same axes (see :func:`curve_frame_key`):
+    its pixels (``rgba``, Agg's buffer) with the axes, ticks and labels but without the marks, title, grid
+    and spines; and ``lines``, the grid lines and spines of the figure that drew it, each with the z-order
+    at which its axes draw it, to be drawn among each patient's marks as matplotlib orders them (the grid and
+    the spines lie on a shaded EC50 interval and under the points)."""
+
+    rgba: np.ndarray
+    lines: tuple[tuple[float, Artist], ...]
+
+
+def _marks(ax: Axes) -> list[Artist]:
+    """What differs between figures of the same frame: the Axes' lines, collections, patches, texts, titles
+    and legend, in the order the Axes lists (and draws) its children."""
+    own = {id(a) for group in (ax.lines, ax.collections, ax.patches) for a in group}
+    legend = ax.get_legend()
+    return [a for a in ax.get_children() if id(a) in own or isinstance(a, Text) or a is legend]
+
+
+def curve_frame_key(ax: Axes, size: tuple[float, float], dpi: int,
+                    margins: Mapping[str, float]) -> tuple[Any, ...] | None:
+    """What the frame of a figure drawn by :func:`draw_dose_response` on ``ax`` depends on: figure size, dpi,
+    margins, axis labels and limits (the ticks follow from these; the title is drawn with the marks, so the
+    allergens of a plate share a frame). None for a figure without the log-scaled curve axes (nothing to plot:
+    drawn whole)."""
+    if ax.get_xscale() != "log" or ax.texts:
+        return None
+    return (tuple(size), dpi, tuple(sorted(margins.items())), ax.get_xlabel(), ax.get_ylabel(),
+            tuple(map(float, ax.get_xlim())), tuple(map(float, ax.get_ylim())))
+
+
+def _grid_lines(ax: Axes) -> list[tuple[float, Artist]]:
+    """The grid lines matplotlib draws for ``ax`` (the major ticks within the view, as ``Axis.draw`` picks
+    them), with their axis' z-order."""
+    lines = []
+    for axis in (ax.xaxis, ax.yaxis):
+        lo, hi = sorted(axis.get_view_interval())
+        a, b = sorted(axis.get_transform().transform([lo, hi]))
+        tol = (b - a) * 1e-10
+        for tick in axis.get_major_ticks():
+            loc = float(np.asarray(axis.get_transform().transform(tick.get_loc())).ravel()[0])
+            if a - tol <= loc <= b + tol and tick.gridline.get_visible():
+                lines.append((axis.get_zorder(), tick.gridline))
+    return lines
+
+
+def draw_curve_frame(fig: Figure, ax: Axes, marks: Sequence[Artist]) -> CurveFrame:
+    """Draw ``fig`` (its Agg canvas; its Text made literal by the caller) without ``marks``, grid lines and
+    spines, as a :class:`CurveFrame`; every artist is left visible as it was."""
+    grid = [t.gridline for axis in (ax.xaxis, ax.yaxis) for t in axis.get_major_ticks()]
+    hidden = [a for a in (*marks, *grid, *ax.spines.values()) if a.get_visible()]
+    for a in hidden:
+        a.set_visible(False)
+    try:
+        fig.canvas.draw()
+    finally:
+        for a in hidden:
+            a.set_visible(True)
+    grid = _grid_lines(ax)  # the same ticks, now placed as drawn
+    spines = [(s.get_zorder(), s) for s in ax.spines.values() if s.get_visible()]
+    return CurveFrame(np.array(fig.canvas.buffer_rgba()), tuple([*spines, *grid]))
+
+
+def draw_over_frame(frame: CurveFrame, marks: Sequence[Artist], dpi: float) -> np.ndarray:
+    """``marks`` drawn with Agg over a copy of ``frame``'s pixels, its grid lines and spines among them in
+    matplotlib's order (by z-order; marks first at equal z-order, as an Axes lists its children): the pixels
+    the whole figure would have."""
+    from matplotlib.backends.backend_agg import RendererAgg
+
+    h, w = frame.rgba.shape[:2]
+    renderer = RendererAgg(w, h, dpi)
+    np.asarray(renderer.buffer_rgba())[...] = frame.rgba
+    layers = [(a.get_zorder(), a) for a in marks] + list(frame.lines)
+    for _, artist in sorted(layers, key=lambda za: za[0]):
+        artist.draw(renderer)
+    return np.asarray(renderer.buffer_rgba())
