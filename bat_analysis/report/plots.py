@@ -652,12 +652,15 @@ def encode_png(rgba: np.ndarray, level: int = PNG_COMPRESSION) -> bytes:
 
     A standard PNG that any reader opens. Measured on the report's 810 x 675 plots: 3.0 ms and 47 KiB each, where
     Pillow (adaptive row filters, level 4) took 10.4 ms for 39 KiB; the plots are flat colours on white, which
-    zlib compresses well without the filters. Used for the drawings made whole (dose-response curves); the per-tube
-    plots are palette PNGs (:func:`._paint.encode_palette_png`)."""
+    zlib compresses well without the filters. Used for the drawings made with Agg (dose-response curves: 1080 x 765
+    px, ~4.6 ms and ~72 KiB, the RGB copied a plane at a time); the per-tube plots are palette PNGs
+    (:func:`._paint.encode_palette_png`)."""
     h, w = rgba.shape[:2]
     rows = np.empty((h, w * 3 + 1), dtype=np.uint8)
     rows[:, 0] = 0  # filter type None on every row
-    rows[:, 1:].reshape(h, w, 3)[...] = rgba[..., :3]
+    rgb = rows[:, 1:].reshape(h, w, 3)
+    for channel in range(3):  # a plane at a time: ~5x faster than one strided copy of the three
+        rgb[..., channel] = rgba[..., channel]
     header = struct.pack(">LLBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, deflate, no interlace
     return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows, level))
             + png_chunk(b"IEND", b""))
