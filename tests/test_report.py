@@ -814,8 +814,8 @@ def test_dose_response_png_is_the_whole_figure_drawn_by_matplotlib(monkeypatch: 
     import bat_analysis.report.plots as plots
 
     frames = []
-    draw_frame = plots.draw_curve_frame
-    monkeypatch.setattr(plots, "draw_curve_frame", lambda *a: frames.append(a) or draw_frame(*a))
+    draw_frame = plots._draw_curve_frame
+    monkeypatch.setattr(plots, "_draw_curve_frame", lambda *a: frames.append(a) or draw_frame(*a))
     cases = _curve_fits()
     intervals = {"f1.fcs": (15.0, 26.0), "f3.fcs": (50.0, 61.0)}
     whole = {t: _whole_figure(PngRenderer(), t, fits, intervals) for t, fits in cases.items()}
@@ -829,6 +829,12 @@ def test_dose_response_png_is_the_whole_figure_drawn_by_matplotlib(monkeypatch: 
     # birch and the hostile title share their axes; grass's interval widens its x axis; "nothing" has none
     assert len(shared._curve_frames) == 2
     assert len(frames) == 2 + 2 * 3  # the shared renderer's two; one per renderer drawing alone, "nothing" none
+    monkeypatch.setattr(plots, "CURVE_FRAMES", 1)  # one frame kept: birch's is dropped for grass's and drawn again
+    one = PngRenderer()
+    for title in ("birch", "grass", HOSTILE_ALLERGEN + "\x07", "birch"):
+        assert one.dose_response(cases[title], title=title, intervals=intervals).data == whole[title].data
+        assert len(one._curve_frames) == 1
+    assert len(frames) == 2 + 2 * 3 + 3
 
 
 def _rgb(png: Any) -> np.ndarray:
