@@ -930,7 +930,7 @@ class PngRenderer:
         else:
             marks = _marks(ax)
             frame = self._curve_frames.get(key)
-            for target in (marks if frame else [fig]):
+            for target in (marks if frame is not None else [fig]):
                 _literal_texts(target)  # once: control characters become escapes
             if frame is None:
                 frame = _draw_curve_frame(fig, ax, marks)
