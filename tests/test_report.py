@@ -776,3 +776,122 @@ def test_drawing_processes_leave_ctrl_c_to_the_run() -> None:
         assert pool.submit(signal.getsignal, signal.SIGINT).result(timeout=60) == signal.SIG_IGN
     finally:
         pool.shutdown()
+
+
+# ------------------------------------------------------------------------------ dose-response figures
+def _curve_fits() -> dict[str, dict[str, Any]]:
+    """Dose-response cases for the reports' curves: a long wrapped legend entry, a shaded EC50 interval wider
+    than the points, a point left out of the fit (hollow), an arm without a colour of its own, hostile text."""
+    from dataclasses import replace
+
+    from bat_analysis.analysis.dose_response import analyse_series
+
+    conc = [0.01, 0.1, 1.0, 10.0, 100.0]
+    files = [f"f{i}.fcs" for i in range(5)]
+    rising = analyse_series("P1", "birch", "none", conc, [5, 20, 50, 57, 56], [2, 17, 47, 54, 53], unit="ng/mL",
+                            files=files)
+    flat = analyse_series("P1", "birch", "omalizumab", conc, [3, 3, 4, 5, 9], [0, 0, 1, 2, 6], unit="ng/mL")
+    assert rising.status == "ok" and flat.status != "ok"
+    banded = replace(rising, ec50_ci=(0.02, 3000.0), used=np.array([True, True, True, True, False]))
+    return {"birch": {"none": rising, "omalizumab": flat},
+            "grass": {"none": banded},
+            HOSTILE_ALLERGEN + "\x07": {"other\x1b[31m": replace(flat, arm="other")},
+            "nothing": {"none": replace(rising, concentrations=np.zeros(0))}}
+
+
+def _whole_figure(renderer: PngRenderer, title: str, fits: dict[str, Any], intervals: dict[str, Any]) -> Any:
+    from bat_analysis.report.plots import CURVE_MARGINS, CURVE_SIZE
+
+    return renderer.render("dose_response", title,
+                           lambda ax: draw_dose_response(fits, ax, title=title, intervals=intervals),
+                           size=CURVE_SIZE, margins=CURVE_MARGINS)
+
+
+def test_dose_response_png_is_the_whole_figure_drawn_by_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report's curves are drawn over a frame kept per axis limits; each PNG is byte for byte the figure
+    draw_dose_response draws whole, whether its frame was drawn for it, for another allergen before, or not
+    at all (nothing to plot), and in any order."""
+    import bat_analysis.report.plots as plots
+
+    frames = []
+    draw_frame = plots._draw_curve_frame
+    monkeypatch.setattr(plots, "_draw_curve_frame", lambda *a: frames.append(a) or draw_frame(*a))
+    cases = _curve_fits()
+    intervals = {"f1.fcs": (15.0, 26.0), "f3.fcs": (50.0, 61.0)}
+    whole = {t: _whole_figure(PngRenderer(), t, fits, intervals) for t, fits in cases.items()}
+    shared = PngRenderer()
+    for order in (list(cases), list(reversed(cases))):
+        for title in order:
+            png = shared.dose_response(cases[title], title=title, intervals=intervals)
+            alone = PngRenderer().dose_response(cases[title], title=title, intervals=intervals)
+            assert png.data == alone.data == whole[title].data, title
+            assert (png.kind, png.title, png.width, png.height) == ("dose_response", title, 1080, 765)
+    # birch and the hostile title share their axes; grass's interval widens its x axis; "nothing" has none
+    assert len(shared._curve_frames) == 2
+    assert len(frames) == 2 + 2 * 3  # the shared renderer's two; one per renderer drawing alone, "nothing" none
+    monkeypatch.setattr(plots, "CURVE_FRAMES", 1)  # one frame kept: birch's is dropped for grass's and drawn again
+    one = PngRenderer()
+    for title in ("birch", "grass", HOSTILE_ALLERGEN + "\x07", "birch"):
+        assert one.dose_response(cases[title], title=title, intervals=intervals).data == whole[title].data
+        assert len(one._curve_frames) == 1
+    assert len(frames) == 2 + 2 * 3 + 3
+
+
+def _rgb(png: Any) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png.data)) as img:
+        return np.asarray(img.convert("RGB")).astype(int)
+
+
+def test_dose_response_png_shows_points_curve_ec50_and_interval() -> None:
+    """What the curve shows, found in the PNG's pixels at the data positions (the axes' transform of the same
+    figure): filled and hollow points, the fitted curve, the dotted EC50 line and its shaded interval, the legend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import to_rgb
+    from matplotlib.figure import Figure
+
+    from bat_analysis.report.plots import ARM_COLOURS, CURVE_MARGINS, CURVE_SIZE, PLOT_DPI
+
+    fit = _curve_fits()["grass"]["none"]
+    renderer = PngRenderer()
+    renderer.dose_response(_curve_fits()["birch"], title="birch")  # another figure first: frames are kept
+    px = _rgb(renderer.dose_response({"none": fit}, title="grass"))
+    fig = Figure(figsize=CURVE_SIZE, dpi=PLOT_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    draw_dose_response({"none": fit}, ax, title="grass")
+    fig.subplots_adjust(**CURVE_MARGINS)
+
+    def at(x: float, y: float) -> np.ndarray:
+        cx, cy = ax.transData.transform((x, y))
+        return px[int(px.shape[0] - cy), int(cx)]
+
+    blue = np.array(to_rgb(ARM_COLOURS["none"])) * 255
+    tint = 255 - 0.12 * (255 - blue)  # the EC50 interval over white
+
+    def near(rgb: np.ndarray, colour: np.ndarray, tol: float = 12) -> bool:
+        return bool(np.abs(rgb - colour).max() <= tol)
+
+    for c, y in zip(fit.concentrations[:4], fit.y[:4]):  # points in the fit: filled
+        assert near(at(c, y), blue), (c, y)
+    c, y = fit.concentrations[4], fit.y[4]  # the point left out: a ring, not filled
+    cx, cy = ax.transData.transform((c, y))
+    ring = [px[int(px.shape[0] - cy), int(cx + dx)] for dx in range(-12, 13)]
+    assert not near(at(c, y), blue, 100) and any(near(p, blue, 30) for p in ring)
+    for lx in (-1.5, 0.7):  # the fitted 4PL
+        x = 10.0 ** lx
+        assert near(at(x, float(fit.curve(np.array([lx]))[0])), blue, 30), x
+    cx = ax.transData.transform((fit.ec50, 0))[0]  # the dotted EC50 line: about half of its column coloured
+    top, bottom = (int(px.shape[0] - ax.transData.transform((1, v))[1]) for v in (100, 0))
+    column = px[top:bottom, int(round(cx)) - 1:int(round(cx)) + 2].min(axis=1)
+    coloured = np.mean([near(p, blue, 40) for p in column])
+    assert 0.3 < coloured < 0.8, coloured
+    for x in (0.03, 2000.0):  # inside the interval, away from marks and grid: tinted; outside it: white
+        assert near(at(x, 70), tint, 3), x
+    assert near(at(0.004, 70), np.array([255, 255, 255]), 0)
+    legend = ax.get_legend().get_window_extent(fig.canvas.get_renderer())
+    box = px[int(px.shape[0] - legend.y1):int(px.shape[0] - legend.y0), int(legend.x0):int(legend.x1)]
+    assert (box.max(axis=2) < 80).sum() > 500  # its text is drawn (dark pixels)

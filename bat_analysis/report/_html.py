@@ -34,8 +34,8 @@ from ..errors import BatError
 from .._fileio import atomic_write_text, create_new_file, make_dir, remove_path, replace_dir, temporary_dir
 from ..records import TubeResult
 from .._textsafe import safe_filename
-from .plots import (ARM_LABELS, PLOT_DPI, Png, PngRenderer, SharedFrames, activation_range, draw_dose_response,
-                    fit_summary, marker_values, shared_gate_limits)
+from .plots import (ARM_LABELS, PLOT_DPI, Png, PngRenderer, SharedFrames, activation_range, fit_summary,
+                    marker_values, shared_gate_limits)
 from ._views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, FlagGroup, PatientView, RunView, TubeView,
                     activation_marker, concentration_unit, flag_groups, fmt_value, patient_views, point_intervals,
                     present_columns, qc_rows, report_filename, severity_rank, tube_table_note, tube_views)
@@ -493,11 +493,8 @@ def _curves(view: PatientView, renderer: PngRenderer, run: RunView) -> None:
         by_allergen.setdefault(allergen, {})[arm] = fit
         view.fit_notes.append(f"{allergen}, {ARM_LABELS.get(arm, arm)}: {fit_summary(fit)}")
     for allergen, fits in by_allergen.items():
-        view.curves.append(renderer.render(
-            "dose_response", allergen,
-            lambda ax, fits=fits, a=allergen: draw_dose_response(fits, ax, title=a, intervals=intervals,
-                                                                marker=run.marker, population=run.population),
-            size=(4.8, 3.4), margins=dict(left=0.12, right=0.97, bottom=0.14, top=0.91)))
+        view.curves.append(renderer.dose_response(fits, title=allergen, intervals=intervals, marker=run.marker,
+                                                  population=run.population))
 
 
 def _run_view(scores: ExperimentScores, run_info: Mapping[str, Any] | None) -> RunView:

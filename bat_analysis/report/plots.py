@@ -6,9 +6,11 @@ density (``GateRecord.density``) with the gate's outline on top. Drawing functio
 matplotlib ``Axes``. :class:`PngRenderer` makes the reports' PNGs: the per-tube plots (gates, activation
 histogram) are painted with numpy into palette pixels over a frame matplotlib draws once per frame key
 (:mod:`._paint`, ~2-3 ms a plot; a frame ~20 ms, drawn over the previous one of its layout), and their per-tube
-words are ``Png.texts``, printed under the image by the HTML and the PDF; other plots (dose-response curves) are
-drawn whole by matplotlib. The processes drawing a run share their frames through a folder (:class:`SharedFrames`):
-a frame read back is the frame drawn, byte for byte.
+words are ``Png.texts``, printed under the image by the HTML and the PDF. The processes drawing a run share those
+frames through a folder (:class:`SharedFrames`): a frame read back is the frame drawn, byte for byte. The
+dose-response curves are matplotlib's own figure, pixel for pixel: its axes, ticks and labels are drawn once per
+axis limits and kept in Agg's pixels, each figure's marks, title and legend drawn by matplotlib over a copy
+(:meth:`PngRenderer.dose_response`); other plots are drawn whole by matplotlib.
 
 Text in the figures (gate, marker, allergen and file names, reviewers' reasons, units) comes from the inputs
 and is drawn literally: every drawing function here and the PDF writer run under :func:`literal_text`, so
@@ -99,7 +101,7 @@ def draws_literally(func: Any) -> Any:
     return wrapper
 
 
-def _literal_texts(target: Axes | Figure) -> None:
+def _literal_texts(target: Artist) -> None:
     """Every Text of ``target`` shown as written, control characters as escapes (see :func:`draws_literally`)."""
     for text in target.findobj(Text):
         text.set_parse_math(False)
@@ -637,8 +639,9 @@ class Png:
     and :meth:`PngRenderer.activation` carry their words here (count caption, how the gate was set, the
     activation plot's percentages and threshold, a boolean gate's expression; control characters shown as
     escapes, line feeds kept), for the HTML and the PDF to print under the image (escaped for HTML). Drawings
-    made whole with matplotlib (:meth:`PngRenderer.render`) have none. ``text_colours`` gives each text's
-    colour (``#rrggbb``; ``""``: the default): the manual-adjustment note is ADJUSTED_TEXT_COLOUR."""
+    made with matplotlib (:meth:`PngRenderer.render`, :meth:`PngRenderer.dose_response`) have none.
+    ``text_colours`` gives each text's colour (``#rrggbb``; ``""``: the default): the manual-adjustment note is
+    ADJUSTED_TEXT_COLOUR."""
 
     kind: str
     title: str
@@ -659,12 +662,15 @@ def encode_png(rgba: np.ndarray, level: int = PNG_COMPRESSION) -> bytes:
 
     A standard PNG that any reader opens. Measured on the report's 810 x 675 plots: 3.0 ms and 47 KiB each, where
     Pillow (adaptive row filters, level 4) took 10.4 ms for 39 KiB; the plots are flat colours on white, which
-    zlib compresses well without the filters. Used for the drawings made whole (dose-response curves); the per-tube
-    plots are palette PNGs (:func:`._paint.encode_palette_png`)."""
+    zlib compresses well without the filters. Used for the drawings made with Agg (dose-response curves: 1080 x 765
+    px, ~4.6 ms and ~72 KiB, the RGB copied a plane at a time); the per-tube plots are palette PNGs
+    (:func:`._paint.encode_palette_png`)."""
     h, w = rgba.shape[:2]
     rows = np.empty((h, w * 3 + 1), dtype=np.uint8)
     rows[:, 0] = 0  # filter type None on every row
-    rows[:, 1:].reshape(h, w, 3)[...] = rgba[..., :3]
+    rgb = rows[:, 1:].reshape(h, w, 3)
+    for channel in range(3):  # a plane at a time: ~5x faster than one strided copy of the three
+        rgb[..., channel] = rgba[..., channel]
     header = struct.pack(">LLBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, deflate, no interlace
     return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows, level))
             + png_chunk(b"IEND", b""))
@@ -968,8 +974,9 @@ class PngRenderer:
     activation plot's legend) is drawn once per frame by matplotlib and kept in palette pixels
     (:class:`Frame`); each tube's density, bars and outlines are painted with numpy into a copy of those pixels
     (:mod:`._paint`) and written as a palette PNG, ~3 ms each. Their per-tube words (counts, method,
-    percentages) are the Png's ``texts``, shown beside the image by the HTML and the PDF. Other plots
-    (:meth:`render`: dose-response curves) are drawn whole with matplotlib.
+    percentages) are the Png's ``texts``, shown beside the image by the HTML and the PDF. The dose-response
+    curves (:meth:`dose_response`) are drawn by matplotlib over a kept frame of their axes, ~25 ms each instead of
+    ~75 ms for the whole figure (:meth:`render`, for any other drawing).
     """
 
     def __init__(self, *, size: tuple[float, float] = PLOT_SIZE, dpi: int = PLOT_DPI,
@@ -981,6 +988,7 @@ class PngRenderer:
         self.max_frames = max_frames
         self._frames: dict[tuple[Any, ...], Frame] = {}
         self._axes: dict[tuple[Any, ...], Axes] = {}  # layout -> the axes its frames are drawn on (see frame)
+        self._curve_frames: dict[tuple[Any, ...], _CurveFrame] = {}
 
     def _encode(self, rgba: np.ndarray) -> bytes:
         return encode_png(rgba)
@@ -1000,6 +1008,38 @@ class PngRenderer:
         canvas.draw()
         rgba = np.asarray(canvas.buffer_rgba())
         return Png(kind, title, self._encode(rgba), rgba.shape[1], rgba.shape[0])
+
+    @literal_text()
+    def dose_response(self, fits: Mapping[str, FitResult], *, title: str,
+                      intervals: Mapping[str, tuple[float, float]] | None = None, marker: str = "CD63",
+                      population: str = "basophils") -> Png:
+        """One allergen's curves as :func:`draw_dose_response` draws them on a CURVE_SIZE figure (CURVE_MARGINS),
+        pixel for pixel: the frame (axes, ticks, labels) is drawn once per :func:`_curve_frame_key` (the same axis
+        limits and labels) and kept; each figure's marks, title and legend are drawn over a copy of it."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        fig = Figure(figsize=CURVE_SIZE, dpi=self.dpi)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        _dose_response(fits, ax, title=title, intervals=intervals, marker=marker, population=population)
+        fig.subplots_adjust(**CURVE_MARGINS)
+        key = _curve_frame_key(ax, CURVE_SIZE, self.dpi, CURVE_MARGINS)
+        if key is None:
+            _literal_texts(fig)
+            fig.canvas.draw()
+            rgba = np.asarray(fig.canvas.buffer_rgba())
+        else:
+            marks = _marks(ax)
+            frame = self._curve_frames.get(key)
+            for target in (marks if frame is not None else [fig]):
+                _literal_texts(target)  # once: control characters become escapes
+            if frame is None:
+                frame = _draw_curve_frame(fig, ax, marks)
+                if len(self._curve_frames) >= CURVE_FRAMES:
+                    self._curve_frames.pop(next(iter(self._curve_frames)))
+                self._curve_frames[key] = frame
+            rgba = _draw_over_frame(frame, marks, self.dpi)
+        return Png("dose_response", title, self._encode(rgba), rgba.shape[1], rgba.shape[0])
 
     def frame(self, key: tuple[Any, ...], draw: Any, layout: tuple[Any, ...] | None = None) -> Frame:
         """The frame drawn by ``draw(ax)`` for ``key``, drawn on first use and kept (the oldest of more than
@@ -1132,8 +1172,14 @@ def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | 
     (after the maximum of a bell-shaped series) are drawn hollow; ``intervals`` (file -> the tube's 95%
     interval of its %, tubes.csv's ``pct_cd63_ci_low``/``_high``) are drawn as error bars; the EC50 is a
     dotted vertical line with its bootstrap confidence interval shaded. ``marker`` and ``population`` name
-    the axis as the gating template does.
+    the axis as the gating template does. The reports draw the same through :meth:`PngRenderer.dose_response`.
     """
+    _dose_response(fits, ax, title=title, intervals=intervals, marker=marker, population=population)
+
+
+def _dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | None,
+                   intervals: Mapping[str, tuple[float, float]] | None, marker: str, population: str) -> None:
+    """:func:`draw_dose_response` without making its Text literal afterwards (the caller does)."""
     drawn = False
     unit = None
     # legend lines wrapped to the axes' width (a "not estimable" reason is long); ~0.55 em per character
@@ -1174,10 +1220,95 @@ def draw_dose_response(fits: Mapping[str, FitResult], ax: Axes, *, title: str | 
     ax.xaxis.set_major_formatter(FuncFormatter(_power_label))  # plain text: mathtext is slow to lay out
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylim(0, 135)  # headroom for the legend above 100%
-    ax.set_yticks(range(0, 101, 20))
+    ax.yaxis.set_major_locator(FixedLocator(range(0, 101, 20)))  # as set_yticks, without making the ticks now
     ax.set_xlabel(f"concentration ({unit})" if unit else "concentration", fontsize=LABEL_PT)
     ax.set_ylabel(f"% {marker}+ {population}", fontsize=LABEL_PT)
     ax.tick_params(labelsize=TICK_PT)
     ax.grid(True, which="major", color="0.9", linewidth=0.6)
     ax.legend(fontsize=LEGEND_PT, loc="upper left", frameon=True, framealpha=0.85, edgecolor="none",
               handlelength=1.0)
+
+
+# ------------------------------------------------------------------------------ dose-response figures
+CURVE_SIZE = (4.8, 3.4)  # inches, one allergen's curves: 1080 x 765 px at PLOT_DPI
+CURVE_MARGINS = {"left": 0.12, "right": 0.97, "bottom": 0.14, "top": 0.91}
+CURVE_FRAMES = 8  # frames kept per renderer (3.3 MB of pixels and a figure each), the oldest dropped first
+
+
+@dataclass(frozen=True)
+class _CurveFrame:
+    """What a dose-response figure shares with every other of the same axes (see :func:`_curve_frame_key`):
+    its pixels (``rgba``, Agg's buffer) with the axes, ticks and labels but without the marks, title, grid
+    and spines; and ``lines``, the grid lines and spines of the figure that drew it, each with the z-order
+    at which its axes draw it, to be drawn among each patient's marks as matplotlib orders them (the grid and
+    the spines lie on a shaded EC50 interval and under the points)."""
+
+    rgba: np.ndarray
+    lines: tuple[tuple[float, Artist], ...]
+
+
+def _marks(ax: Axes) -> list[Artist]:
+    """What differs between figures of the same frame: the Axes' lines, collections, patches, texts, titles
+    and legend, in the order the Axes lists (and draws) its children."""
+    own = {id(a) for group in (ax.lines, ax.collections, ax.patches) for a in group}
+    legend = ax.get_legend()
+    return [a for a in ax.get_children() if id(a) in own or isinstance(a, Text) or a is legend]
+
+
+def _curve_frame_key(ax: Axes, size: tuple[float, float], dpi: int,
+                    margins: Mapping[str, float]) -> tuple[Any, ...] | None:
+    """What the frame of a figure drawn by :func:`draw_dose_response` on ``ax`` depends on: figure size, dpi,
+    margins, axis labels and limits (the ticks follow from these; the title is drawn with the marks, so the
+    allergens of a plate share a frame). None for a figure without the log-scaled curve axes (nothing to plot:
+    drawn whole)."""
+    if ax.get_xscale() != "log" or ax.texts:
+        return None
+    return (tuple(size), dpi, tuple(sorted(margins.items())), ax.get_xlabel(), ax.get_ylabel(),
+            tuple(map(float, ax.get_xlim())), tuple(map(float, ax.get_ylim())))
+
+
+def _grid_lines(ax: Axes) -> list[tuple[float, Artist]]:
+    """The grid lines matplotlib draws for ``ax`` (the major ticks within the view, as ``Axis.draw`` picks
+    them), with their axis' z-order."""
+    lines = []
+    for axis in (ax.xaxis, ax.yaxis):
+        lo, hi = sorted(axis.get_view_interval())
+        a, b = sorted(axis.get_transform().transform([lo, hi]))
+        tol = (b - a) * 1e-10
+        for tick in axis.get_major_ticks():
+            loc = float(np.asarray(axis.get_transform().transform(tick.get_loc())).ravel()[0])
+            if a - tol <= loc <= b + tol and tick.gridline.get_visible():
+                lines.append((axis.get_zorder(), tick.gridline))
+    return lines
+
+
+def _draw_curve_frame(fig: Figure, ax: Axes, marks: Sequence[Artist]) -> _CurveFrame:
+    """Draw ``fig`` (its Agg canvas; its Text made literal by the caller) without ``marks``, grid lines and
+    spines, as a :class:`_CurveFrame`; every artist is left visible as it was."""
+    grid = [t.gridline for axis in (ax.xaxis, ax.yaxis) for t in axis.get_major_ticks()]
+    hidden = [a for a in (*marks, *grid, *ax.spines.values()) if a.get_visible()]
+    for a in hidden:
+        a.set_visible(False)
+    try:
+        fig.canvas.draw()
+    finally:
+        for a in hidden:
+            a.set_visible(True)
+    grid = _grid_lines(ax)  # the same ticks, now placed as drawn
+    spines = [(s.get_zorder(), s) for s in ax.spines.values() if s.get_visible()]
+    return _CurveFrame(np.array(fig.canvas.buffer_rgba()), tuple([*spines, *grid]))
+
+
+def _draw_over_frame(frame: _CurveFrame, marks: Sequence[Artist], dpi: float) -> np.ndarray:
+    """``marks`` drawn with Agg over a copy of ``frame``'s pixels, its grid lines and spines among them in
+    matplotlib's order (by z-order; marks first at equal z-order, as an Axes lists its children): the pixels
+    the whole figure would have."""
+    from matplotlib.backends.backend_agg import RendererAgg
+
+    h, w = frame.rgba.shape[:2]
+    renderer = RendererAgg(w, h, dpi)
+    np.asarray(renderer.buffer_rgba())[...] = frame.rgba
+    layers = [(a.get_zorder(), a) for a in marks] + list(frame.lines)
+    for _, artist in sorted(layers, key=lambda za: za[0]):
+        artist.draw(renderer)
+    return np.asarray(renderer.buffer_rgba())
