@@ -1,6 +1,8 @@
 """The per-patient PDF (bat_analysis.report._pdf): plots embedded with their own PNG data (RGB and palette PNGs),
 any other PNG still shown, each plot's texts printed under it, the dose-response curves the HTML report's, text
-written literally, the file replaced atomically. Read back with pdfplumber (text, images) and pypdfium2 (pixels)."""
+written literally, the file replaced atomically; the cut fonts for a document they hold, the whole fonts for the
+whole document otherwise, the same pages either way. Read back with pdfplumber (text, images) and pypdfium2
+(pixels)."""
 
 from __future__ import annotations
 

@@ -8,20 +8,22 @@ Table cells and lines wrap, measured with the embedded font's own advances (Deja
 is cut. Flags are grouped by severity and code (``views.flag_groups``).
 
 The text font is DejaVu Sans (regular and bold), embedded as fpdf2 embeds a TrueType font: cut to the glyphs the
-document uses. A document is written with *cut fonts* when they hold every character it writes: DejaVu Sans and
-Sans Bold cut once per process (fontTools' subsetter, ~70 ms; outlines, hinting and advances kept) to the
-characters of ``_CUT_CHARS`` (ASCII, Latin-1, Latin Extended-A, Windows-1252's punctuation, general punctuation
-with the thin space of the plots' counts, Greek, super- and subscripts, and the symbols the reports write: ≥ ≤ − ×
-→ ...). fpdf2 then parses a font of ~330 glyphs instead of ~6,000 and cuts it again at output: ~40 ms of CPU for
-a 14-tube patient instead of ~85 ms (``_document`` adding the whole fonts took ~60 ms). A document with a
-character the cut fonts lack (a patient ID or a reason in Cyrillic, Armenian, ...) is laid out again with the
-whole font files, decided once per document (:func:`_pdf_bytes`): the glyphs, advances and so the pages are the
-same either way, only the font program fpdf2 reads differs. Text is measured (:func:`_text_width_pt`) with the
-cut fonts when they hold the text, else with the whole fonts; both give the same advances. The cut fonts are
-written to a temporary folder for each document (fpdf2 reads fonts from files) and removed with it.
-The PDF standard fonts (Helvetica; no parsing, embedding nor cutting: ~21 ms a document) were measured and not
-taken: they hold Windows-1252 only, and every report writes characters outside it (the thin space of a
-plot's counts, "≥" of a responder's class reason, "ε" of anti-FcεRI), so no real report could use them.
+document uses. fpdf2 parses the font files it is given for every document: the whole DejaVu files (~6,000 glyphs
+each) took ~60 ms of the ~82 ms of CPU a 14-tube patient's PDF took. So a document is written with *cut fonts*
+when they hold every character it writes: DejaVu Sans and Sans Bold cut once per process (:func:`_cut_fonts`,
+fontTools' subsetter, ~50 ms; outlines, hinting, advances and names kept) to ``_CUT_CHARS``: ASCII, Latin-1,
+Latin Extended-A, Greek, general punctuation (the thin space of the plots' counts, dashes, quotes), super- and
+subscripts, Windows-1252's punctuation and the symbols the reports write (≥ ≤ − × µ → ...), ~600 characters. The
+same patient's PDF then takes ~44 ms, the first of a process ~116 ms instead of ~136 ms, and it is the same
+document, byte for byte but for its date and ID (fpdf2 cuts either font to the same glyphs). A document with a
+character the cut fonts lack (a patient ID or a reviewer's reason in Cyrillic, Armenian, an emoji) is laid out
+again with the whole font files, decided once for the whole document (:func:`_pdf_bytes`): never a document
+half in one font program, half in another. Text is measured (:func:`_text_width_pt`) with the cut fonts when
+they hold the text, else with the whole fonts: the advances are the same. fpdf2 reads fonts from files: the cut
+fonts are written into a temporary folder for each document and removed with it (:func:`_font_files`).
+The PDF standard fonts (Helvetica: no parsing, embedding nor cutting, ~21 ms a document) were measured and not
+taken: they hold Windows-1252 only, and every report writes characters outside it (the thin space of a plot's
+counts, "≥" of a responder's class reason, "ε" of anti-FcεRI), so no real report could be written with them.
 
 All text (patient, allergen and file names, reasons) is written literally: fpdf2 places strings as they are
 (no mathtext, no markup; its page-count alias ``{nb}`` is switched off), with control characters shown as
@@ -82,8 +84,9 @@ def _font_file(bold: bool) -> str:
 @functools.cache
 def _cut_fonts() -> tuple[tuple[bytes, bytes], frozenset[str]]:
     """DejaVu Sans and Sans Bold cut to ``_CUT_CHARS`` as TrueType data (regular, bold), and the characters both
-    hold. fontTools' subsetter keeps the glyphs' outlines, hinting and advances; the OpenType layout tables,
-    which fpdf2 drops when it embeds a font, are dropped here already (cutting them is most of the work)."""
+    hold. fontTools' subsetter keeps the glyphs' outlines, hinting and advances, and copies the glyphs as they
+    are (their bounds, which do not change, are not computed again: that took half the time); the OpenType layout
+    tables, which fpdf2 drops when it embeds a font, are dropped here already (cutting them took 4/5 of it)."""
     import io
 
     from fontTools import subset
@@ -94,7 +97,7 @@ def _cut_fonts() -> tuple[tuple[bytes, bytes], frozenset[str]]:
         options = subset.Options(notdef_outline=True, recommended_glyphs=True, name_IDs=["*"],
                                  name_languages=["*"], glyph_names=True)
         options.drop_tables += ["FFTM", "GDEF", "GPOS", "GSUB", "MATH", "hdmx", "meta"]
-        font = TTFont(_font_file(bold), lazy=True, recalcTimestamp=False)  # the same data each time
+        font = TTFont(_font_file(bold), lazy=True, recalcBBoxes=False, recalcTimestamp=False)
         cutter = subset.Subsetter(options)
         cutter.populate(unicodes=[ord(c) for c in _CUT_CHARS])
         cutter.subset(font)
@@ -603,17 +606,22 @@ def write_patient_pdf(path: Path, view: PatientView, run: RunView) -> Path:
 def _pdf_bytes(title: str, view: PatientView, run: RunView) -> bytes:
     """The patient's document: with the cut fonts when they hold every character it writes, else laid out again
     with the whole fonts (decided once for the whole document)."""
-    for whole in (False, True):
-        with _font_files(whole) as files:
-            pdf = _document(title, files)
-            try:
-                _layout(pdf, title, view, run, None if whole else _held())
-                return bytes(pdf.output())
-            except _NotHeld:
-                continue
-            finally:
-                _close_fonts(pdf)
-    raise AssertionError("the whole fonts are taken for every character")  # pragma: no cover
+    try:
+        return _with_fonts(title, view, run, whole=False)
+    except _NotHeld:
+        return _with_fonts(title, view, run, whole=True)
+
+
+def _with_fonts(title: str, view: PatientView, run: RunView, *, whole: bool) -> bytes:
+    """The patient's document with the whole fonts, or the cut ones (:class:`_NotHeld` for a character they
+    lack); the font files are closed (and the cut ones removed) when it is done, or fails."""
+    with _font_files(whole) as files:
+        pdf = _document(title, files)
+        try:
+            _layout(pdf, title, view, run, None if whole else _held())
+            return bytes(pdf.output())
+        finally:
+            _close_fonts(pdf)
 
 
 def _layout(pdf: Any, title: str, view: PatientView, run: RunView, held: frozenset[str] | None = None) -> None:
