@@ -434,3 +434,22 @@ def test_the_cut_fonts_files_go_with_their_document(tmp_path: Path, monkeypatch:
     with pytest.raises(RuntimeError):
         _write(out, [])
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_without_a_temporary_folder_the_whole_fonts_serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No temporary folder for the cut fonts (none writable, or full): the report is written all the same, with
+    the whole font files, and a warning says why."""
+    import errno
+    import tempfile
+
+    from bat_analysis.report._pdf import _font_file
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", full)
+    added = _fonts_added(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="whole font files.*No space left on device"):
+        path = _write(tmp_path, [])
+    assert added[-1] == [_font_file(False), _font_file(True)]
+    assert "BAT report — patient P01" in _text_of(path)

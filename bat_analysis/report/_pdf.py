@@ -20,7 +20,8 @@ character the cut fonts lack (a patient ID or a reviewer's reason in Cyrillic, A
 again with the whole font files, decided once for the whole document (:func:`_pdf_bytes`): never a document
 half in one font program, half in another. Text is measured (:func:`_text_width_pt`) with the cut fonts when
 they hold the text, else with the whole fonts: the advances are the same. fpdf2 reads fonts from files: the cut
-fonts are written into a temporary folder for each document and removed with it (:func:`_font_files`).
+fonts are written into a temporary folder for each document and removed with it (:func:`_font_files`; where no
+temporary folder can hold them, the whole font files serve, with a warning).
 The PDF standard fonts (Helvetica: no parsing, embedding nor cutting, ~21 ms a document) were measured and not
 taken: they hold Windows-1252 only, and every report writes characters outside it (the thin space of a plot's
 counts, "≥" of a responder's class reason, "ε" of anti-FcεRI), so no real report could be written with them.
@@ -44,6 +45,7 @@ import math
 import re
 import struct
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -117,16 +119,33 @@ def _held() -> frozenset[str]:
 @contextmanager
 def _font_files(whole: bool) -> Iterator[dict[bool, str]]:
     """The text font's files (regular, bold) for one document: matplotlib's DejaVu Sans files (``whole``), or the
-    cut fonts (:func:`_cut_fonts`) written to a temporary folder that is removed when the document is done."""
-    if whole:
+    cut fonts (:func:`_cut_fonts`) written to a temporary folder that is removed when the document is done (the
+    whole files, with a warning, when no temporary folder can hold them: the same document, only slower)."""
+    folder = None if whole else _cut_font_folder()
+    if folder is None:
         yield {bold: _font_file(bold) for bold in (False, True)}
         return
-    with tempfile.TemporaryDirectory(prefix="bat-pdf-fonts-") as folder:
-        files = {}
-        for bold, data in zip((False, True), _cut_fonts()[0]):
-            files[bold] = str(Path(folder) / _FONT_FILES[bold])
-            Path(files[bold]).write_bytes(data)
-        yield files
+    with folder:
+        yield {bold: str(Path(folder.name) / _FONT_FILES[bold]) for bold in (False, True)}
+
+
+def _cut_font_folder() -> tempfile.TemporaryDirectory[str] | None:
+    """A new temporary folder holding the cut fonts; None (and a warning) when none can be written."""
+    try:
+        folder = tempfile.TemporaryDirectory(prefix="bat-pdf-fonts-")
+    except OSError as exc:
+        problem: OSError = exc
+    else:
+        try:
+            for bold, data in zip((False, True), _cut_fonts()[0]):
+                (Path(folder.name) / _FONT_FILES[bold]).write_bytes(data)
+            return folder
+        except OSError as exc:
+            folder.cleanup()
+            problem = exc
+    warnings.warn(f"the PDF reports are written with the whole font files, more slowly: no temporary folder could "
+                  f"hold the cut ones ({problem})", RuntimeWarning, stacklevel=2)
+    return None
 
 
 def _document(title: str, fonts: dict[bool, str]) -> FPDF:
