@@ -1,6 +1,8 @@
 """The per-patient PDF (bat_analysis.report._pdf): plots embedded with their own PNG data (RGB and palette PNGs),
 any other PNG still shown, each plot's texts printed under it, the dose-response curves the HTML report's, text
-written literally, the file replaced atomically. Read back with pdfplumber (text, images) and pypdfium2 (pixels)."""
+written literally, the file replaced atomically; the cut fonts for a document they hold, the whole fonts for the
+whole document otherwise, the same pages either way. Read back with pdfplumber (text, images) and pypdfium2
+(pixels)."""
 
 from __future__ import annotations
 
@@ -274,3 +276,180 @@ def test_a_failure_while_writing_leaves_the_previous_pdf(tmp_path: Path, monkeyp
     with pytest.raises(RuntimeError):
         _write(tmp_path, [])
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["p.pdf"]
+
+
+# ------------------------------------------------------------------------------ the cut fonts (issue 14)
+def _fonts_added(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The font files each new document is given (fpdf2's ``add_font``), one list per document."""
+    from fpdf import FPDF
+
+    added: list[list[str]] = []
+    real = FPDF.add_font
+
+    def add_font(self: Any, family: str, style: str = "", fname: Any = None, **kw: Any) -> Any:
+        if not getattr(self, "_seen_by_test", False):
+            self._seen_by_test = True
+            added.append([])
+        added[-1].append(str(fname))
+        return real(self, family, style, fname, **kw)
+
+    monkeypatch.setattr(FPDF, "add_font", add_font)
+    return added
+
+
+def _plot_with(texts: tuple[str, ...]) -> Any:
+    from bat_analysis.report.plots import Png
+
+    return Png("gate", "basophils", _png(_pixels(90, 150), "RGB"), 150, 90, texts)
+
+
+def _text_of(path: Path) -> str:
+    with pdfplumber.open(path) as pdf:
+        return "\n".join(page.extract_text() for page in pdf.pages)
+
+
+def _font_names(path: Path) -> set[str]:
+    with pdfplumber.open(path) as pdf:
+        return {c["fontname"] for page in pdf.pages for c in page.chars}
+
+
+def test_a_usual_report_is_written_with_the_cut_fonts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The characters the reports write themselves (a count's thin space, "≥", "−", "ε", "µ", "—", "·") and
+    Latin names are all in the cut fonts: the document is given the cut DejaVu Sans (a few hundred glyphs), not
+    the whole font files; its text is all there, in the two faces of one font."""
+    from bat_analysis.report._pdf import _font_file
+
+    added = _fonts_added(monkeypatch)
+    texts = ("60\u2009000 of 61\u2009500 (97.6%)", "anti-FcεRI net 3.1% ≥ 2 % − µg/mL · Zoë Łukasz — ok")
+    path = _write(tmp_path, [_plot_with(texts)])
+    whole = {_font_file(False), _font_file(True)}
+    assert added and all(len(files) == 2 and not whole & set(files) for files in added)  # (and the measuring's)
+    text = _text_of(path)
+    for expected in ("BAT report — patient P01", "ε", "≥", "−", "µg/mL", "Zoë Łukasz — ok"):
+        assert expected in text
+    assert _font_names(path) == {"MPDFAA+DejaVuSansBook", "MPDFAA+DejaVuSansBold"}
+
+
+@pytest.mark.parametrize("patient, reason", [
+    ("Пациент-7 Ա", "eosinophils inside"),  # the patient ID (title, footer, every table)
+    ("P01", "gate redrawn 😀 — Ծ ջ"),  # a reviewer's reason, on the last page only
+])
+def test_a_character_the_cut_fonts_lack_gives_the_whole_document_the_whole_fonts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patient: str, reason: str) -> None:
+    """One character outside the cut fonts (Cyrillic, Armenian, an emoji), wherever it is, and the whole document
+    is laid out again with the whole font files: its text is extracted exactly, in the same two faces (never a
+    document half in one font, half in another)."""
+    from bat_analysis.report._pdf import _font_file, write_patient_pdf
+    from bat_analysis.report._views import RunView
+
+    view, _ = _view(patient)
+    adjustment = {**RUN_INFO["manual_adjustments"][0], "reason": reason}  # type: ignore[index]
+    run = RunView({**RUN_INFO, "manual_adjustments": [adjustment]})
+    added = _fonts_added(monkeypatch)
+    path = write_patient_pdf(tmp_path / "p.pdf", view, run)
+    assert added[-1] == [_font_file(False), _font_file(True)]
+    text = re.sub(r"\s", "", _text_of(path))
+    assert re.sub(r"\s", "", f"BAT report — patient {patient}") in text and re.sub(r"\s", "", reason) in text
+    assert _font_names(path) == {"MPDFAA+DejaVuSansBook", "MPDFAA+DejaVuSansBold"}
+
+
+def test_the_cut_fonts_have_the_whole_fonts_advances_and_draw_the_same_pages(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every character the cut fonts hold has the whole font's advance (regular and bold): text is measured, and
+    so wrapped, the same with either; a report written with the whole fonts has the same characters at the same
+    places and the same pixels."""
+    pdfium = pytest.importorskip("pypdfium2")
+    from bat_analysis.report import _pdf
+
+    for bold in (False, True):
+        cut, whole = _pdf._measure(False), _pdf._measure(True)
+        cut.set_font(_pdf.FONT, "B" if bold else "", 10)
+        whole.set_font(_pdf.FONT, "B" if bold else "", 10)
+        assert len(_pdf._held()) > 500
+        widths = [(cut.get_string_width(c), whole.get_string_width(c)) for c in sorted(_pdf._held())]
+        assert all(a == b for a, b in widths) and sum(a > 0 for a, _ in widths) > 500
+    view, run = _view()
+    view.tubes[0].images = [_plot_with(("60\u2009000 of 61\u2009500 (97.6%)", "≥ 2% − ε µ " * 12))]
+    pages = {}
+    for whole in (False, True):
+        _pdf._text_width_pt.cache_clear()
+        if whole:  # the cut fonts hold nothing: the whole fonts measure and draw everything
+            monkeypatch.setattr(_pdf, "_held", lambda: frozenset())
+        path = tmp_path / f"{whole}.pdf"
+        path.write_bytes(_pdf._pdf_bytes("BAT report — patient P01", view, run))
+        with pdfplumber.open(path) as pdf:
+            chars = [(c["text"], c["fontname"], round(c["size"], 3), round(c["x0"], 3), round(c["top"], 3))
+                     for page in pdf.pages for c in page.chars]
+        shown = [np.asarray(page.render(scale=1.5).to_pil()) for page in pdfium.PdfDocument(path)]
+        pages[whole] = chars, shown
+    _pdf._text_width_pt.cache_clear()
+    assert pages[False][0] == pages[True][0] and len(pages[False][0]) > 1000
+    assert len(pages[False][1]) == len(pages[True][1])
+    assert all(np.array_equal(a, b) for a, b in zip(pages[False][1], pages[True][1]))
+
+
+@pytest.mark.parametrize("word", ["ABCDEFGHIJ", "АБВГДЕЖЗИЙ"])  # cut fonts; the whole fonts (Cyrillic)
+def test_a_long_unbreakable_file_name_wraps_inside_its_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            word: str) -> None:
+    """A 300-character file name with nowhere to break is wrapped inside its word, within its table cell and the
+    page, whichever fonts the document takes."""
+    from bat_analysis.report._pdf import _font_file, write_patient_pdf
+    from bat_analysis.report._views import RunView, patient_views, tube_views
+
+    results, _ = make_experiment(1)
+    name = "P01" + word * 30 + ".fcs"
+    results[0] = replace(results[0], tube=replace(results[0].tube, file=name))
+    scores = score_experiment(results)
+    run = RunView(dict(RUN_INFO))
+    (view,) = patient_views(tube_views(results, scores, run), scores).values()
+    added = _fonts_added(monkeypatch)
+    path = write_patient_pdf(tmp_path / "p.pdf", view, run)
+    assert (added[-1] == [_font_file(False), _font_file(True)]) == (word != "ABCDEFGHIJ")
+    with pdfplumber.open(path) as pdf:
+        page = next(p for p in pdf.pages if "Metrics per tube" in p.extract_text())
+        upright = [e for e in page.edges if e["orientation"] == "v"]
+        first = min(upright, key=lambda e: e["top"])  # the table of tubes, the page's first
+        rules = sorted({round(e["x0"], 2) for e in upright if abs(e["top"] - first["top"]) < 0.1})
+        in_column = [c for c in page.chars if first["top"] <= c["top"] < first["bottom"] and c["x0"] < rules[1]]
+        outside = [c for p in pdf.pages for c in p.chars if c["x0"] < 0 or c["x1"] > p.width]
+    column = "".join(c["text"] for c in sorted(in_column, key=lambda c: (round(c["top"]), c["x0"])))
+    assert name in re.sub(r"\s", "", column) and len({round(c["top"]) for c in in_column}) > 5 and not outside
+    assert rules[0] < min(c["x0"] for c in in_column) and max(c["x1"] for c in in_column) < rules[1]
+
+
+def test_the_cut_fonts_files_go_with_their_document(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cut fonts are written for each document into a temporary folder, removed once it is written (or not)."""
+    import tempfile
+
+    from bat_analysis.report import _pdf
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    added = _fonts_added(monkeypatch)
+    out = tmp_path / "out"
+    out.mkdir()
+    _write(out, [])
+    assert added and all(Path(f).parent.parent == tmp_path / "tmp" for f in added[-1])
+    monkeypatch.setattr(_pdf, "_tables", lambda *a: (_ for _ in ()).throw(RuntimeError("layout failed")))
+    with pytest.raises(RuntimeError):
+        _write(out, [])
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_without_a_temporary_folder_the_whole_fonts_serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No temporary folder for the cut fonts (none writable, or full): the report is written all the same, with
+    the whole font files, and a warning says why."""
+    import errno
+    import tempfile
+
+    from bat_analysis.report._pdf import _font_file
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", full)
+    added = _fonts_added(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="whole font files.*No space left on device"):
+        path = _write(tmp_path, [])
+    assert added[-1] == [_font_file(False), _font_file(True)]
+    assert "BAT report — patient P01" in _text_of(path)

@@ -7,6 +7,25 @@ its marks print (``Png.texts``: counts, method notes, percentages, legend entrie
 Table cells and lines wrap, measured with the embedded font's own advances (DejaVu Sans, matplotlib's); nothing
 is cut. Flags are grouped by severity and code (``views.flag_groups``).
 
+The text font is DejaVu Sans (regular and bold), embedded as fpdf2 embeds a TrueType font: cut to the glyphs the
+document uses. fpdf2 parses the font files it is given for every document: the whole DejaVu files (~6,000 glyphs
+each) took ~60 ms of the ~82 ms of CPU a 14-tube patient's PDF took. So a document is written with *cut fonts*
+when they hold every character it writes: DejaVu Sans and Sans Bold cut once per process (:func:`_cut_fonts`,
+fontTools' subsetter, ~50 ms; outlines, hinting, advances and names kept) to ``_CUT_CHARS``: ASCII, Latin-1,
+Latin Extended-A, Greek, general punctuation (the thin space of the plots' counts, dashes, quotes), super- and
+subscripts, Windows-1252's punctuation and the symbols the reports write (≥ ≤ − × µ → ...), ~600 characters. The
+same patient's PDF then takes ~44 ms, the first of a process ~116 ms instead of ~136 ms, and it is the same
+document, byte for byte but for its date and ID (fpdf2 cuts either font to the same glyphs). A document with a
+character the cut fonts lack (a patient ID or a reviewer's reason in Cyrillic, Armenian, an emoji) is laid out
+again with the whole font files, decided once for the whole document (:func:`_pdf_bytes`): never a document
+half in one font program, half in another. Text is measured (:func:`_text_width_pt`) with the cut fonts when
+they hold the text, else with the whole fonts: the advances are the same. fpdf2 reads fonts from files: the cut
+fonts are written into a temporary folder for each document and removed with it (:func:`_font_files`; where no
+temporary folder can hold them, the whole font files serve, with a warning).
+The PDF standard fonts (Helvetica: no parsing, embedding nor cutting, ~21 ms a document) were measured and not
+taken: they hold Windows-1252 only, and every report writes characters outside it (the thin space of a plot's
+counts, "≥" of a responder's class reason, "ε" of anti-FcεRI), so no real report could be written with them.
+
 All text (patient, allergen and file names, reasons) is written literally: fpdf2 places strings as they are
 (no mathtext, no markup; its page-count alias ``{nb}`` is switched off), with control characters shown as
 escapes (``textsafe.visible``; a line feed in a table cell would otherwise shift every row below it).
@@ -25,8 +44,11 @@ import functools
 import math
 import re
 import struct
+import tempfile
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from fpdf import FPDF
 from fpdf.image_datastructures import RasterImageInfo
@@ -47,6 +69,12 @@ PLOT_TEXT_SIZE = 6.0  # points: the texts of a plot's marks, under it
 CURVE_WIDTH = 5.2  # inches: a dose-response curve on the summary page
 FONT = "DejaVu"
 _FONT_FILES = {False: "DejaVuSans.ttf", True: "DejaVuSans-Bold.ttf"}  # matplotlib's, as the plots use
+# The characters the cut fonts are cut to (those of them DejaVu Sans has): ASCII, Latin-1, Latin Extended-A,
+# Greek, general punctuation (thin space, dashes, quotes), super- and subscripts, Windows-1252's punctuation, and
+# the symbols the reports and the names of units and markers write
+_CUT_CHARS = ("".join(chr(c) for c in (*range(0x20, 0x7F), *range(0xA0, 0x180), *range(0x370, 0x400),
+                                       *range(0x2000, 0x20A0)))
+              + bytes(range(0x80, 0xA0)).decode("cp1252", "ignore") + "−±×÷≤≥≈≠√∞∆∑µ←↑→↓↔⇒ℓ℃№™")
 
 
 def _font_file(bold: bool) -> str:
@@ -55,13 +83,79 @@ def _font_file(bold: bool) -> str:
     return str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / _FONT_FILES[bold])
 
 
-def _document(title: str) -> FPDF:
-    """An empty A4 document in points with the text font (regular and bold), literal text, absolute layout."""
+@functools.cache
+def _cut_fonts() -> tuple[tuple[bytes, bytes], frozenset[str]]:
+    """DejaVu Sans and Sans Bold cut to ``_CUT_CHARS`` as TrueType data (regular, bold), and the characters both
+    hold. fontTools' subsetter keeps the glyphs' outlines, hinting and advances, and copies the glyphs as they
+    are (their bounds, which do not change, are not computed again: that took half the time); the OpenType layout
+    tables, which fpdf2 drops when it embeds a font, are dropped here already (cutting them took 4/5 of it)."""
+    import io
+
+    from fontTools import subset
+    from fontTools.ttLib import TTFont
+
+    data, held = [], []
+    for bold in (False, True):
+        options = subset.Options(notdef_outline=True, recommended_glyphs=True, name_IDs=["*"],
+                                 name_languages=["*"], glyph_names=True)
+        options.drop_tables += ["FFTM", "GDEF", "GPOS", "GSUB", "MATH", "hdmx", "meta"]
+        font = TTFont(_font_file(bold), lazy=True, recalcBBoxes=False, recalcTimestamp=False)
+        cutter = subset.Subsetter(options)
+        cutter.populate(unicodes=[ord(c) for c in _CUT_CHARS])
+        cutter.subset(font)
+        held.append({chr(c) for c in font.getBestCmap()})
+        out = io.BytesIO()
+        font.save(out)
+        font.close()
+        data.append(out.getvalue())
+    return (data[0], data[1]), frozenset(held[0] & held[1])
+
+
+def _held() -> frozenset[str]:
+    """The characters the cut fonts hold."""
+    return _cut_fonts()[1]
+
+
+@contextmanager
+def _font_files(whole: bool) -> Iterator[dict[bool, str]]:
+    """The text font's files (regular, bold) for one document: matplotlib's DejaVu Sans files (``whole``), or the
+    cut fonts (:func:`_cut_fonts`) written to a temporary folder that is removed when the document is done (the
+    whole files, with a warning, when no temporary folder can hold them: the same document, only slower)."""
+    folder = None if whole else _cut_font_folder()
+    if folder is None:
+        yield {bold: _font_file(bold) for bold in (False, True)}
+        return
+    with folder:
+        yield {bold: str(Path(folder.name) / _FONT_FILES[bold]) for bold in (False, True)}
+
+
+def _cut_font_folder() -> tempfile.TemporaryDirectory[str] | None:
+    """A new temporary folder holding the cut fonts; None (and a warning) when none can be written."""
+    try:
+        folder = tempfile.TemporaryDirectory(prefix="bat-pdf-fonts-")
+    except OSError as exc:
+        problem: OSError = exc
+    else:
+        try:
+            for bold, data in zip((False, True), _cut_fonts()[0]):
+                (Path(folder.name) / _FONT_FILES[bold]).write_bytes(data)
+            return folder
+        except OSError as exc:
+            folder.cleanup()
+            problem = exc
+    warnings.warn(f"the PDF reports are written with the whole font files, more slowly: no temporary folder could "
+                  f"hold the cut ones ({problem})", RuntimeWarning, stacklevel=2)
+    return None
+
+
+def _document(title: str, fonts: dict[bool, str]) -> FPDF:
+    """An empty A4 document in points with the text font (regular and bold, from the ``fonts`` files), literal
+    text, absolute layout."""
     pdf = FPDF(unit="pt", format=(A4[0] * 72.0, A4[1] * 72.0))
     pdf.set_auto_page_break(False)
     pdf.alias_nb_pages(None)  # "{nb}" in a patient ID is text, not the page count
     for bold in (False, True):
-        pdf.add_font(FONT, "B" if bold else "", _font_file(bold))
+        pdf.add_font(FONT, "B" if bold else "", fonts[bold])
     pdf.set_title(title)
     pdf.set_creator("bat_analysis")
     pdf.set_subject("Basophil activation test")
@@ -77,11 +171,17 @@ def _rgb255(colour: str) -> tuple[int, int, int]:
     return round(r * 255), round(g * 255), round(b * 255)
 
 
-class _Flow:
-    """Top-to-bottom layout of text, tables and plots over A4 pages (inches from the top margin)."""
+class _NotHeld(Exception):
+    """A line has a character the document's fonts (the cut fonts) do not hold."""
 
-    def __init__(self, pdf: Any, footer: str) -> None:
+
+class _Flow:
+    """Top-to-bottom layout of text, tables and plots over A4 pages (inches from the top margin). ``held``: the
+    characters the document's fonts hold (a line with another raises :class:`_NotHeld`), None for all."""
+
+    def __init__(self, pdf: Any, footer: str, held: frozenset[str] | None = None) -> None:
         self.pdf = pdf
+        self.held = held
         room = (A4[0] - 2 * MARGIN) * 72.0 - _text_width_pt(" — page 9999", 7.0)
         self.footer = _first_line(visible(footer), room, 7.0)  # a long patient ID is cut here, not off the page
         self.open = False
@@ -115,6 +215,8 @@ class _Flow:
     def put(self, x: float, baseline: float, line: str, size: float, *, bold: bool = False,
             colour: str = "black") -> None:
         """One line of text at ``x``, ``baseline`` (inches from the page's top-left corner), as it is."""
+        if self.held is not None and not self.held.issuperset(line):
+            raise _NotHeld(line)
         if self._style != (bold, size):
             self.pdf.set_font(FONT, "B" if bold else "", size)
             self._style = (bold, size)
@@ -217,11 +319,12 @@ class _Flow:
 
 
 @functools.cache
-def _measure() -> FPDF:
-    """A document used only to measure text with the fonts the reports embed (their advances are read when
-    the fonts are added: the font files are closed then)."""
-    pdf = _document("")
-    _close_fonts(pdf)
+def _measure(whole: bool) -> FPDF:
+    """A document used only to measure text with the fonts the reports embed, the whole or the cut ones (their
+    advances are read when the fonts are added: the font files are closed then)."""
+    with _font_files(whole) as files:
+        pdf = _document("", files)
+        _close_fonts(pdf)
     return pdf
 
 
@@ -235,8 +338,9 @@ def _close_fonts(pdf: Any) -> None:
 
 @functools.lru_cache(maxsize=8192)
 def _text_width_pt(text: str, size: float, bold: bool = False) -> float:
-    """Width of one line of text in points: the embedded font's advances, as the PDF lays the line out."""
-    pdf = _measure()
+    """Width of one line of text in points: the embedded font's advances, as the PDF lays the line out (read
+    from the cut fonts when they hold the text, else from the whole fonts: the same advances)."""
+    pdf = _measure(not _held().issuperset(text))
     pdf.set_font(FONT, "B" if bold else "", size)
     return float(pdf.get_string_width(text))
 
@@ -514,19 +618,34 @@ def write_patient_pdf(path: Path, view: PatientView, run: RunView) -> Path:
     ``path``, and leaves the previous file)."""
     title = visible(f"BAT report — patient {view.patient}")
     with atomic_open(path, "wb") as fh:
-        pdf = _document(title)
-        try:
-            _layout(pdf, title, view, run)
-        except BaseException:
-            _close_fonts(pdf)
-            raise
-        fh.write(pdf.output())
+        fh.write(_pdf_bytes(title, view, run))
     return Path(path)
 
 
-def _layout(pdf: Any, title: str, view: PatientView, run: RunView) -> None:
-    """The patient's pages, in order, into ``pdf``."""
-    flow = _Flow(pdf, title)
+def _pdf_bytes(title: str, view: PatientView, run: RunView) -> bytes:
+    """The patient's document: with the cut fonts when they hold every character it writes, else laid out again
+    with the whole fonts (decided once for the whole document)."""
+    try:
+        return _with_fonts(title, view, run, whole=False)
+    except _NotHeld:
+        return _with_fonts(title, view, run, whole=True)
+
+
+def _with_fonts(title: str, view: PatientView, run: RunView, *, whole: bool) -> bytes:
+    """The patient's document with the whole fonts, or the cut ones (:class:`_NotHeld` for a character they
+    lack); the font files are closed (and the cut ones removed) when it is done, or fails."""
+    with _font_files(whole) as files:
+        pdf = _document(title, files)
+        try:
+            _layout(pdf, title, view, run, None if whole else _held())
+            return bytes(pdf.output())
+        finally:
+            _close_fonts(pdf)
+
+
+def _layout(pdf: Any, title: str, view: PatientView, run: RunView, held: frozenset[str] | None = None) -> None:
+    """The patient's pages, in order, into ``pdf`` (``held``: as :class:`_Flow` takes it)."""
+    flow = _Flow(pdf, title, held)
     _summary(flow, view, run)
     _tables(flow, view, run)
     flow.new_page()
