@@ -40,12 +40,16 @@ _JSON_UNSAFE = re.compile(f"[\x7f-\x9f\ud800-\udfff{_TERMINAL_FORMAT}]")  # json
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
-def _escape(match: re.Match[str]) -> str:
-    ch = match.group(0)
+def escaped(ch: str) -> str:
+    """One character written as its escape: ``\\t``, ``\\n``, ``\\r``, ``\\xNN``, ``\\uNNNN``."""
     if ch in _NAMED:
         return _NAMED[ch]
     code = ord(ch)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _escape(match: re.Match[str]) -> str:
+    return escaped(match.group(0))
 
 
 def visible(text: str, pattern: re.Pattern[str] = _TERMINAL_UNSAFE) -> str:

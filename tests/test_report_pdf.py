@@ -353,6 +353,20 @@ def test_a_character_the_cut_fonts_lack_gives_the_whole_document_the_whole_fonts
     assert _font_names(path) == {"MPDFAA+DejaVuSansBook", "MPDFAA+DejaVuSansBold"}
 
 
+def test_a_character_no_font_holds_is_shown_as_its_escape_never_dropped(tmp_path: Path) -> None:
+    """DejaVu Sans has no CJK ideographs: a patient ID or a reason written in them is shown as escapes
+    (``\\u60a3``), as control characters are, instead of being left out of the line (a shortened ID)."""
+    from bat_analysis.report._pdf import write_patient_pdf
+    from bat_analysis.report._views import RunView
+
+    view, _ = _view("患者-7")
+    adjustment = {**RUN_INFO["manual_adjustments"][0], "reason": "门控 redrawn"}  # type: ignore[index]
+    path = write_patient_pdf(tmp_path / "p.pdf", view, RunView({**RUN_INFO, "manual_adjustments": [adjustment]}))
+    text = re.sub(r"\s", "", _text_of(path))
+    assert "BATreport—patient\\u60a3\\u8005-7" in text and "\\u95e8\\u63a7redrawn" in text
+    assert "patient-7" not in text
+
+
 def test_the_cut_fonts_have_the_whole_fonts_advances_and_draw_the_same_pages(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every character the cut fonts hold has the whole font's advance (regular and bold): text is measured, and

@@ -28,7 +28,9 @@ counts, "≥" of a responder's class reason, "ε" of anti-FcεRI), so no real re
 
 All text (patient, allergen and file names, reasons) is written literally: fpdf2 places strings as they are
 (no mathtext, no markup; its page-count alias ``{nb}`` is switched off), with control characters shown as
-escapes (``textsafe.visible``; a line feed in a table cell would otherwise shift every row below it).
+escapes (``textsafe.visible``; a line feed in a table cell would otherwise shift every row below it), and so
+are characters DejaVu Sans has no glyph for (CJK ideographs, most emoji), which fpdf2 would leave out of the line
+(:func:`_shown`): nothing of a patient ID or a reason is lost.
 
 The plots are embedded as they are: an 8-bit, non-interlaced RGB (PNG colour type 2) or palette (type 3, its
 PLTE as an ``/Indexed /DeviceRGB`` lookup) PNG without transparency or colour profile is written with its own
@@ -54,7 +56,7 @@ from fpdf import FPDF
 from fpdf.image_datastructures import RasterImageInfo
 
 from .._fileio import atomic_open
-from .._textsafe import visible
+from .._textsafe import escaped, visible
 from ._views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,
                      concentration_unit, flag_groups, fmt_value, present_columns, qc_rows, tube_table_note)
 
@@ -114,6 +116,32 @@ def _cut_fonts() -> tuple[tuple[bytes, bytes], frozenset[str]]:
 def _held() -> frozenset[str]:
     """The characters the cut fonts hold."""
     return _cut_fonts()[1]
+
+
+@functools.cache
+def _whole_held() -> frozenset[str]:
+    """The characters both whole DejaVu fonts hold (read once per process, only for text the cut fonts lack)."""
+    from fontTools.ttLib import TTFont
+
+    sets = []
+    for bold in (False, True):
+        font = TTFont(_font_file(bold), lazy=True)
+        try:
+            sets.append({chr(c) for c in font.getBestCmap()})
+        finally:
+            font.close()
+    return frozenset(sets[0] & sets[1])
+
+
+def _shown(text: str) -> str:
+    """``text`` as the PDF writes it: control characters as escapes (``textsafe.visible``), and so is a character
+    the text font has no glyph for (CJK ideographs, most emoji: fpdf2 would leave it out of the line, and a
+    patient ID would lose letters), as ``\\uNNNN``."""
+    text = visible(text)
+    if _held().issuperset(text):
+        return text
+    whole = _whole_held()
+    return "".join(ch if ch in whole else escaped(ch) for ch in text)
 
 
 @contextmanager
@@ -183,7 +211,7 @@ class _Flow:
         self.pdf = pdf
         self.held = held
         room = (A4[0] - 2 * MARGIN) * 72.0 - _text_width_pt(" — page 9999", 7.0)
-        self.footer = _first_line(visible(footer), room, 7.0)  # a long patient ID is cut here, not off the page
+        self.footer = _first_line(_shown(footer), room, 7.0)  # a long patient ID is cut here, not off the page
         self.open = False
         self.y = 0.0
         self.page = 0
@@ -230,7 +258,7 @@ class _Flow:
         """Text wrapped to the page's width (at spaces; inside a word only when it alone is wider)."""
         bold = weight == "bold"
         room = (A4[0] - 2 * MARGIN - indent) * 72.0
-        lines = [line for para in str(text).split("\n") for line in _wrap(visible(para), room, size, bold, _WORDS)]
+        lines = [line for para in str(text).split("\n") for line in _wrap(_shown(para), room, size, bold, _WORDS)]
         step = LINE * size / 8.0
         for line in lines:
             self.ensure(step)
@@ -255,8 +283,8 @@ class _Flow:
         for f in fracs:
             lefts.append(lefts[-1] + f * width)
         room = [(lefts[c + 1] - lefts[c] - 2 * CELL_PAD) * 72.0 for c in range(len(headers))]  # points
-        head = [_wrap(visible(str(h)), room[c], size, bold=True) for c, h in enumerate(headers)]
-        body = [[_wrap(visible(fmt_value(v)), room[c], size) for c, v in enumerate(r)] for r in rows]
+        head = [_wrap(_shown(str(h)), room[c], size, bold=True) for c, h in enumerate(headers)]
+        body = [[_wrap(_shown(fmt_value(v)), room[c], size) for c, v in enumerate(r)] for r in rows]
         head_h = max(len(cell) for cell in head) * line_h
         i = 0
         while i < len(body) or (i == 0 and not body):
@@ -409,7 +437,7 @@ def _widths(headers: Sequence[str], rows: Sequence[Sequence[Any]], size: float) 
     room = (A4[0] - 2 * MARGIN - 2 * CELL_PAD * len(headers)) * 72.0
     least, full = [], []
     for i, h in enumerate(headers):
-        cells = [visible(fmt_value(r[i])) for r in rows]
+        cells = [_shown(fmt_value(r[i])) for r in rows]
         parts = [p for c in cells for p in _BREAK.findall(c) if p.strip()]
         least.append(max([_text_width_pt(w, size, True) for w in str(h).split()]
                          + [_text_width_pt(p.rstrip(), size) for p in parts] + [6.0]) + 0.5)  # + rounding
@@ -523,7 +551,7 @@ def _plot_texts(png: Any, width: float) -> list[str]:
     """The texts a plot's marks print (``Png.texts``), as lines no wider than ``width`` inches."""
     room = (width - 2 * CELL_PAD) * 72.0
     return [line for text in png.texts for para in str(text).split("\n")
-            for line in _wrap(visible(para), room, PLOT_TEXT_SIZE)]
+            for line in _wrap(_shown(para), room, PLOT_TEXT_SIZE)]
 
 
 def _tube_block(flow: _Flow, tube: TubeView, ncols: int = IMAGES_PER_ROW) -> None:
