@@ -830,8 +830,9 @@ def _scale(values: np.ndarray, channels: list[Channel], layout: _Layout, kw: Map
         rows = slice(i, i + _SCALE_ROWS)
         for index, timestep, decades, log_zero, rng, gain in steps:
             # float64 arithmetic as FlowIO's; a step alone is one multiplication (no float64 copy first)
-            x = (np.multiply(values[rows, index], timestep, dtype=np.float64) if timestep is not None
-                 else values[rows, index].astype(np.float64))
+            with np.errstate(over="ignore"):  # overflow gives inf, which read_fcs refuses by name
+                x = (np.multiply(values[rows, index], timestep, dtype=np.float64) if timestep is not None
+                     else values[rows, index].astype(np.float64))
             if decades > 0:
                 with np.errstate(over="ignore"):  # overflow gives inf, which read_fcs refuses by name
                     x = 10 ** (decades * x / rng) * log_zero
