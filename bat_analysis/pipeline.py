@@ -797,7 +797,8 @@ def check_inputs(tubes: Sequence[Tube], data_dir: Path, progress: Any, *, allow_
         except OSError:
             return path, None, None  # unreadable (permissions): gating records why on the tube
 
-    with ThreadPoolExecutor(max_workers=CHECK_THREADS) as threads:
+    threads = ThreadPoolExecutor(max_workers=CHECK_THREADS)
+    try:
         checked = threads.map(one, tubes)
         if meanwhile is not None:
             meanwhile()
@@ -809,6 +810,8 @@ def check_inputs(tubes: Sequence[Tube], data_dir: Path, progress: Any, *, allow_
                 out.unavailable[tube.file] = (("FILE_NOT_FOUND", f"file not found: {data_dir / tube.file}")
                                               if problem.kind == "missing" else ("FILE_REFUSED", str(problem)))
             progress.advance(check)
+    finally:  # Ctrl-C: the files not begun are not hashed (only those being hashed are waited for)
+        threads.shutdown(wait=True, cancel_futures=True)
     return out
 
 

@@ -376,3 +376,42 @@ print("scipy.signal" in sys.modules)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["[]", "False"], out.stdout
+
+
+def test_check_inputs_hashes_beside_the_imports_and_stops_at_ctrl_c(tmp_path, monkeypatch):
+    """The inputs are hashed in threads while ``meanwhile`` (the run's imports) runs; Ctrl-C during it leaves the
+    files not yet begun unhashed (it does not wait for the whole plate to be read)."""
+    import threading
+    import time
+
+    from bat_analysis import pipeline
+    from bat_analysis.records import Tube
+
+    tubes = []
+    for i in range(60):
+        (tmp_path / f"t{i:02d}.fcs").write_bytes(b"FCS3.1")
+        tubes.append(Tube(file=f"t{i:02d}.fcs", patient="P1", condition="negative_control"))
+    hashed, threads = [], set()
+
+    def slow_hash(path, **_):
+        threads.add(threading.get_ident())
+        time.sleep(0.02)
+        hashed.append(path)
+        return "0" * 64
+
+    monkeypatch.setattr(pipeline, "file_sha256", slow_hash)
+    ran = []
+    check = pipeline.check_inputs(tubes, tmp_path, pipeline._progress(True), meanwhile=lambda: ran.append(1))
+    assert ran == [1] and len(hashed) == 60 and set(check.checksums.values()) == {"0" * 64}
+    assert threading.get_ident() not in threads
+
+    hashed.clear()
+
+    def interrupted():
+        time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.check_inputs(tubes, tmp_path, pipeline._progress(True), meanwhile=interrupted)
+    time.sleep(0.1)
+    assert len(hashed) < 20
