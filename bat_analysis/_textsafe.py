@@ -105,7 +105,8 @@ def safe_filename(identifier: str, *, max_bytes: int = FILENAME_MAX_BYTES, fallb
     characters replaced, or only after the cut, get different names, and as ``~`` is never kept, no plain
     name equals a hashed one. The result is never empty, never longer than ``max_bytes`` (ASCII, so bytes =
     characters), never starts with a dot and contains no path separator. (Names differing only in case
-    stay distinct names, which a case-insensitive file system does not tell apart.)
+    stay distinct names, which a case-insensitive file system does not tell apart: the layout refuses patient
+    IDs spelt so, ``io.layout.tubes_from_rows``.)
     """
     text = str(identifier)
     safe = _FILENAME_KEEP.sub("_", text).strip("._") or fallback

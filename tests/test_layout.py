@@ -454,3 +454,19 @@ def test_replicate_tubes_need_the_replicate_column(tmp_path: Path) -> None:
     assert info.value.problems[0] == (
         "row 3: the same tube (P1 none negative_control) as row 2 (expected one file per patient, arm, condition "
         "and concentration; replicate tubes are numbered apart in a 'replicate' column)")
+
+
+def test_a_patient_spelt_two_ways_is_a_located_problem(tmp_path: Path) -> None:
+    """IDs that differ only in capitals, or in how an accent is composed, are one patient to a spreadsheet and to
+    the file systems of Windows and macOS (one report would replace the other): refused, naming both rows."""
+    rows = [["a.fcs", "P01", "negative_control", "", "", "", "none", ""],
+            ["b.fcs", "p01", "anti_fceri", "", "", "", "none", ""],
+            ["c.fcs", "Zoé", "negative_control", "", "", "", "none", ""],
+            ["d.fcs", "Zoe\u0301", "anti_fceri", "", "", "", "none", ""],
+            ["e.fcs", "P01", "fmlp", "", "", "", "none", ""]]
+    with pytest.raises(LayoutError) as info:
+        read_layout(_csv(tmp_path / "l.csv", rows), check_files=False)
+    problems = info.value.problems
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("row 3, column 'patient': 'p01' is written as 'P01' (row 2) but for capitals")
+    assert problems[1].startswith("row 5, column 'patient': 'Zoe\u0301' is written as 'Zoé' (row 4)")

@@ -19,6 +19,7 @@ import io
 import math
 import os
 import re
+import unicodedata
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -307,6 +308,19 @@ def _series_problems(series: Mapping[tuple[str, str, str], list[tuple[str, float
     return problems
 
 
+def _patient_problem(label: str, patient: str, spellings: dict[str, tuple[str, str]]) -> list[str]:
+    """A patient ID written as another row's but for capitals (or Unicode composition: "é" as one character or as
+    "e" and an accent): the same patient to a spreadsheet and to the file systems of Windows and macOS, where
+    one's report would replace the other's. The first spelling seen is kept in ``spellings``."""
+    key = unicodedata.normalize("NFC", patient).casefold()
+    first, where = spellings.setdefault(key, (patient, label))
+    if first == patient:
+        return []
+    return [f"{label}, column 'patient': {patient!r} is written as {first!r} ({where}) but for capitals or accents "
+            "(expected one spelling per patient: spreadsheets, Windows and macOS take the two for one, and one "
+            "report would replace the other)"]
+
+
 def _unlisted_problems(folder: Path, files: Sequence[str]) -> list[str]:
     """A missing data folder, or FCS files of it that no row names."""
     if not folder.is_dir():
@@ -328,7 +342,7 @@ def tubes_from_rows(
     """Validate annotated rows (label such as ``"row 3"``, {column: text}) into Tubes, or raise LayoutError.
 
     ``data_dir``: folder of the FCS files (None: do not look at the disk). Problems checked: empty file or
-    patient, file missing on disk (unless ``skip_missing``), a file outside the data folder (unless
+    patient, a patient ID spelt two ways that differ only in capitals or accents' composition, file missing on disk (unless ``skip_missing``), a file outside the data folder (unless
     ``allow_outside_data_dir``) or that is not a regular file, FCS files in the folder without a row
     (``check_unlisted``), the same file twice, the same tube twice (patient, arm, condition, allergen,
     concentration and ``replicate`` label: replicate tubes need that column, each with its own label),
@@ -345,9 +359,12 @@ def tubes_from_rows(
     seen_keys: dict[tuple, str] = {}
     series: dict[tuple[str, str, str], list[tuple[str, float, str | None]]] = defaultdict(list)
 
+    spellings: dict[str, tuple[str, str]] = {}  # patient ID folded (see _patient_problem) -> (as first written, row)
     for label, row in rows:
         before = len(problems)
         v = _row_values(label, row, extra_columns, problems)
+        if v.patient:
+            problems += _patient_problem(label, v.patient, spellings)
         if v.file:
             problems += _file_problems(label, v.file, folder, seen_files, skip_missing=skip_missing,
                                        allow_outside_data_dir=allow_outside_data_dir)
