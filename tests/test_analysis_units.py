@@ -52,3 +52,16 @@ def test_conversions_between_spellings():
 def test_what_is_not_a_concentration_is_refused(bad):
     with pytest.raises(UnitProblem):
         parse_unit(bad)
+
+
+@pytest.mark.parametrize(("written", "usual"), [("NG/ML", "ng/mL"), ("Ug/Ml", "µg/mL"), ("MG/DL", "mg/dL"),
+                                                ("NM", "nM"), ("mm", "mM"), ("NMOL/L", "nmol/L"), ("PG / ML", "pg/mL")])
+def test_a_usual_spelling_in_other_capitals_is_read_as_it(written, usual):
+    assert parse_unit(written)[1] == parse_unit(usual)[1]
+    assert convert(1.0, written, usual) == 1.0 and convert(1.0, usual, written) == 1.0
+
+
+def test_what_capitals_do_not_make_a_usual_spelling_stays_refused():
+    for bad in ("NG", "ML", "KG/M", "DROPS", "NG/ML/S"):
+        with pytest.raises(UnitProblem):
+            parse_unit(bad)

@@ -8,6 +8,10 @@ A layout's ``unit`` cell is parsed with pint into a concentration unit of one of
   kU/L (``kU``, ``kUA``, ``U``, ``UA``). Each activity is its own dimension: SQ-U converts only to SQ-U
   (e.g. SQ-U/mL ↔ SQ-U/L), never to BU, AU, kU or a mass.
 
+A cell that is no concentration unit as written, but one of the usual mass or amount spellings (``ng/mL``,
+``mg/dL``, ``nM``, ...) but for capitals, is read as that spelling: ``NG/ML`` (a sheet typed in capitals),
+``Ug/Ml``, ``NM`` (nanomolar: a length is no concentration).
+
 ``parse_unit`` gives the parsed unit (or raises ``UnitProblem`` saying what was expected);
 ``reference_units`` chooses, per patient × allergen, the unit its numbers are reported in (the most common
 unit of the untreated arm's tubes, a tie going to the unit of the lowest concentration; all its tubes when
@@ -108,13 +112,31 @@ def _dimension_kind(dims: dict[str, float]) -> str | None:
     return _ACTIVITY_LABEL.get(name)
 
 
+# the usual spellings of mass and amount concentrations, matched regardless of capitals when a cell is not a
+# concentration unit as written ("NG/ML" from a sheet in capitals; "ug/ml"): none of them is another's but for case
+_USUAL_SPELLINGS = ("pg/mL", "ng/mL", "ug/mL", "mg/mL", "g/mL", "pg/L", "ng/L", "ug/L", "mg/L", "g/L", "ng/uL",
+                    "ug/uL", "mg/dL", "g/dL", "pmol/L", "nmol/L", "umol/L", "mmol/L", "pM", "nM", "uM", "mM")
+_BY_FOLDED = {s.casefold(): s for s in _USUAL_SPELLINGS}
+
+
 @functools.lru_cache(maxsize=256)
 def _parse(text: str) -> tuple[Any, str]:
     if len(text) > _MAX_UNIT_CHARS:
         raise UnitProblem(f"{text[:_MAX_UNIT_CHARS]!r}… is too long for a unit")
+    try:
+        return _parse_as_written(text, _normalise(text))
+    except UnitProblem:
+        usual = _BY_FOLDED.get(_normalise(text).casefold())
+        if usual is None:
+            raise
+        return _parse_as_written(text, usual)
+
+
+def _parse_as_written(text: str, spelling: str) -> tuple[Any, str]:
+    """(unit, kind) of ``spelling`` (pint's words for the cell ``text``), or the UnitProblem naming ``text``."""
     ureg = _registry()
     try:
-        unit = ureg.parse_units(_normalise(text))
+        unit = ureg.parse_units(spelling)
     except Exception as exc:  # pint raises its own errors, and also AttributeError/TypeError/ValueError on junk
         raise UnitProblem(f"{text!r} is not a unit ({type(exc).__name__})") from None
     kind = _dimension_kind(dict(unit.dimensionality))
