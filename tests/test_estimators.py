@@ -41,6 +41,21 @@ def test_density_image_equals_histogram_of_transformed_values() -> None:
     assert counts.sum() == pytest.approx(ref.sum(), abs=2)
 
 
+def test_histogram_1d_counts_every_event_in_the_bin_of_its_scaled_value() -> None:
+    rng = np.random.default_rng(1)
+    for dim, x in ((Dimension("t"), rng.uniform(3.0, 90.0, 5000)),
+                   (Dimension("x", LOGICLE), lognormal(rng, 2000, 1.5, 5000) - 300)):
+        counts, edges = est.histogram_1d(x, dim, bins=50)
+        assert len(counts) == 50 and len(edges) == 51 and counts.sum() == len(x)  # the largest value too
+        scaled = x if dim.transform is None else LOGICLE.apply(x)
+        assert edges[0] == pytest.approx(scaled.min()) and edges[-1] >= scaled.max()
+        ref = np.bincount(np.clip(np.searchsorted(edges, scaled, side="right") - 1, 0, 49), minlength=50)
+        assert np.abs(counts - ref).sum() <= 2  # the same except within float error of an edge
+    assert est.histogram_1d(np.array([]), Dimension("t")) is None
+    same, edges = est.histogram_1d(np.full(10, 7.0), Dimension("t"), bins=4)
+    assert same.sum() == 10 and edges[0] < 7.0 < edges[-1]
+
+
 def test_apply_gate_agrees_with_the_gate_engine() -> None:
     rng = np.random.default_rng(1)
     x = lognormal(rng, 3000, 1.2, 5000)

@@ -112,6 +112,22 @@ def test_override_replaces_the_estimate(fcs: Path, template, result) -> None:
     assert r.error is not None and "override" in r.error and r.flags[-1].severity == "fail"
 
 
+def test_a_1d_override_is_recorded_over_a_histogram_of_its_parent(fcs: Path, template, result) -> None:
+    # a reviewer's time window replaces the acquisition-QC estimate: the gate is drawn (report, review) over a
+    # histogram of every event of its parent, as the estimate was over its own events per time bin
+    auto = result.gates[0]
+    kept = auto.geometry.get("members") or [auto.geometry]  # this tube's clog: a union of kept segments
+    lo, hi = kept[0]["mins"][0], kept[-1]["maxs"][0]
+    window = RangeGate("acquisition_qc", (template_dimension(template, "Time"),), mins=(lo,),
+                       maxs=(lo + 0.5 * (hi - lo),))
+    r = gate_tube(fcs, TUBE, template, overrides={"acquisition_qc": window})
+    g = r.gates[0]
+    assert g.name == "acquisition_qc" and g.method == "override" and 0 < g.count < 0.7 * auto.count
+    counts, (edges,) = np.asarray(g.density), g.density_edges
+    assert counts.ndim == 1 and len(edges) == len(counts) + 1 and np.all(np.diff(edges) > 0)
+    assert int(counts.sum()) == g.parent_count == r.n_events
+
+
 def test_missing_file_and_broken_file_give_an_error_not_an_exception(tmp_path: Path, template) -> None:
     r = gate_tube(tmp_path / "absent.fcs", TUBE, template)
     assert r.error and r.flags[0].code == "TUBE_NOT_GATED" and r.flags[0].severity == "fail"

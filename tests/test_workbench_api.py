@@ -423,3 +423,74 @@ def test_every_2d_polygon_and_range_gate_is_editable_and_a_range_side_regates(ex
     assert again.exit_code == 0, again.output
     tubes = pd.read_csv(out / "tubes.csv", keep_default_na=False).set_index("file")
     assert tubes.loc[file, "review_status"] == "corrected" and tubes.loc[file, "n_basophils"] == n["n_basophils"]
+
+
+def test_the_time_gate_is_drawn_over_its_histogram_and_an_end_dragged_regates(experiment, out):
+    from typer.testing import CliRunner
+
+    from bat_analysis.cli import app
+
+    c = client(out, reviewer="Jane Doe")
+    t = c.get("/api/tubes/0").json()
+    g = next(x for x in t["gates"] if x["name"] == "acquisition_qc")
+    line = g["timeline"]
+    assert g["editable"] and g["dims"] == ["Time"] and len(line["edges"]) == len(line["counts"]) + 1
+    assert sum(line["counts"]) == g["parent_count"] == t["n_events"]  # every event, in its time bin
+    [[lo, hi]] = line["windows"]  # a clean acquisition: one kept window
+    assert line["edges"][0] <= lo < hi <= line["edges"][-1]
+    geo = {"type": "range", "mins": [lo], "maxs": [lo + 0.5 * (hi - lo)]}  # the end dragged halfway in
+    n = c.post("/api/tubes/0/regate", json={"gate": "acquisition_qc", "geometry": geo}, headers=SAME).json()
+    count = {x["name"]: x["count"] for x in n["gate_counts"]}
+    assert 0.3 * g["count"] < count["acquisition_qc"] < 0.7 * g["count"]
+    assert n["n_basophils"] < t["n_basophils"] and n["geometry"] == geo
+    two_d = c.post("/api/tubes/0/regate", json={"gate": "acquisition_qc", "geometry": {
+        "type": "range", "mins": [lo, 0.0], "maxs": [hi, 1.0]}}, headers=SAME)
+    assert two_d.status_code == 400 and two_d.json()["field"] == "geometry"
+    assert c.post("/api/tubes/0/decision", json={"action": "correct", "reason": "the end of the acquisition "
+                                                 "was unstable", "gate": "acquisition_qc", "geometry": geo},
+                  headers=SAME).status_code == 200
+    with ResultStore.in_folder(out, create=False) as store:
+        entry = next(e for e in store.correction_log() if e["kind"] == "gate")
+    assert (entry["gate"], entry["value"], entry["reviewer"]) == ("acquisition_qc", geo, "Jane Doe")
+    assert entry["before"]["type"] == "range" and entry["before"]["maxs"] == [hi]
+    args = ["run", str(experiment.out_dir), "--layout", str(experiment.layout_path), "--out", str(out),
+            "--workers", "1", "--no-reports"]
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    file = c.get("/api/tubes/0").json()["file"]
+    tubes = pd.read_csv(out / "tubes.csv", keep_default_na=False).set_index("file")
+    assert tubes.loc[file, "review_status"] == "corrected" and tubes.loc[file, "n_basophils"] == n["n_basophils"]
+    # the run set the gate as corrected and drew it over a histogram of every event: still shown, still editable
+    g2 = next(x for x in client(out).get("/api/tubes/0").json()["gates"] if x["name"] == "acquisition_qc")
+    assert g2["method"] == "override" and g2["editable"] and g2["count"] == count["acquisition_qc"]
+    assert g2["timeline"]["windows"] == [[lo, geo["maxs"][0]]]
+    assert sum(g2["timeline"]["counts"]) == g2["parent_count"]
+
+
+def test_a_stored_time_histogram_that_does_not_hold_together_is_not_drawn():
+    from types import SimpleNamespace
+
+    from bat_analysis.workbench._session import timeline
+
+    def record(edges, counts, dims=("Time",)):
+        return SimpleNamespace(dims=dims, density=counts, density_edges=None if edges is None else (edges,))
+
+    span = {"type": "range", "mins": [0.0], "maxs": [2.0]}
+    assert timeline(record([0.0, 1.0, 2.0], [5, 7]), span) == {"edges": [0.0, 1.0, 2.0], "counts": [5.0, 7.0],
+                                                              "windows": [[0.0, 2.0]]}
+    for edges, counts in (([0.0, 2.0, 1.0], [5, 7]), ([0.0, 1.0], [5, 7]), ([0.0, float("nan"), 2.0], [5, 7]),
+                          ([0.0, 1.0, 2.0], [5, float("inf")]), ([0.0], []), (None, [5, 7])):
+        assert timeline(record(edges, counts), span) is None, (edges, counts)
+    assert timeline(record([0.0, 1.0, 2.0], [5, 7], dims=("FSC-A", "SSC-A")), span) is None
+    # a union of ranges (acquisition QC's kept segments): one window each, open ends as None
+    union = {"type": "boolean", "op": "or", "members": [{"type": "range", "mins": [None], "maxs": [0.5]},
+                                                         {"type": "range", "mins": [1.5], "maxs": [2.0]}]}
+    assert timeline(record([0.0, 1.0, 2.0], [5, 7]), union)["windows"] == [[None, 0.5], [1.5, 2.0]]
+    # anything else is drawn but not editable: no windows
+    for geo in ({"type": "boolean", "op": "and", "members": union["members"]},
+                {"type": "boolean", "op": "or", "members": [{"type": "polygon", "vertices": [[0, 0]]}]},
+                {"type": "boolean", "op": "or", "members": []},
+                {"type": "range", "mins": ["<b>"], "maxs": [1.0]},
+                {"type": "range", "mins": [0.0, 1.0], "maxs": [1.0, 2.0]}):
+        line = timeline(record([0.0, 1.0, 2.0], [5, 7]), geo)
+        assert line is not None and line["windows"] is None, geo

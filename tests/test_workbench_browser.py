@@ -425,3 +425,57 @@ def test_a_row_clicked_before_the_queue_is_read_opens_and_stays_open(small_plate
         w.close()
     finally:
         bench.stop()
+
+
+def test_the_time_gate_end_dragged_over_its_histogram_regates_and_is_saved(results, browser, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(results, out)
+    bench = start(out, reviewer="Jane Doe")
+    try:
+        w = Watched(browser, bench)
+        page = w.page
+        until(page, "state.tube !== null")
+        # a tube with basophils enough that half the acquisition's time keeps clearly fewer
+        tube_id = page.evaluate("state.queue.find((t) => t.n_basophils > 100).id")
+        if page.evaluate("state.tube.id") != tube_id:
+            page.click(f'#queue li[data-id="{tube_id}"]')
+            until(page, f"state.tube && state.tube.id === {tube_id}")
+        fig = "figure[data-gate=acquisition_qc]"
+        page.wait_for_selector(f"{fig} line.side[data-side=max]", state="attached")  # a vertical line: no width
+        until(page, "!document.getElementById('patient').textContent.includes('scoring')")
+        assert page.locator(f"{fig} path.bars").count() == 1 and page.locator(f"{fig} rect.window").count() == 1
+        before = int(page.text_content("#n-basophils"))
+        page.locator(fig).scroll_into_view_if_needed()
+        plot = page.locator(f"{fig} svg").bounding_box()
+        end = page.locator(f"{fig} line.side[data-side=max]").bounding_box()
+        x, y = end["x"] + end["width"] / 2, end["y"] + end["height"] / 2
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(plot["x"] + 0.5 * plot["width"], y, steps=6)  # the acquisition's second half left out
+        page.mouse.up()
+        until(page, "document.getElementById('message').textContent.startsWith('re-gated')")
+        assert page.evaluate("state.editedGate") == "acquisition_qc"
+        assert page.evaluate("state.edited.type") == "range"
+        after = int(page.text_content("#n-basophils"))
+        assert after < before
+        shaded = page.locator(f"{fig} rect.window").bounding_box()
+        assert abs(shaded["x"] + shaded["width"] - (plot["x"] + 0.5 * plot["width"])) < 4
+        page.fill("#reason", "unstable flow at the end of the acquisition")
+        page.click("#save")
+        until(page, "document.getElementById('message').textContent === 'correct saved'")
+        assert "(corrected: acquisition_qc)" in page.text_content("#tube-meta")
+        assert int(page.text_content("#n-basophils")) == after
+        # drawn again from the saved correction: the kept span ends where it was dropped
+        page.wait_for_selector(f"{fig} line.side[data-side=max]", state="attached")
+        again = page.locator(f"{fig} line.side[data-side=max]").bounding_box()
+        assert abs(again["x"] + again["width"] / 2 - (plot["x"] + 0.5 * plot["width"])) < 4
+        assert w.errors == [] and w.foreign == []
+        w.close()
+    finally:
+        bench.stop()
+    from bat_analysis.store import ResultStore
+
+    with ResultStore.in_folder(out, create=False) as store:
+        entry = next(e for e in store.correction_log() if e["kind"] == "gate")
+    assert entry["gate"] == "acquisition_qc" and entry["reviewer"] == "Jane Doe"
+    assert entry["reason"] == "unstable flow at the end of the acquisition" and entry["value"]["type"] == "range"

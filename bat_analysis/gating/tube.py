@@ -90,6 +90,11 @@ def _remap(gate: Gate, dims: tuple[Dimension, ...], gspec: GateSpec) -> Gate:
 
 def _density_for(cols: list[np.ndarray], dims: tuple[Dimension, ...], tops: list[float | None]
                  ) -> tuple[np.ndarray | None, tuple[np.ndarray, ...] | None]:
+    """The parent's events as a gate set without its estimator is drawn over (an override, a fixed gate, a
+    fallback): a 2-D density image, or a 1-D histogram (:func:`~.estimators.histogram_1d`)."""
+    if len(dims) == 1 and len(cols) == 1:
+        hist = est.histogram_1d(cols[0], dims[0])
+        return (None, None) if hist is None else (est.small_counts(hist[0]), (hist[1],))
     if len(dims) != 2 or len(cols[0]) == 0:
         return None, None
     step = est.thin(len(cols[0]))

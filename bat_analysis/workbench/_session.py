@@ -1,6 +1,8 @@
 """What the review workbench knows of one results folder: its last completed run, the review state derived
 from the store's corrections log, and re-gating a tube with an edited gate (any 2-D polygon or range gate
-drawn over its density: :data:`EDITABLE_TYPES`; the geometry is checked as a correction's is).
+drawn over its density: :data:`EDITABLE_TYPES`; a 1-D gate such as the acquisition-QC time gate drawn over its
+parent's histogram, :func:`timeline`: its kept window's two ends draggable; the geometry is checked as a
+correction's is).
 
 A tube is addressed by its number in the run (``tube_id``: its position in the run's sorted input files),
 never by a path: the only files read are the results store and the run's own input FCS files (resolved
@@ -106,6 +108,43 @@ def view_extent(g: Any) -> list[float]:
         return [x0, x1, y0, y1]
     dx, dy = (x1 - x0) * 0.03, (y1 - y0) * 0.03
     return [x0 - dx, x1 + dx, y0 - dy, y1 + dy]
+
+
+def _windows(geo: Mapping[str, Any]) -> list[list[float | None]] | None:
+    """The kept windows of a 1-D gate's geometry as [low, high] pairs (None: open): one for a range, one per
+    member for a union of ranges (acquisition QC's kept time segments); None for any other geometry."""
+    def window(g: Any) -> list[float | None] | None:
+        if not isinstance(g, Mapping) or g.get("type") != "range":
+            return None
+        mins, maxs = g.get("mins"), g.get("maxs")
+        if not isinstance(mins, list) or not isinstance(maxs, list) or len(mins) != 1 or len(maxs) != 1:
+            return None
+        ends = [None if v is None else _finite(v) for v in (mins[0], maxs[0])]
+        if any(e is None and v is not None for e, v in zip(ends, (mins[0], maxs[0]))):
+            return None  # an end that is neither open nor a finite number
+        return ends
+
+    if geo.get("type") == "boolean" and geo.get("op") == "or" and isinstance(geo.get("members"), list):
+        found = [window(m) for m in geo["members"]]
+        return None if not found or any(w is None for w in found) else found  # type: ignore[return-value]
+    one = window(geo)
+    return None if one is None else [one]
+
+
+def timeline(g: Any, geometry: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A 1-D gate drawn over its parent's histogram as the run stored it (the acquisition-QC gate over the
+    events per time bin): the bin edges and counts, and the kept windows of ``geometry`` (:func:`_windows`;
+    None when it is no range or union of ranges: drawn, not editable). None for a gate without a stored 1-D
+    histogram, or one whose numbers do not fit together (the store is read as untrusted)."""
+    edges = g.density_edges or ()
+    if len(g.dims) != 1 or g.density is None or len(edges) != 1:
+        return None
+    e = np.asarray(edges[0], dtype=float).ravel()
+    counts = np.asarray(g.density, dtype=float).ravel()
+    if len(e) < 2 or len(e) != len(counts) + 1 or not np.isfinite(e).all() or not np.all(np.diff(e) > 0) \
+            or not np.isfinite(counts).all():
+        return None
+    return {"edges": e.tolist(), "counts": counts.tolist(), "windows": _windows(geometry)}
 
 
 def _class_rows(patients: Any, patient: str) -> list[dict[str, Any]]:
@@ -294,10 +333,13 @@ class ReviewSession:
             editable = (g.geometry.get("type") in EDITABLE_TYPES and len(g.dims) == 2 and len(edges) == 2
                         and g.density is not None)
             geometry = st.gates[g.name]["value"] if g.name in st.gates else g.geometry
+            line = timeline(g, geometry)
+            editable = editable or (line is not None and line["windows"] is not None)
             gates.append({"index": k, "name": g.name, "parent": g.parent, "dims": list(g.dims),
                           "geometry": geometry, "count": g.count, "parent_count": g.parent_count,
                           "method": g.method, "has_density": g.density is not None and len(edges) == 2,
                           "extent": view_extent(g) if len(edges) == 2 else None, "editable": editable,
+                          "timeline": line,
                           "automated": g.geometry if g.name not in st.gates else st.gates[g.name]["before"]})
         t = r.tube
         row = self._rows.get(t.file) or {}

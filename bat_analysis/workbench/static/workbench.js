@@ -1,6 +1,7 @@
 // bat review: the queue and the tube view. Data is inserted as text (textContent), never as markup.
 // The basophil gate's corners are SVG circles over the density image: dragging one, adding one (double-click
-// on an edge) or removing one (right-click) re-gates the tube.
+// on an edge) or removing one (right-click) re-gates the tube; so does dragging a range's side, or an end of the
+// time gate's kept span over its histogram.
 "use strict";
 
 const TOKEN = document.querySelector('meta[name="bat-token"]').content;
@@ -235,6 +236,60 @@ function rangeOverlay(g, overlay, { px, py, dx, dy }) {
   }
 }
 
+// a 1-D gate (the acquisition-QC time gate) over its parent's histogram as the run stored it, its kept windows
+// shaded; on an editable gate the ends of the kept span are lines that can be dragged across. The edit keeps
+// one window, from the first end to the last: a gap the automated gate cut out inside it is kept as well.
+function timeFigure(g) {
+  const W = 600, H = 160, h = g.timeline;
+  let lo = h.edges[0], hi = h.edges[h.edges.length - 1];
+  for (const [a, b] of h.windows || []) {
+    if (a !== null) { lo = Math.min(lo, a); hi = Math.max(hi, a); }
+    if (b !== null) { lo = Math.min(lo, b); hi = Math.max(hi, b); }
+  }
+  if (!(hi > lo)) hi = lo + 1;
+  const top = Math.max(1, ...h.counts);
+  const px = (x) => ((x - lo) / (hi - lo)) * W;
+  const dx = (p) => lo + (p / W) * (hi - lo);
+  const overlay = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: String(W), height: String(H), class: "histogram timeline" });
+  const steps = [`M${px(h.edges[0])} ${H}`];
+  h.counts.forEach((c, i) => {
+    const y = H - (c / top) * (H - 10);
+    steps.push(`L${px(h.edges[i])} ${y}`, `L${px(h.edges[i + 1])} ${y}`);
+  });
+  steps.push(`L${px(h.edges[h.edges.length - 1])} ${H} Z`);
+  overlay.append(svg("path", { class: "bars", d: steps.join(" ") }));
+  const kept = svg("g", { class: "kept" });
+  overlay.append(kept);
+  const shade = (windows) => kept.replaceChildren(...windows.map(([a, b]) => svg("rect", {
+    class: "window", x: a === null ? 0 : px(a), y: 0, height: H,
+    width: Math.max(1, (b === null ? W : px(b)) - (a === null ? 0 : px(a))) })));
+  shade(h.windows || []);
+  const how = g.editable ? " · drag either end of the kept span (your edit keeps one window, gaps inside it included)" : "";
+  const fig = el("figure", { class: "gate wide" + (g.editable ? " editable" : ""), "data-gate": g.name }, overlay,
+    el("figcaption", { text: `${g.name}: events per ${g.dims[0]} bin · ${g.count} of ${g.parent_count} kept · ${g.method}${how}` }));
+  if (!g.editable || !h.windows || !h.windows.length) return fig;
+  // the kept span's ends in data units (null: open) and on the plot (an open end at the plot's edge)
+  const ends = { min: h.windows[0][0], max: h.windows[h.windows.length - 1][1] };
+  const at = { min: ends.min === null ? 0 : px(ends.min), max: ends.max === null ? W : px(ends.max) };
+  for (const side of ["min", "max"]) {
+    const line = svg("line", { class: "side vertical", "data-side": side, y1: 0, y2: H });
+    const place = () => { line.setAttribute("x1", at[side]); line.setAttribute("x2", at[side]); };
+    place();
+    draggable(line, (ev) => {
+      const box = overlay.getBoundingClientRect();
+      const x = ((ev.clientX - box.left) / box.width) * W;
+      at[side] = side === "min" ? Math.max(0, Math.min(at.max - 2, x)) : Math.min(W, Math.max(at.min + 2, x));
+      place();
+      shade([[dx(at.min), dx(at.max)]]);
+    }, async () => {
+      ends[side] = dx(at[side]);  // only the dragged end moves: the other keeps its value (or stays open)
+      await regate(g.name, { type: "range", mins: [ends.min], maxs: [ends.max] });
+    });
+    overlay.append(line);
+  }
+  return fig;
+}
+
 function classText(row) {
   const inh = row.auc_inhibition_pct === null ? "" : ` · AUC inhibition ${fmt(row.auc_inhibition_pct, 0)}%`;
   return `${row.allergen}: ${row.class}${row.confidence ? " (" + row.confidence + ")" : ""}${inh}`;
@@ -417,7 +472,8 @@ async function openTube(id) {
     (t.error ? ` · not gated: ${t.error}` : "") + (t.signoff ? ` · patient ${t.signoff}` : "");
   document.getElementById("tube-meta").textContent = meta;
   showNumbers(t, "As stored");
-  document.getElementById("gates").replaceChildren(...t.gates.filter((g) => g.has_density).map(gateFigure));
+  document.getElementById("gates").replaceChildren(
+    ...t.gates.filter((g) => g.has_density || g.timeline).map((g) => (g.timeline ? timeFigure(g) : gateFigure(g))));
   document.getElementById("decide").hidden = false;
   state.editedThreshold = null;
   loadPatient({}, "as it stands");
@@ -446,7 +502,7 @@ async function decide(action) {
     body.threshold = state.editedThreshold;
   }
   if (action === "correct") {
-    if (!state.edited) { say("Nothing edited: drag a corner of the basophil gate first (or Accept).", true); return; }
+    if (!state.edited) { say("Nothing edited: drag a corner or a side of a gate first (or Accept).", true); return; }
     body.gate = state.editedGate;
     body.geometry = state.edited;
   }
