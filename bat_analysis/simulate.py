@@ -838,7 +838,7 @@ def _write_layout(path: Path, tubes: Sequence[Tube]) -> Path:
 
 def _checked_experiment_options(n_patients: int, controls: Sequence[str], kinds: Sequence[str] | None,
                                 scenario: str | Sequence[str], naming: str, replicates: int,
-                                arm_units: Mapping[str, str] | None
+                                arm_units: Mapping[str, str] | None, arms: Sequence[str] = ("none", "omalizumab")
                                 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], dict[str, str]]:
     """``simulate_experiment``'s options checked (a ``BatError`` naming the first wrong one): the controls,
     patient kinds, scenarios and units per arm to use."""
@@ -859,10 +859,13 @@ def _checked_experiment_options(n_patients: int, controls: Sequence[str], kinds:
         raise BatError(f"{replicates} replicates", field="replicates", expected="1, 2 or 3")
     units = dict(arm_units or {})
     for arm_name, unit in units.items():
+        if arm_name not in arms:  # a unit for an arm that is not simulated would be silently unused
+            raise BatError(f"arm_units names arm {arm_name!r}, which is not simulated", field="arm_units",
+                           expected=f"one of the arms {', '.join(arms)}")
         try:
             convert(1.0, UNIT, unit)
         except UnitProblem as exc:
-            raise BatError(f"arm_units[{arm_name!r}]: {exc}", field="arm_units",
+            raise BatError(f"the unit of arm {arm_name!r}: {exc}", field="arm_units",
                            expected=f"a unit of mass per volume (convertible to {UNIT})") from None
     return controls, kinds, scenarios, units
 
@@ -904,7 +907,7 @@ def simulate_experiment(
     from . import __version__
 
     controls, kinds, scenarios, arm_units = _checked_experiment_options(n_patients, controls, kinds, scenario,
-                                                                        naming, replicates, arm_units)
+                                                                        naming, replicates, arm_units, arms)
     out_dir = make_dir(Path(out_dir))
 
     root = np.random.SeedSequence(seed)

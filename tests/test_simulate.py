@@ -396,6 +396,23 @@ def test_simulate_command(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "not empty" in again.output
     bad = runner.invoke(app, ["simulate", str(tmp_path / "x"), "--naming", "sony"])
     assert bad.exit_code == 2 and "unknown naming style" in bad.output
+    # replicates and an arm written in another unit, as the library function takes them
+    reps = tmp_path / "reps"
+    done = runner.invoke(app, ["simulate", str(reps), "--patients", "1", "--events", "600", "--concentrations", "2",
+                               "--replicates", "2", "--arm-unit", "omalizumab=ug/mL"])
+    assert done.exit_code == 0, done.output
+    assert "wrote 20 FCS files" in done.output
+    tubes = read_layout(reps / "layout.csv")
+    assert {t.replicate for t in tubes} == {"1", "2"} and (reps / "P01_none_negative_control_r2.fcs").is_file()
+    assert {t.unit for t in tubes if t.condition == "allergen"} == {"ng/mL", "ug/mL"}
+    assert json.loads((reps / "truth.json").read_text())["parameters"]["replicates"] == 2
+    for wrong, said in ((["--arm-unit", "omalizumab"], "expected ARM=UNIT"),
+                        (["--arm-unit", "placebo=ug/mL"], "which is not simulated"),
+                        (["--arm-unit", "omalizumab=parsec"], "'parsec' is not a unit"),
+                        (["--replicates", "4"], "--replicates")):
+        refused = runner.invoke(app, ["simulate", str(tmp_path / "w"), "--events", "500", *wrong])
+        assert refused.exit_code == 2 and said in refused.output, (wrong, refused.output)
+        assert not (tmp_path / "w" / "layout.csv").exists()
 
 
 def test_anti_ige_control_suppressed_by_omalizumab(tmp_path: Path) -> None:
@@ -451,6 +468,8 @@ def test_arm_units_write_the_same_doses_in_another_unit(tmp_path: Path) -> None:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "mixed" / name).read_bytes()
     with pytest.raises(BatError, match="arm_units"):
         simulate_experiment(tmp_path / "bad", n_patients=1, n_events=1500, arm_units={"omalizumab": "BU/mL"})
+    with pytest.raises(BatError, match="'placebo', which is not simulated"):  # would be silently unused
+        simulate_experiment(tmp_path / "bad2", n_patients=1, n_events=1500, arm_units={"placebo": "µg/mL"})
 
 
 def test_replicates_are_independent_tubes_in_a_replicate_column(tmp_path: Path) -> None:

@@ -33,6 +33,12 @@ def register(app: typer.Typer) -> None:
         anti_ige: bool = typer.Option(False, "--anti-ige", help="Add an anti-IgE control tube per patient and arm."),
         bell_fraction: float = typer.Option(0.0, "--bell-fraction", min=0.0, max=1.0,
                                             help="Share of patients whose response falls at high doses."),
+        replicates: int = typer.Option(1, "--replicates", min=1, max=3,
+                                       help="Draw every tube this many times (files ..._r1.fcs, ..._r2.fcs; a "
+                                            "replicate column in the layout)."),
+        arm_unit: list[str] = typer.Option([], "--arm-unit", metavar="ARM=UNIT",
+                                           help="Write an arm's allergen concentrations in another unit of mass "
+                                                "per volume, the same doses (e.g. omalizumab=ug/mL); repeatable."),
         force: bool = typer.Option(False, "--force", help="Write into a folder that already holds files."),
     ) -> None:
         """Simulate a BAT experiment: per patient and arm, controls and an allergen series, with truth.
@@ -41,6 +47,7 @@ def register(app: typer.Typer) -> None:
         Examples:
           bat simulate sim/ --patients 8 --events 100000 --seed 1
           bat simulate hard/ --scenario clog --scenario low_basophils --naming beckman
+          bat simulate reps/ --replicates 2 --arm-unit omalizumab=ug/mL
           bat run sim/ --out sim_results
 
         The folder receives one FCS file per tube, layout.csv, truth.json (the generating curves and per-tube
@@ -56,6 +63,14 @@ def register(app: typer.Typer) -> None:
         if byteorder not in orders:
             typer.echo(f"error: --byteorder {byteorder!r}: expected little or big", err=True)
             raise typer.Exit(code=2)
+        units: dict[str, str] = {}
+        for item in arm_unit:
+            arm, sep, unit = item.partition("=")
+            if not sep or not arm.strip() or not unit.strip():
+                typer.echo(f"error: --arm-unit {for_terminal(item)!r}: expected ARM=UNIT, e.g. omalizumab=ug/mL",
+                           err=True)
+                raise typer.Exit(code=2)
+            units[arm.strip()] = unit.strip()
         if out.exists() and not out.is_dir():
             typer.echo(f"error: {for_terminal(out)} exists and is not a folder", err=True)
             raise typer.Exit(code=2)
@@ -71,7 +86,7 @@ def register(app: typer.Typer) -> None:
                 n_concentrations=concentrations, include_cd107a=cd107a, basophil_pct=basophil_pct,
                 controls=("negative_control", "anti_fceri", "anti_ige", "fmlp") if anti_ige
                 else ("negative_control", "anti_fceri", "fmlp"),
-                bell_fraction=bell_fraction,
+                bell_fraction=bell_fraction, arm_units=units or None, replicates=replicates,
             )
         except BatError as exc:
             first_line = str(exc).split("\n")[0]
