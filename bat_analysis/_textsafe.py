@@ -7,6 +7,10 @@ shown where it could otherwise act as something else:
 - :func:`visible` writes control characters as escapes (``\\x1b``, ``\\x07``, ``\\u202e``); ordinary
   Unicode, letters of every script included, is kept as it is. The reports use it for text drawn in
   PDFs and plots (a font has no glyph for a control character; a line feed would break a table row).
+- :func:`in_font` writes, after :func:`visible`, every character a font has no glyph for as its ``\\uNNNN``
+  escape (a CJK ideograph in a patient ID drawn with DejaVu Sans): a PDF would otherwise leave it out of the
+  line, a plot would draw an empty box, and two IDs could look alike. The PDF and the plots each give the
+  characters their font holds.
 - :func:`for_xlsx` makes a cell value storable in an ``.xlsx`` file: the control characters XML 1.0 cannot
   hold (C0 but tab, LF, CR; lone surrogates; U+FFFE, U+FFFF) are written as escapes by :func:`visible`,
   everything else is kept exactly. The workbook writer also stores every string as a string cell, never a
@@ -56,6 +60,15 @@ def visible(text: str, pattern: re.Pattern[str] = _TERMINAL_UNSAFE) -> str:
     """``text`` with every character matched by ``pattern`` (by default: every control character) written
     as an escape: ``\\t``, ``\\n``, ``\\r``, ``\\xNN``, ``\\uNNNN``."""
     return pattern.sub(_escape, text)
+
+
+def in_font(text: str, held: frozenset[str] | set[str], pattern: re.Pattern[str] = _TERMINAL_UNSAFE) -> str:
+    """``text`` as a font holding the characters ``held`` can show it: the characters ``pattern`` matches (see
+    :func:`visible`) and every character not in ``held`` written as escapes (a line feed kept when ``pattern``
+    keeps it: it is not drawn as a glyph)."""
+    if not pattern.search(text) and held.issuperset(text.replace("\n", "")):
+        return text
+    return "".join(escaped(ch) if pattern.match(ch) or (ch not in held and ch != "\n") else ch for ch in text)
 
 
 def for_xlsx(value: Any) -> Any:

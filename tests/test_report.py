@@ -629,6 +629,30 @@ def test_plots_never_read_user_text_as_mathtext() -> None:
     assert png.data.startswith(b"\x89PNG")
 
 
+def test_a_character_the_plot_font_lacks_is_drawn_as_its_escape_not_a_box() -> None:
+    # matplotlib draws a glyph DejaVu Sans lacks as an empty box (and warns): two allergen or marker names in
+    # another script would look alike; written as \\uNNNN they stay readable and distinct
+    import warnings
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    results, scores = make_experiment(1)
+    fits = {k[2]: f for k, f in scores.fits.items() if k[0] == "P01"}
+    fig = Figure()
+    ax = fig.subplots(1, 2)
+    draw_dose_response(fits, ax[0], title="花粉 Bet v 1 – µg")
+    draw_activation(np.linspace(1, 5000, 500), None, 900.0, ax[1], marker="CD63 ✓")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Glyph ... missing from font(s)" would fail here
+        FigureCanvasAgg(fig).draw()
+    texts = {t.get_text() for a in ax for t in a.findobj(lambda o: hasattr(o, "get_parse_math"))}
+    assert "\\u82b1\\u7c89 Bet v 1 – µg" in texts  # the Latin, Greek and dash DejaVu holds are kept
+    assert "CD63 ✓ on basophils" in texts  # DejaVu Sans has a check mark
+    png = PngRenderer().render("dose_response", "花粉", lambda a: draw_dose_response(fits, a, title="花粉"))
+    assert png.data.startswith(b"\x89PNG")
+
+
 def test_tube_anchors_and_gallery_images_are_distinct_per_file() -> None:
     """Files whose names differ only in characters a file name cannot keep used to share an anchor, and
     so one tube's gallery images overwrote the other's."""

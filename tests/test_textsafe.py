@@ -8,7 +8,8 @@ import os
 import pytest
 from rich.console import Console
 
-from bat_analysis._textsafe import for_terminal, for_xlsx, json_for_terminal, rich_text, safe_filename
+from bat_analysis._textsafe import (MULTILINE_UNSAFE, for_terminal, for_xlsx, in_font, json_for_terminal,
+                                    rich_text, safe_filename)
 
 
 def test_terminal_text_escapes_controls_and_keeps_unicode() -> None:
@@ -87,3 +88,13 @@ def test_a_plain_name_never_equals_a_hashed_one() -> None:
     hashed = safe_filename("a b")
     assert hashed.startswith("a_b~") and len(hashed) == len("a_b~") + 8
     assert safe_filename(hashed) != hashed  # an ID spelled like a hashed name is itself hashed
+
+
+def test_in_font_escapes_what_the_font_cannot_draw_and_keeps_the_rest() -> None:
+    held = frozenset("abc P01µ-")
+    assert in_font("abc P01", held) == "abc P01"
+    assert in_font("P01 花", held) == "P01 \\u82b1"
+    assert in_font("a\x1bb", held) == "a\\x1bb"  # a control character, escaped whatever the font holds
+    assert in_font("a\nb", held, MULTILINE_UNSAFE) == "a\nb"  # a kept line feed is not a glyph
+    assert in_font("a\nb", held) == "a\\nb"
+    assert in_font("", held) == ""

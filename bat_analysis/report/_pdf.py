@@ -56,7 +56,7 @@ from fpdf import FPDF
 from fpdf.image_datastructures import RasterImageInfo
 
 from .._fileio import atomic_open
-from .._textsafe import escaped, visible
+from .._textsafe import in_font, visible
 from ._views import (PATIENT_COLUMNS, QC_HEADERS, TUBE_COLUMNS, PatientView, RunView, TubeView,
                      concentration_unit, flag_groups, fmt_value, present_columns, qc_rows, tube_table_note)
 
@@ -138,10 +138,7 @@ def _shown(text: str) -> str:
     the text font has no glyph for (CJK ideographs, most emoji: fpdf2 would leave it out of the line, and a
     patient ID would lose letters), as ``\\uNNNN``."""
     text = visible(text)
-    if _held().issuperset(text):
-        return text
-    whole = _whole_held()
-    return "".join(ch if ch in whole else escaped(ch) for ch in text)
+    return text if _held().issuperset(text) else in_font(text, _whole_held())
 
 
 @contextmanager

@@ -54,7 +54,7 @@ from ._paint import PNG_COMPRESSION, Box, Palette, encode_palette_png, fill_belo
 
 if TYPE_CHECKING:
     from ..analysis.dose_response import FitResult
-from .._textsafe import MULTILINE_UNSAFE, visible  # noqa: E402
+from .._textsafe import MULTILINE_UNSAFE, in_font, visible  # noqa: E402
 
 GATE_COLOUR = "#d62728"
 ADJUSTED_COLOUR = "#ff7f0e"
@@ -102,10 +102,26 @@ def draws_literally(func: Any) -> Any:
 
 
 def _literal_texts(target: Artist) -> None:
-    """Every Text of ``target`` shown as written, control characters as escapes (see :func:`draws_literally`)."""
+    """Every Text of ``target`` shown as written, control characters and characters its font has no glyph for
+    as escapes (``textsafe.in_font``; see :func:`draws_literally`)."""
     for text in target.findobj(Text):
         text.set_parse_math(False)
-        text.set_text(visible(text.get_text(), MULTILINE_UNSAFE))
+        text.set_text(in_font(text.get_text(), _font_holds(text), MULTILINE_UNSAFE))
+
+
+def _font_holds(text: Text) -> frozenset[str]:
+    """The characters the font matplotlib draws ``text`` with has glyphs for."""
+    from matplotlib.font_manager import findfont
+
+    return _glyphs(findfont(text.get_fontproperties()))
+
+
+@functools.lru_cache(maxsize=8)
+def _glyphs(path: str) -> frozenset[str]:
+    """The characters of a font file's character map (read once per font and process)."""
+    from matplotlib.ft2font import FT2Font
+
+    return frozenset(map(chr, FT2Font(path).get_charmap()))
 
 
 def is_manual(record: GateRecord) -> bool:
