@@ -244,6 +244,31 @@ def test_cluster_with_one_population_fails_with_a_flag() -> None:
     assert not e.ok and "only 5 events" in e.diagnostics["failure"]
 
 
+@pytest.mark.parametrize("n_baso", [0, 10])
+def test_cluster_without_its_population_refuses_the_one_left_on_the_other_side(n_baso: int) -> None:
+    # too few basophils to form a population: the only CCR3+ population left is the eosinophils (SSC-high);
+    # gating them as basophils would report their CD63 with nothing to say so
+    rng = np.random.default_rng(12 + n_baso)
+    x, y, lab = marker_sample(rng, n_baso)
+    dims = (Dimension("CCR3", LOGICLE), Dimension("SSC-A", LOGICLE))
+    e = est.estimate_cluster(gd("basophils", [x, y], dims), params("cluster_2d"))
+    assert not e.ok and e.flags[0].code == "CLUSTER_GATE_FAILED" and e.density is not None
+    assert e.diagnostics["y_position"] > 0.9
+    message = e.flags[0].message
+    assert "no basophils found" in message and "high-SSC-A populations" in message and "at least 30 events" in message
+    # the check can be switched off in a template (y_side_within: 1): the old choice, the eosinophils
+    e = est.estimate_cluster(gd("basophils", [x, y], dims), params("cluster_2d", y_side_within=1.0))
+    assert e.ok and e.mask[lab == 3].sum() > 0.9 * (lab == 3).sum()
+
+
+def test_side_position_among_the_population_peaks() -> None:
+    ys = np.array([0.2, 0.5, 1.0])
+    assert est._side_position(0.2, ys, "low") == 0.0 and est._side_position(1.0, ys, "low") == 1.0
+    assert est._side_position(0.6, ys, "low") == pytest.approx(0.5)
+    assert est._side_position(1.0, ys, "high") == 0.0 and est._side_position(0.2, ys, "high") == 1.0
+    assert est._side_position(0.7, np.array([0.7]), "low") == 0.0  # alone: nothing to compare with
+
+
 def test_cluster_joins_the_activated_mode_of_the_same_population() -> None:
     rng = np.random.default_rng(11)
     x, y, lab = marker_sample(rng, 150)

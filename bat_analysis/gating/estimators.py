@@ -785,6 +785,18 @@ def _separation(smooth: np.ndarray, pops: _Populations, group: set[int], best: i
     return float(1 - dip / min(peak_val, smooth[tuple(peaks[near])]))
 
 
+_OTHER_SIDE = {"low": "high", "high": "low"}
+
+
+def _side_position(y: float, ys: np.ndarray, side: str) -> float:
+    """Where ``y`` lies among the population peaks ``ys``: 0 at the ``side`` extreme (the lowest for "low"),
+    1 at the other; 0 when the peaks have no spread."""
+    lo, hi = float(np.min(ys)), float(np.max(ys))
+    if hi <= lo:
+        return 0.0
+    return float((y - lo) / (hi - lo) if side == "low" else (hi - y) / (hi - lo))
+
+
 def estimate_cluster(data: GateData, params: Mapping[str, Any]) -> Estimate:
     """The cluster that is high/low on x and high/low on y, found on the 2-D density.
 
@@ -792,7 +804,10 @@ def estimate_cluster(data: GateData, params: Mapping[str, Any]) -> Estimate:
     there are); basins separated by a shallow pass are merged (``merge_ratio``), and basins holding fewer
     than ``peak_min_events`` events are not populations. Candidates are populations whose peak lies
     beyond the x split (see :func:`_split_point`); the one most extreme on y (``y_side``) is chosen, ties
-    broken by x, and neighbouring candidates displaced along x rather than y are joined to it
+    broken by x -- and refused when its peak lies more than ``y_side_within`` of the way from the ``y_side``
+    extreme to the other among all the populations' peaks (the cluster sought is absent and the candidate left
+    is another population: eosinophils when the basophils are too few) -- and neighbouring candidates
+    displaced along x rather than y are joined to it
     (``join_ratio``: e.g. activated basophils brighter in CD203c). The cluster is the density above
     ``level`` x its peak connected to the peak and outside every other population's basin, opened
     towards the x side (``extend_x``), padded (``pad`` bins) and traced into a polygon whose vertices at
@@ -827,6 +842,19 @@ def estimate_cluster(data: GateData, params: Mapping[str, Any]) -> Estimate:
     ysign = 1.0 if params["y_side"] == "low" else -1.0
     xsign = -1.0 if params["x_side"] == "high" else 1.0
     best = sorted(cand, key=lambda k: (ysign * py[k], xsign * px[k]))[0]
+    # ... and it must lie on the y side among the parent's populations: when the cluster sought is absent (too
+    # few basophils to form a population), the only candidate left is another one (CCR3+ eosinophils, SSC-high)
+    position = _side_position(py[best], py[real], params["y_side"])
+    diag["y_position"] = position
+    if position > params["y_side_within"]:
+        side, other = params["y_side"], _OTHER_SIDE[params["y_side"]]
+        return _failed_with_density(
+            f"no {name} found: the only {dx.key}-{params['x_side']} population ({int(mass[best])} events) lies with "
+            f"the {other}-{dy.key} populations, not on the {side} side (its peak is {100 * position:.0f}% of the "
+            f"way from the {side}est population's {dy.key} to the {other}est; at most "
+            f"{100 * params['y_side_within']:.0f}%); the {name} are probably too few to form a population "
+            f"(at least {params['peak_min_events']:g} events)", "CLUSTER_GATE_FAILED", name, dens.counts, dens.edges,
+            **diag)
     group = _join_candidates(pops, cand, best, smooth, params)
     # its region, traced into a polygon
     region = _cluster_region(dens, pops, group, best, params)
@@ -1104,6 +1132,9 @@ register_estimator(EstimatorSpec("cluster_2d", estimate_cluster, 2, {
     "split_n_sd": Param("number", 4.0, 0.5, 20.0,
                         doc="x positivity: negative mode + n robust SDs when no valley is found"),
     "pad": Param("number", 2.0, 0.0, 20.0, doc="bins added around the cluster"),
+    "y_side_within": Param("number", 0.5, 0.0, 1.0,
+                           doc="the chosen population's peak must lie within this fraction of the way from the "
+                               "y_side extreme to the other among the populations' peaks (1: no check)"),
     "extend_x": Param("bool", True, doc="open the gate towards the x side (nothing brighter belongs "
                                          "elsewhere within the cluster's y band)"),
 }, "basophils: the x-high/low, y-high/low cluster of the 2-D density (number of populations found)"))
