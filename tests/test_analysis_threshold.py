@@ -202,7 +202,7 @@ def test_reference_none_at_all_fails_and_pools_duplicates():
     assert pooled.files == ("a.fcs", "b.fcs") and pooled.flags[0].code == "POOLED_NEGATIVE_CONTROLS"
 def test_the_normal_quantiles_and_tail_are_scipy_stats_own():
     """threshold.py takes the normal distribution's quantiles and 3-SD tail from scipy.special (no per-call
-    argument checks in the bootstrap): the same numbers as scipy.stats.norm, bit for bit."""
+    argument checks in the resting-peak fit's loop): the same numbers as scipy.stats.norm, bit for bit."""
     from scipy import special, stats
 
     from bat_analysis.analysis import threshold

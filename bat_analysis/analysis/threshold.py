@@ -38,8 +38,8 @@ from bat_analysis.records import Flag, TubeResult
 
 METHODS = ("percentile", "resting_peak", "median", "manual")
 NAN = float("nan")
-# the standard normal's probability above 3 SD (stats.norm.sf(3.0), which costs ~20 us of argument checks per call:
-# the resting-peak fit is repeated for every bootstrap draw); its quantiles are special.ndtri (stats.norm.ppf's)
+# the standard normal's probability above 3 SD (stats.norm.sf(3.0), which costs ~20 us of argument checks per call,
+# in a fit iterated up to 8 times per control); its quantiles are special.ndtri (stats.norm.ppf's)
 _NORMAL_TAIL_3SD = float(special.ndtr(-3.0))
 
 
