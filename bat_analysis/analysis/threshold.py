@@ -2,9 +2,13 @@
 
 The default is the empirical 97.5th percentile of the negative control's basophils (compensated linear
 values), so that 2.5% of resting basophils lie above it. When the negative control holds a separate
-activated population larger than that 2.5%, the percentile falls inside it; the resting peak is then
-modelled instead (a Gaussian on an arcsinh scale fitted to the lower quantiles) and the threshold is that
-Gaussian's 97.5% quantile — flagged ``RESTING_PEAK_THRESHOLD``.
+activated population larger than that 2.5%, the percentile falls inside it; the activated events are then
+set aside and the threshold is the same 97.5th percentile of the resting events alone — flagged
+``RESTING_PEAK_THRESHOLD``. The activated events are those above a cut (``resting_peak_model``): the valley
+between the two populations of the mixture test below, or, when the model is requested for a control without
+them, 3 SD above the resting peak (a Gaussian on an arcsinh scale fitted to its lower quantiles). The
+resting events' own percentile, not that Gaussian's 97.5% quantile: extrapolated from the lower half of a
+few hundred events, the Gaussian's upper quantile scatters widely (and is biased by any skew of the peak).
 
 When the model is used is a stated statistical criterion (``activated_population``): on the arcsinh scale a
 two-component Gaussian mixture must beat one Gaussian by ``mixture_min_bic_delta`` of BIC, its two components
@@ -34,8 +38,8 @@ from bat_analysis.records import Flag, TubeResult
 
 METHODS = ("percentile", "resting_peak", "median", "manual")
 NAN = float("nan")
-# the standard normal's probability above 3 SD (stats.norm.sf(3.0), which costs ~20 us of argument checks per call:
-# the resting-peak fit is repeated for every bootstrap draw); its quantiles are special.ndtri (stats.norm.ppf's)
+# the standard normal's probability above 3 SD (stats.norm.sf(3.0), which costs ~20 us of argument checks per call,
+# in a fit iterated up to 8 times per control); its quantiles are special.ndtri (stats.norm.ppf's)
 _NORMAL_TAIL_3SD = float(special.ndtr(-3.0))
 
 
@@ -101,8 +105,9 @@ def activated_population(z: np.ndarray, config: ThresholdConfig) -> dict[str, An
     Fits one and two Gaussians (scikit-learn ``GaussianMixture``, deterministic starts) and returns the
     evidence: ``bic_delta`` = BIC(1) − BIC(2), the upper component's ``weight`` and ``mean``/``sd`` of both,
     Ashman's ``separation`` D = √2·|μ₂ − μ₁| / √(σ₁² + σ₂²), the number of ``modes`` of the fitted mixture
-    density, and ``present`` — True only when the criteria of ``config`` hold and the fitted mixture has two
-    modes (a skewed single peak is also fitted better by two overlapping Gaussians, with one mode).
+    density (with two, ``valley``: the density's lowest point between the components' means), and ``present``
+    — True only when the criteria of ``config`` hold and the fitted mixture has two modes (a skewed single
+    peak is also fitted better by two overlapping Gaussians, with one mode).
     Controls larger than ``mixture_max_events`` are subsampled (seeded).
     """
     from sklearn.mixture import GaussianMixture
@@ -139,6 +144,9 @@ def activated_population(z: np.ndarray, config: ThresholdConfig) -> dict[str, An
                and modes >= 2 and weight[1] * 100.0 >= config.mixture_min_weight_pct)
     out.update(present=bool(present), bic_delta=bic_delta, separation=separation, modes=modes,
                weight=float(weight[1]), means=[float(v) for v in mu], sds=[float(v) for v in sd])
+    if modes >= 2:  # the density's lowest point between the two components' means
+        between = (grid >= mu[0]) & (grid <= mu[1])
+        out["valley"] = float(grid[between][np.argmin(density[between])])
     return out
 
 
@@ -169,12 +177,26 @@ def _resting_fit(z: np.ndarray) -> tuple[float, float, float] | str:
     return mu, sd, frac
 
 
-def resting_peak_model(values: np.ndarray, config: ThresholdConfig, percentile: float) -> dict[str, Any]:
-    """Model the resting peak as a Gaussian on an arcsinh scale, fitted to the lower part of the data.
+def _resting_percentile(values: np.ndarray, cut: float, percentile: float) -> float:
+    """The ``percentile`` of the resting events: those at or below ``cut`` (linear; NaN when there are none)."""
+    resting = values[values <= cut]
+    return float(np.percentile(resting, percentile)) if resting.size else NAN
 
-    Returns diagnostics: ``mu``/``sd`` (transformed units), ``model_threshold`` (linear), ``pct_above_model``,
-    ``activated_fraction``, and ``mixture`` with ``bimodal`` (the ``activated_population`` test: is there a
-    separate activated population?).
+
+def resting_peak_model(values: np.ndarray, config: ThresholdConfig, percentile: float) -> dict[str, Any]:
+    """The threshold of a negative control holding activated events: the percentile of its resting events.
+
+    The resting peak is modelled as a Gaussian on an arcsinh scale, fitted to the lower part of the data
+    (``_resting_fit``), and the ``activated_population`` test is run. The activated events are those above a
+    ``cut``: the valley of the fitted two-component mixture when that test finds a separate activated
+    population, else (the model requested for a control without one) 3 SD above the resting Gaussian. The
+    threshold ``model_threshold`` is the ``percentile`` of the events at or below the cut — the plain rule
+    applied to the resting events, which needs no assumption about the shape of the resting peak's upper tail.
+
+    Returns diagnostics: ``mu``/``sd`` (transformed units), ``cut`` (linear) and ``cut_rule``,
+    ``activated_fraction`` (share of events above the cut), ``model_threshold`` (linear), ``pct_above_model``,
+    ``gaussian_quantile`` (the resting Gaussian's own quantile, for comparison), and ``mixture`` with
+    ``bimodal`` (the test: is there a separate activated population?).
     """
     cof = _cofactor(values, config)
     z = np.arcsinh(values / cof)
@@ -183,31 +205,35 @@ def resting_peak_model(values: np.ndarray, config: ThresholdConfig, percentile: 
     if isinstance(fit, str):
         diag.update(usable=False, reason=fit)
         return diag
-    mu, sd, frac = fit
-    z_thr = mu + float(special.ndtri(percentile / 100.0)) * sd
-    above = float(np.mean(z > z_thr) * 100.0)
+    mu, sd, _ = fit
     mixture = activated_population(z, config)
-    diag.update(usable=True, mu=mu, sd=sd, mode_linear=float(np.sinh(mu) * cof),
-                model_threshold=float(np.sinh(z_thr) * cof), pct_above_model=above,
-                expected_pct_above=100.0 - percentile, activated_fraction=frac,
-                mixture=mixture, bimodal=bool(mixture["present"]))
+    if mixture["present"]:
+        z_cut, rule = float(mixture["valley"]), "valley between the resting and activated populations"
+    else:
+        z_cut, rule = mu + 3.0 * sd, "3 SD above the resting peak"
+    cut = float(np.sinh(z_cut) * cof)
+    value = _resting_percentile(values, cut, percentile)
+    if math.isnan(value):
+        diag.update(usable=False, reason="no negative-control event below the activated population")
+        return diag
+    gaussian = float(np.sinh(mu + float(special.ndtri(percentile / 100.0)) * sd) * cof)
+    diag.update(usable=True, mu=mu, sd=sd, mode_linear=float(np.sinh(mu) * cof), cut=cut, cut_rule=rule,
+                activated_fraction=float(np.mean(values > cut)), model_threshold=value,
+                pct_above_model=float(np.mean(values > value) * 100.0), expected_pct_above=100.0 - percentile,
+                gaussian_quantile=gaussian, mixture=mixture, bimodal=bool(mixture["present"]))
     return diag
 
 
 def rethreshold(estimate: ThresholdEstimate, values: np.ndarray, config: ThresholdConfig) -> float:
     """The threshold ``estimate``'s method gives on other values of the negative control (a bootstrap
-    resample): the percentile, the resting-peak Gaussian's quantile (the model's choice is kept, not
-    re-tested), or the reviewer's value unchanged. NaN when the resting peak cannot be fitted."""
+    resample): the percentile; the percentile of the events at or below the resting-peak model's cut (the
+    model's choice and its cut are kept, not re-estimated); or the reviewer's value unchanged. NaN when no
+    event lies below the cut."""
     p = float(estimate.diagnostics.get("percentile", config.percentile))
     if estimate.method == "manual":
         return estimate.value
     if estimate.method == "resting_peak":
-        cof = _cofactor(values, config)
-        fit = _resting_fit(np.arcsinh(values / cof))
-        if isinstance(fit, str):
-            return NAN
-        mu, sd, _ = fit
-        return float(np.sinh(mu + float(special.ndtri(p / 100.0)) * sd) * cof)
+        return _resting_percentile(values, float(estimate.diagnostics["resting_model"]["cut"]), p)
     return float(np.percentile(values, p))
 
 
@@ -259,8 +285,9 @@ def estimate_threshold(negative_values: Any, *, percentile: float | None = None,
         reason = "resting-peak model requested"
     value = model["model_threshold"]
     flags.append(Flag("RESTING_PEAK_THRESHOLD", "warn",
-                      f"{marker} negative control: {reason}; threshold {value:.4g} from a Gaussian "
-                      f"fit of the resting peak instead of the plain {p:g}th percentile ({plain:.4g})"))
+                      f"{marker} negative control: {reason}; threshold {value:.4g}, the {p:g}th percentile of "
+                      f"the resting events (the {100.0 * model['activated_fraction']:.1f}% above "
+                      f"{model['cut']:.4g} set aside), instead of the plain {p:g}th percentile ({plain:.4g})"))
     return ThresholdEstimate(float(value), "resting_peak", flags, diag, marker, n)
 
 
