@@ -25,7 +25,8 @@ def small_experiment(tmp_path_factory):
     from bat_analysis.simulate import simulate_experiment
 
     out = tmp_path_factory.mktemp("sim")
-    exp = simulate_experiment(out, n_patients=1, n_events=6000, seed=11, n_concentrations=3)
+    exp = simulate_experiment(out, n_patients=1, n_events=6000, seed=11, n_concentrations=3,
+                              basophil_pct=(2.5, 3.0))  # ~150 basophils a tube: enough to form a population
     (out / "garbage.fcs").write_bytes(b"not an FCS file at all" * 50)
     return exp
 

@@ -23,8 +23,9 @@ FORMATS = ("gatingml", "flowjo")
 
 
 # the experiment fixture (tests/conftest.py)
+# basophils as in a real acquisition (~100 or more) in few events: fewer form no population and are not gated
 SIMULATION = {"n_patients": 1, "n_events": 6000, "seed": 5, "scenario": "clog", "n_concentrations": 2,
-              "arms": ("none",)}
+              "arms": ("none",), "basophil_pct": (2.5, 3.0)}
 
 
 def _run(experiment, out: Path, *extra: str):
@@ -398,7 +399,7 @@ def twins(tmp_path_factory):
     rows = []
     for folder, patient, seed in (("a", "P01", 1), ("b", "P02", 2)):
         exp = simulate_experiment(root / folder, n_patients=1, n_events=4000, seed=seed, n_concentrations=2,
-                                  arms=("none",))
+                                  arms=("none",), basophil_pct=(2.5, 3.0))
         with exp.layout_path.open(encoding="utf-8", newline="") as fh:
             for row in csv.DictReader(fh):
                 rows.append({**row, "file": f"{folder}/{row['file']}", "patient": patient})

@@ -29,7 +29,7 @@ def experiment(tmp_path_factory):
     from bat_analysis.simulate import simulate_experiment
 
     return simulate_experiment(tmp_path_factory.mktemp("rs_data"), n_patients=1, n_events=3000, seed=11,
-                               n_concentrations=5)
+                               n_concentrations=5, basophil_pct=(2.5, 3.0))  # ~80 basophils a tube
 
 
 @pytest.fixture

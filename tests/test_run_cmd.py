@@ -220,7 +220,8 @@ def test_a_failing_report_renderer_keeps_the_tables(tmp_path, monkeypatch):
     from bat_analysis.simulate import simulate_experiment
     from bat_analysis.store import ResultStore
 
-    exp = simulate_experiment(tmp_path / "data", n_patients=1, n_events=4000, seed=3, n_concentrations=4)
+    exp = simulate_experiment(tmp_path / "data", n_patients=1, n_events=4000, seed=3, n_concentrations=4,
+                              basophil_pct=(2.5, 3.0))  # ~100 basophils a tube: enough to form a population
 
     def broken(*args, **kwargs):
         raise TypeError("'bool' object is not callable")
@@ -248,7 +249,8 @@ def test_hostile_layout_and_keyword_text_still_give_every_output(tmp_path):
     from bat_analysis.simulate import simulate_experiment
     from bat_analysis._textsafe import safe_filename
 
-    exp = simulate_experiment(tmp_path / "data", n_patients=1, n_events=4000, seed=3, n_concentrations=4)
+    exp = simulate_experiment(tmp_path / "data", n_patients=1, n_events=4000, seed=3, n_concentrations=4,
+                              basophil_pct=(2.5, 3.0))
     patient = "<script>alert(1)</script>$x^2$ " + "P" * 300
     allergen = "$\\notacommand{a}$ birch"
     note = "=HYPERLINK(\"http://evil.example\",\"x\")\x07"
@@ -315,7 +317,7 @@ def plate(tmp_path_factory):
     from bat_analysis.simulate import simulate_experiment
 
     return simulate_experiment(tmp_path_factory.mktemp("plate") / "plate1", n_patients=1, n_events=4000, seed=5,
-                               n_concentrations=3)
+                               n_concentrations=3, basophil_pct=(2.5, 3.0))
 
 
 def _copy(plate, tmp_path: Path) -> Path:

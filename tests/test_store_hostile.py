@@ -31,7 +31,9 @@ def _payload(marker: Path) -> bytes:
     return pickle.dumps(_Planted(marker))
 
 
-SIMULATION = {"n_patients": 1, "n_events": 3000, "seed": 3, "n_concentrations": 3}  # experiment (conftest.py)
+# basophils as in a real acquisition (~100 or more) in few events: fewer form no population and are not gated
+SIMULATION = {"n_patients": 1, "n_events": 3000, "seed": 3, "n_concentrations": 3,  # experiment (conftest.py)
+              "basophil_pct": (2.5, 3.0)}
 
 
 @pytest.fixture(scope="module")

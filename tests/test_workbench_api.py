@@ -29,7 +29,7 @@ def experiment(tmp_path_factory):
     from bat_analysis.simulate import simulate_experiment
 
     exp = simulate_experiment(tmp_path_factory.mktemp("wb_data"), n_patients=1, n_events=3000, seed=5,
-                              n_concentrations=2)
+                              n_concentrations=2, basophil_pct=(2.5, 3.0))  # ~80 basophils a tube
     layout = pd.read_csv(exp.layout_path, dtype=str, keep_default_na=False)
     layout["patient"] = EVIL  # a patient id that would run as script if it were rendered unescaped
     layout.to_csv(exp.layout_path, index=False)

@@ -27,7 +27,7 @@ def results(tmp_path_factory):
     from bat_analysis.simulate import simulate_experiment
 
     exp = simulate_experiment(tmp_path_factory.mktemp("wbb_data"), n_patients=1, n_events=4000, seed=8,
-                              n_concentrations=2)
+                              n_concentrations=2, basophil_pct=(2.5, 3.0))  # ~100 basophils a tube
     out = tmp_path_factory.mktemp("wbb_out")
     run(RunOptions(data_dir=exp.out_dir, layout=exp.layout_path, out=out, workers=1, quiet=True, reports=False))
     return out
@@ -216,7 +216,7 @@ def small_plate(tmp_path_factory):
     from bat_analysis.simulate import simulate_experiment
 
     exp = simulate_experiment(tmp_path_factory.mktemp("wbs_data"), n_patients=1, n_events=4000, seed=8,
-                              n_concentrations=2, arms=("none",))
+                              n_concentrations=2, arms=("none",), basophil_pct=(2.5, 3.0))
     out = tmp_path_factory.mktemp("wbs_out")
     run(RunOptions(data_dir=exp.out_dir, layout=exp.layout_path, out=out, workers=1, quiet=True, reports=False))
     return exp, out
