@@ -100,6 +100,12 @@ TRUTH_FIELDS: dict[str, str] = {
     "tubes.<file>.pct_cd63_ref_threshold": "100 * labelled basophils with compensated CD63 above the "
                                           "patient/arm negative control's 97.5th percentile / basophils",
     "tubes.<file>.cd63_threshold_ref": "that 97.5th percentile (compensated linear CD63 of labelled basophils)",
+    "tubes.<file>.pct_cd63_resting_ref": "100 * labelled basophils with compensated CD63 above the patient/arm "
+                                         "negative control's labelled RESTING basophils' 97.5th percentile / "
+                                         "basophils: the truth of the rule the resting-peak threshold applies "
+                                         "(2.5% of resting basophils above, whatever the control's activated ones)",
+    "tubes.<file>.cd63_threshold_resting_ref": "that 97.5th percentile (compensated linear CD63 of the negative "
+                                               "control's labelled resting basophils)",
     "tubes.<file>.cd203c_median_true": "median compensated CD203c of labelled basophils",
     "tubes.<file>.counts": "events per population in the file",
     "tubes.<file>.fractions": "fraction of all events: clog (acquisition artefact), saturated (margin), "
@@ -795,9 +801,9 @@ def _mixed_assignments(rng: np.random.Generator, n_patients: int) -> dict[int, t
 
 
 def _tube_truth(sim: SimulatedTube, tube: Tube, baso_comp: np.ndarray, thr: float | None,
-                scenarios: Sequence[str]) -> dict[str, Any]:
+                scenarios: Sequence[str], thr_resting: float | None = None) -> dict[str, Any]:
     """truth.json's record of one tube (see ``TRUTH_FIELDS``): ``baso_comp``, its basophils' compensated values;
-    ``thr``, the reference CD63 threshold of its arm."""
+    ``thr``, the reference CD63 threshold of its arm (``thr_resting``: set on the control's resting basophils)."""
     cd63 = baso_comp[:, list(sim.markers).index("CD63")]
     n_b = sim.n_basophils
     counts = np.bincount(sim.population, minlength=len(POPULATIONS))
@@ -812,6 +818,9 @@ def _tube_truth(sim: SimulatedTube, tube: Tube, baso_comp: np.ndarray, thr: floa
         "pct_cd63_ref_threshold": (100.0 * float(np.count_nonzero(cd63 > thr)) / n_b
                                    if n_b and thr is not None else None),
         "cd63_threshold_ref": thr,
+        "pct_cd63_resting_ref": (100.0 * float(np.count_nonzero(cd63 > thr_resting)) / n_b
+                                 if n_b and thr_resting is not None else None),
+        "cd63_threshold_resting_ref": thr_resting,
         "cd203c_median_true": (float(np.median(baso_comp[:, list(sim.markers).index("CD203c")]))
                                if n_b else None),
         "counts": {POPULATIONS[i]: int(c) for i, c in enumerate(counts)},
@@ -939,6 +948,7 @@ def simulate_experiment(
                 for k in range(1, replicates + 1)]
         tube_seeds = p_seeds[1].spawn(len(plan))
         neg_threshold: dict[str, float | None] = {}
+        neg_resting: dict[str, float | None] = {}
         for (arm, condition, conc, rep), tseed in zip(plan, tube_seeds):
             trng = np.random.default_rng(tseed)
             extra: tuple[str, ...] = ()
@@ -973,8 +983,10 @@ def simulate_experiment(
             n_b = sim.n_basophils
             if condition == "negative_control" and arm not in neg_threshold:  # the first replicate's
                 neg_threshold[arm] = float(np.quantile(cd63, 0.975)) if n_b else None
+                resting = cd63[~sim.activated[sim.basophil]]
+                neg_resting[arm] = float(np.quantile(resting, 0.975)) if resting.size else None
             thr = neg_threshold.get(arm)
-            truth_tubes[name] = _tube_truth(sim, tube, baso_comp, thr, p_scen)
+            truth_tubes[name] = _tube_truth(sim, tube, baso_comp, thr, p_scen, neg_resting.get(arm))
 
     layout_path = _write_layout(out_dir / "layout.csv", tubes)
     labels_path = out_dir / "labels.npz"

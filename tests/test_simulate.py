@@ -218,6 +218,11 @@ def test_dose_response_truth_respected(experiment) -> None:
         # (resting cells above the threshold add up to ~2.5 % plus the sampling error of two percentiles)
         if neg["pct_cd63_true"] < 2.0:
             assert -2.0 <= t["pct_cd63_ref_threshold"] - t["pct_cd63_true"] <= 6.5, file
+        # the resting-peak rule's truth (the control's resting basophils' 97.5th percentile) counts every labelled
+        # activated basophil above it, whatever the control's activated share, plus about 2.5 % of the resting
+        assert neg["cd63_threshold_resting_ref"] <= neg["cd63_threshold_ref"] + 1e-9
+        assert t["pct_cd63_resting_ref"] >= t["pct_cd63_ref_threshold"] - 1e-9
+        assert -3.0 <= t["pct_cd63_resting_ref"] - t["pct_cd63_true"] <= 7.0, file
     for pid, p in truth["patients"].items():
         files = {f: t for f, t in truth["tubes"].items() if t["patient"] == pid and t["condition"] == "allergen"}
         for arm in ("none", "omalizumab"):
