@@ -1354,7 +1354,15 @@ def _merge_scores(parts: Sequence[ExperimentScores]) -> ExperimentScores:
     from .analysis.score import ExperimentScores
 
     def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        if len(frames) == 1:
+            return frames[0]
+        # a column with no value in one patient's table (no tube gated) takes the type it has where it holds
+        # values: pandas is changing how such columns count towards the result's types (FutureWarning), and
+        # the table must not change with the pandas version
+        held = {c: f[c].dtype for f in reversed(frames) for c in f.columns if f[c].notna().any()}
+        return pd.concat([f.astype({c: held[c] for c in f.columns
+                                    if c in held and held[c].kind in "fOUSM" and f[c].dtype != held[c]
+                                    and f[c].isna().all()}) for f in frames], ignore_index=True)
 
     return ExperimentScores(tubes=concat([p.tubes for p in parts]), patients=concat([p.patients for p in parts]),
                             fits={k: v for p in parts for k, v in p.fits.items()},

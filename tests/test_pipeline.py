@@ -302,6 +302,32 @@ def test_merged_patient_scores_keep_every_field():
     assert merged.references == {**parts[0].references, **parts[1].references}
 
 
+def test_a_patient_without_values_merges_with_the_others_types():
+    """A patient none of whose tubes was gated has all-empty value columns (object, from None): merged with the
+    others' they keep the others' number type, with no pandas FutureWarning about all-NA entries."""
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+
+    from bat_analysis.analysis.config import AnalysisConfig
+    from bat_analysis.analysis.score import ExperimentScores
+    from bat_analysis.pipeline import _merge_scores
+
+    def part(p, pct, when):
+        return ExperimentScores(tubes=pd.DataFrame({"file": [f"{p}.fcs"], "pct_cd63": [pct], "when": [when]}),
+                                patients=pd.DataFrame({"patient": [p]}), config=AnalysisConfig(),
+                                tube_markers=pd.DataFrame({"file": [f"{p}.fcs"]}))
+    parts = [part("P01", 12.5, pd.Timestamp("2026-01-01")), part("P02", None, None), part("P03", 3.0, None)]
+    assert parts[1].tubes["pct_cd63"].dtype == object
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        merged = _merge_scores(parts)
+    assert merged.tubes["pct_cd63"].dtype == np.float64 and merged.tubes["pct_cd63"].isna().tolist() == [False, True,
+                                                                                                         False]
+    assert merged.tubes["when"].dtype.kind == "M"
+
+
 # ---------------------------------------------------------------- progress (issue 14, "Progress")
 def _recorded_progress(monkeypatch):
     """Make runs display their progress on a recorded console; returns the list of Progress objects made."""
