@@ -200,12 +200,19 @@ def marker_sample(rng: np.random.Generator, n_baso: int = 200, eos_ssc: float = 
     return np.concatenate(x), np.concatenate(y), np.concatenate(lab)
 
 
+CCR3_SSC = (Dimension("CCR3", LOGICLE), Dimension("SSC-A", LOGICLE))
+
+
+def ccr3_cluster(seed: int, n_baso: int, **over: object) -> tuple[est.Estimate, np.ndarray, np.ndarray, np.ndarray]:
+    """The basophil cluster estimated on :func:`marker_sample`'s CCR3/SSC-A events: (estimate, x, y, labels)."""
+    x, y, lab = marker_sample(np.random.default_rng(seed), n_baso)
+    return est.estimate_cluster(gd("basophils", [x, y], CCR3_SSC), params("cluster_2d", **over)), x, y, lab
+
+
 @pytest.mark.parametrize("n_baso", [150, 600])
 def test_cluster_finds_the_ssc_low_marker_high_population(n_baso: int) -> None:
-    rng = np.random.default_rng(8 + n_baso)
-    x, y, lab = marker_sample(rng, n_baso)
-    dims = (Dimension("CCR3", LOGICLE), Dimension("SSC-A", LOGICLE))
-    e = est.estimate_cluster(gd("basophils", [x, y], dims), params("cluster_2d"))
+    e, x, y, lab = ccr3_cluster(8 + n_baso, n_baso)
+    dims = CCR3_SSC
     assert e.ok
     truth = lab == 4
     precision = (e.mask & truth).sum() / e.mask.sum()
@@ -248,16 +255,13 @@ def test_cluster_with_one_population_fails_with_a_flag() -> None:
 def test_cluster_without_its_population_refuses_the_one_left_on_the_other_side(n_baso: int) -> None:
     # too few basophils to form a population: the only CCR3+ population left is the eosinophils (SSC-high);
     # gating them as basophils would report their CD63 with nothing to say so
-    rng = np.random.default_rng(12 + n_baso)
-    x, y, lab = marker_sample(rng, n_baso)
-    dims = (Dimension("CCR3", LOGICLE), Dimension("SSC-A", LOGICLE))
-    e = est.estimate_cluster(gd("basophils", [x, y], dims), params("cluster_2d"))
+    e, x, y, lab = ccr3_cluster(12 + n_baso, n_baso)
     assert not e.ok and e.flags[0].code == "CLUSTER_GATE_FAILED" and e.density is not None
     assert e.diagnostics["y_position"] > 0.9
     message = e.flags[0].message
     assert "no basophils found" in message and "high-SSC-A populations" in message and "at least 30 events" in message
     # the check can be switched off in a template (y_side_within: 1): the old choice, the eosinophils
-    e = est.estimate_cluster(gd("basophils", [x, y], dims), params("cluster_2d", y_side_within=1.0))
+    e, *_ = ccr3_cluster(12 + n_baso, n_baso, y_side_within=1.0)
     assert e.ok and e.mask[lab == 3].sum() > 0.9 * (lab == 3).sum()
 
 
