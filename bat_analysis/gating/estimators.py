@@ -120,10 +120,11 @@ def density_image(x: np.ndarray, y: np.ndarray, dx: Dimension, dy: Dimension,
 
 
 def histogram_1d(x: np.ndarray, dim: Dimension, bins: int = DENSITY_BINS) -> tuple[np.ndarray, np.ndarray] | None:
-    """Histogram of raw events on the dimension's scale, from the smallest value to the largest (every event
-    counted: one that the inverse transform's rounding puts just outside the edges is counted in the end bin): (counts, edges on the scale); None when there are no
-    events or their span has no finite place on the scale. What a 1-D gate set without an estimator's own
-    histogram (a reviewer's correction, a fixed gate) is drawn over."""
+    """Histogram of raw events on the dimension's scale, from the smallest value to the largest: (counts, edges
+    on the scale); None when there are no events or their span has no finite place on the scale. Every event
+    is counted: one that the inverse transform's rounding puts just outside the edges counts in the end bin.
+    What a 1-D gate set without an estimator's own histogram (a reviewer's correction, a fixed gate) is drawn
+    over."""
     if len(x) == 0:
         return None
     lo, hi = to_scale(dim, np.array([np.min(x), np.max(x)], dtype=np.float64))
