@@ -265,6 +265,30 @@ def test_large_tube_with_rare_basophils(tmp_path: Path, template) -> None:
     assert tp / got.sum() >= 0.95 and tp / truth.sum() >= 0.95
 
 
+@pytest.mark.parametrize("name", ["bat_ccr3_cd63", "bat_cd123_hladr_cd63", "bat_cd203c_cd63"])
+def test_a_tube_without_basophils_enough_is_not_gated_never_gated_on_another_population(tmp_path: Path,
+                                                                                        name: str) -> None:
+    """With too few basophils to form a population (0.02-0.05% of leukocytes: 7-25 in 50k events) each panel
+    either finds them or says it found none; it never gates the eosinophils, nor any other population, as
+    basophils with a passing count (it did, 716-2496 events, with no flag)."""
+    from bat_analysis.gating.tube import gate_sample_indices
+    from bat_analysis.io.fcs import read_fcs
+    from bat_analysis.simulate import make_patient
+
+    template = load_template(name)
+    for pct, seed in ((0.02, 0), (0.05, 1), (0.05, 2)):
+        patient = make_patient("P01", "responder", np.random.default_rng(seed), basophil_pct=(pct, pct))
+        s = simulate_tube(n_events=50_000, patient=patient, seed=200 + seed)
+        p = write_fcs(tmp_path / f"{name}_{seed}.fcs", s.events, s.pnn, s.pns, spillover=s.spillover)
+        result, idx = gate_sample_indices(read_fcs(p), TUBE, template)
+        assert result.error is None
+        members = idx["basophils"]
+        if members is None or len(members) == 0:
+            assert {"BASOPHILS_NOT_GATED", "CLUSTER_GATE_FAILED"} <= {f.code for f in result.flags}
+            continue
+        assert (s.population[members] == BASOPHIL).mean() >= 0.9, (name, pct, seed, result.n_basophils)
+
+
 def test_file_sha256_of_empty_and_small_files(tmp_path: Path) -> None:
     import hashlib
 
